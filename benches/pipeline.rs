@@ -1,0 +1,175 @@
+//! Per-event costs on generated traffic (`tokenwatch gen`): each format's parser, token
+//! decoding, each rule kind, and the whole pipeline with the default rules.
+//!
+//! Run: `cargo bench --bench pipeline` (add `-- parse` etc. to pick a group). Figures are per
+//! event (criterion's "elem/s" is events per second on one core).
+//!
+//! Engine and pipeline benches start every iteration from fresh state over the same
+//! generated stream, so they include creating per-token state and decoding each distinct
+//! token once, as a live stream does.
+
+use std::sync::Arc;
+
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+
+use tokenwatch::engine::{Engine, EngineConfig};
+use tokenwatch::gen::{GenConfig, GenFormat, Generator};
+use tokenwatch::input::{Event, Format, Parser};
+use tokenwatch::pipeline::{Pipeline, PipelineConfig};
+use tokenwatch::rules::RuleSet;
+use tokenwatch::token::{decode, RawToken, TokenCache};
+
+const N: u64 = 50_000;
+
+fn lines(format: GenFormat, n: u64) -> Vec<String> {
+    let cfg = GenConfig {
+        seed: 7,
+        events: Some(n),
+        format,
+        ..GenConfig::default()
+    };
+    Generator::new(cfg).map(|g| g.line).collect()
+}
+
+fn parse(c: &mut Criterion) {
+    let mut g = c.benchmark_group("parse");
+    for (name, gf, f) in [
+        ("canonical", GenFormat::Canonical, Format::Canonical),
+        ("traefik", GenFormat::Traefik, Format::Traefik),
+        ("kong", GenFormat::Kong, Format::Kong),
+        ("envoy", GenFormat::Envoy, Format::Envoy),
+        ("nginx", GenFormat::Nginx, Format::Nginx),
+        ("auto-traefik", GenFormat::Traefik, Format::Auto),
+    ] {
+        let ls = lines(gf, 10_000);
+        let parser = Parser::new(f, None).unwrap();
+        let mut cache = TokenCache::new(1_000_000, vec![]);
+        g.throughput(Throughput::Elements(ls.len() as u64));
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                let mut ok = 0usize;
+                for l in &ls {
+                    ok += parser.parse(l.as_bytes(), &mut cache).is_ok() as usize;
+                }
+                ok
+            })
+        });
+    }
+    g.finish();
+}
+
+fn tokens(c: &mut Criterion) {
+    let ls = lines(GenFormat::Canonical, 2_000);
+    let toks: Vec<String> = ls
+        .iter()
+        .filter_map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).ok()?;
+            let a = v.get("authorization")?.as_str()?;
+            Some(a.trim_start_matches("Bearer ").to_string())
+        })
+        .collect();
+    let mut g = c.benchmark_group("token");
+    g.throughput(Throughput::Elements(toks.len() as u64));
+    g.bench_function("decode", |b| {
+        b.iter(|| toks.iter().filter(|t| decode(RawToken::new(t), &[]).is_ok()).count())
+    });
+    let mut cache = TokenCache::new(1_000_000, vec![]);
+    g.bench_function("cache_hit", |b| {
+        b.iter(|| toks.iter().filter(|t| cache.get(RawToken::new(t)).is_ok()).count())
+    });
+    g.finish();
+}
+
+fn one_rule(id: &str) -> Arc<RuleSet> {
+    let all = tokenwatch::defaults::rules().unwrap();
+    let r = all.rules.iter().find(|r| &*r.id == id).unwrap().clone();
+    Arc::new(RuleSet {
+        rules: vec![r],
+        files: 1,
+    })
+}
+
+fn rules(c: &mut Criterion) {
+    let ls = lines(GenFormat::Canonical, N);
+    let parser = Parser::new(Format::Canonical, None).unwrap();
+    let mut cache = TokenCache::new(1_000_000, vec![]);
+    let geo = tokenwatch::defaults::test_geo_db();
+    let events: Vec<Event<'_>> = ls
+        .iter()
+        .filter_map(|l| parser.parse(l.as_bytes(), &mut cache).ok())
+        .map(|p| {
+            let mut e = p.event;
+            if e.geo.is_none() {
+                e.geo = e.client_ip.and_then(|ip| geo.locate(ip));
+            }
+            e
+        })
+        .collect();
+    let mut g = c.benchmark_group("rules");
+    g.throughput(Throughput::Elements(events.len() as u64));
+    // one default rule of each kind, then all eight
+    for (name, set) in [
+        ("match/expired-token-accepted", one_rule("expired-token-accepted")),
+        ("count/expired-token-attempts", one_rule("expired-token-attempts")),
+        ("distinct_count/token-replay", one_rule("token-replay")),
+        ("geo_velocity/impossible-travel", one_rule("impossible-travel")),
+        ("revoked_use/revoked-token-used", one_rule("revoked-token-used")),
+        ("all-default-rules", tokenwatch::defaults::rules().unwrap()),
+    ] {
+        g.bench_function(name, |b| {
+            b.iter_batched(
+                || {
+                    (
+                        Engine::new(set.clone(), EngineConfig::default()),
+                        Vec::with_capacity(64),
+                    )
+                },
+                |(mut e, mut out)| {
+                    for ev in &events {
+                        e.process(ev, &mut out);
+                        out.clear();
+                    }
+                    e
+                },
+                BatchSize::LargeInput,
+            )
+        });
+    }
+    g.finish();
+}
+
+fn pipeline(c: &mut Criterion) {
+    let mut g = c.benchmark_group("pipeline");
+    for (name, gf) in [("canonical", GenFormat::Canonical), ("traefik", GenFormat::Traefik)] {
+        let ls = lines(gf, N);
+        g.throughput(Throughput::Elements(ls.len() as u64));
+        g.bench_function(name, |b| {
+            b.iter_batched(
+                || {
+                    let rules = tokenwatch::defaults::rules().unwrap();
+                    let geo = tokenwatch::defaults::test_geo_db();
+                    (
+                        Pipeline::new(rules, Some(geo), PipelineConfig::default()).unwrap(),
+                        Vec::with_capacity(64),
+                    )
+                },
+                |(mut p, mut out)| {
+                    for l in &ls {
+                        p.process_line(l.as_bytes(), &mut out);
+                        out.clear();
+                    }
+                    p
+                },
+                BatchSize::LargeInput,
+            )
+        });
+    }
+    g.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().sample_size(20).measurement_time(std::time::Duration::from_secs(4));
+    targets = parse, tokens, rules, pipeline
+}
+criterion_main!(benches);

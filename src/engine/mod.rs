@@ -1,0 +1,582 @@
+//! The engine: runs every compiled rule over each event, in event time, with bounded state.
+//!
+//! Time is the event's own: the engine never reads a clock, so a replayed file gives the same
+//! decisions as the live stream did. Events may arrive out of order by up to
+//! `lateness_ms` (default 60 s) behind the newest event seen: they are placed in event-time
+//! order in the windows. Events later than that are counted (`late_events`) and seen only by
+//! stateless kinds (`match`, `revoked_use`), so a stale partition cannot corrupt windows.
+//!
+//! Revocations decided for an event take effect after all rules have seen that event: the
+//! event that gets a token revoked is not itself a "use of a revoked token".
+
+pub mod count;
+pub mod distinct;
+pub mod keymap;
+pub mod revoked;
+pub mod velocity;
+
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::sync::Arc;
+
+use serde_json::json;
+
+use crate::decision::{fmt_ts, Decision, RevocationPolicy};
+use crate::input::Event;
+use crate::rules::{fmt_duration, Action, Cooldown, Ctx, Kind, Rule, RuleSet, Val};
+
+use count::CountState;
+use distinct::DistinctState;
+use keymap::{KeyMap, NEVER};
+use revoked::{Hit, Revocations, Revoked};
+use velocity::{Limits, Sample, VelocityState};
+
+#[derive(Debug, Clone, Copy)]
+pub struct EngineConfig {
+    /// How far behind the newest event an event may arrive and still enter windows.
+    pub lateness_ms: i64,
+    /// Cap on tracked keys per rule; beyond it the stalest keys are evicted (counted).
+    pub max_keys_per_rule: usize,
+    /// Cap on remembered revocations (tokens and subjects each).
+    pub max_revocations: usize,
+    pub revocation: RevocationPolicy,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            lateness_ms: 60_000,
+            max_keys_per_rule: 1_000_000,
+            max_revocations: 1_000_000,
+            revocation: RevocationPolicy::default(),
+        }
+    }
+}
+
+/// Counters that show when a bound bites.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct EngineStats {
+    pub events: u64,
+    pub late_events: u64,
+    pub evictions: u64,
+}
+
+/// A `forever` cooldown lasts as long as the key is tracked: at least this long after the key
+/// was last seen.
+const FOREVER_RETENTION_MS: i64 = 86_400_000;
+/// How often (event time) expired state is swept.
+const SWEEP_EVERY_MS: i64 = 60_000;
+
+enum State {
+    Stateless(KeyMap<()>),
+    Count(KeyMap<CountState>),
+    Distinct(KeyMap<DistinctState>),
+    Velocity(KeyMap<VelocityState>),
+}
+
+impl State {
+    fn for_rule(rule: &Rule, cfg: &EngineConfig) -> State {
+        let cooldown = match rule.cooldown {
+            Cooldown::Forever => FOREVER_RETENTION_MS,
+            Cooldown::Ms(ms) => ms,
+        };
+        let retention = rule.kind.window_ms().max(cooldown) + cfg.lateness_ms;
+        let cap = cfg.max_keys_per_rule;
+        match rule.kind {
+            Kind::Match | Kind::RevokedUse => State::Stateless(KeyMap::new(cap, retention)),
+            Kind::Count { .. } => State::Count(KeyMap::new(cap, retention)),
+            Kind::DistinctCount { .. } => State::Distinct(KeyMap::new(cap, retention)),
+            Kind::GeoVelocity { .. } => State::Velocity(KeyMap::new(cap, retention)),
+        }
+    }
+
+    fn sweep(&mut self, now: i64) {
+        match self {
+            State::Stateless(m) => m.sweep(now),
+            State::Count(m) => m.sweep(now),
+            State::Distinct(m) => m.sweep(now),
+            State::Velocity(m) => m.sweep(now),
+        }
+    }
+
+    fn len_and_evictions(&self) -> (usize, u64) {
+        match self {
+            State::Stateless(m) => (m.len(), m.evictions),
+            State::Count(m) => (m.len(), m.evictions),
+            State::Distinct(m) => (m.len(), m.evictions),
+            State::Velocity(m) => (m.len(), m.evictions),
+        }
+    }
+}
+
+/// What a rule concluded, before it becomes a [`Decision`].
+struct Fired {
+    reason: String,
+    evidence: serde_json::Value,
+    /// revoke_subject: when the revocation starts (ms).
+    not_before_ms: Option<i64>,
+}
+
+pub struct Engine {
+    cfg: EngineConfig,
+    rules: Arc<RuleSet>,
+    states: Vec<State>,
+    revoked: Revocations,
+    hasher: ahash::RandomState,
+    newest: i64,
+    next_sweep: i64,
+    events: u64,
+    late_events: u64,
+}
+
+impl Engine {
+    pub fn new(rules: Arc<RuleSet>, cfg: EngineConfig) -> Self {
+        let states = rules.rules.iter().map(|r| State::for_rule(r, &cfg)).collect();
+        Engine {
+            cfg,
+            rules,
+            states,
+            revoked: Revocations::new(cfg.max_revocations),
+            hasher: ahash::RandomState::new(),
+            newest: i64::MIN,
+            next_sweep: i64::MIN,
+            events: 0,
+            late_events: 0,
+        }
+    }
+
+    pub fn rules(&self) -> &Arc<RuleSet> {
+        &self.rules
+    }
+
+    /// Swaps in a new rule set (hot reload). A rule whose id and definition are unchanged
+    /// keeps its windows; new or changed rules start empty. Revocations are kept.
+    pub fn replace_rules(&mut self, rules: Arc<RuleSet>) {
+        let mut old: Vec<Option<State>> = std::mem::take(&mut self.states).into_iter().map(Some).collect();
+        let mut states = Vec::with_capacity(rules.rules.len());
+        for r in &rules.rules {
+            let same = self
+                .rules
+                .rules
+                .iter()
+                .position(|o| o.id == r.id && o.kind == r.kind && o.key == r.key && o.cooldown == r.cooldown);
+            match same.and_then(|i| old[i].take()) {
+                Some(s) => states.push(s),
+                None => states.push(State::for_rule(r, &self.cfg)),
+            }
+        }
+        self.states = states;
+        self.rules = rules;
+    }
+
+    pub fn stats(&self) -> EngineStats {
+        let evictions = self.states.iter().map(|s| s.len_and_evictions().1).sum::<u64>() + self.revoked.evictions;
+        EngineStats {
+            events: self.events,
+            late_events: self.late_events,
+            evictions,
+        }
+    }
+
+    /// Keys currently tracked, over all rules (plus remembered revocations).
+    pub fn tracked_keys(&self) -> usize {
+        self.states.iter().map(|s| s.len_and_evictions().0).sum::<usize>() + self.revoked.len()
+    }
+
+    fn hash(&self, v: &Val<'_>) -> u64 {
+        let mut h = self.hasher.build_hasher();
+        match v {
+            Val::Str(s) => {
+                0u8.hash(&mut h);
+                s.hash(&mut h);
+            }
+            Val::StrList(l) => {
+                1u8.hash(&mut h);
+                l.hash(&mut h);
+            }
+            Val::Num(n) => {
+                2u8.hash(&mut h);
+                n.to_bits().hash(&mut h);
+            }
+            Val::Bool(b) => {
+                3u8.hash(&mut h);
+                b.hash(&mut h);
+            }
+            Val::Ip(ip) => {
+                4u8.hash(&mut h);
+                ip.hash(&mut h);
+            }
+            Val::Net(n) => {
+                5u8.hash(&mut h);
+                n.hash(&mut h);
+            }
+            Val::Missing => 6u8.hash(&mut h),
+        }
+        h.finish()
+    }
+
+    /// Runs every rule over `ev`, appending decisions to `out`.
+    pub fn process(&mut self, ev: &Event<'_>, out: &mut Vec<Decision>) {
+        let ts = ev.ts_ms;
+        self.events += 1;
+        let late = self.newest != i64::MIN && ts < self.newest - self.cfg.lateness_ms;
+        if late {
+            self.late_events += 1;
+        }
+        self.newest = self.newest.max(ts);
+        if self.newest >= self.next_sweep {
+            self.sweep();
+        }
+        let expired = ev
+            .token
+            .as_ref()
+            .and_then(|t| t.exp)
+            .is_some_and(|exp| exp.saturating_add(self.cfg.revocation.leeway_s).saturating_mul(1000) < ts);
+        let cx = Ctx {
+            ev,
+            expired,
+            network: ev.client_ip.map(crate::geo::network),
+        };
+        let start = out.len();
+        let rules = self.rules.clone();
+        for (i, rule) in rules.rules.iter().enumerate() {
+            if !rule.filter.matches(&cx) || allowlisted(rule, &cx) {
+                continue;
+            }
+            let key_val = rule.key.get(&cx);
+            if key_val == Val::Missing {
+                continue;
+            }
+            let key = self.hash(&key_val);
+            if let Some(f) = self.run(i, rule, &cx, key, late) {
+                out.push(decision(rule, &cx, f));
+            }
+        }
+        for d in &out[start..] {
+            self.apply(d, ev);
+        }
+    }
+
+    /// The kind-specific step for one rule and key; `None` when it does not fire (or is
+    /// cooling down).
+    fn run(&mut self, i: usize, rule: &Rule, cx: &Ctx<'_>, key: u64, late: bool) -> Option<Fired> {
+        let ts = cx.ev.ts_ms;
+        let may_fire = |fired_at: i64| match rule.cooldown {
+            _ if fired_at == NEVER => true,
+            Cooldown::Forever => false,
+            Cooldown::Ms(c) => ts >= fired_at.saturating_add(c),
+        };
+        let key_name = rule.key.name();
+        // Looked up before the rule's state is borrowed below.
+        let hit = match (&rule.kind, cx.ev.token.as_ref()) {
+            (Kind::RevokedUse, Some(tok)) => {
+                let tk = self.hash(&Val::Str(&tok.token_id));
+                let sk = self.hash(&Val::Str(&tok.subject));
+                self.revoked.check(tk, sk, tok.iat, ts).map(|h| match h {
+                    Hit::Token(r) => ("token", r.clone()),
+                    Hit::Subject(r) => ("subject", r.clone()),
+                })
+            }
+            _ => None,
+        };
+        let fired = match (&rule.kind, &mut self.states[i]) {
+            (Kind::Match, State::Stateless(m)) => {
+                let fired_at = m.get_mut(key).map_or(NEVER, |s| s.fired_at);
+                if !may_fire(fired_at) {
+                    return None;
+                }
+                let f = Fired {
+                    reason: format!("{}.", rule.description.trim_end_matches('.')),
+                    evidence: match_evidence(cx),
+                    not_before_ms: None,
+                };
+                let slot = m.touch(key, ts);
+                slot.fired_at = ts;
+                return Some(f);
+            }
+            (Kind::RevokedUse, State::Stateless(m)) => {
+                let (via, r) = hit?;
+                let fired_at = m.get_mut(key).map_or(NEVER, |s| s.fired_at);
+                if !may_fire(fired_at) {
+                    return None;
+                }
+                let tok = cx.ev.token.as_ref()?;
+                let mut evidence = json!({
+                    "revoked": via,
+                    "revoked_by": &*r.rule,
+                    "revoked_at": fmt_ts(r.revoked_at_ms),
+                });
+                if via == "subject" {
+                    evidence["not_before"] = json!(r.not_before_s);
+                    evidence["token_iat"] = json!(tok.iat);
+                }
+                let what = if via == "token" {
+                    "a revoked token"
+                } else {
+                    "a token of a revoked subject"
+                };
+                let reason = format!(
+                    "{}: {what}, revoked by rule {} at {}.",
+                    rule.description.trim_end_matches('.'),
+                    r.rule,
+                    fmt_ts(r.revoked_at_ms)
+                );
+                m.touch(key, ts).fired_at = ts;
+                return Some(Fired {
+                    reason,
+                    evidence,
+                    not_before_ms: None,
+                });
+            }
+            _ if late => return None,
+            (Kind::Count { threshold, window_ms }, State::Count(m)) => {
+                let slot = m.touch(key, ts);
+                let (n, first, last) = slot.data.add(ts, *threshold, *window_ms)?;
+                if !may_fire(slot.fired_at) {
+                    return None;
+                }
+                slot.fired_at = ts;
+                Fired {
+                    reason: format!(
+                        "{}: {n} matching requests for this {key_name} within {} (threshold {threshold}).",
+                        rule.description.trim_end_matches('.'),
+                        fmt_duration(*window_ms)
+                    ),
+                    evidence: json!({
+                        "count": n,
+                        "threshold": threshold,
+                        "window": fmt_duration(*window_ms),
+                        "first": fmt_ts(first),
+                        "last": fmt_ts(last),
+                    }),
+                    not_before_ms: None,
+                }
+            }
+            (
+                Kind::DistinctCount {
+                    field,
+                    threshold,
+                    window_ms,
+                },
+                State::Distinct(m),
+            ) => {
+                let v = field.get(cx);
+                if v == Val::Missing {
+                    return None;
+                }
+                let slot = m.touch(key, ts);
+                let vals = slot.data.add(ts, &v, *threshold, *window_ms)?;
+                if !may_fire(slot.fired_at) {
+                    return None;
+                }
+                let mut seen: Vec<_> = vals.iter().map(|(t, v)| (*t, v.to_json())).collect();
+                seen.sort_by_key(|(t, _)| *t);
+                let n = seen.len();
+                let fname = field.name();
+                let evidence = json!({
+                    "field": fname,
+                    "distinct": n,
+                    "threshold": threshold,
+                    "window": fmt_duration(*window_ms),
+                    "values": seen.iter().map(|(t, v)| json!({"value": v, "last_seen": fmt_ts(*t)})).collect::<Vec<_>>(),
+                });
+                slot.fired_at = ts;
+                Fired {
+                    reason: format!(
+                        "{}: {n} distinct {fname} values for this {key_name} within {} (threshold {threshold}).",
+                        rule.description.trim_end_matches('.'),
+                        fmt_duration(*window_ms)
+                    ),
+                    evidence,
+                    not_before_ms: None,
+                }
+            }
+            (
+                Kind::GeoVelocity {
+                    max_gap_ms,
+                    min_distance_km,
+                    max_speed_kmh,
+                    min_time_ms,
+                },
+                State::Velocity(m),
+            ) => {
+                let at = cx.ev.geo?;
+                let lim = Limits {
+                    max_gap_ms: *max_gap_ms,
+                    min_distance_km: *min_distance_km,
+                    max_speed_kmh: *max_speed_kmh,
+                    min_time_ms: *min_time_ms,
+                    lateness_ms: self.cfg.lateness_ms,
+                };
+                let slot = m.touch(key, ts);
+                let j = slot.data.add(
+                    Sample {
+                        ts,
+                        at,
+                        ip: cx.ev.client_ip,
+                    },
+                    &lim,
+                )?;
+                if !may_fire(slot.fired_at) {
+                    return None;
+                }
+                slot.fired_at = ts;
+                let place = |s: &Sample| {
+                    json!({
+                        "ts": fmt_ts(s.ts),
+                        "client_ip": s.ip.map(|i| i.to_string()),
+                        "lat": s.at.lat,
+                        "lon": s.at.lon,
+                        "accuracy_km": s.at.accuracy_km,
+                    })
+                };
+                let minutes = (j.to.ts - j.from.ts) as f64 / 60_000.0;
+                Fired {
+                    reason: format!(
+                        "{}: {:.0} km in {:.1} min ({:.0} km/h, limit {:.0} km/h).",
+                        rule.description.trim_end_matches('.'),
+                        j.distance_km,
+                        minutes,
+                        j.speed_kmh,
+                        max_speed_kmh
+                    ),
+                    evidence: json!({
+                        "from": place(&j.from),
+                        "to": place(&j.to),
+                        "distance_km": (j.distance_km * 10.0).round() / 10.0,
+                        "speed_kmh": j.speed_kmh.round(),
+                        "max_speed_kmh": max_speed_kmh,
+                    }),
+                    not_before_ms: Some(j.to.ts),
+                }
+            }
+            _ => return None,
+        };
+        Some(fired)
+    }
+
+    /// Remembers enforced revocations for `revoked_use` rules.
+    fn apply(&mut self, d: &Decision, ev: &Event<'_>) {
+        if d.shadow {
+            return;
+        }
+        let Some(tok) = ev.token.as_ref() else { return };
+        let now_s = d.ts.div_euclid(1000);
+        match d.action {
+            Action::Alert => {}
+            Action::RevokeToken => {
+                let ttl = self.cfg.revocation.token_ttl_s(tok.exp, now_s);
+                let key = self.hash(&Val::Str(&tok.token_id));
+                self.revoked.revoke_token(
+                    key,
+                    Revoked {
+                        rule: d.rule.clone(),
+                        revoked_at_ms: d.ts,
+                        until_ms: d.ts + ttl * 1000,
+                        not_before_s: 0,
+                    },
+                );
+            }
+            Action::RevokeSubject => {
+                let key = self.hash(&Val::Str(&tok.subject));
+                let ttl = self.cfg.revocation.subject_ttl_s;
+                self.revoked.revoke_subject(
+                    key,
+                    Revoked {
+                        rule: d.rule.clone(),
+                        revoked_at_ms: d.ts,
+                        until_ms: d.ts + ttl * 1000,
+                        not_before_s: d.not_before.unwrap_or(now_s),
+                    },
+                );
+            }
+        }
+    }
+
+    fn sweep(&mut self) {
+        let now = self.newest;
+        for s in &mut self.states {
+            s.sweep(now);
+        }
+        self.revoked.sweep(now);
+        self.next_sweep = now.saturating_add(SWEEP_EVERY_MS);
+    }
+}
+
+fn allowlisted(rule: &Rule, cx: &Ctx<'_>) -> bool {
+    let a = &rule.allow;
+    if a.is_empty() {
+        return false;
+    }
+    if let Some(ip) = cx.ev.client_ip {
+        if a.cidrs.iter().any(|n| n.contains(&ip)) {
+            return true;
+        }
+    }
+    if let Some(t) = &cx.ev.token {
+        if a.subjects.iter().any(|s| *s == t.subject) {
+            return true;
+        }
+        if let Some(iss) = &t.iss {
+            if a.issuers.iter().any(|s| s == iss) {
+                return true;
+            }
+        }
+    }
+    false
+}
+
+fn match_evidence(cx: &Ctx<'_>) -> serde_json::Value {
+    let ev = cx.ev;
+    let tok = ev.token.as_deref();
+    let mut e = json!({
+        "status": ev.status,
+        "method": &*ev.method,
+    });
+    // The path without its query: a query may carry the very token this is about.
+    e["path"] = json!(ev.path.split('?').next().unwrap_or(""));
+    if let Some(t) = tok {
+        e["alg"] = json!(t.alg.as_deref());
+        e["iat"] = json!(t.iat);
+        e["exp"] = json!(t.exp);
+        if cx.expired {
+            e["expired_for_s"] = json!(t.exp.map(|x| ev.ts_ms.div_euclid(1000) - x));
+        }
+        if let Some(l) = t.lifetime() {
+            e["lifetime_s"] = json!(l);
+        }
+        if t.unsigned {
+            e["unsigned"] = json!(true);
+        }
+    }
+    if ev.token_in_url {
+        e["token_in_url"] = json!(true);
+    }
+    e
+}
+
+fn decision(rule: &Rule, cx: &Ctx<'_>, f: Fired) -> Decision {
+    let tok = cx.ev.token.as_deref();
+    let not_before = (rule.action == Action::RevokeSubject)
+        .then(|| f.not_before_ms.unwrap_or(cx.ev.ts_ms))
+        // ceil: a token issued during the second of the request is revoked as well
+        .map(|ms| (ms + 999).div_euclid(1000));
+    Decision {
+        ts: cx.ev.ts_ms,
+        rule: rule.id.clone(),
+        severity: rule.severity,
+        action: rule.action,
+        token_id: tok.map(|t| t.token_id.clone()),
+        subject: tok.map(|t| t.subject.clone()),
+        iss: tok.and_then(|t| t.iss.clone()),
+        sub: tok.and_then(|t| t.sub.clone()),
+        client_ip: cx.ev.client_ip,
+        expires_at: tok.and_then(|t| t.exp),
+        not_before,
+        shadow: rule.shadow,
+        reason: f.reason,
+        evidence: f.evidence,
+    }
+}
+
+#[cfg(test)]
+mod tests;

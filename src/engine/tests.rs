@@ -1,0 +1,516 @@
+//! The engine with real rule files: each default rule at its boundaries, late events, each
+//! key type, cooldowns, shadow mode and allowlists.
+
+use std::borrow::Cow;
+use std::path::Path;
+use std::sync::Arc;
+
+use super::*;
+use crate::input::GeoPoint;
+use crate::rules::load_str;
+use crate::token::TokenInfo;
+
+const T0: i64 = 1_795_910_400_000; // 2026-11-29T00:00:00Z
+
+fn default_rule(id: &str) -> Arc<RuleSet> {
+    let rules = crate::defaults::rules().unwrap();
+    let r = rules.rules.iter().find(|r| &*r.id == id).unwrap().clone();
+    Arc::new(RuleSet {
+        rules: vec![r],
+        files: 1,
+    })
+}
+
+fn rules(yaml: &str) -> Arc<RuleSet> {
+    Arc::new(RuleSet {
+        rules: load_str(Path::new("t.yaml"), yaml).unwrap(),
+        files: 1,
+    })
+}
+
+fn token(jti: &str, sub: &str, iat_s: i64, exp_s: i64) -> Arc<TokenInfo> {
+    Arc::new(TokenInfo {
+        token_id: jti.into(),
+        iss: Some("https://idp".into()),
+        sub: Some(sub.into()),
+        subject: format!("https://idp|{sub}").into(),
+        alg: Some("RS256".into()),
+        kid: None,
+        aud: Box::new([]),
+        exp: Some(exp_s),
+        iat: Some(iat_s),
+        nbf: None,
+        unsigned: false,
+        claims: Box::new([]),
+    })
+}
+
+fn live(jti: &str, sub: &str) -> Arc<TokenInfo> {
+    token(jti, sub, T0 / 1000, T0 / 1000 + 3600)
+}
+
+fn ev(ts: i64, ip: &str, status: u16, tok: &Arc<TokenInfo>) -> Event<'static> {
+    Event {
+        ts_ms: ts,
+        client_ip: Some(ip.parse().unwrap()),
+        method: Cow::Borrowed("GET"),
+        path: Cow::Borrowed("/api"),
+        status: Some(status),
+        user_agent: Cow::Borrowed("ua"),
+        token: Some(tok.clone()),
+        token_in_url: false,
+        geo: None,
+    }
+}
+
+fn run(e: &mut Engine, events: &[Event<'_>]) -> Vec<Decision> {
+    let mut out = Vec::new();
+    for ev in events {
+        e.process(ev, &mut out);
+    }
+    out
+}
+
+fn engine(r: Arc<RuleSet>) -> Engine {
+    Engine::new(r, EngineConfig::default())
+}
+
+const MIN: i64 = 60_000;
+
+#[test]
+fn token_replay_fires_at_the_third_network_within_ten_minutes() {
+    let t = live("t1", "u");
+    let mut e = engine(default_rule("token-replay"));
+    let d = run(
+        &mut e,
+        &[
+            ev(T0, "198.51.100.1", 200, &t),
+            ev(T0 + MIN, "198.51.100.200", 200, &t), // same /24
+            ev(T0 + 2 * MIN, "203.0.113.5", 200, &t),
+            ev(T0 + 10 * MIN, "192.0.2.1", 200, &t), // exactly 10 minutes after the first
+        ],
+    );
+    assert_eq!(d.len(), 1);
+    assert_eq!(d[0].ts, T0 + 10 * MIN);
+    assert_eq!(d[0].action, Action::RevokeToken);
+    assert_eq!(d[0].evidence["distinct"], 3);
+}
+
+#[test]
+fn token_replay_boundaries() {
+    let t = live("t1", "u");
+    // just over ten minutes: the first network has left the window
+    let mut e = engine(default_rule("token-replay"));
+    let d = run(
+        &mut e,
+        &[
+            ev(T0, "198.51.100.1", 200, &t),
+            ev(T0 + 2 * MIN, "203.0.113.5", 200, &t),
+            ev(T0 + 10 * MIN + 1, "192.0.2.1", 200, &t),
+        ],
+    );
+    assert!(d.is_empty());
+    // rejected requests do not count
+    let mut e = engine(default_rule("token-replay"));
+    let d = run(
+        &mut e,
+        &[
+            ev(T0, "198.51.100.1", 200, &t),
+            ev(T0 + 1, "203.0.113.5", 401, &t),
+            ev(T0 + 2, "192.0.2.1", 403, &t),
+        ],
+    );
+    assert!(d.is_empty());
+    // IPv6: one /64 is one network
+    let mut e = engine(default_rule("token-replay"));
+    let d = run(
+        &mut e,
+        &[
+            ev(T0, "2001:db8:0:1::1", 200, &t),
+            ev(T0 + 1, "2001:db8:0:1::ffff", 200, &t),
+            ev(T0 + 2, "2001:db8:0:2::1", 200, &t),
+        ],
+    );
+    assert!(d.is_empty());
+    let d = run(&mut e, &[ev(T0 + 3, "2001:db8:0:3::1", 200, &t)]);
+    assert_eq!(d.len(), 1);
+    // once per token, forever
+    let d = run(
+        &mut e,
+        &[
+            ev(T0 + 4, "2001:db8:0:4::1", 200, &t),
+            ev(T0 + 20 * MIN, "2001:db8:0:5::1", 200, &t),
+        ],
+    );
+    assert!(d.is_empty());
+}
+
+#[test]
+fn a_late_event_within_the_lateness_still_counts() {
+    let t = live("t1", "u");
+    let mut e = engine(default_rule("token-replay"));
+    let d = run(
+        &mut e,
+        &[
+            ev(T0, "198.51.100.1", 200, &t),
+            ev(T0 + 5 * MIN, "203.0.113.5", 200, &t),
+            ev(T0 + 5 * MIN - 50_000, "192.0.2.1", 200, &t),
+        ],
+    );
+    assert_eq!(d.len(), 1, "50 s late is within the 60 s allowance");
+    assert_eq!(e.stats().late_events, 0);
+}
+
+#[test]
+fn an_event_later_than_the_lateness_is_counted_and_kept_out_of_windows() {
+    let t = live("t1", "u");
+    let mut e = engine(default_rule("token-replay"));
+    let d = run(
+        &mut e,
+        &[
+            ev(T0, "198.51.100.1", 200, &t),
+            ev(T0 + 5 * MIN, "203.0.113.5", 200, &t),
+            ev(T0 + 3 * MIN, "192.0.2.1", 200, &t),
+        ],
+    );
+    assert!(d.is_empty(), "two minutes late: not in the window");
+    assert_eq!(e.stats().late_events, 1);
+    // but stateless rules still see a late event
+    let mut e = engine(default_rule("expired-token-accepted"));
+    let old = token("old", "u", T0 / 1000 - 7200, T0 / 1000 - 3600);
+    let d = run(
+        &mut e,
+        &[
+            ev(T0 + 10 * MIN, "198.51.100.1", 200, &t),
+            ev(T0, "198.51.100.1", 200, &old),
+        ],
+    );
+    assert_eq!(d.len(), 1);
+}
+
+#[test]
+fn expiry_has_sixty_seconds_of_leeway() {
+    let exp_s = T0 / 1000;
+    let t = token("e", "u", exp_s - 900, exp_s);
+    let mut e = engine(default_rule("expired-token-accepted"));
+    assert!(
+        run(&mut e, &[ev(T0 + 60_000, "198.51.100.1", 200, &t)]).is_empty(),
+        "exp + 60 s is not yet expired"
+    );
+    assert_eq!(run(&mut e, &[ev(T0 + 60_001, "198.51.100.1", 200, &t)]).len(), 1);
+    // rejected: not this rule's business
+    let t2 = token("e2", "u", exp_s - 900, exp_s);
+    assert!(run(&mut e, &[ev(T0 + 120_000, "198.51.100.1", 401, &t2)]).is_empty());
+}
+
+#[test]
+fn expired_token_attempts_count_per_subject_with_a_cooldown() {
+    let exp_s = T0 / 1000 - 3600;
+    // different expired tokens of one subject add up: the key is the subject
+    let toks: Vec<_> = (0..10)
+        .map(|i| token(&format!("x{i}"), "u", exp_s - 900, exp_s))
+        .collect();
+    let mut e = engine(default_rule("expired-token-attempts"));
+    let mut evs: Vec<_> = (0..4)
+        .map(|i| ev(T0 + i * 60_000, "198.51.100.1", 401, &toks[i as usize]))
+        .collect();
+    assert!(run(&mut e, &evs).is_empty());
+    let d = run(&mut e, &[ev(T0 + 4 * 60_000, "198.51.100.1", 403, &toks[4])]);
+    assert_eq!(d.len(), 1, "5 in exactly 4 minutes");
+    assert_eq!(d[0].subject.as_deref(), Some("https://idp|u"));
+    // still 5 within 5 minutes, but cooling down for 5 minutes
+    for i in 5..9 {
+        assert!(run(&mut e, &[ev(T0 + i * 60_000, "198.51.100.1", 401, &toks[i as usize])]).is_empty());
+    }
+    let d = run(&mut e, &[ev(T0 + 9 * 60_000, "198.51.100.1", 401, &toks[9])]);
+    assert_eq!(d.len(), 1, "cooldown over and 5 within 5 minutes again");
+    // accepted or unexpired attempts do not count
+    let mut e = engine(default_rule("expired-token-attempts"));
+    let fresh = live("f", "v");
+    evs = (0..6).map(|i| ev(T0 + i * 1000, "198.51.100.1", 401, &fresh)).collect();
+    assert!(run(&mut e, &evs).is_empty());
+}
+
+#[test]
+fn impossible_travel_revokes_the_subject_from_the_later_request() {
+    let t = live("t1", "u");
+    let london = GeoPoint {
+        lat: 51.5142,
+        lon: -0.0931,
+        accuracy_km: 10.0,
+    };
+    let changchun = GeoPoint {
+        lat: 43.88,
+        lon: 125.3228,
+        accuracy_km: 100.0,
+    };
+    let mut a = ev(T0, "81.2.69.142", 200, &t);
+    a.geo = Some(london);
+    let mut b = ev(T0 + 20 * MIN + 500, "175.16.199.5", 200, &t);
+    b.geo = Some(changchun);
+    let mut e = engine(default_rule("impossible-travel"));
+    let d = run(&mut e, &[a.clone(), b.clone()]);
+    assert_eq!(d.len(), 1);
+    assert_eq!(d[0].action, Action::RevokeSubject);
+    assert_eq!(
+        d[0].not_before,
+        Some((T0 + 20 * MIN + 1000) / 1000),
+        "rounded up to the second"
+    );
+    // cooldown 1 h per subject
+    let mut c = a.clone();
+    c.ts_ms = T0 + 40 * MIN;
+    assert!(run(&mut e, &[c]).is_empty());
+    // events without a location are not part of it
+    let mut e = engine(default_rule("impossible-travel"));
+    let mut nogeo = b.clone();
+    nogeo.geo = None;
+    assert!(run(&mut e, &[a, nogeo]).is_empty());
+}
+
+#[test]
+fn revoked_token_used_after_a_token_revocation_and_a_subject_revocation() {
+    let rs = crate::defaults::rules().unwrap();
+    let mut e = engine(rs);
+    let t = live("t1", "u");
+    let mut d = run(
+        &mut e,
+        &[
+            ev(T0, "198.51.100.1", 200, &t),
+            ev(T0 + 1000, "203.0.113.5", 200, &t),
+            ev(T0 + 2000, "192.0.2.1", 200, &t),
+        ],
+    );
+    assert_eq!(d.len(), 1, "the revoking request is not itself a revoked use");
+    d = run(&mut e, &[ev(T0 + 3000, "198.51.100.1", 200, &t)]);
+    assert_eq!(d.len(), 1);
+    assert_eq!(&*d[0].rule, "revoked-token-used");
+    assert_eq!(d[0].evidence["revoked_by"], "token-replay");
+    // 10 minute cooldown
+    assert!(run(&mut e, &[ev(T0 + 4000, "198.51.100.1", 200, &t)]).is_empty());
+    assert_eq!(
+        run(&mut e, &[ev(T0 + 3000 + 10 * MIN, "198.51.100.1", 200, &t)]).len(),
+        1
+    );
+    // a rejected use is the gateway doing its job
+    assert!(run(&mut e, &[ev(T0 + 3000 + 30 * MIN, "198.51.100.1", 401, &t)]).is_empty());
+}
+
+#[test]
+fn subject_revocation_covers_tokens_issued_before_not_before_only() {
+    let rs = crate::defaults::rules().unwrap();
+    let mut e = engine(rs);
+    let london = GeoPoint {
+        lat: 51.5142,
+        lon: -0.0931,
+        accuracy_km: 10.0,
+    };
+    let changchun = GeoPoint {
+        lat: 43.88,
+        lon: 125.3228,
+        accuracy_km: 100.0,
+    };
+    let old = live("old", "u");
+    let mut a = ev(T0, "81.2.69.142", 200, &old);
+    a.geo = Some(london);
+    let mut b = ev(T0 + 20 * MIN, "175.16.199.5", 200, &old);
+    b.geo = Some(changchun);
+    let d = run(&mut e, &[a, b]);
+    assert_eq!(d.len(), 1);
+    let nb = d[0].not_before.unwrap();
+    let fresh = token("new", "u", nb, nb + 900);
+    let other = live("other-subject", "v");
+    let d = run(
+        &mut e,
+        &[
+            ev(T0 + 21 * MIN, "81.2.69.142", 200, &old),
+            ev(T0 + 21 * MIN, "81.2.69.142", 200, &fresh),
+            ev(T0 + 21 * MIN, "81.2.69.142", 200, &other),
+        ],
+    );
+    assert_eq!(d.len(), 1, "{d:?}");
+    assert_eq!(d[0].token_id.as_deref(), Some("old"));
+    assert_eq!(d[0].evidence["revoked"], "subject");
+}
+
+#[test]
+fn shadow_rules_decide_but_never_revoke() {
+    let yaml = "\
+rules:
+  - {id: replay, severity: high, action: revoke_token, mode: shadow, kind: distinct_count, key: token_id, distinct: network, threshold: 2, window: 10m}
+  - {id: used, severity: critical, action: alert, kind: revoked_use, key: token_id}
+";
+    let mut e = engine(rules(yaml));
+    let t = live("t1", "u");
+    let d = run(
+        &mut e,
+        &[
+            ev(T0, "198.51.100.1", 200, &t),
+            ev(T0 + 1, "203.0.113.5", 200, &t),
+            ev(T0 + 2, "198.51.100.1", 200, &t),
+        ],
+    );
+    assert_eq!(d.len(), 1);
+    assert!(d[0].shadow);
+    assert!(d[0].to_json_line().contains("\"shadow\":true"));
+}
+
+#[test]
+fn keys_can_be_any_field() {
+    // per client IP, per network, per claim-free string field (user agent), per subject
+    for (key, ips, fire) in [
+        ("client_ip", ["198.51.100.1", "198.51.100.1", "198.51.100.1"], true),
+        ("client_ip", ["198.51.100.1", "198.51.100.2", "198.51.100.3"], false),
+        ("network", ["198.51.100.1", "198.51.100.2", "198.51.100.3"], true),
+        ("user_agent", ["198.51.100.1", "203.0.113.1", "192.0.2.1"], true),
+    ] {
+        let yaml = format!("id: c\nseverity: low\naction: alert\nkind: count\nkey: {key}\nthreshold: 3\nwindow: 1m\n");
+        let mut e = engine(rules(&yaml));
+        let evs: Vec<_> = ips
+            .iter()
+            .enumerate()
+            .map(|(i, ip)| ev(T0 + i as i64, ip, 200, &live(&format!("t{i}"), &format!("u{i}"))))
+            .collect();
+        assert_eq!(run(&mut e, &evs).len() == 1, fire, "{key} {ips:?}");
+    }
+    // distinct subjects per client network: credential stuffing shape
+    let yaml = "id: many-users\nseverity: medium\naction: alert\nkind: distinct_count\nkey: network\ndistinct: subject\nthreshold: 3\nwindow: 1m\n";
+    let mut e = engine(rules(yaml));
+    let evs: Vec<_> = (0..3)
+        .map(|i| ev(T0 + i, "198.51.100.9", 200, &live(&format!("t{i}"), &format!("u{i}"))))
+        .collect();
+    assert_eq!(run(&mut e, &evs).len(), 1);
+    // events without the key's field are not keyed
+    let mut noip = ev(T0 + 10, "198.51.100.9", 200, &live("z", "z"));
+    noip.client_ip = None;
+    let yaml = "id: c\nseverity: low\naction: alert\nkind: match\nkey: client_ip\ncooldown: 0\n";
+    let mut e = engine(rules(yaml));
+    assert!(run(&mut e, &[noip]).is_empty());
+}
+
+#[test]
+fn allowlists_silence_a_rule() {
+    let yaml = "\
+id: r
+severity: low
+action: alert
+kind: match
+key: token_id
+cooldown: 0
+allow:
+  cidrs: [198.51.100.0/24]
+  subjects: ['https://idp|svc']
+  issuers: [https://other]
+";
+    let mut e = engine(rules(yaml));
+    let d = run(
+        &mut e,
+        &[
+            ev(T0, "198.51.100.7", 200, &live("a", "u")),
+            ev(T0, "203.0.113.1", 200, &live("b", "svc")),
+            ev(T0, "203.0.113.1", 200, &live("c", "u")),
+        ],
+    );
+    assert_eq!(d.len(), 1);
+    assert_eq!(d[0].token_id.as_deref(), Some("c"));
+}
+
+#[test]
+fn cooldown_zero_fires_every_time_and_durations_are_event_time() {
+    let yaml = "id: r\nseverity: low\naction: alert\nkind: match\nkey: subject\ncooldown: 2m\n";
+    let mut e = engine(rules(yaml));
+    let t = live("a", "u");
+    let d = run(
+        &mut e,
+        &[
+            ev(T0, "198.51.100.7", 200, &t),
+            ev(T0 + MIN, "198.51.100.7", 200, &t),
+            ev(T0 + 2 * MIN, "198.51.100.7", 200, &t),
+        ],
+    );
+    assert_eq!(d.iter().map(|d| d.ts).collect::<Vec<_>>(), vec![T0, T0 + 2 * MIN]);
+}
+
+#[test]
+fn the_key_cap_evicts_and_counts() {
+    let yaml = "id: r\nseverity: low\naction: alert\nkind: count\nkey: token_id\nthreshold: 2\nwindow: 1h\n";
+    let cfg = EngineConfig {
+        max_keys_per_rule: 100,
+        ..EngineConfig::default()
+    };
+    let mut e = Engine::new(rules(yaml), cfg);
+    for i in 0..1000 {
+        run(&mut e, &[ev(T0 + i, "198.51.100.7", 200, &live(&format!("t{i}"), "u"))]);
+    }
+    assert!(e.tracked_keys() <= 100);
+    assert!(e.stats().evictions >= 900);
+}
+
+#[test]
+fn expired_state_is_swept() {
+    let yaml =
+        "id: r\nseverity: low\naction: alert\nkind: count\nkey: token_id\nthreshold: 2\nwindow: 1m\ncooldown: 1m\n";
+    let mut e = engine(rules(yaml));
+    for i in 0..50 {
+        run(&mut e, &[ev(T0 + i, "198.51.100.7", 200, &live(&format!("t{i}"), "u"))]);
+    }
+    assert_eq!(e.tracked_keys(), 50);
+    run(&mut e, &[ev(T0 + 10 * MIN, "198.51.100.7", 200, &live("late", "u"))]);
+    assert_eq!(e.tracked_keys(), 1);
+}
+
+#[test]
+fn reload_keeps_the_windows_of_unchanged_rules() {
+    let yaml = "id: r\nseverity: low\naction: alert\nkind: count\nkey: token_id\nthreshold: 3\nwindow: 1h\n";
+    let mut e = engine(rules(yaml));
+    let t = live("a", "u");
+    run(
+        &mut e,
+        &[ev(T0, "198.51.100.7", 200, &t), ev(T0 + 1, "198.51.100.7", 200, &t)],
+    );
+    e.replace_rules(rules(&yaml.replace("severity: low", "severity: high")));
+    let d = run(&mut e, &[ev(T0 + 2, "198.51.100.7", 200, &t)]);
+    assert_eq!(d.len(), 1, "window survived the reload");
+    assert_eq!(d[0].severity, crate::rules::Severity::High);
+    e.replace_rules(rules(&yaml.replace("threshold: 3", "threshold: 2")));
+    assert!(
+        run(&mut e, &[ev(T0 + 3, "198.51.100.7", 200, &t)]).is_empty(),
+        "changed rule starts empty"
+    );
+}
+
+#[test]
+fn unsigned_token_in_url_and_lifetime_rules() {
+    let mut unsigned = (*live("u1", "u")).clone();
+    unsigned.unsigned = true;
+    let unsigned = Arc::new(unsigned);
+    let mut e = engine(default_rule("unsigned-token"));
+    assert_eq!(
+        run(&mut e, &[ev(T0, "198.51.100.7", 401, &unsigned)]).len(),
+        1,
+        "rejected or not"
+    );
+    assert!(
+        run(&mut e, &[ev(T0 + 1, "198.51.100.7", 200, &unsigned)]).is_empty(),
+        "once per token"
+    );
+
+    let mut e = engine(default_rule("token-in-url"));
+    let t = live("q", "u");
+    let mut in_url = ev(T0, "198.51.100.7", 200, &t);
+    in_url.token_in_url = true;
+    let mut rejected = in_url.clone();
+    rejected.status = Some(401);
+    assert!(run(&mut e, &[rejected]).is_empty());
+    assert_eq!(run(&mut e, &[in_url]).len(), 1);
+
+    let mut e = engine(default_rule("excessive-lifetime"));
+    let day = token("d", "u", T0 / 1000, T0 / 1000 + 86_400);
+    let longer = token("l", "u", T0 / 1000, T0 / 1000 + 86_401);
+    let d = run(
+        &mut e,
+        &[ev(T0, "198.51.100.7", 200, &day), ev(T0, "198.51.100.7", 200, &longer)],
+    );
+    assert_eq!(d.len(), 1);
+    assert_eq!(d[0].token_id.as_deref(), Some("l"));
+}

@@ -1,0 +1,358 @@
+//! Where synthetic clients connect from: address ranges, and what the test GeoIP database
+//! says about them.
+//!
+//! The tests geolocate with MaxMind's `GeoLite2-City-Test` database, which knows only a few
+//! hundred ranges. Every geolocated address the generator emits comes from [`LOCATED`], copied
+//! from that database's source JSON (a test checks the table against the `.mmdb`); every other
+//! address (carrier-grade NAT, hosting ranges used by attackers) is one the database does not
+//! know, so it has no location and can never take part in an impossible-travel pair.
+//!
+//! Users live in a [`Region`]: a group of ranges whose locations are all less than 500 km
+//! apart, so that moving between home and mobile networks inside a region can never look
+//! like impossible travel whatever the time between requests.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use super::rng::Rng;
+
+/// A range of the test database with its location, as the database reports it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Located {
+    pub cidr: &'static str,
+    pub lat: f64,
+    pub lon: f64,
+    /// Only the tests' re-statement of the rules reads it; kept so the table is the database.
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub accuracy_km: f64,
+}
+
+const fn loc(cidr: &'static str, lat: f64, lon: f64, accuracy_km: f64) -> Located {
+    Located {
+        cidr,
+        lat,
+        lon,
+        accuracy_km,
+    }
+}
+
+const LONDON: (f64, f64) = (51.5142, -0.0931);
+const GB: (f64, f64) = (54.75844, -2.69531);
+const LINKOPING: (f64, f64) = (58.4167, 15.6167);
+const SE: (f64, f64) = (62.0, 15.0);
+const JP: (f64, f64) = (35.68536, 139.75309);
+const KR: (f64, f64) = (37.0, 127.5);
+const TW: (f64, f64) = (24.0, 121.0);
+const DE: (f64, f64) = (51.5, 10.5);
+const FR: (f64, f64) = (46.0, 2.0);
+
+/// The ranges of GeoLite2-City-Test that the generator uses, with their locations.
+pub(crate) const LOCATED: &[Located] = &[
+    loc("81.2.69.142/31", LONDON.0, LONDON.1, 10.0),
+    loc("81.2.69.144/28", LONDON.0, LONDON.1, 3.0),
+    loc("81.2.69.160/27", LONDON.0, LONDON.1, 100.0),
+    loc("81.2.69.192/28", LONDON.0, LONDON.1, 100.0),
+    loc("2.125.160.216/29", 51.75, -1.25, 100.0),
+    loc("2a02:d3c0::/29", GB.0, GB.1, 100.0),
+    loc("2a02:e100::/29", GB.0, GB.1, 100.0),
+    loc("2a02:f380::/29", GB.0, GB.1, 100.0),
+    loc("89.160.20.112/28", LINKOPING.0, LINKOPING.1, 76.0),
+    loc("89.160.20.128/25", LINKOPING.0, LINKOPING.1, 76.0),
+    loc("2a02:d040::/29", SE.0, SE.1, 100.0),
+    loc("2a02:e400::/29", SE.0, SE.1, 100.0),
+    loc("216.160.83.56/29", 47.2513, -122.3149, 22.0),
+    loc("214.78.0.0/19", 32.6783, -117.1291, 10.0),
+    loc("2001:480::/43", 32.7203, -117.1552, 50.0),
+    loc("2001:218::/32", JP.0, JP.1, 100.0),
+    loc("2001:240::/32", JP.0, JP.1, 100.0),
+    loc("2001:258::/32", JP.0, JP.1, 100.0),
+    loc("2001:220::/32", KR.0, KR.1, 100.0),
+    loc("2001:230::/32", KR.0, KR.1, 100.0),
+    loc("2001:238::/32", TW.0, TW.1, 100.0),
+    loc("2001:288::/32", TW.0, TW.1, 100.0),
+    loc("2a02:d180::/29", DE.0, DE.1, 100.0),
+    loc("2a02:d480::/29", DE.0, DE.1, 100.0),
+    loc("2a02:cfc0::/29", FR.0, FR.1, 100.0),
+    loc("2a02:d340::/29", FR.0, FR.1, 100.0),
+    loc("175.16.199.0/24", 43.88, 125.3228, 100.0),
+    loc("202.196.224.0/20", 13.0, 122.0, 121.0),
+];
+
+/// Carrier-grade NAT (RFC 6598): mobile users behind it have no location.
+pub(crate) const CGNAT: &str = "100.64.0.0/10";
+
+/// Hosting and anonymiser ranges attackers replay from. None is in the test database.
+pub(crate) const ATTACKER_V4: &[&str] = &[
+    "185.220.101.0/24",
+    "45.155.205.0/24",
+    "194.26.29.0/24",
+    "91.240.118.0/24",
+    "5.188.206.0/24",
+    "141.98.11.0/24",
+    "193.142.146.0/24",
+    "80.94.95.0/24",
+    "103.251.167.0/24",
+    "23.129.64.0/24",
+    "162.247.74.0/24",
+    "104.244.72.0/24",
+];
+pub(crate) const ATTACKER_V6: &[&str] = &["2a0e:b107::/32", "2604:a880::/32"];
+
+/// A group of ranges less than 500 km apart (great-circle, before accuracy radii).
+pub(crate) struct Region {
+    /// Fixed-line networks; the first one's location stands for the region.
+    pub home: &'static [&'static str],
+    /// Geolocated mobile networks; users may also be on CGNAT, which has no location.
+    pub mobile: &'static [&'static str],
+    /// Share of users living here.
+    pub weight: u32,
+}
+
+pub(crate) const REGIONS: &[Region] = &[
+    // london
+    Region {
+        home: &[
+            "81.2.69.142/31",
+            "81.2.69.144/28",
+            "81.2.69.160/27",
+            "81.2.69.192/28",
+            "2.125.160.216/29",
+        ],
+        mobile: &["2a02:d3c0::/29", "2a02:e100::/29", "2a02:f380::/29"],
+        weight: 28,
+    },
+    // linkoping
+    Region {
+        home: &["89.160.20.112/28", "89.160.20.128/25"],
+        mobile: &["2a02:d040::/29", "2a02:e400::/29"],
+        weight: 10,
+    },
+    // milton
+    Region {
+        home: &["216.160.83.56/29"],
+        mobile: &[],
+        weight: 6,
+    },
+    // san-diego
+    Region {
+        home: &["214.78.0.0/19"],
+        mobile: &["2001:480::/43"],
+        weight: 14,
+    },
+    // japan
+    Region {
+        home: &["2001:218::/32", "2001:240::/32"],
+        mobile: &["2001:258::/32"],
+        weight: 10,
+    },
+    // korea
+    Region {
+        home: &["2001:220::/32"],
+        mobile: &["2001:230::/32"],
+        weight: 6,
+    },
+    // taiwan
+    Region {
+        home: &["2001:238::/32"],
+        mobile: &["2001:288::/32"],
+        weight: 4,
+    },
+    // germany
+    Region {
+        home: &["2a02:d180::/29"],
+        mobile: &["2a02:d480::/29"],
+        weight: 9,
+    },
+    // france
+    Region {
+        home: &["2a02:cfc0::/29"],
+        mobile: &["2a02:d340::/29"],
+        weight: 7,
+    },
+    // changchun
+    Region {
+        home: &["175.16.199.0/24"],
+        mobile: &[],
+        weight: 3,
+    },
+    // philippines
+    Region {
+        home: &["202.196.224.0/20"],
+        mobile: &[],
+        weight: 3,
+    },
+];
+
+pub(crate) const REGION_LONDON: usize = 0;
+
+/// An IPv4 or IPv6 prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Net {
+    V4 { base: u32, len: u8 },
+    V6 { base: u128, len: u8 },
+}
+
+impl Net {
+    /// Parses the tables' CIDR strings; they are constants, so a bad one is a bug.
+    pub(crate) fn parse(cidr: &str) -> Net {
+        let (addr, len) = cidr.split_once('/').expect("CIDR in generator table");
+        let len: u8 = len.parse().expect("prefix length in generator table");
+        match addr.parse::<IpAddr>().expect("address in generator table") {
+            IpAddr::V4(a) => Net::V4 {
+                base: u32::from(a) & mask32(len),
+                len,
+            },
+            IpAddr::V6(a) => Net::V6 {
+                base: u128::from(a) & mask128(len),
+                len,
+            },
+        }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn contains(&self, ip: IpAddr) -> bool {
+        match (*self, ip) {
+            (Net::V4 { base, len }, IpAddr::V4(a)) => u32::from(a) & mask32(len) == base,
+            (Net::V6 { base, len }, IpAddr::V6(a)) => u128::from(a) & mask128(len) == base,
+            _ => false,
+        }
+    }
+
+    /// A random address in the range. For IPv6, the /64 (what the rules count as one
+    /// network) is random too; [`Addr`] keeps it when the host part changes.
+    pub(crate) fn random(&self, rng: &mut Rng) -> Addr {
+        match *self {
+            Net::V4 { base, len } => {
+                let host = (rng.next_u64() as u32) & !mask32(len);
+                // Avoid .0 and .255, which real clients rarely have.
+                let mut a = base | host;
+                if len <= 24 && matches!(a & 0xff, 0 | 255) {
+                    a = (a & !0xff) | (1 + rng.below(250) as u32);
+                }
+                Addr::V4(Ipv4Addr::from(a))
+            }
+            Net::V6 { base, len } => {
+                let bits = ((rng.next_u64() as u128) << 64) & !mask128(len) & mask128(64);
+                Addr::V6 {
+                    prefix64: base | bits,
+                    iid: rng.next_u64() | 1,
+                }
+            }
+        }
+    }
+}
+
+fn mask32(len: u8) -> u32 {
+    if len == 0 {
+        0
+    } else {
+        u32::MAX << (32 - len as u32)
+    }
+}
+
+fn mask128(len: u8) -> u128 {
+    if len == 0 {
+        0
+    } else {
+        u128::MAX << (128 - len as u32)
+    }
+}
+
+/// A client address. IPv6 clients keep their /64 but change the interface id now and then
+/// (privacy addresses), which must not look like a new network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Addr {
+    V4(Ipv4Addr),
+    V6 { prefix64: u128, iid: u64 },
+}
+
+impl Addr {
+    pub(crate) fn ip(&self) -> IpAddr {
+        match *self {
+            Addr::V4(a) => IpAddr::V4(a),
+            Addr::V6 { prefix64, iid } => IpAddr::V6(Ipv6Addr::from(prefix64 | iid as u128)),
+        }
+    }
+
+    /// A new privacy address in the same /64; IPv4 stays as it is.
+    pub(crate) fn rotate(&mut self, rng: &mut Rng) {
+        if let Addr::V6 { iid, .. } = self {
+            *iid = rng.next_u64() | 1;
+        }
+    }
+
+    pub(crate) fn text(&self) -> Box<str> {
+        self.ip().to_string().into_boxed_str()
+    }
+}
+
+pub(crate) fn location_of(cidr: &str) -> Option<Located> {
+    LOCATED.iter().copied().find(|l| l.cidr == cidr)
+}
+
+/// Great-circle distance in km (haversine, mean Earth radius).
+pub(crate) fn distance_km(lat1: f64, lon1: f64, lat2: f64, lon2: f64) -> f64 {
+    let (p1, p2) = (lat1.to_radians(), lat2.to_radians());
+    let dp = p2 - p1;
+    let dl = (lon2 - lon1).to_radians();
+    let h = (dp / 2.0).sin().powi(2) + p1.cos() * p2.cos() * (dl / 2.0).sin().powi(2);
+    2.0 * 6371.0088 * h.sqrt().min(1.0).asin()
+}
+
+/// The location that stands for a region (its first home range).
+pub(crate) fn region_center(region: usize) -> (f64, f64) {
+    let l = location_of(REGIONS[region].home[0]).expect("region home ranges are in LOCATED");
+    (l.lat, l.lon)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_region_range_is_located_and_regions_are_compact() {
+        for r in REGIONS {
+            let all: Vec<Located> = r
+                .home
+                .iter()
+                .chain(r.mobile)
+                .map(|c| location_of(c).unwrap_or_else(|| panic!("{c}")))
+                .collect();
+            for a in &all {
+                for b in &all {
+                    let d = distance_km(a.lat, a.lon, b.lat, b.lon);
+                    assert!(d < 450.0, "{} to {} is {d:.0} km", a.cidr, b.cidr);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn random_addresses_stay_in_their_range() {
+        let mut rng = Rng::new(3);
+        for l in LOCATED
+            .iter()
+            .map(|l| l.cidr)
+            .chain(ATTACKER_V4.iter().copied())
+            .chain([CGNAT])
+        {
+            let net = Net::parse(l);
+            for _ in 0..50 {
+                let mut a = net.random(&mut rng);
+                assert!(net.contains(a.ip()), "{l}");
+                a.rotate(&mut rng);
+                assert!(net.contains(a.ip()), "{l}");
+            }
+        }
+        let located = |ip: &str| LOCATED.iter().any(|l| Net::parse(l.cidr).contains(ip.parse().unwrap()));
+        assert!(located("81.2.69.143"));
+        assert!(!located("100.64.1.1"));
+        assert!(!located("185.220.101.7"));
+    }
+
+    #[test]
+    fn distances_are_sane() {
+        let d = distance_km(LONDON.0, LONDON.1, 43.88, 125.3228);
+        assert!((8_100.0..8_300.0).contains(&d), "{d}");
+        assert!(distance_km(1.0, 2.0, 1.0, 2.0).abs() < 1e-9);
+    }
+}

@@ -1,0 +1,234 @@
+//! A plain, slow re-statement of the engine's eight default rules, for the generator's tests.
+//!
+//! It reads the canonical lines the generator wrote (not its internal state), decodes tokens
+//! with [`crate::token`] and geolocates with the generator's copy of the test database, then
+//! says which rules fire where. The tests demand that this equals the labels exactly: every
+//! labelled firing happens, and nothing unlabelled fires, legitimate traffic included.
+//! Written for clarity, not speed; it only ever sees test-sized runs.
+
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+use std::rc::Rc;
+
+use serde::Deserialize;
+
+use super::net::{Located, Net, LOCATED};
+use super::rule;
+use crate::token::{decode, tokens_in_query, RawToken, TokenInfo};
+
+#[derive(Deserialize)]
+struct Line<'a> {
+    ts: &'a str,
+    client_ip: &'a str,
+    #[serde(borrow)]
+    path: std::borrow::Cow<'a, str>,
+    status: u16,
+    authorization: Option<&'a str>,
+}
+
+/// One firing: rule, the key it is counted by (token id or subject), and the event time.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) struct Firing {
+    pub rule: String,
+    pub key: String,
+    pub ts: i64,
+}
+
+const MIN: i64 = 60_000;
+const HOUR: i64 = 60 * MIN;
+
+#[derive(Default)]
+pub(crate) struct Oracle {
+    /// The test database's ranges, parsed once.
+    geo: Vec<(Net, Located)>,
+    /// Decoded tokens by [`quick_hash`] of their text.
+    tokens: HashMap<(usize, u64), Option<Rc<TokenInfo>>>,
+    fired_once: HashSet<(&'static str, String)>,
+    replay: HashMap<String, Vec<(i64, u128)>>,
+    last_geo: HashMap<String, (i64, f64, f64, f64)>,
+    travel_fired: HashMap<String, i64>,
+    rejected_expired: HashMap<String, Vec<i64>>,
+    attempts_fired: HashMap<String, i64>,
+    revoked_tokens: HashSet<String>,
+    revoked_subjects: HashMap<String, i64>,
+    revoked_used_fired: HashMap<String, i64>,
+}
+
+/// A cheap key for a token text: the std hasher, unoptimised in test builds, was most of
+/// this module's running time. Collisions between a run's few thousand tokens are not a
+/// practical concern at 64 bits plus the length.
+pub(crate) fn quick_hash(s: &str) -> (usize, u64) {
+    let mut h = 0xcbf2_9ce4_8422_2325u64;
+    let chunks = s.as_bytes().chunks_exact(8);
+    let rest = chunks.remainder();
+    for c in chunks {
+        h = (h ^ u64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
+            .wrapping_mul(0x100_0000_01b3)
+            .rotate_left(29);
+    }
+    for &b in rest {
+        h = (h ^ b as u64).wrapping_mul(0x100_0000_01b3);
+    }
+    (s.len(), h)
+}
+
+/// IPv4 /24 or IPv6 /64, tagged so the two never collide.
+fn network(ip: IpAddr) -> u128 {
+    match ip {
+        IpAddr::V4(a) => (1u128 << 127) | (u32::from(a) >> 8) as u128,
+        IpAddr::V6(a) => u128::from(a) >> 64,
+    }
+}
+
+impl Oracle {
+    pub(crate) fn new() -> Self {
+        let geo = LOCATED.iter().map(|l| (Net::parse(l.cidr), *l)).collect();
+        Oracle {
+            geo,
+            ..Oracle::default()
+        }
+    }
+
+    fn locate(&self, ip: IpAddr) -> Option<Located> {
+        self.geo.iter().find(|(net, _)| net.contains(ip)).map(|(_, l)| *l)
+    }
+
+    /// Feeds one canonical line; returns the rules it fires. Lines that are not valid events
+    /// (malformed ones) are ignored, as the engine skips them.
+    pub(crate) fn observe(&mut self, line: &str) -> Vec<Firing> {
+        let Ok(l) = serde_json::from_str::<Line<'_>>(line) else {
+            return Vec::new();
+        };
+        let Ok(ts) = chrono::DateTime::parse_from_rfc3339(l.ts) else {
+            return Vec::new();
+        };
+        let ts = ts.timestamp_millis();
+        let Ok(ip) = l.client_ip.parse::<IpAddr>() else {
+            return Vec::new();
+        };
+        let mut carried: Vec<(&str, bool)> = Vec::new();
+        if let Some(t) = l.authorization.and_then(RawToken::from_authorization) {
+            carried.push((t.expose(), false));
+        }
+        for t in tokens_in_query(&l.path) {
+            carried.push((t.expose(), true));
+        }
+        let mut out = Vec::new();
+        let mut revoke_tokens = Vec::new();
+        let mut revoke_subject = None;
+        for (text, in_url) in carried {
+            let info = self
+                .tokens
+                .entry(quick_hash(text))
+                .or_insert_with(|| decode(RawToken::new(text), &[]).ok().map(Rc::new))
+                .clone();
+            if let Some(info) = info {
+                self.rules(
+                    ts,
+                    ip,
+                    l.status,
+                    &info,
+                    in_url,
+                    &mut out,
+                    &mut revoke_tokens,
+                    &mut revoke_subject,
+                );
+            }
+        }
+        // Revocations take effect after the event that caused them.
+        self.revoked_tokens.extend(revoke_tokens);
+        if let Some((s, nb)) = revoke_subject {
+            self.revoked_subjects.insert(s, nb);
+        }
+        out
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn rules(
+        &mut self,
+        ts: i64,
+        ip: IpAddr,
+        status: u16,
+        info: &TokenInfo,
+        in_url: bool,
+        out: &mut Vec<Firing>,
+        revoke_tokens: &mut Vec<String>,
+        revoke_subject: &mut Option<(String, i64)>,
+    ) {
+        let accepted = status != 401 && status != 403;
+        let expired = info.exp.is_some_and(|e| e * 1000 + 60_000 < ts);
+        let tid = info.token_id.to_string();
+        let subject = info.subject.to_string();
+        let fire = |out: &mut Vec<Firing>, rule: &str, key: &str| {
+            out.push(Firing {
+                rule: rule.to_owned(),
+                key: key.to_owned(),
+                ts,
+            });
+        };
+
+        if accepted {
+            let revoked = self.revoked_tokens.contains(&tid)
+                || matches!((self.revoked_subjects.get(&subject), info.iat), (Some(nb), Some(iat)) if iat * 1000 < *nb);
+            let last = self.revoked_used_fired.get(&tid).copied();
+            if revoked && last.is_none_or(|l| ts - l >= 10 * MIN) {
+                self.revoked_used_fired.insert(tid.clone(), ts);
+                fire(out, rule::REVOKED_TOKEN_USED, &tid);
+            }
+
+            let w = self.replay.entry(tid.clone()).or_default();
+            w.push((ts, network(ip)));
+            w.retain(|(t, _)| ts - t <= 10 * MIN);
+            let mut nets: Vec<u128> = w.iter().map(|(_, n)| *n).collect();
+            nets.sort_unstable();
+            nets.dedup();
+            if nets.len() >= 3 && self.fired_once.insert((rule::TOKEN_REPLAY, tid.clone())) {
+                fire(out, rule::TOKEN_REPLAY, &tid);
+                revoke_tokens.push(tid.clone());
+            }
+
+            if let Some(here) = self.locate(ip) {
+                if let Some((t1, lat, lon, acc)) = self.last_geo.get(&subject).copied() {
+                    let dt = ts - t1;
+                    let km = (super::net::distance_km(lat, lon, here.lat, here.lon) - acc - here.accuracy_km).max(0.0);
+                    let hours = dt.max(MIN) as f64 / HOUR as f64;
+                    let cooled = self.travel_fired.get(&subject).is_none_or(|l| ts - l >= HOUR);
+                    if dt < 24 * HOUR && km >= 500.0 && km / hours > 900.0 && cooled {
+                        self.travel_fired.insert(subject.clone(), ts);
+                        fire(out, rule::IMPOSSIBLE_TRAVEL, &subject);
+                        *revoke_subject = Some((subject.clone(), ts));
+                    }
+                }
+                self.last_geo
+                    .insert(subject.clone(), (ts, here.lat, here.lon, here.accuracy_km));
+            }
+
+            if expired && self.fired_once.insert((rule::EXPIRED_TOKEN_ACCEPTED, tid.clone())) {
+                fire(out, rule::EXPIRED_TOKEN_ACCEPTED, &tid);
+                revoke_tokens.push(tid.clone());
+            }
+            if in_url && self.fired_once.insert((rule::TOKEN_IN_URL, tid.clone())) {
+                fire(out, rule::TOKEN_IN_URL, &tid);
+                revoke_tokens.push(tid.clone());
+            }
+        } else if expired {
+            let w = self.rejected_expired.entry(subject.clone()).or_default();
+            w.push(ts);
+            w.retain(|t| ts - t <= 5 * MIN);
+            let cooled = self.attempts_fired.get(&subject).is_none_or(|l| ts - l >= 5 * MIN);
+            if w.len() >= 5 && cooled {
+                self.attempts_fired.insert(subject.clone(), ts);
+                fire(out, rule::EXPIRED_TOKEN_ATTEMPTS, &subject);
+            }
+        }
+
+        if info.unsigned && self.fired_once.insert((rule::UNSIGNED_TOKEN, tid.clone())) {
+            fire(out, rule::UNSIGNED_TOKEN, &tid);
+        }
+        if info.lifetime().is_some_and(|l| l > 86_400)
+            && self.fired_once.insert((rule::EXCESSIVE_LIFETIME, tid.clone()))
+        {
+            fire(out, rule::EXCESSIVE_LIFETIME, &tid);
+        }
+    }
+}

@@ -1,0 +1,218 @@
+//! A user-defined mapping (config file `[input.mapping]`) for gateways without a preset.
+//!
+//! Each event field names where it lives in the line: a dotted path (`request.headers.auth`)
+//! or an RFC 6901 JSON Pointer (`/request/headers/x.y`, for keys that contain dots). Paths are
+//! compiled to pointers once, when the config is loaded. The line is parsed into a generic
+//! JSON value, which costs more than a preset; presets remain the fast path.
+
+use std::borrow::Cow;
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::raw::RawGeo;
+use super::{Fields, Scalar, Skip};
+
+/// The `[input.mapping]` table: event field → JSON path in the log line.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MappingConfig {
+    pub ts: String,
+    pub client_ip: Option<String>,
+    pub method: Option<String>,
+    pub path: Option<String>,
+    pub status: Option<String>,
+    pub user_agent: Option<String>,
+    pub authorization: Option<String>,
+    pub token: Option<String>,
+    pub jwt_header: Option<String>,
+    pub jwt_claims: Option<String>,
+    pub geo_lat: Option<String>,
+    pub geo_lon: Option<String>,
+    pub geo_accuracy_km: Option<String>,
+}
+
+/// A compiled mapping: every path as a JSON Pointer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Mapping {
+    ts: String,
+    client_ip: Option<String>,
+    method: Option<String>,
+    path: Option<String>,
+    status: Option<String>,
+    user_agent: Option<String>,
+    authorization: Option<String>,
+    token: Option<String>,
+    jwt_header: Option<String>,
+    jwt_claims: Option<String>,
+    geo: Option<(String, String, Option<String>)>,
+}
+
+/// `a.b.c` or `$.a.b` → `/a/b/c`; a path starting with `/` is already a pointer.
+pub fn to_pointer(path: &str) -> Result<String, String> {
+    let p = path.trim();
+    if p.is_empty() {
+        return Err("empty path".into());
+    }
+    if p.starts_with('/') {
+        return Ok(p.to_string());
+    }
+    let p = p.strip_prefix("$.").unwrap_or(p);
+    let mut out = String::new();
+    for seg in p.split('.') {
+        if seg.is_empty() {
+            return Err(format!("path `{path}` has an empty segment"));
+        }
+        out.push('/');
+        out.push_str(&seg.replace('~', "~0").replace('/', "~1"));
+    }
+    Ok(out)
+}
+
+impl Mapping {
+    /// Compiles the paths; the error names the mapping key at fault.
+    pub fn compile(c: &MappingConfig) -> Result<Self, String> {
+        let p = |key: &str, v: &Option<String>| -> Result<Option<String>, String> {
+            v.as_deref()
+                .map(|s| to_pointer(s).map_err(|e| format!("input.mapping.{key}: {e}")))
+                .transpose()
+        };
+        let geo = match (&c.geo_lat, &c.geo_lon) {
+            (Some(_), Some(_)) => Some((
+                p("geo_lat", &c.geo_lat)?.unwrap_or_default(),
+                p("geo_lon", &c.geo_lon)?.unwrap_or_default(),
+                p("geo_accuracy_km", &c.geo_accuracy_km)?,
+            )),
+            (None, None) => None,
+            _ => return Err("input.mapping: geo_lat and geo_lon must be given together".into()),
+        };
+        Ok(Mapping {
+            ts: to_pointer(&c.ts).map_err(|e| format!("input.mapping.ts: {e}"))?,
+            client_ip: p("client_ip", &c.client_ip)?,
+            method: p("method", &c.method)?,
+            path: p("path", &c.path)?,
+            status: p("status", &c.status)?,
+            user_agent: p("user_agent", &c.user_agent)?,
+            authorization: p("authorization", &c.authorization)?,
+            token: p("token", &c.token)?,
+            jwt_header: p("jwt_header", &c.jwt_header)?,
+            jwt_claims: p("jwt_claims", &c.jwt_claims)?,
+            geo,
+        })
+    }
+
+    pub fn fields(&self, line: &[u8]) -> Result<Fields<'static>, Skip> {
+        let v: Value = serde_json::from_slice(line).map_err(|_| Skip::InvalidJson)?;
+        if !v.is_object() {
+            return Err(Skip::NotAnObject);
+        }
+        let get = |p: &Option<String>| p.as_deref().and_then(|p| v.pointer(p));
+        let s = |p: &Option<String>| get(p).and_then(string);
+        let scalar = |x: Option<&Value>| {
+            x.map(|x| match x {
+                Value::Number(n) => Scalar::Num(n.as_f64().unwrap_or(f64::NAN)),
+                Value::String(s) => Scalar::Str(Cow::Owned(s.clone())),
+                _ => Scalar::Other,
+            })
+        };
+        let geo = match &self.geo {
+            None => None,
+            Some((lat, lon, acc)) => match (v.pointer(lat), v.pointer(lon)) {
+                (Some(la), Some(lo)) => Some(RawGeo {
+                    lat: num(la).ok_or(Skip::BadGeo)?,
+                    lon: num(lo).ok_or(Skip::BadGeo)?,
+                    accuracy_km: acc.as_deref().and_then(|a| v.pointer(a)).and_then(num).unwrap_or(0.0),
+                }),
+                _ => None,
+            },
+        };
+        Ok(Fields {
+            ts: scalar(v.pointer(&self.ts)),
+            client_ip: s(&self.client_ip),
+            method: s(&self.method),
+            path: s(&self.path),
+            status: scalar(get(&self.status)),
+            user_agent: s(&self.user_agent),
+            authorization: s(&self.authorization),
+            token: s(&self.token),
+            jwt_header: get(&self.jwt_header).filter(|h| h.is_object()).cloned(),
+            jwt_claims: get(&self.jwt_claims).filter(|c| c.is_object()).cloned(),
+            geo,
+        })
+    }
+}
+
+fn string(v: &Value) -> Option<Cow<'static, str>> {
+    match v {
+        Value::String(s) => Some(Cow::Owned(s.clone())),
+        Value::Number(n) => Some(Cow::Owned(n.to_string())),
+        Value::Array(a) => a.first().and_then(string),
+        _ => None,
+    }
+}
+
+fn num(v: &Value) -> Option<f64> {
+    match v {
+        Value::Number(n) => n.as_f64(),
+        Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::input::{Format, Parser};
+    use crate::token::TokenCache;
+
+    #[test]
+    fn paths_become_pointers() {
+        assert_eq!(to_pointer("a.b").unwrap(), "/a/b");
+        assert_eq!(to_pointer("$.a.b/c").unwrap(), "/a/b~1c");
+        assert_eq!(to_pointer("/a/x.y").unwrap(), "/a/x.y");
+        assert!(to_pointer("a..b").is_err());
+        assert!(to_pointer(" ").is_err());
+    }
+
+    #[test]
+    fn a_custom_gateway_is_read_through_the_mapping() {
+        let cfg: MappingConfig = toml::from_str(
+            r#"
+            ts = "time"
+            client_ip = "peer.ip"
+            path = "http.url"
+            status = "http.code"
+            authorization = "/http/headers/x.auth"
+            geo_lat = "loc.lat"
+            geo_lon = "loc.lon"
+            "#,
+        )
+        .unwrap();
+        let m = Mapping::compile(&cfg).unwrap();
+        let p = Parser::new(Format::Custom, Some(m)).unwrap();
+        let mut cache = TokenCache::new(10, vec![]);
+        let tok = crate::input::tests::jwt(serde_json::json!({"jti":"j1","sub":"s"}));
+        let line = serde_json::json!({
+            "time": "2026-11-29T00:00:00Z", "peer": {"ip": "81.2.69.142"},
+            "http": {"url": "/a?b=1", "code": "403", "headers": {"x.auth": format!("Bearer {tok}")}},
+            "loc": {"lat": 51.5, "lon": "-0.1"}
+        })
+        .to_string();
+        let e = p.parse(line.as_bytes(), &mut cache).unwrap().event;
+        assert_eq!(e.ts_ms, 1_795_910_400_000);
+        assert_eq!(e.status, Some(403));
+        assert_eq!(&*e.path, "/a?b=1");
+        assert_eq!(&*e.token.unwrap().token_id, "j1");
+        assert_eq!(e.geo.unwrap().lon, -0.1);
+        assert_eq!(
+            p.parse(b"{\"peer\":1}", &mut cache).unwrap_err(),
+            Skip::MissingTimestamp
+        );
+        assert!(Mapping::compile(&MappingConfig {
+            ts: "t".into(),
+            geo_lat: Some("a".into()),
+            ..Default::default()
+        })
+        .is_err());
+    }
+}

@@ -1,0 +1,457 @@
+//! Input: gateway access-log lines in, one [`Event`] per line out.
+//!
+//! Every supported gateway writes one JSON object per line, each with its own field names.
+//! All of them are read by one borrowed serde pass ([`RawLine`] holds the union of their
+//! fields), after which a small per-format function picks the fields it owns
+//! ([`canonical`], [`traefik`], [`kong`], [`envoy`], [`nginx`]), or a user-defined
+//! [`mapping`] reads them by JSON path. `auto` decides per line by the timestamp field present.
+//!
+//! A line that is not valid input yields a [`Skip`] with a stable reason, counted by the
+//! caller; nothing here panics on any input (a property test feeds arbitrary bytes). Strings
+//! are borrowed from the line whenever JSON escaping allows, so a typical line allocates
+//! nothing here.
+
+pub mod canonical;
+pub mod envoy;
+pub mod kong;
+pub mod lines;
+pub mod mapping;
+pub mod nginx;
+pub mod raw;
+pub mod traefik;
+
+use std::borrow::Cow;
+use std::net::IpAddr;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use crate::token::{self, RawToken, TokenCache, TokenInfo};
+
+pub use mapping::Mapping;
+pub use raw::{RawLine, Scalar};
+
+/// A location: from the log's `geo` field or from the GeoIP database.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GeoPoint {
+    pub lat: f64,
+    pub lon: f64,
+    /// The radius (km) within which the client is, as the database or the log says.
+    pub accuracy_km: f64,
+}
+
+/// One request as every later stage sees it, whatever gateway logged it.
+#[derive(Debug, Clone)]
+pub struct Event<'a> {
+    /// Event time, epoch milliseconds.
+    pub ts_ms: i64,
+    pub client_ip: Option<IpAddr>,
+    pub method: Cow<'a, str>,
+    /// Path with query string.
+    pub path: Cow<'a, str>,
+    /// HTTP status; `None` when the gateway did not log one (counts as accepted).
+    pub status: Option<u16>,
+    pub user_agent: Cow<'a, str>,
+    /// The token the request carried (Authorization header, `token` field, decoded claims,
+    /// or else the first JWT in the URL query).
+    pub token: Option<Arc<TokenInfo>>,
+    /// The token above was (also) found in the URL query string.
+    pub token_in_url: bool,
+    pub geo: Option<GeoPoint>,
+}
+
+impl Event<'_> {
+    /// Accepted by the gateway: any status but 401 and 403, or no status at all.
+    pub fn accepted(&self) -> bool {
+        !matches!(self.status, Some(401) | Some(403))
+    }
+}
+
+/// A line's event plus, rarely, a second token found in its URL query that differs from the
+/// header's. The pipeline evaluates the request once per token it carried.
+#[derive(Debug)]
+pub struct Parsed<'a> {
+    pub event: Event<'a>,
+    pub url_token: Option<Arc<TokenInfo>>,
+    /// Tokens on this line that could not be decoded, by reason (the event still counts).
+    pub token_errors: Vec<token::DecodeError>,
+}
+
+/// Why a line was skipped. Stable names: they are metric label values and summary keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Skip {
+    LineTooLong,
+    Empty,
+    InvalidJson,
+    NotAnObject,
+    UnknownFormat,
+    MissingTimestamp,
+    BadTimestamp,
+    BadClientIp,
+    BadStatus,
+    BadGeo,
+}
+
+impl Skip {
+    pub fn reason(self) -> &'static str {
+        match self {
+            Skip::LineTooLong => "line_too_long",
+            Skip::Empty => "empty_line",
+            Skip::InvalidJson => "invalid_json",
+            Skip::NotAnObject => "not_a_json_object",
+            Skip::UnknownFormat => "unknown_format",
+            Skip::MissingTimestamp => "missing_timestamp",
+            Skip::BadTimestamp => "bad_timestamp",
+            Skip::BadClientIp => "bad_client_ip",
+            Skip::BadStatus => "bad_status",
+            Skip::BadGeo => "bad_geo",
+        }
+    }
+
+    pub const ALL: [Skip; 10] = [
+        Skip::LineTooLong,
+        Skip::Empty,
+        Skip::InvalidJson,
+        Skip::NotAnObject,
+        Skip::UnknownFormat,
+        Skip::MissingTimestamp,
+        Skip::BadTimestamp,
+        Skip::BadClientIp,
+        Skip::BadStatus,
+        Skip::BadGeo,
+    ];
+}
+
+/// The log format of the input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Auto,
+    Canonical,
+    Traefik,
+    Kong,
+    Envoy,
+    Nginx,
+    /// The user-defined mapping from the config file.
+    Custom,
+}
+
+impl FromStr for Format {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "auto" => Format::Auto,
+            "canonical" => Format::Canonical,
+            "traefik" => Format::Traefik,
+            "kong" => Format::Kong,
+            "envoy" => Format::Envoy,
+            "nginx" => Format::Nginx,
+            "custom" => Format::Custom,
+            other => {
+                return Err(format!(
+                    "unknown format `{other}`: expected auto, canonical, traefik, kong, envoy, nginx or custom"
+                ))
+            }
+        })
+    }
+}
+
+/// The fields a format picked out of a line, before they are checked and typed.
+#[derive(Default)]
+pub struct Fields<'a> {
+    pub ts: Option<Scalar<'a>>,
+    pub client_ip: Option<Cow<'a, str>>,
+    pub method: Option<Cow<'a, str>>,
+    pub path: Option<Cow<'a, str>>,
+    pub status: Option<Scalar<'a>>,
+    pub user_agent: Option<Cow<'a, str>>,
+    /// An `Authorization` header value (`Bearer <jwt>`).
+    pub authorization: Option<Cow<'a, str>>,
+    /// A bare compact JWT.
+    pub token: Option<Cow<'a, str>>,
+    pub jwt_header: Option<serde_json::Value>,
+    pub jwt_claims: Option<serde_json::Value>,
+    pub geo: Option<raw::RawGeo>,
+}
+
+/// Turns lines into events for one format. Holds no per-line state.
+pub struct Parser {
+    format: Format,
+    mapping: Option<Mapping>,
+}
+
+impl Parser {
+    pub fn new(format: Format, mapping: Option<Mapping>) -> Result<Self, String> {
+        if format == Format::Custom && mapping.is_none() {
+            return Err("format `custom` needs an [input.mapping] table in the config file".into());
+        }
+        Ok(Parser { format, mapping })
+    }
+
+    pub fn format(&self) -> Format {
+        self.format
+    }
+
+    /// Parses one line (without its newline). Token decoding goes through `tokens`, so each
+    /// distinct token is decoded once.
+    pub fn parse<'a>(&self, line: &'a [u8], tokens: &mut TokenCache) -> Result<Parsed<'a>, Skip> {
+        let line = trim_ascii(line);
+        if line.is_empty() {
+            return Err(Skip::Empty);
+        }
+        if line[0] != b'{' {
+            return Err(if serde_json::from_slice::<serde::de::IgnoredAny>(line).is_ok() {
+                Skip::NotAnObject
+            } else {
+                Skip::InvalidJson
+            });
+        }
+        let fields = if self.format == Format::Custom {
+            match &self.mapping {
+                Some(m) => m.fields(line)?,
+                None => return Err(Skip::UnknownFormat),
+            }
+        } else {
+            let raw: RawLine<'a> = serde_json::from_slice(line).map_err(|_| Skip::InvalidJson)?;
+            let format = match self.format {
+                Format::Auto => raw.detect().ok_or(Skip::UnknownFormat)?,
+                f => f,
+            };
+            match format {
+                Format::Canonical => canonical::fields(raw),
+                Format::Traefik => traefik::fields(raw),
+                Format::Kong => kong::fields(raw),
+                Format::Envoy => envoy::fields(raw),
+                Format::Nginx => nginx::fields(raw),
+                Format::Auto | Format::Custom => return Err(Skip::UnknownFormat),
+            }
+        };
+        finish(fields, tokens)
+    }
+}
+
+/// Checks and types the picked fields, and decodes the tokens.
+fn finish<'a>(f: Fields<'a>, tokens: &mut TokenCache) -> Result<Parsed<'a>, Skip> {
+    let ts_ms = raw::timestamp_ms(f.ts.as_ref().ok_or(Skip::MissingTimestamp)?)?;
+    let client_ip = match f.client_ip.as_deref().map(str::trim) {
+        None | Some("") | Some("-") => None,
+        Some(s) => Some(parse_ip(s).ok_or(Skip::BadClientIp)?),
+    };
+    let status = match &f.status {
+        None => None,
+        Some(s) => Some(raw::status(s).ok_or(Skip::BadStatus)?),
+    };
+    let geo = match f.geo {
+        None => None,
+        Some(g) => Some(g.check().ok_or(Skip::BadGeo)?),
+    };
+    let path = f.path.unwrap_or(Cow::Borrowed(""));
+
+    let mut token_errors = Vec::new();
+    let mut token = None;
+    let header_token = f
+        .authorization
+        .as_deref()
+        .filter(|a| !is_redacted(a))
+        .and_then(RawToken::from_authorization)
+        .or_else(|| {
+            f.token
+                .as_deref()
+                .filter(|t| !t.trim().is_empty() && !is_redacted(t))
+                .map(RawToken::new)
+        });
+    if let Some(raw) = header_token {
+        match tokens.get(raw) {
+            Ok(t) => token = Some(t),
+            Err(e) => token_errors.push(e),
+        }
+    } else if let Some(claims) = &f.jwt_claims {
+        token = token::from_claims(f.jwt_header.as_ref(), claims, tokens.wanted_claims()).map(Arc::new);
+    }
+
+    let mut token_in_url = false;
+    let mut url_token = None;
+    if path.contains('?') {
+        for raw in token::tokens_in_query(&path) {
+            match tokens.get(raw) {
+                Ok(t) => match &token {
+                    None => {
+                        token = Some(t);
+                        token_in_url = true;
+                    }
+                    Some(h) if h.token_id == t.token_id => token_in_url = true,
+                    Some(_) => {
+                        if url_token.is_none() {
+                            url_token = Some(t);
+                        }
+                    }
+                },
+                Err(e) => token_errors.push(e),
+            }
+        }
+    }
+
+    Ok(Parsed {
+        event: Event {
+            ts_ms,
+            client_ip,
+            method: f.method.unwrap_or(Cow::Borrowed("")),
+            path,
+            status,
+            user_agent: f.user_agent.unwrap_or(Cow::Borrowed("")),
+            token,
+            token_in_url,
+            geo,
+        },
+        url_token,
+        token_errors,
+    })
+}
+
+/// Gateways that redact headers write a placeholder instead of the value.
+fn is_redacted(v: &str) -> bool {
+    let v = v.trim();
+    v.eq_ignore_ascii_case("redacted") || v == "-" || v.is_empty()
+}
+
+/// An address as gateways write it: `1.2.3.4`, `1.2.3.4:5678`, `::1`, `[::1]:80`.
+pub fn parse_ip(s: &str) -> Option<IpAddr> {
+    if let Ok(ip) = s.parse::<IpAddr>() {
+        return Some(ip);
+    }
+    if let Ok(sa) = s.parse::<std::net::SocketAddr>() {
+        return Some(sa.ip());
+    }
+    // A proxy chain ("client, proxy1"): the first address is the client.
+    let first = s.split(',').next()?.trim();
+    (first.len() != s.len()).then(|| parse_ip(first)).flatten()
+}
+
+fn trim_ascii(mut b: &[u8]) -> &[u8] {
+    while let [first, rest @ ..] = b {
+        if first.is_ascii_whitespace() {
+            b = rest;
+        } else {
+            break;
+        }
+    }
+    while let [rest @ .., last] = b {
+        if last.is_ascii_whitespace() {
+            b = rest;
+        } else {
+            break;
+        }
+    }
+    b
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::token::encode_unsigned_parts;
+    use serde_json::json;
+
+    pub(crate) fn jwt(claims: serde_json::Value) -> String {
+        encode_unsigned_parts(&json!({"alg":"RS256","typ":"JWT"}), &claims, b"sig-bytes")
+    }
+
+    fn parse(format: Format, line: &str) -> Result<Parsed<'_>, Skip> {
+        let mut cache = TokenCache::new(100, vec![]);
+        Parser::new(format, None).unwrap().parse(line.as_bytes(), &mut cache)
+    }
+
+    #[test]
+    fn skips_by_reason() {
+        assert_eq!(parse(Format::Auto, "").unwrap_err(), Skip::Empty);
+        assert_eq!(parse(Format::Auto, "  \r").unwrap_err(), Skip::Empty);
+        assert_eq!(parse(Format::Auto, "not json").unwrap_err(), Skip::InvalidJson);
+        assert_eq!(parse(Format::Auto, "[1,2]").unwrap_err(), Skip::NotAnObject);
+        assert_eq!(parse(Format::Auto, "{\"ts\":1").unwrap_err(), Skip::InvalidJson);
+        assert_eq!(parse(Format::Auto, "{\"a\":1}").unwrap_err(), Skip::UnknownFormat);
+        assert_eq!(
+            parse(Format::Canonical, "{\"a\":1}").unwrap_err(),
+            Skip::MissingTimestamp
+        );
+        assert_eq!(
+            parse(Format::Auto, "{\"ts\":\"yesterday\"}").unwrap_err(),
+            Skip::BadTimestamp
+        );
+        assert_eq!(
+            parse(Format::Auto, "{\"ts\":1,\"client_ip\":\"x.y\"}").unwrap_err(),
+            Skip::BadClientIp
+        );
+        assert_eq!(
+            parse(Format::Auto, "{\"ts\":1,\"status\":\"ok\"}").unwrap_err(),
+            Skip::BadStatus
+        );
+        assert_eq!(
+            parse(Format::Auto, "{\"ts\":1,\"geo\":{\"lat\":95,\"lon\":0}}").unwrap_err(),
+            Skip::BadGeo
+        );
+    }
+
+    #[test]
+    fn addresses_as_gateways_write_them() {
+        assert_eq!(parse_ip("1.2.3.4"), Some("1.2.3.4".parse().unwrap()));
+        assert_eq!(parse_ip("1.2.3.4:80"), Some("1.2.3.4".parse().unwrap()));
+        assert_eq!(parse_ip("[2001:db8::1]:443"), Some("2001:db8::1".parse().unwrap()));
+        assert_eq!(parse_ip("2001:db8::1"), Some("2001:db8::1".parse().unwrap()));
+        assert_eq!(parse_ip("9.9.9.9, 10.0.0.1"), Some("9.9.9.9".parse().unwrap()));
+        assert_eq!(parse_ip("nope"), None);
+    }
+
+    #[test]
+    fn header_token_wins_and_a_different_url_token_is_kept_aside() {
+        let a = jwt(json!({"jti":"A","sub":"u"}));
+        let b = jwt(json!({"jti":"B","sub":"u"}));
+        let line = json!({"ts":1,"authorization":format!("Bearer {a}"),"path":format!("/x?id_token={b}")}).to_string();
+        let p = parse(Format::Canonical, &line).unwrap();
+        assert_eq!(&*p.event.token.unwrap().token_id, "A");
+        assert!(!p.event.token_in_url);
+        assert_eq!(&*p.url_token.unwrap().token_id, "B");
+
+        let line =
+            json!({"ts":1,"authorization":format!("Bearer {a}"),"path":format!("/x?access_token={a}")}).to_string();
+        let p = parse(Format::Canonical, &line).unwrap();
+        assert!(p.event.token_in_url);
+        assert!(p.url_token.is_none());
+
+        let line = json!({"ts":1,"path":format!("/x?access_token={b}")}).to_string();
+        let p = parse(Format::Canonical, &line).unwrap();
+        assert_eq!(&*p.event.token.unwrap().token_id, "B");
+        assert!(p.event.token_in_url);
+    }
+
+    #[test]
+    fn undecodable_tokens_are_counted_and_the_event_kept() {
+        let line = json!({"ts":1,"authorization":"Bearer abc.def"}).to_string();
+        let p = parse(Format::Canonical, &line).unwrap();
+        assert!(p.event.token.is_none());
+        assert_eq!(p.token_errors, vec![token::DecodeError::NotThreeSegments]);
+    }
+
+    #[test]
+    fn redacted_headers_carry_no_token() {
+        for v in ["REDACTED", "redacted", "-", ""] {
+            let line = json!({"ts":1,"authorization":v}).to_string();
+            let p = parse(Format::Canonical, &line).unwrap();
+            assert!(p.event.token.is_none() && p.token_errors.is_empty(), "{v}");
+        }
+    }
+
+    #[test]
+    fn accepted_means_not_401_or_403() {
+        for (status, acc) in [
+            (Some(200), true),
+            (Some(401), false),
+            (Some(403), false),
+            (Some(500), true),
+            (None, true),
+        ] {
+            let mut line = json!({"ts":1});
+            if let Some(s) = status {
+                line["status"] = json!(s);
+            }
+            let l = line.to_string();
+            assert_eq!(parse(Format::Canonical, &l).unwrap().event.accepted(), acc);
+        }
+    }
+}

@@ -1,0 +1,30 @@
+//! tokenwatch: catches stolen and misused JSON Web Tokens in API-gateway access logs.
+//!
+//! The modules follow the data flow of one log line:
+//!
+//! 1. [`input`] reads lines (bounded in length) and parses each gateway's format into one
+//!    [`input::Event`];
+//! 2. [`token`] decodes the JWT's header and claims without any key, once per distinct token;
+//! 3. [`geo`] gives the client address a location;
+//! 4. [`rules`] loads the YAML rule files into compiled rules, and [`engine`] runs them over
+//!    event-time windows with bounded state;
+//! 5. [`decision`] is what comes out: one JSON object per firing rule;
+//! 6. [`pipeline`] wires 1–5 together for one stream of lines, and [`replay`] drives it from
+//!    files for `tokenwatch replay`.
+
+pub mod config;
+pub mod decision;
+pub mod defaults;
+pub mod demo;
+pub mod engine;
+pub mod gen;
+pub mod geo;
+pub mod input;
+pub mod metrics;
+pub mod pipeline;
+pub mod replay;
+pub mod rules;
+pub mod service;
+pub mod sinks;
+pub mod source;
+pub mod token;

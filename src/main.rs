@@ -1,0 +1,255 @@
+//! The `tokenwatch` command: parses the command line and hands over to the library.
+
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Args, Parser, Subcommand};
+
+use tokenwatch::config::Config;
+use tokenwatch::gen::{GenConfig, GenFormat, Generator};
+use tokenwatch::geo::GeoDb;
+use tokenwatch::input::Format;
+use tokenwatch::pipeline::{Pipeline, PipelineConfig};
+use tokenwatch::rules::{load_dir, RuleSet};
+
+#[derive(Parser)]
+#[command(
+    name = "tokenwatch",
+    version,
+    about = "Catches stolen and misused JWTs in API-gateway access logs"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run access-log files (or stdin) through the rules; print decisions as JSON lines.
+    Replay(ReplayArgs),
+    /// Check the rule files; print every problem as file:line: message.
+    Validate {
+        /// Directory of *.yaml / *.yml rule files.
+        #[arg(long, default_value = "rules")]
+        rules: PathBuf,
+    },
+    /// Write synthetic gateway access logs with labelled attacks.
+    Gen(GenArgs),
+    /// Show tokenwatch at work on generated traffic with the default rules.
+    Demo(DemoArgs),
+}
+
+#[derive(Args)]
+struct ReplayArgs {
+    /// Directory of *.yaml / *.yml rule files.
+    #[arg(long, default_value = "rules")]
+    rules: PathBuf,
+    /// MaxMind GeoIP2/GeoLite2 City database (.mmdb).
+    #[arg(long)]
+    geoip: Option<PathBuf>,
+    /// Log format: auto, canonical, traefik, kong, envoy, nginx, custom.
+    #[arg(long)]
+    format: Option<Format>,
+    /// TOML config file (input mapping, engine settings).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Skip lines longer than this many bytes.
+    #[arg(long)]
+    max_line_bytes: Option<usize>,
+    /// No progress lines on stderr.
+    #[arg(long, short)]
+    quiet: bool,
+    /// Log files; none or `-` reads stdin.
+    files: Vec<PathBuf>,
+}
+
+#[derive(Args)]
+struct TrafficArgs {
+    /// Seed: the same seed and options give the same traffic.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Number of lines to write.
+    #[arg(long)]
+    events: Option<u64>,
+    /// Or: this much event time (e.g. 10m, 24h).
+    #[arg(long)]
+    duration: Option<String>,
+    /// Number of simulated users.
+    #[arg(long, default_value_t = 1000)]
+    users: u32,
+    /// Injected attacks per 10,000 lines.
+    #[arg(long, default_value_t = 5.0)]
+    attack_rate: f64,
+    /// Fraction of malformed lines (0..1).
+    #[arg(long, default_value_t = 0.0)]
+    malformed_rate: f64,
+    /// Average requests per second of event time.
+    #[arg(long, default_value_t = 1000.0)]
+    rate: f64,
+}
+
+impl TrafficArgs {
+    fn config(&self, format: GenFormat) -> Result<GenConfig, String> {
+        let duration_secs = self
+            .duration
+            .as_deref()
+            .map(|d| tokenwatch::rules::parse_duration_ms(d).map(|ms| (ms / 1000) as u64))
+            .transpose()
+            .map_err(|e| format!("--duration: {e}"))?;
+        if !(0.0..=1.0).contains(&self.malformed_rate) {
+            return Err("--malformed-rate must be between 0 and 1".into());
+        }
+        Ok(GenConfig {
+            seed: self.seed,
+            events: self.events,
+            duration_secs,
+            users: self.users.max(1),
+            rate_per_sec: self.rate,
+            attack_rate: self.attack_rate,
+            malformed_rate: self.malformed_rate,
+            format,
+            ..GenConfig::default()
+        })
+    }
+}
+
+#[derive(Args)]
+struct GenArgs {
+    /// Output format: canonical, traefik, kong, envoy or nginx.
+    #[arg(long, default_value = "canonical")]
+    format: GenFormat,
+    /// Write the lines here instead of stdout.
+    #[arg(long, short)]
+    output: Option<PathBuf>,
+    /// Write the injected attacks here, one JSON object per line.
+    #[arg(long)]
+    labels: Option<PathBuf>,
+    #[command(flatten)]
+    traffic: TrafficArgs,
+}
+
+#[derive(Args)]
+struct DemoArgs {
+    #[command(flatten)]
+    traffic: TrafficArgs,
+}
+
+fn gen(a: GenArgs) -> Result<ExitCode, String> {
+    let mut cfg = a.traffic.config(a.format)?;
+    if cfg.events.is_none() && cfg.duration_secs.is_none() {
+        cfg.events = Some(100_000);
+    }
+    let create = |p: &Path| {
+        std::fs::File::create(p)
+            .map(|f| io::BufWriter::with_capacity(1 << 16, f))
+            .map_err(|e| format!("cannot create {}: {e}", p.display()))
+    };
+    let mut out: Box<dyn Write> = match &a.output {
+        Some(p) => Box::new(create(p)?),
+        None => Box::new(io::BufWriter::with_capacity(1 << 16, io::stdout().lock())),
+    };
+    let mut labels = a.labels.as_deref().map(create).transpose()?;
+    let werr = |e: io::Error| format!("cannot write: {e}");
+    for g in Generator::new(cfg) {
+        out.write_all(g.line.as_bytes()).map_err(werr)?;
+        out.write_all(b"\n").map_err(werr)?;
+        if let Some(l) = labels.as_mut() {
+            for label in &g.labels {
+                serde_json::to_writer(&mut *l, label).map_err(|e| format!("cannot write labels: {e}"))?;
+                l.write_all(b"\n").map_err(werr)?;
+            }
+        }
+    }
+    out.flush().map_err(werr)?;
+    if let Some(mut l) = labels {
+        l.flush().map_err(werr)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn demo(a: DemoArgs) -> Result<ExitCode, String> {
+    let mut cfg = a.traffic.config(GenFormat::Canonical)?;
+    if cfg.events.is_none() && cfg.duration_secs.is_none() {
+        cfg.duration_secs = Some(6 * 3600);
+    }
+    let stdout = io::stdout();
+    let mut w = stdout.lock();
+    tokenwatch::demo::demo(cfg, &mut w)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.cmd {
+        Cmd::Replay(a) => replay(a),
+        Cmd::Validate { rules } => validate(&rules),
+        Cmd::Gen(a) => gen(a),
+        Cmd::Demo(a) => demo(a),
+    };
+    match result {
+        Ok(code) => code,
+        Err(msg) => {
+            eprintln!("tokenwatch: {msg}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn load_rules(dir: &Path) -> Result<Arc<RuleSet>, String> {
+    load_dir(dir).map(Arc::new).map_err(|e| format!("invalid rules:\n{e}"))
+}
+
+fn validate(dir: &Path) -> Result<ExitCode, String> {
+    match load_dir(dir) {
+        Ok(set) => {
+            println!(
+                "{}: {} rules in {} files are valid",
+                dir.display(),
+                set.rules.len(),
+                set.files
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(errors) => {
+            eprintln!("{errors}");
+            eprintln!("{} problem(s) found", errors.0.len());
+            Ok(ExitCode::from(1))
+        }
+    }
+}
+
+fn replay(a: ReplayArgs) -> Result<ExitCode, String> {
+    let config = match &a.config {
+        Some(p) => Config::load(p)?,
+        None => Config::default(),
+    };
+    let rules = load_rules(&a.rules)?;
+    let geo = a
+        .geoip
+        .as_deref()
+        .map(GeoDb::open)
+        .transpose()
+        .map_err(|e| e.to_string())?;
+    let format = match a.format {
+        Some(f) => f,
+        None => config.format()?.unwrap_or(Format::Auto),
+    };
+    let cfg = PipelineConfig {
+        format,
+        mapping: config.mapping()?,
+        token_cache: config.token_cache(),
+        engine: config.engine()?,
+    };
+    let max_line = a.max_line_bytes.unwrap_or_else(|| config.max_line_bytes());
+    let inputs = tokenwatch::replay::open_inputs(&a.files)?;
+    let mut pipeline = Pipeline::new(rules, geo, cfg)?;
+    let stdout = io::stdout();
+    let mut out = io::BufWriter::with_capacity(1 << 16, stdout.lock());
+    let mut err = io::stderr();
+    let summary = tokenwatch::replay::replay(&mut pipeline, inputs, max_line, &mut out, &mut err, !a.quiet)?;
+    drop(out);
+    let _ = err.write_all(summary.render().as_bytes());
+    Ok(ExitCode::SUCCESS)
+}

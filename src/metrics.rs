@@ -1,0 +1,285 @@
+//! Prometheus metrics and the small HTTP server that exposes them.
+//!
+//! Label values come only from fixed vocabularies (skip reasons, rule ids from the operator's
+//! own files, actions, severities, topic names and partition numbers): never a token, a
+//! subject or an address, so a flood of distinct tokens cannot blow up the series count or
+//! leak anything to the monitoring system.
+//!
+//! The HTTP server answers `GET /metrics`, `/healthz` (the process is alive) and `/readyz`
+//! (partitions assigned and Redis reachable). It is deliberately tiny: one request per
+//! connection, bounded request size, no keep-alive.
+
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::Arc;
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub events: IntCounterVec,
+    pub decode_errors: IntCounterVec,
+    pub decisions: IntCounterVec,
+    pub revocations: IntCounterVec,
+    pub redis_errors: IntCounter,
+    pub redis_up: IntGauge,
+    pub consumer_lag: IntGaugeVec,
+    pub assigned_partitions: IntGauge,
+    pub tracked_keys: IntGauge,
+    pub evicted_keys: IntCounter,
+    pub late_events: IntCounter,
+    pub rules_loaded: IntGauge,
+    pub rule_reloads: IntCounterVec,
+    pub decision_delay: Histogram,
+    pub build_info: IntGaugeVec,
+    /// For /readyz.
+    pub ready_partitions: AtomicI64,
+    pub ready_redis: AtomicBool,
+}
+
+fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
+    r.register(Box::new(c.clone())).expect("metric names are unique");
+    c
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Metrics> {
+        let r = Registry::new();
+        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
+            reg(
+                &r,
+                IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"),
+            )
+        };
+        let m = Metrics {
+            events: counter_vec(
+                "tokenwatch_events_total",
+                "Log lines by result (decoded, skipped).",
+                &["result"],
+            ),
+            decode_errors: counter_vec(
+                "tokenwatch_decode_errors_total",
+                "Skipped lines and undecodable tokens, by reason.",
+                &["reason"],
+            ),
+            decisions: counter_vec(
+                "tokenwatch_decisions_total",
+                "Decisions by rule, action and severity.",
+                &["rule", "action", "severity"],
+            ),
+            revocations: counter_vec(
+                "tokenwatch_revocations_total",
+                "New revocations written to Redis, by kind (token, subject).",
+                &["kind"],
+            ),
+            redis_errors: reg(
+                &r,
+                IntCounter::new("tokenwatch_redis_errors_total", "Failed Redis writes (retried).").expect("valid"),
+            ),
+            redis_up: reg(
+                &r,
+                IntGauge::new("tokenwatch_redis_up", "1 when the last Redis operation succeeded.").expect("valid"),
+            ),
+            consumer_lag: reg(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "tokenwatch_consumer_lag",
+                        "Messages behind the partition's high watermark.",
+                    ),
+                    &["topic", "partition"],
+                )
+                .expect("valid"),
+            ),
+            assigned_partitions: reg(
+                &r,
+                IntGauge::new(
+                    "tokenwatch_kafka_assigned_partitions",
+                    "Partitions assigned to this instance.",
+                )
+                .expect("valid"),
+            ),
+            tracked_keys: reg(
+                &r,
+                IntGauge::new("tokenwatch_tracked_keys", "Keys held in rule state.").expect("valid"),
+            ),
+            evicted_keys: reg(
+                &r,
+                IntCounter::new(
+                    "tokenwatch_evicted_keys_total",
+                    "Keys evicted because a rule reached its key cap.",
+                )
+                .expect("valid"),
+            ),
+            late_events: reg(
+                &r,
+                IntCounter::new(
+                    "tokenwatch_late_events_total",
+                    "Events later than the allowed lateness.",
+                )
+                .expect("valid"),
+            ),
+            rules_loaded: reg(
+                &r,
+                IntGauge::new("tokenwatch_rules_loaded", "Rules currently loaded.").expect("valid"),
+            ),
+            rule_reloads: counter_vec(
+                "tokenwatch_rule_reloads_total",
+                "Rule reloads by result (ok, error).",
+                &["result"],
+            ),
+            decision_delay: reg(
+                &r,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "tokenwatch_decision_delay_seconds",
+                        "Delay from a firing event's time to its decision (wall clock).",
+                    )
+                    .buckets(vec![
+                        0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+                    ]),
+                )
+                .expect("valid"),
+            ),
+            build_info: reg(
+                &r,
+                IntGaugeVec::new(Opts::new("tokenwatch_build_info", "Build information."), &["version"])
+                    .expect("valid"),
+            ),
+            registry: r,
+            ready_partitions: AtomicI64::new(0),
+            ready_redis: AtomicBool::new(false),
+        };
+        m.build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        for res in ["decoded", "skipped"] {
+            m.events.with_label_values(&[res]).inc_by(0);
+        }
+        for res in ["ok", "error"] {
+            m.rule_reloads.with_label_values(&[res]).inc_by(0);
+        }
+        for kind in ["token", "subject"] {
+            m.revocations.with_label_values(&[kind]).inc_by(0);
+        }
+        Arc::new(m)
+    }
+
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+
+    pub fn ready(&self) -> bool {
+        self.ready_partitions.load(Ordering::Relaxed) > 0 && self.ready_redis.load(Ordering::Relaxed)
+    }
+}
+
+/// Serves /metrics, /healthz and /readyz until the listener fails.
+pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
+    loop {
+        let Ok((mut sock, _)) = listener.accept().await else {
+            continue;
+        };
+        let m = metrics.clone();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 2048];
+            let mut n = 0;
+            // Read until the end of the request head, or the buffer is full.
+            while n < buf.len() {
+                match tokio::time::timeout(std::time::Duration::from_secs(5), sock.read(&mut buf[n..])).await {
+                    Ok(Ok(0)) | Err(_) | Ok(Err(_)) => break,
+                    Ok(Ok(k)) => {
+                        n += k;
+                        if buf[..n].windows(4).any(|w| w == b"\r\n\r\n") || buf[..n].windows(2).any(|w| w == b"\n\n") {
+                            break;
+                        }
+                    }
+                }
+            }
+            let head = String::from_utf8_lossy(&buf[..n]);
+            let mut parts = head.split_whitespace();
+            let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+            let path = path.split('?').next().unwrap_or("");
+            let (status, ctype, body) = match (method, path) {
+                ("GET", "/metrics") => ("200 OK", "text/plain; version=0.0.4; charset=utf-8", m.render()),
+                ("GET", "/healthz") => ("200 OK", "text/plain", "ok\n".to_string()),
+                ("GET", "/readyz") if m.ready() => ("200 OK", "text/plain", "ready\n".to_string()),
+                ("GET", "/readyz") => (
+                    "503 Service Unavailable",
+                    "text/plain",
+                    format!(
+                        "not ready: assigned partitions {}, redis {}\n",
+                        m.ready_partitions.load(Ordering::Relaxed),
+                        if m.ready_redis.load(Ordering::Relaxed) {
+                            "up"
+                        } else {
+                            "down"
+                        }
+                    ),
+                ),
+                ("GET", _) => (
+                    "404 Not Found",
+                    "text/plain",
+                    "not found: try /metrics, /healthz or /readyz\n".into(),
+                ),
+                _ => ("405 Method Not Allowed", "text/plain", "only GET\n".into()),
+            };
+            let resp = format!(
+                "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = sock.write_all(resp.as_bytes()).await;
+            let _ = sock.shutdown().await;
+        });
+    }
+}
+
+/// A minimal HTTP GET for tests and the demo: returns (status code, body).
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes())
+        .await?;
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await?;
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let code = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((code, body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn serves_metrics_health_and_readiness() {
+        let m = Metrics::new();
+        m.decisions
+            .with_label_values(&["token-replay", "revoke_token", "high"])
+            .inc();
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(serve(l, m.clone()));
+        let (code, body) = http_get(addr, "/metrics").await.unwrap();
+        assert_eq!(code, 200);
+        assert!(
+            body.contains(
+                "tokenwatch_decisions_total{action=\"revoke_token\",rule=\"token-replay\",severity=\"high\"} 1"
+            ),
+            "{body}"
+        );
+        assert!(body.contains("tokenwatch_build_info{version="));
+        assert_eq!(http_get(addr, "/healthz").await.unwrap().0, 200);
+        assert_eq!(http_get(addr, "/readyz").await.unwrap().0, 503);
+        m.ready_partitions.store(2, Ordering::Relaxed);
+        m.ready_redis.store(true, Ordering::Relaxed);
+        assert_eq!(http_get(addr, "/readyz").await.unwrap().0, 200);
+        assert_eq!(http_get(addr, "/nope").await.unwrap().0, 404);
+    }
+}

@@ -1,0 +1,396 @@
+//! `tokenwatch run`: the long-lived service. Kafka in, the same pipeline as `replay`,
+//! revocations to Redis, every decision to the alert outputs, metrics over HTTP.
+//!
+//! The loop works in batches: it reads messages until a batch is full or its wait is over,
+//! runs their lines through the pipeline, then performs the batch's side effects (alert lines
+//! flushed, revocations acknowledged by Redis) and only then commits the batch's offsets.
+//! So a crash loses nothing (uncommitted messages are read again, and the Redis script makes
+//! their writes idempotent), and a slow or absent Redis stops consumption instead of growing
+//! memory: nothing is read while a batch waits for Redis, and nothing past an unwritten
+//! revocation is committed.
+//!
+//! Rules hot-reload between batches, when a file under the rule directory changes or on
+//! SIGHUP; an invalid edit keeps the running rules. SIGTERM/SIGINT end the loop after the
+//! current batch, within the shutdown timeout.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rdkafka::consumer::CommitMode;
+use rdkafka::message::Message;
+use tokio::sync::watch;
+
+use crate::decision::Decision;
+use crate::geo::GeoDb;
+use crate::input::lines::{Line, LineReader};
+use crate::metrics::Metrics;
+use crate::pipeline::{Pipeline, PipelineConfig, Stats};
+use crate::rules::RuleSet;
+use crate::sinks::alerts::AlertSink;
+use crate::sinks::redis::{Kind, Revocation, RevocationWriter};
+use crate::source::kafka::{self, Offsets};
+
+/// Everything `run` needs, resolved from the config file, the environment and the flags.
+pub struct ServiceConfig {
+    pub brokers: String,
+    pub topics: Vec<String>,
+    pub group: String,
+    pub kafka: std::collections::BTreeMap<String, String>,
+    pub rules_dir: PathBuf,
+    pub geoip: Option<PathBuf>,
+    pub pipeline: PipelineConfig,
+    pub max_line: usize,
+    pub redis: crate::sinks::redis::RedisConfig,
+    pub batch_max: usize,
+    pub batch_wait: Duration,
+    pub shutdown_timeout: Duration,
+    pub alerts: crate::sinks::alerts::AlertTarget,
+    pub alerts_topic: Option<String>,
+}
+
+/// What a run did, for the final log line and the tests.
+#[derive(Debug, Default, Clone)]
+pub struct RunSummary {
+    pub stats: Stats,
+    pub revocations_written: u64,
+    pub batches: u64,
+}
+
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// A fingerprint of the rule directory: names, sizes and modification times.
+fn rules_fingerprint(dir: &Path) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
+    let mut v: Vec<_> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .filter_map(|e| {
+                    let m = e.metadata().ok()?;
+                    Some((e.path(), m.len(), m.modified().ok()))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// Loads the rules for a reload; on failure logs every `file:line: message` and counts it.
+fn reload(dir: &Path, metrics: &Metrics) -> Option<Arc<RuleSet>> {
+    match crate::rules::load_dir(dir) {
+        Ok(set) => {
+            metrics.rule_reloads.with_label_values(&["ok"]).inc();
+            metrics.rules_loaded.set(set.rules.len() as i64);
+            tracing::info!(rules = set.rules.len(), dir = %dir.display(), "rules reloaded");
+            Some(Arc::new(set))
+        }
+        Err(errors) => {
+            metrics.rule_reloads.with_label_values(&["error"]).inc();
+            for e in &errors.0 {
+                tracing::error!("{e}");
+            }
+            tracing::error!(
+                problems = errors.0.len(),
+                "rule reload failed; keeping the running rules"
+            );
+            None
+        }
+    }
+}
+
+/// Publishes the pipeline's counters as metric increments since the last call.
+struct MetricSync {
+    last: Stats,
+}
+
+impl MetricSync {
+    fn sync(&mut self, p: &Pipeline, m: &Metrics) {
+        let s = &p.stats;
+        let d_events = s.events - self.last.events;
+        let d_skipped = s.skipped_total() - self.last.skipped_total();
+        m.events.with_label_values(&["decoded"]).inc_by(d_events);
+        m.events.with_label_values(&["skipped"]).inc_by(d_skipped);
+        for (reason, n) in s.skipped.iter().chain(s.token_errors.iter()) {
+            let before = self
+                .last
+                .skipped
+                .get(reason)
+                .or_else(|| self.last.token_errors.get(reason))
+                .copied()
+                .unwrap_or(0);
+            if *n > before {
+                m.decode_errors.with_label_values(&[reason]).inc_by(n - before);
+            }
+        }
+        let es = p.engine().stats();
+        m.tracked_keys.set(p.engine().tracked_keys() as i64);
+        let ev = es.evictions.saturating_sub(m.evicted_keys.get());
+        m.evicted_keys.inc_by(ev);
+        let late = es.late_events.saturating_sub(m.late_events.get());
+        m.late_events.inc_by(late);
+        self.last = s.clone();
+    }
+}
+
+/// Runs until `shutdown` turns true. `reload_now` is set by SIGHUP.
+pub async fn run(
+    cfg: ServiceConfig,
+    metrics: Arc<Metrics>,
+    mut shutdown: watch::Receiver<bool>,
+    mut reload_now: watch::Receiver<u64>,
+) -> Result<RunSummary, String> {
+    let rules = crate::rules::load_dir(&cfg.rules_dir)
+        .map(Arc::new)
+        .map_err(|e| format!("invalid rules:\n{e}"))?;
+    metrics.rules_loaded.set(rules.rules.len() as i64);
+    let geo = cfg
+        .geoip
+        .as_deref()
+        .map(GeoDb::open)
+        .transpose()
+        .map_err(|e| e.to_string())?;
+    let mut pipeline = Pipeline::new(rules, geo, cfg.pipeline.clone())?;
+    cfg.redis.check()?;
+
+    let mut writer = connect_redis(&cfg, &metrics, &mut shutdown).await?;
+    let Some(writer_ref) = writer.as_mut() else {
+        return Ok(RunSummary::default());
+    };
+    let (consumer, assigned) = kafka::connect(&cfg.brokers, &cfg.group, &cfg.topics, &cfg.kafka, metrics.clone())?;
+    let alerts_producer = match &cfg.alerts_topic {
+        None => None,
+        Some(topic) => {
+            let mut pc = rdkafka::ClientConfig::new();
+            pc.set("bootstrap.servers", &cfg.brokers);
+            for (k, v) in &cfg.kafka {
+                pc.set(k, v);
+            }
+            let p: rdkafka::producer::FutureProducer = pc
+                .create()
+                .map_err(|e| format!("kafka producer for alerts_topic {topic}: {e}"))?;
+            Some((p, topic.clone()))
+        }
+    };
+    let mut alerts = AlertSink::new(&cfg.alerts, alerts_producer)?;
+    run_loop(
+        &cfg,
+        &metrics,
+        &mut pipeline,
+        writer_ref,
+        &consumer,
+        &assigned,
+        &mut alerts,
+        &mut shutdown,
+        &mut reload_now,
+    )
+    .await
+}
+
+/// Connects to Redis, retrying with backoff until it answers or shutdown is asked.
+pub async fn connect_redis(
+    cfg: &ServiceConfig,
+    metrics: &Metrics,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<Option<RevocationWriter>, String> {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match RevocationWriter::connect(cfg.redis.clone()).await {
+            Ok(w) => {
+                metrics.redis_up.set(1);
+                metrics.ready_redis.store(true, Ordering::Relaxed);
+                return Ok(Some(w));
+            }
+            Err(e) => {
+                metrics.redis_errors.inc();
+                metrics.redis_up.set(0);
+                tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "redis unreachable");
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = shutdown.changed() => {}
+        }
+        if *shutdown.borrow() {
+            return Ok(None);
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+pub async fn run_loop(
+    cfg: &ServiceConfig,
+    metrics: &Arc<Metrics>,
+    pipeline: &mut Pipeline,
+    writer: &mut RevocationWriter,
+    consumer: &kafka::Source,
+    assigned: &std::sync::Mutex<std::collections::HashSet<(String, i32)>>,
+    alerts: &mut AlertSink,
+    shutdown: &mut watch::Receiver<bool>,
+    reload_now: &mut watch::Receiver<u64>,
+) -> Result<RunSummary, String> {
+    let mut summary = RunSummary::default();
+    let mut sync = MetricSync { last: Stats::default() };
+    let mut decisions: Vec<Decision> = Vec::new();
+    let mut offsets = Offsets::default();
+    let mut fingerprint = rules_fingerprint(&cfg.rules_dir);
+    let mut last_check = Instant::now();
+    loop {
+        if *shutdown.borrow() {
+            break;
+        }
+        // Hot reload, between batches.
+        let hup = reload_now.has_changed().unwrap_or(false);
+        if hup || last_check.elapsed() >= Duration::from_secs(1) {
+            last_check = Instant::now();
+            let fp = rules_fingerprint(&cfg.rules_dir);
+            if hup || fp != fingerprint {
+                reload_now.borrow_and_update();
+                fingerprint = fp;
+                if let Some(set) = reload(&cfg.rules_dir, metrics) {
+                    pipeline.replace_rules(set);
+                }
+            }
+        }
+
+        // Fill a batch.
+        let mut n = 0usize;
+        let start = Instant::now();
+        loop {
+            let wait = if n == 0 {
+                Duration::from_millis(250)
+            } else {
+                cfg.batch_wait.saturating_sub(start.elapsed())
+            };
+            let msg = tokio::select! {
+                m = tokio::time::timeout(wait, consumer.recv()) => m,
+                _ = shutdown.changed() => break,
+            };
+            match msg {
+                Err(_) => break,
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "kafka receive error");
+                    break;
+                }
+                Ok(Ok(m)) => {
+                    if let Some(payload) = m.payload() {
+                        let mut reader = LineReader::new(payload, cfg.max_line);
+                        while let Ok(Some(line)) = reader.next_line() {
+                            match line {
+                                Line::Ok([]) => {}
+                                Line::Ok(l) => pipeline.process_line(l, &mut decisions),
+                                Line::TooLong(_) => pipeline.line_too_long(),
+                            }
+                        }
+                    }
+                    offsets.record(m.topic(), m.partition(), m.offset());
+                    n += 1;
+                    if n >= cfg.batch_max || start.elapsed() >= cfg.batch_wait {
+                        break;
+                    }
+                }
+            }
+        }
+        if n == 0 && decisions.is_empty() {
+            sync.sync(pipeline, metrics);
+            continue;
+        }
+
+        // Side effects, then offsets.
+        let now = now_ms();
+        for d in &decisions {
+            metrics
+                .decisions
+                .with_label_values(&[&d.rule, d.action.as_str(), d.severity.as_str()])
+                .inc();
+            metrics.decision_delay.observe(((now - d.ts) as f64 / 1000.0).max(0.0));
+        }
+        alerts.write(&decisions).await?;
+        for d in &decisions {
+            let Some(r) = Revocation::from_decision(d) else {
+                continue;
+            };
+            if write_with_retry(writer, &r, metrics, shutdown, cfg.shutdown_timeout).await? {
+                summary.revocations_written += 1;
+            }
+        }
+        decisions.clear();
+        if let Err(e) = offsets.commit(consumer, assigned, CommitMode::Async) {
+            tracing::warn!(error = %e, "offset commit failed; the batch will be read again");
+        }
+        offsets.clear();
+        summary.batches += 1;
+        sync.sync(pipeline, metrics);
+    }
+    // Offsets of the last batch were committed asynchronously; make sure the group has them.
+    let _ = consumer_commit_sync(consumer);
+    summary.stats = pipeline.stats.clone();
+    Ok(summary)
+}
+
+fn consumer_commit_sync(consumer: &kafka::Source) -> Result<(), String> {
+    use rdkafka::consumer::Consumer;
+    match consumer.commit_consumer_state(CommitMode::Sync) {
+        Ok(()) => Ok(()),
+        // Nothing stored to commit is not a failure.
+        Err(e) => {
+            tracing::debug!(error = %e, "final commit");
+            Ok(())
+        }
+    }
+}
+
+/// Writes one revocation, retrying with backoff while Redis fails. Gives up only when
+/// shutdown was asked and the shutdown timeout has passed: then nothing after this batch is
+/// committed, and the next run writes it.
+async fn write_with_retry(
+    writer: &mut RevocationWriter,
+    r: &Revocation,
+    metrics: &Metrics,
+    shutdown: &mut watch::Receiver<bool>,
+    shutdown_timeout: Duration,
+) -> Result<bool, String> {
+    let mut backoff = Duration::from_millis(50);
+    let mut shutdown_since: Option<Instant> = None;
+    loop {
+        match writer.write(r, now_ms() / 1000).await {
+            Ok(new) => {
+                metrics.redis_up.set(1);
+                metrics.ready_redis.store(true, Ordering::Relaxed);
+                if new {
+                    let kind = match r.kind {
+                        Kind::Token => "token",
+                        Kind::Subject => "subject",
+                    };
+                    metrics.revocations.with_label_values(&[kind]).inc();
+                }
+                return Ok(new);
+            }
+            Err(e) => {
+                metrics.redis_errors.inc();
+                metrics.redis_up.set(0);
+                metrics.ready_redis.store(false, Ordering::Relaxed);
+                tracing::warn!(error = %e, rule = %r.rule, retry_in_ms = backoff.as_millis() as u64, "revocation not written; consumption paused");
+            }
+        }
+        if *shutdown.borrow() {
+            let since = *shutdown_since.get_or_insert_with(Instant::now);
+            if since.elapsed() >= shutdown_timeout {
+                return Err(
+                    "shutdown timeout passed with revocations unwritten; their offsets were not committed".into(),
+                );
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = shutdown.changed() => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}

@@ -1,0 +1,163 @@
+//! The Kafka source: a consumer-group member that reads access-log messages and commits
+//! offsets only for what the service has finished with.
+//!
+//! Auto-commit is off. The service hands back, after a batch's side effects are acknowledged,
+//! the next offset of each partition it read ([`Offsets`]); only partitions still assigned to
+//! this instance are committed, so work on a partition revoked mid-batch is never committed
+//! here (its new owner re-reads it: at-least-once, and the Redis writes are idempotent).
+//!
+//! The context keeps the assignment for `/readyz` and turns librdkafka's statistics into the
+//! per-partition consumer-lag gauge.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::statistics::Statistics;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::ClientContext;
+
+use crate::metrics::Metrics;
+
+/// Settings tokenwatch needs; the operator's `[kafka]` table may override any of them.
+pub fn base_config(brokers: &str, group: &str, extra: &BTreeMap<String, String>) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.partition.eof", "false")
+        .set("statistics.interval.ms", "5000")
+        .set("session.timeout.ms", "10000")
+        .set("max.poll.interval.ms", "600000");
+    for (k, v) in extra {
+        c.set(k, v);
+    }
+    c
+}
+
+pub struct SourceContext {
+    metrics: Arc<Metrics>,
+    assigned: Arc<Mutex<HashSet<(String, i32)>>>,
+}
+
+impl ClientContext for SourceContext {
+    fn stats(&self, s: Statistics) {
+        let assigned = self.assigned.lock().map(|a| a.clone()).unwrap_or_default();
+        for (topic, t) in s.topics {
+            for (p, part) in t.partitions {
+                if p < 0 || !assigned.contains(&(topic.clone(), p)) {
+                    continue;
+                }
+                if part.consumer_lag >= 0 {
+                    self.metrics
+                        .consumer_lag
+                        .with_label_values(&[topic.as_str(), &p.to_string()])
+                        .set(part.consumer_lag);
+                }
+            }
+        }
+    }
+}
+
+impl ConsumerContext for SourceContext {
+    fn post_rebalance(&self, _c: &BaseConsumer<Self>, r: &Rebalance<'_>) {
+        let Ok(mut a) = self.assigned.lock() else { return };
+        match r {
+            Rebalance::Assign(tpl) => {
+                for e in tpl.elements() {
+                    a.insert((e.topic().to_string(), e.partition()));
+                }
+                tracing::info!(partitions = tpl.count(), "partitions assigned");
+            }
+            Rebalance::Revoke(tpl) => {
+                for e in tpl.elements() {
+                    a.remove(&(e.topic().to_string(), e.partition()));
+                    let _ = self
+                        .metrics
+                        .consumer_lag
+                        .remove_label_values(&[e.topic(), &e.partition().to_string()]);
+                }
+                tracing::info!(partitions = tpl.count(), "partitions revoked");
+            }
+            Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
+        }
+        self.metrics.assigned_partitions.set(a.len() as i64);
+        self.metrics
+            .ready_partitions
+            .store(a.len() as i64, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+pub type Source = StreamConsumer<SourceContext>;
+
+/// The partitions currently assigned to this instance.
+pub type Assignment = Arc<Mutex<HashSet<(String, i32)>>>;
+
+/// Creates the consumer and subscribes; errors name the setting or broker at fault.
+pub fn connect(
+    brokers: &str,
+    group: &str,
+    topics: &[String],
+    extra: &BTreeMap<String, String>,
+    metrics: Arc<Metrics>,
+) -> Result<(Source, Assignment), String> {
+    let assigned = Arc::new(Mutex::new(HashSet::new()));
+    let ctx = SourceContext {
+        metrics,
+        assigned: assigned.clone(),
+    };
+    let consumer: Source = base_config(brokers, group, extra)
+        .create_with_context(ctx)
+        .map_err(|e| format!("kafka consumer for {brokers}: {e} (check the [kafka] settings)"))?;
+    let t: Vec<&str> = topics.iter().map(String::as_str).collect();
+    consumer
+        .subscribe(&t)
+        .map_err(|e| format!("kafka subscribe to {}: {e}", topics.join(", ")))?;
+    Ok((consumer, assigned))
+}
+
+/// The next offset to commit per partition, for the messages of one batch.
+#[derive(Debug, Default)]
+pub struct Offsets {
+    next: HashMap<(String, i32), i64>,
+}
+
+impl Offsets {
+    pub fn record(&mut self, topic: &str, partition: i32, offset: i64) {
+        let e = self.next.entry((topic.to_string(), partition)).or_insert(offset + 1);
+        *e = (*e).max(offset + 1);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.next.is_empty()
+    }
+
+    pub fn clear(&mut self) {
+        self.next.clear();
+    }
+
+    /// Commits the recorded offsets of partitions still assigned.
+    pub fn commit(
+        &self,
+        consumer: &Source,
+        assigned: &Mutex<HashSet<(String, i32)>>,
+        mode: CommitMode,
+    ) -> Result<usize, String> {
+        let a = assigned.lock().map(|a| a.clone()).unwrap_or_default();
+        let mut tpl = TopicPartitionList::new();
+        for ((t, p), o) in &self.next {
+            if a.contains(&(t.clone(), *p)) {
+                tpl.add_partition_offset(t, *p, Offset::Offset(*o))
+                    .map_err(|e| e.to_string())?;
+            }
+        }
+        if tpl.count() == 0 {
+            return Ok(0);
+        }
+        consumer.commit(&tpl, mode).map_err(|e| format!("kafka commit: {e}"))?;
+        Ok(tpl.count())
+    }
+}

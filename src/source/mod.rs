@@ -1,0 +1,3 @@
+//! Where log lines come from in the service: Kafka ([`kafka`]).
+
+pub mod kafka;

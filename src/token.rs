@@ -1,0 +1,663 @@
+//! Token decoding: from a compact JWT (or a gateway's decoded claims) to [`TokenInfo`].
+//!
+//! tokenwatch never verifies a signature and never needs a key: it reads the header and the
+//! claims the way any holder of the token can. The raw token only ever lives inside
+//! [`RawToken`], whose `Debug` prints nothing of it, and only while it is decoded; what
+//! survives is [`TokenInfo`], which holds claims and a `token_id` but never the token itself.
+//!
+//! Tokens repeat across many requests, so [`TokenCache`] decodes each distinct token once and
+//! hands out the shared result. It keys the cache by a randomly seeded 128-bit hash of the
+//! token, so the cache does not keep the token either.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use serde::de::{self, Deserializer, IgnoredAny, Visitor};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+/// A compact JWT exactly as it appeared in the log. Printing it prints nothing of the token.
+#[derive(Clone, Copy)]
+pub struct RawToken<'a>(&'a str);
+
+impl<'a> RawToken<'a> {
+    /// Wraps a compact token; surrounding whitespace is removed.
+    pub fn new(s: &'a str) -> Self {
+        RawToken(s.trim())
+    }
+
+    /// Extracts the token from an `Authorization` header value: `Bearer <jwt>`, scheme
+    /// case-insensitive. Other schemes (Basic, ...) carry no JWT.
+    pub fn from_authorization(header: &'a str) -> Option<Self> {
+        let h = header.trim();
+        let (scheme, rest) = h.split_once(|c: char| c.is_ascii_whitespace())?;
+        if !scheme.eq_ignore_ascii_case("bearer") {
+            return None;
+        }
+        let t = rest.trim();
+        (!t.is_empty()).then_some(RawToken(t))
+    }
+
+    /// The token text. Only decoding code should call this.
+    pub(crate) fn expose(&self) -> &'a str {
+        self.0
+    }
+}
+
+impl fmt::Debug for RawToken<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("RawToken(<redacted>)")
+    }
+}
+
+/// Why a token could not be decoded. The messages never quote the token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("token does not have three dot-separated segments")]
+    NotThreeSegments,
+    #[error("token header is not valid base64url")]
+    HeaderBase64,
+    #[error("token payload is not valid base64url")]
+    PayloadBase64,
+    #[error("token header is not a JSON object")]
+    HeaderJson,
+    #[error("token payload is not a JSON object")]
+    PayloadJson,
+}
+
+impl DecodeError {
+    /// A short stable name for counters and summaries.
+    pub fn reason(self) -> &'static str {
+        match self {
+            DecodeError::NotThreeSegments => "token_not_three_segments",
+            DecodeError::HeaderBase64 => "token_header_bad_base64",
+            DecodeError::PayloadBase64 => "token_payload_bad_base64",
+            DecodeError::HeaderJson => "token_header_not_json",
+            DecodeError::PayloadJson => "token_payload_not_json",
+        }
+    }
+}
+
+/// What tokenwatch knows about a token: its id and claims, never the token itself.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenInfo {
+    /// `jti` when it is a non-empty string, otherwise `sha256:` + 32 hex digits of the token.
+    pub token_id: Box<str>,
+    pub iss: Option<Box<str>>,
+    pub sub: Option<Box<str>>,
+    /// `iss|sub`, or the token_id for a token without `sub`.
+    pub subject: Box<str>,
+    pub alg: Option<Box<str>>,
+    pub kid: Option<Box<str>>,
+    pub aud: Box<[Box<str>]>,
+    pub exp: Option<i64>,
+    pub iat: Option<i64>,
+    pub nbf: Option<i64>,
+    /// `alg` is `none` in any letter case, or the signature segment is empty.
+    pub unsigned: bool,
+    /// Claims that the loaded rules refer to by name (`claim.NAME`), as strings or numbers.
+    pub claims: Box<[(Box<str>, ClaimValue)]>,
+}
+
+/// A scalar claim value kept for rules that filter on custom claims.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClaimValue {
+    Str(Box<str>),
+    Num(f64),
+    Bool(bool),
+}
+
+impl TokenInfo {
+    /// `exp - iat` in seconds, when both are present.
+    pub fn lifetime(&self) -> Option<i64> {
+        Some(self.exp? - self.iat?)
+    }
+
+    /// A claim kept for the rules, by name.
+    pub fn claim(&self, name: &str) -> Option<&ClaimValue> {
+        self.claims.iter().find(|(n, _)| &**n == name).map(|(_, v)| v)
+    }
+}
+
+#[derive(Deserialize)]
+struct Header {
+    #[serde(default, deserialize_with = "lenient_str")]
+    alg: Option<Box<str>>,
+    #[serde(default, deserialize_with = "lenient_str")]
+    kid: Option<Box<str>>,
+}
+
+#[derive(Deserialize)]
+struct Claims {
+    #[serde(default, deserialize_with = "lenient_str")]
+    iss: Option<Box<str>>,
+    #[serde(default, deserialize_with = "lenient_str")]
+    sub: Option<Box<str>>,
+    #[serde(default, deserialize_with = "lenient_str")]
+    jti: Option<Box<str>>,
+    #[serde(default, deserialize_with = "lenient_num")]
+    exp: Option<i64>,
+    #[serde(default, deserialize_with = "lenient_num")]
+    iat: Option<i64>,
+    #[serde(default, deserialize_with = "lenient_num")]
+    nbf: Option<i64>,
+    #[serde(default, deserialize_with = "lenient_aud")]
+    aud: Vec<Box<str>>,
+}
+
+/// Decodes a compact JWT. `wanted_claims` names the extra claims the rules use.
+pub fn decode(raw: RawToken<'_>, wanted_claims: &[Box<str>]) -> Result<TokenInfo, DecodeError> {
+    let token = raw.expose();
+    let mut parts = token.splitn(4, '.');
+    let (Some(h), Some(p), Some(sig), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+        return Err(DecodeError::NotThreeSegments);
+    };
+    let header_bytes = b64(h).ok_or(DecodeError::HeaderBase64)?;
+    let payload_bytes = b64(p).ok_or(DecodeError::PayloadBase64)?;
+    // serde would also accept a JSON array for a struct; a JOSE header and a claims set are
+    // objects.
+    if !is_object(&header_bytes) {
+        return Err(DecodeError::HeaderJson);
+    }
+    if !is_object(&payload_bytes) {
+        return Err(DecodeError::PayloadJson);
+    }
+    let header: Header = serde_json::from_slice(&header_bytes).map_err(|_| DecodeError::HeaderJson)?;
+    let claims: Claims = serde_json::from_slice(&payload_bytes).map_err(|_| DecodeError::PayloadJson)?;
+    let extra = if wanted_claims.is_empty() {
+        Vec::new()
+    } else {
+        let map: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_slice(&payload_bytes).map_err(|_| DecodeError::PayloadJson)?;
+        pick_claims(&map, wanted_claims)
+    };
+    let token_id = match claims.jti {
+        Some(ref j) if !j.is_empty() => j.clone(),
+        _ => hashed_id("sha256:", &[token.as_bytes()]),
+    };
+    Ok(build(header, claims, token_id, sig.is_empty(), extra))
+}
+
+/// Builds token metadata from a gateway that logs decoded claims (and maybe the header)
+/// instead of the token. Without `jti`, the id is `claims:` + the first 32 hex digits of
+/// SHA-256 over `iss|sub|iat|exp` (absent parts empty, numbers in decimal), so that the same
+/// token gets the same id on every line.
+pub fn from_claims(
+    header: Option<&serde_json::Value>,
+    claims: &serde_json::Value,
+    wanted_claims: &[Box<str>],
+) -> Option<TokenInfo> {
+    let map = claims.as_object()?;
+    let c = Claims::deserialize(claims).ok()?;
+    let h = header
+        .and_then(|h| Header::deserialize(h).ok())
+        .unwrap_or(Header { alg: None, kid: None });
+    let token_id = match c.jti {
+        Some(ref j) if !j.is_empty() => j.clone(),
+        _ => {
+            let num = |n: Option<i64>| n.map(|v| v.to_string()).unwrap_or_default();
+            let key = format!(
+                "{}|{}|{}|{}",
+                c.iss.as_deref().unwrap_or(""),
+                c.sub.as_deref().unwrap_or(""),
+                num(c.iat),
+                num(c.exp)
+            );
+            hashed_id("claims:", &[key.as_bytes()])
+        }
+    };
+    let extra = pick_claims(map, wanted_claims);
+    // A gateway that logged claims accepted a token it could parse; only an explicit
+    // `alg: none` marks it unsigned.
+    Some(build(h, c, token_id, false, extra))
+}
+
+fn build(h: Header, c: Claims, token_id: Box<str>, empty_sig: bool, extra: Vec<(Box<str>, ClaimValue)>) -> TokenInfo {
+    let unsigned = empty_sig || h.alg.as_deref().is_some_and(|a| a.eq_ignore_ascii_case("none"));
+    let subject: Box<str> = match c.sub {
+        Some(ref s) => format!("{}|{}", c.iss.as_deref().unwrap_or(""), s).into(),
+        None => token_id.clone(),
+    };
+    TokenInfo {
+        token_id,
+        iss: c.iss,
+        sub: c.sub,
+        subject,
+        alg: h.alg,
+        kid: h.kid,
+        aud: c.aud.into_boxed_slice(),
+        exp: c.exp,
+        iat: c.iat,
+        nbf: c.nbf,
+        unsigned,
+        claims: extra.into_boxed_slice(),
+    }
+}
+
+fn pick_claims(map: &serde_json::Map<String, serde_json::Value>, wanted: &[Box<str>]) -> Vec<(Box<str>, ClaimValue)> {
+    wanted
+        .iter()
+        .filter_map(|name| {
+            let v = match map.get(&**name)? {
+                serde_json::Value::String(s) => ClaimValue::Str(s.as_str().into()),
+                serde_json::Value::Number(n) => ClaimValue::Num(n.as_f64()?),
+                serde_json::Value::Bool(b) => ClaimValue::Bool(*b),
+                _ => return None,
+            };
+            Some((name.clone(), v))
+        })
+        .collect()
+}
+
+/// `prefix` + the first 32 lowercase hex digits of SHA-256 over the concatenated parts.
+fn hashed_id(prefix: &str, parts: &[&[u8]]) -> Box<str> {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update(p);
+    }
+    let digest = h.finalize();
+    let mut s = String::with_capacity(prefix.len() + 32);
+    s.push_str(prefix);
+    for b in &digest[..16] {
+        s.push(char::from_digit((b >> 4) as u32, 16).unwrap_or('0'));
+        s.push(char::from_digit((b & 15) as u32, 16).unwrap_or('0'));
+    }
+    s.into()
+}
+
+fn is_object(json: &[u8]) -> bool {
+    json.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{')
+}
+
+fn b64(seg: &str) -> Option<Vec<u8>> {
+    // Some issuers pad their segments; the standard says not to, but tokens in the wild do.
+    URL_SAFE_NO_PAD.decode(seg.trim_end_matches('=')).ok()
+}
+
+/// True when `s` looks like a compact JWT: three base64url segments (the last may be empty)
+/// and a header that starts like a JSON object (`eyJ` is base64url for `{"`). Used to find
+/// tokens in URL query strings without decoding every parameter.
+pub fn looks_like_jwt(s: &str) -> bool {
+    if !s.starts_with("eyJ") {
+        return false;
+    }
+    let mut dots = 0;
+    for b in s.bytes() {
+        match b {
+            b'.' => dots += 1,
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'=' => {}
+            _ => return false,
+        }
+    }
+    dots == 2
+}
+
+/// Finds the JWTs carried in the query string of a request path (`/x?access_token=eyJ...`).
+pub fn tokens_in_query(path: &str) -> impl Iterator<Item = RawToken<'_>> {
+    let query = path.split_once('?').map(|(_, q)| q).unwrap_or("");
+    let query = query.split('#').next().unwrap_or("");
+    query.split('&').filter_map(|pair| {
+        let v = pair.split_once('=').map(|(_, v)| v)?;
+        looks_like_jwt(v).then(|| RawToken::new(v))
+    })
+}
+
+/// Decodes each distinct token once. Bounded: when full, it is cleared (tokens are short-lived
+/// and the live set refills it within seconds), which keeps the hot path free of LRU upkeep.
+pub struct TokenCache {
+    map: HashMap<u128, Arc<TokenInfo>>,
+    errors: HashMap<u128, DecodeError>,
+    cap: usize,
+    seed_a: ahash::RandomState,
+    seed_b: ahash::RandomState,
+    wanted_claims: Box<[Box<str>]>,
+}
+
+impl TokenCache {
+    pub fn new(cap: usize, wanted_claims: Vec<Box<str>>) -> Self {
+        TokenCache {
+            map: HashMap::new(),
+            errors: HashMap::new(),
+            cap: cap.max(1),
+            seed_a: ahash::RandomState::new(),
+            seed_b: ahash::RandomState::new(),
+            wanted_claims: wanted_claims.into_boxed_slice(),
+        }
+    }
+
+    /// Changes the claims kept for rules (after a rule reload); forgets what was decoded.
+    pub fn set_wanted_claims(&mut self, wanted: Vec<Box<str>>) {
+        if *self.wanted_claims != *wanted {
+            self.wanted_claims = wanted.into_boxed_slice();
+            self.map.clear();
+        }
+    }
+
+    pub fn wanted_claims(&self) -> &[Box<str>] {
+        &self.wanted_claims
+    }
+
+    /// Decodes `raw`, or returns the shared result of an earlier decode of the same token.
+    pub fn get(&mut self, raw: RawToken<'_>) -> Result<Arc<TokenInfo>, DecodeError> {
+        let t = raw.expose().as_bytes();
+        let key = ((self.seed_a.hash_one(t) as u128) << 64) | self.seed_b.hash_one(t) as u128;
+        if let Some(info) = self.map.get(&key) {
+            return Ok(info.clone());
+        }
+        if let Some(e) = self.errors.get(&key) {
+            return Err(*e);
+        }
+        match decode(raw, &self.wanted_claims) {
+            Ok(info) => {
+                if self.map.len() >= self.cap {
+                    self.map.clear();
+                }
+                let info = Arc::new(info);
+                self.map.insert(key, info.clone());
+                Ok(info)
+            }
+            Err(e) => {
+                if self.errors.len() > self.cap / 16 {
+                    self.errors.clear();
+                }
+                self.errors.insert(key, e);
+                Err(e)
+            }
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+}
+
+// ---- lenient claim parsing: real tokens carry odd types; a wrong type means "absent" ----
+
+fn lenient_str<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Box<str>>, D::Error> {
+    struct V;
+    impl<'de> Visitor<'de> for V {
+        type Value = Option<Box<str>>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a string")
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+            Ok(Some(v.into()))
+        }
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+            Ok(Some(v.to_string().into()))
+        }
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+            Ok(Some(v.to_string().into()))
+        }
+        fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_seq<A: de::SeqAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
+            while a.next_element::<IgnoredAny>()?.is_some() {}
+            Ok(None)
+        }
+        fn visit_map<A: de::MapAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
+            while a.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+            Ok(None)
+        }
+    }
+    d.deserialize_any(V)
+}
+
+fn lenient_num<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    struct V;
+    impl<'de> Visitor<'de> for V {
+        type Value = Option<i64>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a NumericDate")
+        }
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+            Ok(Some(v))
+        }
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+            Ok(i64::try_from(v).ok())
+        }
+        fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
+            Ok((v.is_finite() && v.abs() < 1e15).then_some(v.floor() as i64))
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+            Ok(v.trim()
+                .parse::<f64>()
+                .ok()
+                .and_then(|f| self.visit_f64::<E>(f).ok().flatten()))
+        }
+        fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_seq<A: de::SeqAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
+            while a.next_element::<IgnoredAny>()?.is_some() {}
+            Ok(None)
+        }
+        fn visit_map<A: de::MapAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
+            while a.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+            Ok(None)
+        }
+    }
+    d.deserialize_any(V)
+}
+
+fn lenient_aud<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Box<str>>, D::Error> {
+    struct V;
+    impl<'de> Visitor<'de> for V {
+        type Value = Vec<Box<str>>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a string or a list of strings")
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+            Ok(vec![v.into()])
+        }
+        fn visit_seq<A: de::SeqAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
+            let mut out = Vec::new();
+            while let Some(v) = a.next_element::<serde_json::Value>()? {
+                if let serde_json::Value::String(s) = v {
+                    out.push(s.into());
+                }
+            }
+            Ok(out)
+        }
+        fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+            Ok(Vec::new())
+        }
+        fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+            Ok(Vec::new())
+        }
+        fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+            Ok(Vec::new())
+        }
+        fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+            Ok(Vec::new())
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(Vec::new())
+        }
+        fn visit_map<A: de::MapAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
+            while a.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+            Ok(Vec::new())
+        }
+    }
+    d.deserialize_any(V)
+}
+
+/// Builds a compact token from header and claims JSON with the given signature segment.
+/// For tests, benches and the traffic generator: the signature is random-looking bytes, not a
+/// real signature, because tokenwatch never checks one.
+pub fn encode_unsigned_parts(header: &serde_json::Value, claims: &serde_json::Value, sig: &[u8]) -> String {
+    let h = URL_SAFE_NO_PAD.encode(serde_json::to_vec(header).unwrap_or_default());
+    let p = URL_SAFE_NO_PAD.encode(serde_json::to_vec(claims).unwrap_or_default());
+    let s = URL_SAFE_NO_PAD.encode(sig);
+    format!("{h}.{p}.{s}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn tok(h: serde_json::Value, c: serde_json::Value) -> String {
+        encode_unsigned_parts(&h, &c, b"signature-bytes-here")
+    }
+
+    #[test]
+    fn jti_is_the_token_id() {
+        let t = tok(
+            json!({"alg":"RS256"}),
+            json!({"jti":"abc","sub":"u1","iss":"https://idp"}),
+        );
+        let info = decode(RawToken::new(&t), &[]).unwrap();
+        assert_eq!(&*info.token_id, "abc");
+        assert_eq!(&*info.subject, "https://idp|u1");
+        assert!(!info.unsigned);
+    }
+
+    #[test]
+    fn token_id_without_jti_is_sha256_of_the_compact_token() {
+        let t = tok(json!({"alg":"RS256"}), json!({"sub":"u1"}));
+        let info = decode(RawToken::new(&format!("  {t} ")), &[]).unwrap();
+        let digest = Sha256::digest(t.as_bytes());
+        let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(&*info.token_id, format!("sha256:{hex}"));
+        assert_eq!(info.token_id.len(), "sha256:".len() + 32);
+        // empty iss when absent
+        assert_eq!(&*info.subject, "|u1");
+    }
+
+    #[test]
+    fn empty_jti_falls_back_to_hash_and_missing_sub_uses_token_id() {
+        let t = tok(json!({"alg":"RS256"}), json!({"jti":""}));
+        let info = decode(RawToken::new(&t), &[]).unwrap();
+        assert!(info.token_id.starts_with("sha256:"));
+        assert_eq!(info.subject, info.token_id);
+    }
+
+    #[test]
+    fn aud_string_or_list_and_float_dates() {
+        let t = tok(
+            json!({"alg":"RS256"}),
+            json!({"aud":"a","exp":1700000000.7,"iat":1699990000}),
+        );
+        let info = decode(RawToken::new(&t), &[]).unwrap();
+        assert_eq!(&*info.aud, &["a".into()] as &[Box<str>]);
+        assert_eq!(info.exp, Some(1700000000));
+        assert_eq!(info.lifetime(), Some(10000));
+        let t = tok(json!({"alg":"RS256"}), json!({"aud":["a","b",3],"exp":"17"}));
+        let info = decode(RawToken::new(&t), &[]).unwrap();
+        assert_eq!(info.aud.len(), 2);
+        assert_eq!(info.exp, Some(17));
+        assert_eq!(info.iat, None);
+    }
+
+    #[test]
+    fn odd_claim_types_are_tolerated() {
+        let t = tok(
+            json!({"alg":"RS256","kid":7}),
+            json!({"sub":{"x":1},"iss":null,"exp":true,"jti":["x"]}),
+        );
+        let info = decode(RawToken::new(&t), &[]).unwrap();
+        assert_eq!(info.sub, None);
+        assert_eq!(info.exp, None);
+        assert_eq!(info.kid.as_deref(), Some("7"));
+        assert!(info.token_id.starts_with("sha256:"));
+    }
+
+    #[test]
+    fn unsigned_tokens() {
+        for alg in ["none", "NONE", "nOnE"] {
+            let t = tok(json!({"alg":alg}), json!({"sub":"u"}));
+            assert!(decode(RawToken::new(&t), &[]).unwrap().unsigned, "{alg}");
+        }
+        let t = encode_unsigned_parts(&json!({"alg":"RS256"}), &json!({"sub":"u"}), b"");
+        assert!(t.ends_with('.'));
+        assert!(decode(RawToken::new(&t), &[]).unwrap().unsigned);
+    }
+
+    #[test]
+    fn decode_errors_by_reason() {
+        let e = |s: &str| decode(RawToken::new(s), &[]).unwrap_err();
+        assert_eq!(e("abc"), DecodeError::NotThreeSegments);
+        assert_eq!(e("a.b.c.d"), DecodeError::NotThreeSegments);
+        assert_eq!(e("!!.eyJ9.x"), DecodeError::HeaderBase64);
+        assert_eq!(e("eyJhIjoxfQ.!!.x"), DecodeError::PayloadBase64);
+        assert_eq!(e("bm90anNvbg.eyJhIjoxfQ.x"), DecodeError::HeaderJson);
+        assert_eq!(e("eyJhIjoxfQ.bm90anNvbg.x"), DecodeError::PayloadJson);
+        // an array is JSON but not a claims object
+        assert_eq!(e("eyJhIjoxfQ.WzFd.x"), DecodeError::PayloadJson);
+    }
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive() {
+        assert!(RawToken::from_authorization("bearer abc.def.ghi").is_some());
+        assert!(RawToken::from_authorization("BEARER   abc.def.ghi ").is_some());
+        assert!(RawToken::from_authorization("Basic dXNlcjpwdw==").is_none());
+        assert!(RawToken::from_authorization("Bearer").is_none());
+        assert_eq!(
+            RawToken::from_authorization("Bearer  x.y.z ").unwrap().expose(),
+            "x.y.z"
+        );
+    }
+
+    #[test]
+    fn debug_of_raw_token_hides_it() {
+        let t = tok(json!({"alg":"RS256"}), json!({"sub":"u"}));
+        let shown = format!("{:?}", RawToken::new(&t));
+        assert!(!shown.contains(&t[..10]));
+    }
+
+    #[test]
+    fn finds_tokens_in_query() {
+        let t = tok(json!({"alg":"RS256"}), json!({"sub":"u"}));
+        let path = format!("/cb?state=1&access_token={t}&x=eyJnotatoken");
+        let found: Vec<_> = tokens_in_query(&path).collect();
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].expose(), t);
+        assert_eq!(tokens_in_query("/no/query").count(), 0);
+        assert_eq!(tokens_in_query(&format!("/p#access_token={t}")).count(), 0);
+    }
+
+    #[test]
+    fn claims_only_ids_are_stable_and_documented() {
+        let c = json!({"iss":"i","sub":"s","iat":10,"exp":20});
+        let a = from_claims(None, &c, &[]).unwrap();
+        let b = from_claims(None, &c, &[]).unwrap();
+        assert_eq!(a.token_id, b.token_id);
+        let digest = Sha256::digest(b"i|s|10|20");
+        let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(&*a.token_id, format!("claims:{hex}"));
+        let h = json!({"alg":"none"});
+        assert!(from_claims(Some(&h), &c, &[]).unwrap().unsigned);
+        assert!(from_claims(None, &json!("x"), &[]).is_none());
+    }
+
+    #[test]
+    fn cache_decodes_once_and_keeps_wanted_claims() {
+        let t = tok(json!({"alg":"RS256"}), json!({"sub":"u","tenant":"acme","lvl":3}));
+        let mut c = TokenCache::new(10, vec!["tenant".into(), "lvl".into(), "nope".into()]);
+        let a = c.get(RawToken::new(&t)).unwrap();
+        let b = c.get(RawToken::new(&t)).unwrap();
+        assert!(Arc::ptr_eq(&a, &b));
+        assert_eq!(a.claim("tenant"), Some(&ClaimValue::Str("acme".into())));
+        assert_eq!(a.claim("lvl"), Some(&ClaimValue::Num(3.0)));
+        assert_eq!(a.claim("nope"), None);
+        assert_eq!(c.get(RawToken::new("x.y")).unwrap_err(), DecodeError::NotThreeSegments);
+    }
+}
