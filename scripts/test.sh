@@ -4,7 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 deps=$(scripts/test-deps.sh)
 eval "$deps"
-export TOKENWATCH_REDIS_SERVER TOKENWATCH_PROMTOOL TOKENWATCH_TANSU
+export TOKENWATCH_TEST_REDIS_SERVER TOKENWATCH_TEST_PROMTOOL TOKENWATCH_TEST_TANSU
 cargo fmt --check
 cargo clippy --all-targets -- -D warnings
 cargo test

@@ -311,3 +311,16 @@ mod tests {
         assert!(c.format().unwrap_err().contains("unknown format `apache`"));
     }
 }
+
+#[cfg(test)]
+mod example_tests {
+    #[test]
+    fn the_example_config_is_valid() {
+        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tokenwatch.example.toml");
+        let c = super::Config::load_with_env(Some(&p), std::iter::empty()).unwrap();
+        let (cfg, addr) = crate::service::resolve(&c, &crate::service::Overrides::default()).unwrap();
+        assert_eq!(cfg.topics, vec!["gateway-logs".to_string()]);
+        assert_eq!(addr.port(), 9464);
+        assert_eq!(cfg.redis.policy.min_token_ttl_s, 3600);
+    }
+}

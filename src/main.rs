@@ -39,6 +39,8 @@ enum Cmd {
     Gen(GenArgs),
     /// Show tokenwatch at work on generated traffic with the default rules.
     Demo(DemoArgs),
+    /// Run the service: Kafka in, revocations to Redis, metrics on HTTP.
+    Run(RunArgs),
 }
 
 #[derive(Args)]
@@ -180,6 +182,102 @@ fn demo(a: DemoArgs) -> Result<ExitCode, String> {
     Ok(ExitCode::SUCCESS)
 }
 
+#[derive(Args)]
+struct RunArgs {
+    /// TOML config file; every key can also be set as TOKENWATCH_KEY in the environment.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Kafka bootstrap servers.
+    #[arg(long)]
+    brokers: Option<String>,
+    /// Topic to consume (repeatable).
+    #[arg(long = "topic")]
+    topics: Vec<String>,
+    /// Consumer group id.
+    #[arg(long)]
+    group: Option<String>,
+    /// Log format: auto, canonical, traefik, kong, envoy, nginx, custom.
+    #[arg(long)]
+    format: Option<Format>,
+    /// Directory of rule files.
+    #[arg(long)]
+    rules: Option<PathBuf>,
+    /// MaxMind City database.
+    #[arg(long)]
+    geoip: Option<PathBuf>,
+    /// Redis URL (repeat for Redis Cluster seed nodes).
+    #[arg(long)]
+    redis: Vec<String>,
+    /// Address for /metrics, /healthz, /readyz.
+    #[arg(long)]
+    metrics_addr: Option<String>,
+    /// Prefix of every Redis key.
+    #[arg(long)]
+    key_prefix: Option<String>,
+    /// Where decision lines go: stdout, none, or a file.
+    #[arg(long)]
+    alerts: Option<String>,
+    /// Also produce decisions to this Kafka topic.
+    #[arg(long)]
+    alerts_topic: Option<String>,
+    /// Logs on stderr: human or json.
+    #[arg(long)]
+    log_format: Option<String>,
+}
+
+fn run(a: RunArgs) -> Result<ExitCode, String> {
+    let config = Config::load_with_env(a.config.as_deref(), std::env::vars())?;
+    let log_format = a
+        .log_format
+        .clone()
+        .or_else(|| config.log_format.clone())
+        .unwrap_or_else(|| "human".into());
+    init_logs(&log_format)?;
+    let overrides = tokenwatch::service::Overrides {
+        brokers: a.brokers,
+        topics: a.topics,
+        group: a.group,
+        format: a.format,
+        rules: a.rules,
+        geoip: a.geoip,
+        redis: a.redis,
+        metrics_addr: a.metrics_addr,
+        key_prefix: a.key_prefix,
+        alerts: a.alerts,
+        alerts_topic: a.alerts_topic,
+    };
+    let (cfg, addr) = tokenwatch::service::resolve(&config, &overrides)?;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    let summary = rt.block_on(tokenwatch::service::serve(cfg, addr))?;
+    tracing::info!(
+        lines = summary.stats.lines,
+        events = summary.stats.events,
+        decisions = summary.stats.decisions_total(),
+        revocations = summary.revocations_written,
+        "stopped"
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn init_logs(format: &str) -> Result<(), String> {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rdkafka=warn"));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(io::stderr);
+    match format {
+        "human" => b.init(),
+        "json" => b.json().init(),
+        other => return Err(format!("log_format: `{other}` is not human or json")),
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.cmd {
@@ -187,6 +285,7 @@ fn main() -> ExitCode {
         Cmd::Validate { rules } => validate(&rules),
         Cmd::Gen(a) => gen(a),
         Cmd::Demo(a) => demo(a),
+        Cmd::Run(a) => run(a),
     };
     match result {
         Ok(code) => code,

@@ -394,3 +394,163 @@ async fn write_with_retry(
         backoff = (backoff * 2).min(Duration::from_secs(2));
     }
 }
+
+/// Command-line values that override the config file and the environment.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub brokers: Option<String>,
+    pub topics: Vec<String>,
+    pub group: Option<String>,
+    pub format: Option<crate::input::Format>,
+    pub rules: Option<PathBuf>,
+    pub geoip: Option<PathBuf>,
+    pub redis: Vec<String>,
+    pub metrics_addr: Option<String>,
+    pub key_prefix: Option<String>,
+    pub alerts: Option<String>,
+    pub alerts_topic: Option<String>,
+}
+
+/// Resolves the service settings: defaults < config file < environment < flags. Every
+/// invalid value fails here, naming its key.
+pub fn resolve(c: &crate::config::Config, o: &Overrides) -> Result<(ServiceConfig, std::net::SocketAddr), String> {
+    let dur = |key: &str, v: &Option<String>, default_ms: i64| -> Result<Duration, String> {
+        let ms = match v {
+            Some(s) => crate::rules::parse_duration_ms(s).map_err(|e| format!("{key}: {e}"))?,
+            None => default_ms,
+        };
+        Ok(Duration::from_millis(ms as u64))
+    };
+    let brokers = o.brokers.clone().or_else(|| c.brokers.clone()).ok_or(
+        "brokers: no Kafka brokers given (--brokers host:9092, TOKENWATCH_BROKERS or `brokers` in the config)",
+    )?;
+    let topics = if !o.topics.is_empty() {
+        o.topics.clone()
+    } else {
+        c.topics.clone().unwrap_or_default()
+    };
+    if topics.is_empty() {
+        return Err("topics: no topic given (--topic NAME, TOKENWATCH_TOPICS or `topics` in the config)".into());
+    }
+    let redis_urls = if !o.redis.is_empty() {
+        o.redis.clone()
+    } else {
+        c.redis.clone().unwrap_or_default()
+    };
+    if redis_urls.is_empty() {
+        return Err(
+            "redis: no Redis URL given (--redis redis://host:6379, TOKENWATCH_REDIS or `redis` in the config)".into(),
+        );
+    }
+    let format = match o.format {
+        Some(f) => f,
+        None => c.format()?.unwrap_or(crate::input::Format::Auto),
+    };
+    let metrics_addr = o
+        .metrics_addr
+        .clone()
+        .or_else(|| c.metrics_addr.clone())
+        .unwrap_or_else(|| "127.0.0.1:9464".into());
+    let metrics_addr: std::net::SocketAddr = metrics_addr
+        .parse()
+        .map_err(|_| format!("metrics_addr: `{metrics_addr}` is not an address like 127.0.0.1:9464"))?;
+    let alerts = o
+        .alerts
+        .clone()
+        .or_else(|| c.alerts.clone())
+        .unwrap_or_else(|| "stdout".into());
+    let redis = crate::sinks::redis::RedisConfig {
+        urls: redis_urls,
+        cluster: c.redis_cluster.unwrap_or(false),
+        key_prefix: o
+            .key_prefix
+            .clone()
+            .or_else(|| c.key_prefix.clone())
+            .unwrap_or_else(|| "tokenwatch:".into()),
+        policy: c.revocation_policy()?,
+        stream_maxlen: c.revocation.stream_maxlen.unwrap_or(100_000),
+        response_timeout: dur("revocation.redis_timeout", &c.revocation.redis_timeout, 2_000)?,
+    };
+    redis.check()?;
+    let batch_max = c.batch.max_messages.unwrap_or(5_000);
+    if batch_max == 0 {
+        return Err("batch.max_messages: must be at least 1".into());
+    }
+    let cfg = ServiceConfig {
+        brokers,
+        topics,
+        group: o
+            .group
+            .clone()
+            .or_else(|| c.group.clone())
+            .unwrap_or_else(|| "tokenwatch".into()),
+        kafka: c.kafka_properties(),
+        rules_dir: o
+            .rules
+            .clone()
+            .or_else(|| c.rules.clone())
+            .unwrap_or_else(|| PathBuf::from("rules")),
+        geoip: o.geoip.clone().or_else(|| c.geoip.clone()),
+        pipeline: PipelineConfig {
+            format,
+            mapping: c.mapping()?,
+            token_cache: c.token_cache(),
+            engine: crate::engine::EngineConfig {
+                revocation: c.revocation_policy()?,
+                ..c.engine()?
+            },
+        },
+        max_line: c.max_line_bytes(),
+        redis,
+        batch_max,
+        batch_wait: dur("batch.max_wait", &c.batch.max_wait, 20)?,
+        shutdown_timeout: dur("shutdown_timeout", &c.shutdown_timeout, 30_000)?,
+        alerts: alerts.parse()?,
+        alerts_topic: o.alerts_topic.clone().or_else(|| c.alerts_topic.clone()),
+    };
+    Ok((cfg, metrics_addr))
+}
+
+/// The whole service as `tokenwatch run` starts it: metrics server, signals, the loop.
+pub async fn serve(cfg: ServiceConfig, metrics_addr: std::net::SocketAddr) -> Result<RunSummary, String> {
+    let metrics = Metrics::new();
+    let listener = tokio::net::TcpListener::bind(metrics_addr)
+        .await
+        .map_err(|e| format!("metrics_addr {metrics_addr}: cannot listen: {e}"))?;
+    tracing::info!(addr = %metrics_addr, "serving /metrics, /healthz, /readyz");
+    tokio::spawn(crate::metrics::serve(listener, metrics.clone()));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (hup_tx, hup_rx) = watch::channel(0u64);
+    spawn_signals(stop_tx, hup_tx)?;
+    let timeout = cfg.shutdown_timeout;
+    let mut stop_watch = stop_rx.clone();
+    let run = run(cfg, metrics, stop_rx, hup_rx);
+    tokio::pin!(run);
+    // After a stop signal, the loop has `shutdown_timeout` to finish its batch.
+    tokio::select! {
+        r = &mut run => r,
+        _ = async {
+            while !*stop_watch.borrow() {
+                if stop_watch.changed().await.is_err() { std::future::pending::<()>().await; }
+            }
+            tokio::time::sleep(timeout + Duration::from_secs(1)).await;
+        } => Err("shutdown timeout passed before in-flight work finished".into()),
+    }
+}
+
+fn spawn_signals(stop: watch::Sender<bool>, hup: watch::Sender<u64>) -> Result<(), String> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).map_err(|e| format!("signal handler: {e}"))?;
+    let mut int = signal(SignalKind::interrupt()).map_err(|e| format!("signal handler: {e}"))?;
+    let mut sighup = signal(SignalKind::hangup()).map_err(|e| format!("signal handler: {e}"))?;
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = term.recv() => { tracing::info!("SIGTERM: finishing in-flight work"); let _ = stop.send(true); }
+                _ = int.recv() => { tracing::info!("SIGINT: finishing in-flight work"); let _ = stop.send(true); }
+                _ = sighup.recv() => { tracing::info!("SIGHUP: reloading rules"); hup.send_modify(|n| *n += 1); }
+            }
+        }
+    });
+    Ok(())
+}
