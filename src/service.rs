@@ -81,12 +81,21 @@ fn rules_fingerprint(dir: &Path) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
     v
 }
 
+/// Exports every loaded rule's decision counter, at 0 until it fires, so that alerting on its
+/// increase sees the first decision after a start or a reload.
+fn publish_rules(set: &RuleSet, metrics: &Metrics) {
+    metrics.rules_loaded.set(set.rules.len() as i64);
+    for r in &set.rules {
+        metrics.decisions.with_label_values(&[&r.id, r.action.as_str(), r.severity.as_str()]).inc_by(0);
+    }
+}
+
 /// Loads the rules for a reload; on failure logs every `file:line: message` and counts it.
 fn reload(dir: &Path, metrics: &Metrics) -> Option<Arc<RuleSet>> {
     match crate::rules::load_dir(dir) {
         Ok(set) => {
             metrics.rule_reloads.with_label_values(&["ok"]).inc();
-            metrics.rules_loaded.set(set.rules.len() as i64);
+            publish_rules(&set, metrics);
             tracing::info!(rules = set.rules.len(), dir = %dir.display(), "rules reloaded");
             Some(Arc::new(set))
         }
@@ -148,7 +157,7 @@ pub async fn run(
     let rules = crate::rules::load_dir(&cfg.rules_dir)
         .map(Arc::new)
         .map_err(|e| format!("invalid rules:\n{e}"))?;
-    metrics.rules_loaded.set(rules.rules.len() as i64);
+    publish_rules(&rules, &metrics);
     let geo = cfg
         .geoip
         .as_deref()
