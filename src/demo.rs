@@ -7,7 +7,6 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::io::Write;
-use std::time::Instant;
 
 use crate::decision::Decision;
 use crate::gen::{GenConfig, Generator, Label};
@@ -112,54 +111,308 @@ pub fn run_generated(
     Ok((decisions, labels, lines, pipeline))
 }
 
-/// The demo's report: decisions as they happen, then the score.
-pub fn demo(cfg: GenConfig, w: &mut dyn Write) -> Result<Score, String> {
-    let start = Instant::now();
-    let _ = writeln!(
-        w,
-        "tokenwatch demo: generated gateway traffic, default rules, MaxMind test GeoIP database\n"
-    );
-    let mut shown = 0usize;
-    let (decisions, labels, lines, pipeline) = run_generated(cfg, |d| {
-        if shown < 40 {
-            shown += 1;
+/// What the live demo needs.
+pub struct DemoOptions {
+    pub traffic: GenConfig,
+    /// Event time runs this many times faster than the wall clock.
+    pub speedup: f64,
+    pub duration: std::time::Duration,
+    /// Revocations to this Redis instead of memory.
+    pub redis: Option<String>,
+    pub metrics_addr: String,
+    /// Redraw a full-screen view (a terminal) instead of printing status lines.
+    pub full_screen: bool,
+}
+
+/// The live demo: the generator feeds librdkafka's in-process mock cluster in (accelerated)
+/// real time, and the real service loop consumes it, decides, revokes and serves /metrics.
+pub async fn live(opts: DemoOptions, w: &mut (dyn Write + Send)) -> Result<Score, String> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, Instant};
+
+    use rdkafka::mocking::MockCluster;
+
+    use crate::metrics::Metrics;
+    use crate::service::{run_loop, ServiceConfig};
+    use crate::sinks::alerts::{AlertSink, AlertTarget};
+    use crate::sinks::memory::MemoryStore;
+    use crate::sinks::RevocationStore;
+
+    const TOPIC: &str = "gateway-logs";
+    // One partition: event time is accelerated, so partitions drifting apart by a fraction of
+    // a second would already exceed the engine's 60 s of allowed lateness.
+    let mock = MockCluster::new(1).map_err(|e| format!("mock Kafka cluster: {e}"))?;
+    mock.create_topic(TOPIC, 1, 1)
+        .map_err(|e| format!("mock Kafka topic: {e}"))?;
+    let brokers = mock.bootstrap_servers();
+
+    let metrics = Metrics::new();
+    let listener = match tokio::net::TcpListener::bind(&opts.metrics_addr).await {
+        Ok(l) => l,
+        Err(e) => {
             let _ = writeln!(
                 w,
-                "{}  {:<24} {:<14} {:<8} {}",
-                crate::decision::fmt_ts(d.ts),
-                d.rule,
-                d.action.as_str(),
-                d.severity.as_str(),
-                d.reason
+                "metrics address {} is not free ({e}); using a free port instead",
+                opts.metrics_addr
             );
+            tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .map_err(|e| format!("metrics listener: {e}"))?
         }
-    })?;
-    let secs = start.elapsed().as_secs_f64();
-    let sc = score(&labels, &decisions);
+    };
+    let metrics_url = format!("http://{}/metrics", listener.local_addr().map_err(|e| e.to_string())?);
+    tokio::spawn(crate::metrics::serve(listener, metrics.clone()));
+
+    let rules = crate::defaults::rules().map_err(|e| e.to_string())?;
+    for r in &rules.rules {
+        metrics
+            .decisions
+            .with_label_values(&[&r.id, r.action.as_str(), r.severity.as_str()])
+            .inc_by(0);
+    }
+    metrics.rules_loaded.set(rules.rules.len() as i64);
+    let mut pipeline = Pipeline::new(rules, Some(crate::defaults::test_geo_db()), PipelineConfig::default())?;
+
+    let memory = Arc::new(Mutex::new(MemoryStore::default()));
+    let redis_cfg = crate::sinks::redis::RedisConfig {
+        urls: opts.redis.iter().cloned().collect(),
+        cluster: false,
+        key_prefix: "tokenwatch:".into(),
+        policy: crate::decision::RevocationPolicy::default(),
+        stream_maxlen: 100_000,
+        response_timeout: Duration::from_secs(2),
+    };
+    let mut store = match &opts.redis {
+        Some(_) => RevocationStore::Redis(crate::sinks::redis::RevocationWriter::connect(redis_cfg.clone()).await?),
+        None => RevocationStore::Memory(memory.clone()),
+    };
+    metrics.redis_up.set(1);
+    metrics.ready_redis.store(true, Ordering::Relaxed);
+
+    let decisions = Arc::new(Mutex::new(Vec::new()));
+    let mut alerts = AlertSink::new(&AlertTarget::Memory(decisions.clone()), None)?;
+    let (consumer, assigned) = crate::source::kafka::connect(
+        &brokers,
+        "tokenwatch-demo",
+        &[TOPIC.to_string()],
+        &Default::default(),
+        metrics.clone(),
+    )?;
+    let cfg = ServiceConfig {
+        brokers: brokers.clone(),
+        topics: vec![TOPIC.into()],
+        group: "tokenwatch-demo".into(),
+        kafka: Default::default(),
+        // The rules are built in; no directory to watch.
+        rules_dir: std::path::PathBuf::from("/nonexistent/tokenwatch-demo-rules"),
+        geoip: None,
+        pipeline: PipelineConfig::default(),
+        max_line: crate::input::lines::DEFAULT_MAX_LINE,
+        redis: redis_cfg,
+        batch_max: 5_000,
+        batch_wait: Duration::from_millis(20),
+        shutdown_timeout: Duration::from_secs(10),
+        alerts: AlertTarget::None,
+        alerts_topic: None,
+    };
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let (_hup_tx, mut hup_rx) = tokio::sync::watch::channel(0u64);
+    let m2 = metrics.clone();
+    let service = tokio::spawn(async move {
+        let r = run_loop(
+            &cfg,
+            &m2,
+            &mut pipeline,
+            &mut store,
+            &consumer,
+            &assigned,
+            &mut alerts,
+            &mut stop_rx,
+            &mut hup_rx,
+        )
+        .await;
+        r.map(|s| (s, pipeline))
+    });
+
+    // The mock cluster keeps only ~5 MiB per partition: start producing once the consumer is
+    // in its group, so it reads in step instead of finding the oldest lines dropped.
+    let joined = Instant::now();
+    while metrics.assigned_partitions.get() == 0 {
+        if joined.elapsed() > Duration::from_secs(30) {
+            return Err("the demo consumer did not join its group within 30 s".into());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // The traffic: started now, in accelerated real time.
+    let mut traffic = opts.traffic.clone();
+    traffic.start_ms = crate::service::now_ms();
+    traffic.events = None;
+    traffic.duration_secs = Some((opts.duration.as_secs_f64() * opts.speedup) as u64 + 1);
+    let stop_producing = Arc::new(AtomicBool::new(false));
+    let stop2 = stop_producing.clone();
+    let speedup = opts.speedup;
+    let b2 = brokers.clone();
+    let producer = std::thread::spawn(move || {
+        crate::gen::kafka::produce(
+            Generator::new(traffic),
+            &b2,
+            TOPIC,
+            crate::gen::kafka::Pace::Realtime { speedup },
+            &[],
+            &stop2,
+        )
+    });
+
+    let start = Instant::now();
+    let mut last_events = 0u64;
+    let mut interrupted = false;
+    loop {
+        let tick = tokio::time::sleep(Duration::from_secs(1));
+        tokio::select! {
+            _ = tick => {}
+            _ = tokio::signal::ctrl_c() => { interrupted = true; }
+        }
+        let events =
+            metrics.events.with_label_values(&["decoded"]).get() + metrics.events.with_label_values(&["skipped"]).get();
+        let view = render_view(
+            start.elapsed(),
+            opts.duration,
+            events,
+            events.saturating_sub(last_events),
+            &decisions.lock().map(|d| d.clone()).unwrap_or_default(),
+            &metrics_url,
+            opts.speedup,
+        );
+        last_events = events;
+        if opts.full_screen {
+            let _ = write!(w, "\x1b[2J\x1b[H{view}");
+        } else if start.elapsed().as_secs() % 5 == 0 {
+            let first = view.lines().nth(1).unwrap_or("");
+            let _ = writeln!(w, "{first}");
+        }
+        let _ = w.flush();
+        if interrupted || start.elapsed() >= opts.duration {
+            break;
+        }
+    }
+
+    stop_producing.store(true, Ordering::Relaxed);
+    let produced = producer
+        .join()
+        .map_err(|_| "the traffic producer panicked".to_string())??;
+    // Let the service read what was produced before it stops.
+    let drain_until = Instant::now() + Duration::from_secs(15);
+    loop {
+        let seen =
+            metrics.events.with_label_values(&["decoded"]).get() + metrics.events.with_label_values(&["skipped"]).get();
+        if seen >= produced.lines || Instant::now() >= drain_until {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = stop_tx.send(true);
+    let (summary, _pipeline) = service.await.map_err(|e| format!("service task: {e}"))??;
+    drop(mock);
+
+    let all = decisions.lock().map(|d| d.clone()).unwrap_or_default();
+    let sc = score(&produced.labels, &all);
+    if opts.full_screen {
+        let _ = write!(w, "\x1b[2J\x1b[H");
+    }
     let _ = writeln!(
         w,
-        "\n{lines} lines, {} events, {} decisions in {secs:.2} s ({:.0} lines/s)",
-        pipeline.stats.events,
-        decisions.len(),
-        lines as f64 / secs
+        "tokenwatch demo: {} lines of generated gateway traffic through Kafka (in-process), {} read, {} decisions, {} new revocations{}",
+        produced.lines,
+        summary.stats.lines,
+        all.len(),
+        summary.revocations_written,
+        if opts.redis.is_some() { " in Redis" } else { " in memory" }
     );
-    let _ = writeln!(w, "\n{:<26} {:>9} {:>7} {:>6}", "rule", "detected", "missed", "false");
+    let revoked: Vec<&Decision> = all
+        .iter()
+        .filter(|d| !d.shadow && d.action != crate::rules::Action::Alert)
+        .collect();
+    let _ = writeln!(w, "\nrevoked ({}):", revoked.len());
+    for d in revoked.iter().take(12) {
+        let who = match d.action {
+            crate::rules::Action::RevokeSubject => format!("subject {}", d.subject.as_deref().unwrap_or("?")),
+            _ => format!("token {}", d.token_id.as_deref().unwrap_or("?")),
+        };
+        let _ = writeln!(w, "  {:<24} {who}", d.rule);
+    }
+    if revoked.len() > 12 {
+        let _ = writeln!(w, "  ... and {} more", revoked.len() - 12);
+    }
+    let _ = writeln!(w, "\ncompared with the attacks the generator injected:");
+    let _ = writeln!(w, "{:<26} {:>9} {:>7} {:>6}", "rule", "detected", "missed", "false");
     for (rule, (d, m, f)) in &sc.per_rule {
         let _ = writeln!(w, "{rule:<26} {d:>9} {m:>7} {f:>6}");
     }
-    let revoked_tokens = decisions
-        .iter()
-        .filter(|d| d.action == crate::rules::Action::RevokeToken && !d.shadow)
-        .count();
-    let revoked_subjects = decisions
-        .iter()
-        .filter(|d| d.action == crate::rules::Action::RevokeSubject && !d.shadow)
-        .count();
+    for l in sc.missed.iter().take(5) {
+        let _ = writeln!(
+            w,
+            "  missed: {} {} (fired at {})",
+            l.rule,
+            l.key().unwrap_or("?"),
+            crate::decision::fmt_ts(l.ts)
+        );
+    }
+    for d in sc.false_positives.iter().take(5) {
+        let _ = writeln!(
+            w,
+            "  false: {} {} — {}",
+            d.rule,
+            d.token_id.as_deref().unwrap_or("?"),
+            d.reason
+        );
+    }
     let _ = writeln!(
         w,
-        "\nrevoked: {revoked_tokens} tokens, {revoked_subjects} subjects; recall {:.3}, precision {:.3}",
+        "\nrecall {:.3}, precision {:.3}; metrics were at {metrics_url}",
         sc.recall(),
         sc.precision()
     );
     Ok(sc)
+}
+
+fn render_view(
+    elapsed: std::time::Duration,
+    total: std::time::Duration,
+    events: u64,
+    per_sec: u64,
+    decisions: &[Decision],
+    metrics_url: &str,
+    speedup: f64,
+) -> String {
+    let mut by_rule: BTreeMap<&str, u64> = BTreeMap::new();
+    for d in decisions {
+        *by_rule.entry(&d.rule).or_default() += 1;
+    }
+    let mut s = format!(
+        "tokenwatch demo  {:>3}s / {}s   event time x{speedup:.0}   Ctrl-C ends early\n",
+        elapsed.as_secs(),
+        total.as_secs()
+    );
+    s.push_str(&format!(
+        "events {events}  ({per_sec}/s)   decisions {}   metrics {metrics_url}\n\n",
+        decisions.len()
+    ));
+    s.push_str(&format!("{:<26} {:>9}\n", "rule", "decisions"));
+    for (r, n) in &by_rule {
+        s.push_str(&format!("{r:<26} {n:>9}\n"));
+    }
+    s.push_str("\nlatest decisions\n");
+    for d in decisions.iter().rev().take(8) {
+        let reason: String = d.reason.chars().take(90).collect();
+        s.push_str(&format!(
+            "  {} {:<24} {:<14} {}\n",
+            crate::decision::fmt_ts(d.ts).get(11..19).unwrap_or(""),
+            d.rule,
+            d.action.as_str(),
+            reason
+        ));
+    }
+    s
 }

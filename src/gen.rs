@@ -45,6 +45,7 @@
 //! label in a few tens of thousands of lines use a lower `rate_per_sec` (20/s shows all eight
 //! in 50,000 lines).
 
+pub mod kafka;
 mod line;
 mod net;
 #[cfg(test)]

@@ -63,6 +63,10 @@ struct ReplayArgs {
     /// No progress lines on stderr.
     #[arg(long, short)]
     quiet: bool,
+    /// Threads decoding lines (the engine runs on the calling thread, in input order;
+    /// decisions are the same for any value). Default: all cores.
+    #[arg(long)]
+    threads: Option<usize>,
     /// Log files; none or `-` reads stdin.
     files: Vec<PathBuf>,
 }
@@ -128,14 +132,45 @@ struct GenArgs {
     /// Write the injected attacks here, one JSON object per line.
     #[arg(long)]
     labels: Option<PathBuf>,
+    /// Produce to Kafka (these bootstrap servers) instead of writing a file.
+    #[arg(long)]
+    kafka: Option<String>,
+    /// The topic for --kafka.
+    #[arg(long, default_value = "gateway-logs")]
+    topic: String,
+    /// With --kafka: send as fast as possible instead of at --rate lines per second.
+    #[arg(long)]
+    fast: bool,
     #[command(flatten)]
     traffic: TrafficArgs,
 }
 
 #[derive(Args)]
 struct DemoArgs {
-    #[command(flatten)]
-    traffic: TrafficArgs,
+    /// How long to run (wall clock).
+    #[arg(long, default_value = "30s")]
+    duration: String,
+    /// Event time runs this many times faster than the wall clock.
+    #[arg(long, default_value_t = 100.0)]
+    speedup: f64,
+    /// Write revocations to this Redis instead of memory.
+    #[arg(long)]
+    redis: Option<String>,
+    /// Address of /metrics during the demo.
+    #[arg(long, default_value = "127.0.0.1:9464")]
+    metrics_addr: String,
+    /// Seed of the generated traffic.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Simulated users.
+    #[arg(long, default_value_t = 300)]
+    users: u32,
+    /// Requests per second of event time.
+    #[arg(long, default_value_t = 20.0)]
+    rate: f64,
+    /// Injected attacks per 10,000 lines.
+    #[arg(long, default_value_t = 10.0)]
+    attack_rate: f64,
 }
 
 fn gen(a: GenArgs) -> Result<ExitCode, String> {
@@ -154,6 +189,32 @@ fn gen(a: GenArgs) -> Result<ExitCode, String> {
     };
     let mut labels = a.labels.as_deref().map(create).transpose()?;
     let werr = |e: io::Error| format!("cannot write: {e}");
+    if let Some(brokers) = &a.kafka {
+        use tokenwatch::gen::kafka::{produce, Pace};
+        let pace = if a.fast {
+            Pace::Fast
+        } else {
+            Pace::Realtime { speedup: 1.0 }
+        };
+        if !a.fast {
+            // A live feed: event time is now.
+            cfg.start_ms = tokenwatch::service::now_ms();
+        }
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let produced = produce(Generator::new(cfg), brokers, &a.topic, pace, &[], &stop)?;
+        if let Some(l) = labels.as_mut() {
+            for label in &produced.labels {
+                serde_json::to_writer(&mut *l, label).map_err(|e| format!("cannot write labels: {e}"))?;
+                l.write_all(b"\n").map_err(werr)?;
+            }
+            l.flush().map_err(werr)?;
+        }
+        eprintln!(
+            "tokenwatch gen: {} lines produced to {} on {brokers}",
+            produced.lines, a.topic
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
     for g in Generator::new(cfg) {
         out.write_all(g.line.as_bytes()).map_err(werr)?;
         out.write_all(b"\n").map_err(werr)?;
@@ -172,13 +233,30 @@ fn gen(a: GenArgs) -> Result<ExitCode, String> {
 }
 
 fn demo(a: DemoArgs) -> Result<ExitCode, String> {
-    let mut cfg = a.traffic.config(GenFormat::Canonical)?;
-    if cfg.events.is_none() && cfg.duration_secs.is_none() {
-        cfg.duration_secs = Some(6 * 3600);
-    }
-    let stdout = io::stdout();
-    let mut w = stdout.lock();
-    tokenwatch::demo::demo(cfg, &mut w)?;
+    use std::io::IsTerminal;
+    let duration = tokenwatch::rules::parse_duration_ms(&a.duration).map_err(|e| format!("--duration: {e}"))?;
+    let opts = tokenwatch::demo::DemoOptions {
+        traffic: GenConfig {
+            seed: a.seed,
+            users: a.users.max(1),
+            rate_per_sec: a.rate,
+            attack_rate: a.attack_rate,
+            ..GenConfig::default()
+        },
+        speedup: a.speedup.max(1.0),
+        duration: std::time::Duration::from_millis(duration.max(1000) as u64),
+        redis: a.redis,
+        metrics_addr: a.metrics_addr,
+        full_screen: io::stdout().is_terminal(),
+    };
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    let mut out = io::stdout();
+    rt.block_on(tokenwatch::demo::live(opts, &mut out))?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -347,7 +425,11 @@ fn replay(a: ReplayArgs) -> Result<ExitCode, String> {
     let stdout = io::stdout();
     let mut out = io::BufWriter::with_capacity(1 << 16, stdout.lock());
     let mut err = io::stderr();
-    let summary = tokenwatch::replay::replay(&mut pipeline, inputs, max_line, &mut out, &mut err, !a.quiet)?;
+    let threads = a
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let summary =
+        tokenwatch::replay::replay_threads(&mut pipeline, inputs, max_line, threads, &mut out, &mut err, !a.quiet)?;
     drop(out);
     let _ = err.write_all(summary.render().as_bytes());
     Ok(ExitCode::SUCCESS)

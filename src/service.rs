@@ -30,6 +30,7 @@ use crate::pipeline::{Pipeline, PipelineConfig, Stats};
 use crate::rules::RuleSet;
 use crate::sinks::alerts::AlertSink;
 use crate::sinks::redis::{Kind, Revocation, RevocationWriter};
+use crate::sinks::RevocationStore;
 use crate::source::kafka::{self, Offsets};
 
 /// Everything `run` needs, resolved from the config file, the environment and the flags.
@@ -86,7 +87,10 @@ fn rules_fingerprint(dir: &Path) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
 fn publish_rules(set: &RuleSet, metrics: &Metrics) {
     metrics.rules_loaded.set(set.rules.len() as i64);
     for r in &set.rules {
-        metrics.decisions.with_label_values(&[&r.id, r.action.as_str(), r.severity.as_str()]).inc_by(0);
+        metrics
+            .decisions
+            .with_label_values(&[&r.id, r.action.as_str(), r.severity.as_str()])
+            .inc_by(0);
     }
 }
 
@@ -167,10 +171,10 @@ pub async fn run(
     let mut pipeline = Pipeline::new(rules, geo, cfg.pipeline.clone())?;
     cfg.redis.check()?;
 
-    let mut writer = connect_redis(&cfg, &metrics, &mut shutdown).await?;
-    let Some(writer_ref) = writer.as_mut() else {
+    let Some(writer) = connect_redis(&cfg, &metrics, &mut shutdown).await? else {
         return Ok(RunSummary::default());
     };
+    let mut store = RevocationStore::Redis(writer);
     let (consumer, assigned) = kafka::connect(&cfg.brokers, &cfg.group, &cfg.topics, &cfg.kafka, metrics.clone())?;
     let alerts_producer = match &cfg.alerts_topic {
         None => None,
@@ -191,7 +195,7 @@ pub async fn run(
         &cfg,
         &metrics,
         &mut pipeline,
-        writer_ref,
+        &mut store,
         &consumer,
         &assigned,
         &mut alerts,
@@ -237,7 +241,7 @@ pub async fn run_loop(
     cfg: &ServiceConfig,
     metrics: &Arc<Metrics>,
     pipeline: &mut Pipeline,
-    writer: &mut RevocationWriter,
+    writer: &mut RevocationStore,
     consumer: &kafka::Source,
     assigned: &std::sync::Mutex<std::collections::HashSet<(String, i32)>>,
     alerts: &mut AlertSink,
@@ -359,7 +363,7 @@ fn consumer_commit_sync(consumer: &kafka::Source) -> Result<(), String> {
 /// shutdown was asked and the shutdown timeout has passed: then nothing after this batch is
 /// committed, and the next run writes it.
 async fn write_with_retry(
-    writer: &mut RevocationWriter,
+    writer: &mut RevocationStore,
     r: &Revocation,
     metrics: &Metrics,
     shutdown: &mut watch::Receiver<bool>,

@@ -4,6 +4,7 @@
 
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -11,11 +12,13 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use crate::decision::Decision;
 
 /// Where decision lines are written.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub enum AlertTarget {
     Stdout,
     File(PathBuf),
     None,
+    /// Kept in memory (the demo's live view and summary).
+    Memory(Arc<Mutex<Vec<Decision>>>),
 }
 
 impl std::str::FromStr for AlertTarget {
@@ -31,6 +34,7 @@ impl std::str::FromStr for AlertTarget {
 
 pub struct AlertSink {
     out: Option<Box<dyn Write + Send>>,
+    memory: Option<Arc<Mutex<Vec<Decision>>>>,
     kafka: Option<(FutureProducer, String)>,
     buf: String,
 }
@@ -39,7 +43,7 @@ impl AlertSink {
     pub fn new(target: &AlertTarget, kafka: Option<(FutureProducer, String)>) -> Result<Self, String> {
         let out: Option<Box<dyn Write + Send>> = match target {
             AlertTarget::Stdout => Some(Box::new(std::io::stdout())),
-            AlertTarget::None => None,
+            AlertTarget::None | AlertTarget::Memory(_) => None,
             AlertTarget::File(p) => Some(Box::new(
                 std::fs::OpenOptions::new()
                     .create(true)
@@ -48,8 +52,13 @@ impl AlertSink {
                     .map_err(|e| format!("alerts file {}: {e}", p.display()))?,
             )),
         };
+        let memory = match target {
+            AlertTarget::Memory(m) => Some(m.clone()),
+            _ => None,
+        };
         Ok(AlertSink {
             out,
+            memory,
             kafka,
             buf: String::new(),
         })
@@ -63,6 +72,11 @@ impl AlertSink {
         self.buf.clear();
         for d in decisions {
             self.buf.push_str(&d.to_json_line());
+        }
+        if let Some(m) = &self.memory {
+            m.lock()
+                .map_err(|_| "alerts memory poisoned".to_string())?
+                .extend_from_slice(decisions);
         }
         if let Some(out) = self.out.as_mut() {
             out.write_all(self.buf.as_bytes())

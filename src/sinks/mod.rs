@@ -1,5 +1,25 @@
-//! Where decisions go: revocations to Redis ([`redis`]), every decision as a JSON line to
-//! stdout, a file or a Kafka topic ([`alerts`]).
+//! Where decisions go: revocations to Redis ([`redis`]) or, for the demo, to memory
+//! ([`memory`]); every decision as a JSON line to stdout, a file or a Kafka topic
+//! ([`alerts`]).
 
 pub mod alerts;
+pub mod memory;
 pub mod redis;
+
+use std::sync::{Arc, Mutex};
+
+/// Where revocations are written.
+pub enum RevocationStore {
+    Redis(redis::RevocationWriter),
+    Memory(Arc<Mutex<memory::MemoryStore>>),
+}
+
+impl RevocationStore {
+    /// Writes one revocation; `Ok(true)` when it is new.
+    pub async fn write(&mut self, r: &redis::Revocation, now_s: i64) -> Result<bool, String> {
+        match self {
+            RevocationStore::Redis(w) => w.write(r, now_s).await,
+            RevocationStore::Memory(m) => Ok(m.lock().map_err(|_| "memory store poisoned".to_string())?.write(r)),
+        }
+    }
+}
