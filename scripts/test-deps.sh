@@ -20,6 +20,11 @@ if ! command -v redis-server >/dev/null 2>&1; then
 fi
 echo "export TOKENWATCH_TEST_REDIS_SERVER=$(command -v redis-server)"
 
+if ! command -v openssl >/dev/null 2>&1; then
+  say "installing openssl (the TLS test makes its own CA)"
+  apt_install openssl
+fi
+
 if ! command -v promtool >/dev/null 2>&1; then
   say "installing promtool (Debian package prometheus)"
   apt_install prometheus

@@ -67,6 +67,8 @@ pub struct RevocationSection {
     pub stream_maxlen: Option<u64>,
     /// Redis response timeout (default 2s).
     pub redis_timeout: Option<String>,
+    /// CA certificate (PEM) for `rediss://` servers outside the system trust store.
+    pub redis_ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]

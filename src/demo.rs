@@ -182,6 +182,7 @@ pub async fn live(opts: DemoOptions, w: &mut (dyn Write + Send)) -> Result<Score
         policy: crate::decision::RevocationPolicy::default(),
         stream_maxlen: 100_000,
         response_timeout: Duration::from_secs(2),
+        ca_file: None,
     };
     let mut store = match &opts.redis {
         Some(_) => RevocationStore::Redis(crate::sinks::redis::RevocationWriter::connect(redis_cfg.clone()).await?),

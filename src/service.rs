@@ -483,6 +483,7 @@ pub fn resolve(c: &crate::config::Config, o: &Overrides) -> Result<(ServiceConfi
         policy: c.revocation_policy()?,
         stream_maxlen: c.revocation.stream_maxlen.unwrap_or(100_000),
         response_timeout: dur("revocation.redis_timeout", &c.revocation.redis_timeout, 2_000)?,
+        ca_file: c.revocation.redis_ca_file.clone(),
     };
     redis.check()?;
     let batch_max = c.batch.max_messages.unwrap_or(5_000);

@@ -16,6 +16,7 @@ fn cfg(urls: Vec<String>, cluster: bool, prefix: &str) -> RedisConfig {
         policy: RevocationPolicy::default(),
         stream_maxlen: 1000,
         response_timeout: Duration::from_secs(2),
+        ca_file: None,
     }
 }
 
@@ -163,4 +164,62 @@ async fn redis_cluster_with_a_hash_tagged_prefix() {
         entries,
         vec![("token".into(), "x".into()), ("subject".into(), "iss|u".into())]
     );
+}
+
+#[tokio::test]
+async fn tls_with_a_private_ca() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (key, cert, ca) = (d.join("key.pem"), d.join("cert.pem"), d.join("ca.pem"));
+    std::fs::write(
+        d.join("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n",
+    )
+    .unwrap();
+    // A private CA, and a server certificate it signs.
+    for args in [
+        "req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=tokenwatch-test-ca -keyout ca.key -out ca.pem",
+        "req -newkey rsa:2048 -nodes -subj /CN=localhost -keyout key.pem -out srv.csr",
+        "x509 -req -in srv.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -extfile ext.cnf -out cert.pem",
+    ] {
+        let ok = std::process::Command::new("openssl")
+            .args(args.split(' '))
+            .current_dir(d)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert!(ok.success(), "openssl {args}");
+    }
+    let tls_port = common::free_port().to_string();
+    let (k, c, a) = (key.to_str().unwrap(), cert.to_str().unwrap(), ca.to_str().unwrap());
+    let r = common::RedisServer::start_args(
+        false,
+        &[
+            "--tls-port",
+            &tls_port,
+            "--tls-cert-file",
+            c,
+            "--tls-key-file",
+            k,
+            "--tls-ca-cert-file",
+            a,
+            "--tls-auth-clients",
+            "no",
+        ],
+    );
+    let url = format!("rediss://127.0.0.1:{tls_port}/");
+    while std::net::TcpStream::connect(("127.0.0.1", tls_port.parse::<u16>().unwrap())).is_err() {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Without the CA, the self-signed server is refused.
+    assert!(RevocationWriter::connect(cfg(vec![url.clone()], false, "tw:"))
+        .await
+        .is_err());
+    let mut with_ca = cfg(vec![url], false, "tw:");
+    with_ca.ca_file = Some(ca.clone());
+    let mut w = RevocationWriter::connect(with_ca).await.unwrap();
+    assert!(w.write(&token("tls", None), 1_000).await.unwrap());
+    assert_eq!(common::stream_entries(&mut r.conn(), "tw:revocations").len(), 1);
 }

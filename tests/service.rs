@@ -44,6 +44,10 @@ struct Running {
 }
 
 async fn start(brokers: &str, redis_url: &str, group: &str) -> Running {
+    start_with(brokers, redis_url, group, None).await
+}
+
+async fn start_with(brokers: &str, redis_url: &str, group: &str, alerts_topic: Option<&str>) -> Running {
     let dir = tempfile::tempdir().unwrap();
     let alerts = dir.path().join("alerts.jsonl");
     let config = tokenwatch::config::Config::default();
@@ -55,6 +59,7 @@ async fn start(brokers: &str, redis_url: &str, group: &str) -> Running {
         geoip: Some(common::root().join("assets/GeoLite2-City-Test.mmdb")),
         redis: vec![redis_url.into()],
         alerts: Some(alerts.to_str().unwrap().into()),
+        alerts_topic: alerts_topic.map(String::from),
         ..Overrides::default()
     };
     let (mut cfg, _) = resolve(&config, &o).unwrap();
@@ -107,7 +112,8 @@ async fn logs_in_kafka_become_revocations_in_redis_and_metrics() {
     let refs: Vec<&str> = lines.iter().map(String::as_str).collect();
     produce(&brokers, "logs", &refs);
 
-    let svc = start(&brokers, &redis.url(), "g1").await;
+    mock.create_topic("alerts", 1, 1).unwrap();
+    let svc = start_with(&brokers, &redis.url(), "g1", Some("alerts")).await;
     wait_until("four revocations in the stream", 60, || stream(&redis).len() >= 4).await;
     // every decision is an alert line (9 in the fixture)
     wait_until("nine alert lines", 30, || {
@@ -180,6 +186,38 @@ async fn logs_in_kafka_become_revocations_in_redis_and_metrics() {
         );
     }
     assert_eq!(http_get(svc.metrics_addr, "/readyz").await.unwrap().0, 200);
+    // consumer lag per partition, from librdkafka's statistics (every 5 s)
+    let addr = svc.metrics_addr;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, body) = http_get(addr, "/metrics").await.unwrap();
+        if body.contains("tokenwatch_consumer_lag{partition=\"0\",topic=\"logs\"} 0") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no consumer lag gauge:\n{body}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // every decision also went to the alerts topic, as the same JSON line
+    let c: rdkafka::consumer::BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("group.id", "alerts-check")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    rdkafka::consumer::Consumer::subscribe(&c, &["alerts"]).unwrap();
+    let mut alert_lines = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while alert_lines.len() < 9 && Instant::now() < deadline {
+        if let Some(Ok(m)) = c.poll(Duration::from_millis(100)) {
+            alert_lines.push(String::from_utf8_lossy(rdkafka::Message::payload(&m).unwrap()).into_owned());
+        }
+    }
+    let file: Vec<String> = std::fs::read_to_string(&svc.alerts)
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
+    assert_eq!(alert_lines, file);
 
     // graceful stop
     svc.stop.send(true).unwrap();

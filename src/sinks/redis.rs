@@ -53,6 +53,9 @@ pub struct RedisConfig {
     /// Approximate maximum length of the revocation stream.
     pub stream_maxlen: u64,
     pub response_timeout: Duration,
+    /// PEM file of the CA that signed the Redis server's certificate (`rediss://`), when it
+    /// is not in the system's trust store.
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 impl RedisConfig {
@@ -179,12 +182,23 @@ impl RevocationWriter {
     pub async fn connect(cfg: RedisConfig) -> Result<Self, String> {
         cfg.check()?;
         let where_ = cfg.urls.iter().map(|u| redact(u)).collect::<Vec<_>>().join(", ");
+        let certs = match &cfg.ca_file {
+            None => None,
+            Some(p) => Some(redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(
+                    std::fs::read(p).map_err(|e| format!("revocation.redis_ca_file {}: {e}", p.display()))?,
+                ),
+            }),
+        };
         let conn = if cfg.cluster || cfg.urls.len() > 1 {
-            let client = redis::cluster::ClusterClientBuilder::new(cfg.urls.clone())
+            let mut b = redis::cluster::ClusterClientBuilder::new(cfg.urls.clone())
                 .response_timeout(cfg.response_timeout)
-                .connection_timeout(Duration::from_secs(5))
-                .build()
-                .map_err(|e| format!("redis cluster {where_}: {e}"))?;
+                .connection_timeout(Duration::from_secs(5));
+            if let Some(c) = certs {
+                b = b.certs(c);
+            }
+            let client = b.build().map_err(|e| format!("redis cluster {where_}: {e}"))?;
             Conn::Cluster(
                 client
                     .get_async_connection()
@@ -192,7 +206,11 @@ impl RevocationWriter {
                     .map_err(|e| format!("redis cluster {where_}: {e}"))?,
             )
         } else {
-            let client = redis::Client::open(cfg.urls[0].as_str()).map_err(|e| format!("redis {where_}: {e}"))?;
+            let client = match certs {
+                None => redis::Client::open(cfg.urls[0].as_str()),
+                Some(c) => redis::Client::build_with_tls(cfg.urls[0].as_str(), c),
+            }
+            .map_err(|e| format!("redis {where_}: {e}"))?;
             let mcfg = ConnectionManagerConfig::new()
                 .set_response_timeout(Some(cfg.response_timeout))
                 .set_connection_timeout(Some(Duration::from_secs(5)))
@@ -277,6 +295,7 @@ mod tests {
             policy: RevocationPolicy::default(),
             stream_maxlen: 1000,
             response_timeout: Duration::from_secs(1),
+            ca_file: None,
         }
     }
 
