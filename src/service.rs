@@ -568,3 +568,39 @@ fn spawn_signals(stop: watch::Sender<bool>, hup: watch::Sender<u64>) -> Result<(
     });
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn err(toml: &str, o: &Overrides) -> String {
+        let c: Config = toml::from_str(toml).unwrap();
+        resolve(&c, o).err().unwrap()
+    }
+
+    #[test]
+    fn invalid_settings_fail_at_start_naming_the_key() {
+        let o = Overrides::default();
+        assert!(err("topics = [\"t\"]\nredis = [\"redis://r\"]", &o).starts_with("brokers:"));
+        assert!(err("brokers = \"b\"\nredis = [\"redis://r\"]", &o).starts_with("topics:"));
+        assert!(err("brokers = \"b\"\ntopics = [\"t\"]", &o).starts_with("redis:"));
+        let base = "brokers = \"b\"\ntopics = [\"t\"]\nredis = [\"redis://r\"]\n";
+        assert!(err(&format!("{base}metrics_addr = \"nope\""), &o).starts_with("metrics_addr:"));
+        assert!(err(&format!("{base}shutdown_timeout = \"soon\""), &o).starts_with("shutdown_timeout:"));
+        assert!(err(&format!("{base}[batch]\nmax_messages = 0"), &o).starts_with("batch.max_messages:"));
+        assert!(err(&format!("{base}[revocation]\nsubject_ttl = \"1y\""), &o).starts_with("revocation.subject_ttl:"));
+        assert!(err(&format!("{base}redis_cluster = true"), &o).contains("hash tag"));
+        let e = err("brokers = \"b\"\ntopics = [\"t\"]\nredis = [\"http://:pw@x\"]", &o);
+        assert!(e.starts_with("redis:") && !e.contains("pw"), "{e}");
+        // flags win
+        let c: Config = toml::from_str(base).unwrap();
+        let o = Overrides {
+            brokers: Some("flag:9092".into()),
+            topics: vec!["x".into()],
+            ..Overrides::default()
+        };
+        let (cfg, _) = resolve(&c, &o).unwrap();
+        assert_eq!((cfg.brokers.as_str(), cfg.topics[0].as_str()), ("flag:9092", "x"));
+    }
+}

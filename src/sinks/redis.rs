@@ -321,6 +321,52 @@ mod tests {
     }
 
     #[test]
+    fn only_enforced_revoking_decisions_become_revocations() {
+        let d = Decision {
+            ts: 5_500,
+            rule: "r".into(),
+            severity: crate::rules::Severity::High,
+            action: Action::RevokeToken,
+            token_id: Some("t".into()),
+            subject: Some("i|s".into()),
+            iss: None,
+            sub: None,
+            client_ip: None,
+            expires_at: Some(99),
+            not_before: None,
+            shadow: false,
+            reason: "why".into(),
+            evidence: serde_json::Value::Null,
+        };
+        let r = Revocation::from_decision(&d).unwrap();
+        assert_eq!(
+            (r.kind, r.id.as_str(), r.revoked_at, r.expires_at),
+            (Kind::Token, "t", 5, Some(99))
+        );
+        let s = Decision {
+            action: Action::RevokeSubject,
+            not_before: Some(6),
+            ..d.clone()
+        };
+        let r = Revocation::from_decision(&s).unwrap();
+        assert_eq!((r.kind, r.id.as_str(), r.not_before), (Kind::Subject, "i|s", Some(6)));
+        assert!(
+            Revocation::from_decision(&Decision {
+                shadow: true,
+                ..d.clone()
+            })
+            .is_none(),
+            "shadow never writes"
+        );
+        assert!(Revocation::from_decision(&Decision {
+            action: Action::Alert,
+            ..d.clone()
+        })
+        .is_none());
+        assert!(Revocation::from_decision(&Decision { token_id: None, ..d }).is_none());
+    }
+
+    #[test]
     fn key_schema() {
         let c = cfg("tokenwatch:", &["redis://a"], false);
         assert_eq!(c.token_key("abc"), "tokenwatch:revoked:jti:abc");
