@@ -353,3 +353,83 @@ async fn an_invalid_rule_edit_keeps_the_running_rules() {
         .unwrap()
         .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_instance_takes_over_partitions_without_loss_or_duplicates() {
+    let mock = MockCluster::new(1).unwrap();
+    mock.create_topic("logs", 2, 1).unwrap();
+    let brokers = mock.bootstrap_servers();
+    let redis = common::RedisServer::start();
+    // Different traffic on each partition: the fixture, and generated attacks.
+    let fixture = fixture_lines();
+    let cfg = tokenwatch::gen::GenConfig {
+        seed: 5,
+        events: Some(4_000),
+        rate_per_sec: 20.0,
+        attack_rate: 60.0,
+        ..Default::default()
+    };
+    let generated: Vec<String> = tokenwatch::gen::Generator::new(cfg).map(|g| g.line).collect();
+    let send = |lines: &[String], partition: i32| {
+        let p: BaseProducer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .create()
+            .unwrap();
+        for l in lines {
+            while p
+                .send(
+                    BaseRecord::<(), str>::to("logs")
+                        .payload(l.as_str())
+                        .partition(partition),
+                )
+                .is_err()
+            {
+                p.poll(Duration::from_millis(10));
+            }
+        }
+        p.flush(Duration::from_secs(10)).unwrap();
+    };
+    let half = generated.len() / 2;
+    send(&fixture, 0);
+    send(&generated[..half], 1);
+
+    let a = start(&brokers, &redis.url(), "rb").await;
+    let ma = a.metrics.clone();
+    let first = (fixture.len() + half) as u64;
+    let seen =
+        |m: &Metrics| m.events.with_label_values(&["decoded"]).get() + m.events.with_label_values(&["skipped"]).get();
+    wait_until("the first instance to read what is there", 60, || seen(&ma) >= first).await;
+    let before = stream(&redis).len();
+    assert!(before >= 4, "{before}");
+
+    let b = start(&brokers, &redis.url(), "rb").await;
+    let mb = b.metrics.clone();
+    wait_until("the partitions to be shared", 60, || {
+        ma.assigned_partitions.get() == 1 && mb.assigned_partitions.get() == 1
+    })
+    .await;
+    send(&generated[half..], 1);
+    let total = (fixture.len() + generated.len()) as u64;
+    wait_until("every line to be read by one instance or the other", 60, || {
+        seen(&ma) + seen(&mb) >= total
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let entries = stream(&redis);
+    let mut unique = entries.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), entries.len(), "no duplicate feed entries: {entries:?}");
+    assert!(entries.len() > before, "the second half's attacks were revoked too");
+    for s in [a.stop, b.stop] {
+        s.send(true).unwrap();
+    }
+    for t in [a.task, b.task] {
+        tokio::time::timeout(Duration::from_secs(20), t)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+    }
+}
