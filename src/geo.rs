@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::Path;
+use std::sync::Arc;
 
 use serde::Deserialize;
 
@@ -25,7 +26,8 @@ pub struct GeoError {
 /// An opened City database, with a bounded cache of recent lookups: client addresses repeat
 /// across many requests, and a database lookup costs more than parsing the whole line.
 pub struct GeoDb {
-    reader: maxminddb::Reader<Vec<u8>>,
+    /// Shared by the parse workers of one pipeline; each keeps its own cache.
+    reader: Arc<maxminddb::Reader<Vec<u8>>>,
     cache: HashMap<IpAddr, Option<GeoPoint>, ahash::RandomState>,
     cache_cap: usize,
 }
@@ -70,10 +72,19 @@ impl GeoDb {
             });
         }
         Ok(GeoDb {
-            reader,
+            reader: Arc::new(reader),
             cache: HashMap::default(),
             cache_cap: GEO_CACHE,
         })
+    }
+
+    /// The same database with an empty cache of its own (for another worker thread).
+    pub fn fork(&self) -> GeoDb {
+        GeoDb {
+            reader: self.reader.clone(),
+            cache: HashMap::default(),
+            cache_cap: self.cache_cap,
+        }
     }
 
     /// The location of `ip`, from the cache or the database.

@@ -3,16 +3,33 @@
 //! [`Pipeline`] is what `replay` drives from files and what the streaming service drives from
 //! Kafka, so both make the same decisions for the same lines. It counts everything it skips,
 //! by reason; one bad line never stops it.
+//!
+//! The work splits in two halves with different needs:
+//! - **decoding** ([`Decoder`]: parse the JSON line, decode its tokens through the
+//!   [`TokenCache`], locate the client in the GeoIP database) depends on the line alone, so
+//!   any number of threads can do it, each with its own caches;
+//! - **the engine** keeps event-time state and must see events in input order, on one thread.
+//!
+//! Lines travel in [`LineBatch`]es (one buffer, many lines) and come back as
+//! [`DecodedBatch`]es whose events point into that buffer, so nothing is copied or allocated
+//! per line once the buffers have grown. [`ParallelDecode`] runs decoding on worker threads
+//! and hands batches back in submission order; [`Pipeline::apply_batch`] then runs the
+//! engine. One thread ([`Pipeline::decode_batch`]) or many, the decisions are identical.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
+use std::io::{self, Read};
+use std::net::IpAddr;
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::Arc;
+use std::thread::JoinHandle;
 
 use crate::decision::Decision;
 use crate::engine::{Engine, EngineConfig};
 use crate::geo::GeoDb;
-use crate::input::{Event, Format, Mapping, Parser, Skip};
+use crate::input::{Event, Format, GeoPoint, Mapping, Parser, Skip};
 use crate::rules::RuleSet;
-use crate::token::TokenCache;
+use crate::token::{DecodeError, TokenCache, TokenInfo};
 
 #[derive(Debug, Clone)]
 pub struct PipelineConfig {
@@ -56,21 +73,399 @@ impl Stats {
     }
 }
 
-pub struct Pipeline {
+// ---- batches ----
+
+#[derive(Debug, Clone, Copy)]
+enum LineSpan {
+    Ok(usize, usize),
+    TooLong,
+}
+
+/// Lines in one buffer. Cleared and refilled, it keeps its capacity.
+#[derive(Debug, Default)]
+pub struct LineBatch {
+    buf: Vec<u8>,
+    lines: Vec<LineSpan>,
+}
+
+impl LineBatch {
+    pub fn new() -> Self {
+        LineBatch::default()
+    }
+
+    pub fn clear(&mut self) {
+        self.buf.clear();
+        self.lines.clear();
+    }
+
+    /// Appends a copy of one line (without its newline), e.g. a Kafka message's payload.
+    pub fn push(&mut self, line: &[u8]) {
+        let start = self.buf.len();
+        self.buf.extend_from_slice(line);
+        self.lines.push(LineSpan::Ok(start, self.buf.len()));
+    }
+
+    /// Records a line that was skipped for its length.
+    pub fn push_too_long(&mut self) {
+        self.lines.push(LineSpan::TooLong);
+    }
+
+    pub fn len(&self) -> usize {
+        self.lines.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.lines.is_empty()
+    }
+}
+
+/// Reads newline-delimited input straight into [`LineBatch`] buffers, a chunk at a time.
+///
+/// The same contract as [`crate::input::lines::LineReader`]: a line longer than the cap
+/// (before its `\n`, counting a `\r`) is skipped without being kept whole, `\r\n` ends a
+/// line too, and a final line without a newline still counts. Only the partial line at the
+/// end of a chunk is ever copied.
+pub struct BatchReader<R> {
+    inner: R,
+    max: usize,
+    chunk: usize,
+    /// The start of a line that continues in the next chunk.
+    carry: Vec<u8>,
+    /// Inside a line already known to be too long: drop bytes up to its newline.
+    skipping: bool,
+    eof: bool,
+}
+
+/// Bytes read per chunk: small enough that a batch is still in cache when it is decoded.
+pub const DEFAULT_CHUNK: usize = 256 * 1024;
+
+impl<R: Read> BatchReader<R> {
+    pub fn new(inner: R, max_line_bytes: usize) -> Self {
+        BatchReader::with_chunk(inner, max_line_bytes, DEFAULT_CHUNK)
+    }
+
+    pub fn with_chunk(inner: R, max_line_bytes: usize, chunk: usize) -> Self {
+        BatchReader {
+            inner,
+            max: max_line_bytes.max(1),
+            chunk: chunk.max(1),
+            carry: Vec::new(),
+            skipping: false,
+            eof: false,
+        }
+    }
+
+    /// Refills `batch` with the next lines; `false` (and an empty batch) at end of input.
+    pub fn fill(&mut self, batch: &mut LineBatch) -> io::Result<bool> {
+        batch.clear();
+        let buf = &mut batch.buf;
+        buf.extend_from_slice(&self.carry);
+        self.carry.clear();
+        let mut line_start = 0;
+        let mut scan_from = 0;
+        loop {
+            if self.eof {
+                let rest = buf.len() - line_start;
+                if self.skipping {
+                    self.skipping = false;
+                    batch.lines.push(LineSpan::TooLong);
+                } else if rest > 0 {
+                    batch.lines.push(self.span(buf, line_start, buf.len()));
+                }
+                return Ok(!batch.lines.is_empty());
+            }
+            let old = buf.len();
+            buf.resize(old + self.chunk, 0);
+            let n = loop {
+                match self.inner.read(&mut buf[old..]) {
+                    Ok(n) => break n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        buf.truncate(old);
+                        return Err(e);
+                    }
+                }
+            };
+            buf.truncate(old + n);
+            if n == 0 {
+                self.eof = true;
+                continue;
+            }
+            for nl in memchr::memchr_iter(b'\n', &buf[scan_from..]) {
+                let nl = scan_from + nl;
+                if self.skipping {
+                    self.skipping = false;
+                    batch.lines.push(LineSpan::TooLong);
+                } else {
+                    batch.lines.push(self.span(buf, line_start, nl));
+                }
+                line_start = nl + 1;
+            }
+            scan_from = buf.len();
+            let rest = buf.len() - line_start;
+            if self.skipping || rest > self.max {
+                // The open line is too long: forget its bytes, remember to count it.
+                self.skipping = true;
+                buf.truncate(line_start);
+                scan_from = line_start;
+            }
+            if !batch.lines.is_empty() {
+                self.carry.extend_from_slice(&buf[line_start..]);
+                buf.truncate(line_start);
+                return Ok(true);
+            }
+        }
+    }
+
+    fn span(&self, buf: &[u8], start: usize, end: usize) -> LineSpan {
+        if end - start > self.max {
+            return LineSpan::TooLong;
+        }
+        let end = if end > start && buf[end - 1] == b'\r' {
+            end - 1
+        } else {
+            end
+        };
+        LineSpan::Ok(start, end)
+    }
+}
+
+/// A string of a decoded event: a range of the batch buffer, or (after JSON unescaping) owned.
+#[derive(Debug)]
+enum Text {
+    Span(usize, usize),
+    Owned(Box<str>),
+}
+
+impl Text {
+    fn new(c: Cow<'_, str>, base: &[u8]) -> Text {
+        match c {
+            Cow::Borrowed(s) => {
+                let off = (s.as_ptr() as usize).wrapping_sub(base.as_ptr() as usize);
+                if off <= base.len() && s.len() <= base.len() - off {
+                    Text::Span(off, off + s.len())
+                } else {
+                    Text::Owned(s.into())
+                }
+            }
+            Cow::Owned(s) => Text::Owned(s.into_boxed_str()),
+        }
+    }
+
+    fn get<'a>(&'a self, base: &'a [u8]) -> &'a str {
+        match self {
+            Text::Span(a, b) => {
+                // SAFETY: the span is the location of a `&str` that was borrowed from these
+                // very bytes (`Text::new`), and a batch's buffer is not changed between
+                // decoding and applying it.
+                unsafe { std::str::from_utf8_unchecked(&base[*a..*b]) }
+            }
+            Text::Owned(s) => s,
+        }
+    }
+}
+
+/// One line after decoding, with its strings as ranges of the line's buffer.
+#[derive(Debug)]
+struct DecodedEvent {
+    ts_ms: i64,
+    client_ip: Option<IpAddr>,
+    method: Text,
+    path: Text,
+    status: Option<u16>,
+    user_agent: Text,
+    token: Option<Arc<TokenInfo>>,
+    token_in_url: bool,
+    url_token: Option<Arc<TokenInfo>>,
+    geo: Option<GeoPoint>,
+    token_errors: Vec<DecodeError>,
+}
+
+type Decoded = Result<DecodedEvent, Skip>;
+
+/// A [`LineBatch`] with each line decoded, ready for the engine.
+#[derive(Debug, Default)]
+pub struct DecodedBatch {
+    pub lines: LineBatch,
+    items: Vec<Decoded>,
+}
+
+impl DecodedBatch {
+    pub fn new() -> Self {
+        DecodedBatch::default()
+    }
+
+    /// Drops the decoded events (and their token references), keeping the buffers.
+    pub fn clear(&mut self) {
+        self.lines.clear();
+        self.items.clear();
+    }
+}
+
+/// The parallel half of the pipeline: lines to events, tokens decoded, clients located.
+/// Holds caches only; [`Decoder::fork`] makes another one for another thread.
+pub struct Decoder {
     parser: Parser,
     tokens: TokenCache,
     geo: Option<GeoDb>,
+}
+
+impl Decoder {
+    pub fn new(geo: Option<GeoDb>, cfg: &PipelineConfig, wanted_claims: Vec<Box<str>>) -> Result<Self, String> {
+        Ok(Decoder {
+            parser: Parser::new(cfg.format, cfg.mapping.clone())?,
+            tokens: TokenCache::new(cfg.token_cache, wanted_claims),
+            geo,
+        })
+    }
+
+    /// Same format, rules' claims and GeoIP database, with empty caches of its own.
+    pub fn fork(&self) -> Decoder {
+        Decoder {
+            parser: self.parser.clone(),
+            tokens: self.tokens.fork(),
+            geo: self.geo.as_ref().map(GeoDb::fork),
+        }
+    }
+
+    fn decode(&mut self, line: &[u8], base: &[u8]) -> Decoded {
+        let parsed = self.parser.parse(line, &mut self.tokens)?;
+        let mut ev = parsed.event;
+        if ev.geo.is_none() {
+            if let (Some(db), Some(ip)) = (&mut self.geo, ev.client_ip) {
+                ev.geo = db.locate_cached(ip);
+            }
+        }
+        Ok(DecodedEvent {
+            ts_ms: ev.ts_ms,
+            client_ip: ev.client_ip,
+            method: Text::new(ev.method, base),
+            path: Text::new(ev.path, base),
+            status: ev.status,
+            user_agent: Text::new(ev.user_agent, base),
+            token: ev.token,
+            token_in_url: ev.token_in_url,
+            url_token: parsed.url_token,
+            geo: ev.geo,
+            token_errors: parsed.token_errors,
+        })
+    }
+
+    /// Decodes every line of `batch.lines` into `batch`.
+    pub fn decode_batch(&mut self, batch: &mut DecodedBatch) {
+        batch.items.clear();
+        let DecodedBatch { lines, items } = batch;
+        for span in &lines.lines {
+            items.push(match *span {
+                LineSpan::Ok(a, b) => self.decode(&lines.buf[a..b], &lines.buf),
+                LineSpan::TooLong => Err(Skip::LineTooLong),
+            });
+        }
+    }
+}
+
+/// Decoding on worker threads, results in submission order.
+///
+/// Batch `i` goes to worker `i mod N` and is taken back from that worker's queue in turn, so
+/// order needs no reordering buffer. Queues are bounded (`depth` batches per worker): a
+/// producer that runs ahead blocks in [`ParallelDecode::submit`]. Dropping it stops and joins
+/// the workers.
+pub struct ParallelDecode {
+    to_workers: Vec<SyncSender<DecodedBatch>>,
+    from_workers: Vec<Receiver<DecodedBatch>>,
+    handles: Vec<JoinHandle<()>>,
+    next_in: usize,
+    next_out: usize,
+    in_flight: usize,
+}
+
+impl ParallelDecode {
+    /// `workers` threads, each decoding with a fork of `decoder`.
+    pub fn new(decoder: &Decoder, workers: usize, depth: usize) -> io::Result<Self> {
+        let workers = workers.max(1);
+        let mut to_workers = Vec::with_capacity(workers);
+        let mut from_workers = Vec::with_capacity(workers);
+        let mut handles = Vec::with_capacity(workers);
+        for i in 0..workers {
+            let (tx_in, rx_in) = sync_channel::<DecodedBatch>(depth.max(1));
+            let (tx_out, rx_out) = sync_channel::<DecodedBatch>(depth.max(1));
+            let mut d = decoder.fork();
+            let h = std::thread::Builder::new()
+                .name(format!("tokenwatch-decode-{i}"))
+                .spawn(move || {
+                    for mut b in rx_in {
+                        d.decode_batch(&mut b);
+                        if tx_out.send(b).is_err() {
+                            break;
+                        }
+                    }
+                })?;
+            to_workers.push(tx_in);
+            from_workers.push(rx_out);
+            handles.push(h);
+        }
+        Ok(ParallelDecode {
+            to_workers,
+            from_workers,
+            handles,
+            next_in: 0,
+            next_out: 0,
+            in_flight: 0,
+        })
+    }
+
+    pub fn workers(&self) -> usize {
+        self.to_workers.len()
+    }
+
+    /// Batches submitted and not yet received.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+
+    /// Queues a batch for decoding; blocks while its worker's queue is full.
+    pub fn submit(&mut self, batch: DecodedBatch) {
+        let n = self.to_workers.len();
+        // A worker only stops when its queue is dropped, so the send cannot fail.
+        let _ = self.to_workers[self.next_in % n].send(batch);
+        self.next_in = self.next_in.wrapping_add(1);
+        self.in_flight += 1;
+    }
+
+    /// The oldest submitted batch, decoded; `None` when none is in flight.
+    pub fn recv(&mut self) -> Option<DecodedBatch> {
+        if self.in_flight == 0 {
+            return None;
+        }
+        let n = self.from_workers.len();
+        let b = self.from_workers[self.next_out % n].recv().ok()?;
+        self.next_out = self.next_out.wrapping_add(1);
+        self.in_flight -= 1;
+        Some(b)
+    }
+}
+
+impl Drop for ParallelDecode {
+    fn drop(&mut self) {
+        self.to_workers.clear();
+        self.from_workers.clear();
+        for h in self.handles.drain(..) {
+            let _ = h.join();
+        }
+    }
+}
+
+pub struct Pipeline {
+    decoder: Decoder,
     engine: Engine,
     pub stats: Stats,
 }
 
 impl Pipeline {
     pub fn new(rules: Arc<RuleSet>, geo: Option<GeoDb>, cfg: PipelineConfig) -> Result<Self, String> {
-        let tokens = TokenCache::new(cfg.token_cache, rules.wanted_claims());
+        let decoder = Decoder::new(geo, &cfg, rules.wanted_claims())?;
         Ok(Pipeline {
-            parser: Parser::new(cfg.format, cfg.mapping)?,
-            tokens,
-            geo,
+            decoder,
             engine: Engine::new(rules, cfg.engine),
             stats: Stats::default(),
         })
@@ -80,41 +475,74 @@ impl Pipeline {
         &self.engine
     }
 
-    /// Swaps the rules (hot reload): see [`Engine::replace_rules`].
+    /// The decoding half, to fork for worker threads ([`ParallelDecode::new`]).
+    pub fn decoder(&self) -> &Decoder {
+        &self.decoder
+    }
+
+    /// Swaps the rules (hot reload): see [`Engine::replace_rules`]. Decoders forked before
+    /// keep the claims of the old rules: fork them again after a reload.
     pub fn replace_rules(&mut self, rules: Arc<RuleSet>) {
-        self.tokens.set_wanted_claims(rules.wanted_claims());
+        self.decoder.tokens.set_wanted_claims(rules.wanted_claims());
         self.engine.replace_rules(rules);
     }
 
     /// Processes one line (without newline), appending its decisions to `out`.
     pub fn process_line(&mut self, line: &[u8], out: &mut Vec<Decision>) {
+        let d = self.decoder.decode(line, line);
+        self.apply(&d, line, out);
+    }
+
+    /// Counts a line that the reader skipped for its length.
+    pub fn line_too_long(&mut self) {
+        self.apply(&Err(Skip::LineTooLong), &[], &mut Vec::new());
+    }
+
+    /// Decodes a batch on this thread (the one-thread form of [`ParallelDecode`]).
+    pub fn decode_batch(&mut self, batch: &mut DecodedBatch) {
+        self.decoder.decode_batch(batch);
+    }
+
+    /// Runs the engine over a decoded batch, in line order, appending decisions to `out`.
+    pub fn apply_batch(&mut self, batch: &DecodedBatch, out: &mut Vec<Decision>) {
+        for d in &batch.items {
+            self.apply(d, &batch.lines.buf, out);
+        }
+    }
+
+    fn apply(&mut self, d: &Decoded, base: &[u8], out: &mut Vec<Decision>) {
         self.stats.lines += 1;
-        let parsed = match self.parser.parse(line, &mut self.tokens) {
+        let p = match d {
             Ok(p) => p,
             Err(skip) => {
-                self.skip(skip);
+                *self.stats.skipped.entry(skip.reason()).or_default() += 1;
                 return;
             }
         };
         self.stats.events += 1;
-        for e in &parsed.token_errors {
+        for e in &p.token_errors {
             *self.stats.token_errors.entry(e.reason()).or_default() += 1;
         }
-        let mut ev = parsed.event;
-        if ev.token.is_none() {
+        if p.token.is_none() {
             self.stats.without_token += 1;
         }
-        if ev.geo.is_none() {
-            if let (Some(db), Some(ip)) = (&mut self.geo, ev.client_ip) {
-                ev.geo = db.locate_cached(ip);
-            }
-        }
+        let ev = Event {
+            ts_ms: p.ts_ms,
+            client_ip: p.client_ip,
+            method: Cow::Borrowed(p.method.get(base)),
+            path: Cow::Borrowed(p.path.get(base)),
+            status: p.status,
+            user_agent: Cow::Borrowed(p.user_agent.get(base)),
+            token: p.token.clone(),
+            token_in_url: p.token_in_url,
+            geo: p.geo,
+        };
         let start = out.len();
         self.engine.process(&ev, out);
-        if let Some(second) = parsed.url_token {
+        if let Some(second) = &p.url_token {
             // The request carried a second, different token in its URL: it was used too.
             let ev2 = Event {
-                token: Some(second),
+                token: Some(second.clone()),
                 token_in_url: true,
                 ..ev
             };
@@ -128,14 +556,52 @@ impl Pipeline {
                 .or_default() += 1;
         }
     }
+}
 
-    /// Counts a line that the reader skipped for its length.
-    pub fn line_too_long(&mut self) {
-        self.stats.lines += 1;
-        self.skip(Skip::LineTooLong);
-    }
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::input::lines::{Line, LineReader};
 
-    fn skip(&mut self, skip: Skip) {
-        *self.stats.skipped.entry(skip.reason()).or_default() += 1;
+    /// BatchReader splits exactly as LineReader does, whatever the chunk size.
+    #[test]
+    fn batch_reader_agrees_with_line_reader() {
+        let mut long = vec![b'x'; 50];
+        long.extend_from_slice(b"\nok\r\n\n");
+        long.extend(vec![b'y'; 11]);
+        long.extend_from_slice(b"\n0123456789\n");
+        long.extend(vec![b'z'; 25]);
+        let inputs: Vec<Vec<u8>> = vec![
+            b"ab\r\ncd\n\nef".to_vec(),
+            b"".to_vec(),
+            b"\n".to_vec(),
+            b"abc\n".to_vec(),
+            long,
+            b"0123456789a\r\n0123456789\r\n".to_vec(),
+        ];
+        for input in &inputs {
+            let mut want = Vec::new();
+            let mut r = LineReader::new(io::BufReader::with_capacity(3, &input[..]), 10);
+            while let Some(l) = r.next_line().unwrap() {
+                want.push(match l {
+                    Line::Ok(b) => Some(b.to_vec()),
+                    Line::TooLong(_) => None,
+                });
+            }
+            for chunk in [1, 2, 3, 7, 16, 64, 4096] {
+                let mut br = BatchReader::with_chunk(&input[..], 10, chunk);
+                let mut got = Vec::new();
+                let mut b = LineBatch::new();
+                while br.fill(&mut b).unwrap() {
+                    for s in &b.lines {
+                        got.push(match *s {
+                            LineSpan::Ok(x, y) => Some(b.buf[x..y].to_vec()),
+                            LineSpan::TooLong => None,
+                        });
+                    }
+                }
+                assert_eq!(got, want, "chunk {chunk}, input {:?}", String::from_utf8_lossy(input));
+            }
+        }
     }
 }

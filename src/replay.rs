@@ -3,24 +3,31 @@
 //! Every input file is opened before the first line is read, so a typo in the last file name
 //! fails at once rather than after an hour of replay. Decisions go to the given writer as
 //! JSON lines; progress and the summary go to the other, so stdout stays machine-readable.
+//!
+//! Input is read in chunks straight into line batches. With `threads > 1`, the calling thread
+//! reads and runs the engine while `threads` workers decode batches
+//! ([`crate::pipeline::ParallelDecode`]); batches come back in input order, so the decisions
+//! and the summary are the same as with one thread.
 
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Write};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use crate::input::lines::{Line, LineReader};
-use crate::pipeline::{Pipeline, Stats};
+use crate::pipeline::{BatchReader, DecodedBatch, ParallelDecode, Pipeline, Stats};
 
 /// A named input stream.
 pub type Input = (String, Box<dyn BufRead>);
+
+/// The readers' own buffer: reads of a whole chunk bypass it (no second copy).
+const IN_BUF: usize = 64 * 1024;
 
 /// One input per file, or stdin for `-` or no file at all.
 pub fn open_inputs(files: &[PathBuf]) -> Result<Vec<Input>, String> {
     if files.is_empty() {
         return Ok(vec![(
             "<stdin>".into(),
-            Box::new(BufReader::with_capacity(1 << 20, io::stdin())),
+            Box::new(BufReader::with_capacity(IN_BUF, io::stdin())),
         )]);
     }
     files
@@ -29,7 +36,7 @@ pub fn open_inputs(files: &[PathBuf]) -> Result<Vec<Input>, String> {
             if p.as_os_str() == "-" {
                 return Ok((
                     "<stdin>".to_string(),
-                    Box::new(BufReader::with_capacity(1 << 20, io::stdin())) as Box<dyn BufRead>,
+                    Box::new(BufReader::with_capacity(IN_BUF, io::stdin())) as Box<dyn BufRead>,
                 ));
             }
             let f = File::open(p).map_err(|e| format!("cannot open input {}: {e}", p.display()))?;
@@ -38,7 +45,7 @@ pub fn open_inputs(files: &[PathBuf]) -> Result<Vec<Input>, String> {
             }
             Ok((
                 p.display().to_string(),
-                Box::new(BufReader::with_capacity(1 << 20, f)) as Box<dyn BufRead>,
+                Box::new(BufReader::with_capacity(IN_BUF, f)) as Box<dyn BufRead>,
             ))
         })
         .collect()
@@ -111,46 +118,72 @@ pub fn replay(
     err: &mut dyn Write,
     progress: bool,
 ) -> Result<Summary, String> {
+    replay_threads(pipeline, inputs, max_line, 1, out, err, progress)
+}
+
+/// [`replay`] with `threads` decoding workers (1: everything on the calling thread).
+pub fn replay_threads(
+    pipeline: &mut Pipeline,
+    inputs: Vec<Input>,
+    max_line: usize,
+    threads: usize,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+    progress: bool,
+) -> Result<Summary, String> {
     let start = Instant::now();
-    let mut last_report = start;
-    let mut decisions = Vec::new();
-    let mut buf = String::new();
+    let mut w = Writer {
+        decisions: Vec::new(),
+        buf: String::new(),
+        start,
+        last_report: start,
+        progress,
+    };
+    let mut par = if threads > 1 {
+        Some(
+            ParallelDecode::new(pipeline.decoder(), threads, 4)
+                .map_err(|e| format!("cannot start decoding threads: {e}"))?,
+        )
+    } else {
+        None
+    };
+    let mut spare: Vec<DecodedBatch> = Vec::new();
     for (name, input) in inputs {
-        let mut reader = LineReader::new(input, max_line);
+        let mut reader = BatchReader::new(input, max_line);
         loop {
-            let line = match reader.next_line() {
-                Ok(Some(l)) => l,
-                Ok(None) => break,
-                Err(e) => return Err(format!("error reading {name}: {e}")),
-            };
-            match line {
-                Line::Ok(l) => pipeline.process_line(l, &mut decisions),
-                Line::TooLong(_) => pipeline.line_too_long(),
+            let mut batch = spare.pop().unwrap_or_default();
+            let more = reader
+                .fill(&mut batch.lines)
+                .map_err(|e| format!("error reading {name}: {e}"))?;
+            if !more {
+                spare.push(batch);
+                break;
             }
-            if !decisions.is_empty() {
-                buf.clear();
-                for d in decisions.drain(..) {
-                    buf.push_str(&d.to_json_line());
+            match &mut par {
+                None => {
+                    pipeline.decode_batch(&mut batch);
+                    w.apply(pipeline, &mut batch, out, err)?;
+                    spare.push(batch);
                 }
-                out.write_all(buf.as_bytes())
-                    .map_err(|e| format!("cannot write decisions: {e}"))?;
-            }
-            if progress && pipeline.stats.lines & 0xFFFF == 0 {
-                let now = Instant::now();
-                if now - last_report >= Duration::from_secs(2) {
-                    let secs = (now - start).as_secs_f64();
-                    let _ = writeln!(
-                        err,
-                        "replay: {} lines, {} decisions, {:.0} lines/s",
-                        pipeline.stats.lines,
-                        pipeline.stats.decisions_total(),
-                        pipeline.stats.lines as f64 / secs
-                    );
-                    last_report = now;
+                Some(p) => {
+                    p.submit(batch);
+                    // Keep every worker busy: take results back once all queues are primed.
+                    if p.in_flight() >= 2 * p.workers() {
+                        if let Some(mut b) = p.recv() {
+                            w.apply(pipeline, &mut b, out, err)?;
+                            spare.push(b);
+                        }
+                    }
                 }
             }
         }
     }
+    if let Some(p) = &mut par {
+        while let Some(mut b) = p.recv() {
+            w.apply(pipeline, &mut b, out, err)?;
+        }
+    }
+    drop(par);
     out.flush().map_err(|e| format!("cannot write decisions: {e}"))?;
     let es = pipeline.engine().stats();
     Ok(Summary {
@@ -160,4 +193,49 @@ pub fn replay(
         late_events: es.late_events,
         evictions: es.evictions,
     })
+}
+
+/// The engine side of a replay: decisions out, progress lines.
+struct Writer {
+    decisions: Vec<crate::decision::Decision>,
+    buf: String,
+    start: Instant,
+    last_report: Instant,
+    progress: bool,
+}
+
+impl Writer {
+    fn apply(
+        &mut self,
+        pipeline: &mut Pipeline,
+        batch: &mut DecodedBatch,
+        out: &mut dyn Write,
+        err: &mut dyn Write,
+    ) -> Result<(), String> {
+        pipeline.apply_batch(batch, &mut self.decisions);
+        batch.clear();
+        if !self.decisions.is_empty() {
+            self.buf.clear();
+            for d in self.decisions.drain(..) {
+                self.buf.push_str(&d.to_json_line());
+            }
+            out.write_all(self.buf.as_bytes())
+                .map_err(|e| format!("cannot write decisions: {e}"))?;
+        }
+        if self.progress {
+            let now = Instant::now();
+            if now - self.last_report >= Duration::from_secs(2) {
+                let secs = (now - self.start).as_secs_f64();
+                let _ = writeln!(
+                    err,
+                    "replay: {} lines, {} decisions, {:.0} lines/s",
+                    pipeline.stats.lines,
+                    pipeline.stats.decisions_total(),
+                    pipeline.stats.lines as f64 / secs
+                );
+                self.last_report = now;
+            }
+        }
+        Ok(())
+    }
 }

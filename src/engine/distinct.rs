@@ -67,7 +67,15 @@ impl DistinctState {
     pub fn add(&mut self, ts: i64, v: &Val<'_>, threshold: u32, window_ms: i64) -> Option<&[(i64, DVal)]> {
         match self.vals.iter_mut().find(|(_, d)| d.same(v)) {
             Some((t, _)) => *t = (*t).max(ts),
-            None => self.vals.push((ts, DVal::from_val(v)?)),
+            None => {
+                let d = DVal::from_val(v)?;
+                // Most keys (a token's networks) only ever hold one value: allocate for one,
+                // not the four a first push would reserve (this is per live token).
+                if self.vals.capacity() == 0 {
+                    self.vals.reserve_exact(1);
+                }
+                self.vals.push((ts, d));
+            }
         }
         let newest = self.vals.iter().map(|(t, _)| *t).max().unwrap_or(ts);
         self.vals.retain(|(t, _)| newest - *t <= window_ms);

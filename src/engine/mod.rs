@@ -22,7 +22,7 @@ use serde_json::json;
 
 use crate::decision::{fmt_ts, Decision, RevocationPolicy};
 use crate::input::Event;
-use crate::rules::{fmt_duration, Action, Cooldown, Ctx, Kind, Rule, RuleSet, Val};
+use crate::rules::{fmt_duration, Action, Cooldown, Ctx, Field, Kind, Rule, RuleSet, Val};
 
 use count::CountState;
 use distinct::DistinctState;
@@ -238,16 +238,22 @@ impl Engine {
         };
         let start = out.len();
         let rules = self.rules.clone();
+        // Most rules key on the token id or the subject: hash each once per event.
+        let mut memo = KeyMemo::default();
         for (i, rule) in rules.rules.iter().enumerate() {
             if !rule.filter.matches(&cx) || allowlisted(rule, &cx) {
                 continue;
             }
-            let key_val = rule.key.get(&cx);
-            if key_val == Val::Missing {
-                continue;
-            }
-            let key = self.hash(&key_val);
-            if let Some(f) = self.run(i, rule, &cx, key, late) {
+            let key = match rule.key {
+                Field::TokenId => memo.token_id(self, &cx),
+                Field::Subject => memo.subject(self, &cx),
+                _ => {
+                    let key_val = rule.key.get(&cx);
+                    (key_val != Val::Missing).then(|| self.hash(&key_val))
+                }
+            };
+            let Some(key) = key else { continue };
+            if let Some(f) = self.run(i, rule, &cx, key, late, &mut memo) {
                 out.push(decision(rule, &cx, f));
             }
         }
@@ -258,19 +264,20 @@ impl Engine {
 
     /// The kind-specific step for one rule and key; `None` when it does not fire (or is
     /// cooling down).
-    fn run(&mut self, i: usize, rule: &Rule, cx: &Ctx<'_>, key: u64, late: bool) -> Option<Fired> {
+    fn run(&mut self, i: usize, rule: &Rule, cx: &Ctx<'_>, key: u64, late: bool, memo: &mut KeyMemo) -> Option<Fired> {
         let ts = cx.ev.ts_ms;
         let may_fire = |fired_at: i64| match rule.cooldown {
             _ if fired_at == NEVER => true,
             Cooldown::Forever => false,
             Cooldown::Ms(c) => ts >= fired_at.saturating_add(c),
         };
-        let key_name = rule.key.name();
+        // Only when a rule fires: naming the key allocates.
+        let key_name = || rule.key.name();
         // Looked up before the rule's state is borrowed below.
         let hit = match (&rule.kind, cx.ev.token.as_ref()) {
             (Kind::RevokedUse, Some(tok)) => {
-                let tk = self.hash(&Val::Str(&tok.token_id));
-                let sk = self.hash(&Val::Str(&tok.subject));
+                let tk = memo.token_id(self, cx)?;
+                let sk = memo.subject(self, cx)?;
                 self.revoked.check(tk, sk, tok.iat, ts).map(|h| match h {
                     Hit::Token(r) => ("token", r.clone()),
                     Hit::Subject(r) => ("subject", r.clone()),
@@ -337,8 +344,9 @@ impl Engine {
                 slot.fired_at = ts;
                 Fired {
                     reason: format!(
-                        "{}: {n} matching requests for this {key_name} within {} (threshold {threshold}).",
+                        "{}: {n} matching requests for this {} within {} (threshold {threshold}).",
                         rule.description.trim_end_matches('.'),
+                        key_name(),
                         fmt_duration(*window_ms)
                     ),
                     evidence: json!({
@@ -382,8 +390,9 @@ impl Engine {
                 slot.fired_at = ts;
                 Fired {
                     reason: format!(
-                        "{}: {n} distinct {fname} values for this {key_name} within {} (threshold {threshold}).",
+                        "{}: {n} distinct {fname} values for this {} within {} (threshold {threshold}).",
                         rule.description.trim_end_matches('.'),
+                        key_name(),
                         fmt_duration(*window_ms)
                     ),
                     evidence,
@@ -499,6 +508,27 @@ impl Engine {
         }
         self.revoked.sweep(now);
         self.next_sweep = now.saturating_add(SWEEP_EVERY_MS);
+    }
+}
+
+/// The hashes of the event's token id and subject, computed at most once per event.
+#[derive(Default)]
+struct KeyMemo {
+    token_id: Option<Option<u64>>,
+    subject: Option<Option<u64>>,
+}
+
+impl KeyMemo {
+    fn token_id(&mut self, e: &Engine, cx: &Ctx<'_>) -> Option<u64> {
+        *self
+            .token_id
+            .get_or_insert_with(|| cx.ev.token.as_ref().map(|t| e.hash(&Val::Str(&t.token_id))))
+    }
+
+    fn subject(&mut self, e: &Engine, cx: &Ctx<'_>) -> Option<u64> {
+        *self
+            .subject
+            .get_or_insert_with(|| cx.ev.token.as_ref().map(|t| e.hash(&Val::Str(&t.subject))))
     }
 }
 

@@ -46,6 +46,10 @@ impl VelocityState {
     /// Adds a sample and checks it against its neighbours in event time.
     pub fn add(&mut self, s: Sample, lim: &Limits) -> Option<Jump> {
         let at = self.samples.partition_point(|x| x.ts <= s.ts);
+        if self.samples.capacity() == 0 {
+            // One sample is all many subjects ever hold: allocate for one, not four.
+            self.samples.reserve_exact(1);
+        }
         self.samples.insert(at, s);
         let mut jump = None;
         if at > 0 {

@@ -6,18 +6,18 @@
 
 use super::{Fields, RawLine};
 
-pub fn fields(r: RawLine<'_>) -> Fields<'_> {
+pub fn fields<'a>(r: &mut RawLine<'a>) -> Fields<'a> {
     Fields {
-        ts: r.ts,
-        client_ip: r.client_ip.0,
-        method: r.method.0,
-        path: r.path.0,
-        status: r.status,
-        user_agent: r.user_agent.0,
-        authorization: r.authorization.0,
-        token: r.token.0,
-        jwt_header: r.jwt_header,
-        jwt_claims: r.jwt_claims,
-        geo: r.geo,
+        ts: r.ts.take(),
+        client_ip: r.client_ip.0.take(),
+        method: r.method.0.take(),
+        path: r.path.0.take(),
+        status: r.status.take(),
+        user_agent: r.user_agent.0.take(),
+        authorization: r.authorization.0.take(),
+        token: r.token.0.take(),
+        jwt_header: r.jwt_header.take(),
+        jwt_claims: r.jwt_claims.take(),
+        geo: r.geo.take(),
     }
 }

@@ -6,16 +6,16 @@
 
 use super::{Fields, RawLine};
 
-pub fn fields(r: RawLine<'_>) -> Fields<'_> {
+pub fn fields<'a>(r: &mut RawLine<'a>) -> Fields<'a> {
     Fields {
-        ts: r.start_time,
-        client_ip: r.client_ip.0,
-        method: r.method.0,
-        path: r.path.0,
-        status: r.response_code,
-        user_agent: r.user_agent.0,
-        authorization: r.authorization.0,
-        jwt_claims: r.jwt_payload.filter(|p| p.is_object()),
+        ts: r.start_time.take(),
+        client_ip: r.client_ip.0.take(),
+        method: r.method.0.take(),
+        path: r.path.0.take(),
+        status: r.response_code.take(),
+        user_agent: r.user_agent.0.take(),
+        authorization: r.authorization.0.take(),
+        jwt_claims: r.jwt_payload.take().filter(|p| p.is_object()),
         ..Fields::default()
     }
 }

@@ -5,19 +5,19 @@
 
 use super::{Fields, RawLine};
 
-pub fn fields(r: RawLine<'_>) -> Fields<'_> {
-    let req = r.request.unwrap_or_default();
+pub fn fields<'a>(r: &mut RawLine<'a>) -> Fields<'a> {
+    let req = r.request.take().unwrap_or_default();
     let headers = req.headers.unwrap_or_default();
     Fields {
-        ts: r.started_at,
-        client_ip: r.client_ip.0,
+        ts: r.started_at.take(),
+        client_ip: r.client_ip.0.take(),
         method: req.method.0,
         path: req.uri.0,
-        status: r.response.and_then(|s| s.status),
+        status: r.response.take().and_then(|s| s.status),
         user_agent: headers.user_agent.0,
         authorization: headers.authorization.0,
-        jwt_header: r.jwt_header,
-        jwt_claims: r.jwt_claims,
+        jwt_header: r.jwt_header.take(),
+        jwt_claims: r.jwt_claims.take(),
         ..Fields::default()
     }
 }

@@ -18,6 +18,7 @@ pub mod lines;
 pub mod mapping;
 pub mod nginx;
 pub mod raw;
+pub mod scan;
 pub mod traefik;
 
 use std::borrow::Cow;
@@ -173,6 +174,7 @@ pub struct Fields<'a> {
 }
 
 /// Turns lines into events for one format. Holds no per-line state.
+#[derive(Clone)]
 pub struct Parser {
     format: Format,
     mapping: Option<Mapping>,
@@ -210,11 +212,15 @@ impl Parser {
                 None => return Err(Skip::UnknownFormat),
             }
         } else {
-            let raw: RawLine<'a> = serde_json::from_slice(line).map_err(|_| Skip::InvalidJson)?;
+            let mut raw = RawLine::default();
+            if !scan::scan_flat(line, &mut raw) {
+                raw = serde_json::from_slice(line).map_err(|_| Skip::InvalidJson)?;
+            }
             let format = match self.format {
                 Format::Auto => raw.detect().ok_or(Skip::UnknownFormat)?,
                 f => f,
             };
+            let raw = &mut raw;
             match format {
                 Format::Canonical => canonical::fields(raw),
                 Format::Traefik => traefik::fields(raw),
@@ -314,6 +320,9 @@ fn is_redacted(v: &str) -> bool {
 
 /// An address as gateways write it: `1.2.3.4`, `1.2.3.4:5678`, `::1`, `[::1]:80`.
 pub fn parse_ip(s: &str) -> Option<IpAddr> {
+    if let Some(v4) = parse_ipv4_plain(s.as_bytes()) {
+        return Some(IpAddr::V4(v4));
+    }
     if let Ok(ip) = s.parse::<IpAddr>() {
         return Some(ip);
     }
@@ -323,6 +332,33 @@ pub fn parse_ip(s: &str) -> Option<IpAddr> {
     // A proxy chain ("client, proxy1"): the first address is the client.
     let first = s.split(',').next()?.trim();
     (first.len() != s.len()).then(|| parse_ip(first)).flatten()
+}
+
+/// Dotted-quad IPv4 in its canonical form only (no leading zeros), which is what std accepts
+/// too; anything else goes to std's parser. Several times cheaper than the general parser.
+fn parse_ipv4_plain(b: &[u8]) -> Option<std::net::Ipv4Addr> {
+    let mut octets = [0u8; 4];
+    let mut i = 0;
+    for (n, o) in octets.iter_mut().enumerate() {
+        let start = i;
+        let mut v: u32 = 0;
+        while i < b.len() && b[i].is_ascii_digit() && i - start < 3 {
+            v = v * 10 + u32::from(b[i] - b'0');
+            i += 1;
+        }
+        let len = i - start;
+        if len == 0 || v > 255 || (len > 1 && b[start] == b'0') {
+            return None;
+        }
+        *o = v as u8;
+        if n < 3 {
+            if b.get(i) != Some(&b'.') {
+                return None;
+            }
+            i += 1;
+        }
+    }
+    (i == b.len()).then_some(std::net::Ipv4Addr::from(octets))
 }
 
 fn trim_ascii(mut b: &[u8]) -> &[u8] {
@@ -396,6 +432,21 @@ mod tests {
         assert_eq!(parse_ip("2001:db8::1"), Some("2001:db8::1".parse().unwrap()));
         assert_eq!(parse_ip("9.9.9.9, 10.0.0.1"), Some("9.9.9.9".parse().unwrap()));
         assert_eq!(parse_ip("nope"), None);
+        for s in ["0.0.0.0", "255.255.255.255", "10.0.0.1", "1.2.3.4"] {
+            assert_eq!(parse_ipv4_plain(s.as_bytes()), s.parse().ok(), "{s}");
+        }
+        for s in [
+            "01.2.3.4",
+            "256.1.1.1",
+            "1.2.3",
+            "1.2.3.4.",
+            "1.2.3.4:80",
+            "1..2.3",
+            "1234.1.1.1",
+            "",
+        ] {
+            assert_eq!(parse_ipv4_plain(s.as_bytes()), None, "{s}");
+        }
     }
 
     #[test]

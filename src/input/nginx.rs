@@ -5,15 +5,15 @@
 
 use super::{Fields, RawLine};
 
-pub fn fields(r: RawLine<'_>) -> Fields<'_> {
+pub fn fields<'a>(r: &mut RawLine<'a>) -> Fields<'a> {
     Fields {
-        ts: r.msec.or(r.time_iso8601),
-        client_ip: r.remote_addr.0,
-        method: r.request_method.0,
-        path: r.request_uri.0,
-        status: r.status,
-        user_agent: r.http_user_agent.0,
-        authorization: r.http_authorization.0,
+        ts: r.msec.take().or(r.time_iso8601.take()),
+        client_ip: r.remote_addr.0.take(),
+        method: r.request_method.0.take(),
+        path: r.request_uri.0.take(),
+        status: r.status.take(),
+        user_agent: r.http_user_agent.0.take(),
+        authorization: r.http_authorization.0.take(),
         ..Fields::default()
     }
 }

@@ -251,6 +251,9 @@ pub fn timestamp_ms(v: &Scalar<'_>) -> Result<i64, Skip> {
         Scalar::Num(n) => epoch_ms(*n),
         Scalar::Str(s) => {
             let s = s.trim();
+            if let Some(ms) = rfc3339_utc_ms(s.as_bytes()) {
+                return Ok(ms);
+            }
             if let Ok(n) = s.parse::<f64>() {
                 return epoch_ms(n);
             }
@@ -260,6 +263,60 @@ pub fn timestamp_ms(v: &Scalar<'_>) -> Result<i64, Skip> {
         }
         Scalar::Other => Err(Skip::BadTimestamp),
     }
+}
+
+/// The shape gateways write, `YYYY-MM-DDTHH:MM:SS[.f{1,9}]Z` (years 1970..=9999), without
+/// chrono. `None` for anything else, including invalid dates and leap seconds: chrono then
+/// decides, so the result is always chrono's.
+fn rfc3339_utc_ms(b: &[u8]) -> Option<i64> {
+    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' || b[13] != b':' || b[16] != b':' {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| -> Option<i64> {
+        b[r].iter()
+            .try_fold(0i64, |n, &d| d.is_ascii_digit().then(|| n * 10 + i64::from(d - b'0')))
+    };
+    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (h, mi, s) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    let mut i = 19;
+    let mut ms = 0;
+    if b[i] == b'.' {
+        i += 1;
+        let start = i;
+        while i < b.len() && b[i].is_ascii_digit() {
+            if i - start < 3 {
+                ms = ms * 10 + i64::from(b[i] - b'0');
+            }
+            i += 1;
+        }
+        let digits = i - start;
+        if digits == 0 || digits > 9 {
+            return None;
+        }
+        for _ in digits..3 {
+            ms *= 10;
+        }
+    }
+    if i + 1 != b.len() || b[i] != b'Z' {
+        return None;
+    }
+    let leap = y % 4 == 0 && (y % 100 != 0 || y % 400 == 0);
+    let month_days = [31, if leap { 29 } else { 28 }, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
+    if !(1970..=9999).contains(&y) || !(1..=12).contains(&mo) || d < 1 || d > month_days[(mo - 1) as usize] {
+        return None;
+    }
+    if h > 23 || mi > 59 || s > 59 {
+        return None;
+    }
+    // days from civil (Howard Hinnant's algorithm)
+    let yy = if mo <= 2 { y - 1 } else { y };
+    let era = yy.div_euclid(400);
+    let yoe = yy - era * 400;
+    let mp = (mo + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(((days * 24 + h) * 60 + mi) * 60_000 + s * 1000 + ms)
 }
 
 fn epoch_ms(n: f64) -> Result<i64, Skip> {
@@ -311,6 +368,53 @@ mod tests {
         assert_eq!(ts(serde_json::json!("nope")), Err(Skip::BadTimestamp));
         assert_eq!(ts(serde_json::json!(-5)), Err(Skip::BadTimestamp));
         assert_eq!(ts(serde_json::json!(true)), Err(Skip::BadTimestamp));
+    }
+
+    #[test]
+    fn the_fast_timestamp_path_agrees_with_chrono() {
+        let chrono_ms = |s: &str| {
+            chrono::DateTime::parse_from_rfc3339(s)
+                .ok()
+                .map(|d| d.timestamp_millis())
+        };
+        for s in [
+            "2026-11-29T00:00:00Z",
+            "2026-11-29T04:30:00.123Z",
+            "2026-11-29T00:00:00.000861421Z",
+            "2026-11-29T23:59:59.9Z",
+            "2024-02-29T12:00:00.05Z",
+            "2000-02-29T00:00:00Z",
+            "1970-01-01T00:00:00Z",
+            "9999-12-31T23:59:59.999Z",
+            "2026-03-01T00:00:00Z",
+            "2026-12-31T10:11:12.987654Z",
+        ] {
+            assert_eq!(rfc3339_utc_ms(s.as_bytes()), chrono_ms(s), "{s}");
+            assert!(rfc3339_utc_ms(s.as_bytes()).is_some(), "{s}");
+        }
+        // declined: chrono decides
+        for s in [
+            "2025-02-29T00:00:00Z",
+            "1900-02-29T00:00:00Z",
+            "2026-11-29T24:00:00Z",
+            "2026-11-29T23:59:60Z",
+            "2026-11-29T00:00:00.Z",
+            "2026-11-29T00:00:00.1234567891Z",
+            "2026-11-29T00:00:00+01:00",
+            "2026-11-29t00:00:00z",
+            "2026-13-01T00:00:00Z",
+            "1969-12-31T23:59:59Z",
+            "2026-11-29T00:00:00ZZ",
+        ] {
+            assert_eq!(rfc3339_utc_ms(s.as_bytes()), None, "{s}");
+        }
+        // a little exhaustive: every day of two years at odd times
+        let mut t = chrono::DateTime::parse_from_rfc3339("2027-12-30T01:02:03.456Z").unwrap();
+        for _ in 0..800 {
+            let s = t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string();
+            assert_eq!(rfc3339_utc_ms(s.as_bytes()), chrono_ms(&s), "{s}");
+            t += chrono::Duration::seconds(86_400 + 3_671);
+        }
     }
 
     #[test]

@@ -5,15 +5,15 @@
 
 use super::{Fields, RawLine};
 
-pub fn fields(r: RawLine<'_>) -> Fields<'_> {
+pub fn fields<'a>(r: &mut RawLine<'a>) -> Fields<'a> {
     Fields {
-        ts: r.StartUTC,
-        client_ip: r.ClientHost.0,
-        method: r.RequestMethod.0,
-        path: r.RequestPath.0,
-        status: r.DownstreamStatus,
-        user_agent: r.request_User_Agent.0,
-        authorization: r.request_Authorization.0,
+        ts: r.StartUTC.take(),
+        client_ip: r.ClientHost.0.take(),
+        method: r.RequestMethod.0.take(),
+        path: r.RequestPath.0.take(),
+        status: r.DownstreamStatus.take(),
+        user_agent: r.request_User_Agent.0.take(),
+        authorization: r.request_Authorization.0.take(),
         ..Fields::default()
     }
 }

@@ -31,7 +31,10 @@ pub fn base_config(brokers: &str, group: &str, extra: &BTreeMap<String, String>)
         .set("enable.partition.eof", "false")
         .set("statistics.interval.ms", "5000")
         .set("session.timeout.ms", "10000")
-        .set("max.poll.interval.ms", "600000");
+        .set("max.poll.interval.ms", "600000")
+        // librdkafka's default 500 ms lets a broker hold a fetch that long; revocations should
+        // land within a blink (measured: p99 500 ms+ at the default, ~34 ms at 5 ms).
+        .set("fetch.wait.max.ms", "5");
     for (k, v) in extra {
         c.set(k, v);
     }

@@ -1,0 +1,241 @@
+//! Helpers for the end-to-end part of `scripts/bench.sh`, against a real broker (tansu) and a
+//! real redis-server:
+//!
+//! - `e2e produce BROKERS TOPIC FILE`: creates the topic (one partition) and produces every
+//!   line of FILE as one message; prints messages/s.
+//! - `e2e drain METRICS_PORT N`: polls `tokenwatch run`'s `/metrics` until
+//!   `tokenwatch_events_total{result="decoded"}` reaches N; prints events/s measured from the
+//!   first event seen (group formation is not counted).
+//! - `e2e latency BROKERS TOPIC REDIS_URL RATE SECONDS`: produces generated traffic stamped
+//!   with the wall clock at RATE lines/s and, every 20 ms, a probe line that the default rule
+//!   `expired-token-accepted` revokes; polls Redis for each probe's revocation key and prints
+//!   the delays from production to visibility in Redis: `p50_ms p99_ms max_ms probes missing`.
+//!
+//! cargo passes `--bench` to harness-less benches: arguments starting with `--` are ignored.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use serde_json::json;
+
+fn producer(brokers: &str) -> BaseProducer {
+    rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("linger.ms", "2")
+        .set("batch.num.messages", "10000")
+        .set("queue.buffering.max.messages", "1000000")
+        .set("queue.buffering.max.kbytes", "2097152")
+        .create()
+        .expect("producer")
+}
+
+fn create_topic(brokers: &str, topic: &str) {
+    let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .expect("admin");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("rt");
+    let _ = rt.block_on(admin.create_topics(
+        &[NewTopic::new(topic, 1, TopicReplication::Fixed(1))],
+        &AdminOptions::new(),
+    ));
+}
+
+fn send(p: &BaseProducer, topic: &str, line: &[u8]) {
+    loop {
+        match p.send(BaseRecord::<(), [u8]>::to(topic).payload(line).partition(0)) {
+            Ok(()) => return,
+            Err(_) => {
+                p.poll(Duration::from_millis(1));
+            }
+        }
+    }
+}
+
+fn produce(brokers: &str, topic: &str, file: &str) {
+    create_topic(brokers, topic);
+    let p = producer(brokers);
+    let data = std::fs::read(file).expect("read input");
+    let start = Instant::now();
+    let mut n = 0u64;
+    for line in data.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+        send(&p, topic, line);
+        n += 1;
+        if n % 10_000 == 0 {
+            p.poll(Duration::ZERO);
+        }
+    }
+    p.flush(Duration::from_secs(300)).expect("flush");
+    let secs = start.elapsed().as_secs_f64();
+    eprintln!("e2e produce: {n} messages in {secs:.1} s");
+    println!("{:.0}", n as f64 / secs);
+}
+
+fn metric(addr: SocketAddr, rt: &tokio::runtime::Runtime) -> Option<f64> {
+    let (_, body) = rt.block_on(tokenwatch::metrics::http_get(addr, "/metrics")).ok()?;
+    body.lines()
+        .find(|l| l.starts_with("tokenwatch_events_total{result=\"decoded\"}"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+fn drain(port: u16, n: f64) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("rt");
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let mut first: Option<(Instant, f64)> = None;
+    loop {
+        let v = metric(addr, &rt).unwrap_or(0.0);
+        let now = Instant::now();
+        if v > 0.0 && first.is_none() {
+            first = Some((now, v));
+        }
+        if v >= n {
+            let (t0, v0) = first.unwrap_or((now, 0.0));
+            let secs = (now - t0).as_secs_f64().max(1e-3);
+            eprintln!("e2e drain: {v} events, {:.0} after the first in {secs:.2} s", v - v0);
+            println!("{:.0}", (v - v0) / secs);
+            return;
+        }
+        assert!(now < deadline, "tokenwatch did not catch up: {v} of {n}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn now_ts() -> String {
+    chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
+}
+
+fn latency(brokers: &str, topic: &str, redis_url: &str, rate: f64, seconds: f64) {
+    create_topic(brokers, topic);
+    let p = producer(brokers);
+    let background: Vec<String> = tokenwatch::gen::Generator::new(tokenwatch::gen::GenConfig {
+        seed: 5,
+        events: Some(200_000),
+        attack_rate: 0.0,
+        ..Default::default()
+    })
+    .map(|g| g.line)
+    .filter(|l| l.starts_with("{\"ts\":\"") && l.as_bytes().get(31) == Some(&b'"'))
+    .collect();
+    let client = redis::Client::open(redis_url).expect("redis url");
+    let mut con = client.get_connection().expect("redis connection");
+    let start = Instant::now();
+    let mut sent = 0u64;
+    let mut probes = 0u64;
+    let mut next_probe = start;
+    let mut pending: VecDeque<(String, Instant)> = VecDeque::new();
+    let mut delays: Vec<f64> = Vec::new();
+    let mut line = String::with_capacity(2048);
+    let mut last_poll = start;
+    let end = start + Duration::from_secs_f64(seconds);
+    loop {
+        let now = Instant::now();
+        if now >= end && pending.is_empty() {
+            break;
+        }
+        if now >= end + Duration::from_secs(10) {
+            break;
+        }
+        if now < end {
+            let due = (now - start).as_secs_f64() * rate;
+            let ts = now_ts();
+            while (sent as f64) < due {
+                let b = &background[(sent as usize) % background.len()];
+                line.clear();
+                line.push_str("{\"ts\":\"");
+                line.push_str(&ts);
+                line.push_str(&b[31..]);
+                send(&p, topic, line.as_bytes());
+                sent += 1;
+            }
+            if now >= next_probe {
+                let jti = format!("bench-probe-{probes}-{}", std::process::id());
+                let s = chrono::Utc::now().timestamp();
+                let tok = tokenwatch::token::encode_unsigned_parts(
+                    &json!({"alg":"RS256","typ":"JWT"}),
+                    &json!({"iss":"https://idp.example.com","sub":format!("probe-{probes}"),"jti":jti,"iat":s-7200,"exp":s-3600}),
+                    b"probe-signature-bytes",
+                );
+                let l = json!({"ts": now_ts(), "client_ip": "81.2.69.142", "method": "GET", "path": "/probe",
+                    "status": 200, "user_agent": "bench", "authorization": format!("Bearer {tok}")})
+                .to_string();
+                send(&p, topic, l.as_bytes());
+                p.poll(Duration::ZERO);
+                pending.push_back((format!("tokenwatch:revoked:jti:{jti}"), Instant::now()));
+                probes += 1;
+                next_probe += Duration::from_millis(20);
+            }
+        }
+        p.poll(Duration::ZERO);
+        if !pending.is_empty() && now - last_poll >= Duration::from_millis(1) {
+            last_poll = now;
+            let mut pipe = redis::pipe();
+            for (k, _) in &pending {
+                pipe.exists(k);
+            }
+            let found: Vec<bool> = pipe.query(&mut con).unwrap_or_default();
+            let seen = Instant::now();
+            let mut i = 0;
+            pending.retain(|(_, t)| {
+                let hit = found.get(i).copied().unwrap_or(false);
+                i += 1;
+                if hit {
+                    delays.push((seen - *t).as_secs_f64() * 1000.0);
+                }
+                !hit
+            });
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    let secs = seconds.min(start.elapsed().as_secs_f64());
+    delays.sort_by(|a, b| a.total_cmp(b));
+    let q = |f: f64| {
+        delays
+            .get(((delays.len() as f64 * f).ceil() as usize).saturating_sub(1))
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
+    eprintln!(
+        "e2e latency: {sent} lines ({:.0}/s) + {probes} probes, {} revocations seen, {} missing",
+        sent as f64 / secs,
+        delays.len(),
+        pending.len()
+    );
+    println!(
+        "{:.1} {:.1} {:.1} {} {}",
+        q(0.5),
+        q(0.99),
+        q(1.0),
+        probes,
+        pending.len()
+    );
+}
+
+fn main() {
+    let a: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
+    let s = |i: usize| a.get(i).cloned().unwrap_or_default();
+    match s(0).as_str() {
+        "produce" => produce(&s(1), &s(2), &s(3)),
+        "drain" => drain(s(1).parse().expect("port"), s(2).parse().expect("count")),
+        "latency" => latency(
+            &s(1),
+            &s(2),
+            &s(3),
+            s(4).parse().unwrap_or(50_000.0),
+            s(5).parse().unwrap_or(10.0),
+        ),
+        "" => eprintln!("usage: e2e produce|drain|latency ... (see the module doc)"),
+        other => panic!("unknown command {other}"),
+    }
+}

@@ -1,0 +1,89 @@
+//! Resident memory of the engine's state per live tracked token and per tracked subject.
+//!
+//! Feeds an [`Engine`] with the default rules N accepted, geolocated requests, each with a
+//! distinct token, and reads VmRSS from /proc/self/status before and after (allocator
+//! overhead and hash-table slack included: that is what the process pays). Two runs:
+//! `tokens` (N tokens over N/100 subjects: the cost of a token) and `subjects` (N tokens of N
+//! distinct subjects: a token plus a subject). The per-rule key cap is raised above N so that
+//! nothing is evicted. The token cache is not included (bounded separately: `token_cache`).
+//!
+//! Usage: `memory tokens|subjects N [RULES_DIR]`; prints `bytes_per_token tracked_keys rss_bytes events_per_s` (the
+//! rate includes building each event's token metadata).
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+
+use tokenwatch::engine::{Engine, EngineConfig};
+use tokenwatch::input::{Event, GeoPoint};
+use tokenwatch::token::TokenInfo;
+
+fn rss_bytes() -> u64 {
+    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    s.lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
+    let mode = args.first().map(String::as_str).unwrap_or("tokens");
+    let n: u64 = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(1_000_000);
+    let rules_dir = args.get(2).cloned().unwrap_or_else(|| "rules".into());
+    let rules = Arc::new(tokenwatch::rules::load_dir(std::path::Path::new(&rules_dir)).expect("rules"));
+    let cfg = EngineConfig {
+        max_keys_per_rule: (n as usize) * 2 + 10,
+        ..EngineConfig::default()
+    };
+    let mut engine = Engine::new(rules, cfg);
+    let subjects = if mode == "subjects" { n } else { (n / 100).max(1) };
+    let t0: i64 = 1_795_910_400_000;
+    let mut out = Vec::new();
+    let before = rss_bytes();
+    let start = std::time::Instant::now();
+    for i in 0..n {
+        let ts = t0 + (i as i64) / 100; // 100k events per second of event time: all stay live
+        let subject = i % subjects;
+        let tok = Arc::new(TokenInfo {
+            token_id: format!("{i:032x}").into(),
+            iss: Some("https://idp.example.com".into()),
+            sub: Some(format!("user-{subject}").into()),
+            subject: format!("https://idp.example.com|user-{subject}").into(),
+            alg: Some("RS256".into()),
+            kid: None,
+            aud: Box::new([]),
+            exp: Some(t0 / 1000 + 3600),
+            iat: Some(t0 / 1000 - 60),
+            nbf: None,
+            unsigned: false,
+            claims: Box::new([]),
+        });
+        let ev = Event {
+            ts_ms: ts,
+            client_ip: Some(IpAddr::V4(Ipv4Addr::from(0x5102_4500u32 + (i as u32 % 200)))),
+            method: "GET".into(),
+            path: "/api/v1/orders".into(),
+            status: Some(200),
+            user_agent: "bench".into(),
+            token: Some(tok),
+            token_in_url: false,
+            geo: Some(GeoPoint {
+                lat: 51.5,
+                lon: -0.09,
+                accuracy_km: 10.0,
+            }),
+        };
+        engine.process(&ev, &mut out);
+        out.clear();
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let after = rss_bytes();
+    let keys = engine.tracked_keys();
+    let per = after.saturating_sub(before) as f64 / n as f64;
+    eprintln!(
+        "memory {mode}: {n} tokens, {subjects} subjects, {keys} tracked keys, RSS +{} MiB ({per:.0} B per token)",
+        (after - before) >> 20
+    );
+    println!("{per:.0} {keys} {after} {:.0}", n as f64 / secs);
+}

