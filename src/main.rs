@@ -249,12 +249,7 @@ fn demo(a: DemoArgs) -> Result<ExitCode, String> {
         metrics_addr: a.metrics_addr,
         full_screen: io::stdout().is_terminal(),
     };
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    let rt = runtime()?;
     let mut out = io::stdout();
     rt.block_on(tokenwatch::demo::live(opts, &mut out))?;
     Ok(ExitCode::SUCCESS)
@@ -325,12 +320,7 @@ fn run(a: RunArgs) -> Result<ExitCode, String> {
         alerts_topic: a.alerts_topic,
     };
     let (cfg, addr) = tokenwatch::service::resolve(&config, &overrides)?;
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    let rt = runtime()?;
     let summary = rt.block_on(tokenwatch::service::serve(cfg, addr))?;
     tracing::info!(
         lines = summary.stats.lines,
@@ -340,6 +330,16 @@ fn run(a: RunArgs) -> Result<ExitCode, String> {
         "stopped"
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// The async runtime of `run` and `demo`, with the TLS provider that `rediss://` needs.
+fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))
 }
 
 fn init_logs(format: &str) -> Result<(), String> {
