@@ -85,7 +85,10 @@ impl RevocationPolicy {
     /// Seconds, from `now_s`, for which a token revocation must be kept.
     pub fn token_ttl_s(&self, exp: Option<i64>, now_s: i64) -> i64 {
         match exp {
-            Some(exp) => (exp.saturating_add(self.leeway_s) - now_s).max(self.min_token_ttl_s),
+            Some(exp) => exp
+                .saturating_add(self.leeway_s)
+                .saturating_sub(now_s)
+                .max(self.min_token_ttl_s),
             None => self.no_exp_ttl_s,
         }
     }
@@ -101,6 +104,10 @@ mod tests {
         assert_eq!(p.token_ttl_s(Some(10_000), 1_000), 9_060);
         assert_eq!(p.token_ttl_s(Some(1_000), 1_000), 3_600, "already expired: floor");
         assert_eq!(p.token_ttl_s(None, 1_000), 86_400);
+        // extreme dates saturate instead of wrapping (or panicking)
+        assert_eq!(p.token_ttl_s(Some(i64::MAX), -1_000), i64::MAX);
+        assert_eq!(p.token_ttl_s(Some(i64::MIN), 1_000), 3_600);
+        assert_eq!(p.token_ttl_s(Some(1_000), i64::MIN), i64::MAX);
     }
 
     #[test]

@@ -100,9 +100,10 @@ impl GeoDb {
         found
     }
 
-    /// The location of `ip`, when the database has coordinates for it.
+    /// The location of `ip`, when the database has coordinates for it (an IPv4-mapped IPv6
+    /// address is looked up as its IPv4 address).
     pub fn locate(&self, ip: IpAddr) -> Option<GeoPoint> {
-        let city: City = self.reader.lookup(ip).ok().flatten()?;
+        let city: City = self.reader.lookup(ip.to_canonical()).ok().flatten()?;
         let loc = city.location?;
         Some(GeoPoint {
             lat: loc.latitude?,
@@ -121,9 +122,11 @@ pub fn distance_km(a: &GeoPoint, b: &GeoPoint) -> f64 {
     2.0 * EARTH_RADIUS_KM * h.sqrt().min(1.0).asin()
 }
 
-/// The client's network: IPv4 /24 or IPv6 /64, as the replay rule counts them.
+/// The client's network: IPv4 /24 or IPv6 /64, as the replay rule counts them. An
+/// IPv4-mapped IPv6 address is in its IPv4 /24 (parsing already maps it; this is for events
+/// built elsewhere).
 pub fn network(ip: IpAddr) -> ipnet::IpNet {
-    match ip {
+    match ip.to_canonical() {
         IpAddr::V4(v4) => ipnet::IpNet::V4(ipnet::Ipv4Net::new(v4, 24).expect("24 <= 32").trunc()),
         IpAddr::V6(v6) => ipnet::IpNet::V6(ipnet::Ipv6Net::new(v6, 64).expect("64 <= 128").trunc()),
     }
@@ -183,5 +186,17 @@ mod tests {
             network("2001:db8:1:2:3::1".parse().unwrap()).to_string(),
             "2001:db8:1:2::/64"
         );
+        assert_eq!(
+            network("::ffff:81.2.69.142".parse().unwrap()).to_string(),
+            "81.2.69.0/24"
+        );
+    }
+
+    #[test]
+    fn ipv4_mapped_addresses_are_located_as_ipv4() {
+        let db = test_db();
+        let mapped: IpAddr = "::ffff:81.2.69.142".parse().unwrap();
+        assert_eq!(db.locate(mapped), db.locate("81.2.69.142".parse().unwrap()));
+        assert!(db.locate(mapped).is_some());
     }
 }

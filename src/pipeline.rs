@@ -18,6 +18,7 @@
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
+use std::fmt;
 use std::io::{self, Read};
 use std::net::IpAddr;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
@@ -81,11 +82,21 @@ enum LineSpan {
     TooLong,
 }
 
-/// Lines in one buffer. Cleared and refilled, it keeps its capacity.
-#[derive(Debug, Default)]
+/// Lines in one buffer. Cleared and refilled, it keeps its capacity. The buffer is raw log
+/// text (tokens included), so `Debug` shows only sizes.
+#[derive(Default)]
 pub struct LineBatch {
     buf: Vec<u8>,
     lines: Vec<LineSpan>,
+}
+
+impl fmt::Debug for LineBatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LineBatch")
+            .field("lines", &self.lines.len())
+            .field("bytes", &self.buf.len())
+            .finish()
+    }
 }
 
 impl LineBatch {
@@ -231,7 +242,7 @@ impl<R: Read> BatchReader<R> {
 }
 
 /// A string of a decoded event: a range of the batch buffer, or (after JSON unescaping) owned.
-#[derive(Debug)]
+/// No `Debug`: neither it nor [`DecodedEvent`] is ever printed.
 enum Text {
     Span(usize, usize),
     Owned(Box<str>),
@@ -266,7 +277,6 @@ impl Text {
 }
 
 /// One line after decoding, with its strings as ranges of the line's buffer.
-#[derive(Debug)]
 struct DecodedEvent {
     ts_ms: i64,
     client_ip: Option<IpAddr>,
@@ -283,11 +293,21 @@ struct DecodedEvent {
 
 type Decoded = Result<DecodedEvent, Skip>;
 
-/// A [`LineBatch`] with each line decoded, ready for the engine.
-#[derive(Debug, Default)]
+/// A [`LineBatch`] with each line decoded, ready for the engine. `Debug` shows counts only.
+#[derive(Default)]
 pub struct DecodedBatch {
     pub lines: LineBatch,
     items: Vec<Decoded>,
+}
+
+impl fmt::Debug for DecodedBatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DecodedBatch")
+            .field("lines", &self.lines)
+            .field("decoded", &self.items.iter().filter(|d| d.is_ok()).count())
+            .field("skipped", &self.items.iter().filter(|d| d.is_err()).count())
+            .finish()
+    }
 }
 
 impl DecodedBatch {
@@ -562,6 +582,188 @@ impl Pipeline {
 mod tests {
     use super::*;
     use crate::input::lines::{Line, LineReader};
+    use serde_json::json;
+
+    const T0: &str = "2026-11-29T00:00:00Z";
+
+    fn jwt(claims: serde_json::Value) -> String {
+        crate::token::encode_unsigned_parts(&json!({"alg":"RS256"}), &claims, b"the-signature-segment-of-this-token")
+    }
+
+    fn sig(t: &str) -> &str {
+        t.rsplit('.').next().unwrap()
+    }
+
+    fn pipeline(rules: Arc<RuleSet>, cfg: PipelineConfig) -> Pipeline {
+        Pipeline::new(rules, Some(crate::defaults::test_geo_db()), cfg).unwrap()
+    }
+
+    fn run(p: &mut Pipeline, lines: &[String]) -> Vec<Decision> {
+        let mut out = Vec::new();
+        for l in lines {
+            p.process_line(l.as_bytes(), &mut out);
+        }
+        out
+    }
+
+    fn line(ts_s: i64, ip: &str, path: &str, t: &str) -> String {
+        json!({"ts": 1_795_910_400 + ts_s, "client_ip": ip, "method": "GET", "path": path,
+               "status": 200, "authorization": format!("Bearer {t}")})
+        .to_string()
+    }
+
+    #[test]
+    fn ipv4_mapped_clients_are_ipv4_clients() {
+        let t = jwt(json!({"jti":"mapped","sub":"u","iat":1_795_910_400,"exp":1_795_911_300}));
+        let mut p = pipeline(crate::defaults::rules().unwrap(), PipelineConfig::default());
+        let ds = run(
+            &mut p,
+            &[
+                line(0, "::ffff:198.51.100.7", "/a", &t),
+                line(60, "::ffff:203.0.113.9", "/a", &t),
+                line(120, "[::ffff:192.0.2.1]:51234", "/a", &t),
+            ],
+        );
+        assert_eq!(ds.len(), 1, "{ds:?}");
+        assert_eq!(&*ds[0].rule, "token-replay");
+        assert_eq!(ds[0].client_ip, Some("192.0.2.1".parse().unwrap()));
+        let nets = ds[0].evidence["values"].as_array().unwrap();
+        assert_eq!(nets[0]["value"], "198.51.100.0/24");
+        assert!(ds[0].to_json_line().contains("\"client_ip\":\"192.0.2.1\""));
+        // located as IPv4
+        let mut d = p.decoder.fork();
+        let l = line(0, "::ffff:81.2.69.142", "/", &t);
+        let e = d.decode(l.as_bytes(), l.as_bytes()).unwrap();
+        assert_eq!(e.geo.map(|g| g.lat), Some(51.5142));
+    }
+
+    #[test]
+    fn a_geo_field_in_the_line_wins_over_the_database() {
+        let mut d = pipeline(Arc::new(RuleSet::default()), PipelineConfig::default())
+            .decoder
+            .fork();
+        let with = json!({"ts": T0, "client_ip": "81.2.69.142",
+                          "geo": {"lat": 35.6895, "lon": 139.6917, "accuracy_km": 5}})
+        .to_string();
+        let g = d.decode(with.as_bytes(), with.as_bytes()).unwrap().geo.unwrap();
+        assert_eq!((g.lat, g.lon, g.accuracy_km), (35.6895, 139.6917, 5.0));
+        let without = json!({"ts": T0, "client_ip": "81.2.69.142"}).to_string();
+        let g = d.decode(without.as_bytes(), without.as_bytes()).unwrap().geo.unwrap();
+        assert_eq!(
+            (g.lat, g.lon, g.accuracy_km),
+            (51.5142, -0.0931, 10.0),
+            "the database's London"
+        );
+    }
+
+    #[test]
+    fn extreme_numeric_dates_through_the_whole_pipeline() {
+        let mut p = pipeline(crate::defaults::rules().unwrap(), PipelineConfig::default());
+        let max = crate::token::MAX_NUMERIC_DATE;
+        let dates = [
+            json!({"exp": i64::MAX, "iat": -1}),
+            json!({"exp": i64::MIN, "iat": -1, "nbf": i64::MAX}),
+            json!({"exp": u64::MAX, "iat": i64::MIN}),
+            json!({"exp": -1, "iat": i64::MAX}),
+            json!({"exp": 1e300, "iat": -1e300}),
+            json!({"exp": "9223372036854775807", "iat": "-9223372036854775808"}),
+            json!({"exp": max, "iat": -max}),
+            json!({"exp": -max, "iat": 0}),
+        ];
+        let mut lines = Vec::new();
+        for (i, d) in dates.iter().enumerate() {
+            let mut c = d.clone();
+            c["jti"] = json!(format!("x{i}"));
+            c["sub"] = json!("u");
+            let t = jwt(c);
+            for (k, ip) in ["198.51.100.1", "203.0.113.1", "192.0.2.1", "192.0.2.2"]
+                .iter()
+                .enumerate()
+            {
+                lines.push(line(i as i64 * 10 + k as i64, ip, "/a", &t));
+            }
+        }
+        let ds = run(&mut p, &lines);
+        assert_eq!(p.stats.events, lines.len() as u64);
+        let fired = |rule: &str, id: &str| {
+            ds.iter()
+                .find(|d| &*d.rule == rule && d.token_id.as_deref() == Some(id))
+        };
+        for i in 0..dates.len() {
+            assert!(fired("token-replay", &format!("x{i}")).is_some(), "x{i}: {ds:?}");
+        }
+        // out of range is absent: no lifetime, not expired
+        for i in 0..6 {
+            assert!(fired("excessive-lifetime", &format!("x{i}")).is_none(), "x{i}");
+        }
+        assert!(fired("expired-token-accepted", "x3").is_some(), "exp -1 is a date");
+        // the largest dates in range give exact, unwrapped arithmetic
+        let long = fired("excessive-lifetime", "x6").unwrap();
+        assert_eq!(long.evidence["lifetime_s"], json!(2 * max));
+        assert_eq!(long.expires_at, Some(max));
+        let old = fired("expired-token-accepted", "x7").unwrap();
+        assert_eq!(old.evidence["expired_for_s"], json!(1_795_910_470 + max));
+    }
+
+    #[test]
+    fn no_rule_field_or_evidence_carries_a_token_from_the_path() {
+        let yaml = "\
+rules:
+  - {id: paths, severity: low, action: alert, kind: distinct_count, key: subject, distinct: path, threshold: 3, window: 1h}
+  - {id: agents, severity: low, action: alert, kind: distinct_count, key: subject, distinct: user_agent, threshold: 2, window: 1h}
+  - {id: any-path, severity: low, action: alert, kind: match, key: token_id, where: {path: {prefix: /}}, cooldown: 0}
+";
+        let rules = Arc::new(RuleSet {
+            rules: crate::rules::load_str(std::path::Path::new("t.yaml"), yaml).unwrap(),
+            files: 1,
+        });
+        let header = jwt(json!({"jti":"h","sub":"u"}));
+        let in_query = jwt(json!({"jti":"q","sub":"u"}));
+        let in_path = jwt(json!({"jti":"p","sub":"u","x":1}));
+        let mut p = pipeline(rules, PipelineConfig::default());
+        let mut lines = vec![
+            line(0, "198.51.100.1", &format!("/cb?access_token={in_query}"), &header),
+            line(1, "198.51.100.1", &format!("/reset/{in_path}/confirm"), &header),
+            line(
+                2,
+                "198.51.100.1",
+                &format!("/x/{in_path}?id_token={in_query}&y=1"),
+                &header,
+            ),
+            line(3, "198.51.100.1", "/plain?access_token=opaque", &header),
+        ];
+        let mut ua = json!({"ts": 1_795_910_404, "path": "/", "user_agent": format!("bot {in_path}"),
+                            "authorization": format!("Bearer {header}")});
+        lines.push(ua.to_string());
+        ua["user_agent"] = json!("bot");
+        lines.push(ua.to_string());
+        let ds = run(&mut p, &lines);
+        let all: String = ds.iter().map(|d| d.to_json_line()).collect();
+        assert!(ds.iter().any(|d| &*d.rule == "paths"), "{all}");
+        assert!(ds.iter().any(|d| &*d.rule == "agents"), "{all}");
+        for t in [&header, &in_query, &in_path] {
+            assert!(!all.contains(sig(t)), "a token's signature is in a decision: {all}");
+            assert!(!all.contains(t.split('.').nth(1).unwrap()));
+        }
+        assert!(all.contains("/reset/<jwt sha256:"), "{all}");
+        assert!(!all.contains("opaque"), "no query at all: {all}");
+    }
+
+    #[test]
+    fn debug_of_batches_shows_sizes_not_lines() {
+        let t = jwt(json!({"jti":"d","sub":"u"}));
+        let mut p = pipeline(Arc::new(RuleSet::default()), PipelineConfig::default());
+        let mut b = DecodedBatch::new();
+        let text = format!("{}\n{}\n", line(0, "198.51.100.1", &format!("/p/{t}"), &t), "not json");
+        BatchReader::new(text.as_bytes(), 1 << 20).fill(&mut b.lines).unwrap();
+        let before = format!("{:?}", b.lines);
+        p.decode_batch(&mut b);
+        let after = format!("{b:?}");
+        for s in [&before, &after] {
+            assert!(!s.contains(sig(&t)), "{s}");
+        }
+        assert!(after.contains("decoded: 1") && after.contains("skipped: 1"), "{after}");
+    }
 
     /// BatchReader splits exactly as LineReader does, whatever the chunk size.
     #[test]

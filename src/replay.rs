@@ -61,15 +61,17 @@ pub struct Summary {
 }
 
 impl Summary {
+    /// Decoded events per second of wall time (lines read is a separate count: skipped lines
+    /// are read but are no events).
     pub fn events_per_sec(&self) -> f64 {
-        self.stats.lines as f64 / self.elapsed.as_secs_f64().max(1e-9)
+        events_per_sec(self.stats.events, self.elapsed)
     }
 
     /// The human summary printed on stderr.
     pub fn render(&self) -> String {
         let s = &self.stats;
         let mut out = format!(
-            "tokenwatch replay: {} lines read, {} events decoded, {} skipped, {} decisions in {:.2} s ({:.0} lines/s)\n",
+            "tokenwatch replay: {} lines read, {} events decoded, {} skipped, {} decisions in {:.2} s ({:.0} events/s)\n",
             s.lines,
             s.events,
             s.skipped_total(),
@@ -106,6 +108,21 @@ impl Summary {
         ));
         out
     }
+}
+
+fn events_per_sec(events: u64, elapsed: Duration) -> f64 {
+    events as f64 / elapsed.as_secs_f64().max(1e-9)
+}
+
+/// The progress line printed every few seconds during a replay.
+fn progress_line(stats: &Stats, elapsed: Duration) -> String {
+    format!(
+        "replay: {} lines read, {} events decoded, {} decisions, {:.0} events/s",
+        stats.lines,
+        stats.events,
+        stats.decisions_total(),
+        events_per_sec(stats.events, elapsed)
+    )
 }
 
 /// Streams every input through `pipeline`, writing decisions to `out` and (when `progress`)
@@ -225,17 +242,49 @@ impl Writer {
         if self.progress {
             let now = Instant::now();
             if now - self.last_report >= Duration::from_secs(2) {
-                let secs = (now - self.start).as_secs_f64();
-                let _ = writeln!(
-                    err,
-                    "replay: {} lines, {} decisions, {:.0} lines/s",
-                    pipeline.stats.lines,
-                    pipeline.stats.decisions_total(),
-                    pipeline.stats.lines as f64 / secs
-                );
+                let _ = writeln!(err, "{}", progress_line(&pipeline.stats, now - self.start));
                 self.last_report = now;
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stats() -> Stats {
+        let mut s = Stats {
+            lines: 1_000,
+            events: 600,
+            ..Stats::default()
+        };
+        s.skipped.insert("invalid_json", 400);
+        s.decisions.insert(("token-replay".into(), "revoke_token"), 3);
+        s
+    }
+
+    #[test]
+    fn throughput_is_decoded_events_per_second() {
+        let sum = Summary {
+            stats: stats(),
+            elapsed: Duration::from_secs(2),
+            tracked_keys: 0,
+            late_events: 0,
+            evictions: 0,
+        };
+        assert_eq!(sum.events_per_sec(), 300.0);
+        let r = sum.render();
+        assert!(
+            r.starts_with(
+                "tokenwatch replay: 1000 lines read, 600 events decoded, 400 skipped, 3 decisions in 2.00 s (300 events/s)\n"
+            ),
+            "{r}"
+        );
+        assert_eq!(
+            progress_line(&stats(), Duration::from_secs(4)),
+            "replay: 1000 lines read, 600 events decoded, 3 decisions, 150 events/s"
+        );
     }
 }

@@ -86,13 +86,16 @@ impl DecodeError {
 pub struct TokenInfo {
     /// `jti` when it is a non-empty string, otherwise `sha256:` + 32 hex digits of the token.
     pub token_id: Box<str>,
-    pub iss: Option<Box<str>>,
-    pub sub: Option<Box<str>>,
+    // Issuer, subject, algorithm, key id and audience repeat across the tokens of a user or an
+    // issuer: shared (`Arc`), and interned by [`TokenCache`], so that a cached token pays for
+    // its own id and dates, not for copies of the same strings.
+    pub iss: Option<Arc<str>>,
+    pub sub: Option<Arc<str>>,
     /// `iss|sub`, or the token_id for a token without `sub`.
-    pub subject: Box<str>,
-    pub alg: Option<Box<str>>,
-    pub kid: Option<Box<str>>,
-    pub aud: Box<[Box<str>]>,
+    pub subject: Arc<str>,
+    pub alg: Option<Arc<str>>,
+    pub kid: Option<Arc<str>>,
+    pub aud: Arc<[Box<str>]>,
     pub exp: Option<i64>,
     pub iat: Option<i64>,
     pub nbf: Option<i64>,
@@ -111,9 +114,11 @@ pub enum ClaimValue {
 }
 
 impl TokenInfo {
-    /// `exp - iat` in seconds, when both are present.
+    /// `exp - iat` in seconds, when both are present. Dates are range-limited when decoded
+    /// ([`MAX_NUMERIC_DATE`]), and the subtraction saturates all the same, so a hostile pair
+    /// can never wrap into a short (or negative) lifetime.
     pub fn lifetime(&self) -> Option<i64> {
-        Some(self.exp? - self.iat?)
+        Some(self.exp?.saturating_sub(self.iat?))
     }
 
     /// A claim kept for the rules, by name.
@@ -136,7 +141,8 @@ struct Claims {
     iss: Option<Box<str>>,
     #[serde(default, deserialize_with = "lenient_str")]
     sub: Option<Box<str>>,
-    #[serde(default, deserialize_with = "lenient_str")]
+    /// Only a string is an id: a numeric `jti` is not, by the token_id rule.
+    #[serde(default, deserialize_with = "string_only")]
     jti: Option<Box<str>>,
     #[serde(default, deserialize_with = "lenient_num")]
     exp: Option<i64>,
@@ -217,18 +223,18 @@ pub fn from_claims(
 
 fn build(h: Header, c: Claims, token_id: Box<str>, empty_sig: bool, extra: Vec<(Box<str>, ClaimValue)>) -> TokenInfo {
     let unsigned = empty_sig || h.alg.as_deref().is_some_and(|a| a.eq_ignore_ascii_case("none"));
-    let subject: Box<str> = match c.sub {
+    let subject: Arc<str> = match c.sub {
         Some(ref s) => format!("{}|{}", c.iss.as_deref().unwrap_or(""), s).into(),
-        None => token_id.clone(),
+        None => (*token_id).into(),
     };
     TokenInfo {
         token_id,
-        iss: c.iss,
-        sub: c.sub,
+        iss: c.iss.map(Arc::from),
+        sub: c.sub.map(Arc::from),
         subject,
-        alg: h.alg,
-        kid: h.kid,
-        aud: c.aud.into_boxed_slice(),
+        alg: h.alg.map(Arc::from),
+        kid: h.kid.map(Arc::from),
+        aud: c.aud.into(),
         exp: c.exp,
         iat: c.iat,
         nbf: c.nbf,
@@ -293,6 +299,53 @@ pub fn looks_like_jwt(s: &str) -> bool {
         }
     }
     dots == 2
+}
+
+/// `text` with every compact-JWT-looking run replaced by `<jwt sha256:HEX>` (HEX: the first
+/// 32 hex digits of SHA-256 over the run, which for a token without a string `jti` is its
+/// token_id). A run starts at `eyJ` and spans base64url characters, `=` and dots; it is a
+/// token when it holds at least two dots. Borrowed, and cheap, when there is nothing to hide.
+///
+/// Used on every event text that a rule can store or a decision can quote (the request path,
+/// and string values kept by `distinct_count`), so a token sent where it should not be is
+/// never echoed.
+pub fn redact_jwts(text: &str) -> std::borrow::Cow<'_, str> {
+    let b = text.as_bytes();
+    let is_tok = |c: u8| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'=' | b'.');
+    let mut out: Option<String> = None;
+    let mut copied = 0;
+    let mut i = 0;
+    while let Some(at) = memchr::memmem::find(&b[i..], b"eyJ") {
+        let start = i + at;
+        let mut end = start;
+        while end < b.len() && is_tok(b[end]) {
+            end += 1;
+        }
+        let run = &text[start..end];
+        if run.bytes().filter(|&c| c == b'.').count() >= 2 {
+            let o = out.get_or_insert_with(|| String::with_capacity(text.len()));
+            o.push_str(&text[copied..start]);
+            o.push('<');
+            o.push_str(&hashed_id("jwt sha256:", &[run.as_bytes()]));
+            o.push('>');
+            copied = end;
+        }
+        i = end.max(start + 1);
+    }
+    match out {
+        None => std::borrow::Cow::Borrowed(text),
+        Some(mut o) => {
+            o.push_str(&text[copied..]);
+            std::borrow::Cow::Owned(o)
+        }
+    }
+}
+
+/// The request path as rules and decisions see it: without its query string (or fragment),
+/// and with any JWT in it redacted ([`redact_jwts`]).
+pub fn clean_path(path: &str) -> std::borrow::Cow<'_, str> {
+    let end = memchr::memchr2(b'?', b'#', path.as_bytes()).unwrap_or(path.len());
+    redact_jwts(&path[..end])
 }
 
 /// Finds the JWTs carried in the query string of a request path (`/x?access_token=eyJ...`).
@@ -393,6 +446,51 @@ pub struct TokenCache {
     cap: usize,
     hasher: TokenHasher,
     wanted_claims: Box<[Box<str>]>,
+    shared: Interner,
+}
+
+/// One copy of each issuer, subject, algorithm, key id and audience list among the cached
+/// tokens (README's memory rows give what a cached token costs). Emptied with the cache.
+#[derive(Default)]
+struct Interner {
+    strs: std::collections::HashSet<Arc<str>>,
+    auds: std::collections::HashSet<Arc<[Box<str>]>>,
+}
+
+impl Interner {
+    fn str(&mut self, s: &mut Arc<str>) {
+        match self.strs.get(&**s) {
+            Some(known) => *s = known.clone(),
+            None => {
+                self.strs.insert(s.clone());
+            }
+        }
+    }
+
+    fn opt(&mut self, s: &mut Option<Arc<str>>) {
+        if let Some(s) = s {
+            self.str(s);
+        }
+    }
+
+    fn share(&mut self, t: &mut TokenInfo) {
+        self.opt(&mut t.iss);
+        self.opt(&mut t.sub);
+        self.opt(&mut t.alg);
+        self.opt(&mut t.kid);
+        self.str(&mut t.subject);
+        match self.auds.get(&*t.aud) {
+            Some(known) => t.aud = known.clone(),
+            None => {
+                self.auds.insert(t.aud.clone());
+            }
+        }
+    }
+
+    fn clear(&mut self) {
+        self.strs.clear();
+        self.auds.clear();
+    }
 }
 
 impl TokenCache {
@@ -403,6 +501,7 @@ impl TokenCache {
             cap: cap.max(1),
             hasher: TokenHasher::new(),
             wanted_claims: wanted_claims.into_boxed_slice(),
+            shared: Interner::default(),
         }
     }
 
@@ -416,6 +515,7 @@ impl TokenCache {
         if *self.wanted_claims != *wanted {
             self.wanted_claims = wanted.into_boxed_slice();
             self.map.clear();
+            self.shared.clear();
         }
     }
 
@@ -433,10 +533,12 @@ impl TokenCache {
             return Err(*e);
         }
         match decode(raw, &self.wanted_claims) {
-            Ok(info) => {
+            Ok(mut info) => {
                 if self.map.len() >= self.cap {
                     self.map.clear();
+                    self.shared.clear();
                 }
+                self.shared.share(&mut info);
                 let info = Arc::new(info);
                 self.map.insert(key, info.clone());
                 Ok(info)
@@ -499,6 +601,19 @@ fn lenient_str<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Box<str>>, D::E
     d.deserialize_any(V)
 }
 
+/// A NumericDate beyond ±10^15 s (some 30 million years) is no date: it is treated as
+/// absent, whether written as an integer, a float or a string. The bound keeps every sum and
+/// difference of dates, and their conversion to milliseconds, far from `i64` overflow.
+pub const MAX_NUMERIC_DATE: i64 = 1_000_000_000_000_000;
+
+/// A string, or absent for any other type (`jti`: only a string is an id).
+fn string_only<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Box<str>>, D::Error> {
+    Ok(match serde_json::Value::deserialize(d)? {
+        serde_json::Value::String(s) => Some(s.into()),
+        _ => None,
+    })
+}
+
 fn lenient_num<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
     struct V;
     impl<'de> Visitor<'de> for V {
@@ -507,13 +622,14 @@ fn lenient_num<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error>
             f.write_str("a NumericDate")
         }
         fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
-            Ok(Some(v))
+            Ok((v.unsigned_abs() <= MAX_NUMERIC_DATE as u64).then_some(v))
         }
         fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
-            Ok(i64::try_from(v).ok())
+            Ok((v <= MAX_NUMERIC_DATE as u64).then_some(v as i64))
         }
         fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
-            Ok((v.is_finite() && v.abs() < 1e15).then_some(v.floor() as i64))
+            let v = v.floor();
+            Ok((v.is_finite() && v.abs() <= MAX_NUMERIC_DATE as f64).then_some(v as i64))
         }
         fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
             Ok(v.trim()
@@ -629,7 +745,7 @@ mod tests {
         let t = tok(json!({"alg":"RS256"}), json!({"jti":""}));
         let info = decode(RawToken::new(&t), &[]).unwrap();
         assert!(info.token_id.starts_with("sha256:"));
-        assert_eq!(info.subject, info.token_id);
+        assert_eq!(*info.subject, *info.token_id);
     }
 
     #[test]
@@ -731,6 +847,80 @@ mod tests {
     }
 
     #[test]
+    fn a_numeric_jti_is_not_the_token_id() {
+        for jti in [json!(12345), json!(0), json!(-7), json!(1.5), json!(true), json!(["a"])] {
+            let t = tok(json!({"alg":"RS256"}), json!({"jti": jti, "sub":"u"}));
+            let info = decode(RawToken::new(&t), &[]).unwrap();
+            let digest = Sha256::digest(t.as_bytes());
+            let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+            assert_eq!(&*info.token_id, format!("sha256:{hex}"), "jti {jti}");
+        }
+        // claims only: a numeric jti is no jti either, so the documented claims: id applies
+        let c = json!({"jti": 42, "iss":"i","sub":"s","iat":10,"exp":20});
+        let digest = Sha256::digest(b"i|s|10|20");
+        let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(&*from_claims(None, &c, &[]).unwrap().token_id, format!("claims:{hex}"));
+        let c = json!({"jti": "j-1", "iss":"i","sub":"s"});
+        assert_eq!(&*from_claims(None, &c, &[]).unwrap().token_id, "j-1");
+    }
+
+    #[test]
+    fn out_of_range_dates_are_absent_whatever_their_type() {
+        let dates = |c: serde_json::Value| {
+            let i = decode(RawToken::new(&tok(json!({"alg":"RS256"}), c)), &[]).unwrap();
+            (i.exp, i.iat, i.nbf, i.lifetime())
+        };
+        let max = MAX_NUMERIC_DATE;
+        assert_eq!(
+            dates(json!({"exp": i64::MAX, "iat": -1, "nbf": i64::MIN})),
+            (None, Some(-1), None, None)
+        );
+        assert_eq!(dates(json!({"exp": u64::MAX, "iat": 1e300})), (None, None, None, None));
+        assert_eq!(
+            dates(json!({"exp": max, "iat": -max})),
+            (Some(max), Some(-max), None, Some(2 * max))
+        );
+        assert_eq!(dates(json!({"exp": max + 1, "iat": -max - 1})).0, None);
+        assert_eq!(dates(json!({"exp": -max - 1})).0, None);
+        assert_eq!(dates(json!({"exp": "9223372036854775807"})).0, None);
+        assert_eq!(dates(json!({"exp": 1e15 + 2.0})).0, None);
+        assert_eq!(dates(json!({"exp": -1.5})).0, Some(-2));
+        // the claims-only path reads dates the same way
+        let c = json!({"sub":"s","exp": i64::MAX, "iat": i64::MIN});
+        let info = from_claims(None, &c, &[]).unwrap();
+        assert_eq!((info.exp, info.iat), (None, None));
+        // and a lifetime never wraps, however the struct was built
+        let mut info = info;
+        (info.exp, info.iat) = (Some(i64::MAX), Some(-1));
+        assert_eq!(info.lifetime(), Some(i64::MAX));
+    }
+
+    #[test]
+    fn redaction_hides_every_jwt_and_keeps_the_rest() {
+        let t = tok(json!({"alg":"RS256"}), json!({"sub":"u"}));
+        let unsigned = encode_unsigned_parts(&json!({"alg":"none"}), &json!({"sub":"u"}), b"");
+        let sig = t.rsplit('.').next().unwrap();
+        assert!(matches!(redact_jwts("/api/v1/orders"), std::borrow::Cow::Borrowed(_)));
+        assert_eq!(redact_jwts("eyJ only.one"), "eyJ only.one");
+        let text = format!("/reset/{t}/x?a={unsigned}&b={t}.");
+        let r = redact_jwts(&text);
+        assert!(!r.contains(sig) && !r.contains(&t[..20]) && !r.contains("eyJ"), "{r}");
+        let digest = Sha256::digest(t.as_bytes());
+        let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+        assert!(
+            r.starts_with(&format!("/reset/<jwt sha256:{hex}>/x?a=<jwt sha256:")),
+            "{r}"
+        );
+        let full = format!("/reset/{t}/confirm?access_token={t}#frag");
+        assert_eq!(clean_path(&full), format!("/reset/<jwt sha256:{hex}>/confirm"));
+        assert!(matches!(clean_path("/a/b?q=1"), std::borrow::Cow::Borrowed("/a/b")));
+        assert_eq!(
+            clean_path("eyJeyJ.eyJ.x"),
+            format!("<{}>", hashed_id("jwt sha256:", &[b"eyJeyJ.eyJ.x"]))
+        );
+    }
+
+    #[test]
     fn token_hash_sees_every_byte_and_the_length() {
         let h = TokenHasher::new();
         let base: Vec<u8> = (0..100u8).map(|i| b'A' + i % 26).collect();
@@ -759,5 +949,25 @@ mod tests {
         assert_eq!(a.claim("lvl"), Some(&ClaimValue::Num(3.0)));
         assert_eq!(a.claim("nope"), None);
         assert_eq!(c.get(RawToken::new("x.y")).unwrap_err(), DecodeError::NotThreeSegments);
+    }
+
+    #[test]
+    fn cached_tokens_of_one_user_share_their_strings() {
+        let h = json!({"alg": "RS256", "kid": "k1"});
+        let claims = |jti: &str| json!({"iss": "https://idp", "sub": "u1", "aud": ["a", "b"], "jti": jti});
+        let (t1, t2) = (tok(h.clone(), claims("one")), tok(h, claims("two")));
+        let mut c = TokenCache::new(10, vec![]);
+        let (a, b) = (c.get(RawToken::new(&t1)).unwrap(), c.get(RawToken::new(&t2)).unwrap());
+        assert_ne!(a.token_id, b.token_id);
+        assert!(Arc::ptr_eq(&a.subject, &b.subject));
+        assert!(Arc::ptr_eq(a.iss.as_ref().unwrap(), b.iss.as_ref().unwrap()));
+        assert!(Arc::ptr_eq(a.alg.as_ref().unwrap(), b.alg.as_ref().unwrap()));
+        assert!(Arc::ptr_eq(&a.aud, &b.aud));
+        // A full cache starts over, and so do the shared strings: nothing grows without bound.
+        let mut small = TokenCache::new(1, vec![]);
+        small.get(RawToken::new(&t1)).unwrap();
+        small.get(RawToken::new(&t2)).unwrap();
+        assert_eq!(small.len(), 1);
+        assert!(small.shared.strs.len() <= 5);
     }
 }

@@ -35,6 +35,8 @@ fn replay_prints_decisions_and_a_summary() {
         "{err}"
     );
     assert!(err.contains("token-replay revoke_token"), "{err}");
+    // throughput is decoded events per second
+    assert!(err.contains(" events/s)") && !err.contains("lines/s"), "{err}");
 }
 
 #[test]

@@ -3,8 +3,10 @@
 mod common;
 
 use proptest::prelude::*;
+use tokenwatch::input::mapping::{Mapping, MappingConfig};
 use tokenwatch::input::{Format, Parser};
-use tokenwatch::token::{decode, RawToken, TokenCache};
+use tokenwatch::pipeline::{Pipeline, PipelineConfig};
+use tokenwatch::token::{decode, encode_unsigned_parts, RawToken, TokenCache};
 
 const FORMATS: [Format; 6] = [
     Format::Auto,
@@ -14,6 +16,58 @@ const FORMATS: [Format; 6] = [
     Format::Envoy,
     Format::Nginx,
 ];
+
+/// A user mapping over the same keys as the presets, nested paths, a JSON Pointer and geo
+/// included, so `jsonish` lines reach every branch of the custom reader.
+fn custom_mapping() -> Mapping {
+    let cfg: MappingConfig = toml::from_str(
+        r#"
+        ts = "ts"
+        client_ip = "client_ip"
+        method = "request.method"
+        path = "path"
+        status = "response.status"
+        user_agent = "/request/headers/user-agent"
+        authorization = "request.headers.authorization"
+        token = "token"
+        jwt_header = "jwt_header"
+        jwt_claims = "jwt_claims"
+        geo_lat = "geo.lat"
+        geo_lon = "geo.lon"
+        geo_accuracy_km = "geo.accuracy_km"
+        "#,
+    )
+    .unwrap();
+    Mapping::compile(&cfg).unwrap()
+}
+
+fn custom_parser() -> Parser {
+    Parser::new(Format::Custom, Some(custom_mapping())).unwrap()
+}
+
+fn custom_pipeline() -> Pipeline {
+    let rules = common::pipeline(Format::Auto).engine().rules().clone();
+    let cfg = PipelineConfig {
+        format: Format::Custom,
+        mapping: Some(custom_mapping()),
+        ..PipelineConfig::default()
+    };
+    Pipeline::new(rules, Some(common::geo()), cfg).unwrap()
+}
+
+/// Any NumericDate: every integer, the range limits, floats and strings.
+fn any_date() -> impl Strategy<Value = serde_json::Value> {
+    let limit = tokenwatch::token::MAX_NUMERIC_DATE;
+    prop_oneof![
+        any::<i64>().prop_map(serde_json::Value::from),
+        any::<u64>().prop_map(serde_json::Value::from),
+        prop::sample::select(vec![i64::MIN, i64::MAX, -1, 0, limit, limit + 1, -limit, -limit - 1])
+            .prop_map(serde_json::Value::from),
+        any::<f64>().prop_map(|f| serde_json::json!(f)),
+        any::<i64>().prop_map(|n| serde_json::Value::from(n.to_string())),
+        Just(serde_json::Value::Null),
+    ]
+}
 
 /// JSON-ish lines built from the fields the formats read, with values of any type.
 fn jsonish() -> impl Strategy<Value = String> {
@@ -83,6 +137,17 @@ proptest! {
         for f in FORMATS {
             let _ = Parser::new(f, None).unwrap().parse(&bytes, &mut cache);
         }
+        let _ = custom_parser().parse(&bytes, &mut cache);
+    }
+
+    #[test]
+    fn custom_mappings_never_panic_on_jsonish_lines(line in jsonish()) {
+        let mut cache = TokenCache::new(100, vec![]);
+        let _ = custom_parser().parse(line.as_bytes(), &mut cache);
+        let mut p = custom_pipeline();
+        let mut out = Vec::new();
+        p.process_line(line.as_bytes(), &mut out);
+        prop_assert_eq!(p.stats.lines, 1);
     }
 
     #[test]
@@ -95,5 +160,35 @@ proptest! {
         let mut out = Vec::new();
         p.process_line(line.as_bytes(), &mut out);
         prop_assert_eq!(p.stats.lines, 1);
+    }
+
+    #[test]
+    fn any_numeric_dates_go_through_the_pipeline(exp in any_date(), iat in any_date(), nbf in any_date(), as_claims in any::<bool>()) {
+        let claims = serde_json::json!({"sub": "u", "exp": exp, "iat": iat, "nbf": nbf});
+        let t = encode_unsigned_parts(&serde_json::json!({"alg": "RS256"}), &claims, b"sig");
+        let token = if as_claims {
+            serde_json::json!({"jwt_claims": claims})
+        } else {
+            serde_json::json!({"authorization": format!("Bearer {t}")})
+        };
+        let mut p = common::pipeline(Format::Auto);
+        let mut out = Vec::new();
+        for (i, ip) in ["198.51.100.1", "203.0.113.1", "192.0.2.1"].iter().enumerate() {
+            let mut l = serde_json::json!({"ts": 1_795_910_400 + i, "client_ip": ip, "status": 200});
+            l.as_object_mut().unwrap().extend(token.as_object().unwrap().clone());
+            p.process_line(l.to_string().as_bytes(), &mut out);
+        }
+        prop_assert_eq!(p.stats.events, 3);
+        prop_assert!(out.iter().any(|d| &*d.rule == "token-replay"));
+        // a lifetime over 24 h between dates in range is never missed by wrapping around
+        let limit = tokenwatch::token::MAX_NUMERIC_DATE as i128;
+        let in_range = |v: &serde_json::Value| v.as_i64().map(i128::from).filter(|n| n.abs() <= limit);
+        if let (Some(e), Some(i)) = (in_range(&exp), in_range(&iat)) {
+            let fired = out.iter().any(|d| &*d.rule == "excessive-lifetime");
+            prop_assert_eq!(fired, e - i > 86_400, "exp {} iat {}", e, i);
+        }
+        for d in &out {
+            let _ = d.to_json_line();
+        }
     }
 }

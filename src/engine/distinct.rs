@@ -4,10 +4,15 @@
 //! within the window that ends at the key's newest event are kept; beyond N the oldest is
 //! dropped. So a key costs at most N small entries however many requests it makes. A late
 //! event counts in the window that ends at the newest event of its key.
+//!
+//! Values are stored and quoted in decisions, so a string value is kept with any JWT in it
+//! redacted ([`crate::token::redact_jwts`]): a rule with `distinct: user_agent` (or any
+//! other text) never keeps or prints a token that an attacker put there.
 
 use std::net::IpAddr;
 
 use crate::rules::Val;
+use crate::token::redact_jwts;
 
 /// An owned copy of a field value, small for the common cases (networks, addresses).
 #[derive(Debug, Clone, PartialEq)]
@@ -26,8 +31,8 @@ impl DVal {
             Val::Ip(ip) => DVal::Ip(ip),
             Val::Num(n) => DVal::Num(n),
             Val::Bool(b) => DVal::Bool(b),
-            Val::Str(s) => DVal::Str(s.into()),
-            Val::StrList(l) => DVal::Str(l.join(",").into()),
+            Val::Str(s) => DVal::Str(redact_jwts(s).into()),
+            Val::StrList(l) => DVal::Str(redact_jwts(&l.join(",")).into()),
             Val::Missing => return None,
         })
     }
@@ -38,8 +43,9 @@ impl DVal {
             (DVal::Ip(a), Val::Ip(b)) => a == b,
             (DVal::Num(a), Val::Num(b)) => a == b,
             (DVal::Bool(a), Val::Bool(b)) => a == b,
-            (DVal::Str(a), Val::Str(b)) => &**a == *b,
-            (DVal::Str(a), Val::StrList(l)) => **a == *l.join(","),
+            // compared as stored: redacted (which only an `eyJ` can change)
+            (DVal::Str(a), Val::Str(b)) => &**a == *b || (b.contains("eyJ") && **a == *redact_jwts(b)),
+            (DVal::Str(a), Val::StrList(l)) => **a == *redact_jwts(&l.join(",")),
             _ => false,
         }
     }
@@ -124,6 +130,25 @@ mod tests {
         s.add(0, &Val::Net(net("1.1.1.0/24")), 3, w);
         s.add(590_000, &Val::Net(net("3.3.3.0/24")), 3, w);
         assert!(s.add(550_000, &Val::Net(net("2.2.2.0/24")), 3, w).is_some());
+    }
+
+    #[test]
+    fn string_values_are_kept_without_tokens() {
+        let t = crate::token::encode_unsigned_parts(
+            &serde_json::json!({"alg":"RS256"}),
+            &serde_json::json!({"sub":"u"}),
+            b"signature-of-the-token",
+        );
+        let sig = t.rsplit('.').next().unwrap();
+        let ua = format!("curl/8 {t}");
+        let mut s = DistinctState::default();
+        s.add(0, &Val::Str(&ua), 2, 1_000);
+        // the same value again is the same value, not a second one
+        assert!(s.add(1, &Val::Str(&ua), 2, 1_000).is_none());
+        let vals = s.add(2, &Val::Str("other"), 2, 1_000).unwrap();
+        let shown: Vec<_> = vals.iter().map(|(_, v)| v.to_json().to_string()).collect();
+        assert!(shown.iter().all(|v| !v.contains(sig)), "{shown:?}");
+        assert!(shown.iter().any(|v| v.contains("curl/8 <jwt sha256:")), "{shown:?}");
     }
 
     #[test]

@@ -60,8 +60,9 @@ pub struct EngineStats {
     pub evictions: u64,
 }
 
-/// A `forever` cooldown lasts as long as the key is tracked: at least this long after the key
-/// was last seen.
+/// A `forever` cooldown lasts as long as the key is tracked. Every event that reaches a rule
+/// for its key refreshes the key, so this is how long a key must be idle (event time) before
+/// it is forgotten and could fire again: a token in daily use fires once.
 const FOREVER_RETENTION_MS: i64 = 86_400_000;
 /// How often (event time) expired state is swept.
 const SWEEP_EVERY_MS: i64 = 60_000;
@@ -287,25 +288,26 @@ impl Engine {
         };
         let fired = match (&rule.kind, &mut self.states[i]) {
             (Kind::Match, State::Stateless(m)) => {
-                let fired_at = m.get_mut(key).map_or(NEVER, |s| s.fired_at);
-                if !may_fire(fired_at) {
+                // Every matching event refreshes the key, so a `forever` cooldown lasts as
+                // long as the token stays in use, not 24 h after it first fired.
+                let slot = m.touch(key, ts);
+                if !may_fire(slot.fired_at) {
                     return None;
                 }
-                let f = Fired {
+                slot.fired_at = ts;
+                return Some(Fired {
                     reason: format!("{}.", rule.description.trim_end_matches('.')),
                     evidence: match_evidence(cx),
                     not_before_ms: None,
-                };
-                let slot = m.touch(key, ts);
-                slot.fired_at = ts;
-                return Some(f);
+                });
             }
             (Kind::RevokedUse, State::Stateless(m)) => {
                 let (via, r) = hit?;
-                let fired_at = m.get_mut(key).map_or(NEVER, |s| s.fired_at);
-                if !may_fire(fired_at) {
+                let slot = m.touch(key, ts);
+                if !may_fire(slot.fired_at) {
                     return None;
                 }
+                slot.fired_at = ts;
                 let tok = cx.ev.token.as_ref()?;
                 let mut evidence = json!({
                     "revoked": via,
@@ -327,7 +329,6 @@ impl Engine {
                     r.rule,
                     fmt_ts(r.revoked_at_ms)
                 );
-                m.touch(key, ts).fired_at = ts;
                 return Some(Fired {
                     reason,
                     evidence,
@@ -480,7 +481,7 @@ impl Engine {
                     Revoked {
                         rule: d.rule.clone(),
                         revoked_at_ms: d.ts,
-                        until_ms: d.ts + ttl * 1000,
+                        until_ms: d.ts.saturating_add(ttl.saturating_mul(1000)),
                         not_before_s: 0,
                     },
                 );
@@ -493,7 +494,7 @@ impl Engine {
                     Revoked {
                         rule: d.rule.clone(),
                         revoked_at_ms: d.ts,
-                        until_ms: d.ts + ttl * 1000,
+                        until_ms: d.ts.saturating_add(ttl.saturating_mul(1000)),
                         not_before_s: d.not_before.unwrap_or(now_s),
                     },
                 );
@@ -543,11 +544,11 @@ fn allowlisted(rule: &Rule, cx: &Ctx<'_>) -> bool {
         }
     }
     if let Some(t) = &cx.ev.token {
-        if a.subjects.iter().any(|s| *s == t.subject) {
+        if a.subjects.iter().any(|s| **s == *t.subject) {
             return true;
         }
         if let Some(iss) = &t.iss {
-            if a.issuers.iter().any(|s| s == iss) {
+            if a.issuers.iter().any(|s| **s == **iss) {
                 return true;
             }
         }
@@ -560,16 +561,17 @@ fn match_evidence(cx: &Ctx<'_>) -> serde_json::Value {
     let tok = ev.token.as_deref();
     let mut e = json!({
         "status": ev.status,
-        "method": &*ev.method,
+        "method": crate::token::redact_jwts(&ev.method),
     });
-    // The path without its query: a query may carry the very token this is about.
-    e["path"] = json!(ev.path.split('?').next().unwrap_or(""));
+    // The path without its query, JWTs redacted: it may carry the very token this is about.
+    // (Parsing already cleans it; an event built elsewhere must not leak either.)
+    e["path"] = json!(crate::token::clean_path(&ev.path));
     if let Some(t) = tok {
         e["alg"] = json!(t.alg.as_deref());
         e["iat"] = json!(t.iat);
         e["exp"] = json!(t.exp);
         if cx.expired {
-            e["expired_for_s"] = json!(t.exp.map(|x| ev.ts_ms.div_euclid(1000) - x));
+            e["expired_for_s"] = json!(t.exp.map(|x| ev.ts_ms.div_euclid(1000).saturating_sub(x)));
         }
         if let Some(l) = t.lifetime() {
             e["lifetime_s"] = json!(l);
@@ -596,9 +598,9 @@ fn decision(rule: &Rule, cx: &Ctx<'_>, f: Fired) -> Decision {
         severity: rule.severity,
         action: rule.action,
         token_id: tok.map(|t| t.token_id.clone()),
-        subject: tok.map(|t| t.subject.clone()),
-        iss: tok.and_then(|t| t.iss.clone()),
-        sub: tok.and_then(|t| t.sub.clone()),
+        subject: tok.map(|t| (*t.subject).into()),
+        iss: tok.and_then(|t| t.iss.as_deref().map(Into::into)),
+        sub: tok.and_then(|t| t.sub.as_deref().map(Into::into)),
         client_ip: cx.ev.client_ip,
         expires_at: tok.and_then(|t| t.exp),
         not_before,

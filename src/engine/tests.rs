@@ -36,7 +36,7 @@ fn token(jti: &str, sub: &str, iat_s: i64, exp_s: i64) -> Arc<TokenInfo> {
         subject: format!("https://idp|{sub}").into(),
         alg: Some("RS256".into()),
         kid: None,
-        aud: Box::new([]),
+        aud: Arc::new([]),
         exp: Some(exp_s),
         iat: Some(iat_s),
         nbf: None,
@@ -513,4 +513,138 @@ fn unsigned_token_in_url_and_lifetime_rules() {
     );
     assert_eq!(d.len(), 1);
     assert_eq!(d[0].token_id.as_deref(), Some("l"));
+}
+
+const HOUR: i64 = 60 * MIN;
+
+#[test]
+fn forever_fires_once_while_the_token_stays_in_use() {
+    for id in [
+        "unsigned-token",
+        "excessive-lifetime",
+        "token-in-url",
+        "expired-token-accepted",
+    ] {
+        // unsigned, valid for a week, sent in the URL, and long expired: every rule matches
+        let mut t = (*token("daily", "u", T0 / 1000 - 7 * 86_400, T0 / 1000 - 3_600)).clone();
+        t.unsigned = true;
+        let t = Arc::new(t);
+        let use_at = |ts: i64| {
+            let mut e = ev(ts, "198.51.100.7", 200, &t);
+            e.token_in_url = true;
+            e
+        };
+        let mut e = engine(default_rule(id));
+        // used every 4 hours for more than two days, including at +25 h and +50 h
+        let mut times: Vec<i64> = (0..=12).map(|i| T0 + i * 4 * HOUR).collect();
+        times.extend([T0 + 25 * HOUR, T0 + 50 * HOUR]);
+        times.sort();
+        let d = run(&mut e, &times.iter().map(|&ts| use_at(ts)).collect::<Vec<_>>());
+        assert_eq!(d.len(), 1, "{id}: {d:?}");
+        assert_eq!(d[0].ts, T0, "{id}");
+        // idle for more than the retention: the bounded state forgot it
+        let d = run(&mut e, &[use_at(T0 + 50 * HOUR + 25 * HOUR)]);
+        assert_eq!(d.len(), 1, "{id}: fires again after a day of silence");
+    }
+}
+
+#[test]
+fn extreme_dates_neither_panic_nor_wrap() {
+    let rs = crate::defaults::rules().unwrap();
+    let mut e = engine(rs);
+    let mut n = 0;
+    for (iat, exp) in [
+        (-1, i64::MAX),
+        (i64::MIN, i64::MAX),
+        (i64::MAX, i64::MIN),
+        (0, i64::MIN),
+        (i64::MIN, -1),
+    ] {
+        n += 1;
+        let t = token(&format!("x{n}"), "u", iat, exp);
+        // three networks: token-replay revokes it, which computes a revocation TTL from exp
+        let d = run(
+            &mut e,
+            &[
+                ev(T0 + n, "198.51.100.1", 200, &t),
+                ev(T0 + n, "203.0.113.1", 200, &t),
+                ev(T0 + n, "192.0.2.1", 200, &t),
+                ev(T0 + n + 1, "192.0.2.1", 200, &t),
+            ],
+        );
+        assert!(d.iter().any(|d| &*d.rule == "token-replay"), "{iat} {exp}: {d:?}");
+        if exp > iat {
+            assert!(d.iter().any(|d| &*d.rule == "excessive-lifetime"), "{iat} {exp}");
+        }
+        if exp < 0 {
+            let x = d.iter().find(|d| &*d.rule == "expired-token-accepted").unwrap();
+            assert!(x.evidence["expired_for_s"].as_i64().unwrap() > 0, "{iat} {exp}");
+        }
+    }
+}
+
+fn at(ts: i64, place: GeoPoint) -> Event<'static> {
+    let mut e = ev(ts, "198.51.100.7", 200, &live("t1", "u"));
+    e.geo = Some(place);
+    e
+}
+
+#[test]
+fn impossible_travel_distance_boundary_is_inclusive_at_500_km() {
+    let a = GeoPoint {
+        lat: 51.5142,
+        lon: -0.0931,
+        accuracy_km: 0.0,
+    };
+    // Berlin: ~930 km from London; its accuracy radius brings the distance to 500 km exactly
+    let berlin = GeoPoint {
+        lat: 52.52,
+        lon: 13.405,
+        accuracy_km: 0.0,
+    };
+    let raw = crate::geo::distance_km(&a, &berlin);
+    assert!((500.0..1000.0).contains(&raw), "{raw}");
+    let exactly = GeoPoint {
+        accuracy_km: raw - 500.0,
+        ..berlin
+    };
+    assert_eq!(crate::geo::distance_km(&a, &exactly) - exactly.accuracy_km, 500.0);
+    let under = GeoPoint {
+        accuracy_km: raw - 500.0 + 1e-6,
+        ..berlin
+    };
+    // 500 km in 20 minutes is 1,500 km/h: only the distance decides
+    let mut e = engine(default_rule("impossible-travel"));
+    let d = run(&mut e, &[at(T0, a), at(T0 + 20 * MIN, exactly)]);
+    assert_eq!(d.len(), 1, "exactly 500 km fires");
+    assert_eq!(d[0].evidence["distance_km"], 500.0);
+    let mut e = engine(default_rule("impossible-travel"));
+    assert!(
+        run(&mut e, &[at(T0, a), at(T0 + 20 * MIN, under)]).is_empty(),
+        "just under 500 km does not"
+    );
+}
+
+#[test]
+fn impossible_travel_cools_down_for_an_hour_then_fires_again() {
+    let london = GeoPoint {
+        lat: 51.5142,
+        lon: -0.0931,
+        accuracy_km: 10.0,
+    };
+    let changchun = GeoPoint {
+        lat: 43.88,
+        lon: 125.3228,
+        accuracy_km: 100.0,
+    };
+    let mut e = engine(default_rule("impossible-travel"));
+    let d = run(&mut e, &[at(T0, london), at(T0 + 20 * MIN, changchun)]);
+    assert_eq!(d.len(), 1);
+    // more impossible jumps inside the hour: silent
+    let d = run(&mut e, &[at(T0 + 40 * MIN, london), at(T0 + 80 * MIN - 1, changchun)]);
+    assert!(d.is_empty(), "{d:?}");
+    // exactly one hour after the decision: fires again
+    let d = run(&mut e, &[at(T0 + 80 * MIN, london)]);
+    assert_eq!(d.len(), 1);
+    assert_eq!(d[0].ts, T0 + 80 * MIN);
 }

@@ -6,11 +6,21 @@
 
 use std::io::{self, BufRead};
 
-/// One line read, or the fact that one was too long (and how long it was).
-#[derive(Debug, PartialEq, Eq)]
+/// One line read, or the fact that one was too long (and how long it was). Its `Debug`
+/// shows the length of a line, never its text.
+#[derive(PartialEq, Eq)]
 pub enum Line<'a> {
     Ok(&'a [u8]),
     TooLong(u64),
+}
+
+impl std::fmt::Debug for Line<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Line::Ok(b) => write!(f, "Ok(<{} bytes>)", b.len()),
+            Line::TooLong(n) => write!(f, "TooLong({n})"),
+        }
+    }
 }
 
 pub struct LineReader<R> {

@@ -22,6 +22,7 @@ pub mod scan;
 pub mod traefik;
 
 use std::borrow::Cow;
+use std::fmt;
 use std::net::IpAddr;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -41,13 +42,19 @@ pub struct GeoPoint {
 }
 
 /// One request as every later stage sees it, whatever gateway logged it.
-#[derive(Debug, Clone)]
+///
+/// Its `Debug` redacts: the path is shown without its query and with JWTs replaced, the user
+/// agent and method with JWTs replaced, so that `{:?}` of an event can never print a token.
+#[derive(Clone)]
 pub struct Event<'a> {
     /// Event time, epoch milliseconds.
     pub ts_ms: i64,
+    /// IPv4-mapped IPv6 addresses are mapped to IPv4 when parsed.
     pub client_ip: Option<IpAddr>,
     pub method: Cow<'a, str>,
-    /// Path with query string.
+    /// The path without its query string (or fragment), with any JWT-looking text redacted
+    /// (see [`token::clean_path`]): rules store it and decisions quote it. Tokens in the
+    /// query were read before it was cut.
     pub path: Cow<'a, str>,
     /// HTTP status; `None` when the gateway did not log one (counts as accepted).
     pub status: Option<u16>,
@@ -67,14 +74,39 @@ impl Event<'_> {
     }
 }
 
+impl fmt::Debug for Event<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Event")
+            .field("ts_ms", &self.ts_ms)
+            .field("client_ip", &self.client_ip)
+            .field("method", &token::redact_jwts(&self.method))
+            .field("path", &token::clean_path(&self.path))
+            .field("status", &self.status)
+            .field("user_agent", &token::redact_jwts(&self.user_agent))
+            .field("token", &self.token)
+            .field("token_in_url", &self.token_in_url)
+            .field("geo", &self.geo)
+            .finish()
+    }
+}
+
 /// A line's event plus, rarely, a second token found in its URL query that differs from the
 /// header's. The pipeline evaluates the request once per token it carried.
-#[derive(Debug)]
 pub struct Parsed<'a> {
     pub event: Event<'a>,
     pub url_token: Option<Arc<TokenInfo>>,
     /// Tokens on this line that could not be decoded, by reason (the event still counts).
     pub token_errors: Vec<token::DecodeError>,
+}
+
+impl fmt::Debug for Parsed<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Parsed")
+            .field("event", &self.event)
+            .field("url_token", &self.url_token)
+            .field("token_errors", &self.token_errors)
+            .finish()
+    }
 }
 
 /// Why a line was skipped. Stable names: they are metric label values and summary keys.
@@ -155,7 +187,8 @@ impl FromStr for Format {
     }
 }
 
-/// The fields a format picked out of a line, before they are checked and typed.
+/// The fields a format picked out of a line, before they are checked and typed. Its `Debug`
+/// shows whether the token fields are present, never their values.
 #[derive(Default)]
 pub struct Fields<'a> {
     pub ts: Option<Scalar<'a>>,
@@ -171,6 +204,26 @@ pub struct Fields<'a> {
     pub jwt_header: Option<serde_json::Value>,
     pub jwt_claims: Option<serde_json::Value>,
     pub geo: Option<raw::RawGeo>,
+}
+
+impl fmt::Debug for Fields<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let text = |s: &Option<Cow<'_, str>>| s.as_deref().map(|s| token::redact_jwts(s).into_owned());
+        let present = |b: bool| if b { "<present>" } else { "<absent>" };
+        f.debug_struct("Fields")
+            .field("ts", &self.ts)
+            .field("client_ip", &text(&self.client_ip))
+            .field("method", &text(&self.method))
+            .field("path", &self.path.as_deref().map(|p| token::clean_path(p).into_owned()))
+            .field("status", &self.status)
+            .field("user_agent", &text(&self.user_agent))
+            .field("authorization", &present(self.authorization.is_some()))
+            .field("token", &present(self.token.is_some()))
+            .field("jwt_header", &present(self.jwt_header.is_some()))
+            .field("jwt_claims", &present(self.jwt_claims.is_some()))
+            .field("geo", &self.geo)
+            .finish()
+    }
 }
 
 /// Turns lines into events for one format. Holds no per-line state.
@@ -249,7 +302,7 @@ fn finish<'a>(f: Fields<'a>, tokens: &mut TokenCache) -> Result<Parsed<'a>, Skip
         None => None,
         Some(g) => Some(g.check().ok_or(Skip::BadGeo)?),
     };
-    let path = f.path.unwrap_or(Cow::Borrowed(""));
+    let full_path = f.path.unwrap_or(Cow::Borrowed(""));
 
     let mut token_errors = Vec::new();
     let mut token = None;
@@ -275,8 +328,8 @@ fn finish<'a>(f: Fields<'a>, tokens: &mut TokenCache) -> Result<Parsed<'a>, Skip
 
     let mut token_in_url = false;
     let mut url_token = None;
-    if path.contains('?') {
-        for raw in token::tokens_in_query(&path) {
+    if full_path.contains('?') {
+        for raw in token::tokens_in_query(&full_path) {
             match tokens.get(raw) {
                 Ok(t) => match &token {
                     None => {
@@ -300,7 +353,7 @@ fn finish<'a>(f: Fields<'a>, tokens: &mut TokenCache) -> Result<Parsed<'a>, Skip
             ts_ms,
             client_ip,
             method: f.method.unwrap_or(Cow::Borrowed("")),
-            path,
+            path: clean_path(full_path),
             status,
             user_agent: f.user_agent.unwrap_or(Cow::Borrowed("")),
             token,
@@ -312,6 +365,22 @@ fn finish<'a>(f: Fields<'a>, tokens: &mut TokenCache) -> Result<Parsed<'a>, Skip
     })
 }
 
+/// The path as every later stage sees it ([`token::clean_path`]): a borrowed path stays
+/// borrowed unless a JWT had to be replaced.
+fn clean_path(path: Cow<'_, str>) -> Cow<'_, str> {
+    match path {
+        Cow::Borrowed(p) => token::clean_path(p),
+        Cow::Owned(mut p) => {
+            let keep = match token::clean_path(&p) {
+                Cow::Borrowed(c) => c.len(),
+                Cow::Owned(c) => return Cow::Owned(c),
+            };
+            p.truncate(keep);
+            Cow::Owned(p)
+        }
+    }
+}
+
 /// Gateways that redact headers write a placeholder instead of the value.
 fn is_redacted(v: &str) -> bool {
     let v = v.trim();
@@ -319,15 +388,19 @@ fn is_redacted(v: &str) -> bool {
 }
 
 /// An address as gateways write it: `1.2.3.4`, `1.2.3.4:5678`, `::1`, `[::1]:80`.
+///
+/// An IPv4-mapped IPv6 address (`::ffff:1.2.3.4`, as dual-stack NGINX and Envoy log IPv4
+/// clients) is the IPv4 address it maps: one client has one address, one /24 network and
+/// one location, and IPv4 CIDRs in rules match it.
 pub fn parse_ip(s: &str) -> Option<IpAddr> {
     if let Some(v4) = parse_ipv4_plain(s.as_bytes()) {
         return Some(IpAddr::V4(v4));
     }
     if let Ok(ip) = s.parse::<IpAddr>() {
-        return Some(ip);
+        return Some(ip.to_canonical());
     }
     if let Ok(sa) = s.parse::<std::net::SocketAddr>() {
-        return Some(sa.ip());
+        return Some(sa.ip().to_canonical());
     }
     // A proxy chain ("client, proxy1"): the first address is the client.
     let first = s.split(',').next()?.trim();
@@ -432,6 +505,20 @@ mod tests {
         assert_eq!(parse_ip("2001:db8::1"), Some("2001:db8::1".parse().unwrap()));
         assert_eq!(parse_ip("9.9.9.9, 10.0.0.1"), Some("9.9.9.9".parse().unwrap()));
         assert_eq!(parse_ip("nope"), None);
+        // IPv4-mapped IPv6 is IPv4, in every shape; other IPv6 stays IPv6
+        for s in [
+            "::ffff:81.2.69.142",
+            "::FFFF:5102:458e",
+            "[::ffff:81.2.69.142]:443",
+            "::ffff:81.2.69.142, 10.0.0.1",
+        ] {
+            assert_eq!(parse_ip(s), Some("81.2.69.142".parse().unwrap()), "{s}");
+        }
+        assert!(
+            parse_ip("::81.2.69.142").unwrap().is_ipv6(),
+            "IPv4-compatible is not mapped"
+        );
+        assert!(parse_ip("64:ff9b::5102:458e").unwrap().is_ipv6());
         for s in ["0.0.0.0", "255.255.255.255", "10.0.0.1", "1.2.3.4"] {
             assert_eq!(parse_ipv4_plain(s.as_bytes()), s.parse().ok(), "{s}");
         }
@@ -469,6 +556,67 @@ mod tests {
         let p = parse(Format::Canonical, &line).unwrap();
         assert_eq!(&*p.event.token.unwrap().token_id, "B");
         assert!(p.event.token_in_url);
+    }
+
+    #[test]
+    fn the_path_loses_its_query_and_its_tokens() {
+        let a = jwt(json!({"jti":"A","sub":"u"}));
+        let line = json!({"ts":1,"path":format!("/reset/{a}/confirm?access_token={a}&x=1")}).to_string();
+        let p = parse(Format::Canonical, &line).unwrap();
+        assert!(p.event.token_in_url, "the query was read before it was cut");
+        assert!(p.event.path.starts_with("/reset/<jwt sha256:"), "{}", p.event.path);
+        assert!(p.event.path.ends_with(">/confirm"), "{}", p.event.path);
+        // plain paths stay borrowed from the line
+        let line = json!({"ts":1,"path":"/api/v1/orders?page=2"}).to_string();
+        let p = parse(Format::Canonical, &line).unwrap();
+        assert!(matches!(p.event.path, Cow::Borrowed("/api/v1/orders")));
+        // an unescaped (owned) path is cut too
+        let line = r#"{"ts":1,"path":"/a\/b?q=1"}"#;
+        assert_eq!(parse(Format::Canonical, line).unwrap().event.path, "/a/b");
+    }
+
+    #[test]
+    fn debug_output_of_every_line_type_hides_the_token() {
+        let t = encode_unsigned_parts(
+            &json!({"alg":"RS256"}),
+            &json!({"jti":"A","sub":"u"}),
+            b"a-very-secret-signature-of-this-token",
+        );
+        let sig = t.rsplit('.').next().unwrap().to_string();
+        let payload = t.split('.').nth(1).unwrap().to_string();
+        let line = json!({
+            "ts": "2026-11-29T00:00:00Z", "client_ip": "::ffff:1.2.3.4", "method": "GET",
+            "path": format!("/reset/{t}?access_token={t}"), "status": 200,
+            "user_agent": format!("curl {t}"), "authorization": format!("Bearer {t}"),
+            "token": t, "jwt_claims": {"sub": "u"}
+        })
+        .to_string();
+        let mut shown = Vec::new();
+        let p = parse(Format::Canonical, &line).unwrap();
+        shown.push(format!("{p:?}"));
+        shown.push(format!("{:?}", p.event));
+        let mut ev = p.event.clone();
+        // an event built elsewhere, with the raw path
+        let raw_path = format!("/reset/{t}?access_token={t}");
+        ev.path = Cow::Borrowed(&raw_path);
+        shown.push(format!("{ev:?}"));
+        let mut raw: RawLine = serde_json::from_str(&line).unwrap();
+        shown.push(format!("{raw:?} {:?} {:?}", raw.authorization, raw.path));
+        let fields = canonical::fields(&mut raw);
+        shown.push(format!("{fields:?}"));
+        shown.push(format!("{:?}", Scalar::Str(Cow::Borrowed(&t))));
+        shown.push(format!("{:?}", lines::Line::Ok(line.as_bytes())));
+        for s in &shown {
+            assert!(!s.contains(&sig) && !s.contains(&payload), "{s}");
+        }
+        // and they still say something useful
+        assert!(
+            shown[0].contains("token_in_url: true") && shown[0].contains("1.2.3.4"),
+            "{}",
+            shown[0]
+        );
+        assert!(shown[2].contains("/reset/<jwt sha256:"), "{}", shown[2]);
+        assert!(shown[4].contains("authorization: \"<present>\""), "{}", shown[4]);
     }
 
     #[test]

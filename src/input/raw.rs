@@ -13,12 +13,23 @@ use serde::Deserialize;
 use super::{Format, GeoPoint, Skip};
 
 /// A JSON scalar that may be a number or a string (timestamps and statuses come as both).
-#[derive(Debug, Clone, PartialEq)]
+/// Its `Debug` redacts JWTs (a custom mapping may point anywhere).
+#[derive(Clone, PartialEq)]
 pub enum Scalar<'a> {
     Num(f64),
     Str(Cow<'a, str>),
     /// Anything else (bool, null, object, array): present but unusable.
     Other,
+}
+
+impl fmt::Debug for Scalar<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Scalar::Num(n) => f.debug_tuple("Num").field(n).finish(),
+            Scalar::Str(s) => f.debug_tuple("Str").field(&crate::token::redact_jwts(s)).finish(),
+            Scalar::Other => f.write_str("Other"),
+        }
+    }
 }
 
 impl<'de: 'a, 'a> Deserialize<'de> for Scalar<'a> {
@@ -82,9 +93,19 @@ impl<'de: 'a, 'a> Visitor<'de> for ScalarVisitor<'a> {
 }
 
 /// A string field that tolerates other JSON types (as absent) instead of failing the line,
-/// and takes the first element of an array (repeated headers, as Kong logs them).
-#[derive(Debug, Clone, PartialEq, Default)]
+/// and takes the first element of an array (repeated headers, as Kong logs them). It may hold
+/// an Authorization header, so its `Debug` shows only the length.
+#[derive(Clone, PartialEq, Default)]
 pub struct LenientStr<'a>(pub Option<Cow<'a, str>>);
+
+impl fmt::Debug for LenientStr<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0 {
+            None => f.write_str("LenientStr(None)"),
+            Some(s) => write!(f, "LenientStr(<{} bytes>)", s.len()),
+        }
+    }
+}
 
 impl<'de: 'a, 'a> Deserialize<'de> for LenientStr<'a> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -124,7 +145,9 @@ impl RawGeo {
     }
 }
 
-#[derive(Debug, Default, Deserialize)]
+// The structs below hold raw header values and URLs: no `Debug` (see `RawLine`'s).
+
+#[derive(Default, Deserialize, PartialEq)]
 pub struct KongRequest<'a> {
     #[serde(borrow, default)]
     pub method: LenientStr<'a>,
@@ -134,7 +157,7 @@ pub struct KongRequest<'a> {
     pub headers: Option<KongHeaders<'a>>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Default, Deserialize, PartialEq)]
 pub struct KongHeaders<'a> {
     #[serde(borrow, default)]
     pub authorization: LenientStr<'a>,
@@ -142,14 +165,17 @@ pub struct KongHeaders<'a> {
     pub user_agent: LenientStr<'a>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Default, Deserialize, PartialEq)]
 pub struct KongResponse<'a> {
     #[serde(borrow, default)]
     pub status: Option<Scalar<'a>>,
 }
 
 /// Every field any preset format reads. Field names are the gateways' own.
-#[derive(Debug, Default, Deserialize)]
+///
+/// It holds the line's raw text (Authorization headers, URLs with their query), so its
+/// `Debug` prints only which format the line looks like.
+#[derive(Default, Deserialize, PartialEq)]
 #[allow(non_snake_case)]
 pub struct RawLine<'a> {
     // canonical (and shared with envoy / kong where the names coincide)
@@ -223,6 +249,14 @@ pub struct RawLine<'a> {
     pub http_user_agent: LenientStr<'a>,
     #[serde(borrow, default)]
     pub http_authorization: LenientStr<'a>,
+}
+
+impl fmt::Debug for RawLine<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RawLine")
+            .field("format", &self.detect())
+            .finish_non_exhaustive()
+    }
 }
 
 impl RawLine<'_> {

@@ -21,6 +21,8 @@ pub enum Field {
     ClientIp,
     Network,
     Method,
+    /// The request path without its query string, JWT-looking text redacted: a rule can
+    /// store it (`distinct: path`) and a decision quote it, so it never carries a token.
     Path,
     Status,
     UserAgent,

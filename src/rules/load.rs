@@ -556,7 +556,11 @@ impl Cx<'_> {
                 .or_else(|| parse_duration_ms(text).ok().map(|ms| ms as f64 / 1000.0))
                 .map(Const::Num),
             FieldType::Bool => s.as_bool().map(Const::Bool),
-            FieldType::Ip => text.parse().ok().map(Const::Ip),
+            // as events carry them: IPv4-mapped IPv6 is IPv4
+            FieldType::Ip => text
+                .parse::<std::net::IpAddr>()
+                .ok()
+                .map(|ip| Const::Ip(ip.to_canonical())),
             FieldType::Net => text.parse::<ipnet::IpNet>().ok().map(|n| Const::Net(n.trunc())),
             FieldType::Any => Some(if let Some(b) = s.as_bool() {
                 Const::Bool(b)
@@ -645,10 +649,23 @@ impl Cx<'_> {
             }
             "gt" | "gte" | "lt" | "lte" => {
                 let s = scalar(self)?;
-                let as_num = Field::Lifetime; // numbers, or durations as seconds
-                let n = match self.constant(&as_num, s)? {
-                    Const::Num(n) => n,
-                    _ => return None,
+                // Typed for the field itself: a duration only where the field is one.
+                let n = match ty {
+                    FieldType::Num | FieldType::Seconds => match self.constant(field, s)? {
+                        Const::Num(n) => n,
+                        _ => return None,
+                    },
+                    _ => match s.as_str().trim().parse::<f64>().ok().filter(|n| n.is_finite()) {
+                        Some(n) => n,
+                        None => {
+                            let text = s.as_str().trim();
+                            self.err(
+                                line_of_scalar(s),
+                                format!("`{name}` on `{fname}` takes a number, not `{text}`"),
+                            );
+                            return None;
+                        }
+                    },
                 };
                 match name {
                     "gt" => Op::Gt(n),
@@ -846,6 +863,8 @@ where:
   client_ip: {cidr: [300.0.0.0/8]}
   accepted: maybe
   expired: {prefix: x}
+  exp: {lt: 1h}
+  claim.level: {gte: 2d}
 ";
         let e = errs(text);
         let want = [
@@ -857,15 +876,46 @@ where:
             "r.yaml:9: unknown key `colour`",
             "r.yaml:6: `threshold` must be a whole number",
             "r.yaml:7: `window`: duration `10` needs a unit",
-            "r.yaml:11: `lifetime` takes a number of seconds",
+            "r.yaml:11: `status` takes a number, not `abc`",
             "r.yaml:12: invalid regex for `path`",
             "r.yaml:13: `300.0.0.0/8` is not a CIDR",
             "r.yaml:14: `accepted` takes true or false, not `maybe`",
             "r.yaml:15: operator `prefix` does not apply to `expired`",
+            "r.yaml:16: `exp` takes a number, not `1h`",
+            "r.yaml:17: `gte` on `claim.level` takes a number, not `2d`",
         ];
         for w in want {
             assert!(e.iter().any(|m| m.starts_with(w)), "missing `{w}` in {e:#?}");
         }
+    }
+
+    #[test]
+    fn comparisons_are_typed_for_their_own_field() {
+        let rule =
+            |cond: &str| format!("id: r\nseverity: low\naction: alert\nkind: match\nkey: token_id\nwhere:\n  {cond}\n");
+        for bad in [
+            "status: {gt: 5m}",
+            "iat: {gte: 24h}",
+            "nbf: {lte: 1d}",
+            "exp: {lt: 90s}",
+        ] {
+            let e = errs(&rule(bad));
+            let field = bad.split(':').next().unwrap();
+            assert_eq!(e.len(), 1, "{bad}: {e:?}");
+            assert!(
+                e[0].starts_with(&format!("r.yaml:7: `{field}` takes a number, not `")),
+                "{bad}: {e:?}"
+            );
+        }
+        let ok = |cond: &str| match &load_str(Path::new("r.yaml"), &rule(cond)).unwrap()[0].filter.conds[0].op {
+            Op::Gt(n) | Op::Gte(n) | Op::Lt(n) | Op::Lte(n) => *n,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(ok("status: {gte: 500}"), 500.0);
+        assert_eq!(ok("exp: {lt: 1795910400}"), 1_795_910_400.0);
+        assert_eq!(ok("lifetime: {gt: 24h}"), 86_400.0);
+        assert_eq!(ok("lifetime: {gt: 3600}"), 3_600.0);
+        assert_eq!(ok("claim.level: {gt: 2.5}"), 2.5);
     }
 
     #[test]
