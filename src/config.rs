@@ -1,7 +1,10 @@
 //! The configuration file (TOML): what the command line does not say.
 //!
 //! Every table and key is checked when the file is loaded (unknown keys are errors), and
-//! messages name the key and line, so a typo fails at start instead of being ignored.
+//! messages name the file, line and key (`tokenwatch.toml:12: batch.max_messages: ...`), so a
+//! typo fails at start instead of being ignored. The config remembers where each key was set
+//! (a file line or an environment variable), so that a value found wrong later, when the
+//! service settings are resolved, is reported at its source too ([`Config::locate`]).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -52,6 +55,9 @@ pub struct Config {
     /// librdkafka properties, passed through unchanged (TLS, SASL, fetch sizes...).
     #[serde(default)]
     pub kafka: BTreeMap<String, toml::Value>,
+    /// Dotted key → where it was set (`file:line` or the environment variable).
+    #[serde(skip)]
+    origins: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -105,62 +111,85 @@ pub struct EngineSection {
 }
 
 impl Config {
+    /// The config file alone (`replay --config`).
     pub fn load(path: &Path) -> Result<Config, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read config {}: {e}", path.display()))?;
-        toml::from_str(&text).map_err(|e| format!("config {}: {e}", path.display()))
+        Self::load_with_env(Some(path), std::iter::empty())
     }
 
     /// The config file (if any) with `TOKENWATCH_…` environment variables applied on top.
     ///
-    /// `TOKENWATCH_KEY` sets a top-level key (`TOKENWATCH_BROKERS`, `TOKENWATCH_REDIS`...),
-    /// `TOKENWATCH_TABLE__KEY` a key of a table (`TOKENWATCH_ENGINE__LATENESS`); in the
-    /// `[kafka]` table underscores become dots (`TOKENWATCH_KAFKA__SECURITY_PROTOCOL`).
-    /// `TOKENWATCH_TEST_*` belongs to the test scripts and is ignored.
+    /// `TOKENWATCH_KEY` sets a top-level key (`TOKENWATCH_BROKERS`, `TOKENWATCH_REDIS`...), and
+    /// every `__` goes one table down: `TOKENWATCH_ENGINE__LATENESS`,
+    /// `TOKENWATCH_INPUT__MAPPING__TOKEN`. In the `[kafka]` table the rest of the name is the
+    /// librdkafka property with dots as underscores (`TOKENWATCH_KAFKA__SECURITY_PROTOCOL`).
+    /// A value is a number or boolean where the key takes one, else a string
+    /// (`TOKENWATCH_GROUP=42` is the group `"42"`); `TOPICS` and `REDIS` are comma-separated.
+    /// `TOKENWATCH_TEST_*`, `TOKENWATCH_BENCH*` and `TOKENWATCH_BLESS` belong to the tests and
+    /// benchmarks and are ignored; any other unknown variable is an error that names it.
     pub fn load_with_env(path: Option<&Path>, env: impl Iterator<Item = (String, String)>) -> Result<Config, String> {
-        let mut table: toml::Table = match path {
+        let mut origins = BTreeMap::new();
+        let mut table = match path {
             Some(p) => {
-                let text =
-                    std::fs::read_to_string(p).map_err(|e| format!("cannot read config {}: {e}", p.display()))?;
-                toml::from_str(&text).map_err(|e| format!("config {}: {e}", p.display()))?
+                let (table, lines) = parse_file(p)?;
+                for (key, line) in lines {
+                    origins.insert(key, format!("{}:{line}", p.display()));
+                }
+                table
             }
             None => toml::Table::new(),
         };
-        for (name, val) in env {
-            let Some(rest) = name.strip_prefix("TOKENWATCH_") else {
-                continue;
-            };
-            if rest.starts_with("TEST_") || rest.is_empty() {
+        let mut vars: Vec<(String, String)> = env.filter(|(name, _)| name.starts_with("TOKENWATCH_")).collect();
+        vars.sort();
+        for (name, raw) in vars {
+            let rest = &name["TOKENWATCH_".len()..];
+            if is_ignored(rest) {
                 continue;
             }
-            let value = env_value(rest, &val);
-            match rest.split_once("__") {
-                Some((t, k)) => {
-                    let t = t.to_ascii_lowercase();
-                    let k = if t == "kafka" {
-                        k.to_ascii_lowercase().replace('_', ".")
-                    } else {
-                        k.to_ascii_lowercase()
-                    };
-                    let entry = table
-                        .entry(t.clone())
-                        .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-                    match entry.as_table_mut() {
-                        Some(tt) => {
-                            tt.insert(k, value);
-                        }
-                        None => return Err(format!("{name}: `{t}` is not a table")),
-                    }
-                }
-                None => {
-                    table.insert(rest.to_ascii_lowercase(), value);
-                }
-            }
+            let path = env_path(rest).map_err(|e| format!("{name}: {e}"))?;
+            let value = env_value(&path, &raw).map_err(|e| format!("{name}: {e}"))?;
+            insert(&mut table, &path, value).map_err(|e| format!("{name}: {e}"))?;
+            origins.insert(path.join("."), name.clone());
         }
         let where_ = path
             .map(|p| p.display().to_string())
             .unwrap_or_else(|| "environment".into());
-        Config::deserialize(toml::Value::Table(table))
-            .map_err(|e| format!("config ({where_} and TOKENWATCH_* variables): {e}"))
+        let mut c = Config::deserialize(toml::Value::Table(table)).map_err(|e| {
+            format!(
+                "config ({where_} and TOKENWATCH_* variables): {}",
+                e.to_string().trim().replace('\n', " ")
+            )
+        })?;
+        c.origins = origins;
+        Ok(c)
+    }
+
+    /// Where a key was set: `file:line` or the environment variable; `None` when it has its
+    /// default (or the config was not loaded from a file and the environment).
+    pub fn origin(&self, key: &str) -> Option<&str> {
+        self.origins.get(key).map(String::as_str)
+    }
+
+    /// A message that starts with a config key (`engine.lateness: ...`), prefixed with where
+    /// that key (or the table holding it) was set: `tokenwatch.toml:7: engine.lateness: ...`
+    /// or `TOKENWATCH_ENGINE__LATENESS: engine.lateness: ...`. `skip` names keys whose value
+    /// came from somewhere else (a command-line flag).
+    pub fn locate(&self, msg: String, skip: impl Fn(&str) -> bool) -> String {
+        let end = msg
+            .find(|c: char| !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '.'))
+            .unwrap_or(msg.len());
+        let mut key = &msg[..end];
+        if key.is_empty() || skip(key) {
+            return msg;
+        }
+        loop {
+            if let Some(o) = self.origin(key) {
+                return format!("{o}: {msg}");
+            }
+            match key.rfind('.') {
+                Some(i) => key = &key[..i],
+                None => return msg,
+            }
+        }
     }
 
     /// `[kafka]` as librdkafka strings.
@@ -238,24 +267,159 @@ impl Config {
     }
 }
 
-/// An environment value as TOML when it parses as a number or boolean; a comma-separated list
-/// for the list keys; otherwise a string.
-fn env_value(name: &str, val: &str) -> toml::Value {
-    if matches!(name, "TOPICS" | "REDIS") {
-        return toml::Value::Array(
-            val.split(',')
+/// Reads a config file and checks it against the schema; an error names the file, the line
+/// and the key. Returns the table and the line of every key.
+fn parse_file(p: &Path) -> Result<(toml::Table, BTreeMap<String, usize>), String> {
+    let text = std::fs::read_to_string(p).map_err(|e| format!("cannot read config {}: {e}", p.display()))?;
+    // Key positions, when the file is valid TOML (a syntax error has only a line).
+    let keys = toml::from_str::<KeySpans>(&text).map(|k| k.0).unwrap_or_default();
+    let line_of = |offset: usize| text[..offset.min(text.len())].matches('\n').count() + 1;
+    if let Err(e) = toml::from_str::<Config>(&text) {
+        let Some(span) = e.span() else {
+            return Err(format!("{}: {}", p.display(), e.message()));
+        };
+        return Err(match key_at(&text, &keys, span.clone()) {
+            Some(key) => format!("{}:{}: {key}: {}", p.display(), line_of(span.start), e.message()),
+            None => format!("{}:{}: {}", p.display(), line_of(span.start), e.message()),
+        });
+    }
+    let table = toml::from_str(&text).map_err(|e| format!("{}: {e}", p.display()))?;
+    let lines = keys.into_iter().map(|(k, span)| (k, line_of(span.start))).collect();
+    Ok((table, lines))
+}
+
+/// The key an error span is about: the last key before it (an unknown key's span is the key,
+/// a bad value's the value after its key); for a table header (`[input.mapping]` missing a
+/// field), the table's name.
+fn key_at(text: &str, keys: &[(String, std::ops::Range<usize>)], err: std::ops::Range<usize>) -> Option<String> {
+    let header_end = if text[err.start..].starts_with('[') {
+        err.start + text[err.start..].find('\n').unwrap_or(text.len() - err.start)
+    } else {
+        err.start
+    };
+    keys.iter()
+        .filter(|(_, s)| s.start <= err.start || (s.start < header_end))
+        .max_by_key(|(_, s)| s.start)
+        .map(|(k, _)| k.clone())
+}
+
+/// Every key of a TOML document as a dotted path, with the span of its (last) name.
+struct KeySpans(Vec<(String, std::ops::Range<usize>)>);
+
+impl<'de> Deserialize<'de> for KeySpans {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = KeySpans;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a TOML value")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut m: A) -> Result<KeySpans, A::Error> {
+                let mut out = Vec::new();
+                while let Some(k) = m.next_key::<toml::Spanned<String>>()? {
+                    let inner: KeySpans = m.next_value()?;
+                    out.push((k.get_ref().clone(), k.span()));
+                    out.extend(inner.0.into_iter().map(|(ik, s)| (format!("{}.{ik}", k.get_ref()), s)));
+                }
+                Ok(KeySpans(out))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut s: A) -> Result<KeySpans, A::Error> {
+                while s.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                Ok(KeySpans(Vec::new()))
+            }
+            fn visit_str<E>(self, _: &str) -> Result<KeySpans, E> {
+                Ok(KeySpans(Vec::new()))
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<KeySpans, E> {
+                Ok(KeySpans(Vec::new()))
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<KeySpans, E> {
+                Ok(KeySpans(Vec::new()))
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<KeySpans, E> {
+                Ok(KeySpans(Vec::new()))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<KeySpans, E> {
+                Ok(KeySpans(Vec::new()))
+            }
+        }
+        d.deserialize_any(Visit)
+    }
+}
+
+/// Variables of the test scripts and benchmarks, not settings.
+fn is_ignored(rest: &str) -> bool {
+    rest.is_empty() || rest.starts_with("TEST_") || rest.starts_with("BENCH") || rest == "BLESS"
+}
+
+/// `ENGINE__LATENESS` → `engine.lateness`; `KAFKA__FETCH_MIN_BYTES` → `kafka."fetch.min.bytes"`.
+fn env_path(rest: &str) -> Result<Vec<String>, String> {
+    let lower = rest.to_ascii_lowercase();
+    let path: Vec<String> = match lower.strip_prefix("kafka__") {
+        Some(prop) => vec!["kafka".into(), prop.replace('_', ".")],
+        None => lower.split("__").map(String::from).collect(),
+    };
+    if path.iter().any(|p| p.is_empty()) {
+        return Err("an empty key between `__` separators".into());
+    }
+    Ok(path)
+}
+
+fn insert(table: &mut toml::Table, path: &[String], value: toml::Value) -> Result<(), String> {
+    let (last, parents) = path.split_last().ok_or("no key")?;
+    let mut t = table;
+    for (i, k) in parents.iter().enumerate() {
+        t = t
+            .entry(k.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+            .as_table_mut()
+            .ok_or_else(|| format!("`{}` is not a table", parents[..=i].join(".")))?;
+    }
+    t.insert(last.clone(), value);
+    Ok(())
+}
+
+/// An environment value typed by its key: a list for `topics` and `redis`; a number or
+/// boolean where the key takes one (tried against the schema); otherwise the string itself.
+fn env_value(path: &[String], raw: &str) -> Result<toml::Value, String> {
+    if path == ["topics"] || path == ["redis"] {
+        return Ok(toml::Value::Array(
+            raw.split(',')
                 .map(|s| toml::Value::String(s.trim().to_string()))
                 .filter(|v| v.as_str() != Some(""))
                 .collect(),
-        );
+        ));
     }
-    if let Ok(i) = val.parse::<i64>() {
-        return toml::Value::Integer(i);
+    let mut candidates = Vec::new();
+    if let Ok(i) = raw.parse::<i64>() {
+        candidates.push(toml::Value::Integer(i));
     }
-    match val {
-        "true" => toml::Value::Boolean(true),
-        "false" => toml::Value::Boolean(false),
-        _ => toml::Value::String(val.to_string()),
+    match raw {
+        "true" => candidates.push(toml::Value::Boolean(true)),
+        "false" => candidates.push(toml::Value::Boolean(false)),
+        _ => {}
+    }
+    candidates.push(toml::Value::String(raw.to_string()));
+    let mut last_error = String::new();
+    for v in candidates {
+        match fits(path, &v) {
+            Ok(()) => return Ok(v),
+            Err(e) => last_error = e,
+        }
+    }
+    Err(format!("{}: {last_error}", path.join(".")))
+}
+
+/// Whether the schema accepts `value` at `path`: a config holding only that value
+/// deserializes (a required neighbour that is missing, like `input.mapping.ts`, is not this
+/// value's fault).
+fn fits(path: &[String], value: &toml::Value) -> Result<(), String> {
+    let mut t = toml::Table::new();
+    insert(&mut t, path, value.clone())?;
+    match Config::deserialize(toml::Value::Table(t)) {
+        Ok(_) => Ok(()),
+        Err(e) if e.message().starts_with("missing field") => Ok(()),
+        Err(e) => Err(e.message().to_string()),
     }
 }
 
@@ -300,6 +464,156 @@ mod tests {
         let e =
             Config::load_with_env(None, [("TOKENWATCH_BROKRS".to_string(), "x".to_string())].into_iter()).unwrap_err();
         assert!(e.contains("brokrs"), "{e}");
+    }
+
+    fn env(vars: &[(&str, &str)]) -> impl Iterator<Item = (String, String)> {
+        vars.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect::<Vec<_>>()
+            .into_iter()
+    }
+
+    #[test]
+    fn every_double_underscore_goes_one_table_down() {
+        let c = Config::load_with_env(
+            None,
+            env(&[
+                ("TOKENWATCH_INPUT__FORMAT", "custom"),
+                ("TOKENWATCH_INPUT__MAPPING__TS", "time"),
+                ("TOKENWATCH_INPUT__MAPPING__TOKEN", "request.token"),
+                ("TOKENWATCH_KAFKA__FETCH_MIN_BYTES", "1"),
+            ]),
+        )
+        .unwrap();
+        let m = c.input.mapping.as_ref().unwrap();
+        assert_eq!((m.ts.as_str(), m.token.as_deref()), ("time", Some("request.token")));
+        assert!(c.mapping().unwrap().is_some());
+        assert_eq!(
+            c.kafka_properties().get("fetch.min.bytes").map(String::as_str),
+            Some("1")
+        );
+        let e = Config::load_with_env(None, env(&[("TOKENWATCH_INPUT__MAPPING__TOKNE", "x")])).unwrap_err();
+        assert!(
+            e.starts_with("TOKENWATCH_INPUT__MAPPING__TOKNE: input.mapping.tokne: unknown field"),
+            "{e}"
+        );
+        let e = Config::load_with_env(None, env(&[("TOKENWATCH_ENGINE____X", "x")])).unwrap_err();
+        assert!(e.starts_with("TOKENWATCH_ENGINE____X:"), "{e}");
+    }
+
+    #[test]
+    fn environment_values_take_the_type_of_their_key() {
+        let c = Config::load_with_env(
+            None,
+            env(&[
+                ("TOKENWATCH_GROUP", "42"),
+                ("TOKENWATCH_KEY_PREFIX", "true"),
+                ("TOKENWATCH_BATCH__MAX_MESSAGES", "100"),
+                ("TOKENWATCH_REDIS_CLUSTER", "true"),
+                ("TOKENWATCH_INPUT__MAPPING__TS", "17"),
+                ("TOKENWATCH_TOPICS", "7"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.group.as_deref(), Some("42"));
+        assert_eq!(c.key_prefix.as_deref(), Some("true"));
+        assert_eq!(c.batch.max_messages, Some(100));
+        assert_eq!(c.redis_cluster, Some(true));
+        assert_eq!(c.input.mapping.as_ref().unwrap().ts, "17");
+        assert_eq!(c.topics, Some(vec!["7".to_string()]));
+        let e = Config::load_with_env(None, env(&[("TOKENWATCH_BATCH__MAX_MESSAGES", "many")])).unwrap_err();
+        assert!(
+            e.starts_with("TOKENWATCH_BATCH__MAX_MESSAGES: batch.max_messages: invalid type"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn test_and_bench_variables_are_not_settings() {
+        let c = Config::load_with_env(
+            None,
+            env(&[
+                ("TOKENWATCH_BLESS", "1"),
+                ("TOKENWATCH_BENCH", "1"),
+                ("TOKENWATCH_BENCH_EVENTS", "10"),
+                ("TOKENWATCH_TEST_REDIS_SERVER", "/usr/bin/redis-server"),
+                ("TOKENWATCH_BROKERS", "b:9092"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.brokers.as_deref(), Some("b:9092"));
+        let e = Config::load_with_env(None, env(&[("TOKENWATCH_BLESSED", "1")])).unwrap_err();
+        assert!(
+            e.starts_with("TOKENWATCH_BLESSED: blessed: unknown field `blessed`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn file_errors_name_the_file_line_and_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("t.toml");
+        let load = |text: &str| {
+            std::fs::write(&p, text).unwrap();
+            Config::load_with_env(Some(&p), std::iter::empty()).unwrap_err()
+        };
+        let at = |line: usize| format!("{}:{line}: ", p.display());
+        let e = load("brokers = \"b\"\n\n[batch]\nmax_messages = \"many\"\n");
+        assert!(
+            e.starts_with(&format!("{}batch.max_messages: invalid type", at(4))),
+            "{e}"
+        );
+        let e = load("[engine]\nlateness = \"5s\"\nlatenes = \"5s\"\n");
+        assert!(
+            e.starts_with(&format!("{}engine.latenes: unknown field `latenes`", at(3))),
+            "{e}"
+        );
+        let e = load("group = \"g\"\n[input.mapping]\ntoken = \"t\"\n");
+        assert!(
+            e.starts_with(&format!("{}input.mapping: missing field `ts`", at(2))),
+            "{e}"
+        );
+        let e = load("[input]\nmapping = { token = \"t\" }\n");
+        assert!(
+            e.starts_with(&format!("{}input.mapping: missing field `ts`", at(2))),
+            "{e}"
+        );
+        let e = load("group = \"g\"\ngroup = \"h\"\n");
+        assert!(e.starts_with(&at(2)) && e.contains("duplicate key"), "{e}");
+        assert!(Config::load(&p).unwrap_err().starts_with(&at(2)));
+    }
+
+    #[test]
+    fn late_errors_name_where_the_value_was_set() {
+        use crate::service::{resolve, Overrides};
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("t.toml");
+        std::fs::write(
+            &p,
+            "brokers = \"b\"\ntopics = [\"t\"]\nredis = [\"redis://r\"]\nmetrics_addr = \"nowhere\"\n\n[engine]\nlateness = \"5x\"\n",
+        )
+        .unwrap();
+        let o = Overrides {
+            metrics_addr: Some("127.0.0.1:0".into()),
+            ..Overrides::default()
+        };
+        let c = Config::load_with_env(Some(&p), std::iter::empty()).unwrap();
+        let e = resolve(&c, &o).err().unwrap();
+        assert!(e.starts_with(&format!("{}:7: engine.lateness:", p.display())), "{e}");
+        let c = Config::load_with_env(Some(&p), env(&[("TOKENWATCH_ENGINE__LATENESS", "1y")])).unwrap();
+        let e = resolve(&c, &o).err().unwrap();
+        assert!(e.starts_with("TOKENWATCH_ENGINE__LATENESS: engine.lateness:"), "{e}");
+        // without the flag, the file's metrics_addr is the first problem found
+        let c = Config::load_with_env(Some(&p), std::iter::empty()).unwrap();
+        let e = resolve(&c, &Overrides::default()).err().unwrap();
+        assert!(e.starts_with(&format!("{}:4: metrics_addr:", p.display())), "{e}");
+        // a value given by flag is not blamed on the file
+        let c = Config::load_with_env(Some(&p), env(&[("TOKENWATCH_ENGINE__LATENESS", "5s")])).unwrap();
+        let o = Overrides {
+            metrics_addr: Some("bad".into()),
+            ..Overrides::default()
+        };
+        assert!(resolve(&c, &o).err().unwrap().starts_with("metrics_addr:"));
     }
 
     #[test]

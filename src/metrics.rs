@@ -6,7 +6,8 @@
 //! leak anything to the monitoring system.
 //!
 //! The HTTP server answers `GET /metrics`, `/healthz` (the process is alive) and `/readyz`
-//! (partitions assigned and Redis reachable). It is deliberately tiny: one request per
+//! (partitions assigned and Redis reachable: the service PINGs Redis every few seconds, so an
+//! outage shows even when nothing is being revoked). It is deliberately tiny: one request per
 //! connection, bounded request size, no keep-alive.
 
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
@@ -26,6 +27,7 @@ pub struct Metrics {
     pub revocations: IntCounterVec,
     pub redis_errors: IntCounter,
     pub redis_up: IntGauge,
+    pub alert_errors: IntCounter,
     pub consumer_lag: IntGaugeVec,
     pub assigned_partitions: IntGauge,
     pub tracked_keys: IntGauge,
@@ -77,11 +79,27 @@ impl Metrics {
             ),
             redis_errors: reg(
                 &r,
-                IntCounter::new("tokenwatch_redis_errors_total", "Failed Redis writes (retried).").expect("valid"),
+                IntCounter::new(
+                    "tokenwatch_redis_errors_total",
+                    "Failed Redis connection attempts and revocation writes (both retried).",
+                )
+                .expect("valid"),
             ),
             redis_up: reg(
                 &r,
-                IntGauge::new("tokenwatch_redis_up", "1 when the last Redis operation succeeded.").expect("valid"),
+                IntGauge::new(
+                    "tokenwatch_redis_up",
+                    "1 when the last Redis operation (a write or the periodic PING) succeeded.",
+                )
+                .expect("valid"),
+            ),
+            alert_errors: reg(
+                &r,
+                IntCounter::new(
+                    "tokenwatch_alert_errors_total",
+                    "Failed deliveries of a batch's alert lines (file or alerts topic), retried.",
+                )
+                .expect("valid"),
             ),
             consumer_lag: reg(
                 &r,

@@ -9,9 +9,19 @@
 //! memory: nothing is read while a batch waits for Redis, and nothing past an unwritten
 //! revocation is committed.
 //!
+//! A failed alert delivery (the file, or the alerts topic) is retried the same way as a Redis
+//! write: with backoff, reading nothing new and committing nothing past the batch meanwhile.
+//! Readiness does not wait for a write to fail: a health check PINGs Redis every
+//! [`REDIS_HEALTH_INTERVAL`], beside the loop, and keeps `/readyz` and `tokenwatch_redis_up`
+//! current even when nothing is being revoked.
+//!
 //! Rules hot-reload between batches, when a file under the rule directory changes or on
 //! SIGHUP; an invalid edit keeps the running rules. SIGTERM/SIGINT end the loop after the
-//! current batch, within the shutdown timeout.
+//! current batch; the loop then commits, synchronously, the offsets of every batch it finished.
+//! If the current batch's side effects cannot finish within the shutdown timeout (Redis or the
+//! alerts topic down), the loop gives up on that batch, commits only the batches before it, and
+//! `run` returns an error: the `tokenwatch run` process exits with status 2, and the next run
+//! reads the unfinished batch again.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -29,7 +39,7 @@ use crate::metrics::Metrics;
 use crate::pipeline::{Pipeline, PipelineConfig, Stats};
 use crate::rules::RuleSet;
 use crate::sinks::alerts::AlertSink;
-use crate::sinks::redis::{Kind, Revocation, RevocationWriter};
+use crate::sinks::redis::{ConnectError, HealthProbe, Kind, Revocation, RevocationWriter};
 use crate::sinks::RevocationStore;
 use crate::source::kafka::{self, Offsets};
 
@@ -174,6 +184,11 @@ pub async fn run(
     let Some(writer) = connect_redis(&cfg, &metrics, &mut shutdown).await? else {
         return Ok(RunSummary::default());
     };
+    let _health = AbortOnDrop(tokio::spawn(watch_redis(
+        writer.health_probe(),
+        metrics.clone(),
+        cfg.redis.response_timeout,
+    )));
     let mut store = RevocationStore::Redis(writer);
     let (consumer, assigned) = kafka::connect(&cfg.brokers, &cfg.group, &cfg.topics, &cfg.kafka, metrics.clone())?;
     let alerts_producer = match &cfg.alerts_topic {
@@ -181,6 +196,9 @@ pub async fn run(
         Some(topic) => {
             let mut pc = rdkafka::ClientConfig::new();
             pc.set("bootstrap.servers", &cfg.brokers);
+            // A record the topic cannot take fails after 30 s (librdkafka: 5 min), so the
+            // failure is counted and logged, and the loop retries it.
+            pc.set("message.timeout.ms", "30000");
             for (k, v) in &cfg.kafka {
                 pc.set(k, v);
             }
@@ -205,7 +223,8 @@ pub async fn run(
     .await
 }
 
-/// Connects to Redis, retrying with backoff until it answers or shutdown is asked.
+/// Connects to Redis, retrying with backoff while it does not answer, until shutdown is
+/// asked. A setting that cannot work (a bad URL or CA file, a refused password) fails at once.
 pub async fn connect_redis(
     cfg: &ServiceConfig,
     metrics: &Metrics,
@@ -213,13 +232,14 @@ pub async fn connect_redis(
 ) -> Result<Option<RevocationWriter>, String> {
     let mut backoff = Duration::from_millis(100);
     loop {
-        match RevocationWriter::connect(cfg.redis.clone()).await {
+        match RevocationWriter::try_connect(cfg.redis.clone()).await {
             Ok(w) => {
                 metrics.redis_up.set(1);
                 metrics.ready_redis.store(true, Ordering::Relaxed);
                 return Ok(Some(w));
             }
-            Err(e) => {
+            Err(ConnectError::Config(e)) => return Err(e),
+            Err(ConnectError::Unavailable(e)) => {
                 metrics.redis_errors.inc();
                 metrics.redis_up.set(0);
                 tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "redis unreachable");
@@ -233,6 +253,68 @@ pub async fn connect_redis(
             return Ok(None);
         }
         backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// How often the health check PINGs Redis.
+pub const REDIS_HEALTH_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Aborts a background task when the service stops.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// PINGs Redis every [`REDIS_HEALTH_INTERVAL`] on its own handle, so that `/readyz` and
+/// `tokenwatch_redis_up` follow Redis even while nothing is written, and without ever
+/// holding up the consume loop. Logs only the changes.
+async fn watch_redis(mut probe: HealthProbe, metrics: Arc<Metrics>, timeout: Duration) {
+    let mut tick = tokio::time::interval(REDIS_HEALTH_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut was_up = true;
+    loop {
+        tick.tick().await;
+        let r = match tokio::time::timeout(timeout, probe.ping()).await {
+            Ok(r) => r,
+            Err(_) => Err(format!("redis ping: no answer within {} ms", timeout.as_millis())),
+        };
+        let up = r.is_ok();
+        metrics.redis_up.set(up as i64);
+        metrics.ready_redis.store(up, Ordering::Relaxed);
+        match r {
+            Ok(()) if !was_up => tracing::info!("redis answers again"),
+            Err(e) if was_up => tracing::warn!(error = %e, "redis health check failed; not ready"),
+            _ => {}
+        }
+        was_up = up;
+    }
+}
+
+/// The shutdown request as the loop's retries see it: once it is asked, the work in flight
+/// has the shutdown timeout, counted from the moment the loop first sees the request.
+struct Shutdown<'a> {
+    rx: &'a mut watch::Receiver<bool>,
+    since: Option<Instant>,
+    timeout: Duration,
+}
+
+impl Shutdown<'_> {
+    fn asked(&self) -> bool {
+        *self.rx.borrow()
+    }
+
+    /// Completes once shutdown was asked and the shutdown timeout has passed.
+    async fn expired(&mut self) {
+        while !*self.rx.borrow() {
+            if self.rx.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+        let since = *self.since.get_or_insert_with(Instant::now);
+        tokio::time::sleep_until((since + self.timeout).into()).await;
     }
 }
 
@@ -252,11 +334,18 @@ pub async fn run_loop(
     let mut sync = MetricSync { last: Stats::default() };
     let mut decisions: Vec<Decision> = Vec::new();
     let mut offsets = Offsets::default();
+    // The offsets of every batch whose side effects are done: the final commit's content.
+    let mut finished = Offsets::default();
     let mut fingerprint = rules_fingerprint(&cfg.rules_dir);
     let mut last_check = Instant::now();
-    loop {
-        if *shutdown.borrow() {
-            break;
+    let mut stop = Shutdown {
+        rx: shutdown,
+        since: None,
+        timeout: cfg.shutdown_timeout,
+    };
+    let outcome = loop {
+        if stop.asked() {
+            break Ok(());
         }
         // Hot reload, between batches.
         let hup = reload_now.has_changed().unwrap_or(false);
@@ -283,7 +372,7 @@ pub async fn run_loop(
             };
             let msg = tokio::select! {
                 m = tokio::time::timeout(wait, consumer.recv()) => m,
-                _ = shutdown.changed() => break,
+                _ = stop.rx.changed() => break,
             };
             match msg {
                 Err(_) => break,
@@ -324,55 +413,94 @@ pub async fn run_loop(
                 .inc();
             metrics.decision_delay.observe(((now - d.ts) as f64 / 1000.0).max(0.0));
         }
-        alerts.write(&decisions).await?;
+        if let Err(e) = deliver_alerts(alerts, &decisions, metrics, &mut stop).await {
+            break Err(e);
+        }
+        let mut unwritten = None;
         for d in &decisions {
             let Some(r) = Revocation::from_decision(d) else {
                 continue;
             };
-            if write_with_retry(writer, &r, metrics, shutdown, cfg.shutdown_timeout).await? {
-                summary.revocations_written += 1;
+            match write_with_retry(writer, &r, metrics, &mut stop).await {
+                Ok(new) => summary.revocations_written += new as u64,
+                Err(e) => {
+                    unwritten = Some(e);
+                    break;
+                }
             }
+        }
+        if let Some(e) = unwritten {
+            break Err(e);
         }
         decisions.clear();
         if let Err(e) = offsets.commit(consumer, assigned, CommitMode::Async) {
             tracing::warn!(error = %e, "offset commit failed; the batch will be read again");
         }
+        finished.merge(&offsets);
+        finished.retain_assigned(assigned);
         offsets.clear();
         summary.batches += 1;
         sync.sync(pipeline, metrics);
+    };
+    // The batches' commits were asynchronous and may not have reached the group (or failed):
+    // commit every finished batch's offsets once more, and wait for it. Nothing of an
+    // unfinished batch is in `finished`.
+    match finished.commit(consumer, assigned, CommitMode::Sync) {
+        Ok(partitions) => tracing::debug!(partitions, "final offset commit"),
+        Err(e) => tracing::warn!(error = %e, "final offset commit failed; the last batches will be read again"),
     }
-    // Offsets of the last batch were committed asynchronously; make sure the group has them.
-    let _ = consumer_commit_sync(consumer);
     summary.stats = pipeline.stats.clone();
-    Ok(summary)
+    outcome.map(|()| summary)
 }
 
-fn consumer_commit_sync(consumer: &kafka::Source) -> Result<(), String> {
-    use rdkafka::consumer::Consumer;
-    match consumer.commit_consumer_state(CommitMode::Sync) {
-        Ok(()) => Ok(()),
-        // Nothing stored to commit is not a failure.
-        Err(e) => {
-            tracing::debug!(error = %e, "final commit");
-            Ok(())
+/// Delivers a batch's alert lines, retrying with backoff while the file or the alerts topic
+/// fails. Gives up only when shutdown was asked and the shutdown timeout has passed.
+async fn deliver_alerts(
+    alerts: &mut AlertSink,
+    decisions: &[Decision],
+    metrics: &Metrics,
+    stop: &mut Shutdown<'_>,
+) -> Result<(), String> {
+    let gave_up =
+        || "shutdown timeout passed with alert lines undelivered; their offsets were not committed".to_string();
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let r = tokio::select! {
+            r = alerts.write(decisions) => r,
+            _ = stop.expired() => return Err(gave_up()),
+        };
+        match r {
+            Ok(()) => return Ok(()),
+            Err(e) => {
+                metrics.alert_errors.inc();
+                tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "alert lines not delivered; consumption paused");
+            }
         }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = stop.expired() => return Err(gave_up()),
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(2));
     }
 }
 
 /// Writes one revocation, retrying with backoff while Redis fails. Gives up only when
-/// shutdown was asked and the shutdown timeout has passed: then nothing after this batch is
+/// shutdown was asked and the shutdown timeout has passed: then nothing of this batch is
 /// committed, and the next run writes it.
 async fn write_with_retry(
     writer: &mut RevocationStore,
     r: &Revocation,
     metrics: &Metrics,
-    shutdown: &mut watch::Receiver<bool>,
-    shutdown_timeout: Duration,
+    stop: &mut Shutdown<'_>,
 ) -> Result<bool, String> {
+    let gave_up = || "shutdown timeout passed with revocations unwritten; their offsets were not committed".to_string();
     let mut backoff = Duration::from_millis(50);
-    let mut shutdown_since: Option<Instant> = None;
     loop {
-        match writer.write(r, now_ms() / 1000).await {
+        let result = tokio::select! {
+            w = writer.write(r, now_ms() / 1000) => w,
+            _ = stop.expired() => return Err(gave_up()),
+        };
+        match result {
             Ok(new) => {
                 metrics.redis_up.set(1);
                 metrics.ready_redis.store(true, Ordering::Relaxed);
@@ -392,17 +520,9 @@ async fn write_with_retry(
                 tracing::warn!(error = %e, rule = %r.rule, retry_in_ms = backoff.as_millis() as u64, "revocation not written; consumption paused");
             }
         }
-        if *shutdown.borrow() {
-            let since = *shutdown_since.get_or_insert_with(Instant::now);
-            if since.elapsed() >= shutdown_timeout {
-                return Err(
-                    "shutdown timeout passed with revocations unwritten; their offsets were not committed".into(),
-                );
-            }
-        }
         tokio::select! {
             _ = tokio::time::sleep(backoff) => {}
-            _ = shutdown.changed() => {}
+            _ = stop.expired() => return Err(gave_up()),
         }
         backoff = (backoff * 2).min(Duration::from_secs(2));
     }
@@ -424,9 +544,34 @@ pub struct Overrides {
     pub alerts_topic: Option<String>,
 }
 
+impl Overrides {
+    /// Whether a flag gives the value of this config key.
+    fn sets(&self, key: &str) -> bool {
+        match key {
+            "brokers" => self.brokers.is_some(),
+            "topics" => !self.topics.is_empty(),
+            "group" => self.group.is_some(),
+            "input.format" => self.format.is_some(),
+            "rules" => self.rules.is_some(),
+            "geoip" => self.geoip.is_some(),
+            "redis" => !self.redis.is_empty(),
+            "metrics_addr" => self.metrics_addr.is_some(),
+            "key_prefix" => self.key_prefix.is_some(),
+            "alerts" => self.alerts.is_some(),
+            "alerts_topic" => self.alerts_topic.is_some(),
+            _ => false,
+        }
+    }
+}
+
 /// Resolves the service settings: defaults < config file < environment < flags. Every
-/// invalid value fails here, naming its key.
+/// invalid value fails here, naming its key and, when the config file or the environment set
+/// it, where (`tokenwatch.toml:12: shutdown_timeout: ...`).
 pub fn resolve(c: &crate::config::Config, o: &Overrides) -> Result<(ServiceConfig, std::net::SocketAddr), String> {
+    resolve_settings(c, o).map_err(|e| c.locate(e, |key| o.sets(key)))
+}
+
+fn resolve_settings(c: &crate::config::Config, o: &Overrides) -> Result<(ServiceConfig, std::net::SocketAddr), String> {
     let dur = |key: &str, v: &Option<String>, default_ms: i64| -> Result<Duration, String> {
         let ms = match v {
             Some(s) => crate::rules::parse_duration_ms(s).map_err(|e| format!("{key}: {e}"))?,

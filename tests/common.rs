@@ -215,3 +215,61 @@ pub fn stream_entries(c: &mut redis::Connection, key: &str) -> Vec<(String, Stri
     }
     out
 }
+
+/// A private CA and a server certificate for 127.0.0.1/localhost that it signs, made with the
+/// `openssl` command in `dir`. Returns (server key, server certificate, CA certificate).
+pub fn private_ca(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n",
+    )
+    .unwrap();
+    for args in [
+        "req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=tokenwatch-test-ca -keyout ca.key -out ca.pem",
+        "req -newkey rsa:2048 -nodes -subj /CN=localhost -keyout key.pem -out srv.csr",
+        "x509 -req -in srv.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -extfile ext.cnf -out cert.pem",
+    ] {
+        let ok = std::process::Command::new("openssl")
+            .args(args.split(' '))
+            .current_dir(dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .expect("openssl: run scripts/test-deps.sh");
+        assert!(ok.success(), "openssl {args}");
+    }
+    (dir.join("key.pem"), dir.join("cert.pem"), dir.join("ca.pem"))
+}
+
+/// The group's committed offset of partition 0 of `topic`, as the broker has it (None when the
+/// group has committed nothing there).
+pub fn committed(brokers: &str, group: &str, topic: &str) -> Option<i64> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let c: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .create()
+        .unwrap();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    tpl.add_partition(topic, 0);
+    let got = c.committed_offsets(tpl, std::time::Duration::from_secs(10)).unwrap();
+    match got.find_partition(topic, 0).unwrap().offset() {
+        rdkafka::Offset::Offset(o) => Some(o),
+        _ => None,
+    }
+}
+
+/// A day of generated traffic (24 h of event time, 500 users, 10 attacks per 10,000 lines and
+/// a few malformed lines): the bar on which the default rules must agree with the labels.
+pub fn generated_day(format: tokenwatch::gen::GenFormat) -> tokenwatch::gen::GenConfig {
+    tokenwatch::gen::GenConfig {
+        seed: 2026,
+        duration_secs: Some(86_400),
+        rate_per_sec: 2.0,
+        users: 500,
+        attack_rate: 10.0,
+        malformed_rate: 0.001,
+        format,
+        ..tokenwatch::gen::GenConfig::default()
+    }
+}

@@ -32,6 +32,7 @@ const METRICS: &[&str] = &[
     "tokenwatch_late_events_total",
     "tokenwatch_redis_up",
     "tokenwatch_kafka_assigned_partitions",
+    "tokenwatch_alert_errors_total",
 ];
 
 /// The histograms among [`METRICS`]: Prometheus stores each as `_bucket`, `_sum` and `_count`

@@ -1,8 +1,10 @@
 //! The raw token must never leave the decoder: not in decisions, not in the summary, not in
-//! error messages. Every output of a replay over every fixture is scanned for every token's
-//! signature and payload segments.
+//! error messages. Every output of a replay over every fixture, and of a `run` of the binary
+//! (stderr, alert lines, /metrics, Redis), is scanned for every token's signature and payload
+//! segments.
 
 mod common;
+mod run_bin;
 
 use std::process::Command;
 
@@ -83,4 +85,80 @@ fn decisions_and_debug_output_hold_no_token() {
         let payload = t.split('.').nth(1).unwrap();
         assert!(!dbg.contains(payload));
     }
+}
+
+#[test]
+fn no_output_of_run_contains_any_token_and_json_logs_are_json() {
+    let mock = rdkafka::mocking::MockCluster::new(1).unwrap();
+    mock.create_topic("logs", 1, 1).unwrap();
+    let brokers = mock.bootstrap_servers();
+    let redis = common::RedisServer::start();
+    // Generated traffic with attacks, in the hour before the fixtures' event time, then the
+    // fixtures (with their malformed lines).
+    let generated = tokenwatch::gen::GenConfig {
+        seed: 11,
+        events: Some(3_000),
+        rate_per_sec: 20.0,
+        attack_rate: 60.0,
+        malformed_rate: 0.01,
+        start_ms: 1_795_910_400_000 - 3_600_000,
+        ..Default::default()
+    };
+    let mut lines: Vec<String> = tokenwatch::gen::Generator::new(generated).map(|g| g.line).collect();
+    for name in ["canonical.log", "traefik.log", "kong.log", "envoy.log", "nginx.log"] {
+        lines.extend(run_bin::fixture_lines(name));
+    }
+    let tokens = common::jwts_in(&lines.join("\n"));
+    assert!(tokens.len() > 1_000, "{}", tokens.len());
+    run_bin::produce(&brokers, "logs", &lines);
+
+    let mut tw = run_bin::start(&brokers, &redis.url(), "no-token", &["--log-format", "json"], &[]);
+    let metrics = tw.wait_metrics("every line to be read", 120, |b| run_bin::seen(b) == lines.len() as u64);
+    tw.signal("TERM");
+    assert_eq!(tw.wait_exit(30).code(), Some(0), "{}", tw.stderr());
+
+    let stderr = tw.stderr();
+    let mut messages = 0;
+    for line in stderr.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(v.get("level").is_some() && v.get("fields").is_some(), "{line}");
+        messages += 1;
+    }
+    assert!(messages >= 2, "{stderr}");
+    let alerts = std::fs::read_to_string(&tw.alerts).unwrap();
+    assert!(alerts.lines().count() >= 20, "{alerts}");
+
+    // Everything tokenwatch wrote to Redis: keys, values, feed entries.
+    let mut c = redis.conn();
+    let keys: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut c).unwrap();
+    assert!(keys.len() >= 10, "{keys:?}");
+    let mut stored = keys.join("\n");
+    for k in &keys {
+        let kind: String = redis::cmd("TYPE").arg(k).query(&mut c).unwrap();
+        let v: redis::Value = match kind.as_str() {
+            "stream" => redis::cmd("XRANGE").arg(k).arg("-").arg("+").query(&mut c).unwrap(),
+            _ => redis::cmd("GET").arg(k).query(&mut c).unwrap(),
+        };
+        stored.push_str(&format!("\n{v:?}"));
+    }
+
+    let mut checked = 0;
+    for t in &tokens {
+        let parts: Vec<&str> = t.split('.').collect();
+        for seg in [parts[1], parts[2]] {
+            if seg.len() < 8 {
+                continue;
+            }
+            for (what, text) in [
+                ("stderr", &stderr),
+                ("alerts", &alerts),
+                ("/metrics", &metrics),
+                ("redis", &stored),
+            ] {
+                assert!(!text.contains(seg), "a token segment appears in {what}");
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked > 1_000, "checked {checked} segments");
 }

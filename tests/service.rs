@@ -7,11 +7,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::mocking::MockCluster;
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::producer::{BaseProducer, BaseRecord, DefaultProducerContext, Producer};
 use tokio::sync::watch;
 
 use tokenwatch::metrics::{http_get, Metrics};
-use tokenwatch::service::{resolve, run, Overrides, RunSummary};
+use tokenwatch::service::{resolve, run, Overrides, RunSummary, ServiceConfig};
 
 const PREFIX: &str = "tokenwatch:";
 
@@ -48,6 +48,16 @@ async fn start(brokers: &str, redis_url: &str, group: &str) -> Running {
 }
 
 async fn start_with(brokers: &str, redis_url: &str, group: &str, alerts_topic: Option<&str>) -> Running {
+    start_tweaked(brokers, redis_url, group, alerts_topic, |_| {}).await
+}
+
+async fn start_tweaked(
+    brokers: &str,
+    redis_url: &str,
+    group: &str,
+    alerts_topic: Option<&str>,
+    tweak: impl FnOnce(&mut ServiceConfig),
+) -> Running {
     let dir = tempfile::tempdir().unwrap();
     let alerts = dir.path().join("alerts.jsonl");
     let config = tokenwatch::config::Config::default();
@@ -64,6 +74,7 @@ async fn start_with(brokers: &str, redis_url: &str, group: &str, alerts_topic: O
     };
     let (mut cfg, _) = resolve(&config, &o).unwrap();
     cfg.batch_wait = Duration::from_millis(10);
+    tweak(&mut cfg);
     let metrics = Metrics::new();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let metrics_addr = listener.local_addr().unwrap();
@@ -102,15 +113,35 @@ fn stream(redis: &common::RedisServer) -> Vec<(String, String)> {
     common::stream_entries(&mut redis.conn(), &format!("{PREFIX}revocations"))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn logs_in_kafka_become_revocations_in_redis_and_metrics() {
-    let mock = MockCluster::new(1).unwrap();
+/// Lines the service has read: decoded and skipped events.
+fn seen(m: &Metrics) -> u64 {
+    m.events.with_label_values(&["decoded"]).get() + m.events.with_label_values(&["skipped"]).get()
+}
+
+async fn stop_and_wait(svc: Running) -> Result<RunSummary, String> {
+    svc.stop.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(30), svc.task)
+        .await
+        .expect("the service stops within 30 s")
+        .unwrap()
+}
+
+/// Topic `logs` (one partition) on the mock cluster, holding the fixture lines; returns the
+/// bootstrap servers and the lines.
+fn logs_topic_with_fixture_lines(mock: &MockCluster<'static, DefaultProducerContext>) -> (String, Vec<String>) {
     mock.create_topic("logs", 1, 1).unwrap();
     let brokers = mock.bootstrap_servers();
-    let redis = common::RedisServer::start();
     let lines = fixture_lines();
     let refs: Vec<&str> = lines.iter().map(String::as_str).collect();
     produce(&brokers, "logs", &refs);
+    (brokers, lines)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_in_kafka_become_revocations_in_redis_and_metrics() {
+    let mock = MockCluster::new(1).unwrap();
+    let (brokers, _) = logs_topic_with_fixture_lines(&mock);
+    let redis = common::RedisServer::start();
 
     mock.create_topic("alerts", 1, 1).unwrap();
     let svc = start_with(&brokers, &redis.url(), "g1", Some("alerts")).await;
@@ -272,9 +303,18 @@ async fn a_redis_outage_pauses_and_loses_nothing() {
     wait_until("the service to notice the outage", 30, || m.redis_errors.get() > 0).await;
     assert_eq!(m.redis_up.get(), 0);
     assert_eq!(http_get(svc.metrics_addr, "/readyz").await.unwrap().0, 503);
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Consumption pauses: while a batch waits for Redis, nothing more is read, though there
+    // is more to read.
+    let more = ["{\"unrelated\": 1}"; 5];
+    produce(&brokers, "logs", &more);
+    let paused_at = seen(&m);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(seen(&m), paused_at, "lines were read while Redis was down");
+    let all = (lines.len() + more.len()) as u64;
+    assert!(paused_at < all);
 
     redis.restart();
+    wait_until("every line to be read once Redis is back", 60, || seen(&m) == all).await;
     wait_until("the fourth revocation", 60, || stream(&redis).len() >= 4).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let entries = stream(&redis);
@@ -290,7 +330,7 @@ async fn a_redis_outage_pauses_and_loses_nothing() {
         .unwrap()
         .unwrap()
         .unwrap();
-    assert_eq!(summary.stats.lines, 26, "no line lost");
+    assert_eq!(summary.stats.lines, 26 + 5, "no line lost");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -432,4 +472,248 @@ async fn a_second_instance_takes_over_partitions_without_loss_or_duplicates() {
             .unwrap()
             .unwrap();
     }
+}
+
+async fn wait_for_status(addr: std::net::SocketAddr, path: &str, want: u16, secs: u64) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let (code, body) = http_get(addr, path).await.unwrap();
+        if code == want {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{path} is still {code} ({body}), not {want}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_follows_redis_even_without_traffic() {
+    let mock = MockCluster::new(1).unwrap();
+    mock.create_topic("logs", 1, 1).unwrap();
+    let brokers = mock.bootstrap_servers();
+    let mut redis = common::RedisServer::start();
+    let svc = start(&brokers, &redis.url(), "ready").await;
+    wait_for_status(svc.metrics_addr, "/readyz", 200, 30).await;
+
+    // Nothing is produced, so nothing is written: only the health check can notice.
+    redis.kill();
+    let down = Instant::now();
+    wait_for_status(svc.metrics_addr, "/readyz", 503, 10).await;
+    assert!(down.elapsed() < Duration::from_secs(6), "{:?}", down.elapsed());
+    assert_eq!(svc.metrics.redis_up.get(), 0);
+    assert_eq!(svc.metrics.redis_errors.get(), 0, "no write failed");
+    let (_, body) = http_get(svc.metrics_addr, "/readyz").await.unwrap();
+    assert!(body.contains("redis down"), "{body}");
+
+    redis.restart();
+    wait_for_status(svc.metrics_addr, "/readyz", 200, 15).await;
+    assert_eq!(svc.metrics.redis_up.get(), 1);
+    stop_and_wait(svc).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_redis_settings_fail_at_start_instead_of_retrying() {
+    let redis = common::RedisServer::start_args(false, &["--requirepass", "s3cret"]);
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no-such-ca.pem");
+    let file = dir.path().join("tokenwatch.toml");
+    std::fs::write(
+        &file,
+        format!("[revocation]\nredis_ca_file = \"{}\"\n", missing.display()),
+    )
+    .unwrap();
+    let overrides = |url: &str| Overrides {
+        brokers: Some("127.0.0.1:1".into()),
+        topics: vec!["logs".into()],
+        rules: Some(common::root().join("rules")),
+        redis: vec![url.into()],
+        alerts: Some("none".into()),
+        ..Overrides::default()
+    };
+    let url = format!("rediss://127.0.0.1:{}/", redis.port);
+
+    // At resolve: the message names the key and where it was set.
+    let c = tokenwatch::config::Config::load_with_env(Some(&file), std::iter::empty()).unwrap();
+    let e = resolve(&c, &overrides(&url)).err().unwrap();
+    assert!(
+        e.starts_with(&format!("{}:2: revocation.redis_ca_file:", file.display())) && e.contains("no-such-ca.pem"),
+        "{e}"
+    );
+    let e = resolve(&Default::default(), &overrides("redis://127.0.0.1:notaport/"))
+        .err()
+        .unwrap();
+    assert!(e.starts_with("redis:"), "{e}");
+
+    // At start: `run` gives up at once instead of retrying a setting that cannot work.
+    let run_err = |cfg: ServiceConfig| async move {
+        let (_stop, stop_rx) = watch::channel(false);
+        let (_hup, hup_rx) = watch::channel(0);
+        tokio::time::timeout(Duration::from_secs(10), run(cfg, Metrics::new(), stop_rx, hup_rx))
+            .await
+            .expect("run retried a bad setting instead of failing")
+            .err()
+            .unwrap()
+    };
+    let (mut cfg, _) = resolve(&Default::default(), &overrides(&url)).unwrap();
+    cfg.redis.ca_file = Some(missing.clone());
+    let e = run_err(cfg).await;
+    assert!(e.contains("redis_ca_file") && e.contains("no-such-ca.pem"), "{e}");
+
+    // A refused password is a setting to fix too, and never shown.
+    let (cfg, _) = resolve(
+        &Default::default(),
+        &overrides(&format!("redis://:wrong@127.0.0.1:{}/", redis.port)),
+    )
+    .unwrap();
+    let e = run_err(cfg).await;
+    assert!(
+        e.contains(&format!("127.0.0.1:{}", redis.port)) && !e.contains("wrong"),
+        "{e}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_stop_commits_every_finished_batch() {
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+    let mock = MockCluster::new(1).unwrap();
+    let (brokers, lines) = logs_topic_with_fixture_lines(&mock);
+    let redis = common::RedisServer::start();
+
+    // Every per-batch (asynchronous) commit fails...
+    mock.request_errors(
+        RDKafkaApiKey::OffsetCommit,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_OFFSET_METADATA_TOO_LARGE; 500],
+    );
+    let svc = start(&brokers, &redis.url(), "gc").await;
+    let m = svc.metrics.clone();
+    wait_until("every line to be read", 60, || seen(&m) == lines.len() as u64).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        common::committed(&brokers, "gc", "logs"),
+        None,
+        "the injected errors hit the commits"
+    );
+
+    // ...so only the final, synchronous commit of the stop can tell the group.
+    mock.clear_request_errors(RDKafkaApiKey::OffsetCommit);
+    let summary = stop_and_wait(svc).await.unwrap();
+    assert_eq!(summary.stats.lines, lines.len() as u64);
+    assert_eq!(common::committed(&brokers, "gc", "logs"), Some(lines.len() as i64));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alerts_topic_outage_pauses_and_loses_nothing() {
+    let mock = MockCluster::new(1).unwrap();
+    mock.create_topic("alerts", 1, 1).unwrap();
+    let (brokers, lines) = logs_topic_with_fixture_lines(&mock);
+    let redis = common::RedisServer::start();
+
+    // The alerts partition has no leader: every record times out (after 1 s here).
+    mock.partition_leader("alerts", 0, None).unwrap();
+    let svc = start_tweaked(&brokers, &redis.url(), "ga", Some("alerts"), |cfg| {
+        cfg.kafka.insert("message.timeout.ms".into(), "1000".into());
+    })
+    .await;
+    let m = svc.metrics.clone();
+    wait_until("failed alert deliveries", 30, || m.alert_errors.get() >= 2).await;
+    assert!(!svc.task.is_finished(), "the service keeps running");
+    // nothing past the undelivered batch is read or committed
+    let paused_at = seen(&m);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(seen(&m), paused_at);
+    assert!(common::committed(&brokers, "ga", "logs").unwrap_or(0) < lines.len() as i64);
+
+    mock.partition_leader("alerts", 0, Some(1)).unwrap();
+    wait_until("every line to be read", 60, || seen(&m) == lines.len() as u64).await;
+    let file: Vec<String> = std::fs::read_to_string(&svc.alerts)
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
+    assert_eq!(file.len(), 9, "retries wrote no line twice");
+    // every decision reached the topic, once
+    let c: rdkafka::consumer::BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("group.id", "alerts-check")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    rdkafka::consumer::Consumer::subscribe(&c, &["alerts"]).unwrap();
+    let mut topic = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline && topic.len() <= file.len() {
+        if let Some(Ok(msg)) = c.poll(Duration::from_millis(200)) {
+            topic.push(String::from_utf8_lossy(rdkafka::Message::payload(&msg).unwrap()).into_owned());
+        } else if topic.len() == file.len() {
+            break;
+        }
+    }
+    let (mut a, mut b) = (topic.clone(), file.clone());
+    a.sort();
+    b.sort();
+    assert_eq!(a, b);
+    stop_and_wait(svc).await.unwrap();
+    assert_eq!(common::committed(&brokers, "ga", "logs"), Some(lines.len() as i64));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revocation_settings_reach_redis() {
+    use tokenwatch::sinks::redis::{Kind, Revocation, RevocationWriter};
+    let redis = common::RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tokenwatch.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "brokers = \"b:9092\"\ntopics = [\"logs\"]\nredis = [\"{}\"]\n\n[revocation]\nsubject_ttl = \"2h\"\nmin_token_ttl = \"3h\"\nno_exp_ttl = \"5h\"\nstream_maxlen = 10\n",
+            redis.url()
+        ),
+    )
+    .unwrap();
+    let c = tokenwatch::config::Config::load_with_env(Some(&file), std::iter::empty()).unwrap();
+    let (cfg, _) = resolve(&c, &Overrides::default()).unwrap();
+    let mut w = RevocationWriter::connect(cfg.redis.clone()).await.unwrap();
+    let now = tokenwatch::service::now_ms() / 1000;
+    let rev = |kind, id: &str, expires_at| Revocation {
+        kind,
+        id: id.into(),
+        rule: "r".into(),
+        reason: "test".into(),
+        revoked_at: now,
+        expires_at,
+        not_before: (kind == Kind::Subject).then_some(now),
+    };
+    let mut conn = redis.conn();
+    let mut ttl_of = |key: String| -> i64 { redis::cmd("TTL").arg(key).query(&mut conn).unwrap() };
+    let hours = |h: i64| h * 3600;
+    for (r, key, want) in [
+        // long expired: kept min_token_ttl
+        (
+            rev(Kind::Token, "expired", Some(now - 100)),
+            "revoked:jti:expired",
+            hours(3),
+        ),
+        (rev(Kind::Token, "no-exp", None), "revoked:jti:no-exp", hours(5)),
+        // exp + the 60 s leeway
+        (
+            rev(Kind::Token, "later", Some(now + hours(10))),
+            "revoked:jti:later",
+            hours(10) + 60,
+        ),
+        (rev(Kind::Subject, "idp|u", None), "revoked:sub:idp|u", hours(2)),
+    ] {
+        assert!(w.write(&r, now).await.unwrap());
+        let ttl = ttl_of(format!("{PREFIX}{key}"));
+        assert!((want - 5..=want).contains(&ttl), "{key}: ttl {ttl}, want {want}");
+    }
+
+    // The feed is trimmed to about stream_maxlen (whole stream nodes of 100 entries go).
+    for i in 0..1_000 {
+        assert!(w.write(&rev(Kind::Token, &format!("t{i}"), None), now).await.unwrap());
+    }
+    let len: u64 = redis::cmd("XLEN")
+        .arg(format!("{PREFIX}revocations"))
+        .query(&mut redis.conn())
+        .unwrap();
+    assert!(len <= 10 + 100, "XLEN {len}");
 }

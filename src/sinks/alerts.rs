@@ -1,6 +1,10 @@
 //! Alert output: every decision as one JSON line, to stdout or a file, and optionally to a
 //! Kafka topic. A batch counts as delivered only when the lines are flushed and every Kafka
 //! delivery is acknowledged, because offsets are committed after that.
+//!
+//! A failed delivery is retried by the caller with the same batch; the sink remembers what
+//! of it already went out (the flushed lines, the acknowledged records), so a retry sends only
+//! the rest and a flaky alerts topic does not duplicate the file's lines.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -37,6 +41,16 @@ pub struct AlertSink {
     memory: Option<Arc<Mutex<Vec<Decision>>>>,
     kafka: Option<(FutureProducer, String)>,
     buf: String,
+    /// The batch being delivered, after a failed attempt.
+    pending: Option<Pending>,
+}
+
+/// What of a batch already went out.
+struct Pending {
+    decisions: usize,
+    written: bool,
+    /// Indices of the decisions whose Kafka record is not acknowledged yet.
+    unsent: Vec<usize>,
 }
 
 impl AlertSink {
@@ -61,39 +75,85 @@ impl AlertSink {
             memory,
             kafka,
             buf: String::new(),
+            pending: None,
         })
     }
 
     /// Writes a batch of decisions; returns when they are flushed (and acknowledged by Kafka).
+    /// After an error, call again with the same batch: only what did not go out is sent.
     pub async fn write(&mut self, decisions: &[Decision]) -> Result<(), String> {
         if decisions.is_empty() {
             return Ok(());
         }
-        self.buf.clear();
-        for d in decisions {
-            self.buf.push_str(&d.to_json_line());
-        }
-        if let Some(m) = &self.memory {
-            m.lock()
-                .map_err(|_| "alerts memory poisoned".to_string())?
-                .extend_from_slice(decisions);
-        }
-        if let Some(out) = self.out.as_mut() {
-            out.write_all(self.buf.as_bytes())
-                .and_then(|_| out.flush())
-                .map_err(|e| format!("alerts output: {e}"))?;
-        }
-        if let Some((producer, topic)) = &self.kafka {
-            let mut pending = Vec::with_capacity(decisions.len());
-            for (d, line) in decisions.iter().zip(self.buf.lines()) {
-                let key = d.token_id.as_deref().or(d.subject.as_deref()).unwrap_or("");
-                let rec = FutureRecord::to(topic).key(key).payload(line);
-                pending.push(producer.send(rec, Duration::from_secs(30)));
+        let mut p = match self.pending.take() {
+            Some(p) if p.decisions == decisions.len() => p,
+            _ => {
+                self.buf.clear();
+                for d in decisions {
+                    self.buf.push_str(&d.to_json_line());
+                }
+                if let Some(m) = &self.memory {
+                    m.lock()
+                        .map_err(|_| "alerts memory poisoned".to_string())?
+                        .extend_from_slice(decisions);
+                }
+                Pending {
+                    decisions: decisions.len(),
+                    written: false,
+                    unsent: if self.kafka.is_some() {
+                        (0..decisions.len()).collect()
+                    } else {
+                        Vec::new()
+                    },
+                }
             }
-            for p in pending {
-                p.await.map_err(|(e, _)| format!("alerts topic {topic}: {e}"))?;
+        };
+        let r = self.deliver(decisions, &mut p).await;
+        if r.is_err() {
+            self.pending = Some(p);
+        }
+        r
+    }
+
+    async fn deliver(&mut self, decisions: &[Decision], p: &mut Pending) -> Result<(), String> {
+        if !p.written {
+            if let Some(out) = self.out.as_mut() {
+                out.write_all(self.buf.as_bytes())
+                    .and_then(|_| out.flush())
+                    .map_err(|e| format!("alerts output: {e}"))?;
+            }
+            p.written = true;
+        }
+        let Some((producer, topic)) = &self.kafka else {
+            return Ok(());
+        };
+        if p.unsent.is_empty() {
+            return Ok(());
+        }
+        let lines: Vec<&str> = self.buf.lines().collect();
+        let mut sent = Vec::with_capacity(p.unsent.len());
+        for &i in &p.unsent {
+            let d = &decisions[i];
+            let key = d.token_id.as_deref().or(d.subject.as_deref()).unwrap_or("");
+            let rec = FutureRecord::to(topic).key(key).payload(lines[i]);
+            sent.push((i, producer.send(rec, Duration::from_secs(30))));
+        }
+        let mut failed = Vec::new();
+        let mut first_error = None;
+        for (i, f) in sent {
+            if let Err((e, _)) = f.await {
+                failed.push(i);
+                first_error.get_or_insert(e);
             }
         }
-        Ok(())
+        p.unsent = failed;
+        match first_error {
+            None => Ok(()),
+            Some(e) => Err(format!(
+                "alerts topic {topic}: {} of {} records not delivered: {e}",
+                p.unsent.len(),
+                decisions.len()
+            )),
+        }
     }
 }

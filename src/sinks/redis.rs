@@ -59,8 +59,15 @@ pub struct RedisConfig {
 }
 
 impl RedisConfig {
-    /// Checks what can be checked before connecting.
+    /// Checks everything that can be checked without connecting: URL syntax, the hash tag a
+    /// cluster needs, the CA file. A failure here is a setting to fix, never worth a retry,
+    /// so the service refuses to start with a message that names the key.
     pub fn check(&self) -> Result<(), String> {
+        self.check_syntax()?;
+        self.client().map(|_| ())
+    }
+
+    fn check_syntax(&self) -> Result<(), String> {
         if self.urls.is_empty() {
             return Err("redis: no URL given (--redis redis://host:6379)".into());
         }
@@ -71,6 +78,8 @@ impl RedisConfig {
                     redact(u)
                 ));
             }
+            redis::IntoConnectionInfo::into_connection_info(u.as_str())
+                .map_err(|e| format!("redis: `{}` is not a valid Redis URL: {e}", redact(u)))?;
         }
         if self.cluster || self.urls.len() > 1 {
             let tagged = self
@@ -165,9 +174,106 @@ impl Revocation {
     }
 }
 
+/// A Redis client built from the settings, not yet connected.
+#[allow(clippy::large_enum_variant)] // one, briefly, per connection attempt
+enum Client {
+    Single(redis::Client),
+    Cluster(redis::cluster::ClusterClient),
+}
+
+impl RedisConfig {
+    fn where_(&self) -> String {
+        self.urls.iter().map(|u| redact(u)).collect::<Vec<_>>().join(", ")
+    }
+
+    /// Builds the client (parses the URLs, reads the CA file); no I/O with Redis.
+    fn client(&self) -> Result<Client, String> {
+        let where_ = self.where_();
+        let ca_key = |p: &std::path::Path| format!("revocation.redis_ca_file: {}", p.display());
+        let certs = match &self.ca_file {
+            None => None,
+            Some(p) => Some(redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(std::fs::read(p).map_err(|e| format!("{}: cannot read: {e}", ca_key(p)))?),
+            }),
+        };
+        if self.cluster || self.urls.len() > 1 {
+            let mut b = redis::cluster::ClusterClientBuilder::new(self.urls.clone())
+                .response_timeout(self.response_timeout)
+                .connection_timeout(Duration::from_secs(5));
+            if let Some(c) = certs {
+                b = b.certs(c);
+            }
+            b.build()
+                .map(Client::Cluster)
+                .map_err(|e| format!("redis: cluster {where_}: {e}"))
+        } else {
+            let url = self
+                .urls
+                .first()
+                .ok_or("redis: no URL given (--redis redis://host:6379)")?;
+            match (certs, &self.ca_file) {
+                (Some(c), Some(p)) => redis::Client::build_with_tls(url.as_str(), c)
+                    .map_err(|e| format!("{}: not a usable PEM certificate for {where_}: {e}", ca_key(p))),
+                _ => redis::Client::open(url.as_str()).map_err(|e| format!("redis: {where_}: {e}")),
+            }
+            .map(Client::Single)
+        }
+    }
+}
+
+/// Why a connection attempt failed: a setting to fix, or Redis not answering (yet).
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// A bad URL, CA file, password...: retrying cannot help.
+    #[error("{0}")]
+    Config(String),
+    /// Refused, timed out, dropped, a cluster still forming: worth retrying.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl ConnectError {
+    fn from_redis(e: redis::RedisError, where_: &str) -> Self {
+        let msg = format!("redis {where_}: {e}");
+        if is_transient(&e) {
+            ConnectError::Unavailable(msg)
+        } else {
+            ConnectError::Config(msg)
+        }
+    }
+}
+
+/// Connection and I/O errors, and a cluster that is not (yet) serving: Redis may come back.
+fn is_transient(e: &redis::RedisError) -> bool {
+    use redis::{ErrorKind, ServerErrorKind};
+    e.is_io_error()
+        || e.is_timeout()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || e.is_cluster_error()
+        || matches!(
+            e.kind(),
+            ErrorKind::ClusterConnectionNotFound
+                | ErrorKind::Server(ServerErrorKind::BusyLoading)
+                | ErrorKind::Server(ServerErrorKind::MasterDown)
+        )
+}
+
+#[derive(Clone)]
 enum Conn {
     Single(ConnectionManager),
     Cluster(ClusterConnection),
+}
+
+impl Conn {
+    async fn ping(&mut self) -> Result<(), String> {
+        let r: Result<String, _> = match self {
+            Conn::Single(c) => redis::cmd("PING").query_async(c).await,
+            Conn::Cluster(c) => redis::cmd("PING").query_async(c).await,
+        };
+        r.map(|_| ()).map_err(|e| format!("redis ping failed: {e}"))
+    }
 }
 
 /// Writes revocations; every call either writes all of them or returns the error (the
@@ -178,50 +284,49 @@ pub struct RevocationWriter {
     cfg: RedisConfig,
 }
 
+/// A second handle on the writer's connection, for a health check that runs beside the
+/// writes (`PING` every few seconds), so an outage shows even when nothing is written.
+#[derive(Clone)]
+pub struct HealthProbe {
+    conn: Conn,
+}
+
+impl HealthProbe {
+    pub async fn ping(&mut self) -> Result<(), String> {
+        self.conn.ping().await
+    }
+}
+
 impl RevocationWriter {
     pub async fn connect(cfg: RedisConfig) -> Result<Self, String> {
-        cfg.check()?;
-        let where_ = cfg.urls.iter().map(|u| redact(u)).collect::<Vec<_>>().join(", ");
-        let certs = match &cfg.ca_file {
-            None => None,
-            Some(p) => Some(redis::TlsCertificates {
-                client_tls: None,
-                root_cert: Some(
-                    std::fs::read(p).map_err(|e| format!("revocation.redis_ca_file {}: {e}", p.display()))?,
-                ),
-            }),
-        };
-        let conn = if cfg.cluster || cfg.urls.len() > 1 {
-            let mut b = redis::cluster::ClusterClientBuilder::new(cfg.urls.clone())
-                .response_timeout(cfg.response_timeout)
-                .connection_timeout(Duration::from_secs(5));
-            if let Some(c) = certs {
-                b = b.certs(c);
-            }
-            let client = b.build().map_err(|e| format!("redis cluster {where_}: {e}"))?;
-            Conn::Cluster(
+        Self::try_connect(cfg).await.map_err(|e| e.to_string())
+    }
+
+    /// Connects, telling a setting to fix ([`ConnectError::Config`]) from a Redis that does
+    /// not answer yet ([`ConnectError::Unavailable`]).
+    pub async fn try_connect(cfg: RedisConfig) -> Result<Self, ConnectError> {
+        cfg.check_syntax().map_err(ConnectError::Config)?;
+        let where_ = cfg.where_();
+        let conn = match cfg.client().map_err(ConnectError::Config)? {
+            Client::Cluster(client) => Conn::Cluster(
                 client
                     .get_async_connection()
                     .await
-                    .map_err(|e| format!("redis cluster {where_}: {e}"))?,
-            )
-        } else {
-            let client = match certs {
-                None => redis::Client::open(cfg.urls[0].as_str()),
-                Some(c) => redis::Client::build_with_tls(cfg.urls[0].as_str(), c),
+                    .map_err(|e| ConnectError::from_redis(e, &where_))?,
+            ),
+            Client::Single(client) => {
+                let mcfg = ConnectionManagerConfig::new()
+                    .set_response_timeout(Some(cfg.response_timeout))
+                    .set_connection_timeout(Some(Duration::from_secs(5)))
+                    .set_number_of_retries(1)
+                    .set_max_delay(Duration::from_secs(2));
+                Conn::Single(
+                    client
+                        .get_connection_manager_with_config(mcfg)
+                        .await
+                        .map_err(|e| ConnectError::from_redis(e, &where_))?,
+                )
             }
-            .map_err(|e| format!("redis {where_}: {e}"))?;
-            let mcfg = ConnectionManagerConfig::new()
-                .set_response_timeout(Some(cfg.response_timeout))
-                .set_connection_timeout(Some(Duration::from_secs(5)))
-                .set_number_of_retries(1)
-                .set_max_delay(Duration::from_secs(2));
-            Conn::Single(
-                client
-                    .get_connection_manager_with_config(mcfg)
-                    .await
-                    .map_err(|e| format!("redis {where_}: {e}"))?,
-            )
         };
         Ok(RevocationWriter {
             conn,
@@ -230,16 +335,19 @@ impl RevocationWriter {
         })
     }
 
+    /// A handle for the periodic health check, sharing this writer's connection.
+    pub fn health_probe(&self) -> HealthProbe {
+        HealthProbe {
+            conn: self.conn.clone(),
+        }
+    }
+
     pub fn config(&self) -> &RedisConfig {
         &self.cfg
     }
 
     pub async fn ping(&mut self) -> Result<(), String> {
-        let r: Result<String, _> = match &mut self.conn {
-            Conn::Single(c) => redis::cmd("PING").query_async(c).await,
-            Conn::Cluster(c) => redis::cmd("PING").query_async(c).await,
-        };
-        r.map(|_| ()).map_err(|e| format!("redis ping failed: {e}"))
+        self.conn.ping().await
     }
 
     /// Writes one revocation; `Ok(true)` when it was new (a feed entry was added).

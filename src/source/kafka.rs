@@ -6,6 +6,10 @@
 //! this instance are committed, so work on a partition revoked mid-batch is never committed
 //! here (its new owner re-reads it: at-least-once, and the Redis writes are idempotent).
 //!
+//! On shutdown the service commits, synchronously, the offsets of every batch it finished
+//! (`enable.auto.offset.store` is off, so librdkafka has no stored offsets of its own to
+//! commit); the asynchronous per-batch commits may not have reached the group yet.
+//!
 //! The context keeps the assignment for `/readyz` and turns librdkafka's statistics into the
 //! per-partition consumer-lag gauge.
 
@@ -142,6 +146,26 @@ impl Offsets {
         self.next.clear();
     }
 
+    /// Takes in a finished batch's offsets (each partition keeps its highest).
+    pub fn merge(&mut self, batch: &Offsets) {
+        for (k, o) in &batch.next {
+            let e = self.next.entry(k.clone()).or_insert(*o);
+            *e = (*e).max(*o);
+        }
+    }
+
+    /// Forgets partitions no longer assigned: their new owner commits them now, and an old
+    /// offset kept here must not be committed over its progress later.
+    pub fn retain_assigned(&mut self, assigned: &Mutex<HashSet<(String, i32)>>) {
+        let a = assigned.lock().map(|a| a.clone()).unwrap_or_default();
+        self.next.retain(|k, _| a.contains(k));
+    }
+
+    /// The next offset recorded for a partition.
+    pub fn get(&self, topic: &str, partition: i32) -> Option<i64> {
+        self.next.get(&(topic.to_string(), partition)).copied()
+    }
+
     /// Commits the recorded offsets of partitions still assigned.
     pub fn commit(
         &self,
@@ -162,5 +186,27 @@ impl Offsets {
         }
         consumer.commit(&tpl, mode).map_err(|e| format!("kafka commit: {e}"))?;
         Ok(tpl.count())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finished_offsets_keep_the_highest_of_assigned_partitions() {
+        let mut done = Offsets::default();
+        let mut batch = Offsets::default();
+        batch.record("logs", 0, 9);
+        batch.record("logs", 0, 4);
+        batch.record("logs", 1, 2);
+        done.merge(&batch);
+        let mut older = Offsets::default();
+        older.record("logs", 0, 1);
+        done.merge(&older);
+        assert_eq!((done.get("logs", 0), done.get("logs", 1)), (Some(10), Some(3)));
+        let assigned = Mutex::new(HashSet::from([("logs".to_string(), 1)]));
+        done.retain_assigned(&assigned);
+        assert_eq!((done.get("logs", 0), done.get("logs", 1)), (None, Some(3)));
     }
 }

@@ -1,0 +1,192 @@
+//! The real `tokenwatch run` process, for the tests that need a process: signals, exit
+//! codes, what reaches stderr. Kafka is librdkafka's mock cluster, started in the test process
+//! (it listens on a real port the binary connects to); Redis is a real redis-server.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+
+/// A running `tokenwatch run`; killed on drop if still running.
+pub struct Tokenwatch {
+    child: Child,
+    pub metrics: SocketAddr,
+    pub alerts: PathBuf,
+    stderr: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+/// Starts `tokenwatch run` on topic `logs` with the default rules; `args` and `env` add to
+/// (or override) that.
+pub fn start(brokers: &str, redis_url: &str, group: &str, args: &[&str], env: &[(&str, &str)]) -> Tokenwatch {
+    let dir = tempfile::tempdir().unwrap();
+    let alerts = dir.path().join("alerts.jsonl");
+    let stderr = dir.path().join("stderr.log");
+    let metrics: SocketAddr = format!("127.0.0.1:{}", crate::common::free_port()).parse().unwrap();
+    let root = crate::common::root();
+    let child = Command::new(env!("CARGO_BIN_EXE_tokenwatch"))
+        .arg("run")
+        .args([
+            "--brokers",
+            brokers,
+            "--topic",
+            "logs",
+            "--group",
+            group,
+            "--redis",
+            redis_url,
+        ])
+        .arg("--rules")
+        .arg(root.join("rules"))
+        .arg("--geoip")
+        .arg(root.join("assets/GeoLite2-City-Test.mmdb"))
+        .arg("--alerts")
+        .arg(&alerts)
+        .args(["--metrics-addr", &metrics.to_string()])
+        .args(args)
+        .env_remove("RUST_LOG")
+        .env("TOKENWATCH_BATCH__MAX_WAIT", "10ms")
+        .envs(env.iter().copied())
+        .current_dir(&root)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&stderr).unwrap())
+        .spawn()
+        .unwrap();
+    Tokenwatch {
+        child,
+        metrics,
+        alerts,
+        stderr,
+        _dir: dir,
+    }
+}
+
+impl Tokenwatch {
+    /// GET on the metrics address: (status, body), or None while nothing listens.
+    pub fn get(&self, path: &str) -> Option<(u16, String)> {
+        let mut s = std::net::TcpStream::connect(self.metrics).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").ok()?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).ok()?;
+        let code = out.split_whitespace().nth(1)?.parse().ok()?;
+        Some((
+            code,
+            out.split_once("\r\n\r\n")
+                .map(|(_, b)| b.to_string())
+                .unwrap_or_default(),
+        ))
+    }
+
+    /// Waits until /metrics satisfies `f`; returns that body.
+    pub fn wait_metrics(&mut self, what: &str, secs: u64, f: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            if let Some((200, body)) = self.get("/metrics") {
+                if f(&body) {
+                    return body;
+                }
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "tokenwatch exited ({status}) while waiting for {what}:\n{}",
+                    self.stderr()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; stderr:\n{}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn wait_ready(&mut self, secs: u64) {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        while self.get("/readyz").map(|(c, _)| c) != Some(200) {
+            assert!(Instant::now() < deadline, "not ready; stderr:\n{}", self.stderr());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Sends a signal by name (`HUP`, `INT`, `TERM`).
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args(["-s", sig, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success(), "kill -s {sig}");
+    }
+
+    /// Waits for the process to exit; panics after `secs`.
+    pub fn wait_exit(&mut self, secs: u64) -> ExitStatus {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "tokenwatch still running after {secs} s; stderr:\n{}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+}
+
+impl Drop for Tokenwatch {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A counter or gauge's value in a /metrics body (`name` with its labels, as printed).
+pub fn metric(body: &str, name: &str) -> Option<f64> {
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// Lines the service has read (decoded and skipped).
+pub fn seen(body: &str) -> u64 {
+    let n = |r| metric(body, &format!("tokenwatch_events_total{{result=\"{r}\"}}")).unwrap_or(0.0);
+    (n("decoded") + n("skipped")) as u64
+}
+
+/// One message per line, all on partition 0.
+pub fn produce(brokers: &str, topic: &str, lines: &[String]) {
+    let p: BaseProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .unwrap();
+    for l in lines {
+        while p
+            .send(BaseRecord::<(), str>::to(topic).payload(l.as_str()).partition(0))
+            .is_err()
+        {
+            p.poll(Duration::from_millis(10));
+        }
+    }
+    p.flush(Duration::from_secs(10)).unwrap();
+}
+
+pub fn fixture_lines(name: &str) -> Vec<String> {
+    std::fs::read_to_string(crate::common::fixture(name))
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect()
+}
