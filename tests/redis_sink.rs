@@ -170,28 +170,7 @@ async fn redis_cluster_with_a_hash_tagged_prefix() {
 async fn tls_with_a_private_ca() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    let (key, cert, ca) = (d.join("key.pem"), d.join("cert.pem"), d.join("ca.pem"));
-    std::fs::write(
-        d.join("ext.cnf"),
-        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n",
-    )
-    .unwrap();
-    // A private CA, and a server certificate it signs.
-    for args in [
-        "req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=tokenwatch-test-ca -keyout ca.key -out ca.pem",
-        "req -newkey rsa:2048 -nodes -subj /CN=localhost -keyout key.pem -out srv.csr",
-        "x509 -req -in srv.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -extfile ext.cnf -out cert.pem",
-    ] {
-        let ok = std::process::Command::new("openssl")
-            .args(args.split(' '))
-            .current_dir(d)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status()
-            .unwrap();
-        assert!(ok.success(), "openssl {args}");
-    }
+    let (key, cert, ca) = common::private_ca(dir.path());
     let tls_port = common::free_port().to_string();
     let (k, c, a) = (key.to_str().unwrap(), cert.to_str().unwrap(), ca.to_str().unwrap());
     let r = common::RedisServer::start_args(
