@@ -2,8 +2,10 @@
 //! score of what was caught.
 //!
 //! Everything it needs is inside the binary (rules, a test GeoIP database, the generator),
-//! so it runs on a fresh machine. [`score`] compares decisions with the generator's labels;
-//! the recall/precision test uses the same function.
+//! so it runs on a fresh machine. The engine geolocates with the database the traffic was
+//! generated for ([`crate::gen::Networks::geo_db`]): the embedded test database, or the
+//! `--geoip` file. [`score`] compares decisions with the generator's labels; the
+//! recall/precision test uses the same function.
 
 use std::collections::{BTreeMap, HashSet};
 use std::io::Write;
@@ -86,14 +88,14 @@ pub fn score(labels: &[Label], decisions: &[Decision]) -> Score {
     s
 }
 
-/// Runs generated traffic through the default rules; returns the decisions, the labels and
-/// the number of lines.
+/// Runs generated traffic through the default rules, geolocating with the database the
+/// traffic was built for; returns the decisions, the labels and the number of lines.
 pub fn run_generated(
     cfg: GenConfig,
     mut on_decision: impl FnMut(&Decision),
 ) -> Result<(Vec<Decision>, Vec<Label>, u64, Pipeline), String> {
     let rules = crate::defaults::rules().map_err(|e| e.to_string())?;
-    let geo = crate::defaults::test_geo_db();
+    let geo = cfg.networks.geo_db();
     let mut pipeline = Pipeline::new(rules, Some(geo), PipelineConfig::default())?;
     let mut decisions = Vec::new();
     let mut labels = Vec::new();
@@ -172,7 +174,8 @@ pub async fn live(opts: DemoOptions, w: &mut (dyn Write + Send)) -> Result<Score
             .inc_by(0);
     }
     metrics.rules_loaded.set(rules.rules.len() as i64);
-    let mut pipeline = Pipeline::new(rules, Some(crate::defaults::test_geo_db()), PipelineConfig::default())?;
+    let geo = opts.traffic.networks.geo_db();
+    let mut pipeline = Pipeline::new(rules, Some(geo), PipelineConfig::default())?;
 
     let memory = Arc::new(Mutex::new(MemoryStore::default()));
     let redis_cfg = crate::sinks::redis::RedisConfig {

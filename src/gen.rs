@@ -3,7 +3,8 @@
 //!
 //! [`Generator`] is an iterator of access-log lines in one of the gateway formats tokenwatch
 //! reads. Ordinary users browse and call the API from a home network and a mobile network in
-//! a real city (ranges the test GeoIP database locates, or carrier-grade NAT it does not),
+//! a real city (ranges the test GeoIP database locates, or with [`Networks::from_geoip`] ranges
+//! a database of one's own locates; or carrier-grade NAT, which no database locates),
 //! refresh their 15-minute or 1-hour tokens shortly before expiry, and now and then fly to
 //! another city. Into that traffic it injects attacks, each line that should make one of the
 //! engine's default rules fire carrying a [`Label`], and near misses that must not fire.
@@ -36,6 +37,10 @@
 //! | revoked used | a replay as above, then the owner's 200 with it a minute later | `token-replay`, `revoked-token-used` |
 //! | near misses | two networks; London to Boxford in minutes; London to Milton in 14 h; forged copies (same `jti`) from 4-5 networks, all 401 | none |
 //!
+//! The cities are those of the built-in tables; over a `--geoip` database the travel scripts
+//! use the fixed points [`Networks`] chose there with the same meaning (impossible in twenty
+//! minutes; within one region; far but slower than an airliner).
+//!
 //! After a revoking firing (replay, expired accepted, token in URL, impossible travel), the
 //! gateway is modelled as honouring the revocation: the token (or every token of the subject
 //! issued before the firing) gets 401, and the owner's client retries with a new token.
@@ -45,6 +50,7 @@
 //! label in a few tens of thousands of lines use a lower `rate_per_sec` (20/s shows all eight
 //! in 50,000 lines).
 
+mod geoip;
 pub mod kafka;
 mod line;
 mod net;
@@ -63,11 +69,13 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use line::{Malformed, Req};
-use net::{Addr, Net, CGNAT, REGIONS};
+use net::Addr;
 use rng::Rng;
 use scenario::{Mint, Minted, Scenario, Scene, Scripted, Spec, ATTACKS, NEAR_MISSES};
 use traffic::{pick_request, ClientKind, CLIENTS};
 
+pub use geoip::NetworksError;
+pub use net::Networks;
 pub use scenario::rule;
 
 /// The log format of the generated lines.
@@ -145,6 +153,9 @@ pub struct GenConfig {
     /// Fraction of lines that are malformed (they carry no labels).
     pub malformed_rate: f64,
     pub format: GenFormat,
+    /// Where users and attackers connect from: [`Networks::builtin`] (the embedded test
+    /// database's ranges), or [`Networks::from_geoip`] for a database of one's own.
+    pub networks: Arc<Networks>,
 }
 
 impl Default for GenConfig {
@@ -159,6 +170,7 @@ impl Default for GenConfig {
             attack_rate: 5.0,
             malformed_rate: 0.0,
             format: GenFormat::Canonical,
+            networks: Networks::builtin(),
         }
     }
 }
@@ -301,13 +313,13 @@ impl User {
     }
 }
 
-fn networks(rng: &mut Rng, region: usize) -> (Addr, Addr) {
-    let r = &REGIONS[region];
-    let home = Net::parse(rng.pick(r.home)).random(rng);
+fn networks(nets: &Networks, rng: &mut Rng, region: usize) -> (Addr, Addr) {
+    let r = &nets.regions[region];
+    let home = rng.pick(&r.home).random(rng);
     let mobile = if !r.mobile.is_empty() && rng.chance(0.5) {
-        Net::parse(rng.pick(r.mobile)).random(rng)
+        rng.pick(&r.mobile).random(rng)
     } else {
-        Net::parse(CGNAT).random(rng)
+        nets.cgnat.random(rng)
     };
     (home, mobile)
 }
@@ -315,6 +327,7 @@ fn networks(rng: &mut Rng, region: usize) -> (Addr, Addr) {
 /// Streams lines; see the module documentation.
 pub struct Generator {
     format: GenFormat,
+    nets: Arc<Networks>,
     rng: Rng,
     mint: Mint,
     users: Vec<User>,
@@ -365,7 +378,8 @@ impl Generator {
         let long_gap_ms = ((gap_ms - BURST_P * BURST_MEAN_MS) / (1.0 - BURST_P)).max(1.0);
         let idle_mean_ms = SESSION_MEAN_MS * (1.0 - active) / active;
 
-        let region_weights: Vec<u32> = REGIONS.iter().map(|r| r.weight).collect();
+        let nets = cfg.networks.clone();
+        let region_weights: Vec<u32> = nets.regions.iter().map(|r| r.weight).collect();
         let client_weights = traffic::client_weights();
         let start = cfg.start_ms;
         let mut users = Vec::with_capacity(users_n as usize);
@@ -373,7 +387,7 @@ impl Generator {
         for i in 0..users_n {
             let region = rng.weighted(&region_weights);
             let client = rng.weighted(&client_weights);
-            let (home, mobile) = networks(&mut rng, region);
+            let (home, mobile) = networks(&nets, &mut rng, region);
             let in_session = rng.chance(active);
             let mut u = User {
                 n: i + 1,
@@ -425,6 +439,7 @@ impl Generator {
         };
         Generator {
             format: cfg.format,
+            nets,
             rng,
             mint,
             users,
@@ -509,7 +524,7 @@ impl Generator {
         let user = self.next_subject;
         self.next_subject += 1;
         let t0 = self.now + self.rng.range(0, 2000);
-        for mut s in Scene::new(&mut self.rng, &mut self.mint, user).play(kind, t0) {
+        for mut s in Scene::new(&self.nets, &mut self.rng, &mut self.mint, user).play(kind, t0) {
             s.seq = self.seq;
             self.seq += 1;
             self.scripted.push(Reverse(s));
@@ -578,7 +593,7 @@ impl Generator {
                 if u.saved.is_none() {
                     u.saved = Some((u.home, u.mobile));
                 }
-                (u.home, u.mobile) = networks(rng, dest as usize);
+                (u.home, u.mobile) = networks(&self.nets, rng, dest as usize);
             }
             u.region = dest;
             u.token = None;
@@ -648,7 +663,7 @@ impl Generator {
                             }
                         }
                     };
-                    idle = idle.max(flight_ms(u.region as usize, dest));
+                    idle = idle.max(flight_ms(&self.nets, u.region as usize, dest));
                     u.travel_to = Some(dest as u8);
                 }
                 u.session_end.max(t) + idle as i64
@@ -710,8 +725,8 @@ fn mobile_share(kind: ClientKind) -> f64 {
 /// How long a trip between two regions takes, generously: any two of their networks are
 /// then further apart in time than 750 km/h allows, well below the 900 km/h of
 /// impossible-travel (each region's networks lie within 500 km of its centre).
-fn flight_ms(from: usize, to: usize) -> f64 {
-    let (a, b) = (net::region_center(from), net::region_center(to));
+fn flight_ms(nets: &Networks, from: usize, to: usize) -> f64 {
+    let (a, b) = (nets.regions[from].center, nets.regions[to].center);
     let km = net::distance_km(a.0, a.1, b.0, b.1);
     ((km + 1000.0) / 750.0 + 0.5) * 3_600_000.0
 }
@@ -980,10 +995,16 @@ mod tests {
     /// (checked straight from the lines), and nothing fires at all (through the rules).
     #[test]
     fn legit_traffic_alone_fires_nothing() {
+        assert_legit_traffic_fires_nothing(Networks::builtin());
+    }
+
+    fn assert_legit_traffic_fires_nothing(networks: Arc<Networks>) {
+        let oracle = oracle::Oracle::for_networks(&networks);
         let c = GenConfig {
             users: 100,
             rate_per_sec: 0.6,
             attack_rate: 0.0,
+            networks,
             ..cfg(41, 15_000)
         };
         let out = lines(c);
@@ -1034,7 +1055,7 @@ mod tests {
         assert!(moved > 0, "no token ever moved between home and mobile");
         assert!(sloppy > 0 && v6 > 0, "sloppy retries {sloppy}, IPv6 lines {v6}");
 
-        let per_rule = assert_labels_exact(&out);
+        let per_rule = assert_labels_exact_with(&out, oracle);
         assert!(per_rule.is_empty());
     }
 
@@ -1049,7 +1070,10 @@ mod tests {
     /// Replays the output through the re-statement of the default rules: what fires must be
     /// exactly what is labelled.
     fn assert_labels_exact(out: &[Generated]) -> BTreeMap<String, usize> {
-        let mut o = oracle::Oracle::new();
+        assert_labels_exact_with(out, oracle::Oracle::new())
+    }
+
+    fn assert_labels_exact_with(out: &[Generated], mut o: oracle::Oracle) -> BTreeMap<String, usize> {
         let mut fired = Vec::new();
         let mut labelled = Vec::new();
         let mut per_rule = BTreeMap::new();
@@ -1092,11 +1116,15 @@ mod tests {
 
     #[test]
     fn near_misses_alone_fire_nothing() {
+        assert_near_misses_fire_nothing(&Networks::builtin());
+    }
+
+    fn assert_near_misses_fire_nothing(nets: &Networks) {
         let mut rng = Rng::new(9);
         let mut mint = Mint::new(9);
-        let mut o = oracle::Oracle::new();
+        let mut o = oracle::Oracle::for_networks(nets);
         for (i, kind) in NEAR_MISSES.iter().cycle().take(40).enumerate() {
-            let script = Scene::new(&mut rng, &mut mint, 10_000 + i as u64).play(*kind, DEFAULT_START_MS);
+            let script = Scene::new(nets, &mut rng, &mut mint, 10_000 + i as u64).play(*kind, DEFAULT_START_MS);
             for s in script {
                 let req = Req {
                     ts_ms: s.ts_ms,
@@ -1177,7 +1205,7 @@ mod tests {
         let mut rng = Rng::new(1);
         for l in net::LOCATED {
             for _ in 0..5 {
-                let ip = Net::parse(l.cidr).random(&mut rng).ip();
+                let ip = net::Net::parse(l.cidr).random(&mut rng).ip();
                 let city: maxminddb::geoip2::City =
                     reader.lookup(ip).unwrap().unwrap_or_else(|| panic!("{ip} unknown"));
                 let loc = city.location.unwrap();
@@ -1186,13 +1214,94 @@ mod tests {
                 assert_eq!(loc.accuracy_radius.map(f64::from), Some(l.accuracy_km), "{ip}");
             }
         }
-        for cidr in net::ATTACKER_V4.iter().chain(net::ATTACKER_V6).chain([&CGNAT]) {
+        for cidr in net::ATTACKER_V4.iter().chain(net::ATTACKER_V6).chain([&net::CGNAT]) {
             for _ in 0..5 {
-                let ip = Net::parse(cidr).random(&mut rng).ip();
+                let ip = net::Net::parse(cidr).random(&mut rng).ip();
                 let found: Option<maxminddb::geoip2::City> = reader.lookup(ip).unwrap();
                 let located = found.and_then(|c| c.location).is_some_and(|l| l.latitude.is_some());
                 assert!(!located, "{ip} is located");
             }
         }
+    }
+
+    // ---- with a --geoip database ----
+
+    /// MaxMind's GeoIP2-City-Test (not the database the built-in tables copy), read once.
+    fn fixture_networks() -> Arc<Networks> {
+        static NETS: std::sync::OnceLock<Arc<Networks>> = std::sync::OnceLock::new();
+        NETS.get_or_init(|| {
+            let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/geoip/GeoIP2-City-Test.mmdb");
+            Arc::new(Networks::from_geoip(&p).unwrap())
+        })
+        .clone()
+    }
+
+    #[test]
+    fn without_geoip_the_builtin_tables_are_used() {
+        let d = GenConfig::default();
+        assert!(matches!(d.networks.source, net::Source::Builtin));
+        assert_eq!(d.networks, Networks::builtin());
+        assert_ne!(*d.networks, *fixture_networks());
+        let n = &d.networks;
+        assert_eq!(n.regions.len(), net::REGIONS.len());
+        for (r, t) in n.regions.iter().zip(net::REGIONS) {
+            let parse = |c: &[&str]| c.iter().map(|c| net::Net::parse(c)).collect::<Vec<_>>();
+            assert_eq!(
+                (&r.home, &r.mobile, r.weight),
+                (&parse(t.home), &parse(t.mobile), t.weight)
+            );
+            let l = net::location_of(t.home[0]).unwrap();
+            assert_eq!(r.center, (l.lat, l.lon));
+        }
+        let mut unlocated = vec![net::CGNAT.to_string()];
+        unlocated.extend(net::ATTACKER_V4.iter().chain(net::ATTACKER_V6).map(|c| c.to_string()));
+        assert_eq!(n.unlocated_ranges(), unlocated);
+        assert_eq!(n.far.to_string(), "175.16.199.0/24");
+        assert_eq!(n.slow_travel_ms, 14 * 3_600_000);
+        assert!(n.database_path().is_none());
+    }
+
+    #[test]
+    fn with_a_geoip_database_labels_are_exactly_the_firings() {
+        let networks = fixture_networks();
+        let oracle = oracle::Oracle::for_networks(&networks);
+        let c = GenConfig {
+            users: 500,
+            rate_per_sec: 20.0,
+            malformed_rate: 0.01,
+            networks,
+            ..cfg(31, 50_000)
+        };
+        let per_rule = assert_labels_exact_with(&lines(c), oracle);
+        for r in rule::ALL {
+            assert!(per_rule.get(r).copied().unwrap_or(0) >= 1, "no {r} label: {per_rule:?}");
+        }
+    }
+
+    #[test]
+    fn with_a_geoip_database_legit_traffic_alone_fires_nothing() {
+        assert_legit_traffic_fires_nothing(fixture_networks());
+    }
+
+    #[test]
+    fn with_a_geoip_database_near_misses_alone_fire_nothing() {
+        assert_near_misses_fire_nothing(&fixture_networks());
+    }
+
+    #[test]
+    fn with_a_geoip_database_the_same_seed_gives_the_same_bytes() {
+        let c = GenConfig {
+            attack_rate: 50.0,
+            networks: fixture_networks(),
+            ..cfg(7, 3000)
+        };
+        let a = lines(c.clone());
+        let again = Networks::from_geoip(fixture_networks().database_path().unwrap()).unwrap();
+        let b = lines(GenConfig {
+            networks: Arc::new(again),
+            ..c
+        });
+        assert!(a == b);
+        assert_ne!(a, lines(cfg(7, 3000)));
     }
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use clap::{Args, Parser, Subcommand};
 
 use tokenwatch::config::Config;
-use tokenwatch::gen::{GenConfig, GenFormat, Generator};
+use tokenwatch::gen::{GenConfig, GenFormat, Generator, Networks};
 use tokenwatch::geo::GeoDb;
 use tokenwatch::input::Format;
 use tokenwatch::pipeline::{Pipeline, PipelineConfig};
@@ -94,6 +94,10 @@ struct TrafficArgs {
     /// Average requests per second of event time.
     #[arg(long, default_value_t = 1000.0)]
     rate: f64,
+    /// Place users in the networks this MaxMind City database (.mmdb) locates, instead of
+    /// the built-in ones of MaxMind's test database; replay the traffic with the same file.
+    #[arg(long)]
+    geoip: Option<PathBuf>,
 }
 
 impl TrafficArgs {
@@ -104,21 +108,49 @@ impl TrafficArgs {
             .map(|d| tokenwatch::rules::parse_duration_ms(d).map(|ms| (ms / 1000) as u64))
             .transpose()
             .map_err(|e| format!("--duration: {e}"))?;
-        if !(0.0..=1.0).contains(&self.malformed_rate) {
-            return Err("--malformed-rate must be between 0 and 1".into());
-        }
-        Ok(GenConfig {
+        checked(GenConfig {
             seed: self.seed,
             events: self.events,
             duration_secs,
-            users: self.users.max(1),
+            users: self.users,
             rate_per_sec: self.rate,
             attack_rate: self.attack_rate,
             malformed_rate: self.malformed_rate,
             format,
+            networks: networks(self.geoip.as_deref())?,
             ..GenConfig::default()
         })
     }
+}
+
+/// The built-in networks, or those of a `--geoip` database (announced on stderr).
+fn networks(geoip: Option<&Path>) -> Result<Arc<Networks>, String> {
+    let Some(path) = geoip else {
+        return Ok(Networks::builtin());
+    };
+    let nets = Networks::from_geoip(path).map_err(|e| e.to_string())?;
+    eprintln!(
+        "tokenwatch: users in {} regions ({} located networks) of {}",
+        nets.regions(),
+        nets.located_networks(),
+        path.display()
+    );
+    Ok(Arc::new(nets))
+}
+
+/// The generator's settings as given, or an error naming the flag that cannot work (a zero
+/// rate or a negative attack rate is refused, not silently corrected).
+fn checked(cfg: GenConfig) -> Result<GenConfig, String> {
+    cfg.validate().map_err(|e| {
+        let flag = match e.field {
+            "rate_per_sec" => "rate",
+            "attack_rate" => "attack-rate",
+            "malformed_rate" => "malformed-rate",
+            f => f,
+        };
+        format!("--{flag} {}", e.problem)
+    })?;
+    Ok(cfg)
 }
 
 #[derive(Args)]
@@ -171,6 +203,10 @@ struct DemoArgs {
     /// Injected attacks per 10,000 lines.
     #[arg(long, default_value_t = 10.0)]
     attack_rate: f64,
+    /// Place users in the networks this MaxMind City database (.mmdb) locates; the demo's
+    /// engine then geolocates with it too.
+    #[arg(long)]
+    geoip: Option<PathBuf>,
 }
 
 fn gen(a: GenArgs) -> Result<ExitCode, String> {
@@ -236,13 +272,14 @@ fn demo(a: DemoArgs) -> Result<ExitCode, String> {
     use std::io::IsTerminal;
     let duration = tokenwatch::rules::parse_duration_ms(&a.duration).map_err(|e| format!("--duration: {e}"))?;
     let opts = tokenwatch::demo::DemoOptions {
-        traffic: GenConfig {
+        traffic: checked(GenConfig {
             seed: a.seed,
-            users: a.users.max(1),
+            users: a.users,
             rate_per_sec: a.rate,
             attack_rate: a.attack_rate,
+            networks: networks(a.geoip.as_deref())?,
             ..GenConfig::default()
-        },
+        })?,
         speedup: a.speedup.max(1.0),
         duration: std::time::Duration::from_millis(duration.max(1000) as u64),
         redis: a.redis,

@@ -15,16 +15,7 @@ use tokenwatch::gen::{GenConfig, GenFormat};
 #[test]
 fn the_default_rules_agree_with_the_labels_over_a_generated_day() {
     for format in [GenFormat::Canonical, GenFormat::Traefik] {
-        let cfg = GenConfig {
-            seed: 2026,
-            duration_secs: Some(86_400),
-            rate_per_sec: 2.0,
-            users: 500,
-            attack_rate: 10.0,
-            malformed_rate: 0.001,
-            format,
-            ..GenConfig::default()
-        };
+        let cfg = common::generated_day(format);
         let (decisions, labels, lines, _) = run_generated(cfg, |_| {}).unwrap();
         let s = tokenwatch::demo::score(&labels, &decisions);
         assert!(lines > 150_000, "{lines}");
@@ -131,4 +122,24 @@ fn gen_produces_to_kafka() {
     }
     assert_eq!(n, 3000);
     assert!(std::fs::read_to_string(&labels).unwrap().lines().count() > 0);
+}
+
+#[test]
+fn gen_refuses_settings_that_cannot_work_and_names_the_flag() {
+    for (args, flag) in [
+        (&["--rate", "0"][..], "--rate"),
+        (&["--attack-rate=-1"][..], "--attack-rate"),
+        (&["--users", "0"][..], "--users"),
+        (&["--malformed-rate", "2"][..], "--malformed-rate"),
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_tokenwatch"))
+            .args(["gen", "--events", "10"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?} was accepted");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(flag), "{args:?}: {err}");
+        assert!(out.stdout.is_empty(), "{args:?} wrote lines anyway");
+    }
 }

@@ -1,8 +1,13 @@
-//! Where synthetic clients connect from: address ranges, and what the test GeoIP database
-//! says about them.
+//! Where synthetic clients connect from: address ranges, where they are, and which ranges
+//! no database locates.
 //!
-//! The tests geolocate with MaxMind's `GeoLite2-City-Test` database, which knows only a few
-//! hundred ranges. Every geolocated address the generator emits comes from [`LOCATED`], copied
+//! [`Networks`] is that data, threaded through the generator, its scenarios and the tests'
+//! re-statement of the rules. It is built either from the tables below or, with
+//! `--geoip FILE`, from a MaxMind City database (see [`super::geoip`]); the generator behaves
+//! the same way over either.
+//!
+//! The tables copy MaxMind's `GeoLite2-City-Test` database, which knows only a few hundred
+//! ranges. Every geolocated address the default generator emits comes from [`LOCATED`], copied
 //! from that database's source JSON (a test checks the table against the `.mmdb`); every other
 //! address (carrier-grade NAT, hosting ranges used by attackers) is one the database does not
 //! know, so it has no location and can never take part in an impossible-travel pair.
@@ -11,9 +16,13 @@
 //! apart, so that moving between home and mobile networks inside a region can never look
 //! like impossible travel whatever the time between requests.
 
+use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
 
 use super::rng::Rng;
+use crate::geo::GeoDb;
 
 /// A range of the test database with its location, as the database reports it.
 #[derive(Debug, Clone, Copy)]
@@ -97,19 +106,16 @@ pub(crate) const ATTACKER_V4: &[&str] = &[
 ];
 pub(crate) const ATTACKER_V6: &[&str] = &["2a0e:b107::/32", "2604:a880::/32"];
 
-/// A group of ranges less than 500 km apart (great-circle, before accuracy radii).
-pub(crate) struct Region {
-    /// Fixed-line networks; the first one's location stands for the region.
+/// A region of the built-in tables; [`Networks::builtin`] turns it into a [`Region`].
+pub(crate) struct TableRegion {
     pub home: &'static [&'static str],
-    /// Geolocated mobile networks; users may also be on CGNAT, which has no location.
     pub mobile: &'static [&'static str],
-    /// Share of users living here.
     pub weight: u32,
 }
 
-pub(crate) const REGIONS: &[Region] = &[
+pub(crate) const REGIONS: &[TableRegion] = &[
     // london
-    Region {
+    TableRegion {
         home: &[
             "81.2.69.142/31",
             "81.2.69.144/28",
@@ -121,61 +127,61 @@ pub(crate) const REGIONS: &[Region] = &[
         weight: 28,
     },
     // linkoping
-    Region {
+    TableRegion {
         home: &["89.160.20.112/28", "89.160.20.128/25"],
         mobile: &["2a02:d040::/29", "2a02:e400::/29"],
         weight: 10,
     },
     // milton
-    Region {
+    TableRegion {
         home: &["216.160.83.56/29"],
         mobile: &[],
         weight: 6,
     },
     // san-diego
-    Region {
+    TableRegion {
         home: &["214.78.0.0/19"],
         mobile: &["2001:480::/43"],
         weight: 14,
     },
     // japan
-    Region {
+    TableRegion {
         home: &["2001:218::/32", "2001:240::/32"],
         mobile: &["2001:258::/32"],
         weight: 10,
     },
     // korea
-    Region {
+    TableRegion {
         home: &["2001:220::/32"],
         mobile: &["2001:230::/32"],
         weight: 6,
     },
     // taiwan
-    Region {
+    TableRegion {
         home: &["2001:238::/32"],
         mobile: &["2001:288::/32"],
         weight: 4,
     },
     // germany
-    Region {
+    TableRegion {
         home: &["2a02:d180::/29"],
         mobile: &["2a02:d480::/29"],
         weight: 9,
     },
     // france
-    Region {
+    TableRegion {
         home: &["2a02:cfc0::/29"],
         mobile: &["2a02:d340::/29"],
         weight: 7,
     },
     // changchun
-    Region {
+    TableRegion {
         home: &["175.16.199.0/24"],
         mobile: &[],
         weight: 3,
     },
     // philippines
-    Region {
+    TableRegion {
         home: &["202.196.224.0/20"],
         mobile: &[],
         weight: 3,
@@ -183,6 +189,174 @@ pub(crate) const REGIONS: &[Region] = &[
 ];
 
 pub(crate) const REGION_LONDON: usize = 0;
+
+/// A group of ranges whose locations are pairwise less than 500 km apart (great-circle,
+/// before accuracy radii).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Region {
+    /// Fixed-line networks.
+    pub home: Vec<Net>,
+    /// Geolocated mobile networks; users may also be on CGNAT, which has no location.
+    pub mobile: Vec<Net>,
+    /// Share of users living here.
+    pub weight: u32,
+    /// The location of the first home network, which stands for the region when flight
+    /// times are worked out.
+    pub center: (f64, f64),
+}
+
+/// Where every synthetic client connects from. The scenarios' fixed points are chosen so
+/// that each keeps its meaning whatever the source: `victim` to `far` is impossible in 20
+/// minutes, `slow_from` to `slow_to` is far but slower than an airliner after
+/// `slow_travel_ms`, `hop_from` to `hop_to` is fast but within one region.
+pub struct Networks {
+    pub(crate) regions: Vec<Region>,
+    /// Mobile users without a located network: no database locates it.
+    pub(crate) cgnat: Net,
+    /// Attackers' ranges, none of them located: a replay can then never also be travel.
+    /// At least three IPv4 ranges (three distinct /24s) and one IPv6 range.
+    pub(crate) attacker_v4: Vec<Net>,
+    pub(crate) attacker_v6: Vec<Net>,
+    /// The impossible-travel victim's fixed line: a small accuracy radius.
+    pub(crate) victim: Vec<Net>,
+    /// Where the thief uses the victim's token twenty minutes later.
+    pub(crate) far: Net,
+    /// A fast move that stays within one region.
+    pub(crate) hop_from: Vec<Net>,
+    pub(crate) hop_to: Net,
+    /// A long journey made slowly.
+    pub(crate) slow_from: Net,
+    pub(crate) slow_to: Net,
+    pub(crate) slow_travel_ms: i64,
+    /// Located networks that forged copies come from (all refused, so never located by
+    /// the rules).
+    pub(crate) decoys: [Net; 2],
+    pub(crate) source: Source,
+}
+
+#[derive(Clone)]
+pub(crate) enum Source {
+    /// The tables in this file, which copy the embedded GeoLite2-City-Test database.
+    Builtin,
+    /// A City database read from `path`; `bytes` is its content, so the engine and the
+    /// tests geolocate with exactly the database the traffic was built from.
+    Database { path: PathBuf, bytes: Arc<Vec<u8>> },
+}
+
+impl Networks {
+    /// The built-in tables (shared: built once per process).
+    pub fn builtin() -> Arc<Networks> {
+        static BUILTIN: OnceLock<Arc<Networks>> = OnceLock::new();
+        BUILTIN.get_or_init(|| Arc::new(Networks::from_tables())).clone()
+    }
+
+    fn from_tables() -> Networks {
+        let parse = |cidrs: &[&str]| cidrs.iter().map(|c| Net::parse(c)).collect::<Vec<Net>>();
+        let center = |cidr: &str| {
+            let l = location_of(cidr).expect("region home ranges are in LOCATED");
+            (l.lat, l.lon)
+        };
+        let london = ["81.2.69.142/31", "81.2.69.144/28"];
+        Networks {
+            regions: REGIONS
+                .iter()
+                .map(|r| Region {
+                    home: parse(r.home),
+                    mobile: parse(r.mobile),
+                    weight: r.weight,
+                    center: center(r.home[0]),
+                })
+                .collect(),
+            cgnat: Net::parse(CGNAT),
+            attacker_v4: parse(ATTACKER_V4),
+            attacker_v6: parse(ATTACKER_V6),
+            // The two small London ranges: accuracy 10 and 3 km.
+            victim: parse(&london),
+            far: Net::parse("175.16.199.0/24"),
+            hop_from: parse(&london),
+            hop_to: Net::parse("2.125.160.216/29"),
+            slow_from: Net::parse(REGIONS[REGION_LONDON].home[0]),
+            slow_to: Net::parse("216.160.83.56/29"),
+            // London to Milton, about 7,700 km, in 14 hours or more: ~550 km/h.
+            slow_travel_ms: 14 * 3_600_000,
+            decoys: [Net::parse("175.16.199.0/24"), Net::parse("202.196.224.0/20")],
+            source: Source::Builtin,
+        }
+    }
+
+    /// The database the engine must geolocate with to see this traffic as it was built:
+    /// the embedded test database for the built-in tables, or the `--geoip` file.
+    pub fn geo_db(&self) -> GeoDb {
+        match &self.source {
+            Source::Builtin => crate::defaults::test_geo_db(),
+            Source::Database { bytes, .. } => {
+                GeoDb::from_bytes(bytes.to_vec()).expect("the database was read as a City database")
+            }
+        }
+    }
+
+    /// The `--geoip` file these networks come from; `None` for the built-in tables.
+    pub fn database_path(&self) -> Option<&Path> {
+        match &self.source {
+            Source::Builtin => None,
+            Source::Database { path, .. } => Some(path),
+        }
+    }
+
+    /// Number of regions users live in.
+    pub fn regions(&self) -> usize {
+        self.regions.len()
+    }
+
+    /// Number of located networks users live in (home and mobile, over all regions).
+    pub fn located_networks(&self) -> usize {
+        let mut all: Vec<Net> = self
+            .regions
+            .iter()
+            .flat_map(|r| r.home.iter().chain(&r.mobile).copied())
+            .collect();
+        all.sort_unstable_by_key(|n| n.sort_key());
+        all.dedup();
+        all.len()
+    }
+
+    /// The ranges that are meant to have no location (CGNAT and the attackers' ranges), as
+    /// CIDR text: every other address the generator writes is located.
+    pub fn unlocated_ranges(&self) -> Vec<String> {
+        std::iter::once(&self.cgnat)
+            .chain(&self.attacker_v4)
+            .chain(&self.attacker_v6)
+            .map(|n| n.to_string())
+            .collect()
+    }
+}
+
+/// Two values are equal when they were built from the same source (the tables are a
+/// deterministic function of it).
+impl PartialEq for Networks {
+    fn eq(&self, other: &Self) -> bool {
+        match (&self.source, &other.source) {
+            (Source::Builtin, Source::Builtin) => true,
+            (Source::Database { bytes: a, .. }, Source::Database { bytes: b, .. }) => a == b,
+            _ => false,
+        }
+    }
+}
+
+/// A summary: the database's bytes and thousands of networks help nobody in a log.
+impl fmt::Debug for Networks {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let source = match &self.source {
+            Source::Builtin => "built-in (GeoLite2-City-Test)".to_string(),
+            Source::Database { path, .. } => path.display().to_string(),
+        };
+        f.debug_struct("Networks")
+            .field("source", &source)
+            .field("regions", &self.regions.len())
+            .field("located_networks", &self.located_networks())
+            .finish()
+    }
+}
 
 /// An IPv4 or IPv6 prefix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -192,6 +366,48 @@ pub(crate) enum Net {
 }
 
 impl Net {
+    /// The prefix of `ip` of length `len` (clamped to the address size).
+    pub(crate) fn new(ip: IpAddr, len: u8) -> Net {
+        match ip {
+            IpAddr::V4(a) => {
+                let len = len.min(32);
+                Net::V4 {
+                    base: u32::from(a) & mask32(len),
+                    len,
+                }
+            }
+            IpAddr::V6(a) => {
+                let len = len.min(128);
+                Net::V6 {
+                    base: u128::from(a) & mask128(len),
+                    len,
+                }
+            }
+        }
+    }
+
+    /// IPv4 before IPv6, then by address and length.
+    pub(crate) fn sort_key(&self) -> (u8, u128, u8) {
+        match *self {
+            Net::V4 { base, len } => (4, base as u128, len),
+            Net::V6 { base, len } => (6, base, len),
+        }
+    }
+
+    /// The first address of the range.
+    pub(crate) fn first(&self) -> IpAddr {
+        match *self {
+            Net::V4 { base, .. } => IpAddr::V4(Ipv4Addr::from(base)),
+            Net::V6 { base, .. } => IpAddr::V6(Ipv6Addr::from(base)),
+        }
+    }
+
+    pub(crate) fn len(&self) -> u8 {
+        match *self {
+            Net::V4 { len, .. } | Net::V6 { len, .. } => len,
+        }
+    }
+
     /// Parses the tables' CIDR strings; they are constants, so a bad one is a bug.
     pub(crate) fn parse(cidr: &str) -> Net {
         let (addr, len) = cidr.split_once('/').expect("CIDR in generator table");
@@ -238,6 +454,12 @@ impl Net {
                 }
             }
         }
+    }
+}
+
+impl fmt::Display for Net {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.first(), self.len())
     }
 }
 
@@ -296,12 +518,6 @@ pub(crate) fn distance_km(lat1: f64, lon1: f64, lat2: f64, lon2: f64) -> f64 {
     let dl = (lon2 - lon1).to_radians();
     let h = (dp / 2.0).sin().powi(2) + p1.cos() * p2.cos() * (dl / 2.0).sin().powi(2);
     2.0 * 6371.0088 * h.sqrt().min(1.0).asin()
-}
-
-/// The location that stands for a region (its first home range).
-pub(crate) fn region_center(region: usize) -> (f64, f64) {
-    let l = location_of(REGIONS[region].home[0]).expect("region home ranges are in LOCATED");
-    (l.lat, l.lon)
 }
 
 #[cfg(test)]

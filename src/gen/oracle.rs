@@ -1,8 +1,9 @@
 //! A plain, slow re-statement of the engine's eight default rules, for the generator's tests.
 //!
 //! It reads the canonical lines the generator wrote (not its internal state), decodes tokens
-//! with [`crate::token`] and geolocates with the generator's copy of the test database, then
-//! says which rules fire where. The tests demand that this equals the labels exactly: every
+//! with [`crate::token`] and geolocates as the engine will (with the generator's copy of the
+//! test database, or through the `--geoip` database the traffic was built from), then says
+//! which rules fire where. The tests demand that this equals the labels exactly: every
 //! labelled firing happens, and nothing unlabelled fires, legitimate traffic included.
 //! Written for clarity, not speed; it only ever sees test-sized runs.
 
@@ -12,7 +13,7 @@ use std::rc::Rc;
 
 use serde::Deserialize;
 
-use super::net::{Located, Net, LOCATED};
+use super::net::{Located, Net, Networks, Source, LOCATED};
 use super::rule;
 use crate::token::{decode, tokens_in_query, RawToken, TokenInfo};
 
@@ -37,10 +38,25 @@ pub(crate) struct Firing {
 const MIN: i64 = 60_000;
 const HOUR: i64 = 60 * MIN;
 
+/// Where an address is: (latitude, longitude, accuracy radius in km).
+type Point = (f64, f64, f64);
+
+enum Geo {
+    /// The built-in copy of the test database's ranges, parsed once.
+    Table(Vec<(Net, Located)>),
+    /// A City database, looked up as the engine does.
+    Db(maxminddb::Reader<Vec<u8>>),
+}
+
+impl Default for Geo {
+    fn default() -> Self {
+        Geo::Table(Vec::new())
+    }
+}
+
 #[derive(Default)]
 pub(crate) struct Oracle {
-    /// The test database's ranges, parsed once.
-    geo: Vec<(Net, Located)>,
+    geo: Geo,
     /// Decoded tokens by [`quick_hash`] of their text.
     tokens: HashMap<(usize, u64), Option<Rc<TokenInfo>>>,
     fired_once: HashSet<(&'static str, String)>,
@@ -81,16 +97,42 @@ fn network(ip: IpAddr) -> u128 {
 }
 
 impl Oracle {
+    /// Geolocates with the built-in tables.
     pub(crate) fn new() -> Self {
         let geo = LOCATED.iter().map(|l| (Net::parse(l.cidr), *l)).collect();
         Oracle {
-            geo,
+            geo: Geo::Table(geo),
             ..Oracle::default()
         }
     }
 
-    fn locate(&self, ip: IpAddr) -> Option<Located> {
-        self.geo.iter().find(|(net, _)| net.contains(ip)).map(|(_, l)| *l)
+    /// Geolocates as the engine will for traffic generated over `nets`.
+    pub(crate) fn for_networks(nets: &Networks) -> Self {
+        match &nets.source {
+            Source::Builtin => Oracle::new(),
+            Source::Database { bytes, .. } => Oracle {
+                geo: Geo::Db(maxminddb::Reader::from_source(bytes.to_vec()).expect("read before")),
+                ..Oracle::default()
+            },
+        }
+    }
+
+    fn locate(&self, ip: IpAddr) -> Option<Point> {
+        match &self.geo {
+            Geo::Table(t) => t
+                .iter()
+                .find(|(net, _)| net.contains(ip))
+                .map(|(_, l)| (l.lat, l.lon, l.accuracy_km)),
+            Geo::Db(reader) => {
+                let city: maxminddb::geoip2::City = reader.lookup(ip.to_canonical()).ok().flatten()?;
+                let loc = city.location?;
+                Some((
+                    loc.latitude?,
+                    loc.longitude?,
+                    loc.accuracy_radius.map_or(0.0, f64::from),
+                ))
+            }
+        }
     }
 
     /// Feeds one canonical line; returns the rules it fires. Lines that are not valid events
@@ -187,10 +229,10 @@ impl Oracle {
                 revoke_tokens.push(tid.clone());
             }
 
-            if let Some(here) = self.locate(ip) {
+            if let Some((here_lat, here_lon, here_acc)) = self.locate(ip) {
                 if let Some((t1, lat, lon, acc)) = self.last_geo.get(&subject).copied() {
                     let dt = ts - t1;
-                    let km = (super::net::distance_km(lat, lon, here.lat, here.lon) - acc - here.accuracy_km).max(0.0);
+                    let km = (super::net::distance_km(lat, lon, here_lat, here_lon) - acc - here_acc).max(0.0);
                     let hours = dt.max(MIN) as f64 / HOUR as f64;
                     let cooled = self.travel_fired.get(&subject).is_none_or(|l| ts - l >= HOUR);
                     if dt < 24 * HOUR && km >= 500.0 && km / hours > 900.0 && cooled {
@@ -200,7 +242,7 @@ impl Oracle {
                     }
                 }
                 self.last_geo
-                    .insert(subject.clone(), (ts, here.lat, here.lon, here.accuracy_km));
+                    .insert(subject.clone(), (ts, here_lat, here_lon, here_acc));
             }
 
             if expired && self.fired_once.insert((rule::EXPIRED_TOKEN_ACCEPTED, tid.clone())) {

@@ -9,7 +9,8 @@
 //! used attack, whose point is a gateway that let the revoked token through.
 //!
 //! Attacker addresses are never geolocated (see [`super::net`]), so a replay cannot also
-//! look like impossible travel; only the travel scripts use located addresses on purpose.
+//! look like impossible travel; only the travel scripts use located addresses on purpose,
+//! the fixed points that [`Networks`] chose for them.
 //! Tokens live long enough for every accepted use in a script (none is accidentally expired),
 //! except in the expiry scenarios, where every use is well past `exp + 60 s`.
 
@@ -18,7 +19,7 @@ use std::sync::Arc;
 
 use serde_json::json;
 
-use super::net::{Net, ATTACKER_V4, ATTACKER_V6, CGNAT, REGIONS, REGION_LONDON};
+use super::net::{Net, Networks};
 use super::rng::{mix64, Rng};
 use super::traffic::{pick_request, Client, ClientKind, CLIENTS};
 use super::Label;
@@ -207,7 +208,8 @@ pub(crate) enum Scenario {
     RevokedUsed,
     /// One token from exactly two networks.
     NearTwoNetworks,
-    /// London to Boxford within minutes: fast, but within one region.
+    /// London to Boxford within minutes: fast, but within one region. (The cities named
+    /// here and below are the built-in tables'; see [`Networks`] for a `--geoip` database.)
     NearRegionalHop,
     /// London, then Milton (US) 14 hours later: far, but slower than an airliner.
     NearSlowTravel,
@@ -245,6 +247,7 @@ const MIN: i64 = 60 * SEC;
 
 /// Writes one scenario's requests. Times are epoch ms; `t0` is when the script starts.
 pub(crate) struct Scene<'a> {
+    nets: &'a Networks,
     rng: &'a mut Rng,
     mint: &'a mut Mint,
     user: u64,
@@ -255,9 +258,10 @@ pub(crate) struct Scene<'a> {
 }
 
 impl<'a> Scene<'a> {
-    pub(crate) fn new(rng: &'a mut Rng, mint: &'a mut Mint, user: u64) -> Self {
+    pub(crate) fn new(nets: &'a Networks, rng: &'a mut Rng, mint: &'a mut Mint, user: u64) -> Self {
         let client = &CLIENTS[rng.below(CLIENTS.len() as u64) as usize];
         Scene {
+            nets,
             rng,
             mint,
             user,
@@ -311,37 +315,37 @@ impl<'a> Scene<'a> {
         self.token(t.div_euclid(1000), self.client.lifetime_s)
     }
 
-    fn ip_in(&mut self, cidr: &str) -> Arc<str> {
-        Net::parse(cidr).random(self.rng).text().into()
+    fn ip_in(&mut self, net: Net) -> Arc<str> {
+        net.random(self.rng).text().into()
     }
 
     /// The victim's fixed line somewhere the database locates.
     fn home(&mut self) -> Arc<str> {
-        let weights: Vec<u32> = REGIONS.iter().map(|r| r.weight).collect();
-        let region = &REGIONS[self.rng.weighted(&weights)];
-        let cidr = self.rng.pick(region.home);
-        self.ip_in(cidr)
+        let weights: Vec<u32> = self.nets.regions.iter().map(|r| r.weight).collect();
+        let region = &self.nets.regions[self.rng.weighted(&weights)];
+        let net = self.rng.pick(&region.home);
+        self.ip_in(net)
     }
 
-    fn london(&mut self) -> Arc<str> {
-        // The two small London ranges: accuracy 10 and 3 km.
-        let cidr = self.rng.pick(&["81.2.69.142/31", "81.2.69.144/28"]);
-        self.ip_in(cidr)
+    /// The travel victim's fixed line (with the built-in tables, London).
+    fn victim(&mut self) -> Arc<str> {
+        let net = self.rng.pick(&self.nets.victim);
+        self.ip_in(net)
     }
 
     /// `n` attacker addresses in distinct networks, none of them located.
     fn attackers(&mut self, n: usize) -> Vec<Arc<str>> {
-        let mut pool: Vec<&str> = ATTACKER_V4.to_vec();
+        let mut pool: Vec<Net> = self.nets.attacker_v4.clone();
         let mut out = Vec::with_capacity(n);
         for _ in 0..n {
-            if self.rng.chance(0.25) {
+            if self.rng.chance(0.25) || pool.is_empty() {
                 // A random /64 in a /32: distinct from the others for all practical purposes.
-                let cidr = self.rng.pick(ATTACKER_V6);
-                out.push(self.ip_in(cidr));
+                let net = self.rng.pick(&self.nets.attacker_v6);
+                out.push(self.ip_in(net));
             } else {
                 let i = self.rng.below(pool.len() as u64) as usize;
-                let cidr = pool.swap_remove(i);
-                out.push(self.ip_in(cidr));
+                let net = pool.swap_remove(i);
+                out.push(self.ip_in(net));
             }
         }
         out
@@ -450,10 +454,11 @@ impl<'a> Scene<'a> {
         self.refused_then_refresh(t, &home, &tok);
     }
 
-    /// The victim in London, then the same subject from Changchun twenty minutes later.
+    /// The victim in London, then the same subject from Changchun twenty minutes later (with
+    /// the built-in tables; else the victim and far networks [`Networks`] chose).
     fn impossible_travel(&mut self, t0: i64) {
         let ua = self.client.ua;
-        let home = self.london();
+        let home = self.victim();
         // A one-hour token, so the thief's use twenty minutes on is not also an expired one.
         let tok = self.issued_before(t0, 60, 300, 3600);
         let mut t = t0;
@@ -462,7 +467,7 @@ impl<'a> Scene<'a> {
             t += self.secs(20, 80);
             self.request(t, &home, Some(&tok), None, ua);
         }
-        let far = self.ip_in("175.16.199.0/24");
+        let far = self.ip_in(self.nets.far);
         let aua = self.attacker_ua();
         let t_fire = t0 + 20 * MIN + self.secs(-30, 30);
         let fired = self.request(t_fire, &far, Some(&tok), None, aua);
@@ -473,7 +478,7 @@ impl<'a> Scene<'a> {
         // ... and so is the owner, who is now on mobile data (no location: a London request
         // right after the Changchun one would itself be impossible travel), gets a token
         // issued after the revocation and carries on.
-        let mobile = self.ip_in(CGNAT);
+        let mobile = self.ip_in(self.nets.cgnat);
         let t = t_fire + self.secs(180, 360);
         let mut t = self.refused_then_refresh(t, &mobile, &tok);
         let fresh = self.out.last().and_then(|s| s.token.clone());
@@ -638,8 +643,9 @@ impl<'a> Scene<'a> {
 
     fn near_regional_hop(&mut self, t0: i64) {
         let ua = self.client.ua;
-        let london = self.london();
-        let boxford = self.ip_in("2.125.160.216/29");
+        let from = self.rng.pick(&self.nets.hop_from);
+        let london = self.ip_in(from);
+        let boxford = self.ip_in(self.nets.hop_to);
         let tok = self.issued_before(t0, 30, 180, 900);
         let mut t = t0;
         self.request(t, &london, Some(&tok), None, ua);
@@ -651,16 +657,16 @@ impl<'a> Scene<'a> {
 
     fn near_slow_travel(&mut self, t0: i64) {
         let ua = self.client.ua;
-        let london = self.ip_in(REGIONS[REGION_LONDON].home[0]);
+        let london = self.ip_in(self.nets.slow_from);
         let tok = self.issued_before(t0, 30, 180, 900);
         let mut t = t0;
         for _ in 0..self.rng.range(1, 3) {
             self.request(t, &london, Some(&tok), None, ua);
             t += self.secs(10, 60);
         }
-        // About 7,700 km in 14 hours or more: ~550 km/h.
-        let mut t = t0 + 14 * 60 * MIN + self.secs(0, 1800);
-        let milton = self.ip_in("216.160.83.56/29");
+        // At most ~550 km/h: London to Milton (about 7,700 km) in 14 hours or more.
+        let mut t = t0 + self.nets.slow_travel_ms + self.secs(0, 1800);
+        let milton = self.ip_in(self.nets.slow_to);
         let issued = t - self.secs(1, 30);
         let fresh = self.refreshed(issued);
         for _ in 0..self.rng.range(1, 3) {
@@ -682,8 +688,9 @@ impl<'a> Scene<'a> {
         let mut t = t0;
         self.request(t, &home, Some(&tok), None, ua);
         let mut nets = self.attackers(3);
-        nets.push(self.ip_in("175.16.199.0/24"));
-        nets.push(self.ip_in("202.196.224.0/20"));
+        let [a, b] = self.nets.decoys;
+        nets.push(self.ip_in(a));
+        nets.push(self.ip_in(b));
         let n = self.rng.range(4, 6) as usize;
         let aua = self.attacker_ua();
         for ip in nets.iter().take(n) {
@@ -740,7 +747,7 @@ mod tests {
         for (i, kind) in ATTACKS.iter().chain(NEAR_MISSES.iter()).enumerate() {
             let (mut rng, mut mint) = (Rng::new(i as u64), Mint::new(i as u64));
             let t0 = 1_795_910_400_000;
-            let script = Scene::new(&mut rng, &mut mint, 5000).play(*kind, t0);
+            let script = Scene::new(&Networks::builtin(), &mut rng, &mut mint, 5000).play(*kind, t0);
             assert!(script.windows(2).all(|w| w[0].ts_ms <= w[1].ts_ms), "{kind:?}");
             assert!(script[0].ts_ms >= t0);
             let labels: usize = script.iter().map(|s| s.labels.len()).sum();
