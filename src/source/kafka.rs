@@ -193,6 +193,27 @@ impl Offsets {
 mod tests {
     use super::*;
 
+    /// Managed Kafka (MSK, Confluent Cloud, Aiven...) wants TLS and SASL/SCRAM: librdkafka
+    /// refuses these settings when it was built without OpenSSL, so this fails on such a build.
+    /// (TLS itself is exercised end to end in tests/e2e_tansu.rs.)
+    #[test]
+    fn tls_and_scram_settings_are_accepted() {
+        for mechanism in ["SCRAM-SHA-256", "SCRAM-SHA-512", "PLAIN"] {
+            let extra: BTreeMap<String, String> = [
+                ("security.protocol", "SASL_SSL"),
+                ("sasl.mechanisms", mechanism),
+                ("sasl.username", "tokenwatch"),
+                ("sasl.password", "secret"),
+                ("ssl.endpoint.identification.algorithm", "https"),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+            let created: Result<BaseConsumer, _> = base_config("127.0.0.1:1", "g", &extra).create();
+            assert!(created.is_ok(), "{mechanism}: {:?}", created.err());
+        }
+    }
+
     #[test]
     fn finished_offsets_keep_the_highest_of_assigned_partitions() {
         let mut done = Offsets::default();
