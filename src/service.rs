@@ -179,7 +179,6 @@ pub async fn run(
         .transpose()
         .map_err(|e| e.to_string())?;
     let mut pipeline = Pipeline::new(rules, geo, cfg.pipeline.clone())?;
-    cfg.redis.check()?;
 
     let Some(writer) = connect_redis(&cfg, &metrics, &mut shutdown).await? else {
         return Ok(RunSummary::default());
@@ -463,7 +462,7 @@ async fn deliver_alerts(
 ) -> Result<(), String> {
     let gave_up =
         || "shutdown timeout passed with alert lines undelivered; their offsets were not committed".to_string();
-    let mut backoff = Duration::from_millis(50);
+    let mut backoff = Backoff::new();
     loop {
         let r = tokio::select! {
             r = alerts.write(decisions) => r,
@@ -473,14 +472,12 @@ async fn deliver_alerts(
             Ok(()) => return Ok(()),
             Err(e) => {
                 metrics.alert_errors.inc();
-                tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "alert lines not delivered; consumption paused");
+                tracing::warn!(error = %e, retry_in_ms = backoff.ms(), "alert lines not delivered; consumption paused");
             }
         }
-        tokio::select! {
-            _ = tokio::time::sleep(backoff) => {}
-            _ = stop.expired() => return Err(gave_up()),
+        if !backoff.wait(stop).await {
+            return Err(gave_up());
         }
-        backoff = (backoff * 2).min(Duration::from_secs(2));
     }
 }
 
@@ -494,7 +491,7 @@ async fn write_with_retry(
     stop: &mut Shutdown<'_>,
 ) -> Result<bool, String> {
     let gave_up = || "shutdown timeout passed with revocations unwritten; their offsets were not committed".to_string();
-    let mut backoff = Duration::from_millis(50);
+    let mut backoff = Backoff::new();
     loop {
         let result = tokio::select! {
             w = writer.write(r, now_ms() / 1000) => w,
@@ -517,14 +514,36 @@ async fn write_with_retry(
                 metrics.redis_errors.inc();
                 metrics.redis_up.set(0);
                 metrics.ready_redis.store(false, Ordering::Relaxed);
-                tracing::warn!(error = %e, rule = %r.rule, retry_in_ms = backoff.as_millis() as u64, "revocation not written; consumption paused");
+                tracing::warn!(error = %e, rule = %r.rule, retry_in_ms = backoff.ms(), "revocation not written; consumption paused");
             }
         }
-        tokio::select! {
-            _ = tokio::time::sleep(backoff) => {}
-            _ = stop.expired() => return Err(gave_up()),
+        if !backoff.wait(stop).await {
+            return Err(gave_up());
         }
-        backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}
+
+/// The wait between attempts at a side effect that must not be skipped (a Redis write, an
+/// alert delivery): 50 ms, doubling up to 2 s, cut short when the shutdown timeout passes.
+struct Backoff(Duration);
+
+impl Backoff {
+    fn new() -> Self {
+        Backoff(Duration::from_millis(50))
+    }
+
+    fn ms(&self) -> u64 {
+        self.0.as_millis() as u64
+    }
+
+    /// Waits before the next attempt; false when the shutdown timeout passed instead.
+    async fn wait(&mut self, stop: &mut Shutdown<'_>) -> bool {
+        tokio::select! {
+            _ = tokio::time::sleep(self.0) => {}
+            _ = stop.expired() => return false,
+        }
+        self.0 = (self.0 * 2).min(Duration::from_secs(2));
+        true
     }
 }
 
@@ -686,14 +705,15 @@ pub async fn serve(cfg: ServiceConfig, metrics_addr: std::net::SocketAddr) -> Re
     let run = run(cfg, metrics, stop_rx, hup_rx);
     tokio::pin!(run);
     // After a stop signal, the loop has `shutdown_timeout` to finish its batch.
+    // (a second more than the loop's own, which gives up on its batch at `timeout`).
+    let mut backstop = Shutdown {
+        rx: &mut stop_watch,
+        since: None,
+        timeout: timeout + Duration::from_secs(1),
+    };
     tokio::select! {
         r = &mut run => r,
-        _ = async {
-            while !*stop_watch.borrow() {
-                if stop_watch.changed().await.is_err() { std::future::pending::<()>().await; }
-            }
-            tokio::time::sleep(timeout + Duration::from_secs(1)).await;
-        } => Err("shutdown timeout passed before in-flight work finished".into()),
+        _ = backstop.expired() => Err("shutdown timeout passed before in-flight work finished".into()),
     }
 }
 

@@ -9,6 +9,7 @@
 //! redacted ([`crate::token::redact_jwts`]): a rule with `distinct: user_agent` (or any
 //! other text) never keeps or prints a token that an attacker put there.
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 
 use crate::rules::Val;
@@ -26,28 +27,7 @@ pub enum DVal {
 
 impl DVal {
     pub fn from_val(v: &Val<'_>) -> Option<DVal> {
-        Some(match *v {
-            Val::Net(n) => DVal::Net(n),
-            Val::Ip(ip) => DVal::Ip(ip),
-            Val::Num(n) => DVal::Num(n),
-            Val::Bool(b) => DVal::Bool(b),
-            Val::Str(s) => DVal::Str(redact_jwts(s).into()),
-            Val::StrList(l) => DVal::Str(redact_jwts(&l.join(",")).into()),
-            Val::Missing => return None,
-        })
-    }
-
-    fn same(&self, v: &Val<'_>) -> bool {
-        match (self, v) {
-            (DVal::Net(a), Val::Net(b)) => a == b,
-            (DVal::Ip(a), Val::Ip(b)) => a == b,
-            (DVal::Num(a), Val::Num(b)) => a == b,
-            (DVal::Bool(a), Val::Bool(b)) => a == b,
-            // compared as stored: redacted (which only an `eyJ` can change)
-            (DVal::Str(a), Val::Str(b)) => &**a == *b || (b.contains("eyJ") && **a == *redact_jwts(b)),
-            (DVal::Str(a), Val::StrList(l)) => **a == *redact_jwts(&l.join(",")),
-            _ => false,
-        }
+        Probe::of(v)?.to_owned_val()
     }
 
     pub fn to_json(&self) -> serde_json::Value {
@@ -61,6 +41,51 @@ impl DVal {
     }
 }
 
+/// A value as it would be stored, computed once per event: strings redacted (a scan, and a
+/// hash per JWT found), so that comparing it with each kept value costs no more than `==`.
+enum Probe<'a> {
+    Net(ipnet::IpNet),
+    Ip(IpAddr),
+    Num(f64),
+    Bool(bool),
+    Str(Cow<'a, str>),
+}
+
+impl<'a> Probe<'a> {
+    fn of(v: &Val<'a>) -> Option<Probe<'a>> {
+        Some(match *v {
+            Val::Net(n) => Probe::Net(n),
+            Val::Ip(ip) => Probe::Ip(ip),
+            Val::Num(n) => Probe::Num(n),
+            Val::Bool(b) => Probe::Bool(b),
+            Val::Str(s) => Probe::Str(redact_jwts(s)),
+            Val::StrList(l) => Probe::Str(Cow::Owned(redact_jwts(&l.join(",")).into_owned())),
+            Val::Missing => return None,
+        })
+    }
+
+    fn same(&self, d: &DVal) -> bool {
+        match (d, self) {
+            (DVal::Net(a), Probe::Net(b)) => a == b,
+            (DVal::Ip(a), Probe::Ip(b)) => a == b,
+            (DVal::Num(a), Probe::Num(b)) => a == b,
+            (DVal::Bool(a), Probe::Bool(b)) => a == b,
+            (DVal::Str(a), Probe::Str(b)) => **a == **b,
+            _ => false,
+        }
+    }
+
+    fn to_owned_val(&self) -> Option<DVal> {
+        Some(match self {
+            Probe::Net(n) => DVal::Net(*n),
+            Probe::Ip(ip) => DVal::Ip(*ip),
+            Probe::Num(n) => DVal::Num(*n),
+            Probe::Bool(b) => DVal::Bool(*b),
+            Probe::Str(s) => DVal::Str((**s).into()),
+        })
+    }
+}
+
 #[derive(Default, Debug)]
 pub struct DistinctState {
     /// (newest time seen, value)
@@ -71,10 +96,11 @@ impl DistinctState {
     /// Records `v` at `ts`; returns the values in the window when there are at least
     /// `threshold` of them.
     pub fn add(&mut self, ts: i64, v: &Val<'_>, threshold: u32, window_ms: i64) -> Option<&[(i64, DVal)]> {
-        match self.vals.iter_mut().find(|(_, d)| d.same(v)) {
+        let probe = Probe::of(v)?;
+        match self.vals.iter_mut().find(|(_, d)| probe.same(d)) {
             Some((t, _)) => *t = (*t).max(ts),
             None => {
-                let d = DVal::from_val(v)?;
+                let d = probe.to_owned_val()?;
                 // Most keys (a token's networks) only ever hold one value: allocate for one,
                 // not the four a first push would reserve (this is per live token).
                 if self.vals.capacity() == 0 {

@@ -15,6 +15,7 @@ use serde::Deserialize;
 
 use super::net::{Located, Net, Networks, Source, LOCATED};
 use super::rule;
+use crate::geo::GeoDb;
 use crate::token::{decode, tokens_in_query, RawToken, TokenInfo};
 
 #[derive(Deserialize)]
@@ -44,8 +45,8 @@ type Point = (f64, f64, f64);
 enum Geo {
     /// The built-in copy of the test database's ranges, parsed once.
     Table(Vec<(Net, Located)>),
-    /// A City database, looked up as the engine does.
-    Db(maxminddb::Reader<Vec<u8>>),
+    /// A City database, looked up by the engine's own [`GeoDb`].
+    Db(GeoDb),
 }
 
 impl Default for Geo {
@@ -110,8 +111,8 @@ impl Oracle {
     pub(crate) fn for_networks(nets: &Networks) -> Self {
         match &nets.source {
             Source::Builtin => Oracle::new(),
-            Source::Database { bytes, .. } => Oracle {
-                geo: Geo::Db(maxminddb::Reader::from_source(bytes.to_vec()).expect("read before")),
+            Source::Database { .. } => Oracle {
+                geo: Geo::Db(nets.geo_db()),
                 ..Oracle::default()
             },
         }
@@ -123,15 +124,7 @@ impl Oracle {
                 .iter()
                 .find(|(net, _)| net.contains(ip))
                 .map(|(_, l)| (l.lat, l.lon, l.accuracy_km)),
-            Geo::Db(reader) => {
-                let city: maxminddb::geoip2::City = reader.lookup(ip.to_canonical()).ok().flatten()?;
-                let loc = city.location?;
-                Some((
-                    loc.latitude?,
-                    loc.longitude?,
-                    loc.accuracy_radius.map_or(0.0, f64::from),
-                ))
-            }
+            Geo::Db(db) => db.locate(ip).map(|g| (g.lat, g.lon, g.accuracy_km)),
         }
     }
 

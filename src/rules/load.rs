@@ -548,11 +548,8 @@ impl Cx<'_> {
         let name = field.name();
         let c = match field.ty() {
             FieldType::Str | FieldType::StrList => Some(Const::Str(text.into())),
-            FieldType::Num => text.parse::<f64>().ok().filter(|n| n.is_finite()).map(Const::Num),
-            FieldType::Seconds => text
-                .parse::<f64>()
-                .ok()
-                .filter(|n| n.is_finite())
+            FieldType::Num => finite_num(text).map(Const::Num),
+            FieldType::Seconds => finite_num(text)
                 .or_else(|| parse_duration_ms(text).ok().map(|ms| ms as f64 / 1000.0))
                 .map(Const::Num),
             FieldType::Bool => s.as_bool().map(Const::Bool),
@@ -564,7 +561,7 @@ impl Cx<'_> {
             FieldType::Net => text.parse::<ipnet::IpNet>().ok().map(|n| Const::Net(n.trunc())),
             FieldType::Any => Some(if let Some(b) = s.as_bool() {
                 Const::Bool(b)
-            } else if let Some(n) = text.parse::<f64>().ok().filter(|n| n.is_finite() && s.may_coerce()) {
+            } else if let Some(n) = finite_num(text).filter(|_| s.may_coerce()) {
                 Const::Num(n)
             } else {
                 Const::Str(text.into())
@@ -655,7 +652,7 @@ impl Cx<'_> {
                         Const::Num(n) => n,
                         _ => return None,
                     },
-                    _ => match s.as_str().trim().parse::<f64>().ok().filter(|n| n.is_finite()) {
+                    _ => match finite_num(s.as_str().trim()) {
                         Some(n) => n,
                         None => {
                             let text = s.as_str().trim();
@@ -775,6 +772,11 @@ impl Cx<'_> {
 
 fn line_of_map(m: &MarkedMappingNode) -> usize {
     m.span().start().map(|s| s.line()).unwrap_or(0)
+}
+
+/// A number written in a rule, when it is one and finite.
+fn finite_num(text: &str) -> Option<f64> {
+    text.parse::<f64>().ok().filter(|n| n.is_finite())
 }
 
 #[cfg(test)]
