@@ -1069,10 +1069,6 @@ mod tests {
 
     /// Replays the output through the re-statement of the default rules: what fires must be
     /// exactly what is labelled.
-    fn assert_labels_exact(out: &[Generated]) -> BTreeMap<String, usize> {
-        assert_labels_exact_with(out, oracle::Oracle::new())
-    }
-
     fn assert_labels_exact_with(out: &[Generated], mut o: oracle::Oracle) -> BTreeMap<String, usize> {
         let mut fired = Vec::new();
         let mut labelled = Vec::new();
@@ -1100,15 +1096,22 @@ mod tests {
 
     #[test]
     fn every_rule_is_labelled_and_labels_are_exactly_the_firings() {
-        // 50k lines at 20/s is ~40 minutes of event time: long enough for the 20-minute
-        // impossible-travel script to finish.
+        assert_every_rule_labelled_exactly(Networks::builtin());
+    }
+
+    /// 50k lines at 20/s is ~40 minutes of event time: long enough for the 20-minute
+    /// impossible-travel script to finish. Every rule is labelled, and the labels are
+    /// exactly what the oracle sees fire, geolocating as the engine will for `networks`.
+    fn assert_every_rule_labelled_exactly(networks: Arc<Networks>) {
+        let oracle = oracle::Oracle::for_networks(&networks);
         let c = GenConfig {
             users: 500,
             rate_per_sec: 20.0,
             malformed_rate: 0.01,
+            networks,
             ..cfg(31, 50_000)
         };
-        let per_rule = assert_labels_exact(&lines(c));
+        let per_rule = assert_labels_exact_with(&lines(c), oracle);
         for r in rule::ALL {
             assert!(per_rule.get(r).copied().unwrap_or(0) >= 1, "no {r} label: {per_rule:?}");
         }
@@ -1263,19 +1266,7 @@ mod tests {
 
     #[test]
     fn with_a_geoip_database_labels_are_exactly_the_firings() {
-        let networks = fixture_networks();
-        let oracle = oracle::Oracle::for_networks(&networks);
-        let c = GenConfig {
-            users: 500,
-            rate_per_sec: 20.0,
-            malformed_rate: 0.01,
-            networks,
-            ..cfg(31, 50_000)
-        };
-        let per_rule = assert_labels_exact_with(&lines(c), oracle);
-        for r in rule::ALL {
-            assert!(per_rule.get(r).copied().unwrap_or(0) >= 1, "no {r} label: {per_rule:?}");
-        }
+        assert_every_rule_labelled_exactly(fixture_networks());
     }
 
     #[test]

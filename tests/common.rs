@@ -22,16 +22,16 @@ pub fn geo() -> GeoDb {
 }
 
 pub fn pipeline(format: Format) -> Pipeline {
+    pipeline_with(PipelineConfig {
+        format,
+        ..PipelineConfig::default()
+    })
+}
+
+/// The default rules and the GeoIP test database, with `cfg` (a user mapping, say).
+pub fn pipeline_with(cfg: PipelineConfig) -> Pipeline {
     let rules = Arc::new(tokenwatch::rules::load_dir(&root().join("rules")).unwrap());
-    Pipeline::new(
-        rules,
-        Some(geo()),
-        PipelineConfig {
-            format,
-            ..PipelineConfig::default()
-        },
-    )
-    .unwrap()
+    Pipeline::new(rules, Some(geo()), cfg).unwrap()
 }
 
 /// Runs a file through a pipeline, returning the decisions.
@@ -272,4 +272,46 @@ pub fn generated_day(format: tokenwatch::gen::GenFormat) -> tokenwatch::gen::Gen
         format,
         ..tokenwatch::gen::GenConfig::default()
     }
+}
+
+/// One message per line, all on partition 0 of `topic`.
+pub fn produce<S: AsRef<str>>(brokers: &str, topic: &str, lines: &[S]) {
+    produce_to(brokers, topic, 0, lines)
+}
+
+/// One message per line, all on `partition` of `topic`.
+pub fn produce_to<S: AsRef<str>>(brokers: &str, topic: &str, partition: i32, lines: &[S]) {
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    let p: BaseProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .unwrap();
+    for l in lines {
+        while p
+            .send(
+                BaseRecord::<(), str>::to(topic)
+                    .payload(l.as_ref())
+                    .partition(partition),
+            )
+            .is_err()
+        {
+            p.poll(std::time::Duration::from_millis(10));
+        }
+    }
+    p.flush(std::time::Duration::from_secs(10)).unwrap();
+}
+
+/// The lines of a fixture file under tests/fixtures.
+pub fn fixture_lines(name: &str) -> Vec<String> {
+    std::fs::read_to_string(fixture(name))
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect()
+}
+
+/// A counter or gauge's value in a /metrics body (`name` with its labels, as printed).
+pub fn metric(body: &str, name: &str) -> Option<f64> {
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }

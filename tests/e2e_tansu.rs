@@ -118,10 +118,7 @@ fn metric(port: u16, name: &str) -> Option<f64> {
         .unwrap();
     let addr = format!("127.0.0.1:{port}").parse().unwrap();
     let (_, body) = rt.block_on(tokenwatch::metrics::http_get(addr, "/metrics")).ok()?;
-    body.lines()
-        .find(|l| l.starts_with(name))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
+    common::metric(&body, name)
 }
 
 fn wait(what: &str, secs: u64, mut f: impl FnMut() -> bool) {

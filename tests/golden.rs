@@ -107,7 +107,7 @@ fn gateways_that_log_only_claims() {
 fn a_custom_mapping_end_to_end_gives_the_canonical_decisions() {
     use serde_json::{json, Value};
     use tokenwatch::input::mapping::{Mapping, MappingConfig};
-    use tokenwatch::pipeline::{Pipeline, PipelineConfig};
+    use tokenwatch::pipeline::PipelineConfig;
 
     let text = std::fs::read_to_string(common::fixture("canonical.log")).unwrap();
     let mut reshaped = String::new();
@@ -146,17 +146,11 @@ fn a_custom_mapping_end_to_end_gives_the_canonical_decisions() {
         "#,
     )
     .unwrap();
-    let rules = common::pipeline(Format::Auto).engine().rules().clone();
-    let mut p = Pipeline::new(
-        rules,
-        Some(common::geo()),
-        PipelineConfig {
-            format: Format::Custom,
-            mapping: Some(Mapping::compile(&cfg).unwrap()),
-            ..PipelineConfig::default()
-        },
-    )
-    .unwrap();
+    let mut p = common::pipeline_with(PipelineConfig {
+        format: Format::Custom,
+        mapping: Some(Mapping::compile(&cfg).unwrap()),
+        ..PipelineConfig::default()
+    });
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("custom.log");
     std::fs::write(&path, reshaped).unwrap();

@@ -46,13 +46,11 @@ fn custom_parser() -> Parser {
 }
 
 fn custom_pipeline() -> Pipeline {
-    let rules = common::pipeline(Format::Auto).engine().rules().clone();
-    let cfg = PipelineConfig {
+    common::pipeline_with(PipelineConfig {
         format: Format::Custom,
         mapping: Some(custom_mapping()),
         ..PipelineConfig::default()
-    };
-    Pipeline::new(rules, Some(common::geo()), cfg).unwrap()
+    })
 }
 
 /// Any NumericDate: every integer, the range limits, floats and strings.

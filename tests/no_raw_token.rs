@@ -106,11 +106,11 @@ fn no_output_of_run_contains_any_token_and_json_logs_are_json() {
     };
     let mut lines: Vec<String> = tokenwatch::gen::Generator::new(generated).map(|g| g.line).collect();
     for name in ["canonical.log", "traefik.log", "kong.log", "envoy.log", "nginx.log"] {
-        lines.extend(run_bin::fixture_lines(name));
+        lines.extend(common::fixture_lines(name));
     }
     let tokens = common::jwts_in(&lines.join("\n"));
     assert!(tokens.len() > 1_000, "{}", tokens.len());
-    run_bin::produce(&brokers, "logs", &lines);
+    common::produce(&brokers, "logs", &lines);
 
     let mut tw = run_bin::start(&brokers, &redis.url(), "no-token", &["--log-format", "json"], &[]);
     let metrics = tw.wait_metrics("every line to be read", 120, |b| run_bin::seen(b) == lines.len() as u64);

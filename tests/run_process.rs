@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use rdkafka::mocking::MockCluster;
 
-use run_bin::{fixture_lines, metric, produce, seen};
+use common::metric;
+use run_bin::seen;
 
 #[test]
 fn sighup_reloads_the_rules_and_sigint_exits_0() {
@@ -41,10 +42,10 @@ fn sigterm_with_redis_down_gives_up_within_the_shutdown_timeout_and_commits_noth
     mock.create_topic("logs", 1, 1).unwrap();
     let brokers = mock.bootstrap_servers();
     let mut redis = common::RedisServer::start_with(true);
-    let lines = fixture_lines("canonical.log");
+    let lines = common::fixture_lines("canonical.log");
     // up to bob's replay: three revocations; the rest holds a fourth (carol's subject)
     let split = lines.iter().position(|l| l.contains("00:05:20")).unwrap();
-    produce(&brokers, "logs", &lines[..split]);
+    common::produce(&brokers, "logs", &lines[..split]);
     let mut tw = run_bin::start(
         &brokers,
         &redis.url(),
@@ -60,7 +61,7 @@ fn sigterm_with_redis_down_gives_up_within_the_shutdown_timeout_and_commits_noth
 
     redis.kill();
     // the rest as one message: the batch that waits for Redis is exactly that message
-    produce(&brokers, "logs", &[lines[split..].join("\n")]);
+    common::produce(&brokers, "logs", &[lines[split..].join("\n")]);
     tw.wait_metrics("a revocation waiting for Redis", 60, |b| {
         metric(b, "tokenwatch_redis_errors_total").unwrap_or(0.0) > 0.0
     });

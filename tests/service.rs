@@ -7,31 +7,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::mocking::MockCluster;
-use rdkafka::producer::{BaseProducer, BaseRecord, DefaultProducerContext, Producer};
+use rdkafka::producer::DefaultProducerContext;
 use tokio::sync::watch;
 
 use tokenwatch::metrics::{http_get, Metrics};
 use tokenwatch::service::{resolve, run, Overrides, RunSummary, ServiceConfig};
 
 const PREFIX: &str = "tokenwatch:";
-
-fn produce(brokers: &str, topic: &str, lines: &[&str]) {
-    let p: BaseProducer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()
-        .unwrap();
-    for l in lines {
-        loop {
-            match p.send(BaseRecord::<(), str>::to(topic).payload(*l).partition(0)) {
-                Ok(()) => break,
-                Err((_, _)) => {
-                    p.poll(Duration::from_millis(10));
-                }
-            }
-        }
-    }
-    p.flush(Duration::from_secs(10)).unwrap();
-}
 
 struct Running {
     stop: watch::Sender<bool>,
@@ -101,14 +83,6 @@ async fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
     }
 }
 
-fn fixture_lines() -> Vec<String> {
-    std::fs::read_to_string(common::fixture("canonical.log"))
-        .unwrap()
-        .lines()
-        .map(String::from)
-        .collect()
-}
-
 fn stream(redis: &common::RedisServer) -> Vec<(String, String)> {
     common::stream_entries(&mut redis.conn(), &format!("{PREFIX}revocations"))
 }
@@ -126,14 +100,44 @@ async fn stop_and_wait(svc: Running) -> Result<RunSummary, String> {
         .unwrap()
 }
 
+/// The lines of the service's alerts file.
+fn alerts_file(svc: &Running) -> Vec<String> {
+    std::fs::read_to_string(&svc.alerts)
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect()
+}
+
+/// The records of the `alerts` topic, read from the start: until `want` are read and the
+/// topic has gone quiet, or 20 s pass. It reads on past `want`, so that a duplicate shows.
+fn alerts_topic(brokers: &str, want: usize) -> Vec<String> {
+    let c: rdkafka::consumer::BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "alerts-check")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    rdkafka::consumer::Consumer::subscribe(&c, &["alerts"]).unwrap();
+    let mut topic = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline && topic.len() <= want {
+        if let Some(Ok(msg)) = c.poll(Duration::from_millis(200)) {
+            topic.push(String::from_utf8_lossy(rdkafka::Message::payload(&msg).unwrap()).into_owned());
+        } else if topic.len() == want {
+            break;
+        }
+    }
+    topic
+}
+
 /// Topic `logs` (one partition) on the mock cluster, holding the fixture lines; returns the
 /// bootstrap servers and the lines.
 fn logs_topic_with_fixture_lines(mock: &MockCluster<'static, DefaultProducerContext>) -> (String, Vec<String>) {
     mock.create_topic("logs", 1, 1).unwrap();
     let brokers = mock.bootstrap_servers();
-    let lines = fixture_lines();
-    let refs: Vec<&str> = lines.iter().map(String::as_str).collect();
-    produce(&brokers, "logs", &refs);
+    let lines = common::fixture_lines("canonical.log");
+    common::produce(&brokers, "logs", &lines);
     (brokers, lines)
 }
 
@@ -229,25 +233,8 @@ async fn logs_in_kafka_become_revocations_in_redis_and_metrics() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     // every decision also went to the alerts topic, as the same JSON line
-    let c: rdkafka::consumer::BaseConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .set("group.id", "alerts-check")
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .unwrap();
-    rdkafka::consumer::Consumer::subscribe(&c, &["alerts"]).unwrap();
-    let mut alert_lines = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while alert_lines.len() < 9 && Instant::now() < deadline {
-        if let Some(Ok(m)) = c.poll(Duration::from_millis(100)) {
-            alert_lines.push(String::from_utf8_lossy(rdkafka::Message::payload(&m).unwrap()).into_owned());
-        }
-    }
-    let file: Vec<String> = std::fs::read_to_string(&svc.alerts)
-        .unwrap()
-        .lines()
-        .map(String::from)
-        .collect();
+    let alert_lines = alerts_topic(&brokers, 9);
+    let file = alerts_file(&svc);
     assert_eq!(alert_lines, file);
 
     // graceful stop
@@ -286,19 +273,16 @@ async fn a_redis_outage_pauses_and_loses_nothing() {
     mock.create_topic("logs", 1, 1).unwrap();
     let brokers = mock.bootstrap_servers();
     let mut redis = common::RedisServer::start_with(true);
-    let lines = fixture_lines();
+    let lines = common::fixture_lines("canonical.log");
     // up to bob's replay (00:04:10): erin, grace and bob are revoked
     let split = lines.iter().position(|l| l.contains("00:05:20")).unwrap();
-    let (first, rest): (Vec<&str>, Vec<&str>) = (
-        lines[..split].iter().map(String::as_str).collect(),
-        lines[split..].iter().map(String::as_str).collect(),
-    );
-    produce(&brokers, "logs", &first);
+    let (first, rest) = lines.split_at(split);
+    common::produce(&brokers, "logs", first);
     let svc = start(&brokers, &redis.url(), "g").await;
     wait_until("three revocations", 60, || stream(&redis).len() == 3).await;
 
     redis.kill();
-    produce(&brokers, "logs", &rest);
+    common::produce(&brokers, "logs", rest);
     let m = svc.metrics.clone();
     wait_until("the service to notice the outage", 30, || m.redis_errors.get() > 0).await;
     assert_eq!(m.redis_up.get(), 0);
@@ -306,7 +290,7 @@ async fn a_redis_outage_pauses_and_loses_nothing() {
     // Consumption pauses: while a batch waits for Redis, nothing more is read, though there
     // is more to read.
     let more = ["{\"unrelated\": 1}"; 5];
-    produce(&brokers, "logs", &more);
+    common::produce(&brokers, "logs", &more);
     let paused_at = seen(&m);
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(seen(&m), paused_at, "lines were read while Redis was down");
@@ -401,7 +385,7 @@ async fn a_second_instance_takes_over_partitions_without_loss_or_duplicates() {
     let brokers = mock.bootstrap_servers();
     let redis = common::RedisServer::start();
     // Different traffic on each partition: the fixture, and generated attacks.
-    let fixture = fixture_lines();
+    let fixture = common::fixture_lines("canonical.log");
     let cfg = tokenwatch::gen::GenConfig {
         seed: 5,
         events: Some(4_000),
@@ -410,34 +394,13 @@ async fn a_second_instance_takes_over_partitions_without_loss_or_duplicates() {
         ..Default::default()
     };
     let generated: Vec<String> = tokenwatch::gen::Generator::new(cfg).map(|g| g.line).collect();
-    let send = |lines: &[String], partition: i32| {
-        let p: BaseProducer = rdkafka::ClientConfig::new()
-            .set("bootstrap.servers", &brokers)
-            .create()
-            .unwrap();
-        for l in lines {
-            while p
-                .send(
-                    BaseRecord::<(), str>::to("logs")
-                        .payload(l.as_str())
-                        .partition(partition),
-                )
-                .is_err()
-            {
-                p.poll(Duration::from_millis(10));
-            }
-        }
-        p.flush(Duration::from_secs(10)).unwrap();
-    };
     let half = generated.len() / 2;
-    send(&fixture, 0);
-    send(&generated[..half], 1);
+    common::produce_to(&brokers, "logs", 0, &fixture);
+    common::produce_to(&brokers, "logs", 1, &generated[..half]);
 
     let a = start(&brokers, &redis.url(), "rb").await;
     let ma = a.metrics.clone();
     let first = (fixture.len() + half) as u64;
-    let seen =
-        |m: &Metrics| m.events.with_label_values(&["decoded"]).get() + m.events.with_label_values(&["skipped"]).get();
     wait_until("the first instance to read what is there", 60, || seen(&ma) >= first).await;
     let before = stream(&redis).len();
     assert!(before >= 4, "{before}");
@@ -448,7 +411,7 @@ async fn a_second_instance_takes_over_partitions_without_loss_or_duplicates() {
         ma.assigned_partitions.get() == 1 && mb.assigned_partitions.get() == 1
     })
     .await;
-    send(&generated[half..], 1);
+    common::produce_to(&brokers, "logs", 1, &generated[half..]);
     let total = (fixture.len() + generated.len()) as u64;
     wait_until("every line to be read by one instance or the other", 60, || {
         seen(&ma) + seen(&mb) >= total
@@ -625,29 +588,10 @@ async fn an_alerts_topic_outage_pauses_and_loses_nothing() {
 
     mock.partition_leader("alerts", 0, Some(1)).unwrap();
     wait_until("every line to be read", 60, || seen(&m) == lines.len() as u64).await;
-    let file: Vec<String> = std::fs::read_to_string(&svc.alerts)
-        .unwrap()
-        .lines()
-        .map(String::from)
-        .collect();
+    let file = alerts_file(&svc);
     assert_eq!(file.len(), 9, "retries wrote no line twice");
     // every decision reached the topic, once
-    let c: rdkafka::consumer::BaseConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .set("group.id", "alerts-check")
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .unwrap();
-    rdkafka::consumer::Consumer::subscribe(&c, &["alerts"]).unwrap();
-    let mut topic = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline && topic.len() <= file.len() {
-        if let Some(Ok(msg)) = c.poll(Duration::from_millis(200)) {
-            topic.push(String::from_utf8_lossy(rdkafka::Message::payload(&msg).unwrap()).into_owned());
-        } else if topic.len() == file.len() {
-            break;
-        }
-    }
+    let topic = alerts_topic(&brokers, file.len());
     let (mut a, mut b) = (topic.clone(), file.clone());
     a.sort();
     b.sort();

@@ -9,8 +9,6 @@ use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-
 /// A running `tokenwatch run`; killed on drop if still running.
 pub struct Tokenwatch {
     child: Child,
@@ -154,39 +152,8 @@ impl Drop for Tokenwatch {
     }
 }
 
-/// A counter or gauge's value in a /metrics body (`name` with its labels, as printed).
-pub fn metric(body: &str, name: &str) -> Option<f64> {
-    body.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-}
-
 /// Lines the service has read (decoded and skipped).
 pub fn seen(body: &str) -> u64 {
-    let n = |r| metric(body, &format!("tokenwatch_events_total{{result=\"{r}\"}}")).unwrap_or(0.0);
+    let n = |r| crate::common::metric(body, &format!("tokenwatch_events_total{{result=\"{r}\"}}")).unwrap_or(0.0);
     (n("decoded") + n("skipped")) as u64
-}
-
-/// One message per line, all on partition 0.
-pub fn produce(brokers: &str, topic: &str, lines: &[String]) {
-    let p: BaseProducer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()
-        .unwrap();
-    for l in lines {
-        while p
-            .send(BaseRecord::<(), str>::to(topic).payload(l.as_str()).partition(0))
-            .is_err()
-        {
-            p.poll(Duration::from_millis(10));
-        }
-    }
-    p.flush(Duration::from_secs(10)).unwrap();
-}
-
-pub fn fixture_lines(name: &str) -> Vec<String> {
-    std::fs::read_to_string(crate::common::fixture(name))
-        .unwrap()
-        .lines()
-        .map(String::from)
-        .collect()
 }
