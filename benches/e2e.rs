@@ -172,7 +172,8 @@ fn latency(brokers: &str, topic: &str, redis_url: &str, rate: f64, seconds: f64)
                 .to_string();
                 send(&p, topic, l.as_bytes());
                 p.poll(Duration::ZERO);
-                pending.push_back((format!("tokenwatch:revoked:jti:{jti}"), Instant::now()));
+                let key = tokenwatch::token::scoped_key("https://idp.example.com", &jti);
+                pending.push_back((format!("tokenwatch:revoked:tok:{key}"), Instant::now()));
                 probes += 1;
                 next_probe += Duration::from_millis(20);
             }

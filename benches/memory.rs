@@ -52,6 +52,7 @@ fn main() {
         let ts = t0 + (i as i64) / 100; // 100k events per second of event time: all stay live
         let subject = i % subjects;
         let tok = Arc::new(TokenInfo {
+            id_is_jti: true,
             token_id: format!("{i:032x}").into(),
             iss: Some("https://idp.example.com".into()),
             sub: Some(format!("user-{subject}").into()),

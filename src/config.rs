@@ -65,6 +65,8 @@ pub struct Config {
 pub struct RevocationSection {
     /// A token stays blocked at least this long (default 1h).
     pub min_token_ttl: Option<String>,
+    /// A token stays blocked at most this long, whatever its `exp` (default 7d).
+    pub max_token_ttl: Option<String>,
     /// For tokens without `exp` (default 24h).
     pub no_exp_ttl: Option<String>,
     /// A subject revocation lasts this long: your longest token lifetime (default 24h).
@@ -219,6 +221,15 @@ impl Config {
         };
         if let Some(s) = secs("min_token_ttl", &self.revocation.min_token_ttl)? {
             p.min_token_ttl_s = s;
+        }
+        if let Some(s) = secs("max_token_ttl", &self.revocation.max_token_ttl)? {
+            p.max_token_ttl_s = s;
+        }
+        if p.max_token_ttl_s < p.min_token_ttl_s {
+            return Err(format!(
+                "revocation.max_token_ttl: {} s is shorter than revocation.min_token_ttl ({} s)",
+                p.max_token_ttl_s, p.min_token_ttl_s
+            ));
         }
         if let Some(s) = secs("no_exp_ttl", &self.revocation.no_exp_ttl)? {
             p.no_exp_ttl_s = s;

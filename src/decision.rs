@@ -23,6 +23,11 @@ pub struct Decision {
     pub action: Action,
     pub token_id: Option<Box<str>>,
     pub subject: Option<Box<str>>,
+    /// Revoking decisions only: the fixed-length id under which the token (revoke_token) or
+    /// the subject (revoke_subject) is written to Redis; see
+    /// [`crate::token::TokenInfo::token_revocation_key`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub revocation_key: Option<Box<str>>,
     pub iss: Option<Box<str>>,
     pub sub: Option<Box<str>>,
     pub client_ip: Option<IpAddr>,
@@ -64,6 +69,9 @@ pub struct RevocationPolicy {
     /// A token revocation lasts at least this long, so a token that a broken gateway still
     /// accepts after expiry stays blocked.
     pub min_token_ttl_s: i64,
+    /// A token revocation lasts at most this long, whatever `exp` the token claims: a forged
+    /// or absurd `exp` cannot pin a key in Redis (or the engine's memory) for years.
+    pub max_token_ttl_s: i64,
     /// For tokens without `exp`.
     pub no_exp_ttl_s: i64,
     /// A subject revocation lasts this long: the longest token lifetime you accept.
@@ -75,6 +83,7 @@ impl Default for RevocationPolicy {
         RevocationPolicy {
             leeway_s: 60,
             min_token_ttl_s: 3_600,
+            max_token_ttl_s: 7 * 86_400,
             no_exp_ttl_s: 86_400,
             subject_ttl_s: 86_400,
         }
@@ -82,15 +91,17 @@ impl Default for RevocationPolicy {
 }
 
 impl RevocationPolicy {
-    /// Seconds, from `now_s`, for which a token revocation must be kept.
+    /// Seconds, from `now_s`, for which a token revocation must be kept: until `exp` plus the
+    /// leeway, clamped to [`min_token_ttl_s`, `max_token_ttl_s`].
+    ///
+    /// [`min_token_ttl_s`]: Self::min_token_ttl_s
+    /// [`max_token_ttl_s`]: Self::max_token_ttl_s
     pub fn token_ttl_s(&self, exp: Option<i64>, now_s: i64) -> i64 {
-        match exp {
-            Some(exp) => exp
-                .saturating_add(self.leeway_s)
-                .saturating_sub(now_s)
-                .max(self.min_token_ttl_s),
+        let ttl = match exp {
+            Some(exp) => exp.saturating_add(self.leeway_s).saturating_sub(now_s),
             None => self.no_exp_ttl_s,
-        }
+        };
+        ttl.min(self.max_token_ttl_s).max(self.min_token_ttl_s)
     }
 }
 
@@ -105,9 +116,15 @@ mod tests {
         assert_eq!(p.token_ttl_s(Some(1_000), 1_000), 3_600, "already expired: floor");
         assert_eq!(p.token_ttl_s(None, 1_000), 86_400);
         // extreme dates saturate instead of wrapping (or panicking)
-        assert_eq!(p.token_ttl_s(Some(i64::MAX), -1_000), i64::MAX);
+        assert_eq!(
+            p.token_ttl_s(Some(i64::MAX), -1_000),
+            7 * 86_400,
+            "clamped to max_token_ttl"
+        );
         assert_eq!(p.token_ttl_s(Some(i64::MIN), 1_000), 3_600);
-        assert_eq!(p.token_ttl_s(Some(1_000), i64::MIN), i64::MAX);
+        assert_eq!(p.token_ttl_s(Some(1_000), i64::MIN), 7 * 86_400);
+        // a forged `exp` of 10^15 s: a week, not millions of years
+        assert_eq!(p.token_ttl_s(Some(1_000_000_000_000_000), 1_795_910_400), 7 * 86_400);
     }
 
     #[test]

@@ -86,6 +86,8 @@ impl DecodeError {
 pub struct TokenInfo {
     /// `jti` when it is a non-empty string, otherwise `sha256:` + 32 hex digits of the token.
     pub token_id: Box<str>,
+    /// `token_id` is the token's own `jti` (attacker-shaped text until verified), not a hash.
+    pub id_is_jti: bool,
     // Issuer, subject, algorithm, key id and audience repeat across the tokens of a user or an
     // issuer: shared (`Arc`), and interned by [`TokenCache`], so that a cached token pays for
     // its own id and dates, not for copies of the same strings.
@@ -119,6 +121,28 @@ impl TokenInfo {
     /// can never wrap into a short (or negative) lifetime.
     pub fn lifetime(&self) -> Option<i64> {
         Some(self.exp?.saturating_sub(self.iat?))
+    }
+
+    /// The id of this token in the Redis blocklist: the first 32 hex digits of
+    /// SHA-256(`iss` 0x00 `jti`) when the token has a string `jti`, else its `sha256:` /
+    /// `claims:` id. Fixed length and hex (or one fixed prefix): no claim an attacker writes
+    /// can shape a key name, and a `jti` is scoped by its issuer.
+    pub fn token_revocation_key(&self) -> Box<str> {
+        if self.id_is_jti {
+            scoped_key(self.iss.as_deref().unwrap_or(""), &self.token_id)
+        } else {
+            self.token_id.clone()
+        }
+    }
+
+    /// The id of this token's subject in the Redis blocklist: the first 32 hex digits of
+    /// SHA-256(`iss` 0x00 `sub`), with the token id standing in for a missing `sub` (as in
+    /// `subject`). Unlike `iss|sub`, no two (iss, sub) pairs share it.
+    pub fn subject_revocation_key(&self) -> Box<str> {
+        scoped_key(
+            self.iss.as_deref().unwrap_or(""),
+            self.sub.as_deref().unwrap_or(&self.token_id),
+        )
     }
 
     /// A claim kept for the rules, by name.
@@ -228,6 +252,7 @@ fn build(h: Header, c: Claims, token_id: Box<str>, empty_sig: bool, extra: Vec<(
         None => (*token_id).into(),
     };
     TokenInfo {
+        id_is_jti: c.jti.as_deref().is_some_and(|j| !j.is_empty()),
         token_id,
         iss: c.iss.map(Arc::from),
         sub: c.sub.map(Arc::from),
@@ -256,6 +281,12 @@ fn pick_claims(map: &serde_json::Map<String, serde_json::Value>, wanted: &[Box<s
             Some((name.clone(), v))
         })
         .collect()
+}
+
+/// A revocation key: the first 32 lowercase hex digits of SHA-256(`iss` 0x00 `id`), where `id`
+/// is a `jti` or a `sub` (absent `iss`: empty). Gateways compute the same to check a token.
+pub fn scoped_key(iss: &str, id: &str) -> Box<str> {
+    hashed_id("", &[iss.as_bytes(), &[0], id.as_bytes()])
 }
 
 /// `prefix` + the first 32 lowercase hex digits of SHA-256 over the concatenated parts.
@@ -711,6 +742,76 @@ pub fn encode_unsigned_parts(header: &serde_json::Value, claims: &serde_json::Va
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// README's key-schema test vectors are what tokenwatch computes, so a gateway author who
+    /// implements the README gets the keys tokenwatch writes.
+    #[test]
+    fn readme_revocation_key_vectors() {
+        let readme = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"));
+        let section = &readme[readme.find("Test vectors (a test checks").expect("vectors section")..];
+        let mut n = 0;
+        for row in section.lines().skip(4).take_while(|l| l.starts_with('|')) {
+            let cells: Vec<String> = row
+                .split(" | ")
+                .map(|c| {
+                    c.trim_matches(|ch| ch == '|' || ch == ' ' || ch == '`')
+                        .replace("\\|", "|")
+                })
+                .collect();
+            let [kind, iss, id, key] = &cells[..] else {
+                panic!("row {row}")
+            };
+            let iss = if iss == "(none)" { "" } else { iss };
+            let claims = match kind.as_str() {
+                "token" => json!({"iss": iss, "jti": id, "sub": "someone"}),
+                _ => json!({"iss": iss, "sub": id}),
+            };
+            let mut claims = claims;
+            if iss.is_empty() {
+                claims.as_object_mut().unwrap().remove("iss");
+            }
+            let t = encode_unsigned_parts(&json!({"alg": "RS256"}), &claims, b"sig");
+            let info = decode(RawToken::new(&t), &[]).unwrap();
+            let computed = match kind.as_str() {
+                "token" => format!("tokenwatch:revoked:tok:{}", info.token_revocation_key()),
+                _ => format!("tokenwatch:revoked:sub:{}", info.subject_revocation_key()),
+            };
+            assert_eq!(&computed, key, "{row}");
+            n += 1;
+        }
+        assert_eq!(n, 5, "all five vectors read");
+    }
+
+    #[test]
+    fn revocation_keys_are_fixed_length_and_scoped() {
+        let tok = |claims: serde_json::Value| {
+            let t = encode_unsigned_parts(&json!({"alg": "RS256"}), &claims, b"sig");
+            decode(RawToken::new(&t), &[]).unwrap()
+        };
+        let hostile = "a\n*\0".repeat(100_000);
+        let a = tok(json!({"iss": "https://idp|auth0", "sub": "abc", "jti": hostile}));
+        let b = tok(json!({"iss": "https://idp", "sub": "auth0|abc", "jti": hostile}));
+        assert_eq!(a.subject, b.subject, "the readable subject is ambiguous...");
+        assert_ne!(
+            a.subject_revocation_key(),
+            b.subject_revocation_key(),
+            "...its key is not"
+        );
+        assert_ne!(
+            a.token_revocation_key(),
+            b.token_revocation_key(),
+            "jti scoped by issuer"
+        );
+        for k in [a.token_revocation_key(), a.subject_revocation_key()] {
+            assert_eq!(k.len(), 32);
+            assert!(k.bytes().all(|c| c.is_ascii_hexdigit()));
+        }
+        // a jti that looks like a hashed id is still a jti: hashed, never taken as a key
+        let c = tok(json!({"jti": "sha256:0123456789abcdef0123456789abcdef"}));
+        assert_eq!(c.token_revocation_key().len(), 32);
+        let d = tok(json!({"sub": "x"}));
+        assert!(d.token_revocation_key().starts_with("sha256:"));
+    }
 
     fn tok(h: serde_json::Value, c: serde_json::Value) -> String {
         encode_unsigned_parts(&h, &c, b"signature-bytes-here")

@@ -315,3 +315,20 @@ pub fn metric(body: &str, name: &str) -> Option<f64> {
     body.lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }
+
+/// The Redis id of the revocation a label expects: a token's (iss, jti) or a subject's
+/// (iss, sub) scoped key, as `TokenInfo::{token,subject}_revocation_key` computes it.
+pub fn label_revocation_key(l: &tokenwatch::gen::Label) -> Option<String> {
+    let (iss, sub) = l.subject.as_deref()?.split_once('|')?;
+    let id = if tokenwatch::gen::rule::keyed_by_subject(&l.rule) {
+        sub
+    } else {
+        l.token_id.as_deref()?
+    };
+    Some(tokenwatch::token::scoped_key(iss, id).into())
+}
+
+/// The Redis id of a token revocation for a readable (iss, jti) or of a subject's (iss, sub).
+pub fn scoped(iss: &str, id: &str) -> String {
+    tokenwatch::token::scoped_key(iss, id).into()
+}

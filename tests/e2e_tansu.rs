@@ -239,7 +239,11 @@ fn kill_and_restart_against_a_real_broker_loses_and_duplicates_nothing() {
     unique.sort();
     unique.dedup();
     assert_eq!(unique.len(), entries.len(), "duplicate feed entries");
-    let present = |l: &tokenwatch::gen::Label| entries.iter().any(|(_, e)| Some(e.as_str()) == l.key());
+    let present = |l: &tokenwatch::gen::Label| {
+        entries
+            .iter()
+            .any(|(_, e)| Some(e.clone()) == common::label_revocation_key(l))
+    };
     let before: Vec<_> = revoking.iter().filter(|(at, _)| *at < c).collect();
     assert!(!before.is_empty());
     for (at, l) in &before {
@@ -322,7 +326,9 @@ fn kafka_over_tls_with_a_private_ca() {
     let entries = common::stream_entries(&mut conn, "tokenwatch:revocations");
     for (at, l) in &revoking {
         assert!(
-            entries.iter().any(|(_, e)| Some(e.as_str()) == l.key()),
+            entries
+                .iter()
+                .any(|(_, e)| Some(e.clone()) == common::label_revocation_key(l)),
             "revocation {} {:?} fired at offset {at} is missing",
             l.rule,
             l.key()
@@ -332,7 +338,7 @@ fn kafka_over_tls_with_a_private_ca() {
     // 1 h minimum and at most 24 h (no `exp`) + leeway; a subject's the 24 h default.
     for (kind, id) in &entries {
         let key = match kind.as_str() {
-            "token" => format!("tokenwatch:revoked:jti:{id}"),
+            "token" => format!("tokenwatch:revoked:tok:{id}"),
             _ => format!("tokenwatch:revoked:sub:{id}"),
         };
         let ttl: i64 = redis::cmd("TTL").arg(&key).query(&mut conn).unwrap();

@@ -26,6 +26,9 @@ fn token(id: &str, exp: Option<i64>) -> Revocation {
         id: id.into(),
         rule: "token-replay".into(),
         reason: "replayed".into(),
+        iss: None,
+        sub: None,
+        jti: None,
         revoked_at: 1_000,
         expires_at: exp,
         not_before: None,
@@ -38,6 +41,9 @@ fn subject(id: &str, not_before: i64) -> Revocation {
         id: id.into(),
         rule: "impossible-travel".into(),
         reason: "travel".into(),
+        iss: None,
+        sub: None,
+        jti: None,
         revoked_at: not_before,
         expires_at: None,
         not_before: Some(not_before),
@@ -63,9 +69,9 @@ async fn writes_are_idempotent_and_ttls_follow_expiry() {
     assert!(w.write(&token("b", None), now).await.unwrap());
     assert!(w.write(&token("c", Some(now - 10)), now).await.unwrap());
     let mut c = r.conn();
-    assert_eq!(ttl(&mut c, "tw:revoked:jti:a"), 7_260, "exp + 60 s");
-    assert_eq!(ttl(&mut c, "tw:revoked:jti:b"), 86_400, "no exp: 24 h");
-    assert_eq!(ttl(&mut c, "tw:revoked:jti:c"), 3_600, "expired: the 1 h floor");
+    assert_eq!(ttl(&mut c, "tw:revoked:tok:a"), 7_260, "exp + 60 s");
+    assert_eq!(ttl(&mut c, "tw:revoked:tok:b"), 86_400, "no exp: 24 h");
+    assert_eq!(ttl(&mut c, "tw:revoked:tok:c"), 3_600, "expired: the 1 h floor");
     let entries = common::stream_entries(&mut c, "tw:revocations");
     assert_eq!(entries.len(), 3);
     let v: redis::Value = redis::cmd("XRANGE")
@@ -201,4 +207,101 @@ async fn tls_with_a_private_ca() {
     let mut w = RevocationWriter::connect(with_ca).await.unwrap();
     assert!(w.write(&token("tls", None), 1_000).await.unwrap());
     assert_eq!(common::stream_entries(&mut r.conn(), "tw:revocations").len(), 1);
+}
+
+fn by_rule(rule: &str, id: &str, at: i64) -> Revocation {
+    Revocation {
+        rule: rule.into(),
+        revoked_at: at,
+        ..token(id, None)
+    }
+}
+
+/// `unrevoke` deletes the keys it names, appends one `unrevoke` feed entry per key it removed,
+/// removes nothing twice, and by rule takes only that rule's revocations (since a time).
+#[tokio::test]
+async fn unrevoke_removes_keys_once_and_tells_the_feed() {
+    use tokenwatch::sinks::unrevoke::{unrevoke, Target};
+    let r = common::RedisServer::start();
+    let mut w = RevocationWriter::connect(cfg(vec![r.url()], false, "tw:"))
+        .await
+        .unwrap();
+    let now = 1_000_000;
+    for rev in [
+        by_rule("bad-rule", "a", 100),
+        by_rule("bad-rule", "b", 200),
+        by_rule("bad-rule", "c", 300),
+        by_rule("good-rule", "d", 300),
+        subject("s1", 250),
+    ] {
+        assert!(w.write(&rev, now).await.unwrap());
+    }
+    let mut c = r.conn();
+    let exists =
+        |c: &mut redis::Connection, k: &str| -> bool { redis::cmd("EXISTS").arg(k).query::<i64>(c).unwrap() == 1 };
+
+    // by rule, since 200: b and c, not a (older), not d (another rule)
+    let gone = unrevoke(
+        &mut w,
+        &Target::Rule {
+            rule: "bad-rule".into(),
+            since_s: Some(200),
+        },
+        now,
+    )
+    .await
+    .unwrap();
+    let mut ids: Vec<&str> = gone.iter().map(|r| r.id.as_str()).collect();
+    ids.sort();
+    assert_eq!(ids, ["b", "c"]);
+    assert!(gone[0].value.contains("bad-rule"), "{}", gone[0].value);
+    assert!(exists(&mut c, "tw:revoked:tok:a") && exists(&mut c, "tw:revoked:tok:d"));
+    assert!(!exists(&mut c, "tw:revoked:tok:b") && !exists(&mut c, "tw:revoked:tok:c"));
+    // idempotent: nothing left to remove, nothing appended
+    let len = |c: &mut redis::Connection| -> i64 { redis::cmd("XLEN").arg("tw:revocations").query(c).unwrap() };
+    assert_eq!(len(&mut c), 7, "5 revocations + 2 unrevokes");
+    let again = unrevoke(
+        &mut w,
+        &Target::Rule {
+            rule: "bad-rule".into(),
+            since_s: Some(200),
+        },
+        now,
+    )
+    .await
+    .unwrap();
+    assert!(again.is_empty());
+    assert_eq!(len(&mut c), 7);
+
+    // by id, token and subject
+    assert_eq!(
+        unrevoke(&mut w, &Target::Token("d".into()), now).await.unwrap().len(),
+        1
+    );
+    assert_eq!(
+        unrevoke(&mut w, &Target::Subject("s1".into()), now)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert!(unrevoke(&mut w, &Target::Token("d".into()), now)
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(!exists(&mut c, "tw:revoked:tok:d") && !exists(&mut c, "tw:revoked:sub:s1"));
+
+    // the feed says what a follower must drop: action=unrevoke with kind and id
+    let v: redis::Value = redis::cmd("XRANGE")
+        .arg("tw:revocations")
+        .arg("-")
+        .arg("+")
+        .query(&mut c)
+        .unwrap();
+    let text = format!("{v:?}");
+    assert_eq!(text.matches("\"unrevoke\"").count(), 4, "{text}");
+    assert_eq!(common::stream_entries(&mut c, "tw:revocations").len(), 9);
+
+    // a token revoked again after its undo is a new revocation, with a new feed entry
+    assert!(w.write(&by_rule("bad-rule", "b", 400), now).await.unwrap());
 }

@@ -162,18 +162,24 @@ async fn logs_in_kafka_become_revocations_in_redis_and_metrics() {
     let entries = stream(&redis);
     let mut ids: Vec<(String, String)> = entries.clone();
     ids.sort();
-    assert_eq!(
-        ids,
-        vec![
-            ("subject".to_string(), "https://idp.example.com|carol".to_string()),
-            ("token".to_string(), "tok-bob-1".to_string()),
-            ("token".to_string(), "tok-erin-old".to_string()),
-            ("token".to_string(), "tok-grace-1".to_string()),
-        ]
-    );
+    assert_eq!(ids, {
+        // fixed-length ids: SHA-256 of (iss, 0x00, jti or sub)
+        let idp = "https://idp.example.com";
+        let mut want = vec![
+            ("subject".to_string(), common::scoped(idp, "carol")),
+            ("token".to_string(), common::scoped(idp, "tok-bob-1")),
+            ("token".to_string(), common::scoped(idp, "tok-erin-old")),
+            ("token".to_string(), common::scoped(idp, "tok-grace-1")),
+        ];
+        want.sort();
+        want
+    });
     // token keys: JSON, TTL = max(exp + 60 s - now, 1 h); these fixture tokens expired long ago
     let v: String = redis::cmd("GET")
-        .arg(format!("{PREFIX}revoked:jti:tok-bob-1"))
+        .arg(format!(
+            "{PREFIX}revoked:tok:{}",
+            common::scoped("https://idp.example.com", "tok-bob-1")
+        ))
         .query(&mut c)
         .unwrap();
     let j: serde_json::Value = serde_json::from_str(&v).unwrap();
@@ -181,7 +187,10 @@ async fn logs_in_kafka_become_revocations_in_redis_and_metrics() {
     assert_eq!(j["expires_at"], 1_795_911_300i64);
     assert_eq!(j["revoked_at"], 1_795_910_650i64);
     let ttl: i64 = redis::cmd("TTL")
-        .arg(format!("{PREFIX}revoked:jti:tok-bob-1"))
+        .arg(format!(
+            "{PREFIX}revoked:tok:{}",
+            common::scoped("https://idp.example.com", "tok-bob-1")
+        ))
         .query(&mut c)
         .unwrap();
     let expect = (1_795_911_300 + 60 - tokenwatch::service::now_ms() / 1000).max(3600);
@@ -190,7 +199,10 @@ async fn logs_in_kafka_become_revocations_in_redis_and_metrics() {
         "ttl {ttl}, expected about {expect}"
     );
     // subject key: not_before, 24 h
-    let key = format!("{PREFIX}revoked:sub:https://idp.example.com|carol");
+    let key = format!(
+        "{PREFIX}revoked:sub:{}",
+        common::scoped("https://idp.example.com", "carol")
+    );
     let v: String = redis::cmd("GET").arg(&key).query(&mut c).unwrap();
     let j: serde_json::Value = serde_json::from_str(&v).unwrap();
     assert_eq!(j["not_before"], 1_795_910_400i64 + 1230);
@@ -307,7 +319,8 @@ async fn a_redis_outage_pauses_and_loses_nothing() {
     unique.sort();
     unique.dedup();
     assert_eq!(unique.len(), 4, "each revocation exactly once: {entries:?}");
-    assert!(entries.iter().any(|(k, id)| k == "subject" && id.ends_with("|carol")));
+    let carol = common::scoped("https://idp.example.com", "carol");
+    assert!(entries.iter().any(|(k, id)| k == "subject" && *id == carol));
     svc.stop.send(true).unwrap();
     let summary = tokio::time::timeout(Duration::from_secs(20), svc.task)
         .await
@@ -623,6 +636,9 @@ async fn revocation_settings_reach_redis() {
         id: id.into(),
         rule: "r".into(),
         reason: "test".into(),
+        iss: None,
+        sub: None,
+        jti: None,
         revoked_at: now,
         expires_at,
         not_before: (kind == Kind::Subject).then_some(now),
@@ -634,14 +650,14 @@ async fn revocation_settings_reach_redis() {
         // long expired: kept min_token_ttl
         (
             rev(Kind::Token, "expired", Some(now - 100)),
-            "revoked:jti:expired",
+            "revoked:tok:expired",
             hours(3),
         ),
-        (rev(Kind::Token, "no-exp", None), "revoked:jti:no-exp", hours(5)),
+        (rev(Kind::Token, "no-exp", None), "revoked:tok:no-exp", hours(5)),
         // exp + the 60 s leeway
         (
             rev(Kind::Token, "later", Some(now + hours(10))),
-            "revoked:jti:later",
+            "revoked:tok:later",
             hours(10) + 60,
         ),
         (rev(Kind::Subject, "idp|u", None), "revoked:sub:idp|u", hours(2)),

@@ -23,6 +23,7 @@ use serde_json::json;
 use crate::decision::{fmt_ts, Decision, RevocationPolicy};
 use crate::input::Event;
 use crate::rules::{fmt_duration, Action, Cooldown, Ctx, Field, Kind, Rule, RuleSet, Val};
+use crate::token::TokenInfo;
 
 use count::CountState;
 use distinct::DistinctState;
@@ -212,6 +213,26 @@ impl Engine {
             }
             Val::Missing => 6u8.hash(&mut h),
         }
+        h.finish()
+    }
+
+    /// The state key of a token: its id scoped by its issuer, so that two issuers' tokens
+    /// with the same `jti` never share windows, cooldowns or a revocation.
+    fn token_key(&self, t: &TokenInfo) -> u64 {
+        self.scoped(7, t.iss.as_deref(), &t.token_id)
+    }
+
+    /// The state key of a subject: (`iss`, `sub`) as a pair, not the `iss|sub` text, in which
+    /// `https://idp|auth0` + `abc` and `https://idp` + `auth0|abc` would be one subject.
+    fn subject_key(&self, t: &TokenInfo) -> u64 {
+        self.scoped(8, t.iss.as_deref(), t.sub.as_deref().unwrap_or(&t.token_id))
+    }
+
+    fn scoped(&self, tag: u8, iss: Option<&str>, id: &str) -> u64 {
+        let mut h = self.hasher.build_hasher();
+        tag.hash(&mut h);
+        iss.hash(&mut h);
+        id.hash(&mut h);
         h.finish()
     }
 
@@ -475,7 +496,7 @@ impl Engine {
             Action::Alert => {}
             Action::RevokeToken => {
                 let ttl = self.cfg.revocation.token_ttl_s(tok.exp, now_s);
-                let key = self.hash(&Val::Str(&tok.token_id));
+                let key = self.token_key(tok);
                 self.revoked.revoke_token(
                     key,
                     Revoked {
@@ -487,7 +508,7 @@ impl Engine {
                 );
             }
             Action::RevokeSubject => {
-                let key = self.hash(&Val::Str(&tok.subject));
+                let key = self.subject_key(tok);
                 let ttl = self.cfg.revocation.subject_ttl_s;
                 self.revoked.revoke_subject(
                     key,
@@ -523,13 +544,13 @@ impl KeyMemo {
     fn token_id(&mut self, e: &Engine, cx: &Ctx<'_>) -> Option<u64> {
         *self
             .token_id
-            .get_or_insert_with(|| cx.ev.token.as_ref().map(|t| e.hash(&Val::Str(&t.token_id))))
+            .get_or_insert_with(|| cx.ev.token.as_ref().map(|t| e.token_key(t)))
     }
 
     fn subject(&mut self, e: &Engine, cx: &Ctx<'_>) -> Option<u64> {
         *self
             .subject
-            .get_or_insert_with(|| cx.ev.token.as_ref().map(|t| e.hash(&Val::Str(&t.subject))))
+            .get_or_insert_with(|| cx.ev.token.as_ref().map(|t| e.subject_key(t)))
     }
 }
 
@@ -599,6 +620,11 @@ fn decision(rule: &Rule, cx: &Ctx<'_>, f: Fired) -> Decision {
         action: rule.action,
         token_id: tok.map(|t| t.token_id.clone()),
         subject: tok.map(|t| (*t.subject).into()),
+        revocation_key: tok.and_then(|t| match rule.action {
+            Action::Alert => None,
+            Action::RevokeToken => Some(t.token_revocation_key()),
+            Action::RevokeSubject => Some(t.subject_revocation_key()),
+        }),
         iss: tok.and_then(|t| t.iss.as_deref().map(Into::into)),
         sub: tok.and_then(|t| t.sub.as_deref().map(Into::into)),
         client_ip: cx.ev.client_ip,

@@ -30,6 +30,7 @@ fn rules(yaml: &str) -> Arc<RuleSet> {
 
 fn token(jti: &str, sub: &str, iat_s: i64, exp_s: i64) -> Arc<TokenInfo> {
     Arc::new(TokenInfo {
+        id_is_jti: true,
         token_id: jti.into(),
         iss: Some("https://idp".into()),
         sub: Some(sub.into()),

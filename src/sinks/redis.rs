@@ -1,12 +1,20 @@
 //! Revocations to Redis: the blocklist that gateways check and the feed they subscribe to.
 //!
-//! Key schema (`{prefix}` defaults to `tokenwatch:`):
-//! - `{prefix}revoked:jti:{token_id}` → JSON `{rule, reason, revoked_at, expires_at}`, TTL until
-//!   the token's `exp` + leeway, never less than the minimum TTL (24 h without `exp`);
-//! - `{prefix}revoked:sub:{iss}|{sub}` → JSON `{rule, reason, revoked_at, not_before}`, TTL
+//! Key schema (`{prefix}` defaults to `tokenwatch:`). Ids are fixed-length hex computed from
+//! the claims ([`crate::token::TokenInfo::token_revocation_key`]), never claim text, so no
+//! claim can shape a key name (newlines, `*`, NUL, 300 KB), a `jti` is scoped by its issuer,
+//! and no two (iss, sub) pairs share a subject key:
+//! - `{prefix}revoked:tok:{id}` → JSON `{rule, reason, revoked_at, expires_at, iss, sub, jti}`,
+//!   TTL until the token's `exp` + leeway, clamped to [min, max] token TTL;
+//! - `{prefix}revoked:sub:{id}` → JSON `{rule, reason, revoked_at, not_before, iss, sub}`, TTL
 //!   the subject TTL: every token of the subject issued before `not_before` is revoked;
-//! - stream `{prefix}revocations`: one entry per *new* revocation (`kind`, `id`, `rule`,
-//!   `revoked_at`, and `expires_at` or `not_before`), trimmed to an approximate length.
+//! - stream `{prefix}revocations`: one entry per *new* revocation (`action` = `revoke`, `kind`,
+//!   `id`, `rule`, `revoked_at`, and `expires_at` or `not_before`), and one per undone
+//!   revocation (`action` = `unrevoke`, `kind`, `id`, `unrevoked_at`; see [`super::unrevoke`]),
+//!   trimmed to an approximate length.
+//!
+//! The claims in the JSON value are for people reading it, cut to [`MAX_CLAIM_CHARS`] (and the
+//! reason to [`MAX_REASON_CHARS`]), so a value has a fixed maximum size.
 //!
 //! The blocklist key and its feed entry are written by one Lua script, atomically: a token key
 //! is set only if absent (SET NX) and the entry is added only then; a subject key is replaced
@@ -39,7 +47,7 @@ else
     return 0
   end
 end
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'kind', ARGV[4], 'id', ARGV[5], 'rule', ARGV[6], 'revoked_at', ARGV[7], ARGV[8], ARGV[9])
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'action', 'revoke', 'kind', ARGV[4], 'id', ARGV[5], 'rule', ARGV[6], 'revoked_at', ARGV[7], ARGV[8], ARGV[9])
 return 1
 "#;
 
@@ -97,12 +105,14 @@ impl RedisConfig {
         Ok(())
     }
 
-    pub fn token_key(&self, token_id: &str) -> String {
-        format!("{}revoked:jti:{token_id}", self.key_prefix)
+    /// `id` is a token revocation key (`Decision::revocation_key`), never claim text.
+    pub fn token_key(&self, id: &str) -> String {
+        format!("{}revoked:tok:{id}", self.key_prefix)
     }
 
-    pub fn subject_key(&self, subject: &str) -> String {
-        format!("{}revoked:sub:{subject}", self.key_prefix)
+    /// `id` is a subject revocation key (`Decision::revocation_key`), never claim text.
+    pub fn subject_key(&self, id: &str) -> String {
+        format!("{}revoked:sub:{id}", self.key_prefix)
     }
 
     pub fn stream_key(&self) -> String {
@@ -137,14 +147,24 @@ pub enum Kind {
     Subject,
 }
 
+/// Claims copied into a blocklist value for people are cut to this many characters.
+pub const MAX_CLAIM_CHARS: usize = 256;
+/// The reason copied into a blocklist value is cut to this many characters.
+pub const MAX_REASON_CHARS: usize = 1024;
+
 /// One revocation to write.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Revocation {
     pub kind: Kind,
-    /// token_id or subject.
+    /// The revocation key (fixed-length hex, or a token's `sha256:`/`claims:` id).
     pub id: String,
     pub rule: String,
     pub reason: String,
+    /// For people reading the value: the token's claims, cut to [`MAX_CLAIM_CHARS`].
+    pub iss: Option<String>,
+    pub sub: Option<String>,
+    /// Token revocations only: the token id (its `jti`, or the hashed id).
+    pub jti: Option<String>,
     /// Event time of the decision, epoch seconds.
     pub revoked_at: i64,
     pub expires_at: Option<i64>,
@@ -157,20 +177,32 @@ impl Revocation {
         if d.shadow {
             return None;
         }
-        let (kind, id) = match d.action {
+        let kind = match d.action {
             Action::Alert => return None,
-            Action::RevokeToken => (Kind::Token, d.token_id.as_deref()?),
-            Action::RevokeSubject => (Kind::Subject, d.subject.as_deref()?),
+            Action::RevokeToken => Kind::Token,
+            Action::RevokeSubject => Kind::Subject,
         };
+        let cut = |s: &Option<Box<str>>| s.as_deref().map(|s| cut_chars(s, MAX_CLAIM_CHARS));
         Some(Revocation {
             kind,
-            id: id.to_string(),
+            id: d.revocation_key.as_deref()?.to_string(),
             rule: d.rule.to_string(),
-            reason: d.reason.clone(),
+            reason: cut_chars(&d.reason, MAX_REASON_CHARS),
+            iss: cut(&d.iss),
+            sub: cut(&d.sub),
+            jti: if kind == Kind::Token { cut(&d.token_id) } else { None },
             revoked_at: d.ts.div_euclid(1000),
             expires_at: d.expires_at,
             not_before: d.not_before,
         })
+    }
+}
+
+/// The first `max` characters of `s`.
+fn cut_chars(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => s[..i].to_string(),
+        None => s.to_string(),
     }
 }
 
@@ -267,6 +299,13 @@ enum Conn {
 }
 
 impl Conn {
+    async fn invoke<T: redis::FromRedisValue>(&mut self, inv: &redis::ScriptInvocation<'_>) -> redis::RedisResult<T> {
+        match self {
+            Conn::Single(c) => inv.invoke_async(c).await,
+            Conn::Cluster(c) => inv.invoke_async(c).await,
+        }
+    }
+
     async fn ping(&mut self) -> Result<(), String> {
         let r: Result<String, _> = match self {
             Conn::Single(c) => redis::cmd("PING").query_async(c).await,
@@ -350,20 +389,38 @@ impl RevocationWriter {
         self.conn.ping().await
     }
 
+    /// Runs a script on this writer's connection (single node or cluster).
+    pub(crate) async fn invoke<T: redis::FromRedisValue>(
+        &mut self,
+        inv: &redis::ScriptInvocation<'_>,
+    ) -> redis::RedisResult<T> {
+        self.conn.invoke(inv).await
+    }
+
+    /// Runs a command on this writer's connection (single node or cluster).
+    pub(crate) async fn query<T: redis::FromRedisValue>(&mut self, cmd: &redis::Cmd) -> redis::RedisResult<T> {
+        match &mut self.conn {
+            Conn::Single(c) => cmd.query_async(c).await,
+            Conn::Cluster(c) => cmd.query_async(c).await,
+        }
+    }
+
     /// Writes one revocation; `Ok(true)` when it was new (a feed entry was added).
     pub async fn write(&mut self, r: &Revocation, now_s: i64) -> Result<bool, String> {
         let (key, ttl, value, field, field_val) = match r.kind {
             Kind::Token => (
                 self.cfg.token_key(&r.id),
                 self.cfg.policy.token_ttl_s(r.expires_at, now_s),
-                json!({"rule": r.rule, "reason": r.reason, "revoked_at": r.revoked_at, "expires_at": r.expires_at}),
+                json!({"rule": r.rule, "reason": r.reason, "revoked_at": r.revoked_at, "expires_at": r.expires_at,
+                       "iss": r.iss, "sub": r.sub, "jti": r.jti}),
                 "expires_at",
                 r.expires_at.map(|e| e.to_string()).unwrap_or_default(),
             ),
             Kind::Subject => (
                 self.cfg.subject_key(&r.id),
                 self.cfg.policy.subject_ttl_s,
-                json!({"rule": r.rule, "reason": r.reason, "revoked_at": r.revoked_at, "not_before": r.not_before}),
+                json!({"rule": r.rule, "reason": r.reason, "revoked_at": r.revoked_at, "not_before": r.not_before,
+                       "iss": r.iss, "sub": r.sub}),
                 "not_before",
                 r.not_before.unwrap_or(r.revoked_at).to_string(),
             ),
@@ -383,11 +440,11 @@ impl RevocationWriter {
             .arg(r.revoked_at)
             .arg(field)
             .arg(field_val);
-        let con = match &mut self.conn {
-            Conn::Single(c) => inv.invoke_async::<i64>(c).await,
-            Conn::Cluster(c) => inv.invoke_async::<i64>(c).await,
-        };
-        con.map(|n| n == 1).map_err(|e| format!("redis write failed: {e}"))
+        self.conn
+            .invoke::<i64>(&inv)
+            .await
+            .map(|n| n == 1)
+            .map_err(|e| format!("redis write failed: {e}"))
     }
 }
 
@@ -437,6 +494,7 @@ mod tests {
             action: Action::RevokeToken,
             token_id: Some("t".into()),
             subject: Some("i|s".into()),
+            revocation_key: Some("k".into()),
             iss: None,
             sub: None,
             client_ip: None,
@@ -449,15 +507,18 @@ mod tests {
         let r = Revocation::from_decision(&d).unwrap();
         assert_eq!(
             (r.kind, r.id.as_str(), r.revoked_at, r.expires_at),
-            (Kind::Token, "t", 5, Some(99))
+            (Kind::Token, "k", 5, Some(99)),
+            "the id is the revocation key, never the claim text"
         );
+        assert_eq!(r.jti.as_deref(), Some("t"));
         let s = Decision {
             action: Action::RevokeSubject,
             not_before: Some(6),
             ..d.clone()
         };
         let r = Revocation::from_decision(&s).unwrap();
-        assert_eq!((r.kind, r.id.as_str(), r.not_before), (Kind::Subject, "i|s", Some(6)));
+        assert_eq!((r.kind, r.id.as_str(), r.not_before), (Kind::Subject, "k", Some(6)));
+        assert_eq!(r.jti, None);
         assert!(
             Revocation::from_decision(&Decision {
                 shadow: true,
@@ -471,14 +532,18 @@ mod tests {
             ..d.clone()
         })
         .is_none());
-        assert!(Revocation::from_decision(&Decision { token_id: None, ..d }).is_none());
+        assert!(Revocation::from_decision(&Decision {
+            revocation_key: None,
+            ..d
+        })
+        .is_none());
     }
 
     #[test]
     fn key_schema() {
         let c = cfg("tokenwatch:", &["redis://a"], false);
-        assert_eq!(c.token_key("abc"), "tokenwatch:revoked:jti:abc");
-        assert_eq!(c.subject_key("https://idp|u1"), "tokenwatch:revoked:sub:https://idp|u1");
+        assert_eq!(c.token_key("abc"), "tokenwatch:revoked:tok:abc");
+        assert_eq!(c.subject_key("0123"), "tokenwatch:revoked:sub:0123");
         assert_eq!(c.stream_key(), "tokenwatch:revocations");
     }
 }
