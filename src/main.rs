@@ -41,6 +41,35 @@ enum Cmd {
     Demo(DemoArgs),
     /// Run the service: Kafka in, revocations to Redis, metrics on HTTP.
     Run(RunArgs),
+    /// Undo revocations in Redis: delete the blocklist keys, tell the feed's followers.
+    Unrevoke(UnrevokeArgs),
+}
+
+#[derive(Args)]
+#[command(group(clap::ArgGroup::new("target").required(true).args(["token", "subject", "rule"])))]
+struct UnrevokeArgs {
+    /// A token's revocation key (a decision's `revocation_key`, a feed entry's `id`).
+    #[arg(long)]
+    token: Option<String>,
+    /// A subject's revocation key (a decision's `revocation_key`, a feed entry's `id`).
+    #[arg(long)]
+    subject: Option<String>,
+    /// Every revocation this rule made that is still in the feed.
+    #[arg(long)]
+    rule: Option<String>,
+    /// With --rule: only revocations made at or after this time (RFC 3339, epoch seconds, or
+    /// a duration before now such as 2h).
+    #[arg(long, requires = "rule")]
+    since: Option<String>,
+    /// Redis URL (repeat for Redis Cluster seed nodes); or `redis` in the config.
+    #[arg(long)]
+    redis: Vec<String>,
+    /// Key prefix (default tokenwatch:).
+    #[arg(long)]
+    key_prefix: Option<String>,
+    /// TOML config file (the `[revocation]` settings, `redis`, `key_prefix`).
+    #[arg(long)]
+    config: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -369,6 +398,50 @@ fn run(a: RunArgs) -> Result<ExitCode, String> {
     Ok(ExitCode::SUCCESS)
 }
 
+fn unrevoke(a: UnrevokeArgs) -> Result<ExitCode, String> {
+    use tokenwatch::sinks::unrevoke::Target;
+    let config = Config::load_with_env(a.config.as_deref(), std::env::vars())?;
+    let redis = tokenwatch::service::redis_config(&config, &a.redis, a.key_prefix.as_deref())?;
+    let now_s = chrono::Utc::now().timestamp();
+    let target = match (a.token, a.subject, a.rule) {
+        (Some(t), _, _) => Target::Token(t),
+        (_, Some(s), _) => Target::Subject(s),
+        (_, _, Some(rule)) => Target::Rule {
+            rule,
+            since_s: a.since.as_deref().map(|s| since(s, now_s)).transpose()?,
+        },
+        _ => return Err("give --token, --subject or --rule".into()),
+    };
+    let rt = runtime()?;
+    let removed = rt.block_on(async {
+        let mut w = tokenwatch::sinks::redis::RevocationWriter::connect(redis).await?;
+        tokenwatch::sinks::unrevoke::unrevoke(&mut w, &target, now_s).await
+    })?;
+    let mut out = io::stdout().lock();
+    for r in &removed {
+        let kind = match r.kind {
+            tokenwatch::sinks::redis::Kind::Token => "token",
+            tokenwatch::sinks::redis::Kind::Subject => "subject",
+        };
+        let _ = writeln!(out, "unrevoked {kind} {}: {}", r.id, r.value);
+    }
+    let _ = writeln!(out, "{} revocation(s) removed", removed.len());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `--since`: RFC 3339, epoch seconds, or a duration before `now_s`.
+fn since(s: &str, now_s: i64) -> Result<i64, String> {
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
+        return Ok(t.timestamp());
+    }
+    if let Ok(n) = s.parse::<i64>() {
+        return Ok(n);
+    }
+    tokenwatch::rules::parse_duration_ms(s)
+        .map(|ms| now_s - ms / 1000)
+        .map_err(|e| format!("--since `{s}`: not RFC 3339, epoch seconds or a duration: {e}"))
+}
+
 /// The async runtime of `run` and `demo`, with the TLS provider that `rediss://` needs.
 fn runtime() -> Result<tokio::runtime::Runtime, String> {
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -401,6 +474,7 @@ fn main() -> ExitCode {
         Cmd::Gen(a) => gen(a),
         Cmd::Demo(a) => demo(a),
         Cmd::Run(a) => run(a),
+        Cmd::Unrevoke(a) => unrevoke(a),
     };
     match result {
         Ok(code) => code,

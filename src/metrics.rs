@@ -37,6 +37,7 @@ pub struct Metrics {
     pub rule_reloads: IntCounterVec,
     pub decision_delay: Histogram,
     pub build_info: IntGaugeVec,
+    pub http_accept_errors: IntCounter,
     /// For /readyz.
     pub ready_partitions: AtomicI64,
     pub ready_redis: AtomicBool,
@@ -167,6 +168,14 @@ impl Metrics {
                 IntGaugeVec::new(Opts::new("tokenwatch_build_info", "Build information."), &["version"])
                     .expect("valid"),
             ),
+            http_accept_errors: reg(
+                &r,
+                IntCounter::new(
+                    "tokenwatch_http_accept_errors_total",
+                    "Failed accepts on the metrics listener (e.g. out of file descriptors).",
+                )
+                .expect("valid"),
+            ),
             registry: r,
             ready_partitions: AtomicI64::new(0),
             ready_redis: AtomicBool::new(false),
@@ -195,64 +204,99 @@ impl Metrics {
     }
 }
 
-/// Serves /metrics, /healthz and /readyz until the listener fails.
+/// At most this many connections are answered at once. Further clients wait in the kernel's
+/// accept backlog, which costs no file descriptor of ours: a flood of connections cannot take
+/// the descriptors that reading rules, Kafka and Redis need.
+pub const MAX_CONNECTIONS: usize = 64;
+
+/// A connection gets this long, in all, to send its request head and read the answer, so a
+/// client that trickles one byte at a time (slowloris) holds a slot for seconds, not hours.
+pub const CONNECTION_DEADLINE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Serves /metrics, /healthz and /readyz for as long as the task runs.
+///
+/// Shaped like mini-redis's listener: a semaphore bounds the connections in flight (a permit is
+/// taken before `accept`, so excess clients wait in the backlog), and a failing `accept`
+/// (EMFILE when the process is out of descriptors, ENOBUFS...) is retried after a pause that
+/// doubles up to a second instead of at once, which would spin a core.
 pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
+    const FIRST_PAUSE: std::time::Duration = std::time::Duration::from_millis(10);
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let mut pause = FIRST_PAUSE;
     loop {
-        let Ok((mut sock, _)) = listener.accept().await else {
-            continue;
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let sock = match listener.accept().await {
+            Ok((sock, _)) => {
+                pause = FIRST_PAUSE;
+                sock
+            }
+            Err(e) => {
+                metrics.http_accept_errors.inc();
+                tracing::warn!(error = %e, retry_in_ms = pause.as_millis() as u64, "metrics server: accept failed");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(std::time::Duration::from_secs(1));
+                continue;
+            }
         };
         let m = metrics.clone();
         tokio::spawn(async move {
-            let mut buf = [0u8; 2048];
-            let mut n = 0;
-            // Read until the end of the request head, or the buffer is full.
-            while n < buf.len() {
-                match tokio::time::timeout(std::time::Duration::from_secs(5), sock.read(&mut buf[n..])).await {
-                    Ok(Ok(0)) | Err(_) | Ok(Err(_)) => break,
-                    Ok(Ok(k)) => {
-                        n += k;
-                        if buf[..n].windows(4).any(|w| w == b"\r\n\r\n") || buf[..n].windows(2).any(|w| w == b"\n\n") {
-                            break;
-                        }
-                    }
-                }
-            }
-            let head = String::from_utf8_lossy(&buf[..n]);
-            let mut parts = head.split_whitespace();
-            let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-            let path = path.split('?').next().unwrap_or("");
-            let (status, ctype, body) = match (method, path) {
-                ("GET", "/metrics") => ("200 OK", "text/plain; version=0.0.4; charset=utf-8", m.render()),
-                ("GET", "/healthz") => ("200 OK", "text/plain", "ok\n".to_string()),
-                ("GET", "/readyz") if m.ready() => ("200 OK", "text/plain", "ready\n".to_string()),
-                ("GET", "/readyz") => (
-                    "503 Service Unavailable",
-                    "text/plain",
-                    format!(
-                        "not ready: assigned partitions {}, redis {}\n",
-                        m.ready_partitions.load(Ordering::Relaxed),
-                        if m.ready_redis.load(Ordering::Relaxed) {
-                            "up"
-                        } else {
-                            "down"
-                        }
-                    ),
-                ),
-                ("GET", _) => (
-                    "404 Not Found",
-                    "text/plain",
-                    "not found: try /metrics, /healthz or /readyz\n".into(),
-                ),
-                _ => ("405 Method Not Allowed", "text/plain", "only GET\n".into()),
-            };
-            let resp = format!(
-                "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = sock.write_all(resp.as_bytes()).await;
-            let _ = sock.shutdown().await;
+            let _permit = permit;
+            let _ = tokio::time::timeout(CONNECTION_DEADLINE, answer(sock, &m)).await;
         });
     }
+}
+
+/// Reads one request head (at most 2 KiB) and writes the answer.
+async fn answer(mut sock: tokio::net::TcpStream, m: &Metrics) {
+    let mut buf = [0u8; 2048];
+    let mut n = 0;
+    while n < buf.len() {
+        match sock.read(&mut buf[n..]).await {
+            Ok(0) | Err(_) => break,
+            Ok(k) => {
+                n += k;
+                if buf[..n].windows(4).any(|w| w == b"\r\n\r\n") || buf[..n].windows(2).any(|w| w == b"\n\n") {
+                    break;
+                }
+            }
+        }
+    }
+    let head = String::from_utf8_lossy(&buf[..n]);
+    let mut parts = head.split_whitespace();
+    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let path = path.split('?').next().unwrap_or("");
+    let (status, ctype, body) = match (method, path) {
+        ("GET", "/metrics") => ("200 OK", "text/plain; version=0.0.4; charset=utf-8", m.render()),
+        ("GET", "/healthz") => ("200 OK", "text/plain", "ok\n".to_string()),
+        ("GET", "/readyz") if m.ready() => ("200 OK", "text/plain", "ready\n".to_string()),
+        ("GET", "/readyz") => (
+            "503 Service Unavailable",
+            "text/plain",
+            format!(
+                "not ready: assigned partitions {}, redis {}\n",
+                m.ready_partitions.load(Ordering::Relaxed),
+                if m.ready_redis.load(Ordering::Relaxed) {
+                    "up"
+                } else {
+                    "down"
+                }
+            ),
+        ),
+        ("GET", _) => (
+            "404 Not Found",
+            "text/plain",
+            "not found: try /metrics, /healthz or /readyz\n".into(),
+        ),
+        _ => ("405 Method Not Allowed", "text/plain", "only GET\n".into()),
+    };
+    let resp = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = sock.write_all(resp.as_bytes()).await;
+    let _ = sock.shutdown().await;
 }
 
 /// A minimal HTTP GET for tests and the demo: returns (status code, body).
@@ -299,5 +343,50 @@ mod tests {
         m.ready_redis.store(true, Ordering::Relaxed);
         assert_eq!(http_get(addr, "/readyz").await.unwrap().0, 200);
         assert_eq!(http_get(addr, "/nope").await.unwrap().0, 404);
+    }
+
+    fn open_fds() -> usize {
+        std::fs::read_dir("/proc/self/fd").map(|d| d.count()).unwrap_or(0)
+    }
+
+    /// Slow clients that trickle a byte at a time (slowloris) cannot take the process's file
+    /// descriptors, nor keep /healthz from answering: the server holds at most
+    /// MAX_CONNECTIONS of them, each for at most CONNECTION_DEADLINE. (On the unbounded
+    /// server every one of them held a descriptor for as long as it kept trickling.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn slow_clients_cannot_exhaust_descriptors_or_stall_health() {
+        let m = Metrics::new();
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(serve(l, m.clone()));
+        let before = open_fds();
+        const SLOW: usize = 300;
+        let mut slow = Vec::new();
+        for _ in 0..SLOW {
+            let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+            s.write_all(b"G").await.unwrap();
+            slow.push(s);
+        }
+        // keep trickling, so that only a deadline (not an idle-read timeout) can end them
+        let trickle = tokio::spawn(async move {
+            for _ in 0..20 {
+                for s in &mut slow {
+                    let _ = s.write_all(b"E").await;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+        });
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        let held = open_fds().saturating_sub(before + SLOW);
+        assert!(
+            held <= MAX_CONNECTIONS + 8,
+            "the server holds {held} descriptors for {SLOW} slow clients"
+        );
+        let (code, _) = tokio::time::timeout(std::time::Duration::from_secs(60), http_get(addr, "/healthz"))
+            .await
+            .expect("/healthz answered while slow clients trickle")
+            .unwrap();
+        assert_eq!(code, 200);
+        trickle.abort();
     }
 }

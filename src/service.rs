@@ -609,16 +609,6 @@ fn resolve_settings(c: &crate::config::Config, o: &Overrides) -> Result<(Service
     if topics.is_empty() {
         return Err("topics: no topic given (--topic NAME, TOKENWATCH_TOPICS or `topics` in the config)".into());
     }
-    let redis_urls = if !o.redis.is_empty() {
-        o.redis.clone()
-    } else {
-        c.redis.clone().unwrap_or_default()
-    };
-    if redis_urls.is_empty() {
-        return Err(
-            "redis: no Redis URL given (--redis redis://host:6379, TOKENWATCH_REDIS or `redis` in the config)".into(),
-        );
-    }
     let format = match o.format {
         Some(f) => f,
         None => c.format()?.unwrap_or(crate::input::Format::Auto),
@@ -636,20 +626,7 @@ fn resolve_settings(c: &crate::config::Config, o: &Overrides) -> Result<(Service
         .clone()
         .or_else(|| c.alerts.clone())
         .unwrap_or_else(|| "stdout".into());
-    let redis = crate::sinks::redis::RedisConfig {
-        urls: redis_urls,
-        cluster: c.redis_cluster.unwrap_or(false),
-        key_prefix: o
-            .key_prefix
-            .clone()
-            .or_else(|| c.key_prefix.clone())
-            .unwrap_or_else(|| "tokenwatch:".into()),
-        policy: c.revocation_policy()?,
-        stream_maxlen: c.revocation.stream_maxlen.unwrap_or(100_000),
-        response_timeout: dur("revocation.redis_timeout", &c.revocation.redis_timeout, 2_000)?,
-        ca_file: c.revocation.redis_ca_file.clone(),
-    };
-    redis.check()?;
+    let redis = redis_config(c, &o.redis, o.key_prefix.as_deref())?;
     let batch_max = c.batch.max_messages.unwrap_or(5_000);
     if batch_max == 0 {
         return Err("batch.max_messages: must be at least 1".into());
@@ -687,6 +664,43 @@ fn resolve_settings(c: &crate::config::Config, o: &Overrides) -> Result<(Service
         alerts_topic: o.alerts_topic.clone().or_else(|| c.alerts_topic.clone()),
     };
     Ok((cfg, metrics_addr))
+}
+
+/// The Redis settings from the config, with the command line's URLs and key prefix winning;
+/// checked ([`crate::sinks::redis::RedisConfig::check`]) before it is returned.
+pub fn redis_config(
+    c: &crate::config::Config,
+    urls: &[String],
+    key_prefix: Option<&str>,
+) -> Result<crate::sinks::redis::RedisConfig, String> {
+    let urls = if !urls.is_empty() {
+        urls.to_vec()
+    } else {
+        c.redis.clone().unwrap_or_default()
+    };
+    if urls.is_empty() {
+        return Err(
+            "redis: no Redis URL given (--redis redis://host:6379, TOKENWATCH_REDIS or `redis` in the config)".into(),
+        );
+    }
+    let timeout_ms = match &c.revocation.redis_timeout {
+        Some(s) => crate::rules::parse_duration_ms(s).map_err(|e| format!("revocation.redis_timeout: {e}"))?,
+        None => 2_000,
+    };
+    let redis = crate::sinks::redis::RedisConfig {
+        urls,
+        cluster: c.redis_cluster.unwrap_or(false),
+        key_prefix: key_prefix
+            .map(str::to_owned)
+            .or_else(|| c.key_prefix.clone())
+            .unwrap_or_else(|| "tokenwatch:".into()),
+        policy: c.revocation_policy()?,
+        stream_maxlen: c.revocation.stream_maxlen.unwrap_or(100_000),
+        response_timeout: Duration::from_millis(timeout_ms as u64),
+        ca_file: c.revocation.redis_ca_file.clone(),
+    };
+    redis.check()?;
+    Ok(redis)
 }
 
 /// The whole service as `tokenwatch run` starts it: metrics server, signals, the loop.

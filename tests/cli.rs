@@ -126,3 +126,48 @@ fn long_lines_are_skipped_and_counted() {
     let err = text(&out.stderr);
     assert!(err.contains("line_too_long") && err.contains("27 lines read"), "{err}");
 }
+
+/// `tokenwatch unrevoke` as an operator runs it against redis-server: it names what it removed,
+/// removes nothing the second time, and refuses to run without saying what to undo.
+#[test]
+fn unrevoke_prints_what_it_removed() {
+    let r = common::RedisServer::start();
+    let mut c = r.conn();
+    let key = "tokenwatch:revoked:tok:0123456789abcdef0123456789abcdef";
+    let _: () = redis::cmd("SET")
+        .arg(key)
+        .arg(r#"{"rule":"token-replay","reason":"r","revoked_at":5}"#)
+        .query(&mut c)
+        .unwrap();
+    let url = r.url();
+    let args = [
+        "unrevoke",
+        "--token",
+        "0123456789abcdef0123456789abcdef",
+        "--redis",
+        url.as_str(),
+    ];
+    let out = tokenwatch(&args);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("unrevoked token 0123456789abcdef0123456789abcdef") && stdout.contains("token-replay"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("1 revocation(s) removed"), "{stdout}");
+    let again = tokenwatch(&args);
+    assert!(text(&again.stdout).contains("0 revocation(s) removed"));
+    let none = tokenwatch(&["unrevoke", "--redis", url.as_str()]);
+    assert_eq!(none.status.code(), Some(2), "usage error without a target");
+    let bad = tokenwatch(&[
+        "unrevoke",
+        "--rule",
+        "x",
+        "--since",
+        "yesterday",
+        "--redis",
+        url.as_str(),
+    ]);
+    assert!(!bad.status.success());
+    assert!(text(&bad.stderr).contains("--since"), "{}", text(&bad.stderr));
+}

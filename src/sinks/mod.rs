@@ -1,10 +1,11 @@
 //! Where decisions go: revocations to Redis ([`redis`]) or, for the demo, to memory
 //! ([`memory`]); every decision as a JSON line to stdout, a file or a Kafka topic
-//! ([`alerts`]).
+//! ([`alerts`]). [`unrevoke`] undoes revocations in Redis.
 
 pub mod alerts;
 pub mod memory;
 pub mod redis;
+pub mod unrevoke;
 
 use std::sync::{Arc, Mutex};
 
