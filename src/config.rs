@@ -52,12 +52,24 @@ pub struct Config {
     pub revocation: RevocationSection,
     #[serde(default)]
     pub batch: BatchSection,
+    #[serde(default)]
+    pub dead_letter: DeadLetterSection,
     /// librdkafka properties, passed through unchanged (TLS, SASL, fetch sizes...).
     #[serde(default)]
     pub kafka: BTreeMap<String, toml::Value>,
     /// Dotted key → where it was set (`file:line` or the environment variable).
     #[serde(skip)]
     origins: BTreeMap<String, String>,
+}
+
+/// Where items an output refused for good go (a revocation Redis rejects with WRONGTYPE, an
+/// alert record too large for the alerts topic).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeadLetterSection {
+    /// JSON lines appended to this file (default: beside the alerts file, `FILE.dead-letters`;
+    /// stderr when alerts go to stdout or nowhere).
+    pub file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]

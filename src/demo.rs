@@ -218,6 +218,7 @@ pub async fn live(opts: DemoOptions, w: &mut (dyn Write + Send)) -> Result<Score
         batch_wait: Duration::from_millis(20),
         shutdown_timeout: Duration::from_secs(10),
         alerts: AlertTarget::None,
+        dead_letter: None,
         alerts_topic: None,
     };
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);

@@ -38,6 +38,13 @@ pub struct Metrics {
     pub decision_delay: Histogram,
     pub build_info: IntGaugeVec,
     pub http_accept_errors: IntCounter,
+    /// Items an output refused for good, by output (`redis`, `alerts_topic`).
+    pub dead_letters: IntCounterVec,
+    /// 1 while Redis answers but refuses writes until an operator acts (OOM, NOAUTH,
+    /// READONLY...); the code is in /readyz.
+    pub redis_refused: IntGauge,
+    /// The Redis error code while refused, for /readyz.
+    pub redis_refusal: std::sync::Mutex<Option<String>>,
     /// For /readyz.
     pub ready_partitions: AtomicI64,
     pub ready_redis: AtomicBool,
@@ -176,11 +183,34 @@ impl Metrics {
                 )
                 .expect("valid"),
             ),
+            dead_letters: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "tokenwatch_dead_letters_total",
+                        "Items an output refused for good and that went to the dead-letter output, by output.",
+                    ),
+                    &["output"],
+                )
+                .expect("valid"),
+            ),
+            redis_refused: reg(
+                &r,
+                IntGauge::new(
+                    "tokenwatch_redis_refused",
+                    "1 while Redis refuses writes for a reason an operator must fix (OOM, NOAUTH, READONLY...).",
+                )
+                .expect("valid"),
+            ),
+            redis_refusal: std::sync::Mutex::new(None),
             registry: r,
             ready_partitions: AtomicI64::new(0),
             ready_redis: AtomicBool::new(false),
         };
         m.build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        for output in ["redis", "alerts_topic"] {
+            m.dead_letters.with_label_values(&[output]);
+        }
         for res in ["decoded", "skipped"] {
             m.events.with_label_values(&[res]).inc_by(0);
         }
@@ -199,8 +229,24 @@ impl Metrics {
         String::from_utf8(buf).unwrap_or_default()
     }
 
+    /// `up`, `down`, or `refuses writes (CODE)`.
+    pub fn redis_state(&self) -> String {
+        if let Some(code) = self.redis_refusal.lock().ok().and_then(|r| r.clone()) {
+            return format!("refuses writes ({code}): an operator must act, see tokenwatch_redis_refused");
+        }
+        if self.ready_redis.load(Ordering::Relaxed) {
+            "up"
+        } else {
+            "down"
+        }
+        .to_string()
+    }
+
+    /// Partitions assigned, Redis answering and taking writes.
     pub fn ready(&self) -> bool {
-        self.ready_partitions.load(Ordering::Relaxed) > 0 && self.ready_redis.load(Ordering::Relaxed)
+        self.ready_partitions.load(Ordering::Relaxed) > 0
+            && self.ready_redis.load(Ordering::Relaxed)
+            && self.redis_refused.get() == 0
     }
 }
 
@@ -277,11 +323,7 @@ async fn answer(mut sock: tokio::net::TcpStream, m: &Metrics) {
             format!(
                 "not ready: assigned partitions {}, redis {}\n",
                 m.ready_partitions.load(Ordering::Relaxed),
-                if m.ready_redis.load(Ordering::Relaxed) {
-                    "up"
-                } else {
-                    "down"
-                }
+                m.redis_state()
             ),
         ),
         ("GET", _) => (

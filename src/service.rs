@@ -39,7 +39,8 @@ use crate::metrics::Metrics;
 use crate::pipeline::{Pipeline, PipelineConfig, Stats};
 use crate::rules::RuleSet;
 use crate::sinks::alerts::AlertSink;
-use crate::sinks::redis::{ConnectError, HealthProbe, Kind, Revocation, RevocationWriter};
+use crate::sinks::dead_letter::DeadLetters;
+use crate::sinks::redis::{ConnectError, HealthProbe, Kind, Revocation, RevocationWriter, WriteError};
 use crate::sinks::RevocationStore;
 use crate::source::kafka::{self, Offsets};
 
@@ -58,6 +59,8 @@ pub struct ServiceConfig {
     pub batch_wait: Duration,
     pub shutdown_timeout: Duration,
     pub alerts: crate::sinks::alerts::AlertTarget,
+    /// Where items an output refused for good go; `None`: stderr.
+    pub dead_letter: Option<PathBuf>,
     pub alerts_topic: Option<String>,
 }
 
@@ -188,7 +191,15 @@ pub async fn run(
         metrics.clone(),
         cfg.redis.response_timeout,
     )));
-    let mut store = RevocationStore::Redis(writer);
+    let dead = Arc::new(std::sync::Mutex::new(match &cfg.dead_letter {
+        Some(path) => DeadLetters::file(path)?,
+        None => DeadLetters::stderr(),
+    }));
+    tracing::info!(
+        output = dead.lock().map(|d| d.name().to_string()).unwrap_or_default(),
+        "dead letters"
+    );
+    let mut store = RevocationStore::Redis(writer.with_dead_letters(dead.clone()));
     let (consumer, assigned) = kafka::connect(&cfg.brokers, &cfg.group, &cfg.topics, &cfg.kafka, metrics.clone())?;
     let alerts_producer = match &cfg.alerts_topic {
         None => None,
@@ -207,7 +218,7 @@ pub async fn run(
             Some((p, topic.clone()))
         }
     };
-    let mut alerts = AlertSink::new(&cfg.alerts, alerts_producer)?;
+    let mut alerts = AlertSink::new(&cfg.alerts, alerts_producer)?.with_dead_letters(dead);
     run_loop(
         &cfg,
         &metrics,
@@ -468,6 +479,14 @@ async fn deliver_alerts(
             r = alerts.write(decisions) => r,
             _ = stop.expired() => return Err(gave_up()),
         };
+        let dead = alerts.take_dead_lettered();
+        if dead > 0 {
+            metrics.dead_letters.with_label_values(&["alerts_topic"]).inc_by(dead);
+            tracing::error!(
+                records = dead,
+                "alert records refused by the alerts topic for good; written to the dead-letter output"
+            );
+        }
         match r {
             Ok(()) => return Ok(()),
             Err(e) => {
@@ -481,9 +500,11 @@ async fn deliver_alerts(
     }
 }
 
-/// Writes one revocation, retrying with backoff while Redis fails. Gives up only when
-/// shutdown was asked and the shutdown timeout has passed: then nothing of this batch is
-/// committed, and the next run writes it.
+/// Writes one revocation, retrying with backoff while Redis is unavailable or refuses writes.
+/// A revocation Redis rejects for good (WRONGTYPE, a script error) goes to the dead-letter
+/// output and counts as done, so it cannot stall the stream. Gives up only when shutdown was
+/// asked and the shutdown timeout has passed: then nothing of this batch is committed, and the
+/// next run writes it.
 async fn write_with_retry(
     writer: &mut RevocationStore,
     r: &Revocation,
@@ -497,6 +518,14 @@ async fn write_with_retry(
             w = writer.write(r, now_ms() / 1000) => w,
             _ = stop.expired() => return Err(gave_up()),
         };
+        let refusal = match &result {
+            Err(WriteError::Refused { code, .. }) => Some(code.clone()),
+            _ => None,
+        };
+        metrics.redis_refused.set(refusal.is_some() as i64);
+        if let Ok(mut r) = metrics.redis_refusal.lock() {
+            *r = refusal;
+        }
         match result {
             Ok(new) => {
                 metrics.redis_up.set(1);
@@ -510,11 +539,23 @@ async fn write_with_retry(
                 }
                 return Ok(new);
             }
+            Err(WriteError::Poison {
+                msg,
+                dead_lettered: true,
+                ..
+            }) => {
+                metrics.redis_errors.inc();
+                metrics.dead_letters.with_label_values(&["redis"]).inc();
+                tracing::error!(error = %msg, rule = %r.rule, "revocation rejected by redis for good; written to the dead-letter output");
+                return Ok(false);
+            }
             Err(e) => {
                 metrics.redis_errors.inc();
-                metrics.redis_up.set(0);
+                if matches!(e, WriteError::Unavailable(_)) {
+                    metrics.redis_up.set(0);
+                }
                 metrics.ready_redis.store(false, Ordering::Relaxed);
-                tracing::warn!(error = %e, rule = %r.rule, retry_in_ms = backoff.ms(), "revocation not written; consumption paused");
+                tracing::warn!(error = %e, kind = e.kind(), rule = %r.rule, retry_in_ms = backoff.ms(), "revocation not written; consumption paused");
             }
         }
         if !backoff.wait(stop).await {
@@ -660,6 +701,10 @@ fn resolve_settings(c: &crate::config::Config, o: &Overrides) -> Result<(Service
         batch_max,
         batch_wait: dur("batch.max_wait", &c.batch.max_wait, 20)?,
         shutdown_timeout: dur("shutdown_timeout", &c.shutdown_timeout, 30_000)?,
+        dead_letter: c.dead_letter.file.clone().or_else(|| match alerts.parse() {
+            Ok(crate::sinks::alerts::AlertTarget::File(p)) => DeadLetters::default_path(Some(&p)),
+            _ => None,
+        }),
         alerts: alerts.parse()?,
         alerts_topic: o.alerts_topic.clone().or_else(|| c.alerts_topic.clone()),
     };

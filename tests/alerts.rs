@@ -30,6 +30,7 @@ const TEMPLATABLE_LABELS: &[&str] = &[
     "reason",
     "topic",
     "partition",
+    "output",
     "instance",
     "job",
 ];

@@ -33,6 +33,9 @@ const METRICS: &[&str] = &[
     "tokenwatch_redis_up",
     "tokenwatch_kafka_assigned_partitions",
     "tokenwatch_alert_errors_total",
+    "tokenwatch_dead_letters_total",
+    "tokenwatch_redis_refused",
+    "tokenwatch_http_accept_errors_total",
 ];
 
 /// The histograms among [`METRICS`]: Prometheus stores each as `_bucket`, `_sum` and `_count`

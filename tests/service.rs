@@ -677,3 +677,124 @@ async fn revocation_settings_reach_redis() {
         .unwrap();
     assert!(len <= 10 + 100, "XLEN {len}");
 }
+
+/// A revocation Redis rejects for good (here WRONGTYPE: the feed key holds a string, so every
+/// feed append fails) goes to the dead-letter output, and the stream goes on: every line is
+/// read and the dead letters name each revocation. (Retried as an outage, this paused
+/// consumption forever.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_redis_rejects_for_good_is_dead_lettered_and_the_stream_goes_on() {
+    let mock = MockCluster::new(1).unwrap();
+    let (brokers, lines) = logs_topic_with_fixture_lines(&mock);
+    let redis = common::RedisServer::start();
+    let _: () = redis::cmd("SET")
+        .arg(format!("{PREFIX}revocations"))
+        .arg("not a stream")
+        .query(&mut redis.conn())
+        .unwrap();
+    let svc = start(&brokers, &redis.url(), "g-dead").await;
+    let m = svc.metrics.clone();
+    let all = lines.len() as u64;
+    wait_until("every line to be read", 60, || seen(&m) == all).await;
+    wait_until("four dead letters", 30, || {
+        m.dead_letters.with_label_values(&["redis"]).get() == 4
+    })
+    .await;
+    let dead = std::fs::read_to_string(svc.alerts.with_extension("jsonl.dead-letters")).unwrap();
+    let dead: Vec<serde_json::Value> = dead.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(dead.len(), 4);
+    assert!(dead
+        .iter()
+        .all(|d| d["output"] == "redis" && d["error"].as_str().unwrap().contains("WRONGTYPE")));
+    assert!(dead
+        .iter()
+        .any(|d| d["item"]["rule"] == "impossible-travel" && d["item"]["kind"] == "subject"));
+    assert_eq!(m.redis_refused.get(), 0);
+    stop_and_wait(svc).await.unwrap();
+}
+
+/// Redis that answers but refuses writes (out of memory) keeps consumption paused, since nothing
+/// may be lost, but says why: /readyz names the code and `tokenwatch_redis_refused` is 1, not an
+/// outage. Once the operator acts, the revocations are written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_refusing_writes_is_named_in_readyz_and_waited_out() {
+    let mock = MockCluster::new(1).unwrap();
+    let (brokers, _) = logs_topic_with_fixture_lines(&mock);
+    let redis = common::RedisServer::start();
+    let set = |k: &str, v: &str| {
+        let _: () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg(k)
+            .arg(v)
+            .query(&mut redis.conn())
+            .unwrap();
+    };
+    set("maxmemory-policy", "noeviction");
+    set("maxmemory", "1");
+    let svc = start(&brokers, &redis.url(), "g-oom").await;
+    let m = svc.metrics.clone();
+    wait_until("redis_refused", 60, || m.redis_refused.get() == 1).await;
+    let (code, body) = http_get(svc.metrics_addr, "/readyz").await.unwrap();
+    assert_eq!(code, 503);
+    assert!(body.contains("refuses writes (OOM)"), "{body}");
+    assert!(stream(&redis).is_empty());
+    set("maxmemory", "0");
+    wait_until("four revocations", 60, || stream(&redis).len() == 4).await;
+    wait_until("redis_refused cleared", 10, || m.redis_refused.get() == 0).await;
+    stop_and_wait(svc).await.unwrap();
+}
+
+/// An alert record the alerts topic refuses for good (too large) goes to the dead-letter output
+/// and counts as delivered; the other records of the batch are delivered. (Retried, it stalled
+/// the stream and the revocations behind it.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alert_record_too_large_for_the_topic_is_dead_lettered() {
+    use tokenwatch::sinks::alerts::{AlertSink, AlertTarget};
+    use tokenwatch::sinks::dead_letter::DeadLetters;
+    let mock = MockCluster::new(1).unwrap();
+    mock.create_topic("alerts", 1, 1).unwrap();
+    let producer: rdkafka::producer::FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", mock.bootstrap_servers())
+        .set("message.max.bytes", "1000")
+        .create()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let dead_path = dir.path().join("dead");
+    let dead = Arc::new(std::sync::Mutex::new(DeadLetters::file(&dead_path).unwrap()));
+    let mut sink = AlertSink::new(&AlertTarget::None, Some((producer, "alerts".into())))
+        .unwrap()
+        .with_dead_letters(dead);
+    let small = tokenwatch::decision::Decision {
+        ts: 0,
+        rule: "r".into(),
+        severity: tokenwatch::rules::Severity::Low,
+        action: tokenwatch::rules::Action::Alert,
+        token_id: Some("t".into()),
+        subject: None,
+        revocation_key: None,
+        iss: None,
+        sub: None,
+        client_ip: None,
+        expires_at: None,
+        not_before: None,
+        shadow: false,
+        reason: "small".into(),
+        evidence: serde_json::Value::Null,
+    };
+    let big = tokenwatch::decision::Decision {
+        reason: "x".repeat(5_000),
+        ..small.clone()
+    };
+    tokio::time::timeout(Duration::from_secs(60), sink.write(&[small, big]))
+        .await
+        .expect("the batch is delivered, not retried forever")
+        .unwrap();
+    assert_eq!(sink.take_dead_lettered(), 1);
+    let dead = std::fs::read_to_string(&dead_path).unwrap();
+    assert_eq!(dead.lines().count(), 1);
+    assert!(
+        dead.contains("\"output\":\"alerts_topic\"") && dead.contains("xxxx"),
+        "{dead}"
+    );
+    assert_eq!(alerts_topic(&mock.bootstrap_servers(), 1).len(), 1);
+}

@@ -4,7 +4,10 @@
 //!
 //! A failed delivery is retried by the caller with the same batch; the sink remembers what
 //! of it already went out (the flushed lines, the acknowledged records), so a retry sends only
-//! the rest and a flaky alerts topic does not duplicate the file's lines.
+//! the rest and a flaky alerts topic does not duplicate the file's lines. A record the topic
+//! refuses for good (too large, invalid) is not retried: it goes to the dead-letter output
+//! ([`super::dead_letter`]) and counts as delivered, so one poison record cannot stall the
+//! stream.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -13,6 +16,7 @@ use std::time::Duration;
 
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
+use super::dead_letter::DeadLetters;
 use crate::decision::Decision;
 
 /// Where decision lines are written.
@@ -43,6 +47,9 @@ pub struct AlertSink {
     buf: String,
     /// The batch being delivered, after a failed attempt.
     pending: Option<Pending>,
+    dead: Option<Arc<Mutex<DeadLetters>>>,
+    /// Records sent to the dead-letter output since the last [`AlertSink::take_dead_lettered`].
+    dead_lettered: u64,
 }
 
 /// What of a batch already went out.
@@ -76,7 +83,20 @@ impl AlertSink {
             kafka,
             buf: String::new(),
             pending: None,
+            dead: None,
+            dead_lettered: 0,
         })
+    }
+
+    /// Where records the alerts topic refuses for good go (without it, they are retried).
+    pub fn with_dead_letters(mut self, dead: Arc<Mutex<DeadLetters>>) -> Self {
+        self.dead = Some(dead);
+        self
+    }
+
+    /// How many records went to the dead-letter output since the last call.
+    pub fn take_dead_lettered(&mut self) -> u64 {
+        std::mem::take(&mut self.dead_lettered)
     }
 
     /// Writes a batch of decisions; returns when they are flushed (and acknowledged by Kafka).
@@ -142,6 +162,10 @@ impl AlertSink {
         let mut first_error = None;
         for (i, f) in sent {
             if let Err((e, _)) = f.await {
+                if dead_letter(self.dead.as_ref(), &e, lines[i]) {
+                    self.dead_lettered += 1;
+                    continue;
+                }
                 failed.push(i);
                 first_error.get_or_insert(e);
             }
@@ -156,4 +180,21 @@ impl AlertSink {
             )),
         }
     }
+}
+
+/// Sends a record the topic refused for good to the dead-letter output; false when the error
+/// may pass (or there is no dead-letter output), so the record is retried.
+fn dead_letter(dead: Option<&Arc<Mutex<DeadLetters>>>, e: &rdkafka::error::KafkaError, line: &str) -> bool {
+    use rdkafka::types::RDKafkaErrorCode as C;
+    let permanent = matches!(
+        e.rdkafka_error_code(),
+        Some(C::MessageSizeTooLarge | C::InvalidMessageSize | C::InvalidMessage | C::InvalidRecord)
+    );
+    let Some(dead) = dead.filter(|_| permanent) else {
+        return false;
+    };
+    let item = serde_json::from_str(line).unwrap_or(serde_json::Value::Null);
+    dead.lock()
+        .map(|mut d| d.record("alerts_topic", &e.to_string(), &item).is_ok())
+        .unwrap_or(false)
 }

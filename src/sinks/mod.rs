@@ -1,8 +1,10 @@
 //! Where decisions go: revocations to Redis ([`redis`]) or, for the demo, to memory
 //! ([`memory`]); every decision as a JSON line to stdout, a file or a Kafka topic
-//! ([`alerts`]). [`unrevoke`] undoes revocations in Redis.
+//! ([`alerts`]). What an output rejects for good goes to [`dead_letter`]; [`unrevoke`] undoes
+//! revocations in Redis.
 
 pub mod alerts;
+pub mod dead_letter;
 pub mod memory;
 pub mod redis;
 pub mod unrevoke;
@@ -10,6 +12,7 @@ pub mod unrevoke;
 use std::sync::{Arc, Mutex};
 
 /// Where revocations are written.
+#[allow(clippy::large_enum_variant)] // one per service, never moved on the hot path
 pub enum RevocationStore {
     Redis(redis::RevocationWriter),
     Memory(Arc<Mutex<memory::MemoryStore>>),
@@ -17,10 +20,13 @@ pub enum RevocationStore {
 
 impl RevocationStore {
     /// Writes one revocation; `Ok(true)` when it is new.
-    pub async fn write(&mut self, r: &redis::Revocation, now_s: i64) -> Result<bool, String> {
+    pub async fn write(&mut self, r: &redis::Revocation, now_s: i64) -> Result<bool, redis::WriteError> {
         match self {
             RevocationStore::Redis(w) => w.write(r, now_s).await,
-            RevocationStore::Memory(m) => Ok(m.lock().map_err(|_| "memory store poisoned".to_string())?.write(r)),
+            RevocationStore::Memory(m) => Ok(m
+                .lock()
+                .map_err(|_| redis::WriteError::Unavailable("memory store poisoned".into()))?
+                .write(r)),
         }
     }
 }

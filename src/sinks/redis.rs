@@ -22,6 +22,7 @@
 //! never adds an entry twice. On Redis Cluster both keys must live in one slot: the prefix
 //! must carry a hash tag such as `{tokenwatch}:`, which [`RedisConfig::check`] enforces.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -29,6 +30,7 @@ use redis::cluster_async::ClusterConnection;
 use redis::Script;
 use serde_json::json;
 
+use super::dead_letter::DeadLetters;
 use crate::decision::{Decision, RevocationPolicy};
 use crate::rules::Action;
 
@@ -292,6 +294,87 @@ fn is_transient(e: &redis::RedisError) -> bool {
         )
 }
 
+/// Why a revocation was not written, and so what the service does about it.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    /// Connection refused, timed out or dropped, a cluster re-forming: retry with backoff,
+    /// consumption paused, until Redis is back.
+    #[error("redis unavailable: {0}")]
+    Unavailable(String),
+    /// Redis answers but refuses every write until an operator acts: out of memory (OOM), a
+    /// rotated password (NOAUTH, WRONGPASS), a replica (READONLY), an ACL (NOPERM), a failing
+    /// disk (MISCONF). Retrying is right (nothing may be lost) but the reason must be shown.
+    #[error("redis refuses writes ({code}): {msg}")]
+    Refused { code: String, msg: String },
+    /// This write can never succeed as it is (WRONGTYPE: a key of ours holds another type; a
+    /// script error on a value): the item goes to the dead-letter output and the batch goes on.
+    /// `dead_lettered` says whether it is there; if not (no output, or it failed), the caller
+    /// must keep the item.
+    #[error("redis rejected this revocation ({code}): {msg}")]
+    Poison {
+        code: String,
+        msg: String,
+        dead_lettered: bool,
+    },
+}
+
+impl WriteError {
+    /// The error kind as a metric label value: `unavailable`, `refused` or `poison`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            WriteError::Unavailable(_) => "unavailable",
+            WriteError::Refused { .. } => "refused",
+            WriteError::Poison { .. } => "poison",
+        }
+    }
+
+    fn classify(e: redis::RedisError) -> Self {
+        use redis::{ErrorKind, ServerErrorKind};
+        if is_transient(&e) {
+            return WriteError::Unavailable(e.to_string());
+        }
+        let code = e.code().unwrap_or("").to_string();
+        let msg = e.to_string();
+        let refused = matches!(
+            code.as_str(),
+            "OOM" | "NOAUTH" | "WRONGPASS" | "READONLY" | "NOPERM" | "MISCONF"
+        ) || matches!(
+            e.kind(),
+            ErrorKind::AuthenticationFailed
+                | ErrorKind::Server(ServerErrorKind::ReadOnly)
+                | ErrorKind::Server(ServerErrorKind::NoPerm)
+        );
+        if refused {
+            return WriteError::Refused { code, msg };
+        }
+        let poison = code == "WRONGTYPE"
+            || matches!(
+                e.kind(),
+                ErrorKind::Server(ServerErrorKind::ResponseError)
+                    | ErrorKind::Extension
+                    | ErrorKind::UnexpectedReturnType
+            );
+        if poison {
+            WriteError::Poison {
+                code,
+                msg,
+                dead_lettered: false,
+            }
+        } else {
+            // Anything else: not known to be the item's fault, so keep it and keep retrying,
+            // visibly.
+            WriteError::Refused {
+                code: if code.is_empty() {
+                    e.category().to_string()
+                } else {
+                    code
+                },
+                msg,
+            }
+        }
+    }
+}
+
 #[derive(Clone)]
 enum Conn {
     Single(ConnectionManager),
@@ -321,6 +404,7 @@ pub struct RevocationWriter {
     conn: Conn,
     script: Script,
     cfg: RedisConfig,
+    dead: Option<Arc<Mutex<DeadLetters>>>,
 }
 
 /// A second handle on the writer's connection, for a health check that runs beside the
@@ -371,7 +455,14 @@ impl RevocationWriter {
             conn,
             script: Script::new(SCRIPT),
             cfg,
+            dead: None,
         })
+    }
+
+    /// Where revocations that Redis rejects for good go (without it, they are retried).
+    pub fn with_dead_letters(mut self, dead: Arc<Mutex<DeadLetters>>) -> Self {
+        self.dead = Some(dead);
+        self
     }
 
     /// A handle for the periodic health check, sharing this writer's connection.
@@ -406,7 +497,7 @@ impl RevocationWriter {
     }
 
     /// Writes one revocation; `Ok(true)` when it was new (a feed entry was added).
-    pub async fn write(&mut self, r: &Revocation, now_s: i64) -> Result<bool, String> {
+    pub async fn write(&mut self, r: &Revocation, now_s: i64) -> Result<bool, WriteError> {
         let (key, ttl, value, field, field_val) = match r.kind {
             Kind::Token => (
                 self.cfg.token_key(&r.id),
@@ -440,11 +531,32 @@ impl RevocationWriter {
             .arg(r.revoked_at)
             .arg(field)
             .arg(field_val);
-        self.conn
-            .invoke::<i64>(&inv)
-            .await
-            .map(|n| n == 1)
-            .map_err(|e| format!("redis write failed: {e}"))
+        match self.conn.invoke::<i64>(&inv).await {
+            Ok(n) => Ok(n == 1),
+            Err(e) => Err(self.dead_letter(WriteError::classify(e), r)),
+        }
+    }
+
+    /// Records a poison revocation in the dead-letter output, saying so in the error.
+    fn dead_letter(&self, e: WriteError, r: &Revocation) -> WriteError {
+        let WriteError::Poison { code, msg, .. } = e else {
+            return e;
+        };
+        let item = json!({
+            "kind": match r.kind { Kind::Token => "token", Kind::Subject => "subject" },
+            "id": r.id, "rule": r.rule, "reason": r.reason, "revoked_at": r.revoked_at,
+            "expires_at": r.expires_at, "not_before": r.not_before, "iss": r.iss, "sub": r.sub, "jti": r.jti,
+        });
+        let dead_lettered = self
+            .dead
+            .as_ref()
+            .and_then(|d| d.lock().ok())
+            .is_some_and(|mut d| d.record("redis", &msg, &item).is_ok());
+        WriteError::Poison {
+            code,
+            msg,
+            dead_lettered,
+        }
     }
 }
 
