@@ -122,6 +122,9 @@ pub struct EngineSection {
     pub expiry_leeway: Option<String>,
     /// Distinct tokens kept decoded. Default 1,000,000.
     pub token_cache: Option<usize>,
+    /// Revocations a revoking rule may make per window before it trips to shadow, for rules
+    /// without their own `budget`. Default 1000/10m.
+    pub revocation_budget: Option<String>,
 }
 
 impl Config {
@@ -281,6 +284,9 @@ impl Config {
         }
         if let Some(n) = self.engine.max_keys_per_rule {
             e.max_keys_per_rule = n;
+        }
+        if let Some(b) = &self.engine.revocation_budget {
+            e.revocation_budget = b.parse().map_err(|m| format!("engine.revocation_budget: {m}"))?;
         }
         Ok(e)
     }

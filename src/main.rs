@@ -43,6 +43,23 @@ enum Cmd {
     Run(RunArgs),
     /// Undo revocations in Redis: delete the blocklist keys, tell the feed's followers.
     Unrevoke(UnrevokeArgs),
+    /// Re-arm a rule that tripped its revocation budget, in every running instance.
+    Rearm(RearmArgs),
+}
+
+#[derive(Args)]
+struct RearmArgs {
+    /// The rule id (as in tokenwatch_rule_tripped{rule}).
+    rule: String,
+    /// Redis URL (repeat for Redis Cluster seed nodes); or `redis` in the config.
+    #[arg(long)]
+    redis: Vec<String>,
+    /// Key prefix (default tokenwatch:).
+    #[arg(long)]
+    key_prefix: Option<String>,
+    /// TOML config file (`redis`, `key_prefix`, `[revocation]`).
+    #[arg(long)]
+    config: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -429,6 +446,21 @@ fn unrevoke(a: UnrevokeArgs) -> Result<ExitCode, String> {
     Ok(ExitCode::SUCCESS)
 }
 
+fn rearm(a: RearmArgs) -> Result<ExitCode, String> {
+    let config = Config::load_with_env(a.config.as_deref(), std::env::vars())?;
+    let redis = tokenwatch::service::redis_config(&config, &a.redis, a.key_prefix.as_deref())?;
+    let now_s = chrono::Utc::now().timestamp();
+    runtime()?.block_on(async {
+        let mut w = tokenwatch::sinks::redis::RevocationWriter::connect(redis).await?;
+        w.request_rearm(&a.rule, now_s).await
+    })?;
+    println!(
+        "asked every running tokenwatch to re-arm rule {} (each does within a few seconds; tokenwatch_rule_tripped{{rule=\"{}\"}} goes to 0)",
+        a.rule, a.rule
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
 /// `--since`: RFC 3339, epoch seconds, or a duration before `now_s`.
 fn since(s: &str, now_s: i64) -> Result<i64, String> {
     if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
@@ -475,6 +507,7 @@ fn main() -> ExitCode {
         Cmd::Demo(a) => demo(a),
         Cmd::Run(a) => run(a),
         Cmd::Unrevoke(a) => unrevoke(a),
+        Cmd::Rearm(a) => rearm(a),
     };
     match result {
         Ok(code) => code,

@@ -38,6 +38,8 @@ pub struct Metrics {
     pub decision_delay: Histogram,
     pub build_info: IntGaugeVec,
     pub http_accept_errors: IntCounter,
+    /// 1 for a rule that tripped its revocation budget (its decisions are shadow until re-armed).
+    pub rule_tripped: IntGaugeVec,
     /// Items an output refused for good, by output (`redis`, `alerts_topic`).
     pub dead_letters: IntCounterVec,
     /// 1 while Redis answers but refuses writes until an operator acts (OOM, NOAUTH,
@@ -180,6 +182,17 @@ impl Metrics {
                 IntCounter::new(
                     "tokenwatch_http_accept_errors_total",
                     "Failed accepts on the metrics listener (e.g. out of file descriptors).",
+                )
+                .expect("valid"),
+            ),
+            rule_tripped: reg(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "tokenwatch_rule_tripped",
+                        "1 while a rule has tripped its revocation budget: it decides in shadow until re-armed.",
+                    ),
+                    &["rule"],
                 )
                 .expect("valid"),
             ),

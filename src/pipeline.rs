@@ -502,6 +502,11 @@ impl Pipeline {
 
     /// Swaps the rules (hot reload): see [`Engine::replace_rules`]. Decoders forked before
     /// keep the claims of the old rules: fork them again after a reload.
+    /// Re-arms a rule that tripped its revocation budget; false when no rule has that id.
+    pub fn rearm(&mut self, rule: &str) -> bool {
+        self.engine.rearm(rule)
+    }
+
     pub fn replace_rules(&mut self, rules: Arc<RuleSet>) {
         self.decoder.tokens.set_wanted_claims(rules.wanted_claims());
         self.engine.replace_rules(rules);

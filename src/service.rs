@@ -23,6 +23,7 @@
 //! `run` returns an error: the `tokenwatch run` process exits with status 2, and the next run
 //! reads the unfinished batch again.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -104,6 +105,7 @@ fn publish_rules(set: &RuleSet, metrics: &Metrics) {
             .decisions
             .with_label_values(&[&r.id, r.action.as_str(), r.severity.as_str()])
             .inc_by(0);
+        metrics.rule_tripped.with_label_values(&[&r.id]).set(0);
     }
 }
 
@@ -160,6 +162,9 @@ impl MetricSync {
         m.evicted_keys.inc_by(ev);
         let late = es.late_events.saturating_sub(m.late_events.get());
         m.late_events.inc_by(late);
+        for (rule, at) in p.engine().tripped() {
+            m.rule_tripped.with_label_values(&[rule]).set(at.is_some() as i64);
+        }
         self.last = s.clone();
     }
 }
@@ -347,6 +352,7 @@ pub async fn run_loop(
     // The offsets of every batch whose side effects are done: the final commit's content.
     let mut finished = Offsets::default();
     let mut fingerprint = rules_fingerprint(&cfg.rules_dir);
+    let mut tripped_seen = HashMap::new();
     let mut last_check = Instant::now();
     let mut stop = Shutdown {
         rx: shutdown,
@@ -369,6 +375,7 @@ pub async fn run_loop(
                     pipeline.replace_rules(set);
                 }
             }
+            rearm_tripped(pipeline, writer, &mut tripped_seen).await;
         }
 
         // Fill a batch.
@@ -461,6 +468,37 @@ pub async fn run_loop(
     }
     summary.stats = pipeline.stats.clone();
     outcome.map(|()| summary)
+}
+
+/// Re-arms the tripped rules that an operator asked to re-arm (`tokenwatch rearm RULE` writes
+/// the request to Redis, where every instance sees it) after this instance saw them trip.
+/// `seen` remembers, per tripped rule, the wall-clock second this instance first saw it tripped,
+/// so an old request never re-arms a rule that trips again later.
+async fn rearm_tripped(pipeline: &mut Pipeline, store: &mut RevocationStore, seen: &mut HashMap<Arc<str>, i64>) {
+    let now_s = now_ms() / 1000;
+    let tripped: Vec<Arc<str>> = pipeline
+        .engine()
+        .tripped()
+        .filter(|(_, at)| at.is_some())
+        .map(|(r, _)| r.clone())
+        .collect();
+    seen.retain(|r, _| tripped.contains(r));
+    for r in &tripped {
+        seen.entry(r.clone()).or_insert(now_s);
+    }
+    let RevocationStore::Redis(w) = store else { return };
+    if tripped.is_empty() {
+        return;
+    }
+    let requests = match w.rearm_requests().await {
+        Ok(r) => r,
+        Err(e) => return tracing::warn!(error = %e, "cannot read re-arm requests"),
+    };
+    for (rule, since) in seen.iter() {
+        if requests.get(&**rule).is_some_and(|at| at >= since) && pipeline.rearm(rule) {
+            tracing::warn!(rule = %rule, "rule re-armed by request: it enforces again");
+        }
+    }
 }
 
 /// Delivers a batch's alert lines, retrying with backoff while the file or the alerts topic

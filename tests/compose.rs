@@ -36,6 +36,7 @@ const METRICS: &[&str] = &[
     "tokenwatch_dead_letters_total",
     "tokenwatch_redis_refused",
     "tokenwatch_http_accept_errors_total",
+    "tokenwatch_rule_tripped",
 ];
 
 /// The histograms among [`METRICS`]: Prometheus stores each as `_bucket`, `_sum` and `_count`

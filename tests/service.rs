@@ -798,3 +798,67 @@ async fn an_alert_record_too_large_for_the_topic_is_dead_lettered() {
     );
     assert_eq!(alerts_topic(&mock.bootstrap_servers(), 1).len(), 1);
 }
+
+/// A rule past its revocation budget trips: `tokenwatch_rule_tripped{rule}` is 1 and its later
+/// revocations are not written; `tokenwatch rearm RULE` (a request in Redis that every instance
+/// reads) re-arms it, and the next revocation is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tripped_rule_is_shown_and_rearmed_through_redis() {
+    let mock = MockCluster::new(1).unwrap();
+    mock.create_topic("logs", 1, 1).unwrap();
+    let brokers = mock.bootstrap_servers();
+    let redis = common::RedisServer::start();
+    let rules = tempfile::tempdir().unwrap();
+    std::fs::write(
+        rules.path().join("oops.yaml"),
+        "id: oops\nseverity: high\naction: revoke_token\nkind: match\nkey: token_id\nbudget: 2/1h\nwhere:\n  accepted: true\n",
+    )
+    .unwrap();
+    let dir = rules.path().to_path_buf();
+    let svc = start_tweaked(&brokers, &redis.url(), "g-trip", None, move |c| c.rules_dir = dir).await;
+    let m = svc.metrics.clone();
+    let line = |i: usize| {
+        let t = tokenwatch::token::encode_unsigned_parts(
+            &serde_json::json!({"alg": "RS256"}),
+            &serde_json::json!({"iss": "https://idp", "sub": format!("u{i}"), "jti": format!("j{i}")}),
+            b"sig",
+        );
+        format!(
+            r#"{{"ts":"2026-11-29T00:00:{i:02}.000Z","client_ip":"198.51.100.7","method":"GET","path":"/x","status":200,"authorization":"Bearer {t}"}}"#
+        )
+    };
+    common::produce(&brokers, "logs", &(0..5).map(line).collect::<Vec<_>>());
+    wait_until("five lines read", 60, || seen(&m) == 5).await;
+    wait_until("the rule to trip", 30, || {
+        m.rule_tripped.with_label_values(&["oops"]).get() == 1
+    })
+    .await;
+    assert_eq!(stream(&redis).len(), 2, "only the budget's two revocations are written");
+
+    let mut w = tokenwatch::sinks::redis::RevocationWriter::connect(
+        resolve(
+            &tokenwatch::config::Config::default(),
+            &Overrides {
+                brokers: Some(brokers.clone()),
+                topics: vec!["logs".into()],
+                redis: vec![redis.url()],
+                ..Overrides::default()
+            },
+        )
+        .unwrap()
+        .0
+        .redis,
+    )
+    .await
+    .unwrap();
+    w.request_rearm("oops", tokenwatch::service::now_ms() / 1000 + 1)
+        .await
+        .unwrap();
+    wait_until("the rule to be re-armed", 30, || {
+        m.rule_tripped.with_label_values(&["oops"]).get() == 0
+    })
+    .await;
+    common::produce(&brokers, "logs", &[line(6)]);
+    wait_until("the next revocation", 30, || stream(&redis).len() == 3).await;
+    stop_and_wait(svc).await.unwrap();
+}

@@ -9,6 +9,7 @@
 //! Revocations decided for an event take effect after all rules have seen that event: the
 //! event that gets a token revoked is not itself a "use of a revoked token".
 
+pub mod budget;
 pub mod count;
 pub mod distinct;
 pub mod keymap;
@@ -25,6 +26,7 @@ use crate::input::Event;
 use crate::rules::{fmt_duration, Action, Cooldown, Ctx, Field, Kind, Rule, RuleSet, Val};
 use crate::token::TokenInfo;
 
+use budget::BudgetState;
 use count::CountState;
 use distinct::DistinctState;
 use keymap::{KeyMap, NEVER};
@@ -40,6 +42,8 @@ pub struct EngineConfig {
     /// Cap on remembered revocations (tokens and subjects each).
     pub max_revocations: usize,
     pub revocation: RevocationPolicy,
+    /// The revocation budget of a revoking rule that sets none.
+    pub revocation_budget: crate::rules::Budget,
 }
 
 impl Default for EngineConfig {
@@ -49,6 +53,10 @@ impl Default for EngineConfig {
             max_keys_per_rule: 1_000_000,
             max_revocations: 1_000_000,
             revocation: RevocationPolicy::default(),
+            revocation_budget: crate::rules::Budget {
+                max: 1_000,
+                window_ms: 600_000,
+            },
         }
     }
 }
@@ -122,6 +130,8 @@ pub struct Engine {
     cfg: EngineConfig,
     rules: Arc<RuleSet>,
     states: Vec<State>,
+    /// Per rule, as `states`: its revocation budget.
+    budgets: Vec<BudgetState>,
     revoked: Revocations,
     hasher: ahash::RandomState,
     newest: i64,
@@ -133,10 +143,12 @@ pub struct Engine {
 impl Engine {
     pub fn new(rules: Arc<RuleSet>, cfg: EngineConfig) -> Self {
         let states = rules.rules.iter().map(|r| State::for_rule(r, &cfg)).collect();
+        let budgets = rules.rules.iter().map(|_| BudgetState::default()).collect();
         Engine {
             cfg,
             rules,
             states,
+            budgets,
             revoked: Revocations::new(cfg.max_revocations),
             hasher: ahash::RandomState::new(),
             newest: i64::MIN,
@@ -151,7 +163,8 @@ impl Engine {
     }
 
     /// Swaps in a new rule set (hot reload). A rule whose id and definition are unchanged
-    /// keeps its windows; new or changed rules start empty. Revocations are kept.
+    /// keeps its windows; new or changed rules start empty. Revocations are kept. Every rule's
+    /// revocation budget starts afresh: a reload re-arms tripped rules.
     pub fn replace_rules(&mut self, rules: Arc<RuleSet>) {
         let mut old: Vec<Option<State>> = std::mem::take(&mut self.states).into_iter().map(Some).collect();
         let mut states = Vec::with_capacity(rules.rules.len());
@@ -167,7 +180,29 @@ impl Engine {
             }
         }
         self.states = states;
+        self.budgets = rules.rules.iter().map(|_| BudgetState::default()).collect();
         self.rules = rules;
+    }
+
+    /// The rules that tripped their revocation budget, with the event time they tripped at.
+    pub fn tripped(&self) -> impl Iterator<Item = (&Arc<str>, Option<i64>)> {
+        self.rules
+            .rules
+            .iter()
+            .zip(&self.budgets)
+            .map(|(r, b)| (&r.id, b.tripped_at()))
+    }
+
+    /// Re-arms a tripped rule: it enforces again, with an empty budget window. False when no
+    /// rule has that id.
+    pub fn rearm(&mut self, rule: &str) -> bool {
+        match self.rules.rules.iter().position(|r| &*r.id == rule) {
+            Some(i) => {
+                self.budgets[i].rearm();
+                true
+            }
+            None => false,
+        }
     }
 
     pub fn stats(&self) -> EngineStats {
@@ -276,7 +311,9 @@ impl Engine {
             };
             let Some(key) = key else { continue };
             if let Some(f) = self.run(i, rule, &cx, key, late, &mut memo) {
-                out.push(decision(rule, &cx, f));
+                let mut d = decision(rule, &cx, f);
+                self.spend_budget(i, rule, &mut d);
+                out.push(d);
             }
         }
         for d in &out[start..] {
@@ -483,6 +520,24 @@ impl Engine {
             _ => return None,
         };
         Some(fired)
+    }
+
+    /// Counts an enforced revocation against its rule's budget; past it, the decision becomes
+    /// shadow and says why.
+    fn spend_budget(&mut self, i: usize, rule: &Rule, d: &mut Decision) {
+        if d.shadow || d.action == Action::Alert {
+            return;
+        }
+        let b = rule.budget.unwrap_or(self.cfg.revocation_budget);
+        if !self.budgets[i].admit(b, d.ts) {
+            d.shadow = true;
+            if let Some(e) = d.evidence.as_object_mut() {
+                e.insert(
+                    "budget_tripped".into(),
+                    json!(format!("{}/{}", b.max, fmt_duration(b.window_ms))),
+                );
+            }
+        }
     }
 
     /// Remembers enforced revocations for `revoked_use` rules.

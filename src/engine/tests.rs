@@ -649,3 +649,68 @@ fn impossible_travel_cools_down_for_an_hour_then_fires_again() {
     assert_eq!(d.len(), 1);
     assert_eq!(d[0].ts, T0 + 80 * MIN);
 }
+
+/// A rule edit gone wrong (`kind: match`, `revoke_subject`, no real condition) revokes at most
+/// its budget: past it, the rule trips and its decisions are shadow, marked with the budget,
+/// until the rules are reloaded or it is re-armed. Without a `budget`, the engine's default
+/// (1000/10m) applies.
+#[test]
+fn a_runaway_revoking_rule_trips_to_shadow_past_its_budget() {
+    let yaml =
+        "id: oops\nseverity: high\naction: revoke_subject\nkind: match\nkey: subject\ncooldown: 0s\nbudget: 3/10m\n";
+    let mut e = engine(rules(yaml));
+    let events: Vec<_> = (0..10)
+        .map(|i| {
+            ev(
+                T0 + i * 1000,
+                "198.51.100.1",
+                200,
+                &live(&format!("t{i}"), &format!("u{i}")),
+            )
+        })
+        .collect();
+    let d = run(&mut e, &events);
+    assert_eq!(d.len(), 10, "the rule keeps deciding");
+    assert!(d[..3].iter().all(|d| !d.shadow));
+    assert!(d[3..]
+        .iter()
+        .all(|d| d.shadow && d.evidence["budget_tripped"] == "3/10m"));
+    assert_eq!(
+        e.tripped().next().map(|(r, at)| (&**r, at)),
+        Some(("oops", Some(T0 + 3_000)))
+    );
+    // tripped until re-armed: then three more are enforced
+    assert!(e.rearm("oops") && !e.rearm("no-such-rule"));
+    let more: Vec<_> = (10..14)
+        .map(|i| {
+            ev(
+                T0 + i * 1000,
+                "198.51.100.1",
+                200,
+                &live(&format!("t{i}"), &format!("u{i}")),
+            )
+        })
+        .collect();
+    let d = run(&mut e, &more);
+    assert_eq!(d.iter().filter(|d| !d.shadow).count(), 3);
+    // a reload re-arms too
+    e.replace_rules(rules(yaml));
+    assert!(e.tripped().all(|(_, at)| at.is_none()));
+
+    // the default budget: 1000 per 10 minutes
+    let yaml = "id: oops\nseverity: high\naction: revoke_subject\nkind: match\nkey: subject\ncooldown: 0s\n";
+    let mut e = engine(rules(yaml));
+    let events: Vec<_> = (0..1005)
+        .map(|i| {
+            ev(
+                T0 + i * 100,
+                "198.51.100.1",
+                200,
+                &live(&format!("t{i}"), &format!("u{i}")),
+            )
+        })
+        .collect();
+    let d = run(&mut e, &events);
+    assert_eq!(d.iter().filter(|d| !d.shadow).count(), 1000);
+    assert_eq!(d.iter().filter(|d| d.shadow).count(), 5);
+}

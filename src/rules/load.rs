@@ -14,7 +14,7 @@ use marked_yaml::{LoaderOptions, Node};
 
 use super::field::{Field, FieldType};
 use super::filter::{Cond, Const, Filter, Op};
-use super::{parse_duration_ms, Action, Allow, Cooldown, Kind, Origin, Rule, RuleSet, Severity};
+use super::{parse_duration_ms, Action, Allow, Budget, Cooldown, Kind, Origin, Rule, RuleSet, Severity};
 
 /// One problem in a rule file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -201,6 +201,7 @@ const COMMON_KEYS: &[&str] = &[
     "where",
     "allow",
     "cooldown",
+    "budget",
 ];
 
 fn kind_keys(kind: &str) -> &'static [&'static str] {
@@ -415,6 +416,20 @@ impl Cx<'_> {
             },
         };
 
+        let budget = self.scalar(m, "budget", false).and_then(|s| {
+            if action == Some(Action::Alert) {
+                self.err(
+                    line_of_scalar(s),
+                    "`budget` limits revocations: it applies to revoke_token and revoke_subject rules only".into(),
+                );
+                return None;
+            }
+            s.as_str()
+                .parse::<Budget>()
+                .map_err(|e| self.err(line_of_scalar(s), e))
+                .ok()
+        });
+
         if self.errors.len() > before {
             return None;
         }
@@ -430,6 +445,7 @@ impl Cx<'_> {
             filter,
             allow,
             cooldown,
+            budget,
             origin: Origin {
                 file: self.file.to_path_buf(),
                 line,
@@ -835,6 +851,30 @@ cooldown: forever
         assert_eq!(r.cooldown, Cooldown::Forever);
         assert_eq!(r.origin.line, 1);
         assert!(!r.shadow);
+    }
+
+    #[test]
+    fn budgets_belong_to_revoking_rules_and_name_their_line() {
+        let base = "id: r\nseverity: low\nkind: match\nkey: subject\n";
+        let r = load_str(
+            Path::new("r.yaml"),
+            &format!("{base}action: revoke_subject\nbudget: 5/1h\n"),
+        )
+        .unwrap();
+        assert_eq!(
+            r[0].budget,
+            Some(crate::rules::Budget {
+                max: 5,
+                window_ms: 3_600_000
+            })
+        );
+        let e = errs(&format!("{base}action: alert\nbudget: 5/1h\n"));
+        assert!(
+            e[0].starts_with("r.yaml:6:") && e[0].contains("revoke_token and revoke_subject"),
+            "{e:?}"
+        );
+        let e = errs(&format!("{base}action: revoke_token\nbudget: lots\n"));
+        assert!(e[0].starts_with("r.yaml:6:") && e[0].contains("COUNT/WINDOW"), "{e:?}");
     }
 
     #[test]

@@ -103,6 +103,35 @@ impl Kind {
     }
 }
 
+/// How many revocations a rule may make within a window of event time before it trips to
+/// shadow (see [`crate::engine::budget`]): `budget: 100/10m`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Budget {
+    pub max: u32,
+    pub window_ms: i64,
+}
+
+impl std::str::FromStr for Budget {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (n, w) = s
+            .trim()
+            .split_once('/')
+            .ok_or_else(|| format!("budget `{s}` must be COUNT/WINDOW, e.g. 100/10m"))?;
+        let max: u32 = n
+            .trim()
+            .parse()
+            .ok()
+            .filter(|n| *n > 0)
+            .ok_or_else(|| format!("budget `{s}`: `{}` is not a whole number above 0", n.trim()))?;
+        let window_ms = parse_duration_ms(w).map_err(|e| format!("budget `{s}`: {e}"))?;
+        if window_ms <= 0 {
+            return Err(format!("budget `{s}`: the window must be longer than 0"));
+        }
+        Ok(Budget { max, window_ms })
+    }
+}
+
 /// How often a rule may fire for one key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Cooldown {
@@ -152,6 +181,8 @@ pub struct Rule {
     pub filter: Filter,
     pub allow: Allow,
     pub cooldown: Cooldown,
+    /// Revoking rules: the rule's own revocation budget; `None` takes the engine's default.
+    pub budget: Option<Budget>,
     pub origin: Origin,
 }
 

@@ -117,6 +117,11 @@ impl RedisConfig {
         format!("{}revoked:sub:{id}", self.key_prefix)
     }
 
+    /// Hash of re-arm requests: rule id → epoch seconds of the request (`tokenwatch rearm`).
+    pub fn rearm_key(&self) -> String {
+        format!("{}rearm", self.key_prefix)
+    }
+
     pub fn stream_key(&self) -> String {
         format!("{}revocations", self.key_prefix)
     }
@@ -478,6 +483,25 @@ impl RevocationWriter {
 
     pub async fn ping(&mut self) -> Result<(), String> {
         self.conn.ping().await
+    }
+
+    /// Asks every running tokenwatch to re-arm `rule` (epoch seconds `now_s`).
+    pub async fn request_rearm(&mut self, rule: &str, now_s: i64) -> Result<(), String> {
+        let mut cmd = redis::cmd("HSET");
+        cmd.arg(self.cfg.rearm_key()).arg(rule).arg(now_s);
+        self.query::<i64>(&cmd)
+            .await
+            .map(|_| ())
+            .map_err(|e| format!("redis HSET {}: {e}", self.cfg.rearm_key()))
+    }
+
+    /// The re-arm requests: rule id → epoch seconds.
+    pub async fn rearm_requests(&mut self) -> Result<std::collections::HashMap<String, i64>, String> {
+        let mut cmd = redis::cmd("HGETALL");
+        cmd.arg(self.cfg.rearm_key());
+        self.query(&cmd)
+            .await
+            .map_err(|e| format!("redis HGETALL {}: {e}", self.cfg.rearm_key()))
     }
 
     /// Runs a script on this writer's connection (single node or cluster).
