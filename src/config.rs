@@ -16,6 +16,7 @@ use crate::input::lines::DEFAULT_MAX_LINE;
 use crate::input::mapping::{Mapping, MappingConfig};
 use crate::input::Format;
 use crate::rules::parse_duration_ms;
+use crate::verify::{Verifier, VerifyConfig};
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -52,6 +53,8 @@ pub struct Config {
     pub revocation: RevocationSection,
     #[serde(default)]
     pub batch: BatchSection,
+    #[serde(default)]
+    pub verify: VerifySection,
     /// librdkafka properties, passed through unchanged (TLS, SASL, fetch sizes...).
     #[serde(default)]
     pub kafka: BTreeMap<String, toml::Value>,
@@ -75,6 +78,24 @@ pub struct RevocationSection {
     pub redis_timeout: Option<String>,
     /// CA certificate (PEM) for `rediss://` servers outside the system trust store.
     pub redis_ca_file: Option<PathBuf>,
+}
+
+/// `[verify]`: the public keys that verify token signatures.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerifySection {
+    /// JWKS files or `https://` URLs; their keys verify tokens of any issuer not listed below.
+    pub jwks: Option<Vec<String>>,
+    /// `[verify.issuers."https://idp.example.com"] jwks = "..."`: a token with this `iss` is
+    /// verified with this JWKS only.
+    #[serde(default)]
+    pub issuers: BTreeMap<String, IssuerSection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssuerSection {
+    pub jwks: String,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -265,6 +286,31 @@ impl Config {
     pub fn token_cache(&self) -> usize {
         self.engine.token_cache.unwrap_or(1_000_000)
     }
+
+    /// Reads the JWKS of `[verify]`, with `--jwks` values (`flags`) in place of
+    /// `verify.jwks` when given. `None` when no JWKS is configured; one that cannot be read is
+    /// an error naming it.
+    pub fn verifier(&self, flags: &[String]) -> Result<Option<std::sync::Arc<Verifier>>, String> {
+        let cfg = VerifyConfig {
+            jwks: if flags.is_empty() {
+                self.verify.jwks.clone().unwrap_or_default()
+            } else {
+                flags.to_vec()
+            },
+            issuers: self
+                .verify
+                .issuers
+                .iter()
+                .map(|(iss, s)| (iss.clone(), s.jwks.clone()))
+                .collect(),
+        };
+        if cfg.is_empty() {
+            return Ok(None);
+        }
+        Verifier::load(&cfg)
+            .map(|v| Some(std::sync::Arc::new(v)))
+            .map_err(|e| format!("verify.jwks: {e}"))
+    }
 }
 
 /// Reads a config file and checks it against the schema; an error names the file, the line
@@ -382,7 +428,7 @@ fn insert(table: &mut toml::Table, path: &[String], value: toml::Value) -> Resul
 /// An environment value typed by its key: a list for `topics` and `redis`; a number or
 /// boolean where the key takes one (tried against the schema); otherwise the string itself.
 fn env_value(path: &[String], raw: &str) -> Result<toml::Value, String> {
-    if path == ["topics"] || path == ["redis"] {
+    if path == ["topics"] || path == ["redis"] || path == ["verify", "jwks"] {
         return Ok(toml::Value::Array(
             raw.split(',')
                 .map(|s| toml::Value::String(s.trim().to_string()))

@@ -37,6 +37,9 @@ pub struct Metrics {
     pub rule_reloads: IntCounterVec,
     pub decision_delay: Histogram,
     pub build_info: IntGaugeVec,
+    pub authenticated_events: IntCounter,
+    pub attestation_mismatches: IntCounter,
+    pub jwks_errors: IntCounter,
     /// For /readyz.
     pub ready_partitions: AtomicI64,
     pub ready_redis: AtomicBool,
@@ -166,6 +169,33 @@ impl Metrics {
                 &r,
                 IntGaugeVec::new(Opts::new("tokenwatch_build_info", "Build information."), &["version"])
                     .expect("valid"),
+            ),
+            authenticated_events: reg(
+                &r,
+                IntCounter::new(
+                    "tokenwatch_authenticated_events_total",
+                    "Events whose token is authenticated (signature verified with a JWKS, or attested by \
+                     the gateway): the only events revoking rules act on. Stays 0 without --jwks or a \
+                     gateway attestation.",
+                )
+                .expect("valid"),
+            ),
+            attestation_mismatches: reg(
+                &r,
+                IntCounter::new(
+                    "tokenwatch_attestation_mismatches_total",
+                    "Lines whose gateway attested claims that are not those of the logged token (treated \
+                     as unauthenticated).",
+                )
+                .expect("valid"),
+            ),
+            jwks_errors: reg(
+                &r,
+                IntCounter::new(
+                    "tokenwatch_jwks_errors_total",
+                    "Failed JWKS reloads after the start (the last good keys stay in use).",
+                )
+                .expect("valid"),
             ),
             registry: r,
             ready_partitions: AtomicI64::new(0),

@@ -157,6 +157,12 @@ impl MetricSync {
         m.evicted_keys.inc_by(ev);
         let late = es.late_events.saturating_sub(m.late_events.get());
         m.late_events.inc_by(late);
+        m.authenticated_events
+            .inc_by(s.authenticated.saturating_sub(self.last.authenticated));
+        m.attestation_mismatches
+            .inc_by(s.attestation_mismatches.saturating_sub(self.last.attestation_mismatches));
+        m.jwks_errors
+            .inc_by(p.jwks_errors().saturating_sub(m.jwks_errors.get()));
         self.last = s.clone();
     }
 }
@@ -178,6 +184,9 @@ pub async fn run(
         .map(GeoDb::open)
         .transpose()
         .map_err(|e| e.to_string())?;
+    if let Some(w) = cfg.pipeline.evidence_warning() {
+        tracing::warn!("{w}");
+    }
     let mut pipeline = Pipeline::new(rules, geo, cfg.pipeline.clone())?;
 
     let Some(writer) = connect_redis(&cfg, &metrics, &mut shutdown).await? else {
@@ -561,6 +570,8 @@ pub struct Overrides {
     pub key_prefix: Option<String>,
     pub alerts: Option<String>,
     pub alerts_topic: Option<String>,
+    /// `--jwks`: replaces `verify.jwks`.
+    pub jwks: Vec<String>,
 }
 
 impl Overrides {
@@ -578,6 +589,7 @@ impl Overrides {
             "key_prefix" => self.key_prefix.is_some(),
             "alerts" => self.alerts.is_some(),
             "alerts_topic" => self.alerts_topic.is_some(),
+            "verify.jwks" => !self.jwks.is_empty(),
             _ => false,
         }
     }
@@ -677,6 +689,7 @@ fn resolve_settings(c: &crate::config::Config, o: &Overrides) -> Result<(Service
                 revocation: c.revocation_policy()?,
                 ..c.engine()?
             },
+            verify: c.verifier(&o.jwks)?,
         },
         max_line: c.max_line_bytes(),
         redis,
