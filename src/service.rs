@@ -159,8 +159,10 @@ impl MetricSync {
         m.late_events.inc_by(late);
         m.authenticated_events
             .inc_by(s.authenticated.saturating_sub(self.last.authenticated));
-        m.attestation_mismatches
-            .inc_by(s.attestation_mismatches.saturating_sub(self.last.attestation_mismatches));
+        m.attestation_mismatches.inc_by(
+            s.attestation_mismatches
+                .saturating_sub(self.last.attestation_mismatches),
+        );
         m.jwks_errors
             .inc_by(p.jwks_errors().saturating_sub(m.jwks_errors.get()));
         self.last = s.clone();

@@ -449,8 +449,8 @@ type IdMap<V> = HashMap<u128, V, std::hash::BuildHasherDefault<U128Id>>;
 /// is cleared (tokens are short-lived and the live set refills it within seconds), which keeps
 /// the hot path free of LRU upkeep.
 pub struct TokenCache {
-    /// With the key generation to retry at, for a token whose key id no JWKS held yet.
-    map: IdMap<(Arc<TokenInfo>, Option<u64>)>,
+    /// With whether to verify it again: its key id was in no JWKS yet (keys rotate).
+    map: IdMap<(Arc<TokenInfo>, bool)>,
     errors: IdMap<DecodeError>,
     cap: usize,
     hasher: TokenHasher,
@@ -549,11 +549,11 @@ impl TokenCache {
     pub fn get(&mut self, raw: RawToken<'_>) -> Result<Arc<TokenInfo>, DecodeError> {
         let key = self.hasher.hash(raw.expose().as_bytes());
         if let Some((info, retry)) = self.map.get_mut(&key) {
-            // Its key id was unknown: check again once the keys have changed.
-            if let (Some(at), Some(v)) = (*retry, &self.verifier) {
-                if v.generation() != at {
-                    let mut again = (**info).clone();
-                    *retry = verify(v, raw, &mut again);
+            // Its key id was unknown: the JWKS may have it now (its re-reads are rate-limited).
+            if let (true, Some(v)) = (*retry, &self.verifier) {
+                let mut again = (**info).clone();
+                *retry = verify(v, raw, &mut again);
+                if again.verified {
                     *info = Arc::new(again);
                 }
             }
@@ -569,7 +569,7 @@ impl TokenCache {
                     self.shared.clear();
                 }
                 self.shared.share(&mut info);
-                let retry = self.verifier.as_ref().and_then(|v| verify(v, raw, &mut info));
+                let retry = self.verifier.as_ref().is_some_and(|v| verify(v, raw, &mut info));
                 let info = Arc::new(info);
                 self.map.insert(key, (info.clone(), retry));
                 Ok(info)
@@ -593,12 +593,11 @@ impl TokenCache {
     }
 }
 
-/// Sets `info.verified`; the key generation to retry at when the token's key id was unknown.
-fn verify(v: &Verifier, raw: RawToken<'_>, info: &mut TokenInfo) -> Option<u64> {
-    let generation = v.generation();
+/// Sets `info.verified`; true when the token's key id was in no JWKS (worth trying again).
+fn verify(v: &Verifier, raw: RawToken<'_>, info: &mut TokenInfo) -> bool {
     let verdict = v.verify(raw, info);
     info.verified = verdict == Verdict::Verified;
-    (verdict == Verdict::UnknownKey).then_some(generation)
+    verdict == Verdict::UnknownKey
 }
 
 // ---- lenient claim parsing: real tokens carry odd types; a wrong type means "absent" ----

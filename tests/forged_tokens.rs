@@ -31,7 +31,14 @@ fn replay(lines: &[String], extra: &[&str]) -> Vec<Value> {
     std::fs::write(&log, lines.join("\n") + "\n").unwrap();
     let geo = common::root().join("assets/GeoLite2-City-Test.mmdb");
     let out = Command::new(env!("CARGO_BIN_EXE_tokenwatch"))
-        .args(["replay", "--quiet", "--rules", "rules", "--geoip", geo.to_str().unwrap()])
+        .args([
+            "replay",
+            "--quiet",
+            "--rules",
+            "rules",
+            "--geoip",
+            geo.to_str().unwrap(),
+        ])
         .args(extra)
         .arg(&log)
         .current_dir(common::root())
@@ -70,7 +77,12 @@ fn check(lines: &[String], config: &[&str], genuine: &[(&str, &str)]) {
         }
         let got: Vec<(String, String)> = revoked
             .iter()
-            .map(|r| (r["rule"].as_str().unwrap().into(), r["token_id"].as_str().unwrap().into()))
+            .map(|r| {
+                (
+                    r["rule"].as_str().unwrap().into(),
+                    r["token_id"].as_str().unwrap().into(),
+                )
+            })
             .collect();
         let want: Vec<(String, String)> = if with_jwks {
             genuine.iter().map(|(r, t)| (r.to_string(), t.to_string())).collect()
@@ -79,7 +91,9 @@ fn check(lines: &[String], config: &[&str], genuine: &[(&str, &str)]) {
         };
         assert_eq!(got, want, "jwks: {with_jwks}");
         // and so nobody's next real request is a "use of a revoked token"
-        assert!(!ds.iter().any(|d| d["rule"] == "revoked-token-used" && d["sub"] == "victim"));
+        assert!(!ds
+            .iter()
+            .any(|d| d["rule"] == "revoked-token-used" && d["sub"] == "victim"));
     }
 }
 
@@ -92,7 +106,14 @@ fn a_forged_expired_token_on_a_404_does_not_revoke() {
         line(10, "198.51.100.7", "GET", "/does-not-exist", Some(404), &fake),
         line(20, "216.160.83.57", "GET", "/api/v1/files", Some(200), &erin),
         // the victim's next real request
-        line(30, "198.51.100.9", "GET", "/api/v1/files", Some(200), &rs256(&claims("victim", VICTIM_JTI, T0))),
+        line(
+            30,
+            "198.51.100.9",
+            "GET",
+            "/api/v1/files",
+            Some(200),
+            &rs256(&claims("victim", VICTIM_JTI, T0)),
+        ),
     ];
     check(&lines, &[], &[("expired-token-accepted", "tok-erin-old")]);
 }
@@ -131,10 +152,20 @@ fn forged_copies_of_a_jti_as_cors_preflights_do_not_revoke() {
 #[test]
 fn a_forged_url_token_next_to_a_valid_header_does_not_revoke() {
     let mallory = rs256(&claims("mallory", "tok-mallory-1", T0));
-    let fake = forged(&json!({"alg": "RS256", "kid": "k1"}), &json!({"jti": VICTIM_JTI, "sub": "victim"}));
+    let fake = forged(
+        &json!({"alg": "RS256", "kid": "k1"}),
+        &json!({"jti": VICTIM_JTI, "sub": "victim"}),
+    );
     let grace = rs256(&claims("grace", "tok-grace-1", T0));
     let lines = [
-        line(10, "198.51.100.7", "GET", &format!("/api/orders?x={fake}"), Some(200), &mallory),
+        line(
+            10,
+            "198.51.100.7",
+            "GET",
+            &format!("/api/orders?x={fake}"),
+            Some(200),
+            &mallory,
+        ),
         json!({"ts": T0 + 20, "client_ip": "214.78.1.20", "method": "GET", "status": 200,
                "path": format!("/api/v1/export?access_token={grace}")})
         .to_string(),

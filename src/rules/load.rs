@@ -937,19 +937,31 @@ where:
     #[test]
     fn a_revoking_rule_must_require_authenticated_events() {
         let rule = |action: &str, cond: &str| {
-            format!("id: r\nseverity: high\naction: {action}\nkind: match\nkey: token_id\nwhere:\n  accepted: true\n{cond}")
+            format!(
+                "id: r\nseverity: high\naction: {action}\nkind: match\nkey: token_id\nwhere:\n  accepted: true\n{cond}"
+            )
         };
         for action in ["revoke_token", "revoke_subject"] {
-            for cond in ["", "  authenticated: false\n", "  authenticated: [true, false]\n", "  verified: true\n"] {
+            for cond in [
+                "",
+                "  authenticated: false\n",
+                "  authenticated: [true, false]\n",
+                "  verified: true\n",
+            ] {
                 let e = errs(&rule(action, cond));
                 assert_eq!(e.len(), 1, "{action} {cond}: {e:?}");
                 assert!(
-                    e[0].starts_with(&format!("r.yaml:3: action {action} needs `authenticated: true` in `where`")),
+                    e[0].starts_with(&format!(
+                        "r.yaml:3: action {action} needs `authenticated: true` in `where`"
+                    )),
                     "{e:?}"
                 );
             }
             for cond in ["  authenticated: true\n", "  authenticated: [true]\n"] {
-                assert!(load_str(Path::new("r.yaml"), &rule(action, cond)).is_ok(), "{action} {cond}");
+                assert!(
+                    load_str(Path::new("r.yaml"), &rule(action, cond)).is_ok(),
+                    "{action} {cond}"
+                );
             }
         }
         // alerts may keep using `accepted` alone

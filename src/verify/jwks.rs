@@ -93,7 +93,10 @@ pub struct Key {
 
 impl fmt::Debug for Key {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Key").field("kid", &self.kid).field("algs", &self.algs).finish()
+        f.debug_struct("Key")
+            .field("kid", &self.kid)
+            .field("algs", &self.algs)
+            .finish()
     }
 }
 
@@ -244,6 +247,9 @@ mod tests {
             e.to_string(),
             "JWKS t.json: no usable public key (RSA, EC P-256 or P-384, Ed25519); 1 key(s) skipped"
         );
-        assert!(parse(&loc, b"[]").unwrap_err().to_string().starts_with("JWKS t.json: not a JSON Web Key Set"));
+        assert!(parse(&loc, b"[]")
+            .unwrap_err()
+            .to_string()
+            .starts_with("JWKS t.json: not a JSON Web Key Set"));
     }
 }

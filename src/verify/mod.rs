@@ -48,9 +48,13 @@ struct Source {
 }
 
 struct Refresh {
-    last_refetch: Option<Instant>,
+    /// The last look for unknown key ids (a file's stamp, a URL's fetch).
+    last_check: Option<Instant>,
     stamp: Option<Stamp>,
 }
+
+/// How often a JWKS file's stamp is looked at for unknown key ids.
+const FILE_CHECK_EVERY: Duration = Duration::from_secs(1);
 
 /// Verifies token signatures with the public keys of one or more JWKS, global or per issuer.
 /// Shared by every decoding thread; keys rotate without a restart.
@@ -58,8 +62,6 @@ pub struct Verifier {
     global: Vec<Source>,
     by_issuer: HashMap<Box<str>, Vec<Source>>,
     refetch_every: Duration,
-    /// Bumped whenever a JWKS's keys change, so an `UnknownKey` verdict can be retried.
-    generation: AtomicU64,
     errors: AtomicU64,
 }
 
@@ -97,7 +99,7 @@ impl Verifier {
                 loc,
                 keys: RwLock::new(keys.into()),
                 refresh: Mutex::new(Refresh {
-                    last_refetch: None,
+                    last_check: None,
                     stamp,
                 }),
             })
@@ -110,7 +112,6 @@ impl Verifier {
             global: cfg.jwks.iter().map(|s| source(s)).collect::<Result<_, _>>()?,
             by_issuer,
             refetch_every: jwks::REFETCH_EVERY,
-            generation: AtomicU64::new(0),
             errors: AtomicU64::new(0),
         })
     }
@@ -124,11 +125,6 @@ impl Verifier {
     /// JWKS reads and fetches that failed after the start (the last good keys stay in use).
     pub fn errors(&self) -> u64 {
         self.errors.load(Ordering::Relaxed)
-    }
-
-    /// Changes whenever some JWKS's keys change.
-    pub fn generation(&self) -> u64 {
-        self.generation.load(Ordering::Relaxed)
     }
 
     /// Checks the signature of `raw`, whose decoded header and claims are `info`.
@@ -170,32 +166,32 @@ impl Verifier {
         verdict
     }
 
-    /// Reads a JWKS again when it may have changed: a file whose stamp changed, a URL not
-    /// fetched for unknown keys within `refetch_every`. True when the keys were replaced.
+    /// Reads a JWKS again when it may have changed: a file whose stamp changed (looked at
+    /// once a second at most), a URL not fetched for unknown keys within `refetch_every`.
+    /// True when the keys were replaced.
     fn refresh(&self, s: &Source) -> bool {
         // Another thread refreshing this source: use what it finds next time.
         let Ok(mut r) = s.refresh.try_lock() else { return false };
-        match &s.loc {
-            Location::File(p) => {
-                let stamp = jwks::file_stamp(p);
-                if stamp.is_none() || stamp == r.stamp {
-                    return false;
-                }
-                r.stamp = stamp;
+        let every = match s.loc {
+            Location::File(_) => self.refetch_every.min(FILE_CHECK_EVERY),
+            Location::Url(_) => self.refetch_every,
+        };
+        if r.last_check.is_some_and(|t| t.elapsed() < every) {
+            return false;
+        }
+        r.last_check = Some(Instant::now());
+        if let Location::File(p) = &s.loc {
+            let stamp = jwks::file_stamp(p);
+            if stamp.is_none() || stamp == r.stamp {
+                return false;
             }
-            Location::Url(_) => {
-                if r.last_refetch.is_some_and(|t| t.elapsed() < self.refetch_every) {
-                    return false;
-                }
-                r.last_refetch = Some(Instant::now());
-            }
+            r.stamp = stamp;
         }
         match jwks::load(&s.loc) {
             Ok((keys, _)) => {
                 if let Ok(mut k) = s.keys.write() {
                     *k = keys.into();
                 }
-                self.generation.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(jwks = %s.loc, "JWKS keys reloaded for an unknown key id");
                 true
             }
@@ -214,7 +210,10 @@ fn check(s: &Source, kid: Option<&str>, alg: Algorithm, message: &str, signature
         Ok(k) => k.clone(),
         Err(_) => return Verdict::Failed,
     };
-    let mut candidates = keys.iter().filter(|k| kid.is_none() || k.kid.as_deref() == kid).peekable();
+    let mut candidates = keys
+        .iter()
+        .filter(|k| kid.is_none() || k.kid.as_deref() == kid)
+        .peekable();
     if candidates.peek().is_none() {
         return Verdict::UnknownKey;
     }
