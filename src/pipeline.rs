@@ -639,9 +639,11 @@ mod tests {
         out
     }
 
+    /// A request the gateway attests (canonical `authenticated`): genuine use, which may
+    /// revoke.
     fn line(ts_s: i64, ip: &str, path: &str, t: &str) -> String {
         json!({"ts": 1_795_910_400 + ts_s, "client_ip": ip, "method": "GET", "path": path,
-               "status": 200, "authorization": format!("Bearer {t}")})
+               "status": 200, "authorization": format!("Bearer {t}"), "authenticated": true})
         .to_string()
     }
 

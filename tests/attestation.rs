@@ -69,9 +69,17 @@ fn envoy_attests_with_its_verified_payload() {
         }
         parse(Format::Envoy, None, &l)
     };
-    assert_eq!(line(Some(&t), None), (false, false), "allow_missing_or_failed: no payload");
+    assert_eq!(
+        line(Some(&t), None),
+        (false, false),
+        "allow_missing_or_failed: no payload"
+    );
     assert_eq!(line(Some(&t), Some(&c)), (true, false));
-    assert_eq!(line(Some(&t), Some(&other)), (false, true), "the payload of another token");
+    assert_eq!(
+        line(Some(&t), Some(&other)),
+        (false, true),
+        "the payload of another token"
+    );
     assert_eq!(line(None, Some(&c)), (true, false), "the payload alone");
     // same iss/sub/jti but another exp: another token
     let mut later = c.clone();
@@ -97,7 +105,10 @@ fn kong_attests_with_jwt_claims_or_an_authenticated_credential() {
     assert_eq!(line(json!({})), (false, false));
     assert_eq!(line(json!({"jwt_claims": c})), (true, false));
     assert_eq!(line(json!({"jwt_claims": other})), (false, true));
-    assert_eq!(line(json!({"authenticated_entity": {"id": "cred-1"}, "consumer": {"username": "alice"}})), (true, false));
+    assert_eq!(
+        line(json!({"authenticated_entity": {"id": "cred-1"}, "consumer": {"username": "alice"}})),
+        (true, false)
+    );
     // the anonymous consumer of an optional-auth route: no credential
     assert_eq!(line(json!({"consumer": {"username": "anonymous"}})), (false, false));
     assert_eq!(line(json!({"authenticated_entity": null})), (false, false));
@@ -128,7 +139,10 @@ fn a_custom_mapping_attests_through_its_authenticated_path() {
     // a mapping without the path attests nothing
     let plain: MappingConfig = toml::from_str("ts = \"time\"\nauthorization = \"auth\"\n").unwrap();
     let l = json!({"time": T0, "auth": bearer(&t), "forward_auth": {"ok": true}});
-    assert_eq!(parse(Format::Custom, Some(Mapping::compile(&plain).unwrap()), &l), (false, false));
+    assert_eq!(
+        parse(Format::Custom, Some(Mapping::compile(&plain).unwrap()), &l),
+        (false, false)
+    );
 }
 
 #[test]
@@ -172,7 +186,10 @@ fn attested_use_revokes_and_mismatched_attestation_does_not() {
         p.process_line(genuine.to_string().as_bytes(), &mut out);
         p.process_line(fake.to_string().as_bytes(), &mut out);
     }
-    let revoked: Vec<_> = out.iter().map(|d| (d.rule.to_string(), d.token_id.clone().unwrap())).collect();
+    let revoked: Vec<_> = out
+        .iter()
+        .map(|d| (d.rule.to_string(), d.token_id.clone().unwrap()))
+        .collect();
     assert_eq!(revoked, vec![("token-replay".to_string(), "tok-bob-1".into())]);
     assert_eq!(p.stats.authenticated, 3);
     assert_eq!(p.stats.attestation_mismatches, 3);

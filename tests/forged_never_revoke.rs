@@ -21,13 +21,17 @@ use tokenwatch::verify::{Verifier, VerifyConfig};
 fn real_signatures() -> &'static [String] {
     static SIGS: OnceLock<Vec<String>> = OnceLock::new();
     SIGS.get_or_init(|| {
-        [(Algorithm::RS256, "k1"), (Algorithm::ES256, "ec1"), (Algorithm::EdDSA, "ed1")]
-            .iter()
-            .map(|(alg, kid)| {
-                let t = keys::sign(*alg, Some(kid), &keys::claims("someone", "real", T0));
-                t.rsplit('.').next().unwrap().to_string()
-            })
-            .collect()
+        [
+            (Algorithm::RS256, "k1"),
+            (Algorithm::ES256, "ec1"),
+            (Algorithm::EdDSA, "ed1"),
+        ]
+        .iter()
+        .map(|(alg, kid)| {
+            let t = keys::sign(*alg, Some(kid), &keys::claims("someone", "real", T0));
+            t.rsplit('.').next().unwrap().to_string()
+        })
+        .collect()
     })
 }
 
@@ -49,7 +53,9 @@ fn pick<T: Clone + std::fmt::Debug + 'static>(items: &'static [T]) -> impl Strat
 
 fn forged_token() -> impl Strategy<Value = String> {
     let header = (
-        pick(&["RS256", "RS512", "PS256", "ES256", "ES384", "EdDSA", "HS256", "none", "rs256", ""]),
+        pick(&[
+            "RS256", "RS512", "PS256", "ES256", "ES384", "EdDSA", "HS256", "none", "rs256", "",
+        ]),
         pick(&["k1", "ec1", "ec384", "ed1", "unknown", ""]),
     );
     let claims = (
@@ -93,8 +99,20 @@ fn line() -> impl Strategy<Value = (u32, Value)> {
     (
         0u32..600,
         forged_token(),
-        pick(&["198.51.100.7", "203.0.113.9", "192.0.2.44", "81.2.69.142", "175.16.199.5", "216.160.83.57", "2001:218::1"]),
-        prop_oneof![Just(None), (100u16..600).prop_map(Some), pick(&[200u16, 204, 404, 429, 500]).prop_map(Some)],
+        pick(&[
+            "198.51.100.7",
+            "203.0.113.9",
+            "192.0.2.44",
+            "81.2.69.142",
+            "175.16.199.5",
+            "216.160.83.57",
+            "2001:218::1",
+        ]),
+        prop_oneof![
+            Just(None),
+            (100u16..600).prop_map(Some),
+            pick(&[200u16, 204, 404, 429, 500]).prop_map(Some)
+        ],
         pick(&["GET", "OPTIONS", "POST", "HEAD"]),
         pick(&["/healthz", "/does-not-exist", "/api/v1/orders", "/"]),
         0u8..3,

@@ -701,13 +701,13 @@ mod tests {
     }
 
     #[test]
-    fn accepted_means_not_401_or_403() {
+    fn accepted_means_not_401_or_403_and_is_absent_without_a_status() {
         for (status, acc) in [
-            (Some(200), true),
-            (Some(401), false),
-            (Some(403), false),
-            (Some(500), true),
-            (None, true),
+            (Some(200), Some(true)),
+            (Some(401), Some(false)),
+            (Some(403), Some(false)),
+            (Some(500), Some(true)),
+            (None, None),
         ] {
             let mut line = json!({"ts":1});
             if let Some(s) = status {
