@@ -474,6 +474,27 @@ mod tests {
     use super::*;
 
     #[test]
+    fn verify_keys_from_the_file_the_environment_and_flags() {
+        let jwks = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/keys/jwks.json");
+        let c: Config = toml::from_str(&format!(
+            "[verify]\njwks = [\"{jwks}\"]\n[verify.issuers.\"https://idp.example.com\"]\njwks = \"{jwks}\"\n"
+        ))
+        .unwrap();
+        assert!(c.verifier(&[]).unwrap().is_some());
+        assert!(Config::default().verifier(&[]).unwrap().is_none());
+        // a flag replaces verify.jwks, and names what failed
+        let e = c.verifier(&["/nonexistent/k.json".into()]).unwrap_err();
+        assert!(
+            e.starts_with("verify.jwks: JWKS /nonexistent/k.json: cannot read"),
+            "{e}"
+        );
+        let env = [("TOKENWATCH_VERIFY__JWKS".to_string(), format!("{jwks}, {jwks}"))];
+        let c = Config::load_with_env(None, env.into_iter()).unwrap();
+        assert_eq!(c.verify.jwks.as_ref().map(Vec::len), Some(2));
+        assert!(toml::from_str::<Config>("[verify]\njwk = []\n").is_err());
+    }
+
+    #[test]
     fn unknown_keys_are_named() {
         let e = toml::from_str::<Config>("[engine]\nlatenes = \"5s\"\n")
             .unwrap_err()

@@ -760,6 +760,41 @@ mod tests {
     }
 
     #[test]
+    fn authenticated_events_are_exported_and_stay_0_without_evidence() {
+        let m = Metrics::new();
+        for name in [
+            "tokenwatch_authenticated_events_total 0",
+            "tokenwatch_attestation_mismatches_total 0",
+            "tokenwatch_jwks_errors_total 0",
+        ] {
+            assert!(m.render().contains(name), "{name}");
+        }
+        let rules = crate::defaults::rules().unwrap();
+        let mut p = Pipeline::new(rules, None, PipelineConfig::default()).unwrap();
+        let t = crate::token::encode_unsigned_parts(
+            &serde_json::json!({"alg": "RS256"}),
+            &serde_json::json!({"sub": "u", "jti": "j"}),
+            b"sig",
+        );
+        let mut out = Vec::new();
+        for attest in [
+            "",
+            r#","authenticated":true"#,
+            r#","authenticated":true,"jwt_claims":{"sub":"x"}"#,
+        ] {
+            let line = format!(r#"{{"ts":1,"status":200,"authorization":"Bearer {t}"{attest}}}"#);
+            p.process_line(line.as_bytes(), &mut out);
+        }
+        let mut sync = MetricSync { last: Stats::default() };
+        sync.sync(&p, &m);
+        assert_eq!(m.authenticated_events.get(), 1);
+        assert_eq!(m.attestation_mismatches.get(), 1);
+        sync.sync(&p, &m);
+        assert_eq!(m.authenticated_events.get(), 1, "increments, not totals");
+        assert!(PipelineConfig::default().evidence_warning().is_some());
+    }
+
+    #[test]
     fn invalid_settings_fail_at_start_naming_the_key() {
         let o = Overrides::default();
         assert!(err("topics = [\"t\"]\nredis = [\"redis://r\"]", &o).starts_with("brokers:"));
