@@ -551,10 +551,15 @@ impl TokenCache {
         if let Some((info, retry)) = self.map.get_mut(&key) {
             // Its key id was unknown: the JWKS may have it now (its re-reads are rate-limited).
             if let (true, Some(v)) = (*retry, &self.verifier) {
-                let mut again = (**info).clone();
-                *retry = verify(v, raw, &mut again);
-                if again.verified {
-                    *info = Arc::new(again);
+                match v.verify(raw, info) {
+                    Verdict::UnknownKey => {}
+                    Verdict::Failed => *retry = false,
+                    Verdict::Verified => {
+                        let mut again = (**info).clone();
+                        again.verified = true;
+                        *info = Arc::new(again);
+                        *retry = false;
+                    }
                 }
             }
             return Ok(info.clone());

@@ -140,6 +140,9 @@ impl Verifier {
             Some(s) => s.as_slice(),
             None => self.global.as_slice(),
         };
+        if sources.is_empty() {
+            return Verdict::Failed;
+        }
         let kid = info.kid.as_deref();
         let mut known_kid = false;
         for s in sources {
