@@ -64,6 +64,8 @@ fn main() {
             iat: Some(t0 / 1000 - 60),
             nbf: None,
             unsigned: false,
+            // genuine use: every rule, the revoking ones too, tracks the token
+            verified: true,
             claims: Box::new([]),
         });
         let ev = Event {
@@ -75,6 +77,7 @@ fn main() {
             user_agent: "bench".into(),
             token: Some(tok),
             token_in_url: false,
+            authenticated: true,
             geo: Some(GeoPoint {
                 lat: 51.5,
                 lon: -0.09,

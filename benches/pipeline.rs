@@ -6,7 +6,8 @@
 //!
 //! Engine and pipeline benches start every iteration from fresh state over the same
 //! generated stream, so they include creating per-token state and decoding each distinct
-//! token once, as a live stream does.
+//! token once, as a live stream does; `pipeline/canonical-verify` also verifies each distinct
+//! token's signature once (RS256, the test JWKS).
 
 use std::sync::Arc;
 
@@ -18,6 +19,7 @@ use tokenwatch::input::{Event, Format, Parser};
 use tokenwatch::pipeline::{Pipeline, PipelineConfig};
 use tokenwatch::rules::RuleSet;
 use tokenwatch::token::{decode, RawToken, TokenCache};
+use tokenwatch::verify::{Verifier, VerifyConfig};
 
 const N: u64 = 50_000;
 
@@ -138,9 +140,24 @@ fn rules(c: &mut Criterion) {
     g.finish();
 }
 
+/// The test JWKS: its RSA key `k1` is the key id the generator's tokens name, so with it each
+/// distinct token costs one RS256 verification (which fails: the generator does not sign).
+fn test_jwks() -> Option<Arc<Verifier>> {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/keys/jwks.json");
+    let cfg = VerifyConfig {
+        jwks: vec![path.into()],
+        issuers: Vec::new(),
+    };
+    Some(Arc::new(Verifier::load(&cfg).unwrap()))
+}
+
 fn pipeline(c: &mut Criterion) {
     let mut g = c.benchmark_group("pipeline");
-    for (name, gf) in [("canonical", GenFormat::Canonical), ("traefik", GenFormat::Traefik)] {
+    for (name, gf, verify) in [
+        ("canonical", GenFormat::Canonical, None),
+        ("traefik", GenFormat::Traefik, None),
+        ("canonical-verify", GenFormat::Canonical, test_jwks()),
+    ] {
         let ls = lines(gf, N);
         g.throughput(Throughput::Elements(ls.len() as u64));
         g.bench_function(name, |b| {
@@ -149,7 +166,15 @@ fn pipeline(c: &mut Criterion) {
                     let rules = tokenwatch::defaults::rules().unwrap();
                     let geo = tokenwatch::defaults::test_geo_db();
                     (
-                        Pipeline::new(rules, Some(geo), PipelineConfig::default()).unwrap(),
+                        Pipeline::new(
+                            rules,
+                            Some(geo),
+                            PipelineConfig {
+                                verify: verify.clone(),
+                                ..PipelineConfig::default()
+                            },
+                        )
+                        .unwrap(),
                         Vec::with_capacity(64),
                     )
                 },

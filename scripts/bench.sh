@@ -6,7 +6,8 @@
 #
 # Builds release, generates traffic with `tokenwatch gen`, and measures:
 #   1. replay throughput (events/s), one core (taskset -c 0, --threads 1) and all cores,
-#      canonical and traefik traffic, default rules, GeoIP test database;
+#      canonical and traefik traffic, default rules, GeoIP test database; and on one core with
+#      signature verification on (--jwks, each distinct token verified once);
 #   2. `tokenwatch run` throughput from a real broker (tansu) into a real redis-server, with
 #      the backlog pre-produced, until the group has caught up (tokenwatch's own metrics);
 #   3. production-to-revocation-in-Redis delay (p50/p99/max) at a steady 50,000 lines/s;
@@ -90,6 +91,14 @@ for f in canonical traefik; do
   all=$($TW replay -q --geoip $GEO "$WORK/$f.log" 2>&1 >/dev/null | rate)
   log "replay $f all $CORES cores: $all/s"
   row "replay, $f, all $CORES cores (events/s)" "$(fmt "$all")" "$cmdn"
+  # Signature verification on: the generator's tokens name the test JWKS's RSA key `k1`, so each
+  # distinct token costs one RS256 verification, as a real issuer's tokens do.
+  JWKS=tests/fixtures/keys/jwks.json
+  cmdv="taskset -c 0 tokenwatch replay -q --threads 1 --geoip $GEO --jwks $JWKS $f.log"
+  ver=$(taskset -c 0 $TW replay -q --threads 1 --geoip $GEO --jwks $JWKS "$WORK/$f.log" 2>&1 >/dev/null | rate)
+  log "replay $f one core, verification on: $ver/s"
+  row "replay, $f, one core, signature verification on (--jwks; each distinct token verified once) (events/s)" \
+    "$(fmt "$ver") ($(python3 -c "print(f'{$ver/$one:.2f}x')") of off)" "$cmdv"
   if [ $COMPARE = 1 ]; then
     plain=$(taskset -c 0 "$PLAIN" "$WORK/$f.log" 2>/dev/null)
     log "plain loop $f: $plain/s"

@@ -5,12 +5,20 @@ The fixtures are committed; this script documents how they were made and remakes
 (python3 scripts/make-fixtures.py). Every format carries the same requests, so the golden
 decisions of every format must agree (tests/golden.rs checks that too).
 """
-import base64, hashlib, json, os
+import base64, json, os
 from datetime import datetime, timezone
+
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding
 
 T0 = 1795910400  # 2026-11-29T00:00:00Z
 ISS = "https://idp.example.com"
 OUT = os.path.join(os.path.dirname(__file__), "..", "tests", "fixtures")
+# The test key `k1` of tests/fixtures/keys/ (public half in jwks.json): the fixtures' tokens are
+# genuinely signed, so that replaying them with `--jwks tests/fixtures/keys/jwks.json` makes
+# them `verified` (and able to revoke), and without it they cannot revoke anything.
+with open(os.path.join(OUT, "keys", "rsa.pem"), "rb") as f:
+    KEY = serialization.load_pem_private_key(f.read(), None)
 
 
 def b64(b):
@@ -20,7 +28,7 @@ def b64(b):
 def jwt(claims, alg="RS256", sig=True):
     h = b64(json.dumps({"alg": alg, "typ": "JWT", "kid": "k1"}, separators=(",", ":")).encode())
     p = b64(json.dumps(claims, separators=(",", ":")).encode())
-    s = b64(hashlib.sha512(p.encode()).digest() * 4) if sig else ""
+    s = b64(KEY.sign(f"{h}.{p}".encode(), padding.PKCS1v15(), hashes.SHA256())) if sig else ""
     return f"{h}.{p}.{s}"
 
 
@@ -49,7 +57,7 @@ REQS = [
     (130, "198.51.100.8", "GET", "/api/v1/profile", 200, BOB),   # same /24 as the first
     (250, "192.0.2.44", "POST", "/api/v1/transfer", 201, BOB),   # third network: revoke
     (320, "198.51.100.7", "GET", "/api/v1/orders", 200, BOB),    # revoked token accepted
-    # forged copies rejected by the gateway do not count
+    # ivan's token rejected by the gateway (401) does not count
     (15, "100.64.1.1", "GET", "/api/v1/orders", 401, IVAN),
     (16, "100.65.1.1", "GET", "/api/v1/orders", 401, IVAN),
     # ivan from two networks only: near miss

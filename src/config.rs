@@ -16,6 +16,7 @@ use crate::input::lines::DEFAULT_MAX_LINE;
 use crate::input::mapping::{Mapping, MappingConfig};
 use crate::input::Format;
 use crate::rules::parse_duration_ms;
+use crate::verify::{Verifier, VerifyConfig};
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -54,6 +55,7 @@ pub struct Config {
     pub batch: BatchSection,
     #[serde(default)]
     pub dead_letter: DeadLetterSection,
+    pub verify: VerifySection,
     /// librdkafka properties, passed through unchanged (TLS, SASL, fetch sizes...).
     #[serde(default)]
     pub kafka: BTreeMap<String, toml::Value>,
@@ -89,6 +91,24 @@ pub struct RevocationSection {
     pub redis_timeout: Option<String>,
     /// CA certificate (PEM) for `rediss://` servers outside the system trust store.
     pub redis_ca_file: Option<PathBuf>,
+}
+
+/// `[verify]`: the public keys that verify token signatures.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerifySection {
+    /// JWKS files or `https://` URLs; their keys verify tokens of any issuer not listed below.
+    pub jwks: Option<Vec<String>>,
+    /// `[verify.issuers."https://idp.example.com"] jwks = "..."`: a token with this `iss` is
+    /// verified with this JWKS only.
+    #[serde(default)]
+    pub issuers: BTreeMap<String, IssuerSection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssuerSection {
+    pub jwks: String,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -294,6 +314,31 @@ impl Config {
     pub fn token_cache(&self) -> usize {
         self.engine.token_cache.unwrap_or(1_000_000)
     }
+
+    /// Reads the JWKS of `[verify]`, with `--jwks` values (`flags`) in place of
+    /// `verify.jwks` when given. `None` when no JWKS is configured; one that cannot be read is
+    /// an error naming it.
+    pub fn verifier(&self, flags: &[String]) -> Result<Option<std::sync::Arc<Verifier>>, String> {
+        let cfg = VerifyConfig {
+            jwks: if flags.is_empty() {
+                self.verify.jwks.clone().unwrap_or_default()
+            } else {
+                flags.to_vec()
+            },
+            issuers: self
+                .verify
+                .issuers
+                .iter()
+                .map(|(iss, s)| (iss.clone(), s.jwks.clone()))
+                .collect(),
+        };
+        if cfg.is_empty() {
+            return Ok(None);
+        }
+        Verifier::load(&cfg)
+            .map(|v| Some(std::sync::Arc::new(v)))
+            .map_err(|e| format!("verify.jwks: {e}"))
+    }
 }
 
 /// Reads a config file and checks it against the schema; an error names the file, the line
@@ -411,7 +456,7 @@ fn insert(table: &mut toml::Table, path: &[String], value: toml::Value) -> Resul
 /// An environment value typed by its key: a list for `topics` and `redis`; a number or
 /// boolean where the key takes one (tried against the schema); otherwise the string itself.
 fn env_value(path: &[String], raw: &str) -> Result<toml::Value, String> {
-    if path == ["topics"] || path == ["redis"] {
+    if path == ["topics"] || path == ["redis"] || path == ["verify", "jwks"] {
         return Ok(toml::Value::Array(
             raw.split(',')
                 .map(|s| toml::Value::String(s.trim().to_string()))
@@ -455,6 +500,27 @@ fn fits(path: &[String], value: &toml::Value) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn verify_keys_from_the_file_the_environment_and_flags() {
+        let jwks = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/keys/jwks.json");
+        let c: Config = toml::from_str(&format!(
+            "[verify]\njwks = [\"{jwks}\"]\n[verify.issuers.\"https://idp.example.com\"]\njwks = \"{jwks}\"\n"
+        ))
+        .unwrap();
+        assert!(c.verifier(&[]).unwrap().is_some());
+        assert!(Config::default().verifier(&[]).unwrap().is_none());
+        // a flag replaces verify.jwks, and names what failed
+        let e = c.verifier(&["/nonexistent/k.json".into()]).unwrap_err();
+        assert!(
+            e.starts_with("verify.jwks: JWKS /nonexistent/k.json: cannot read"),
+            "{e}"
+        );
+        let env = [("TOKENWATCH_VERIFY__JWKS".to_string(), format!("{jwks}, {jwks}"))];
+        let c = Config::load_with_env(None, env.into_iter()).unwrap();
+        assert_eq!(c.verify.jwks.as_ref().map(Vec::len), Some(2));
+        assert!(toml::from_str::<Config>("[verify]\njwk = []\n").is_err());
+    }
 
     #[test]
     fn unknown_keys_are_named() {

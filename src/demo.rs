@@ -124,6 +124,8 @@ pub struct DemoOptions {
     pub metrics_addr: String,
     /// Redraw a full-screen view (a terminal) instead of printing status lines.
     pub full_screen: bool,
+    /// Verifies the generated tokens' signatures (`--jwks`).
+    pub verify: Option<std::sync::Arc<crate::verify::Verifier>>,
 }
 
 /// The live demo: the generator feeds librdkafka's in-process mock cluster in (accelerated)
@@ -175,7 +177,14 @@ pub async fn live(opts: DemoOptions, w: &mut (dyn Write + Send)) -> Result<Score
     }
     metrics.rules_loaded.set(rules.rules.len() as i64);
     let geo = opts.traffic.networks.geo_db();
-    let mut pipeline = Pipeline::new(rules, Some(geo), PipelineConfig::default())?;
+    let pipeline_cfg = PipelineConfig {
+        verify: opts.verify.clone(),
+        ..PipelineConfig::default()
+    };
+    if let Some(warning) = pipeline_cfg.evidence_warning() {
+        let _ = writeln!(w, "warning: {warning}");
+    }
+    let mut pipeline = Pipeline::new(rules, Some(geo), pipeline_cfg.clone())?;
 
     let memory = Arc::new(Mutex::new(MemoryStore::default()));
     let redis_cfg = crate::sinks::redis::RedisConfig {
@@ -211,7 +220,7 @@ pub async fn live(opts: DemoOptions, w: &mut (dyn Write + Send)) -> Result<Score
         // The rules are built in; no directory to watch.
         rules_dir: std::path::PathBuf::from("/nonexistent/tokenwatch-demo-rules"),
         geoip: None,
-        pipeline: PipelineConfig::default(),
+        pipeline: pipeline_cfg,
         max_line: crate::input::lines::DEFAULT_MAX_LINE,
         redis: redis_cfg,
         batch_max: 5_000,

@@ -5,6 +5,7 @@
 //! 1. [`input`] reads lines (bounded in length) and parses each gateway's format into one
 //!    [`input::Event`];
 //! 2. [`token`] decodes the JWT's header and claims without any key, once per distinct token;
+//!    with a JWKS, [`verify`] checks its signature with public keys, once per distinct token;
 //! 3. [`geo`] gives the client address a location;
 //! 4. [`rules`] loads the YAML rule files into compiled rules, and [`engine`] runs them over
 //!    event-time windows with bounded state;
@@ -28,3 +29,4 @@ pub mod service;
 pub mod sinks;
 pub mod source;
 pub mod token;
+pub mod verify;

@@ -113,6 +113,10 @@ struct ReplayArgs {
     /// decisions are the same for any value). Default: all cores.
     #[arg(long)]
     threads: Option<usize>,
+    /// JWKS file or URL whose public keys verify token signatures (repeatable; replaces
+    /// `[verify] jwks` of --config).
+    #[arg(long = "jwks", value_name = "PATH_OR_URL")]
+    jwks: Vec<String>,
     /// Log files; none or `-` reads stdin.
     files: Vec<PathBuf>,
 }
@@ -253,6 +257,9 @@ struct DemoArgs {
     /// engine then geolocates with it too.
     #[arg(long)]
     geoip: Option<PathBuf>,
+    /// JWKS file or URL whose public keys verify token signatures (repeatable).
+    #[arg(long = "jwks", value_name = "PATH_OR_URL")]
+    jwks: Vec<String>,
 }
 
 fn gen(a: GenArgs) -> Result<ExitCode, String> {
@@ -331,6 +338,7 @@ fn demo(a: DemoArgs) -> Result<ExitCode, String> {
         redis: a.redis,
         metrics_addr: a.metrics_addr,
         full_screen: io::stdout().is_terminal(),
+        verify: Config::default().verifier(&a.jwks)?,
     };
     let rt = runtime()?;
     let mut out = io::stdout();
@@ -379,6 +387,10 @@ struct RunArgs {
     /// Logs on stderr: human or json.
     #[arg(long)]
     log_format: Option<String>,
+    /// JWKS file or URL whose public keys verify token signatures (repeatable; replaces
+    /// `[verify] jwks`).
+    #[arg(long = "jwks", value_name = "PATH_OR_URL")]
+    jwks: Vec<String>,
 }
 
 fn run(a: RunArgs) -> Result<ExitCode, String> {
@@ -401,6 +413,7 @@ fn run(a: RunArgs) -> Result<ExitCode, String> {
         key_prefix: a.key_prefix,
         alerts: a.alerts,
         alerts_topic: a.alerts_topic,
+        jwks: a.jwks,
     };
     let (cfg, addr) = tokenwatch::service::resolve(&config, &overrides)?;
     let rt = runtime()?;
@@ -562,7 +575,11 @@ fn replay(a: ReplayArgs) -> Result<ExitCode, String> {
         mapping: config.mapping()?,
         token_cache: config.token_cache(),
         engine: config.engine()?,
+        verify: config.verifier(&a.jwks)?,
     };
+    if let Some(w) = cfg.evidence_warning() {
+        eprintln!("tokenwatch: warning: {w}");
+    }
     let max_line = a.max_line_bytes.unwrap_or_else(|| config.max_line_bytes());
     let inputs = tokenwatch::replay::open_inputs(&a.files)?;
     let mut pipeline = Pipeline::new(rules, geo, cfg)?;

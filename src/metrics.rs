@@ -47,6 +47,9 @@ pub struct Metrics {
     pub redis_refused: IntGauge,
     /// The Redis error code while refused, for /readyz.
     pub redis_refusal: std::sync::Mutex<Option<String>>,
+    pub authenticated_events: IntCounter,
+    pub attestation_mismatches: IntCounter,
+    pub jwks_errors: IntCounter,
     /// For /readyz.
     pub ready_partitions: AtomicI64,
     pub ready_redis: AtomicBool,
@@ -216,6 +219,33 @@ impl Metrics {
                 .expect("valid"),
             ),
             redis_refusal: std::sync::Mutex::new(None),
+            authenticated_events: reg(
+                &r,
+                IntCounter::new(
+                    "tokenwatch_authenticated_events_total",
+                    "Events whose token is authenticated (signature verified with a JWKS, or attested by \
+                     the gateway): the only events revoking rules act on. Stays 0 without --jwks or a \
+                     gateway attestation.",
+                )
+                .expect("valid"),
+            ),
+            attestation_mismatches: reg(
+                &r,
+                IntCounter::new(
+                    "tokenwatch_attestation_mismatches_total",
+                    "Lines whose gateway attested claims that are not those of the logged token (treated \
+                     as unauthenticated).",
+                )
+                .expect("valid"),
+            ),
+            jwks_errors: reg(
+                &r,
+                IntCounter::new(
+                    "tokenwatch_jwks_errors_total",
+                    "Failed JWKS reloads after the start (the last good keys stay in use).",
+                )
+                .expect("valid"),
+            ),
             registry: r,
             ready_partitions: AtomicI64::new(0),
             ready_redis: AtomicBool::new(false),

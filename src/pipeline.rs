@@ -31,6 +31,7 @@ use crate::geo::GeoDb;
 use crate::input::{Event, Format, GeoPoint, Mapping, Parser, Skip};
 use crate::rules::RuleSet;
 use crate::token::{DecodeError, TokenCache, TokenInfo};
+use crate::verify::Verifier;
 
 #[derive(Debug, Clone)]
 pub struct PipelineConfig {
@@ -39,6 +40,17 @@ pub struct PipelineConfig {
     /// Distinct tokens kept decoded.
     pub token_cache: usize,
     pub engine: EngineConfig,
+    /// Verifies token signatures (`--jwks`); `None`: no token is `verified`.
+    pub verify: Option<Arc<Verifier>>,
+}
+
+impl PipelineConfig {
+    /// The warning to show once at start when nothing configured can make an event
+    /// authenticated ([`crate::verify::evidence_warning`]).
+    pub fn evidence_warning(&self) -> Option<String> {
+        let attests = self.mapping.as_ref().is_some_and(Mapping::attests);
+        crate::verify::evidence_warning(self.verify.is_some(), attests)
+    }
 }
 
 impl Default for PipelineConfig {
@@ -48,6 +60,7 @@ impl Default for PipelineConfig {
             mapping: None,
             token_cache: 1_000_000,
             engine: EngineConfig::default(),
+            verify: None,
         }
     }
 }
@@ -61,6 +74,10 @@ pub struct Stats {
     pub token_errors: BTreeMap<&'static str, u64>,
     /// Events that carried no token at all (they still reach rules that need none).
     pub without_token: u64,
+    /// Events whose token is authenticated (verified, or attested by the gateway).
+    pub authenticated: u64,
+    /// Lines whose gateway attested a token other than the one logged (not authenticated).
+    pub attestation_mismatches: u64,
     pub decisions: BTreeMap<(String, &'static str), u64>,
 }
 
@@ -286,9 +303,11 @@ struct DecodedEvent {
     user_agent: Text,
     token: Option<Arc<TokenInfo>>,
     token_in_url: bool,
+    authenticated: bool,
     url_token: Option<Arc<TokenInfo>>,
     geo: Option<GeoPoint>,
     token_errors: Vec<DecodeError>,
+    attestation_mismatch: bool,
 }
 
 type Decoded = Result<DecodedEvent, Skip>;
@@ -334,7 +353,7 @@ impl Decoder {
     pub fn new(geo: Option<GeoDb>, cfg: &PipelineConfig, wanted_claims: Vec<Box<str>>) -> Result<Self, String> {
         Ok(Decoder {
             parser: Parser::new(cfg.format, cfg.mapping.clone())?,
-            tokens: TokenCache::new(cfg.token_cache, wanted_claims),
+            tokens: TokenCache::new(cfg.token_cache, wanted_claims).with_verifier(cfg.verify.clone()),
             geo,
         })
     }
@@ -365,9 +384,11 @@ impl Decoder {
             user_agent: Text::new(ev.user_agent, base),
             token: ev.token,
             token_in_url: ev.token_in_url,
+            authenticated: ev.authenticated,
             url_token: parsed.url_token,
             geo: ev.geo,
             token_errors: parsed.token_errors,
+            attestation_mismatch: parsed.attestation_mismatch,
         })
     }
 
@@ -495,6 +516,11 @@ impl Pipeline {
         &self.engine
     }
 
+    /// JWKS reads and fetches that failed after the start.
+    pub fn jwks_errors(&self) -> u64 {
+        self.decoder.tokens.verifier().map_or(0, |v| v.errors())
+    }
+
     /// The decoding half, to fork for worker threads ([`ParallelDecode::new`]).
     pub fn decoder(&self) -> &Decoder {
         &self.decoder
@@ -551,6 +577,7 @@ impl Pipeline {
         if p.token.is_none() {
             self.stats.without_token += 1;
         }
+        self.stats.attestation_mismatches += u64::from(p.attestation_mismatch);
         let ev = Event {
             ts_ms: p.ts_ms,
             client_ip: p.client_ip,
@@ -560,17 +587,23 @@ impl Pipeline {
             user_agent: Cow::Borrowed(p.user_agent.get(base)),
             token: p.token.clone(),
             token_in_url: p.token_in_url,
+            authenticated: p.authenticated,
             geo: p.geo,
         };
         let start = out.len();
+        self.stats.authenticated += u64::from(ev.authenticated);
         self.engine.process(&ev, out);
         if let Some(second) = &p.url_token {
-            // The request carried a second, different token in its URL: it was used too.
+            // The request carried a second, different token in its URL: it was used too, and
+            // it is genuine only if its own signature verifies (nothing the gateway said about
+            // the header's token vouches for it).
             let ev2 = Event {
                 token: Some(second.clone()),
                 token_in_url: true,
+                authenticated: second.verified,
                 ..ev
             };
+            self.stats.authenticated += u64::from(ev2.authenticated);
             self.engine.process(&ev2, out);
         }
         for d in &out[start..] {
@@ -611,9 +644,11 @@ mod tests {
         out
     }
 
+    /// A request the gateway attests (canonical `authenticated`): genuine use, which may
+    /// revoke.
     fn line(ts_s: i64, ip: &str, path: &str, t: &str) -> String {
         json!({"ts": 1_795_910_400 + ts_s, "client_ip": ip, "method": "GET", "path": path,
-               "status": 200, "authorization": format!("Bearer {t}")})
+               "status": 200, "authorization": format!("Bearer {t}"), "authenticated": true})
         .to_string()
     }
 

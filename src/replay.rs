@@ -106,6 +106,10 @@ impl Summary {
             "  events without a token: {}; late events: {}; tracked keys: {}; evicted keys: {}\n",
             s.without_token, self.late_events, self.tracked_keys, self.evictions
         ));
+        out.push_str(&format!(
+            "  authenticated events (may revoke): {}; attestation mismatches: {}\n",
+            s.authenticated, s.attestation_mismatches
+        ));
         out
     }
 }

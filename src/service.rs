@@ -165,6 +165,14 @@ impl MetricSync {
         for (rule, at) in p.engine().tripped() {
             m.rule_tripped.with_label_values(&[rule]).set(at.is_some() as i64);
         }
+        m.authenticated_events
+            .inc_by(s.authenticated.saturating_sub(self.last.authenticated));
+        m.attestation_mismatches.inc_by(
+            s.attestation_mismatches
+                .saturating_sub(self.last.attestation_mismatches),
+        );
+        m.jwks_errors
+            .inc_by(p.jwks_errors().saturating_sub(m.jwks_errors.get()));
         self.last = s.clone();
     }
 }
@@ -186,6 +194,9 @@ pub async fn run(
         .map(GeoDb::open)
         .transpose()
         .map_err(|e| e.to_string())?;
+    if let Some(w) = cfg.pipeline.evidence_warning() {
+        tracing::warn!("{w}");
+    }
     let mut pipeline = Pipeline::new(rules, geo, cfg.pipeline.clone())?;
 
     let Some(writer) = connect_redis(&cfg, &metrics, &mut shutdown).await? else {
@@ -640,6 +651,8 @@ pub struct Overrides {
     pub key_prefix: Option<String>,
     pub alerts: Option<String>,
     pub alerts_topic: Option<String>,
+    /// `--jwks`: replaces `verify.jwks`.
+    pub jwks: Vec<String>,
 }
 
 impl Overrides {
@@ -657,6 +670,7 @@ impl Overrides {
             "key_prefix" => self.key_prefix.is_some(),
             "alerts" => self.alerts.is_some(),
             "alerts_topic" => self.alerts_topic.is_some(),
+            "verify.jwks" => !self.jwks.is_empty(),
             _ => false,
         }
     }
@@ -733,6 +747,7 @@ fn resolve_settings(c: &crate::config::Config, o: &Overrides) -> Result<(Service
                 revocation: c.revocation_policy()?,
                 ..c.engine()?
             },
+            verify: c.verifier(&o.jwks)?,
         },
         max_line: c.max_line_bytes(),
         redis,
@@ -839,6 +854,41 @@ mod tests {
     fn err(toml: &str, o: &Overrides) -> String {
         let c: Config = toml::from_str(toml).unwrap();
         resolve(&c, o).err().unwrap()
+    }
+
+    #[test]
+    fn authenticated_events_are_exported_and_stay_0_without_evidence() {
+        let m = Metrics::new();
+        for name in [
+            "tokenwatch_authenticated_events_total 0",
+            "tokenwatch_attestation_mismatches_total 0",
+            "tokenwatch_jwks_errors_total 0",
+        ] {
+            assert!(m.render().contains(name), "{name}");
+        }
+        let rules = crate::defaults::rules().unwrap();
+        let mut p = Pipeline::new(rules, None, PipelineConfig::default()).unwrap();
+        let t = crate::token::encode_unsigned_parts(
+            &serde_json::json!({"alg": "RS256"}),
+            &serde_json::json!({"sub": "u", "jti": "j"}),
+            b"sig",
+        );
+        let mut out = Vec::new();
+        for attest in [
+            "",
+            r#","authenticated":true"#,
+            r#","authenticated":true,"jwt_claims":{"sub":"x"}"#,
+        ] {
+            let line = format!(r#"{{"ts":1,"status":200,"authorization":"Bearer {t}"{attest}}}"#);
+            p.process_line(line.as_bytes(), &mut out);
+        }
+        let mut sync = MetricSync { last: Stats::default() };
+        sync.sync(&p, &m);
+        assert_eq!(m.authenticated_events.get(), 1);
+        assert_eq!(m.attestation_mismatches.get(), 1);
+        sync.sync(&p, &m);
+        assert_eq!(m.authenticated_events.get(), 1, "increments, not totals");
+        assert!(PipelineConfig::default().evidence_warning().is_some());
     }
 
     #[test]

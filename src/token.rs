@@ -1,7 +1,8 @@
 //! Token decoding: from a compact JWT (or a gateway's decoded claims) to [`TokenInfo`].
 //!
-//! tokenwatch never verifies a signature and never needs a key: it reads the header and the
-//! claims the way any holder of the token can. The raw token only ever lives inside
+//! Decoding needs no key: it reads the header and the claims the way any holder of the token
+//! can. With a JWKS configured, the cache also verifies each distinct token's signature once,
+//! with public keys only ([`crate::verify`]), and keeps the result in `TokenInfo::verified`. The raw token only ever lives inside
 //! [`RawToken`], whose `Debug` prints nothing of it, and only while it is decoded; what
 //! survives is [`TokenInfo`], which holds claims and a `token_id` but never the token itself.
 //!
@@ -18,6 +19,8 @@ use base64::Engine as _;
 use serde::de::{self, Deserializer, IgnoredAny, Visitor};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
+
+use crate::verify::{Verdict, Verifier};
 
 /// A compact JWT exactly as it appeared in the log. Printing it prints nothing of the token.
 #[derive(Clone, Copy)]
@@ -103,6 +106,9 @@ pub struct TokenInfo {
     pub nbf: Option<i64>,
     /// `alg` is `none` in any letter case, or the signature segment is empty.
     pub unsigned: bool,
+    /// tokenwatch checked the signature with a public key of a configured JWKS
+    /// ([`crate::verify`]); false without a JWKS, for claims logged by a gateway, and for HS*.
+    pub verified: bool,
     /// Claims that the loaded rules refer to by name (`claim.NAME`), as strings or numbers.
     pub claims: Box<[(Box<str>, ClaimValue)]>,
 }
@@ -264,6 +270,7 @@ fn build(h: Header, c: Claims, token_id: Box<str>, empty_sig: bool, extra: Vec<(
         iat: c.iat,
         nbf: c.nbf,
         unsigned,
+        verified: false,
         claims: extra.into_boxed_slice(),
     }
 }
@@ -469,15 +476,18 @@ impl std::hash::Hasher for U128Id {
 
 type IdMap<V> = HashMap<u128, V, std::hash::BuildHasherDefault<U128Id>>;
 
-/// Decodes each distinct token once. Bounded: when full, it is cleared (tokens are short-lived
-/// and the live set refills it within seconds), which keeps the hot path free of LRU upkeep.
+/// Decodes (and, with a [`Verifier`], verifies) each distinct token once. Bounded: when full, it
+/// is cleared (tokens are short-lived and the live set refills it within seconds), which keeps
+/// the hot path free of LRU upkeep.
 pub struct TokenCache {
-    map: IdMap<Arc<TokenInfo>>,
+    /// With whether to verify it again: its key id was in no JWKS yet (keys rotate).
+    map: IdMap<(Arc<TokenInfo>, bool)>,
     errors: IdMap<DecodeError>,
     cap: usize,
     hasher: TokenHasher,
     wanted_claims: Box<[Box<str>]>,
     shared: Interner,
+    verifier: Option<Arc<Verifier>>,
 }
 
 /// One copy of each issuer, subject, algorithm, key id and audience list among the cached
@@ -533,12 +543,20 @@ impl TokenCache {
             hasher: TokenHasher::new(),
             wanted_claims: wanted_claims.into_boxed_slice(),
             shared: Interner::default(),
+            verifier: None,
         }
     }
 
-    /// An empty cache for the same rules, with its own keys (for another worker thread).
+    /// Verifies each distinct token's signature once, with these keys.
+    pub fn with_verifier(mut self, verifier: Option<Arc<Verifier>>) -> Self {
+        self.verifier = verifier;
+        self
+    }
+
+    /// An empty cache for the same rules and keys, with its own hash keys (for another worker
+    /// thread).
     pub fn fork(&self) -> Self {
-        TokenCache::new(self.cap, self.wanted_claims.to_vec())
+        TokenCache::new(self.cap, self.wanted_claims.to_vec()).with_verifier(self.verifier.clone())
     }
 
     /// Changes the claims kept for rules (after a rule reload); forgets what was decoded.
@@ -554,10 +572,27 @@ impl TokenCache {
         &self.wanted_claims
     }
 
+    pub fn verifier(&self) -> Option<&Arc<Verifier>> {
+        self.verifier.as_ref()
+    }
+
     /// Decodes `raw`, or returns the shared result of an earlier decode of the same token.
     pub fn get(&mut self, raw: RawToken<'_>) -> Result<Arc<TokenInfo>, DecodeError> {
         let key = self.hasher.hash(raw.expose().as_bytes());
-        if let Some(info) = self.map.get(&key) {
+        if let Some((info, retry)) = self.map.get_mut(&key) {
+            // Its key id was unknown: the JWKS may have it now (its re-reads are rate-limited).
+            if let (true, Some(v)) = (*retry, &self.verifier) {
+                match v.verify(raw, info) {
+                    Verdict::UnknownKey => {}
+                    Verdict::Failed => *retry = false,
+                    Verdict::Verified => {
+                        let mut again = (**info).clone();
+                        again.verified = true;
+                        *info = Arc::new(again);
+                        *retry = false;
+                    }
+                }
+            }
             return Ok(info.clone());
         }
         if let Some(e) = self.errors.get(&key) {
@@ -570,8 +605,9 @@ impl TokenCache {
                     self.shared.clear();
                 }
                 self.shared.share(&mut info);
+                let retry = self.verifier.as_ref().is_some_and(|v| verify(v, raw, &mut info));
                 let info = Arc::new(info);
-                self.map.insert(key, info.clone());
+                self.map.insert(key, (info.clone(), retry));
                 Ok(info)
             }
             Err(e) => {
@@ -591,6 +627,13 @@ impl TokenCache {
     pub fn is_empty(&self) -> bool {
         self.map.is_empty()
     }
+}
+
+/// Sets `info.verified`; true when the token's key id was in no JWKS (worth trying again).
+fn verify(v: &Verifier, raw: RawToken<'_>, info: &mut TokenInfo) -> bool {
+    let verdict = v.verify(raw, info);
+    info.verified = verdict == Verdict::Verified;
+    verdict == Verdict::UnknownKey
 }
 
 // ---- lenient claim parsing: real tokens carry odd types; a wrong type means "absent" ----

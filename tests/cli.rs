@@ -20,7 +20,16 @@ fn text(b: &[u8]) -> String {
 fn replay_prints_decisions_and_a_summary() {
     let f = common::fixture("traefik.log");
     let geo = common::root().join("assets/GeoLite2-City-Test.mmdb");
-    let out = tokenwatch(&["replay", "--geoip", geo.to_str().unwrap(), f.to_str().unwrap()]);
+    // the fixtures' tokens are signed with the test key of this JWKS
+    let jwks = common::root().join("tests/fixtures/keys/jwks.json");
+    let out = tokenwatch(&[
+        "replay",
+        "--geoip",
+        geo.to_str().unwrap(),
+        "--jwks",
+        jwks.to_str().unwrap(),
+        f.to_str().unwrap(),
+    ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let stdout = text(&out.stdout);
     let golden = std::fs::read_to_string(common::fixture("traefik.decisions.jsonl")).unwrap();
@@ -35,6 +44,7 @@ fn replay_prints_decisions_and_a_summary() {
         "{err}"
     );
     assert!(err.contains("token-replay revoke_token"), "{err}");
+    assert!(err.contains("authenticated events (may revoke): 21;"), "{err}");
     // throughput is decoded events per second
     assert!(err.contains(" events/s)") && !err.contains("lines/s"), "{err}");
 }

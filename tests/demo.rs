@@ -41,6 +41,7 @@ async fn the_live_demo_shows_every_rule_and_scores_itself() {
         redis: None,
         metrics_addr: "127.0.0.1:0".into(),
         full_screen: false,
+        verify: None,
     };
     let mut out: Vec<u8> = Vec::new();
     let score = live(opts, &mut out).await.unwrap();
@@ -71,6 +72,7 @@ async fn the_demo_can_revoke_into_redis() {
         redis: Some(redis.url()),
         metrics_addr: "127.0.0.1:0".into(),
         full_screen: false,
+        verify: None,
     };
     let mut out: Vec<u8> = Vec::new();
     live(opts, &mut out).await.unwrap();

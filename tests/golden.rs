@@ -1,10 +1,34 @@
-//! Golden tests: each gateway format's fixture through the default rules gives exactly the
-//! committed decisions. Set TOKENWATCH_BLESS=1 to rewrite the expected files after a
-//! deliberate change, then review the diff.
+//! Golden tests: each gateway format's fixture through the default rules, with the test JWKS
+//! (the fixtures' tokens are signed with its key `k1`), gives exactly the committed decisions.
+//! Set TOKENWATCH_BLESS=1 to rewrite the expected files after a deliberate change, then review
+//! the diff.
 
 mod common;
+#[path = "support/keys.rs"]
+mod keys;
+
+use std::sync::Arc;
 
 use tokenwatch::input::Format;
+use tokenwatch::pipeline::{Pipeline, PipelineConfig};
+use tokenwatch::verify::{Verifier, VerifyConfig};
+
+fn verifier() -> Option<Arc<Verifier>> {
+    let cfg = VerifyConfig {
+        jwks: vec![keys::jwks().to_str().unwrap().into()],
+        issuers: Vec::new(),
+    };
+    Some(Arc::new(Verifier::load(&cfg).unwrap()))
+}
+
+/// The default rules, the GeoIP test database and the test JWKS.
+fn pipeline(format: Format) -> Pipeline {
+    common::pipeline_with(PipelineConfig {
+        format,
+        verify: verifier(),
+        ..PipelineConfig::default()
+    })
+}
 
 const FORMATS: &[(&str, Format)] = &[
     ("canonical", Format::Canonical),
@@ -21,7 +45,7 @@ fn render(ds: &[tokenwatch::decision::Decision]) -> String {
 #[test]
 fn every_format_matches_its_golden_decisions() {
     for (name, format) in FORMATS {
-        let mut p = common::pipeline(*format);
+        let mut p = pipeline(*format);
         let got = render(&common::run_file(&mut p, &common::fixture(&format!("{name}.log"))));
         let golden = common::fixture(&format!("{name}.decisions.jsonl"));
         if std::env::var_os("TOKENWATCH_BLESS").is_some() {
@@ -42,8 +66,8 @@ fn every_format_matches_its_golden_decisions() {
 fn auto_detection_gives_the_same_decisions_as_the_explicit_format() {
     for (name, format) in FORMATS {
         let path = common::fixture(&format!("{name}.log"));
-        let explicit = render(&common::run_file(&mut common::pipeline(*format), &path));
-        let mut auto = common::pipeline(Format::Auto);
+        let explicit = render(&common::run_file(&mut pipeline(*format), &path));
+        let mut auto = pipeline(Format::Auto);
         assert_eq!(render(&common::run_file(&mut auto, &path)), explicit, "{name}");
         assert_eq!(auto.stats.skipped.get("unknown_format"), Some(&1), "{name}");
     }
@@ -52,12 +76,12 @@ fn auto_detection_gives_the_same_decisions_as_the_explicit_format() {
 #[test]
 fn all_formats_describe_the_same_requests_and_agree() {
     let canonical = render(&common::run_file(
-        &mut common::pipeline(Format::Auto),
+        &mut pipeline(Format::Auto),
         &common::fixture("canonical.log"),
     ));
     for (name, _) in &FORMATS[1..] {
         let other = render(&common::run_file(
-            &mut common::pipeline(Format::Auto),
+            &mut pipeline(Format::Auto),
             &common::fixture(&format!("{name}.log")),
         ));
         assert_eq!(other, canonical, "{name} disagrees with canonical");
@@ -66,7 +90,7 @@ fn all_formats_describe_the_same_requests_and_agree() {
 
 #[test]
 fn the_fixture_scenario_fires_every_default_rule() {
-    let ds = common::run_file(&mut common::pipeline(Format::Auto), &common::fixture("canonical.log"));
+    let ds = common::run_file(&mut pipeline(Format::Auto), &common::fixture("canonical.log"));
     let fired = |rule: &str, id: &str| ds.iter().any(|d| &*d.rule == rule && d.token_id.as_deref() == Some(id));
     assert!(fired("token-replay", "tok-bob-1"));
     assert!(fired("revoked-token-used", "tok-bob-1"));
@@ -91,7 +115,7 @@ fn the_fixture_scenario_fires_every_default_rule() {
 
 #[test]
 fn gateways_that_log_only_claims() {
-    let ds = common::run_file(&mut common::pipeline(Format::Auto), &common::fixture("claims-only.log"));
+    let ds = common::run_file(&mut pipeline(Format::Auto), &common::fixture("claims-only.log"));
     // kong (custom_fields_by_lua) and envoy (jwt_authn payload): the same expired token,
     // accepted; one id derived from iss|sub|iat|exp, so it fires once.
     assert_eq!(ds.len(), 1, "{}", render(&ds));
@@ -107,7 +131,6 @@ fn gateways_that_log_only_claims() {
 fn a_custom_mapping_end_to_end_gives_the_canonical_decisions() {
     use serde_json::{json, Value};
     use tokenwatch::input::mapping::{Mapping, MappingConfig};
-    use tokenwatch::pipeline::PipelineConfig;
 
     let text = std::fs::read_to_string(common::fixture("canonical.log")).unwrap();
     let mut reshaped = String::new();
@@ -149,6 +172,7 @@ fn a_custom_mapping_end_to_end_gives_the_canonical_decisions() {
     let mut p = common::pipeline_with(PipelineConfig {
         format: Format::Custom,
         mapping: Some(Mapping::compile(&cfg).unwrap()),
+        verify: verifier(),
         ..PipelineConfig::default()
     });
     let dir = tempfile::tempdir().unwrap();
@@ -159,4 +183,30 @@ fn a_custom_mapping_end_to_end_gives_the_canonical_decisions() {
     assert_eq!(got, want);
     assert_eq!(p.stats.skipped.get("invalid_json"), Some(&2), "{:?}", p.stats.skipped);
     assert_eq!(p.stats.token_errors.get("token_not_three_segments"), Some(&1));
+}
+
+/// Without a JWKS (and no gateway attestation in the fixtures), the same requests revoke
+/// nothing: the alerts remain, every revocation (and so every use of a revoked token) goes.
+#[test]
+fn without_a_jwks_the_fixtures_revoke_nothing() {
+    for (name, format) in FORMATS {
+        let mut p = common::pipeline(*format);
+        let got = common::run_file(&mut p, &common::fixture(&format!("{name}.log")));
+        let with_jwks = common::run_file(&mut pipeline(*format), &common::fixture(&format!("{name}.log")));
+        let alerts = |ds: &[tokenwatch::decision::Decision]| -> Vec<String> {
+            ds.iter()
+                .filter(|d| d.action == tokenwatch::rules::Action::Alert && &*d.rule != "revoked-token-used")
+                .map(|d| format!("{} {:?}", d.rule, d.token_id))
+                .collect()
+        };
+        assert!(
+            got.iter()
+                .all(|d| d.action == tokenwatch::rules::Action::Alert && &*d.rule != "revoked-token-used"),
+            "{name}: {}",
+            render(&got)
+        );
+        assert_eq!(alerts(&got), alerts(&with_jwks), "{name}");
+        assert_eq!(got.len(), 3, "{name}: {}", render(&got));
+        assert_eq!(p.stats.authenticated, 0, "{name}");
+    }
 }

@@ -172,7 +172,8 @@ proptest! {
         let mut p = common::pipeline(Format::Auto);
         let mut out = Vec::new();
         for (i, ip) in ["198.51.100.1", "203.0.113.1", "192.0.2.1"].iter().enumerate() {
-            let mut l = serde_json::json!({"ts": 1_795_910_400 + i, "client_ip": ip, "status": 200});
+            // attested by the gateway: genuine use, which token-replay acts on
+            let mut l = serde_json::json!({"ts": 1_795_910_400 + i, "client_ip": ip, "status": 200, "authenticated": true});
             l.as_object_mut().unwrap().extend(token.as_object().unwrap().clone());
             p.process_line(l.to_string().as_bytes(), &mut out);
         }

@@ -112,7 +112,11 @@ fn no_output_of_run_contains_any_token_and_json_logs_are_json() {
     assert!(tokens.len() > 1_000, "{}", tokens.len());
     common::produce(&brokers, "logs", &lines);
 
-    let mut tw = run_bin::start(&brokers, &redis.url(), "no-token", &["--log-format", "json"], &[]);
+    // The fixtures' tokens are signed with the test key of this JWKS: they revoke (the
+    // generated traffic is unsigned and cannot).
+    let jwks = common::root().join("tests/fixtures/keys/jwks.json");
+    let args = ["--log-format", "json", "--jwks", jwks.to_str().unwrap()];
+    let mut tw = run_bin::start(&brokers, &redis.url(), "no-token", &args, &[]);
     let metrics = tw.wait_metrics("every line to be read", 120, |b| run_bin::seen(b) == lines.len() as u64);
     tw.signal("TERM");
     assert_eq!(tw.wait_exit(30).code(), Some(0), "{}", tw.stderr());
@@ -126,12 +130,13 @@ fn no_output_of_run_contains_any_token_and_json_logs_are_json() {
     }
     assert!(messages >= 2, "{stderr}");
     let alerts = std::fs::read_to_string(&tw.alerts).unwrap();
-    assert!(alerts.lines().count() >= 20, "{alerts}");
+    // (only the fixtures' signed tokens revoke; the generated traffic gives alerts)
+    assert!(alerts.lines().count() >= 10, "{alerts}");
 
     // Everything tokenwatch wrote to Redis: keys, values, feed entries.
     let mut c = redis.conn();
     let keys: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut c).unwrap();
-    assert!(keys.len() >= 10, "{keys:?}");
+    assert!(keys.len() >= 4, "{keys:?}");
     let mut stored = keys.join("\n");
     for k in &keys {
         let kind: String = redis::cmd("TYPE").arg(k).query(&mut c).unwrap();

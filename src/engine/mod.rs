@@ -662,8 +662,13 @@ fn match_evidence(cx: &Ctx<'_>) -> serde_json::Value {
     e
 }
 
-fn decision(rule: &Rule, cx: &Ctx<'_>, f: Fired) -> Decision {
+fn decision(rule: &Rule, cx: &Ctx<'_>, mut f: Fired) -> Decision {
     let tok = cx.ev.token.as_deref();
+    // The evidence that the token is genuine, on every decision about one.
+    if let (Some(t), Some(e)) = (tok, f.evidence.as_object_mut()) {
+        e.insert("verified".into(), json!(t.verified));
+        e.insert("authenticated".into(), json!(cx.ev.authenticated));
+    }
     let not_before = (rule.action == Action::RevokeSubject)
         .then(|| f.not_before_ms.unwrap_or(cx.ev.ts_ms))
         // ceil: a token issued during the second of the request is revoked as well

@@ -42,6 +42,7 @@ fn token(jti: &str, sub: &str, iat_s: i64, exp_s: i64) -> Arc<TokenInfo> {
         iat: Some(iat_s),
         nbf: None,
         unsigned: false,
+        verified: true,
         claims: Box::new([]),
     })
 }
@@ -60,6 +61,8 @@ fn ev(ts: i64, ip: &str, status: u16, tok: &Arc<TokenInfo>) -> Event<'static> {
         user_agent: Cow::Borrowed("ua"),
         token: Some(tok.clone()),
         token_in_url: false,
+        // the engine's tests are about genuine use (input/ decides what is genuine)
+        authenticated: true,
         geo: None,
     }
 }
@@ -338,7 +341,7 @@ fn subject_revocation_covers_tokens_issued_before_not_before_only() {
 fn shadow_rules_decide_but_never_revoke() {
     let yaml = "\
 rules:
-  - {id: replay, severity: high, action: revoke_token, mode: shadow, kind: distinct_count, key: token_id, distinct: network, threshold: 2, window: 10m}
+  - {id: replay, severity: high, action: revoke_token, mode: shadow, kind: distinct_count, key: token_id, distinct: network, threshold: 2, window: 10m, where: {authenticated: true}}
   - {id: used, severity: critical, action: alert, kind: revoked_use, key: token_id}
 ";
     let mut e = engine(rules(yaml));

@@ -2,7 +2,8 @@
 //!
 //! `ts`, `client_ip`, `method`, `path` (with query), `status`, `user_agent`, and the token as
 //! `authorization` (`Bearer <jwt>`) or `token` (bare JWT); optionally `geo` {lat, lon,
-//! accuracy_km} and `jwt_header` / `jwt_claims` for gateways that log claims, not tokens.
+//! accuracy_km} and `jwt_header` / `jwt_claims` for gateways that log claims, not tokens; and
+//! `authenticated` (boolean) when the pipeline knows the gateway verified the token.
 
 use super::{Fields, RawLine};
 
@@ -19,5 +20,7 @@ pub fn fields<'a>(r: &mut RawLine<'a>) -> Fields<'a> {
         jwt_header: r.jwt_header.take(),
         jwt_claims: r.jwt_claims.take(),
         geo: r.geo.take(),
+        authenticated: r.authenticated.take(),
+        claims_attested: false,
     }
 }

@@ -2,6 +2,9 @@
 //!
 //! Kong redacts `authorization` by default, so the decoded claims may instead arrive as
 //! top-level `jwt_claims` (and `jwt_header`) added with `custom_fields_by_lua` (see README).
+//! Those are the claims of the token Kong's jwt plugin verified, so they attest it; so does an
+//! `authenticated_entity` (a credential authenticated the request; an anonymous consumer has
+//! none).
 
 use super::{Fields, RawLine};
 
@@ -18,6 +21,8 @@ pub fn fields<'a>(r: &mut RawLine<'a>) -> Fields<'a> {
         authorization: headers.authorization.0,
         jwt_header: r.jwt_header.take(),
         jwt_claims: r.jwt_claims.take(),
+        authenticated: r.authenticated_entity.take().map(|_| true),
+        claims_attested: true,
         ..Fields::default()
     }
 }

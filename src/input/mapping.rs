@@ -30,6 +30,9 @@ pub struct MappingConfig {
     pub geo_lat: Option<String>,
     pub geo_lon: Option<String>,
     pub geo_accuracy_km: Option<String>,
+    /// Where the gateway says it verified the token (an `auth_request` / ForwardAuth result):
+    /// a boolean, or `true`/`false`, `yes`/`no`, `1`/`0`.
+    pub authenticated: Option<String>,
 }
 
 /// A compiled mapping: every path as a JSON Pointer.
@@ -46,6 +49,7 @@ pub struct Mapping {
     jwt_header: Option<String>,
     jwt_claims: Option<String>,
     geo: Option<(String, String, Option<String>)>,
+    authenticated: Option<String>,
 }
 
 /// `a.b.c` or `$.a.b` → `/a/b/c`; a path starting with `/` is already a pointer.
@@ -98,7 +102,13 @@ impl Mapping {
             jwt_header: p("jwt_header", &c.jwt_header)?,
             jwt_claims: p("jwt_claims", &c.jwt_claims)?,
             geo,
+            authenticated: p("authenticated", &c.authenticated)?,
         })
+    }
+
+    /// Whether lines can carry the gateway's attestation (an `authenticated` path).
+    pub fn attests(&self) -> bool {
+        self.authenticated.is_some()
     }
 
     pub fn fields(&self, line: &[u8]) -> Result<Fields<'static>, Skip> {
@@ -138,6 +148,13 @@ impl Mapping {
             jwt_header: get(&self.jwt_header).filter(|h| h.is_object()).cloned(),
             jwt_claims: get(&self.jwt_claims).filter(|c| c.is_object()).cloned(),
             geo,
+            authenticated: get(&self.authenticated).and_then(|v| match v {
+                Value::Bool(b) => Some(*b),
+                Value::String(s) => super::raw::bool_text(s),
+                Value::Number(n) => n.as_i64().and_then(|n| super::raw::bool_text(&n.to_string())),
+                _ => None,
+            }),
+            claims_attested: false,
         })
     }
 }

@@ -56,7 +56,7 @@ pub struct Event<'a> {
     /// (see [`token::clean_path`]): rules store it and decisions quote it. Tokens in the
     /// query were read before it was cut.
     pub path: Cow<'a, str>,
-    /// HTTP status; `None` when the gateway did not log one (counts as accepted).
+    /// HTTP status; `None` when the gateway did not log one (neither accepted nor rejected).
     pub status: Option<u16>,
     pub user_agent: Cow<'a, str>,
     /// The token the request carried (Authorization header, `token` field, decoded claims,
@@ -64,13 +64,16 @@ pub struct Event<'a> {
     pub token: Option<Arc<TokenInfo>>,
     /// The token above was (also) found in the URL query string.
     pub token_in_url: bool,
+    /// The token is genuine: tokenwatch verified its signature, or (for a token not taken from
+    /// the URL) the gateway attested it with claims that match it ([`crate::verify`]).
+    pub authenticated: bool,
     pub geo: Option<GeoPoint>,
 }
 
 impl Event<'_> {
-    /// Accepted by the gateway: any status but 401 and 403, or no status at all.
-    pub fn accepted(&self) -> bool {
-        !matches!(self.status, Some(401) | Some(403))
+    /// Accepted by the gateway: any status but 401 and 403; `None` without a status.
+    pub fn accepted(&self) -> Option<bool> {
+        self.status.map(|s| !matches!(s, 401 | 403))
     }
 }
 
@@ -85,6 +88,7 @@ impl fmt::Debug for Event<'_> {
             .field("user_agent", &token::redact_jwts(&self.user_agent))
             .field("token", &self.token)
             .field("token_in_url", &self.token_in_url)
+            .field("authenticated", &self.authenticated)
             .field("geo", &self.geo)
             .finish()
     }
@@ -97,6 +101,8 @@ pub struct Parsed<'a> {
     pub url_token: Option<Arc<TokenInfo>>,
     /// Tokens on this line that could not be decoded, by reason (the event still counts).
     pub token_errors: Vec<token::DecodeError>,
+    /// The gateway attested a token whose claims are not those of the token on the line.
+    pub attestation_mismatch: bool,
 }
 
 impl fmt::Debug for Parsed<'_> {
@@ -105,6 +111,7 @@ impl fmt::Debug for Parsed<'_> {
             .field("event", &self.event)
             .field("url_token", &self.url_token)
             .field("token_errors", &self.token_errors)
+            .field("attestation_mismatch", &self.attestation_mismatch)
             .finish()
     }
 }
@@ -204,6 +211,11 @@ pub struct Fields<'a> {
     pub jwt_header: Option<serde_json::Value>,
     pub jwt_claims: Option<serde_json::Value>,
     pub geo: Option<raw::RawGeo>,
+    /// The gateway says it verified the line's token (`None`: it does not say).
+    pub authenticated: Option<bool>,
+    /// `jwt_claims` are the claims of a token the gateway verified (envoy, kong), so they
+    /// attest the token they describe.
+    pub claims_attested: bool,
 }
 
 impl fmt::Debug for Fields<'_> {
@@ -222,6 +234,8 @@ impl fmt::Debug for Fields<'_> {
             .field("jwt_header", &present(self.jwt_header.is_some()))
             .field("jwt_claims", &present(self.jwt_claims.is_some()))
             .field("geo", &self.geo)
+            .field("authenticated", &self.authenticated)
+            .field("claims_attested", &self.claims_attested)
             .finish()
     }
 }
@@ -302,10 +316,54 @@ fn finish<'a>(f: Fields<'a>, tokens: &mut TokenCache) -> Result<Parsed<'a>, Skip
         None => None,
         Some(g) => Some(g.check().ok_or(Skip::BadGeo)?),
     };
+    let t = read_tokens(&f, f.path.as_deref().unwrap_or(""), tokens);
     let full_path = f.path.unwrap_or(Cow::Borrowed(""));
+    Ok(Parsed {
+        event: Event {
+            ts_ms,
+            client_ip,
+            method: f.method.unwrap_or(Cow::Borrowed("")),
+            path: clean_path(full_path),
+            status,
+            user_agent: f.user_agent.unwrap_or(Cow::Borrowed("")),
+            token: t.token,
+            token_in_url: t.token_in_url,
+            authenticated: t.authenticated,
+            geo,
+        },
+        url_token: t.url_token,
+        token_errors: t.errors,
+        attestation_mismatch: t.attestation_mismatch,
+    })
+}
 
-    let mut token_errors = Vec::new();
-    let mut token = None;
+/// The tokens a line carries, and the evidence that its main token is genuine.
+struct LineTokens {
+    token: Option<Arc<TokenInfo>>,
+    token_in_url: bool,
+    url_token: Option<Arc<TokenInfo>>,
+    authenticated: bool,
+    attestation_mismatch: bool,
+    errors: Vec<token::DecodeError>,
+}
+
+/// Decodes the line's tokens: the header's (or the bare `token`), else the gateway's claims,
+/// else the first in the URL query. The gateway's attestation counts for the header token only
+/// when its claims (if logged) are that token's, and never for a token taken from the URL.
+fn read_tokens(f: &Fields<'_>, full_path: &str, tokens: &mut TokenCache) -> LineTokens {
+    let mut t = LineTokens {
+        token: None,
+        token_in_url: false,
+        url_token: None,
+        authenticated: false,
+        attestation_mismatch: false,
+        errors: Vec::new(),
+    };
+    let claims = f
+        .jwt_claims
+        .as_ref()
+        .and_then(|c| token::from_claims(f.jwt_header.as_ref(), c, tokens.wanted_claims()));
+    let gateway_says = f.authenticated == Some(true) || (f.claims_attested && claims.is_some());
     let header_token = f
         .authorization
         .as_deref()
@@ -317,52 +375,58 @@ fn finish<'a>(f: Fields<'a>, tokens: &mut TokenCache) -> Result<Parsed<'a>, Skip
                 .filter(|t| !t.trim().is_empty() && !is_redacted(t))
                 .map(RawToken::new)
         });
+    let mut attested = false;
     if let Some(raw) = header_token {
         match tokens.get(raw) {
-            Ok(t) => token = Some(t),
-            Err(e) => token_errors.push(e),
+            Ok(tok) => {
+                let matches = claims.as_ref().is_none_or(|c| same_token(&tok, c));
+                attested = gateway_says && matches;
+                t.attestation_mismatch = gateway_says && !matches;
+                t.token = Some(tok);
+            }
+            Err(e) => t.errors.push(e),
         }
-    } else if let Some(claims) = &f.jwt_claims {
-        token = token::from_claims(f.jwt_header.as_ref(), claims, tokens.wanted_claims()).map(Arc::new);
+    } else if let Some(c) = claims {
+        attested = gateway_says;
+        t.token = Some(Arc::new(c));
     }
 
-    let mut token_in_url = false;
-    let mut url_token = None;
     if full_path.contains('?') {
-        for raw in token::tokens_in_query(&full_path) {
+        for raw in token::tokens_in_query(full_path) {
             match tokens.get(raw) {
-                Ok(t) => match &token {
-                    None => {
-                        token = Some(t);
-                        token_in_url = true;
+                // The very token of the header (the same cache entry), sent in the URL too.
+                Ok(u) if t.token.as_ref().is_some_and(|h| Arc::ptr_eq(h, &u)) => t.token_in_url = true,
+                Ok(u) if t.token.is_none() => {
+                    t.token = Some(u);
+                    t.token_in_url = true;
+                }
+                Ok(u) => {
+                    if t.url_token.is_none() {
+                        t.url_token = Some(u);
                     }
-                    Some(h) if h.token_id == t.token_id => token_in_url = true,
-                    Some(_) => {
-                        if url_token.is_none() {
-                            url_token = Some(t);
-                        }
-                    }
-                },
-                Err(e) => token_errors.push(e),
+                }
+                Err(e) => t.errors.push(e),
             }
         }
     }
+    // `attested` is only ever set for a header token or the gateway's claims: a token taken
+    // from the URL is authenticated by its own signature alone.
+    t.authenticated = t.token.as_ref().is_some_and(|tok| tok.verified || attested);
+    t
+}
 
-    Ok(Parsed {
-        event: Event {
-            ts_ms,
-            client_ip,
-            method: f.method.unwrap_or(Cow::Borrowed("")),
-            path: clean_path(full_path),
-            status,
-            user_agent: f.user_agent.unwrap_or(Cow::Borrowed("")),
-            token,
-            token_in_url,
-            geo,
-        },
-        url_token,
-        token_errors,
-    })
+/// Whether a gateway's verified claims describe this raw token: the same issuer, subject and
+/// id (each absent from both, or equal: the raw token's are attacker-written until proven),
+/// and the same `exp` where both have one.
+fn same_token(raw: &TokenInfo, gateway: &TokenInfo) -> bool {
+    let jti = |t: &TokenInfo| {
+        let derived = t.token_id.starts_with("sha256:") || t.token_id.starts_with("claims:");
+        (!derived).then(|| t.token_id.clone())
+    };
+    raw.iss == gateway.iss
+        && raw.sub == gateway.sub
+        && jti(raw) == jti(gateway)
+        && raw.exp.zip(gateway.exp).is_none_or(|(a, b)| a == b)
 }
 
 /// The path as every later stage sees it ([`token::clean_path`]): a borrowed path stays
@@ -637,13 +701,13 @@ mod tests {
     }
 
     #[test]
-    fn accepted_means_not_401_or_403() {
+    fn accepted_means_not_401_or_403_and_is_absent_without_a_status() {
         for (status, acc) in [
-            (Some(200), true),
-            (Some(401), false),
-            (Some(403), false),
-            (Some(500), true),
-            (None, true),
+            (Some(200), Some(true)),
+            (Some(401), Some(false)),
+            (Some(403), Some(false)),
+            (Some(500), Some(true)),
+            (None, None),
         ] {
             let mut line = json!({"ts":1});
             if let Some(s) = status {

@@ -201,6 +201,9 @@ pub struct RawLine<'a> {
     pub jwt_header: Option<serde_json::Value>,
     #[serde(default)]
     pub jwt_claims: Option<serde_json::Value>,
+    /// The gateway says it verified the line's token (canonical; see [`bool_text`]).
+    #[serde(default, deserialize_with = "lenient_bool")]
+    pub authenticated: Option<bool>,
 
     // traefik
     #[serde(borrow, default)]
@@ -225,6 +228,9 @@ pub struct RawLine<'a> {
     pub request: Option<KongRequest<'a>>,
     #[serde(borrow, default)]
     pub response: Option<KongResponse<'a>>,
+    /// The credential that authenticated the request; absent for an anonymous consumer.
+    #[serde(default)]
+    pub authenticated_entity: Option<IgnoredAny>,
 
     // envoy
     #[serde(borrow, default)]
@@ -362,6 +368,27 @@ fn epoch_ms(n: f64) -> Result<i64, Skip> {
         n.round() as i64
     } else {
         (n * 1000.0).round() as i64
+    })
+}
+
+/// A gateway's yes/no as text: `true`/`false`, `yes`/`no`, `1`/`0` (any letter case).
+pub fn bool_text(s: &str) -> Option<bool> {
+    let s = s.trim();
+    if ["true", "yes", "1"].iter().any(|t| s.eq_ignore_ascii_case(t)) {
+        Some(true)
+    } else if ["false", "no", "0"].iter().any(|t| s.eq_ignore_ascii_case(t)) {
+        Some(false)
+    } else {
+        None
+    }
+}
+
+/// A boolean, or its text ([`bool_text`]); anything else is absent rather than a bad line.
+fn lenient_bool<'de, D: Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error> {
+    Ok(match serde_json::Value::deserialize(d)? {
+        serde_json::Value::Bool(b) => Some(b),
+        serde_json::Value::String(s) => bool_text(&s),
+        _ => None,
     })
 }
 

@@ -151,6 +151,8 @@ fn set<'a>(raw: &mut RawLine<'a>, key: &[u8], v: Value, line: &'a [u8]) -> Optio
         }
         // Nested or typed fields: the serde pass reads them.
         b"geo" | b"jwt_header" | b"jwt_claims" | b"request" | b"response" | b"jwt_payload" => None,
+        // A gateway's attestation (`true`, `"true"` ...): rare, so the serde pass reads it.
+        b"authenticated" => None,
         _ => Some(()),
     }
 }

@@ -26,7 +26,12 @@ pub enum Field {
     Path,
     Status,
     UserAgent,
+    /// Not rejected (401/403) by the gateway; absent when the line has no status.
     Accepted,
+    /// tokenwatch verified the token's signature with a JWKS key.
+    Verified,
+    /// Verified, or attested by the gateway: the evidence a revoking rule must require.
+    Authenticated,
     Expired,
     Unsigned,
     HasToken,
@@ -73,6 +78,8 @@ pub const NAMES: &[&str] = &[
     "status",
     "user_agent",
     "accepted",
+    "verified",
+    "authenticated",
     "expired",
     "unsigned",
     "has_token",
@@ -102,6 +109,8 @@ impl Field {
             "status" => Field::Status,
             "user_agent" => Field::UserAgent,
             "accepted" => Field::Accepted,
+            "verified" => Field::Verified,
+            "authenticated" => Field::Authenticated,
             "expired" => Field::Expired,
             "unsigned" => Field::Unsigned,
             "has_token" => Field::HasToken,
@@ -137,6 +146,8 @@ impl Field {
                     Field::Status,
                     Field::UserAgent,
                     Field::Accepted,
+                    Field::Verified,
+                    Field::Authenticated,
                     Field::Expired,
                     Field::Unsigned,
                     Field::HasToken,
@@ -172,6 +183,8 @@ impl Field {
             Field::Status | Field::Exp | Field::Iat | Field::Nbf => FieldType::Num,
             Field::Lifetime => FieldType::Seconds,
             Field::Accepted
+            | Field::Verified
+            | Field::Authenticated
             | Field::Expired
             | Field::Unsigned
             | Field::HasToken
@@ -201,7 +214,9 @@ impl Field {
             Field::Path => Val::Str(&ev.path),
             Field::Status => ev.status.map_or(Val::Missing, |v| Val::Num(v as f64)),
             Field::UserAgent => Val::Str(&ev.user_agent),
-            Field::Accepted => Val::Bool(ev.accepted()),
+            Field::Accepted => ev.accepted().map_or(Val::Missing, Val::Bool),
+            Field::Verified => Val::Bool(tok.is_some_and(|t| t.verified)),
+            Field::Authenticated => Val::Bool(ev.authenticated),
             Field::Expired => Val::Bool(cx.expired),
             Field::Unsigned => Val::Bool(tok.is_some_and(|t| t.unsigned)),
             Field::HasToken => Val::Bool(tok.is_some()),

@@ -56,6 +56,19 @@ impl Filter {
         self.conds.iter().all(|c| c.holds(cx))
     }
 
+    /// Whether only authenticated events pass (`authenticated: true`): what a revoking rule
+    /// must require, so that no forged token can get anyone revoked.
+    pub fn requires_authenticated(&self) -> bool {
+        self.conds.iter().any(|c| {
+            c.field == Field::Authenticated
+                && match &c.op {
+                    Op::Eq(k) => *k == Const::Bool(true),
+                    Op::In(ks) => ks.iter().all(|k| *k == Const::Bool(true)),
+                    _ => false,
+                }
+        })
+    }
+
     /// The custom claims the filter reads, so the decoder keeps them.
     pub fn claims(&self) -> impl Iterator<Item = &str> {
         self.conds.iter().filter_map(|c| match &c.field {

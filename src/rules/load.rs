@@ -393,6 +393,19 @@ impl Cx<'_> {
                 Filter::default()
             }
         };
+        if let (Some(Action::RevokeToken | Action::RevokeSubject), Some(node)) = (action, m.get("action")) {
+            if !filter.requires_authenticated() {
+                self.err(
+                    line_of(node),
+                    format!(
+                        "action {} needs `authenticated: true` in `where`: only a token tokenwatch verified \
+                         (--jwks) or the gateway attested may be revoked, or a forged token could get its \
+                         victim revoked (README: What can trigger a revocation)",
+                        action.map_or("", Action::as_str)
+                    ),
+                );
+            }
+        }
         let allow = match m.get("allow") {
             None => Allow::default(),
             Some(Node::Mapping(a)) => self.allow(a),
@@ -819,6 +832,7 @@ threshold: 3
 window: 10m
 where:
   accepted: true
+  authenticated: true
   status: {gte: 200, lt: 400}
   path: {prefix: /api, regex: '^/api/v[0-9]+/'}
   client_ip: {not_cidr: [10.0.0.0/8, 192.168.1.1]}
@@ -846,7 +860,7 @@ cooldown: forever
                 window_ms: 600_000
             }
         );
-        assert_eq!(r.filter.conds.len(), 9);
+        assert_eq!(r.filter.conds.len(), 10);
         assert_eq!(r.allow.cidrs.len(), 1);
         assert_eq!(r.cooldown, Cooldown::Forever);
         assert_eq!(r.origin.line, 1);
@@ -958,6 +972,40 @@ where:
         assert_eq!(ok("lifetime: {gt: 24h}"), 86_400.0);
         assert_eq!(ok("lifetime: {gt: 3600}"), 3_600.0);
         assert_eq!(ok("claim.level: {gt: 2.5}"), 2.5);
+    }
+
+    #[test]
+    fn a_revoking_rule_must_require_authenticated_events() {
+        let rule = |action: &str, cond: &str| {
+            format!(
+                "id: r\nseverity: high\naction: {action}\nkind: match\nkey: token_id\nwhere:\n  accepted: true\n{cond}"
+            )
+        };
+        for action in ["revoke_token", "revoke_subject"] {
+            for cond in [
+                "",
+                "  authenticated: false\n",
+                "  authenticated: [true, false]\n",
+                "  verified: true\n",
+            ] {
+                let e = errs(&rule(action, cond));
+                assert_eq!(e.len(), 1, "{action} {cond}: {e:?}");
+                assert!(
+                    e[0].starts_with(&format!(
+                        "r.yaml:3: action {action} needs `authenticated: true` in `where`"
+                    )),
+                    "{e:?}"
+                );
+            }
+            for cond in ["  authenticated: true\n", "  authenticated: [true]\n"] {
+                assert!(
+                    load_str(Path::new("r.yaml"), &rule(action, cond)).is_ok(),
+                    "{action} {cond}"
+                );
+            }
+        }
+        // alerts may keep using `accepted` alone
+        assert!(load_str(Path::new("r.yaml"), &rule("alert", "")).is_ok());
     }
 
     #[test]
