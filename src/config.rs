@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::engine::EngineConfig;
+use crate::eventtime::EventTimeConfig;
 use crate::input::lines::DEFAULT_MAX_LINE;
 use crate::input::mapping::{Mapping, MappingConfig};
 use crate::input::Format;
@@ -108,6 +109,11 @@ pub struct EngineSection {
     pub expiry_leeway: Option<String>,
     /// Distinct tokens kept decoded. Default 1,000,000.
     pub token_cache: Option<usize>,
+    /// `run`: a partition with nothing new for this long (wall clock) stops holding back
+    /// event time. Default 5s.
+    pub idle_timeout: Option<String>,
+    /// `run`: a partition this far ahead (event time) of the slowest is paused. Default 60s.
+    pub max_skew: Option<String>,
 }
 
 impl Config {
@@ -258,6 +264,19 @@ impl Config {
         }
         if let Some(n) = self.engine.max_keys_per_rule {
             e.max_keys_per_rule = n;
+        }
+        Ok(e)
+    }
+
+    /// The event-time settings of `run` ([`crate::eventtime`]).
+    pub fn event_time(&self) -> Result<EventTimeConfig, String> {
+        let mut e = EventTimeConfig::default();
+        if let Some(t) = &self.engine.idle_timeout {
+            let ms = parse_duration_ms(t).map_err(|m| format!("engine.idle_timeout: {m}"))?;
+            e.idle_timeout = std::time::Duration::from_millis(ms as u64);
+        }
+        if let Some(s) = &self.engine.max_skew {
+            e.max_skew_ms = parse_duration_ms(s).map_err(|m| format!("engine.max_skew: {m}"))?;
         }
         Ok(e)
     }

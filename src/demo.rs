@@ -219,6 +219,7 @@ pub async fn live(opts: DemoOptions, w: &mut (dyn Write + Send)) -> Result<Score
         shutdown_timeout: Duration::from_secs(10),
         alerts: AlertTarget::None,
         alerts_topic: None,
+        event_time: crate::eventtime::EventTimeConfig::default(),
     };
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     let (_hup_tx, mut hup_rx) = tokio::sync::watch::channel(0u64);

@@ -33,9 +33,11 @@ use rdkafka::message::Message;
 use tokio::sync::watch;
 
 use crate::decision::Decision;
+use crate::eventtime::{EventTimeConfig, Sequencer};
 use crate::geo::GeoDb;
 use crate::input::lines::{Line, LineReader};
 use crate::metrics::Metrics;
+use crate::pipeline::HeldLine;
 use crate::pipeline::{Pipeline, PipelineConfig, Stats};
 use crate::rules::RuleSet;
 use crate::sinks::alerts::AlertSink;
@@ -59,6 +61,8 @@ pub struct ServiceConfig {
     pub shutdown_timeout: Duration,
     pub alerts: crate::sinks::alerts::AlertTarget,
     pub alerts_topic: Option<String>,
+    /// Per-partition event time: idleness and watermark alignment.
+    pub event_time: EventTimeConfig,
 }
 
 /// What a run did, for the final log line and the tests.
@@ -324,7 +328,7 @@ pub async fn run_loop(
     pipeline: &mut Pipeline,
     writer: &mut RevocationStore,
     consumer: &kafka::Source,
-    assigned: &std::sync::Mutex<std::collections::HashSet<(String, i32)>>,
+    assigned: &kafka::AssignmentSet,
     alerts: &mut AlertSink,
     shutdown: &mut watch::Receiver<bool>,
     reload_now: &mut watch::Receiver<u64>,
@@ -335,6 +339,8 @@ pub async fn run_loop(
     let mut offsets = Offsets::default();
     // The offsets of every batch whose side effects are done: the final commit's content.
     let mut finished = Offsets::default();
+    // Lines read and decoded wait here for their turn in event time.
+    let mut order: Sequencer<HeldLine> = Sequencer::new(cfg.event_time);
     let mut fingerprint = rules_fingerprint(&cfg.rules_dir);
     let mut last_check = Instant::now();
     let mut stop = Shutdown {
@@ -360,45 +366,10 @@ pub async fn run_loop(
             }
         }
 
-        // Fill a batch.
-        let mut n = 0usize;
-        let start = Instant::now();
-        loop {
-            let wait = if n == 0 {
-                Duration::from_millis(250)
-            } else {
-                cfg.batch_wait.saturating_sub(start.elapsed())
-            };
-            let msg = tokio::select! {
-                m = tokio::time::timeout(wait, consumer.recv()) => m,
-                _ = stop.rx.changed() => break,
-            };
-            match msg {
-                Err(_) => break,
-                Ok(Err(e)) => {
-                    tracing::warn!(error = %e, "kafka receive error");
-                    break;
-                }
-                Ok(Ok(m)) => {
-                    if let Some(payload) = m.payload() {
-                        let mut reader = LineReader::new(payload, cfg.max_line);
-                        while let Ok(Some(line)) = reader.next_line() {
-                            match line {
-                                Line::Ok([]) => {}
-                                Line::Ok(l) => pipeline.process_line(l, &mut decisions),
-                                Line::TooLong(_) => pipeline.line_too_long(),
-                            }
-                        }
-                    }
-                    offsets.record(m.topic(), m.partition(), m.offset());
-                    n += 1;
-                    if n >= cfg.batch_max || start.elapsed() >= cfg.batch_wait {
-                        break;
-                    }
-                }
-            }
-        }
-        if n == 0 && decisions.is_empty() {
+        follow_assignment(&mut order, assigned, Instant::now());
+        let n = fill(cfg, consumer, pipeline, &mut order, &mut stop).await;
+        let released = release(&mut order, pipeline, &mut decisions, consumer, metrics);
+        if n == 0 && released == 0 && decisions.is_empty() {
             sync.sync(pipeline, metrics);
             continue;
         }
@@ -432,6 +403,9 @@ pub async fn run_loop(
             break Err(e);
         }
         decisions.clear();
+        for (topic, partition, next) in order.safe_offsets() {
+            offsets.advance(topic, partition, next);
+        }
         if let Err(e) = offsets.commit(consumer, assigned, CommitMode::Async) {
             tracing::warn!(error = %e, "offset commit failed; the batch will be read again");
         }
@@ -450,6 +424,98 @@ pub async fn run_loop(
     }
     summary.stats = pipeline.stats.clone();
     outcome.map(|()| summary)
+}
+
+/// Tracks the partitions librdkafka assigned: a new one holds event time back until it
+/// delivers or goes idle; a revoked one stops holding it at once.
+fn follow_assignment(order: &mut Sequencer<HeldLine>, assigned: &kafka::AssignmentSet, now: Instant) {
+    let now_assigned = assigned.lock().map(|a| a.clone()).unwrap_or_default();
+    let gone: Vec<(String, i32)> = order
+        .assigned()
+        .filter(|(t, p)| !now_assigned.contains(&(t.to_string(), *p)))
+        .map(|(t, p)| (t.to_string(), p))
+        .collect();
+    for (t, p) in gone {
+        order.revoke(&t, p);
+    }
+    for (t, p) in &now_assigned {
+        order.assign(t, *p, now);
+    }
+}
+
+/// Reads messages until a batch is full or its wait is over (or shutdown is asked), decoding
+/// their lines into the event-time buffer. Returns the messages read.
+async fn fill(
+    cfg: &ServiceConfig,
+    consumer: &kafka::Source,
+    pipeline: &mut Pipeline,
+    order: &mut Sequencer<HeldLine>,
+    stop: &mut Shutdown<'_>,
+) -> usize {
+    let mut n = 0usize;
+    let start = Instant::now();
+    loop {
+        let wait = if n == 0 {
+            Duration::from_millis(250)
+        } else {
+            cfg.batch_wait.saturating_sub(start.elapsed())
+        };
+        let msg = tokio::select! {
+            m = tokio::time::timeout(wait, consumer.recv()) => m,
+            _ = stop.rx.changed() => return n,
+        };
+        let m = match msg {
+            Err(_) => return n,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "kafka receive error");
+                return n;
+            }
+            Ok(Ok(m)) => m,
+        };
+        let now = Instant::now();
+        let source = order.assign(m.topic(), m.partition(), now);
+        if let Some(payload) = m.payload() {
+            let mut reader = LineReader::new(payload, cfg.max_line);
+            while let Ok(Some(line)) = reader.next_line() {
+                match line {
+                    Line::Ok([]) => {}
+                    Line::Ok(l) => {
+                        if let Some(held) = pipeline.hold_line(l) {
+                            order.push(source, m.offset(), held.ts_ms(), held.tie(), held);
+                        }
+                    }
+                    Line::TooLong(_) => pipeline.line_too_long(),
+                }
+            }
+        }
+        order.read(source, m.offset(), now);
+        n += 1;
+        if n >= cfg.batch_max || start.elapsed() >= cfg.batch_wait {
+            return n;
+        }
+    }
+}
+
+/// Runs the engine over every line whose turn has come, then pauses the partitions that run
+/// too far ahead and resumes those the slowest has caught up with. Returns the lines applied.
+fn release(
+    order: &mut Sequencer<HeldLine>,
+    pipeline: &mut Pipeline,
+    decisions: &mut Vec<Decision>,
+    consumer: &kafka::Source,
+    metrics: &Metrics,
+) -> usize {
+    let now = Instant::now();
+    let n = order.release(now, |line| pipeline.apply_held(&line, decisions));
+    for t in order.skew(now) {
+        if let Err(e) = kafka::pause(consumer, &t.topic, t.partition, t.pause) {
+            tracing::warn!(error = %e, topic = %t.topic, partition = t.partition, "cannot pause or resume a partition");
+        }
+    }
+    metrics.paused_partitions.set(order.paused() as i64);
+    metrics.held_lines.set(order.len() as i64);
+    metrics.held_lines_peak.set(order.peak() as i64);
+    n
 }
 
 /// Delivers a batch's alert lines, retrying with backoff while the file or the alerts topic
@@ -685,6 +751,7 @@ fn resolve_settings(c: &crate::config::Config, o: &Overrides) -> Result<(Service
         shutdown_timeout: dur("shutdown_timeout", &c.shutdown_timeout, 30_000)?,
         alerts: alerts.parse()?,
         alerts_topic: o.alerts_topic.clone().or_else(|| c.alerts_topic.clone()),
+        event_time: c.event_time()?,
     };
     Ok((cfg, metrics_addr))
 }

@@ -315,3 +315,56 @@ pub fn metric(body: &str, name: &str) -> Option<f64> {
     body.lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }
+
+/// One message per line over `partitions` partitions of `topic`, each line's partition drawn
+/// at random (seeded), as log shippers that key messages at random do.
+pub fn produce_spread<S: AsRef<str>>(brokers: &str, topic: &str, partitions: i32, lines: &[S], seed: u64) {
+    let mut by_partition: Vec<Vec<&str>> = vec![Vec::new(); partitions as usize];
+    let mut x = seed | 1;
+    for l in lines {
+        // xorshift64*: enough to scatter lines, and the same split for the same seed.
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        let r = x.wrapping_mul(0x2545_F491_4F6C_DD1D);
+        by_partition[(r >> 33) as usize % partitions as usize].push(l.as_ref());
+    }
+    for (p, ls) in by_partition.iter().enumerate() {
+        produce_to(brokers, topic, p as i32, ls);
+    }
+}
+
+/// What `tokenwatch replay` decides for `lines` with the default rules and the test GeoIP
+/// database: the decisions' JSON lines, in order.
+pub fn replay_lines<S: AsRef<str>>(lines: &[S]) -> Vec<String> {
+    let mut text = String::new();
+    for l in lines {
+        text.push_str(l.as_ref());
+        text.push('\n');
+    }
+    let mut p = pipeline(Format::Auto);
+    let mut out = Vec::new();
+    let input: tokenwatch::replay::Input = ("lines".into(), Box::new(std::io::Cursor::new(text.into_bytes())));
+    let summary =
+        tokenwatch::replay::replay(&mut p, vec![input], 1 << 20, &mut out, &mut std::io::sink(), false).unwrap();
+    assert_eq!(summary.late_events, 0, "the file itself has late events");
+    String::from_utf8(out).unwrap().lines().map(String::from).collect()
+}
+
+/// The (kind, id) revocations that decisions ask for, as the revocation stream lists them.
+pub fn revocations_of(decision_lines: &[String]) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for l in decision_lines {
+        let d: serde_json::Value = serde_json::from_str(l).unwrap();
+        if d["shadow"] == serde_json::Value::Bool(true) {
+            continue;
+        }
+        let (kind, id) = match d["action"].as_str().unwrap() {
+            "revoke_token" => ("token", &d["token_id"]),
+            "revoke_subject" => ("subject", &d["subject"]),
+            _ => continue,
+        };
+        out.push((kind.to_string(), id.as_str().unwrap().to_string()));
+    }
+    out
+}

@@ -101,7 +101,25 @@ impl ConsumerContext for SourceContext {
 pub type Source = StreamConsumer<SourceContext>;
 
 /// The partitions currently assigned to this instance.
-pub type Assignment = Arc<Mutex<HashSet<(String, i32)>>>;
+pub type Assignment = Arc<AssignmentSet>;
+pub type AssignmentSet = Mutex<HashSet<(String, i32)>>;
+
+/// Pauses (or resumes) fetching one partition: watermark alignment ([`crate::eventtime`]).
+pub fn pause(consumer: &Source, topic: &str, partition: i32, pause: bool) -> Result<(), String> {
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition(topic, partition);
+    let r = if pause {
+        consumer.pause(&tpl)
+    } else {
+        consumer.resume(&tpl)
+    };
+    r.map_err(|e| {
+        format!(
+            "kafka {} {topic}/{partition}: {e}",
+            if pause { "pause" } else { "resume" }
+        )
+    })
+}
 
 /// Creates the consumer and subscribes; errors name the setting or broker at fault.
 pub fn connect(
@@ -134,8 +152,13 @@ pub struct Offsets {
 
 impl Offsets {
     pub fn record(&mut self, topic: &str, partition: i32, offset: i64) {
-        let e = self.next.entry((topic.to_string(), partition)).or_insert(offset + 1);
-        *e = (*e).max(offset + 1);
+        self.advance(topic, partition, offset + 1);
+    }
+
+    /// Moves a partition's next offset forward to `next` (never back).
+    pub fn advance(&mut self, topic: &str, partition: i32, next: i64) {
+        let e = self.next.entry((topic.to_string(), partition)).or_insert(next);
+        *e = (*e).max(next);
     }
 
     pub fn is_empty(&self) -> bool {

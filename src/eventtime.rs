@@ -1,0 +1,443 @@
+//! Event time across partitions: one order of events for `replay` and `run` alike.
+//!
+//! The engine decides from the order it sees events in. `replay` reads one file; `run` reads
+//! several partitions at once, each in its own order, and a fetch can put one partition's
+//! events minutes of event time ahead of another's. So both hand their decoded lines to a
+//! [`Sequencer`], which releases them to the engine in one canonical order, **(event time,
+//! hash of the line)**, whatever the partitioning: the hash settles ties between equal event
+//! times the same way in both, and the same lines give the same decisions.
+//!
+//! Each source (a file, a partition) has a watermark: the newest event time read from it.
+//! An event is released once every source that is not idle has a watermark *past* it (ties
+//! wait until the slowest source moves on, so that all of a tie is sorted). A source with
+//! nothing new for `idle_timeout` of wall clock stops holding the others back (an assigned
+//! partition that never delivers becomes idle the same way); when every source is idle,
+//! everything buffered is released. The engine's own lateness check then measures an event
+//! against the newest released one, so an event is late only when it is older than the
+//! slowest active partition minus `lateness`.
+//!
+//! The buffer is bounded by watermark alignment, as in Flink: a source whose watermark runs
+//! more than `max_skew` of event time ahead of the slowest is reported by [`Sequencer::skew`]
+//! so that the caller pauses it (librdkafka pause/resume) until the slowest catches up. What
+//! waits is then at most the events of `max_skew` of event time (plus what was already
+//! fetched when the pause took effect); [`Sequencer::peak`] records the high mark.
+//!
+//! Time is passed in: the wall clock (`now`) only decides idleness.
+
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::time::{Duration, Instant};
+
+/// Event-time settings (`[engine]` in the config file).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventTimeConfig {
+    /// A source with nothing new for this long (wall clock) does not hold the others back.
+    pub idle_timeout: Duration,
+    /// A source this far (event time, ms) ahead of the slowest is paused.
+    pub max_skew_ms: i64,
+}
+
+impl Default for EventTimeConfig {
+    fn default() -> Self {
+        EventTimeConfig {
+            idle_timeout: Duration::from_secs(5),
+            max_skew_ms: 60_000,
+        }
+    }
+}
+
+/// The order key of a line: event time, then a fixed hash of its bytes.
+pub fn tie_hash(line: &[u8]) -> u64 {
+    // Fixed seeds: replay and run (and two runs) must agree. Ties are ordered by this only;
+    // no state is keyed by it, so an attacker choosing collisions gains nothing.
+    ahash::RandomState::with_seeds(0x746f_6b65, 0x6e77_6174, 0x6368_6576, 0x656e_7473).hash_one(line)
+}
+
+/// One line waiting for its turn.
+struct Held<T> {
+    ts: i64,
+    tie: u64,
+    /// Arrival number: equal lines keep their reading order.
+    seq: u64,
+    source: usize,
+    offset: i64,
+    item: T,
+}
+
+impl<T> Held<T> {
+    fn key(&self) -> (i64, u64, u64) {
+        (self.ts, self.tie, self.seq)
+    }
+}
+
+impl<T> PartialEq for Held<T> {
+    fn eq(&self, o: &Self) -> bool {
+        self.key() == o.key()
+    }
+}
+impl<T> Eq for Held<T> {}
+impl<T> PartialOrd for Held<T> {
+    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl<T> Ord for Held<T> {
+    /// Reversed: `BinaryHeap` is a max-heap and the smallest key goes first.
+    fn cmp(&self, o: &Self) -> Ordering {
+        o.key().cmp(&self.key())
+    }
+}
+
+/// What the sequencer knows of one source (a partition).
+struct Source {
+    topic: String,
+    partition: i32,
+    /// Newest event time read, or `i64::MIN` before the first event.
+    watermark: i64,
+    last_active: Instant,
+    paused: bool,
+    /// Offsets of messages with lines still held, and how many.
+    held: BTreeMap<i64, u32>,
+    /// The offset after the last message read.
+    next_offset: Option<i64>,
+}
+
+/// A partition to pause or resume.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Toggle {
+    pub topic: String,
+    pub partition: i32,
+    pub pause: bool,
+}
+
+/// Releases held lines in (event time, tie hash) order as the sources' watermarks allow.
+pub struct Sequencer<T> {
+    cfg: EventTimeConfig,
+    heap: BinaryHeap<Held<T>>,
+    sources: Vec<Option<Source>>,
+    index: HashMap<String, HashMap<i32, usize>>,
+    seq: u64,
+    peak: usize,
+}
+
+impl<T> Sequencer<T> {
+    pub fn new(cfg: EventTimeConfig) -> Self {
+        Sequencer {
+            cfg,
+            heap: BinaryHeap::new(),
+            sources: Vec::new(),
+            index: HashMap::new(),
+            seq: 0,
+            peak: 0,
+        }
+    }
+
+    /// Starts tracking a source (a partition assigned); it holds the others back until it
+    /// delivers or goes idle. Returns its id (the same id if it is already tracked).
+    pub fn assign(&mut self, topic: &str, partition: i32, now: Instant) -> usize {
+        if let Some(id) = self.id(topic, partition) {
+            return id;
+        }
+        let src = Source {
+            topic: topic.to_string(),
+            partition,
+            watermark: i64::MIN,
+            last_active: now,
+            paused: false,
+            held: BTreeMap::new(),
+            next_offset: None,
+        };
+        let id = match self.sources.iter().position(Option::is_none) {
+            Some(free) => {
+                self.sources[free] = Some(src);
+                free
+            }
+            None => {
+                self.sources.push(Some(src));
+                self.sources.len() - 1
+            }
+        };
+        self.index.entry(topic.to_string()).or_default().insert(partition, id);
+        id
+    }
+
+    /// Stops tracking a source (a partition revoked) at once: it no longer holds the clock,
+    /// and its held lines are dropped (their offsets were not committed: whoever owns the
+    /// partition next reads them again).
+    pub fn revoke(&mut self, topic: &str, partition: i32) {
+        let Some(id) = self.id(topic, partition) else { return };
+        self.sources[id] = None;
+        if let Some(m) = self.index.get_mut(topic) {
+            m.remove(&partition);
+        }
+        self.heap.retain(|h| h.source != id);
+    }
+
+    /// The id of a tracked source.
+    pub fn id(&self, topic: &str, partition: i32) -> Option<usize> {
+        self.index.get(topic)?.get(&partition).copied()
+    }
+
+    /// The tracked sources, as (topic, partition).
+    pub fn assigned(&self) -> impl Iterator<Item = (&str, i32)> {
+        self.sources.iter().flatten().map(|s| (s.topic.as_str(), s.partition))
+    }
+
+    /// Notes a message read from `source` (whether or not it held events).
+    pub fn read(&mut self, source: usize, offset: i64, now: Instant) {
+        if let Some(s) = self.sources.get_mut(source).and_then(Option::as_mut) {
+            s.last_active = now;
+            s.next_offset = Some(s.next_offset.map_or(offset + 1, |o| o.max(offset + 1)));
+        }
+    }
+
+    /// Holds one decoded line of the message at `offset` of `source`.
+    pub fn push(&mut self, source: usize, offset: i64, ts: i64, tie: u64, item: T) {
+        let Some(s) = self.sources.get_mut(source).and_then(Option::as_mut) else {
+            return;
+        };
+        s.watermark = s.watermark.max(ts);
+        *s.held.entry(offset).or_default() += 1;
+        self.seq += 1;
+        self.heap.push(Held {
+            ts,
+            tie,
+            seq: self.seq,
+            source,
+            offset,
+            item,
+        });
+        self.peak = self.peak.max(self.heap.len());
+    }
+
+    fn idle(&self, s: &Source, now: Instant) -> bool {
+        !s.paused && now.saturating_duration_since(s.last_active) >= self.cfg.idle_timeout
+    }
+
+    /// The event time below which every line may go: the slowest watermark among sources
+    /// that are not idle; `i64::MAX` when all are idle (or there are none).
+    pub fn frontier(&self, now: Instant) -> i64 {
+        self.sources
+            .iter()
+            .flatten()
+            .filter(|s| !self.idle(s, now))
+            .map(|s| s.watermark)
+            .min()
+            .unwrap_or(i64::MAX)
+    }
+
+    /// Hands every line the frontier allows to `apply`, in order.
+    pub fn release(&mut self, now: Instant, apply: impl FnMut(T)) -> usize {
+        let f = self.frontier(now);
+        self.release_below(f, apply)
+    }
+
+    /// Hands every held line to `apply`, in order (end of input).
+    pub fn release_all(&mut self, apply: impl FnMut(T)) -> usize {
+        self.release_below(i64::MAX, apply)
+    }
+
+    fn release_below(&mut self, frontier: i64, mut apply: impl FnMut(T)) -> usize {
+        let mut n = 0;
+        while self
+            .heap
+            .peek()
+            .is_some_and(|h| h.ts < frontier || frontier == i64::MAX)
+        {
+            let Some(h) = self.heap.pop() else { break };
+            if let Some(s) = self.sources.get_mut(h.source).and_then(Option::as_mut) {
+                if let Some(c) = s.held.get_mut(&h.offset) {
+                    *c -= 1;
+                    if *c == 0 {
+                        s.held.remove(&h.offset);
+                    }
+                }
+            }
+            apply(h.item);
+            n += 1;
+        }
+        n
+    }
+
+    /// The partitions to pause (more than `max_skew` ahead of the slowest active one) and to
+    /// resume (caught up, or nothing left to wait for), with their state updated.
+    pub fn skew(&mut self, now: Instant) -> Vec<Toggle> {
+        let slowest = self.frontier(now);
+        let limit = slowest.saturating_add(self.cfg.max_skew_ms);
+        let mut out = Vec::new();
+        for s in self.sources.iter_mut().flatten() {
+            let ahead = slowest != i64::MAX && s.watermark != i64::MIN && s.watermark > limit;
+            if ahead != s.paused {
+                s.paused = ahead;
+                // A resumed partition counts as active from now, not from before its pause.
+                s.last_active = now;
+                out.push(Toggle {
+                    topic: s.topic.clone(),
+                    partition: s.partition,
+                    pause: ahead,
+                });
+            }
+        }
+        out
+    }
+
+    /// Per source, the offset up to which every message read has been released (the first
+    /// message with a line still held, else the one after the last read): what may be
+    /// committed once the released lines' side effects are done.
+    pub fn safe_offsets(&self) -> Vec<(&str, i32, i64)> {
+        self.sources
+            .iter()
+            .flatten()
+            .filter_map(|s| {
+                let o = s.held.keys().next().copied().or(s.next_offset)?;
+                Some((s.topic.as_str(), s.partition, o))
+            })
+            .collect()
+    }
+
+    /// Lines held now.
+    pub fn len(&self) -> usize {
+        self.heap.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.heap.is_empty()
+    }
+
+    /// Partitions paused now.
+    pub fn paused(&self) -> usize {
+        self.sources.iter().flatten().filter(|s| s.paused).count()
+    }
+
+    /// The most lines ever held at once.
+    pub fn peak(&self) -> usize {
+        self.peak
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> EventTimeConfig {
+        EventTimeConfig {
+            idle_timeout: Duration::from_secs(5),
+            max_skew_ms: 1_000,
+        }
+    }
+
+    fn drain(s: &mut Sequencer<&'static str>, now: Instant) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        s.release(now, |x| out.push(x));
+        out
+    }
+
+    #[test]
+    fn lines_go_in_event_time_order_once_every_partition_is_past_them() {
+        let t0 = Instant::now();
+        let mut s = Sequencer::new(cfg());
+        let a = s.assign("logs", 0, t0);
+        let b = s.assign("logs", 1, t0);
+        s.push(a, 0, 100, 1, "a100");
+        s.push(a, 1, 300, 1, "a300");
+        assert!(drain(&mut s, t0).is_empty(), "partition 1 has said nothing yet");
+        s.push(b, 0, 200, 1, "b200");
+        assert_eq!(
+            drain(&mut s, t0),
+            ["a100"],
+            "200 is partition 1's newest: it may have more at 200"
+        );
+        s.push(b, 1, 400, 1, "b400");
+        assert_eq!(
+            drain(&mut s, t0),
+            ["b200"],
+            "a300 waits for a newer event of partition 1"
+        );
+        assert_eq!(s.safe_offsets(), [("logs", 0, 1), ("logs", 1, 1)]);
+    }
+
+    #[test]
+    fn ties_are_ordered_by_hash_whatever_the_arrival() {
+        let t0 = Instant::now();
+        let mut one = Sequencer::new(cfg());
+        let mut two = Sequencer::new(cfg());
+        let x = one.assign("f", 0, t0);
+        for (i, (tie, name)) in [(9, "nine"), (3, "three"), (5, "five")].into_iter().enumerate() {
+            one.push(x, i as i64, 10, tie, name);
+        }
+        let (p, q) = (two.assign("t", 0, t0), two.assign("t", 1, t0));
+        two.push(q, 0, 10, 5, "five");
+        two.push(p, 0, 10, 3, "three");
+        two.push(p, 1, 10, 9, "nine");
+        let mut a = Vec::new();
+        one.release_all(|v| a.push(v));
+        let mut b = Vec::new();
+        two.release_all(|v| b.push(v));
+        assert_eq!(a, ["three", "five", "nine"]);
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn an_idle_or_revoked_partition_stops_holding_the_clock() {
+        let t0 = Instant::now();
+        let mut s = Sequencer::new(cfg());
+        let a = s.assign("logs", 0, t0);
+        s.assign("logs", 1, t0);
+        s.push(a, 0, 100, 1, "a100");
+        s.push(a, 1, 200, 1, "a200");
+        s.read(a, 1, t0 + Duration::from_secs(1));
+        assert!(drain(&mut s, t0 + Duration::from_secs(4)).is_empty());
+        assert_eq!(
+            drain(&mut s, t0 + Duration::from_secs(5)),
+            ["a100"],
+            "partition 1 is idle"
+        );
+        // all idle: everything goes
+        assert_eq!(drain(&mut s, t0 + Duration::from_secs(10)), ["a200"]);
+        let mut s = Sequencer::new(cfg());
+        let a = s.assign("logs", 0, t0);
+        let b = s.assign("logs", 1, t0);
+        s.push(a, 0, 100, 1, "a100");
+        s.push(a, 1, 200, 1, "a200");
+        s.push(b, 0, 50, 1, "b50");
+        s.push(b, 1, 60, 1, "b60");
+        assert_eq!(drain(&mut s, t0), ["b50"]);
+        s.revoke("logs", 1);
+        assert_eq!(drain(&mut s, t0), ["a100"], "b60 went with its partition");
+        assert_eq!(s.safe_offsets(), [("logs", 0, 1)]);
+    }
+
+    #[test]
+    fn a_partition_too_far_ahead_is_paused_until_the_slowest_catches_up() {
+        let t0 = Instant::now();
+        let mut s = Sequencer::new(cfg());
+        let a = s.assign("logs", 0, t0);
+        let b = s.assign("logs", 1, t0);
+        s.push(a, 0, 0, 1, "a0");
+        s.push(b, 0, 5_000, 1, "b5000");
+        let t = s.skew(t0);
+        assert_eq!(
+            t,
+            [Toggle {
+                topic: "logs".into(),
+                partition: 1,
+                pause: true
+            }]
+        );
+        assert!(s.skew(t0).is_empty(), "already paused");
+        // paused, it never counts as idle, however long the pause
+        assert!(drain(&mut s, t0 + Duration::from_secs(4)).is_empty());
+        s.read(a, 1, t0 + Duration::from_secs(4));
+        s.push(a, 1, 4_500, 1, "a4500");
+        assert_eq!(drain(&mut s, t0 + Duration::from_secs(4)), ["a0"]);
+        assert!(
+            s.skew(t0 + Duration::from_secs(4))[0]
+                == Toggle {
+                    topic: "logs".into(),
+                    partition: 1,
+                    pause: false
+                }
+        );
+        assert_eq!(s.peak(), 3);
+    }
+}
