@@ -114,6 +114,9 @@ pub struct EngineSection {
     pub idle_timeout: Option<String>,
     /// `run`: a partition this far ahead (event time) of the slowest is paused. Default 60s.
     pub max_skew: Option<String>,
+    /// `run`: how often at most the engine's state is checkpointed to Redis (and at
+    /// shutdown); "0" turns checkpoints off. Default 10s.
+    pub checkpoint_interval: Option<String>,
 }
 
 impl Config {
@@ -279,6 +282,15 @@ impl Config {
             e.max_skew_ms = parse_duration_ms(s).map_err(|m| format!("engine.max_skew: {m}"))?;
         }
         Ok(e)
+    }
+
+    /// How often `run` checkpoints its state; `None` when checkpoints are off.
+    pub fn checkpoint_interval(&self) -> Result<Option<std::time::Duration>, String> {
+        let ms = match &self.engine.checkpoint_interval {
+            Some(t) => parse_duration_ms(t).map_err(|m| format!("engine.checkpoint_interval: {m}"))?,
+            None => 10_000,
+        };
+        Ok((ms > 0).then(|| std::time::Duration::from_millis(ms as u64)))
     }
 
     pub fn token_cache(&self) -> usize {

@@ -25,8 +25,10 @@
 //! Time is passed in: the wall clock (`now`) only decides idleness.
 
 use std::cmp::Ordering;
-use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
 use std::time::{Duration, Instant};
+
+use crate::checkpoint::PartitionMark;
 
 /// Event-time settings (`[engine]` in the config file).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,6 +63,8 @@ struct Held<T> {
     seq: u64,
     source: usize,
     offset: i64,
+    /// The line's number within its message.
+    line: u32,
     item: T,
 }
 
@@ -100,6 +104,19 @@ struct Source {
     held: BTreeMap<i64, u32>,
     /// The offset after the last message read.
     next_offset: Option<i64>,
+    /// Lines released from messages at or after the first message still held: (offset,
+    /// line). With `held`, where a checkpoint says this partition stands.
+    applied: BTreeSet<(i64, u32)>,
+    /// Lines a restored checkpoint already holds: not applied again when read again.
+    skip: BTreeSet<(i64, u32)>,
+    /// Lines before this offset were decided before a restart: applied without emitting.
+    quiet_below: i64,
+}
+
+/// Where a restored checkpoint left a partition, until it is assigned.
+struct Resume {
+    mark: PartitionMark,
+    committed: Option<i64>,
 }
 
 /// A partition to pause or resume.
@@ -118,6 +135,7 @@ pub struct Sequencer<T> {
     index: HashMap<String, HashMap<i32, usize>>,
     seq: u64,
     peak: usize,
+    resume: HashMap<(String, i32), Resume>,
 }
 
 impl<T> Sequencer<T> {
@@ -129,6 +147,7 @@ impl<T> Sequencer<T> {
             index: HashMap::new(),
             seq: 0,
             peak: 0,
+            resume: HashMap::new(),
         }
     }
 
@@ -138,7 +157,7 @@ impl<T> Sequencer<T> {
         if let Some(id) = self.id(topic, partition) {
             return id;
         }
-        let src = Source {
+        let mut src = Source {
             topic: topic.to_string(),
             partition,
             watermark: i64::MIN,
@@ -146,7 +165,16 @@ impl<T> Sequencer<T> {
             paused: false,
             held: BTreeMap::new(),
             next_offset: None,
+            applied: BTreeSet::new(),
+            skip: BTreeSet::new(),
+            quiet_below: i64::MIN,
         };
+        if let Some(r) = self.resume.remove(&(topic.to_string(), partition)) {
+            src.next_offset = Some(r.mark.next);
+            src.applied = r.mark.applied.iter().copied().collect();
+            src.skip = src.applied.clone();
+            src.quiet_below = r.committed.unwrap_or(i64::MIN);
+        }
         let id = match self.sources.iter().position(Option::is_none) {
             Some(free) => {
                 self.sources[free] = Some(src);
@@ -191,8 +219,17 @@ impl<T> Sequencer<T> {
         }
     }
 
-    /// Holds one decoded line of the message at `offset` of `source`.
-    pub fn push(&mut self, source: usize, offset: i64, ts: i64, tie: u64, item: T) {
+    /// Whether line `line` of the message at `offset` is already in a restored checkpoint's
+    /// state (then it must not be applied again).
+    pub fn restored(&mut self, source: usize, offset: i64, line: u32) -> bool {
+        match self.sources.get_mut(source).and_then(Option::as_mut) {
+            Some(s) if !s.skip.is_empty() => s.skip.remove(&(offset, line)),
+            _ => false,
+        }
+    }
+
+    /// Holds line `line` (decoded) of the message at `offset` of `source`.
+    pub fn push(&mut self, source: usize, offset: i64, line: u32, ts: i64, tie: u64, item: T) {
         let Some(s) = self.sources.get_mut(source).and_then(Option::as_mut) else {
             return;
         };
@@ -205,6 +242,7 @@ impl<T> Sequencer<T> {
             seq: self.seq,
             source,
             offset,
+            line,
             item,
         });
         self.peak = self.peak.max(self.heap.len());
@@ -226,18 +264,19 @@ impl<T> Sequencer<T> {
             .unwrap_or(i64::MAX)
     }
 
-    /// Hands every line the frontier allows to `apply`, in order.
-    pub fn release(&mut self, now: Instant, apply: impl FnMut(T)) -> usize {
+    /// Hands every line the frontier allows to `apply`, in order, with whether it is to be
+    /// applied quietly (decided before a restart: state only, no decision emitted).
+    pub fn release(&mut self, now: Instant, apply: impl FnMut(T, bool)) -> usize {
         let f = self.frontier(now);
         self.release_below(f, apply)
     }
 
     /// Hands every held line to `apply`, in order (end of input).
-    pub fn release_all(&mut self, apply: impl FnMut(T)) -> usize {
+    pub fn release_all(&mut self, apply: impl FnMut(T, bool)) -> usize {
         self.release_below(i64::MAX, apply)
     }
 
-    fn release_below(&mut self, frontier: i64, mut apply: impl FnMut(T)) -> usize {
+    fn release_below(&mut self, frontier: i64, mut apply: impl FnMut(T, bool)) -> usize {
         let mut n = 0;
         while self
             .heap
@@ -245,6 +284,7 @@ impl<T> Sequencer<T> {
             .is_some_and(|h| h.ts < frontier || frontier == i64::MAX)
         {
             let Some(h) = self.heap.pop() else { break };
+            let mut quiet = false;
             if let Some(s) = self.sources.get_mut(h.source).and_then(Option::as_mut) {
                 if let Some(c) = s.held.get_mut(&h.offset) {
                     *c -= 1;
@@ -252,11 +292,45 @@ impl<T> Sequencer<T> {
                         s.held.remove(&h.offset);
                     }
                 }
+                if s.held.keys().next().is_some_and(|first| *first <= h.offset) {
+                    s.applied.insert((h.offset, h.line));
+                }
+                quiet = h.offset < s.quiet_below;
             }
-            apply(h.item);
+            apply(h.item, quiet);
             n += 1;
         }
         n
+    }
+
+    /// Where each partition stands, for a checkpoint of the state the released lines built.
+    pub fn marks(&mut self) -> Vec<PartitionMark> {
+        let mut out = Vec::new();
+        for s in self.sources.iter_mut().flatten() {
+            let Some(next) = s.held.keys().next().copied().or(s.next_offset) else {
+                continue;
+            };
+            s.applied = s.applied.split_off(&(next, 0));
+            out.push(PartitionMark {
+                topic: s.topic.clone(),
+                partition: s.partition,
+                next,
+                applied: s.applied.iter().copied().collect(),
+            });
+        }
+        // A partition restored but not (yet) assigned keeps its place.
+        out.extend(self.resume.values().map(|r| r.mark.clone()));
+        out
+    }
+
+    /// Takes a restored checkpoint's marks, with the group's committed offsets: each
+    /// partition resumes there when it is assigned.
+    pub fn resume(&mut self, marks: Vec<PartitionMark>, committed: &HashMap<(String, i32), i64>) {
+        for mark in marks {
+            let k = (mark.topic.clone(), mark.partition);
+            let committed = committed.get(&k).copied();
+            self.resume.insert(k, Resume { mark, committed });
+        }
     }
 
     /// The partitions to pause (more than `max_skew` ahead of the slowest active one) and to
@@ -304,6 +378,18 @@ impl<T> Sequencer<T> {
         self.heap.is_empty()
     }
 
+    /// Partitions that have a position (something read, or a restored one): what a
+    /// checkpoint covers.
+    pub fn positioned(&self) -> usize {
+        let read = self
+            .sources
+            .iter()
+            .flatten()
+            .filter(|s| s.next_offset.is_some() || !s.held.is_empty())
+            .count();
+        read + self.resume.len()
+    }
+
     /// Partitions paused now.
     pub fn paused(&self) -> usize {
         self.sources.iter().flatten().filter(|s| s.paused).count()
@@ -328,7 +414,7 @@ mod tests {
 
     fn drain(s: &mut Sequencer<&'static str>, now: Instant) -> Vec<&'static str> {
         let mut out = Vec::new();
-        s.release(now, |x| out.push(x));
+        s.release(now, |x, _| out.push(x));
         out
     }
 
@@ -338,16 +424,16 @@ mod tests {
         let mut s = Sequencer::new(cfg());
         let a = s.assign("logs", 0, t0);
         let b = s.assign("logs", 1, t0);
-        s.push(a, 0, 100, 1, "a100");
-        s.push(a, 1, 300, 1, "a300");
+        s.push(a, 0, 0, 100, 1, "a100");
+        s.push(a, 1, 0, 300, 1, "a300");
         assert!(drain(&mut s, t0).is_empty(), "partition 1 has said nothing yet");
-        s.push(b, 0, 200, 1, "b200");
+        s.push(b, 0, 0, 200, 1, "b200");
         assert_eq!(
             drain(&mut s, t0),
             ["a100"],
             "200 is partition 1's newest: it may have more at 200"
         );
-        s.push(b, 1, 400, 1, "b400");
+        s.push(b, 1, 0, 400, 1, "b400");
         assert_eq!(
             drain(&mut s, t0),
             ["b200"],
@@ -363,16 +449,16 @@ mod tests {
         let mut two = Sequencer::new(cfg());
         let x = one.assign("f", 0, t0);
         for (i, (tie, name)) in [(9, "nine"), (3, "three"), (5, "five")].into_iter().enumerate() {
-            one.push(x, i as i64, 10, tie, name);
+            one.push(x, i as i64, 0, 10, tie, name);
         }
         let (p, q) = (two.assign("t", 0, t0), two.assign("t", 1, t0));
-        two.push(q, 0, 10, 5, "five");
-        two.push(p, 0, 10, 3, "three");
-        two.push(p, 1, 10, 9, "nine");
+        two.push(q, 0, 0, 10, 5, "five");
+        two.push(p, 0, 0, 10, 3, "three");
+        two.push(p, 1, 0, 10, 9, "nine");
         let mut a = Vec::new();
-        one.release_all(|v| a.push(v));
+        one.release_all(|v, _| a.push(v));
         let mut b = Vec::new();
-        two.release_all(|v| b.push(v));
+        two.release_all(|v, _| b.push(v));
         assert_eq!(a, ["three", "five", "nine"]);
         assert_eq!(a, b);
     }
@@ -383,8 +469,8 @@ mod tests {
         let mut s = Sequencer::new(cfg());
         let a = s.assign("logs", 0, t0);
         s.assign("logs", 1, t0);
-        s.push(a, 0, 100, 1, "a100");
-        s.push(a, 1, 200, 1, "a200");
+        s.push(a, 0, 0, 100, 1, "a100");
+        s.push(a, 1, 0, 200, 1, "a200");
         s.read(a, 1, t0 + Duration::from_secs(1));
         assert!(drain(&mut s, t0 + Duration::from_secs(4)).is_empty());
         assert_eq!(
@@ -397,10 +483,10 @@ mod tests {
         let mut s = Sequencer::new(cfg());
         let a = s.assign("logs", 0, t0);
         let b = s.assign("logs", 1, t0);
-        s.push(a, 0, 100, 1, "a100");
-        s.push(a, 1, 200, 1, "a200");
-        s.push(b, 0, 50, 1, "b50");
-        s.push(b, 1, 60, 1, "b60");
+        s.push(a, 0, 0, 100, 1, "a100");
+        s.push(a, 1, 0, 200, 1, "a200");
+        s.push(b, 0, 0, 50, 1, "b50");
+        s.push(b, 1, 0, 60, 1, "b60");
         assert_eq!(drain(&mut s, t0), ["b50"]);
         s.revoke("logs", 1);
         assert_eq!(drain(&mut s, t0), ["a100"], "b60 went with its partition");
@@ -413,8 +499,8 @@ mod tests {
         let mut s = Sequencer::new(cfg());
         let a = s.assign("logs", 0, t0);
         let b = s.assign("logs", 1, t0);
-        s.push(a, 0, 0, 1, "a0");
-        s.push(b, 0, 5_000, 1, "b5000");
+        s.push(a, 0, 0, 0, 1, "a0");
+        s.push(b, 0, 0, 5_000, 1, "b5000");
         let t = s.skew(t0);
         assert_eq!(
             t,
@@ -428,7 +514,7 @@ mod tests {
         // paused, it never counts as idle, however long the pause
         assert!(drain(&mut s, t0 + Duration::from_secs(4)).is_empty());
         s.read(a, 1, t0 + Duration::from_secs(4));
-        s.push(a, 1, 4_500, 1, "a4500");
+        s.push(a, 1, 0, 4_500, 1, "a4500");
         assert_eq!(drain(&mut s, t0 + Duration::from_secs(4)), ["a0"]);
         assert!(
             s.skew(t0 + Duration::from_secs(4))[0]

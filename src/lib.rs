@@ -12,6 +12,7 @@
 //! 6. [`pipeline`] wires 1–5 together for one stream of lines, and [`replay`] drives it from
 //!    files for `tokenwatch replay`.
 
+pub mod checkpoint;
 pub mod config;
 pub mod decision;
 pub mod defaults;

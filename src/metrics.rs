@@ -38,6 +38,10 @@ pub struct Metrics {
     pub held_lines: IntGauge,
     pub held_lines_peak: IntGauge,
     pub paused_partitions: IntGauge,
+    /// Checkpoints ([`crate::checkpoint`]): failures by operation (restore, save), and the
+    /// size of the last one written.
+    pub checkpoint_errors: IntCounterVec,
+    pub checkpoint_bytes: IntGauge,
     pub rules_loaded: IntGauge,
     pub rule_reloads: IntCounterVec,
     pub decision_delay: Histogram,
@@ -168,6 +172,15 @@ impl Metrics {
                     "Partitions paused for running more than engine.max_skew ahead of the slowest.",
                 )
                 .expect("valid"),
+            ),
+            checkpoint_errors: counter_vec(
+                "tokenwatch_checkpoint_errors_total",
+                "Checkpoints refused at restore (damaged, other format) or not saved, by operation.",
+                &["op"],
+            ),
+            checkpoint_bytes: reg(
+                &r,
+                IntGauge::new("tokenwatch_checkpoint_bytes", "Size of the last checkpoint written.").expect("valid"),
             ),
             rules_loaded: reg(
                 &r,

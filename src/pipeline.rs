@@ -523,6 +523,11 @@ impl Pipeline {
         &self.engine
     }
 
+    /// The engine, to restore a checkpoint into.
+    pub fn engine_mut(&mut self) -> &mut Engine {
+        &mut self.engine
+    }
+
     /// The decoding half, to fork for worker threads ([`ParallelDecode::new`]).
     pub fn decoder(&self) -> &Decoder {
         &self.decoder

@@ -243,10 +243,10 @@ impl Writer {
     ) -> Result<(), String> {
         let order = &mut self.order;
         let now = self.start;
-        pipeline.hold_batch(batch, |line| order.push(0, 0, line.ts_ms(), line.tie(), line));
+        pipeline.hold_batch(batch, |line| order.push(0, 0, 0, line.ts_ms(), line.tie(), line));
         batch.clear();
         let decisions = &mut self.decisions;
-        order.release(now, |line| pipeline.apply_held(&line, decisions));
+        order.release(now, |line, _| pipeline.apply_held(&line, decisions));
         self.write_decisions(out)?;
         if self.progress {
             let now = Instant::now();
@@ -261,7 +261,7 @@ impl Writer {
     /// The end of the input: every line still held goes to the engine.
     fn finish(&mut self, pipeline: &mut Pipeline, out: &mut dyn Write) -> Result<(), String> {
         let decisions = &mut self.decisions;
-        self.order.release_all(|line| pipeline.apply_held(&line, decisions));
+        self.order.release_all(|line, _| pipeline.apply_held(&line, decisions));
         self.write_decisions(out)
     }
 

@@ -32,6 +32,7 @@ use rdkafka::consumer::CommitMode;
 use rdkafka::message::Message;
 use tokio::sync::watch;
 
+use crate::checkpoint::{CheckpointStore, Checkpointing};
 use crate::decision::Decision;
 use crate::eventtime::{EventTimeConfig, Sequencer};
 use crate::geo::GeoDb;
@@ -63,6 +64,8 @@ pub struct ServiceConfig {
     pub alerts_topic: Option<String>,
     /// Per-partition event time: idleness and watermark alignment.
     pub event_time: EventTimeConfig,
+    /// How often state is checkpointed to Redis; `None`: never.
+    pub checkpoint_interval: Option<Duration>,
 }
 
 /// What a run did, for the final log line and the tests.
@@ -184,7 +187,7 @@ pub async fn run(
         .map_err(|e| e.to_string())?;
     let mut pipeline = Pipeline::new(rules, geo, cfg.pipeline.clone())?;
 
-    let Some(writer) = connect_redis(&cfg, &metrics, &mut shutdown).await? else {
+    let Some(mut writer) = connect_redis(&cfg, &metrics, &mut shutdown).await? else {
         return Ok(RunSummary::default());
     };
     let _health = AbortOnDrop(tokio::spawn(watch_redis(
@@ -192,8 +195,30 @@ pub async fn run(
         metrics.clone(),
         cfg.redis.response_timeout,
     )));
+    let mut checkpoints = match cfg.checkpoint_interval {
+        None => None,
+        Some(every) => {
+            let prefix = &cfg.redis.key_prefix;
+            let store = CheckpointStore::new(prefix, &cfg.group);
+            Some(Checkpointing::restore(store, every, &mut writer, pipeline.engine_mut(), &metrics).await?)
+        }
+    };
+    let start_at = checkpoints
+        .as_ref()
+        .map(Checkpointing::start_offsets)
+        .unwrap_or_default();
+    let (consumer, assigned, committed) = kafka::connect_at(
+        &cfg.brokers,
+        &cfg.group,
+        &cfg.topics,
+        &cfg.kafka,
+        metrics.clone(),
+        start_at,
+    )?;
+    if let Some(c) = &mut checkpoints {
+        c.set_committed(committed);
+    }
     let mut store = RevocationStore::Redis(writer);
-    let (consumer, assigned) = kafka::connect(&cfg.brokers, &cfg.group, &cfg.topics, &cfg.kafka, metrics.clone())?;
     let alerts_producer = match &cfg.alerts_topic {
         None => None,
         Some(topic) => {
@@ -222,6 +247,7 @@ pub async fn run(
         &mut alerts,
         &mut shutdown,
         &mut reload_now,
+        checkpoints.as_mut(),
     )
     .await
 }
@@ -332,6 +358,7 @@ pub async fn run_loop(
     alerts: &mut AlertSink,
     shutdown: &mut watch::Receiver<bool>,
     reload_now: &mut watch::Receiver<u64>,
+    mut checkpoints: Option<&mut Checkpointing>,
 ) -> Result<RunSummary, String> {
     let mut summary = RunSummary::default();
     let mut sync = MetricSync { last: Stats::default() };
@@ -341,6 +368,9 @@ pub async fn run_loop(
     let mut finished = Offsets::default();
     // Lines read and decoded wait here for their turn in event time.
     let mut order: Sequencer<HeldLine> = Sequencer::new(cfg.event_time);
+    if let Some(c) = checkpoints.as_deref_mut() {
+        c.hand_over(&mut order);
+    }
     let mut fingerprint = rules_fingerprint(&cfg.rules_dir);
     let mut last_check = Instant::now();
     let mut stop = Shutdown {
@@ -403,6 +433,13 @@ pub async fn run_loop(
             break Err(e);
         }
         decisions.clear();
+        // Checkpoint before committing: a checkpoint never covers less than the committed
+        // offsets' lines minus those it can rebuild quietly.
+        if let (Some(c), RevocationStore::Redis(w)) = (checkpoints.as_deref_mut(), &mut *writer) {
+            if c.due(&order) {
+                c.save(&mut order, pipeline.engine(), w, metrics).await;
+            }
+        }
         for (topic, partition, next) in order.safe_offsets() {
             offsets.advance(topic, partition, next);
         }
@@ -421,6 +458,10 @@ pub async fn run_loop(
     match finished.commit(consumer, assigned, CommitMode::Sync) {
         Ok(partitions) => tracing::debug!(partitions, "final offset commit"),
         Err(e) => tracing::warn!(error = %e, "final offset commit failed; the last batches will be read again"),
+    }
+    // State is checkpointed only when every decision it holds was delivered.
+    if let (Ok(()), Some(c), RevocationStore::Redis(w)) = (&outcome, checkpoints, &mut *writer) {
+        c.save(&mut order, pipeline.engine(), w, metrics).await;
     }
     summary.stats = pipeline.stats.clone();
     outcome.map(|()| summary)
@@ -475,23 +516,41 @@ async fn fill(
         let now = Instant::now();
         let source = order.assign(m.topic(), m.partition(), now);
         if let Some(payload) = m.payload() {
-            let mut reader = LineReader::new(payload, cfg.max_line);
-            while let Ok(Some(line)) = reader.next_line() {
-                match line {
-                    Line::Ok([]) => {}
-                    Line::Ok(l) => {
-                        if let Some(held) = pipeline.hold_line(l) {
-                            order.push(source, m.offset(), held.ts_ms(), held.tie(), held);
-                        }
-                    }
-                    Line::TooLong(_) => pipeline.line_too_long(),
-                }
-            }
+            hold_message(pipeline, order, source, m.offset(), payload, cfg.max_line);
         }
         order.read(source, m.offset(), now);
         n += 1;
         if n >= cfg.batch_max || start.elapsed() >= cfg.batch_wait {
             return n;
+        }
+    }
+}
+
+/// Decodes the lines of one message into the event-time buffer, numbered in the message; a
+/// line that a restored checkpoint already holds is passed over.
+fn hold_message(
+    pipeline: &mut Pipeline,
+    order: &mut Sequencer<HeldLine>,
+    source: usize,
+    offset: i64,
+    payload: &[u8],
+    max_line: usize,
+) {
+    let mut reader = LineReader::new(payload, max_line);
+    let mut number = 0u32;
+    while let Ok(Some(line)) = reader.next_line() {
+        number += 1;
+        if order.restored(source, offset, number) {
+            continue;
+        }
+        match line {
+            Line::Ok([]) => {}
+            Line::Ok(l) => {
+                if let Some(held) = pipeline.hold_line(l) {
+                    order.push(source, offset, number, held.ts_ms(), held.tie(), held);
+                }
+            }
+            Line::TooLong(_) => pipeline.line_too_long(),
         }
     }
 }
@@ -506,7 +565,14 @@ fn release(
     metrics: &Metrics,
 ) -> usize {
     let now = Instant::now();
-    let n = order.release(now, |line| pipeline.apply_held(&line, decisions));
+    let n = order.release(now, |line, quiet| {
+        let before = decisions.len();
+        pipeline.apply_held(&line, decisions);
+        if quiet {
+            // Decided and delivered before a restart: the line only rebuilds state.
+            decisions.truncate(before);
+        }
+    });
     for t in order.skew(now) {
         if let Err(e) = kafka::pause(consumer, &t.topic, t.partition, t.pause) {
             tracing::warn!(error = %e, topic = %t.topic, partition = t.partition, "cannot pause or resume a partition");
@@ -752,6 +818,7 @@ fn resolve_settings(c: &crate::config::Config, o: &Overrides) -> Result<(Service
         alerts: alerts.parse()?,
         alerts_topic: o.alerts_topic.clone().or_else(|| c.alerts_topic.clone()),
         event_time: c.event_time()?,
+        checkpoint_interval: c.checkpoint_interval()?,
     };
     Ok((cfg, metrics_addr))
 }
