@@ -349,3 +349,85 @@ fn kafka_over_tls_with_a_private_ca() {
     );
     assert!(replays.unwrap_or(0.0) >= 1.0, "{replays:?}");
 }
+
+/// Generated traffic keyed at random over `partitions` partitions of a real broker, half of it
+/// a backlog read from the start and half produced live: `run` decides what `replay` of the
+/// same lines decides, with no event late and no revocation twice.
+fn decides_what_replay_decides_on(partitions: i32) {
+    let (_tansu, brokers) = tansu();
+    let redis = common::RedisServer::start();
+    let c = client(&brokers, &[]);
+    let admin: AdminClient<DefaultClientContext> = c.create().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(admin.create_topics(
+        &[NewTopic::new("logs", partitions, TopicReplication::Fixed(1))],
+        &AdminOptions::new(),
+    ))
+    .unwrap();
+    let cfg = tokenwatch::gen::GenConfig {
+        seed: 21,
+        events: Some(16_000),
+        rate_per_sec: 20.0,
+        attack_rate: 60.0,
+        ..Default::default()
+    };
+    let lines: Vec<String> = tokenwatch::gen::Generator::new(cfg).map(|g| g.line).collect();
+    let want = common::replay_lines(&lines);
+    let (backlog, live) = lines.split_at(lines.len() / 2);
+    common::produce_spread(&brokers, "logs", partitions, backlog, 5);
+
+    let dir = tempfile::tempdir().unwrap();
+    let alerts = dir.path().join("alerts.jsonl");
+    let port = common::free_port();
+    let _tw = tokenwatch_with(
+        &brokers,
+        &redis.url(),
+        port,
+        &alerts,
+        &[("TOKENWATCH_ENGINE__IDLE_TIMEOUT", "1s")],
+    );
+    let seen = || {
+        metric(port, "tokenwatch_events_total{result=\"decoded\"}").unwrap_or(0.0)
+            + metric(port, "tokenwatch_events_total{result=\"skipped\"}").unwrap_or(0.0)
+    };
+    wait("the backlog to be read", 120, || seen() >= backlog.len() as f64);
+    common::produce_spread(&brokers, "logs", partitions, live, 6);
+    wait("every line to be read", 120, || seen() >= lines.len() as f64);
+    let count = || std::fs::read_to_string(&alerts).map(|s| s.lines().count()).unwrap_or(0);
+    wait("every decision", 60, || count() >= want.len());
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(metric(port, "tokenwatch_late_events_total"), Some(0.0), "no event late");
+    let got: Vec<String> = std::fs::read_to_string(&alerts)
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
+    assert!(
+        got == want,
+        "{partitions} partitions: {} decisions, replay {}",
+        got.len(),
+        want.len()
+    );
+    let stream = common::stream_entries(&mut redis.conn(), "tokenwatch:revocations");
+    let mut unique = stream.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), stream.len(), "no stream entry twice");
+    let mut want_revoked = common::revocations_of(&want);
+    want_revoked.sort();
+    want_revoked.dedup();
+    assert_eq!(unique, want_revoked);
+}
+
+#[test]
+fn one_partition_backlog_and_live_decides_what_replay_decides() {
+    decides_what_replay_decides_on(1);
+}
+
+#[test]
+fn six_partitions_backlog_and_live_decides_what_replay_decides() {
+    decides_what_replay_decides_on(6);
+}

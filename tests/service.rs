@@ -708,6 +708,10 @@ async fn a_backlog_over_six_partitions_decides_what_replay_decides() {
     let svc = start(&brokers, &redis.url(), "backlog6").await;
     wait_for_quiet(&svc, lines.len() as u64, 120).await;
     assert_eq!(svc.metrics.late_events.get(), 0, "no event is late");
+    // The buffer's bound: about max_skew (60 s) of event time plus what a fetch brought.
+    let peak = svc.metrics.held_lines_peak.get();
+    eprintln!("event-time buffer peak: {peak} lines of {}", lines.len());
+    assert!(peak > 0 && (peak as usize) < lines.len() / 2, "peak {peak}");
     let got = alerts_file(&svc);
     assert_eq!(got.len(), want.len(), "as many decisions as replay");
     assert!(got == want, "the same decisions, in the same order, as replay");
