@@ -65,6 +65,8 @@ struct Held<T> {
     offset: i64,
     /// The line's number within its message.
     line: u32,
+    /// When it was read (wall clock).
+    arrived: Instant,
     item: T,
 }
 
@@ -229,7 +231,8 @@ impl<T> Sequencer<T> {
     }
 
     /// Holds line `line` (decoded) of the message at `offset` of `source`.
-    pub fn push(&mut self, source: usize, offset: i64, line: u32, ts: i64, tie: u64, item: T) {
+    #[allow(clippy::too_many_arguments)]
+    pub fn push(&mut self, source: usize, offset: i64, line: u32, ts: i64, tie: u64, item: T, now: Instant) {
         let Some(s) = self.sources.get_mut(source).and_then(Option::as_mut) else {
             return;
         };
@@ -243,6 +246,7 @@ impl<T> Sequencer<T> {
             source,
             offset,
             line,
+            arrived: now,
             item,
         });
         self.peak = self.peak.max(self.heap.len());
@@ -264,25 +268,40 @@ impl<T> Sequencer<T> {
             .unwrap_or(i64::MAX)
     }
 
+    /// Below this event time every line may go at once: every source that has data, or is
+    /// not idle, has a watermark past it (an idle source keeps its watermark here).
+    fn safe(&self, now: Instant) -> i64 {
+        self.sources
+            .iter()
+            .flatten()
+            .filter(|s| s.watermark != i64::MIN || !self.idle(s, now))
+            .map(|s| s.watermark)
+            .min()
+            .unwrap_or(i64::MAX)
+    }
+
     /// Hands every line the frontier allows to `apply`, in order, with whether it is to be
-    /// applied quietly (decided before a restart: state only, no decision emitted).
+    /// applied quietly (decided before a restart: state only, no decision emitted). A line
+    /// past an idle source's watermark but below the [`Sequencer::frontier`] waits
+    /// `idle_timeout` after it was read: a partition waking up from idleness gets that long
+    /// to deliver before the others run on without it.
     pub fn release(&mut self, now: Instant, apply: impl FnMut(T, bool)) -> usize {
-        let f = self.frontier(now);
-        self.release_below(f, apply)
+        let (safe, active) = (self.safe(now), self.frontier(now));
+        let wait = self.cfg.idle_timeout;
+        self.release_while(
+            |h| h.ts < safe || (h.ts < active && now.saturating_duration_since(h.arrived) >= wait),
+            apply,
+        )
     }
 
     /// Hands every held line to `apply`, in order (end of input).
     pub fn release_all(&mut self, apply: impl FnMut(T, bool)) -> usize {
-        self.release_below(i64::MAX, apply)
+        self.release_while(|_| true, apply)
     }
 
-    fn release_below(&mut self, frontier: i64, mut apply: impl FnMut(T, bool)) -> usize {
+    fn release_while(&mut self, may_go: impl Fn(&Held<T>) -> bool, mut apply: impl FnMut(T, bool)) -> usize {
         let mut n = 0;
-        while self
-            .heap
-            .peek()
-            .is_some_and(|h| h.ts < frontier || frontier == i64::MAX)
-        {
+        while self.heap.peek().is_some_and(&may_go) {
             let Some(h) = self.heap.pop() else { break };
             let mut quiet = false;
             if let Some(s) = self.sources.get_mut(h.source).and_then(Option::as_mut) {
@@ -424,16 +443,16 @@ mod tests {
         let mut s = Sequencer::new(cfg());
         let a = s.assign("logs", 0, t0);
         let b = s.assign("logs", 1, t0);
-        s.push(a, 0, 0, 100, 1, "a100");
-        s.push(a, 1, 0, 300, 1, "a300");
+        s.push(a, 0, 0, 100, 1, "a100", t0);
+        s.push(a, 1, 0, 300, 1, "a300", t0);
         assert!(drain(&mut s, t0).is_empty(), "partition 1 has said nothing yet");
-        s.push(b, 0, 0, 200, 1, "b200");
+        s.push(b, 0, 0, 200, 1, "b200", t0);
         assert_eq!(
             drain(&mut s, t0),
             ["a100"],
             "200 is partition 1's newest: it may have more at 200"
         );
-        s.push(b, 1, 0, 400, 1, "b400");
+        s.push(b, 1, 0, 400, 1, "b400", t0);
         assert_eq!(
             drain(&mut s, t0),
             ["b200"],
@@ -449,12 +468,12 @@ mod tests {
         let mut two = Sequencer::new(cfg());
         let x = one.assign("f", 0, t0);
         for (i, (tie, name)) in [(9, "nine"), (3, "three"), (5, "five")].into_iter().enumerate() {
-            one.push(x, i as i64, 0, 10, tie, name);
+            one.push(x, i as i64, 0, 10, tie, name, t0);
         }
         let (p, q) = (two.assign("t", 0, t0), two.assign("t", 1, t0));
-        two.push(q, 0, 0, 10, 5, "five");
-        two.push(p, 0, 0, 10, 3, "three");
-        two.push(p, 1, 0, 10, 9, "nine");
+        two.push(q, 0, 0, 10, 5, "five", t0);
+        two.push(p, 0, 0, 10, 3, "three", t0);
+        two.push(p, 1, 0, 10, 9, "nine", t0);
         let mut a = Vec::new();
         one.release_all(|v, _| a.push(v));
         let mut b = Vec::new();
@@ -469,8 +488,8 @@ mod tests {
         let mut s = Sequencer::new(cfg());
         let a = s.assign("logs", 0, t0);
         s.assign("logs", 1, t0);
-        s.push(a, 0, 0, 100, 1, "a100");
-        s.push(a, 1, 0, 200, 1, "a200");
+        s.push(a, 0, 0, 100, 1, "a100", t0);
+        s.push(a, 1, 0, 200, 1, "a200", t0);
         s.read(a, 1, t0 + Duration::from_secs(1));
         assert!(drain(&mut s, t0 + Duration::from_secs(4)).is_empty());
         assert_eq!(
@@ -483,14 +502,45 @@ mod tests {
         let mut s = Sequencer::new(cfg());
         let a = s.assign("logs", 0, t0);
         let b = s.assign("logs", 1, t0);
-        s.push(a, 0, 0, 100, 1, "a100");
-        s.push(a, 1, 0, 200, 1, "a200");
-        s.push(b, 0, 0, 50, 1, "b50");
-        s.push(b, 1, 0, 60, 1, "b60");
+        s.push(a, 0, 0, 100, 1, "a100", t0);
+        s.push(a, 1, 0, 200, 1, "a200", t0);
+        s.push(b, 0, 0, 50, 1, "b50", t0);
+        s.push(b, 1, 0, 60, 1, "b60", t0);
         assert_eq!(drain(&mut s, t0), ["b50"]);
         s.revoke("logs", 1);
         assert_eq!(drain(&mut s, t0), ["a100"], "b60 went with its partition");
         assert_eq!(s.safe_offsets(), [("logs", 0, 1)]);
+    }
+
+    #[test]
+    fn a_partition_waking_from_idleness_gets_the_idle_timeout_to_catch_up() {
+        let t0 = Instant::now();
+        let sec = |n| t0 + Duration::from_secs(n);
+        let mut s = Sequencer::new(cfg());
+        let a = s.assign("logs", 0, t0);
+        let b = s.assign("logs", 1, t0);
+        s.push(b, 0, 0, 200, 1, "b200", t0);
+        s.push(a, 0, 0, 100, 1, "a100", t0);
+        s.read(a, 0, t0);
+        s.read(b, 0, t0);
+        assert!(drain(&mut s, t0).is_empty());
+        // both go idle; a wakes up first with newer lines
+        s.push(a, 1, 0, 500, 1, "a500", sec(10));
+        s.push(a, 2, 0, 600, 1, "a600", sec(10));
+        s.read(a, 2, sec(10));
+        assert_eq!(
+            drain(&mut s, sec(10)),
+            ["a100", "b200"],
+            "below b's watermark at once; b200 waited long enough"
+        );
+        assert!(drain(&mut s, sec(11)).is_empty(), "b may still deliver before 500");
+        s.push(b, 1, 0, 400, 1, "b400", sec(12));
+        s.push(b, 2, 0, 550, 1, "b550", sec(12));
+        s.read(b, 2, sec(12));
+        assert_eq!(drain(&mut s, sec(12)), ["b400", "a500"]);
+        assert!(drain(&mut s, sec(14)).is_empty());
+        // both idle again: the rest goes once it has waited the idle timeout
+        assert_eq!(drain(&mut s, sec(17)), ["b550", "a600"]);
     }
 
     #[test]
@@ -499,8 +549,8 @@ mod tests {
         let mut s = Sequencer::new(cfg());
         let a = s.assign("logs", 0, t0);
         let b = s.assign("logs", 1, t0);
-        s.push(a, 0, 0, 0, 1, "a0");
-        s.push(b, 0, 0, 5_000, 1, "b5000");
+        s.push(a, 0, 0, 0, 1, "a0", t0);
+        s.push(b, 0, 0, 5_000, 1, "b5000", t0);
         let t = s.skew(t0);
         assert_eq!(
             t,
@@ -514,7 +564,7 @@ mod tests {
         // paused, it never counts as idle, however long the pause
         assert!(drain(&mut s, t0 + Duration::from_secs(4)).is_empty());
         s.read(a, 1, t0 + Duration::from_secs(4));
-        s.push(a, 1, 0, 4_500, 1, "a4500");
+        s.push(a, 1, 0, 4_500, 1, "a4500", t0);
         assert_eq!(drain(&mut s, t0 + Duration::from_secs(4)), ["a0"]);
         assert!(
             s.skew(t0 + Duration::from_secs(4))[0]

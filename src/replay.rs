@@ -243,7 +243,7 @@ impl Writer {
     ) -> Result<(), String> {
         let order = &mut self.order;
         let now = self.start;
-        pipeline.hold_batch(batch, |line| order.push(0, 0, 0, line.ts_ms(), line.tie(), line));
+        pipeline.hold_batch(batch, |line| order.push(0, 0, 0, line.ts_ms(), line.tie(), line, now));
         batch.clear();
         let decisions = &mut self.decisions;
         order.release(now, |line, _| pipeline.apply_held(&line, decisions));

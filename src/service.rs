@@ -368,6 +368,7 @@ pub async fn run_loop(
     let mut finished = Offsets::default();
     // Lines read and decoded wait here for their turn in event time.
     let mut order: Sequencer<HeldLine> = Sequencer::new(cfg.event_time);
+    let mut clock = ReadingClock::new();
     if let Some(c) = checkpoints.as_deref_mut() {
         c.hand_over(&mut order);
     }
@@ -396,9 +397,9 @@ pub async fn run_loop(
             }
         }
 
-        follow_assignment(&mut order, assigned, Instant::now());
-        let n = fill(cfg, consumer, pipeline, &mut order, &mut stop).await;
-        let released = release(&mut order, pipeline, &mut decisions, consumer, metrics);
+        follow_assignment(&mut order, assigned, clock.now());
+        let n = fill(cfg, consumer, pipeline, &mut order, &mut clock, &mut stop).await;
+        let released = release(&mut order, pipeline, &mut decisions, consumer, metrics, clock.now());
         if n == 0 && released == 0 && decisions.is_empty() {
             sync.sync(pipeline, metrics);
             continue;
@@ -467,6 +468,39 @@ pub async fn run_loop(
     outcome.map(|()| summary)
 }
 
+/// The clock of event-time idleness: wall time spent reading, so that time the loop spends
+/// on side effects (a stalled Redis, say) makes no partition look idle.
+struct ReadingClock {
+    base: Instant,
+    spent: Duration,
+    reading_since: Option<Instant>,
+}
+
+impl ReadingClock {
+    fn new() -> Self {
+        ReadingClock {
+            base: Instant::now(),
+            spent: Duration::ZERO,
+            reading_since: None,
+        }
+    }
+
+    fn resume(&mut self) {
+        self.reading_since.get_or_insert_with(Instant::now);
+    }
+
+    fn pause(&mut self) {
+        if let Some(t) = self.reading_since.take() {
+            self.spent += t.elapsed();
+        }
+    }
+
+    /// Reading time so far, as an instant (what [`Sequencer`] takes as `now`).
+    fn now(&self) -> Instant {
+        self.base + self.spent + self.reading_since.map_or(Duration::ZERO, |t| t.elapsed())
+    }
+}
+
 /// Tracks the partitions librdkafka assigned: a new one holds event time back until it
 /// delivers or goes idle; a revoked one stops holding it at once.
 fn follow_assignment(order: &mut Sequencer<HeldLine>, assigned: &kafka::AssignmentSet, now: Instant) {
@@ -491,6 +525,21 @@ async fn fill(
     consumer: &kafka::Source,
     pipeline: &mut Pipeline,
     order: &mut Sequencer<HeldLine>,
+    clock: &mut ReadingClock,
+    stop: &mut Shutdown<'_>,
+) -> usize {
+    clock.resume();
+    let n = fill_batch(cfg, consumer, pipeline, order, clock, stop).await;
+    clock.pause();
+    n
+}
+
+async fn fill_batch(
+    cfg: &ServiceConfig,
+    consumer: &kafka::Source,
+    pipeline: &mut Pipeline,
+    order: &mut Sequencer<HeldLine>,
+    clock: &mut ReadingClock,
     stop: &mut Shutdown<'_>,
 ) -> usize {
     let mut n = 0usize;
@@ -513,10 +562,10 @@ async fn fill(
             }
             Ok(Ok(m)) => m,
         };
-        let now = Instant::now();
+        let now = clock.now();
         let source = order.assign(m.topic(), m.partition(), now);
         if let Some(payload) = m.payload() {
-            hold_message(pipeline, order, source, m.offset(), payload, cfg.max_line);
+            hold_message(pipeline, order, (source, m.offset()), payload, cfg.max_line, now);
         }
         order.read(source, m.offset(), now);
         n += 1;
@@ -531,10 +580,10 @@ async fn fill(
 fn hold_message(
     pipeline: &mut Pipeline,
     order: &mut Sequencer<HeldLine>,
-    source: usize,
-    offset: i64,
+    (source, offset): (usize, i64),
     payload: &[u8],
     max_line: usize,
+    now: Instant,
 ) {
     let mut reader = LineReader::new(payload, max_line);
     let mut number = 0u32;
@@ -547,7 +596,7 @@ fn hold_message(
             Line::Ok([]) => {}
             Line::Ok(l) => {
                 if let Some(held) = pipeline.hold_line(l) {
-                    order.push(source, offset, number, held.ts_ms(), held.tie(), held);
+                    order.push(source, offset, number, held.ts_ms(), held.tie(), held, now);
                 }
             }
             Line::TooLong(_) => pipeline.line_too_long(),
@@ -563,8 +612,8 @@ fn release(
     decisions: &mut Vec<Decision>,
     consumer: &kafka::Source,
     metrics: &Metrics,
+    now: Instant,
 ) -> usize {
-    let now = Instant::now();
     let n = order.release(now, |line, quiet| {
         let before = decisions.len();
         pipeline.apply_held(&line, decisions);

@@ -173,6 +173,16 @@ impl RedisServer {
         }
     }
 
+    /// Sends a signal by name (`STOP`, `CONT`): `STOP` stalls it without closing a socket.
+    pub fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().expect("redis-server running").id();
+        let ok = std::process::Command::new("kill")
+            .args(["-s", sig, &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success(), "kill -s {sig} redis-server");
+    }
+
     /// Starts it again on the same port (and, with AOF, the same data).
     pub fn restart(&mut self) {
         self.kill();
@@ -316,22 +326,33 @@ pub fn metric(body: &str, name: &str) -> Option<f64> {
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
-/// One message per line over `partitions` partitions of `topic`, each line's partition drawn
-/// at random (seeded), as log shippers that key messages at random do.
+/// One message per line over `partitions` partitions of `topic`, in the lines' order, each
+/// line's partition drawn at random (seeded), as log shippers that key messages at random do.
 pub fn produce_spread<S: AsRef<str>>(brokers: &str, topic: &str, partitions: i32, lines: &[S], seed: u64) {
-    let mut by_partition: Vec<Vec<&str>> = vec![Vec::new(); partitions as usize];
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    let p: BaseProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .unwrap();
     let mut x = seed | 1;
     for l in lines {
         // xorshift64*: enough to scatter lines, and the same split for the same seed.
         x ^= x >> 12;
         x ^= x << 25;
         x ^= x >> 27;
-        let r = x.wrapping_mul(0x2545_F491_4F6C_DD1D);
-        by_partition[(r >> 33) as usize % partitions as usize].push(l.as_ref());
+        let partition = ((x.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 33) % partitions as u64) as i32;
+        while p
+            .send(
+                BaseRecord::<(), str>::to(topic)
+                    .payload(l.as_ref())
+                    .partition(partition),
+            )
+            .is_err()
+        {
+            p.poll(std::time::Duration::from_millis(10));
+        }
     }
-    for (p, ls) in by_partition.iter().enumerate() {
-        produce_to(brokers, topic, p as i32, ls);
-    }
+    p.flush(std::time::Duration::from_secs(30)).unwrap();
 }
 
 /// What `tokenwatch replay` decides for `lines` with the default rules and the test GeoIP

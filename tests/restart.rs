@@ -122,3 +122,45 @@ fn sigkilled_twice_mid_stream_decides_what_replay_decides() {
     want_revoked.dedup();
     assert_eq!(unique, want_revoked);
 }
+
+/// Redis stalled (SIGSTOP) for longer than a batch wait and a response timeout, then killed
+/// and restarted (AOF on), under live traffic: the same decisions as replay, each delivered
+/// once, and no stream entry twice.
+#[test]
+fn redis_stalled_then_restarted_decides_what_replay_decides() {
+    let mock = MockCluster::new(1).unwrap();
+    mock.create_topic("logs", 6, 1).unwrap();
+    let brokers = mock.bootstrap_servers();
+    let mut redis = common::RedisServer::start_with(true);
+    let lines = generated(13, 14_000);
+    let want = common::replay_lines(&lines);
+    let (first, second) = lines.split_at(lines.len() / 2);
+    common::produce_spread(&brokers, "logs", 6, first, 1);
+    let env = [
+        ("TOKENWATCH_ENGINE__CHECKPOINT_INTERVAL", "1s"),
+        ("TOKENWATCH_ENGINE__IDLE_TIMEOUT", "1s"),
+    ];
+    let mut tw = run_bin::start(&brokers, &redis.url(), "redis-faults", &[], &env);
+    tw.wait_metrics("a third of the first half", 60, |b| seen(b) >= first.len() as u64 / 3);
+    redis.signal("STOP");
+    std::thread::sleep(Duration::from_secs(4));
+    redis.signal("CONT");
+    tw.wait_metrics("the first half", 60, |b| seen(b) >= first.len() as u64);
+    redis.restart();
+    common::produce_spread(&brokers, "logs", 6, second, 2);
+    settle(&mut tw);
+    tw.signal("TERM");
+    assert_eq!(tw.wait_exit(30).code(), Some(0), "{}", tw.stderr());
+    let got = alert_lines(&tw);
+    assert_eq!(got.len(), want.len(), "as many decisions as replay");
+    assert!(got == want, "the same decisions as replay, in the same order");
+    let stream = common::stream_entries(&mut redis.conn(), "tokenwatch:revocations");
+    let mut unique = stream.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), stream.len(), "no stream entry twice");
+    let mut want_revoked = common::revocations_of(&want);
+    want_revoked.sort();
+    want_revoked.dedup();
+    assert_eq!(unique, want_revoked);
+}
