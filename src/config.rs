@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::engine::EngineConfig;
+use crate::eventtime::EventTimeConfig;
 use crate::input::lines::DEFAULT_MAX_LINE;
 use crate::input::mapping::{Mapping, MappingConfig};
 use crate::input::Format;
@@ -145,6 +146,14 @@ pub struct EngineSection {
     /// Revocations a revoking rule may make per window before it trips to shadow, for rules
     /// without their own `budget`. Default 1000/10m.
     pub revocation_budget: Option<String>,
+    /// `run`: a partition with nothing new for this long (wall clock) stops holding back
+    /// event time. Default 5s.
+    pub idle_timeout: Option<String>,
+    /// `run`: a partition this far ahead (event time) of the slowest is paused. Default 60s.
+    pub max_skew: Option<String>,
+    /// `run`: how often at most the engine's state is checkpointed to Redis (and at
+    /// shutdown); "0" turns checkpoints off. Default 10s.
+    pub checkpoint_interval: Option<String>,
 }
 
 impl Config {
@@ -309,6 +318,28 @@ impl Config {
             e.revocation_budget = b.parse().map_err(|m| format!("engine.revocation_budget: {m}"))?;
         }
         Ok(e)
+    }
+
+    /// The event-time settings of `run` ([`crate::eventtime`]).
+    pub fn event_time(&self) -> Result<EventTimeConfig, String> {
+        let mut e = EventTimeConfig::default();
+        if let Some(t) = &self.engine.idle_timeout {
+            let ms = parse_duration_ms(t).map_err(|m| format!("engine.idle_timeout: {m}"))?;
+            e.idle_timeout = std::time::Duration::from_millis(ms as u64);
+        }
+        if let Some(s) = &self.engine.max_skew {
+            e.max_skew_ms = parse_duration_ms(s).map_err(|m| format!("engine.max_skew: {m}"))?;
+        }
+        Ok(e)
+    }
+
+    /// How often `run` checkpoints its state; `None` when checkpoints are off.
+    pub fn checkpoint_interval(&self) -> Result<Option<std::time::Duration>, String> {
+        let ms = match &self.engine.checkpoint_interval {
+            Some(t) => parse_duration_ms(t).map_err(|m| format!("engine.checkpoint_interval: {m}"))?,
+            None => 10_000,
+        };
+        Ok((ms > 0).then(|| std::time::Duration::from_millis(ms as u64)))
     }
 
     pub fn token_cache(&self) -> usize {

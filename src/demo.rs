@@ -229,6 +229,8 @@ pub async fn live(opts: DemoOptions, w: &mut (dyn Write + Send)) -> Result<Score
         alerts: AlertTarget::None,
         dead_letter: None,
         alerts_topic: None,
+        event_time: crate::eventtime::EventTimeConfig::default(),
+        checkpoint_interval: None,
     };
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     let (_hup_tx, mut hup_rx) = tokio::sync::watch::channel(0u64);
@@ -244,6 +246,7 @@ pub async fn live(opts: DemoOptions, w: &mut (dyn Write + Send)) -> Result<Score
             &mut alerts,
             &mut stop_rx,
             &mut hup_rx,
+            None,
         )
         .await;
         r.map(|s| (s, pipeline))

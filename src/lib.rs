@@ -8,16 +8,18 @@
 //!    with a JWKS, [`verify`] checks its signature with public keys, once per distinct token;
 //! 3. [`geo`] gives the client address a location;
 //! 4. [`rules`] loads the YAML rule files into compiled rules, and [`engine`] runs them over
-//!    event-time windows with bounded state;
+//!    event-time windows with bounded state, fed in one event-time order by [`eventtime`];
 //! 5. [`decision`] is what comes out: one JSON object per firing rule;
 //! 6. [`pipeline`] wires 1–5 together for one stream of lines, and [`replay`] drives it from
 //!    files for `tokenwatch replay`.
 
+pub mod checkpoint;
 pub mod config;
 pub mod decision;
 pub mod defaults;
 pub mod demo;
 pub mod engine;
+pub mod eventtime;
 pub mod gen;
 pub mod geo;
 pub mod input;

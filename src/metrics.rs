@@ -33,6 +33,15 @@ pub struct Metrics {
     pub tracked_keys: IntGauge,
     pub evicted_keys: IntCounter,
     pub late_events: IntCounter,
+    /// The event-time buffer ([`crate::eventtime`]): lines held, the most ever held, and
+    /// partitions paused for running too far ahead.
+    pub held_lines: IntGauge,
+    pub held_lines_peak: IntGauge,
+    pub paused_partitions: IntGauge,
+    /// Checkpoints ([`crate::checkpoint`]): failures by operation (restore, save), and the
+    /// size of the last one written.
+    pub checkpoint_errors: IntCounterVec,
+    pub checkpoint_bytes: IntGauge,
     pub rules_loaded: IntGauge,
     pub rule_reloads: IntCounterVec,
     pub decision_delay: Histogram,
@@ -152,6 +161,39 @@ impl Metrics {
                     "Events later than the allowed lateness.",
                 )
                 .expect("valid"),
+            ),
+            held_lines: reg(
+                &r,
+                IntGauge::new(
+                    "tokenwatch_event_time_held_lines",
+                    "Decoded lines waiting for the slowest partition's event time.",
+                )
+                .expect("valid"),
+            ),
+            held_lines_peak: reg(
+                &r,
+                IntGauge::new(
+                    "tokenwatch_event_time_held_lines_peak",
+                    "The most lines the event-time buffer has held at once.",
+                )
+                .expect("valid"),
+            ),
+            paused_partitions: reg(
+                &r,
+                IntGauge::new(
+                    "tokenwatch_event_time_paused_partitions",
+                    "Partitions paused for running more than engine.max_skew ahead of the slowest.",
+                )
+                .expect("valid"),
+            ),
+            checkpoint_errors: counter_vec(
+                "tokenwatch_checkpoint_errors_total",
+                "Checkpoints refused at restore (damaged, other format) or not saved, by operation.",
+                &["op"],
+            ),
+            checkpoint_bytes: reg(
+                &r,
+                IntGauge::new("tokenwatch_checkpoint_bytes", "Size of the last checkpoint written.").expect("valid"),
             ),
             rules_loaded: reg(
                 &r,

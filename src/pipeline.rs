@@ -496,6 +496,34 @@ impl Drop for ParallelDecode {
     }
 }
 
+/// A decoded line that owns its bytes: what waits in the event-time buffer
+/// ([`crate::eventtime::Sequencer`]) until its turn. No `Debug`: it holds a raw line.
+pub struct HeldLine {
+    bytes: Box<[u8]>,
+    ev: DecodedEvent,
+}
+
+impl HeldLine {
+    pub fn ts_ms(&self) -> i64 {
+        self.ev.ts_ms
+    }
+
+    /// The tie-break between equal event times ([`crate::eventtime::tie_hash`]).
+    pub fn tie(&self) -> u64 {
+        crate::eventtime::tie_hash(&self.bytes)
+    }
+}
+
+impl Text {
+    /// The same text, for the line copied out of `base[start..]`.
+    fn rebase(self, start: usize) -> Text {
+        match self {
+            Text::Span(a, b) => Text::Span(a - start, b - start),
+            owned => owned,
+        }
+    }
+}
+
 pub struct Pipeline {
     decoder: Decoder,
     engine: Engine,
@@ -521,18 +549,23 @@ impl Pipeline {
         self.decoder.tokens.verifier().map_or(0, |v| v.errors())
     }
 
+    /// The engine, to restore a checkpoint into.
+    pub fn engine_mut(&mut self) -> &mut Engine {
+        &mut self.engine
+    }
+
     /// The decoding half, to fork for worker threads ([`ParallelDecode::new`]).
     pub fn decoder(&self) -> &Decoder {
         &self.decoder
     }
 
-    /// Swaps the rules (hot reload): see [`Engine::replace_rules`]. Decoders forked before
-    /// keep the claims of the old rules: fork them again after a reload.
     /// Re-arms a rule that tripped its revocation budget; false when no rule has that id.
     pub fn rearm(&mut self, rule: &str) -> bool {
         self.engine.rearm(rule)
     }
 
+    /// Swaps the rules (hot reload): see [`Engine::replace_rules`]. Decoders forked before
+    /// keep the claims of the old rules: fork them again after a reload.
     pub fn replace_rules(&mut self, rules: Arc<RuleSet>) {
         self.decoder.tokens.set_wanted_claims(rules.wanted_claims());
         self.engine.replace_rules(rules);
@@ -561,15 +594,55 @@ impl Pipeline {
         }
     }
 
-    fn apply(&mut self, d: &Decoded, base: &[u8], out: &mut Vec<Decision>) {
-        self.stats.lines += 1;
-        let p = match d {
-            Ok(p) => p,
+    /// Decodes one line for the event-time buffer. A line that is no event is counted (as
+    /// [`Pipeline::apply_batch`] would) and gives `None`.
+    pub fn hold_line(&mut self, line: &[u8]) -> Option<HeldLine> {
+        match self.decoder.decode(line, line) {
+            Ok(ev) => Some(HeldLine { bytes: line.into(), ev }),
             Err(skip) => {
-                *self.stats.skipped.entry(skip.reason()).or_default() += 1;
-                return;
+                self.apply(&Err(skip), &[], &mut Vec::new());
+                None
             }
-        };
+        }
+    }
+
+    /// The decoded lines of a batch for the event-time buffer, skipped lines counted.
+    pub fn hold_batch(&mut self, batch: &mut DecodedBatch, mut hold: impl FnMut(HeldLine)) {
+        let DecodedBatch { lines, items } = batch;
+        for (span, d) in lines.lines.iter().zip(items.drain(..)) {
+            match (d, *span) {
+                (Ok(ev), LineSpan::Ok(a, b)) => hold(HeldLine {
+                    bytes: lines.buf[a..b].into(),
+                    ev: DecodedEvent {
+                        method: ev.method.rebase(a),
+                        path: ev.path.rebase(a),
+                        user_agent: ev.user_agent.rebase(a),
+                        ..ev
+                    },
+                }),
+                (Ok(_), LineSpan::TooLong) => self.apply(&Err(Skip::LineTooLong), &[], &mut Vec::new()),
+                (Err(skip), _) => self.apply(&Err(skip), &[], &mut Vec::new()),
+            }
+        }
+    }
+
+    /// Runs the engine over a line whose turn has come.
+    pub fn apply_held(&mut self, line: &HeldLine, out: &mut Vec<Decision>) {
+        self.apply_event(&line.ev, &line.bytes, out);
+    }
+
+    fn apply(&mut self, d: &Decoded, base: &[u8], out: &mut Vec<Decision>) {
+        match d {
+            Ok(p) => self.apply_event(p, base, out),
+            Err(skip) => {
+                self.stats.lines += 1;
+                *self.stats.skipped.entry(skip.reason()).or_default() += 1;
+            }
+        }
+    }
+
+    fn apply_event(&mut self, p: &DecodedEvent, base: &[u8], out: &mut Vec<Decision>) {
+        self.stats.lines += 1;
         self.stats.events += 1;
         for e in &p.token_errors {
             *self.stats.token_errors.entry(e.reason()).or_default() += 1;

@@ -7,14 +7,17 @@
 //! Input is read in chunks straight into line batches. With `threads > 1`, the calling thread
 //! reads and runs the engine while `threads` workers decode batches
 //! ([`crate::pipeline::ParallelDecode`]); batches come back in input order, so the decisions
-//! and the summary are the same as with one thread.
+//! and the summary are the same as with one thread. Decoded lines then reach the engine in
+//! the canonical event-time order of [`crate::eventtime`] (time, then a hash of the line), the
+//! order in which `run` applies the same lines from any number of partitions.
 
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Write};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use crate::pipeline::{BatchReader, DecodedBatch, ParallelDecode, Pipeline, Stats};
+use crate::eventtime::{EventTimeConfig, Sequencer};
+use crate::pipeline::{BatchReader, DecodedBatch, HeldLine, ParallelDecode, Pipeline, Stats};
 
 /// A named input stream.
 pub type Input = (String, Box<dyn BufRead>);
@@ -153,7 +156,13 @@ pub fn replay_threads(
     progress: bool,
 ) -> Result<Summary, String> {
     let start = Instant::now();
+    let mut order = Sequencer::new(EventTimeConfig {
+        idle_timeout: Duration::MAX,
+        ..EventTimeConfig::default()
+    });
+    order.assign("input", 0, start);
     let mut w = Writer {
+        order,
         decisions: Vec::new(),
         buf: String::new(),
         start,
@@ -205,6 +214,7 @@ pub fn replay_threads(
         }
     }
     drop(par);
+    w.finish(pipeline, out)?;
     out.flush().map_err(|e| format!("cannot write decisions: {e}"))?;
     let es = pipeline.engine().stats();
     Ok(Summary {
@@ -218,6 +228,8 @@ pub fn replay_threads(
 
 /// The engine side of a replay: decisions out, progress lines.
 struct Writer {
+    /// The event-time order that `run` gives the same lines: one source, never idle.
+    order: Sequencer<HeldLine>,
     decisions: Vec<crate::decision::Decision>,
     buf: String,
     start: Instant,
@@ -233,8 +245,31 @@ impl Writer {
         out: &mut dyn Write,
         err: &mut dyn Write,
     ) -> Result<(), String> {
-        pipeline.apply_batch(batch, &mut self.decisions);
+        let order = &mut self.order;
+        let now = self.start;
+        pipeline.hold_batch(batch, |line| order.push(0, 0, 0, line.ts_ms(), line.tie(), line, now));
         batch.clear();
+        let decisions = &mut self.decisions;
+        order.release(now, |line, _| pipeline.apply_held(&line, decisions));
+        self.write_decisions(out)?;
+        if self.progress {
+            let now = Instant::now();
+            if now - self.last_report >= Duration::from_secs(2) {
+                let _ = writeln!(err, "{}", progress_line(&pipeline.stats, now - self.start));
+                self.last_report = now;
+            }
+        }
+        Ok(())
+    }
+
+    /// The end of the input: every line still held goes to the engine.
+    fn finish(&mut self, pipeline: &mut Pipeline, out: &mut dyn Write) -> Result<(), String> {
+        let decisions = &mut self.decisions;
+        self.order.release_all(|line, _| pipeline.apply_held(&line, decisions));
+        self.write_decisions(out)
+    }
+
+    fn write_decisions(&mut self, out: &mut dyn Write) -> Result<(), String> {
         if !self.decisions.is_empty() {
             self.buf.clear();
             for d in self.decisions.drain(..) {
@@ -242,13 +277,6 @@ impl Writer {
             }
             out.write_all(self.buf.as_bytes())
                 .map_err(|e| format!("cannot write decisions: {e}"))?;
-        }
-        if self.progress {
-            let now = Instant::now();
-            if now - self.last_report >= Duration::from_secs(2) {
-                let _ = writeln!(err, "{}", progress_line(&pipeline.stats, now - self.start));
-                self.last_report = now;
-            }
         }
         Ok(())
     }

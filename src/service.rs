@@ -33,10 +33,13 @@ use rdkafka::consumer::CommitMode;
 use rdkafka::message::Message;
 use tokio::sync::watch;
 
+use crate::checkpoint::{CheckpointStore, Checkpointing};
 use crate::decision::Decision;
+use crate::eventtime::{EventTimeConfig, Sequencer};
 use crate::geo::GeoDb;
 use crate::input::lines::{Line, LineReader};
 use crate::metrics::Metrics;
+use crate::pipeline::HeldLine;
 use crate::pipeline::{Pipeline, PipelineConfig, Stats};
 use crate::rules::RuleSet;
 use crate::sinks::alerts::AlertSink;
@@ -63,6 +66,10 @@ pub struct ServiceConfig {
     /// Where items an output refused for good go; `None`: stderr.
     pub dead_letter: Option<PathBuf>,
     pub alerts_topic: Option<String>,
+    /// Per-partition event time: idleness and watermark alignment.
+    pub event_time: EventTimeConfig,
+    /// How often state is checkpointed to Redis; `None`: never.
+    pub checkpoint_interval: Option<Duration>,
 }
 
 /// What a run did, for the final log line and the tests.
@@ -199,7 +206,7 @@ pub async fn run(
     }
     let mut pipeline = Pipeline::new(rules, geo, cfg.pipeline.clone())?;
 
-    let Some(writer) = connect_redis(&cfg, &metrics, &mut shutdown).await? else {
+    let Some(mut writer) = connect_redis(&cfg, &metrics, &mut shutdown).await? else {
         return Ok(RunSummary::default());
     };
     let _health = AbortOnDrop(tokio::spawn(watch_redis(
@@ -215,8 +222,30 @@ pub async fn run(
         output = dead.lock().map(|d| d.name().to_string()).unwrap_or_default(),
         "dead letters"
     );
+    let mut checkpoints = match cfg.checkpoint_interval {
+        None => None,
+        Some(every) => {
+            let prefix = &cfg.redis.key_prefix;
+            let store = CheckpointStore::new(prefix, &cfg.group);
+            Some(Checkpointing::restore(store, every, &mut writer, pipeline.engine_mut(), &metrics).await?)
+        }
+    };
+    let start_at = checkpoints
+        .as_ref()
+        .map(Checkpointing::start_offsets)
+        .unwrap_or_default();
+    let (consumer, assigned, committed) = kafka::connect_at(
+        &cfg.brokers,
+        &cfg.group,
+        &cfg.topics,
+        &cfg.kafka,
+        metrics.clone(),
+        start_at,
+    )?;
+    if let Some(c) = &mut checkpoints {
+        c.set_committed(committed);
+    }
     let mut store = RevocationStore::Redis(writer.with_dead_letters(dead.clone()));
-    let (consumer, assigned) = kafka::connect(&cfg.brokers, &cfg.group, &cfg.topics, &cfg.kafka, metrics.clone())?;
     let alerts_producer = match &cfg.alerts_topic {
         None => None,
         Some(topic) => {
@@ -245,6 +274,7 @@ pub async fn run(
         &mut alerts,
         &mut shutdown,
         &mut reload_now,
+        checkpoints.as_mut(),
     )
     .await
 }
@@ -351,10 +381,11 @@ pub async fn run_loop(
     pipeline: &mut Pipeline,
     writer: &mut RevocationStore,
     consumer: &kafka::Source,
-    assigned: &std::sync::Mutex<std::collections::HashSet<(String, i32)>>,
+    assigned: &kafka::AssignmentSet,
     alerts: &mut AlertSink,
     shutdown: &mut watch::Receiver<bool>,
     reload_now: &mut watch::Receiver<u64>,
+    mut checkpoints: Option<&mut Checkpointing>,
 ) -> Result<RunSummary, String> {
     let mut summary = RunSummary::default();
     let mut sync = MetricSync { last: Stats::default() };
@@ -362,6 +393,12 @@ pub async fn run_loop(
     let mut offsets = Offsets::default();
     // The offsets of every batch whose side effects are done: the final commit's content.
     let mut finished = Offsets::default();
+    // Lines read and decoded wait here for their turn in event time.
+    let mut order: Sequencer<HeldLine> = Sequencer::new(cfg.event_time);
+    let mut clock = ReadingClock::new();
+    if let Some(c) = checkpoints.as_deref_mut() {
+        c.hand_over(&mut order);
+    }
     let mut fingerprint = rules_fingerprint(&cfg.rules_dir);
     let mut tripped_seen = HashMap::new();
     let mut last_check = Instant::now();
@@ -389,45 +426,10 @@ pub async fn run_loop(
             rearm_tripped(pipeline, writer, &mut tripped_seen).await;
         }
 
-        // Fill a batch.
-        let mut n = 0usize;
-        let start = Instant::now();
-        loop {
-            let wait = if n == 0 {
-                Duration::from_millis(250)
-            } else {
-                cfg.batch_wait.saturating_sub(start.elapsed())
-            };
-            let msg = tokio::select! {
-                m = tokio::time::timeout(wait, consumer.recv()) => m,
-                _ = stop.rx.changed() => break,
-            };
-            match msg {
-                Err(_) => break,
-                Ok(Err(e)) => {
-                    tracing::warn!(error = %e, "kafka receive error");
-                    break;
-                }
-                Ok(Ok(m)) => {
-                    if let Some(payload) = m.payload() {
-                        let mut reader = LineReader::new(payload, cfg.max_line);
-                        while let Ok(Some(line)) = reader.next_line() {
-                            match line {
-                                Line::Ok([]) => {}
-                                Line::Ok(l) => pipeline.process_line(l, &mut decisions),
-                                Line::TooLong(_) => pipeline.line_too_long(),
-                            }
-                        }
-                    }
-                    offsets.record(m.topic(), m.partition(), m.offset());
-                    n += 1;
-                    if n >= cfg.batch_max || start.elapsed() >= cfg.batch_wait {
-                        break;
-                    }
-                }
-            }
-        }
-        if n == 0 && decisions.is_empty() {
+        follow_assignment(&mut order, assigned, clock.now());
+        let n = fill(cfg, consumer, pipeline, &mut order, &mut clock, &mut stop).await;
+        let released = release(&mut order, pipeline, &mut decisions, consumer, metrics, clock.now());
+        if n == 0 && released == 0 && decisions.is_empty() {
             sync.sync(pipeline, metrics);
             continue;
         }
@@ -461,6 +463,16 @@ pub async fn run_loop(
             break Err(e);
         }
         decisions.clear();
+        // Checkpoint before committing: a checkpoint never covers less than the committed
+        // offsets' lines minus those it can rebuild quietly.
+        if let (Some(c), RevocationStore::Redis(w)) = (checkpoints.as_deref_mut(), &mut *writer) {
+            if c.due(&order) {
+                c.save(&mut order, pipeline.engine(), w, metrics).await;
+            }
+        }
+        for (topic, partition, next) in order.safe_offsets() {
+            offsets.advance(topic, partition, next);
+        }
         if let Err(e) = offsets.commit(consumer, assigned, CommitMode::Async) {
             tracing::warn!(error = %e, "offset commit failed; the batch will be read again");
         }
@@ -476,6 +488,10 @@ pub async fn run_loop(
     match finished.commit(consumer, assigned, CommitMode::Sync) {
         Ok(partitions) => tracing::debug!(partitions, "final offset commit"),
         Err(e) => tracing::warn!(error = %e, "final offset commit failed; the last batches will be read again"),
+    }
+    // State is checkpointed only when every decision it holds was delivered.
+    if let (Ok(()), Some(c), RevocationStore::Redis(w)) = (&outcome, checkpoints, &mut *writer) {
+        c.save(&mut order, pipeline.engine(), w, metrics).await;
     }
     summary.stats = pipeline.stats.clone();
     outcome.map(|()| summary)
@@ -510,6 +526,171 @@ async fn rearm_tripped(pipeline: &mut Pipeline, store: &mut RevocationStore, see
             tracing::warn!(rule = %rule, "rule re-armed by request: it enforces again");
         }
     }
+}
+
+/// The clock of event-time idleness: wall time spent reading, so that time the loop spends
+/// on side effects (a stalled Redis, say) makes no partition look idle.
+struct ReadingClock {
+    base: Instant,
+    spent: Duration,
+    reading_since: Option<Instant>,
+}
+
+impl ReadingClock {
+    fn new() -> Self {
+        ReadingClock {
+            base: Instant::now(),
+            spent: Duration::ZERO,
+            reading_since: None,
+        }
+    }
+
+    fn resume(&mut self) {
+        self.reading_since.get_or_insert_with(Instant::now);
+    }
+
+    fn pause(&mut self) {
+        if let Some(t) = self.reading_since.take() {
+            self.spent += t.elapsed();
+        }
+    }
+
+    /// Reading time so far, as an instant (what [`Sequencer`] takes as `now`).
+    fn now(&self) -> Instant {
+        self.base + self.spent + self.reading_since.map_or(Duration::ZERO, |t| t.elapsed())
+    }
+}
+
+/// Tracks the partitions librdkafka assigned: a new one holds event time back until it
+/// delivers or goes idle; a revoked one stops holding it at once.
+fn follow_assignment(order: &mut Sequencer<HeldLine>, assigned: &kafka::AssignmentSet, now: Instant) {
+    let now_assigned = assigned.lock().map(|a| a.clone()).unwrap_or_default();
+    let gone: Vec<(String, i32)> = order
+        .assigned()
+        .filter(|(t, p)| !now_assigned.contains(&(t.to_string(), *p)))
+        .map(|(t, p)| (t.to_string(), p))
+        .collect();
+    for (t, p) in gone {
+        order.revoke(&t, p);
+    }
+    for (t, p) in &now_assigned {
+        order.assign(t, *p, now);
+    }
+}
+
+/// Reads messages until a batch is full or its wait is over (or shutdown is asked), decoding
+/// their lines into the event-time buffer. Returns the messages read.
+async fn fill(
+    cfg: &ServiceConfig,
+    consumer: &kafka::Source,
+    pipeline: &mut Pipeline,
+    order: &mut Sequencer<HeldLine>,
+    clock: &mut ReadingClock,
+    stop: &mut Shutdown<'_>,
+) -> usize {
+    clock.resume();
+    let n = fill_batch(cfg, consumer, pipeline, order, clock, stop).await;
+    clock.pause();
+    n
+}
+
+async fn fill_batch(
+    cfg: &ServiceConfig,
+    consumer: &kafka::Source,
+    pipeline: &mut Pipeline,
+    order: &mut Sequencer<HeldLine>,
+    clock: &mut ReadingClock,
+    stop: &mut Shutdown<'_>,
+) -> usize {
+    let mut n = 0usize;
+    let start = Instant::now();
+    loop {
+        let wait = if n == 0 {
+            Duration::from_millis(250)
+        } else {
+            cfg.batch_wait.saturating_sub(start.elapsed())
+        };
+        let msg = tokio::select! {
+            m = tokio::time::timeout(wait, consumer.recv()) => m,
+            _ = stop.rx.changed() => return n,
+        };
+        let m = match msg {
+            Err(_) => return n,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "kafka receive error");
+                return n;
+            }
+            Ok(Ok(m)) => m,
+        };
+        let now = clock.now();
+        let source = order.assign(m.topic(), m.partition(), now);
+        if let Some(payload) = m.payload() {
+            hold_message(pipeline, order, (source, m.offset()), payload, cfg.max_line, now);
+        }
+        order.read(source, m.offset(), now);
+        n += 1;
+        if n >= cfg.batch_max || start.elapsed() >= cfg.batch_wait {
+            return n;
+        }
+    }
+}
+
+/// Decodes the lines of one message into the event-time buffer, numbered in the message; a
+/// line that a restored checkpoint already holds is passed over.
+fn hold_message(
+    pipeline: &mut Pipeline,
+    order: &mut Sequencer<HeldLine>,
+    (source, offset): (usize, i64),
+    payload: &[u8],
+    max_line: usize,
+    now: Instant,
+) {
+    let mut reader = LineReader::new(payload, max_line);
+    let mut number = 0u32;
+    while let Ok(Some(line)) = reader.next_line() {
+        number += 1;
+        if order.restored(source, offset, number) {
+            continue;
+        }
+        match line {
+            Line::Ok([]) => {}
+            Line::Ok(l) => {
+                if let Some(held) = pipeline.hold_line(l) {
+                    order.push(source, offset, number, held.ts_ms(), held.tie(), held, now);
+                }
+            }
+            Line::TooLong(_) => pipeline.line_too_long(),
+        }
+    }
+}
+
+/// Runs the engine over every line whose turn has come, then pauses the partitions that run
+/// too far ahead and resumes those the slowest has caught up with. Returns the lines applied.
+fn release(
+    order: &mut Sequencer<HeldLine>,
+    pipeline: &mut Pipeline,
+    decisions: &mut Vec<Decision>,
+    consumer: &kafka::Source,
+    metrics: &Metrics,
+    now: Instant,
+) -> usize {
+    let n = order.release(now, |line, quiet| {
+        let before = decisions.len();
+        pipeline.apply_held(&line, decisions);
+        if quiet {
+            // Decided and delivered before a restart: the line only rebuilds state.
+            decisions.truncate(before);
+        }
+    });
+    for t in order.skew(now) {
+        if let Err(e) = kafka::pause(consumer, &t.topic, t.partition, t.pause) {
+            tracing::warn!(error = %e, topic = %t.topic, partition = t.partition, "cannot pause or resume a partition");
+        }
+    }
+    metrics.paused_partitions.set(order.paused() as i64);
+    metrics.held_lines.set(order.len() as i64);
+    metrics.held_lines_peak.set(order.peak() as i64);
+    n
 }
 
 /// Delivers a batch's alert lines, retrying with backoff while the file or the alerts topic
@@ -760,6 +941,8 @@ fn resolve_settings(c: &crate::config::Config, o: &Overrides) -> Result<(Service
         }),
         alerts: alerts.parse()?,
         alerts_topic: o.alerts_topic.clone().or_else(|| c.alerts_topic.clone()),
+        event_time: c.event_time()?,
+        checkpoint_interval: c.checkpoint_interval()?,
     };
     Ok((cfg, metrics_addr))
 }

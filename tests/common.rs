@@ -173,6 +173,16 @@ impl RedisServer {
         }
     }
 
+    /// Sends a signal by name (`STOP`, `CONT`): `STOP` stalls it without closing a socket.
+    pub fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().expect("redis-server running").id();
+        let ok = std::process::Command::new("kill")
+            .args(["-s", sig, &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success(), "kill -s {sig} redis-server");
+    }
+
     /// Starts it again on the same port (and, with AOF, the same data).
     pub fn restart(&mut self) {
         self.kill();
@@ -331,4 +341,69 @@ pub fn label_revocation_key(l: &tokenwatch::gen::Label) -> Option<String> {
 /// The Redis id of a token revocation for a readable (iss, jti) or of a subject's (iss, sub).
 pub fn scoped(iss: &str, id: &str) -> String {
     tokenwatch::token::scoped_key(iss, id).into()
+}
+
+/// One message per line over `partitions` partitions of `topic`, in the lines' order, each
+/// line's partition drawn at random (seeded), as log shippers that key messages at random do.
+pub fn produce_spread<S: AsRef<str>>(brokers: &str, topic: &str, partitions: i32, lines: &[S], seed: u64) {
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    let p: BaseProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .unwrap();
+    let mut x = seed | 1;
+    for l in lines {
+        // xorshift64*: enough to scatter lines, and the same split for the same seed.
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        let partition = ((x.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 33) % partitions as u64) as i32;
+        while p
+            .send(
+                BaseRecord::<(), str>::to(topic)
+                    .payload(l.as_ref())
+                    .partition(partition),
+            )
+            .is_err()
+        {
+            p.poll(std::time::Duration::from_millis(10));
+        }
+    }
+    p.flush(std::time::Duration::from_secs(30)).unwrap();
+}
+
+/// What `tokenwatch replay` decides for `lines` with the default rules and the test GeoIP
+/// database: the decisions' JSON lines, in order.
+pub fn replay_lines<S: AsRef<str>>(lines: &[S]) -> Vec<String> {
+    let mut text = String::new();
+    for l in lines {
+        text.push_str(l.as_ref());
+        text.push('\n');
+    }
+    let mut p = pipeline(Format::Auto);
+    let mut out = Vec::new();
+    let input: tokenwatch::replay::Input = ("lines".into(), Box::new(std::io::Cursor::new(text.into_bytes())));
+    let summary =
+        tokenwatch::replay::replay(&mut p, vec![input], 1 << 20, &mut out, &mut std::io::sink(), false).unwrap();
+    assert_eq!(summary.late_events, 0, "the file itself has late events");
+    String::from_utf8(out).unwrap().lines().map(String::from).collect()
+}
+
+/// The (kind, id) revocations that decisions ask for, as the revocation stream lists them.
+pub fn revocations_of(decision_lines: &[String]) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for l in decision_lines {
+        let d: serde_json::Value = serde_json::from_str(l).unwrap();
+        if d["shadow"] == serde_json::Value::Bool(true) {
+            continue;
+        }
+        // the feed names a revocation by its fixed-length id, the decision's revocation_key
+        let (kind, id) = match d["action"].as_str().unwrap() {
+            "revoke_token" => ("token", &d["revocation_key"]),
+            "revoke_subject" => ("subject", &d["revocation_key"]),
+            _ => continue,
+        };
+        out.push((kind.to_string(), id.as_str().unwrap().to_string()));
+    }
+    out
 }

@@ -862,3 +862,68 @@ async fn a_tripped_rule_is_shown_and_rearmed_through_redis() {
     wait_until("the next revocation", 30, || stream(&redis).len() == 3).await;
     stop_and_wait(svc).await.unwrap();
 }
+
+/// Generated traffic with every kind of attack, a few thousand lines per partition (the mock
+/// cluster keeps at most 5 MiB per partition).
+fn generated_attacks(seed: u64, lines: u64) -> Vec<String> {
+    let cfg = tokenwatch::gen::GenConfig {
+        seed,
+        events: Some(lines),
+        rate_per_sec: 20.0,
+        attack_rate: 60.0,
+        ..Default::default()
+    };
+    tokenwatch::gen::Generator::new(cfg).map(|g| g.line).collect()
+}
+
+/// Waits until the service has read `total` lines and its alerts file has stopped growing.
+async fn wait_for_quiet(svc: &Running, total: u64, secs: u64) {
+    let m = svc.metrics.clone();
+    wait_until("every line to be read", secs, || seen(&m) >= total).await;
+    let mut last = usize::MAX;
+    loop {
+        let n = std::fs::read_to_string(&svc.alerts)
+            .map(|s| s.lines().count())
+            .unwrap_or(0);
+        if n == last {
+            break;
+        }
+        last = n;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    }
+}
+
+/// A backlog of generated traffic over 6 partitions, keyed at random, read from the start:
+/// `run` decides exactly what `replay` of the same lines decides, none of it late.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_over_six_partitions_decides_what_replay_decides() {
+    let mock = MockCluster::new(1).unwrap();
+    mock.create_topic("logs", 6, 1).unwrap();
+    let brokers = mock.bootstrap_servers();
+    let redis = common::RedisServer::start();
+    let lines = generated_attacks(10, 24_000);
+    let want = common::replay_lines(&lines);
+    assert!(want.len() > 50, "the log has attacks: {}", want.len());
+    common::produce_spread(&brokers, "logs", 6, &lines, 7);
+
+    let svc = start(&brokers, &redis.url(), "backlog6").await;
+    wait_for_quiet(&svc, lines.len() as u64, 120).await;
+    assert_eq!(svc.metrics.late_events.get(), 0, "no event is late");
+    // The buffer's bound: about max_skew (60 s) of event time plus what a fetch brought.
+    let peak = svc.metrics.held_lines_peak.get();
+    eprintln!("event-time buffer peak: {peak} lines of {}", lines.len());
+    assert!(peak > 0 && (peak as usize) < lines.len() / 2, "peak {peak}");
+    let got = alerts_file(&svc);
+    assert_eq!(got.len(), want.len(), "as many decisions as replay");
+    assert!(got == want, "the same decisions, in the same order, as replay");
+    let mut revoked = stream(&redis);
+    let mut want_revoked = common::revocations_of(&want);
+    want_revoked.sort();
+    want_revoked.dedup();
+    let n = revoked.len();
+    revoked.sort();
+    revoked.dedup();
+    assert_eq!(revoked.len(), n, "no stream entry twice");
+    assert_eq!(revoked, want_revoked);
+    stop_and_wait(svc).await.unwrap();
+}

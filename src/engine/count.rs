@@ -7,7 +7,7 @@
 /// The newest timestamps of one key, ascending; at most `threshold + 1` transiently.
 #[derive(Default, Debug)]
 pub struct CountState {
-    ts: Vec<i64>,
+    pub(super) ts: Vec<i64>,
 }
 
 impl CountState {

@@ -89,7 +89,7 @@ impl<'a> Probe<'a> {
 #[derive(Default, Debug)]
 pub struct DistinctState {
     /// (newest time seen, value)
-    vals: Vec<(i64, DVal)>,
+    pub(super) vals: Vec<(i64, DVal)>,
 }
 
 impl DistinctState {

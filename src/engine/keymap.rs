@@ -107,6 +107,20 @@ impl<T: Default> KeyMap<T> {
         self.map.len()
     }
 
+    /// Every slot, for a checkpoint.
+    pub fn slots(&self) -> impl Iterator<Item = (u64, &Slot<T>)> {
+        self.map.iter().map(|(k, s)| (*k, s))
+    }
+
+    /// Puts back a slot from a checkpoint (within the cap: beyond it, the slot is evicted).
+    pub fn restore(&mut self, key: u64, slot: Slot<T>) {
+        if self.map.len() >= self.cap {
+            self.evictions += 1;
+            return;
+        }
+        self.map.insert(key, slot);
+    }
+
     pub fn is_empty(&self) -> bool {
         self.map.is_empty()
     }

@@ -14,6 +14,7 @@ pub mod count;
 pub mod distinct;
 pub mod keymap;
 pub mod revoked;
+pub mod snapshot;
 pub mod velocity;
 
 use std::hash::{BuildHasher, Hash, Hasher};
@@ -134,6 +135,9 @@ pub struct Engine {
     budgets: Vec<BudgetState>,
     revoked: Revocations,
     hasher: ahash::RandomState,
+    /// The hasher's seeds, random per engine and kept in checkpoints: the keys of the state
+    /// are hashes under them.
+    seeds: [u64; 4],
     newest: i64,
     next_sweep: i64,
     events: u64,
@@ -144,13 +148,15 @@ impl Engine {
     pub fn new(rules: Arc<RuleSet>, cfg: EngineConfig) -> Self {
         let states = rules.rules.iter().map(|r| State::for_rule(r, &cfg)).collect();
         let budgets = rules.rules.iter().map(|_| BudgetState::default()).collect();
+        let seeds = snapshot::random_seeds();
         Engine {
             cfg,
             rules,
             states,
             budgets,
             revoked: Revocations::new(cfg.max_revocations),
-            hasher: ahash::RandomState::new(),
+            hasher: ahash::RandomState::with_seeds(seeds[0], seeds[1], seeds[2], seeds[3]),
+            seeds,
             newest: i64::MIN,
             next_sweep: i64::MIN,
             events: 0,

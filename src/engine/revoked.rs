@@ -19,8 +19,8 @@ pub struct Revoked {
 }
 
 pub struct Revocations {
-    tokens: IdMap<Revoked>,
-    subjects: IdMap<Revoked>,
+    pub(super) tokens: IdMap<Revoked>,
+    pub(super) subjects: IdMap<Revoked>,
     cap: usize,
     pub evictions: u64,
 }

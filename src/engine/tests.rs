@@ -717,3 +717,73 @@ fn a_runaway_revoking_rule_trips_to_shadow_past_its_budget() {
     assert_eq!(d.iter().filter(|d| !d.shadow).count(), 1000);
     assert_eq!(d.iter().filter(|d| d.shadow).count(), 5);
 }
+
+/// The default rules with the token-replay window at `window`: a changed definition.
+fn rules_with_replay_window(window: &str) -> Arc<RuleSet> {
+    let mut set = (*crate::defaults::rules().unwrap()).clone();
+    let replay = set.rules.iter().position(|r| &*r.id == "token-replay").unwrap();
+    let yaml = format!(
+        "rules:\n  - {{id: token-replay, severity: high, action: revoke_token, kind: distinct_count, key: token_id, distinct: network, threshold: 3, window: {window}}}\n"
+    );
+    set.rules[replay] = load_str(Path::new("t.yaml"), &yaml).unwrap().remove(0);
+    Arc::new(set)
+}
+
+#[test]
+fn a_restored_snapshot_continues_as_if_never_stopped() {
+    let t = live("t1", "u");
+    let first = [ev(T0, "198.51.100.1", 200, &t), ev(T0 + MIN, "203.0.113.5", 200, &t)];
+    let then = [
+        ev(T0 + 2 * MIN, "192.0.2.1", 200, &t),
+        ev(T0 + 3 * MIN, "192.0.2.1", 200, &t),
+    ];
+    let mut whole = engine(crate::defaults::rules().unwrap());
+    let mut want = run(&mut whole, &first);
+    want.extend(run(&mut whole, &then));
+    assert!(want.iter().any(|d| &*d.rule == "token-replay"));
+    assert!(want.iter().any(|d| &*d.rule == "revoked-token-used"));
+
+    let mut before = engine(crate::defaults::rules().unwrap());
+    let mut got = run(&mut before, &first);
+    let mut bytes = Vec::new();
+    before.snapshot(&mut bytes);
+    let mut after = engine(crate::defaults::rules().unwrap());
+    let report = after.restore(&bytes).unwrap();
+    assert_eq!((report.rules_kept, report.rules_empty), (8, 0));
+    got.extend(run(&mut after, &then));
+    assert_eq!(got, want);
+
+    // Changed since: token-replay starts empty (no third network in its window), the
+    // others keep their state.
+    let mut changed = engine(rules_with_replay_window("11m"));
+    let report = changed.restore(&bytes).unwrap();
+    assert_eq!((report.rules_kept, report.rules_empty), (7, 1));
+    assert!(run(&mut changed, &then).is_empty());
+}
+
+#[test]
+fn a_damaged_snapshot_is_refused_and_changes_nothing() {
+    let t = live("t1", "u");
+    let mut e = engine(crate::defaults::rules().unwrap());
+    run(
+        &mut e,
+        &[ev(T0, "198.51.100.1", 200, &t), ev(T0 + MIN, "203.0.113.5", 200, &t)],
+    );
+    let mut bytes = Vec::new();
+    e.snapshot(&mut bytes);
+    let mut target = engine(crate::defaults::rules().unwrap());
+    run(&mut target, &[ev(T0, "198.51.100.9", 200, &live("t2", "v"))]);
+    let keys = target.tracked_keys();
+    for cut in [0, 10, bytes.len() / 2, bytes.len() - 1] {
+        assert!(target.restore(&bytes[..cut]).is_err(), "cut at {cut}");
+        assert_eq!(target.tracked_keys(), keys, "nothing half-loaded");
+    }
+    let mut long = bytes.clone();
+    long.push(0);
+    assert!(target.restore(&long).is_err());
+    // A count that claims more entries than the bytes could hold is refused, not allocated.
+    let mut huge = bytes[..48].to_vec();
+    huge.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f]);
+    assert!(target.restore(&huge).is_err());
+    assert_eq!(target.tracked_keys(), keys);
+}

@@ -22,7 +22,7 @@ pub struct Sample {
 
 #[derive(Default, Debug)]
 pub struct VelocityState {
-    samples: Vec<Sample>,
+    pub(super) samples: Vec<Sample>,
 }
 
 /// Two samples that imply impossible travel.

@@ -401,6 +401,13 @@ impl Conn {
         };
         r.map(|_| ()).map_err(|e| format!("redis ping failed: {e}"))
     }
+
+    async fn query<T: redis::FromRedisValue>(&mut self, cmd: &redis::Cmd) -> redis::RedisResult<T> {
+        match self {
+            Conn::Single(c) => cmd.query_async(c).await,
+            Conn::Cluster(c) => cmd.query_async(c).await,
+        }
+    }
 }
 
 /// Writes revocations; every call either writes all of them or returns the error (the
@@ -512,12 +519,13 @@ impl RevocationWriter {
         self.conn.invoke(inv).await
     }
 
-    /// Runs a command on this writer's connection (single node or cluster).
-    pub(crate) async fn query<T: redis::FromRedisValue>(&mut self, cmd: &redis::Cmd) -> redis::RedisResult<T> {
-        match &mut self.conn {
-            Conn::Single(c) => cmd.query_async(c).await,
-            Conn::Cluster(c) => cmd.query_async(c).await,
-        }
+    /// Runs one command on the writer's connection: checkpoints live beside the revocations
+    /// ([`crate::checkpoint`]).
+    pub async fn query<T: redis::FromRedisValue>(&mut self, cmd: &redis::Cmd) -> Result<T, String> {
+        self.conn
+            .query(cmd)
+            .await
+            .map_err(|e| format!("redis {}: {e}", self.cfg.where_()))
     }
 
     /// Writes one revocation; `Ok(true)` when it was new (a feed entry was added).

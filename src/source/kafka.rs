@@ -17,9 +17,12 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, RebalanceProtocol, StreamConsumer,
+};
 use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::types::RDKafkaRespErr;
 use rdkafka::ClientContext;
 
 use crate::metrics::Metrics;
@@ -48,6 +51,25 @@ pub fn base_config(brokers: &str, group: &str, extra: &BTreeMap<String, String>)
 pub struct SourceContext {
     metrics: Arc<Metrics>,
     assigned: Arc<Mutex<HashSet<(String, i32)>>>,
+    /// Where a restored checkpoint wants partitions to start, on their first assignment
+    /// (instead of the group's committed offset).
+    start_at: Mutex<HashMap<(String, i32), i64>>,
+}
+
+impl SourceContext {
+    fn start_from_checkpoint(&self, tpl: &mut TopicPartitionList) {
+        let Ok(mut start) = self.start_at.lock() else { return };
+        let keys: Vec<(String, i32)> = tpl
+            .elements()
+            .iter()
+            .map(|e| (e.topic().to_string(), e.partition()))
+            .collect();
+        for k in keys {
+            if let Some(o) = start.remove(&k) {
+                let _ = tpl.set_partition_offset(&k.0, k.1, Offset::Offset(o));
+            }
+        }
+    }
 }
 
 impl ClientContext for SourceContext {
@@ -70,6 +92,42 @@ impl ClientContext for SourceContext {
 }
 
 impl ConsumerContext for SourceContext {
+    /// librdkafka's rebalance, as rdkafka does it, except that a partition assigned for the
+    /// first time after a checkpoint was restored starts where the checkpoint stands.
+    fn rebalance(&self, c: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
+        let cooperative = matches!(c.rebalance_protocol(), RebalanceProtocol::Cooperative);
+        let result = match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                self.start_from_checkpoint(tpl);
+                if cooperative {
+                    c.incremental_assign(tpl)
+                } else {
+                    c.assign(tpl)
+                }
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                if cooperative {
+                    c.incremental_unassign(tpl)
+                } else {
+                    c.unassign()
+                }
+            }
+            other => {
+                tracing::warn!(error = ?other, "rebalance error");
+                c.unassign()
+            }
+        };
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "applying a rebalance failed");
+        }
+        let r = match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => Rebalance::Assign(tpl),
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => Rebalance::Revoke(tpl),
+            _ => return,
+        };
+        self.post_rebalance(c, &r);
+    }
+
     fn post_rebalance(&self, _c: &BaseConsumer<Self>, r: &Rebalance<'_>) {
         let Ok(mut a) = self.assigned.lock() else { return };
         match r {
@@ -101,7 +159,25 @@ impl ConsumerContext for SourceContext {
 pub type Source = StreamConsumer<SourceContext>;
 
 /// The partitions currently assigned to this instance.
-pub type Assignment = Arc<Mutex<HashSet<(String, i32)>>>;
+pub type Assignment = Arc<AssignmentSet>;
+pub type AssignmentSet = Mutex<HashSet<(String, i32)>>;
+
+/// Pauses (or resumes) fetching one partition: watermark alignment ([`crate::eventtime`]).
+pub fn pause(consumer: &Source, topic: &str, partition: i32, pause: bool) -> Result<(), String> {
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition(topic, partition);
+    let r = if pause {
+        consumer.pause(&tpl)
+    } else {
+        consumer.resume(&tpl)
+    };
+    r.map_err(|e| {
+        format!(
+            "kafka {} {topic}/{partition}: {e}",
+            if pause { "pause" } else { "resume" }
+        )
+    })
+}
 
 /// Creates the consumer and subscribes; errors name the setting or broker at fault.
 pub fn connect(
@@ -111,19 +187,52 @@ pub fn connect(
     extra: &BTreeMap<String, String>,
     metrics: Arc<Metrics>,
 ) -> Result<(Source, Assignment), String> {
+    let (c, a, _) = connect_at(brokers, group, topics, extra, metrics, HashMap::new())?;
+    Ok((c, a))
+}
+
+/// Offsets per partition.
+pub type PartitionOffsets = HashMap<(String, i32), i64>;
+
+/// [`connect`], with partitions starting at `start_at` on their first assignment (a restored
+/// checkpoint's offsets). Also returns the group's committed offsets of those partitions.
+pub fn connect_at(
+    brokers: &str,
+    group: &str,
+    topics: &[String],
+    extra: &BTreeMap<String, String>,
+    metrics: Arc<Metrics>,
+    start_at: PartitionOffsets,
+) -> Result<(Source, Assignment, PartitionOffsets), String> {
     let assigned = Arc::new(Mutex::new(HashSet::new()));
+    let mut tpl = TopicPartitionList::new();
+    for (t, p) in start_at.keys() {
+        tpl.add_partition(t, *p);
+    }
     let ctx = SourceContext {
         metrics,
         assigned: assigned.clone(),
+        start_at: Mutex::new(start_at),
     };
     let consumer: Source = base_config(brokers, group, extra)
         .create_with_context(ctx)
         .map_err(|e| format!("kafka consumer for {brokers}: {e} (check the [kafka] settings)"))?;
+    let mut committed = HashMap::new();
+    if tpl.count() > 0 {
+        let got = consumer
+            .committed_offsets(tpl, std::time::Duration::from_secs(30))
+            .map_err(|e| format!("kafka {brokers}: reading group {group}'s committed offsets: {e}"))?;
+        for e in got.elements() {
+            if let Offset::Offset(o) = e.offset() {
+                committed.insert((e.topic().to_string(), e.partition()), o);
+            }
+        }
+    }
     let t: Vec<&str> = topics.iter().map(String::as_str).collect();
     consumer
         .subscribe(&t)
         .map_err(|e| format!("kafka subscribe to {}: {e}", topics.join(", ")))?;
-    Ok((consumer, assigned))
+    Ok((consumer, assigned, committed))
 }
 
 /// The next offset to commit per partition, for the messages of one batch.
@@ -134,8 +243,13 @@ pub struct Offsets {
 
 impl Offsets {
     pub fn record(&mut self, topic: &str, partition: i32, offset: i64) {
-        let e = self.next.entry((topic.to_string(), partition)).or_insert(offset + 1);
-        *e = (*e).max(offset + 1);
+        self.advance(topic, partition, offset + 1);
+    }
+
+    /// Moves a partition's next offset forward to `next` (never back).
+    pub fn advance(&mut self, topic: &str, partition: i32, next: i64) {
+        let e = self.next.entry((topic.to_string(), partition)).or_insert(next);
+        *e = (*e).max(next);
     }
 
     pub fn is_empty(&self) -> bool {
