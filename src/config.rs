@@ -56,6 +56,7 @@ pub struct Config {
     pub batch: BatchSection,
     #[serde(default)]
     pub dead_letter: DeadLetterSection,
+    #[serde(default)]
     pub verify: VerifySection,
     /// librdkafka properties, passed through unchanged (TLS, SASL, fetch sizes...).
     #[serde(default)]

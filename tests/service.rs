@@ -52,6 +52,12 @@ async fn start_tweaked(
         redis: vec![redis_url.into()],
         alerts: Some(alerts.to_str().unwrap().into()),
         alerts_topic: alerts_topic.map(String::from),
+        // the fixtures' tokens are signed with the test key: verified, so they may revoke
+        jwks: vec![common::root()
+            .join("tests/fixtures/keys/jwks.json")
+            .to_str()
+            .unwrap()
+            .into()],
         ..Overrides::default()
     };
     let (mut cfg, _) = resolve(&config, &o).unwrap();
@@ -811,7 +817,7 @@ async fn a_tripped_rule_is_shown_and_rearmed_through_redis() {
     let rules = tempfile::tempdir().unwrap();
     std::fs::write(
         rules.path().join("oops.yaml"),
-        "id: oops\nseverity: high\naction: revoke_token\nkind: match\nkey: token_id\nbudget: 2/1h\nwhere:\n  accepted: true\n",
+        "id: oops\nseverity: high\naction: revoke_token\nkind: match\nkey: token_id\nbudget: 2/1h\nwhere:\n  authenticated: true\n",
     )
     .unwrap();
     let dir = rules.path().to_path_buf();
@@ -824,7 +830,7 @@ async fn a_tripped_rule_is_shown_and_rearmed_through_redis() {
             b"sig",
         );
         format!(
-            r#"{{"ts":"2026-11-29T00:00:{i:02}.000Z","client_ip":"198.51.100.7","method":"GET","path":"/x","status":200,"authorization":"Bearer {t}"}}"#
+            r#"{{"ts":"2026-11-29T00:00:{i:02}.000Z","client_ip":"198.51.100.7","method":"GET","path":"/x","status":200,"authenticated":true,"authorization":"Bearer {t}"}}"#
         )
     };
     common::produce(&brokers, "logs", &(0..5).map(line).collect::<Vec<_>>());

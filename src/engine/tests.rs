@@ -660,7 +660,7 @@ fn impossible_travel_cools_down_for_an_hour_then_fires_again() {
 #[test]
 fn a_runaway_revoking_rule_trips_to_shadow_past_its_budget() {
     let yaml =
-        "id: oops\nseverity: high\naction: revoke_subject\nkind: match\nkey: subject\ncooldown: 0s\nbudget: 3/10m\n";
+        "id: oops\nseverity: high\naction: revoke_subject\nkind: match\nkey: subject\ncooldown: 0s\nbudget: 3/10m\nwhere: {authenticated: true}\n";
     let mut e = engine(rules(yaml));
     let events: Vec<_> = (0..10)
         .map(|i| {
@@ -701,7 +701,7 @@ fn a_runaway_revoking_rule_trips_to_shadow_past_its_budget() {
     assert!(e.tripped().all(|(_, at)| at.is_none()));
 
     // the default budget: 1000 per 10 minutes
-    let yaml = "id: oops\nseverity: high\naction: revoke_subject\nkind: match\nkey: subject\ncooldown: 0s\n";
+    let yaml = "id: oops\nseverity: high\naction: revoke_subject\nkind: match\nkey: subject\ncooldown: 0s\nwhere: {authenticated: true}\n";
     let mut e = engine(rules(yaml));
     let events: Vec<_> = (0..1005)
         .map(|i| {

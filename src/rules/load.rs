@@ -872,7 +872,7 @@ cooldown: forever
         let base = "id: r\nseverity: low\nkind: match\nkey: subject\n";
         let r = load_str(
             Path::new("r.yaml"),
-            &format!("{base}action: revoke_subject\nbudget: 5/1h\n"),
+            &format!("{base}where: {{authenticated: true}}\naction: revoke_subject\nbudget: 5/1h\n"),
         )
         .unwrap();
         assert_eq!(
@@ -887,8 +887,8 @@ cooldown: forever
             e[0].starts_with("r.yaml:6:") && e[0].contains("revoke_token and revoke_subject"),
             "{e:?}"
         );
-        let e = errs(&format!("{base}action: revoke_token\nbudget: lots\n"));
-        assert!(e[0].starts_with("r.yaml:6:") && e[0].contains("COUNT/WINDOW"), "{e:?}");
+        let e = errs(&format!("{base}where: {{authenticated: true}}\naction: revoke_token\nbudget: lots\n"));
+        assert!(e[0].starts_with("r.yaml:7:") && e[0].contains("COUNT/WINDOW"), "{e:?}");
     }
 
     #[test]
