@@ -61,7 +61,32 @@ pub struct Stats {
     pub token_errors: BTreeMap<&'static str, u64>,
     /// Events that carried no token at all (they still reach rules that need none).
     pub without_token: u64,
+    /// Events whose Authorization header the gateway logged as `REDACTED`.
+    pub authorization_redacted: u64,
+    /// Decoded events by the format that read them, and what they lacked.
+    pub by_format: BTreeMap<&'static str, FormatCounts>,
     pub decisions: BTreeMap<(String, &'static str), u64>,
+}
+
+/// Decoded events of one format, and how many of them lacked a field that rules use: a
+/// preset that does not match what the gateway writes shows here, not in skipped lines.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct FormatCounts {
+    pub events: u64,
+    pub no_client_ip: u64,
+    pub no_method: u64,
+    pub no_path: u64,
+}
+
+impl FormatCounts {
+    /// (field, events lacking it), in a fixed order: metric label values and summary lines.
+    pub fn missing(&self) -> [(&'static str, u64); 3] {
+        [
+            ("client_ip", self.no_client_ip),
+            ("method", self.no_method),
+            ("path", self.no_path),
+        ]
+    }
 }
 
 impl Stats {
@@ -289,6 +314,8 @@ struct DecodedEvent {
     url_token: Option<Arc<TokenInfo>>,
     geo: Option<GeoPoint>,
     token_errors: Vec<DecodeError>,
+    format: Format,
+    authorization_redacted: bool,
 }
 
 type Decoded = Result<DecodedEvent, Skip>;
@@ -368,6 +395,8 @@ impl Decoder {
             url_token: parsed.url_token,
             geo: ev.geo,
             token_errors: parsed.token_errors,
+            format: parsed.format,
+            authorization_redacted: parsed.authorization_redacted,
         })
     }
 
@@ -546,6 +575,9 @@ impl Pipeline {
         if p.token.is_none() {
             self.stats.without_token += 1;
         }
+        if p.authorization_redacted {
+            self.stats.authorization_redacted += 1;
+        }
         let ev = Event {
             ts_ms: p.ts_ms,
             client_ip: p.client_ip,
@@ -557,6 +589,11 @@ impl Pipeline {
             token_in_url: p.token_in_url,
             geo: p.geo,
         };
+        let c = self.stats.by_format.entry(p.format.name()).or_default();
+        c.events += 1;
+        c.no_client_ip += u64::from(ev.client_ip.is_none());
+        c.no_method += u64::from(ev.method.is_empty());
+        c.no_path += u64::from(ev.path.is_empty());
         let start = out.len();
         self.engine.process(&ev, out);
         if let Some(second) = &p.url_token {

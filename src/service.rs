@@ -151,6 +151,19 @@ impl MetricSync {
                 m.decode_errors.with_label_values(&[reason]).inc_by(n - before);
             }
         }
+        m.authorization_redacted
+            .inc_by(s.authorization_redacted - self.last.authorization_redacted);
+        for (format, c) in &s.by_format {
+            let before = self.last.by_format.get(format).copied().unwrap_or_default();
+            m.format_events
+                .with_label_values(&[format])
+                .inc_by(c.events - before.events);
+            for ((field, n), (_, was)) in c.missing().into_iter().zip(before.missing()) {
+                if n > was {
+                    m.missing_fields.with_label_values(&[format, field]).inc_by(n - was);
+                }
+            }
+        }
         let es = p.engine().stats();
         m.tracked_keys.set(p.engine().tracked_keys() as i64);
         let ev = es.evictions.saturating_sub(m.evicted_keys.get());

@@ -18,6 +18,7 @@ pub fn fields<'a>(r: &mut RawLine<'a>) -> Fields<'a> {
         token: r.token.0.take(),
         jwt_header: r.jwt_header.take(),
         jwt_claims: r.jwt_claims.take(),
-        geo: r.geo.take(),
+        geo: r.geo.0.take().and_then(|g| g.raw()),
+        ..Fields::default()
     }
 }

@@ -3,14 +3,19 @@
 //! Every supported gateway writes one JSON object per line, each with its own field names.
 //! All of them are read by one borrowed serde pass ([`RawLine`] holds the union of their
 //! fields), after which a small per-format function picks the fields it owns
-//! ([`canonical`], [`traefik`], [`kong`], [`envoy`], [`nginx`]), or a user-defined
-//! [`mapping`] reads them by JSON path. `auto` decides per line by the timestamp field present.
+//! ([`canonical`], [`traefik`], [`kong`], [`apisix`], [`envoy`], [`nginx`], [`aws`]), or a
+//! user-defined [`mapping`] reads them by JSON path. `auto` decides per line by the timestamp
+//! fields present; when they fit more than one preset, the one that reads more of the
+//! request (time, token, client, method, path) wins, so a line is never taken for a gateway
+//! that would decode half of it.
 //!
 //! A line that is not valid input yields a [`Skip`] with a stable reason, counted by the
 //! caller; nothing here panics on any input (a property test feeds arbitrary bytes). Strings
 //! are borrowed from the line whenever JSON escaping allows, so a typical line allocates
 //! nothing here.
 
+pub mod apisix;
+pub mod aws;
 pub mod canonical;
 pub mod envoy;
 pub mod kong;
@@ -97,6 +102,11 @@ pub struct Parsed<'a> {
     pub url_token: Option<Arc<TokenInfo>>,
     /// Tokens on this line that could not be decoded, by reason (the event still counts).
     pub token_errors: Vec<token::DecodeError>,
+    /// The preset that read the line (`Custom` for a mapping).
+    pub format: Format,
+    /// The gateway logged the Authorization header as `REDACTED` (Kong always does): the
+    /// request may well have carried a token that this line cannot show.
+    pub authorization_redacted: bool,
 }
 
 impl fmt::Debug for Parsed<'_> {
@@ -105,6 +115,8 @@ impl fmt::Debug for Parsed<'_> {
             .field("event", &self.event)
             .field("url_token", &self.url_token)
             .field("token_errors", &self.token_errors)
+            .field("format", &self.format)
+            .field("authorization_redacted", &self.authorization_redacted)
             .finish()
     }
 }
@@ -165,24 +177,47 @@ pub enum Format {
     Nginx,
     /// The user-defined mapping from the config file.
     Custom,
+    /// Apache APISIX's loggers.
+    Apisix,
+    /// Amazon API Gateway access logs.
+    Aws,
+}
+
+impl Format {
+    /// Every format a user can name, `auto` first.
+    pub const ALL: [Format; 9] = [
+        Format::Auto,
+        Format::Canonical,
+        Format::Traefik,
+        Format::Kong,
+        Format::Apisix,
+        Format::Envoy,
+        Format::Nginx,
+        Format::Aws,
+        Format::Custom,
+    ];
+
+    /// The preset's name, as `--format` takes it and as metric labels show it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::Auto => "auto",
+            Format::Canonical => "canonical",
+            Format::Traefik => "traefik",
+            Format::Kong => "kong",
+            Format::Apisix => "apisix",
+            Format::Envoy => "envoy",
+            Format::Nginx => "nginx",
+            Format::Aws => "aws",
+            Format::Custom => "custom",
+        }
+    }
 }
 
 impl FromStr for Format {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        Ok(match s {
-            "auto" => Format::Auto,
-            "canonical" => Format::Canonical,
-            "traefik" => Format::Traefik,
-            "kong" => Format::Kong,
-            "envoy" => Format::Envoy,
-            "nginx" => Format::Nginx,
-            "custom" => Format::Custom,
-            other => {
-                return Err(format!(
-                    "unknown format `{other}`: expected auto, canonical, traefik, kong, envoy, nginx or custom"
-                ))
-            }
+        Format::ALL.into_iter().find(|f| f.name() == s).ok_or_else(|| {
+            format!("unknown format `{s}`: expected auto, canonical, traefik, kong, apisix, envoy, nginx, aws or custom")
         })
     }
 }
@@ -195,6 +230,8 @@ pub struct Fields<'a> {
     pub client_ip: Option<Cow<'a, str>>,
     pub method: Option<Cow<'a, str>>,
     pub path: Option<Cow<'a, str>>,
+    /// The query string, for gateways that log it apart from the path (without the `?`).
+    pub query: Option<Cow<'a, str>>,
     pub status: Option<Scalar<'a>>,
     pub user_agent: Option<Cow<'a, str>>,
     /// An `Authorization` header value (`Bearer <jwt>`).
@@ -206,6 +243,22 @@ pub struct Fields<'a> {
     pub geo: Option<raw::RawGeo>,
 }
 
+impl Fields<'_> {
+    /// How much of the request these fields describe: time, token, client, method, path.
+    /// `auto` takes the preset that scores highest.
+    fn score(&self) -> u8 {
+        let text = |s: &Option<Cow<'_, str>>| s.as_deref().is_some_and(|s| !matches!(s.trim(), "" | "-"));
+        let time = self.ts.as_ref().is_some_and(|t| raw::timestamp_ms(t).is_ok());
+        let token = self.authorization.as_deref().is_some_and(|a| !is_redacted(a))
+            || self.token.as_deref().is_some_and(|t| !is_redacted(t))
+            || self.jwt_claims.as_ref().is_some_and(|c| c.is_object());
+        [time, token, text(&self.client_ip), text(&self.method), text(&self.path)]
+            .into_iter()
+            .map(u8::from)
+            .sum()
+    }
+}
+
 impl fmt::Debug for Fields<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let text = |s: &Option<Cow<'_, str>>| s.as_deref().map(|s| token::redact_jwts(s).into_owned());
@@ -215,6 +268,7 @@ impl fmt::Debug for Fields<'_> {
             .field("client_ip", &text(&self.client_ip))
             .field("method", &text(&self.method))
             .field("path", &self.path.as_deref().map(|p| token::clean_path(p).into_owned()))
+            .field("query", &present(self.query.is_some()))
             .field("status", &self.status)
             .field("user_agent", &text(&self.user_agent))
             .field("authorization", &present(self.authorization.is_some()))
@@ -259,9 +313,9 @@ impl Parser {
                 Skip::InvalidJson
             });
         }
-        let fields = if self.format == Format::Custom {
+        let (fields, format) = if self.format == Format::Custom {
             match &self.mapping {
-                Some(m) => m.fields(line)?,
+                Some(m) => (m.fields(line)?, Format::Custom),
                 None => return Err(Skip::UnknownFormat),
             }
         } else {
@@ -269,26 +323,55 @@ impl Parser {
             if !scan::scan_flat(line, &mut raw) {
                 raw = serde_json::from_slice(line).map_err(|_| Skip::InvalidJson)?;
             }
-            let format = match self.format {
-                Format::Auto => raw.detect().ok_or(Skip::UnknownFormat)?,
-                f => f,
-            };
-            let raw = &mut raw;
-            match format {
-                Format::Canonical => canonical::fields(raw),
-                Format::Traefik => traefik::fields(raw),
-                Format::Kong => kong::fields(raw),
-                Format::Envoy => envoy::fields(raw),
-                Format::Nginx => nginx::fields(raw),
-                Format::Auto | Format::Custom => return Err(Skip::UnknownFormat),
+            match self.format {
+                Format::Auto => auto_fields(&mut raw)?,
+                f => (preset_fields(f, &mut raw)?, f),
             }
         };
-        finish(fields, tokens)
+        finish(fields, format, tokens)
     }
 }
 
+/// The fields a preset reads from the line.
+fn preset_fields<'a>(format: Format, raw: &mut RawLine<'a>) -> Result<Fields<'a>, Skip> {
+    Ok(match format {
+        Format::Canonical => canonical::fields(raw),
+        Format::Traefik => traefik::fields(raw),
+        Format::Kong => kong::fields(raw),
+        Format::Apisix => apisix::fields(raw),
+        Format::Envoy => envoy::fields(raw),
+        Format::Nginx => nginx::fields(raw),
+        Format::Aws => aws::fields(raw),
+        Format::Auto | Format::Custom => return Err(Skip::UnknownFormat),
+    })
+}
+
+/// `auto`: the one preset whose timestamp the line has, or of several, the one whose fields
+/// describe the most of the request (the first listed on a tie). Only such rare lines pay for
+/// trying more than one preset.
+fn auto_fields<'a>(raw: &mut RawLine<'a>) -> Result<(Fields<'a>, Format), Skip> {
+    let candidates = raw.candidates();
+    let mut it = candidates.iter();
+    let first = it.next().ok_or(Skip::UnknownFormat)?;
+    if candidates.len() == 1 {
+        return Ok((preset_fields(first, raw)?, first));
+    }
+    let pristine = raw.clone();
+    let mut best = (preset_fields(first, raw)?, first);
+    let mut best_score = best.0.score();
+    for f in it {
+        let fields = preset_fields(f, &mut pristine.clone())?;
+        let score = fields.score();
+        if score > best_score {
+            best = (fields, f);
+            best_score = score;
+        }
+    }
+    Ok(best)
+}
+
 /// Checks and types the picked fields, and decodes the tokens.
-fn finish<'a>(f: Fields<'a>, tokens: &mut TokenCache) -> Result<Parsed<'a>, Skip> {
+fn finish<'a>(f: Fields<'a>, format: Format, tokens: &mut TokenCache) -> Result<Parsed<'a>, Skip> {
     let ts_ms = raw::timestamp_ms(f.ts.as_ref().ok_or(Skip::MissingTimestamp)?)?;
     let client_ip = match f.client_ip.as_deref().map(str::trim) {
         None | Some("") | Some("-") => None,
@@ -296,13 +379,17 @@ fn finish<'a>(f: Fields<'a>, tokens: &mut TokenCache) -> Result<Parsed<'a>, Skip
     };
     let status = match &f.status {
         None => None,
-        Some(s) => Some(raw::status(s).ok_or(Skip::BadStatus)?),
+        Some(s) => raw::status(s)?,
     };
     let geo = match f.geo {
         None => None,
         Some(g) => Some(g.check().ok_or(Skip::BadGeo)?),
     };
-    let full_path = f.path.unwrap_or(Cow::Borrowed(""));
+    let full_path = origin_form(with_query(f.path.unwrap_or(Cow::Borrowed("")), f.query));
+    let authorization_redacted = f
+        .authorization
+        .as_deref()
+        .is_some_and(|a| a.trim().eq_ignore_ascii_case("redacted"));
 
     let mut token_errors = Vec::new();
     let mut token = None;
@@ -362,7 +449,39 @@ fn finish<'a>(f: Fields<'a>, tokens: &mut TokenCache) -> Result<Parsed<'a>, Skip
         },
         url_token,
         token_errors,
+        format,
+        authorization_redacted,
     })
+}
+
+/// The path with a separately logged query string put back, so that tokens in it are seen.
+fn with_query<'a>(path: Cow<'a, str>, query: Option<Cow<'a, str>>) -> Cow<'a, str> {
+    match query.as_deref().map(str::trim) {
+        None | Some("") | Some("-") => path,
+        Some(_) if path.contains('?') => path,
+        Some(q) => Cow::Owned(format!("{path}?{q}")),
+    }
+}
+
+/// An absolute URL (`https://host:port/p?q`, as load balancers log `requestUrl`) as the path
+/// and query it requests; any other path as it is.
+fn origin_form(path: Cow<'_, str>) -> Cow<'_, str> {
+    let after_scheme = ["http://", "https://"]
+        .iter()
+        .find(|s| path.len() >= s.len() && path.as_bytes()[..s.len()].eq_ignore_ascii_case(s.as_bytes()))
+        .map(|s| s.len());
+    let Some(start) = after_scheme else {
+        return path;
+    };
+    let rest = &path[start..];
+    match rest.find(['/', '?', '#']) {
+        Some(i) if rest.as_bytes()[i] == b'/' => match path {
+            Cow::Borrowed(p) => Cow::Borrowed(&p[start + i..]),
+            Cow::Owned(p) => Cow::Owned(p[start + i..].to_owned()),
+        },
+        Some(i) => Cow::Owned(format!("/{}", &rest[i..])),
+        None => Cow::Borrowed("/"),
+    }
 }
 
 /// The path as every later stage sees it ([`token::clean_path`]): a borrowed path stays
@@ -488,7 +607,7 @@ mod tests {
             Skip::BadClientIp
         );
         assert_eq!(
-            parse(Format::Auto, "{\"ts\":1,\"status\":\"ok\"}").unwrap_err(),
+            parse(Format::Auto, "{\"ts\":1,\"status\":99}").unwrap_err(),
             Skip::BadStatus
         );
         assert_eq!(

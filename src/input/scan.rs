@@ -11,7 +11,7 @@
 
 use std::borrow::Cow;
 
-use super::raw::{LenientStr, RawLine, Scalar};
+use super::raw::{LenientStr, RawLine, RawRequest, RequestField, Scalar, StrOnly};
 
 /// Parses `line` (trimmed, starting with `{`) into `raw` (empty on entry) when it is a flat
 /// object of simple values; `false` otherwise, leaving `raw` partly filled. Filling the
@@ -102,55 +102,94 @@ fn set<'a>(raw: &mut RawLine<'a>, key: &[u8], v: Value, line: &'a [u8]) -> Optio
         b"ts" => scalar(&mut r.ts, &v, line),
         b"status" => scalar(&mut r.status, &v, line),
         b"StartUTC" => scalar(&mut r.StartUTC, &v, line),
+        b"StartLocal" => scalar(&mut r.StartLocal, &v, line),
         b"DownstreamStatus" => scalar(&mut r.DownstreamStatus, &v, line),
         b"started_at" => scalar(&mut r.started_at, &v, line),
         b"start_time" => scalar(&mut r.start_time, &v, line),
         b"response_code" => scalar(&mut r.response_code, &v, line),
         b"msec" => scalar(&mut r.msec, &v, line),
         b"time_iso8601" => scalar(&mut r.time_iso8601, &v, line),
-        b"client_ip"
-        | b"method"
+        b"time_local" => scalar(&mut r.time_local, &v, line),
+        b"time" => scalar(&mut r.time, &v, line),
+        b"requestTime" => scalar(&mut r.requestTime, &v, line),
+        b"requestTimeEpoch" => scalar(&mut r.requestTimeEpoch, &v, line),
+        b"client_ip" | b"ClientHost" | b"ClientAddr" | b"remote_addr" | b"x_forwarded_for"
+        | b"downstream_remote_address" | b"ip" => {
+            let slot = match key {
+                b"client_ip" => &mut r.client_ip,
+                b"ClientHost" => &mut r.ClientHost,
+                b"ClientAddr" => &mut r.ClientAddr,
+                b"remote_addr" => &mut r.remote_addr,
+                b"x_forwarded_for" => &mut r.x_forwarded_for,
+                b"downstream_remote_address" => &mut r.downstream_remote_address,
+                _ => &mut r.ip,
+            };
+            // The fast path only ever stores `Some`: a set field is a duplicate. A number
+            // reads as absent in serde, which also reports a duplicate after it: let it.
+            if slot.0.is_some() {
+                return None;
+            }
+            *slot = StrOnly(Some(text(&v, line)?));
+            Some(())
+        }
+        b"method"
         | b"path"
         | b"user_agent"
         | b"authorization"
         | b"token"
-        | b"ClientHost"
         | b"RequestMethod"
         | b"RequestPath"
         | b"request_Authorization"
         | b"request_User-Agent"
-        | b"remote_addr"
+        | b"x-envoy-origin-path"
+        | b"user-agent"
         | b"request_method"
         | b"request_uri"
+        | b"request_query"
         | b"http_user_agent"
-        | b"http_authorization" => {
+        | b"http_authorization"
+        | b"httpMethod"
+        | b"routeKey"
+        | b"resourcePath"
+        | b"userAgent" => {
             let slot = match key {
-                b"client_ip" => &mut r.client_ip,
                 b"method" => &mut r.method,
                 b"path" => &mut r.path,
                 b"user_agent" => &mut r.user_agent,
                 b"authorization" => &mut r.authorization,
                 b"token" => &mut r.token,
-                b"ClientHost" => &mut r.ClientHost,
                 b"RequestMethod" => &mut r.RequestMethod,
                 b"RequestPath" => &mut r.RequestPath,
                 b"request_Authorization" => &mut r.request_Authorization,
                 b"request_User-Agent" => &mut r.request_User_Agent,
-                b"remote_addr" => &mut r.remote_addr,
+                b"x-envoy-origin-path" => &mut r.x_envoy_origin_path,
+                b"user-agent" => &mut r.user_agent_dashed,
                 b"request_method" => &mut r.request_method,
                 b"request_uri" => &mut r.request_uri,
+                b"request_query" => &mut r.request_query,
                 b"http_user_agent" => &mut r.http_user_agent,
-                _ => &mut r.http_authorization,
+                b"http_authorization" => &mut r.http_authorization,
+                b"httpMethod" => &mut r.httpMethod,
+                b"routeKey" => &mut r.routeKey,
+                b"resourcePath" => &mut r.resourcePath,
+                _ => &mut r.userAgent,
             };
-            // The fast path only ever stores `Some`: a set field is a duplicate.
             if slot.0.is_some() {
                 return None;
             }
             *slot = LenientStr(Some(text(&v, line)?));
             Some(())
         }
+        // nginx's request line; Kong's and APISIX's request object takes the serde pass.
+        b"request" => {
+            if r.request.0.is_some() {
+                return None;
+            }
+            r.request = RequestField(Some(RawRequest::Line(text(&v, line)?)));
+            Some(())
+        }
         // Nested or typed fields: the serde pass reads them.
-        b"geo" | b"jwt_header" | b"jwt_claims" | b"request" | b"response" | b"jwt_payload" => None,
+        b"geo" | b"jwt_header" | b"jwt_claims" | b"response" | b"jwt_payload" | b"claims" | b"authorizer" => None,
         _ => Some(()),
     }
 }
