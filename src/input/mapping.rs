@@ -173,7 +173,11 @@ impl Mapping {
     /// The `jwt_claims` object, with the claims mapped one by one set over it; `None` when
     /// neither gives any claim.
     fn claims_of(&self, v: &Value) -> Option<Value> {
-        let whole = self.jwt_claims.as_deref().and_then(|p| v.pointer(p)).filter(|c| c.is_object());
+        let whole = self
+            .jwt_claims
+            .as_deref()
+            .and_then(|p| v.pointer(p))
+            .filter(|c| c.is_object());
         if self.claims.is_empty() {
             return whole.cloned();
         }
@@ -200,13 +204,10 @@ fn string(v: &Value) -> Option<Cow<'static, str>> {
     }
 }
 
-/// An address is text: a number is no address, and is absent rather than a bad line.
+/// An address is text: a number or an array is no address, and is absent rather than a bad
+/// line.
 fn address(v: &Value) -> Option<Cow<'static, str>> {
-    match v {
-        Value::String(s) => Some(Cow::Owned(s.clone())),
-        Value::Array(a) => a.first().and_then(address),
-        _ => None,
-    }
+    v.as_str().map(|s| Cow::Owned(s.to_owned()))
 }
 
 fn num(v: &Value) -> Option<f64> {
@@ -272,5 +273,47 @@ mod tests {
             ..Default::default()
         })
         .is_err());
+    }
+
+    /// API Gateway's flat claims (`"sub": "$context.authorizer.claims.sub"`, or a key with
+    /// dots in it) made into a token through `[input.mapping.claims]`, and a query logged
+    /// apart from the path.
+    #[test]
+    fn claims_mapped_one_by_one_and_a_separate_query() {
+        let cfg: MappingConfig = toml::from_str(
+            r#"
+            ts = "requestTimeEpoch"
+            client_ip = "ip"
+            path = "path"
+            query = "queryString"
+            jwt_claims = "claims"
+            [claims]
+            sub = "sub"
+            iss = "/authorizer.claims.iss"
+            exp = "exp"
+            "#,
+        )
+        .unwrap();
+        let p = Parser::new(Format::Custom, Some(Mapping::compile(&cfg).unwrap())).unwrap();
+        let mut cache = TokenCache::new(10, vec![]);
+        let line = serde_json::json!({
+            "requestTimeEpoch": "1795910400000", "ip": "198.51.100.1", "path": "/pets",
+            "queryString": "page=2", "sub": "alice", "authorizer.claims.iss": "https://idp",
+            "exp": "1795914000", "claims": {"iat": 1_795_910_000, "sub": "overridden"}
+        })
+        .to_string();
+        let e = p.parse(line.as_bytes(), &mut cache).unwrap().event;
+        let t = e.token.expect("a token from the mapped claims");
+        assert_eq!(t.sub.as_deref(), Some("alice"), "a mapped claim wins over jwt_claims");
+        assert_eq!(t.iss.as_deref(), Some("https://idp"));
+        assert_eq!((t.exp, t.iat), (Some(1_795_914_000), Some(1_795_910_000)));
+        assert_eq!(&*e.path, "/pets");
+        // no claim present: no token
+        let line = serde_json::json!({"requestTimeEpoch": 1_795_910_400_000u64}).to_string();
+        assert!(p.parse(line.as_bytes(), &mut cache).unwrap().event.token.is_none());
+        // a bad claim path names its key
+        let bad: MappingConfig = toml::from_str("ts = \"t\"\n[claims]\nsub = \"a..b\"\n").unwrap();
+        let e = Mapping::compile(&bad).unwrap_err();
+        assert!(e.starts_with("input.mapping.claims.sub: "), "{e}");
     }
 }

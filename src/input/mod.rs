@@ -217,7 +217,9 @@ impl FromStr for Format {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         Format::ALL.into_iter().find(|f| f.name() == s).ok_or_else(|| {
-            format!("unknown format `{s}`: expected auto, canonical, traefik, kong, apisix, envoy, nginx, aws or custom")
+            format!(
+                "unknown format `{s}`: expected auto, canonical, traefik, kong, apisix, envoy, nginx, aws or custom"
+            )
         })
     }
 }
@@ -736,6 +738,121 @@ mod tests {
         );
         assert!(shown[2].contains("/reset/<jwt sha256:"), "{}", shown[2]);
         assert!(shown[4].contains("authorization: \"<present>\""), "{}", shown[4]);
+    }
+
+    #[test]
+    fn auto_takes_the_preset_that_reads_the_most_of_a_line() {
+        let t = jwt(json!({"jti":"A","sub":"u"}));
+        // APISIX's start_time is Envoy's too: the request object makes it APISIX
+        let apisix = json!({"start_time": 1_795_910_400_000u64, "client_ip": "1.2.3.4",
+            "request": {"method": "GET", "uri": "/a", "headers": {"authorization": format!("Bearer {t}")}},
+            "response": {"status": 200}})
+        .to_string();
+        let p = parse(Format::Auto, &apisix).unwrap();
+        assert_eq!(p.format, Format::Apisix);
+        assert_eq!(
+            (&*p.event.method, &*p.event.path, p.event.status),
+            ("GET", "/a", Some(200))
+        );
+        assert!(p.event.token.is_some());
+        // an Envoy line stays Envoy
+        let envoy = json!({"start_time": "2026-11-29T00:00:00Z", "method": "GET", "path": "/e",
+            "downstream_remote_address": "1.2.3.4:5", "authorization": format!("Bearer {t}")})
+        .to_string();
+        assert_eq!(parse(Format::Auto, &envoy).unwrap().format, Format::Envoy);
+        // a canonical `ts` beside another gateway's fields: the fuller reading wins
+        let both = json!({"ts": 1, "started_at": 1_795_910_400_000u64, "client_ip": "1.2.3.4",
+            "request": {"method": "GET", "uri": "/k", "headers": {"authorization": format!("Bearer {t}")}}})
+        .to_string();
+        let p = parse(Format::Auto, &both).unwrap();
+        assert_eq!((p.format, &*p.event.path), (Format::Kong, "/k"));
+        // on a tie the first listed wins: canonical
+        let tie = json!({"ts": 1, "start_time": 2}).to_string();
+        assert_eq!(parse(Format::Auto, &tie).unwrap().format, Format::Canonical);
+        // Traefik's own `time` does not make its lines nginx's; a bare `time` is ingress-nginx
+        let traefik = json!({"StartLocal": "2026-11-29T01:00:00+01:00", "time": "x", "RequestPath": "/t"}).to_string();
+        assert_eq!(parse(Format::Auto, &traefik).unwrap().format, Format::Traefik);
+        let ingress = json!({"time": "2026-11-29T00:00:00+00:00", "path": "/i", "request_query": "a=1"}).to_string();
+        let p = parse(Format::Auto, &ingress).unwrap();
+        assert_eq!((p.format, &*p.event.path), (Format::Nginx, "/i"));
+    }
+
+    #[test]
+    fn a_field_of_another_type_is_absent_not_the_line() {
+        let t = jwt(json!({"jti":"A","sub":"u"}));
+        for line in [
+            // nginx json_logs: `request` is the request line, `status` a string
+            json!({"time_local": "29/Nov/2026:00:00:00 +0000", "request": "GET /x?y=1 HTTP/1.1", "status": "200",
+                   "remote_addr": "1.2.3.4", "http_authorization": format!("Bearer {t}")}),
+            // Kong's shape with a string response and a string geo elsewhere
+            json!({"started_at": 1_795_910_400_000u64, "request": {"method": "GET", "uri": "/x?y=1",
+                   "headers": "none", "url": 5}, "response": "ok", "geo": "London",
+                   "client_ip": "1.2.3.4", "jwt_claims": {"jti": "A"}}),
+        ] {
+            let l = line.to_string();
+            let p = parse(Format::Auto, &l).unwrap_or_else(|s| panic!("{l}: {s:?}"));
+            assert_eq!(&*p.event.path, "/x", "{l}");
+            assert_eq!(&*p.event.method, "GET", "{l}");
+            assert_eq!(p.event.ts_ms, 1_795_910_400_000, "{l}");
+            assert_eq!(&*p.event.token.unwrap().token_id, "A", "{l}");
+        }
+        // numbers and arrays are no address; objects no status, no location
+        let l = json!({"ts": 1, "client_ip": 5, "status": {"code": 1}, "geo": {"lat": "x", "lon": 0}}).to_string();
+        let e = parse(Format::Canonical, &l).unwrap().event;
+        assert_eq!((e.client_ip, e.status, e.geo), (None, None, None));
+        let l = json!({"ts": 1, "client_ip": ["1.2.3.4"]}).to_string();
+        assert_eq!(parse(Format::Canonical, &l).unwrap().event.client_ip, None);
+        // a timestamp of another type gives way to the preset's next one
+        let l = json!({"msec": {"x": 1}, "time_iso8601": "2026-11-29T00:00:00+00:00"}).to_string();
+        assert_eq!(parse(Format::Nginx, &l).unwrap().event.ts_ms, 1_795_910_400_000);
+    }
+
+    #[test]
+    fn absolute_urls_and_separate_queries_become_path_and_query() {
+        let t = jwt(json!({"jti":"Q","sub":"u"}));
+        for (url, path) in [
+            ("https://api.example.com:8443/a/b?c=1", "/a/b"),
+            ("HTTP://h/x", "/x"),
+            ("https://h", "/"),
+            ("https://h?q=1", "/"),
+            ("/plain?x", "/plain"),
+            ("httpx://h/a", "httpx://h/a"),
+        ] {
+            let l = json!({"ts": 1, "path": url}).to_string();
+            assert_eq!(parse(Format::Canonical, &l).unwrap().event.path, path, "{url}");
+        }
+        // the token in an absolute URL's query is still found
+        let l = json!({"ts": 1, "path": format!("https://h/cb?access_token={t}")}).to_string();
+        let p = parse(Format::Canonical, &l).unwrap();
+        assert!(p.event.token_in_url && p.event.path == "/cb");
+        // and in a query logged apart from the path
+        let l = json!({"time": "2026-11-29T00:00:00Z", "path": "/cb", "request_query": format!("access_token={t}")})
+            .to_string();
+        let p = parse(Format::Nginx, &l).unwrap();
+        assert!(p.event.token_in_url);
+        assert_eq!(&*p.event.token.unwrap().token_id, "Q");
+    }
+
+    #[test]
+    fn a_redacted_authorization_header_is_told_apart_from_none() {
+        let redacted = |v: serde_json::Value| {
+            let l = json!({"ts": 1, "authorization": v}).to_string();
+            parse(Format::Canonical, &l).unwrap().authorization_redacted
+        };
+        assert!(redacted(json!("REDACTED")));
+        assert!(redacted(json!(" redacted ")));
+        assert!(!redacted(json!("-")));
+        assert!(!redacted(json!("")));
+        assert!(!redacted(json!("Bearer x.y.z")));
+    }
+
+    #[test]
+    fn every_format_has_one_name() {
+        for f in Format::ALL {
+            assert_eq!(f.name().parse::<Format>(), Ok(f));
+        }
+        let e = "zeus".parse::<Format>().unwrap_err();
+        assert!(e.contains("apisix") && e.contains("aws"), "{e}");
     }
 
     #[test]

@@ -124,8 +124,8 @@ impl<'de: 'a, 'a> Deserialize<'de> for LenientStr<'a> {
     }
 }
 
-/// Like [`LenientStr`], but only a string counts: a number is no address, so `client_ip: 5`
-/// reads as absent rather than as the (bad) address `"5"`.
+/// Like [`LenientStr`], but only a string counts: a number or an array is no address, so
+/// `client_ip: 5` reads as absent rather than as the (bad) address `"5"`.
 #[derive(Clone, PartialEq, Default)]
 pub struct StrOnly<'a>(pub Option<Cow<'a, str>>);
 
@@ -141,7 +141,7 @@ impl fmt::Debug for StrOnly<'_> {
 impl<'de: 'a, 'a> Deserialize<'de> for StrOnly<'a> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         match d.deserialize_any(ScalarVisitor {
-            first_of_array: true,
+            first_of_array: false,
             _l: std::marker::PhantomData,
         })? {
             Scalar::Str(s) => Ok(StrOnly(Some(s))),
@@ -509,7 +509,10 @@ impl RawLine<'_> {
         c.push_if(self.started_at.is_some(), Format::Kong);
         c.push_if(self.start_time.is_some() && self.request.is_object(), Format::Apisix);
         c.push_if(self.start_time.is_some(), Format::Envoy);
-        c.push_if(self.requestTime.is_some() || self.requestTimeEpoch.is_some(), Format::Aws);
+        c.push_if(
+            self.requestTime.is_some() || self.requestTimeEpoch.is_some(),
+            Format::Aws,
+        );
         let nginx = self.msec.is_some() || self.time_iso8601.is_some() || self.time_local.is_some();
         c.push_if(nginx || (c.is_empty() && self.time.is_some()), Format::Nginx);
         c
@@ -737,7 +740,10 @@ mod tests {
         assert_eq!(ts(serde_json::json!(100_000_000_001u64)), Ok(100_000_000_001));
         // microseconds and nanoseconds (Envoy's %START_TIME(%s%f)%, Go's UnixNano)
         assert_eq!(ts(serde_json::json!(1_795_910_400_123_456u64)), Ok(1_795_910_400_123));
-        assert_eq!(ts(serde_json::json!(1_795_910_400_123_456_789u64)), Ok(1_795_910_400_123));
+        assert_eq!(
+            ts(serde_json::json!(1_795_910_400_123_456_789u64)),
+            Ok(1_795_910_400_123)
+        );
         assert_eq!(ts(serde_json::json!("1795910400123456789")), Ok(1_795_910_400_123));
         assert_eq!(ts(serde_json::json!(1e21)), Err(Skip::BadTimestamp));
         // RFC 3339 with any offset and up to nine fractional digits (Traefik's StartLocal)
@@ -745,11 +751,23 @@ mod tests {
             ts(serde_json::json!("2026-11-29T01:00:00.250123456+01:00")),
             Ok(1_795_910_400_250)
         );
-        assert_eq!(ts(serde_json::json!("2026-11-28T19:00:00-05:00")), Ok(1_795_910_400_000));
+        assert_eq!(
+            ts(serde_json::json!("2026-11-28T19:00:00-05:00")),
+            Ok(1_795_910_400_000)
+        );
         // the Common Log Format (nginx $time_local, API Gateway $context.requestTime)
-        assert_eq!(ts(serde_json::json!("29/Nov/2026:00:00:00 +0000")), Ok(1_795_910_400_000));
-        assert_eq!(ts(serde_json::json!("29/Nov/2026:05:30:00 +0530")), Ok(1_795_910_400_000));
-        assert_eq!(ts(serde_json::json!("28/Nov/2026:14:00:01 -1000")), Ok(1_795_910_401_000));
+        assert_eq!(
+            ts(serde_json::json!("29/Nov/2026:00:00:00 +0000")),
+            Ok(1_795_910_400_000)
+        );
+        assert_eq!(
+            ts(serde_json::json!("29/Nov/2026:05:30:00 +0530")),
+            Ok(1_795_910_400_000)
+        );
+        assert_eq!(
+            ts(serde_json::json!("28/Nov/2026:14:00:01 -1000")),
+            Ok(1_795_910_401_000)
+        );
         for bad in [
             "31/Nov/2026:00:00:00 +0000",
             "29/Nov/2026:24:00:00 +0000",

@@ -113,8 +113,13 @@ fn set<'a>(raw: &mut RawLine<'a>, key: &[u8], v: Value, line: &'a [u8]) -> Optio
         b"time" => scalar(&mut r.time, &v, line),
         b"requestTime" => scalar(&mut r.requestTime, &v, line),
         b"requestTimeEpoch" => scalar(&mut r.requestTimeEpoch, &v, line),
-        b"client_ip" | b"ClientHost" | b"ClientAddr" | b"remote_addr" | b"x_forwarded_for"
-        | b"downstream_remote_address" | b"ip" => {
+        b"client_ip"
+        | b"ClientHost"
+        | b"ClientAddr"
+        | b"remote_addr"
+        | b"x_forwarded_for"
+        | b"downstream_remote_address"
+        | b"ip" => {
             let slot = match key {
                 b"client_ip" => &mut r.client_ip,
                 b"ClientHost" => &mut r.ClientHost,
@@ -358,6 +363,7 @@ pub fn find_special(b: &[u8], from: usize) -> (usize, bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::Strategy;
 
     fn serde(line: &str) -> Option<RawLine<'_>> {
         serde_json::from_str(line).ok()
@@ -417,6 +423,89 @@ mod tests {
             r#"{"ts":1234567890123456}"#,
         ] {
             assert!(fast(line.as_bytes()).is_none(), "{line}");
+        }
+    }
+
+    /// The JSON keys the serde pass reads into a `RawLine`, straight from its derived
+    /// `Deserialize`: the fast path must know every one of them, or it would skip a field
+    /// that serde reads.
+    fn raw_line_keys() -> &'static [&'static str] {
+        use serde::de::{self, Visitor};
+        struct Grab(std::cell::Cell<&'static [&'static str]>);
+        impl<'de> serde::Deserializer<'de> for &Grab {
+            type Error = de::value::Error;
+            fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
+                Err(de::Error::custom("not a struct"))
+            }
+            fn deserialize_struct<V: Visitor<'de>>(
+                self,
+                _: &'static str,
+                fields: &'static [&'static str],
+                _: V,
+            ) -> Result<V::Value, Self::Error> {
+                self.0.set(fields);
+                Err(de::Error::custom("fields taken"))
+            }
+            serde::forward_to_deserialize_any! {
+                bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes
+                byte_buf option unit unit_struct newtype_struct seq tuple tuple_struct map enum
+                identifier ignored_any
+            }
+        }
+        let g = Grab(std::cell::Cell::new(&[]));
+        let _ = <RawLine<'_> as serde::Deserialize>::deserialize(&g);
+        g.0.get()
+    }
+
+    #[test]
+    fn the_fast_path_knows_every_field_serde_reads() {
+        let keys = raw_line_keys();
+        assert!(keys.len() > 40 && keys.contains(&"x-envoy-origin-path"), "{keys:?}");
+        for k in keys {
+            for v in ["\"v\"", "\"2026-11-29T00:00:00Z\"", "12", "1.5", "null", "true", "{}"] {
+                let line = format!("{{\"{k}\":{v}}}");
+                // either declines or agrees with serde, and never drops a field serde reads
+                if agrees(&line) {
+                    let f = fast(line.as_bytes()).unwrap();
+                    let s = serde(&line).unwrap();
+                    assert!(s == RawLine::default() || f != RawLine::default(), "{line}");
+                }
+                let dup = format!("{{\"{k}\":{v},\"{k}\":{v}}}");
+                assert!(fast(dup.as_bytes()).is_none(), "{dup}");
+            }
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+
+        /// Flat lines over every known key and a few unknown ones, with values of every
+        /// scalar shape: whenever the fast path accepts, serde reads the same.
+        #[test]
+        fn the_fast_path_agrees_with_serde_on_flat_lines(
+            kv in proptest::collection::vec(
+                (
+                    proptest::prelude::prop_oneof![
+                        proptest::sample::select(raw_line_keys().to_vec()).prop_map(str::to_string),
+                        "[a-zA-Z_:-]{1,8}",
+                    ],
+                    proptest::prelude::prop_oneof![
+                        "[ -~]{0,12}".prop_map(|s| serde_json::Value::String(s).to_string()),
+                        proptest::prelude::any::<i64>().prop_map(|n| n.to_string()),
+                        proptest::prelude::any::<u64>().prop_map(|n| n.to_string()),
+                        proptest::prelude::any::<f64>()
+                            .prop_filter("finite", |f| f.is_finite())
+                            .prop_map(|f| serde_json::json!(f).to_string()),
+                        proptest::prelude::Just("null".to_string()),
+                        proptest::prelude::Just("false".to_string()),
+                    ],
+                ),
+                0..6,
+            )
+        ) {
+            let body: Vec<String> = kv.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
+            let line = format!("{{{}}}", body.join(","));
+            agrees(&line);
         }
     }
 
