@@ -108,7 +108,7 @@ impl Summary {
             s.by_format
                 .iter()
                 .map(|(f, c)| {
-                    let k = format!("{f} ({} / {} / {})", c.no_client_ip, c.no_method, c.no_path);
+                    let k = format!("{} ({} / {} / {})", f.name(), c.no_client_ip, c.no_method, c.no_path);
                     (k, c.events)
                 })
                 .collect(),
@@ -138,7 +138,8 @@ const HINT_SHARE: f64 = 0.5;
 /// gateway that logs the field under another name, or not at all, shows up here.
 pub fn hints(s: &Stats) -> Vec<String> {
     let mut out = Vec::new();
-    for (format, c) in &s.by_format {
+    for (format, c) in s.by_format.iter() {
+        let format = format.name();
         for (field, n) in c.missing() {
             if c.events == 0 || (n as f64) < HINT_SHARE * c.events as f64 {
                 continue;
@@ -322,6 +323,7 @@ impl Writer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::input::Format;
     use crate::pipeline::FormatCounts;
 
     fn stats() -> Stats {
@@ -361,15 +363,12 @@ mod tests {
     #[test]
     fn a_field_most_events_lack_earns_a_one_line_hint() {
         let mut s = stats();
-        s.by_format.insert(
-            "envoy",
-            FormatCounts {
-                events: 600,
-                no_client_ip: 600,
-                no_method: 0,
-                no_path: 299,
-            },
-        );
+        *s.by_format.get_mut(Format::Envoy) = FormatCounts {
+            events: 600,
+            no_client_ip: 600,
+            no_method: 0,
+            no_path: 299,
+        };
         s.authorization_redacted = 7;
         let h = hints(&s);
         assert_eq!(
@@ -391,14 +390,11 @@ mod tests {
         assert!(r.ends_with(&format!("{}\n", h[0])), "{r}");
         // a share just under the threshold stays quiet
         let mut quiet = stats();
-        quiet.by_format.insert(
-            "nginx",
-            FormatCounts {
-                events: 10,
-                no_client_ip: 4,
-                ..FormatCounts::default()
-            },
-        );
+        *quiet.by_format.get_mut(Format::Nginx) = FormatCounts {
+            events: 10,
+            no_client_ip: 4,
+            ..FormatCounts::default()
+        };
         assert!(hints(&quiet).is_empty());
     }
 }

@@ -153,8 +153,8 @@ impl MetricSync {
         }
         m.authorization_redacted
             .inc_by(s.authorization_redacted - self.last.authorization_redacted);
-        for (format, c) in &s.by_format {
-            let before = self.last.by_format.get(format).copied().unwrap_or_default();
+        for (f, c) in s.by_format.iter() {
+            let (format, before) = (f.name(), self.last.by_format.get(f));
             m.format_events
                 .with_label_values(&[format])
                 .inc_by(c.events - before.events);

@@ -106,10 +106,10 @@ fn the_summary_counts_what_each_format_lacked() {
     assert_eq!((s.lines, s.events, s.skipped_total()), (n, n, 0), "{:?}", s.skipped);
     assert_eq!(s.without_token, 0);
     assert_eq!(s.authorization_redacted, 1, "kong's REDACTED header");
-    let formats: Vec<_> = s.by_format.keys().copied().collect();
-    assert_eq!(formats, ["apisix", "aws", "envoy", "kong", "nginx", "traefik"]);
-    for (f, c) in &s.by_format {
-        assert_eq!(c.missing().map(|(_, n)| n), [0, 0, 0], "{f}: {c:?}");
+    let formats: Vec<_> = s.by_format.iter().map(|(f, _)| f.name()).collect();
+    assert_eq!(formats, ["traefik", "kong", "apisix", "envoy", "nginx", "aws"]);
+    for (f, c) in s.by_format.iter() {
+        assert_eq!(c.missing().map(|(_, n)| n), [0, 0, 0], "{f:?}: {c:?}");
     }
     assert!(tokenwatch::replay::hints(s).is_empty());
 
@@ -120,7 +120,7 @@ fn the_summary_counts_what_each_format_lacked() {
     o.remove("downstream_remote_address");
     let mut p = common::pipeline(Format::Auto);
     p.process_line(serde_json::Value::Object(o).to_string().as_bytes(), &mut out);
-    let envoy = p.stats.by_format["envoy"];
+    let envoy = p.stats.by_format.get(Format::Envoy);
     assert_eq!((envoy.events, envoy.no_client_ip), (1, 1));
     let hints = tokenwatch::replay::hints(&p.stats);
     assert_eq!(hints.len(), 1, "{hints:?}");

@@ -848,8 +848,11 @@ mod tests {
 
     #[test]
     fn every_format_has_one_name() {
+        let mut seen = [false; Format::ALL.len()];
         for f in Format::ALL {
             assert_eq!(f.name().parse::<Format>(), Ok(f));
+            // per-format counters index an array by the discriminant
+            assert!(!std::mem::replace(&mut seen[f as usize], true), "{f:?}");
         }
         let e = "zeus".parse::<Format>().unwrap_err();
         assert!(e.contains("apisix") && e.contains("aws"), "{e}");
