@@ -125,7 +125,7 @@ pub struct BatchSection {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct InputConfig {
-    /// auto, canonical, traefik, kong, envoy, nginx or custom.
+    /// auto, canonical, traefik, kong, apisix, envoy, nginx, aws or custom.
     pub format: Option<String>,
     /// Longer lines are skipped (counted as line_too_long). Default 1 MiB.
     pub max_line_bytes: Option<usize>,

@@ -97,7 +97,7 @@ struct ReplayArgs {
     /// MaxMind GeoIP2/GeoLite2 City database (.mmdb).
     #[arg(long)]
     geoip: Option<PathBuf>,
-    /// Log format: auto, canonical, traefik, kong, envoy, nginx, custom.
+    /// Log format: auto, canonical, traefik, kong, apisix, envoy, nginx, aws, custom.
     #[arg(long)]
     format: Option<Format>,
     /// TOML config file (input mapping, engine settings).
@@ -360,7 +360,7 @@ struct RunArgs {
     /// Consumer group id.
     #[arg(long)]
     group: Option<String>,
-    /// Log format: auto, canonical, traefik, kong, envoy, nginx, custom.
+    /// Log format: auto, canonical, traefik, kong, apisix, envoy, nginx, aws, custom.
     #[arg(long)]
     format: Option<Format>,
     /// Directory of rule files.

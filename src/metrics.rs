@@ -23,6 +23,9 @@ pub struct Metrics {
     pub registry: Registry,
     pub events: IntCounterVec,
     pub decode_errors: IntCounterVec,
+    pub authorization_redacted: IntCounter,
+    pub format_events: IntCounterVec,
+    pub missing_fields: IntCounterVec,
     pub decisions: IntCounterVec,
     pub revocations: IntCounterVec,
     pub redis_errors: IntCounter,
@@ -88,6 +91,24 @@ impl Metrics {
                 "tokenwatch_decode_errors_total",
                 "Skipped lines and undecodable tokens, by reason.",
                 &["reason"],
+            ),
+            authorization_redacted: reg(
+                &r,
+                IntCounter::new(
+                    "tokenwatch_authorization_redacted_total",
+                    "Decoded events whose Authorization header the gateway logged as REDACTED.",
+                )
+                .expect("valid"),
+            ),
+            format_events: counter_vec(
+                "tokenwatch_format_events_total",
+                "Decoded events by the input format that read them.",
+                &["format"],
+            ),
+            missing_fields: counter_vec(
+                "tokenwatch_events_missing_field_total",
+                "Decoded events without a client address, method or path, by input format and field.",
+                &["format", "field"],
             ),
             decisions: counter_vec(
                 "tokenwatch_decisions_total",

@@ -78,7 +78,54 @@ pub struct Stats {
     pub authenticated: u64,
     /// Lines whose gateway attested a token other than the one logged (not authenticated).
     pub attestation_mismatches: u64,
+    /// Events whose Authorization header the gateway logged as `REDACTED`.
+    pub authorization_redacted: u64,
+    /// Decoded events by the format that read them, and what they lacked.
+    pub by_format: ByFormat,
     pub decisions: BTreeMap<(String, &'static str), u64>,
+}
+
+/// [`FormatCounts`] for each format, in an array: counting an event costs no lookup.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ByFormat([FormatCounts; Format::ALL.len()]);
+
+impl ByFormat {
+    pub fn get(&self, f: Format) -> FormatCounts {
+        self.0[f as usize]
+    }
+
+    pub fn get_mut(&mut self, f: Format) -> &mut FormatCounts {
+        &mut self.0[f as usize]
+    }
+
+    /// The formats that read at least one event, in [`Format::ALL`]'s order.
+    pub fn iter(&self) -> impl Iterator<Item = (Format, FormatCounts)> + '_ {
+        Format::ALL
+            .into_iter()
+            .map(|f| (f, self.get(f)))
+            .filter(|(_, c)| c.events > 0)
+    }
+}
+
+/// Decoded events of one format, and how many of them lacked a field that rules use: a
+/// preset that does not match what the gateway writes shows here, not in skipped lines.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct FormatCounts {
+    pub events: u64,
+    pub no_client_ip: u64,
+    pub no_method: u64,
+    pub no_path: u64,
+}
+
+impl FormatCounts {
+    /// (field, events lacking it), in a fixed order: metric label values and summary lines.
+    pub fn missing(&self) -> [(&'static str, u64); 3] {
+        [
+            ("client_ip", self.no_client_ip),
+            ("method", self.no_method),
+            ("path", self.no_path),
+        ]
+    }
 }
 
 impl Stats {
@@ -308,6 +355,8 @@ struct DecodedEvent {
     geo: Option<GeoPoint>,
     token_errors: Vec<DecodeError>,
     attestation_mismatch: bool,
+    format: Format,
+    authorization_redacted: bool,
 }
 
 type Decoded = Result<DecodedEvent, Skip>;
@@ -389,6 +438,8 @@ impl Decoder {
             geo: ev.geo,
             token_errors: parsed.token_errors,
             attestation_mismatch: parsed.attestation_mismatch,
+            format: parsed.format,
+            authorization_redacted: parsed.authorization_redacted,
         })
     }
 
@@ -651,6 +702,9 @@ impl Pipeline {
             self.stats.without_token += 1;
         }
         self.stats.attestation_mismatches += u64::from(p.attestation_mismatch);
+        if p.authorization_redacted {
+            self.stats.authorization_redacted += 1;
+        }
         let ev = Event {
             ts_ms: p.ts_ms,
             client_ip: p.client_ip,
@@ -663,6 +717,11 @@ impl Pipeline {
             authenticated: p.authenticated,
             geo: p.geo,
         };
+        let c = self.stats.by_format.get_mut(p.format);
+        c.events += 1;
+        c.no_client_ip += u64::from(ev.client_ip.is_none());
+        c.no_method += u64::from(ev.method.is_empty());
+        c.no_path += u64::from(ev.path.is_empty());
         let start = out.len();
         self.stats.authenticated += u64::from(ev.authenticated);
         self.engine.process(&ev, out);

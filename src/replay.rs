@@ -105,6 +105,17 @@ impl Summary {
             "decisions by rule and action",
             s.decisions.iter().map(|((r, a), v)| (format!("{r} {a}"), *v)).collect(),
         );
+        list(
+            &mut out,
+            "decoded events by format (without client_ip / method / path)",
+            s.by_format
+                .iter()
+                .map(|(f, c)| {
+                    let k = format!("{} ({} / {} / {})", f.name(), c.no_client_ip, c.no_method, c.no_path);
+                    (k, c.events)
+                })
+                .collect(),
+        );
         out.push_str(&format!(
             "  events without a token: {}; late events: {}; tracked keys: {}; evicted keys: {}\n",
             s.without_token, self.late_events, self.tracked_keys, self.evictions
@@ -113,7 +124,66 @@ impl Summary {
             "  authenticated events (may revoke): {}; attestation mismatches: {}\n",
             s.authenticated, s.attestation_mismatches
         ));
+        if s.authorization_redacted > 0 {
+            out.push_str(&format!(
+                "  events whose Authorization header the gateway redacted: {} (log the decoded claims instead: see README)\n",
+                s.authorization_redacted
+            ));
+        }
+        for h in hints(s) {
+            out.push_str(&h);
+            out.push('\n');
+        }
         out
+    }
+}
+
+/// A field missing on at least this share of a format's events earns a hint.
+const HINT_SHARE: f64 = 0.5;
+
+/// One line per (format, field) that most events lack, saying where the preset reads it: a
+/// gateway that logs the field under another name, or not at all, shows up here.
+pub fn hints(s: &Stats) -> Vec<String> {
+    let mut out = Vec::new();
+    for (format, c) in s.by_format.iter() {
+        let format = format.name();
+        for (field, n) in c.missing() {
+            if c.events == 0 || (n as f64) < HINT_SHARE * c.events as f64 {
+                continue;
+            }
+            let pct = (100 * n).div_ceil(c.events).min(100);
+            out.push(format!(
+                "hint: {field} missing on {pct} % of {format} lines: log it as {}",
+                where_read(format, field)
+            ));
+        }
+    }
+    out
+}
+
+/// The fields a preset reads an event field from (README's "Input formats" says the same).
+fn where_read(format: &str, field: &str) -> &'static str {
+    match (format, field) {
+        ("canonical", "client_ip") => "client_ip",
+        ("canonical" | "envoy", "method") => "method",
+        ("canonical", "path") => "path",
+        ("traefik", "client_ip") => "ClientHost or ClientAddr",
+        ("traefik", "method") => "RequestMethod",
+        ("traefik", "path") => "RequestPath",
+        ("kong" | "apisix", "client_ip") => "client_ip",
+        ("kong" | "apisix", "method") => "request.method",
+        ("kong" | "apisix", "path") => "request.uri or request.url",
+        ("envoy", "client_ip") => "downstream_remote_address (%DOWNSTREAM_REMOTE_ADDRESS%) or client_ip",
+        ("envoy", "path") => "path or x-envoy-origin-path (%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%)",
+        ("nginx", "client_ip") => "remote_addr ($remote_addr) or x_forwarded_for",
+        ("nginx", "method") => "request_method, method or request ($request)",
+        ("nginx", "path") => "request_uri, path or request ($request)",
+        ("aws", "client_ip") => "ip ($context.identity.sourceIp)",
+        ("aws", "method") => "httpMethod ($context.httpMethod) or routeKey",
+        ("aws", "path") => "path ($context.path), resourcePath or routeKey",
+        (_, "client_ip") => "the client_ip of [input.mapping]",
+        (_, "method") => "the method of [input.mapping]",
+        _ => "the path of [input.mapping]",
     }
 }
 
@@ -285,6 +355,8 @@ impl Writer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::input::Format;
+    use crate::pipeline::FormatCounts;
 
     fn stats() -> Stats {
         let mut s = Stats {
@@ -318,5 +390,43 @@ mod tests {
             progress_line(&stats(), Duration::from_secs(4)),
             "replay: 1000 lines read, 600 events decoded, 3 decisions, 150 events/s"
         );
+    }
+
+    #[test]
+    fn a_field_most_events_lack_earns_a_one_line_hint() {
+        let mut s = stats();
+        *s.by_format.get_mut(Format::Envoy) = FormatCounts {
+            events: 600,
+            no_client_ip: 600,
+            no_method: 0,
+            no_path: 299,
+        };
+        s.authorization_redacted = 7;
+        let h = hints(&s);
+        assert_eq!(
+            h,
+            vec![
+                "hint: client_ip missing on 100 % of envoy lines: log it as downstream_remote_address (%DOWNSTREAM_REMOTE_ADDRESS%) or client_ip"
+            ]
+        );
+        let sum = Summary {
+            stats: s,
+            elapsed: Duration::from_secs(1),
+            tracked_keys: 0,
+            late_events: 0,
+            evictions: 0,
+        };
+        let r = sum.render();
+        assert!(r.contains("envoy (600 / 0 / 299)"), "{r}");
+        assert!(r.contains("redacted: 7"), "{r}");
+        assert!(r.ends_with(&format!("{}\n", h[0])), "{r}");
+        // a share just under the threshold stays quiet
+        let mut quiet = stats();
+        *quiet.by_format.get_mut(Format::Nginx) = FormatCounts {
+            events: 10,
+            no_client_ip: 4,
+            ..FormatCounts::default()
+        };
+        assert!(hints(&quiet).is_empty());
     }
 }

@@ -163,6 +163,19 @@ impl MetricSync {
                 m.decode_errors.with_label_values(&[reason]).inc_by(n - before);
             }
         }
+        m.authorization_redacted
+            .inc_by(s.authorization_redacted - self.last.authorization_redacted);
+        for (f, c) in s.by_format.iter() {
+            let (format, before) = (f.name(), self.last.by_format.get(f));
+            m.format_events
+                .with_label_values(&[format])
+                .inc_by(c.events - before.events);
+            for ((field, n), (_, was)) in c.missing().into_iter().zip(before.missing()) {
+                if n > was {
+                    m.missing_fields.with_label_values(&[format, field]).inc_by(n - was);
+                }
+            }
+        }
         let es = p.engine().stats();
         m.tracked_keys.set(p.engine().tracked_keys() as i64);
         let ev = es.evictions.saturating_sub(m.evicted_keys.get());
@@ -1037,6 +1050,35 @@ mod tests {
     fn err(toml: &str, o: &Overrides) -> String {
         let c: Config = toml::from_str(toml).unwrap();
         resolve(&c, o).err().unwrap()
+    }
+
+    /// What each format lacked reaches /metrics, as increments since the last sync.
+    #[test]
+    fn missing_fields_and_redacted_headers_are_published() {
+        use crate::pipeline::{Pipeline, PipelineConfig};
+        let rules = Arc::new(crate::rules::RuleSet::default());
+        let mut p = Pipeline::new(rules, None, PipelineConfig::default()).unwrap();
+        let m = Metrics::new();
+        let mut sync = MetricSync { last: Stats::default() };
+        let kong = r#"{"started_at":1795910400000,"client_ip":"1.2.3.4","request":{"method":"GET","uri":"/k","headers":{"authorization":"REDACTED"}}}"#;
+        let envoy = r#"{"start_time":"2026-11-29T00:00:00Z","method":"GET","path":"/e"}"#;
+        let mut out = Vec::new();
+        for line in [kong, envoy, envoy] {
+            p.process_line(line.as_bytes(), &mut out);
+        }
+        sync.sync(&p, &m);
+        p.process_line(envoy.as_bytes(), &mut out);
+        sync.sync(&p, &m);
+        let text = m.render();
+        for want in [
+            "tokenwatch_authorization_redacted_total 1",
+            "tokenwatch_format_events_total{format=\"envoy\"} 3",
+            "tokenwatch_format_events_total{format=\"kong\"} 1",
+            "tokenwatch_events_missing_field_total{field=\"client_ip\",format=\"envoy\"} 3",
+        ] {
+            assert!(text.contains(want), "{want} in\n{text}");
+        }
+        assert!(!text.contains("field=\"path\""), "nothing lacked a path:\n{text}");
     }
 
     #[test]

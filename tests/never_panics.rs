@@ -8,13 +8,15 @@ use tokenwatch::input::{Format, Parser};
 use tokenwatch::pipeline::{Pipeline, PipelineConfig};
 use tokenwatch::token::{decode, encode_unsigned_parts, RawToken, TokenCache};
 
-const FORMATS: [Format; 6] = [
+const FORMATS: [Format; 8] = [
     Format::Auto,
     Format::Canonical,
     Format::Traefik,
     Format::Kong,
+    Format::Apisix,
     Format::Envoy,
     Format::Nginx,
+    Format::Aws,
 ];
 
 /// A user mapping over the same keys as the presets, nested paths, a JSON Pointer and geo
@@ -93,6 +95,19 @@ fn jsonish() -> impl Strategy<Value = String> {
         "time_iso8601",
         "remote_addr",
         "http_authorization",
+        "StartLocal",
+        "ClientAddr",
+        "downstream_remote_address",
+        "x-envoy-origin-path",
+        "time_local",
+        "time",
+        "request_query",
+        "x_forwarded_for",
+        "requestTime",
+        "requestTimeEpoch",
+        "routeKey",
+        "claims",
+        "authorizer",
     ]);
     let vals = prop_oneof![
         Just("null".to_string()),
@@ -106,6 +121,10 @@ fn jsonish() -> impl Strategy<Value = String> {
         Just("{\"lat\": 91, \"lon\": 0}".to_string()),
         Just("{\"method\": [1], \"headers\": {\"authorization\": 5}}".to_string()),
         Just("[1, {\"a\": 2}]".to_string()),
+        Just("\"GET /a?access_token=x HTTP/1.1\"".to_string()),
+        Just("\"29/Nov/2026:00:00:00 +0000\"".to_string()),
+        Just("\"https://h:1/p?q\"".to_string()),
+        Just("{\"claims\": {\"sub\": 1}, \"method\": \"GET\", \"uri\": {}}".to_string()),
     ];
     prop::collection::vec((keys, vals), 0..8).prop_map(|kv| {
         let body: Vec<String> = kv.into_iter().map(|(k, v)| format!("\"{k}\": {v}")).collect();

@@ -19,8 +19,8 @@ pub fn fields<'a>(r: &mut RawLine<'a>) -> Fields<'a> {
         token: r.token.0.take(),
         jwt_header: r.jwt_header.take(),
         jwt_claims: r.jwt_claims.take(),
-        geo: r.geo.take(),
+        geo: r.geo.0.take().and_then(|g| g.raw()),
         authenticated: r.authenticated.take(),
-        claims_attested: false,
+        ..Fields::default()
     }
 }

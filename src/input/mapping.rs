@@ -4,8 +4,15 @@
 //! or an RFC 6901 JSON Pointer (`/request/headers/x.y`, for keys that contain dots). Paths are
 //! compiled to pointers once, when the config is loaded. The line is parsed into a generic
 //! JSON value, which costs more than a preset; presets remain the fast path.
+//!
+//! Gateways that log verified claims one by one (API Gateway's
+//! `$context.authorizer.claims.sub`) map each claim in `[input.mapping.claims]`
+//! (`sub = "claims.sub"`, or a flat key, `sub = "/claims.sub"`); the claims so found make the
+//! token, on their own or over a `jwt_claims` object. A query string logged apart from the
+//! path is mapped as `query`.
 
 use std::borrow::Cow;
+use std::collections::BTreeMap;
 
 use serde::Deserialize;
 use serde_json::Value;
@@ -21,12 +28,16 @@ pub struct MappingConfig {
     pub client_ip: Option<String>,
     pub method: Option<String>,
     pub path: Option<String>,
+    /// The query string, when the gateway logs it apart from the path.
+    pub query: Option<String>,
     pub status: Option<String>,
     pub user_agent: Option<String>,
     pub authorization: Option<String>,
     pub token: Option<String>,
     pub jwt_header: Option<String>,
     pub jwt_claims: Option<String>,
+    /// `[input.mapping.claims]`: claim name → path of its value.
+    pub claims: Option<BTreeMap<String, String>>,
     pub geo_lat: Option<String>,
     pub geo_lon: Option<String>,
     pub geo_accuracy_km: Option<String>,
@@ -42,12 +53,15 @@ pub struct Mapping {
     client_ip: Option<String>,
     method: Option<String>,
     path: Option<String>,
+    query: Option<String>,
     status: Option<String>,
     user_agent: Option<String>,
     authorization: Option<String>,
     token: Option<String>,
     jwt_header: Option<String>,
     jwt_claims: Option<String>,
+    /// Claim name → pointer, in name order.
+    claims: Vec<(String, String)>,
     geo: Option<(String, String, Option<String>)>,
     authenticated: Option<String>,
 }
@@ -90,17 +104,29 @@ impl Mapping {
             (None, None) => None,
             _ => return Err("input.mapping: geo_lat and geo_lon must be given together".into()),
         };
+        let claims = c
+            .claims
+            .iter()
+            .flatten()
+            .map(|(name, path)| {
+                to_pointer(path)
+                    .map(|p| (name.clone(), p))
+                    .map_err(|e| format!("input.mapping.claims.{name}: {e}"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Mapping {
             ts: to_pointer(&c.ts).map_err(|e| format!("input.mapping.ts: {e}"))?,
             client_ip: p("client_ip", &c.client_ip)?,
             method: p("method", &c.method)?,
             path: p("path", &c.path)?,
+            query: p("query", &c.query)?,
             status: p("status", &c.status)?,
             user_agent: p("user_agent", &c.user_agent)?,
             authorization: p("authorization", &c.authorization)?,
             token: p("token", &c.token)?,
             jwt_header: p("jwt_header", &c.jwt_header)?,
             jwt_claims: p("jwt_claims", &c.jwt_claims)?,
+            claims,
             geo,
             authenticated: p("authenticated", &c.authenticated)?,
         })
@@ -125,12 +151,14 @@ impl Mapping {
                 _ => Scalar::Other,
             })
         };
+        // A location of another type than a number is absent, like any field of a type it
+        // cannot be; a number out of range is a bad location (`finish` checks the range).
         let geo = match &self.geo {
             None => None,
-            Some((lat, lon, acc)) => match (v.pointer(lat), v.pointer(lon)) {
-                (Some(la), Some(lo)) => Some(RawGeo {
-                    lat: num(la).ok_or(Skip::BadGeo)?,
-                    lon: num(lo).ok_or(Skip::BadGeo)?,
+            Some((lat, lon, acc)) => match (v.pointer(lat).and_then(num), v.pointer(lon).and_then(num)) {
+                (Some(lat), Some(lon)) => Some(RawGeo {
+                    lat,
+                    lon,
                     accuracy_km: acc.as_deref().and_then(|a| v.pointer(a)).and_then(num).unwrap_or(0.0),
                 }),
                 _ => None,
@@ -138,15 +166,16 @@ impl Mapping {
         };
         Ok(Fields {
             ts: scalar(v.pointer(&self.ts)),
-            client_ip: s(&self.client_ip),
+            client_ip: get(&self.client_ip).and_then(address),
             method: s(&self.method),
             path: s(&self.path),
+            query: s(&self.query),
             status: scalar(get(&self.status)),
             user_agent: s(&self.user_agent),
             authorization: s(&self.authorization),
             token: s(&self.token),
             jwt_header: get(&self.jwt_header).filter(|h| h.is_object()).cloned(),
-            jwt_claims: get(&self.jwt_claims).filter(|c| c.is_object()).cloned(),
+            jwt_claims: self.claims_of(&v),
             geo,
             authenticated: get(&self.authenticated).and_then(|v| match v {
                 Value::Bool(b) => Some(*b),
@@ -157,8 +186,32 @@ impl Mapping {
             claims_attested: false,
         })
     }
+
+    /// The `jwt_claims` object, with the claims mapped one by one set over it; `None` when
+    /// neither gives any claim.
+    fn claims_of(&self, v: &Value) -> Option<Value> {
+        let whole = self
+            .jwt_claims
+            .as_deref()
+            .and_then(|p| v.pointer(p))
+            .filter(|c| c.is_object());
+        if self.claims.is_empty() {
+            return whole.cloned();
+        }
+        let mut map = match whole {
+            Some(Value::Object(m)) => m.clone(),
+            _ => serde_json::Map::new(),
+        };
+        for (name, pointer) in &self.claims {
+            if let Some(c) = v.pointer(pointer).filter(|c| !c.is_null()) {
+                map.insert(name.clone(), c.clone());
+            }
+        }
+        (!map.is_empty()).then_some(Value::Object(map))
+    }
 }
 
+/// Text from a string, a number or the first element of an array; other types are absent.
 fn string(v: &Value) -> Option<Cow<'static, str>> {
     match v {
         Value::String(s) => Some(Cow::Owned(s.clone())),
@@ -166,6 +219,12 @@ fn string(v: &Value) -> Option<Cow<'static, str>> {
         Value::Array(a) => a.first().and_then(string),
         _ => None,
     }
+}
+
+/// An address is text: a number or an array is no address, and is absent rather than a bad
+/// line.
+fn address(v: &Value) -> Option<Cow<'static, str>> {
+    v.as_str().map(|s| Cow::Owned(s.to_owned()))
 }
 
 fn num(v: &Value) -> Option<f64> {
@@ -231,5 +290,47 @@ mod tests {
             ..Default::default()
         })
         .is_err());
+    }
+
+    /// API Gateway's flat claims (`"sub": "$context.authorizer.claims.sub"`, or a key with
+    /// dots in it) made into a token through `[input.mapping.claims]`, and a query logged
+    /// apart from the path.
+    #[test]
+    fn claims_mapped_one_by_one_and_a_separate_query() {
+        let cfg: MappingConfig = toml::from_str(
+            r#"
+            ts = "requestTimeEpoch"
+            client_ip = "ip"
+            path = "path"
+            query = "queryString"
+            jwt_claims = "claims"
+            [claims]
+            sub = "sub"
+            iss = "/authorizer.claims.iss"
+            exp = "exp"
+            "#,
+        )
+        .unwrap();
+        let p = Parser::new(Format::Custom, Some(Mapping::compile(&cfg).unwrap())).unwrap();
+        let mut cache = TokenCache::new(10, vec![]);
+        let line = serde_json::json!({
+            "requestTimeEpoch": "1795910400000", "ip": "198.51.100.1", "path": "/pets",
+            "queryString": "page=2", "sub": "alice", "authorizer.claims.iss": "https://idp",
+            "exp": "1795914000", "claims": {"iat": 1_795_910_000, "sub": "overridden"}
+        })
+        .to_string();
+        let e = p.parse(line.as_bytes(), &mut cache).unwrap().event;
+        let t = e.token.expect("a token from the mapped claims");
+        assert_eq!(t.sub.as_deref(), Some("alice"), "a mapped claim wins over jwt_claims");
+        assert_eq!(t.iss.as_deref(), Some("https://idp"));
+        assert_eq!((t.exp, t.iat), (Some(1_795_914_000), Some(1_795_910_000)));
+        assert_eq!(&*e.path, "/pets");
+        // no claim present: no token
+        let line = serde_json::json!({"requestTimeEpoch": 1_795_910_400_000u64}).to_string();
+        assert!(p.parse(line.as_bytes(), &mut cache).unwrap().event.token.is_none());
+        // a bad claim path names its key
+        let bad: MappingConfig = toml::from_str("ts = \"t\"\n[claims]\nsub = \"a..b\"\n").unwrap();
+        let e = Mapping::compile(&bad).unwrap_err();
+        assert!(e.starts_with("input.mapping.claims.sub: "), "{e}");
     }
 }

@@ -3,14 +3,19 @@
 //! Every supported gateway writes one JSON object per line, each with its own field names.
 //! All of them are read by one borrowed serde pass ([`RawLine`] holds the union of their
 //! fields), after which a small per-format function picks the fields it owns
-//! ([`canonical`], [`traefik`], [`kong`], [`envoy`], [`nginx`]), or a user-defined
-//! [`mapping`] reads them by JSON path. `auto` decides per line by the timestamp field present.
+//! ([`canonical`], [`traefik`], [`kong`], [`apisix`], [`envoy`], [`nginx`], [`aws`]), or a
+//! user-defined [`mapping`] reads them by JSON path. `auto` decides per line by the timestamp
+//! fields present; when they fit more than one preset, the one that reads more of the
+//! request (time, token, client, method, path) wins, so a line is never taken for a gateway
+//! that would decode half of it.
 //!
 //! A line that is not valid input yields a [`Skip`] with a stable reason, counted by the
 //! caller; nothing here panics on any input (a property test feeds arbitrary bytes). Strings
 //! are borrowed from the line whenever JSON escaping allows, so a typical line allocates
 //! nothing here.
 
+pub mod apisix;
+pub mod aws;
 pub mod canonical;
 pub mod envoy;
 pub mod kong;
@@ -103,6 +108,11 @@ pub struct Parsed<'a> {
     pub token_errors: Vec<token::DecodeError>,
     /// The gateway attested a token whose claims are not those of the token on the line.
     pub attestation_mismatch: bool,
+    /// The preset that read the line (`Custom` for a mapping).
+    pub format: Format,
+    /// The gateway logged the Authorization header as `REDACTED` (Kong always does): the
+    /// request may well have carried a token that this line cannot show.
+    pub authorization_redacted: bool,
 }
 
 impl fmt::Debug for Parsed<'_> {
@@ -112,6 +122,8 @@ impl fmt::Debug for Parsed<'_> {
             .field("url_token", &self.url_token)
             .field("token_errors", &self.token_errors)
             .field("attestation_mismatch", &self.attestation_mismatch)
+            .field("format", &self.format)
+            .field("authorization_redacted", &self.authorization_redacted)
             .finish()
     }
 }
@@ -172,24 +184,49 @@ pub enum Format {
     Nginx,
     /// The user-defined mapping from the config file.
     Custom,
+    /// Apache APISIX's loggers.
+    Apisix,
+    /// Amazon API Gateway access logs.
+    Aws,
+}
+
+impl Format {
+    /// Every format a user can name, `auto` first.
+    pub const ALL: [Format; 9] = [
+        Format::Auto,
+        Format::Canonical,
+        Format::Traefik,
+        Format::Kong,
+        Format::Apisix,
+        Format::Envoy,
+        Format::Nginx,
+        Format::Aws,
+        Format::Custom,
+    ];
+
+    /// The preset's name, as `--format` takes it and as metric labels show it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::Auto => "auto",
+            Format::Canonical => "canonical",
+            Format::Traefik => "traefik",
+            Format::Kong => "kong",
+            Format::Apisix => "apisix",
+            Format::Envoy => "envoy",
+            Format::Nginx => "nginx",
+            Format::Aws => "aws",
+            Format::Custom => "custom",
+        }
+    }
 }
 
 impl FromStr for Format {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        Ok(match s {
-            "auto" => Format::Auto,
-            "canonical" => Format::Canonical,
-            "traefik" => Format::Traefik,
-            "kong" => Format::Kong,
-            "envoy" => Format::Envoy,
-            "nginx" => Format::Nginx,
-            "custom" => Format::Custom,
-            other => {
-                return Err(format!(
-                    "unknown format `{other}`: expected auto, canonical, traefik, kong, envoy, nginx or custom"
-                ))
-            }
+        Format::ALL.into_iter().find(|f| f.name() == s).ok_or_else(|| {
+            format!(
+                "unknown format `{s}`: expected auto, canonical, traefik, kong, apisix, envoy, nginx, aws or custom"
+            )
         })
     }
 }
@@ -202,6 +239,8 @@ pub struct Fields<'a> {
     pub client_ip: Option<Cow<'a, str>>,
     pub method: Option<Cow<'a, str>>,
     pub path: Option<Cow<'a, str>>,
+    /// The query string, for gateways that log it apart from the path (without the `?`).
+    pub query: Option<Cow<'a, str>>,
     pub status: Option<Scalar<'a>>,
     pub user_agent: Option<Cow<'a, str>>,
     /// An `Authorization` header value (`Bearer <jwt>`).
@@ -218,6 +257,22 @@ pub struct Fields<'a> {
     pub claims_attested: bool,
 }
 
+impl Fields<'_> {
+    /// How much of the request these fields describe: time, token, client, method, path.
+    /// `auto` takes the preset that scores highest.
+    fn score(&self) -> u8 {
+        let text = |s: &Option<Cow<'_, str>>| s.as_deref().is_some_and(|s| !matches!(s.trim(), "" | "-"));
+        let time = self.ts.as_ref().is_some_and(|t| raw::timestamp_ms(t).is_ok());
+        let token = self.authorization.as_deref().is_some_and(|a| !is_redacted(a))
+            || self.token.as_deref().is_some_and(|t| !is_redacted(t))
+            || self.jwt_claims.as_ref().is_some_and(|c| c.is_object());
+        [time, token, text(&self.client_ip), text(&self.method), text(&self.path)]
+            .into_iter()
+            .map(u8::from)
+            .sum()
+    }
+}
+
 impl fmt::Debug for Fields<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let text = |s: &Option<Cow<'_, str>>| s.as_deref().map(|s| token::redact_jwts(s).into_owned());
@@ -227,6 +282,7 @@ impl fmt::Debug for Fields<'_> {
             .field("client_ip", &text(&self.client_ip))
             .field("method", &text(&self.method))
             .field("path", &self.path.as_deref().map(|p| token::clean_path(p).into_owned()))
+            .field("query", &present(self.query.is_some()))
             .field("status", &self.status)
             .field("user_agent", &text(&self.user_agent))
             .field("authorization", &present(self.authorization.is_some()))
@@ -273,9 +329,9 @@ impl Parser {
                 Skip::InvalidJson
             });
         }
-        let fields = if self.format == Format::Custom {
+        let (fields, format) = if self.format == Format::Custom {
             match &self.mapping {
-                Some(m) => m.fields(line)?,
+                Some(m) => (m.fields(line)?, Format::Custom),
                 None => return Err(Skip::UnknownFormat),
             }
         } else {
@@ -283,26 +339,55 @@ impl Parser {
             if !scan::scan_flat(line, &mut raw) {
                 raw = serde_json::from_slice(line).map_err(|_| Skip::InvalidJson)?;
             }
-            let format = match self.format {
-                Format::Auto => raw.detect().ok_or(Skip::UnknownFormat)?,
-                f => f,
-            };
-            let raw = &mut raw;
-            match format {
-                Format::Canonical => canonical::fields(raw),
-                Format::Traefik => traefik::fields(raw),
-                Format::Kong => kong::fields(raw),
-                Format::Envoy => envoy::fields(raw),
-                Format::Nginx => nginx::fields(raw),
-                Format::Auto | Format::Custom => return Err(Skip::UnknownFormat),
+            match self.format {
+                Format::Auto => auto_fields(&mut raw)?,
+                f => (preset_fields(f, &mut raw)?, f),
             }
         };
-        finish(fields, tokens)
+        finish(fields, format, tokens)
     }
 }
 
+/// The fields a preset reads from the line.
+fn preset_fields<'a>(format: Format, raw: &mut RawLine<'a>) -> Result<Fields<'a>, Skip> {
+    Ok(match format {
+        Format::Canonical => canonical::fields(raw),
+        Format::Traefik => traefik::fields(raw),
+        Format::Kong => kong::fields(raw),
+        Format::Apisix => apisix::fields(raw),
+        Format::Envoy => envoy::fields(raw),
+        Format::Nginx => nginx::fields(raw),
+        Format::Aws => aws::fields(raw),
+        Format::Auto | Format::Custom => return Err(Skip::UnknownFormat),
+    })
+}
+
+/// `auto`: the one preset whose timestamp the line has, or of several, the one whose fields
+/// describe the most of the request (the first listed on a tie). Only such rare lines pay for
+/// trying more than one preset.
+fn auto_fields<'a>(raw: &mut RawLine<'a>) -> Result<(Fields<'a>, Format), Skip> {
+    let candidates = raw.candidates();
+    let mut it = candidates.iter();
+    let first = it.next().ok_or(Skip::UnknownFormat)?;
+    if candidates.len() == 1 {
+        return Ok((preset_fields(first, raw)?, first));
+    }
+    let pristine = raw.clone();
+    let mut best = (preset_fields(first, raw)?, first);
+    let mut best_score = best.0.score();
+    for f in it {
+        let fields = preset_fields(f, &mut pristine.clone())?;
+        let score = fields.score();
+        if score > best_score {
+            best = (fields, f);
+            best_score = score;
+        }
+    }
+    Ok(best)
+}
+
 /// Checks and types the picked fields, and decodes the tokens.
-fn finish<'a>(f: Fields<'a>, tokens: &mut TokenCache) -> Result<Parsed<'a>, Skip> {
+fn finish<'a>(f: Fields<'a>, format: Format, tokens: &mut TokenCache) -> Result<Parsed<'a>, Skip> {
     let ts_ms = raw::timestamp_ms(f.ts.as_ref().ok_or(Skip::MissingTimestamp)?)?;
     let client_ip = match f.client_ip.as_deref().map(str::trim) {
         None | Some("") | Some("-") => None,
@@ -310,14 +395,20 @@ fn finish<'a>(f: Fields<'a>, tokens: &mut TokenCache) -> Result<Parsed<'a>, Skip
     };
     let status = match &f.status {
         None => None,
-        Some(s) => Some(raw::status(s).ok_or(Skip::BadStatus)?),
+        Some(s) => raw::status(s)?,
     };
     let geo = match f.geo {
         None => None,
         Some(g) => Some(g.check().ok_or(Skip::BadGeo)?),
     };
-    let t = read_tokens(&f, f.path.as_deref().unwrap_or(""), tokens);
-    let full_path = f.path.unwrap_or(Cow::Borrowed(""));
+    let mut f = f;
+    let path = f.path.take().unwrap_or(Cow::Borrowed(""));
+    let full_path = origin_form(with_query(path, f.query.take()));
+    let authorization_redacted = f
+        .authorization
+        .as_deref()
+        .is_some_and(|a| a.trim().eq_ignore_ascii_case("redacted"));
+    let t = read_tokens(&f, &full_path, tokens);
     Ok(Parsed {
         event: Event {
             ts_ms,
@@ -334,6 +425,8 @@ fn finish<'a>(f: Fields<'a>, tokens: &mut TokenCache) -> Result<Parsed<'a>, Skip
         url_token: t.url_token,
         token_errors: t.errors,
         attestation_mismatch: t.attestation_mismatch,
+        format,
+        authorization_redacted,
     })
 }
 
@@ -427,6 +520,36 @@ fn same_token(raw: &TokenInfo, gateway: &TokenInfo) -> bool {
         && raw.sub == gateway.sub
         && jti(raw) == jti(gateway)
         && raw.exp.zip(gateway.exp).is_none_or(|(a, b)| a == b)
+}
+
+/// The path with a separately logged query string put back, so that tokens in it are seen.
+fn with_query<'a>(path: Cow<'a, str>, query: Option<Cow<'a, str>>) -> Cow<'a, str> {
+    match query.as_deref().map(str::trim) {
+        None | Some("") | Some("-") => path,
+        Some(_) if path.contains('?') => path,
+        Some(q) => Cow::Owned(format!("{path}?{q}")),
+    }
+}
+
+/// An absolute URL (`https://host:port/p?q`, as load balancers log `requestUrl`) as the path
+/// and query it requests; any other path as it is.
+fn origin_form(path: Cow<'_, str>) -> Cow<'_, str> {
+    let after_scheme = ["http://", "https://"]
+        .iter()
+        .find(|s| path.len() >= s.len() && path.as_bytes()[..s.len()].eq_ignore_ascii_case(s.as_bytes()))
+        .map(|s| s.len());
+    let Some(start) = after_scheme else {
+        return path;
+    };
+    let rest = &path[start..];
+    match rest.find(['/', '?', '#']) {
+        Some(i) if rest.as_bytes()[i] == b'/' => match path {
+            Cow::Borrowed(p) => Cow::Borrowed(&p[start + i..]),
+            Cow::Owned(p) => Cow::Owned(p[start + i..].to_owned()),
+        },
+        Some(i) => Cow::Owned(format!("/{}", &rest[i..])),
+        None => Cow::Borrowed("/"),
+    }
 }
 
 /// The path as every later stage sees it ([`token::clean_path`]): a borrowed path stays
@@ -552,7 +675,7 @@ mod tests {
             Skip::BadClientIp
         );
         assert_eq!(
-            parse(Format::Auto, "{\"ts\":1,\"status\":\"ok\"}").unwrap_err(),
+            parse(Format::Auto, "{\"ts\":1,\"status\":99}").unwrap_err(),
             Skip::BadStatus
         );
         assert_eq!(
@@ -681,6 +804,124 @@ mod tests {
         );
         assert!(shown[2].contains("/reset/<jwt sha256:"), "{}", shown[2]);
         assert!(shown[4].contains("authorization: \"<present>\""), "{}", shown[4]);
+    }
+
+    #[test]
+    fn auto_takes_the_preset_that_reads_the_most_of_a_line() {
+        let t = jwt(json!({"jti":"A","sub":"u"}));
+        // APISIX's start_time is Envoy's too: the request object makes it APISIX
+        let apisix = json!({"start_time": 1_795_910_400_000u64, "client_ip": "1.2.3.4",
+            "request": {"method": "GET", "uri": "/a", "headers": {"authorization": format!("Bearer {t}")}},
+            "response": {"status": 200}})
+        .to_string();
+        let p = parse(Format::Auto, &apisix).unwrap();
+        assert_eq!(p.format, Format::Apisix);
+        assert_eq!(
+            (&*p.event.method, &*p.event.path, p.event.status),
+            ("GET", "/a", Some(200))
+        );
+        assert!(p.event.token.is_some());
+        // an Envoy line stays Envoy
+        let envoy = json!({"start_time": "2026-11-29T00:00:00Z", "method": "GET", "path": "/e",
+            "downstream_remote_address": "1.2.3.4:5", "authorization": format!("Bearer {t}")})
+        .to_string();
+        assert_eq!(parse(Format::Auto, &envoy).unwrap().format, Format::Envoy);
+        // a canonical `ts` beside another gateway's fields: the fuller reading wins
+        let both = json!({"ts": 1, "started_at": 1_795_910_400_000u64, "client_ip": "1.2.3.4",
+            "request": {"method": "GET", "uri": "/k", "headers": {"authorization": format!("Bearer {t}")}}})
+        .to_string();
+        let p = parse(Format::Auto, &both).unwrap();
+        assert_eq!((p.format, &*p.event.path), (Format::Kong, "/k"));
+        // on a tie the first listed wins: canonical
+        let tie = json!({"ts": 1, "start_time": 2}).to_string();
+        assert_eq!(parse(Format::Auto, &tie).unwrap().format, Format::Canonical);
+        // Traefik's own `time` does not make its lines nginx's; a bare `time` is ingress-nginx
+        let traefik = json!({"StartLocal": "2026-11-29T01:00:00+01:00", "time": "x", "RequestPath": "/t"}).to_string();
+        assert_eq!(parse(Format::Auto, &traefik).unwrap().format, Format::Traefik);
+        let ingress = json!({"time": "2026-11-29T00:00:00+00:00", "path": "/i", "request_query": "a=1"}).to_string();
+        let p = parse(Format::Auto, &ingress).unwrap();
+        assert_eq!((p.format, &*p.event.path), (Format::Nginx, "/i"));
+    }
+
+    #[test]
+    fn a_field_of_another_type_is_absent_not_the_line() {
+        let t = jwt(json!({"jti":"A","sub":"u"}));
+        for line in [
+            // nginx json_logs: `request` is the request line, `status` a string
+            json!({"time_local": "29/Nov/2026:00:00:00 +0000", "request": "GET /x?y=1 HTTP/1.1", "status": "200",
+                   "remote_addr": "1.2.3.4", "http_authorization": format!("Bearer {t}")}),
+            // Kong's shape with a string response and a string geo elsewhere
+            json!({"started_at": 1_795_910_400_000u64, "request": {"method": "GET", "uri": "/x?y=1",
+                   "headers": "none", "url": 5}, "response": "ok", "geo": "London",
+                   "client_ip": "1.2.3.4", "jwt_claims": {"jti": "A"}}),
+        ] {
+            let l = line.to_string();
+            let p = parse(Format::Auto, &l).unwrap_or_else(|s| panic!("{l}: {s:?}"));
+            assert_eq!(&*p.event.path, "/x", "{l}");
+            assert_eq!(&*p.event.method, "GET", "{l}");
+            assert_eq!(p.event.ts_ms, 1_795_910_400_000, "{l}");
+            assert_eq!(&*p.event.token.unwrap().token_id, "A", "{l}");
+        }
+        // numbers and arrays are no address; objects no status, no location
+        let l = json!({"ts": 1, "client_ip": 5, "status": {"code": 1}, "geo": {"lat": "x", "lon": 0}}).to_string();
+        let e = parse(Format::Canonical, &l).unwrap().event;
+        assert_eq!((e.client_ip, e.status, e.geo), (None, None, None));
+        let l = json!({"ts": 1, "client_ip": ["1.2.3.4"]}).to_string();
+        assert_eq!(parse(Format::Canonical, &l).unwrap().event.client_ip, None);
+        // a timestamp of another type gives way to the preset's next one
+        let l = json!({"msec": {"x": 1}, "time_iso8601": "2026-11-29T00:00:00+00:00"}).to_string();
+        assert_eq!(parse(Format::Nginx, &l).unwrap().event.ts_ms, 1_795_910_400_000);
+    }
+
+    #[test]
+    fn absolute_urls_and_separate_queries_become_path_and_query() {
+        let t = jwt(json!({"jti":"Q","sub":"u"}));
+        for (url, path) in [
+            ("https://api.example.com:8443/a/b?c=1", "/a/b"),
+            ("HTTP://h/x", "/x"),
+            ("https://h", "/"),
+            ("https://h?q=1", "/"),
+            ("/plain?x", "/plain"),
+            ("httpx://h/a", "httpx://h/a"),
+        ] {
+            let l = json!({"ts": 1, "path": url}).to_string();
+            assert_eq!(parse(Format::Canonical, &l).unwrap().event.path, path, "{url}");
+        }
+        // the token in an absolute URL's query is still found
+        let l = json!({"ts": 1, "path": format!("https://h/cb?access_token={t}")}).to_string();
+        let p = parse(Format::Canonical, &l).unwrap();
+        assert!(p.event.token_in_url && p.event.path == "/cb");
+        // and in a query logged apart from the path
+        let l = json!({"time": "2026-11-29T00:00:00Z", "path": "/cb", "request_query": format!("access_token={t}")})
+            .to_string();
+        let p = parse(Format::Nginx, &l).unwrap();
+        assert!(p.event.token_in_url);
+        assert_eq!(&*p.event.token.unwrap().token_id, "Q");
+    }
+
+    #[test]
+    fn a_redacted_authorization_header_is_told_apart_from_none() {
+        let redacted = |v: serde_json::Value| {
+            let l = json!({"ts": 1, "authorization": v}).to_string();
+            parse(Format::Canonical, &l).unwrap().authorization_redacted
+        };
+        assert!(redacted(json!("REDACTED")));
+        assert!(redacted(json!(" redacted ")));
+        assert!(!redacted(json!("-")));
+        assert!(!redacted(json!("")));
+        assert!(!redacted(json!("Bearer x.y.z")));
+    }
+
+    #[test]
+    fn every_format_has_one_name() {
+        let mut seen = [false; Format::ALL.len()];
+        for f in Format::ALL {
+            assert_eq!(f.name().parse::<Format>(), Ok(f));
+            // per-format counters index an array by the discriminant
+            assert!(!std::mem::replace(&mut seen[f as usize], true), "{f:?}");
+        }
+        let e = "zeus".parse::<Format>().unwrap_err();
+        assert!(e.contains("apisix") && e.contains("aws"), "{e}");
     }
 
     #[test]

@@ -11,7 +11,7 @@
 
 use std::borrow::Cow;
 
-use super::raw::{LenientStr, RawLine, Scalar};
+use super::raw::{LenientStr, RawLine, RawRequest, RequestField, Scalar, StrOnly};
 
 /// Parses `line` (trimmed, starting with `{`) into `raw` (empty on entry) when it is a flat
 /// object of simple values; `false` otherwise, leaving `raw` partly filled. Filling the
@@ -102,55 +102,99 @@ fn set<'a>(raw: &mut RawLine<'a>, key: &[u8], v: Value, line: &'a [u8]) -> Optio
         b"ts" => scalar(&mut r.ts, &v, line),
         b"status" => scalar(&mut r.status, &v, line),
         b"StartUTC" => scalar(&mut r.StartUTC, &v, line),
+        b"StartLocal" => scalar(&mut r.StartLocal, &v, line),
         b"DownstreamStatus" => scalar(&mut r.DownstreamStatus, &v, line),
         b"started_at" => scalar(&mut r.started_at, &v, line),
         b"start_time" => scalar(&mut r.start_time, &v, line),
         b"response_code" => scalar(&mut r.response_code, &v, line),
         b"msec" => scalar(&mut r.msec, &v, line),
         b"time_iso8601" => scalar(&mut r.time_iso8601, &v, line),
+        b"time_local" => scalar(&mut r.time_local, &v, line),
+        b"time" => scalar(&mut r.time, &v, line),
+        b"requestTime" => scalar(&mut r.requestTime, &v, line),
+        b"requestTimeEpoch" => scalar(&mut r.requestTimeEpoch, &v, line),
         b"client_ip"
-        | b"method"
+        | b"ClientHost"
+        | b"ClientAddr"
+        | b"remote_addr"
+        | b"x_forwarded_for"
+        | b"downstream_remote_address"
+        | b"ip" => {
+            let slot = match key {
+                b"client_ip" => &mut r.client_ip,
+                b"ClientHost" => &mut r.ClientHost,
+                b"ClientAddr" => &mut r.ClientAddr,
+                b"remote_addr" => &mut r.remote_addr,
+                b"x_forwarded_for" => &mut r.x_forwarded_for,
+                b"downstream_remote_address" => &mut r.downstream_remote_address,
+                _ => &mut r.ip,
+            };
+            // The fast path only ever stores `Some`: a set field is a duplicate. A number
+            // reads as absent in serde, which also reports a duplicate after it: let it.
+            if slot.0.is_some() {
+                return None;
+            }
+            *slot = StrOnly(Some(text(&v, line)?));
+            Some(())
+        }
+        b"method"
         | b"path"
         | b"user_agent"
         | b"authorization"
         | b"token"
-        | b"ClientHost"
         | b"RequestMethod"
         | b"RequestPath"
         | b"request_Authorization"
         | b"request_User-Agent"
-        | b"remote_addr"
+        | b"x-envoy-origin-path"
+        | b"user-agent"
         | b"request_method"
         | b"request_uri"
+        | b"request_query"
         | b"http_user_agent"
-        | b"http_authorization" => {
+        | b"http_authorization"
+        | b"httpMethod"
+        | b"routeKey"
+        | b"resourcePath"
+        | b"userAgent" => {
             let slot = match key {
-                b"client_ip" => &mut r.client_ip,
                 b"method" => &mut r.method,
                 b"path" => &mut r.path,
                 b"user_agent" => &mut r.user_agent,
                 b"authorization" => &mut r.authorization,
                 b"token" => &mut r.token,
-                b"ClientHost" => &mut r.ClientHost,
                 b"RequestMethod" => &mut r.RequestMethod,
                 b"RequestPath" => &mut r.RequestPath,
                 b"request_Authorization" => &mut r.request_Authorization,
                 b"request_User-Agent" => &mut r.request_User_Agent,
-                b"remote_addr" => &mut r.remote_addr,
+                b"x-envoy-origin-path" => &mut r.x_envoy_origin_path,
+                b"user-agent" => &mut r.user_agent_dashed,
                 b"request_method" => &mut r.request_method,
                 b"request_uri" => &mut r.request_uri,
+                b"request_query" => &mut r.request_query,
                 b"http_user_agent" => &mut r.http_user_agent,
-                _ => &mut r.http_authorization,
+                b"http_authorization" => &mut r.http_authorization,
+                b"httpMethod" => &mut r.httpMethod,
+                b"routeKey" => &mut r.routeKey,
+                b"resourcePath" => &mut r.resourcePath,
+                _ => &mut r.userAgent,
             };
-            // The fast path only ever stores `Some`: a set field is a duplicate.
             if slot.0.is_some() {
                 return None;
             }
             *slot = LenientStr(Some(text(&v, line)?));
             Some(())
         }
+        // nginx's request line; Kong's and APISIX's request object takes the serde pass.
+        b"request" => {
+            if r.request.0.is_some() {
+                return None;
+            }
+            r.request = RequestField(Some(RawRequest::Line(text(&v, line)?)));
+            Some(())
+        }
         // Nested or typed fields: the serde pass reads them.
-        b"geo" | b"jwt_header" | b"jwt_claims" | b"request" | b"response" | b"jwt_payload" => None,
+        b"geo" | b"jwt_header" | b"jwt_claims" | b"response" | b"jwt_payload" | b"claims" | b"authorizer" => None,
         // A gateway's attestation (`true`, `"true"` ...): rare, so the serde pass reads it.
         b"authenticated" => None,
         _ => Some(()),
@@ -321,6 +365,7 @@ pub fn find_special(b: &[u8], from: usize) -> (usize, bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::Strategy;
 
     fn serde(line: &str) -> Option<RawLine<'_>> {
         serde_json::from_str(line).ok()
@@ -380,6 +425,89 @@ mod tests {
             r#"{"ts":1234567890123456}"#,
         ] {
             assert!(fast(line.as_bytes()).is_none(), "{line}");
+        }
+    }
+
+    /// The JSON keys the serde pass reads into a `RawLine`, straight from its derived
+    /// `Deserialize`: the fast path must know every one of them, or it would skip a field
+    /// that serde reads.
+    fn raw_line_keys() -> &'static [&'static str] {
+        use serde::de::{self, Visitor};
+        struct Grab(std::cell::Cell<&'static [&'static str]>);
+        impl<'de> serde::Deserializer<'de> for &Grab {
+            type Error = de::value::Error;
+            fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
+                Err(de::Error::custom("not a struct"))
+            }
+            fn deserialize_struct<V: Visitor<'de>>(
+                self,
+                _: &'static str,
+                fields: &'static [&'static str],
+                _: V,
+            ) -> Result<V::Value, Self::Error> {
+                self.0.set(fields);
+                Err(de::Error::custom("fields taken"))
+            }
+            serde::forward_to_deserialize_any! {
+                bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes
+                byte_buf option unit unit_struct newtype_struct seq tuple tuple_struct map enum
+                identifier ignored_any
+            }
+        }
+        let g = Grab(std::cell::Cell::new(&[]));
+        let _ = <RawLine<'_> as serde::Deserialize>::deserialize(&g);
+        g.0.get()
+    }
+
+    #[test]
+    fn the_fast_path_knows_every_field_serde_reads() {
+        let keys = raw_line_keys();
+        assert!(keys.len() > 40 && keys.contains(&"x-envoy-origin-path"), "{keys:?}");
+        for k in keys {
+            for v in ["\"v\"", "\"2026-11-29T00:00:00Z\"", "12", "1.5", "null", "true", "{}"] {
+                let line = format!("{{\"{k}\":{v}}}");
+                // either declines or agrees with serde, and never drops a field serde reads
+                if agrees(&line) {
+                    let f = fast(line.as_bytes()).unwrap();
+                    let s = serde(&line).unwrap();
+                    assert!(s == RawLine::default() || f != RawLine::default(), "{line}");
+                }
+                let dup = format!("{{\"{k}\":{v},\"{k}\":{v}}}");
+                assert!(fast(dup.as_bytes()).is_none(), "{dup}");
+            }
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+
+        /// Flat lines over every known key and a few unknown ones, with values of every
+        /// scalar shape: whenever the fast path accepts, serde reads the same.
+        #[test]
+        fn the_fast_path_agrees_with_serde_on_flat_lines(
+            kv in proptest::collection::vec(
+                (
+                    proptest::prelude::prop_oneof![
+                        proptest::sample::select(raw_line_keys().to_vec()).prop_map(str::to_string),
+                        "[a-zA-Z_:-]{1,8}",
+                    ],
+                    proptest::prelude::prop_oneof![
+                        "[ -~]{0,12}".prop_map(|s| serde_json::Value::String(s).to_string()),
+                        proptest::prelude::any::<i64>().prop_map(|n| n.to_string()),
+                        proptest::prelude::any::<u64>().prop_map(|n| n.to_string()),
+                        proptest::prelude::any::<f64>()
+                            .prop_filter("finite", |f| f.is_finite())
+                            .prop_map(|f| serde_json::json!(f).to_string()),
+                        proptest::prelude::Just("null".to_string()),
+                        proptest::prelude::Just("false".to_string()),
+                    ],
+                ),
+                0..6,
+            )
+        ) {
+            let body: Vec<String> = kv.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
+            let line = format!("{{{}}}", body.join(","));
+            agrees(&line);
         }
     }
 
