@@ -46,12 +46,15 @@ fn sigterm_with_redis_down_gives_up_within_the_shutdown_timeout_and_commits_noth
     // up to bob's replay: three revocations; the rest holds a fourth (carol's subject)
     let split = lines.iter().position(|l| l.contains("00:05:20")).unwrap();
     common::produce(&brokers, "logs", &lines[..split]);
+    // the fixtures' tokens are signed with the test key of this JWKS
+    let jwks = common::root().join("tests/fixtures/keys/jwks.json");
+    let jwks_env = ("TOKENWATCH_VERIFY__JWKS", jwks.to_str().unwrap());
     let mut tw = run_bin::start(
         &brokers,
         &redis.url(),
         "term",
         &[],
-        &[("TOKENWATCH_SHUTDOWN_TIMEOUT", "2s")],
+        &[("TOKENWATCH_SHUTDOWN_TIMEOUT", "2s"), jwks_env],
     );
     tw.wait_metrics("the first part's revocations", 60, |b| {
         seen(b) == split as u64 && metric(b, "tokenwatch_revocations_total{kind=\"token\"}") == Some(3.0)
@@ -82,7 +85,7 @@ fn sigterm_with_redis_down_gives_up_within_the_shutdown_timeout_and_commits_noth
 
     // ...and does: with Redis back, a new run writes the fourth revocation.
     redis.restart();
-    let mut again = run_bin::start(&brokers, &redis.url(), "term", &[], &[]);
+    let mut again = run_bin::start(&brokers, &redis.url(), "term", &[], &[jwks_env]);
     // (It reads from its last checkpoint: the first part again, quietly, then the rest.)
     again.wait_metrics("the rest of the log", 60, |b| {
         metric(b, "tokenwatch_revocations_total{kind=\"subject\"}") == Some(1.0)

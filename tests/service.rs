@@ -52,7 +52,7 @@ async fn start_tweaked(
         redis: vec![redis_url.into()],
         alerts: Some(alerts.to_str().unwrap().into()),
         alerts_topic: alerts_topic.map(String::from),
-        // the fixtures' tokens are signed with the test key: verified, so they may revoke
+        // the fixtures' tokens are signed with the test key of this JWKS
         jwks: vec![common::root()
             .join("tests/fixtures/keys/jwks.json")
             .to_str()
