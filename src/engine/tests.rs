@@ -723,7 +723,7 @@ fn rules_with_replay_window(window: &str) -> Arc<RuleSet> {
     let mut set = (*crate::defaults::rules().unwrap()).clone();
     let replay = set.rules.iter().position(|r| &*r.id == "token-replay").unwrap();
     let yaml = format!(
-        "rules:\n  - {{id: token-replay, severity: high, action: revoke_token, kind: distinct_count, key: token_id, distinct: network, threshold: 3, window: {window}}}\n"
+        "rules:\n  - {{id: token-replay, severity: high, action: revoke_token, kind: distinct_count, key: token_id, distinct: network, threshold: 3, window: {window}, where: {{authenticated: true}}}}\n"
     );
     set.rules[replay] = load_str(Path::new("t.yaml"), &yaml).unwrap().remove(0);
     Arc::new(set)

@@ -196,7 +196,7 @@ fn set<'a>(raw: &mut RawLine<'a>, key: &[u8], v: Value, line: &'a [u8]) -> Optio
         // Nested or typed fields: the serde pass reads them.
         b"geo" | b"jwt_header" | b"jwt_claims" | b"response" | b"jwt_payload" | b"claims" | b"authorizer" => None,
         // A gateway's attestation (`true`, `"true"` ...): rare, so the serde pass reads it.
-        b"authenticated" => None,
+        b"authenticated" | b"authenticated_entity" => None,
         _ => Some(()),
     }
 }
