@@ -495,6 +495,11 @@ impl Pipeline {
         &self.engine
     }
 
+    /// The engine, to trace one rule for `explain` ([`Engine::set_trace`]).
+    pub fn engine_mut(&mut self) -> &mut Engine {
+        &mut self.engine
+    }
+
     /// The decoding half, to fork for worker threads ([`ParallelDecode::new`]).
     pub fn decoder(&self) -> &Decoder {
         &self.decoder
