@@ -336,3 +336,55 @@ fn travel_note(samples: &[super::velocity::Sample], ts: i64, kind: &crate::rules
         dt as f64 / 60_000.0
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::{Pipeline, PipelineConfig};
+
+    const LOG: &str = include_str!("../../tests/fixtures/canonical.log");
+
+    fn run(trace: Option<Trace>) -> (Vec<crate::decision::Decision>, Vec<Step>) {
+        let rules = crate::defaults::rules().unwrap();
+        let geo = Some(crate::defaults::test_geo_db());
+        let mut p = Pipeline::new(rules, geo, PipelineConfig::default()).unwrap();
+        p.engine_mut().set_trace(trace);
+        let mut out = Vec::new();
+        for l in LOG.lines() {
+            p.process_line(l.as_bytes(), &mut out);
+        }
+        (out, p.engine_mut().take_steps())
+    }
+
+    #[test]
+    fn tracing_records_one_key_and_changes_no_decision() {
+        let (plain, none) = run(None);
+        assert!(none.is_empty());
+        let (traced, steps) = run(Some(Trace::new("token-replay", Who::Token("tok-bob-1".into()))));
+        assert_eq!(plain, traced);
+        // bob's five requests, all accepted: each evaluated, the fourth fires
+        assert_eq!(steps.len(), 5, "{steps:?}");
+        assert!(steps.iter().all(|s| s.token_id.as_deref() == Some("tok-bob-1")));
+        let fired: Vec<_> = steps
+            .iter()
+            .map(|s| matches!(&s.outcome, Outcome::Evaluated(e) if e.fired.is_some()))
+            .collect();
+        assert_eq!(fired, [false, false, false, true, false]);
+    }
+
+    #[test]
+    fn a_failed_condition_names_field_value_and_condition() {
+        let (_, steps) = run(Some(Trace::new(
+            "expired-token-accepted",
+            Who::Subject("https://idp.example.com|dave".into()),
+        )));
+        assert_eq!(
+            steps[0].outcome,
+            Outcome::WhereFailed {
+                field: "accepted".into(),
+                value: json!(false),
+                condition: "eq true".into()
+            }
+        );
+    }
+}
