@@ -387,4 +387,31 @@ mod tests {
             }
         );
     }
+
+    #[test]
+    fn a_late_event_is_shown_as_late_not_as_counted() {
+        let t = crate::token::encode_unsigned_parts(
+            &json!({"alg": "RS256"}),
+            &json!({"jti": "late", "sub": "u"}),
+            b"signature",
+        );
+        let line = |ts: &str, ip: &str| {
+            json!({"ts": ts, "client_ip": ip, "status": 200, "authorization": format!("Bearer {t}")}).to_string()
+        };
+        let rules = crate::defaults::rules().unwrap();
+        let mut p = Pipeline::new(rules, None, PipelineConfig::default()).unwrap();
+        p.engine_mut()
+            .set_trace(Some(Trace::new("token-replay", Who::Token("late".into()))));
+        let mut out = Vec::new();
+        p.process_line(line("2026-11-29T00:10:00Z", "198.51.100.7").as_bytes(), &mut out);
+        p.process_line(line("2026-11-29T00:00:00Z", "203.0.113.9").as_bytes(), &mut out);
+        let steps = p.engine_mut().take_steps();
+        assert_eq!(
+            steps[1].outcome,
+            Outcome::Late {
+                behind_ms: 600_000,
+                lateness_ms: 60_000
+            }
+        );
+    }
 }
