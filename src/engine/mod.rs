@@ -302,18 +302,7 @@ impl Engine {
             let before = (traced == Some(i)).then(|| self.states[i].observe(key));
             let fired = self.run(i, rule, &cx, key, late, &mut memo);
             if let Some(before) = before {
-                let behind = late.then(|| self.newest - ts);
-                let lateness = self.cfg.lateness_ms;
-                let step = trace::evaluated(
-                    &mut self.states[i],
-                    rule,
-                    &cx,
-                    key,
-                    (behind, lateness),
-                    before,
-                    fired.as_ref(),
-                );
-                self.record(&cx, Some(step));
+                self.record_evaluated(i, &cx, key, late, before, fired.as_ref());
             }
             if let Some(f) = fired {
                 out.push(decision(rule, &cx, f));
@@ -328,6 +317,23 @@ impl Engine {
         if let (Some(t), Some(o)) = (self.trace.as_mut(), outcome) {
             t.steps.push(Step::new(cx, o));
         }
+    }
+
+    /// Records the traced rule's state after the event reached it.
+    fn record_evaluated(
+        &mut self,
+        i: usize,
+        cx: &Ctx<'_>,
+        key: u64,
+        late: bool,
+        before: (bool, u64),
+        fired: Option<&Fired>,
+    ) {
+        let rules = self.rules.clone();
+        let behind = late.then(|| self.newest - cx.ev.ts_ms);
+        let timing = (behind, self.cfg.lateness_ms);
+        let step = trace::evaluated(&mut self.states[i], &rules.rules[i], cx, key, timing, before, fired);
+        self.record(cx, Some(step));
     }
 
     /// The kind-specific step for one rule and key; `None` when it does not fire (or is
