@@ -65,8 +65,8 @@ pub fn build_case(case: &Case, rule: &str, format: Option<&str>, signer: &mut Si
     for e in &case.events {
         event_lines(e, &mut tokens, signer, &mut lines)?;
     }
-    for l in &case.lines {
-        lines.push(fill(l, &tokens)?);
+    for (i, l) in case.lines.iter().enumerate() {
+        lines.push(fill(l, &tokens).map_err(|e| format!("lines[{i}]: {e}"))?);
     }
     let expect = case
         .expect
@@ -126,7 +126,10 @@ impl Tokens {
             .get(name)
             .or_else(|| self.by_jti.get(name))
             .cloned()
-            .ok_or_else(|| format!("token `{name}` is used before its claims are given"))
+            .ok_or_else(|| {
+                let name = crate::token::redact_jwts(name);
+                format!("token `{name}` is used before its claims are given")
+            })
     }
 }
 
@@ -192,23 +195,23 @@ fn event_lines(e: &EventSpec, tokens: &mut Tokens, signer: &mut Signer, out: &mu
     Ok(())
 }
 
-/// `${token:NAME}` and `${at:OFFSET}` in a raw line.
+/// `${token:NAME}` and `${at:OFFSET}` in a raw line. Messages never quote the line: it may
+/// hold a token someone pasted.
 fn fill(line: &str, tokens: &Tokens) -> Result<String, String> {
     let mut out = String::with_capacity(line.len());
     let mut rest = line;
     while let Some(i) = rest.find("${") {
         out.push_str(&rest[..i]);
-        let end = rest[i..]
-            .find('}')
-            .ok_or_else(|| format!("unclosed `${{` in line `{line}`"))?;
+        let end = rest[i..].find('}').ok_or_else(|| "an unclosed `${`".to_string())?;
         let inner = &rest[i + 2..i + end];
         match inner.split_once(':') {
             Some(("token", name)) => out.push_str(&tokens.get(name)?),
             Some(("at", off)) => out.push_str(&fmt_ts(START_MS.saturating_add(parse_offset(off)?))),
             _ => {
+                let shown = crate::token::redact_jwts(inner);
                 return Err(format!(
-                    "unknown placeholder `${{{inner}}}`: use ${{token:NAME}} or ${{at:OFFSET}}"
-                ))
+                    "unknown placeholder `${{{shown}}}`: use ${{token:NAME}} or ${{at:OFFSET}}"
+                ));
             }
         }
         rest = &rest[i + end + 1..];
@@ -334,5 +337,15 @@ mod tests {
         );
         assert!(fill("${token:b}", &t).unwrap_err().contains("`b` is used before"));
         assert!(fill("${when:1m}", &t).is_err());
+        // a pasted token is never echoed
+        let pasted = crate::token::encode_unsigned_parts(&json!({"alg": "RS256"}), &json!({"sub": "x"}), b"sig");
+        for bad in [
+            format!("{pasted} ${{"),
+            format!("${{{pasted}}}"),
+            format!("${{token:{pasted}}}"),
+        ] {
+            let e = fill(&bad, &t).unwrap_err();
+            assert!(!e.contains(&pasted), "{e}");
+        }
     }
 }
