@@ -8,4 +8,5 @@ export TOKENWATCH_TEST_REDIS_SERVER TOKENWATCH_TEST_PROMTOOL TOKENWATCH_TEST_TAN
 cargo fmt --check
 cargo clippy --all-targets -- -D warnings
 cargo test
+cargo run --quiet -- test --rules rules
 cargo bench --no-run

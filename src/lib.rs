@@ -12,14 +12,20 @@
 //! 5. [`decision`] is what comes out: one JSON object per firing rule;
 //! 6. [`pipeline`] wires 1–5 together for one stream of lines, and [`replay`] drives it from
 //!    files for `tokenwatch replay`.
+//!
+//! Around the data flow, for the people who write rules: [`ruletest`] runs the rule tests
+//! kept beside the rules (`tokenwatch test`), [`explain`] shows what one rule did with one
+//! token or subject, and [`diff`] compares two rule sets over the same logs.
 
 pub mod checkpoint;
 pub mod config;
 pub mod decision;
 pub mod defaults;
 pub mod demo;
+pub mod diff;
 pub mod engine;
 pub mod eventtime;
+pub mod explain;
 pub mod gen;
 pub mod geo;
 pub mod input;
@@ -27,6 +33,7 @@ pub mod metrics;
 pub mod pipeline;
 pub mod replay;
 pub mod rules;
+pub mod ruletest;
 pub mod service;
 pub mod sinks;
 pub mod source;

@@ -45,6 +45,63 @@ enum Cmd {
     Unrevoke(UnrevokeArgs),
     /// Re-arm a rule that tripped its revocation budget, in every running instance.
     Rearm(RearmArgs),
+    /// Run the rule tests (*.test.yaml beside the rules); exit 1 if any fails.
+    Test {
+        /// Directory of the rules and their *.test.yaml files.
+        #[arg(long, default_value = "rules")]
+        rules: PathBuf,
+    },
+    /// Show what one rule did with every event of one token or subject, and why it fired or not.
+    Explain(ExplainArgs),
+    /// Replay logs through two rule sets; report per rule the decisions added and removed.
+    Diff(DiffArgs),
+}
+
+/// Where `explain` and `diff` read and how.
+#[derive(Args)]
+struct OfflineArgs {
+    /// MaxMind GeoIP2/GeoLite2 City database (.mmdb).
+    #[arg(long)]
+    geoip: Option<PathBuf>,
+    /// Log format: auto, canonical, traefik, kong, envoy, nginx.
+    #[arg(long, default_value = "auto")]
+    format: Format,
+    /// Log files; none or `-` reads stdin.
+    files: Vec<PathBuf>,
+}
+
+#[derive(Args)]
+#[command(group(clap::ArgGroup::new("who").required(true).args(["token", "subject"])))]
+struct ExplainArgs {
+    /// Directory of *.yaml / *.yml rule files.
+    #[arg(long, default_value = "rules")]
+    rules: PathBuf,
+    /// The rule to explain.
+    #[arg(long)]
+    rule: String,
+    /// The token's id (its `jti`, or the `sha256:` id of decisions).
+    #[arg(long)]
+    token: Option<String>,
+    /// The subject (`iss|sub`, as decisions print it).
+    #[arg(long)]
+    subject: Option<String>,
+    /// One JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    input: OfflineArgs,
+}
+
+#[derive(Args)]
+struct DiffArgs {
+    /// The old rule directory, then the new one: `--rules OLD --rules NEW`.
+    #[arg(long, num_args = 1, required = true)]
+    rules: Vec<PathBuf>,
+    /// Exit 1 when the new rules revoke anything the old ones did not.
+    #[arg(long)]
+    fail_on_new_revocations: bool,
+    #[command(flatten)]
+    input: OfflineArgs,
 }
 
 #[derive(Args)]
@@ -521,6 +578,9 @@ fn main() -> ExitCode {
         Cmd::Run(a) => run(a),
         Cmd::Unrevoke(a) => unrevoke(a),
         Cmd::Rearm(a) => rearm(a),
+        Cmd::Test { rules } => rule_tests(&rules),
+        Cmd::Explain(a) => explain(a),
+        Cmd::Diff(a) => diff(a),
     };
     match result {
         Ok(code) => code,
@@ -538,6 +598,9 @@ fn load_rules(dir: &Path) -> Result<Arc<RuleSet>, String> {
 fn validate(dir: &Path) -> Result<ExitCode, String> {
     match load_dir(dir) {
         Ok(set) => {
+            for w in tokenwatch::ruletest::untested_revoking(dir, &set) {
+                eprintln!("{w}");
+            }
             println!(
                 "{}: {} rules in {} files are valid",
                 dir.display(),
@@ -552,6 +615,69 @@ fn validate(dir: &Path) -> Result<ExitCode, String> {
             Ok(ExitCode::from(1))
         }
     }
+}
+
+fn rule_tests(dir: &Path) -> Result<ExitCode, String> {
+    let rules = load_rules(dir)?;
+    let report = tokenwatch::ruletest::Suite::load(dir)?.run(&rules);
+    print!("{}", report.render());
+    Ok(if report.failed() == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+impl OfflineArgs {
+    /// A pipeline for `rules` over these inputs' format and GeoIP database.
+    fn pipeline(&self, rules: &Path) -> Result<Pipeline, String> {
+        let geo = self
+            .geoip
+            .as_deref()
+            .map(GeoDb::open)
+            .transpose()
+            .map_err(|e| e.to_string())?;
+        let cfg = PipelineConfig {
+            format: self.format,
+            ..PipelineConfig::default()
+        };
+        Pipeline::new(load_rules(rules)?, geo, cfg)
+    }
+}
+
+fn explain(a: ExplainArgs) -> Result<ExitCode, String> {
+    use tokenwatch::engine::trace::Who;
+    let who = match (a.token, a.subject) {
+        (Some(t), _) => Who::Token(t.into()),
+        (None, Some(s)) => Who::Subject(s.into()),
+        (None, None) => return Err("give --token or --subject".into()),
+    };
+    let mut p = a.input.pipeline(&a.rules)?;
+    let inputs = tokenwatch::replay::open_inputs(&a.input.files)?;
+    let max = tokenwatch::input::lines::DEFAULT_MAX_LINE;
+    let e = tokenwatch::explain::explain(&mut p, &a.rule, who, inputs, max)?;
+    if a.json {
+        println!("{}", e.to_json());
+    } else {
+        print!("{}", e.render());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn diff(a: DiffArgs) -> Result<ExitCode, String> {
+    let [old, new] = &a.rules[..] else {
+        return Err("give the rules twice: --rules OLD --rules NEW".into());
+    };
+    let (mut po, mut pn) = (a.input.pipeline(old)?, a.input.pipeline(new)?);
+    let inputs = tokenwatch::replay::open_inputs(&a.input.files)?;
+    let max = tokenwatch::input::lines::DEFAULT_MAX_LINE;
+    let report = tokenwatch::diff::diff(&mut po, &mut pn, inputs, max)?;
+    print!("{}", report.render());
+    Ok(if a.fail_on_new_revocations && report.added_revocations() > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 fn replay(a: ReplayArgs) -> Result<ExitCode, String> {

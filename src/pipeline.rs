@@ -600,7 +600,8 @@ impl Pipeline {
         self.decoder.tokens.verifier().map_or(0, |v| v.errors())
     }
 
-    /// The engine, to restore a checkpoint into.
+    /// The engine, to restore a checkpoint into or to trace one rule for `explain`
+    /// ([`Engine::set_trace`]).
     pub fn engine_mut(&mut self) -> &mut Engine {
         &mut self.engine
     }

@@ -31,6 +31,11 @@ impl CountState {
         }
         hit
     }
+
+    /// The kept timestamps, ascending (for `explain`).
+    pub fn timestamps(&self) -> &[i64] {
+        &self.ts
+    }
 }
 
 #[cfg(test)]

@@ -117,6 +117,11 @@ impl DistinctState {
         }
         (self.vals.len() >= threshold as usize).then_some(&self.vals[..])
     }
+
+    /// The values in the window, each with the newest time it was seen (for `explain`).
+    pub fn values(&self) -> &[(i64, DVal)] {
+        &self.vals
+    }
 }
 
 #[cfg(test)]

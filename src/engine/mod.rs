@@ -15,6 +15,7 @@ pub mod distinct;
 pub mod keymap;
 pub mod revoked;
 pub mod snapshot;
+pub mod trace;
 pub mod velocity;
 
 use std::hash::{BuildHasher, Hash, Hasher};
@@ -32,6 +33,7 @@ use count::CountState;
 use distinct::DistinctState;
 use keymap::{KeyMap, NEVER};
 use revoked::{Hit, Revocations, Revoked};
+use trace::{Outcome, Step, Trace};
 use velocity::{Limits, Sample, VelocityState};
 
 #[derive(Debug, Clone, Copy)]
@@ -109,6 +111,17 @@ impl State {
         }
     }
 
+    /// For `explain`: whether the key has state, and the evictions so far.
+    fn observe(&mut self, key: u64) -> (bool, u64) {
+        let has = match self {
+            State::Stateless(m) => m.get_mut(key).is_some(),
+            State::Count(m) => m.get_mut(key).is_some(),
+            State::Distinct(m) => m.get_mut(key).is_some(),
+            State::Velocity(m) => m.get_mut(key).is_some(),
+        };
+        (has, self.len_and_evictions().1)
+    }
+
     fn len_and_evictions(&self) -> (usize, u64) {
         match self {
             State::Stateless(m) => (m.len(), m.evictions),
@@ -142,6 +155,8 @@ pub struct Engine {
     next_sweep: i64,
     events: u64,
     late_events: u64,
+    /// `explain`: one rule observed for one token or subject; `None` in service.
+    trace: Option<Box<Trace>>,
 }
 
 impl Engine {
@@ -161,7 +176,22 @@ impl Engine {
             next_sweep: i64::MIN,
             events: 0,
             late_events: 0,
+            trace: None,
         }
+    }
+
+    /// Starts (or, with `None`, stops) recording what one rule does with the events of one
+    /// token or subject ([`trace`]).
+    pub fn set_trace(&mut self, trace: Option<Trace>) {
+        self.trace = trace.map(Box::new);
+    }
+
+    /// The steps recorded since the last call.
+    pub fn take_steps(&mut self) -> Vec<Step> {
+        self.trace
+            .as_mut()
+            .map(|t| std::mem::take(&mut t.steps))
+            .unwrap_or_default()
     }
 
     pub fn rules(&self) -> &Arc<RuleSet> {
@@ -303,8 +333,18 @@ impl Engine {
         let rules = self.rules.clone();
         // Most rules key on the token id or the subject: hash each once per event.
         let mut memo = KeyMemo::default();
+        // The rule being explained for this event, if any: the only cost of tracing when off.
+        let traced = match &self.trace {
+            None => None,
+            Some(t) if t.wants(&cx) => rules.rules.iter().position(|r| r.id == t.rule),
+            Some(_) => None,
+        };
         for (i, rule) in rules.rules.iter().enumerate() {
             if !rule.filter.matches(&cx) || allowlisted(rule, &cx) {
+                if traced == Some(i) {
+                    let why = trace::where_failed(rule, &cx).or_else(|| trace::allow_entry(rule, &cx));
+                    self.record(&cx, why);
+                }
                 continue;
             }
             let key = match rule.key {
@@ -315,8 +355,18 @@ impl Engine {
                     (key_val != Val::Missing).then(|| self.hash(&key_val))
                 }
             };
-            let Some(key) = key else { continue };
-            if let Some(f) = self.run(i, rule, &cx, key, late, &mut memo) {
+            let Some(key) = key else {
+                if traced == Some(i) {
+                    self.record(&cx, Some(Outcome::NoKey { key: rule.key.name() }));
+                }
+                continue;
+            };
+            let before = (traced == Some(i)).then(|| self.states[i].observe(key));
+            let fired = self.run(i, rule, &cx, key, late, &mut memo);
+            if let Some(before) = before {
+                self.record_evaluated(i, &cx, key, late, before, fired.as_ref());
+            }
+            if let Some(f) = fired {
                 let mut d = decision(rule, &cx, f);
                 self.spend_budget(i, rule, &mut d);
                 out.push(d);
@@ -325,6 +375,29 @@ impl Engine {
         for d in &out[start..] {
             self.apply(d, ev);
         }
+    }
+
+    fn record(&mut self, cx: &Ctx<'_>, outcome: Option<Outcome>) {
+        if let (Some(t), Some(o)) = (self.trace.as_mut(), outcome) {
+            t.steps.push(Step::new(cx, o));
+        }
+    }
+
+    /// Records the traced rule's state after the event reached it.
+    fn record_evaluated(
+        &mut self,
+        i: usize,
+        cx: &Ctx<'_>,
+        key: u64,
+        late: bool,
+        before: (bool, u64),
+        fired: Option<&Fired>,
+    ) {
+        let rules = self.rules.clone();
+        let behind = late.then(|| self.newest - cx.ev.ts_ms);
+        let timing = (behind, self.cfg.lateness_ms);
+        let step = trace::evaluated(&mut self.states[i], &rules.rules[i], cx, key, timing, before, fired);
+        self.record(cx, Some(step));
     }
 
     /// The kind-specific step for one rule and key; `None` when it does not fire (or is

@@ -67,6 +67,11 @@ impl VelocityState {
         self.samples.drain(..drop);
         jump
     }
+
+    /// The kept samples, in event-time order (for `explain`).
+    pub fn samples(&self) -> &[Sample] {
+        &self.samples
+    }
 }
 
 fn check(a: &Sample, b: &Sample, lim: &Limits) -> Option<Jump> {

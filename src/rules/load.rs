@@ -48,7 +48,8 @@ impl fmt::Display for LoadErrors {
 
 impl std::error::Error for LoadErrors {}
 
-/// Loads every `*.yaml` / `*.yml` file in `dir` (not recursive), in file-name order.
+/// Loads every `*.yaml` / `*.yml` file in `dir` (not recursive), in file-name order, except
+/// the rule tests beside them (`*.test.yaml`, see [`is_rule_test`]).
 pub fn load_dir(dir: &Path) -> Result<RuleSet, LoadErrors> {
     let fail = |line: usize, message: String| {
         LoadErrors(vec![RuleError {
@@ -66,6 +67,7 @@ pub fn load_dir(dir: &Path) -> Result<RuleSet, LoadErrors> {
     let mut files: Vec<PathBuf> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.is_file() && matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")))
+        .filter(|p| !is_rule_test(p))
         .collect();
     files.sort();
     if files.is_empty() {
@@ -106,6 +108,14 @@ pub fn load_dir(dir: &Path) -> Result<RuleSet, LoadErrors> {
     } else {
         Err(LoadErrors(errors))
     }
+}
+
+/// A rule test file (`NAME.test.yaml` / `NAME.test.yml`), which lives beside the rules and is
+/// read by `tokenwatch test`, never as rules.
+pub fn is_rule_test(path: &Path) -> bool {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.ends_with(".test.yaml") || n.ends_with(".test.yml"))
 }
 
 /// Loads the rules of one file. A file is either one rule (a mapping with `id`) or a
@@ -1037,5 +1047,15 @@ where:
         );
         let e = load_dir(&dir.path().join("missing")).unwrap_err().to_string();
         assert!(e.contains("cannot read the rule directory"), "{e}");
+    }
+
+    #[test]
+    fn rule_tests_beside_the_rules_are_not_rules() {
+        let dir = tempfile::tempdir().unwrap();
+        let rule = "id: one\nseverity: low\naction: alert\nkind: match\nkey: token_id\n";
+        std::fs::write(dir.path().join("one.yaml"), rule).unwrap();
+        std::fs::write(dir.path().join("one.test.yaml"), "rule: one\ncases: []\n").unwrap();
+        let set = load_dir(dir.path()).unwrap();
+        assert_eq!((set.rules.len(), set.files), (1, 1));
     }
 }
