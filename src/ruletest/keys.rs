@@ -31,6 +31,19 @@ pub fn jwks() -> JwkSet {
     JwkSet { keys: vec![jwk] }
 }
 
+/// The verifier that trusts exactly [`jwks`], built once: rule tests' signed tokens are
+/// `verified` (so revoking rules may fire on them), forged ones are not.
+pub fn verifier() -> std::sync::Arc<crate::verify::Verifier> {
+    static V: std::sync::OnceLock<std::sync::Arc<crate::verify::Verifier>> = std::sync::OnceLock::new();
+    V.get_or_init(|| {
+        let doc = serde_json::to_vec(&jwks()).expect("a JWKS serializes");
+        std::sync::Arc::new(
+            crate::verify::Verifier::from_document("<rule tests' key>", &doc).expect("the rule tests' JWKS is valid"),
+        )
+    })
+    .clone()
+}
+
 /// How a test token is signed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Signature {

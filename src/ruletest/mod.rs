@@ -242,6 +242,7 @@ fn run_case(b: &BuiltCase, rule: &str, rules: &Arc<RuleSet>) -> Outcome {
     }
     let cfg = PipelineConfig {
         format: b.format,
+        verify: Some(keys::verifier()),
         ..PipelineConfig::default()
     };
     let mut p = match Pipeline::new(rules.clone(), Some(crate::defaults::test_geo_db()), cfg) {

@@ -116,6 +116,26 @@ impl Verifier {
         })
     }
 
+    /// A verifier over one JWKS document held in memory (the rule tests' own key), named
+    /// `name` in messages and never read again.
+    pub fn from_document(name: &str, bytes: &[u8]) -> Result<Verifier, JwksError> {
+        let loc = Location::File(name.into());
+        let keys = jwks::parse(&loc, bytes)?;
+        Ok(Verifier {
+            global: vec![Source {
+                loc,
+                keys: RwLock::new(keys.into()),
+                refresh: Mutex::new(Refresh {
+                    last_check: None,
+                    stamp: None,
+                }),
+            }],
+            by_issuer: HashMap::new(),
+            refetch_every: jwks::REFETCH_EVERY,
+            errors: AtomicU64::new(0),
+        })
+    }
+
     /// The shortest time between fetches of a JWKS URL for unknown key ids (tests shorten it).
     pub fn with_refetch_every(mut self, every: Duration) -> Self {
         self.refetch_every = every;
