@@ -66,6 +66,10 @@ struct OfflineArgs {
     /// Log format: auto, canonical, traefik, kong, envoy, nginx.
     #[arg(long, default_value = "auto")]
     format: Format,
+    /// JWKS (file or URL) whose public keys verify token signatures; repeatable. Without it
+    /// (or a gateway's attestation) revoking rules never fire.
+    #[arg(long)]
+    jwks: Vec<String>,
     /// Log files; none or `-` reads stdin.
     files: Vec<PathBuf>,
 }
@@ -639,6 +643,7 @@ impl OfflineArgs {
             .map_err(|e| e.to_string())?;
         let cfg = PipelineConfig {
             format: self.format,
+            verify: Config::default().verifier(&self.jwks)?,
             ..PipelineConfig::default()
         };
         Pipeline::new(load_rules(rules)?, geo, cfg)

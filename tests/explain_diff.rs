@@ -7,9 +7,15 @@ mod common;
 
 use std::process::{Command, Output};
 
+/// Runs the binary; `explain` and `diff` verify the fixture's tokens with the test JWKS (they
+/// are signed with its key), so its revoking rules may fire.
 fn tokenwatch(args: &[&str]) -> Output {
+    let mut args: Vec<&str> = args.to_vec();
+    if matches!(args.first(), Some(&"explain") | Some(&"diff")) {
+        args.splice(1..1, ["--jwks", "tests/fixtures/keys/jwks.json"]);
+    }
     Command::new(env!("CARGO_BIN_EXE_tokenwatch"))
-        .args(args)
+        .args(&args)
         .current_dir(common::root())
         .output()
         .unwrap()
