@@ -19,7 +19,12 @@ use crate::pipeline::{Pipeline, PipelineConfig};
 pub struct Score {
     pub per_rule: BTreeMap<String, (u64, u64, u64)>,
     pub missed: Vec<Label>,
+    /// Decisions no attack label asked for, those on forged decoys included.
     pub false_positives: Vec<Decision>,
+    /// Forged decoys per rule: (not fired, fired). The decisions of a fired decoy are also
+    /// among the false positives.
+    pub decoys: BTreeMap<String, (u64, u64)>,
+    pub decoys_fired: Vec<Label>,
 }
 
 impl Score {
@@ -56,7 +61,8 @@ fn key_of(rule: &str, token_id: Option<&str>, subject: Option<&str>) -> [String;
 }
 
 /// Matches decisions to labels by rule and key (a label names the token_id or the subject
-/// the rule keys on). A label is detected when a decision of its rule names its key.
+/// the rule keys on). A label is detected when a decision of its rule names its key; a
+/// decoy's label (`expect: none`) is "fired" when one does, and that decision is false.
 pub fn score(labels: &[Label], decisions: &[Decision]) -> Score {
     let mut s = Score::default();
     let mut fired: HashSet<String> = HashSet::new();
@@ -69,6 +75,16 @@ pub fn score(labels: &[Label], decisions: &[Decision]) -> Score {
     for l in labels {
         let keys = key_of(&l.rule, l.token_id.as_deref(), l.subject.as_deref());
         let k = if l.token_id.is_some() { &keys[0] } else { &keys[1] };
+        if !l.must_fire() {
+            let e = s.decoys.entry(l.rule.clone()).or_default();
+            if fired.contains(k) {
+                e.1 += 1;
+                s.decoys_fired.push(l.clone());
+            } else {
+                e.0 += 1;
+            }
+            continue;
+        }
         labelled.insert(k.clone());
         let e = s.per_rule.entry(l.rule.clone()).or_default();
         if fired.contains(k) {
@@ -372,6 +388,7 @@ pub async fn live(opts: DemoOptions, w: &mut (dyn Write + Send)) -> Result<Score
             d.reason
         );
     }
+    write_decoys(w, &sc);
     let _ = writeln!(
         w,
         "\nrecall {:.3}, precision {:.3}; metrics were at {metrics_url}",
@@ -379,6 +396,29 @@ pub async fn live(opts: DemoOptions, w: &mut (dyn Write + Send)) -> Result<Score
         sc.precision()
     );
     Ok(sc)
+}
+
+/// The forged decoys: each must be "not fired"; one that fired is a forged token revoking
+/// (or alerting on) a victim.
+fn write_decoys(w: &mut (dyn Write + Send), sc: &Score) {
+    if sc.decoys.is_empty() {
+        return;
+    }
+    let _ = writeln!(w, "\nforged decoys (bad signatures, alg none), which must not fire:");
+    let _ = writeln!(w, "{:<26} {:>9} {:>13}", "rule", "not fired", "fired (false)");
+    for (rule, (quiet, fired)) in &sc.decoys {
+        let _ = writeln!(w, "{rule:<26} {quiet:>9} {fired:>13}");
+    }
+    for l in sc.decoys_fired.iter().take(5) {
+        let _ = writeln!(
+            w,
+            "  fired on a decoy: {} {} ({}, at {})",
+            l.rule,
+            l.key().unwrap_or("?"),
+            l.decoy.as_deref().unwrap_or("decoy"),
+            crate::decision::fmt_ts(l.ts)
+        );
+    }
 }
 
 fn render_view(
