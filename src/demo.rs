@@ -19,10 +19,10 @@ use crate::pipeline::{Pipeline, PipelineConfig};
 pub struct Score {
     pub per_rule: BTreeMap<String, (u64, u64, u64)>,
     pub missed: Vec<Label>,
-    /// Decisions no attack label asked for, those on forged decoys included.
+    /// Decisions that match no label at all. Decisions on a forged decoy are false too
+    /// (counted in `per_rule`), but listed as `decoys_fired` instead.
     pub false_positives: Vec<Decision>,
-    /// Forged decoys per rule: (not fired, fired). The decisions of a fired decoy are also
-    /// among the false positives.
+    /// Forged decoys per rule: (not fired, fired (false)).
     pub decoys: BTreeMap<String, (u64, u64)>,
     pub decoys_fired: Vec<Label>,
 }
@@ -72,10 +72,12 @@ pub fn score(labels: &[Label], decisions: &[Decision]) -> Score {
         }
     }
     let mut labelled: HashSet<String> = HashSet::new();
+    let mut decoys: HashSet<String> = HashSet::new();
     for l in labels {
         let keys = key_of(&l.rule, l.token_id.as_deref(), l.subject.as_deref());
         let k = if l.token_id.is_some() { &keys[0] } else { &keys[1] };
         if !l.must_fire() {
+            decoys.insert(k.clone());
             let e = s.decoys.entry(l.rule.clone()).or_default();
             if fired.contains(k) {
                 e.1 += 1;
@@ -98,7 +100,9 @@ pub fn score(labels: &[Label], decisions: &[Decision]) -> Score {
         let keys = key_of(&d.rule, d.token_id.as_deref(), d.subject.as_deref());
         if !keys.iter().any(|k| labelled.contains(k)) {
             s.per_rule.entry(d.rule.to_string()).or_default().2 += 1;
-            s.false_positives.push(d.clone());
+            if !keys.iter().any(|k| decoys.contains(k)) {
+                s.false_positives.push(d.clone());
+            }
         }
     }
     s
@@ -405,9 +409,9 @@ fn write_decoys(w: &mut (dyn Write + Send), sc: &Score) {
         return;
     }
     let _ = writeln!(w, "\nforged decoys (bad signatures, alg none), which must not fire:");
-    let _ = writeln!(w, "{:<26} {:>9} {:>13}", "rule", "not fired", "fired (false)");
+    let _ = writeln!(w, "{:<26} {:>10} {:>14}", "rule", "not fired", "fired (false)");
     for (rule, (quiet, fired)) in &sc.decoys {
-        let _ = writeln!(w, "{rule:<26} {quiet:>9} {fired:>13}");
+        let _ = writeln!(w, "{rule:<26} {quiet:>10} {fired:>14}");
     }
     for l in sc.decoys_fired.iter().take(5) {
         let _ = writeln!(
@@ -459,4 +463,85 @@ fn render_view(
         ));
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gen::Expect;
+    use crate::rules::{Action, Severity};
+
+    fn label(rule: &str, token_id: &str, expect: Expect) -> Label {
+        Label {
+            rule: rule.into(),
+            token_id: Some(token_id.into()),
+            subject: Some("https://idp.example.com|user-7".into()),
+            ts: 1,
+            expect,
+            decoy: (expect == Expect::Never).then(|| "forged-replay".into()),
+        }
+    }
+
+    fn decision(rule: &str, token_id: &str) -> Decision {
+        Decision {
+            ts: 1,
+            rule: rule.into(),
+            severity: Severity::High,
+            action: Action::RevokeToken,
+            token_id: Some(token_id.into()),
+            subject: Some("https://idp.example.com|user-7".into()),
+            iss: None,
+            sub: None,
+            client_ip: None,
+            expires_at: None,
+            not_before: None,
+            shadow: false,
+            reason: String::new(),
+            evidence: serde_json::Value::Null,
+        }
+    }
+
+    /// A decoy whose rule fired is "fired (false)": false in its rule's row and in the
+    /// precision, listed apart from the decisions no label explains; one that did not fire
+    /// is "not fired" and counts for nothing else.
+    #[test]
+    fn decoys_are_scored_not_fired_or_fired_false() {
+        let labels = [
+            label("token-replay", "attack", Expect::Fire),
+            label("token-replay", "victim-a", Expect::Never),
+            label("token-replay", "victim-b", Expect::Never),
+            label("revoked-token-used", "victim-b", Expect::Never),
+        ];
+        let decisions = [
+            decision("token-replay", "attack"),
+            decision("token-replay", "victim-a"),
+            decision("token-in-url", "nobody"),
+        ];
+        let s = score(&labels, &decisions);
+        assert_eq!(s.per_rule["token-replay"], (1, 0, 1));
+        assert_eq!(s.per_rule["token-in-url"], (0, 0, 1));
+        assert_eq!(s.decoys["token-replay"], (1, 1));
+        assert_eq!(s.decoys["revoked-token-used"], (1, 0));
+        assert_eq!(s.decoys_fired, vec![labels[1].clone()]);
+        assert_eq!(s.false_positives.len(), 1);
+        assert_eq!(&*s.false_positives[0].rule, "token-in-url");
+        assert_eq!((s.recall(), s.precision()), (1.0, 1.0 / 3.0));
+
+        let quiet = score(&labels, &decisions[..1]);
+        assert!(quiet.decoys_fired.is_empty() && quiet.false_positives.is_empty());
+        assert_eq!(quiet.decoys["token-replay"], (2, 0));
+        assert_eq!(quiet.precision(), 1.0);
+
+        let mut out = Vec::new();
+        write_decoys(&mut out, &s);
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.contains("token-replay                        1              1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("fired on a decoy: token-replay victim-a (forged-replay"),
+            "{text}"
+        );
+    }
 }
