@@ -1,8 +1,11 @@
-//! Injected attacks and near misses: short scripts of requests with the labels they must raise.
+//! Injected attacks, near misses and forged decoys: short scripts of requests with the labels
+//! they must raise (or, for a decoy, must not).
 //!
 //! Each scenario plays out on a subject of its own (`user-<n>` beyond the normal users) with
 //! tokens of its own, so nothing the ordinary traffic does can add to or take from its
-//! labels, and its labels are exactly the firings the default rules produce. A script also
+//! labels, and its labels are exactly the firings the default rules produce. A decoy's forged
+//! tokens are minted here too: the victim's ids with a signature that cannot verify
+//! ([`Seal`]), so that only a verifier tells them from the victim's genuine token. A script also
 //! models the gateway honouring tokenwatch's revocations: after the request that gets a token
 //! (or a subject) revoked, later uses of it are answered 401 and the owner's client fetches a
 //! new token, issued strictly after the revocation. The one exception is the revoked-token-
