@@ -19,7 +19,12 @@ use crate::pipeline::{Pipeline, PipelineConfig};
 pub struct Score {
     pub per_rule: BTreeMap<String, (u64, u64, u64)>,
     pub missed: Vec<Label>,
+    /// Decisions that match no label at all. Decisions on a forged decoy are false too
+    /// (counted in `per_rule`), but listed as `decoys_fired` instead.
     pub false_positives: Vec<Decision>,
+    /// Forged decoys per rule: (not fired, fired (false)).
+    pub decoys: BTreeMap<String, (u64, u64)>,
+    pub decoys_fired: Vec<Label>,
 }
 
 impl Score {
@@ -56,7 +61,8 @@ fn key_of(rule: &str, token_id: Option<&str>, subject: Option<&str>) -> [String;
 }
 
 /// Matches decisions to labels by rule and key (a label names the token_id or the subject
-/// the rule keys on). A label is detected when a decision of its rule names its key.
+/// the rule keys on). A label is detected when a decision of its rule names its key; a
+/// decoy's label (`expect: none`) is "fired" when one does, and that decision is false.
 pub fn score(labels: &[Label], decisions: &[Decision]) -> Score {
     let mut s = Score::default();
     let mut fired: HashSet<String> = HashSet::new();
@@ -66,9 +72,21 @@ pub fn score(labels: &[Label], decisions: &[Decision]) -> Score {
         }
     }
     let mut labelled: HashSet<String> = HashSet::new();
+    let mut decoys: HashSet<String> = HashSet::new();
     for l in labels {
         let keys = key_of(&l.rule, l.token_id.as_deref(), l.subject.as_deref());
         let k = if l.token_id.is_some() { &keys[0] } else { &keys[1] };
+        if !l.must_fire() {
+            decoys.insert(k.clone());
+            let e = s.decoys.entry(l.rule.clone()).or_default();
+            if fired.contains(k) {
+                e.1 += 1;
+                s.decoys_fired.push(l.clone());
+            } else {
+                e.0 += 1;
+            }
+            continue;
+        }
         labelled.insert(k.clone());
         let e = s.per_rule.entry(l.rule.clone()).or_default();
         if fired.contains(k) {
@@ -82,21 +100,37 @@ pub fn score(labels: &[Label], decisions: &[Decision]) -> Score {
         let keys = key_of(&d.rule, d.token_id.as_deref(), d.subject.as_deref());
         if !keys.iter().any(|k| labelled.contains(k)) {
             s.per_rule.entry(d.rule.to_string()).or_default().2 += 1;
-            s.false_positives.push(d.clone());
+            if !keys.iter().any(|k| decoys.contains(k)) {
+                s.false_positives.push(d.clone());
+            }
         }
     }
     s
 }
 
+/// The verifier that trusts exactly the generator's public keys for `seed` (its JWKS, as
+/// `tokenwatch gen --jwks-out` writes it): generated tokens are `verified`, forged decoys not.
+pub fn generator_verifier(seed: u64) -> Result<std::sync::Arc<crate::verify::Verifier>, String> {
+    let doc = crate::gen::jwks(seed);
+    crate::verify::Verifier::from_document("<the generator's keys>", doc.as_bytes())
+        .map(std::sync::Arc::new)
+        .map_err(|e| e.to_string())
+}
+
 /// Runs generated traffic through the default rules, geolocating with the database the
-/// traffic was built for; returns the decisions, the labels and the number of lines.
+/// traffic was built for and verifying with the generator's keys; returns the decisions, the
+/// labels and the number of lines.
 pub fn run_generated(
     cfg: GenConfig,
     mut on_decision: impl FnMut(&Decision),
 ) -> Result<(Vec<Decision>, Vec<Label>, u64, Pipeline), String> {
     let rules = crate::defaults::rules().map_err(|e| e.to_string())?;
     let geo = cfg.networks.geo_db();
-    let mut pipeline = Pipeline::new(rules, Some(geo), PipelineConfig::default())?;
+    let pcfg = PipelineConfig {
+        verify: Some(generator_verifier(cfg.seed)?),
+        ..PipelineConfig::default()
+    };
+    let mut pipeline = Pipeline::new(rules, Some(geo), pcfg)?;
     let mut decisions = Vec::new();
     let mut labels = Vec::new();
     let mut lines = 0u64;
@@ -124,7 +158,8 @@ pub struct DemoOptions {
     pub metrics_addr: String,
     /// Redraw a full-screen view (a terminal) instead of printing status lines.
     pub full_screen: bool,
-    /// Verifies the generated tokens' signatures (`--jwks`).
+    /// Verifies the generated tokens' signatures (`--jwks`); `None`: with the generator's own
+    /// public keys, as a gateway's JWKS would.
     pub verify: Option<std::sync::Arc<crate::verify::Verifier>>,
 }
 
@@ -177,8 +212,12 @@ pub async fn live(opts: DemoOptions, w: &mut (dyn Write + Send)) -> Result<Score
     }
     metrics.rules_loaded.set(rules.rules.len() as i64);
     let geo = opts.traffic.networks.geo_db();
+    let verify = match &opts.verify {
+        Some(v) => v.clone(),
+        None => generator_verifier(opts.traffic.seed)?,
+    };
     let pipeline_cfg = PipelineConfig {
-        verify: opts.verify.clone(),
+        verify: Some(verify),
         ..PipelineConfig::default()
     };
     if let Some(warning) = pipeline_cfg.evidence_warning() {
@@ -385,6 +424,7 @@ pub async fn live(opts: DemoOptions, w: &mut (dyn Write + Send)) -> Result<Score
             d.reason
         );
     }
+    write_decoys(w, &sc);
     let _ = writeln!(
         w,
         "\nrecall {:.3}, precision {:.3}; metrics were at {metrics_url}",
@@ -392,6 +432,29 @@ pub async fn live(opts: DemoOptions, w: &mut (dyn Write + Send)) -> Result<Score
         sc.precision()
     );
     Ok(sc)
+}
+
+/// The forged decoys: each must be "not fired"; one that fired is a forged token revoking
+/// (or alerting on) a victim.
+fn write_decoys(w: &mut (dyn Write + Send), sc: &Score) {
+    if sc.decoys.is_empty() {
+        return;
+    }
+    let _ = writeln!(w, "\nforged decoys (bad signatures, alg none), which must not fire:");
+    let _ = writeln!(w, "{:<26} {:>10} {:>14}", "rule", "not fired", "fired (false)");
+    for (rule, (quiet, fired)) in &sc.decoys {
+        let _ = writeln!(w, "{rule:<26} {quiet:>10} {fired:>14}");
+    }
+    for l in sc.decoys_fired.iter().take(5) {
+        let _ = writeln!(
+            w,
+            "  fired on a decoy: {} {} ({}, at {})",
+            l.rule,
+            l.key().unwrap_or("?"),
+            l.decoy.as_deref().unwrap_or("decoy"),
+            crate::decision::fmt_ts(l.ts)
+        );
+    }
 }
 
 fn render_view(
@@ -432,4 +495,86 @@ fn render_view(
         ));
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gen::Expect;
+    use crate::rules::{Action, Severity};
+
+    fn label(rule: &str, token_id: &str, expect: Expect) -> Label {
+        Label {
+            rule: rule.into(),
+            token_id: Some(token_id.into()),
+            subject: Some("https://idp.example.com|user-7".into()),
+            ts: 1,
+            expect,
+            decoy: (expect == Expect::Never).then(|| "forged-replay".into()),
+        }
+    }
+
+    fn decision(rule: &str, token_id: &str) -> Decision {
+        Decision {
+            ts: 1,
+            rule: rule.into(),
+            severity: Severity::High,
+            action: Action::RevokeToken,
+            token_id: Some(token_id.into()),
+            subject: Some("https://idp.example.com|user-7".into()),
+            revocation_key: None,
+            iss: None,
+            sub: None,
+            client_ip: None,
+            expires_at: None,
+            not_before: None,
+            shadow: false,
+            reason: String::new(),
+            evidence: serde_json::Value::Null,
+        }
+    }
+
+    /// A decoy whose rule fired is "fired (false)": false in its rule's row and in the
+    /// precision, listed apart from the decisions no label explains; one that did not fire
+    /// is "not fired" and counts for nothing else.
+    #[test]
+    fn decoys_are_scored_not_fired_or_fired_false() {
+        let labels = [
+            label("token-replay", "attack", Expect::Fire),
+            label("token-replay", "victim-a", Expect::Never),
+            label("token-replay", "victim-b", Expect::Never),
+            label("revoked-token-used", "victim-b", Expect::Never),
+        ];
+        let decisions = [
+            decision("token-replay", "attack"),
+            decision("token-replay", "victim-a"),
+            decision("token-in-url", "nobody"),
+        ];
+        let s = score(&labels, &decisions);
+        assert_eq!(s.per_rule["token-replay"], (1, 0, 1));
+        assert_eq!(s.per_rule["token-in-url"], (0, 0, 1));
+        assert_eq!(s.decoys["token-replay"], (1, 1));
+        assert_eq!(s.decoys["revoked-token-used"], (1, 0));
+        assert_eq!(s.decoys_fired, vec![labels[1].clone()]);
+        assert_eq!(s.false_positives.len(), 1);
+        assert_eq!(&*s.false_positives[0].rule, "token-in-url");
+        assert_eq!((s.recall(), s.precision()), (1.0, 1.0 / 3.0));
+
+        let quiet = score(&labels, &decisions[..1]);
+        assert!(quiet.decoys_fired.is_empty() && quiet.false_positives.is_empty());
+        assert_eq!(quiet.decoys["token-replay"], (2, 0));
+        assert_eq!(quiet.precision(), 1.0);
+
+        let mut out = Vec::new();
+        write_decoys(&mut out, &s);
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.contains("token-replay                        1              1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("fired on a decoy: token-replay victim-a (forged-replay"),
+            "{text}"
+        );
+    }
 }

@@ -7,13 +7,21 @@
 //! a database of one's own locates; or carrier-grade NAT, which no database locates),
 //! refresh their 15-minute or 1-hour tokens shortly before expiry, and now and then fly to
 //! another city. Into that traffic it injects attacks, each line that should make one of the
-//! engine's default rules fire carrying a [`Label`], and near misses that must not fire.
+//! engine's default rules fire carrying a [`Label`], near misses that must not fire, and
+//! forged decoys: tokens carrying a victim's ids under a signature that cannot verify, labelled
+//! (`expect: none`) where they would fire if forged tokens were taken for genuine ones.
+//!
+//! Every genuine token is signed for real, RS256 or ES256 by its issuer's key derived from the
+//! seed (`gen/keys.rs`); [`jwks`] gives a seed's public keys, which verify exactly the
+//! genuine tokens.
 //!
 //! What it guarantees:
 //! - **Order**: lines come out in non-decreasing event time.
 //! - **Determinism**: the same [`GenConfig`] (seed included) gives byte-identical lines and
 //!   labels, because every random choice comes from one seeded PRNG in a fixed order.
-//! - **Exact labels**: with the default rules, the rules fire on exactly the labelled lines.
+//! - **Exact labels**: with the default rules, the rules fire on exactly the labelled lines:
+//!   all of them as the rules are today, and only those not labelled `expect: none` when the
+//!   revoking rules count only requests whose token verifies (issue 9).
 //!   Legitimate users never use a token from three networks, never travel faster than an
 //!   airliner, and never present an expired token more than once in a row; each attack runs
 //!   on a subject of its own, so its labels cannot be disturbed by anything else. A test
@@ -37,6 +45,18 @@
 //! | revoked used | a replay as above, then the owner's 200 with it a minute later | `token-replay`, `revoked-token-used` |
 //! | near misses | two networks; London to Boxford in minutes; London to Milton in 14 h; forged copies (same `jti`) from 4-5 networks, all 401 | none |
 //!
+//! The decoys (half the attack rate; `decoys: false` leaves them out), each a forgery of a
+//! victim's live token (its `jti` and subject) sent by someone without a valid token. Labels
+//! `expect: none`, on the line where a status-trusting engine would fire, and on the
+//! victim's next genuine request, where its `revoked-token-used` would follow:
+//!
+//! | decoy | lines | labels (`expect: none`) |
+//! |---|---|---|
+//! | forged-replay | 3-4 forgeries, one per attacker network, to 404 / `/healthz` / `OPTIONS` 204 | `token-replay` on the 2nd, `revoked-token-used` on the 3rd |
+//! | forged-travel | the victim in London, a forgery from Changchun 5 s-10 min later | `impossible-travel`; `revoked-token-used` on the victim's next request |
+//! | forged-url | the attacker's own valid token in the header, a forgery in `?x=` (200) | `token-in-url`; `revoked-token-used` as above |
+//! | forged-expired | a forgery expired 30 min-2 h, `alg: none` or a bad signature, to a public endpoint | `expired-token-accepted`; `revoked-token-used` as above (and `unsigned-token` to fire, for `alg: none`) |
+//!
 //! The cities are those of the built-in tables; over a `--geoip` database the travel scripts
 //! use the fixed points [`Networks`] chose there with the same meaning (impossible in twenty
 //! minutes; within one region; far but slower than an airliner).
@@ -52,6 +72,7 @@
 
 mod geoip;
 pub mod kafka;
+mod keys;
 mod line;
 mod net;
 #[cfg(test)]
@@ -71,7 +92,7 @@ use serde::{Deserialize, Serialize};
 use line::{Malformed, Req};
 use net::Addr;
 use rng::Rng;
-use scenario::{Mint, Minted, Scenario, Scene, Scripted, Spec, ATTACKS, NEAR_MISSES};
+use scenario::{Mint, Minted, Scenario, Scene, Scripted, Spec, ATTACKS, DECOYS, NEAR_MISSES};
 use traffic::{pick_request, ClientKind, CLIENTS};
 
 pub use geoip::NetworksError;
@@ -156,6 +177,9 @@ pub struct GenConfig {
     /// Where users and attackers connect from: [`Networks::builtin`] (the embedded test
     /// database's ranges), or [`Networks::from_geoip`] for a database of one's own.
     pub networks: Arc<Networks>,
+    /// Inject forged decoys (labelled `expect: none`) at half the attack rate. An engine that
+    /// does not verify signatures fires on them.
+    pub decoys: bool,
 }
 
 impl Default for GenConfig {
@@ -171,6 +195,7 @@ impl Default for GenConfig {
             malformed_rate: 0.0,
             format: GenFormat::Canonical,
             networks: Networks::builtin(),
+            decoys: true,
         }
     }
 }
@@ -214,7 +239,35 @@ impl GenConfig {
     }
 }
 
-/// One expected firing of a default rule.
+/// The public keys that verify the tokens generated with `seed`, as a JWK Set (the JSON of
+/// `gen --jwks-out`): an RS256 key for `https://idp.example.com` and an ES256 key for
+/// `https://partners.example.com`, each with its `kid`. Test keys: the private halves follow
+/// from the seed.
+pub fn jwks(seed: u64) -> String {
+    let keys = keys::Keys::for_seed(seed);
+    serde_json::to_string_pretty(&keys.jwks()).unwrap_or_default()
+}
+
+/// Whether a labelled rule must fire.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Expect {
+    /// The rule must fire on the line (an attack); omitted from the JSON.
+    #[default]
+    #[serde(rename = "fire")]
+    Fire,
+    /// The rule must never fire here: a forged decoy, which would fire it if forged tokens
+    /// counted as genuine ones.
+    #[serde(rename = "none")]
+    Never,
+}
+
+impl Expect {
+    fn is_fire(&self) -> bool {
+        *self == Expect::Fire
+    }
+}
+
+/// One expected firing of a default rule, or, for a decoy, one that must not happen.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct Label {
     /// The rule id, one of [`rule::ALL`].
@@ -227,9 +280,20 @@ pub struct Label {
     pub subject: Option<String>,
     /// Event time (epoch ms) of the line that should fire the rule.
     pub ts: i64,
+    #[serde(default, skip_serializing_if = "Expect::is_fire")]
+    pub expect: Expect,
+    /// For `expect: none`, the decoy: `forged-replay`, `forged-travel`, `forged-url` or
+    /// `forged-expired`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decoy: Option<String>,
 }
 
 impl Label {
+    /// False for a decoy's label: the rule must not fire.
+    pub fn must_fire(&self) -> bool {
+        self.expect == Expect::Fire
+    }
+
     /// What the rule counts firings by: the subject or the token id.
     pub fn key(&self) -> Option<&str> {
         if rule::keyed_by_subject(&self.rule) {
@@ -351,6 +415,9 @@ pub struct Generator {
     near_every: f64,
     next_near: f64,
     near_round: Vec<Scenario>,
+    decoy_every: f64,
+    next_decoy: f64,
+    decoy_round: Vec<Scenario>,
     next_subject: u64,
     region_weights: Vec<u32>,
     /// Reused for every request path.
@@ -430,6 +497,8 @@ impl Generator {
         let near_every = attack_every * 2.0;
         let next_attack = attack_every * (0.1 + 0.9 * rng.f64());
         let next_near = near_every * (0.1 + 0.9 * rng.f64());
+        let decoy_every = if cfg.decoys { near_every } else { f64::INFINITY };
+        let next_decoy = decoy_every * (0.1 + 0.9 * rng.f64());
         let (max_events, end_ms) = match (cfg.events, cfg.duration_secs) {
             (None, None) => (100_000, i64::MAX),
             (events, secs) => (
@@ -460,6 +529,9 @@ impl Generator {
             near_every,
             next_near,
             near_round: Vec::new(),
+            decoy_every,
+            next_decoy,
+            decoy_round: Vec::new(),
             next_subject: users_n as u64 + 1,
             region_weights,
             path: String::with_capacity(128),
@@ -518,11 +590,16 @@ impl Generator {
             self.spawn(kind);
             self.next_near += self.near_every * (0.5 + self.rng.f64());
         }
+        while self.emitted as f64 >= self.next_decoy {
+            let kind = next_kind(&mut self.decoy_round, &DECOYS, &mut self.rng);
+            self.spawn(kind);
+            self.next_decoy += self.decoy_every * (0.5 + self.rng.f64());
+        }
     }
 
     fn spawn(&mut self, kind: Scenario) {
         let user = self.next_subject;
-        self.next_subject += 1;
+        self.next_subject += kind.subjects();
         let t0 = self.now + self.rng.range(0, 2000);
         for mut s in Scene::new(&self.nets, &mut self.rng, &mut self.mint, user).play(kind, t0) {
             s.seq = self.seq;
@@ -748,7 +825,7 @@ mod tests {
     use super::*;
     use base64::engine::general_purpose::URL_SAFE_NO_PAD;
     use base64::Engine as _;
-    use std::collections::{BTreeMap, HashMap};
+    use std::collections::{BTreeMap, HashMap, HashSet};
 
     fn cfg(seed: u64, events: u64) -> GenConfig {
         GenConfig {
@@ -1008,7 +1085,9 @@ mod tests {
             ..cfg(41, 15_000)
         };
         let out = lines(c);
-        assert!(out.last().unwrap().ts_ms - DEFAULT_START_MS > 6 * 3_600_000);
+        // 15,000 lines at 0.6/s average 7 hours; 100 users make the rate vary by seed.
+        let span = out.last().unwrap().ts_ms - DEFAULT_START_MS;
+        assert!(span > 4 * 3_600_000, "{span} ms");
         assert!(out.iter().all(|g| g.labels.is_empty()));
 
         let mut uses: HashMap<String, Vec<(i64, [u16; 4])>> = HashMap::new();
@@ -1059,19 +1138,12 @@ mod tests {
         assert!(per_rule.is_empty());
     }
 
-    fn label_key(l: &Label) -> oracle::Firing {
-        oracle::Firing {
-            rule: l.rule.clone(),
-            key: l.key().unwrap().to_owned(),
-            ts: l.ts,
-        }
-    }
-
-    /// Replays the output through the re-statement of the default rules: what fires must be
-    /// exactly what is labelled.
+    /// Replays the output through the re-statement of the default rules. Verifying (issue 9),
+    /// what fires must be exactly the attack labels, and no decoy; as the rules are today,
+    /// every decoy fires too, exactly where it is labelled.
     fn assert_labels_exact_with(out: &[Generated], mut o: oracle::Oracle) -> BTreeMap<String, usize> {
         let mut fired = Vec::new();
-        let mut labelled = Vec::new();
+        let mut labels = Vec::new();
         let mut per_rule = BTreeMap::new();
         for g in out {
             fired.extend(o.observe(&g.line));
@@ -1079,17 +1151,29 @@ mod tests {
                 assert_eq!(l.ts, g.ts_ms);
                 assert!(l.subject.is_some());
                 assert_eq!(l.token_id.is_none(), rule::keyed_by_subject(&l.rule), "{l:?}");
-                labelled.push(label_key(l));
-                *per_rule.entry(l.rule.clone()).or_insert(0) += 1;
+                let kind = if l.must_fire() {
+                    l.rule.clone()
+                } else {
+                    format!("decoy {}", l.rule)
+                };
+                *per_rule.entry(kind).or_insert(0) += 1;
+                labels.push(l.clone());
             }
         }
-        fired.sort();
-        labelled.sort();
-        let missing: Vec<_> = labelled.iter().filter(|l| !fired.contains(l)).collect();
-        let extra: Vec<_> = fired.iter().filter(|f| !labelled.contains(f)).collect();
+        let r = oracle::classify(&labels, &fired);
+        let decoys = labels.iter().filter(|l| !l.must_fire()).count();
+        if o.verifies() {
+            assert!(r.decoys_fired.is_empty(), "decoys fired (false): {:?}", r.decoys_fired);
+            assert_eq!(r.decoys_not_fired, decoys);
+        } else {
+            assert_eq!(r.decoys_not_fired, 0, "decoys labelled where today's rules do not fire");
+            assert_eq!(r.decoys_fired.len(), decoys);
+        }
         assert!(
-            missing.is_empty() && extra.is_empty(),
-            "labelled but not fired: {missing:?}\nfired but not labelled: {extra:?}"
+            r.missed.is_empty() && r.unlabelled.is_empty(),
+            "labelled but not fired: {:?}\nfired but not labelled: {:?}",
+            r.missed,
+            r.unlabelled
         );
         per_rule
     }
@@ -1100,20 +1184,76 @@ mod tests {
     }
 
     /// 50k lines at 20/s is ~40 minutes of event time: long enough for the 20-minute
-    /// impossible-travel script to finish. Every rule is labelled, and the labels are
-    /// exactly what the oracle sees fire, geolocating as the engine will for `networks`.
+    /// impossible-travel script to finish. Every rule is labelled, every kind of decoy is
+    /// there, and the labels are exactly what the oracle sees fire, geolocating as the engine
+    /// will for `networks`: with the rules as they are today, and verifying signatures.
     fn assert_every_rule_labelled_exactly(networks: Arc<Networks>) {
-        let oracle = oracle::Oracle::for_networks(&networks);
         let c = GenConfig {
             users: 500,
             rate_per_sec: 20.0,
             malformed_rate: 0.01,
-            networks,
+            networks: networks.clone(),
             ..cfg(31, 50_000)
         };
-        let per_rule = assert_labels_exact_with(&lines(c), oracle);
+        let out = lines(c);
+        let per_rule = assert_labels_exact_with(&out, oracle::Oracle::for_networks(&networks));
         for r in rule::ALL {
             assert!(per_rule.get(r).copied().unwrap_or(0) >= 1, "no {r} label: {per_rule:?}");
+        }
+        for r in rule::REVOKING.iter().chain([&rule::REVOKED_TOKEN_USED]) {
+            let n = per_rule.get(&format!("decoy {r}")).copied().unwrap_or(0);
+            assert!(n >= 1, "no decoy of {r}: {per_rule:?}");
+        }
+        let jwks = keys::Keys::for_seed(31).jwks();
+        let verifying = oracle::Oracle::for_networks(&networks).verifying(&jwks);
+        assert_eq!(assert_labels_exact_with(&out, verifying), per_rule);
+    }
+
+    /// Each decoy alone, many times over: with today's rules it fires exactly its labels (it
+    /// is a real threat to an engine that trusts statuses); verifying, only the
+    /// `unsigned-token` alert of an `alg: none` forgery fires.
+    #[test]
+    fn decoys_fire_only_where_labelled_and_never_when_verified() {
+        let nets = Networks::builtin();
+        let mut rng = Rng::new(12);
+        let mut mint = Mint::new(12);
+        let jwks = mint.keys().jwks();
+        let mut today = oracle::Oracle::for_networks(&nets);
+        let mut verifying = oracle::Oracle::for_networks(&nets).verifying(&jwks);
+        let (mut labels, mut fired_today, mut fired_verifying) = (Vec::new(), Vec::new(), Vec::new());
+        let mut t0 = DEFAULT_START_MS;
+        for (i, kind) in DECOYS.iter().cycle().take(40).enumerate() {
+            let user = 10_000 + 2 * i as u64;
+            for s in Scene::new(&nets, &mut rng, &mut mint, user).play(*kind, t0) {
+                let mut line = String::new();
+                line::write(GenFormat::Canonical, &scripted_req(&s), true, &mut line);
+                fired_today.extend(today.observe(&line));
+                fired_verifying.extend(verifying.observe(&line));
+                labels.extend(s.labels);
+            }
+            // Scripts overlap in time only through their own subjects.
+            t0 += 30 * 60_000;
+        }
+        let r = oracle::classify(&labels, &fired_today);
+        assert_eq!((r.missed.len(), r.decoys_not_fired), (0, 0), "{r:?}");
+        assert!(r.unlabelled.is_empty(), "{r:?}");
+        assert!(r.decoys_fired.len() >= 80, "{}", r.decoys_fired.len());
+        let r = oracle::classify(&labels, &fired_verifying);
+        assert!(r.missed.is_empty() && r.unlabelled.is_empty(), "{r:?}");
+        assert!(r.decoys_fired.is_empty(), "fired (false): {:?}", r.decoys_fired);
+        assert!(r.detected >= 1, "no alg-none forgery among 10: {r:?}");
+    }
+
+    fn scripted_req(s: &Scripted) -> Req<'_> {
+        Req {
+            ts_ms: s.ts_ms,
+            ip: &s.ip,
+            method: s.method,
+            path: &s.path,
+            status: s.status,
+            ua: s.ua,
+            token: s.token.as_deref(),
+            noise: 0,
         }
     }
 
@@ -1129,21 +1269,92 @@ mod tests {
         for (i, kind) in NEAR_MISSES.iter().cycle().take(40).enumerate() {
             let script = Scene::new(nets, &mut rng, &mut mint, 10_000 + i as u64).play(*kind, DEFAULT_START_MS);
             for s in script {
-                let req = Req {
-                    ts_ms: s.ts_ms,
-                    ip: &s.ip,
-                    method: s.method,
-                    path: &s.path,
-                    status: s.status,
-                    ua: s.ua,
-                    token: s.token.as_deref(),
-                    noise: 0,
-                };
                 let mut line = String::new();
-                line::write(GenFormat::Canonical, &req, true, &mut line);
+                line::write(GenFormat::Canonical, &scripted_req(&s), true, &mut line);
                 assert!(o.observe(&line).is_empty(), "{kind:?} fired");
             }
         }
+    }
+
+    /// Signatures are real: checked with `jsonwebtoken` against the seed's JWKS, every
+    /// token that is not a copy of another verifies, RS256 and ES256 alike; of the tokens
+    /// sharing a `jti`, exactly one verifies (the victim's), and every forged copy fails;
+    /// unsigned tokens never verify.
+    #[test]
+    fn genuine_tokens_verify_and_forged_copies_do_not() {
+        let out = lines(GenConfig {
+            users: 200,
+            rate_per_sec: 20.0,
+            attack_rate: 100.0,
+            ..cfg(13, 8000)
+        });
+        let verifier = oracle::Verifier::new(&keys::Keys::for_seed(13).jwks());
+        // jti -> (texts that verify, texts that do not)
+        let mut by_jti: HashMap<String, (HashSet<String>, HashSet<String>)> = HashMap::new();
+        let mut algs = BTreeMap::new();
+        for g in &out {
+            let v: serde_json::Value = serde_json::from_str(&g.line).unwrap();
+            let path = v["path"].as_str().unwrap();
+            let header = v["authorization"]
+                .as_str()
+                .and_then(crate::token::RawToken::from_authorization);
+            for t in header.into_iter().chain(crate::token::tokens_in_query(path)) {
+                let text = t.expose();
+                let Ok(info) = crate::token::decode(t, &[]) else {
+                    continue;
+                };
+                let entry = by_jti.entry(info.token_id.to_string()).or_default();
+                if entry.0.contains(text) || entry.1.contains(text) {
+                    continue;
+                }
+                if verifier.verifies(text) {
+                    assert!(!info.unsigned);
+                    *algs.entry(info.alg.as_deref().unwrap_or("").to_owned()).or_insert(0) += 1;
+                    entry.0.insert(text.to_owned());
+                } else {
+                    entry.1.insert(text.to_owned());
+                }
+            }
+        }
+        let (mut forged, mut unsigned_only) = (0, 0);
+        for (jti, (good, bad)) in &by_jti {
+            if good.is_empty() {
+                // The unsigned attack's own tokens: no genuine original.
+                let all_unsigned = bad.iter().all(|t| {
+                    crate::token::decode(crate::token::RawToken::new(t), &[])
+                        .unwrap()
+                        .unsigned
+                });
+                assert!(all_unsigned, "{jti}: a signed token that verifies nowhere");
+                unsigned_only += 1;
+            } else {
+                assert_eq!(good.len(), 1, "{jti}: two genuine tokens share an id");
+                forged += bad.len();
+            }
+        }
+        assert!(
+            algs.get("RS256").copied().unwrap_or(0) > 100 && algs.get("ES256").copied().unwrap_or(0) > 10,
+            "{algs:?}"
+        );
+        assert!(
+            forged > 20 && unsigned_only > 0,
+            "{forged} forged copies, {unsigned_only} unsigned"
+        );
+    }
+
+    #[test]
+    fn the_jwks_of_a_seed_is_the_one_its_tokens_verify_with() {
+        let published: serde_json::Value = serde_json::from_str(&jwks(13)).unwrap();
+        assert_eq!(published, keys::Keys::for_seed(13).jwks());
+        assert_ne!(jwks(13), jwks(14));
+        let verifier = oracle::Verifier::new(&serde_json::from_str(&jwks(14)).unwrap());
+        let g = Generator::new(cfg(13, 50)).last().unwrap();
+        let v: serde_json::Value = serde_json::from_str(&g.line).unwrap();
+        let token = v["authorization"].as_str().unwrap().strip_prefix("Bearer ").unwrap();
+        assert!(
+            !verifier.verifies(token),
+            "seed 13's token verified with seed 14's keys"
+        );
     }
 
     #[test]
@@ -1153,11 +1364,26 @@ mod tests {
             token_id: Some("j".into()),
             subject: None,
             ts: 5,
+            expect: Expect::Fire,
+            decoy: None,
         };
         let s = serde_json::to_string(&l).unwrap();
         assert_eq!(s, r#"{"rule":"token-replay","token_id":"j","subject":null,"ts":5}"#);
         assert_eq!(serde_json::from_str::<Label>(&s).unwrap(), l);
         assert_eq!(l.key(), Some("j"));
+        assert!(l.must_fire());
+        let d = Label {
+            expect: Expect::Never,
+            decoy: Some("forged-replay".into()),
+            ..l
+        };
+        let s = serde_json::to_string(&d).unwrap();
+        assert_eq!(
+            s,
+            r#"{"rule":"token-replay","token_id":"j","subject":null,"ts":5,"expect":"none","decoy":"forged-replay"}"#
+        );
+        assert_eq!(serde_json::from_str::<Label>(&s).unwrap(), d);
+        assert!(!d.must_fire());
     }
 
     #[test]

@@ -209,6 +209,9 @@ struct TrafficArgs {
     /// the built-in ones of MaxMind's test database; replay the traffic with the same file.
     #[arg(long)]
     geoip: Option<PathBuf>,
+    /// Inject no forged decoys (an engine that does not verify signatures fires on them).
+    #[arg(long)]
+    no_decoys: bool,
 }
 
 impl TrafficArgs {
@@ -229,6 +232,7 @@ impl TrafficArgs {
             malformed_rate: self.malformed_rate,
             format,
             networks: networks(self.geoip.as_deref())?,
+            decoys: !self.no_decoys,
             ..GenConfig::default()
         })
     }
@@ -272,9 +276,13 @@ struct GenArgs {
     /// Write the lines here instead of stdout.
     #[arg(long, short)]
     output: Option<PathBuf>,
-    /// Write the injected attacks here, one JSON object per line.
+    /// Write the injected attacks (and the decoys that must not fire) here, one JSON object
+    /// per line.
     #[arg(long)]
     labels: Option<PathBuf>,
+    /// Write the public keys that verify the generated tokens here, as a JWK Set.
+    #[arg(long)]
+    jwks_out: Option<PathBuf>,
     /// Produce to Kafka (these bootstrap servers) instead of writing a file.
     #[arg(long)]
     kafka: Option<String>,
@@ -339,6 +347,10 @@ fn gen(a: GenArgs) -> Result<ExitCode, String> {
     };
     let mut labels = a.labels.as_deref().map(create).transpose()?;
     let werr = |e: io::Error| format!("cannot write: {e}");
+    if let Some(p) = &a.jwks_out {
+        std::fs::write(p, tokenwatch::gen::jwks(cfg.seed) + "\n")
+            .map_err(|e| format!("cannot write --jwks-out {}: {e}", p.display()))?;
+    }
     if let Some(brokers) = &a.kafka {
         use tokenwatch::gen::kafka::{produce, Pace};
         let pace = if a.fast {

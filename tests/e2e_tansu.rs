@@ -183,15 +183,17 @@ fn produce_generated(c: &rdkafka::ClientConfig, events: u64) -> (i64, Vec<(i64, 
     (n, labels)
 }
 
-/// The labels of attacks that the default rules answer with a revocation.
+/// The labels of attacks that the default rules answer with a revocation (not the forged
+/// decoys', which must not revoke).
 fn revoking(labels: &[(i64, tokenwatch::gen::Label)]) -> Vec<&(i64, tokenwatch::gen::Label)> {
     labels
         .iter()
         .filter(|(_, l)| {
-            matches!(
-                l.rule.as_str(),
-                "token-replay" | "impossible-travel" | "expired-token-accepted" | "token-in-url"
-            )
+            l.must_fire()
+                && matches!(
+                    l.rule.as_str(),
+                    "token-replay" | "impossible-travel" | "expired-token-accepted" | "token-in-url"
+                )
         })
         .collect()
 }

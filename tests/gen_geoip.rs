@@ -128,7 +128,17 @@ fn the_default_rules_agree_with_the_labels_over_a_day_placed_by_the_given_databa
         assert_eq!(s.per_rule.len(), 8, "every default rule has labels: {:?}", s.per_rule);
         assert!(labels.len() > 100, "{}", labels.len());
         assert_eq!(s.recall(), 1.0, "{format:?} missed: {:?}", s.missed);
-        assert_eq!(s.precision(), 1.0, "{format:?} false: {:?}", s.false_positives);
+        // Every decision is an attack's or a forged decoy's (tests/demo.rs says more).
+        assert!(
+            s.false_positives.is_empty(),
+            "{format:?} false: {:?}",
+            s.false_positives
+        );
+        let decoys = labels.iter().filter(|l| !l.must_fire()).count() as u64;
+        assert_eq!(
+            s.decoys.values().map(|(quiet, fired)| quiet + fired).sum::<u64>(),
+            decoys
+        );
     }
 }
 

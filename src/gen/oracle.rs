@@ -6,6 +6,13 @@
 //! which rules fire where. The tests demand that this equals the labels exactly: every
 //! labelled firing happens, and nothing unlabelled fires, legitimate traffic included.
 //! Written for clarity, not speed; it only ever sees test-sized runs.
+//!
+//! Two versions of the rules. As they are today, a request's status is taken as proof that
+//! its token is genuine, and the forged decoys fire exactly where they are labelled
+//! ([`Oracle::new`]). As issue 9 makes them ([`Oracle::verifying`]), the four revoking rules
+//! count only requests whose token verifies against the generator's JWKS (checked with the
+//! `jsonwebtoken` crate, not the generator's own code), and no decoy fires. [`classify`] puts
+//! firings against labels: attacks detected or missed, decoys "not fired" or "fired (false)".
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
@@ -14,7 +21,7 @@ use std::rc::Rc;
 use serde::Deserialize;
 
 use super::net::{Located, Net, Networks, Source, LOCATED};
-use super::rule;
+use super::{rule, Label};
 use crate::geo::GeoDb;
 use crate::token::{decode, tokens_in_query, RawToken, TokenInfo};
 
@@ -55,11 +62,77 @@ impl Default for Geo {
     }
 }
 
+/// Checks signatures with the public keys of a JWK Set; the key's `alg` decides the algorithm.
+pub(crate) struct Verifier(jsonwebtoken::jwk::JwkSet);
+
+impl Verifier {
+    pub(crate) fn new(jwks: &serde_json::Value) -> Self {
+        Verifier(serde_json::from_value(jwks.clone()).expect("a JWK Set"))
+    }
+
+    pub(crate) fn verifies(&self, token: &str) -> bool {
+        use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+        let Some(jwk) = jsonwebtoken::decode_header(token)
+            .ok()
+            .and_then(|h| h.kid)
+            .and_then(|kid| self.0.find(&kid))
+        else {
+            return false;
+        };
+        let (Ok(key), Some(alg)) = (DecodingKey::from_jwk(jwk), jwk.common.key_algorithm) else {
+            return false;
+        };
+        let Ok(alg) = alg.to_string().parse::<Algorithm>() else {
+            return false;
+        };
+        // The signature alone: expiry is a rule's business, not authenticity's.
+        let mut v = Validation::new(alg);
+        v.validate_exp = false;
+        v.validate_aud = false;
+        v.required_spec_claims.clear();
+        jsonwebtoken::decode::<serde_json::Value>(token, &key, &v).is_ok()
+    }
+}
+
+/// A decoded token, and whether it verifies.
+type Seen = (Rc<TokenInfo>, bool);
+
+/// One token of one line, as the rules see it.
+struct Ev<'a> {
+    ts: i64,
+    ip: IpAddr,
+    accepted: bool,
+    /// The token verifies (always true for the rules as they are today).
+    authenticated: bool,
+    in_url: bool,
+    info: &'a TokenInfo,
+}
+
+/// What one line does: the firings, and the revocations that apply after it.
+#[derive(Default)]
+struct Effects {
+    out: Vec<Firing>,
+    revoke_tokens: Vec<String>,
+    revoke_subject: Option<(String, i64)>,
+}
+
+impl Effects {
+    fn fire(&mut self, ts: i64, rule: &str, key: &str) {
+        self.out.push(Firing {
+            rule: rule.to_owned(),
+            key: key.to_owned(),
+            ts,
+        });
+    }
+}
+
 #[derive(Default)]
 pub(crate) struct Oracle {
     geo: Geo,
-    /// Decoded tokens by [`quick_hash`] of their text.
-    tokens: HashMap<(usize, u64), Option<Rc<TokenInfo>>>,
+    /// Only requests whose token verifies here may revoke; `None`: any accepted request.
+    verifier: Option<Verifier>,
+    /// Decoded tokens, and whether they verify, by [`quick_hash`] of their text.
+    tokens: HashMap<(usize, u64), Option<Seen>>,
     fired_once: HashSet<(&'static str, String)>,
     replay: HashMap<String, Vec<(i64, u128)>>,
     last_geo: HashMap<String, (i64, f64, f64, f64)>,
@@ -118,6 +191,19 @@ impl Oracle {
         }
     }
 
+    /// The rules as issue 9 makes them: only a request whose token verifies against `jwks`
+    /// counts for the revoking rules.
+    pub(crate) fn verifying(self, jwks: &serde_json::Value) -> Self {
+        Oracle {
+            verifier: Some(Verifier::new(jwks)),
+            ..self
+        }
+    }
+
+    pub(crate) fn verifies(&self) -> bool {
+        self.verifier.is_some()
+    }
+
     fn locate(&self, ip: IpAddr) -> Option<Point> {
         match &self.geo {
             Geo::Table(t) => t
@@ -148,103 +234,92 @@ impl Oracle {
         for t in tokens_in_query(&l.path) {
             carried.push((t.expose(), true));
         }
-        let mut out = Vec::new();
-        let mut revoke_tokens = Vec::new();
-        let mut revoke_subject = None;
+        let mut fx = Effects::default();
         for (text, in_url) in carried {
-            let info = self
-                .tokens
-                .entry(quick_hash(text))
-                .or_insert_with(|| decode(RawToken::new(text), &[]).ok().map(Rc::new))
-                .clone();
-            if let Some(info) = info {
-                self.rules(
+            let verifier = &self.verifier;
+            let seen = self.tokens.entry(quick_hash(text)).or_insert_with(|| {
+                let info = decode(RawToken::new(text), &[]).ok().map(Rc::new)?;
+                Some((info, verifier.as_ref().is_none_or(|v| v.verifies(text))))
+            });
+            if let Some((info, authenticated)) = seen.clone() {
+                let ev = Ev {
                     ts,
                     ip,
-                    l.status,
-                    &info,
+                    accepted: l.status != 401 && l.status != 403,
+                    authenticated,
                     in_url,
-                    &mut out,
-                    &mut revoke_tokens,
-                    &mut revoke_subject,
-                );
+                    info: &info,
+                };
+                self.rules(&ev, &mut fx);
             }
         }
         // Revocations take effect after the event that caused them.
-        self.revoked_tokens.extend(revoke_tokens);
-        if let Some((s, nb)) = revoke_subject {
+        self.revoked_tokens.extend(fx.revoke_tokens);
+        if let Some((s, nb)) = fx.revoke_subject {
             self.revoked_subjects.insert(s, nb);
         }
-        out
+        fx.out
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn rules(
-        &mut self,
-        ts: i64,
-        ip: IpAddr,
-        status: u16,
-        info: &TokenInfo,
-        in_url: bool,
-        out: &mut Vec<Firing>,
-        revoke_tokens: &mut Vec<String>,
-        revoke_subject: &mut Option<(String, i64)>,
-    ) {
-        let accepted = status != 401 && status != 403;
+    /// token-replay, impossible-travel, expired-token-accepted and token-in-url, on an
+    /// accepted request (and, when verifying, an authenticated one).
+    fn revoking_rules(&mut self, ev: &Ev<'_>, expired: bool, fx: &mut Effects) {
+        let ts = ev.ts;
+        let tid = ev.info.token_id.to_string();
+        let subject = ev.info.subject.to_string();
+        let w = self.replay.entry(tid.clone()).or_default();
+        w.push((ts, network(ev.ip)));
+        w.retain(|(t, _)| ts - t <= 10 * MIN);
+        let mut nets: Vec<u128> = w.iter().map(|(_, n)| *n).collect();
+        nets.sort_unstable();
+        nets.dedup();
+        if nets.len() >= 3 && self.fired_once.insert((rule::TOKEN_REPLAY, tid.clone())) {
+            fx.fire(ts, rule::TOKEN_REPLAY, &tid);
+            fx.revoke_tokens.push(tid.clone());
+        }
+
+        if let Some((here_lat, here_lon, here_acc)) = self.locate(ev.ip) {
+            if let Some((t1, lat, lon, acc)) = self.last_geo.get(&subject).copied() {
+                let dt = ts - t1;
+                let km = (super::net::distance_km(lat, lon, here_lat, here_lon) - acc - here_acc).max(0.0);
+                let hours = dt.max(MIN) as f64 / HOUR as f64;
+                let cooled = self.travel_fired.get(&subject).is_none_or(|l| ts - l >= HOUR);
+                if dt < 24 * HOUR && km >= 500.0 && km / hours > 900.0 && cooled {
+                    self.travel_fired.insert(subject.clone(), ts);
+                    fx.fire(ts, rule::IMPOSSIBLE_TRAVEL, &subject);
+                    fx.revoke_subject = Some((subject.clone(), ts));
+                }
+            }
+            self.last_geo
+                .insert(subject.clone(), (ts, here_lat, here_lon, here_acc));
+        }
+
+        if expired && self.fired_once.insert((rule::EXPIRED_TOKEN_ACCEPTED, tid.clone())) {
+            fx.fire(ts, rule::EXPIRED_TOKEN_ACCEPTED, &tid);
+            fx.revoke_tokens.push(tid.clone());
+        }
+        if ev.in_url && self.fired_once.insert((rule::TOKEN_IN_URL, tid.clone())) {
+            fx.fire(ts, rule::TOKEN_IN_URL, &tid);
+            fx.revoke_tokens.push(tid);
+        }
+    }
+
+    fn rules(&mut self, ev: &Ev<'_>, fx: &mut Effects) {
+        let (ts, info) = (ev.ts, ev.info);
         let expired = info.exp.is_some_and(|e| e * 1000 + 60_000 < ts);
         let tid = info.token_id.to_string();
         let subject = info.subject.to_string();
-        let fire = |out: &mut Vec<Firing>, rule: &str, key: &str| {
-            out.push(Firing {
-                rule: rule.to_owned(),
-                key: key.to_owned(),
-                ts,
-            });
-        };
 
-        if accepted {
+        if ev.accepted {
             let revoked = self.revoked_tokens.contains(&tid)
                 || matches!((self.revoked_subjects.get(&subject), info.iat), (Some(nb), Some(iat)) if iat * 1000 < *nb);
             let last = self.revoked_used_fired.get(&tid).copied();
             if revoked && last.is_none_or(|l| ts - l >= 10 * MIN) {
                 self.revoked_used_fired.insert(tid.clone(), ts);
-                fire(out, rule::REVOKED_TOKEN_USED, &tid);
+                fx.fire(ts, rule::REVOKED_TOKEN_USED, &tid);
             }
-
-            let w = self.replay.entry(tid.clone()).or_default();
-            w.push((ts, network(ip)));
-            w.retain(|(t, _)| ts - t <= 10 * MIN);
-            let mut nets: Vec<u128> = w.iter().map(|(_, n)| *n).collect();
-            nets.sort_unstable();
-            nets.dedup();
-            if nets.len() >= 3 && self.fired_once.insert((rule::TOKEN_REPLAY, tid.clone())) {
-                fire(out, rule::TOKEN_REPLAY, &tid);
-                revoke_tokens.push(tid.clone());
-            }
-
-            if let Some((here_lat, here_lon, here_acc)) = self.locate(ip) {
-                if let Some((t1, lat, lon, acc)) = self.last_geo.get(&subject).copied() {
-                    let dt = ts - t1;
-                    let km = (super::net::distance_km(lat, lon, here_lat, here_lon) - acc - here_acc).max(0.0);
-                    let hours = dt.max(MIN) as f64 / HOUR as f64;
-                    let cooled = self.travel_fired.get(&subject).is_none_or(|l| ts - l >= HOUR);
-                    if dt < 24 * HOUR && km >= 500.0 && km / hours > 900.0 && cooled {
-                        self.travel_fired.insert(subject.clone(), ts);
-                        fire(out, rule::IMPOSSIBLE_TRAVEL, &subject);
-                        *revoke_subject = Some((subject.clone(), ts));
-                    }
-                }
-                self.last_geo
-                    .insert(subject.clone(), (ts, here_lat, here_lon, here_acc));
-            }
-
-            if expired && self.fired_once.insert((rule::EXPIRED_TOKEN_ACCEPTED, tid.clone())) {
-                fire(out, rule::EXPIRED_TOKEN_ACCEPTED, &tid);
-                revoke_tokens.push(tid.clone());
-            }
-            if in_url && self.fired_once.insert((rule::TOKEN_IN_URL, tid.clone())) {
-                fire(out, rule::TOKEN_IN_URL, &tid);
-                revoke_tokens.push(tid.clone());
+            if ev.authenticated {
+                self.revoking_rules(ev, expired, fx);
             }
         } else if expired {
             let w = self.rejected_expired.entry(subject.clone()).or_default();
@@ -253,17 +328,56 @@ impl Oracle {
             let cooled = self.attempts_fired.get(&subject).is_none_or(|l| ts - l >= 5 * MIN);
             if w.len() >= 5 && cooled {
                 self.attempts_fired.insert(subject.clone(), ts);
-                fire(out, rule::EXPIRED_TOKEN_ATTEMPTS, &subject);
+                fx.fire(ts, rule::EXPIRED_TOKEN_ATTEMPTS, &subject);
             }
         }
 
         if info.unsigned && self.fired_once.insert((rule::UNSIGNED_TOKEN, tid.clone())) {
-            fire(out, rule::UNSIGNED_TOKEN, &tid);
+            fx.fire(ts, rule::UNSIGNED_TOKEN, &tid);
         }
         if info.lifetime().is_some_and(|l| l > 86_400)
             && self.fired_once.insert((rule::EXCESSIVE_LIFETIME, tid.clone()))
         {
-            fire(out, rule::EXCESSIVE_LIFETIME, &tid);
+            fx.fire(ts, rule::EXCESSIVE_LIFETIME, &tid);
         }
     }
+}
+
+/// Firings against labels, as the demo scores decisions: attacks detected or missed, decoys
+/// not fired or fired (false), and firings no label asked for.
+#[derive(Debug, Default)]
+pub(crate) struct Report {
+    pub detected: usize,
+    pub missed: Vec<Firing>,
+    pub decoys_not_fired: usize,
+    pub decoys_fired: Vec<Firing>,
+    /// Firings that are neither a labelled attack nor a decoy.
+    pub unlabelled: Vec<Firing>,
+}
+
+pub(crate) fn label_firing(l: &Label) -> Firing {
+    Firing {
+        rule: l.rule.clone(),
+        key: l.key().unwrap_or_default().to_owned(),
+        ts: l.ts,
+    }
+}
+
+pub(crate) fn classify(labels: &[Label], fired: &[Firing]) -> Report {
+    let fired: HashSet<&Firing> = fired.iter().collect();
+    let mut r = Report::default();
+    let mut labelled = HashSet::new();
+    for l in labels {
+        let f = label_firing(l);
+        match (l.must_fire(), fired.contains(&f)) {
+            (true, true) => r.detected += 1,
+            (true, false) => r.missed.push(f.clone()),
+            (false, true) => r.decoys_fired.push(f.clone()),
+            (false, false) => r.decoys_not_fired += 1,
+        }
+        labelled.insert(f);
+    }
+    r.unlabelled = fired.into_iter().filter(|f| !labelled.contains(*f)).cloned().collect();
+    r.unlabelled.sort();
+    r
 }

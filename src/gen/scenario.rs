@@ -1,8 +1,11 @@
-//! Injected attacks and near misses: short scripts of requests with the labels they must raise.
+//! Injected attacks, near misses and forged decoys: short scripts of requests with the labels
+//! they must raise (or, for a decoy, must not).
 //!
 //! Each scenario plays out on a subject of its own (`user-<n>` beyond the normal users) with
 //! tokens of its own, so nothing the ordinary traffic does can add to or take from its
-//! labels, and its labels are exactly the firings the default rules produce. A script also
+//! labels, and its labels are exactly the firings the default rules produce. A decoy's forged
+//! tokens are minted here too: the victim's ids with a signature that cannot verify
+//! ([`Seal`]), so that only a verifier tells them from the victim's genuine token. A script also
 //! models the gateway honouring tokenwatch's revocations: after the request that gets a token
 //! (or a subject) revoked, later uses of it are answered 401 and the owner's client fetches a
 //! new token, issued strictly after the revocation. The one exception is the revoked-token-
@@ -17,14 +20,15 @@
 use std::cmp::Ordering;
 use std::sync::Arc;
 
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
 use serde_json::json;
 
+use super::keys::{issuer_for, Issuer, Keys, ISSUERS};
 use super::net::{Net, Networks};
 use super::rng::{mix64, Rng};
 use super::traffic::{pick_request, Client, ClientKind, CLIENTS};
-use super::Label;
-
-pub(crate) const ISSUER: &str = "https://idp.example.com";
+use super::{Expect, Label};
 
 /// Rule ids of the engine's default rules, as labels name them.
 pub mod rule {
@@ -48,6 +52,9 @@ pub mod rule {
         REVOKED_TOKEN_USED,
     ];
 
+    /// The rules that revoke, which only authenticated requests may trigger (issue 9).
+    pub const REVOKING: [&str; 4] = [TOKEN_REPLAY, IMPOSSIBLE_TRAVEL, EXPIRED_TOKEN_ACCEPTED, TOKEN_IN_URL];
+
     /// Rules keyed by subject; every other rule is keyed by token id.
     pub fn keyed_by_subject(rule: &str) -> bool {
         rule == IMPOSSIBLE_TRAVEL || rule == EXPIRED_TOKEN_ATTEMPTS
@@ -60,9 +67,24 @@ pub mod rule {
 pub(crate) struct Minted {
     pub text: Arc<str>,
     pub jti: Arc<str>,
+    /// `iss|sub`, as the engine names the subject.
+    pub subject: Arc<str>,
     /// Epoch seconds.
     pub iat: i64,
     pub exp: i64,
+}
+
+/// What a token's signature segment holds.
+#[derive(Clone, Copy)]
+pub(crate) enum Seal<'a> {
+    /// A real signature by the issuer's key: the only kind that verifies.
+    Genuine,
+    /// Random bytes of the right length, under the issuer's `alg` and `kid`.
+    Forged,
+    /// The signature segment of this other token, over claims that are not its own.
+    CopiedFrom(&'a str),
+    /// Nothing: an empty signature segment.
+    Empty,
 }
 
 /// What goes into a token besides the claims every token has.
@@ -70,11 +92,11 @@ pub(crate) struct Spec<'a> {
     pub user: u64,
     pub iat: i64,
     pub exp: i64,
+    /// Also decides the issuer, and so the key and `alg` ([`issuer_for`]).
     pub client: &'a Client,
-    /// Header `alg`; `RS256` for every honest token.
-    pub alg: &'a str,
-    /// False for an empty signature segment.
-    pub signed: bool,
+    /// A header `alg` other than the issuer's (`none`), written without a `kid`.
+    pub alg: Option<&'a str>,
+    pub seal: Seal<'a>,
     pub scope: Option<&'a str>,
     /// Reuse this id (a forged copy of an existing token).
     pub jti: Option<&'a str>,
@@ -87,18 +109,19 @@ impl<'a> Spec<'a> {
             iat,
             exp: iat + lifetime_s,
             client,
-            alg: "RS256",
-            signed: true,
+            alg: None,
+            seal: Seal::Genuine,
             scope: None,
             jti: None,
         }
     }
 }
 
-/// Issues tokens: unique deterministic ids and RS256-sized random signatures.
+/// Issues tokens: unique deterministic ids, signed with the seed's keys ([`Keys`]).
 pub(crate) struct Mint {
     key: u64,
     counter: u64,
+    keys: Arc<Keys>,
 }
 
 impl Mint {
@@ -106,7 +129,13 @@ impl Mint {
         Mint {
             key: mix64(seed ^ 0x6a09_e667_f3bc_c908),
             counter: 0,
+            keys: Keys::for_seed(seed),
         }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn keys(&self) -> &Keys {
+        &self.keys
     }
 
     /// A UUID-shaped id. The last 16 hex digits are a bijection of a counter, so ids never
@@ -130,15 +159,18 @@ impl Mint {
             Some(j) => j.to_owned(),
             None => self.next_jti(),
         };
-        let header = if spec.alg == "RS256" {
-            json!({"alg": "RS256", "typ": "JWT", "kid": "k1"})
-        } else {
-            json!({"alg": spec.alg, "typ": "JWT"})
+        let issuer = issuer_for(spec.client.kind);
+        let Issuer { iss, alg } = &ISSUERS[issuer];
+        let header = match spec.alg {
+            Some(other) => json!({"alg": other, "typ": "JWT"}),
+            None => json!({"alg": alg.name(), "typ": "JWT", "kid": self.keys.kid(issuer)}),
         };
+        let sub = format!("user-{}", spec.user);
+        let subject: Arc<str> = format!("{iss}|{sub}").into();
         let sid = mix64(rng.next_u64());
         let claims = json!({
-            "iss": ISSUER,
-            "sub": format!("user-{}", spec.user),
+            "iss": iss,
+            "sub": sub,
             "aud": "api",
             "iat": spec.iat,
             "exp": spec.exp,
@@ -148,17 +180,27 @@ impl Mint {
             "sid": format!("{:016x}{:016x}", sid, mix64(sid)),
             "scope": spec.scope.unwrap_or(spec.client.scope),
         });
-        let mut sig = [0u8; 256];
-        let sig: &[u8] = if spec.signed {
-            rng.fill(&mut sig);
-            &sig
-        } else {
-            &[]
+        // "header.claims.": the signing input, and the separator before the signature.
+        let mut text = crate::token::encode_unsigned_parts(&header, &claims, &[]);
+        let input = &text[..text.len() - 1];
+        let sig = match spec.seal {
+            Seal::Genuine => self.keys.sign(issuer, input.as_bytes()),
+            Seal::Forged => {
+                let mut sig = vec![0u8; alg.signature_len()];
+                rng.fill(&mut sig);
+                sig
+            }
+            Seal::CopiedFrom(other) => {
+                text.push_str(other.rsplit('.').next().unwrap_or(""));
+                Vec::new()
+            }
+            Seal::Empty => Vec::new(),
         };
-        let text = crate::token::encode_unsigned_parts(&header, &claims, sig);
+        URL_SAFE_NO_PAD.encode_string(&sig, &mut text);
         Minted {
             text: text.into(),
             jti: jti.into(),
+            subject,
             iat: spec.iat,
             exp: spec.exp,
         }
@@ -215,6 +257,41 @@ pub(crate) enum Scenario {
     NearSlowTravel,
     /// Forged copies of a live token from many networks, all rejected by the gateway.
     NearForgedCopies,
+    /// Forged copies of a victim's live token (its `jti`) on endpoints nobody authenticates
+    /// (404, `/healthz`, CORS preflights), one per attacker network.
+    DecoyForgedReplay,
+    /// A forged copy of a victim's token, sent to a public endpoint from far away minutes after
+    /// the victim's genuine request in London.
+    DecoyForgedTravel,
+    /// The attacker's own genuine token in the header, and a forged copy of a victim's token
+    /// in the query string.
+    DecoyForgedUrl,
+    /// An expired forged copy of a victim's token (`alg: none`, or a bad signature) on a
+    /// public endpoint.
+    DecoyForgedExpired,
+}
+
+impl Scenario {
+    /// Subjects the scenario needs: its own, and for [`Scenario::DecoyForgedUrl`] the
+    /// attacker's account.
+    pub(crate) fn subjects(self) -> u64 {
+        if self == Scenario::DecoyForgedUrl {
+            2
+        } else {
+            1
+        }
+    }
+
+    /// The name a decoy's labels carry in their `decoy` field.
+    pub(crate) fn decoy_name(self) -> Option<&'static str> {
+        match self {
+            Scenario::DecoyForgedReplay => Some("forged-replay"),
+            Scenario::DecoyForgedTravel => Some("forged-travel"),
+            Scenario::DecoyForgedUrl => Some("forged-url"),
+            Scenario::DecoyForgedExpired => Some("forged-expired"),
+            _ => None,
+        }
+    }
 }
 
 pub(crate) const ATTACKS: [Scenario; 8] = [
@@ -235,6 +312,24 @@ pub(crate) const NEAR_MISSES: [Scenario; 4] = [
     Scenario::NearForgedCopies,
 ];
 
+pub(crate) const DECOYS: [Scenario; 4] = [
+    Scenario::DecoyForgedReplay,
+    Scenario::DecoyForgedTravel,
+    Scenario::DecoyForgedUrl,
+    Scenario::DecoyForgedExpired,
+];
+
+/// Endpoints that gateways answer without authenticating anyone, and their answers: an
+/// unmatched route, the health check, CORS preflights. Gateways still log the
+/// `Authorization` header of these requests.
+const PUBLIC: &[(&str, &str, u16)] = &[
+    ("GET", "/does-not-exist", 404),
+    ("GET", "/api/v1/admin/export", 404),
+    ("GET", "/healthz", 200),
+    ("OPTIONS", "/api/v1/orders", 204),
+    ("OPTIONS", "/api/v1/users/me", 204),
+];
+
 const ATTACKER_UAS: &[&str] = &[
     "python-requests/2.31.0",
     "curl/8.4.0",
@@ -252,7 +347,8 @@ pub(crate) struct Scene<'a> {
     mint: &'a mut Mint,
     user: u64,
     client: &'static Client,
-    subject: String,
+    /// Set while a decoy plays: the `decoy` its labels carry.
+    decoy: Option<&'static str>,
     out: Vec<Scripted>,
     path: String,
 }
@@ -266,7 +362,7 @@ impl<'a> Scene<'a> {
             mint,
             user,
             client,
-            subject: format!("{ISSUER}|user-{user}"),
+            decoy: None,
             out: Vec::new(),
             path: String::new(),
         }
@@ -274,6 +370,7 @@ impl<'a> Scene<'a> {
 
     /// Plays `kind` from `t0`; returns the requests in time order.
     pub(crate) fn play(mut self, kind: Scenario, t0: i64) -> Vec<Scripted> {
+        self.decoy = kind.decoy_name();
         match kind {
             Scenario::TokenReplay => self.token_replay(t0),
             Scenario::ImpossibleTravel => self.impossible_travel(t0),
@@ -287,6 +384,10 @@ impl<'a> Scene<'a> {
             Scenario::NearRegionalHop => self.near_regional_hop(t0),
             Scenario::NearSlowTravel => self.near_slow_travel(t0),
             Scenario::NearForgedCopies => self.near_forged_copies(t0),
+            Scenario::DecoyForgedReplay => self.decoy_forged_replay(t0),
+            Scenario::DecoyForgedTravel => self.decoy_forged_travel(t0),
+            Scenario::DecoyForgedUrl => self.decoy_forged_url(t0),
+            Scenario::DecoyForgedExpired => self.decoy_forged_expired(t0),
         }
         self.out.sort_by_key(|s| s.ts_ms);
         self.out
@@ -399,13 +500,26 @@ impl<'a> Scene<'a> {
         self.out.len() - 1
     }
 
+    /// The line at `at` must fire `rule` on `token` (its id, or its subject).
     fn label(&mut self, at: usize, rule: &str, token: &Minted) {
+        self.push_label(at, rule, token, Expect::Fire);
+    }
+
+    /// The line at `at` is where `rule` would fire on `token` if forged tokens counted: it
+    /// must never fire there. Only decoys have these.
+    fn label_decoy(&mut self, at: usize, rule: &str, token: &Minted) {
+        self.push_label(at, rule, token, Expect::Never);
+    }
+
+    fn push_label(&mut self, at: usize, rule: &str, token: &Minted, expect: Expect) {
         let ts = self.out[at].ts_ms;
         self.out[at].labels.push(Label {
             rule: rule.to_owned(),
             token_id: (!rule::keyed_by_subject(rule)).then(|| token.jti.to_string()),
-            subject: Some(self.subject.clone()),
+            subject: Some(token.subject.to_string()),
             ts,
+            expect,
+            decoy: (expect == Expect::Never).then(|| self.decoy.unwrap_or("decoy").to_owned()),
         });
     }
 
@@ -535,7 +649,8 @@ impl<'a> Scene<'a> {
 
     /// A token forged with `alg: none` (or a stripped signature), claiming admin scope.
     fn unsigned(&mut self, t0: i64) {
-        let alg = self.rng.pick(&["none", "None", "NONE", "RS256"]);
+        // `None`: the issuer's own `alg`, with the signature stripped.
+        let alg = self.rng.pick(&[Some("none"), Some("None"), Some("NONE"), None]);
         let iat = t0 / 1000 - self.rng.range(0, 60);
         let spec = Spec {
             user: self.user,
@@ -543,7 +658,7 @@ impl<'a> Scene<'a> {
             exp: iat + 900,
             client: self.client,
             alg,
-            signed: false,
+            seal: Seal::Empty,
             scope: Some("admin users:write orders:write"),
             jti: None,
         };
@@ -682,6 +797,7 @@ impl<'a> Scene<'a> {
         let spec = Spec {
             scope: Some("admin orders:write users:write"),
             jti: Some(&tok.jti),
+            seal: Seal::Forged,
             ..Spec::normal(self.user, tok.iat, tok.exp - tok.iat, self.client)
         };
         let forged = self.mint.issue(self.rng, &spec);
@@ -699,6 +815,157 @@ impl<'a> Scene<'a> {
         }
         t += self.secs(20, 60);
         self.request(t, &home, Some(&tok), None, ua);
+    }
+
+    // ---- the decoys: forged tokens, labelled where they must not fire ----
+    //
+    // Each is labelled (`expect: none`) on the line where the default rules would fire if a
+    // request's status were taken as proof that its token is genuine; and, since such a
+    // firing revokes the victim's token, on the victim's next genuine request, where
+    // `revoked-token-used` would follow. The victim carries on with the genuine token.
+
+    /// A copy of `victim` that cannot verify: its `jti`, subject and times, an admin scope,
+    /// and random bytes or the victim's own signature (over claims that are not its own).
+    /// `exp_ago_s`: instead, issued and expired that long before `t` (ms).
+    fn forge(&mut self, victim: &Minted, t: i64, exp_ago_s: Option<i64>) -> Minted {
+        let (iat, exp) = match exp_ago_s {
+            Some(ago) => (t / 1000 - ago - 900, t / 1000 - ago),
+            None => (victim.iat, victim.exp),
+        };
+        let seal = if self.rng.chance(0.5) {
+            Seal::Forged
+        } else {
+            Seal::CopiedFrom(&victim.text)
+        };
+        let spec = Spec {
+            scope: Some("admin orders:write users:write"),
+            jti: Some(&victim.jti),
+            seal,
+            ..Spec::normal(self.user, iat, exp - iat, self.client)
+        };
+        self.mint.issue(self.rng, &spec)
+    }
+
+    /// A request to an endpoint no gateway authenticates ([`PUBLIC`]).
+    fn public_request(&mut self, t: i64, ip: &Arc<str>, token: &Minted, ua: &'static str) -> usize {
+        let (method, path, status) = self.rng.pick(PUBLIC);
+        self.push(t, ip, method, path.into(), status, Some(token.text.clone()), ua)
+    }
+
+    /// The victim's genuine request, which an engine fooled by the decoy would take for a
+    /// revoked token's use.
+    fn victim_carries_on(&mut self, t: i64, ip: &Arc<str>, tok: &Minted) {
+        let ua = self.client.ua;
+        let at = self.request(t, ip, Some(tok), Some(200), ua);
+        self.label_decoy(at, rule::REVOKED_TOKEN_USED, tok);
+    }
+
+    /// Reproduction 3 of issue 9: three or four forgeries sharing the victim's `jti` from as
+    /// many networks (with the victim's home, the third network on the second forgery).
+    fn decoy_forged_replay(&mut self, t0: i64) {
+        let ua = self.client.ua;
+        let home = self.home();
+        let tok = self.issued_before(t0, 30, 180, 900);
+        self.request(t0, &home, Some(&tok), None, ua);
+        let att = self.attackers(4);
+        let aua = self.attacker_ua();
+        let mut t = t0;
+        for (i, ip) in att.iter().take(self.rng.range(3, 5) as usize).enumerate() {
+            t += self.secs(10, 40);
+            let forged = self.forge(&tok, t, None);
+            let at = self.public_request(t, ip, &forged, aua);
+            match i {
+                1 => self.label_decoy(at, rule::TOKEN_REPLAY, &tok),
+                // The token would be revoked by now: this forged use would be its first.
+                2 => self.label_decoy(at, rule::REVOKED_TOKEN_USED, &tok),
+                _ => {}
+            }
+        }
+        // Within revoked-token-used's 10-minute cooldown: nothing more to label.
+        t += self.secs(30, 120);
+        self.request(t, &home, Some(&tok), Some(200), ua);
+    }
+
+    /// Reproduction 2 of issue 9: the victim in London, a forgery of its token from the far
+    /// network (Changchun with the built-in tables) 5 s to 10 min later.
+    fn decoy_forged_travel(&mut self, t0: i64) {
+        let ua = self.client.ua;
+        let home = self.victim();
+        let tok = self.issued_before(t0, 60, 300, 3600);
+        let mut t = t0;
+        self.request(t, &home, Some(&tok), None, ua);
+        for _ in 0..self.rng.range(0, 3) {
+            t += self.secs(20, 80);
+            self.request(t, &home, Some(&tok), None, ua);
+        }
+        t += self.secs(5, 600);
+        let far = self.ip_in(self.nets.far);
+        let forged = self.forge(&tok, t, None);
+        let aua = self.attacker_ua();
+        let at = self.public_request(t, &far, &forged, aua);
+        self.label_decoy(at, rule::IMPOSSIBLE_TRAVEL, &tok);
+        // Back in London an hour's cooldown later for impossible-travel, but the subject
+        // would be revoked: the token's first use after that.
+        t += self.secs(60, 300);
+        self.victim_carries_on(t, &home, &tok);
+    }
+
+    /// Reproduction 4 of issue 9: the attacker's own valid token in the header of an API
+    /// call the gateway accepts, a forgery of the victim's token in the query.
+    fn decoy_forged_url(&mut self, t0: i64) {
+        let ua = self.client.ua;
+        let home = self.home();
+        let tok = self.issued_before(t0, 30, 180, 900);
+        self.request(t0, &home, Some(&tok), None, ua);
+        let t = t0 + self.secs(10, 60);
+        let own_spec = Spec::normal(self.user + 1, t / 1000 - self.rng.range(10, 300), 900, self.client);
+        let own = self.mint.issue(self.rng, &own_spec);
+        let forged = self.forge(&tok, t, None);
+        let prefix = self.rng.pick(&[
+            "/api/v1/orders?x=",
+            "/api/v1/search?q=usb-c+cable&ref=",
+            "/api/v1/orders?page=2&access_token=",
+        ]);
+        let path = format!("{prefix}{}", forged.text).into_boxed_str();
+        let (ip, aua) = (self.attackers(1).remove(0), self.attacker_ua());
+        let at = self.push(t, &ip, "GET", path, 200, Some(own.text.clone()), aua);
+        self.label_decoy(at, rule::TOKEN_IN_URL, &tok);
+        let t = t + self.secs(30, 120);
+        self.victim_carries_on(t, &home, &tok);
+    }
+
+    /// Reproduction 1 of issue 9: a forgery carrying the victim's `jti` and an `exp` long
+    /// past, on a public endpoint. One with `alg: none` is also unsigned, which the
+    /// `unsigned-token` alert rightly reports.
+    fn decoy_forged_expired(&mut self, t0: i64) {
+        let ua = self.client.ua;
+        let home = self.home();
+        let tok = self.issued_before(t0, 30, 180, 900);
+        self.request(t0, &home, Some(&tok), None, ua);
+        let t = t0 + self.secs(10, 60);
+        let ago = self.rng.range(1800, 7200);
+        let forged = match self.rng.pick(&[Some("none"), Some("None"), Some("NONE"), None]) {
+            None => self.forge(&tok, t, Some(ago)),
+            Some(alg) => {
+                let iat = t / 1000 - ago - 900;
+                let spec = Spec {
+                    alg: Some(alg),
+                    seal: Seal::Empty,
+                    scope: Some("admin orders:write users:write"),
+                    jti: Some(&tok.jti),
+                    ..Spec::normal(self.user, iat, 900, self.client)
+                };
+                self.mint.issue(self.rng, &spec)
+            }
+        };
+        let (ip, aua) = (self.attackers(1).remove(0), self.attacker_ua());
+        let at = self.public_request(t, &ip, &forged, aua);
+        self.label_decoy(at, rule::EXPIRED_TOKEN_ACCEPTED, &tok);
+        if forged.text.ends_with('.') {
+            self.label(at, rule::UNSIGNED_TOKEN, &tok);
+        }
+        let t = t + self.secs(30, 120);
+        self.victim_carries_on(t, &home, &tok);
     }
 }
 
@@ -729,8 +996,8 @@ mod tests {
         assert_eq!(info.lifetime(), Some(900));
         assert!(!info.unsigned);
         let spec = Spec {
-            alg: "none",
-            signed: false,
+            alg: Some("none"),
+            seal: Seal::Empty,
             ..Spec::normal(42, 1, 900, &CLIENTS[0])
         };
         let u = mint.issue(&mut rng, &spec);
@@ -744,19 +1011,28 @@ mod tests {
 
     #[test]
     fn every_scenario_is_time_ordered_and_labels_sit_on_their_requests() {
-        for (i, kind) in ATTACKS.iter().chain(NEAR_MISSES.iter()).enumerate() {
-            let (mut rng, mut mint) = (Rng::new(i as u64), Mint::new(i as u64));
+        for (i, kind) in ATTACKS.iter().chain(&NEAR_MISSES).chain(&DECOYS).enumerate() {
+            let (mut rng, mut mint) = (Rng::new(i as u64), Mint::new(1));
             let t0 = 1_795_910_400_000;
             let script = Scene::new(&Networks::builtin(), &mut rng, &mut mint, 5000).play(*kind, t0);
             assert!(script.windows(2).all(|w| w[0].ts_ms <= w[1].ts_ms), "{kind:?}");
             assert!(script[0].ts_ms >= t0);
-            let labels: usize = script.iter().map(|s| s.labels.len()).sum();
+            let labels = script.iter().flat_map(|s| &s.labels);
+            let fire = labels.clone().filter(|l| l.expect == Expect::Fire).count();
+            let never = labels.clone().filter(|l| l.expect == Expect::Never).count();
             let want = match kind {
-                Scenario::RevokedUsed => 2,
-                k if ATTACKS.contains(k) => 1,
-                _ => 0,
+                Scenario::RevokedUsed => (2, 0),
+                k if ATTACKS.contains(k) => (1, 0),
+                // `unsigned-token` fires on an `alg: none` forgery.
+                Scenario::DecoyForgedExpired => (fire.min(1), 2),
+                k if DECOYS.contains(k) => (0, 2),
+                _ => (0, 0),
             };
-            assert_eq!(labels, want, "{kind:?}");
+            assert_eq!((fire, never), want, "{kind:?}");
+            assert!(labels.clone().all(|l| (l.expect == Expect::Never) == l.decoy.is_some()));
+            assert!(labels
+                .clone()
+                .all(|l| l.decoy.as_deref() == kind.decoy_name() || l.expect == Expect::Fire));
             for s in &script {
                 for l in &s.labels {
                     assert_eq!(l.ts, s.ts_ms);

@@ -897,7 +897,9 @@ cooldown: forever
             e[0].starts_with("r.yaml:6:") && e[0].contains("revoke_token and revoke_subject"),
             "{e:?}"
         );
-        let e = errs(&format!("{base}where: {{authenticated: true}}\naction: revoke_token\nbudget: lots\n"));
+        let e = errs(&format!(
+            "{base}where: {{authenticated: true}}\naction: revoke_token\nbudget: lots\n"
+        ));
         assert!(e[0].starts_with("r.yaml:7:") && e[0].contains("COUNT/WINDOW"), "{e:?}");
     }
 
