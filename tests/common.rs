@@ -407,3 +407,15 @@ pub fn revocations_of(decision_lines: &[String]) -> Vec<(String, String)> {
     }
     out
 }
+
+/// A file holding the generator's public JWKS for `seed` (`tokenwatch gen --jwks-out`), for a
+/// `tokenwatch run` that must verify generated tokens; written once per test process.
+pub fn gen_jwks_file(seed: u64) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("tokenwatch-tests-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(format!("gen-{seed}.jwks.json"));
+    if !path.exists() {
+        std::fs::write(&path, tokenwatch::gen::jwks(seed)).unwrap();
+    }
+    path
+}

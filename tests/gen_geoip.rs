@@ -116,7 +116,12 @@ fn the_default_rules_agree_with_the_labels_over_a_day_placed_by_the_given_databa
         // The engine as `replay --rules rules --geoip FILE` builds it.
         let rules = Arc::new(tokenwatch::rules::load_dir(&common::root().join("rules")).unwrap());
         let geo = GeoDb::open(&geoip2_city_test()).unwrap();
-        let mut pipeline = Pipeline::new(rules, Some(geo), PipelineConfig::default()).unwrap();
+        // ... and `--jwks` with the generator's public keys (`gen --jwks-out`).
+        let pcfg = PipelineConfig {
+            verify: Some(tokenwatch::demo::generator_verifier(cfg.seed).unwrap()),
+            ..PipelineConfig::default()
+        };
+        let mut pipeline = Pipeline::new(rules, Some(geo), pcfg).unwrap();
         let (mut decisions, mut labels, mut lines) = (Vec::new(), Vec::new(), 0u64);
         for g in Generator::new(cfg) {
             lines += 1;

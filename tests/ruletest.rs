@@ -179,7 +179,7 @@ fn every_mutation_of_a_default_rule_fails_a_shipped_case() {
 fn an_allow_list_is_tested_like_any_condition() {
     let dir = tempfile::tempdir().unwrap();
     let rule = "id: replay-allow\nseverity: high\naction: revoke_token\nkind: distinct_count\nkey: token_id\n\
-                distinct: network\nthreshold: 2\nwindow: 10m\nallow:\n  cidrs: [203.0.113.0/24]\n";
+                distinct: network\nthreshold: 2\nwindow: 10m\nwhere: {authenticated: true}\nallow:\n  cidrs: [203.0.113.0/24]\n";
     std::fs::write(dir.path().join("replay-allow.yaml"), rule).unwrap();
     let cases = r#"
 rule: replay-allow

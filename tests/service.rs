@@ -53,11 +53,16 @@ async fn start_tweaked(
         alerts: Some(alerts.to_str().unwrap().into()),
         alerts_topic: alerts_topic.map(String::from),
         // the fixtures' tokens are signed with the test key of this JWKS
-        jwks: vec![common::root()
-            .join("tests/fixtures/keys/jwks.json")
-            .to_str()
-            .unwrap()
-            .into()],
+        // and the generated attacks of `a_second_instance_takes_over...` (seed 5) with the
+        // generator's keys
+        jwks: vec![
+            common::root()
+                .join("tests/fixtures/keys/jwks.json")
+                .to_str()
+                .unwrap()
+                .into(),
+            common::gen_jwks_file(5).to_str().unwrap().into(),
+        ],
         ..Overrides::default()
     };
     let (mut cfg, _) = resolve(&config, &o).unwrap();

@@ -347,7 +347,13 @@ mod tests {
     fn run(trace: Option<Trace>) -> (Vec<crate::decision::Decision>, Vec<Step>) {
         let rules = crate::defaults::rules().unwrap();
         let geo = Some(crate::defaults::test_geo_db());
-        let mut p = Pipeline::new(rules, geo, PipelineConfig::default()).unwrap();
+        // the fixture's tokens are signed with the test key of this JWKS
+        let jwks = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/keys/jwks.json");
+        let cfg = PipelineConfig {
+            verify: crate::config::Config::default().verifier(&[jwks.to_string()]).unwrap(),
+            ..PipelineConfig::default()
+        };
+        let mut p = Pipeline::new(rules, geo, cfg).unwrap();
         p.engine_mut().set_trace(trace);
         let mut out = Vec::new();
         for l in LOG.lines() {
@@ -396,7 +402,8 @@ mod tests {
             b"signature",
         );
         let line = |ts: &str, ip: &str| {
-            json!({"ts": ts, "client_ip": ip, "status": 200, "authorization": format!("Bearer {t}")}).to_string()
+            json!({"ts": ts, "client_ip": ip, "status": 200, "authenticated": true, "authorization": format!("Bearer {t}")})
+                .to_string()
         };
         let rules = crate::defaults::rules().unwrap();
         let mut p = Pipeline::new(rules, None, PipelineConfig::default()).unwrap();
