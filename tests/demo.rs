@@ -26,9 +26,8 @@ fn the_default_rules_agree_with_the_labels_over_a_generated_day() {
     }
 }
 
-/// Every decision is a labelled attack's or a forged decoy's, and every decoy is scored. An
-/// engine that does not verify signatures fires on the decoys ("fired (false)"); one that
-/// does, never (issue 9), and then the precision is 1.
+/// Every decision is a labelled attack's, and every forged decoy is scored "not fired": the
+/// demo verifies with the generator's keys, so no decoy fires (issue 9) and precision is 1.
 fn assert_every_decision_is_labelled(s: &tokenwatch::demo::Score, labels: &[tokenwatch::gen::Label]) {
     assert!(s.false_positives.is_empty(), "false: {:?}", s.false_positives);
     let decoys = labels.iter().filter(|l| !l.must_fire()).count() as u64;
@@ -37,9 +36,8 @@ fn assert_every_decision_is_labelled(s: &tokenwatch::demo::Score, labels: &[toke
         s.decoys.values().map(|(quiet, fired)| quiet + fired).sum::<u64>(),
         decoys
     );
-    if s.decoys_fired.is_empty() {
-        assert_eq!(s.precision(), 1.0);
-    }
+    assert!(s.decoys_fired.is_empty(), "decoys fired: {:?}", s.decoys_fired);
+    assert_eq!(s.precision(), 1.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -68,7 +66,8 @@ async fn the_live_demo_shows_every_rule_and_scores_itself() {
     }
     assert_eq!(score.recall(), 1.0, "{text}");
     assert!(score.false_positives.is_empty(), "{text}");
-    assert!(text.contains("recall 1.000, precision "), "{text}");
+    assert!(score.decoys_fired.is_empty(), "{text}");
+    assert!(text.contains("recall 1.000, precision 1.000"), "{text}");
     assert!(
         text.contains("forged decoys (bad signatures, alg none), which must not fire"),
         "{text}"

@@ -144,6 +144,11 @@ fn the_default_rules_agree_with_the_labels_over_a_day_placed_by_the_given_databa
             s.decoys.values().map(|(quiet, fired)| quiet + fired).sum::<u64>(),
             decoys
         );
+        assert!(
+            s.decoys_fired.is_empty(),
+            "{format:?} decoys fired: {:?}",
+            s.decoys_fired
+        );
     }
 }
 
