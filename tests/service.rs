@@ -220,7 +220,10 @@ async fn logs_in_kafka_become_revocations_in_redis_and_metrics() {
     let ttl: i64 = redis::cmd("TTL").arg(&key).query(&mut c).unwrap();
     assert!((86_390..=86_400).contains(&ttl), "{ttl}");
 
-    // metrics
+    // metrics, once the loop has counted every line (the last ones wait for event time, up to
+    // idle_timeout, and the counters are brought up to date between batches)
+    let m = svc.metrics.clone();
+    wait_until("every line counted", 30, || seen(&m) == 26).await;
     let (code, body) = http_get(svc.metrics_addr, "/metrics").await.unwrap();
     assert_eq!(code, 200);
     for want in [
