@@ -69,7 +69,18 @@ pub enum DecodeError {
     HeaderJson,
     #[error("token payload is not a JSON object")]
     PayloadJson,
+    #[error("token is longer than {MAX_TOKEN_BYTES} bytes")]
+    TooLarge,
+    #[error("an id-like claim (jti, iss, sub, kid, alg, aud) is longer than {MAX_ID_CLAIM_BYTES} bytes")]
+    ClaimTooLarge,
 }
+
+/// A compact token longer than this is not decoded (`token_too_large`): real tokens are a few
+/// KiB at most, and everything tokenwatch keeps, writes or prints per token stays bounded.
+pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
+/// An id-like claim (`jti`, `iss`, `sub`, `kid`, `alg`, each `aud`) longer than this makes the
+/// token undecodable (`claim_too_large`): such text ends up in state, decisions and Redis values.
+pub const MAX_ID_CLAIM_BYTES: usize = 1024;
 
 impl DecodeError {
     /// A short stable name for counters and summaries.
@@ -80,6 +91,8 @@ impl DecodeError {
             DecodeError::PayloadBase64 => "token_payload_bad_base64",
             DecodeError::HeaderJson => "token_header_not_json",
             DecodeError::PayloadJson => "token_payload_not_json",
+            DecodeError::TooLarge => "token_too_large",
+            DecodeError::ClaimTooLarge => "claim_too_large",
         }
     }
 }
@@ -187,6 +200,9 @@ struct Claims {
 /// Decodes a compact JWT. `wanted_claims` names the extra claims the rules use.
 pub fn decode(raw: RawToken<'_>, wanted_claims: &[Box<str>]) -> Result<TokenInfo, DecodeError> {
     let token = raw.expose();
+    if token.len() > MAX_TOKEN_BYTES {
+        return Err(DecodeError::TooLarge);
+    }
     let mut parts = token.splitn(4, '.');
     let (Some(h), Some(p), Some(sig), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
         return Err(DecodeError::NotThreeSegments);
@@ -203,6 +219,9 @@ pub fn decode(raw: RawToken<'_>, wanted_claims: &[Box<str>]) -> Result<TokenInfo
     }
     let header: Header = serde_json::from_slice(&header_bytes).map_err(|_| DecodeError::HeaderJson)?;
     let claims: Claims = serde_json::from_slice(&payload_bytes).map_err(|_| DecodeError::PayloadJson)?;
+    if !ids_fit(&header, &claims) {
+        return Err(DecodeError::ClaimTooLarge);
+    }
     let extra = if wanted_claims.is_empty() {
         Vec::new()
     } else {
@@ -215,6 +234,17 @@ pub fn decode(raw: RawToken<'_>, wanted_claims: &[Box<str>]) -> Result<TokenInfo
         _ => hashed_id("sha256:", &[token.as_bytes()]),
     };
     Ok(build(header, claims, token_id, sig.is_empty(), extra))
+}
+
+/// Whether every id-like claim fits [`MAX_ID_CLAIM_BYTES`].
+fn ids_fit(h: &Header, c: &Claims) -> bool {
+    let fits = |s: &Option<Box<str>>| s.as_deref().is_none_or(|s| s.len() <= MAX_ID_CLAIM_BYTES);
+    fits(&h.alg)
+        && fits(&h.kid)
+        && fits(&c.iss)
+        && fits(&c.sub)
+        && fits(&c.jti)
+        && c.aud.iter().all(|a| a.len() <= MAX_ID_CLAIM_BYTES)
 }
 
 /// Builds token metadata from a gateway that logs decoded claims (and maybe the header)
@@ -231,6 +261,10 @@ pub fn from_claims(
     let h = header
         .and_then(|h| Header::deserialize(h).ok())
         .unwrap_or(Header { alg: None, kid: None });
+    // Logged claims with an oversized id are no token to act on, as for a decoded token.
+    if !ids_fit(&h, &c) {
+        return None;
+    }
     let token_id = match c.jti {
         Some(ref j) if !j.is_empty() => j.clone(),
         _ => {
@@ -825,13 +859,42 @@ mod tests {
         assert_eq!(n, 5, "all five vectors read");
     }
 
+    /// The hostile token of issue 11 (alg none, a 250 KB jti, 140 KB iss and sub) and a token
+    /// past 16 KiB are not decoded, so nothing downstream holds or prints their claims; ids up
+    /// to 1 KiB are.
+    #[test]
+    fn oversized_tokens_and_id_claims_are_not_decoded() {
+        let dec = |claims: serde_json::Value| {
+            let t = encode_unsigned_parts(&json!({"alg": "none"}), &claims, b"");
+            decode(RawToken::new(&t), &[])
+        };
+        let big = |n: usize| "x".repeat(n);
+        let hostile = json!({"jti": big(250_000), "iss": big(140_000), "sub": big(140_000)});
+        assert_eq!(dec(hostile), Err(DecodeError::TooLarge));
+        assert_eq!(dec(json!({"sub": big(13_000)})), Err(DecodeError::TooLarge));
+        for claim in ["jti", "iss", "sub"] {
+            assert_eq!(
+                dec(json!({claim: big(1_025)})),
+                Err(DecodeError::ClaimTooLarge),
+                "{claim}"
+            );
+            assert!(dec(json!({claim: big(1_024)})).is_ok(), "{claim}");
+        }
+        assert_eq!(dec(json!({"aud": ["a", big(2_000)]})), Err(DecodeError::ClaimTooLarge));
+        let t = encode_unsigned_parts(&json!({"alg": "RS256", "kid": big(1_100)}), &json!({}), b"s");
+        assert_eq!(decode(RawToken::new(&t), &[]), Err(DecodeError::ClaimTooLarge));
+        assert_eq!(DecodeError::TooLarge.reason(), "token_too_large");
+        assert_eq!(DecodeError::ClaimTooLarge.reason(), "claim_too_large");
+        assert!(from_claims(None, &json!({"sub": big(2_000)}), &[]).is_none());
+    }
+
     #[test]
     fn revocation_keys_are_fixed_length_and_scoped() {
         let tok = |claims: serde_json::Value| {
             let t = encode_unsigned_parts(&json!({"alg": "RS256"}), &claims, b"sig");
             decode(RawToken::new(&t), &[]).unwrap()
         };
-        let hostile = "a\n*\0".repeat(100_000);
+        let hostile = "a\n*\0".repeat(250); // the longest id a token may carry (1 KiB)
         let a = tok(json!({"iss": "https://idp|auth0", "sub": "abc", "jti": hostile}));
         let b = tok(json!({"iss": "https://idp", "sub": "auth0|abc", "jti": hostile}));
         assert_eq!(a.subject, b.subject, "the readable subject is ambiguous...");
