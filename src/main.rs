@@ -112,15 +112,30 @@ struct DiffArgs {
 struct RearmArgs {
     /// The rule id (as in tokenwatch_rule_tripped{rule}).
     rule: String,
+    #[command(flatten)]
+    redis: RedisArgs,
+}
+
+/// Where `unrevoke` and `rearm` reach Redis: as `run` does.
+#[derive(Args)]
+struct RedisArgs {
     /// Redis URL (repeat for Redis Cluster seed nodes); or `redis` in the config.
     #[arg(long)]
     redis: Vec<String>,
     /// Key prefix (default tokenwatch:).
     #[arg(long)]
     key_prefix: Option<String>,
-    /// TOML config file (`redis`, `key_prefix`, `[revocation]`).
+    /// TOML config file (`redis`, `key_prefix`, the `[revocation]` settings).
     #[arg(long)]
     config: Option<PathBuf>,
+}
+
+impl RedisArgs {
+    /// The Redis settings from the flags, the environment and the config file.
+    fn redis_config(&self) -> Result<tokenwatch::sinks::redis::RedisConfig, String> {
+        let config = Config::load_with_env(self.config.as_deref(), std::env::vars())?;
+        tokenwatch::service::redis_config(&config, &self.redis, self.key_prefix.as_deref())
+    }
 }
 
 #[derive(Args)]
@@ -139,15 +154,8 @@ struct UnrevokeArgs {
     /// a duration before now such as 2h).
     #[arg(long, requires = "rule")]
     since: Option<String>,
-    /// Redis URL (repeat for Redis Cluster seed nodes); or `redis` in the config.
-    #[arg(long)]
-    redis: Vec<String>,
-    /// Key prefix (default tokenwatch:).
-    #[arg(long)]
-    key_prefix: Option<String>,
-    /// TOML config file (the `[revocation]` settings, `redis`, `key_prefix`).
-    #[arg(long)]
-    config: Option<PathBuf>,
+    #[command(flatten)]
+    redis: RedisArgs,
 }
 
 #[derive(Args)]
@@ -503,8 +511,7 @@ fn run(a: RunArgs) -> Result<ExitCode, String> {
 
 fn unrevoke(a: UnrevokeArgs) -> Result<ExitCode, String> {
     use tokenwatch::sinks::unrevoke::Target;
-    let config = Config::load_with_env(a.config.as_deref(), std::env::vars())?;
-    let redis = tokenwatch::service::redis_config(&config, &a.redis, a.key_prefix.as_deref())?;
+    let redis = a.redis.redis_config()?;
     let now_s = chrono::Utc::now().timestamp();
     let target = match (a.token, a.subject, a.rule) {
         (Some(t), _, _) => Target::Token(t),
@@ -533,8 +540,7 @@ fn unrevoke(a: UnrevokeArgs) -> Result<ExitCode, String> {
 }
 
 fn rearm(a: RearmArgs) -> Result<ExitCode, String> {
-    let config = Config::load_with_env(a.config.as_deref(), std::env::vars())?;
-    let redis = tokenwatch::service::redis_config(&config, &a.redis, a.key_prefix.as_deref())?;
+    let redis = a.redis.redis_config()?;
     let now_s = chrono::Utc::now().timestamp();
     runtime()?.block_on(async {
         let mut w = tokenwatch::sinks::redis::RevocationWriter::connect(redis).await?;

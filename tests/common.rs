@@ -419,3 +419,16 @@ pub fn gen_jwks_file(seed: u64) -> PathBuf {
     }
     path
 }
+
+/// Generated traffic with every kind of attack at 20 lines/s of event time: a few thousand
+/// lines fit a partition of the mock cluster (at most 5 MiB each).
+pub fn generated_attacks(seed: u64, lines: u64) -> Vec<String> {
+    let cfg = tokenwatch::gen::GenConfig {
+        seed,
+        events: Some(lines),
+        rate_per_sec: 20.0,
+        attack_rate: 60.0,
+        ..Default::default()
+    };
+    tokenwatch::gen::Generator::new(cfg).map(|g| g.line).collect()
+}

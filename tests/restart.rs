@@ -14,17 +14,6 @@ use rdkafka::mocking::MockCluster;
 use common::metric;
 use run_bin::{seen, Tokenwatch};
 
-fn generated(seed: u64, lines: u64) -> Vec<String> {
-    let cfg = tokenwatch::gen::GenConfig {
-        seed,
-        events: Some(lines),
-        rate_per_sec: 20.0,
-        attack_rate: 60.0,
-        ..Default::default()
-    };
-    tokenwatch::gen::Generator::new(cfg).map(|g| g.line).collect()
-}
-
 /// Waits until nothing is held for event time and nothing new has been read for 3 s.
 fn settle(tw: &mut Tokenwatch) {
     // A new member of the group gets partitions only once the killed one's session expires.
@@ -62,7 +51,7 @@ fn three_runs_with_two_kills(checkpoint_interval: &str) -> (Vec<String>, Vec<Str
     mock.create_topic("logs", 6, 1).unwrap();
     let brokers = mock.bootstrap_servers();
     let redis = common::RedisServer::start();
-    let lines = generated(11, 21_000);
+    let lines = common::generated_attacks(11, 21_000);
     let want = common::replay_lines(&lines);
     let env = [
         ("TOKENWATCH_ENGINE__CHECKPOINT_INTERVAL", checkpoint_interval),
@@ -132,7 +121,7 @@ fn redis_stalled_then_restarted_decides_what_replay_decides() {
     mock.create_topic("logs", 6, 1).unwrap();
     let brokers = mock.bootstrap_servers();
     let mut redis = common::RedisServer::start_with(true);
-    let lines = generated(13, 14_000);
+    let lines = common::generated_attacks(13, 14_000);
     let want = common::replay_lines(&lines);
     let (first, second) = lines.split_at(lines.len() / 2);
     common::produce_spread(&brokers, "logs", 6, first, 1);

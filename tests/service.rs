@@ -877,19 +877,6 @@ async fn a_tripped_rule_is_shown_and_rearmed_through_redis() {
     stop_and_wait(svc).await.unwrap();
 }
 
-/// Generated traffic with every kind of attack, a few thousand lines per partition (the mock
-/// cluster keeps at most 5 MiB per partition).
-fn generated_attacks(seed: u64, lines: u64) -> Vec<String> {
-    let cfg = tokenwatch::gen::GenConfig {
-        seed,
-        events: Some(lines),
-        rate_per_sec: 20.0,
-        attack_rate: 60.0,
-        ..Default::default()
-    };
-    tokenwatch::gen::Generator::new(cfg).map(|g| g.line).collect()
-}
-
 /// Waits until the service has read `total` lines and its alerts file has stopped growing.
 async fn wait_for_quiet(svc: &Running, total: u64, secs: u64) {
     let m = svc.metrics.clone();
@@ -915,7 +902,7 @@ async fn a_backlog_over_six_partitions_decides_what_replay_decides() {
     mock.create_topic("logs", 6, 1).unwrap();
     let brokers = mock.bootstrap_servers();
     let redis = common::RedisServer::start();
-    let lines = generated_attacks(10, 24_000);
+    let lines = common::generated_attacks(10, 24_000);
     let want = common::replay_lines(&lines);
     assert!(want.len() > 50, "the log has attacks: {}", want.len());
     common::produce_spread(&brokers, "logs", 6, &lines, 7);
