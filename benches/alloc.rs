@@ -3,11 +3,11 @@
 //! second half is counted); prints one line per format:
 //! `FORMAT allocs_per_event_serial allocs_per_event_batches events decisions`.
 
-#[path = "../tests/support/alloc_count.rs"]
+#[path = "../tests/perf_alloc/alloc_count.rs"]
 mod alloc_count;
 
-use tokenwatch::gen::GenFormat;
-use tokenwatch::input::Format;
+use tokenwatch_core::input::Format;
+use tokenwatch_gen::GenFormat;
 
 fn main() {
     let n: u64 = std::env::args()

@@ -8,8 +8,9 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use tokenwatch::checkpoint::{Checkpoint, PartitionMark};
-use tokenwatch::pipeline::{Pipeline, PipelineConfig};
+use tokenwatch::checkpoint::Checkpoint;
+use tokenwatch_core::eventtime::PartitionMark;
+use tokenwatch_core::pipeline::{Pipeline, PipelineConfig};
 
 fn main() {
     let users: u32 = std::env::var("TOKENWATCH_BENCH_USERS")
@@ -17,8 +18,8 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(1_000_000);
     let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let rules = Arc::new(tokenwatch::rules::load_dir(&root.join("rules")).expect("rules"));
-    let geo = tokenwatch::geo::GeoDb::open(&root.join("assets/GeoLite2-City-Test.mmdb")).expect("geoip");
+    let rules = Arc::new(tokenwatch_core::rules::load_dir(&root.join("rules")).expect("rules"));
+    let geo = tokenwatch_core::geo::GeoDb::open(&root.join("assets/GeoLite2-City-Test.mmdb")).expect("geoip");
     let cfg = PipelineConfig {
         token_cache: 2_000_000,
         ..PipelineConfig::default()
@@ -31,8 +32,8 @@ fn main() {
     let mut out = Vec::new();
     let ips = ["81.2.69.142", "89.160.20.112", "2.125.160.216", "216.160.83.56"];
     let t0 = 1_795_910_400i64;
-    for i in 0..users as i64 {
-        let jwt = tokenwatch::token::encode_unsigned_parts(
+    for i in 0..i64::from(users) {
+        let jwt = tokenwatch_core::token::encode_unsigned_parts(
             &serde_json::json!({"alg": "RS256"}),
             &serde_json::json!({"jti": format!("tok-{i}"), "sub": format!("user-{i}"),
                                 "iss": "https://idp.example.com", "iat": t0, "exp": t0 + 3600}),

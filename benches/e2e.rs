@@ -119,7 +119,7 @@ fn now_ts() -> String {
 fn latency(brokers: &str, topic: &str, redis_url: &str, rate: f64, seconds: f64) {
     create_topic(brokers, topic);
     let p = producer(brokers);
-    let background: Vec<String> = tokenwatch::gen::Generator::new(tokenwatch::gen::GenConfig {
+    let background: Vec<String> = tokenwatch_gen::Generator::new(tokenwatch_gen::GenConfig {
         seed: 5,
         events: Some(200_000),
         attack_rate: 0.0,
@@ -162,7 +162,7 @@ fn latency(brokers: &str, topic: &str, redis_url: &str, rate: f64, seconds: f64)
             if now >= next_probe {
                 let jti = format!("bench-probe-{probes}-{}", std::process::id());
                 let s = chrono::Utc::now().timestamp();
-                let tok = tokenwatch::token::encode_unsigned_parts(
+                let tok = tokenwatch_core::token::encode_unsigned_parts(
                     &json!({"alg":"RS256","typ":"JWT"}),
                     &json!({"iss":"https://idp.example.com","sub":format!("probe-{probes}"),"jti":jti,"iat":s-7200,"exp":s-3600}),
                     b"probe-signature-bytes",
@@ -172,7 +172,7 @@ fn latency(brokers: &str, topic: &str, redis_url: &str, rate: f64, seconds: f64)
                 .to_string();
                 send(&p, topic, l.as_bytes());
                 p.poll(Duration::ZERO);
-                let key = tokenwatch::token::scoped_key("https://idp.example.com", &jti);
+                let key = tokenwatch_core::token::scoped_key("https://idp.example.com", &jti);
                 pending.push_back((format!("tokenwatch:revoked:tok:{key}"), Instant::now()));
                 probes += 1;
                 next_probe += Duration::from_millis(20);
@@ -200,7 +200,7 @@ fn latency(brokers: &str, topic: &str, redis_url: &str, rate: f64, seconds: f64)
         std::thread::sleep(Duration::from_micros(200));
     }
     let secs = seconds.min(start.elapsed().as_secs_f64());
-    delays.sort_by(|a, b| a.total_cmp(b));
+    delays.sort_by(f64::total_cmp);
     let q = |f: f64| {
         delays
             .get(((delays.len() as f64 * f).ceil() as usize).saturating_sub(1))

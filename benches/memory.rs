@@ -16,9 +16,9 @@
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
-use tokenwatch::engine::{Engine, EngineConfig};
-use tokenwatch::input::{Event, GeoPoint};
-use tokenwatch::token::{encode_unsigned_parts, RawToken, TokenCache, TokenInfo};
+use tokenwatch_core::engine::{Engine, EngineConfig};
+use tokenwatch_core::input::{Event, GeoPoint};
+use tokenwatch_core::token::{encode_unsigned_parts, RawToken, TokenCache, TokenInfo};
 
 fn rss_bytes() -> u64 {
     let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
@@ -34,7 +34,7 @@ fn main() {
     let mode = args.first().map(String::as_str).unwrap_or("tokens");
     let n: u64 = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(1_000_000);
     let rules_dir = args.get(2).cloned().unwrap_or_else(|| "rules".into());
-    let rules = Arc::new(tokenwatch::rules::load_dir(std::path::Path::new(&rules_dir)).expect("rules"));
+    let rules = Arc::new(tokenwatch_core::rules::load_dir(std::path::Path::new(&rules_dir)).expect("rules"));
     if mode == "cache" {
         return token_cache(n, rules.wanted_claims());
     }

@@ -13,13 +13,13 @@ use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 
-use tokenwatch::engine::{Engine, EngineConfig};
-use tokenwatch::gen::{GenConfig, GenFormat, Generator};
-use tokenwatch::input::{Event, Format, Parser};
-use tokenwatch::pipeline::{Pipeline, PipelineConfig};
-use tokenwatch::rules::RuleSet;
-use tokenwatch::token::{decode, RawToken, TokenCache};
-use tokenwatch::verify::{Verifier, VerifyConfig};
+use tokenwatch_core::engine::{Engine, EngineConfig};
+use tokenwatch_core::input::{Event, Format, Parser};
+use tokenwatch_core::pipeline::{Pipeline, PipelineConfig};
+use tokenwatch_core::rules::RuleSet;
+use tokenwatch_core::token::{decode, RawToken, TokenCache};
+use tokenwatch_core::verify::{Verifier, VerifyConfig};
+use tokenwatch_gen::{GenConfig, GenFormat, Generator};
 
 const N: u64 = 50_000;
 
@@ -51,10 +51,10 @@ fn parse(c: &mut Criterion) {
             b.iter(|| {
                 let mut ok = 0usize;
                 for l in &ls {
-                    ok += parser.parse(l.as_bytes(), &mut cache).is_ok() as usize;
+                    ok += usize::from(parser.parse(l.as_bytes(), &mut cache).is_ok());
                 }
                 ok
-            })
+            });
         });
     }
     g.finish();
@@ -73,17 +73,17 @@ fn tokens(c: &mut Criterion) {
     let mut g = c.benchmark_group("token");
     g.throughput(Throughput::Elements(toks.len() as u64));
     g.bench_function("decode", |b| {
-        b.iter(|| toks.iter().filter(|t| decode(RawToken::new(t), &[]).is_ok()).count())
+        b.iter(|| toks.iter().filter(|t| decode(RawToken::new(t), &[]).is_ok()).count());
     });
     let mut cache = TokenCache::new(1_000_000, vec![]);
     g.bench_function("cache_hit", |b| {
-        b.iter(|| toks.iter().filter(|t| cache.get(RawToken::new(t)).is_ok()).count())
+        b.iter(|| toks.iter().filter(|t| cache.get(RawToken::new(t)).is_ok()).count());
     });
     g.finish();
 }
 
 fn one_rule(id: &str) -> Arc<RuleSet> {
-    let all = tokenwatch::defaults::rules().unwrap();
+    let all = tokenwatch_core::defaults::rules().unwrap();
     let r = all.rules.iter().find(|r| &*r.id == id).unwrap().clone();
     Arc::new(RuleSet {
         rules: vec![r],
@@ -95,7 +95,7 @@ fn rules(c: &mut Criterion) {
     let ls = lines(GenFormat::Canonical, N);
     let parser = Parser::new(Format::Canonical, None).unwrap();
     let mut cache = TokenCache::new(1_000_000, vec![]);
-    let geo = tokenwatch::defaults::test_geo_db();
+    let geo = tokenwatch_core::defaults::test_geo_db();
     let events: Vec<Event<'_>> = ls
         .iter()
         .filter_map(|l| parser.parse(l.as_bytes(), &mut cache).ok())
@@ -116,7 +116,7 @@ fn rules(c: &mut Criterion) {
         ("distinct_count/token-replay", one_rule("token-replay")),
         ("geo_velocity/impossible-travel", one_rule("impossible-travel")),
         ("revoked_use/revoked-token-used", one_rule("revoked-token-used")),
-        ("all-default-rules", tokenwatch::defaults::rules().unwrap()),
+        ("all-default-rules", tokenwatch_core::defaults::rules().unwrap()),
     ] {
         g.bench_function(name, |b| {
             b.iter_batched(
@@ -134,7 +134,7 @@ fn rules(c: &mut Criterion) {
                     e
                 },
                 BatchSize::LargeInput,
-            )
+            );
         });
     }
     g.finish();
@@ -163,8 +163,8 @@ fn pipeline(c: &mut Criterion) {
         g.bench_function(name, |b| {
             b.iter_batched(
                 || {
-                    let rules = tokenwatch::defaults::rules().unwrap();
-                    let geo = tokenwatch::defaults::test_geo_db();
+                    let rules = tokenwatch_core::defaults::rules().unwrap();
+                    let geo = tokenwatch_core::defaults::test_geo_db();
                     (
                         Pipeline::new(
                             rules,
@@ -186,7 +186,7 @@ fn pipeline(c: &mut Criterion) {
                     p
                 },
                 BatchSize::LargeInput,
-            )
+            );
         });
     }
     g.finish();

@@ -3,7 +3,7 @@
 
 The fixtures are committed; this script documents how they were made and remakes them
 (python3 scripts/make-fixtures.py). Every format carries the same requests, so the golden
-decisions of every format must agree (tests/golden.rs checks that too).
+decisions of every format must agree (tests/it/golden.rs checks that too).
 """
 import base64, json, os
 from datetime import datetime, timezone

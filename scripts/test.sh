@@ -5,8 +5,8 @@ cd "$(dirname "$0")/.."
 deps=$(scripts/test-deps.sh)
 eval "$deps"
 export TOKENWATCH_TEST_REDIS_SERVER TOKENWATCH_TEST_PROMTOOL TOKENWATCH_TEST_TANSU
-cargo fmt --check
-cargo clippy --all-targets -- -D warnings
-cargo test
+cargo fmt --all --check
+cargo clippy --workspace --all-targets --all-features -- -D warnings
+cargo test --workspace --all-features
 cargo run --quiet -- test --rules rules
-cargo bench --no-run
+cargo bench --workspace --no-run

@@ -34,19 +34,19 @@
 //! checkpoint (checksum, truncation, malformed state) is refused as a whole, never half
 //! loaded; then the service starts empty from the group's committed offsets, as without a
 //! checkpoint. Rules whose definition changed since start empty; the others keep their state
-//! ([`crate::engine::snapshot`]).
+//! ([`tokenwatch_core::engine::snapshot`]).
 
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
-use crate::engine::Engine;
-use crate::eventtime::Sequencer;
 use crate::metrics::Metrics;
 use crate::source::kafka::PartitionOffsets;
+use tokenwatch_core::engine::Engine;
+use tokenwatch_core::eventtime::Sequencer;
 
-use crate::engine::snapshot::{Dec, Enc, SnapshotError};
 use crate::sinks::redis::RevocationWriter;
+use tokenwatch_core::engine::snapshot::{Dec, Enc, SnapshotError};
 
 /// The first bytes of every checkpoint.
 pub const MAGIC: &[u8; 4] = b"TWCK";
@@ -55,22 +55,13 @@ pub const FORMAT_VERSION: u32 = 1;
 /// Bytes per Redis value.
 pub const CHUNK: usize = 4 << 20;
 
-/// Where one input partition stands in a checkpoint.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PartitionMark {
-    pub topic: String,
-    pub partition: i32,
-    /// Every line before this offset is in the state.
-    pub next: i64,
-    /// Lines at or after `next` already in the state: (offset, line number in the message).
-    pub applied: Vec<(i64, u32)>,
-}
+use tokenwatch_core::eventtime::PartitionMark;
 
 /// A decoded checkpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Checkpoint {
     pub partitions: Vec<PartitionMark>,
-    /// [`crate::engine::Engine::snapshot`] bytes.
+    /// [`tokenwatch_core::engine::Engine::snapshot`] bytes.
     pub engine: Vec<u8>,
 }
 

@@ -11,13 +11,13 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::engine::EngineConfig;
-use crate::eventtime::EventTimeConfig;
-use crate::input::lines::DEFAULT_MAX_LINE;
-use crate::input::mapping::{Mapping, MappingConfig};
-use crate::input::Format;
-use crate::rules::parse_duration_ms;
-use crate::verify::{Verifier, VerifyConfig};
+use tokenwatch_core::engine::EngineConfig;
+use tokenwatch_core::eventtime::EventTimeConfig;
+use tokenwatch_core::input::lines::DEFAULT_MAX_LINE;
+use tokenwatch_core::input::mapping::{Mapping, MappingConfig};
+use tokenwatch_core::input::Format;
+use tokenwatch_core::rules::parse_duration_ms;
+use tokenwatch_core::verify::{Verifier, VerifyConfig};
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -253,8 +253,8 @@ impl Config {
             .collect()
     }
 
-    pub fn revocation_policy(&self) -> Result<crate::decision::RevocationPolicy, String> {
-        let mut p = crate::decision::RevocationPolicy::default();
+    pub fn revocation_policy(&self) -> Result<tokenwatch_core::decision::RevocationPolicy, String> {
+        let mut p = tokenwatch_core::decision::RevocationPolicy::default();
         let secs = |key: &str, v: &Option<String>| -> Result<Option<i64>, String> {
             v.as_deref()
                 .map(|d| {
@@ -321,7 +321,7 @@ impl Config {
         Ok(e)
     }
 
-    /// The event-time settings of `run` ([`crate::eventtime`]).
+    /// The event-time settings of `run` ([`tokenwatch_core::eventtime`]).
     pub fn event_time(&self) -> Result<EventTimeConfig, String> {
         let mut e = EventTimeConfig::default();
         if let Some(t) = &self.engine.idle_timeout {
@@ -465,7 +465,7 @@ fn env_path(rest: &str) -> Result<Vec<String>, String> {
         Some(prop) => vec!["kafka".into(), prop.replace('_', ".")],
         None => lower.split("__").map(String::from).collect(),
     };
-    if path.iter().any(|p| p.is_empty()) {
+    if path.iter().any(std::string::String::is_empty) {
         return Err("an empty key between `__` separators".into());
     }
     Ok(path)

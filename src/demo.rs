@@ -3,16 +3,16 @@
 //!
 //! Everything it needs is inside the binary (rules, a test GeoIP database, the generator),
 //! so it runs on a fresh machine. The engine geolocates with the database the traffic was
-//! generated for ([`crate::gen::Networks::geo_db`]): the embedded test database, or the
+//! generated for ([`tokenwatch_gen::Networks::geo_db`]): the embedded test database, or the
 //! `--geoip` file. [`score`] compares decisions with the generator's labels; the
 //! recall/precision test uses the same function.
 
 use std::collections::{BTreeMap, HashSet};
 use std::io::Write;
 
-use crate::decision::Decision;
-use crate::gen::{GenConfig, Generator, Label};
-use crate::pipeline::{Pipeline, PipelineConfig};
+use tokenwatch_core::decision::Decision;
+use tokenwatch_core::pipeline::{Pipeline, PipelineConfig};
+use tokenwatch_gen::{GenConfig, Generator, Label};
 
 /// Detection measured against the labels, per rule: (detected, missed, false).
 #[derive(Debug, Default, Clone, PartialEq)]
@@ -110,9 +110,9 @@ pub fn score(labels: &[Label], decisions: &[Decision]) -> Score {
 
 /// The verifier that trusts exactly the generator's public keys for `seed` (its JWKS, as
 /// `tokenwatch gen --jwks-out` writes it): generated tokens are `verified`, forged decoys not.
-pub fn generator_verifier(seed: u64) -> Result<std::sync::Arc<crate::verify::Verifier>, String> {
-    let doc = crate::gen::jwks(seed);
-    crate::verify::Verifier::from_document("<the generator's keys>", doc.as_bytes())
+pub fn generator_verifier(seed: u64) -> Result<std::sync::Arc<tokenwatch_core::verify::Verifier>, String> {
+    let doc = tokenwatch_gen::jwks(seed);
+    tokenwatch_core::verify::Verifier::from_document("<the generator's keys>", doc.as_bytes())
         .map(std::sync::Arc::new)
         .map_err(|e| e.to_string())
 }
@@ -124,7 +124,7 @@ pub fn run_generated(
     cfg: GenConfig,
     mut on_decision: impl FnMut(&Decision),
 ) -> Result<(Vec<Decision>, Vec<Label>, u64, Pipeline), String> {
-    let rules = crate::defaults::rules().map_err(|e| e.to_string())?;
+    let rules = tokenwatch_core::defaults::rules().map_err(|e| e.to_string())?;
     let geo = cfg.networks.geo_db();
     let pcfg = PipelineConfig {
         verify: Some(generator_verifier(cfg.seed)?),
@@ -160,7 +160,7 @@ pub struct DemoOptions {
     pub full_screen: bool,
     /// Verifies the generated tokens' signatures (`--jwks`); `None`: with the generator's own
     /// public keys, as a gateway's JWKS would.
-    pub verify: Option<std::sync::Arc<crate::verify::Verifier>>,
+    pub verify: Option<std::sync::Arc<tokenwatch_core::verify::Verifier>>,
 }
 
 /// The live demo: the generator feeds librdkafka's in-process mock cluster in (accelerated)
@@ -203,7 +203,7 @@ pub async fn live(opts: DemoOptions, w: &mut (dyn Write + Send)) -> Result<Score
     let metrics_url = format!("http://{}/metrics", listener.local_addr().map_err(|e| e.to_string())?);
     tokio::spawn(crate::metrics::serve(listener, metrics.clone()));
 
-    let rules = crate::defaults::rules().map_err(|e| e.to_string())?;
+    let rules = tokenwatch_core::defaults::rules().map_err(|e| e.to_string())?;
     for r in &rules.rules {
         metrics
             .decisions
@@ -230,7 +230,7 @@ pub async fn live(opts: DemoOptions, w: &mut (dyn Write + Send)) -> Result<Score
         urls: opts.redis.iter().cloned().collect(),
         cluster: false,
         key_prefix: "tokenwatch:".into(),
-        policy: crate::decision::RevocationPolicy::default(),
+        policy: tokenwatch_core::decision::RevocationPolicy::default(),
         stream_maxlen: 100_000,
         response_timeout: Duration::from_secs(2),
         ca_file: None,
@@ -260,7 +260,7 @@ pub async fn live(opts: DemoOptions, w: &mut (dyn Write + Send)) -> Result<Score
         rules_dir: std::path::PathBuf::from("/nonexistent/tokenwatch-demo-rules"),
         geoip: None,
         pipeline: pipeline_cfg,
-        max_line: crate::input::lines::DEFAULT_MAX_LINE,
+        max_line: tokenwatch_core::input::lines::DEFAULT_MAX_LINE,
         redis: redis_cfg,
         batch_max: 5_000,
         batch_wait: Duration::from_millis(20),
@@ -268,7 +268,7 @@ pub async fn live(opts: DemoOptions, w: &mut (dyn Write + Send)) -> Result<Score
         alerts: AlertTarget::None,
         dead_letter: None,
         alerts_topic: None,
-        event_time: crate::eventtime::EventTimeConfig::default(),
+        event_time: tokenwatch_core::eventtime::EventTimeConfig::default(),
         checkpoint_interval: None,
     };
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
@@ -311,11 +311,11 @@ pub async fn live(opts: DemoOptions, w: &mut (dyn Write + Send)) -> Result<Score
     let speedup = opts.speedup;
     let b2 = brokers.clone();
     let producer = std::thread::spawn(move || {
-        crate::gen::kafka::produce(
+        tokenwatch_gen::kafka::produce(
             Generator::new(traffic),
             &b2,
             TOPIC,
-            crate::gen::kafka::Pace::Realtime { speedup },
+            tokenwatch_gen::kafka::Pace::Realtime { speedup },
             &[],
             &stop2,
         )
@@ -388,12 +388,12 @@ pub async fn live(opts: DemoOptions, w: &mut (dyn Write + Send)) -> Result<Score
     );
     let revoked: Vec<&Decision> = all
         .iter()
-        .filter(|d| !d.shadow && d.action != crate::rules::Action::Alert)
+        .filter(|d| !d.shadow && d.action != tokenwatch_core::rules::Action::Alert)
         .collect();
     let _ = writeln!(w, "\nrevoked ({}):", revoked.len());
     for d in revoked.iter().take(12) {
         let who = match d.action {
-            crate::rules::Action::RevokeSubject => format!("subject {}", d.subject.as_deref().unwrap_or("?")),
+            tokenwatch_core::rules::Action::RevokeSubject => format!("subject {}", d.subject.as_deref().unwrap_or("?")),
             _ => format!("token {}", d.token_id.as_deref().unwrap_or("?")),
         };
         let _ = writeln!(w, "  {:<24} {who}", d.rule);
@@ -412,7 +412,7 @@ pub async fn live(opts: DemoOptions, w: &mut (dyn Write + Send)) -> Result<Score
             "  missed: {} {} (fired at {})",
             l.rule,
             l.key().unwrap_or("?"),
-            crate::decision::fmt_ts(l.ts)
+            tokenwatch_core::decision::fmt_ts(l.ts)
         );
     }
     for d in sc.false_positives.iter().take(5) {
@@ -452,7 +452,7 @@ fn write_decoys(w: &mut (dyn Write + Send), sc: &Score) {
             l.rule,
             l.key().unwrap_or("?"),
             l.decoy.as_deref().unwrap_or("decoy"),
-            crate::decision::fmt_ts(l.ts)
+            tokenwatch_core::decision::fmt_ts(l.ts)
         );
     }
 }
@@ -488,7 +488,7 @@ fn render_view(
         let reason: String = d.reason.chars().take(90).collect();
         s.push_str(&format!(
             "  {} {:<24} {:<14} {}\n",
-            crate::decision::fmt_ts(d.ts).get(11..19).unwrap_or(""),
+            tokenwatch_core::decision::fmt_ts(d.ts).get(11..19).unwrap_or(""),
             d.rule,
             d.action.as_str(),
             reason
@@ -500,8 +500,8 @@ fn render_view(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gen::Expect;
-    use crate::rules::{Action, Severity};
+    use tokenwatch_core::rules::{Action, Severity};
+    use tokenwatch_gen::Expect;
 
     fn label(rule: &str, token_id: &str, expect: Expect) -> Label {
         Label {

@@ -1,41 +1,22 @@
-//! tokenwatch: catches stolen and misused JSON Web Tokens in API-gateway access logs.
+//! tokenwatch, the service: reads gateway access logs from Kafka, runs the detection core
+//! ([`tokenwatch_core`]) over them, and acts on what it decides.
 //!
-//! The modules follow the data flow of one log line:
+//! The data flow of the service, in the order a line meets it:
 //!
-//! 1. [`input`] reads lines (bounded in length) and parses each gateway's format into one
-//!    [`input::Event`];
-//! 2. [`token`] decodes the JWT's header and claims without any key, once per distinct token;
-//!    with a JWKS, [`verify`] checks its signature with public keys, once per distinct token;
-//! 3. [`geo`] gives the client address a location;
-//! 4. [`rules`] loads the YAML rule files into compiled rules, and [`engine`] runs them over
-//!    event-time windows with bounded state, fed in one event-time order by [`eventtime`];
-//! 5. [`decision`] is what comes out: one JSON object per firing rule;
-//! 6. [`pipeline`] wires 1–5 together for one stream of lines, and [`replay`] drives it from
-//!    files for `tokenwatch replay`.
-//!
-//! Around the data flow, for the people who write rules: [`ruletest`] runs the rule tests
-//! kept beside the rules (`tokenwatch test`), [`explain`] shows what one rule did with one
-//! token or subject, and [`diff`] compares two rule sets over the same logs.
+//! 1. [`source`] consumes the log topic (librdkafka), keeping per-partition offsets;
+//! 2. the core's pipeline decodes, verifies and judges each line (`tokenwatch_core::pipeline`),
+//!    in one event-time order across partitions (`tokenwatch_core::eventtime`);
+//! 3. [`sinks`] write revocations to Redis (blocklist and feed), alerts to stdout, a file or a
+//!    topic, and what cannot be delivered to a dead-letter file;
+//! 4. [`checkpoint`] saves the engine state beside the committed offsets;
+//! 5. [`service`] wires 1–4 together with hot reload, readiness and shutdown, and [`metrics`]
+//!    serves Prometheus metrics and health endpoints; [`config`] is the typed configuration;
+//!    [`demo`] runs the whole job on generated traffic.
 
 pub mod checkpoint;
 pub mod config;
-pub mod decision;
-pub mod defaults;
 pub mod demo;
-pub mod diff;
-pub mod engine;
-pub mod eventtime;
-pub mod explain;
-pub mod gen;
-pub mod geo;
-pub mod input;
 pub mod metrics;
-pub mod pipeline;
-pub mod replay;
-pub mod rules;
-pub mod ruletest;
 pub mod service;
 pub mod sinks;
 pub mod source;
-pub mod token;
-pub mod verify;

@@ -8,11 +8,11 @@ use std::sync::Arc;
 use clap::{Args, Parser, Subcommand};
 
 use tokenwatch::config::Config;
-use tokenwatch::gen::{GenConfig, GenFormat, Generator, Networks};
-use tokenwatch::geo::GeoDb;
-use tokenwatch::input::Format;
-use tokenwatch::pipeline::{Pipeline, PipelineConfig};
-use tokenwatch::rules::{load_dir, RuleSet};
+use tokenwatch_core::geo::GeoDb;
+use tokenwatch_core::input::Format;
+use tokenwatch_core::pipeline::{Pipeline, PipelineConfig};
+use tokenwatch_core::rules::{load_dir, RuleSet};
+use tokenwatch_gen::{GenConfig, GenFormat, Generator, Networks};
 
 #[derive(Parser)]
 #[command(
@@ -227,7 +227,7 @@ impl TrafficArgs {
         let duration_secs = self
             .duration
             .as_deref()
-            .map(|d| tokenwatch::rules::parse_duration_ms(d).map(|ms| (ms / 1000) as u64))
+            .map(|d| tokenwatch_core::rules::parse_duration_ms(d).map(|ms| (ms / 1000) as u64))
             .transpose()
             .map_err(|e| format!("--duration: {e}"))?;
         checked(GenConfig {
@@ -356,11 +356,11 @@ fn gen(a: GenArgs) -> Result<ExitCode, String> {
     let mut labels = a.labels.as_deref().map(create).transpose()?;
     let werr = |e: io::Error| format!("cannot write: {e}");
     if let Some(p) = &a.jwks_out {
-        std::fs::write(p, tokenwatch::gen::jwks(cfg.seed) + "\n")
+        std::fs::write(p, tokenwatch_gen::jwks(cfg.seed) + "\n")
             .map_err(|e| format!("cannot write --jwks-out {}: {e}", p.display()))?;
     }
     if let Some(brokers) = &a.kafka {
-        use tokenwatch::gen::kafka::{produce, Pace};
+        use tokenwatch_gen::kafka::{produce, Pace};
         let pace = if a.fast {
             Pace::Fast
         } else {
@@ -404,7 +404,7 @@ fn gen(a: GenArgs) -> Result<ExitCode, String> {
 
 fn demo(a: DemoArgs) -> Result<ExitCode, String> {
     use std::io::IsTerminal;
-    let duration = tokenwatch::rules::parse_duration_ms(&a.duration).map_err(|e| format!("--duration: {e}"))?;
+    let duration = tokenwatch_core::rules::parse_duration_ms(&a.duration).map_err(|e| format!("--duration: {e}"))?;
     let opts = tokenwatch::demo::DemoOptions {
         traffic: checked(GenConfig {
             seed: a.seed,
@@ -561,7 +561,7 @@ fn since(s: &str, now_s: i64) -> Result<i64, String> {
     if let Ok(n) = s.parse::<i64>() {
         return Ok(n);
     }
-    tokenwatch::rules::parse_duration_ms(s)
+    tokenwatch_core::rules::parse_duration_ms(s)
         .map(|ms| now_s - ms / 1000)
         .map_err(|e| format!("--since `{s}`: not RFC 3339, epoch seconds or a duration: {e}"))
 }
@@ -620,7 +620,7 @@ fn load_rules(dir: &Path) -> Result<Arc<RuleSet>, String> {
 fn validate(dir: &Path) -> Result<ExitCode, String> {
     match load_dir(dir) {
         Ok(set) => {
-            for w in tokenwatch::ruletest::untested_revoking(dir, &set) {
+            for w in tokenwatch_core::ruletest::untested_revoking(dir, &set) {
                 eprintln!("{w}");
             }
             println!(
@@ -641,7 +641,7 @@ fn validate(dir: &Path) -> Result<ExitCode, String> {
 
 fn rule_tests(dir: &Path) -> Result<ExitCode, String> {
     let rules = load_rules(dir)?;
-    let report = tokenwatch::ruletest::Suite::load(dir)?.run(&rules);
+    let report = tokenwatch_core::ruletest::Suite::load(dir)?.run(&rules);
     print!("{}", report.render());
     Ok(if report.failed() == 0 {
         ExitCode::SUCCESS
@@ -669,16 +669,16 @@ impl OfflineArgs {
 }
 
 fn explain(a: ExplainArgs) -> Result<ExitCode, String> {
-    use tokenwatch::engine::trace::Who;
+    use tokenwatch_core::engine::trace::Who;
     let who = match (a.token, a.subject) {
         (Some(t), _) => Who::Token(t.into()),
         (None, Some(s)) => Who::Subject(s.into()),
         (None, None) => return Err("give --token or --subject".into()),
     };
     let mut p = a.input.pipeline(&a.rules)?;
-    let inputs = tokenwatch::replay::open_inputs(&a.input.files)?;
-    let max = tokenwatch::input::lines::DEFAULT_MAX_LINE;
-    let e = tokenwatch::explain::explain(&mut p, &a.rule, who, inputs, max)?;
+    let inputs = tokenwatch_core::replay::open_inputs(&a.input.files)?;
+    let max = tokenwatch_core::input::lines::DEFAULT_MAX_LINE;
+    let e = tokenwatch_core::explain::explain(&mut p, &a.rule, who, inputs, max)?;
     if a.json {
         println!("{}", e.to_json());
     } else {
@@ -692,9 +692,9 @@ fn diff(a: DiffArgs) -> Result<ExitCode, String> {
         return Err("give the rules twice: --rules OLD --rules NEW".into());
     };
     let (mut po, mut pn) = (a.input.pipeline(old)?, a.input.pipeline(new)?);
-    let inputs = tokenwatch::replay::open_inputs(&a.input.files)?;
-    let max = tokenwatch::input::lines::DEFAULT_MAX_LINE;
-    let report = tokenwatch::diff::diff(&mut po, &mut pn, inputs, max)?;
+    let inputs = tokenwatch_core::replay::open_inputs(&a.input.files)?;
+    let max = tokenwatch_core::input::lines::DEFAULT_MAX_LINE;
+    let report = tokenwatch_core::diff::diff(&mut po, &mut pn, inputs, max)?;
     print!("{}", report.render());
     Ok(if a.fail_on_new_revocations && report.added_revocations() > 0 {
         ExitCode::from(1)
@@ -730,16 +730,23 @@ fn replay(a: ReplayArgs) -> Result<ExitCode, String> {
         eprintln!("tokenwatch: warning: {w}");
     }
     let max_line = a.max_line_bytes.unwrap_or_else(|| config.max_line_bytes());
-    let inputs = tokenwatch::replay::open_inputs(&a.files)?;
+    let inputs = tokenwatch_core::replay::open_inputs(&a.files)?;
     let mut pipeline = Pipeline::new(rules, geo, cfg)?;
     let stdout = io::stdout();
     let mut out = io::BufWriter::with_capacity(1 << 16, stdout.lock());
     let mut err = io::stderr();
     let threads = a
         .threads
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    let summary =
-        tokenwatch::replay::replay_threads(&mut pipeline, inputs, max_line, threads, &mut out, &mut err, !a.quiet)?;
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, std::num::NonZero::get));
+    let summary = tokenwatch_core::replay::replay_threads(
+        &mut pipeline,
+        inputs,
+        max_line,
+        threads,
+        &mut out,
+        &mut err,
+        !a.quiet,
+    )?;
     drop(out);
     let _ = err.write_all(summary.render().as_bytes());
     Ok(ExitCode::SUCCESS)

@@ -36,7 +36,7 @@ pub struct Metrics {
     pub tracked_keys: IntGauge,
     pub evicted_keys: IntCounter,
     pub late_events: IntCounter,
-    /// The event-time buffer ([`crate::eventtime`]): lines held, the most ever held, and
+    /// The event-time buffer ([`tokenwatch_core::eventtime`]): lines held, the most ever held, and
     /// partitions paused for running too far ahead.
     pub held_lines: IntGauge,
     pub held_lines_peak: IntGauge,
@@ -494,7 +494,9 @@ mod tests {
     }
 
     fn open_fds() -> usize {
-        std::fs::read_dir("/proc/self/fd").map(|d| d.count()).unwrap_or(0)
+        std::fs::read_dir("/proc/self/fd")
+            .map(std::iter::Iterator::count)
+            .unwrap_or(0)
     }
 
     /// Slow clients that trickle a byte at a time (slowloris) cannot take the process's file

@@ -34,19 +34,19 @@ use rdkafka::message::Message;
 use tokio::sync::watch;
 
 use crate::checkpoint::{CheckpointStore, Checkpointing};
-use crate::decision::Decision;
-use crate::eventtime::{EventTimeConfig, Sequencer};
-use crate::geo::GeoDb;
-use crate::input::lines::{Line, LineReader};
 use crate::metrics::Metrics;
-use crate::pipeline::HeldLine;
-use crate::pipeline::{Pipeline, PipelineConfig, Stats};
-use crate::rules::RuleSet;
 use crate::sinks::alerts::AlertSink;
 use crate::sinks::dead_letter::DeadLetters;
 use crate::sinks::redis::{ConnectError, HealthProbe, Kind, Revocation, RevocationWriter, WriteError};
 use crate::sinks::RevocationStore;
 use crate::source::kafka::{self, Offsets};
+use tokenwatch_core::decision::Decision;
+use tokenwatch_core::eventtime::{EventTimeConfig, Sequencer};
+use tokenwatch_core::geo::GeoDb;
+use tokenwatch_core::input::lines::{Line, LineReader};
+use tokenwatch_core::pipeline::HeldLine;
+use tokenwatch_core::pipeline::{Pipeline, PipelineConfig, Stats};
+use tokenwatch_core::rules::RuleSet;
 
 /// Everything `run` needs, resolved from the config file, the environment and the flags.
 pub struct ServiceConfig {
@@ -91,7 +91,7 @@ pub fn now_ms() -> i64 {
 fn rules_fingerprint(dir: &Path) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
     let mut v: Vec<_> = std::fs::read_dir(dir)
         .map(|rd| {
-            rd.filter_map(|e| e.ok())
+            rd.filter_map(std::result::Result::ok)
                 .filter_map(|e| {
                     let m = e.metadata().ok()?;
                     Some((e.path(), m.len(), m.modified().ok()))
@@ -118,7 +118,7 @@ fn publish_rules(set: &RuleSet, metrics: &Metrics) {
 
 /// Loads the rules for a reload; on failure logs every `file:line: message` and counts it.
 fn reload(dir: &Path, metrics: &Metrics) -> Option<Arc<RuleSet>> {
-    match crate::rules::load_dir(dir) {
+    match tokenwatch_core::rules::load_dir(dir) {
         Ok(set) => {
             metrics.rule_reloads.with_label_values(&["ok"]).inc();
             publish_rules(&set, metrics);
@@ -183,7 +183,7 @@ impl MetricSync {
         let late = es.late_events.saturating_sub(m.late_events.get());
         m.late_events.inc_by(late);
         for (rule, at) in p.engine().tripped() {
-            m.rule_tripped.with_label_values(&[rule]).set(at.is_some() as i64);
+            m.rule_tripped.with_label_values(&[rule]).set(i64::from(at.is_some()));
         }
         m.authenticated_events
             .inc_by(s.authenticated.saturating_sub(self.last.authenticated));
@@ -204,7 +204,7 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
     mut reload_now: watch::Receiver<u64>,
 ) -> Result<RunSummary, String> {
-    let rules = crate::rules::load_dir(&cfg.rules_dir)
+    let rules = tokenwatch_core::rules::load_dir(&cfg.rules_dir)
         .map(Arc::new)
         .map_err(|e| format!("invalid rules:\n{e}"))?;
     publish_rules(&rules, &metrics);
@@ -351,7 +351,7 @@ async fn watch_redis(mut probe: HealthProbe, metrics: Arc<Metrics>, timeout: Dur
             Err(_) => Err(format!("redis ping: no answer within {} ms", timeout.as_millis())),
         };
         let up = r.is_ok();
-        metrics.redis_up.set(up as i64);
+        metrics.redis_up.set(i64::from(up));
         metrics.ready_redis.store(up, Ordering::Relaxed);
         match r {
             Ok(()) if !was_up => tracing::info!("redis answers again"),
@@ -465,7 +465,7 @@ pub async fn run_loop(
                 continue;
             };
             match write_with_retry(writer, &r, metrics, &mut stop).await {
-                Ok(new) => summary.revocations_written += new as u64,
+                Ok(new) => summary.revocations_written += u64::from(new),
                 Err(e) => {
                     unwritten = Some(e);
                     break;
@@ -765,7 +765,7 @@ async fn write_with_retry(
             Err(WriteError::Refused { code, .. }) => Some(code.clone()),
             _ => None,
         };
-        metrics.redis_refused.set(refusal.is_some() as i64);
+        metrics.redis_refused.set(i64::from(refusal.is_some()));
         if let Ok(mut r) = metrics.redis_refusal.lock() {
             *r = refusal;
         }
@@ -837,7 +837,7 @@ pub struct Overrides {
     pub brokers: Option<String>,
     pub topics: Vec<String>,
     pub group: Option<String>,
-    pub format: Option<crate::input::Format>,
+    pub format: Option<tokenwatch_core::input::Format>,
     pub rules: Option<PathBuf>,
     pub geoip: Option<PathBuf>,
     pub redis: Vec<String>,
@@ -880,7 +880,7 @@ pub fn resolve(c: &crate::config::Config, o: &Overrides) -> Result<(ServiceConfi
 fn resolve_settings(c: &crate::config::Config, o: &Overrides) -> Result<(ServiceConfig, std::net::SocketAddr), String> {
     let dur = |key: &str, v: &Option<String>, default_ms: i64| -> Result<Duration, String> {
         let ms = match v {
-            Some(s) => crate::rules::parse_duration_ms(s).map_err(|e| format!("{key}: {e}"))?,
+            Some(s) => tokenwatch_core::rules::parse_duration_ms(s).map_err(|e| format!("{key}: {e}"))?,
             None => default_ms,
         };
         Ok(Duration::from_millis(ms as u64))
@@ -898,7 +898,7 @@ fn resolve_settings(c: &crate::config::Config, o: &Overrides) -> Result<(Service
     }
     let format = match o.format {
         Some(f) => f,
-        None => c.format()?.unwrap_or(crate::input::Format::Auto),
+        None => c.format()?.unwrap_or(tokenwatch_core::input::Format::Auto),
     };
     let metrics_addr = o
         .metrics_addr
@@ -937,7 +937,7 @@ fn resolve_settings(c: &crate::config::Config, o: &Overrides) -> Result<(Service
             format,
             mapping: c.mapping()?,
             token_cache: c.token_cache(),
-            engine: crate::engine::EngineConfig {
+            engine: tokenwatch_core::engine::EngineConfig {
                 revocation: c.revocation_policy()?,
                 ..c.engine()?
             },
@@ -978,7 +978,9 @@ pub fn redis_config(
         );
     }
     let timeout_ms = match &c.revocation.redis_timeout {
-        Some(s) => crate::rules::parse_duration_ms(s).map_err(|e| format!("revocation.redis_timeout: {e}"))?,
+        Some(s) => {
+            tokenwatch_core::rules::parse_duration_ms(s).map_err(|e| format!("revocation.redis_timeout: {e}"))?
+        }
         None => 2_000,
     };
     let redis = crate::sinks::redis::RedisConfig {
@@ -1055,8 +1057,8 @@ mod tests {
     /// What each format lacked reaches /metrics, as increments since the last sync.
     #[test]
     fn missing_fields_and_redacted_headers_are_published() {
-        use crate::pipeline::{Pipeline, PipelineConfig};
-        let rules = Arc::new(crate::rules::RuleSet::default());
+        use tokenwatch_core::pipeline::{Pipeline, PipelineConfig};
+        let rules = Arc::new(tokenwatch_core::rules::RuleSet::default());
         let mut p = Pipeline::new(rules, None, PipelineConfig::default()).unwrap();
         let m = Metrics::new();
         let mut sync = MetricSync { last: Stats::default() };
@@ -1091,9 +1093,9 @@ mod tests {
         ] {
             assert!(m.render().contains(name), "{name}");
         }
-        let rules = crate::defaults::rules().unwrap();
+        let rules = tokenwatch_core::defaults::rules().unwrap();
         let mut p = Pipeline::new(rules, None, PipelineConfig::default()).unwrap();
-        let t = crate::token::encode_unsigned_parts(
+        let t = tokenwatch_core::token::encode_unsigned_parts(
             &serde_json::json!({"alg": "RS256"}),
             &serde_json::json!({"sub": "u", "jti": "j"}),
             b"sig",

@@ -17,7 +17,7 @@ use std::time::Duration;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
 use super::dead_letter::DeadLetters;
-use crate::decision::Decision;
+use tokenwatch_core::decision::Decision;
 
 /// Where decision lines are written.
 #[derive(Debug, Clone)]

@@ -1,7 +1,7 @@
 //! Revocations to Redis: the blocklist that gateways check and the feed they subscribe to.
 //!
 //! Key schema (`{prefix}` defaults to `tokenwatch:`). Ids are fixed-length hex computed from
-//! the claims ([`crate::token::TokenInfo::token_revocation_key`]), never claim text, so no
+//! the claims ([`tokenwatch_core::token::TokenInfo::token_revocation_key`]), never claim text, so no
 //! claim can shape a key name (newlines, `*`, NUL, 300 KB), a `jti` is scoped by its issuer,
 //! and no two (iss, sub) pairs share a subject key:
 //! - `{prefix}revoked:tok:{id}` → JSON `{rule, reason, revoked_at, expires_at, iss, sub, jti}`,
@@ -31,8 +31,8 @@ use redis::Script;
 use serde_json::json;
 
 use super::dead_letter::DeadLetters;
-use crate::decision::{Decision, RevocationPolicy};
-use crate::rules::Action;
+use tokenwatch_core::decision::{Decision, RevocationPolicy};
+use tokenwatch_core::rules::Action;
 
 const SCRIPT: &str = r#"
 if ARGV[4] == 'subject' then
@@ -294,8 +294,7 @@ fn is_transient(e: &redis::RedisError) -> bool {
         || matches!(
             e.kind(),
             ErrorKind::ClusterConnectionNotFound
-                | ErrorKind::Server(ServerErrorKind::BusyLoading)
-                | ErrorKind::Server(ServerErrorKind::MasterDown)
+                | ErrorKind::Server(ServerErrorKind::BusyLoading | ServerErrorKind::MasterDown)
         )
 }
 
@@ -345,9 +344,7 @@ impl WriteError {
             "OOM" | "NOAUTH" | "WRONGPASS" | "READONLY" | "NOPERM" | "MISCONF"
         ) || matches!(
             e.kind(),
-            ErrorKind::AuthenticationFailed
-                | ErrorKind::Server(ServerErrorKind::ReadOnly)
-                | ErrorKind::Server(ServerErrorKind::NoPerm)
+            ErrorKind::AuthenticationFailed | ErrorKind::Server(ServerErrorKind::ReadOnly | ServerErrorKind::NoPerm)
         );
         if refused {
             return WriteError::Refused { code, msg };
@@ -598,7 +595,7 @@ mod tests {
 
     fn cfg(prefix: &str, urls: &[&str], cluster: bool) -> RedisConfig {
         RedisConfig {
-            urls: urls.iter().map(|s| s.to_string()).collect(),
+            urls: urls.iter().map(std::string::ToString::to_string).collect(),
             cluster,
             key_prefix: prefix.into(),
             policy: RevocationPolicy::default(),
@@ -634,7 +631,7 @@ mod tests {
         let d = Decision {
             ts: 5_500,
             rule: "r".into(),
-            severity: crate::rules::Severity::High,
+            severity: tokenwatch_core::rules::Severity::High,
             action: Action::RevokeToken,
             token_id: Some("t".into()),
             subject: Some("i|s".into()),

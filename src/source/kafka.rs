@@ -162,7 +162,7 @@ pub type Source = StreamConsumer<SourceContext>;
 pub type Assignment = Arc<AssignmentSet>;
 pub type AssignmentSet = Mutex<HashSet<(String, i32)>>;
 
-/// Pauses (or resumes) fetching one partition: watermark alignment ([`crate::eventtime`]).
+/// Pauses (or resumes) fetching one partition: watermark alignment ([`tokenwatch_core::eventtime`]).
 pub fn pause(consumer: &Source, topic: &str, partition: i32, pause: bool) -> Result<(), String> {
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition(topic, partition);

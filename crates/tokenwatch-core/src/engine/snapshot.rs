@@ -1,0 +1,516 @@
+//! The engine's state as bytes, for checkpoints: every rule's windows and cooldowns, and the
+//! revoked-token memory.
+//!
+//! The encoding is compact and hand-rolled (varints, times as deltas from the key's last
+//! event), because a checkpoint holds one entry per live token and is written every few
+//! seconds. Keys are the engine's 64-bit hashes, so the hasher's seeds travel with the state;
+//! a checkpoint holds no token, subject or address in clear, only what decisions already
+//! show (the `distinct_count` values, redacted as they are in memory).
+//!
+//! Restoring is all or nothing: everything is decoded into new structures first and swapped
+//! in only when the whole input checked out; any damage is a [`SnapshotError`] and the engine
+//! is left as it was. Each rule's state is tagged with its id and a fingerprint of the parts
+//! of its definition that shape the state (kind, key, cooldown): a rule whose definition
+//! changed since the checkpoint starts empty, as on a hot reload, and the others keep theirs.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+
+use super::count::CountState;
+use super::distinct::{DVal, DistinctState};
+use super::keymap::{KeyMap, Slot, NEVER};
+use super::revoked::Revoked;
+use super::velocity::{Sample, VelocityState};
+use super::{Engine, State};
+use crate::input::GeoPoint;
+use crate::rules::Rule;
+
+/// What is wrong with a snapshot; the engine is unchanged.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("engine state ends early (at byte {0}): the checkpoint is truncated")]
+    Truncated(usize),
+    #[error("engine state is malformed at byte {at}: {what}")]
+    Invalid { at: usize, what: &'static str },
+}
+
+/// How a restore went, rule by rule.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Restored {
+    /// Rules whose state came back.
+    pub rules_kept: usize,
+    /// Rules loaded now that the checkpoint has no state for (new, or changed since).
+    pub rules_empty: usize,
+    /// Keys restored over all rules, and revocations remembered.
+    pub keys: usize,
+    pub revocations: usize,
+}
+
+/// Random seeds for a new engine's hasher.
+pub fn random_seeds() -> [u64; 4] {
+    use std::hash::{BuildHasher, Hasher};
+    let s = std::collections::hash_map::RandomState::new();
+    std::array::from_fn(|i| {
+        let mut h = s.build_hasher();
+        h.write_usize(i);
+        h.finish()
+    })
+}
+
+/// A fingerprint of what shapes a rule's state.
+fn fingerprint(rule: &Rule) -> [u8; 16] {
+    let text = format!(
+        "{}\u{0}{:?}\u{0}{:?}\u{0}{:?}",
+        rule.id, rule.kind, rule.key, rule.cooldown
+    );
+    let d = Sha256::digest(text.as_bytes());
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&d[..16]);
+    out
+}
+
+/// Appends to a byte buffer.
+pub struct Enc<'a>(pub &'a mut Vec<u8>);
+
+impl Enc<'_> {
+    pub fn u8(&mut self, v: u8) {
+        self.0.push(v);
+    }
+    pub fn u64(&mut self, v: u64) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    pub fn varu(&mut self, mut v: u64) {
+        while v >= 0x80 {
+            self.0.push((v as u8) | 0x80);
+            v >>= 7;
+        }
+        self.0.push(v as u8);
+    }
+    pub fn vari(&mut self, v: i64) {
+        self.varu(((v << 1) ^ (v >> 63)) as u64);
+    }
+    pub fn f64(&mut self, v: f64) {
+        self.u64(v.to_bits());
+    }
+    pub fn bytes(&mut self, b: &[u8]) {
+        self.varu(b.len() as u64);
+        self.0.extend_from_slice(b);
+    }
+    fn ip(&mut self, ip: &IpAddr) {
+        match ip {
+            IpAddr::V4(a) => {
+                self.u8(4);
+                self.0.extend_from_slice(&a.octets());
+            }
+            IpAddr::V6(a) => {
+                self.u8(6);
+                self.0.extend_from_slice(&a.octets());
+            }
+        }
+    }
+}
+
+/// Reads what [`Enc`] wrote; every read checks the bounds.
+pub struct Dec<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Dec<'a> {
+    pub fn new(buf: &'a [u8]) -> Self {
+        Dec { buf, pos: 0 }
+    }
+    pub fn pos(&self) -> usize {
+        self.pos
+    }
+    pub fn done(&self) -> bool {
+        self.pos == self.buf.len()
+    }
+    pub fn invalid(&self, what: &'static str) -> SnapshotError {
+        SnapshotError::Invalid { at: self.pos, what }
+    }
+    pub fn take(&mut self, n: usize) -> Result<&'a [u8], SnapshotError> {
+        if self.buf.len() - self.pos < n {
+            return Err(SnapshotError::Truncated(self.buf.len()));
+        }
+        let s = &self.buf[self.pos..self.pos + n];
+        self.pos += n;
+        Ok(s)
+    }
+    pub fn u8(&mut self) -> Result<u8, SnapshotError> {
+        Ok(self.take(1)?[0])
+    }
+    pub fn u64(&mut self) -> Result<u64, SnapshotError> {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(self.take(8)?);
+        Ok(u64::from_le_bytes(b))
+    }
+    pub fn varu(&mut self) -> Result<u64, SnapshotError> {
+        let mut v = 0u64;
+        for shift in (0..64).step_by(7) {
+            let b = self.u8()?;
+            v |= u64::from(b & 0x7f) << shift;
+            if b & 0x80 == 0 {
+                return Ok(v);
+            }
+        }
+        Err(self.invalid("a number runs past 64 bits"))
+    }
+    pub fn vari(&mut self) -> Result<i64, SnapshotError> {
+        let u = self.varu()?;
+        Ok(((u >> 1) as i64) ^ -((u & 1) as i64))
+    }
+    pub fn f64(&mut self) -> Result<f64, SnapshotError> {
+        Ok(f64::from_bits(self.u64()?))
+    }
+    /// A count of items each at least `min_bytes` long: never more than the bytes left can
+    /// hold, so a corrupt count cannot make a huge allocation.
+    pub fn count(&mut self, min_bytes: usize) -> Result<usize, SnapshotError> {
+        let n = self.varu()?;
+        let left = (self.buf.len() - self.pos) as u64;
+        if n.saturating_mul(min_bytes.max(1) as u64) > left {
+            return Err(self.invalid("a count larger than the data"));
+        }
+        Ok(n as usize)
+    }
+    pub fn bytes(&mut self) -> Result<&'a [u8], SnapshotError> {
+        let n = self.count(1)?;
+        self.take(n)
+    }
+    pub fn str(&mut self) -> Result<&'a str, SnapshotError> {
+        let b = self.bytes()?;
+        std::str::from_utf8(b).map_err(|_| self.invalid("text is not UTF-8"))
+    }
+    fn ip(&mut self) -> Result<IpAddr, SnapshotError> {
+        let family = self.u8()?;
+        self.ip_of(family)
+    }
+    fn ip_of(&mut self, family: u8) -> Result<IpAddr, SnapshotError> {
+        match family {
+            4 => {
+                let mut b = [0u8; 4];
+                b.copy_from_slice(self.take(4)?);
+                Ok(IpAddr::from(b))
+            }
+            6 => {
+                let mut b = [0u8; 16];
+                b.copy_from_slice(self.take(16)?);
+                Ok(IpAddr::from(b))
+            }
+            _ => Err(self.invalid("unknown address family")),
+        }
+    }
+}
+
+const TAG_STATELESS: u8 = 0;
+const TAG_COUNT: u8 = 1;
+const TAG_DISTINCT: u8 = 2;
+const TAG_VELOCITY: u8 = 3;
+
+/// One kind's per-key data, with times relative to the key's last event.
+trait Persist: Sized + Default {
+    fn put(&self, e: &mut Enc<'_>, base: i64);
+    fn get(d: &mut Dec<'_>, base: i64) -> Result<Self, SnapshotError>;
+}
+
+impl Persist for () {
+    fn put(&self, _: &mut Enc<'_>, _: i64) {}
+    fn get(_: &mut Dec<'_>, _: i64) -> Result<Self, SnapshotError> {
+        Ok(())
+    }
+}
+
+impl Persist for CountState {
+    fn put(&self, e: &mut Enc<'_>, base: i64) {
+        e.varu(self.ts.len() as u64);
+        for t in &self.ts {
+            e.vari(base.wrapping_sub(*t));
+        }
+    }
+    fn get(d: &mut Dec<'_>, base: i64) -> Result<Self, SnapshotError> {
+        let n = d.count(1)?;
+        let mut ts = Vec::with_capacity(n);
+        for _ in 0..n {
+            ts.push(base.wrapping_sub(d.vari()?));
+        }
+        if !ts.is_sorted() {
+            return Err(d.invalid("count window out of order"));
+        }
+        Ok(CountState { ts })
+    }
+}
+
+impl Persist for DistinctState {
+    fn put(&self, e: &mut Enc<'_>, base: i64) {
+        e.varu(self.vals.len() as u64);
+        for (t, v) in &self.vals {
+            e.vari(base.wrapping_sub(*t));
+            match v {
+                DVal::Net(n) => {
+                    e.u8(0);
+                    e.ip(&n.addr());
+                    e.u8(n.prefix_len());
+                }
+                DVal::Ip(ip) => {
+                    e.u8(1);
+                    e.ip(ip);
+                }
+                DVal::Num(x) => {
+                    e.u8(2);
+                    e.f64(*x);
+                }
+                DVal::Bool(b) => {
+                    e.u8(3);
+                    e.u8(u8::from(*b));
+                }
+                DVal::Str(s) => {
+                    e.u8(4);
+                    e.bytes(s.as_bytes());
+                }
+            }
+        }
+    }
+    fn get(d: &mut Dec<'_>, base: i64) -> Result<Self, SnapshotError> {
+        let n = d.count(2)?;
+        let mut vals = Vec::with_capacity(n);
+        for _ in 0..n {
+            let t = base.wrapping_sub(d.vari()?);
+            let v = match d.u8()? {
+                0 => {
+                    let ip = d.ip()?;
+                    let len = d.u8()?;
+                    DVal::Net(ipnet::IpNet::new(ip, len).map_err(|_| d.invalid("network prefix too long"))?)
+                }
+                1 => DVal::Ip(d.ip()?),
+                2 => DVal::Num(d.f64()?),
+                3 => DVal::Bool(d.u8()? != 0),
+                4 => DVal::Str(d.str()?.into()),
+                _ => return Err(d.invalid("unknown value type")),
+            };
+            vals.push((t, v));
+        }
+        Ok(DistinctState { vals })
+    }
+}
+
+impl Persist for VelocityState {
+    fn put(&self, e: &mut Enc<'_>, base: i64) {
+        e.varu(self.samples.len() as u64);
+        for s in &self.samples {
+            e.vari(base.wrapping_sub(s.ts));
+            e.f64(s.at.lat);
+            e.f64(s.at.lon);
+            e.f64(s.at.accuracy_km);
+            match &s.ip {
+                Some(ip) => e.ip(ip),
+                None => e.u8(0),
+            }
+        }
+    }
+    fn get(d: &mut Dec<'_>, base: i64) -> Result<Self, SnapshotError> {
+        let n = d.count(26)?;
+        let mut samples = Vec::with_capacity(n);
+        for _ in 0..n {
+            let ts = base.wrapping_sub(d.vari()?);
+            let at = GeoPoint {
+                lat: d.f64()?,
+                lon: d.f64()?,
+                accuracy_km: d.f64()?,
+            };
+            let ip = match d.u8()? {
+                0 => None,
+                family => Some(d.ip_of(family)?),
+            };
+            samples.push(Sample { ts, at, ip });
+        }
+        if !samples.is_sorted_by_key(|s| s.ts) {
+            return Err(d.invalid("travel samples out of order"));
+        }
+        Ok(VelocityState { samples })
+    }
+}
+
+fn put_map<T: Persist>(e: &mut Enc<'_>, m: &KeyMap<T>) {
+    e.varu(m.len() as u64);
+    for (key, slot) in m.slots() {
+        e.u64(key);
+        e.vari(slot.last_seen);
+        // 0: never fired; else how long before the last event it fired, plus one.
+        e.varu(if slot.fired_at == NEVER {
+            0
+        } else {
+            slot.last_seen.wrapping_sub(slot.fired_at).wrapping_add(1) as u64
+        });
+        slot.data.put(e, slot.last_seen);
+    }
+}
+
+fn get_map<T: Persist>(d: &mut Dec<'_>, mut into: KeyMap<T>) -> Result<KeyMap<T>, SnapshotError> {
+    let n = d.count(10)?;
+    for _ in 0..n {
+        let key = d.u64()?;
+        let last_seen = d.vari()?;
+        let fired = d.varu()?;
+        let fired_at = if fired == 0 {
+            NEVER
+        } else {
+            last_seen.wrapping_sub((fired - 1) as i64)
+        };
+        let data = T::get(d, last_seen)?;
+        into.restore(
+            key,
+            Slot {
+                last_seen,
+                fired_at,
+                data,
+            },
+        );
+    }
+    Ok(into)
+}
+
+fn put_revoked(e: &mut Enc<'_>, m: &super::keymap::IdMap<Revoked>) {
+    e.varu(m.len() as u64);
+    for (key, r) in m {
+        e.u64(*key);
+        e.bytes(r.rule.as_bytes());
+        e.vari(r.revoked_at_ms);
+        e.vari(r.until_ms);
+        e.vari(r.not_before_s);
+    }
+}
+
+fn get_revoked(d: &mut Dec<'_>, rules: &[Rule]) -> Result<Vec<(u64, Revoked)>, SnapshotError> {
+    let n = d.count(12)?;
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let key = d.u64()?;
+        let name = d.str()?;
+        // Share the loaded rule's id where there is one; a rule since removed keeps its name.
+        let rule = rules
+            .iter()
+            .find(|r| &*r.id == name)
+            .map(|r| r.id.clone())
+            .unwrap_or_else(|| Arc::from(name));
+        out.push((
+            key,
+            Revoked {
+                rule,
+                revoked_at_ms: d.vari()?,
+                until_ms: d.vari()?,
+                not_before_s: d.vari()?,
+            },
+        ));
+    }
+    Ok(out)
+}
+
+impl Engine {
+    /// Appends the engine's state to `out`.
+    pub fn snapshot(&self, out: &mut Vec<u8>) {
+        let mut e = Enc(out);
+        for s in self.seeds {
+            e.u64(s);
+        }
+        e.vari(self.newest);
+        e.vari(self.next_sweep);
+        e.varu(self.rules.rules.len() as u64);
+        for (rule, state) in self.rules.rules.iter().zip(&self.states) {
+            e.0.extend_from_slice(&fingerprint(rule));
+            match state {
+                State::Stateless(m) => {
+                    e.u8(TAG_STATELESS);
+                    put_map(&mut e, m);
+                }
+                State::Count(m) => {
+                    e.u8(TAG_COUNT);
+                    put_map(&mut e, m);
+                }
+                State::Distinct(m) => {
+                    e.u8(TAG_DISTINCT);
+                    put_map(&mut e, m);
+                }
+                State::Velocity(m) => {
+                    e.u8(TAG_VELOCITY);
+                    put_map(&mut e, m);
+                }
+            }
+        }
+        put_revoked(&mut e, &self.revoked.tokens);
+        put_revoked(&mut e, &self.revoked.subjects);
+    }
+
+    /// Replaces the engine's state with a snapshot's; on error, nothing changes.
+    pub fn restore(&mut self, bytes: &[u8]) -> Result<Restored, SnapshotError> {
+        let mut d = Dec::new(bytes);
+        let seeds = [d.u64()?, d.u64()?, d.u64()?, d.u64()?];
+        let newest = d.vari()?;
+        let next_sweep = d.vari()?;
+        let n = d.count(17)?;
+        let mut saved: Vec<([u8; 16], State)> = Vec::with_capacity(n);
+        for _ in 0..n {
+            let mut fp = [0u8; 16];
+            fp.copy_from_slice(d.take(16)?);
+            let tag = d.u8()?;
+            // The state is decoded into the shape (cap, retention) of the loaded rule with
+            // this fingerprint, if any; otherwise decoded only to be checked and dropped.
+            let shape = self
+                .rules
+                .rules
+                .iter()
+                .find(|r| fingerprint(r) == fp)
+                .map(|r| State::for_rule(r, &self.cfg));
+            let state = match (tag, shape) {
+                (TAG_STATELESS, Some(State::Stateless(m))) => State::Stateless(get_map(&mut d, m)?),
+                (TAG_COUNT, Some(State::Count(m))) => State::Count(get_map(&mut d, m)?),
+                (TAG_DISTINCT, Some(State::Distinct(m))) => State::Distinct(get_map(&mut d, m)?),
+                (TAG_VELOCITY, Some(State::Velocity(m))) => State::Velocity(get_map(&mut d, m)?),
+                (TAG_STATELESS, _) => State::Stateless(get_map(&mut d, KeyMap::new(usize::MAX, 0))?),
+                (TAG_COUNT, _) => State::Count(get_map(&mut d, KeyMap::new(usize::MAX, 0))?),
+                (TAG_DISTINCT, _) => State::Distinct(get_map(&mut d, KeyMap::new(usize::MAX, 0))?),
+                (TAG_VELOCITY, _) => State::Velocity(get_map(&mut d, KeyMap::new(usize::MAX, 0))?),
+                _ => return Err(d.invalid("unknown rule state kind")),
+            };
+            saved.push((fp, state));
+        }
+        let tokens = get_revoked(&mut d, &self.rules.rules)?;
+        let subjects = get_revoked(&mut d, &self.rules.rules)?;
+        if !d.done() {
+            return Err(d.invalid("bytes after the end of the engine state"));
+        }
+        // Everything checked out: swap it in.
+        let mut report = Restored::default();
+        let mut states = Vec::with_capacity(self.rules.rules.len());
+        for r in &self.rules.rules {
+            let fp = fingerprint(r);
+            match saved.iter().position(|(f, _)| *f == fp) {
+                Some(i) => {
+                    let (_, s) = saved.swap_remove(i);
+                    report.rules_kept += 1;
+                    report.keys += s.len_and_evictions().0;
+                    states.push(s);
+                }
+                None => {
+                    report.rules_empty += 1;
+                    states.push(State::for_rule(r, &self.cfg));
+                }
+            }
+        }
+        self.states = states;
+        self.seeds = seeds;
+        self.hasher = ahash::RandomState::with_seeds(seeds[0], seeds[1], seeds[2], seeds[3]);
+        self.newest = newest;
+        self.next_sweep = next_sweep;
+        self.revoked = super::revoked::Revocations::new(self.cfg.max_revocations);
+        for (k, r) in tokens {
+            self.revoked.revoke_token(k, r);
+        }
+        for (k, r) in subjects {
+            self.revoked.revoke_subject(k, r);
+        }
+        report.revocations = self.revoked.len();
+        Ok(report)
+    }
+}

@@ -1,0 +1,588 @@
+//! Event time across partitions: one order of events for `replay` and `run` alike.
+//!
+//! The engine decides from the order it sees events in. `replay` reads one file; `run` reads
+//! several partitions at once, each in its own order, and a fetch can put one partition's
+//! events minutes of event time ahead of another's. So both hand their decoded lines to a
+//! [`Sequencer`], which releases them to the engine in one canonical order, **(event time,
+//! hash of the line)**, whatever the partitioning: the hash settles ties between equal event
+//! times the same way in both, and the same lines give the same decisions.
+//!
+//! Each source (a file, a partition) has a watermark: the newest event time read from it.
+//! An event is released once every source that is not idle has a watermark *past* it (ties
+//! wait until the slowest source moves on, so that all of a tie is sorted). A source with
+//! nothing new for `idle_timeout` of wall clock stops holding the others back (an assigned
+//! partition that never delivers becomes idle the same way); when every source is idle,
+//! everything buffered is released. The engine's own lateness check then measures an event
+//! against the newest released one, so an event is late only when it is older than the
+//! slowest active partition minus `lateness`.
+//!
+//! The buffer is bounded by watermark alignment, as in Flink: a source whose watermark runs
+//! more than `max_skew` of event time ahead of the slowest is reported by [`Sequencer::skew`]
+//! so that the caller pauses it (librdkafka pause/resume) until the slowest catches up. What
+//! waits is then at most the events of `max_skew` of event time (plus what was already
+//! fetched when the pause took effect); [`Sequencer::peak`] records the high mark.
+//!
+//! Time is passed in: the wall clock (`now`) only decides idleness.
+
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
+use std::time::{Duration, Instant};
+
+/// Where one input partition stands in a checkpoint: what the sequencer has applied from it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionMark {
+    pub topic: String,
+    pub partition: i32,
+    /// Every line before this offset is in the state.
+    pub next: i64,
+    /// Lines at or after `next` already in the state: (offset, line number in the message).
+    pub applied: Vec<(i64, u32)>,
+}
+
+/// Event-time settings (`[engine]` in the config file).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventTimeConfig {
+    /// A source with nothing new for this long (wall clock) does not hold the others back.
+    pub idle_timeout: Duration,
+    /// A source this far (event time, ms) ahead of the slowest is paused.
+    pub max_skew_ms: i64,
+}
+
+impl Default for EventTimeConfig {
+    fn default() -> Self {
+        EventTimeConfig {
+            idle_timeout: Duration::from_secs(5),
+            max_skew_ms: 60_000,
+        }
+    }
+}
+
+/// The order key of a line: event time, then a fixed hash of its bytes.
+pub fn tie_hash(line: &[u8]) -> u64 {
+    // Fixed seeds: replay and run (and two runs) must agree. Ties are ordered by this only;
+    // no state is keyed by it, so an attacker choosing collisions gains nothing.
+    ahash::RandomState::with_seeds(0x746f_6b65, 0x6e77_6174, 0x6368_6576, 0x656e_7473).hash_one(line)
+}
+
+/// One line waiting for its turn.
+struct Held<T> {
+    ts: i64,
+    tie: u64,
+    /// Arrival number: equal lines keep their reading order.
+    seq: u64,
+    source: usize,
+    offset: i64,
+    /// The line's number within its message.
+    line: u32,
+    /// When it was read (wall clock).
+    arrived: Instant,
+    item: T,
+}
+
+impl<T> Held<T> {
+    fn key(&self) -> (i64, u64, u64) {
+        (self.ts, self.tie, self.seq)
+    }
+}
+
+impl<T> PartialEq for Held<T> {
+    fn eq(&self, o: &Self) -> bool {
+        self.key() == o.key()
+    }
+}
+impl<T> Eq for Held<T> {}
+impl<T> PartialOrd for Held<T> {
+    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl<T> Ord for Held<T> {
+    /// Reversed: `BinaryHeap` is a max-heap and the smallest key goes first.
+    fn cmp(&self, o: &Self) -> Ordering {
+        o.key().cmp(&self.key())
+    }
+}
+
+/// What the sequencer knows of one source (a partition).
+struct Source {
+    topic: String,
+    partition: i32,
+    /// Newest event time read, or `i64::MIN` before the first event.
+    watermark: i64,
+    last_active: Instant,
+    paused: bool,
+    /// Offsets of messages with lines still held, and how many.
+    held: BTreeMap<i64, u32>,
+    /// The offset after the last message read.
+    next_offset: Option<i64>,
+    /// Lines released from messages at or after the first message still held: (offset,
+    /// line). With `held`, where a checkpoint says this partition stands.
+    applied: BTreeSet<(i64, u32)>,
+    /// Lines a restored checkpoint already holds: not applied again when read again.
+    skip: BTreeSet<(i64, u32)>,
+    /// Lines before this offset were decided before a restart: applied without emitting.
+    quiet_below: i64,
+}
+
+/// Where a restored checkpoint left a partition, until it is assigned.
+struct Resume {
+    mark: PartitionMark,
+    committed: Option<i64>,
+}
+
+/// A partition to pause or resume.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Toggle {
+    pub topic: String,
+    pub partition: i32,
+    pub pause: bool,
+}
+
+/// Releases held lines in (event time, tie hash) order as the sources' watermarks allow.
+pub struct Sequencer<T> {
+    cfg: EventTimeConfig,
+    heap: BinaryHeap<Held<T>>,
+    sources: Vec<Option<Source>>,
+    index: HashMap<String, HashMap<i32, usize>>,
+    seq: u64,
+    peak: usize,
+    resume: HashMap<(String, i32), Resume>,
+}
+
+impl<T> Sequencer<T> {
+    pub fn new(cfg: EventTimeConfig) -> Self {
+        Sequencer {
+            cfg,
+            heap: BinaryHeap::new(),
+            sources: Vec::new(),
+            index: HashMap::new(),
+            seq: 0,
+            peak: 0,
+            resume: HashMap::new(),
+        }
+    }
+
+    /// Starts tracking a source (a partition assigned); it holds the others back until it
+    /// delivers or goes idle. Returns its id (the same id if it is already tracked).
+    pub fn assign(&mut self, topic: &str, partition: i32, now: Instant) -> usize {
+        if let Some(id) = self.id(topic, partition) {
+            return id;
+        }
+        let mut src = Source {
+            topic: topic.to_string(),
+            partition,
+            watermark: i64::MIN,
+            last_active: now,
+            paused: false,
+            held: BTreeMap::new(),
+            next_offset: None,
+            applied: BTreeSet::new(),
+            skip: BTreeSet::new(),
+            quiet_below: i64::MIN,
+        };
+        if let Some(r) = self.resume.remove(&(topic.to_string(), partition)) {
+            src.next_offset = Some(r.mark.next);
+            src.applied = r.mark.applied.iter().copied().collect();
+            src.skip = src.applied.clone();
+            src.quiet_below = r.committed.unwrap_or(i64::MIN);
+        }
+        let id = match self.sources.iter().position(Option::is_none) {
+            Some(free) => {
+                self.sources[free] = Some(src);
+                free
+            }
+            None => {
+                self.sources.push(Some(src));
+                self.sources.len() - 1
+            }
+        };
+        self.index.entry(topic.to_string()).or_default().insert(partition, id);
+        id
+    }
+
+    /// Stops tracking a source (a partition revoked) at once: it no longer holds the clock,
+    /// and its held lines are dropped (their offsets were not committed: whoever owns the
+    /// partition next reads them again).
+    pub fn revoke(&mut self, topic: &str, partition: i32) {
+        let Some(id) = self.id(topic, partition) else { return };
+        self.sources[id] = None;
+        if let Some(m) = self.index.get_mut(topic) {
+            m.remove(&partition);
+        }
+        self.heap.retain(|h| h.source != id);
+    }
+
+    /// The id of a tracked source.
+    pub fn id(&self, topic: &str, partition: i32) -> Option<usize> {
+        self.index.get(topic)?.get(&partition).copied()
+    }
+
+    /// The tracked sources, as (topic, partition).
+    pub fn assigned(&self) -> impl Iterator<Item = (&str, i32)> {
+        self.sources.iter().flatten().map(|s| (s.topic.as_str(), s.partition))
+    }
+
+    /// Notes a message read from `source` (whether or not it held events).
+    pub fn read(&mut self, source: usize, offset: i64, now: Instant) {
+        if let Some(s) = self.sources.get_mut(source).and_then(Option::as_mut) {
+            s.last_active = now;
+            s.next_offset = Some(s.next_offset.map_or(offset + 1, |o| o.max(offset + 1)));
+        }
+    }
+
+    /// Whether line `line` of the message at `offset` is already in a restored checkpoint's
+    /// state (then it must not be applied again).
+    pub fn restored(&mut self, source: usize, offset: i64, line: u32) -> bool {
+        match self.sources.get_mut(source).and_then(Option::as_mut) {
+            Some(s) if !s.skip.is_empty() => s.skip.remove(&(offset, line)),
+            _ => false,
+        }
+    }
+
+    /// Holds line `line` (decoded) of the message at `offset` of `source`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn push(&mut self, source: usize, offset: i64, line: u32, ts: i64, tie: u64, item: T, now: Instant) {
+        let Some(s) = self.sources.get_mut(source).and_then(Option::as_mut) else {
+            return;
+        };
+        s.watermark = s.watermark.max(ts);
+        *s.held.entry(offset).or_default() += 1;
+        self.seq += 1;
+        self.heap.push(Held {
+            ts,
+            tie,
+            seq: self.seq,
+            source,
+            offset,
+            line,
+            arrived: now,
+            item,
+        });
+        self.peak = self.peak.max(self.heap.len());
+    }
+
+    fn idle(&self, s: &Source, now: Instant) -> bool {
+        !s.paused && now.saturating_duration_since(s.last_active) >= self.cfg.idle_timeout
+    }
+
+    /// The event time below which every line may go: the slowest watermark among sources
+    /// that are not idle; `i64::MAX` when all are idle (or there are none).
+    pub fn frontier(&self, now: Instant) -> i64 {
+        self.sources
+            .iter()
+            .flatten()
+            .filter(|s| !self.idle(s, now))
+            .map(|s| s.watermark)
+            .min()
+            .unwrap_or(i64::MAX)
+    }
+
+    /// Below this event time every line may go at once: every source that has data, or is
+    /// not idle, has a watermark past it (an idle source keeps its watermark here).
+    fn safe(&self, now: Instant) -> i64 {
+        self.sources
+            .iter()
+            .flatten()
+            .filter(|s| s.watermark != i64::MIN || !self.idle(s, now))
+            .map(|s| s.watermark)
+            .min()
+            .unwrap_or(i64::MAX)
+    }
+
+    /// Hands every line the frontier allows to `apply`, in order, with whether it is to be
+    /// applied quietly (decided before a restart: state only, no decision emitted). A line
+    /// past an idle source's watermark but below the [`Sequencer::frontier`] waits
+    /// `idle_timeout` after it was read: a partition waking up from idleness gets that long
+    /// to deliver before the others run on without it.
+    pub fn release(&mut self, now: Instant, apply: impl FnMut(T, bool)) -> usize {
+        let (safe, active) = (self.safe(now), self.frontier(now));
+        let wait = self.cfg.idle_timeout;
+        self.release_while(
+            |h| h.ts < safe || (h.ts < active && now.saturating_duration_since(h.arrived) >= wait),
+            apply,
+        )
+    }
+
+    /// Hands every held line to `apply`, in order (end of input).
+    pub fn release_all(&mut self, apply: impl FnMut(T, bool)) -> usize {
+        self.release_while(|_| true, apply)
+    }
+
+    fn release_while(&mut self, may_go: impl Fn(&Held<T>) -> bool, mut apply: impl FnMut(T, bool)) -> usize {
+        let mut n = 0;
+        while self.heap.peek().is_some_and(&may_go) {
+            let Some(h) = self.heap.pop() else { break };
+            let mut quiet = false;
+            if let Some(s) = self.sources.get_mut(h.source).and_then(Option::as_mut) {
+                if let Some(c) = s.held.get_mut(&h.offset) {
+                    *c -= 1;
+                    if *c == 0 {
+                        s.held.remove(&h.offset);
+                    }
+                }
+                if s.held.keys().next().is_some_and(|first| *first <= h.offset) {
+                    s.applied.insert((h.offset, h.line));
+                }
+                quiet = h.offset < s.quiet_below;
+            }
+            apply(h.item, quiet);
+            n += 1;
+        }
+        n
+    }
+
+    /// Where each partition stands, for a checkpoint of the state the released lines built.
+    pub fn marks(&mut self) -> Vec<PartitionMark> {
+        let mut out = Vec::new();
+        for s in self.sources.iter_mut().flatten() {
+            let Some(next) = s.held.keys().next().copied().or(s.next_offset) else {
+                continue;
+            };
+            s.applied = s.applied.split_off(&(next, 0));
+            out.push(PartitionMark {
+                topic: s.topic.clone(),
+                partition: s.partition,
+                next,
+                applied: s.applied.iter().copied().collect(),
+            });
+        }
+        // A partition restored but not (yet) assigned keeps its place.
+        out.extend(self.resume.values().map(|r| r.mark.clone()));
+        out
+    }
+
+    /// Takes a restored checkpoint's marks, with the group's committed offsets: each
+    /// partition resumes there when it is assigned.
+    pub fn resume(&mut self, marks: Vec<PartitionMark>, committed: &HashMap<(String, i32), i64>) {
+        for mark in marks {
+            let k = (mark.topic.clone(), mark.partition);
+            let committed = committed.get(&k).copied();
+            self.resume.insert(k, Resume { mark, committed });
+        }
+    }
+
+    /// The partitions to pause (more than `max_skew` ahead of the slowest active one) and to
+    /// resume (caught up, or nothing left to wait for), with their state updated.
+    pub fn skew(&mut self, now: Instant) -> Vec<Toggle> {
+        let slowest = self.frontier(now);
+        let limit = slowest.saturating_add(self.cfg.max_skew_ms);
+        let mut out = Vec::new();
+        for s in self.sources.iter_mut().flatten() {
+            let ahead = slowest != i64::MAX && s.watermark != i64::MIN && s.watermark > limit;
+            if ahead != s.paused {
+                s.paused = ahead;
+                // A resumed partition counts as active from now, not from before its pause.
+                s.last_active = now;
+                out.push(Toggle {
+                    topic: s.topic.clone(),
+                    partition: s.partition,
+                    pause: ahead,
+                });
+            }
+        }
+        out
+    }
+
+    /// Per source, the offset up to which every message read has been released (the first
+    /// message with a line still held, else the one after the last read): what may be
+    /// committed once the released lines' side effects are done.
+    pub fn safe_offsets(&self) -> Vec<(&str, i32, i64)> {
+        self.sources
+            .iter()
+            .flatten()
+            .filter_map(|s| {
+                let o = s.held.keys().next().copied().or(s.next_offset)?;
+                Some((s.topic.as_str(), s.partition, o))
+            })
+            .collect()
+    }
+
+    /// Lines held now.
+    pub fn len(&self) -> usize {
+        self.heap.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.heap.is_empty()
+    }
+
+    /// Partitions that have a position (something read, or a restored one): what a
+    /// checkpoint covers.
+    pub fn positioned(&self) -> usize {
+        let read = self
+            .sources
+            .iter()
+            .flatten()
+            .filter(|s| s.next_offset.is_some() || !s.held.is_empty())
+            .count();
+        read + self.resume.len()
+    }
+
+    /// Partitions paused now.
+    pub fn paused(&self) -> usize {
+        self.sources.iter().flatten().filter(|s| s.paused).count()
+    }
+
+    /// The most lines ever held at once.
+    pub fn peak(&self) -> usize {
+        self.peak
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> EventTimeConfig {
+        EventTimeConfig {
+            idle_timeout: Duration::from_secs(5),
+            max_skew_ms: 1_000,
+        }
+    }
+
+    fn drain(s: &mut Sequencer<&'static str>, now: Instant) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        s.release(now, |x, _| out.push(x));
+        out
+    }
+
+    #[test]
+    fn lines_go_in_event_time_order_once_every_partition_is_past_them() {
+        let t0 = Instant::now();
+        let mut s = Sequencer::new(cfg());
+        let a = s.assign("logs", 0, t0);
+        let b = s.assign("logs", 1, t0);
+        s.push(a, 0, 0, 100, 1, "a100", t0);
+        s.push(a, 1, 0, 300, 1, "a300", t0);
+        assert!(drain(&mut s, t0).is_empty(), "partition 1 has said nothing yet");
+        s.push(b, 0, 0, 200, 1, "b200", t0);
+        assert_eq!(
+            drain(&mut s, t0),
+            ["a100"],
+            "200 is partition 1's newest: it may have more at 200"
+        );
+        s.push(b, 1, 0, 400, 1, "b400", t0);
+        assert_eq!(
+            drain(&mut s, t0),
+            ["b200"],
+            "a300 waits for a newer event of partition 1"
+        );
+        assert_eq!(s.safe_offsets(), [("logs", 0, 1), ("logs", 1, 1)]);
+    }
+
+    #[test]
+    fn ties_are_ordered_by_hash_whatever_the_arrival() {
+        let t0 = Instant::now();
+        let mut one = Sequencer::new(cfg());
+        let mut two = Sequencer::new(cfg());
+        let x = one.assign("f", 0, t0);
+        for (i, (tie, name)) in [(9, "nine"), (3, "three"), (5, "five")].into_iter().enumerate() {
+            one.push(x, i as i64, 0, 10, tie, name, t0);
+        }
+        let (p, q) = (two.assign("t", 0, t0), two.assign("t", 1, t0));
+        two.push(q, 0, 0, 10, 5, "five", t0);
+        two.push(p, 0, 0, 10, 3, "three", t0);
+        two.push(p, 1, 0, 10, 9, "nine", t0);
+        let mut a = Vec::new();
+        one.release_all(|v, _| a.push(v));
+        let mut b = Vec::new();
+        two.release_all(|v, _| b.push(v));
+        assert_eq!(a, ["three", "five", "nine"]);
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn an_idle_or_revoked_partition_stops_holding_the_clock() {
+        let t0 = Instant::now();
+        let mut s = Sequencer::new(cfg());
+        let a = s.assign("logs", 0, t0);
+        s.assign("logs", 1, t0);
+        s.push(a, 0, 0, 100, 1, "a100", t0);
+        s.push(a, 1, 0, 200, 1, "a200", t0);
+        s.read(a, 1, t0 + Duration::from_secs(1));
+        assert!(drain(&mut s, t0 + Duration::from_secs(4)).is_empty());
+        assert_eq!(
+            drain(&mut s, t0 + Duration::from_secs(5)),
+            ["a100"],
+            "partition 1 is idle"
+        );
+        // all idle: everything goes
+        assert_eq!(drain(&mut s, t0 + Duration::from_secs(10)), ["a200"]);
+        let mut s = Sequencer::new(cfg());
+        let a = s.assign("logs", 0, t0);
+        let b = s.assign("logs", 1, t0);
+        s.push(a, 0, 0, 100, 1, "a100", t0);
+        s.push(a, 1, 0, 200, 1, "a200", t0);
+        s.push(b, 0, 0, 50, 1, "b50", t0);
+        s.push(b, 1, 0, 60, 1, "b60", t0);
+        assert_eq!(drain(&mut s, t0), ["b50"]);
+        s.revoke("logs", 1);
+        assert_eq!(drain(&mut s, t0), ["a100"], "b60 went with its partition");
+        assert_eq!(s.safe_offsets(), [("logs", 0, 1)]);
+    }
+
+    #[test]
+    fn a_partition_waking_from_idleness_gets_the_idle_timeout_to_catch_up() {
+        let t0 = Instant::now();
+        let sec = |n| t0 + Duration::from_secs(n);
+        let mut s = Sequencer::new(cfg());
+        let a = s.assign("logs", 0, t0);
+        let b = s.assign("logs", 1, t0);
+        s.push(b, 0, 0, 200, 1, "b200", t0);
+        s.push(a, 0, 0, 100, 1, "a100", t0);
+        s.read(a, 0, t0);
+        s.read(b, 0, t0);
+        assert!(drain(&mut s, t0).is_empty());
+        // both go idle; a wakes up first with newer lines
+        s.push(a, 1, 0, 500, 1, "a500", sec(10));
+        s.push(a, 2, 0, 600, 1, "a600", sec(10));
+        s.read(a, 2, sec(10));
+        assert_eq!(
+            drain(&mut s, sec(10)),
+            ["a100", "b200"],
+            "below b's watermark at once; b200 waited long enough"
+        );
+        assert!(drain(&mut s, sec(11)).is_empty(), "b may still deliver before 500");
+        s.push(b, 1, 0, 400, 1, "b400", sec(12));
+        s.push(b, 2, 0, 550, 1, "b550", sec(12));
+        s.read(b, 2, sec(12));
+        assert_eq!(drain(&mut s, sec(12)), ["b400", "a500"]);
+        assert!(drain(&mut s, sec(14)).is_empty());
+        // both idle again: the rest goes once it has waited the idle timeout
+        assert_eq!(drain(&mut s, sec(17)), ["b550", "a600"]);
+    }
+
+    #[test]
+    fn a_partition_too_far_ahead_is_paused_until_the_slowest_catches_up() {
+        let t0 = Instant::now();
+        let mut s = Sequencer::new(cfg());
+        let a = s.assign("logs", 0, t0);
+        let b = s.assign("logs", 1, t0);
+        s.push(a, 0, 0, 0, 1, "a0", t0);
+        s.push(b, 0, 0, 5_000, 1, "b5000", t0);
+        let t = s.skew(t0);
+        assert_eq!(
+            t,
+            [Toggle {
+                topic: "logs".into(),
+                partition: 1,
+                pause: true
+            }]
+        );
+        assert!(s.skew(t0).is_empty(), "already paused");
+        // paused, it never counts as idle, however long the pause
+        assert!(drain(&mut s, t0 + Duration::from_secs(4)).is_empty());
+        s.read(a, 1, t0 + Duration::from_secs(4));
+        s.push(a, 1, 0, 4_500, 1, "a4500", t0);
+        assert_eq!(drain(&mut s, t0 + Duration::from_secs(4)), ["a0"]);
+        assert!(
+            s.skew(t0 + Duration::from_secs(4))[0]
+                == Toggle {
+                    topic: "logs".into(),
+                    partition: 1,
+                    pause: false
+                }
+        );
+        assert_eq!(s.peak(), 3);
+    }
+}

@@ -1,0 +1,288 @@
+//! Event fields as rules name them, resolved once at load time to [`Field`].
+//!
+//! The hot path never looks a field up by name: a rule's `where`, `key` and `distinct` hold
+//! `Field` values, and [`Field::get`] is a `match` on an enum.
+
+use std::net::IpAddr;
+
+use crate::input::Event;
+use crate::token::ClaimValue;
+
+/// Everything about an event that a rule can test or key on.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Field {
+    TokenId,
+    Subject,
+    Iss,
+    Sub,
+    Aud,
+    Alg,
+    Kid,
+    ClientIp,
+    Network,
+    Method,
+    /// The request path without its query string, JWT-looking text redacted: a rule can
+    /// store it (`distinct: path`) and a decision quote it, so it never carries a token.
+    Path,
+    Status,
+    UserAgent,
+    /// Not rejected (401/403) by the gateway; absent when the line has no status.
+    Accepted,
+    /// tokenwatch verified the token's signature with a JWKS key.
+    Verified,
+    /// Verified, or attested by the gateway: the evidence a revoking rule must require.
+    Authenticated,
+    Expired,
+    Unsigned,
+    HasToken,
+    TokenInUrl,
+    Geolocated,
+    /// `exp - iat`, seconds.
+    Lifetime,
+    Exp,
+    Iat,
+    Nbf,
+    /// A custom claim, `claim.NAME`.
+    Claim(Box<str>),
+}
+
+/// The type of a field's values, which decides the operators it accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FieldType {
+    Str,
+    /// Several strings (`aud`): a condition holds when any of them satisfies it.
+    StrList,
+    Num,
+    /// Seconds; constants may be written as durations (`24h`).
+    Seconds,
+    Bool,
+    Ip,
+    Net,
+    /// A custom claim: string, number or boolean, decided per token.
+    Any,
+}
+
+/// The names accepted in rule files, in the order the error message lists them.
+pub const NAMES: &[&str] = &[
+    "token_id",
+    "subject",
+    "iss",
+    "sub",
+    "aud",
+    "alg",
+    "kid",
+    "client_ip",
+    "network",
+    "method",
+    "path",
+    "status",
+    "user_agent",
+    "accepted",
+    "verified",
+    "authenticated",
+    "expired",
+    "unsigned",
+    "has_token",
+    "token_in_url",
+    "geolocated",
+    "lifetime",
+    "exp",
+    "iat",
+    "nbf",
+    "claim.NAME",
+];
+
+impl Field {
+    pub fn parse(name: &str) -> Result<Field, String> {
+        Ok(match name {
+            "token_id" => Field::TokenId,
+            "subject" => Field::Subject,
+            "iss" => Field::Iss,
+            "sub" => Field::Sub,
+            "aud" => Field::Aud,
+            "alg" => Field::Alg,
+            "kid" => Field::Kid,
+            "client_ip" => Field::ClientIp,
+            "network" => Field::Network,
+            "method" => Field::Method,
+            "path" => Field::Path,
+            "status" => Field::Status,
+            "user_agent" => Field::UserAgent,
+            "accepted" => Field::Accepted,
+            "verified" => Field::Verified,
+            "authenticated" => Field::Authenticated,
+            "expired" => Field::Expired,
+            "unsigned" => Field::Unsigned,
+            "has_token" => Field::HasToken,
+            "token_in_url" => Field::TokenInUrl,
+            "geolocated" => Field::Geolocated,
+            "lifetime" => Field::Lifetime,
+            "exp" => Field::Exp,
+            "iat" => Field::Iat,
+            "nbf" => Field::Nbf,
+            other => match other.strip_prefix("claim.") {
+                Some(c) if !c.is_empty() => Field::Claim(c.into()),
+                _ => return Err(format!("unknown field `{other}` (known fields: {})", NAMES.join(", "))),
+            },
+        })
+    }
+
+    pub fn name(&self) -> String {
+        match self {
+            Field::Claim(c) => format!("claim.{c}"),
+            other => {
+                let i = [
+                    Field::TokenId,
+                    Field::Subject,
+                    Field::Iss,
+                    Field::Sub,
+                    Field::Aud,
+                    Field::Alg,
+                    Field::Kid,
+                    Field::ClientIp,
+                    Field::Network,
+                    Field::Method,
+                    Field::Path,
+                    Field::Status,
+                    Field::UserAgent,
+                    Field::Accepted,
+                    Field::Verified,
+                    Field::Authenticated,
+                    Field::Expired,
+                    Field::Unsigned,
+                    Field::HasToken,
+                    Field::TokenInUrl,
+                    Field::Geolocated,
+                    Field::Lifetime,
+                    Field::Exp,
+                    Field::Iat,
+                    Field::Nbf,
+                ]
+                .iter()
+                .position(|f| f == other)
+                .unwrap_or(0);
+                NAMES[i].to_string()
+            }
+        }
+    }
+
+    pub fn ty(&self) -> FieldType {
+        match self {
+            Field::TokenId
+            | Field::Subject
+            | Field::Iss
+            | Field::Sub
+            | Field::Alg
+            | Field::Kid
+            | Field::Method
+            | Field::Path
+            | Field::UserAgent => FieldType::Str,
+            Field::Aud => FieldType::StrList,
+            Field::ClientIp => FieldType::Ip,
+            Field::Network => FieldType::Net,
+            Field::Status | Field::Exp | Field::Iat | Field::Nbf => FieldType::Num,
+            Field::Lifetime => FieldType::Seconds,
+            Field::Accepted
+            | Field::Verified
+            | Field::Authenticated
+            | Field::Expired
+            | Field::Unsigned
+            | Field::HasToken
+            | Field::TokenInUrl
+            | Field::Geolocated => FieldType::Bool,
+            Field::Claim(_) => FieldType::Any,
+        }
+    }
+
+    /// The field's value in an event; `Val::Missing` when the event has none.
+    pub fn get<'e>(&self, cx: &'e Ctx<'e>) -> Val<'e> {
+        let ev = cx.ev;
+        let tok = ev.token.as_deref();
+        let s = |o: Option<&'e str>| o.map_or(Val::Missing, Val::Str);
+        let n = |o: Option<i64>| o.map_or(Val::Missing, |v| Val::Num(v as f64));
+        match self {
+            Field::TokenId => s(tok.map(|t| &*t.token_id)),
+            Field::Subject => s(tok.map(|t| &*t.subject)),
+            Field::Iss => s(tok.and_then(|t| t.iss.as_deref())),
+            Field::Sub => s(tok.and_then(|t| t.sub.as_deref())),
+            Field::Aud => tok.map_or(Val::Missing, |t| Val::StrList(&t.aud)),
+            Field::Alg => s(tok.and_then(|t| t.alg.as_deref())),
+            Field::Kid => s(tok.and_then(|t| t.kid.as_deref())),
+            Field::ClientIp => ev.client_ip.map_or(Val::Missing, Val::Ip),
+            Field::Network => cx.network.map_or(Val::Missing, Val::Net),
+            Field::Method => Val::Str(&ev.method),
+            Field::Path => Val::Str(&ev.path),
+            Field::Status => ev.status.map_or(Val::Missing, |v| Val::Num(f64::from(v))),
+            Field::UserAgent => Val::Str(&ev.user_agent),
+            Field::Accepted => ev.accepted().map_or(Val::Missing, Val::Bool),
+            Field::Verified => Val::Bool(tok.is_some_and(|t| t.verified)),
+            Field::Authenticated => Val::Bool(ev.authenticated),
+            Field::Expired => Val::Bool(cx.expired),
+            Field::Unsigned => Val::Bool(tok.is_some_and(|t| t.unsigned)),
+            Field::HasToken => Val::Bool(tok.is_some()),
+            Field::TokenInUrl => Val::Bool(ev.token_in_url),
+            Field::Geolocated => Val::Bool(ev.geo.is_some()),
+            Field::Lifetime => n(tok.and_then(super::super::token::TokenInfo::lifetime)),
+            Field::Exp => n(tok.and_then(|t| t.exp)),
+            Field::Iat => n(tok.and_then(|t| t.iat)),
+            Field::Nbf => n(tok.and_then(|t| t.nbf)),
+            Field::Claim(name) => match tok.and_then(|t| t.claim(name)) {
+                None => Val::Missing,
+                Some(ClaimValue::Str(v)) => Val::Str(v),
+                Some(ClaimValue::Num(v)) => Val::Num(*v),
+                Some(ClaimValue::Bool(v)) => Val::Bool(*v),
+            },
+        }
+    }
+}
+
+/// An event with the facts every rule shares, computed once per event.
+pub struct Ctx<'e> {
+    pub ev: &'e Event<'e>,
+    /// `exp` + leeway is before the event time.
+    pub expired: bool,
+    pub network: Option<ipnet::IpNet>,
+}
+
+/// A field's value, borrowed from the event.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Val<'e> {
+    Str(&'e str),
+    StrList(&'e [Box<str>]),
+    Num(f64),
+    Bool(bool),
+    Ip(IpAddr),
+    Net(ipnet::IpNet),
+    Missing,
+}
+
+impl Val<'_> {
+    /// A display form for evidence and decision reasons.
+    pub fn to_json(&self) -> serde_json::Value {
+        match *self {
+            Val::Str(s) => s.into(),
+            Val::StrList(l) => l.iter().map(|s| serde_json::Value::from(&**s)).collect(),
+            Val::Num(n) => serde_json::json!(n),
+            Val::Bool(b) => b.into(),
+            Val::Ip(ip) => ip.to_string().into(),
+            Val::Net(n) => n.to_string().into(),
+            Val::Missing => serde_json::Value::Null,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_name_round_trips() {
+        for name in NAMES {
+            let name = name.replace("NAME", "tenant");
+            assert_eq!(Field::parse(&name).unwrap().name(), name);
+        }
+        let e = Field::parse("tokenid").unwrap_err();
+        assert!(e.contains("unknown field `tokenid`") && e.contains("token_id"), "{e}");
+        assert!(Field::parse("claim.").is_err());
+    }
+}

@@ -1,0 +1,351 @@
+//! `tokenwatch test`: rule tests that live beside the rules, as `NAME.test.yaml`.
+//!
+//! A test file names the rule under test and holds cases: requests in a shorthand (virtual
+//! time offsets, tokens built from claims and signed with the runner's own key, see
+//! [`keys`]) or raw lines in any log format, and the decisions that must and must not come
+//! out. Each case runs through its own fresh [`Pipeline`] with the *whole* rule set, as the
+//! service would run it, and then only the decisions of the rules the case is about are
+//! compared: the file's rule, the rules its expectations name, and `expect_none`. Within
+//! those, the match is exact: an expected decision that did not happen and a decision that
+//! was not expected both fail the case.
+//!
+//! Cases are built once ([`Suite::load`]) and can run against any rule set
+//! ([`Suite::run`]): that is how a test shows the shipped cases catch a mutated rule.
+
+pub mod build;
+pub mod keys;
+pub mod spec;
+
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::decision::Decision;
+use crate::pipeline::{Pipeline, PipelineConfig};
+use crate::rules::load::is_rule_test;
+use crate::rules::RuleSet;
+
+use build::{build_case, fmt_offset, BuiltCase, Expect, START_MS};
+
+/// One case, built, with where it was written.
+#[derive(Debug, Clone)]
+pub struct TestCase {
+    /// `file:line` of the case's name.
+    pub origin: String,
+    pub name: String,
+    /// The rule of its file.
+    pub rule: String,
+    /// What to run, or why the case cannot be built.
+    pub built: Result<BuiltCase, String>,
+}
+
+/// Every case found beside a rule directory.
+#[derive(Debug, Clone, Default)]
+pub struct Suite {
+    pub files: usize,
+    pub cases: Vec<TestCase>,
+}
+
+/// The test files in `dir`, by name.
+pub fn test_files(dir: &Path) -> Result<Vec<PathBuf>, String> {
+    let rd = std::fs::read_dir(dir).map_err(|e| format!("cannot read the rule directory {}: {e}", dir.display()))?;
+    let mut files: Vec<PathBuf> = rd
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file() && is_rule_test(p))
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+/// Reads one test file; `Err` is `file:line: message`.
+pub fn read_test_file(path: &Path) -> Result<spec::TestFile, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+    marked_yaml::from_yaml::<spec::TestFile>(0, &text).map_err(|e| match &e {
+        marked_yaml::FromYamlError::FromNode(n) => {
+            let line = n.start_mark().map_or(0, |m| m.line());
+            format!("{}:{line}: {e}", path.display())
+        }
+        marked_yaml::FromYamlError::ParseYaml(_) => format!("{}: {e}", path.display()),
+    })
+}
+
+/// The ids of the rules that the test files of `dir` name (as their rule or in an
+/// expectation); unreadable files name none.
+pub fn tested_rules(dir: &Path) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for f in test_files(dir).unwrap_or_default() {
+        if let Ok(t) = read_test_file(&f) {
+            out.extend(t.rules_named().map(String::from));
+        }
+    }
+    out
+}
+
+impl Suite {
+    /// Reads and builds every test file in `dir`. A file that cannot be read is one failing
+    /// case, so a broken test file fails the run rather than vanishing from it.
+    pub fn load(dir: &Path) -> Result<Suite, String> {
+        let files = test_files(dir)?;
+        let mut signer = keys::Signer::default();
+        let mut suite = Suite {
+            files: files.len(),
+            cases: Vec::new(),
+        };
+        for path in &files {
+            let file = match read_test_file(path) {
+                Ok(f) => f,
+                Err(e) => {
+                    suite.cases.push(TestCase {
+                        origin: path.display().to_string(),
+                        name: "<the test file>".into(),
+                        rule: String::new(),
+                        built: Err(e),
+                    });
+                    continue;
+                }
+            };
+            for case in &file.cases {
+                let line = case.name.span().start().map_or(0, marked_yaml::Marker::line);
+                suite.cases.push(TestCase {
+                    origin: format!("{}:{line}", path.display()),
+                    name: case.name.to_string(),
+                    rule: file.rule.clone(),
+                    built: build_case(case, &file.rule, file.format.as_deref(), &mut signer),
+                });
+            }
+        }
+        Ok(suite)
+    }
+
+    /// Runs every case against `rules`.
+    pub fn run(&self, rules: &Arc<RuleSet>) -> Report {
+        let results = self
+            .cases
+            .iter()
+            .map(|c| CaseResult {
+                origin: c.origin.clone(),
+                name: c.name.clone(),
+                outcome: match &c.built {
+                    Ok(b) => run_case(b, &c.rule, rules),
+                    Err(e) => Outcome::Broken(e.clone()),
+                },
+            })
+            .collect();
+        Report {
+            files: self.files,
+            results,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct CaseResult {
+    pub origin: String,
+    pub name: String,
+    pub outcome: Outcome,
+}
+
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    Passed,
+    Failed {
+        missing: Vec<Expect>,
+        unexpected: Vec<Decision>,
+        /// Every decision of the rules in scope, in order.
+        actual: Vec<Decision>,
+    },
+    /// The case could not be built or run.
+    Broken(String),
+}
+
+/// The results of a run, printed like `cargo test`.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub files: usize,
+    pub results: Vec<CaseResult>,
+}
+
+impl Report {
+    pub fn passed(&self) -> usize {
+        self.results
+            .iter()
+            .filter(|r| matches!(r.outcome, Outcome::Passed))
+            .count()
+    }
+
+    pub fn failed(&self) -> usize {
+        self.results.len() - self.passed()
+    }
+
+    /// One line per case, then each failure with its diff, then `N passed, M failed`.
+    pub fn render(&self) -> String {
+        let mut out = format!("running {} cases from {} test files\n", self.results.len(), self.files);
+        for r in &self.results {
+            let verdict = if matches!(r.outcome, Outcome::Passed) {
+                "ok"
+            } else {
+                "FAILED"
+            };
+            let _ = writeln!(out, "case {} {} ... {verdict}", r.origin, r.name);
+        }
+        let failures: Vec<_> = self
+            .results
+            .iter()
+            .filter(|r| !matches!(r.outcome, Outcome::Passed))
+            .collect();
+        if !failures.is_empty() {
+            out.push_str("\nfailures:\n");
+            for r in failures {
+                let _ = writeln!(out, "\n---- {} {} ----", r.origin, r.name);
+                render_failure(&mut out, &r.outcome);
+            }
+        }
+        let _ = writeln!(out, "\n{} passed, {} failed", self.passed(), self.failed());
+        out
+    }
+}
+
+fn render_failure(out: &mut String, o: &Outcome) {
+    match o {
+        Outcome::Passed => {}
+        Outcome::Broken(e) => {
+            let _ = writeln!(out, "  cannot run: {e}");
+        }
+        Outcome::Failed {
+            missing,
+            unexpected,
+            actual,
+        } => {
+            let _ = writeln!(out, "  decisions (- expected, not made; + made, not expected):");
+            for e in missing {
+                let _ = writeln!(out, "  - {}", show_expect(e));
+            }
+            for d in unexpected {
+                let _ = writeln!(out, "  + {}", show_decision(d));
+                let _ = writeln!(out, "      reason: {}", d.reason);
+            }
+            let _ = writeln!(out, "  all decisions of the rules under test ({}):", actual.len());
+            for d in actual {
+                let _ = writeln!(out, "    {}", show_decision(d));
+            }
+        }
+    }
+}
+
+fn run_case(b: &BuiltCase, rule: &str, rules: &Arc<RuleSet>) -> Outcome {
+    let mut scope: BTreeSet<&str> = b.expect.iter().map(|e| &*e.rule).collect();
+    scope.insert(rule);
+    scope.extend(b.expect_none.iter().map(|s| &**s));
+    if let Some(r) = scope.iter().find(|r| !rules.rules.iter().any(|x| &*x.id == **r)) {
+        return Outcome::Broken(format!("no rule `{r}` in the rule set"));
+    }
+    let cfg = PipelineConfig {
+        format: b.format,
+        verify: Some(keys::verifier()),
+        ..PipelineConfig::default()
+    };
+    let mut p = match Pipeline::new(rules.clone(), Some(crate::defaults::test_geo_db()), cfg) {
+        Ok(p) => p,
+        Err(e) => return Outcome::Broken(e),
+    };
+    let mut all = Vec::new();
+    for l in &b.lines {
+        p.process_line(l.as_bytes(), &mut all);
+    }
+    let actual: Vec<Decision> = all.into_iter().filter(|d| scope.contains(&*d.rule)).collect();
+    let mut taken = vec![false; actual.len()];
+    let mut missing = Vec::new();
+    for e in &b.expect {
+        match (0..actual.len()).find(|&i| !taken[i] && matches(e, &actual[i])) {
+            Some(i) => taken[i] = true,
+            None => missing.push(e.clone()),
+        }
+    }
+    let unexpected: Vec<Decision> = actual
+        .iter()
+        .zip(&taken)
+        .filter(|(_, t)| !**t)
+        .map(|(d, _)| d.clone())
+        .collect();
+    if missing.is_empty() && unexpected.is_empty() {
+        Outcome::Passed
+    } else {
+        Outcome::Failed {
+            missing,
+            unexpected,
+            actual,
+        }
+    }
+}
+
+fn matches(e: &Expect, d: &Decision) -> bool {
+    *e.rule == *d.rule
+        && e.token_id.as_deref().is_none_or(|t| d.token_id.as_deref() == Some(t))
+        && e.subject.as_deref().is_none_or(|s| d.subject.as_deref() == Some(s))
+        && e.at_ms.is_none_or(|at| d.ts - START_MS == at)
+        && e.action.as_deref().is_none_or(|a| a == d.action.as_str())
+        && e.client_ip.is_none_or(|ip| d.client_ip == Some(ip))
+}
+
+fn show_expect(e: &Expect) -> String {
+    let mut s = format!("{{rule: {}", e.rule);
+    if let Some(t) = &e.token_id {
+        let _ = write!(s, ", token_id: {t}");
+    }
+    if let Some(t) = &e.subject {
+        let _ = write!(s, ", subject: {t}");
+    }
+    if let Some(at) = e.at_ms {
+        let _ = write!(s, ", at: {}", fmt_offset(at));
+    }
+    if let Some(a) = &e.action {
+        let _ = write!(s, ", action: {a}");
+    }
+    if let Some(ip) = &e.client_ip {
+        let _ = write!(s, ", client_ip: {ip}");
+    }
+    s.push('}');
+    s
+}
+
+/// A decision in the shorthand of `expect:`, so a failing case shows what to write.
+pub fn show_decision(d: &Decision) -> String {
+    let mut s = format!("{{rule: {}", d.rule);
+    if let Some(t) = &d.token_id {
+        let _ = write!(s, ", token_id: {t}");
+    }
+    if let Some(t) = &d.subject {
+        let _ = write!(s, ", subject: {t}");
+    }
+    let _ = write!(
+        s,
+        ", at: {}, action: {}",
+        fmt_offset(d.ts - START_MS),
+        d.action.as_str()
+    );
+    if let Some(ip) = &d.client_ip {
+        let _ = write!(s, ", client_ip: {ip}");
+    }
+    s.push('}');
+    s
+}
+
+/// A warning for each rule of `set` that revokes (in enforce mode) and that no test file in
+/// `dir` names: a revoking rule can lock users out, so it should not change untested.
+pub fn untested_revoking(dir: &Path, set: &RuleSet) -> Vec<String> {
+    let tested = tested_rules(dir);
+    set.rules
+        .iter()
+        .filter(|r| r.action != crate::rules::Action::Alert && !r.shadow && !tested.contains(&*r.id))
+        .map(|r| {
+            format!(
+                "{}: warning: rule `{}` revokes ({}) but no *.test.yaml in {} tests it",
+                r.origin,
+                r.id,
+                r.action.as_str(),
+                dir.display()
+            )
+        })
+        .collect()
+}

@@ -1,0 +1,930 @@
+//! `tokenwatch run` in-process against librdkafka's mock cluster (a real Kafka protocol
+//! implementation inside librdkafka) and a real redis-server on a free port.
+
+use crate::common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::DefaultProducerContext;
+use tokio::sync::watch;
+
+use tokenwatch::metrics::{http_get, Metrics};
+use tokenwatch::service::{resolve, run, Overrides, RunSummary, ServiceConfig};
+
+const PREFIX: &str = "tokenwatch:";
+
+struct Running {
+    stop: watch::Sender<bool>,
+    _hup: watch::Sender<u64>,
+    task: tokio::task::JoinHandle<Result<RunSummary, String>>,
+    metrics: Arc<Metrics>,
+    metrics_addr: std::net::SocketAddr,
+    alerts: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+async fn start(brokers: &str, redis_url: &str, group: &str) -> Running {
+    start_with(brokers, redis_url, group, None).await
+}
+
+async fn start_with(brokers: &str, redis_url: &str, group: &str, alerts_topic: Option<&str>) -> Running {
+    start_tweaked(brokers, redis_url, group, alerts_topic, |_| {}).await
+}
+
+async fn start_tweaked(
+    brokers: &str,
+    redis_url: &str,
+    group: &str,
+    alerts_topic: Option<&str>,
+    tweak: impl FnOnce(&mut ServiceConfig),
+) -> Running {
+    let dir = tempfile::tempdir().unwrap();
+    let alerts = dir.path().join("alerts.jsonl");
+    let config = tokenwatch::config::Config::default();
+    let o = Overrides {
+        brokers: Some(brokers.into()),
+        topics: vec!["logs".into()],
+        group: Some(group.into()),
+        rules: Some(common::root().join("rules")),
+        geoip: Some(common::root().join("assets/GeoLite2-City-Test.mmdb")),
+        redis: vec![redis_url.into()],
+        alerts: Some(alerts.to_str().unwrap().into()),
+        alerts_topic: alerts_topic.map(String::from),
+        // the fixtures' tokens are signed with the test key of this JWKS
+        // and the generated attacks of `a_second_instance_takes_over...` (seed 5) with the
+        // generator's keys
+        jwks: vec![
+            common::root()
+                .join("tests/fixtures/keys/jwks.json")
+                .to_str()
+                .unwrap()
+                .into(),
+            common::gen_jwks_file(5).to_str().unwrap().into(),
+        ],
+        ..Overrides::default()
+    };
+    let (mut cfg, _) = resolve(&config, &o).unwrap();
+    cfg.batch_wait = Duration::from_millis(10);
+    tweak(&mut cfg);
+    let metrics = Metrics::new();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let metrics_addr = listener.local_addr().unwrap();
+    tokio::spawn(tokenwatch::metrics::serve(listener, metrics.clone()));
+    let (stop, stop_rx) = watch::channel(false);
+    let (hup, hup_rx) = watch::channel(0);
+    let task = tokio::spawn(run(cfg, metrics.clone(), stop_rx, hup_rx));
+    Running {
+        stop,
+        _hup: hup,
+        task,
+        metrics,
+        metrics_addr,
+        alerts,
+        _dir: dir,
+    }
+}
+
+async fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn stream(redis: &common::RedisServer) -> Vec<(String, String)> {
+    common::stream_entries(&mut redis.conn(), &format!("{PREFIX}revocations"))
+}
+
+/// Lines the service has read: decoded and skipped events.
+fn seen(m: &Metrics) -> u64 {
+    m.events.with_label_values(&["decoded"]).get() + m.events.with_label_values(&["skipped"]).get()
+}
+
+async fn stop_and_wait(svc: Running) -> Result<RunSummary, String> {
+    svc.stop.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(30), svc.task)
+        .await
+        .expect("the service stops within 30 s")
+        .unwrap()
+}
+
+/// The lines of the service's alerts file.
+fn alerts_file(svc: &Running) -> Vec<String> {
+    std::fs::read_to_string(&svc.alerts)
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect()
+}
+
+/// The records of the `alerts` topic, read from the start: until `want` are read and the
+/// topic has gone quiet, or 20 s pass. It reads on past `want`, so that a duplicate shows.
+fn alerts_topic(brokers: &str, want: usize) -> Vec<String> {
+    let c: rdkafka::consumer::BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "alerts-check")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    rdkafka::consumer::Consumer::subscribe(&c, &["alerts"]).unwrap();
+    let mut topic = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline && topic.len() <= want {
+        if let Some(Ok(msg)) = c.poll(Duration::from_millis(200)) {
+            topic.push(String::from_utf8_lossy(rdkafka::Message::payload(&msg).unwrap()).into_owned());
+        } else if topic.len() == want {
+            break;
+        }
+    }
+    topic
+}
+
+/// Topic `logs` (one partition) on the mock cluster, holding the fixture lines; returns the
+/// bootstrap servers and the lines.
+fn logs_topic_with_fixture_lines(mock: &MockCluster<'static, DefaultProducerContext>) -> (String, Vec<String>) {
+    mock.create_topic("logs", 1, 1).unwrap();
+    let brokers = mock.bootstrap_servers();
+    let lines = common::fixture_lines("canonical.log");
+    common::produce(&brokers, "logs", &lines);
+    (brokers, lines)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_in_kafka_become_revocations_in_redis_and_metrics() {
+    let mock = MockCluster::new(1).unwrap();
+    let (brokers, _) = logs_topic_with_fixture_lines(&mock);
+    let redis = common::RedisServer::start();
+
+    mock.create_topic("alerts", 1, 1).unwrap();
+    let svc = start_with(&brokers, &redis.url(), "g1", Some("alerts")).await;
+    wait_until("four revocations in the stream", 60, || stream(&redis).len() >= 4).await;
+    // every decision is an alert line (9 in the fixture)
+    wait_until("nine alert lines", 30, || {
+        std::fs::read_to_string(&svc.alerts)
+            .map(|s| s.lines().count() == 9)
+            .unwrap_or(false)
+    })
+    .await;
+
+    let mut c = redis.conn();
+    let entries = stream(&redis);
+    let mut ids: Vec<(String, String)> = entries.clone();
+    ids.sort();
+    assert_eq!(ids, {
+        // fixed-length ids: SHA-256 of (iss, 0x00, jti or sub)
+        let idp = "https://idp.example.com";
+        let mut want = vec![
+            ("subject".to_string(), common::scoped(idp, "carol")),
+            ("token".to_string(), common::scoped(idp, "tok-bob-1")),
+            ("token".to_string(), common::scoped(idp, "tok-erin-old")),
+            ("token".to_string(), common::scoped(idp, "tok-grace-1")),
+        ];
+        want.sort();
+        want
+    });
+    // token keys: JSON, TTL = max(exp + 60 s - now, 1 h); these fixture tokens expired long ago
+    let v: String = redis::cmd("GET")
+        .arg(format!(
+            "{PREFIX}revoked:tok:{}",
+            common::scoped("https://idp.example.com", "tok-bob-1")
+        ))
+        .query(&mut c)
+        .unwrap();
+    let j: serde_json::Value = serde_json::from_str(&v).unwrap();
+    assert_eq!(j["rule"], "token-replay");
+    assert_eq!(j["expires_at"], 1_795_911_300i64);
+    assert_eq!(j["revoked_at"], 1_795_910_650i64);
+    let ttl: i64 = redis::cmd("TTL")
+        .arg(format!(
+            "{PREFIX}revoked:tok:{}",
+            common::scoped("https://idp.example.com", "tok-bob-1")
+        ))
+        .query(&mut c)
+        .unwrap();
+    let expect = (1_795_911_300 + 60 - tokenwatch::service::now_ms() / 1000).max(3600);
+    assert!(
+        (expect - 5..=expect).contains(&ttl),
+        "ttl {ttl}, expected about {expect}"
+    );
+    // subject key: not_before, 24 h
+    let key = format!(
+        "{PREFIX}revoked:sub:{}",
+        common::scoped("https://idp.example.com", "carol")
+    );
+    let v: String = redis::cmd("GET").arg(&key).query(&mut c).unwrap();
+    let j: serde_json::Value = serde_json::from_str(&v).unwrap();
+    assert_eq!(j["not_before"], 1_795_910_400i64 + 1230);
+    let ttl: i64 = redis::cmd("TTL").arg(&key).query(&mut c).unwrap();
+    assert!((86_390..=86_400).contains(&ttl), "{ttl}");
+
+    // metrics, once the loop has counted every line (the last ones wait for event time, up to
+    // idle_timeout, and the counters are brought up to date between batches)
+    let m = svc.metrics.clone();
+    wait_until("every line counted", 30, || seen(&m) == 26).await;
+    let (code, body) = http_get(svc.metrics_addr, "/metrics").await.unwrap();
+    assert_eq!(code, 200);
+    for want in [
+        "tokenwatch_decisions_total{action=\"revoke_token\",rule=\"token-replay\",severity=\"high\"} 1",
+        "tokenwatch_revocations_total{kind=\"token\"} 3",
+        "tokenwatch_revocations_total{kind=\"subject\"} 1",
+        "tokenwatch_events_total{result=\"decoded\"} 23",
+        "tokenwatch_events_total{result=\"skipped\"} 3",
+        "tokenwatch_decode_errors_total{reason=\"invalid_json\"} 2",
+        "tokenwatch_rules_loaded 8",
+        "tokenwatch_redis_up 1",
+        "tokenwatch_decision_delay_seconds_count 9",
+    ] {
+        assert!(body.contains(want), "missing `{want}` in\n{body}");
+    }
+    // no token, subject or address as a label value
+    for line in body.lines().filter(|l| !l.starts_with('#')) {
+        assert!(
+            !line.contains("tok-") && !line.contains("idp.example.com") && !line.contains("198.51.100"),
+            "{line}"
+        );
+    }
+    assert_eq!(http_get(svc.metrics_addr, "/readyz").await.unwrap().0, 200);
+    // consumer lag per partition, from librdkafka's statistics (every 5 s)
+    let addr = svc.metrics_addr;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, body) = http_get(addr, "/metrics").await.unwrap();
+        if body.contains("tokenwatch_consumer_lag{partition=\"0\",topic=\"logs\"} 0") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no consumer lag gauge:\n{body}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // every decision also went to the alerts topic, as the same JSON line
+    let alert_lines = alerts_topic(&brokers, 9);
+    let file = alerts_file(&svc);
+    assert_eq!(alert_lines, file);
+
+    // graceful stop
+    svc.stop.send(true).unwrap();
+    let summary = tokio::time::timeout(Duration::from_secs(20), svc.task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(summary.stats.lines, 26);
+    assert_eq!(summary.revocations_written, 4);
+
+    // Replaying the same log (a new group reads it from the start, with fresh engine state)
+    // decides the same revocations again, and adds no stream entry.
+    let again = start(&brokers, &redis.url(), "g2").await;
+    wait_until("the replay's alert lines", 60, || {
+        std::fs::read_to_string(&again.alerts)
+            .map(|s| s.lines().count() == 9)
+            .unwrap_or(false)
+    })
+    .await;
+    assert_eq!(stream(&redis), entries, "no duplicate feed entries");
+    again.stop.send(true).unwrap();
+    let s2 = tokio::time::timeout(Duration::from_secs(20), again.task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(s2.revocations_written, 0);
+    drop(svc.metrics);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_outage_pauses_and_loses_nothing() {
+    let mock = MockCluster::new(1).unwrap();
+    mock.create_topic("logs", 1, 1).unwrap();
+    let brokers = mock.bootstrap_servers();
+    let mut redis = common::RedisServer::start_with(true);
+    let lines = common::fixture_lines("canonical.log");
+    // up to bob's replay (00:04:10): erin, grace and bob are revoked
+    let split = lines.iter().position(|l| l.contains("00:05:20")).unwrap();
+    let (first, rest) = lines.split_at(split);
+    common::produce(&brokers, "logs", first);
+    let svc = start(&brokers, &redis.url(), "g").await;
+    wait_until("three revocations", 60, || stream(&redis).len() == 3).await;
+
+    redis.kill();
+    common::produce(&brokers, "logs", rest);
+    let m = svc.metrics.clone();
+    wait_until("the service to notice the outage", 30, || m.redis_errors.get() > 0).await;
+    assert_eq!(m.redis_up.get(), 0);
+    assert_eq!(http_get(svc.metrics_addr, "/readyz").await.unwrap().0, 503);
+    // Consumption pauses: while a batch waits for Redis, nothing more is read, though there
+    // is more to read.
+    let more = ["{\"unrelated\": 1}"; 5];
+    common::produce(&brokers, "logs", &more);
+    let paused_at = seen(&m);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(seen(&m), paused_at, "lines were read while Redis was down");
+    let all = (lines.len() + more.len()) as u64;
+    assert!(paused_at < all);
+
+    redis.restart();
+    wait_until("every line to be read once Redis is back", 60, || seen(&m) == all).await;
+    wait_until("the fourth revocation", 60, || stream(&redis).len() >= 4).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let entries = stream(&redis);
+    assert_eq!(entries.len(), 4, "{entries:?}");
+    let mut unique = entries.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), 4, "each revocation exactly once: {entries:?}");
+    let carol = common::scoped("https://idp.example.com", "carol");
+    assert!(entries.iter().any(|(k, id)| k == "subject" && *id == carol));
+    svc.stop.send(true).unwrap();
+    let summary = tokio::time::timeout(Duration::from_secs(20), svc.task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(summary.stats.lines, 26 + 5, "no line lost");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_rule_edit_keeps_the_running_rules() {
+    let mock = MockCluster::new(1).unwrap();
+    mock.create_topic("logs", 1, 1).unwrap();
+    let brokers = mock.bootstrap_servers();
+    let redis = common::RedisServer::start();
+    let rules = tempfile::tempdir().unwrap();
+    for e in std::fs::read_dir(common::root().join("rules")).unwrap() {
+        let p = e.unwrap().path();
+        std::fs::copy(&p, rules.path().join(p.file_name().unwrap())).unwrap();
+    }
+    let config = tokenwatch::config::Config::default();
+    let o = Overrides {
+        brokers: Some(brokers.clone()),
+        topics: vec!["logs".into()],
+        rules: Some(rules.path().to_path_buf()),
+        redis: vec![redis.url()],
+        alerts: Some("none".into()),
+        ..Overrides::default()
+    };
+    let (cfg, _) = resolve(&config, &o).unwrap();
+    let metrics = Metrics::new();
+    let (stop, stop_rx) = watch::channel(false);
+    let (hup, hup_rx) = watch::channel(0);
+    let task = tokio::spawn(run(cfg, metrics.clone(), stop_rx, hup_rx));
+    // once partitions are assigned, the loop has taken its first look at the rule directory
+    wait_until("the service to start", 30, || metrics.assigned_partitions.get() > 0).await;
+    assert_eq!(metrics.rules_loaded.get(), 8);
+
+    std::fs::write(rules.path().join("broken.yaml"), "id: broken\nseverity: severe\n").unwrap();
+    let m = metrics.clone();
+    wait_until("a failed reload", 30, || {
+        m.rule_reloads.with_label_values(&["error"]).get() == 1
+    })
+    .await;
+    assert_eq!(metrics.rules_loaded.get(), 8, "still running the old rules");
+
+    std::fs::write(
+        rules.path().join("broken.yaml"),
+        "id: fixed\nseverity: low\naction: alert\nkind: match\nkey: token_id\n",
+    )
+    .unwrap();
+    wait_until("a good reload", 30, || {
+        m.rule_reloads.with_label_values(&["ok"]).get() >= 1
+    })
+    .await;
+    assert_eq!(metrics.rules_loaded.get(), 9);
+    // SIGHUP-style reload request
+    hup.send_modify(|n| *n += 1);
+    wait_until("a reload on request", 30, || {
+        m.rule_reloads.with_label_values(&["ok"]).get() >= 2
+    })
+    .await;
+    stop.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(20), task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_instance_takes_over_partitions_without_loss_or_duplicates() {
+    let mock = MockCluster::new(1).unwrap();
+    mock.create_topic("logs", 2, 1).unwrap();
+    let brokers = mock.bootstrap_servers();
+    let redis = common::RedisServer::start();
+    // Different traffic on each partition: the fixture, and generated attacks.
+    let fixture = common::fixture_lines("canonical.log");
+    let cfg = tokenwatch_gen::GenConfig {
+        seed: 5,
+        events: Some(4_000),
+        rate_per_sec: 20.0,
+        attack_rate: 60.0,
+        ..Default::default()
+    };
+    let generated: Vec<String> = tokenwatch_gen::Generator::new(cfg).map(|g| g.line).collect();
+    let half = generated.len() / 2;
+    common::produce_to(&brokers, "logs", 0, &fixture);
+    common::produce_to(&brokers, "logs", 1, &generated[..half]);
+
+    let a = start(&brokers, &redis.url(), "rb").await;
+    let ma = a.metrics.clone();
+    let first = (fixture.len() + half) as u64;
+    wait_until("the first instance to read what is there", 60, || seen(&ma) >= first).await;
+    let before = stream(&redis).len();
+    assert!(before >= 4, "{before}");
+
+    let b = start(&brokers, &redis.url(), "rb").await;
+    let mb = b.metrics.clone();
+    wait_until("the partitions to be shared", 60, || {
+        ma.assigned_partitions.get() == 1 && mb.assigned_partitions.get() == 1
+    })
+    .await;
+    common::produce_to(&brokers, "logs", 1, &generated[half..]);
+    let total = (fixture.len() + generated.len()) as u64;
+    wait_until("every line to be read by one instance or the other", 60, || {
+        seen(&ma) + seen(&mb) >= total
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let entries = stream(&redis);
+    let mut unique = entries.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), entries.len(), "no duplicate feed entries: {entries:?}");
+    assert!(entries.len() > before, "the second half's attacks were revoked too");
+    for s in [a.stop, b.stop] {
+        s.send(true).unwrap();
+    }
+    for t in [a.task, b.task] {
+        tokio::time::timeout(Duration::from_secs(20), t)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+    }
+}
+
+async fn wait_for_status(addr: std::net::SocketAddr, path: &str, want: u16, secs: u64) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let (code, body) = http_get(addr, path).await.unwrap();
+        if code == want {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{path} is still {code} ({body}), not {want}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_follows_redis_even_without_traffic() {
+    let mock = MockCluster::new(1).unwrap();
+    mock.create_topic("logs", 1, 1).unwrap();
+    let brokers = mock.bootstrap_servers();
+    let mut redis = common::RedisServer::start();
+    let svc = start(&brokers, &redis.url(), "ready").await;
+    wait_for_status(svc.metrics_addr, "/readyz", 200, 30).await;
+
+    // Nothing is produced, so nothing is written: only the health check can notice.
+    redis.kill();
+    let down = Instant::now();
+    wait_for_status(svc.metrics_addr, "/readyz", 503, 10).await;
+    assert!(down.elapsed() < Duration::from_secs(6), "{:?}", down.elapsed());
+    assert_eq!(svc.metrics.redis_up.get(), 0);
+    assert_eq!(svc.metrics.redis_errors.get(), 0, "no write failed");
+    let (_, body) = http_get(svc.metrics_addr, "/readyz").await.unwrap();
+    assert!(body.contains("redis down"), "{body}");
+
+    redis.restart();
+    wait_for_status(svc.metrics_addr, "/readyz", 200, 15).await;
+    assert_eq!(svc.metrics.redis_up.get(), 1);
+    stop_and_wait(svc).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_redis_settings_fail_at_start_instead_of_retrying() {
+    let redis = common::RedisServer::start_args(false, &["--requirepass", "s3cret"]);
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no-such-ca.pem");
+    let file = dir.path().join("tokenwatch.toml");
+    std::fs::write(
+        &file,
+        format!("[revocation]\nredis_ca_file = \"{}\"\n", missing.display()),
+    )
+    .unwrap();
+    let overrides = |url: &str| Overrides {
+        brokers: Some("127.0.0.1:1".into()),
+        topics: vec!["logs".into()],
+        rules: Some(common::root().join("rules")),
+        redis: vec![url.into()],
+        alerts: Some("none".into()),
+        ..Overrides::default()
+    };
+    let url = format!("rediss://127.0.0.1:{}/", redis.port);
+
+    // At resolve: the message names the key and where it was set.
+    let c = tokenwatch::config::Config::load_with_env(Some(&file), std::iter::empty()).unwrap();
+    let e = resolve(&c, &overrides(&url)).err().unwrap();
+    assert!(
+        e.starts_with(&format!("{}:2: revocation.redis_ca_file:", file.display())) && e.contains("no-such-ca.pem"),
+        "{e}"
+    );
+    let e = resolve(&Default::default(), &overrides("redis://127.0.0.1:notaport/"))
+        .err()
+        .unwrap();
+    assert!(e.starts_with("redis:"), "{e}");
+
+    // At start: `run` gives up at once instead of retrying a setting that cannot work.
+    let run_err = |cfg: ServiceConfig| async move {
+        let (_stop, stop_rx) = watch::channel(false);
+        let (_hup, hup_rx) = watch::channel(0);
+        tokio::time::timeout(Duration::from_secs(10), run(cfg, Metrics::new(), stop_rx, hup_rx))
+            .await
+            .expect("run retried a bad setting instead of failing")
+            .err()
+            .unwrap()
+    };
+    let (mut cfg, _) = resolve(&Default::default(), &overrides(&url)).unwrap();
+    cfg.redis.ca_file = Some(missing.clone());
+    let e = run_err(cfg).await;
+    assert!(e.contains("redis_ca_file") && e.contains("no-such-ca.pem"), "{e}");
+
+    // A refused password is a setting to fix too, and never shown.
+    let (cfg, _) = resolve(
+        &Default::default(),
+        &overrides(&format!("redis://:wrong@127.0.0.1:{}/", redis.port)),
+    )
+    .unwrap();
+    let e = run_err(cfg).await;
+    assert!(
+        e.contains(&format!("127.0.0.1:{}", redis.port)) && !e.contains("wrong"),
+        "{e}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_stop_commits_every_finished_batch() {
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+    let mock = MockCluster::new(1).unwrap();
+    let (brokers, lines) = logs_topic_with_fixture_lines(&mock);
+    let redis = common::RedisServer::start();
+
+    // Every per-batch (asynchronous) commit fails...
+    mock.request_errors(
+        RDKafkaApiKey::OffsetCommit,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_OFFSET_METADATA_TOO_LARGE; 500],
+    );
+    let svc = start(&brokers, &redis.url(), "gc").await;
+    let m = svc.metrics.clone();
+    wait_until("every line to be read", 60, || seen(&m) == lines.len() as u64).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        common::committed(&brokers, "gc", "logs"),
+        None,
+        "the injected errors hit the commits"
+    );
+
+    // ...so only the final, synchronous commit of the stop can tell the group.
+    mock.clear_request_errors(RDKafkaApiKey::OffsetCommit);
+    let summary = stop_and_wait(svc).await.unwrap();
+    assert_eq!(summary.stats.lines, lines.len() as u64);
+    assert_eq!(common::committed(&brokers, "gc", "logs"), Some(lines.len() as i64));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alerts_topic_outage_pauses_and_loses_nothing() {
+    let mock = MockCluster::new(1).unwrap();
+    mock.create_topic("alerts", 1, 1).unwrap();
+    let (brokers, lines) = logs_topic_with_fixture_lines(&mock);
+    let redis = common::RedisServer::start();
+
+    // The alerts partition has no leader: every record times out (after 1 s here).
+    mock.partition_leader("alerts", 0, None).unwrap();
+    let svc = start_tweaked(&brokers, &redis.url(), "ga", Some("alerts"), |cfg| {
+        cfg.kafka.insert("message.timeout.ms".into(), "1000".into());
+    })
+    .await;
+    let m = svc.metrics.clone();
+    wait_until("failed alert deliveries", 30, || m.alert_errors.get() >= 2).await;
+    assert!(!svc.task.is_finished(), "the service keeps running");
+    // nothing past the undelivered batch is read or committed
+    let paused_at = seen(&m);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(seen(&m), paused_at);
+    assert!(common::committed(&brokers, "ga", "logs").unwrap_or(0) < lines.len() as i64);
+
+    mock.partition_leader("alerts", 0, Some(1)).unwrap();
+    wait_until("every line to be read", 60, || seen(&m) == lines.len() as u64).await;
+    let file = alerts_file(&svc);
+    assert_eq!(file.len(), 9, "retries wrote no line twice");
+    // every decision reached the topic, once
+    let topic = alerts_topic(&brokers, file.len());
+    let (mut a, mut b) = (topic.clone(), file.clone());
+    a.sort();
+    b.sort();
+    assert_eq!(a, b);
+    stop_and_wait(svc).await.unwrap();
+    assert_eq!(common::committed(&brokers, "ga", "logs"), Some(lines.len() as i64));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revocation_settings_reach_redis() {
+    use tokenwatch::sinks::redis::{Kind, Revocation, RevocationWriter};
+    let redis = common::RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tokenwatch.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "brokers = \"b:9092\"\ntopics = [\"logs\"]\nredis = [\"{}\"]\n\n[revocation]\nsubject_ttl = \"2h\"\nmin_token_ttl = \"3h\"\nno_exp_ttl = \"5h\"\nstream_maxlen = 10\n",
+            redis.url()
+        ),
+    )
+    .unwrap();
+    let c = tokenwatch::config::Config::load_with_env(Some(&file), std::iter::empty()).unwrap();
+    let (cfg, _) = resolve(&c, &Overrides::default()).unwrap();
+    let mut w = RevocationWriter::connect(cfg.redis.clone()).await.unwrap();
+    let now = tokenwatch::service::now_ms() / 1000;
+    let rev = |kind, id: &str, expires_at| Revocation {
+        kind,
+        id: id.into(),
+        rule: "r".into(),
+        reason: "test".into(),
+        iss: None,
+        sub: None,
+        jti: None,
+        revoked_at: now,
+        expires_at,
+        not_before: (kind == Kind::Subject).then_some(now),
+    };
+    let mut conn = redis.conn();
+    let mut ttl_of = |key: String| -> i64 { redis::cmd("TTL").arg(key).query(&mut conn).unwrap() };
+    let hours = |h: i64| h * 3600;
+    for (r, key, want) in [
+        // long expired: kept min_token_ttl
+        (
+            rev(Kind::Token, "expired", Some(now - 100)),
+            "revoked:tok:expired",
+            hours(3),
+        ),
+        (rev(Kind::Token, "no-exp", None), "revoked:tok:no-exp", hours(5)),
+        // exp + the 60 s leeway
+        (
+            rev(Kind::Token, "later", Some(now + hours(10))),
+            "revoked:tok:later",
+            hours(10) + 60,
+        ),
+        (rev(Kind::Subject, "idp|u", None), "revoked:sub:idp|u", hours(2)),
+    ] {
+        assert!(w.write(&r, now).await.unwrap());
+        let ttl = ttl_of(format!("{PREFIX}{key}"));
+        assert!((want - 5..=want).contains(&ttl), "{key}: ttl {ttl}, want {want}");
+    }
+
+    // The feed is trimmed to about stream_maxlen (whole stream nodes of 100 entries go).
+    for i in 0..1_000 {
+        assert!(w.write(&rev(Kind::Token, &format!("t{i}"), None), now).await.unwrap());
+    }
+    let len: u64 = redis::cmd("XLEN")
+        .arg(format!("{PREFIX}revocations"))
+        .query(&mut redis.conn())
+        .unwrap();
+    assert!(len <= 10 + 100, "XLEN {len}");
+}
+
+/// A revocation Redis rejects for good (here WRONGTYPE: the feed key holds a string, so every
+/// feed append fails) goes to the dead-letter output, and the stream goes on: every line is
+/// read and the dead letters name each revocation. (Retried as an outage, this paused
+/// consumption forever.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_redis_rejects_for_good_is_dead_lettered_and_the_stream_goes_on() {
+    let mock = MockCluster::new(1).unwrap();
+    let (brokers, lines) = logs_topic_with_fixture_lines(&mock);
+    let redis = common::RedisServer::start();
+    let _: () = redis::cmd("SET")
+        .arg(format!("{PREFIX}revocations"))
+        .arg("not a stream")
+        .query(&mut redis.conn())
+        .unwrap();
+    let svc = start(&brokers, &redis.url(), "g-dead").await;
+    let m = svc.metrics.clone();
+    let all = lines.len() as u64;
+    wait_until("every line to be read", 60, || seen(&m) == all).await;
+    wait_until("four dead letters", 30, || {
+        m.dead_letters.with_label_values(&["redis"]).get() == 4
+    })
+    .await;
+    let dead = std::fs::read_to_string(svc.alerts.with_extension("jsonl.dead-letters")).unwrap();
+    let dead: Vec<serde_json::Value> = dead.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(dead.len(), 4);
+    assert!(dead
+        .iter()
+        .all(|d| d["output"] == "redis" && d["error"].as_str().unwrap().contains("WRONGTYPE")));
+    assert!(dead
+        .iter()
+        .any(|d| d["item"]["rule"] == "impossible-travel" && d["item"]["kind"] == "subject"));
+    assert_eq!(m.redis_refused.get(), 0);
+    stop_and_wait(svc).await.unwrap();
+}
+
+/// Redis that answers but refuses writes (out of memory) keeps consumption paused, since nothing
+/// may be lost, but says why: /readyz names the code and `tokenwatch_redis_refused` is 1, not an
+/// outage. Once the operator acts, the revocations are written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_refusing_writes_is_named_in_readyz_and_waited_out() {
+    let mock = MockCluster::new(1).unwrap();
+    let (brokers, _) = logs_topic_with_fixture_lines(&mock);
+    let redis = common::RedisServer::start();
+    let set = |k: &str, v: &str| {
+        let _: () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg(k)
+            .arg(v)
+            .query(&mut redis.conn())
+            .unwrap();
+    };
+    set("maxmemory-policy", "noeviction");
+    set("maxmemory", "1");
+    let svc = start(&brokers, &redis.url(), "g-oom").await;
+    let m = svc.metrics.clone();
+    wait_until("redis_refused", 60, || m.redis_refused.get() == 1).await;
+    let (code, body) = http_get(svc.metrics_addr, "/readyz").await.unwrap();
+    assert_eq!(code, 503);
+    assert!(body.contains("refuses writes (OOM)"), "{body}");
+    assert!(stream(&redis).is_empty());
+    set("maxmemory", "0");
+    wait_until("four revocations", 60, || stream(&redis).len() == 4).await;
+    wait_until("redis_refused cleared", 10, || m.redis_refused.get() == 0).await;
+    stop_and_wait(svc).await.unwrap();
+}
+
+/// An alert record the alerts topic refuses for good (too large) goes to the dead-letter output
+/// and counts as delivered; the other records of the batch are delivered. (Retried, it stalled
+/// the stream and the revocations behind it.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alert_record_too_large_for_the_topic_is_dead_lettered() {
+    use tokenwatch::sinks::alerts::{AlertSink, AlertTarget};
+    use tokenwatch::sinks::dead_letter::DeadLetters;
+    let mock = MockCluster::new(1).unwrap();
+    mock.create_topic("alerts", 1, 1).unwrap();
+    let producer: rdkafka::producer::FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", mock.bootstrap_servers())
+        .set("message.max.bytes", "1000")
+        .create()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let dead_path = dir.path().join("dead");
+    let dead = Arc::new(std::sync::Mutex::new(DeadLetters::file(&dead_path).unwrap()));
+    let mut sink = AlertSink::new(&AlertTarget::None, Some((producer, "alerts".into())))
+        .unwrap()
+        .with_dead_letters(dead);
+    let small = tokenwatch_core::decision::Decision {
+        ts: 0,
+        rule: "r".into(),
+        severity: tokenwatch_core::rules::Severity::Low,
+        action: tokenwatch_core::rules::Action::Alert,
+        token_id: Some("t".into()),
+        subject: None,
+        revocation_key: None,
+        iss: None,
+        sub: None,
+        client_ip: None,
+        expires_at: None,
+        not_before: None,
+        shadow: false,
+        reason: "small".into(),
+        evidence: serde_json::Value::Null,
+    };
+    let big = tokenwatch_core::decision::Decision {
+        reason: "x".repeat(5_000),
+        ..small.clone()
+    };
+    tokio::time::timeout(Duration::from_secs(60), sink.write(&[small, big]))
+        .await
+        .expect("the batch is delivered, not retried forever")
+        .unwrap();
+    assert_eq!(sink.take_dead_lettered(), 1);
+    let dead = std::fs::read_to_string(&dead_path).unwrap();
+    assert_eq!(dead.lines().count(), 1);
+    assert!(
+        dead.contains("\"output\":\"alerts_topic\"") && dead.contains("xxxx"),
+        "{dead}"
+    );
+    assert_eq!(alerts_topic(&mock.bootstrap_servers(), 1).len(), 1);
+}
+
+/// A rule past its revocation budget trips: `tokenwatch_rule_tripped{rule}` is 1 and its later
+/// revocations are not written; `tokenwatch rearm RULE` (a request in Redis that every instance
+/// reads) re-arms it, and the next revocation is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tripped_rule_is_shown_and_rearmed_through_redis() {
+    let mock = MockCluster::new(1).unwrap();
+    mock.create_topic("logs", 1, 1).unwrap();
+    let brokers = mock.bootstrap_servers();
+    let redis = common::RedisServer::start();
+    let rules = tempfile::tempdir().unwrap();
+    std::fs::write(
+        rules.path().join("oops.yaml"),
+        "id: oops\nseverity: high\naction: revoke_token\nkind: match\nkey: token_id\nbudget: 2/1h\nwhere:\n  authenticated: true\n",
+    )
+    .unwrap();
+    let dir = rules.path().to_path_buf();
+    let svc = start_tweaked(&brokers, &redis.url(), "g-trip", None, move |c| c.rules_dir = dir).await;
+    let m = svc.metrics.clone();
+    let line = |i: usize| {
+        let t = tokenwatch_core::token::encode_unsigned_parts(
+            &serde_json::json!({"alg": "RS256"}),
+            &serde_json::json!({"iss": "https://idp", "sub": format!("u{i}"), "jti": format!("j{i}")}),
+            b"sig",
+        );
+        format!(
+            r#"{{"ts":"2026-11-29T00:00:{i:02}.000Z","client_ip":"198.51.100.7","method":"GET","path":"/x","status":200,"authenticated":true,"authorization":"Bearer {t}"}}"#
+        )
+    };
+    common::produce(&brokers, "logs", &(0..5).map(line).collect::<Vec<_>>());
+    wait_until("five lines read", 60, || seen(&m) == 5).await;
+    wait_until("the rule to trip", 30, || {
+        m.rule_tripped.with_label_values(&["oops"]).get() == 1
+    })
+    .await;
+    assert_eq!(stream(&redis).len(), 2, "only the budget's two revocations are written");
+
+    let mut w = tokenwatch::sinks::redis::RevocationWriter::connect(
+        resolve(
+            &tokenwatch::config::Config::default(),
+            &Overrides {
+                brokers: Some(brokers.clone()),
+                topics: vec!["logs".into()],
+                redis: vec![redis.url()],
+                ..Overrides::default()
+            },
+        )
+        .unwrap()
+        .0
+        .redis,
+    )
+    .await
+    .unwrap();
+    w.request_rearm("oops", tokenwatch::service::now_ms() / 1000 + 1)
+        .await
+        .unwrap();
+    wait_until("the rule to be re-armed", 30, || {
+        m.rule_tripped.with_label_values(&["oops"]).get() == 0
+    })
+    .await;
+    common::produce(&brokers, "logs", &[line(6)]);
+    wait_until("the next revocation", 30, || stream(&redis).len() == 3).await;
+    stop_and_wait(svc).await.unwrap();
+}
+
+/// Waits until the service has read `total` lines and its alerts file has stopped growing.
+async fn wait_for_quiet(svc: &Running, total: u64, secs: u64) {
+    let m = svc.metrics.clone();
+    wait_until("every line to be read", secs, || seen(&m) >= total).await;
+    let mut last = usize::MAX;
+    loop {
+        let n = std::fs::read_to_string(&svc.alerts)
+            .map(|s| s.lines().count())
+            .unwrap_or(0);
+        if n == last {
+            break;
+        }
+        last = n;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    }
+}
+
+/// A backlog of generated traffic over 6 partitions, keyed at random, read from the start:
+/// `run` decides exactly what `replay` of the same lines decides, none of it late.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_over_six_partitions_decides_what_replay_decides() {
+    let mock = MockCluster::new(1).unwrap();
+    mock.create_topic("logs", 6, 1).unwrap();
+    let brokers = mock.bootstrap_servers();
+    let redis = common::RedisServer::start();
+    let lines = common::generated_attacks(10, 24_000);
+    let want = common::replay_lines(&lines);
+    assert!(want.len() > 50, "the log has attacks: {}", want.len());
+    common::produce_spread(&brokers, "logs", 6, &lines, 7);
+
+    let svc = start(&brokers, &redis.url(), "backlog6").await;
+    wait_for_quiet(&svc, lines.len() as u64, 120).await;
+    assert_eq!(svc.metrics.late_events.get(), 0, "no event is late");
+    // The buffer's bound: about max_skew (60 s) of event time plus what a fetch brought.
+    let peak = svc.metrics.held_lines_peak.get();
+    eprintln!("event-time buffer peak: {peak} lines of {}", lines.len());
+    assert!(peak > 0 && (peak as usize) < lines.len() / 2, "peak {peak}");
+    let got = alerts_file(&svc);
+    assert_eq!(got.len(), want.len(), "as many decisions as replay");
+    assert!(got == want, "the same decisions, in the same order, as replay");
+    let mut revoked = stream(&redis);
+    let mut want_revoked = common::revocations_of(&want);
+    want_revoked.sort();
+    want_revoked.dedup();
+    let n = revoked.len();
+    revoked.sort();
+    revoked.dedup();
+    assert_eq!(revoked.len(), n, "no stream entry twice");
+    assert_eq!(revoked, want_revoked);
+    stop_and_wait(svc).await.unwrap();
+}

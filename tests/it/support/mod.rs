@@ -1,0 +1,3 @@
+//! Key material for signature tests.
+
+pub mod keys;
