@@ -45,13 +45,3 @@ pub enum ConfigError {
 fn at(origin: Option<&Origin>) -> String {
     origin.map(|o| format!("{o}: ")).unwrap_or_default()
 }
-
-impl ConfigError {
-    /// The origin this error names, if any (for tests and callers that want to point at it).
-    pub fn origin(&self) -> Option<&Origin> {
-        match self {
-            ConfigError::Invalid { origin, .. } | ConfigError::Refused { origin, .. } => origin.as_ref(),
-            _ => None,
-        }
-    }
-}
