@@ -85,7 +85,9 @@ impl Origins {
     }
 }
 
-/// A configuration being assembled: the merged tree and the origin of each key in it.
+/// A configuration being assembled: the merged tree and the origin of each key in it. Add
+/// the layers in their order — [`Layers::file`] (or [`Layers::toml`]), [`Layers::env`],
+/// [`Layers::flag`] — then [`Layers::load`].
 #[derive(Debug, Default)]
 pub struct Layers {
     root: Table,
