@@ -2,10 +2,10 @@
 
 use crate::common;
 
-use std::process::{Command, Output};
+use std::process::Output;
 
 fn tokenwatch(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_tokenwatch"))
+    common::tokenwatch_command()
         .args(args)
         .current_dir(common::root())
         .output()
@@ -52,7 +52,7 @@ fn replay_prints_decisions_and_a_summary() {
 #[test]
 fn replay_reads_stdin_and_several_files() {
     let f = common::fixture("canonical.log");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tokenwatch"))
+    let mut child = common::tokenwatch_command()
         .args(["replay", "-q", "--format", "canonical", "-", f.to_str().unwrap()])
         .current_dir(common::root())
         .stdin(std::process::Stdio::piped())
@@ -97,12 +97,14 @@ fn unreadable_inputs_fail_clearly() {
         text(&out.stderr)
     );
 
+    // a usage error, listing the formats there are
     let out = tokenwatch(&["replay", "--format", "apache", "-"]);
-    assert!(!out.status.success());
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
     assert!(
-        text(&out.stderr).contains("unknown format `apache`"),
-        "{}",
-        text(&out.stderr)
+        err.contains("invalid value 'apache' for '--format <FORMAT>'")
+            && err.contains("possible values: auto, canonical"),
+        "{err}"
     );
 }
 
@@ -180,4 +182,83 @@ fn unrevoke_prints_what_it_removed() {
     ]);
     assert!(!bad.status.success());
     assert!(text(&bad.stderr).contains("--since"), "{}", text(&bad.stderr));
+}
+
+/// `--help` lists the values of every enumerated flag.
+#[test]
+fn help_lists_the_formats_and_log_formats() {
+    let out = tokenwatch(&["run", "--help"]);
+    assert!(out.status.success());
+    let help = text(&out.stdout);
+    assert!(
+        help.contains("auto, canonical, traefik, kong, apisix, envoy, nginx, aws, custom"),
+        "{help}"
+    );
+    assert!(help.contains("human") && help.contains("json"), "{help}");
+    let out = tokenwatch(&["gen", "--help"]);
+    assert!(
+        text(&out.stdout).contains("possible values: canonical, traefik, kong, envoy, nginx"),
+        "{}",
+        text(&out.stdout)
+    );
+}
+
+/// Exit status 2: what must be fixed before anything runs, named where it was set (the flag,
+/// the variable); status 1 is for failures at run time and for findings (`validate`).
+#[test]
+fn configuration_mistakes_exit_2_naming_the_flag_or_the_variable() {
+    let out = tokenwatch(&["run", "--log-format", "xml"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("invalid value 'xml'"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let out = tokenwatch(&[
+        "run",
+        "--brokers",
+        "b:9092",
+        "--topic",
+        "t",
+        "--redis",
+        "redis://r",
+        "--metrics-addr",
+        "nowhere",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("tokenwatch: --metrics-addr: metrics_addr: `nowhere` is not an address"),
+        "{err}"
+    );
+
+    let out = common::tokenwatch_command()
+        .args(["unrevoke", "--token", "x"])
+        .env("TOKENWATCH_REDIS_CLUSTR", "true")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("TOKENWATCH_REDIS_CLUSTR: redis_clustr: unknown field `redis_clustr`"),
+        "{err}"
+    );
+
+    let out = tokenwatch(&["run", "--brokers", "b:9092", "--topic", "t"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("redis: no Redis URL given"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+/// A Redis that cannot be reached is a failure at run time, not a mistake: exit status 1.
+#[test]
+fn a_failure_at_run_time_exits_1() {
+    let port = common::free_port();
+    let url = format!("redis://127.0.0.1:{port}/");
+    let out = tokenwatch(&["rearm", "some-rule", "--redis", url.as_str()]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
 }

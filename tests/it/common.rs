@@ -432,3 +432,17 @@ pub fn generated_attacks(seed: u64, lines: u64) -> Vec<String> {
     };
     tokenwatch_gen::Generator::new(cfg).map(|g| g.line).collect()
 }
+
+/// The `tokenwatch` binary, without the test process's own `TOKENWATCH_*` variables
+/// (`TOKENWATCH_TEST_REDIS_SERVER`, `TOKENWATCH_BLESS`...): the binary takes every such
+/// variable for a setting and refuses the ones it does not know, so a test gives it only the
+/// ones it means (`.env(...)`).
+pub fn tokenwatch_command() -> std::process::Command {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_tokenwatch"));
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("TOKENWATCH_") {
+            c.env_remove(name);
+        }
+    }
+    c
+}

@@ -83,7 +83,7 @@ fn tokenwatch_with(
 ) -> Proc {
     let root = common::root();
     Proc(
-        Command::new(env!("CARGO_BIN_EXE_tokenwatch"))
+        common::tokenwatch_command()
             .args([
                 "run",
                 "--brokers",

@@ -10,8 +10,9 @@ use rdkafka::mocking::MockCluster;
 use rdkafka::producer::DefaultProducerContext;
 use tokio::sync::watch;
 
+use tokenwatch::config::flags::RunFlags;
 use tokenwatch::metrics::{http_get, Metrics};
-use tokenwatch::service::{resolve, run, Overrides, RunSummary, ServiceConfig};
+use tokenwatch::service::{run, RunSummary, ServiceConfig};
 
 const PREFIX: &str = "tokenwatch:";
 
@@ -42,8 +43,7 @@ async fn start_tweaked(
 ) -> Running {
     let dir = tempfile::tempdir().unwrap();
     let alerts = dir.path().join("alerts.jsonl");
-    let config = tokenwatch::config::Config::default();
-    let o = Overrides {
+    let o = RunFlags {
         brokers: Some(brokers.into()),
         topics: vec!["logs".into()],
         group: Some(group.into()),
@@ -63,9 +63,9 @@ async fn start_tweaked(
                 .into(),
             common::gen_jwks_file(5).to_str().unwrap().into(),
         ],
-        ..Overrides::default()
+        ..RunFlags::default()
     };
-    let (mut cfg, _) = resolve(&config, &o).unwrap();
+    let (mut cfg, _) = o.resolve(std::iter::empty()).unwrap();
     cfg.batch_wait = Duration::from_millis(10);
     tweak(&mut cfg);
     let metrics = Metrics::new();
@@ -355,16 +355,15 @@ async fn an_invalid_rule_edit_keeps_the_running_rules() {
         let p = e.unwrap().path();
         std::fs::copy(&p, rules.path().join(p.file_name().unwrap())).unwrap();
     }
-    let config = tokenwatch::config::Config::default();
-    let o = Overrides {
+    let o = RunFlags {
         brokers: Some(brokers.clone()),
         topics: vec!["logs".into()],
         rules: Some(rules.path().to_path_buf()),
         redis: vec![redis.url()],
         alerts: Some("none".into()),
-        ..Overrides::default()
+        ..RunFlags::default()
     };
-    let (cfg, _) = resolve(&config, &o).unwrap();
+    let (cfg, _) = o.resolve(std::iter::empty()).unwrap();
     let metrics = Metrics::new();
     let (stop, stop_rx) = watch::channel(false);
     let (hup, hup_rx) = watch::channel(0);
@@ -512,27 +511,32 @@ async fn bad_redis_settings_fail_at_start_instead_of_retrying() {
         format!("[revocation]\nredis_ca_file = \"{}\"\n", missing.display()),
     )
     .unwrap();
-    let overrides = |url: &str| Overrides {
+    let overrides = |url: &str| RunFlags {
         brokers: Some("127.0.0.1:1".into()),
         topics: vec!["logs".into()],
         rules: Some(common::root().join("rules")),
         redis: vec![url.into()],
         alerts: Some("none".into()),
-        ..Overrides::default()
+        ..RunFlags::default()
     };
     let url = format!("rediss://127.0.0.1:{}/", redis.port);
 
     // At resolve: the message names the key and where it was set.
-    let c = tokenwatch::config::Config::load_with_env(Some(&file), std::iter::empty()).unwrap();
-    let e = resolve(&c, &overrides(&url)).err().unwrap();
+    let with_file = RunFlags {
+        config: Some(file.clone()),
+        ..overrides(&url)
+    };
+    let e = with_file.resolve(std::iter::empty()).err().unwrap().to_string();
     assert!(
         e.starts_with(&format!("{}:2: revocation.redis_ca_file:", file.display())) && e.contains("no-such-ca.pem"),
         "{e}"
     );
-    let e = resolve(&Default::default(), &overrides("redis://127.0.0.1:notaport/"))
+    let e = overrides("redis://127.0.0.1:notaport/")
+        .resolve(std::iter::empty())
         .err()
-        .unwrap();
-    assert!(e.starts_with("redis:"), "{e}");
+        .unwrap()
+        .to_string();
+    assert!(e.starts_with("--redis: redis:"), "{e}");
 
     // At start: `run` gives up at once instead of retrying a setting that cannot work.
     let run_err = |cfg: ServiceConfig| async move {
@@ -544,17 +548,15 @@ async fn bad_redis_settings_fail_at_start_instead_of_retrying() {
             .err()
             .unwrap()
     };
-    let (mut cfg, _) = resolve(&Default::default(), &overrides(&url)).unwrap();
+    let (mut cfg, _) = overrides(&url).resolve(std::iter::empty()).unwrap();
     cfg.redis.ca_file = Some(missing.clone());
     let e = run_err(cfg).await;
     assert!(e.contains("redis_ca_file") && e.contains("no-such-ca.pem"), "{e}");
 
     // A refused password is a setting to fix too, and never shown.
-    let (cfg, _) = resolve(
-        &Default::default(),
-        &overrides(&format!("redis://:wrong@127.0.0.1:{}/", redis.port)),
-    )
-    .unwrap();
+    let (cfg, _) = overrides(&format!("redis://:wrong@127.0.0.1:{}/", redis.port))
+        .resolve(std::iter::empty())
+        .unwrap();
     let e = run_err(cfg).await;
     assert!(
         e.contains(&format!("127.0.0.1:{}", redis.port)) && !e.contains("wrong"),
@@ -641,8 +643,11 @@ async fn revocation_settings_reach_redis() {
         ),
     )
     .unwrap();
-    let c = tokenwatch::config::Config::load_with_env(Some(&file), std::iter::empty()).unwrap();
-    let (cfg, _) = resolve(&c, &Overrides::default()).unwrap();
+    let flags = RunFlags {
+        config: Some(file.clone()),
+        ..RunFlags::default()
+    };
+    let (cfg, _) = flags.resolve(std::iter::empty()).unwrap();
     let mut w = RevocationWriter::connect(cfg.redis.clone()).await.unwrap();
     let now = tokenwatch::service::now_ms() / 1000;
     let rev = |kind, id: &str, expires_at| Revocation {
@@ -850,15 +855,13 @@ async fn a_tripped_rule_is_shown_and_rearmed_through_redis() {
     assert_eq!(stream(&redis).len(), 2, "only the budget's two revocations are written");
 
     let mut w = tokenwatch::sinks::redis::RevocationWriter::connect(
-        resolve(
-            &tokenwatch::config::Config::default(),
-            &Overrides {
-                brokers: Some(brokers.clone()),
-                topics: vec!["logs".into()],
-                redis: vec![redis.url()],
-                ..Overrides::default()
-            },
-        )
+        RunFlags {
+            brokers: Some(brokers.clone()),
+            topics: vec!["logs".into()],
+            redis: vec![redis.url()],
+            ..RunFlags::default()
+        }
+        .resolve(std::iter::empty())
         .unwrap()
         .0
         .redis,

@@ -26,7 +26,7 @@ pub fn start(brokers: &str, redis_url: &str, group: &str, args: &[&str], env: &[
     let stderr = dir.path().join("stderr.log");
     let metrics: SocketAddr = format!("127.0.0.1:{}", crate::common::free_port()).parse().unwrap();
     let root = crate::common::root();
-    let child = Command::new(env!("CARGO_BIN_EXE_tokenwatch"))
+    let child = crate::common::tokenwatch_command()
         .arg("run")
         .args([
             "--brokers",
