@@ -301,7 +301,12 @@ impl Config {
     }
 
     pub fn mapping(&self) -> Result<Option<Mapping>, String> {
-        self.input.mapping.as_ref().map(Mapping::compile).transpose()
+        self.input
+            .mapping
+            .as_ref()
+            .map(Mapping::compile)
+            .transpose()
+            .map_err(|e| e.to_string())
     }
 
     pub fn engine(&self) -> Result<EngineConfig, String> {

@@ -641,7 +641,9 @@ fn validate(dir: &Path) -> Result<ExitCode, String> {
 
 fn rule_tests(dir: &Path) -> Result<ExitCode, String> {
     let rules = load_rules(dir)?;
-    let report = tokenwatch_core::ruletest::Suite::load(dir)?.run(&rules);
+    let report = tokenwatch_core::ruletest::Suite::load(dir)
+        .map_err(|e| e.to_string())?
+        .run(&rules);
     print!("{}", report.render());
     Ok(if report.failed() == 0 {
         ExitCode::SUCCESS
@@ -664,7 +666,7 @@ impl OfflineArgs {
             verify: Config::default().verifier(&self.jwks)?,
             ..PipelineConfig::default()
         };
-        Pipeline::new(load_rules(rules)?, geo, cfg)
+        Pipeline::new(load_rules(rules)?, geo, cfg).map_err(|e| e.to_string())
     }
 }
 
@@ -676,9 +678,9 @@ fn explain(a: ExplainArgs) -> Result<ExitCode, String> {
         (None, None) => return Err("give --token or --subject".into()),
     };
     let mut p = a.input.pipeline(&a.rules)?;
-    let inputs = tokenwatch_core::replay::open_inputs(&a.input.files)?;
+    let inputs = tokenwatch_core::replay::open_inputs(&a.input.files).map_err(|e| e.to_string())?;
     let max = tokenwatch_core::input::lines::DEFAULT_MAX_LINE;
-    let e = tokenwatch_core::explain::explain(&mut p, &a.rule, who, inputs, max)?;
+    let e = tokenwatch_core::explain::explain(&mut p, &a.rule, who, inputs, max).map_err(|e| e.to_string())?;
     if a.json {
         println!("{}", e.to_json());
     } else {
@@ -692,9 +694,9 @@ fn diff(a: DiffArgs) -> Result<ExitCode, String> {
         return Err("give the rules twice: --rules OLD --rules NEW".into());
     };
     let (mut po, mut pn) = (a.input.pipeline(old)?, a.input.pipeline(new)?);
-    let inputs = tokenwatch_core::replay::open_inputs(&a.input.files)?;
+    let inputs = tokenwatch_core::replay::open_inputs(&a.input.files).map_err(|e| e.to_string())?;
     let max = tokenwatch_core::input::lines::DEFAULT_MAX_LINE;
-    let report = tokenwatch_core::diff::diff(&mut po, &mut pn, inputs, max)?;
+    let report = tokenwatch_core::diff::diff(&mut po, &mut pn, inputs, max).map_err(|e| e.to_string())?;
     print!("{}", report.render());
     Ok(if a.fail_on_new_revocations && report.added_revocations() > 0 {
         ExitCode::from(1)
@@ -730,23 +732,17 @@ fn replay(a: ReplayArgs) -> Result<ExitCode, String> {
         eprintln!("tokenwatch: warning: {w}");
     }
     let max_line = a.max_line_bytes.unwrap_or_else(|| config.max_line_bytes());
-    let inputs = tokenwatch_core::replay::open_inputs(&a.files)?;
-    let mut pipeline = Pipeline::new(rules, geo, cfg)?;
+    let inputs = tokenwatch_core::replay::open_inputs(&a.files).map_err(|e| e.to_string())?;
+    let mut pipeline = Pipeline::new(rules, geo, cfg).map_err(|e| e.to_string())?;
     let stdout = io::stdout();
     let mut out = io::BufWriter::with_capacity(1 << 16, stdout.lock());
     let mut err = io::stderr();
     let threads = a
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, std::num::NonZero::get));
-    let summary = tokenwatch_core::replay::replay_threads(
-        &mut pipeline,
-        inputs,
-        max_line,
-        threads,
-        &mut out,
-        &mut err,
-        !a.quiet,
-    )?;
+    let summary =
+        tokenwatch_core::replay::replay_threads(&mut pipeline, inputs, max_line, threads, &mut out, &mut err, !a.quiet)
+            .map_err(|e| e.to_string())?;
     drop(out);
     let _ = err.write_all(summary.render().as_bytes());
     Ok(ExitCode::SUCCESS)

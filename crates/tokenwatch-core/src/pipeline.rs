@@ -28,7 +28,7 @@ use std::thread::JoinHandle;
 use crate::decision::Decision;
 use crate::engine::{Engine, EngineConfig};
 use crate::geo::GeoDb;
-use crate::input::{Event, Format, GeoPoint, Mapping, Parser, Skip};
+use crate::input::{Event, Format, FormatError, GeoPoint, Mapping, Parser, Skip};
 use crate::rules::RuleSet;
 use crate::token::{DecodeError, TokenCache, TokenInfo};
 use crate::verify::Verifier;
@@ -416,7 +416,7 @@ pub struct Decoder {
 }
 
 impl Decoder {
-    pub fn new(geo: Option<GeoDb>, cfg: &PipelineConfig, wanted_claims: Vec<Box<str>>) -> Result<Self, String> {
+    pub fn new(geo: Option<GeoDb>, cfg: &PipelineConfig, wanted_claims: Vec<Box<str>>) -> Result<Self, FormatError> {
         Ok(Decoder {
             parser: Parser::new(cfg.format, cfg.mapping.clone())?,
             tokens: TokenCache::new(cfg.token_cache, wanted_claims).with_verifier(cfg.verify.clone()),
@@ -599,7 +599,8 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    pub fn new(rules: Arc<RuleSet>, geo: Option<GeoDb>, cfg: PipelineConfig) -> Result<Self, String> {
+    /// Fails only for a format that cannot read lines (`custom` without its mapping).
+    pub fn new(rules: Arc<RuleSet>, geo: Option<GeoDb>, cfg: PipelineConfig) -> Result<Self, FormatError> {
         let decoder = Decoder::new(geo, &cfg, rules.wanted_claims())?;
         Ok(Pipeline {
             decoder,

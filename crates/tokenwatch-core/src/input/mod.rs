@@ -221,14 +221,22 @@ impl Format {
 }
 
 impl FromStr for Format {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        Format::ALL.into_iter().find(|f| f.name() == s).ok_or_else(|| {
-            format!(
-                "unknown format `{s}`: expected auto, canonical, traefik, kong, apisix, envoy, nginx, aws or custom"
-            )
-        })
+    type Err = FormatError;
+    fn from_str(s: &str) -> Result<Self, FormatError> {
+        Format::ALL
+            .into_iter()
+            .find(|f| f.name() == s)
+            .ok_or_else(|| FormatError::Unknown(s.to_string()))
     }
+}
+
+/// A format that cannot read lines: a name no preset has, or `custom` without its mapping.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FormatError {
+    #[error("unknown format `{0}`: expected auto, canonical, traefik, kong, apisix, envoy, nginx, aws or custom")]
+    Unknown(String),
+    #[error("format `custom` needs an [input.mapping] table in the config file")]
+    CustomWithoutMapping,
 }
 
 /// The fields a format picked out of a line, before they are checked and typed. Its `Debug`
@@ -304,9 +312,9 @@ pub struct Parser {
 }
 
 impl Parser {
-    pub fn new(format: Format, mapping: Option<Mapping>) -> Result<Self, String> {
+    pub fn new(format: Format, mapping: Option<Mapping>) -> Result<Self, FormatError> {
         if format == Format::Custom && mapping.is_none() {
-            return Err("format `custom` needs an [input.mapping] table in the config file".into());
+            return Err(FormatError::CustomWithoutMapping);
         }
         Ok(Parser { format, mapping })
     }
@@ -920,7 +928,7 @@ mod tests {
             // per-format counters index an array by the discriminant
             assert!(!std::mem::replace(&mut seen[f as usize], true), "{f:?}");
         }
-        let e = "zeus".parse::<Format>().unwrap_err();
+        let e = "zeus".parse::<Format>().unwrap_err().to_string();
         assert!(e.contains("apisix") && e.contains("aws"), "{e}");
     }
 
