@@ -17,7 +17,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use crate::eventtime::{EventTimeConfig, Sequencer};
-use crate::pipeline::{BatchReader, DecodedBatch, HeldLine, ParallelDecode, Pipeline, Stats};
+use crate::input::lines::BatchReader;
+use crate::pipeline::{DecodedBatch, HeldLine, ParallelDecode, Pipeline, Stats};
 
 /// A named input stream.
 pub type Input = (String, Box<dyn BufRead>);
