@@ -17,11 +17,11 @@ use crate::replay::{Input, ReadError};
 use crate::rules::Action;
 
 /// Examples kept per rule and direction.
-pub const EXAMPLES: usize = 3;
+pub(crate) const EXAMPLES: usize = 3;
 
 /// What changed for one rule.
 #[derive(Debug, Clone, Default)]
-pub struct RuleDiff {
+pub(crate) struct RuleDiff {
     pub in_old: bool,
     pub in_new: bool,
     pub unchanged: u64,
@@ -37,8 +37,8 @@ pub struct RuleDiff {
 /// The whole comparison.
 #[derive(Debug, Clone, Default)]
 pub struct DiffReport {
-    pub lines: u64,
-    pub rules: BTreeMap<String, RuleDiff>,
+    pub(crate) lines: u64,
+    pub(crate) rules: BTreeMap<String, RuleDiff>,
 }
 
 impl DiffReport {
@@ -142,14 +142,10 @@ pub fn diff(
     for (name, input) in inputs {
         let mut reader = LineReader::new(input, max_line);
         let mut n = 0u64;
-        loop {
-            let Some(line) = reader.next_line().map_err(|source| ReadError {
-                name: name.clone(),
-                source,
-            })?
-            else {
-                break;
-            };
+        while let Some(line) = reader.next_line().map_err(|source| ReadError {
+            name: name.clone(),
+            source,
+        })? {
             n += 1;
             report.lines += 1;
             match line {

@@ -20,7 +20,7 @@ use crate::rules::{fmt_duration, Cooldown, Kind, Rule};
 
 /// One traced step and the line it came from.
 #[derive(Debug, Clone)]
-pub struct Entry {
+pub(crate) struct Entry {
     /// `file:line`.
     pub at: String,
     pub step: Step,
@@ -30,11 +30,11 @@ pub struct Entry {
 #[derive(Debug, Clone)]
 pub struct Explained {
     /// The rule, described as its file says it.
-    pub rule: String,
-    pub who: Who,
-    pub entries: Vec<Entry>,
+    pub(crate) rule: String,
+    pub(crate) who: Who,
+    pub(crate) entries: Vec<Entry>,
     /// The rule's decisions about the token or subject.
-    pub decisions: Vec<(String, Decision)>,
+    pub(crate) decisions: Vec<(String, Decision)>,
 }
 
 /// Why `explain` could not run.

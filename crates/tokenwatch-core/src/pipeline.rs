@@ -295,7 +295,7 @@ impl Decoder {
     }
 
     /// Decodes every line of `batch.lines` into `batch`.
-    pub fn decode_batch(&mut self, batch: &mut DecodedBatch) {
+    pub(crate) fn decode_batch(&mut self, batch: &mut DecodedBatch) {
         batch.items.clear();
         let DecodedBatch { lines, items } = batch;
         for span in &lines.lines {
@@ -357,7 +357,7 @@ impl ParallelDecode {
         })
     }
 
-    pub fn workers(&self) -> usize {
+    pub(crate) fn workers(&self) -> usize {
         self.to_workers.len()
     }
 
@@ -487,7 +487,7 @@ impl Pipeline {
     }
 
     /// Decodes a batch on this thread (the one-thread form of [`ParallelDecode`]).
-    pub fn decode_batch(&mut self, batch: &mut DecodedBatch) {
+    pub(crate) fn decode_batch(&mut self, batch: &mut DecodedBatch) {
         self.decoder.decode_batch(batch);
     }
 
@@ -511,7 +511,7 @@ impl Pipeline {
     }
 
     /// The decoded lines of a batch for the event-time buffer, skipped lines counted.
-    pub fn hold_batch(&mut self, batch: &mut DecodedBatch, mut hold: impl FnMut(HeldLine)) {
+    pub(crate) fn hold_batch(&mut self, batch: &mut DecodedBatch, mut hold: impl FnMut(HeldLine)) {
         let DecodedBatch { lines, items } = batch;
         for (span, d) in lines.lines.iter().zip(items.drain(..)) {
             match (d, *span) {

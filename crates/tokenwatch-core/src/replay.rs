@@ -100,7 +100,7 @@ pub struct Summary {
 impl Summary {
     /// Decoded events per second of wall time (lines read is a separate count: skipped lines
     /// are read but are no events).
-    pub fn events_per_sec(&self) -> f64 {
+    pub(crate) fn events_per_sec(&self) -> f64 {
         events_per_sec(self.stats.events, self.elapsed)
     }
 

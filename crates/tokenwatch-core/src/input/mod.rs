@@ -22,8 +22,8 @@ pub mod kong;
 pub mod lines;
 pub mod mapping;
 pub mod nginx;
-pub mod raw;
-pub mod scan;
+pub(crate) mod raw;
+pub(crate) mod scan;
 pub mod traefik;
 
 use std::borrow::Cow;
@@ -35,7 +35,8 @@ use std::sync::Arc;
 use crate::token::{self, RawToken, TokenCache, TokenInfo};
 
 pub use mapping::Mapping;
-pub use raw::{RawLine, Scalar};
+pub(crate) use raw::RawLine;
+pub use raw::Scalar;
 
 /// A location: from the log's `geo` field or from the GeoIP database.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -587,7 +588,7 @@ fn is_redacted(v: &str) -> bool {
 /// An IPv4-mapped IPv6 address (`::ffff:1.2.3.4`, as dual-stack NGINX and Envoy log IPv4
 /// clients) is the IPv4 address it maps: one client has one address, one /24 network and
 /// one location, and IPv4 CIDRs in rules match it.
-pub fn parse_ip(s: &str) -> Option<IpAddr> {
+pub(crate) fn parse_ip(s: &str) -> Option<IpAddr> {
     if let Some(v4) = parse_ipv4_plain(s.as_bytes()) {
         return Some(IpAddr::V4(v4));
     }

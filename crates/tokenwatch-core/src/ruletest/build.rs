@@ -18,10 +18,10 @@ use crate::input::{Format, FormatError};
 use crate::rules::{fmt_duration, parse_duration_ms};
 
 /// The virtual start of every case: 2026-11-29T00:00:00Z.
-pub const START_MS: i64 = 1_795_910_400_000;
+pub(crate) const START_MS: i64 = 1_795_910_400_000;
 const START_S: i64 = START_MS / 1000;
 /// Issuer of test tokens that give none.
-pub const DEFAULT_ISS: &str = "https://idp.example.com";
+pub(crate) const DEFAULT_ISS: &str = "https://idp.example.com";
 /// Most repeats one shorthand event may ask for.
 const MAX_REPEAT: u64 = 10_000;
 
@@ -94,7 +94,12 @@ pub enum OffsetError {
 }
 
 /// Builds one case; `Err` says what in the case is wrong.
-pub fn build_case(case: &Case, rule: &str, format: Option<&str>, signer: &mut Signer) -> Result<BuiltCase, BuildError> {
+pub(crate) fn build_case(
+    case: &Case,
+    rule: &str,
+    format: Option<&str>,
+    signer: &mut Signer,
+) -> Result<BuiltCase, BuildError> {
     let format = match case.format.as_deref().or(format) {
         Some(f) => f.parse::<Format>()?,
         None if case.lines.is_empty() => Format::Canonical,
@@ -286,7 +291,7 @@ fn expectation(e: &ExpectSpec, rule: &str) -> Result<Expect, BuildError> {
 }
 
 /// `9m`, `10m1s`, `-2h`, `0`: milliseconds from the virtual start.
-pub fn parse_offset(s: &str) -> Result<i64, OffsetError> {
+pub(crate) fn parse_offset(s: &str) -> Result<i64, OffsetError> {
     let t = s.trim();
     let (neg, t) = match t.strip_prefix('-') {
         Some(r) => (true, r),
@@ -306,7 +311,7 @@ pub fn parse_offset(s: &str) -> Result<i64, OffsetError> {
             .map_or(rest.len(), |i| num_end + i);
         let part = parse_duration_ms(&rest[..unit_end]).map_err(|e| OffsetError::Part {
             offset: s.to_string(),
-            reason: e.to_string(),
+            reason: ToString::to_string(&e),
         })?;
         total = total.saturating_add(part);
         rest = &rest[unit_end..];
@@ -315,7 +320,7 @@ pub fn parse_offset(s: &str) -> Result<i64, OffsetError> {
 }
 
 /// An offset back in the shorthand (`9m`, `10m1s`, `-1h`).
-pub fn fmt_offset(ms: i64) -> String {
+pub(crate) fn fmt_offset(ms: i64) -> String {
     if ms == 0 {
         return "0s".into();
     }

@@ -14,7 +14,7 @@
 
 pub mod build;
 pub mod keys;
-pub mod spec;
+pub(crate) mod spec;
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
@@ -87,7 +87,7 @@ pub struct Suite {
 }
 
 /// The test files in `dir`, by name.
-pub fn test_files(dir: &Path) -> Result<Vec<PathBuf>, SuiteError> {
+pub(crate) fn test_files(dir: &Path) -> Result<Vec<PathBuf>, SuiteError> {
     let rd = std::fs::read_dir(dir).map_err(|source| SuiteError {
         dir: dir.to_path_buf(),
         source,
@@ -101,7 +101,7 @@ pub fn test_files(dir: &Path) -> Result<Vec<PathBuf>, SuiteError> {
 }
 
 /// Reads one test file; the error says `file:line: message` when the line is known.
-pub fn read_test_file(path: &Path) -> Result<spec::TestFile, TestFileError> {
+pub(crate) fn read_test_file(path: &Path) -> Result<spec::TestFile, TestFileError> {
     let text = std::fs::read_to_string(path).map_err(|source| TestFileError::Read {
         path: path.to_path_buf(),
         source,
@@ -121,7 +121,7 @@ pub fn read_test_file(path: &Path) -> Result<spec::TestFile, TestFileError> {
 
 /// The ids of the rules that the test files of `dir` name (as their rule or in an
 /// expectation); unreadable files name none.
-pub fn tested_rules(dir: &Path) -> BTreeSet<String> {
+pub(crate) fn tested_rules(dir: &Path) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
     for f in test_files(dir).unwrap_or_default() {
         if let Ok(t) = read_test_file(&f) {
@@ -359,7 +359,7 @@ fn show_expect(e: &Expect) -> String {
 }
 
 /// A decision in the shorthand of `expect:`, so a failing case shows what to write.
-pub fn show_decision(d: &Decision) -> String {
+pub(crate) fn show_decision(d: &Decision) -> String {
     let mut s = format!("{{rule: {}", d.rule);
     if let Some(t) = &d.token_id {
         let _ = write!(s, ", token_id: {t}");
