@@ -130,7 +130,7 @@ pub fn run_generated(
         verify: Some(generator_verifier(cfg.seed)?),
         ..PipelineConfig::default()
     };
-    let mut pipeline = Pipeline::new(rules, Some(geo), pcfg)?;
+    let mut pipeline = Pipeline::new(rules, Some(geo), pcfg).map_err(|e| e.to_string())?;
     let mut decisions = Vec::new();
     let mut labels = Vec::new();
     let mut lines = 0u64;
@@ -223,7 +223,7 @@ pub async fn live(opts: DemoOptions, w: &mut (dyn Write + Send)) -> Result<Score
     if let Some(warning) = pipeline_cfg.evidence_warning() {
         let _ = writeln!(w, "warning: {warning}");
     }
-    let mut pipeline = Pipeline::new(rules, Some(geo), pipeline_cfg.clone())?;
+    let mut pipeline = Pipeline::new(rules, Some(geo), pipeline_cfg.clone()).map_err(|e| e.to_string())?;
 
     let memory = Arc::new(Mutex::new(MemoryStore::default()));
     let redis_cfg = crate::sinks::redis::RedisConfig {

@@ -217,7 +217,7 @@ pub async fn run(
     if let Some(w) = cfg.pipeline.evidence_warning() {
         tracing::warn!("{w}");
     }
-    let mut pipeline = Pipeline::new(rules, geo, cfg.pipeline.clone())?;
+    let mut pipeline = Pipeline::new(rules, geo, cfg.pipeline.clone()).map_err(|e| e.to_string())?;
 
     let Some(mut writer) = connect_redis(&cfg, &metrics, &mut shutdown).await? else {
         return Ok(RunSummary::default());

@@ -11,7 +11,7 @@ use crate::geo::GeoDb;
 use crate::rules::{load_str, LoadErrors, RuleSet};
 
 /// The default rule files, by name.
-pub const RULE_FILES: &[(&str, &str)] = &[
+pub(crate) const RULE_FILES: &[(&str, &str)] = &[
     (
         "excessive-lifetime.yaml",
         include_str!("../../../rules/excessive-lifetime.yaml"),
@@ -42,7 +42,7 @@ pub const RULE_FILES: &[(&str, &str)] = &[
 
 /// MaxMind's GeoLite2 City test database (MIT/Apache-2.0, see assets/): it locates a few
 /// documented test networks, which the traffic generator uses.
-pub const TEST_CITY_DB: &[u8] = include_bytes!("../../../assets/GeoLite2-City-Test.mmdb");
+pub(crate) const TEST_CITY_DB: &[u8] = include_bytes!("../../../assets/GeoLite2-City-Test.mmdb");
 
 /// The default rules, compiled.
 pub fn rules() -> Result<Arc<RuleSet>, LoadErrors> {

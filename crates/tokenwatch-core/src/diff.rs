@@ -13,15 +13,15 @@ use std::fmt::Write as _;
 use crate::decision::{fmt_ts, Decision};
 use crate::input::lines::{Line, LineReader};
 use crate::pipeline::Pipeline;
-use crate::replay::Input;
+use crate::replay::{Input, ReadError};
 use crate::rules::Action;
 
 /// Examples kept per rule and direction.
-pub const EXAMPLES: usize = 3;
+pub(crate) const EXAMPLES: usize = 3;
 
 /// What changed for one rule.
 #[derive(Debug, Clone, Default)]
-pub struct RuleDiff {
+pub(crate) struct RuleDiff {
     pub in_old: bool,
     pub in_new: bool,
     pub unchanged: u64,
@@ -37,8 +37,8 @@ pub struct RuleDiff {
 /// The whole comparison.
 #[derive(Debug, Clone, Default)]
 pub struct DiffReport {
-    pub lines: u64,
-    pub rules: BTreeMap<String, RuleDiff>,
+    pub(crate) lines: u64,
+    pub(crate) rules: BTreeMap<String, RuleDiff>,
 }
 
 impl DiffReport {
@@ -117,8 +117,13 @@ fn same(a: &Decision, b: &Decision) -> bool {
 }
 
 /// Runs every line of `inputs` through both pipelines and compares their decisions line by
-/// line.
-pub fn diff(old: &mut Pipeline, new: &mut Pipeline, inputs: Vec<Input>, max_line: usize) -> Result<DiffReport, String> {
+/// line. Only reading the input can fail.
+pub fn diff(
+    old: &mut Pipeline,
+    new: &mut Pipeline,
+    inputs: Vec<Input>,
+    max_line: usize,
+) -> Result<DiffReport, ReadError> {
     let mut report = DiffReport::default();
     for (rules, is_new) in [
         (old.engine().rules().clone(), false),
@@ -137,7 +142,10 @@ pub fn diff(old: &mut Pipeline, new: &mut Pipeline, inputs: Vec<Input>, max_line
     for (name, input) in inputs {
         let mut reader = LineReader::new(input, max_line);
         let mut n = 0u64;
-        while let Some(line) = reader.next_line().map_err(|e| format!("error reading {name}: {e}"))? {
+        while let Some(line) = reader.next_line().map_err(|source| ReadError {
+            name: name.clone(),
+            source,
+        })? {
             n += 1;
             report.lines += 1;
             match line {

@@ -58,7 +58,7 @@ impl Default for EventTimeConfig {
 }
 
 /// The order key of a line: event time, then a fixed hash of its bytes.
-pub fn tie_hash(line: &[u8]) -> u64 {
+pub(crate) fn tie_hash(line: &[u8]) -> u64 {
     // Fixed seeds: replay and run (and two runs) must agree. Ties are ordered by this only;
     // no state is keyed by it, so an attacker choosing collisions gains nothing.
     ahash::RandomState::with_seeds(0x746f_6b65, 0x6e77_6174, 0x6368_6576, 0x656e_7473).hash_one(line)
@@ -267,7 +267,7 @@ impl<T> Sequencer<T> {
 
     /// The event time below which every line may go: the slowest watermark among sources
     /// that are not idle; `i64::MAX` when all are idle (or there are none).
-    pub fn frontier(&self, now: Instant) -> i64 {
+    pub(crate) fn frontier(&self, now: Instant) -> i64 {
         self.sources
             .iter()
             .flatten()
@@ -304,7 +304,7 @@ impl<T> Sequencer<T> {
     }
 
     /// Hands every held line to `apply`, in order (end of input).
-    pub fn release_all(&mut self, apply: impl FnMut(T, bool)) -> usize {
+    pub(crate) fn release_all(&mut self, apply: impl FnMut(T, bool)) -> usize {
         self.release_while(|_| true, apply)
     }
 

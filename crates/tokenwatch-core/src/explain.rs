@@ -15,12 +15,12 @@ use crate::decision::{fmt_ts, Decision};
 use crate::engine::trace::{describe, Outcome, Step, Trace, Who};
 use crate::input::lines::{Line, LineReader};
 use crate::pipeline::Pipeline;
-use crate::replay::Input;
+use crate::replay::{Input, ReadError};
 use crate::rules::{fmt_duration, Cooldown, Kind, Rule};
 
 /// One traced step and the line it came from.
 #[derive(Debug, Clone)]
-pub struct Entry {
+pub(crate) struct Entry {
     /// `file:line`.
     pub at: String,
     pub step: Step,
@@ -30,11 +30,21 @@ pub struct Entry {
 #[derive(Debug, Clone)]
 pub struct Explained {
     /// The rule, described as its file says it.
-    pub rule: String,
-    pub who: Who,
-    pub entries: Vec<Entry>,
+    pub(crate) rule: String,
+    pub(crate) who: Who,
+    pub(crate) entries: Vec<Entry>,
     /// The rule's decisions about the token or subject.
-    pub decisions: Vec<(String, Decision)>,
+    pub(crate) decisions: Vec<(String, Decision)>,
+}
+
+/// Why `explain` could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum ExplainError {
+    /// `known`: the ids of the rules there are, comma-separated.
+    #[error("no rule `{rule}` in the rule set (rules: {known})")]
+    NoRule { rule: String, known: String },
+    #[error(transparent)]
+    Read(#[from] ReadError),
 }
 
 /// Replays `inputs` through `pipeline`, tracing `rule_id` for `who`.
@@ -44,7 +54,7 @@ pub fn explain(
     who: Who,
     inputs: Vec<Input>,
     max_line: usize,
-) -> Result<Explained, String> {
+) -> Result<Explained, ExplainError> {
     let rule = pipeline
         .engine()
         .rules()
@@ -60,7 +70,10 @@ pub fn explain(
                 .iter()
                 .map(|r| r.id.to_string())
                 .collect();
-            format!("no rule `{rule_id}` in the rule set (rules: {})", ids.join(", "))
+            ExplainError::NoRule {
+                rule: rule_id.to_string(),
+                known: ids.join(", "),
+            }
         })?;
     pipeline.engine_mut().set_trace(Some(Trace::new(rule_id, who.clone())));
     let mut out = Explained {
@@ -75,7 +88,11 @@ pub fn explain(
         let mut n = 0u64;
         loop {
             n += 1;
-            match reader.next_line().map_err(|e| format!("error reading {name}: {e}"))? {
+            let line = reader.next_line().map_err(|source| ReadError {
+                name: name.clone(),
+                source,
+            })?;
+            match line {
                 None => break,
                 Some(Line::Ok(l)) => pipeline.process_line(l, &mut decisions),
                 Some(Line::TooLong(_)) => pipeline.line_too_long(),

@@ -88,7 +88,7 @@ impl GeoDb {
     }
 
     /// The location of `ip`, from the cache or the database.
-    pub fn locate_cached(&mut self, ip: IpAddr) -> Option<GeoPoint> {
+    pub(crate) fn locate_cached(&mut self, ip: IpAddr) -> Option<GeoPoint> {
         if let Some(hit) = self.cache.get(&ip) {
             return *hit;
         }

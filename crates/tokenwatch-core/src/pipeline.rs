@@ -19,7 +19,7 @@
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
-use std::io::{self, Read};
+use std::io;
 use std::net::IpAddr;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::Arc;
@@ -28,7 +28,8 @@ use std::thread::JoinHandle;
 use crate::decision::Decision;
 use crate::engine::{Engine, EngineConfig};
 use crate::geo::GeoDb;
-use crate::input::{Event, Format, GeoPoint, Mapping, Parser, Skip};
+use crate::input::lines::{LineBatch, LineSpan};
+use crate::input::{Event, Format, FormatError, GeoPoint, Mapping, Parser, Skip};
 use crate::rules::RuleSet;
 use crate::token::{DecodeError, TokenCache, TokenInfo};
 use crate::verify::Verifier;
@@ -135,173 +136,6 @@ impl Stats {
 
     pub fn decisions_total(&self) -> u64 {
         self.decisions.values().sum()
-    }
-}
-
-// ---- batches ----
-
-#[derive(Debug, Clone, Copy)]
-enum LineSpan {
-    Ok(usize, usize),
-    TooLong,
-}
-
-/// Lines in one buffer. Cleared and refilled, it keeps its capacity. The buffer is raw log
-/// text (tokens included), so `Debug` shows only sizes.
-#[derive(Default)]
-pub struct LineBatch {
-    buf: Vec<u8>,
-    lines: Vec<LineSpan>,
-}
-
-impl fmt::Debug for LineBatch {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("LineBatch")
-            .field("lines", &self.lines.len())
-            .field("bytes", &self.buf.len())
-            .finish()
-    }
-}
-
-impl LineBatch {
-    pub fn new() -> Self {
-        LineBatch::default()
-    }
-
-    pub fn clear(&mut self) {
-        self.buf.clear();
-        self.lines.clear();
-    }
-
-    /// Appends a copy of one line (without its newline), e.g. a Kafka message's payload.
-    pub fn push(&mut self, line: &[u8]) {
-        let start = self.buf.len();
-        self.buf.extend_from_slice(line);
-        self.lines.push(LineSpan::Ok(start, self.buf.len()));
-    }
-
-    /// Records a line that was skipped for its length.
-    pub fn push_too_long(&mut self) {
-        self.lines.push(LineSpan::TooLong);
-    }
-
-    pub fn len(&self) -> usize {
-        self.lines.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.lines.is_empty()
-    }
-}
-
-/// Reads newline-delimited input straight into [`LineBatch`] buffers, a chunk at a time.
-///
-/// The same contract as [`crate::input::lines::LineReader`]: a line longer than the cap
-/// (before its `\n`, counting a `\r`) is skipped without being kept whole, `\r\n` ends a
-/// line too, and a final line without a newline still counts. Only the partial line at the
-/// end of a chunk is ever copied.
-pub struct BatchReader<R> {
-    inner: R,
-    max: usize,
-    chunk: usize,
-    /// The start of a line that continues in the next chunk.
-    carry: Vec<u8>,
-    /// Inside a line already known to be too long: drop bytes up to its newline.
-    skipping: bool,
-    eof: bool,
-}
-
-/// Bytes read per chunk: small enough that a batch is still in cache when it is decoded.
-pub const DEFAULT_CHUNK: usize = 256 * 1024;
-
-impl<R: Read> BatchReader<R> {
-    pub fn new(inner: R, max_line_bytes: usize) -> Self {
-        BatchReader::with_chunk(inner, max_line_bytes, DEFAULT_CHUNK)
-    }
-
-    pub fn with_chunk(inner: R, max_line_bytes: usize, chunk: usize) -> Self {
-        BatchReader {
-            inner,
-            max: max_line_bytes.max(1),
-            chunk: chunk.max(1),
-            carry: Vec::new(),
-            skipping: false,
-            eof: false,
-        }
-    }
-
-    /// Refills `batch` with the next lines; `false` (and an empty batch) at end of input.
-    pub fn fill(&mut self, batch: &mut LineBatch) -> io::Result<bool> {
-        batch.clear();
-        let buf = &mut batch.buf;
-        buf.extend_from_slice(&self.carry);
-        self.carry.clear();
-        let mut line_start = 0;
-        let mut scan_from = 0;
-        loop {
-            if self.eof {
-                let rest = buf.len() - line_start;
-                if self.skipping {
-                    self.skipping = false;
-                    batch.lines.push(LineSpan::TooLong);
-                } else if rest > 0 {
-                    batch.lines.push(self.span(buf, line_start, buf.len()));
-                }
-                return Ok(!batch.lines.is_empty());
-            }
-            let old = buf.len();
-            buf.resize(old + self.chunk, 0);
-            let n = loop {
-                match self.inner.read(&mut buf[old..]) {
-                    Ok(n) => break n,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => {
-                        buf.truncate(old);
-                        return Err(e);
-                    }
-                }
-            };
-            buf.truncate(old + n);
-            if n == 0 {
-                self.eof = true;
-                continue;
-            }
-            for nl in memchr::memchr_iter(b'\n', &buf[scan_from..]) {
-                let nl = scan_from + nl;
-                if self.skipping {
-                    self.skipping = false;
-                    batch.lines.push(LineSpan::TooLong);
-                } else {
-                    batch.lines.push(self.span(buf, line_start, nl));
-                }
-                line_start = nl + 1;
-            }
-            scan_from = buf.len();
-            let rest = buf.len() - line_start;
-            if self.skipping || rest > self.max {
-                // The open line is too long: forget its bytes, remember to count it.
-                self.skipping = true;
-                buf.truncate(line_start);
-                scan_from = line_start;
-            }
-            if !batch.lines.is_empty() {
-                self.carry.extend_from_slice(&buf[line_start..]);
-                buf.truncate(line_start);
-                return Ok(true);
-            }
-        }
-    }
-
-    fn span(&self, buf: &[u8], start: usize, end: usize) -> LineSpan {
-        if end - start > self.max {
-            return LineSpan::TooLong;
-        }
-        let end = if end > start && buf[end - 1] == b'\r' {
-            end - 1
-        } else {
-            end
-        };
-        LineSpan::Ok(start, end)
     }
 }
 
@@ -416,7 +250,7 @@ pub struct Decoder {
 }
 
 impl Decoder {
-    pub fn new(geo: Option<GeoDb>, cfg: &PipelineConfig, wanted_claims: Vec<Box<str>>) -> Result<Self, String> {
+    pub fn new(geo: Option<GeoDb>, cfg: &PipelineConfig, wanted_claims: Vec<Box<str>>) -> Result<Self, FormatError> {
         Ok(Decoder {
             parser: Parser::new(cfg.format, cfg.mapping.clone())?,
             tokens: TokenCache::new(cfg.token_cache, wanted_claims).with_verifier(cfg.verify.clone()),
@@ -461,13 +295,13 @@ impl Decoder {
     }
 
     /// Decodes every line of `batch.lines` into `batch`.
-    pub fn decode_batch(&mut self, batch: &mut DecodedBatch) {
+    pub(crate) fn decode_batch(&mut self, batch: &mut DecodedBatch) {
         batch.items.clear();
         let DecodedBatch { lines, items } = batch;
         for span in &lines.lines {
             items.push(match *span {
                 LineSpan::Ok(a, b) => self.decode(&lines.buf[a..b], &lines.buf),
-                LineSpan::TooLong => Err(Skip::LineTooLong),
+                LineSpan::TooLong(_) => Err(Skip::LineTooLong),
             });
         }
     }
@@ -523,7 +357,7 @@ impl ParallelDecode {
         })
     }
 
-    pub fn workers(&self) -> usize {
+    pub(crate) fn workers(&self) -> usize {
         self.to_workers.len()
     }
 
@@ -599,7 +433,8 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    pub fn new(rules: Arc<RuleSet>, geo: Option<GeoDb>, cfg: PipelineConfig) -> Result<Self, String> {
+    /// Fails only for a format that cannot read lines (`custom` without its mapping).
+    pub fn new(rules: Arc<RuleSet>, geo: Option<GeoDb>, cfg: PipelineConfig) -> Result<Self, FormatError> {
         let decoder = Decoder::new(geo, &cfg, rules.wanted_claims())?;
         Ok(Pipeline {
             decoder,
@@ -652,7 +487,7 @@ impl Pipeline {
     }
 
     /// Decodes a batch on this thread (the one-thread form of [`ParallelDecode`]).
-    pub fn decode_batch(&mut self, batch: &mut DecodedBatch) {
+    pub(crate) fn decode_batch(&mut self, batch: &mut DecodedBatch) {
         self.decoder.decode_batch(batch);
     }
 
@@ -676,7 +511,7 @@ impl Pipeline {
     }
 
     /// The decoded lines of a batch for the event-time buffer, skipped lines counted.
-    pub fn hold_batch(&mut self, batch: &mut DecodedBatch, mut hold: impl FnMut(HeldLine)) {
+    pub(crate) fn hold_batch(&mut self, batch: &mut DecodedBatch, mut hold: impl FnMut(HeldLine)) {
         let DecodedBatch { lines, items } = batch;
         for (span, d) in lines.lines.iter().zip(items.drain(..)) {
             match (d, *span) {
@@ -689,7 +524,7 @@ impl Pipeline {
                         ..ev
                     },
                 }),
-                (Ok(_), LineSpan::TooLong) => self.apply(&Err(Skip::LineTooLong), &[], &mut Vec::new()),
+                (Ok(_), LineSpan::TooLong(_)) => self.apply(&Err(Skip::LineTooLong), &[], &mut Vec::new()),
                 (Err(skip), _) => self.apply(&Err(skip), &[], &mut Vec::new()),
             }
         }
@@ -769,7 +604,7 @@ impl Pipeline {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::input::lines::{Line, LineReader};
+    use crate::input::lines::BatchReader;
     use serde_json::json;
 
     const T0: &str = "2026-11-29T00:00:00Z";
@@ -955,45 +790,23 @@ rules:
         assert!(after.contains("decoded: 1") && after.contains("skipped: 1"), "{after}");
     }
 
-    /// BatchReader splits exactly as LineReader does, whatever the chunk size.
+    /// `Text::get`'s `unsafe` rests on this: the only way to change a batch's lines drops
+    /// the events decoded from them (and their token references) first.
     #[test]
-    fn batch_reader_agrees_with_line_reader() {
-        let mut long = vec![b'x'; 50];
-        long.extend_from_slice(b"\nok\r\n\n");
-        long.extend(vec![b'y'; 11]);
-        long.extend_from_slice(b"\n0123456789\n");
-        long.extend(vec![b'z'; 25]);
-        let inputs: Vec<Vec<u8>> = vec![
-            b"ab\r\ncd\n\nef".to_vec(),
-            b"".to_vec(),
-            b"\n".to_vec(),
-            b"abc\n".to_vec(),
-            long,
-            b"0123456789a\r\n0123456789\r\n".to_vec(),
-        ];
-        for input in &inputs {
-            let mut want = Vec::new();
-            let mut r = LineReader::new(io::BufReader::with_capacity(3, &input[..]), 10);
-            while let Some(l) = r.next_line().unwrap() {
-                want.push(match l {
-                    Line::Ok(b) => Some(b.to_vec()),
-                    Line::TooLong(_) => None,
-                });
-            }
-            for chunk in [1, 2, 3, 7, 16, 64, 4096] {
-                let mut br = BatchReader::with_chunk(&input[..], 10, chunk);
-                let mut got = Vec::new();
-                let mut b = LineBatch::new();
-                while br.fill(&mut b).unwrap() {
-                    for s in &b.lines {
-                        got.push(match *s {
-                            LineSpan::Ok(x, y) => Some(b.buf[x..y].to_vec()),
-                            LineSpan::TooLong => None,
-                        });
-                    }
-                }
-                assert_eq!(got, want, "chunk {chunk}, input {:?}", String::from_utf8_lossy(input));
-            }
-        }
+    fn lines_mut_drops_the_decoded_events() {
+        let t = jwt(json!({"jti":"m","sub":"u"}));
+        let mut p = pipeline(Arc::new(RuleSet::default()), PipelineConfig::default());
+        let mut b = DecodedBatch::new();
+        let text = format!("{}\n{}\n", line(0, "198.51.100.1", "/a", &t), "not json");
+        BatchReader::new(text.as_bytes(), 1 << 20).fill(b.lines_mut()).unwrap();
+        p.decode_batch(&mut b);
+        assert_eq!(b.items.len(), 2);
+        let token = b.items[0].as_ref().ok().and_then(|e| e.token.clone()).unwrap();
+        let held = Arc::strong_count(&token);
+        let lines = b.lines_mut();
+        lines.push(b"{}");
+        assert!(b.items.is_empty(), "decoded events outlived lines_mut");
+        assert_eq!(Arc::strong_count(&token), held - 1, "the batch still holds the token");
+        assert_eq!(b.lines().lines.len(), 3, "the lines themselves are kept");
     }
 }

@@ -17,7 +17,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use crate::eventtime::{EventTimeConfig, Sequencer};
-use crate::pipeline::{BatchReader, DecodedBatch, HeldLine, ParallelDecode, Pipeline, Stats};
+use crate::input::lines::BatchReader;
+use crate::pipeline::{DecodedBatch, HeldLine, ParallelDecode, Pipeline, Stats};
 
 /// A named input stream.
 pub type Input = (String, Box<dyn BufRead>);
@@ -25,8 +26,38 @@ pub type Input = (String, Box<dyn BufRead>);
 /// The readers' own buffer: reads of a whole chunk bypass it (no second copy).
 const IN_BUF: usize = 64 * 1024;
 
+/// An input file that cannot be read at all: found before the first line is read.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("cannot open input {}: {source}", path.display())]
+    Open { path: PathBuf, source: io::Error },
+    #[error("input {} is a directory, not a log file", path.display())]
+    Directory { path: PathBuf },
+}
+
+/// An input that failed while it was read (`replay`, `explain`, `diff`).
+#[derive(Debug, thiserror::Error)]
+#[error("error reading {name}: {source}")]
+pub struct ReadError {
+    /// The input's name: its path, or `<stdin>`.
+    pub name: String,
+    pub source: io::Error,
+}
+
+/// Why a replay stopped before the end of its input.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    #[error("cannot start decoding threads: {0}")]
+    Threads(io::Error),
+    #[error(transparent)]
+    Read(#[from] ReadError),
+    /// Writing the decisions failed (a full disk, a closed pipe).
+    #[error("cannot write decisions: {0}")]
+    Write(io::Error),
+}
+
 /// One input per file, or stdin for `-` or no file at all.
-pub fn open_inputs(files: &[PathBuf]) -> Result<Vec<Input>, String> {
+pub fn open_inputs(files: &[PathBuf]) -> Result<Vec<Input>, OpenError> {
     if files.is_empty() {
         return Ok(vec![(
             "<stdin>".into(),
@@ -42,9 +73,12 @@ pub fn open_inputs(files: &[PathBuf]) -> Result<Vec<Input>, String> {
                     Box::new(BufReader::with_capacity(IN_BUF, io::stdin())) as Box<dyn BufRead>,
                 ));
             }
-            let f = File::open(p).map_err(|e| format!("cannot open input {}: {e}", p.display()))?;
+            let f = File::open(p).map_err(|source| OpenError::Open {
+                path: p.clone(),
+                source,
+            })?;
             if f.metadata().map(|m| m.is_dir()).unwrap_or(false) {
-                return Err(format!("input {} is a directory, not a log file", p.display()));
+                return Err(OpenError::Directory { path: p.clone() });
             }
             Ok((
                 p.display().to_string(),
@@ -66,7 +100,7 @@ pub struct Summary {
 impl Summary {
     /// Decoded events per second of wall time (lines read is a separate count: skipped lines
     /// are read but are no events).
-    pub fn events_per_sec(&self) -> f64 {
+    pub(crate) fn events_per_sec(&self) -> f64 {
         events_per_sec(self.stats.events, self.elapsed)
     }
 
@@ -211,7 +245,7 @@ pub fn replay(
     out: &mut dyn Write,
     err: &mut dyn Write,
     progress: bool,
-) -> Result<Summary, String> {
+) -> Result<Summary, ReplayError> {
     replay_threads(pipeline, inputs, max_line, 1, out, err, progress)
 }
 
@@ -224,7 +258,7 @@ pub fn replay_threads(
     out: &mut dyn Write,
     err: &mut dyn Write,
     progress: bool,
-) -> Result<Summary, String> {
+) -> Result<Summary, ReplayError> {
     let start = Instant::now();
     let mut order = Sequencer::new(EventTimeConfig {
         idle_timeout: Duration::MAX,
@@ -240,10 +274,7 @@ pub fn replay_threads(
         progress,
     };
     let mut par = if threads > 1 {
-        Some(
-            ParallelDecode::new(pipeline.decoder(), threads, 4)
-                .map_err(|e| format!("cannot start decoding threads: {e}"))?,
-        )
+        Some(ParallelDecode::new(pipeline.decoder(), threads, 4).map_err(ReplayError::Threads)?)
     } else {
         None
     };
@@ -252,9 +283,10 @@ pub fn replay_threads(
         let mut reader = BatchReader::new(input, max_line);
         loop {
             let mut batch = spare.pop().unwrap_or_default();
-            let more = reader
-                .fill(batch.lines_mut())
-                .map_err(|e| format!("error reading {name}: {e}"))?;
+            let more = reader.fill(batch.lines_mut()).map_err(|source| ReadError {
+                name: name.clone(),
+                source,
+            })?;
             if !more {
                 spare.push(batch);
                 break;
@@ -285,7 +317,7 @@ pub fn replay_threads(
     }
     drop(par);
     w.finish(pipeline, out)?;
-    out.flush().map_err(|e| format!("cannot write decisions: {e}"))?;
+    out.flush().map_err(ReplayError::Write)?;
     let es = pipeline.engine().stats();
     Ok(Summary {
         stats: pipeline.stats.clone(),
@@ -314,7 +346,7 @@ impl Writer {
         batch: &mut DecodedBatch,
         out: &mut dyn Write,
         err: &mut dyn Write,
-    ) -> Result<(), String> {
+    ) -> Result<(), ReplayError> {
         let order = &mut self.order;
         let now = self.start;
         pipeline.hold_batch(batch, |line| order.push(0, 0, 0, line.ts_ms(), line.tie(), line, now));
@@ -333,20 +365,19 @@ impl Writer {
     }
 
     /// The end of the input: every line still held goes to the engine.
-    fn finish(&mut self, pipeline: &mut Pipeline, out: &mut dyn Write) -> Result<(), String> {
+    fn finish(&mut self, pipeline: &mut Pipeline, out: &mut dyn Write) -> Result<(), ReplayError> {
         let decisions = &mut self.decisions;
         self.order.release_all(|line, _| pipeline.apply_held(&line, decisions));
         self.write_decisions(out)
     }
 
-    fn write_decisions(&mut self, out: &mut dyn Write) -> Result<(), String> {
+    fn write_decisions(&mut self, out: &mut dyn Write) -> Result<(), ReplayError> {
         if !self.decisions.is_empty() {
             self.buf.clear();
             for d in self.decisions.drain(..) {
                 self.buf.push_str(&d.to_json_line());
             }
-            out.write_all(self.buf.as_bytes())
-                .map_err(|e| format!("cannot write decisions: {e}"))?;
+            out.write_all(self.buf.as_bytes()).map_err(ReplayError::Write)?;
         }
         Ok(())
     }

@@ -78,10 +78,10 @@ pub enum DecodeError {
 
 /// A compact token longer than this is not decoded (`token_too_large`): real tokens are a few
 /// KiB at most, and everything tokenwatch keeps, writes or prints per token stays bounded.
-pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
+pub(crate) const MAX_TOKEN_BYTES: usize = 16 * 1024;
 /// An id-like claim (`jti`, `iss`, `sub`, `kid`, `alg`, each `aud`) longer than this makes the
 /// token undecodable (`claim_too_large`): such text ends up in state, decisions and Redis values.
-pub const MAX_ID_CLAIM_BYTES: usize = 1024;
+pub(crate) const MAX_ID_CLAIM_BYTES: usize = 1024;
 
 impl DecodeError {
     /// A short stable name for counters and summaries.
@@ -158,7 +158,7 @@ impl TokenInfo {
     /// The id of this token's subject in the Redis blocklist: the first 32 hex digits of
     /// SHA-256(`iss` 0x00 `sub`), with the token id standing in for a missing `sub` (as in
     /// `subject`). Unlike `iss|sub`, no two (iss, sub) pairs share it.
-    pub fn subject_revocation_key(&self) -> Box<str> {
+    pub(crate) fn subject_revocation_key(&self) -> Box<str> {
         scoped_key(
             self.iss.as_deref().unwrap_or(""),
             self.sub.as_deref().unwrap_or(&self.token_id),
@@ -252,7 +252,7 @@ fn ids_fit(h: &Header, c: &Claims) -> bool {
 /// instead of the token. Without `jti`, the id is `claims:` + the first 32 hex digits of
 /// SHA-256 over `iss|sub|iat|exp` (absent parts empty, numbers in decimal), so that the same
 /// token gets the same id on every line.
-pub fn from_claims(
+pub(crate) fn from_claims(
     header: Option<&serde_json::Value>,
     claims: &serde_json::Value,
     wanted_claims: &[Box<str>],
@@ -382,7 +382,7 @@ pub fn looks_like_jwt(s: &str) -> bool {
 /// Used on every event text that a rule can store or a decision can quote (the request path,
 /// and string values kept by `distinct_count`), so a token sent where it should not be is
 /// never echoed.
-pub fn redact_jwts(text: &str) -> std::borrow::Cow<'_, str> {
+pub(crate) fn redact_jwts(text: &str) -> std::borrow::Cow<'_, str> {
     let b = text.as_bytes();
     let is_tok = |c: u8| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'=' | b'.');
     let mut out: Option<String> = None;
@@ -416,7 +416,7 @@ pub fn redact_jwts(text: &str) -> std::borrow::Cow<'_, str> {
 
 /// The request path as rules and decisions see it: without its query string (or fragment),
 /// and with any JWT in it redacted ([`redact_jwts`]).
-pub fn clean_path(path: &str) -> std::borrow::Cow<'_, str> {
+pub(crate) fn clean_path(path: &str) -> std::borrow::Cow<'_, str> {
     let end = memchr::memchr2(b'?', b'#', path.as_bytes()).unwrap_or(path.len());
     redact_jwts(&path[..end])
 }
@@ -438,7 +438,7 @@ pub fn tokens_in_query(path: &str) -> impl Iterator<Item = RawToken<'_>> {
 /// per 64-bit half, each seeded with secret per-process keys, so that an attacker who does not
 /// know the keys cannot aim two tokens at one cache entry.
 #[derive(Clone)]
-pub struct TokenHasher {
+pub(crate) struct TokenHasher {
     k: [u64; 8],
 }
 
@@ -595,7 +595,7 @@ impl TokenCache {
     }
 
     /// Changes the claims kept for rules (after a rule reload); forgets what was decoded.
-    pub fn set_wanted_claims(&mut self, wanted: Vec<Box<str>>) {
+    pub(crate) fn set_wanted_claims(&mut self, wanted: Vec<Box<str>>) {
         if *self.wanted_claims != *wanted {
             self.wanted_claims = wanted.into_boxed_slice();
             self.map.clear();

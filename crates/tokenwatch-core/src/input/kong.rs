@@ -19,7 +19,7 @@ pub fn fields<'a>(r: &mut RawLine<'a>) -> Fields<'a> {
 }
 
 /// The fields of Kong's and APISIX's shared shape, with the preset's own timestamp.
-pub fn request_fields<'a>(r: &mut RawLine<'a>, ts: Option<Scalar<'a>>) -> Fields<'a> {
+pub(crate) fn request_fields<'a>(r: &mut RawLine<'a>, ts: Option<Scalar<'a>>) -> Fields<'a> {
     let req = r.request.take_object();
     let headers = req.headers.0.unwrap_or_default();
     Fields {
@@ -39,7 +39,7 @@ pub fn request_fields<'a>(r: &mut RawLine<'a>, ts: Option<Scalar<'a>>) -> Fields
 }
 
 /// `GET /path?q HTTP/1.1` → (`GET`, `/path?q`): nginx's `$request`, API Gateway's `routeKey`.
-pub fn split_request_line(line: Cow<'_, str>) -> (Option<Cow<'_, str>>, Option<Cow<'_, str>>) {
+pub(crate) fn split_request_line(line: Cow<'_, str>) -> (Option<Cow<'_, str>>, Option<Cow<'_, str>>) {
     fn parts(l: &str) -> Option<(usize, usize, usize)> {
         let l_trim = l.trim_start();
         let start = l.len() - l_trim.len();

@@ -66,11 +66,33 @@ pub struct Mapping {
     authenticated: Option<String>,
 }
 
+/// A mapping that cannot be compiled; the message names the `[input.mapping]` key at fault.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MappingError {
+    #[error("input.mapping.{key}: {source}")]
+    Path {
+        /// `ts`, `client_ip`, ... or `claims.NAME`.
+        key: String,
+        source: PathError,
+    },
+    #[error("input.mapping: geo_lat and geo_lon must be given together")]
+    GeoHalf,
+}
+
+/// A JSON path that is no path.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PathError {
+    #[error("empty path")]
+    Empty,
+    #[error("path `{0}` has an empty segment")]
+    EmptySegment(String),
+}
+
 /// `a.b.c` or `$.a.b` → `/a/b/c`; a path starting with `/` is already a pointer.
-pub fn to_pointer(path: &str) -> Result<String, String> {
+fn to_pointer(path: &str) -> Result<String, PathError> {
     let p = path.trim();
     if p.is_empty() {
-        return Err("empty path".into());
+        return Err(PathError::Empty);
     }
     if p.starts_with('/') {
         return Ok(p.to_string());
@@ -79,7 +101,7 @@ pub fn to_pointer(path: &str) -> Result<String, String> {
     let mut out = String::new();
     for seg in p.split('.') {
         if seg.is_empty() {
-            return Err(format!("path `{path}` has an empty segment"));
+            return Err(PathError::EmptySegment(path.to_string()));
         }
         out.push('/');
         out.push_str(&seg.replace('~', "~0").replace('/', "~1"));
@@ -87,14 +109,18 @@ pub fn to_pointer(path: &str) -> Result<String, String> {
     Ok(out)
 }
 
+/// The pointer of the path given under `key`, the error naming the key.
+fn pointer(key: &str, path: &str) -> Result<String, MappingError> {
+    to_pointer(path).map_err(|source| MappingError::Path {
+        key: key.to_string(),
+        source,
+    })
+}
+
 impl Mapping {
     /// Compiles the paths; the error names the mapping key at fault.
-    pub fn compile(c: &MappingConfig) -> Result<Self, String> {
-        let p = |key: &str, v: &Option<String>| -> Result<Option<String>, String> {
-            v.as_deref()
-                .map(|s| to_pointer(s).map_err(|e| format!("input.mapping.{key}: {e}")))
-                .transpose()
-        };
+    pub fn compile(c: &MappingConfig) -> Result<Self, MappingError> {
+        let p = |key: &str, v: &Option<String>| v.as_deref().map(|s| pointer(key, s)).transpose();
         let geo = match (&c.geo_lat, &c.geo_lon) {
             (Some(_), Some(_)) => Some((
                 p("geo_lat", &c.geo_lat)?.unwrap_or_default(),
@@ -102,20 +128,16 @@ impl Mapping {
                 p("geo_accuracy_km", &c.geo_accuracy_km)?,
             )),
             (None, None) => None,
-            _ => return Err("input.mapping: geo_lat and geo_lon must be given together".into()),
+            _ => return Err(MappingError::GeoHalf),
         };
         let claims = c
             .claims
             .iter()
             .flatten()
-            .map(|(name, path)| {
-                to_pointer(path)
-                    .map(|p| (name.clone(), p))
-                    .map_err(|e| format!("input.mapping.claims.{name}: {e}"))
-            })
+            .map(|(name, path)| Ok((name.clone(), pointer(&format!("claims.{name}"), path)?)))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Mapping {
-            ts: to_pointer(&c.ts).map_err(|e| format!("input.mapping.ts: {e}"))?,
+            ts: pointer("ts", &c.ts)?,
             client_ip: p("client_ip", &c.client_ip)?,
             method: p("method", &c.method)?,
             path: p("path", &c.path)?,
@@ -331,6 +353,6 @@ mod tests {
         // a bad claim path names its key
         let bad: MappingConfig = toml::from_str("ts = \"t\"\n[claims]\nsub = \"a..b\"\n").unwrap();
         let e = Mapping::compile(&bad).unwrap_err();
-        assert!(e.starts_with("input.mapping.claims.sub: "), "{e}");
+        assert!(e.to_string().starts_with("input.mapping.claims.sub: "), "{e}");
     }
 }

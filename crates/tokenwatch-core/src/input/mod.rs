@@ -22,8 +22,8 @@ pub mod kong;
 pub mod lines;
 pub mod mapping;
 pub mod nginx;
-pub mod raw;
-pub mod scan;
+pub(crate) mod raw;
+pub(crate) mod scan;
 pub mod traefik;
 
 use std::borrow::Cow;
@@ -35,7 +35,8 @@ use std::sync::Arc;
 use crate::token::{self, RawToken, TokenCache, TokenInfo};
 
 pub use mapping::Mapping;
-pub use raw::{RawLine, Scalar};
+pub(crate) use raw::RawLine;
+pub use raw::Scalar;
 
 /// A location: from the log's `geo` field or from the GeoIP database.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -221,14 +222,22 @@ impl Format {
 }
 
 impl FromStr for Format {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        Format::ALL.into_iter().find(|f| f.name() == s).ok_or_else(|| {
-            format!(
-                "unknown format `{s}`: expected auto, canonical, traefik, kong, apisix, envoy, nginx, aws or custom"
-            )
-        })
+    type Err = FormatError;
+    fn from_str(s: &str) -> Result<Self, FormatError> {
+        Format::ALL
+            .into_iter()
+            .find(|f| f.name() == s)
+            .ok_or_else(|| FormatError::Unknown(s.to_string()))
     }
+}
+
+/// A format that cannot read lines: a name no preset has, or `custom` without its mapping.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FormatError {
+    #[error("unknown format `{0}`: expected auto, canonical, traefik, kong, apisix, envoy, nginx, aws or custom")]
+    Unknown(String),
+    #[error("format `custom` needs an [input.mapping] table in the config file")]
+    CustomWithoutMapping,
 }
 
 /// The fields a format picked out of a line, before they are checked and typed. Its `Debug`
@@ -304,9 +313,9 @@ pub struct Parser {
 }
 
 impl Parser {
-    pub fn new(format: Format, mapping: Option<Mapping>) -> Result<Self, String> {
+    pub fn new(format: Format, mapping: Option<Mapping>) -> Result<Self, FormatError> {
         if format == Format::Custom && mapping.is_none() {
-            return Err("format `custom` needs an [input.mapping] table in the config file".into());
+            return Err(FormatError::CustomWithoutMapping);
         }
         Ok(Parser { format, mapping })
     }
@@ -579,7 +588,7 @@ fn is_redacted(v: &str) -> bool {
 /// An IPv4-mapped IPv6 address (`::ffff:1.2.3.4`, as dual-stack NGINX and Envoy log IPv4
 /// clients) is the IPv4 address it maps: one client has one address, one /24 network and
 /// one location, and IPv4 CIDRs in rules match it.
-pub fn parse_ip(s: &str) -> Option<IpAddr> {
+pub(crate) fn parse_ip(s: &str) -> Option<IpAddr> {
     if let Some(v4) = parse_ipv4_plain(s.as_bytes()) {
         return Some(IpAddr::V4(v4));
     }
@@ -920,7 +929,7 @@ mod tests {
             // per-format counters index an array by the discriminant
             assert!(!std::mem::replace(&mut seen[f as usize], true), "{f:?}");
         }
-        let e = "zeus".parse::<Format>().unwrap_err();
+        let e = "zeus".parse::<Format>().unwrap_err().to_string();
         assert!(e.contains("apisix") && e.contains("aws"), "{e}");
     }
 

@@ -371,128 +371,190 @@ pub struct AwsAuthorizer {
     pub claims: Option<serde_json::Value>,
 }
 
-/// Every field any preset format reads. Field names are the gateways' own.
-///
-/// It holds the line's raw text (Authorization headers, URLs with their query), so its
-/// `Debug` prints only which formats the line could be.
-#[derive(Clone, Default, Deserialize, PartialEq)]
-#[allow(non_snake_case)]
-pub struct RawLine<'a> {
-    // canonical (and shared with envoy / kong / apisix / nginx where the names coincide)
-    #[serde(borrow, default)]
-    pub ts: Option<Scalar<'a>>,
-    #[serde(borrow, default)]
-    pub client_ip: StrOnly<'a>,
-    #[serde(borrow, default)]
-    pub method: LenientStr<'a>,
-    #[serde(borrow, default)]
-    pub path: LenientStr<'a>,
-    #[serde(borrow, default)]
-    pub status: Option<Scalar<'a>>,
-    #[serde(borrow, default)]
-    pub user_agent: LenientStr<'a>,
-    #[serde(borrow, default)]
-    pub authorization: LenientStr<'a>,
-    #[serde(borrow, default)]
-    pub token: LenientStr<'a>,
-    #[serde(borrow, default)]
-    pub geo: Lenient<GeoFields<'a>>,
-    #[serde(default)]
-    pub jwt_header: Option<serde_json::Value>,
-    #[serde(default)]
-    pub jwt_claims: Option<serde_json::Value>,
-    /// The gateway says it verified the line's token (canonical; see [`bool_text`]).
-    #[serde(default, deserialize_with = "lenient_bool")]
-    pub authenticated: Option<bool>,
+/// Where the fast path ([`super::scan`]) stores the value of one key: the field of that JSON
+/// name, by its type. The kinds mirror the fields' serde types, so a field stored here is
+/// exactly what serde would have read.
+pub(super) enum Slot<'s, 'a> {
+    Scalar(&'s mut Option<Scalar<'a>>),
+    /// An address: only a string counts ([`StrOnly`]).
+    Addr(&'s mut StrOnly<'a>),
+    Text(&'s mut LenientStr<'a>),
+    Request(&'s mut RequestField<'a>),
+    /// A nested or typed field, or a rare one (an attestation): the serde pass reads it.
+    Serde,
+    /// No field has that name: neither pass reads it.
+    Unknown,
+}
 
-    // traefik
-    #[serde(borrow, default)]
-    pub StartUTC: Option<Scalar<'a>>,
-    #[serde(borrow, default)]
-    pub StartLocal: Option<Scalar<'a>>,
-    #[serde(borrow, default)]
-    pub ClientHost: StrOnly<'a>,
-    #[serde(borrow, default)]
-    pub ClientAddr: StrOnly<'a>,
-    #[serde(borrow, default)]
-    pub RequestMethod: LenientStr<'a>,
-    #[serde(borrow, default)]
-    pub RequestPath: LenientStr<'a>,
-    #[serde(borrow, default)]
-    pub DownstreamStatus: Option<Scalar<'a>>,
-    #[serde(borrow, default)]
-    pub request_Authorization: LenientStr<'a>,
-    #[serde(borrow, default, rename = "request_User-Agent")]
-    pub request_User_Agent: LenientStr<'a>,
+// One constructor per kind of the table below: a kind that does not fit its field's type is
+// a compile error.
+impl<'s, 'a> Slot<'s, 'a> {
+    fn scalar(f: &'s mut Option<Scalar<'a>>) -> Self {
+        Slot::Scalar(f)
+    }
+    fn addr(f: &'s mut StrOnly<'a>) -> Self {
+        Slot::Addr(f)
+    }
+    fn text(f: &'s mut LenientStr<'a>) -> Self {
+        Slot::Text(f)
+    }
+    fn request(f: &'s mut RequestField<'a>) -> Self {
+        Slot::Request(f)
+    }
+    fn serde<T>(_: &'s mut T) -> Self {
+        Slot::Serde
+    }
+}
 
-    // kong and apisix (`request` is also nginx's request line)
-    #[serde(borrow, default)]
-    pub started_at: Option<Scalar<'a>>,
-    #[serde(borrow, default)]
-    pub request: RequestField<'a>,
-    #[serde(borrow, default)]
-    pub response: Lenient<KongResponse<'a>>,
-    /// The credential that authenticated the request; absent for an anonymous consumer.
-    #[serde(default)]
-    pub authenticated_entity: Option<IgnoredAny>,
+/// The one table of [`RawLine`]'s fields: each field's JSON name and kind make both its serde
+/// name and its slot on the fast path ([`RawLine::slot`]), so a field added here is read by
+/// both passes alike, and a field cannot be added to one only.
+macro_rules! raw_line {
+    (
+        $(#[$sm:meta])*
+        pub struct $name:ident<$a:lifetime> {
+            $( $(#[$m:meta])* $field:ident: $ty:ty = $json:literal => $kind:ident, )*
+        }
+    ) => {
+        $(#[$sm])*
+        #[derive(Clone, Default, Deserialize, PartialEq)]
+        #[allow(non_snake_case)]
+        pub struct $name<$a> {
+            $(
+                $(#[$m])*
+                #[serde(default, rename = $json)]
+                pub $field: $ty,
+            )*
+        }
 
-    // envoy (Istio, Envoy Gateway); `start_time` is also apisix's
-    #[serde(borrow, default)]
-    pub start_time: Option<Scalar<'a>>,
-    #[serde(borrow, default)]
-    pub response_code: Option<Scalar<'a>>,
-    #[serde(default)]
-    pub jwt_payload: Option<serde_json::Value>,
-    #[serde(borrow, default)]
-    pub downstream_remote_address: StrOnly<'a>,
-    #[serde(borrow, default, rename = "x-envoy-origin-path")]
-    pub x_envoy_origin_path: LenientStr<'a>,
-    #[serde(borrow, default, rename = "user-agent")]
-    pub user_agent_dashed: LenientStr<'a>,
+        impl<$a> $name<$a> {
+            /// The field that the JSON key `key` fills.
+            pub(super) fn slot(&mut self, key: &str) -> Slot<'_, $a> {
+                match key {
+                    $( $json => Slot::$kind(&mut self.$field), )*
+                    _ => Slot::Unknown,
+                }
+            }
+        }
+    };
+}
 
-    // nginx (and ingress-nginx)
-    #[serde(borrow, default)]
-    pub msec: Option<Scalar<'a>>,
-    #[serde(borrow, default)]
-    pub time_iso8601: Option<Scalar<'a>>,
-    #[serde(borrow, default)]
-    pub time_local: Option<Scalar<'a>>,
-    #[serde(borrow, default)]
-    pub time: Option<Scalar<'a>>,
-    #[serde(borrow, default)]
-    pub remote_addr: StrOnly<'a>,
-    #[serde(borrow, default)]
-    pub x_forwarded_for: StrOnly<'a>,
-    #[serde(borrow, default)]
-    pub request_method: LenientStr<'a>,
-    #[serde(borrow, default)]
-    pub request_uri: LenientStr<'a>,
-    #[serde(borrow, default)]
-    pub request_query: LenientStr<'a>,
-    #[serde(borrow, default)]
-    pub http_user_agent: LenientStr<'a>,
-    #[serde(borrow, default)]
-    pub http_authorization: LenientStr<'a>,
+raw_line! {
+    /// Every field any preset format reads. Field names are the gateways' own.
+    ///
+    /// It holds the line's raw text (Authorization headers, URLs with their query), so its
+    /// `Debug` prints only which formats the line could be.
+    pub struct RawLine<'a> {
+        // canonical (and shared with envoy / kong / apisix / nginx where the names coincide)
+        #[serde(borrow)]
+        ts: Option<Scalar<'a>> = "ts" => scalar,
+        #[serde(borrow)]
+        client_ip: StrOnly<'a> = "client_ip" => addr,
+        #[serde(borrow)]
+        method: LenientStr<'a> = "method" => text,
+        #[serde(borrow)]
+        path: LenientStr<'a> = "path" => text,
+        #[serde(borrow)]
+        status: Option<Scalar<'a>> = "status" => scalar,
+        #[serde(borrow)]
+        user_agent: LenientStr<'a> = "user_agent" => text,
+        #[serde(borrow)]
+        authorization: LenientStr<'a> = "authorization" => text,
+        #[serde(borrow)]
+        token: LenientStr<'a> = "token" => text,
+        #[serde(borrow)]
+        geo: Lenient<GeoFields<'a>> = "geo" => serde,
+        jwt_header: Option<serde_json::Value> = "jwt_header" => serde,
+        jwt_claims: Option<serde_json::Value> = "jwt_claims" => serde,
+        /// The gateway says it verified the line's token (canonical; see [`bool_text`]).
+        #[serde(deserialize_with = "lenient_bool")]
+        authenticated: Option<bool> = "authenticated" => serde,
 
-    // aws (API Gateway access logs, the field names of AWS's examples)
-    #[serde(borrow, default)]
-    pub requestTime: Option<Scalar<'a>>,
-    #[serde(borrow, default)]
-    pub requestTimeEpoch: Option<Scalar<'a>>,
-    #[serde(borrow, default)]
-    pub ip: StrOnly<'a>,
-    #[serde(borrow, default)]
-    pub httpMethod: LenientStr<'a>,
-    #[serde(borrow, default)]
-    pub routeKey: LenientStr<'a>,
-    #[serde(borrow, default)]
-    pub resourcePath: LenientStr<'a>,
-    #[serde(borrow, default)]
-    pub userAgent: LenientStr<'a>,
-    #[serde(default)]
-    pub claims: Option<serde_json::Value>,
-    #[serde(default)]
-    pub authorizer: Lenient<AwsAuthorizer>,
+        // traefik
+        #[serde(borrow)]
+        StartUTC: Option<Scalar<'a>> = "StartUTC" => scalar,
+        #[serde(borrow)]
+        StartLocal: Option<Scalar<'a>> = "StartLocal" => scalar,
+        #[serde(borrow)]
+        ClientHost: StrOnly<'a> = "ClientHost" => addr,
+        #[serde(borrow)]
+        ClientAddr: StrOnly<'a> = "ClientAddr" => addr,
+        #[serde(borrow)]
+        RequestMethod: LenientStr<'a> = "RequestMethod" => text,
+        #[serde(borrow)]
+        RequestPath: LenientStr<'a> = "RequestPath" => text,
+        #[serde(borrow)]
+        DownstreamStatus: Option<Scalar<'a>> = "DownstreamStatus" => scalar,
+        #[serde(borrow)]
+        request_Authorization: LenientStr<'a> = "request_Authorization" => text,
+        #[serde(borrow)]
+        request_User_Agent: LenientStr<'a> = "request_User-Agent" => text,
+
+        // kong and apisix (`request` is also nginx's request line)
+        #[serde(borrow)]
+        started_at: Option<Scalar<'a>> = "started_at" => scalar,
+        #[serde(borrow)]
+        request: RequestField<'a> = "request" => request,
+        #[serde(borrow)]
+        response: Lenient<KongResponse<'a>> = "response" => serde,
+        /// The credential that authenticated the request; absent for an anonymous consumer.
+        authenticated_entity: Option<IgnoredAny> = "authenticated_entity" => serde,
+
+        // envoy (Istio, Envoy Gateway); `start_time` is also apisix's
+        #[serde(borrow)]
+        start_time: Option<Scalar<'a>> = "start_time" => scalar,
+        #[serde(borrow)]
+        response_code: Option<Scalar<'a>> = "response_code" => scalar,
+        jwt_payload: Option<serde_json::Value> = "jwt_payload" => serde,
+        #[serde(borrow)]
+        downstream_remote_address: StrOnly<'a> = "downstream_remote_address" => addr,
+        #[serde(borrow)]
+        x_envoy_origin_path: LenientStr<'a> = "x-envoy-origin-path" => text,
+        #[serde(borrow)]
+        user_agent_dashed: LenientStr<'a> = "user-agent" => text,
+
+        // nginx (and ingress-nginx)
+        #[serde(borrow)]
+        msec: Option<Scalar<'a>> = "msec" => scalar,
+        #[serde(borrow)]
+        time_iso8601: Option<Scalar<'a>> = "time_iso8601" => scalar,
+        #[serde(borrow)]
+        time_local: Option<Scalar<'a>> = "time_local" => scalar,
+        #[serde(borrow)]
+        time: Option<Scalar<'a>> = "time" => scalar,
+        #[serde(borrow)]
+        remote_addr: StrOnly<'a> = "remote_addr" => addr,
+        #[serde(borrow)]
+        x_forwarded_for: StrOnly<'a> = "x_forwarded_for" => addr,
+        #[serde(borrow)]
+        request_method: LenientStr<'a> = "request_method" => text,
+        #[serde(borrow)]
+        request_uri: LenientStr<'a> = "request_uri" => text,
+        #[serde(borrow)]
+        request_query: LenientStr<'a> = "request_query" => text,
+        #[serde(borrow)]
+        http_user_agent: LenientStr<'a> = "http_user_agent" => text,
+        #[serde(borrow)]
+        http_authorization: LenientStr<'a> = "http_authorization" => text,
+
+        // aws (API Gateway access logs, the field names of AWS's examples)
+        #[serde(borrow)]
+        requestTime: Option<Scalar<'a>> = "requestTime" => scalar,
+        #[serde(borrow)]
+        requestTimeEpoch: Option<Scalar<'a>> = "requestTimeEpoch" => scalar,
+        #[serde(borrow)]
+        ip: StrOnly<'a> = "ip" => addr,
+        #[serde(borrow)]
+        httpMethod: LenientStr<'a> = "httpMethod" => text,
+        #[serde(borrow)]
+        routeKey: LenientStr<'a> = "routeKey" => text,
+        #[serde(borrow)]
+        resourcePath: LenientStr<'a> = "resourcePath" => text,
+        #[serde(borrow)]
+        userAgent: LenientStr<'a> = "userAgent" => text,
+        claims: Option<serde_json::Value> = "claims" => serde,
+        authorizer: Lenient<AwsAuthorizer> = "authorizer" => serde,
+    }
 }
 
 impl fmt::Debug for RawLine<'_> {

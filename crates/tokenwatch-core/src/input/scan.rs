@@ -7,11 +7,13 @@
 //! JWT. It answers `None` for anything else (escapes, nested values, `null`, floats, duplicate
 //! fields, trailing bytes, non-ASCII keys ...), and the caller then runs the serde pass, so
 //! the fast path never decides differently from serde: it accepts a subset of what serde
-//! accepts and builds exactly the values serde would.
+//! accepts and builds exactly the values serde would. Which key fills which field comes from
+//! the one table that also gives serde its names ([`RawLine::slot`]), so a field cannot be
+//! known to one pass and lost by the other.
 
 use std::borrow::Cow;
 
-use super::raw::{LenientStr, RawLine, RawRequest, RequestField, Scalar, StrOnly};
+use super::raw::{LenientStr, RawLine, RawRequest, RequestField, Scalar, Slot, StrOnly};
 
 /// Parses `line` (trimmed, starting with `{`) into `raw` (empty on entry) when it is a flat
 /// object of simple values; `false` otherwise, leaving `raw` partly filled. Filling the
@@ -35,7 +37,7 @@ fn scan<'a>(line: &'a [u8], raw: &mut RawLine<'a>) -> Option<()> {
         if high {
             return None;
         }
-        let key = &line[ks..ke];
+        let key = std::str::from_utf8(&line[ks..ke]).ok()?;
         s.ws();
         if s.peek()? != b':' {
             return None;
@@ -43,7 +45,7 @@ fn scan<'a>(line: &'a [u8], raw: &mut RawLine<'a>) -> Option<()> {
         s.i += 1;
         s.ws();
         let value = s.value()?;
-        set(raw, key, value, line)?;
+        set(raw, key, &value, line)?;
         s.ws();
         match s.peek()? {
             b',' => {
@@ -69,138 +71,64 @@ enum Value {
     Other,
 }
 
-/// Stores a value in its field; `None` when the field needs the serde pass.
-fn set<'a>(raw: &mut RawLine<'a>, key: &[u8], v: Value, line: &'a [u8]) -> Option<()> {
-    fn text<'a>(v: &Value, line: &'a [u8]) -> Option<Cow<'a, str>> {
-        match *v {
-            Value::Str(a, b, high) => {
-                let bytes = &line[a..b];
-                let s = if high {
-                    std::str::from_utf8(bytes).ok()?
-                } else {
-                    // SAFETY: every byte is ASCII (checked by the scan), hence valid UTF-8.
-                    #[allow(unsafe_code)]
-                    unsafe {
-                        std::str::from_utf8_unchecked(bytes)
-                    }
-                };
-                Some(Cow::Borrowed(s))
+/// Stores a value in the field of its key ([`RawLine::slot`], the same table serde reads);
+/// `None` when the serde pass must read the line.
+fn set<'a>(raw: &mut RawLine<'a>, key: &str, v: &Value, line: &'a [u8]) -> Option<()> {
+    match raw.slot(key) {
+        Slot::Scalar(slot) => {
+            if slot.is_some() {
+                return None; // duplicate field: serde reports it
             }
-            _ => None,
+            *slot = Some(match *v {
+                Value::Int(n) => Scalar::Num(n as f64),
+                Value::Str(..) => Scalar::Str(text(v, line)?),
+                Value::Other => return None,
+            });
         }
-    }
-    fn scalar<'a>(slot: &mut Option<Scalar<'a>>, v: &Value, line: &'a [u8]) -> Option<()> {
-        if slot.is_some() {
-            return None; // duplicate field: serde reports it
-        }
-        *slot = Some(match *v {
-            Value::Int(n) => Scalar::Num(n as f64),
-            Value::Str(..) => Scalar::Str(text(v, line)?),
-            Value::Other => return None,
-        });
-        Some(())
-    }
-    let r = raw;
-    match key {
-        b"ts" => scalar(&mut r.ts, &v, line),
-        b"status" => scalar(&mut r.status, &v, line),
-        b"StartUTC" => scalar(&mut r.StartUTC, &v, line),
-        b"StartLocal" => scalar(&mut r.StartLocal, &v, line),
-        b"DownstreamStatus" => scalar(&mut r.DownstreamStatus, &v, line),
-        b"started_at" => scalar(&mut r.started_at, &v, line),
-        b"start_time" => scalar(&mut r.start_time, &v, line),
-        b"response_code" => scalar(&mut r.response_code, &v, line),
-        b"msec" => scalar(&mut r.msec, &v, line),
-        b"time_iso8601" => scalar(&mut r.time_iso8601, &v, line),
-        b"time_local" => scalar(&mut r.time_local, &v, line),
-        b"time" => scalar(&mut r.time, &v, line),
-        b"requestTime" => scalar(&mut r.requestTime, &v, line),
-        b"requestTimeEpoch" => scalar(&mut r.requestTimeEpoch, &v, line),
-        b"client_ip"
-        | b"ClientHost"
-        | b"ClientAddr"
-        | b"remote_addr"
-        | b"x_forwarded_for"
-        | b"downstream_remote_address"
-        | b"ip" => {
-            let slot = match key {
-                b"client_ip" => &mut r.client_ip,
-                b"ClientHost" => &mut r.ClientHost,
-                b"ClientAddr" => &mut r.ClientAddr,
-                b"remote_addr" => &mut r.remote_addr,
-                b"x_forwarded_for" => &mut r.x_forwarded_for,
-                b"downstream_remote_address" => &mut r.downstream_remote_address,
-                _ => &mut r.ip,
-            };
-            // The fast path only ever stores `Some`: a set field is a duplicate. A number
-            // reads as absent in serde, which also reports a duplicate after it: let it.
+        // The fast path only ever stores `Some`: a set field is a duplicate. A number reads
+        // as absent in serde, which also reports a duplicate after it: let it.
+        Slot::Addr(slot) => {
             if slot.0.is_some() {
                 return None;
             }
-            *slot = StrOnly(Some(text(&v, line)?));
-            Some(())
+            *slot = StrOnly(Some(text(v, line)?));
         }
-        b"method"
-        | b"path"
-        | b"user_agent"
-        | b"authorization"
-        | b"token"
-        | b"RequestMethod"
-        | b"RequestPath"
-        | b"request_Authorization"
-        | b"request_User-Agent"
-        | b"x-envoy-origin-path"
-        | b"user-agent"
-        | b"request_method"
-        | b"request_uri"
-        | b"request_query"
-        | b"http_user_agent"
-        | b"http_authorization"
-        | b"httpMethod"
-        | b"routeKey"
-        | b"resourcePath"
-        | b"userAgent" => {
-            let slot = match key {
-                b"method" => &mut r.method,
-                b"path" => &mut r.path,
-                b"user_agent" => &mut r.user_agent,
-                b"authorization" => &mut r.authorization,
-                b"token" => &mut r.token,
-                b"RequestMethod" => &mut r.RequestMethod,
-                b"RequestPath" => &mut r.RequestPath,
-                b"request_Authorization" => &mut r.request_Authorization,
-                b"request_User-Agent" => &mut r.request_User_Agent,
-                b"x-envoy-origin-path" => &mut r.x_envoy_origin_path,
-                b"user-agent" => &mut r.user_agent_dashed,
-                b"request_method" => &mut r.request_method,
-                b"request_uri" => &mut r.request_uri,
-                b"request_query" => &mut r.request_query,
-                b"http_user_agent" => &mut r.http_user_agent,
-                b"http_authorization" => &mut r.http_authorization,
-                b"httpMethod" => &mut r.httpMethod,
-                b"routeKey" => &mut r.routeKey,
-                b"resourcePath" => &mut r.resourcePath,
-                _ => &mut r.userAgent,
-            };
+        Slot::Text(slot) => {
             if slot.0.is_some() {
                 return None;
             }
-            *slot = LenientStr(Some(text(&v, line)?));
-            Some(())
+            *slot = LenientStr(Some(text(v, line)?));
         }
         // nginx's request line; Kong's and APISIX's request object takes the serde pass.
-        b"request" => {
-            if r.request.0.is_some() {
+        Slot::Request(slot) => {
+            if slot.0.is_some() {
                 return None;
             }
-            r.request = RequestField(Some(RawRequest::Line(text(&v, line)?)));
-            Some(())
+            *slot = RequestField(Some(RawRequest::Line(text(v, line)?)));
         }
-        // Nested or typed fields: the serde pass reads them.
-        b"geo" | b"jwt_header" | b"jwt_claims" | b"response" | b"jwt_payload" | b"claims" | b"authorizer" => None,
-        // A gateway's attestation (`true`, `"true"` ...): rare, so the serde pass reads it.
-        b"authenticated" | b"authenticated_entity" => None,
-        _ => Some(()),
+        Slot::Serde => return None,
+        Slot::Unknown => {}
+    }
+    Some(())
+}
+
+/// A string value as text borrowed from the line; `None` for any other value.
+fn text<'a>(v: &Value, line: &'a [u8]) -> Option<Cow<'a, str>> {
+    match *v {
+        Value::Str(a, b, high) => {
+            let bytes = &line[a..b];
+            let s = if high {
+                std::str::from_utf8(bytes).ok()?
+            } else {
+                // SAFETY: every byte is ASCII (checked by the scan), hence valid UTF-8.
+                #[allow(unsafe_code)]
+                unsafe {
+                    std::str::from_utf8_unchecked(bytes)
+                }
+            };
+            Some(Cow::Borrowed(s))
+        }
+        _ => None,
     }
 }
 
@@ -468,6 +396,8 @@ mod tests {
         let keys = raw_line_keys();
         assert!(keys.len() > 40 && keys.contains(&"x-envoy-origin-path"), "{keys:?}");
         for k in keys {
+            // one table makes both: every name serde reads has its slot
+            assert!(!matches!(RawLine::default().slot(k), Slot::Unknown), "{k}");
             for v in ["\"v\"", "\"2026-11-29T00:00:00Z\"", "12", "1.5", "null", "true", "{}"] {
                 let line = format!("{{\"{k}\":{v}}}");
                 // either declines or agrees with serde, and never drops a field serde reads
@@ -512,6 +442,42 @@ mod tests {
             let body: Vec<String> = kv.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
             let line = format!("{{{}}}", body.join(","));
             agrees(&line);
+        }
+    }
+
+    /// The keys the fast path stores itself (all but the nested and rare fields).
+    fn fast_keys() -> Vec<&'static str> {
+        raw_line_keys()
+            .iter()
+            .copied()
+            .filter(|k| !matches!(RawLine::default().slot(k), Slot::Serde))
+            .collect()
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(1000))]
+
+        /// Every field the fast path stores, with plain string values, any subset, in any
+        /// order (unknown keys between): the fast path takes the line, and reads exactly what
+        /// serde reads, field by field (`RawLine`'s `PartialEq` compares them all).
+        #[test]
+        fn the_fast_path_reads_every_field_as_serde_does(
+            fields in proptest::collection::btree_map(
+                proptest::sample::select(fast_keys()),
+                "[a-zA-Z0-9 ./:_-]{0,16}",
+                1..12,
+            ),
+            junk in proptest::collection::vec("x[a-z]{1,6}", 0..3),
+        ) {
+            let mut body: Vec<String> = fields
+                .iter()
+                .map(|(k, v)| format!("\"{k}\":\"{v}\""))
+                .collect();
+            body.extend(junk.iter().enumerate().map(|(i, k)| format!("\"{k}{i}\":1")));
+            let line = format!("{{{}}}", body.join(","));
+            proptest::prop_assert!(agrees(&line), "the fast path declined {}", line);
+            let f = fast(line.as_bytes()).unwrap();
+            proptest::prop_assert!(f != RawLine::default());
         }
     }
 

@@ -14,14 +14,14 @@ use serde_json::{json, Map, Value};
 use super::keys::{Signature, Signer};
 use super::spec::{Case, EventSpec, ExpectSpec, TokenSpec};
 use crate::decision::fmt_ts;
-use crate::input::Format;
+use crate::input::{Format, FormatError};
 use crate::rules::{fmt_duration, parse_duration_ms};
 
 /// The virtual start of every case: 2026-11-29T00:00:00Z.
-pub const START_MS: i64 = 1_795_910_400_000;
+pub(crate) const START_MS: i64 = 1_795_910_400_000;
 const START_S: i64 = START_MS / 1000;
 /// Issuer of test tokens that give none.
-pub const DEFAULT_ISS: &str = "https://idp.example.com";
+pub(crate) const DEFAULT_ISS: &str = "https://idp.example.com";
 /// Most repeats one shorthand event may ask for.
 const MAX_REPEAT: u64 = 10_000;
 
@@ -46,15 +46,67 @@ pub struct Expect {
     pub client_ip: Option<IpAddr>,
 }
 
+/// What in a case is wrong, in the words of the test file. Messages never quote a raw
+/// line or a token: a test file may hold one someone pasted.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Format(#[from] FormatError),
+    #[error("give `events:` or `lines:`, not both")]
+    EventsAndLines,
+    #[error("lines[{index}]: {source}")]
+    Line { index: usize, source: Box<BuildError> },
+    #[error("token `alg: {0}`: test tokens are RS256, or `alg: none`")]
+    Alg(String),
+    #[error("claim `{claim}`: an epoch number or an offset from the start; {source}")]
+    TimeClaim { claim: String, source: OffsetError },
+    #[error("`{key}: {value}` takes true or false")]
+    NotBool { key: String, value: String },
+    /// The name, with anything that looks like a JWT redacted.
+    #[error("token `{0}` is used before its claims are given")]
+    UnknownToken(String),
+    #[error(transparent)]
+    Offset(#[from] OffsetError),
+    #[error("`repeat: {0}` must be a whole number from 1 to {MAX_REPEAT}")]
+    Repeat(String),
+    #[error("`status: {0}` is not an HTTP status")]
+    Status(String),
+    #[error("`token_in: {0}`: write header or query")]
+    TokenIn(String),
+    #[error("geo `{key}: {value}` is not a number")]
+    Geo { key: &'static str, value: String },
+    #[error("an unclosed `${{`")]
+    Unclosed,
+    /// The placeholder, with anything that looks like a JWT redacted.
+    #[error("unknown placeholder `${{{0}}}`: use ${{token:NAME}} or ${{at:OFFSET}}")]
+    Placeholder(String),
+    #[error("`client_ip: {0}` is not an address")]
+    ClientIp(String),
+}
+
+/// A time offset (`at:`, `every:`, `${at:...}`) that does not read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OffsetError {
+    #[error("`{0}` is not a time offset (write it like 0s, 4m or 10m1s)")]
+    Empty(String),
+    #[error("time offset `{offset}`: {reason}")]
+    Part { offset: String, reason: String },
+}
+
 /// Builds one case; `Err` says what in the case is wrong.
-pub fn build_case(case: &Case, rule: &str, format: Option<&str>, signer: &mut Signer) -> Result<BuiltCase, String> {
+pub(crate) fn build_case(
+    case: &Case,
+    rule: &str,
+    format: Option<&str>,
+    signer: &mut Signer,
+) -> Result<BuiltCase, BuildError> {
     let format = match case.format.as_deref().or(format) {
         Some(f) => f.parse::<Format>()?,
         None if case.lines.is_empty() => Format::Canonical,
         None => Format::Auto,
     };
     if !case.events.is_empty() && !case.lines.is_empty() {
-        return Err("give `events:` or `lines:`, not both".into());
+        return Err(BuildError::EventsAndLines);
     }
     let mut tokens = Tokens::default();
     for (name, claims) in &case.tokens {
@@ -66,7 +118,10 @@ pub fn build_case(case: &Case, rule: &str, format: Option<&str>, signer: &mut Si
         event_lines(e, &mut tokens, signer, &mut lines)?;
     }
     for (i, l) in case.lines.iter().enumerate() {
-        lines.push(fill(l, &tokens).map_err(|e| format!("lines[{i}]: {e}"))?);
+        lines.push(fill(l, &tokens).map_err(|e| BuildError::Line {
+            index: i,
+            source: Box::new(e),
+        })?);
     }
     let expect = case
         .expect
@@ -89,7 +144,7 @@ struct Tokens {
 }
 
 impl Tokens {
-    fn build(&mut self, spec: &BTreeMap<String, String>, signer: &mut Signer) -> Result<String, String> {
+    fn build(&mut self, spec: &BTreeMap<String, String>, signer: &mut Signer) -> Result<String, BuildError> {
         let mut how = Signature::Valid;
         let mut claims = Map::new();
         claims.insert("iss".into(), json!(DEFAULT_ISS));
@@ -98,7 +153,7 @@ impl Tokens {
             match k.as_str() {
                 "forged" => how = if bool_of(k, v)? { Signature::Forged } else { how },
                 "alg" if v.eq_ignore_ascii_case("none") => how = Signature::Unsigned,
-                "alg" => return Err(format!("token `alg: {v}`: test tokens are RS256, or `alg: none`")),
+                "alg" => return Err(BuildError::Alg(v.clone())),
                 "iat" | "exp" | "nbf" => {
                     claims.insert(k.clone(), json!(time_claim(k, v)?));
                 }
@@ -121,19 +176,21 @@ impl Tokens {
         Ok(token)
     }
 
-    fn get(&self, name: &str) -> Result<String, String> {
+    fn get(&self, name: &str) -> Result<String, BuildError> {
         self.named
             .get(name)
             .or_else(|| self.by_jti.get(name))
             .cloned()
-            .ok_or_else(|| {
-                let name = crate::token::redact_jwts(name);
-                format!("token `{name}` is used before its claims are given")
-            })
+            .ok_or_else(|| BuildError::UnknownToken(crate::token::redact_jwts(name).into_owned()))
     }
 }
 
-fn event_lines(e: &EventSpec, tokens: &mut Tokens, signer: &mut Signer, out: &mut Vec<String>) -> Result<(), String> {
+fn event_lines(
+    e: &EventSpec,
+    tokens: &mut Tokens,
+    signer: &mut Signer,
+    out: &mut Vec<String>,
+) -> Result<(), BuildError> {
     let at = parse_offset(&e.at)?;
     let token = match &e.token {
         None => None,
@@ -145,7 +202,7 @@ fn event_lines(e: &EventSpec, tokens: &mut Tokens, signer: &mut Signer, out: &mu
             .parse::<u64>()
             .ok()
             .filter(|n| (1..=MAX_REPEAT).contains(n))
-            .ok_or_else(|| format!("`repeat: {n}` must be a whole number from 1 to {MAX_REPEAT}"))?,
+            .ok_or_else(|| BuildError::Repeat(n.clone()))?,
         None => 1,
     };
     let every = e.every.as_deref().map(parse_offset).transpose()?.unwrap_or(1_000);
@@ -154,9 +211,7 @@ fn event_lines(e: &EventSpec, tokens: &mut Tokens, signer: &mut Signer, out: &mu
     line.insert("method".into(), json!(e.method.as_deref().unwrap_or("GET")));
     let mut path = e.path.clone().unwrap_or_else(|| "/api/v1/orders".into());
     let status = match &e.status {
-        Some(s) => s
-            .parse::<u16>()
-            .map_err(|_| format!("`status: {s}` is not an HTTP status"))?,
+        Some(s) => s.parse::<u16>().map_err(|_| BuildError::Status(s.clone()))?,
         None => 200,
     };
     line.insert("status".into(), json!(status));
@@ -173,12 +228,17 @@ fn event_lines(e: &EventSpec, tokens: &mut Tokens, signer: &mut Signer, out: &mu
                 let sep = if path.contains('?') { '&' } else { '?' };
                 path = format!("{path}{sep}access_token={t}");
             }
-            other => return Err(format!("`token_in: {other}`: write header or query")),
+            other => return Err(BuildError::TokenIn(other.to_string())),
         }
     }
     line.insert("path".into(), json!(path));
     if let Some(g) = &e.geo {
-        let num = |k: &str, v: &str| v.parse::<f64>().map_err(|_| format!("geo `{k}: {v}` is not a number"));
+        let num = |key: &'static str, v: &str| {
+            v.parse::<f64>().map_err(|_| BuildError::Geo {
+                key,
+                value: v.to_string(),
+            })
+        };
         let acc = g.accuracy_km.as_deref().map(|a| num("accuracy_km", a)).transpose()?;
         line.insert(
             "geo".into(),
@@ -197,22 +257,17 @@ fn event_lines(e: &EventSpec, tokens: &mut Tokens, signer: &mut Signer, out: &mu
 
 /// `${token:NAME}` and `${at:OFFSET}` in a raw line. Messages never quote the line: it may
 /// hold a token someone pasted.
-fn fill(line: &str, tokens: &Tokens) -> Result<String, String> {
+fn fill(line: &str, tokens: &Tokens) -> Result<String, BuildError> {
     let mut out = String::with_capacity(line.len());
     let mut rest = line;
     while let Some(i) = rest.find("${") {
         out.push_str(&rest[..i]);
-        let end = rest[i..].find('}').ok_or_else(|| "an unclosed `${`".to_string())?;
+        let end = rest[i..].find('}').ok_or(BuildError::Unclosed)?;
         let inner = &rest[i + 2..i + end];
         match inner.split_once(':') {
             Some(("token", name)) => out.push_str(&tokens.get(name)?),
             Some(("at", off)) => out.push_str(&fmt_ts(START_MS.saturating_add(parse_offset(off)?))),
-            _ => {
-                let shown = crate::token::redact_jwts(inner);
-                return Err(format!(
-                    "unknown placeholder `${{{shown}}}`: use ${{token:NAME}} or ${{at:OFFSET}}"
-                ));
-            }
+            _ => return Err(BuildError::Placeholder(crate::token::redact_jwts(inner).into_owned())),
         }
         rest = &rest[i + end + 1..];
     }
@@ -220,7 +275,7 @@ fn fill(line: &str, tokens: &Tokens) -> Result<String, String> {
     Ok(out)
 }
 
-fn expectation(e: &ExpectSpec, rule: &str) -> Result<Expect, String> {
+fn expectation(e: &ExpectSpec, rule: &str) -> Result<Expect, BuildError> {
     Ok(Expect {
         rule: e.rule.clone().unwrap_or_else(|| rule.to_string()),
         token_id: e.token_id.clone(),
@@ -230,20 +285,20 @@ fn expectation(e: &ExpectSpec, rule: &str) -> Result<Expect, String> {
         client_ip: e
             .client_ip
             .as_deref()
-            .map(|s| s.parse().map_err(|_| format!("`client_ip: {s}` is not an address")))
+            .map(|s| s.parse().map_err(|_| BuildError::ClientIp(s.to_string())))
             .transpose()?,
     })
 }
 
 /// `9m`, `10m1s`, `-2h`, `0`: milliseconds from the virtual start.
-pub fn parse_offset(s: &str) -> Result<i64, String> {
+pub(crate) fn parse_offset(s: &str) -> Result<i64, OffsetError> {
     let t = s.trim();
     let (neg, t) = match t.strip_prefix('-') {
         Some(r) => (true, r),
         None => (false, t),
     };
     if t.is_empty() {
-        return Err(format!("`{s}` is not a time offset (write it like 0s, 4m or 10m1s)"));
+        return Err(OffsetError::Empty(s.to_string()));
     }
     let mut total: i64 = 0;
     let mut rest = t;
@@ -254,7 +309,10 @@ pub fn parse_offset(s: &str) -> Result<i64, String> {
         let unit_end = rest[num_end..]
             .find(|c: char| c.is_ascii_digit())
             .map_or(rest.len(), |i| num_end + i);
-        let part = parse_duration_ms(&rest[..unit_end]).map_err(|e| format!("time offset `{s}`: {e}"))?;
+        let part = parse_duration_ms(&rest[..unit_end]).map_err(|e| OffsetError::Part {
+            offset: s.to_string(),
+            reason: ToString::to_string(&e),
+        })?;
         total = total.saturating_add(part);
         rest = &rest[unit_end..];
     }
@@ -262,7 +320,7 @@ pub fn parse_offset(s: &str) -> Result<i64, String> {
 }
 
 /// An offset back in the shorthand (`9m`, `10m1s`, `-1h`).
-pub fn fmt_offset(ms: i64) -> String {
+pub(crate) fn fmt_offset(ms: i64) -> String {
     if ms == 0 {
         return "0s".into();
     }
@@ -278,20 +336,26 @@ pub fn fmt_offset(ms: i64) -> String {
     out
 }
 
-fn time_claim(k: &str, v: &str) -> Result<i64, String> {
+fn time_claim(k: &str, v: &str) -> Result<i64, BuildError> {
     if let Ok(n) = v.parse::<i64>() {
         return Ok(n);
     }
     parse_offset(v)
         .map(|ms| START_S.saturating_add(ms.div_euclid(1000)))
-        .map_err(|e| format!("claim `{k}`: an epoch number or an offset from the start; {e}"))
+        .map_err(|source| BuildError::TimeClaim {
+            claim: k.to_string(),
+            source,
+        })
 }
 
-fn bool_of(k: &str, v: &str) -> Result<bool, String> {
+fn bool_of(k: &str, v: &str) -> Result<bool, BuildError> {
     match v {
         "true" => Ok(true),
         "false" => Ok(false),
-        _ => Err(format!("`{k}: {v}` takes true or false")),
+        _ => Err(BuildError::NotBool {
+            key: k.to_string(),
+            value: v.to_string(),
+        }),
     }
 }
 
@@ -324,7 +388,7 @@ mod tests {
             assert_eq!(fmt_offset(ms), s);
         }
         assert!(parse_offset("soon").is_err());
-        assert!(parse_offset("10").unwrap_err().contains("needs a unit"));
+        assert!(parse_offset("10").unwrap_err().to_string().contains("needs a unit"));
     }
 
     #[test]
@@ -335,7 +399,10 @@ mod tests {
             fill(r#"{"ts":"${at:1m}","authorization":"Bearer ${token:a}"}"#, &t).unwrap(),
             r#"{"ts":"2026-11-29T00:01:00.000Z","authorization":"Bearer x.y.z"}"#
         );
-        assert!(fill("${token:b}", &t).unwrap_err().contains("`b` is used before"));
+        assert!(fill("${token:b}", &t)
+            .unwrap_err()
+            .to_string()
+            .contains("`b` is used before"));
         assert!(fill("${when:1m}", &t).is_err());
         // a pasted token is never echoed
         let pasted = crate::token::encode_unsigned_parts(&json!({"alg": "RS256"}), &json!({"sub": "x"}), b"sig");
@@ -344,7 +411,7 @@ mod tests {
             format!("${{{pasted}}}"),
             format!("${{token:{pasted}}}"),
         ] {
-            let e = fill(&bad, &t).unwrap_err();
+            let e = fill(&bad, &t).unwrap_err().to_string();
             assert!(!e.contains(&pasted), "{e}");
         }
     }

@@ -16,7 +16,7 @@ use crate::token::encode_unsigned_parts;
 const PEM: &[u8] = include_bytes!("test-signing-key.pem");
 
 /// The `kid` of the test key, in every signed test token's header.
-pub const KID: &str = "tokenwatch-rule-tests";
+pub(crate) const KID: &str = "tokenwatch-rule-tests";
 
 fn key() -> EncodingKey {
     EncodingKey::from_rsa_pem(PEM).expect("the shipped rule-test key is a valid RSA key")

@@ -14,7 +14,7 @@
 
 pub mod build;
 pub mod keys;
-pub mod spec;
+pub(crate) mod spec;
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
@@ -26,7 +26,46 @@ use crate::pipeline::{Pipeline, PipelineConfig};
 use crate::rules::load::is_rule_test;
 use crate::rules::RuleSet;
 
-use build::{build_case, fmt_offset, BuiltCase, Expect, START_MS};
+use build::{build_case, fmt_offset, BuildError, BuiltCase, Expect, START_MS};
+
+/// The rule directory cannot be listed: no test can run.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot read the rule directory {}: {source}", dir.display())]
+pub struct SuiteError {
+    pub dir: PathBuf,
+    pub source: std::io::Error,
+}
+
+/// A test file that cannot be read or does not fit the schema ([`spec`]).
+#[derive(Debug, thiserror::Error)]
+pub enum TestFileError {
+    #[error("{}: cannot read: {source}", path.display())]
+    Read { path: PathBuf, source: std::io::Error },
+    /// `file:line: message`, or `file: message` when the parser knows no line.
+    #[error("{}: {message}", at(path, *line))]
+    Yaml {
+        path: PathBuf,
+        line: Option<usize>,
+        message: String,
+    },
+}
+
+/// Why a case cannot run: its file is broken, or the case itself.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CaseError {
+    #[error(transparent)]
+    File(Arc<TestFileError>),
+    #[error(transparent)]
+    Build(#[from] BuildError),
+}
+
+/// `file:line`, or only `file` when the line is unknown (never `file:0`).
+fn at(path: &Path, line: Option<usize>) -> String {
+    match line {
+        Some(l) => format!("{}:{l}", path.display()),
+        None => path.display().to_string(),
+    }
+}
 
 /// One case, built, with where it was written.
 #[derive(Debug, Clone)]
@@ -37,7 +76,7 @@ pub struct TestCase {
     /// The rule of its file.
     pub rule: String,
     /// What to run, or why the case cannot be built.
-    pub built: Result<BuiltCase, String>,
+    pub built: Result<BuiltCase, CaseError>,
 }
 
 /// Every case found beside a rule directory.
@@ -48,8 +87,11 @@ pub struct Suite {
 }
 
 /// The test files in `dir`, by name.
-pub fn test_files(dir: &Path) -> Result<Vec<PathBuf>, String> {
-    let rd = std::fs::read_dir(dir).map_err(|e| format!("cannot read the rule directory {}: {e}", dir.display()))?;
+pub(crate) fn test_files(dir: &Path) -> Result<Vec<PathBuf>, SuiteError> {
+    let rd = std::fs::read_dir(dir).map_err(|source| SuiteError {
+        dir: dir.to_path_buf(),
+        source,
+    })?;
     let mut files: Vec<PathBuf> = rd
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.is_file() && is_rule_test(p))
@@ -58,21 +100,28 @@ pub fn test_files(dir: &Path) -> Result<Vec<PathBuf>, String> {
     Ok(files)
 }
 
-/// Reads one test file; `Err` is `file:line: message`.
-pub fn read_test_file(path: &Path) -> Result<spec::TestFile, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
-    marked_yaml::from_yaml::<spec::TestFile>(0, &text).map_err(|e| match &e {
-        marked_yaml::FromYamlError::FromNode(n) => {
-            let line = n.start_mark().map_or(0, |m| m.line());
-            format!("{}:{line}: {e}", path.display())
+/// Reads one test file; the error says `file:line: message` when the line is known.
+pub(crate) fn read_test_file(path: &Path) -> Result<spec::TestFile, TestFileError> {
+    let text = std::fs::read_to_string(path).map_err(|source| TestFileError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    marked_yaml::from_yaml::<spec::TestFile>(0, &text).map_err(|e| {
+        let line = match &e {
+            marked_yaml::FromYamlError::FromNode(n) => n.start_mark().map(|m| m.line()),
+            marked_yaml::FromYamlError::ParseYaml(_) => None,
+        };
+        TestFileError::Yaml {
+            path: path.to_path_buf(),
+            line,
+            message: e.to_string(),
         }
-        marked_yaml::FromYamlError::ParseYaml(_) => format!("{}: {e}", path.display()),
     })
 }
 
 /// The ids of the rules that the test files of `dir` name (as their rule or in an
 /// expectation); unreadable files name none.
-pub fn tested_rules(dir: &Path) -> BTreeSet<String> {
+pub(crate) fn tested_rules(dir: &Path) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
     for f in test_files(dir).unwrap_or_default() {
         if let Ok(t) = read_test_file(&f) {
@@ -85,7 +134,7 @@ pub fn tested_rules(dir: &Path) -> BTreeSet<String> {
 impl Suite {
     /// Reads and builds every test file in `dir`. A file that cannot be read is one failing
     /// case, so a broken test file fails the run rather than vanishing from it.
-    pub fn load(dir: &Path) -> Result<Suite, String> {
+    pub fn load(dir: &Path) -> Result<Suite, SuiteError> {
         let files = test_files(dir)?;
         let mut signer = keys::Signer::default();
         let mut suite = Suite {
@@ -100,18 +149,18 @@ impl Suite {
                         origin: path.display().to_string(),
                         name: "<the test file>".into(),
                         rule: String::new(),
-                        built: Err(e),
+                        built: Err(CaseError::File(Arc::new(e))),
                     });
                     continue;
                 }
             };
             for case in &file.cases {
-                let line = case.name.span().start().map_or(0, marked_yaml::Marker::line);
+                let line = case.name.span().start().map(marked_yaml::Marker::line);
                 suite.cases.push(TestCase {
-                    origin: format!("{}:{line}", path.display()),
+                    origin: at(path, line),
                     name: case.name.to_string(),
                     rule: file.rule.clone(),
-                    built: build_case(case, &file.rule, file.format.as_deref(), &mut signer),
+                    built: build_case(case, &file.rule, file.format.as_deref(), &mut signer).map_err(CaseError::from),
                 });
             }
         }
@@ -128,7 +177,7 @@ impl Suite {
                 name: c.name.clone(),
                 outcome: match &c.built {
                     Ok(b) => run_case(b, &c.rule, rules),
-                    Err(e) => Outcome::Broken(e.clone()),
+                    Err(e) => Outcome::Broken(e.to_string()),
                 },
             })
             .collect();
@@ -247,7 +296,7 @@ fn run_case(b: &BuiltCase, rule: &str, rules: &Arc<RuleSet>) -> Outcome {
     };
     let mut p = match Pipeline::new(rules.clone(), Some(crate::defaults::test_geo_db()), cfg) {
         Ok(p) => p,
-        Err(e) => return Outcome::Broken(e),
+        Err(e) => return Outcome::Broken(e.to_string()),
     };
     let mut all = Vec::new();
     for l in &b.lines {
@@ -310,7 +359,7 @@ fn show_expect(e: &Expect) -> String {
 }
 
 /// A decision in the shorthand of `expect:`, so a failing case shows what to write.
-pub fn show_decision(d: &Decision) -> String {
+pub(crate) fn show_decision(d: &Decision) -> String {
     let mut s = format!("{{rule: {}", d.rule);
     if let Some(t) = &d.token_id {
         let _ = write!(s, ", token_id: {t}");
@@ -348,4 +397,36 @@ pub fn untested_revoking(dir: &Path, set: &RuleSet) -> Vec<String> {
             )
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn broken(text: &str) -> String {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.test.yaml");
+        std::fs::write(&path, text).unwrap();
+        read_test_file(&path).unwrap_err().to_string()
+    }
+
+    /// An error with a line says `file:line:`; one without says `file:`, never `file:0:`.
+    #[test]
+    fn broken_test_files_name_the_file_and_a_known_line_only() {
+        for text in [
+            "rule: r\ncases:\n  - name: a\n    nam: b\n",
+            "cases: []\n",
+            "rule: [\n",
+            "",
+            "rule: r\ncases: 5\n",
+        ] {
+            let e = broken(text);
+            assert!(e.contains("x.test.yaml"), "{e}");
+            assert!(!e.contains(":0:") && !e.contains(":0 "), "{text:?}: {e}");
+        }
+        let e = broken("rule: r\ncases:\n  - name: a\n    nam: b\n");
+        assert!(e.contains("x.test.yaml:4: "), "{e}");
+        assert_eq!(at(Path::new("r/x.test.yaml"), None), "r/x.test.yaml");
+        assert_eq!(at(Path::new("r/x.test.yaml"), Some(3)), "r/x.test.yaml:3");
+    }
 }

@@ -18,11 +18,11 @@ use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm, P
 use jsonwebtoken::{Algorithm, DecodingKey};
 
 /// A JWKS larger than this is refused.
-pub const MAX_JWKS_BYTES: usize = 1 << 20;
+pub(crate) const MAX_JWKS_BYTES: usize = 1 << 20;
 /// Keys kept from one JWKS.
-pub const MAX_KEYS: usize = 256;
+pub(crate) const MAX_KEYS: usize = 256;
 /// The shortest time between two fetches of a JWKS URL for unknown key ids.
-pub const REFETCH_EVERY: Duration = Duration::from_secs(60);
+pub(crate) const REFETCH_EVERY: Duration = Duration::from_secs(60);
 /// How long a JWKS URL may take to answer.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -102,7 +102,7 @@ impl fmt::Debug for Key {
 
 /// The algorithms a key verifies, decided by the key alone; empty for a key that verifies none
 /// (a symmetric key, an encryption key, an unsupported curve).
-pub fn key_algorithms(jwk: &Jwk) -> Vec<Algorithm> {
+pub(crate) fn key_algorithms(jwk: &Jwk) -> Vec<Algorithm> {
     use Algorithm::*;
     if jwk.common.public_key_use == Some(PublicKeyUse::Encryption) {
         return Vec::new();
@@ -145,7 +145,7 @@ fn signing_alg(ka: KeyAlgorithm) -> Option<Algorithm> {
 
 /// Parses a JWKS document. Keys that cannot verify anything are skipped; none usable is an
 /// error.
-pub fn parse(loc: &Location, bytes: &[u8]) -> Result<Vec<Key>, JwksError> {
+pub(crate) fn parse(loc: &Location, bytes: &[u8]) -> Result<Vec<Key>, JwksError> {
     if bytes.len() > MAX_JWKS_BYTES {
         return Err(JwksError::TooLarge(loc.clone()));
     }
@@ -178,10 +178,10 @@ pub fn parse(loc: &Location, bytes: &[u8]) -> Result<Vec<Key>, JwksError> {
 }
 
 /// A file's size and modification time: it is read again when they change.
-pub type Stamp = (u64, Option<SystemTime>);
+pub(crate) type Stamp = (u64, Option<SystemTime>);
 
 /// Reads a JWKS from its location; for a file, also its stamp.
-pub fn load(loc: &Location) -> Result<(Vec<Key>, Option<Stamp>), JwksError> {
+pub(crate) fn load(loc: &Location) -> Result<(Vec<Key>, Option<Stamp>), JwksError> {
     match loc {
         Location::File(p) => {
             let bytes = std::fs::read(p).map_err(|e| JwksError::Read(loc.clone(), e))?;
@@ -192,7 +192,7 @@ pub fn load(loc: &Location) -> Result<(Vec<Key>, Option<Stamp>), JwksError> {
     }
 }
 
-pub fn file_stamp(p: &std::path::Path) -> Option<Stamp> {
+pub(crate) fn file_stamp(p: &std::path::Path) -> Option<Stamp> {
     let m = std::fs::metadata(p).ok()?;
     Some((m.len(), m.modified().ok()))
 }
