@@ -2,7 +2,69 @@
 //!
 //! Only the newest N timestamps of a key are kept (sorted), which is all that "N within a
 //! window" needs: the condition holds when some N consecutive timestamps span no more than
-//! the window (inclusive). Late events are inserted in event-time order.
+//! the window (inclusive). Late events (within the allowed lateness) are inserted in
+//! event-time order.
+
+use serde_json::json;
+
+use super::state::{Env, KindStep, View};
+use super::trace::progress;
+use super::{said, Fired};
+use crate::decision::fmt_ts;
+use crate::rules::{fmt_duration, Ctx, Rule};
+
+/// A `count` rule's parameters.
+pub struct Count {
+    pub threshold: u32,
+    pub window_ms: i64,
+}
+
+impl KindStep for Count {
+    type Data = CountState;
+    type Input<'e> = ();
+    /// How many events the firing run holds, and its span (first, last).
+    type Hit<'s> = (usize, i64, i64);
+    const SEES_LATE: bool = false;
+
+    fn input<'e>(&self, _: &'e Ctx<'e>, _: &mut Env<'_>) -> Option<()> {
+        Some(())
+    }
+
+    fn step(&self, data: &mut CountState, ts: i64, (): ()) -> Option<(usize, i64, i64)> {
+        data.add(ts, self.threshold, self.window_ms)
+    }
+
+    fn fired(&self, rule: &Rule, _: &Ctx<'_>, (n, first, last): (usize, i64, i64)) -> Fired {
+        let (threshold, window) = (self.threshold, fmt_duration(self.window_ms));
+        Fired {
+            reason: format!(
+                "{}: {n} matching requests for this {} within {window} (threshold {threshold}).",
+                said(rule),
+                rule.key.name(),
+            ),
+            evidence: json!({
+                "count": n,
+                "threshold": threshold,
+                "window": window,
+                "first": fmt_ts(first),
+                "last": fmt_ts(last),
+            }),
+            not_before_ms: None,
+        }
+    }
+
+    fn view(&self, data: Option<&CountState>, cx: &Ctx<'_>) -> View {
+        let ts = cx.ev.ts_ms;
+        let kept = data.map(CountState::timestamps).unwrap_or_default();
+        let n = kept.iter().filter(|&&t| t <= ts && ts - t <= self.window_ms).count();
+        let p = progress(n, self.threshold, "matching events", self.window_ms);
+        View {
+            window: kept.iter().map(|t| json!(fmt_ts(*t))).collect(),
+            why_not: format!("below the threshold: {p}"),
+            progress: Some(p),
+        }
+    }
+}
 
 /// The newest timestamps of one key, ascending; at most `threshold + 1` transiently.
 #[derive(Default, Debug)]

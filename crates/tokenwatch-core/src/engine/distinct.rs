@@ -12,8 +12,78 @@
 use std::borrow::Cow;
 use std::net::IpAddr;
 
-use crate::rules::Val;
+use serde_json::json;
+
+use super::state::{Env, KindStep, View};
+use super::trace::progress;
+use super::{said, Fired};
+use crate::decision::fmt_ts;
+use crate::rules::{fmt_duration, Ctx, Field, Rule, Val};
 use crate::token::redact_jwts;
+
+/// A `distinct_count` rule's parameters.
+pub struct Distinct {
+    pub field: Field,
+    pub threshold: u32,
+    pub window_ms: i64,
+}
+
+impl KindStep for Distinct {
+    type Data = DistinctState;
+    /// The event's value of the field (never missing).
+    type Input<'e> = Val<'e>;
+    /// The values in the window.
+    type Hit<'s> = &'s [(i64, DVal)];
+    const SEES_LATE: bool = false;
+
+    fn input<'e>(&self, cx: &'e Ctx<'e>, _: &mut Env<'_>) -> Option<Val<'e>> {
+        Some(self.field.get(cx)).filter(|v| *v != Val::Missing)
+    }
+
+    fn step<'s>(&self, data: &'s mut DistinctState, ts: i64, v: Val<'_>) -> Option<&'s [(i64, DVal)]> {
+        data.add(ts, &v, self.threshold, self.window_ms)
+    }
+
+    fn fired(&self, rule: &Rule, _: &Ctx<'_>, vals: &[(i64, DVal)]) -> Fired {
+        let mut seen: Vec<_> = vals.iter().map(|(t, v)| (*t, v.to_json())).collect();
+        seen.sort_by_key(|(t, _)| *t);
+        let n = seen.len();
+        let (fname, threshold, window) = (self.field.name(), self.threshold, fmt_duration(self.window_ms));
+        let values: Vec<_> = seen
+            .iter()
+            .map(|(t, v)| json!({"value": v, "last_seen": fmt_ts(*t)}))
+            .collect();
+        Fired {
+            reason: format!(
+                "{}: {n} distinct {fname} values for this {} within {window} (threshold {threshold}).",
+                said(rule),
+                rule.key.name(),
+            ),
+            evidence: json!({
+                "field": fname,
+                "distinct": n,
+                "threshold": threshold,
+                "window": window,
+                "values": values,
+            }),
+            not_before_ms: None,
+        }
+    }
+
+    fn view(&self, data: Option<&DistinctState>, _: &Ctx<'_>) -> View {
+        let vals = data.map(DistinctState::values).unwrap_or_default();
+        let what = format!("distinct {}", self.field.name());
+        let p = progress(vals.len(), self.threshold, &what, self.window_ms);
+        View {
+            window: vals
+                .iter()
+                .map(|(t, v)| json!({"value": v.to_json(), "last_seen": fmt_ts(*t)}))
+                .collect(),
+            why_not: format!("below the threshold: {p}"),
+            progress: Some(p),
+        }
+    }
+}
 
 /// An owned copy of a field value, small for the common cases (networks, addresses).
 #[derive(Debug, Clone, PartialEq)]

@@ -72,6 +72,10 @@ impl<T: Default> KeyMap<T> {
         slot
     }
 
+    pub fn get(&self, key: u64) -> Option<&Slot<T>> {
+        self.map.get(&key)
+    }
+
     pub fn get_mut(&mut self, key: u64) -> Option<&mut Slot<T>> {
         self.map.get_mut(&key)
     }

@@ -13,8 +13,10 @@ pub mod budget;
 pub mod count;
 pub mod distinct;
 pub mod keymap;
+pub mod matching;
 pub mod revoked;
 pub mod snapshot;
+mod state;
 pub mod trace;
 pub mod velocity;
 
@@ -23,18 +25,15 @@ use std::sync::Arc;
 
 use serde_json::json;
 
-use crate::decision::{fmt_ts, Decision, RevocationPolicy};
+use crate::decision::{Decision, RevocationPolicy};
 use crate::input::Event;
-use crate::rules::{fmt_duration, Action, Cooldown, Ctx, Field, Kind, Rule, RuleSet, Val};
+use crate::rules::{fmt_duration, Action, Ctx, Field, Rule, RuleSet, Val};
 use crate::token::TokenInfo;
 
 use budget::BudgetState;
-use count::CountState;
-use distinct::DistinctState;
-use keymap::{KeyMap, NEVER};
-use revoked::{Hit, Revocations, Revoked};
+use revoked::{Revocations, Revoked};
+use state::{Env, State};
 use trace::{Outcome, Step, Trace};
-use velocity::{Limits, Sample, VelocityState};
 
 #[derive(Debug, Clone, Copy)]
 pub struct EngineConfig {
@@ -79,60 +78,7 @@ const FOREVER_RETENTION_MS: i64 = 86_400_000;
 /// How often (event time) expired state is swept.
 const SWEEP_EVERY_MS: i64 = 60_000;
 
-enum State {
-    Stateless(KeyMap<()>),
-    Count(KeyMap<CountState>),
-    Distinct(KeyMap<DistinctState>),
-    Velocity(KeyMap<VelocityState>),
-}
-
-impl State {
-    fn for_rule(rule: &Rule, cfg: &EngineConfig) -> State {
-        let cooldown = match rule.cooldown {
-            Cooldown::Forever => FOREVER_RETENTION_MS,
-            Cooldown::Ms(ms) => ms,
-        };
-        let retention = rule.kind.window_ms().max(cooldown) + cfg.lateness_ms;
-        let cap = cfg.max_keys_per_rule;
-        match rule.kind {
-            Kind::Match | Kind::RevokedUse => State::Stateless(KeyMap::new(cap, retention)),
-            Kind::Count { .. } => State::Count(KeyMap::new(cap, retention)),
-            Kind::DistinctCount { .. } => State::Distinct(KeyMap::new(cap, retention)),
-            Kind::GeoVelocity { .. } => State::Velocity(KeyMap::new(cap, retention)),
-        }
-    }
-
-    fn sweep(&mut self, now: i64) {
-        match self {
-            State::Stateless(m) => m.sweep(now),
-            State::Count(m) => m.sweep(now),
-            State::Distinct(m) => m.sweep(now),
-            State::Velocity(m) => m.sweep(now),
-        }
-    }
-
-    /// For `explain`: whether the key has state, and the evictions so far.
-    fn observe(&mut self, key: u64) -> (bool, u64) {
-        let has = match self {
-            State::Stateless(m) => m.get_mut(key).is_some(),
-            State::Count(m) => m.get_mut(key).is_some(),
-            State::Distinct(m) => m.get_mut(key).is_some(),
-            State::Velocity(m) => m.get_mut(key).is_some(),
-        };
-        (has, self.len_and_evictions().1)
-    }
-
-    fn len_and_evictions(&self) -> (usize, u64) {
-        match self {
-            State::Stateless(m) => (m.len(), m.evictions),
-            State::Count(m) => (m.len(), m.evictions),
-            State::Distinct(m) => (m.len(), m.evictions),
-            State::Velocity(m) => (m.len(), m.evictions),
-        }
-    }
-}
-
-/// What a rule concluded, before it becomes a [`Decision`].
+/// What a rule concluded, before it becomes a [`Decision`]: its kind's reason and evidence.
 struct Fired {
     reason: String,
     evidence: serde_json::Value,
@@ -242,7 +188,7 @@ impl Engine {
     }
 
     pub fn stats(&self) -> EngineStats {
-        let evictions = self.states.iter().map(|s| s.len_and_evictions().1).sum::<u64>() + self.revoked.evictions;
+        let evictions = self.states.iter().map(State::evictions).sum::<u64>() + self.revoked.evictions;
         EngineStats {
             events: self.events,
             late_events: self.late_events,
@@ -252,7 +198,7 @@ impl Engine {
 
     /// Keys currently tracked, over all rules (plus remembered revocations).
     pub fn tracked_keys(&self) -> usize {
-        self.states.iter().map(|s| s.len_and_evictions().0).sum::<usize>() + self.revoked.len()
+        self.states.iter().map(State::len).sum::<usize>() + self.revoked.len()
     }
 
     fn hash(&self, v: &Val<'_>) -> u64 {
@@ -284,26 +230,6 @@ impl Engine {
             }
             Val::Missing => 6u8.hash(&mut h),
         }
-        h.finish()
-    }
-
-    /// The state key of a token: its id scoped by its issuer, so that two issuers' tokens
-    /// with the same `jti` never share windows, cooldowns or a revocation.
-    fn token_key(&self, t: &TokenInfo) -> u64 {
-        self.scoped(7, t.iss.as_deref(), &t.token_id)
-    }
-
-    /// The state key of a subject: (`iss`, `sub`) as a pair, not the `iss|sub` text, in which
-    /// `https://idp|auth0` + `abc` and `https://idp` + `auth0|abc` would be one subject.
-    fn subject_key(&self, t: &TokenInfo) -> u64 {
-        self.scoped(8, t.iss.as_deref(), t.sub.as_deref().unwrap_or(&t.token_id))
-    }
-
-    fn scoped(&self, tag: u8, iss: Option<&str>, id: &str) -> u64 {
-        let mut h = self.hasher.build_hasher();
-        tag.hash(&mut h);
-        iss.hash(&mut h);
-        id.hash(&mut h);
         h.finish()
     }
 
@@ -348,8 +274,8 @@ impl Engine {
                 continue;
             }
             let key = match rule.key {
-                Field::TokenId => memo.token_id(self, &cx),
-                Field::Subject => memo.subject(self, &cx),
+                Field::TokenId => memo.token_id(&self.hasher, &cx),
+                Field::Subject => memo.subject(&self.hasher, &cx),
                 _ => {
                     let key_val = rule.key.get(&cx);
                     (key_val != Val::Missing).then(|| self.hash(&key_val))
@@ -396,209 +322,19 @@ impl Engine {
         let rules = self.rules.clone();
         let behind = late.then(|| self.newest - cx.ev.ts_ms);
         let timing = (behind, self.cfg.lateness_ms);
-        let step = trace::evaluated(&mut self.states[i], &rules.rules[i], cx, key, timing, before, fired);
+        let step = trace::evaluated(&self.states[i], &rules.rules[i], cx, key, timing, before, fired);
         self.record(cx, Some(step));
     }
 
-    /// The kind-specific step for one rule and key; `None` when it does not fire (or is
-    /// cooling down).
+    /// The rule's step for one key ([`state`]); `None` when it does not fire (or is cooling
+    /// down).
     fn run(&mut self, i: usize, rule: &Rule, cx: &Ctx<'_>, key: u64, late: bool, memo: &mut KeyMemo) -> Option<Fired> {
-        let ts = cx.ev.ts_ms;
-        let may_fire = |fired_at: i64| match rule.cooldown {
-            _ if fired_at == NEVER => true,
-            Cooldown::Forever => false,
-            Cooldown::Ms(c) => ts >= fired_at.saturating_add(c),
+        let mut env = Env {
+            revoked: &self.revoked,
+            hasher: &self.hasher,
+            memo,
         };
-        // Only when a rule fires: naming the key allocates.
-        let key_name = || rule.key.name();
-        // Looked up before the rule's state is borrowed below.
-        let hit = match (&rule.kind, cx.ev.token.as_ref()) {
-            (Kind::RevokedUse, Some(tok)) => {
-                let tk = memo.token_id(self, cx)?;
-                let sk = memo.subject(self, cx)?;
-                self.revoked.check(tk, sk, tok.iat, ts).map(|h| match h {
-                    Hit::Token(r) => ("token", r.clone()),
-                    Hit::Subject(r) => ("subject", r.clone()),
-                })
-            }
-            _ => None,
-        };
-        let fired = match (&rule.kind, &mut self.states[i]) {
-            (Kind::Match, State::Stateless(m)) => {
-                // Every matching event refreshes the key, so a `forever` cooldown lasts as
-                // long as the token stays in use, not 24 h after it first fired.
-                let slot = m.touch(key, ts);
-                if !may_fire(slot.fired_at) {
-                    return None;
-                }
-                slot.fired_at = ts;
-                return Some(Fired {
-                    reason: format!("{}.", rule.description.trim_end_matches('.')),
-                    evidence: match_evidence(cx),
-                    not_before_ms: None,
-                });
-            }
-            (Kind::RevokedUse, State::Stateless(m)) => {
-                let (via, r) = hit?;
-                let slot = m.touch(key, ts);
-                if !may_fire(slot.fired_at) {
-                    return None;
-                }
-                slot.fired_at = ts;
-                let tok = cx.ev.token.as_ref()?;
-                let mut evidence = json!({
-                    "revoked": via,
-                    "revoked_by": &*r.rule,
-                    "revoked_at": fmt_ts(r.revoked_at_ms),
-                });
-                if via == "subject" {
-                    evidence["not_before"] = json!(r.not_before_s);
-                    evidence["token_iat"] = json!(tok.iat);
-                }
-                let what = if via == "token" {
-                    "a revoked token"
-                } else {
-                    "a token of a revoked subject"
-                };
-                let reason = format!(
-                    "{}: {what}, revoked by rule {} at {}.",
-                    rule.description.trim_end_matches('.'),
-                    r.rule,
-                    fmt_ts(r.revoked_at_ms)
-                );
-                return Some(Fired {
-                    reason,
-                    evidence,
-                    not_before_ms: None,
-                });
-            }
-            _ if late => return None,
-            (Kind::Count { threshold, window_ms }, State::Count(m)) => {
-                let slot = m.touch(key, ts);
-                let (n, first, last) = slot.data.add(ts, *threshold, *window_ms)?;
-                if !may_fire(slot.fired_at) {
-                    return None;
-                }
-                slot.fired_at = ts;
-                Fired {
-                    reason: format!(
-                        "{}: {n} matching requests for this {} within {} (threshold {threshold}).",
-                        rule.description.trim_end_matches('.'),
-                        key_name(),
-                        fmt_duration(*window_ms)
-                    ),
-                    evidence: json!({
-                        "count": n,
-                        "threshold": threshold,
-                        "window": fmt_duration(*window_ms),
-                        "first": fmt_ts(first),
-                        "last": fmt_ts(last),
-                    }),
-                    not_before_ms: None,
-                }
-            }
-            (
-                Kind::DistinctCount {
-                    field,
-                    threshold,
-                    window_ms,
-                },
-                State::Distinct(m),
-            ) => {
-                let v = field.get(cx);
-                if v == Val::Missing {
-                    return None;
-                }
-                let slot = m.touch(key, ts);
-                let vals = slot.data.add(ts, &v, *threshold, *window_ms)?;
-                if !may_fire(slot.fired_at) {
-                    return None;
-                }
-                let mut seen: Vec<_> = vals.iter().map(|(t, v)| (*t, v.to_json())).collect();
-                seen.sort_by_key(|(t, _)| *t);
-                let n = seen.len();
-                let fname = field.name();
-                let evidence = json!({
-                    "field": fname,
-                    "distinct": n,
-                    "threshold": threshold,
-                    "window": fmt_duration(*window_ms),
-                    "values": seen.iter().map(|(t, v)| json!({"value": v, "last_seen": fmt_ts(*t)})).collect::<Vec<_>>(),
-                });
-                slot.fired_at = ts;
-                Fired {
-                    reason: format!(
-                        "{}: {n} distinct {fname} values for this {} within {} (threshold {threshold}).",
-                        rule.description.trim_end_matches('.'),
-                        key_name(),
-                        fmt_duration(*window_ms)
-                    ),
-                    evidence,
-                    not_before_ms: None,
-                }
-            }
-            (
-                Kind::GeoVelocity {
-                    max_gap_ms,
-                    min_distance_km,
-                    max_speed_kmh,
-                    min_time_ms,
-                },
-                State::Velocity(m),
-            ) => {
-                let at = cx.ev.geo?;
-                let lim = Limits {
-                    max_gap_ms: *max_gap_ms,
-                    min_distance_km: *min_distance_km,
-                    max_speed_kmh: *max_speed_kmh,
-                    min_time_ms: *min_time_ms,
-                    lateness_ms: self.cfg.lateness_ms,
-                };
-                let slot = m.touch(key, ts);
-                let j = slot.data.add(
-                    Sample {
-                        ts,
-                        at,
-                        ip: cx.ev.client_ip,
-                    },
-                    &lim,
-                )?;
-                if !may_fire(slot.fired_at) {
-                    return None;
-                }
-                slot.fired_at = ts;
-                let place = |s: &Sample| {
-                    json!({
-                        "ts": fmt_ts(s.ts),
-                        "client_ip": s.ip.map(|i| i.to_string()),
-                        "lat": s.at.lat,
-                        "lon": s.at.lon,
-                        "accuracy_km": s.at.accuracy_km,
-                    })
-                };
-                let minutes = (j.to.ts - j.from.ts) as f64 / 60_000.0;
-                Fired {
-                    reason: format!(
-                        "{}: {:.0} km in {:.1} min ({:.0} km/h, limit {:.0} km/h).",
-                        rule.description.trim_end_matches('.'),
-                        j.distance_km,
-                        minutes,
-                        j.speed_kmh,
-                        max_speed_kmh
-                    ),
-                    evidence: json!({
-                        "from": place(&j.from),
-                        "to": place(&j.to),
-                        "distance_km": (j.distance_km * 10.0).round() / 10.0,
-                        "speed_kmh": j.speed_kmh.round(),
-                        "max_speed_kmh": max_speed_kmh,
-                    }),
-                    not_before_ms: Some(j.to.ts),
-                }
-            }
-            _ => return None,
-        };
-        Some(fired)
+        self.states[i].run(rule, cx, key, late, &mut env)
     }
 
     /// Counts an enforced revocation against its rule's budget; past it, the decision becomes
@@ -630,7 +366,7 @@ impl Engine {
             Action::Alert => {}
             Action::RevokeToken => {
                 let ttl = self.cfg.revocation.token_ttl_s(tok.exp, now_s);
-                let key = self.token_key(tok);
+                let key = token_key(&self.hasher, tok);
                 self.revoked.revoke_token(
                     key,
                     Revoked {
@@ -642,7 +378,7 @@ impl Engine {
                 );
             }
             Action::RevokeSubject => {
-                let key = self.subject_key(tok);
+                let key = subject_key(&self.hasher, tok);
                 let ttl = self.cfg.revocation.subject_ttl_s;
                 self.revoked.revoke_subject(
                     key,
@@ -675,17 +411,42 @@ struct KeyMemo {
 }
 
 impl KeyMemo {
-    fn token_id(&mut self, e: &Engine, cx: &Ctx<'_>) -> Option<u64> {
+    fn token_id(&mut self, hasher: &ahash::RandomState, cx: &Ctx<'_>) -> Option<u64> {
         *self
             .token_id
-            .get_or_insert_with(|| cx.ev.token.as_ref().map(|t| e.token_key(t)))
+            .get_or_insert_with(|| cx.ev.token.as_ref().map(|t| token_key(hasher, t)))
     }
 
-    fn subject(&mut self, e: &Engine, cx: &Ctx<'_>) -> Option<u64> {
+    fn subject(&mut self, hasher: &ahash::RandomState, cx: &Ctx<'_>) -> Option<u64> {
         *self
             .subject
-            .get_or_insert_with(|| cx.ev.token.as_ref().map(|t| e.subject_key(t)))
+            .get_or_insert_with(|| cx.ev.token.as_ref().map(|t| subject_key(hasher, t)))
     }
+}
+
+/// The state key of a token: its id scoped by its issuer, so that two issuers' tokens with
+/// the same `jti` never share windows, cooldowns or a revocation.
+fn token_key(hasher: &ahash::RandomState, t: &TokenInfo) -> u64 {
+    scoped(hasher, 7, t.iss.as_deref(), &t.token_id)
+}
+
+/// The state key of a subject: (`iss`, `sub`) as a pair, not the `iss|sub` text, in which
+/// `https://idp|auth0` + `abc` and `https://idp` + `auth0|abc` would be one subject.
+fn subject_key(hasher: &ahash::RandomState, t: &TokenInfo) -> u64 {
+    scoped(hasher, 8, t.iss.as_deref(), t.sub.as_deref().unwrap_or(&t.token_id))
+}
+
+fn scoped(hasher: &ahash::RandomState, tag: u8, iss: Option<&str>, id: &str) -> u64 {
+    let mut h = hasher.build_hasher();
+    tag.hash(&mut h);
+    iss.hash(&mut h);
+    id.hash(&mut h);
+    h.finish()
+}
+
+/// A rule's description as the start of a decision's reason.
+fn said(rule: &Rule) -> &str {
+    rule.description.trim_end_matches('.')
 }
 
 fn allowlisted(rule: &Rule, cx: &Ctx<'_>) -> bool {
@@ -709,36 +470,6 @@ fn allowlisted(rule: &Rule, cx: &Ctx<'_>) -> bool {
         }
     }
     false
-}
-
-fn match_evidence(cx: &Ctx<'_>) -> serde_json::Value {
-    let ev = cx.ev;
-    let tok = ev.token.as_deref();
-    let mut e = json!({
-        "status": ev.status,
-        "method": crate::token::redact_jwts(&ev.method),
-    });
-    // The path without its query, JWTs redacted: it may carry the very token this is about.
-    // (Parsing already cleans it; an event built elsewhere must not leak either.)
-    e["path"] = json!(crate::token::clean_path(&ev.path));
-    if let Some(t) = tok {
-        e["alg"] = json!(t.alg.as_deref());
-        e["iat"] = json!(t.iat);
-        e["exp"] = json!(t.exp);
-        if cx.expired {
-            e["expired_for_s"] = json!(t.exp.map(|x| ev.ts_ms.div_euclid(1000).saturating_sub(x)));
-        }
-        if let Some(l) = t.lifetime() {
-            e["lifetime_s"] = json!(l);
-        }
-        if t.unsigned {
-            e["unsigned"] = json!(true);
-        }
-    }
-    if ev.token_in_url {
-        e["token_in_url"] = json!(true);
-    }
-    e
 }
 
 fn decision(rule: &Rule, cx: &Ctx<'_>, mut f: Fired) -> Decision {

@@ -1,13 +1,85 @@
-//! What this engine has revoked, for `revoked_use` rules.
+//! `revoked_use`: a token used after this engine revoked it, directly or through its
+//! subject; and the memory of revocations it reads.
 //!
 //! A token revocation is remembered as long as its Redis blocklist entry lives (token expiry
 //! plus leeway, with a floor), a subject revocation for the subject TTL: the engine's memory
 //! and the gateways' blocklist agree on when a revocation ends. Both maps are bounded; when
 //! full, the revocations closest to their end are dropped first.
+//!
+//! The kind keeps no window (only its keys' cooldowns), so events later than the allowed
+//! lateness are checked too.
 
 use std::sync::Arc;
 
+use serde_json::json;
+
 use super::keymap::IdMap;
+use super::state::{Env, KindStep, View};
+use super::{said, Fired};
+use crate::decision::fmt_ts;
+use crate::rules::{Ctx, Rule};
+
+/// A `revoked_use` rule has no parameters.
+pub struct RevokedUse;
+
+/// How the event's token is revoked: `"token"` or `"subject"`, and by what.
+pub type Via = (&'static str, Revoked);
+
+impl KindStep for RevokedUse {
+    type Data = ();
+    type Input<'e> = Via;
+    type Hit<'s> = Via;
+    const SEES_LATE: bool = true;
+
+    fn input<'e>(&self, cx: &'e Ctx<'e>, env: &mut Env<'_>) -> Option<Via> {
+        let tok = cx.ev.token.as_ref()?;
+        let tk = env.memo.token_id(env.hasher, cx)?;
+        let sk = env.memo.subject(env.hasher, cx)?;
+        env.revoked.check(tk, sk, tok.iat, cx.ev.ts_ms).map(|h| match h {
+            Hit::Token(r) => ("token", r.clone()),
+            Hit::Subject(r) => ("subject", r.clone()),
+        })
+    }
+
+    fn step(&self, (): &mut (), _: i64, via: Via) -> Option<Via> {
+        Some(via)
+    }
+
+    fn fired(&self, rule: &Rule, cx: &Ctx<'_>, (via, r): Via) -> Fired {
+        let mut evidence = json!({
+            "revoked": via,
+            "revoked_by": &*r.rule,
+            "revoked_at": fmt_ts(r.revoked_at_ms),
+        });
+        if via == "subject" {
+            evidence["not_before"] = json!(r.not_before_s);
+            evidence["token_iat"] = json!(cx.ev.token.as_ref().and_then(|t| t.iat));
+        }
+        let what = if via == "token" {
+            "a revoked token"
+        } else {
+            "a token of a revoked subject"
+        };
+        Fired {
+            reason: format!(
+                "{}: {what}, revoked by rule {} at {}.",
+                said(rule),
+                r.rule,
+                fmt_ts(r.revoked_at_ms)
+            ),
+            evidence,
+            not_before_ms: None,
+        }
+    }
+
+    fn view(&self, _: Option<&()>, _: &Ctx<'_>) -> View {
+        View {
+            window: Vec::new(),
+            progress: None,
+            why_not: "the token is not revoked, directly or by its subject".into(),
+        }
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct Revoked {

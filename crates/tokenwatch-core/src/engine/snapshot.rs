@@ -22,8 +22,9 @@ use super::count::CountState;
 use super::distinct::{DVal, DistinctState};
 use super::keymap::{KeyMap, Slot, NEVER};
 use super::revoked::Revoked;
+use super::state::{each_kind, State};
 use super::velocity::{Sample, VelocityState};
-use super::{Engine, State};
+use super::Engine;
 use crate::input::GeoPoint;
 use crate::rules::Rule;
 
@@ -204,18 +205,16 @@ impl<'a> Dec<'a> {
     }
 }
 
-const TAG_STATELESS: u8 = 0;
-const TAG_COUNT: u8 = 1;
-const TAG_DISTINCT: u8 = 2;
-const TAG_VELOCITY: u8 = 3;
-
 /// One kind's per-key data, with times relative to the key's last event.
 trait Persist: Sized + Default {
+    /// Tags the rule's state in a checkpoint (`match` and `revoked_use` share the empty one).
+    const TAG: u8;
     fn put(&self, e: &mut Enc<'_>, base: i64);
     fn get(d: &mut Dec<'_>, base: i64) -> Result<Self, SnapshotError>;
 }
 
 impl Persist for () {
+    const TAG: u8 = 0;
     fn put(&self, _: &mut Enc<'_>, _: i64) {}
     fn get(_: &mut Dec<'_>, _: i64) -> Result<Self, SnapshotError> {
         Ok(())
@@ -223,6 +222,7 @@ impl Persist for () {
 }
 
 impl Persist for CountState {
+    const TAG: u8 = 1;
     fn put(&self, e: &mut Enc<'_>, base: i64) {
         e.varu(self.ts.len() as u64);
         for t in &self.ts {
@@ -243,6 +243,7 @@ impl Persist for CountState {
 }
 
 impl Persist for DistinctState {
+    const TAG: u8 = 2;
     fn put(&self, e: &mut Enc<'_>, base: i64) {
         e.varu(self.vals.len() as u64);
         for (t, v) in &self.vals {
@@ -296,6 +297,7 @@ impl Persist for DistinctState {
 }
 
 impl Persist for VelocityState {
+    const TAG: u8 = 3;
     fn put(&self, e: &mut Enc<'_>, base: i64) {
         e.varu(self.samples.len() as u64);
         for s in &self.samples {
@@ -347,7 +349,12 @@ fn put_map<T: Persist>(e: &mut Enc<'_>, m: &KeyMap<T>) {
     }
 }
 
-fn get_map<T: Persist>(d: &mut Dec<'_>, mut into: KeyMap<T>) -> Result<KeyMap<T>, SnapshotError> {
+fn put_state<T: Persist>(e: &mut Enc<'_>, m: &KeyMap<T>) {
+    e.u8(T::TAG);
+    put_map(e, m);
+}
+
+fn get_map<T: Persist>(d: &mut Dec<'_>, into: &mut KeyMap<T>) -> Result<(), SnapshotError> {
     let n = d.count(10)?;
     for _ in 0..n {
         let key = d.u64()?;
@@ -368,7 +375,32 @@ fn get_map<T: Persist>(d: &mut Dec<'_>, mut into: KeyMap<T>) -> Result<KeyMap<T>
             },
         );
     }
-    Ok(into)
+    Ok(())
+}
+
+/// Decodes a rule's keys into `into`, whose tag must be `tag`.
+fn get_state<T: Persist>(d: &mut Dec<'_>, tag: u8, into: &mut KeyMap<T>) -> Result<(), SnapshotError> {
+    if tag > VelocityState::TAG {
+        return Err(d.invalid("unknown rule state kind"));
+    }
+    if tag != T::TAG {
+        return Err(d.invalid("a rule's state is of another kind than the rule"));
+    }
+    get_map(d, into)
+}
+
+/// Decodes, to check it, the state of a rule that is no longer loaded.
+fn skip_state(d: &mut Dec<'_>, tag: u8) -> Result<(), SnapshotError> {
+    fn skip<T: Persist>(d: &mut Dec<'_>) -> Result<(), SnapshotError> {
+        get_map::<T>(d, &mut KeyMap::new(usize::MAX, 0))
+    }
+    match tag {
+        <() as Persist>::TAG => skip::<()>(d),
+        CountState::TAG => skip::<CountState>(d),
+        DistinctState::TAG => skip::<DistinctState>(d),
+        VelocityState::TAG => skip::<VelocityState>(d),
+        _ => Err(d.invalid("unknown rule state kind")),
+    }
 }
 
 fn put_revoked(e: &mut Enc<'_>, m: &super::keymap::IdMap<Revoked>) {
@@ -419,24 +451,7 @@ impl Engine {
         e.varu(self.rules.rules.len() as u64);
         for (rule, state) in self.rules.rules.iter().zip(&self.states) {
             e.0.extend_from_slice(&fingerprint(rule));
-            match state {
-                State::Stateless(m) => {
-                    e.u8(TAG_STATELESS);
-                    put_map(&mut e, m);
-                }
-                State::Count(m) => {
-                    e.u8(TAG_COUNT);
-                    put_map(&mut e, m);
-                }
-                State::Distinct(m) => {
-                    e.u8(TAG_DISTINCT);
-                    put_map(&mut e, m);
-                }
-                State::Velocity(m) => {
-                    e.u8(TAG_VELOCITY);
-                    put_map(&mut e, m);
-                }
-            }
+            each_kind!(state, k => put_state(&mut e, &k.keys));
         }
         put_revoked(&mut e, &self.revoked.tokens);
         put_revoked(&mut e, &self.revoked.subjects);
@@ -454,26 +469,21 @@ impl Engine {
             let mut fp = [0u8; 16];
             fp.copy_from_slice(d.take(16)?);
             let tag = d.u8()?;
-            // The state is decoded into the shape (cap, retention) of the loaded rule with
-            // this fingerprint, if any; otherwise decoded only to be checked and dropped.
+            // The state is decoded into the shape (kind, cap, retention) of the loaded rule
+            // with this fingerprint, if any; otherwise decoded only to be checked and dropped.
             let shape = self
                 .rules
                 .rules
                 .iter()
                 .find(|r| fingerprint(r) == fp)
                 .map(|r| State::for_rule(r, &self.cfg));
-            let state = match (tag, shape) {
-                (TAG_STATELESS, Some(State::Stateless(m))) => State::Stateless(get_map(&mut d, m)?),
-                (TAG_COUNT, Some(State::Count(m))) => State::Count(get_map(&mut d, m)?),
-                (TAG_DISTINCT, Some(State::Distinct(m))) => State::Distinct(get_map(&mut d, m)?),
-                (TAG_VELOCITY, Some(State::Velocity(m))) => State::Velocity(get_map(&mut d, m)?),
-                (TAG_STATELESS, _) => State::Stateless(get_map(&mut d, KeyMap::new(usize::MAX, 0))?),
-                (TAG_COUNT, _) => State::Count(get_map(&mut d, KeyMap::new(usize::MAX, 0))?),
-                (TAG_DISTINCT, _) => State::Distinct(get_map(&mut d, KeyMap::new(usize::MAX, 0))?),
-                (TAG_VELOCITY, _) => State::Velocity(get_map(&mut d, KeyMap::new(usize::MAX, 0))?),
-                _ => return Err(d.invalid("unknown rule state kind")),
-            };
-            saved.push((fp, state));
+            match shape {
+                Some(mut state) => {
+                    each_kind!(&mut state, k => get_state(&mut d, tag, &mut k.keys))?;
+                    saved.push((fp, state));
+                }
+                None => skip_state(&mut d, tag)?,
+            }
         }
         let tokens = get_revoked(&mut d, &self.rules.rules)?;
         let subjects = get_revoked(&mut d, &self.rules.rules)?;
@@ -489,7 +499,7 @@ impl Engine {
                 Some(i) => {
                     let (_, s) = saved.swap_remove(i);
                     report.rules_kept += 1;
-                    report.keys += s.len_and_evictions().0;
+                    report.keys += s.len();
                     states.push(s);
                 }
                 None => {

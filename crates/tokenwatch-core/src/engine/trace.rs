@@ -184,23 +184,16 @@ pub fn describe(op: &Op) -> String {
                 .join(", ")
         )
     };
-    match op {
-        Op::Eq(x) => format!("eq {}", c(x)),
-        Op::Ne(x) => format!("ne {}", c(x)),
-        Op::In(xs) => format!("in {}", list(xs)),
-        Op::NotIn(xs) => format!("not_in {}", list(xs)),
-        Op::Gt(x) => format!("gt {x}"),
-        Op::Gte(x) => format!("gte {x}"),
-        Op::Lt(x) => format!("lt {x}"),
-        Op::Lte(x) => format!("lte {x}"),
-        Op::Prefix(p) => format!("prefix {p:?}"),
-        Op::Suffix(p) => format!("suffix {p:?}"),
-        Op::Contains(p) => format!("contains {p:?}"),
-        Op::Regex(r) => format!("regex {:?}", r.as_str()),
-        Op::Cidr(ns) => format!("cidr {}", nets(ns)),
-        Op::NotCidr(ns) => format!("not_cidr {}", nets(ns)),
-        Op::Exists(b) => format!("exists {b}"),
-    }
+    let arg = match op {
+        Op::Eq(x) | Op::Ne(x) => c(x),
+        Op::In(xs) | Op::NotIn(xs) => list(xs),
+        Op::Gt(x) | Op::Gte(x) | Op::Lt(x) | Op::Lte(x) => format!("{x}"),
+        Op::Prefix(p) | Op::Suffix(p) | Op::Contains(p) => format!("{p:?}"),
+        Op::Regex(r) => format!("{:?}", r.as_str()),
+        Op::Cidr(ns) | Op::NotCidr(ns) => nets(ns),
+        Op::Exists(b) => format!("{b}"),
+    };
+    format!("{} {arg}", op.name())
 }
 
 /// `2 of 3 distinct network within 10m`.
@@ -208,9 +201,10 @@ pub(super) fn progress(n: usize, threshold: u32, what: &str, window_ms: i64) -> 
     format!("{n} of {threshold} {what} within {}", fmt_duration(window_ms))
 }
 
-/// The rule's state for the key after the event, and why it fired or not.
+/// The rule's state for the key after the event, and why it fired or not. What the state
+/// holds and why it did not fire is each kind's to say ([`super::state::KindStep::view`]).
 pub(super) fn evaluated(
-    state: &mut super::State,
+    state: &super::State,
     rule: &Rule,
     cx: &Ctx<'_>,
     key: u64,
@@ -218,56 +212,12 @@ pub(super) fn evaluated(
     (had_key, evictions_before): (bool, u64),
     fired: Option<&super::Fired>,
 ) -> Outcome {
-    use super::State;
     let ts = cx.ev.ts_ms;
-    if let (Some(behind_ms), false) = (behind, matches!(state, State::Stateless(_))) {
+    if let (Some(behind_ms), false) = (behind, state.sees_late()) {
         return Outcome::Late { behind_ms, lateness_ms };
     }
-    let evicted = state.len_and_evictions().1 - evictions_before;
-    let (window, progress, fired_at, note) = match state {
-        State::Stateless(m) => (Vec::new(), None, m.get_mut(key).map(|s| s.fired_at), None),
-        State::Count(m) => {
-            let slot = m.get_mut(key);
-            let kept = slot.as_ref().map(|s| s.data.timestamps()).unwrap_or_default();
-            let (threshold, window_ms) = match rule.kind {
-                crate::rules::Kind::Count { threshold, window_ms } => (threshold, window_ms),
-                _ => (0, 0),
-            };
-            let n = kept.iter().filter(|&&t| t <= ts && ts - t <= window_ms).count();
-            let window = kept.iter().map(|t| json!(fmt_ts(*t))).collect();
-            let p = progress(n, threshold, "matching events", window_ms);
-            (window, Some(p), slot.map(|s| s.fired_at), None)
-        }
-        State::Distinct(m) => {
-            let slot = m.get_mut(key);
-            let vals = slot.as_ref().map(|s| s.data.values()).unwrap_or_default();
-            let window = vals
-                .iter()
-                .map(|(t, v)| json!({"value": v.to_json(), "last_seen": fmt_ts(*t)}))
-                .collect();
-            let p = match &rule.kind {
-                crate::rules::Kind::DistinctCount {
-                    field,
-                    threshold,
-                    window_ms,
-                } => Some(progress(
-                    vals.len(),
-                    *threshold,
-                    &format!("distinct {}", field.name()),
-                    *window_ms,
-                )),
-                _ => None,
-            };
-            (window, p, slot.map(|s| s.fired_at), None)
-        }
-        State::Velocity(m) => {
-            let slot = m.get_mut(key);
-            let samples = slot.as_ref().map(|s| s.data.samples()).unwrap_or_default();
-            let window = samples.iter().map(sample_json).collect();
-            let note = travel_note(samples, ts, &rule.kind);
-            (window, None, slot.map(|s| s.fired_at), Some(note))
-        }
-    };
+    let evicted = state.evictions() - evictions_before;
+    let (view, fired_at) = state.view(key, cx);
     let cooling = match (fired, fired_at) {
         (None, Some(at)) if at != super::keymap::NEVER => cooling_until(rule, at, ts),
         _ => None,
@@ -275,19 +225,13 @@ pub(super) fn evaluated(
     let why_not = match (fired, &cooling) {
         (Some(_), _) => None,
         (None, Some(until)) => Some(format!("cooling down from an earlier decision until {until}")),
-        (None, None) => Some(match (&rule.kind, &progress, note) {
-            (_, _, Some(n)) if cx.ev.geo.is_some() => n,
-            (crate::rules::Kind::GeoVelocity { .. }, _, _) => "the event has no location".to_string(),
-            (crate::rules::Kind::RevokedUse, _, _) => "the token is not revoked, directly or by its subject".into(),
-            (_, Some(p), _) => format!("below the threshold: {p}"),
-            _ => "the rule's condition does not hold".into(),
-        }),
+        (None, None) => Some(view.why_not),
     };
     Outcome::Evaluated(Evaluated {
         new_key: !had_key,
         evicted,
-        window,
-        progress,
+        window: view.window,
+        progress: view.progress,
         fired: fired.map(|f| f.reason.clone()),
         cooling_down_until: cooling,
         why_not,
@@ -299,50 +243,6 @@ fn cooling_until(rule: &Rule, fired_at: i64, ts: i64) -> Option<String> {
         crate::rules::Cooldown::Forever => Some("forever (while the key stays in use)".into()),
         crate::rules::Cooldown::Ms(c) => (ts < fired_at.saturating_add(c)).then(|| fmt_ts(fired_at.saturating_add(c))),
     }
-}
-
-fn sample_json(s: &super::velocity::Sample) -> Value {
-    json!({
-        "ts": fmt_ts(s.ts),
-        "client_ip": s.ip.map(|i| i.to_string()),
-        "lat": s.at.lat,
-        "lon": s.at.lon,
-        "accuracy_km": s.at.accuracy_km,
-    })
-}
-
-/// The move from the previous location to this event's, against the rule's limits.
-fn travel_note(samples: &[super::velocity::Sample], ts: i64, kind: &crate::rules::Kind) -> String {
-    let crate::rules::Kind::GeoVelocity {
-        max_gap_ms,
-        min_distance_km,
-        max_speed_kmh,
-        min_time_ms,
-    } = kind
-    else {
-        return String::new();
-    };
-    let Some(at) = samples.iter().rposition(|s| s.ts == ts) else {
-        return "the event has no location".into();
-    };
-    let Some(prev) = at.checked_sub(1).map(|i| &samples[i]) else {
-        return "no earlier location of this key to compare with".into();
-    };
-    let cur = &samples[at];
-    let dt = cur.ts - prev.ts;
-    let d = (crate::geo::distance_km(&prev.at, &cur.at) - prev.at.accuracy_km - cur.at.accuracy_km).max(0.0);
-    let speed = d / (dt.max(*min_time_ms) as f64 / 3_600_000.0);
-    let verdict = if dt >= *max_gap_ms {
-        format!("more than {} apart", fmt_duration(*max_gap_ms))
-    } else if d < *min_distance_km {
-        format!("closer than {min_distance_km} km")
-    } else {
-        format!("not faster than {max_speed_kmh} km/h")
-    };
-    format!(
-        "{d:.0} km (after accuracy radii) in {:.1} min since the previous location: {speed:.0} km/h, {verdict}",
-        dt as f64 / 60_000.0
-    )
 }
 
 #[cfg(test)]

@@ -8,8 +8,109 @@
 
 use std::net::IpAddr;
 
+use serde_json::{json, Value};
+
+use super::state::{Env, KindStep, View};
+use super::{said, Fired};
+use crate::decision::fmt_ts;
 use crate::geo::distance_km;
 use crate::input::GeoPoint;
+use crate::rules::{fmt_duration, Ctx, Rule};
+
+/// A `geo_velocity` rule's parameters (with the engine's lateness, which bounds the samples
+/// a key keeps).
+pub struct Velocity(pub Limits);
+
+impl KindStep for Velocity {
+    type Data = VelocityState;
+    /// The event as a sample: only geolocated events reach the step.
+    type Input<'e> = Sample;
+    type Hit<'s> = Jump;
+    const SEES_LATE: bool = false;
+
+    fn input<'e>(&self, cx: &'e Ctx<'e>, _: &mut Env<'_>) -> Option<Sample> {
+        Some(Sample {
+            ts: cx.ev.ts_ms,
+            at: cx.ev.geo?,
+            ip: cx.ev.client_ip,
+        })
+    }
+
+    fn step(&self, data: &mut VelocityState, _: i64, s: Sample) -> Option<Jump> {
+        data.add(s, &self.0)
+    }
+
+    fn fired(&self, rule: &Rule, _: &Ctx<'_>, j: Jump) -> Fired {
+        let max_speed_kmh = self.0.max_speed_kmh;
+        let minutes = (j.to.ts - j.from.ts) as f64 / 60_000.0;
+        Fired {
+            reason: format!(
+                "{}: {:.0} km in {minutes:.1} min ({:.0} km/h, limit {max_speed_kmh:.0} km/h).",
+                said(rule),
+                j.distance_km,
+                j.speed_kmh,
+            ),
+            evidence: json!({
+                "from": sample_json(&j.from),
+                "to": sample_json(&j.to),
+                "distance_km": (j.distance_km * 10.0).round() / 10.0,
+                "speed_kmh": j.speed_kmh.round(),
+                "max_speed_kmh": max_speed_kmh,
+            }),
+            // A subject revocation starts from the later request of the pair.
+            not_before_ms: Some(j.to.ts),
+        }
+    }
+
+    fn view(&self, data: Option<&VelocityState>, cx: &Ctx<'_>) -> View {
+        let samples = data.map(VelocityState::samples).unwrap_or_default();
+        View {
+            window: samples.iter().map(sample_json).collect(),
+            progress: None,
+            why_not: if cx.ev.geo.is_some() {
+                travel_note(samples, cx.ev.ts_ms, &self.0)
+            } else {
+                "the event has no location".into()
+            },
+        }
+    }
+}
+
+/// A sample as decisions and `explain` show it.
+fn sample_json(s: &Sample) -> Value {
+    json!({
+        "ts": fmt_ts(s.ts),
+        "client_ip": s.ip.map(|i| i.to_string()),
+        "lat": s.at.lat,
+        "lon": s.at.lon,
+        "accuracy_km": s.at.accuracy_km,
+    })
+}
+
+/// For `explain`: the move from the previous location to this event's, against the limits.
+fn travel_note(samples: &[Sample], ts: i64, lim: &Limits) -> String {
+    let Some(at) = samples.iter().rposition(|s| s.ts == ts) else {
+        return "the event has no location".into();
+    };
+    let Some(prev) = at.checked_sub(1).map(|i| &samples[i]) else {
+        return "no earlier location of this key to compare with".into();
+    };
+    let cur = &samples[at];
+    let dt = cur.ts - prev.ts;
+    let d = (distance_km(&prev.at, &cur.at) - prev.at.accuracy_km - cur.at.accuracy_km).max(0.0);
+    let speed = d / (dt.max(lim.min_time_ms) as f64 / 3_600_000.0);
+    let verdict = if dt >= lim.max_gap_ms {
+        format!("more than {} apart", fmt_duration(lim.max_gap_ms))
+    } else if d < lim.min_distance_km {
+        format!("closer than {} km", lim.min_distance_km)
+    } else {
+        format!("not faster than {} km/h", lim.max_speed_kmh)
+    };
+    format!(
+        "{d:.0} km (after accuracy radii) in {:.1} min since the previous location: {speed:.0} km/h, {verdict}",
+        dt as f64 / 60_000.0
+    )
+}
 
 pub const MAX_SAMPLES: usize = 8;
 

@@ -92,8 +92,13 @@ pub const NAMES: &[&str] = &[
     "claim.NAME",
 ];
 
+/// A field name that is not one of [`NAMES`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown field `{0}` (known fields: {known})", known = NAMES.join(", "))]
+pub struct FieldError(pub String);
+
 impl Field {
-    pub fn parse(name: &str) -> Result<Field, String> {
+    pub fn parse(name: &str) -> Result<Field, FieldError> {
         Ok(match name {
             "token_id" => Field::TokenId,
             "subject" => Field::Subject,
@@ -122,7 +127,7 @@ impl Field {
             "nbf" => Field::Nbf,
             other => match other.strip_prefix("claim.") {
                 Some(c) if !c.is_empty() => Field::Claim(c.into()),
-                _ => return Err(format!("unknown field `{other}` (known fields: {})", NAMES.join(", "))),
+                _ => return Err(FieldError(other.into())),
             },
         })
     }
@@ -281,7 +286,7 @@ mod tests {
             let name = name.replace("NAME", "tenant");
             assert_eq!(Field::parse(&name).unwrap().name(), name);
         }
-        let e = Field::parse("tokenid").unwrap_err();
+        let e = Field::parse("tokenid").unwrap_err().to_string();
         assert!(e.contains("unknown field `tokenid`") && e.contains("token_id"), "{e}");
         assert!(Field::parse("claim.").is_err());
     }

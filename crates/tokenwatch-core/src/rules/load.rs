@@ -14,20 +14,17 @@ use marked_yaml::{LoaderOptions, Node};
 
 use super::field::{Field, FieldType};
 use super::filter::{Cond, Const, Filter, Op};
+use super::kinds::{KindSpec, KINDS};
+use super::ops::{OpArg, OPS};
 use super::{parse_duration_ms, Action, Allow, Budget, Cooldown, Kind, Origin, Rule, RuleSet, Severity};
 
-/// One problem in a rule file.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One problem in a rule file: `file:line: message`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}:{}: {}", file.display(), line, message)]
 pub struct RuleError {
     pub file: PathBuf,
     pub line: usize,
     pub message: String,
-}
-
-impl fmt::Display for RuleError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}: {}", self.file.display(), self.line, self.message)
-    }
 }
 
 /// Every problem found while loading a rule directory.
@@ -192,11 +189,11 @@ fn yaml_error(e: &marked_yaml::LoadError) -> (usize, String) {
     }
 }
 
-fn line_of(n: &Node) -> usize {
+pub(super) fn line_of(n: &Node) -> usize {
     n.span().start().map(marked_yaml::Marker::line).unwrap_or(0)
 }
 
-fn line_of_scalar(n: &MarkedScalarNode) -> usize {
+pub(super) fn line_of_scalar(n: &MarkedScalarNode) -> usize {
     n.span().start().map(marked_yaml::Marker::line).unwrap_or(0)
 }
 
@@ -214,22 +211,27 @@ const COMMON_KEYS: &[&str] = &[
     "budget",
 ];
 
-fn kind_keys(kind: &str) -> &'static [&'static str] {
-    match kind {
-        "count" => &["threshold", "window"],
-        "distinct_count" => &["distinct", "threshold", "window"],
-        "geo_velocity" => &["max_gap", "min_distance_km", "max_speed_kmh", "min_time"],
-        _ => &[],
+/// `a, b, c or d`, for the messages that list what is allowed.
+pub(super) fn one_of<'a>(names: impl ExactSizeIterator<Item = &'a str>) -> String {
+    let n = names.len();
+    let mut out = String::new();
+    for (i, name) in names.enumerate() {
+        if i > 0 {
+            out.push_str(if i + 1 == n { " or " } else { ", " });
+        }
+        out.push_str(name);
     }
+    out
 }
 
-struct Cx<'f> {
+/// The loading of one file: where it is, and the problems found so far.
+pub(super) struct Cx<'f> {
     file: &'f Path,
     errors: Vec<RuleError>,
 }
 
 impl Cx<'_> {
-    fn err(&mut self, line: usize, message: String) {
+    pub(super) fn err(&mut self, line: usize, message: String) {
         self.errors.push(RuleError {
             file: self.file.to_path_buf(),
             line,
@@ -237,7 +239,12 @@ impl Cx<'_> {
         });
     }
 
-    fn scalar<'n>(&mut self, map: &'n MarkedMappingNode, key: &str, required: bool) -> Option<&'n MarkedScalarNode> {
+    pub(super) fn scalar<'n>(
+        &mut self,
+        map: &'n MarkedMappingNode,
+        key: &str,
+        required: bool,
+    ) -> Option<&'n MarkedScalarNode> {
         match map.get(key) {
             Some(Node::Scalar(s)) => Some(s),
             Some(other) => {
@@ -253,206 +260,26 @@ impl Cx<'_> {
         }
     }
 
+    /// One rule; `None` (with every problem reported) unless it compiles.
     fn rule(&mut self, m: &MarkedMappingNode) -> Option<Rule> {
         let before = self.errors.len();
         let line = line_of_map(m);
-        let id = self.scalar(m, "id", true).map(|s| s.as_str().trim().to_string());
-        if let Some(id) = &id {
-            let ok = !id.is_empty() && id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
-            if !ok {
-                let l = self.scalar(m, "id", false).map(line_of_scalar).unwrap_or(line);
-                self.err(l, format!("rule id `{id}` must be letters, digits, `-`, `_` or `.`"));
-            }
-        }
+        let id = self.id(m, line);
         let description = self
             .scalar(m, "description", false)
             .map(|s| s.as_str().trim().to_string());
-
-        let severity = self.scalar(m, "severity", true).and_then(|s| {
-            let v = match s.as_str() {
-                "low" => Severity::Low,
-                "medium" => Severity::Medium,
-                "high" => Severity::High,
-                "critical" => Severity::Critical,
-                o => {
-                    self.err(
-                        line_of_scalar(s),
-                        format!("unknown severity `{o}` (expected low, medium, high or critical)"),
-                    );
-                    return None;
-                }
-            };
-            Some(v)
-        });
-        let action = self.scalar(m, "action", true).and_then(|s| {
-            Some(match s.as_str() {
-                "alert" => Action::Alert,
-                "revoke_token" => Action::RevokeToken,
-                "revoke_subject" => Action::RevokeSubject,
-                o => {
-                    self.err(
-                        line_of_scalar(s),
-                        format!("unknown action `{o}` (expected alert, revoke_token or revoke_subject)"),
-                    );
-                    return None;
-                }
-            })
-        });
-        let shadow = match self.scalar(m, "mode", false) {
-            None => false,
-            Some(s) => match s.as_str() {
-                "enforce" => false,
-                "shadow" => true,
-                o => {
-                    self.err(
-                        line_of_scalar(s),
-                        format!("unknown mode `{o}` (expected enforce or shadow)"),
-                    );
-                    false
-                }
-            },
-        };
+        let severity = self.choice(m, "severity", true, &Severity::ALL.map(|s| (s.as_str(), s)));
+        let action = self.choice(m, "action", true, &Action::ALL.map(|a| (a.as_str(), a)));
+        let shadow = self
+            .choice(m, "mode", false, &[("enforce", false), ("shadow", true)])
+            .unwrap_or(false);
         let key = self.scalar(m, "key", true).and_then(|s| self.field(s));
-
-        let kind_node = self.scalar(m, "kind", true);
-        let kind_name = kind_node.map(|s| s.as_str().to_string()).unwrap_or_default();
-        if let Some(kn) = kind_node {
-            if !["match", "count", "distinct_count", "geo_velocity", "revoked_use"].contains(&kind_name.as_str()) {
-                self.err(
-                    line_of_scalar(kn),
-                    format!("unknown kind `{kind_name}` (expected match, count, distinct_count, geo_velocity or revoked_use)"),
-                );
-            }
-        }
-        // Unknown keys, and parameters that belong to another kind.
-        let own = kind_keys(&kind_name);
-        for (k, _) in m.iter() {
-            let k_s = k.as_str();
-            if COMMON_KEYS.contains(&k_s) || own.contains(&k_s) {
-                continue;
-            }
-            let elsewhere = ["count", "distinct_count", "geo_velocity"]
-                .iter()
-                .find(|kn| kind_keys(kn).contains(&k_s));
-            let msg = match elsewhere {
-                Some(kn) if kind_node.is_some() => {
-                    format!("`{k_s}` is a parameter of kind {kn}, not of kind {kind_name}")
-                }
-                _ => format!(
-                    "unknown key `{k_s}` (expected {}{}{})",
-                    COMMON_KEYS.join(", "),
-                    if own.is_empty() { "" } else { ", " },
-                    own.join(", ")
-                ),
-            };
-            self.err(line_of_scalar(k), msg);
-        }
-
-        let kind = match kind_name.as_str() {
-            "match" => Some(Kind::Match),
-            "revoked_use" => Some(Kind::RevokedUse),
-            "count" => {
-                let threshold = self.threshold(m);
-                let window = self.duration(m, "window", true, false);
-                Some(Kind::Count {
-                    threshold: threshold.unwrap_or(1),
-                    window_ms: window.unwrap_or(0),
-                })
-            }
-            "distinct_count" => {
-                let field = self.scalar(m, "distinct", true).and_then(|s| self.field(s));
-                let threshold = self.threshold(m);
-                let window = self.duration(m, "window", true, false);
-                field.map(|field| Kind::DistinctCount {
-                    field,
-                    threshold: threshold.unwrap_or(1),
-                    window_ms: window.unwrap_or(0),
-                })
-            }
-            "geo_velocity" => {
-                let max_gap = self.duration(m, "max_gap", true, false);
-                let min_distance = self.number(m, "min_distance_km", 0.0);
-                let max_speed = self.number(m, "max_speed_kmh", 0.0);
-                let min_time = self.duration(m, "min_time", false, true).unwrap_or(60_000);
-                match (max_gap, min_distance, max_speed) {
-                    (Some(g), Some(d), Some(s)) if s > 0.0 => Some(Kind::GeoVelocity {
-                        max_gap_ms: g,
-                        min_distance_km: d,
-                        max_speed_kmh: s,
-                        min_time_ms: min_time.max(1),
-                    }),
-                    (_, _, Some(s)) if s <= 0.0 => {
-                        let l = self
-                            .scalar(m, "max_speed_kmh", false)
-                            .map(line_of_scalar)
-                            .unwrap_or(line);
-                        self.err(l, "`max_speed_kmh` must be greater than 0".into());
-                        None
-                    }
-                    _ => None,
-                }
-            }
-            _ => None,
-        };
-
-        let filter = match m.get("where") {
-            None => Filter::default(),
-            Some(Node::Mapping(w)) => self.filter(w),
-            Some(other) => {
-                self.err(line_of(other), "`where` must be a mapping of field: condition".into());
-                Filter::default()
-            }
-        };
-        if let (Some(Action::RevokeToken | Action::RevokeSubject), Some(node)) = (action, m.get("action")) {
-            if !filter.requires_authenticated() {
-                self.err(
-                    line_of(node),
-                    format!(
-                        "action {} needs `authenticated: true` in `where`: only a token tokenwatch verified \
-                         (--jwks) or the gateway attested may be revoked, or a forged token could get its \
-                         victim revoked (README: What can trigger a revocation)",
-                        action.map_or("", Action::as_str)
-                    ),
-                );
-            }
-        }
-        let allow = match m.get("allow") {
-            None => Allow::default(),
-            Some(Node::Mapping(a)) => self.allow(a),
-            Some(other) => {
-                self.err(
-                    line_of(other),
-                    "`allow` must be a mapping with cidrs, subjects and/or issuers".into(),
-                );
-                Allow::default()
-            }
-        };
-        let cooldown = match self.scalar(m, "cooldown", false) {
-            None => Cooldown::Forever,
-            Some(s) if matches!(s.as_str(), "forever" | "once") => Cooldown::Forever,
-            Some(s) => match parse_duration_ms(s.as_str()) {
-                Ok(ms) => Cooldown::Ms(ms),
-                Err(e) => {
-                    self.err(line_of_scalar(s), format!("cooldown: {e}, or `forever`"));
-                    Cooldown::Forever
-                }
-            },
-        };
-
-        let budget = self.scalar(m, "budget", false).and_then(|s| {
-            if action == Some(Action::Alert) {
-                self.err(
-                    line_of_scalar(s),
-                    "`budget` limits revocations: it applies to revoke_token and revoke_subject rules only".into(),
-                );
-                return None;
-            }
-            s.as_str()
-                .parse::<Budget>()
-                .map_err(|e| self.err(line_of_scalar(s), e))
-                .ok()
-        });
-
+        let kind = self.kind(m);
+        let filter = self.where_of(m);
+        self.revoking_needs_authenticated(m, action, &filter);
+        let allow = self.allow_of(m);
+        let cooldown = self.cooldown(m);
+        let budget = self.budget(m, action);
         if self.errors.len() > before {
             return None;
         }
@@ -476,13 +303,159 @@ impl Cx<'_> {
         })
     }
 
-    fn field(&mut self, s: &MarkedScalarNode) -> Option<Field> {
-        Field::parse(s.as_str().trim())
-            .map_err(|e| self.err(line_of_scalar(s), e))
+    fn id(&mut self, m: &MarkedMappingNode, line: usize) -> Option<String> {
+        let node = self.scalar(m, "id", true)?;
+        let id = node.as_str().trim().to_string();
+        let ok = !id.is_empty() && id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+        if !ok {
+            let l = self.scalar(m, "id", false).map_or(line, line_of_scalar);
+            self.err(l, format!("rule id `{id}` must be letters, digits, `-`, `_` or `.`"));
+        }
+        Some(id)
+    }
+
+    /// A value that must be one of `options` (`unknown severity `x` (expected low, ...)`).
+    fn choice<T: Copy>(
+        &mut self,
+        m: &MarkedMappingNode,
+        key: &str,
+        required: bool,
+        options: &[(&str, T)],
+    ) -> Option<T> {
+        let s = self.scalar(m, key, required)?;
+        let found = options.iter().find(|(name, _)| *name == s.as_str()).map(|(_, v)| *v);
+        if found.is_none() {
+            let expected = one_of(options.iter().map(|(name, _)| *name));
+            self.err(
+                line_of_scalar(s),
+                format!("unknown {key} `{}` (expected {expected})", s.as_str()),
+            );
+        }
+        found
+    }
+
+    /// `kind` and its parameters, read by its entry in [`KINDS`]; a key that is neither
+    /// common nor a parameter of the rule's kind is reported at its line.
+    fn kind(&mut self, m: &MarkedMappingNode) -> Option<Kind> {
+        let node = self.scalar(m, "kind", true);
+        let spec = node.and_then(|n| {
+            let spec = KINDS.iter().find(|k| k.name == n.as_str());
+            if spec.is_none() {
+                let expected = one_of(KINDS.iter().map(|k| k.name));
+                self.err(
+                    line_of_scalar(n),
+                    format!("unknown kind `{}` (expected {expected})", n.as_str()),
+                );
+            }
+            spec
+        });
+        self.unknown_keys(m, node.map(MarkedScalarNode::as_str), spec);
+        (spec?.build)(self, m)
+    }
+
+    /// Unknown keys, and parameters that belong to another kind.
+    fn unknown_keys(&mut self, m: &MarkedMappingNode, kind: Option<&str>, spec: Option<&KindSpec>) {
+        let own = spec.map_or(&[][..], |s| s.params);
+        for (k, _) in m.iter() {
+            let key = k.as_str();
+            if COMMON_KEYS.contains(&key) || own.contains(&key) {
+                continue;
+            }
+            let elsewhere = KINDS.iter().find(|other| other.params.contains(&key));
+            let msg = match (elsewhere, kind) {
+                (Some(other), Some(kind)) => {
+                    format!("`{key}` is a parameter of kind {}, not of kind {kind}", other.name)
+                }
+                _ => format!(
+                    "unknown key `{key}` (expected {}{}{})",
+                    COMMON_KEYS.join(", "),
+                    if own.is_empty() { "" } else { ", " },
+                    own.join(", ")
+                ),
+            };
+            self.err(line_of_scalar(k), msg);
+        }
+    }
+
+    fn where_of(&mut self, m: &MarkedMappingNode) -> Filter {
+        match m.get("where") {
+            None => Filter::default(),
+            Some(Node::Mapping(w)) => self.filter(w),
+            Some(other) => {
+                self.err(line_of(other), "`where` must be a mapping of field: condition".into());
+                Filter::default()
+            }
+        }
+    }
+
+    fn revoking_needs_authenticated(&mut self, m: &MarkedMappingNode, action: Option<Action>, filter: &Filter) {
+        let (Some(action @ (Action::RevokeToken | Action::RevokeSubject)), Some(node)) = (action, m.get("action"))
+        else {
+            return;
+        };
+        if !filter.requires_authenticated() {
+            self.err(
+                line_of(node),
+                format!(
+                    "action {} needs `authenticated: true` in `where`: only a token tokenwatch verified \
+                     (--jwks) or the gateway attested may be revoked, or a forged token could get its \
+                     victim revoked (README: What can trigger a revocation)",
+                    action.as_str()
+                ),
+            );
+        }
+    }
+
+    fn allow_of(&mut self, m: &MarkedMappingNode) -> Allow {
+        match m.get("allow") {
+            None => Allow::default(),
+            Some(Node::Mapping(a)) => self.allow(a),
+            Some(other) => {
+                self.err(
+                    line_of(other),
+                    "`allow` must be a mapping with cidrs, subjects and/or issuers".into(),
+                );
+                Allow::default()
+            }
+        }
+    }
+
+    fn cooldown(&mut self, m: &MarkedMappingNode) -> Cooldown {
+        match self.scalar(m, "cooldown", false) {
+            None => Cooldown::Forever,
+            Some(s) if matches!(s.as_str(), "forever" | "once") => Cooldown::Forever,
+            Some(s) => match parse_duration_ms(s.as_str()) {
+                Ok(ms) => Cooldown::Ms(ms),
+                Err(e) => {
+                    self.err(line_of_scalar(s), format!("cooldown: {e}, or `forever`"));
+                    Cooldown::Forever
+                }
+            },
+        }
+    }
+
+    fn budget(&mut self, m: &MarkedMappingNode, action: Option<Action>) -> Option<Budget> {
+        let s = self.scalar(m, "budget", false)?;
+        if action == Some(Action::Alert) {
+            self.err(
+                line_of_scalar(s),
+                "`budget` limits revocations: it applies to revoke_token and revoke_subject rules only".into(),
+            );
+            return None;
+        }
+        s.as_str()
+            .parse::<Budget>()
+            .map_err(|e| self.err(line_of_scalar(s), e.to_string()))
             .ok()
     }
 
-    fn threshold(&mut self, m: &MarkedMappingNode) -> Option<u32> {
+    pub(super) fn field(&mut self, s: &MarkedScalarNode) -> Option<Field> {
+        Field::parse(s.as_str().trim())
+            .map_err(|e| self.err(line_of_scalar(s), e.to_string()))
+            .ok()
+    }
+
+    pub(super) fn threshold(&mut self, m: &MarkedMappingNode) -> Option<u32> {
         let s = self.scalar(m, "threshold", true)?;
         match s.as_str().trim().parse::<u32>() {
             Ok(n) if n >= 1 => Some(n),
@@ -496,7 +469,7 @@ impl Cx<'_> {
         }
     }
 
-    fn duration(&mut self, m: &MarkedMappingNode, key: &str, required: bool, zero_ok: bool) -> Option<i64> {
+    pub(super) fn duration(&mut self, m: &MarkedMappingNode, key: &str, required: bool, zero_ok: bool) -> Option<i64> {
         let s = self.scalar(m, key, required)?;
         match parse_duration_ms(s.as_str()) {
             Ok(0) if !zero_ok => {
@@ -511,7 +484,7 @@ impl Cx<'_> {
         }
     }
 
-    fn number(&mut self, m: &MarkedMappingNode, key: &str, min: f64) -> Option<f64> {
+    pub(super) fn number(&mut self, m: &MarkedMappingNode, key: &str, min: f64) -> Option<f64> {
         let s = self.scalar(m, key, true)?;
         match s.as_str().trim().parse::<f64>() {
             Ok(n) if n.is_finite() && n >= min => Some(n),
@@ -558,7 +531,12 @@ impl Cx<'_> {
         Filter { conds }
     }
 
-    fn constants<'n>(&mut self, field: &Field, at: &Node, items: impl Iterator<Item = &'n Node>) -> Option<Vec<Const>> {
+    pub(super) fn constants<'n>(
+        &mut self,
+        field: &Field,
+        at: &Node,
+        items: impl Iterator<Item = &'n Node>,
+    ) -> Option<Vec<Const>> {
         let mut out = Vec::new();
         let mut ok = true;
         for item in items {
@@ -581,7 +559,7 @@ impl Cx<'_> {
     }
 
     /// A constant typed for the field it is compared with.
-    fn constant(&mut self, field: &Field, s: &MarkedScalarNode) -> Option<Const> {
+    pub(super) fn constant(&mut self, field: &Field, s: &MarkedScalarNode) -> Option<Const> {
         let text = s.as_str().trim();
         let line = line_of_scalar(s);
         let name = field.name();
@@ -620,134 +598,32 @@ impl Cx<'_> {
         c
     }
 
+    /// One operator of a condition, read by its entry in [`OPS`].
     fn op(&mut self, field: &Field, op: &MarkedScalarNode, arg: &Node) -> Option<Op> {
-        let name = op.as_str();
         let line = line_of_scalar(op);
-        let ty = field.ty();
-        let fname = field.name();
-        let numeric = matches!(ty, FieldType::Num | FieldType::Seconds | FieldType::Any);
-        let textual = matches!(ty, FieldType::Str | FieldType::StrList | FieldType::Any);
-        let addr = matches!(ty, FieldType::Ip | FieldType::Net);
-        let applies = match name {
-            "eq" | "ne" | "in" | "not_in" | "exists" => true,
-            "gt" | "gte" | "lt" | "lte" => numeric,
-            "prefix" | "suffix" | "contains" | "regex" => textual,
-            "cidr" | "not_cidr" => addr,
-            _ => {
-                self.err(
-                    line,
-                    format!("unknown operator `{name}` (expected eq, ne, in, not_in, gt, gte, lt, lte, prefix, suffix, contains, regex, cidr, not_cidr or exists)"),
-                );
-                return None;
-            }
+        let Some(spec) = OPS.iter().find(|s| s.name == op.as_str()) else {
+            let expected = one_of(OPS.iter().map(|s| s.name));
+            self.err(
+                line,
+                format!("unknown operator `{}` (expected {expected})", op.as_str()),
+            );
+            return None;
         };
-        if !applies {
-            self.err(line, format!("operator `{name}` does not apply to `{fname}`"));
+        let fname = field.name();
+        if !(spec.applies)(field.ty()) {
+            self.err(line, format!("operator `{}` does not apply to `{fname}`", spec.name));
             return None;
         }
-        let scalar = |cx: &mut Self| -> Option<&MarkedScalarNode> {
-            match arg {
-                Node::Scalar(s) => Some(s),
-                other => {
-                    cx.err(line_of(other), format!("`{name}` takes a single value"));
-                    None
-                }
-            }
+        let arg = OpArg {
+            name: spec.name,
+            field,
+            fname,
+            node: arg,
         };
-        let list = |cx: &mut Self| -> Option<Vec<&Node>> {
-            match arg {
-                Node::Sequence(seq) => Some(seq.iter().collect()),
-                Node::Scalar(_) => Some(vec![arg]),
-                other => {
-                    cx.err(line_of(other), format!("`{name}` takes a list"));
-                    None
-                }
-            }
-        };
-        Some(match name {
-            "eq" | "ne" => {
-                let s = scalar(self)?;
-                let c = self.constant(field, s)?;
-                if name == "eq" {
-                    Op::Eq(c)
-                } else {
-                    Op::Ne(c)
-                }
-            }
-            "in" | "not_in" => {
-                let items = list(self)?;
-                let cs = self.constants(field, arg, items.into_iter())?;
-                if name == "in" {
-                    Op::In(cs)
-                } else {
-                    Op::NotIn(cs)
-                }
-            }
-            "gt" | "gte" | "lt" | "lte" => {
-                let s = scalar(self)?;
-                // Typed for the field itself: a duration only where the field is one.
-                let n = match ty {
-                    FieldType::Num | FieldType::Seconds => match self.constant(field, s)? {
-                        Const::Num(n) => n,
-                        _ => return None,
-                    },
-                    _ => match finite_num(s.as_str().trim()) {
-                        Some(n) => n,
-                        None => {
-                            let text = s.as_str().trim();
-                            self.err(
-                                line_of_scalar(s),
-                                format!("`{name}` on `{fname}` takes a number, not `{text}`"),
-                            );
-                            return None;
-                        }
-                    },
-                };
-                match name {
-                    "gt" => Op::Gt(n),
-                    "gte" => Op::Gte(n),
-                    "lt" => Op::Lt(n),
-                    _ => Op::Lte(n),
-                }
-            }
-            "prefix" => Op::Prefix(scalar(self)?.as_str().into()),
-            "suffix" => Op::Suffix(scalar(self)?.as_str().into()),
-            "contains" => Op::Contains(scalar(self)?.as_str().into()),
-            "regex" => {
-                let s = scalar(self)?;
-                match regex::RegexBuilder::new(s.as_str()).size_limit(1 << 20).build() {
-                    Ok(r) => Op::Regex(r),
-                    Err(e) => {
-                        let first = e.to_string().lines().last().unwrap_or("").trim().to_string();
-                        self.err(line_of_scalar(s), format!("invalid regex for `{fname}`: {first}"));
-                        return None;
-                    }
-                }
-            }
-            "cidr" | "not_cidr" => {
-                let items = list(self)?;
-                let nets = self.cidrs(items)?;
-                if name == "cidr" {
-                    Op::Cidr(nets)
-                } else {
-                    Op::NotCidr(nets)
-                }
-            }
-            "exists" => {
-                let s = scalar(self)?;
-                match s.as_bool() {
-                    Some(b) => Op::Exists(b),
-                    None => {
-                        self.err(line_of_scalar(s), "`exists` takes true or false".into());
-                        return None;
-                    }
-                }
-            }
-            _ => return None,
-        })
+        (spec.build)(self, &arg)
     }
 
-    fn cidrs(&mut self, items: Vec<&Node>) -> Option<Vec<ipnet::IpNet>> {
+    pub(super) fn cidrs(&mut self, items: Vec<&Node>) -> Option<Vec<ipnet::IpNet>> {
         let mut out = Vec::new();
         let mut ok = true;
         for n in items {
@@ -809,12 +685,12 @@ impl Cx<'_> {
     }
 }
 
-fn line_of_map(m: &MarkedMappingNode) -> usize {
+pub(super) fn line_of_map(m: &MarkedMappingNode) -> usize {
     m.span().start().map(marked_yaml::Marker::line).unwrap_or(0)
 }
 
 /// A number written in a rule, when it is one and finite.
-fn finite_num(text: &str) -> Option<f64> {
+pub(super) fn finite_num(text: &str) -> Option<f64> {
     text.parse::<f64>().ok().filter(|n| n.is_finite())
 }
 

@@ -8,7 +8,9 @@
 
 pub mod field;
 pub mod filter;
+mod kinds;
 pub mod load;
+mod ops;
 
 use std::fmt;
 use std::path::PathBuf;
@@ -16,7 +18,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-pub use field::{Ctx, Field, Val};
+pub use field::{Ctx, Field, FieldError, Val};
 pub use filter::Filter;
 pub use load::{load_dir, load_str, LoadErrors, RuleError};
 
@@ -38,6 +40,9 @@ pub enum Action {
 }
 
 impl Severity {
+    /// Every severity, in the order messages list them.
+    pub const ALL: [Severity; 4] = [Severity::Low, Severity::Medium, Severity::High, Severity::Critical];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Severity::Low => "low",
@@ -49,6 +54,9 @@ impl Severity {
 }
 
 impl Action {
+    /// Every action, in the order messages list them.
+    pub const ALL: [Action; 3] = [Action::Alert, Action::RevokeToken, Action::RevokeSubject];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Action::Alert => "alert",
@@ -83,14 +91,9 @@ pub enum Kind {
 }
 
 impl Kind {
+    /// The kind's name in rule files ([`kinds::KINDS`]).
     pub fn name(&self) -> &'static str {
-        match self {
-            Kind::Match => "match",
-            Kind::Count { .. } => "count",
-            Kind::DistinctCount { .. } => "distinct_count",
-            Kind::GeoVelocity { .. } => "geo_velocity",
-            Kind::RevokedUse => "revoked_use",
-        }
+        kinds::spec_of(self).name
     }
 
     /// How long per-key state must outlive its last event for the kind to stay exact.
@@ -111,22 +114,38 @@ pub struct Budget {
     pub window_ms: i64,
 }
 
+/// What is wrong with a `budget` (as written, in every message).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BudgetError {
+    #[error("budget `{0}` must be COUNT/WINDOW, e.g. 100/10m")]
+    Shape(String),
+    #[error("budget `{budget}`: `{count}` is not a whole number above 0")]
+    Count { budget: String, count: String },
+    #[error("budget `{budget}`: {source}")]
+    Window { budget: String, source: DurationError },
+    #[error("budget `{0}`: the window must be longer than 0")]
+    EmptyWindow(String),
+}
+
 impl std::str::FromStr for Budget {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let (n, w) = s
-            .trim()
-            .split_once('/')
-            .ok_or_else(|| format!("budget `{s}` must be COUNT/WINDOW, e.g. 100/10m"))?;
+    type Err = BudgetError;
+    fn from_str(s: &str) -> Result<Self, BudgetError> {
+        let (n, w) = s.trim().split_once('/').ok_or_else(|| BudgetError::Shape(s.into()))?;
         let max: u32 = n
             .trim()
             .parse()
             .ok()
             .filter(|n| *n > 0)
-            .ok_or_else(|| format!("budget `{s}`: `{}` is not a whole number above 0", n.trim()))?;
-        let window_ms = parse_duration_ms(w).map_err(|e| format!("budget `{s}`: {e}"))?;
+            .ok_or_else(|| BudgetError::Count {
+                budget: s.into(),
+                count: n.trim().into(),
+            })?;
+        let window_ms = parse_duration_ms(w).map_err(|source| BudgetError::Window {
+            budget: s.into(),
+            source,
+        })?;
         if window_ms <= 0 {
-            return Err(format!("budget `{s}`: the window must be longer than 0"));
+            return Err(BudgetError::EmptyWindow(s.into()));
         }
         Ok(Budget { max, window_ms })
     }
@@ -218,33 +237,45 @@ impl RuleSet {
     }
 }
 
+/// What is wrong with a duration (as written, trimmed, in every message).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DurationError {
+    #[error("`{0}` is not a duration (write it like 90s, 10m, 24h or 7d)")]
+    NotADuration(String),
+    #[error("duration `{0}` needs a unit: ms, s, m, h or d")]
+    NoUnit(String),
+    #[error("duration `{duration}` has an unknown unit `{unit}` (use ms, s, m, h or d)")]
+    UnknownUnit { duration: String, unit: String },
+    #[error("duration `{0}` is out of range")]
+    OutOfRange(String),
+}
+
 /// Parses `90s`, `10m`, `24h`, `7d`, `500ms`, or `0` into milliseconds.
-pub fn parse_duration_ms(s: &str) -> Result<i64, String> {
+pub fn parse_duration_ms(s: &str) -> Result<i64, DurationError> {
     let s = s.trim();
     if s == "0" {
         return Ok(0);
     }
     let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("`{s}` is not a duration (write it like 90s, 10m, 24h or 7d)"))?;
+    let n: f64 = num.parse().map_err(|_| DurationError::NotADuration(s.into()))?;
     let mult = match unit.trim() {
         "ms" => 1.0,
         "s" => 1_000.0,
         "m" => 60_000.0,
         "h" => 3_600_000.0,
         "d" => 86_400_000.0,
-        "" => return Err(format!("duration `{s}` needs a unit: ms, s, m, h or d")),
+        "" => return Err(DurationError::NoUnit(s.into())),
         u => {
-            return Err(format!(
-                "duration `{s}` has an unknown unit `{u}` (use ms, s, m, h or d)"
-            ))
+            return Err(DurationError::UnknownUnit {
+                duration: s.into(),
+                unit: u.into(),
+            })
         }
     };
     let ms = n * mult;
     if !ms.is_finite() || !(0.0..=3.2e12).contains(&ms) {
-        return Err(format!("duration `{s}` is out of range"));
+        return Err(DurationError::OutOfRange(s.into()));
     }
     Ok(ms.round() as i64)
 }
@@ -271,8 +302,14 @@ mod tests {
         assert_eq!(parse_duration_ms("250ms"), Ok(250));
         assert_eq!(parse_duration_ms("7d"), Ok(604_800_000));
         assert_eq!(parse_duration_ms("0"), Ok(0));
-        assert!(parse_duration_ms("10").unwrap_err().contains("needs a unit"));
-        assert!(parse_duration_ms("10y").unwrap_err().contains("unknown unit"));
+        assert_eq!(
+            parse_duration_ms("10").unwrap_err().to_string(),
+            "duration `10` needs a unit: ms, s, m, h or d"
+        );
+        assert_eq!(
+            parse_duration_ms("10y").unwrap_err().to_string(),
+            "duration `10y` has an unknown unit `y` (use ms, s, m, h or d)"
+        );
         assert!(parse_duration_ms("soon").is_err());
         assert_eq!(fmt_duration(600_000), "10m");
         assert_eq!(fmt_duration(90_000), "90s");
