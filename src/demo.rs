@@ -229,6 +229,11 @@ pub async fn live(opts: DemoOptions, w: &mut (dyn Write + Send)) -> Result<Score
     // in its group, so it reads in step instead of finding the oldest lines dropped.
     let joined = Instant::now();
     while metrics.assigned_partitions.get() == 0 {
+        if task.is_finished() {
+            // It could not start (the mock cluster refused it): say why.
+            task.await??;
+            return Err(DemoError::NotJoined);
+        }
         if joined.elapsed() > Duration::from_secs(30) {
             return Err(DemoError::NotJoined);
         }
