@@ -45,7 +45,7 @@ use crate::source::kafka::PartitionOffsets;
 use tokenwatch_core::engine::Engine;
 use tokenwatch_core::eventtime::Sequencer;
 
-use crate::sinks::redis::RevocationWriter;
+use crate::sinks::redis::{RedisOpError, RevocationWriter};
 use tokenwatch_core::engine::snapshot::{Dec, Enc, SnapshotError};
 
 /// The first bytes of every checkpoint.
@@ -172,10 +172,13 @@ impl CheckpointStore {
     }
 
     /// The stored checkpoint's bytes, `None` when there is none.
-    pub async fn load(&mut self, redis: &mut RevocationWriter) -> Result<Option<Vec<u8>>, String> {
+    pub async fn load(&mut self, redis: &mut RevocationWriter) -> Result<Option<Vec<u8>>, StoreError> {
         let head: Option<String> = redis.query(redis::cmd("GET").arg(&self.head)).await?;
         let Some(head) = head else { return Ok(None) };
-        let bad = || format!("checkpoint head {} is malformed: `{head}`", self.head);
+        let bad = || StoreError::Malformed {
+            key: self.head.clone(),
+            head: head.clone(),
+        };
         let mut parts = head.split(' ').map(str::parse::<u64>);
         let (Some(Ok(generation)), Some(Ok(chunks)), Some(Ok(len)), None) =
             (parts.next(), parts.next(), parts.next(), parts.next())
@@ -186,15 +189,15 @@ impl CheckpointStore {
         for i in 0..chunks as usize {
             let key = self.chunk_key(generation, i);
             let chunk: Option<Vec<u8>> = redis.query(redis::cmd("GET").arg(&key)).await?;
-            let chunk = chunk.ok_or_else(|| format!("checkpoint chunk {key} is missing"))?;
+            let chunk = chunk.ok_or(StoreError::MissingChunk { key })?;
             bytes.extend_from_slice(&chunk);
         }
         if bytes.len() as u64 != len {
-            return Err(format!(
-                "checkpoint {} holds {} bytes where its head says {len}",
-                self.head,
-                bytes.len()
-            ));
+            return Err(StoreError::Length {
+                key: self.head.clone(),
+                got: bytes.len(),
+                want: len,
+            });
         }
         self.generation = generation;
         self.chunks = chunks as usize;
@@ -202,7 +205,7 @@ impl CheckpointStore {
     }
 
     /// Writes a new generation, then switches the head to it, then drops the previous one.
-    pub async fn save(&mut self, redis: &mut RevocationWriter, bytes: &[u8]) -> Result<(), String> {
+    pub async fn save(&mut self, redis: &mut RevocationWriter, bytes: &[u8]) -> Result<(), StoreError> {
         let generation = self.generation + 1;
         let chunks: Vec<&[u8]> = bytes.chunks(CHUNK).collect();
         for (i, c) in chunks.iter().enumerate() {
@@ -221,6 +224,21 @@ impl CheckpointStore {
         self.chunks = chunks.len();
         Ok(())
     }
+}
+
+/// Why the stored checkpoint could not be read or written (as opposed to [`CheckpointError`],
+/// a checkpoint read but refused). At start, any of them fails the start (the stored state
+/// cannot be trusted to be absent); on save they are logged and counted.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot read or write the checkpoint: {0}")]
+    Redis(#[from] RedisOpError),
+    #[error("cannot read the checkpoint: head {key} is malformed: `{head}`")]
+    Malformed { key: String, head: String },
+    #[error("cannot read the checkpoint: chunk {key} is missing")]
+    MissingChunk { key: String },
+    #[error("cannot read the checkpoint: {key} holds {got} bytes where its head says {want}")]
+    Length { key: String, got: usize, want: u64 },
 }
 
 /// When and what `run` checkpoints, and what it restored at start.
@@ -248,12 +266,9 @@ impl Checkpointing {
         redis: &mut RevocationWriter,
         engine: &mut Engine,
         metrics: &Metrics,
-    ) -> Result<Checkpointing, String> {
+    ) -> Result<Checkpointing, StoreError> {
         let started = Instant::now();
-        let bytes = store
-            .load(redis)
-            .await
-            .map_err(|e| format!("cannot read the checkpoint {}: {e}", store.key()))?;
+        let bytes = store.load(redis).await?;
         let mut resume = Vec::new();
         if let Some(bytes) = bytes {
             let restored = Checkpoint::decode(&bytes).and_then(|c| Ok((engine.restore(&c.engine)?, c.partitions)));

@@ -9,7 +9,18 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::io::Write;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
+use rdkafka::mocking::MockCluster;
+
+use crate::metrics::Metrics;
+use crate::service::{Service, ServiceConfig};
+use crate::sinks::alerts::AlertTarget;
+use crate::sinks::memory::MemoryStore;
+use crate::sinks::redis::{RedisConfig, RevocationWriter};
 use tokenwatch_core::decision::Decision;
 use tokenwatch_core::pipeline::{Pipeline, PipelineConfig};
 use tokenwatch_gen::{GenConfig, Generator, Label};
@@ -108,13 +119,43 @@ pub fn score(labels: &[Label], decisions: &[Decision]) -> Score {
     s
 }
 
+/// Why the demo could not run. Everything it needs is built in, so most of these are a
+/// port or a Redis the `--metrics-addr` or `--redis` flag named.
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    #[error("the built-in rules: {0}")]
+    Rules(#[from] tokenwatch_core::rules::LoadErrors),
+    #[error("the generator's keys: {0}")]
+    Keys(#[from] tokenwatch_core::verify::jwks::JwksError),
+    /// The pipeline's settings: a format that cannot read lines.
+    #[error(transparent)]
+    Pipeline(#[from] tokenwatch_core::input::FormatError),
+    #[error("mock Kafka cluster: {0}")]
+    MockKafka(#[source] Box<rdkafka::error::KafkaError>),
+    #[error("metrics listener: {0}")]
+    Listener(#[source] std::io::Error),
+    #[error("--redis: {0}")]
+    Redis(#[from] crate::sinks::redis::RedisOpError),
+    #[error(transparent)]
+    Service(#[from] crate::service::ServiceError),
+    #[error("the demo consumer did not join its group within 30 s")]
+    NotJoined,
+    /// The generator's producer (it reports its errors as text).
+    #[error("the traffic producer: {0}")]
+    Producer(String),
+    #[error("the traffic producer panicked")]
+    ProducerPanicked,
+    #[error("service task: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
 /// The verifier that trusts exactly the generator's public keys for `seed` (its JWKS, as
 /// `tokenwatch gen --jwks-out` writes it): generated tokens are `verified`, forged decoys not.
-pub fn generator_verifier(seed: u64) -> Result<std::sync::Arc<tokenwatch_core::verify::Verifier>, String> {
+pub fn generator_verifier(
+    seed: u64,
+) -> Result<std::sync::Arc<tokenwatch_core::verify::Verifier>, tokenwatch_core::verify::jwks::JwksError> {
     let doc = tokenwatch_gen::jwks(seed);
-    tokenwatch_core::verify::Verifier::from_document("<the generator's keys>", doc.as_bytes())
-        .map(std::sync::Arc::new)
-        .map_err(|e| e.to_string())
+    tokenwatch_core::verify::Verifier::from_document("<the generator's keys>", doc.as_bytes()).map(std::sync::Arc::new)
 }
 
 /// Runs generated traffic through the default rules, geolocating with the database the
@@ -123,14 +164,14 @@ pub fn generator_verifier(seed: u64) -> Result<std::sync::Arc<tokenwatch_core::v
 pub fn run_generated(
     cfg: GenConfig,
     mut on_decision: impl FnMut(&Decision),
-) -> Result<(Vec<Decision>, Vec<Label>, u64, Pipeline), String> {
-    let rules = tokenwatch_core::defaults::rules().map_err(|e| e.to_string())?;
+) -> Result<(Vec<Decision>, Vec<Label>, u64, Pipeline), DemoError> {
+    let rules = tokenwatch_core::defaults::rules()?;
     let geo = cfg.networks.geo_db();
     let pcfg = PipelineConfig {
         verify: Some(generator_verifier(cfg.seed)?),
         ..PipelineConfig::default()
     };
-    let mut pipeline = Pipeline::new(rules, Some(geo), pcfg).map_err(|e| e.to_string())?;
+    let mut pipeline = Pipeline::new(rules, Some(geo), pcfg).map_err(DemoError::Pipeline)?;
     let mut decisions = Vec::new();
     let mut labels = Vec::new();
     let mut lines = 0u64;
@@ -152,7 +193,7 @@ pub struct DemoOptions {
     pub traffic: GenConfig,
     /// Event time runs this many times faster than the wall clock.
     pub speedup: f64,
-    pub duration: std::time::Duration,
+    pub duration: Duration,
     /// Revocations to this Redis instead of memory.
     pub redis: Option<String>,
     pub metrics_addr: String,
@@ -160,73 +201,134 @@ pub struct DemoOptions {
     pub full_screen: bool,
     /// Verifies the generated tokens' signatures (`--jwks`); `None`: with the generator's own
     /// public keys, as a gateway's JWKS would.
-    pub verify: Option<std::sync::Arc<tokenwatch_core::verify::Verifier>>,
+    pub verify: Option<Arc<tokenwatch_core::verify::Verifier>>,
 }
 
+/// The demo's one topic. One partition: event time is accelerated, so partitions drifting
+/// apart by a fraction of a second would already exceed the engine's 60 s of allowed lateness.
+const TOPIC: &str = "gateway-logs";
+
 /// The live demo: the generator feeds librdkafka's in-process mock cluster in (accelerated)
-/// real time, and the real service loop consumes it, decides, revokes and serves /metrics.
-pub async fn live(opts: DemoOptions, w: &mut (dyn Write + Send)) -> Result<Score, String> {
-    use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::{Arc, Mutex};
-    use std::time::{Duration, Instant};
-
-    use rdkafka::mocking::MockCluster;
-
-    use crate::metrics::Metrics;
-    use crate::service::{run_loop, ServiceConfig};
-    use crate::sinks::alerts::{AlertSink, AlertTarget};
-    use crate::sinks::memory::MemoryStore;
-    use crate::sinks::RevocationStore;
-
-    const TOPIC: &str = "gateway-logs";
-    // One partition: event time is accelerated, so partitions drifting apart by a fraction of
-    // a second would already exceed the engine's 60 s of allowed lateness.
-    let mock = MockCluster::new(1).map_err(|e| format!("mock Kafka cluster: {e}"))?;
+/// real time, and the real service ([`Service::builder`], as `tokenwatch run` builds it, with
+/// the built-in rules and revocations in memory unless `--redis`) consumes it, decides,
+/// revokes and serves /metrics.
+pub async fn live(opts: DemoOptions, w: &mut (dyn Write + Send)) -> Result<Score, DemoError> {
+    let mock = MockCluster::new(1).map_err(|e| DemoError::MockKafka(Box::new(e)))?;
     mock.create_topic(TOPIC, 1, 1)
-        .map_err(|e| format!("mock Kafka topic: {e}"))?;
+        .map_err(|e| DemoError::MockKafka(Box::new(e)))?;
     let brokers = mock.bootstrap_servers();
+    let listener = metrics_listener(&opts.metrics_addr, w).await?;
+    let metrics_url = format!("http://{}/metrics", listener.local_addr().map_err(DemoError::Listener)?);
+    let decisions = Arc::new(Mutex::new(Vec::new()));
+    let service = demo_service(&opts, &brokers, listener, decisions.clone(), w).await?;
+    let metrics = service.metrics();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(service.run(stop_rx));
 
-    let metrics = Metrics::new();
-    let listener = match tokio::net::TcpListener::bind(&opts.metrics_addr).await {
-        Ok(l) => l,
+    // The mock cluster keeps only ~5 MiB per partition: start producing once the consumer is
+    // in its group, so it reads in step instead of finding the oldest lines dropped.
+    let joined = Instant::now();
+    while metrics.assigned_partitions.get() == 0 {
+        if task.is_finished() {
+            // It could not start (the mock cluster refused it): say why.
+            task.await??;
+            return Err(DemoError::NotJoined);
+        }
+        if joined.elapsed() > Duration::from_secs(30) {
+            return Err(DemoError::NotJoined);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let stop_producing = Arc::new(AtomicBool::new(false));
+    let producer = start_traffic(&opts, &brokers, stop_producing.clone());
+    let view = View {
+        opts: &opts,
+        metrics: &metrics,
+        decisions: &decisions,
+        metrics_url: &metrics_url,
+    };
+    view.until_done(w).await;
+    stop_producing.store(true, Ordering::Relaxed);
+    let produced = producer
+        .join()
+        .map_err(|_| DemoError::ProducerPanicked)?
+        .map_err(DemoError::Producer)?;
+    // Let the service read what was produced before it stops.
+    let drain_until = Instant::now() + Duration::from_secs(15);
+    while seen(&metrics) < produced.lines && Instant::now() < drain_until {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = stop_tx.send(true);
+    let summary = task.await??;
+    drop(mock);
+    let all = decisions.lock().map(|d| d.clone()).unwrap_or_default();
+    let sc = score(&produced.labels, &all);
+    if opts.full_screen {
+        let _ = write!(w, "\x1b[2J\x1b[H");
+    }
+    let store = if opts.redis.is_some() {
+        " in Redis"
+    } else {
+        " in memory"
+    };
+    let _ = writeln!(
+        w,
+        "tokenwatch demo: {} lines of generated gateway traffic through Kafka (in-process), {} read, {} decisions, {} new revocations{store}",
+        produced.lines,
+        summary.stats.lines,
+        all.len(),
+        summary.revocations_written,
+    );
+    write_report(w, &all, &sc);
+    let _ = writeln!(
+        w,
+        "\nrecall {:.3}, precision {:.3}; metrics were at {metrics_url}",
+        sc.recall(),
+        sc.precision()
+    );
+    Ok(sc)
+}
+
+/// Lines the service has read (decoded and skipped).
+fn seen(metrics: &Metrics) -> u64 {
+    metrics.events.with_label_values(&["decoded"]).get() + metrics.events.with_label_values(&["skipped"]).get()
+}
+
+/// The metrics listener on `addr`, or on a free port when `addr` is taken.
+async fn metrics_listener(addr: &str, w: &mut (dyn Write + Send)) -> Result<tokio::net::TcpListener, DemoError> {
+    match tokio::net::TcpListener::bind(addr).await {
+        Ok(l) => Ok(l),
         Err(e) => {
-            let _ = writeln!(
-                w,
-                "metrics address {} is not free ({e}); using a free port instead",
-                opts.metrics_addr
-            );
+            let _ = writeln!(w, "metrics address {addr} is not free ({e}); using a free port instead");
             tokio::net::TcpListener::bind("127.0.0.1:0")
                 .await
-                .map_err(|e| format!("metrics listener: {e}"))?
+                .map_err(DemoError::Listener)
         }
-    };
-    let metrics_url = format!("http://{}/metrics", listener.local_addr().map_err(|e| e.to_string())?);
-    tokio::spawn(crate::metrics::serve(listener, metrics.clone()));
-
-    let rules = tokenwatch_core::defaults::rules().map_err(|e| e.to_string())?;
-    for r in &rules.rules {
-        metrics
-            .decisions
-            .with_label_values(&[&r.id, r.action.as_str(), r.severity.as_str()])
-            .inc_by(0);
     }
-    metrics.rules_loaded.set(rules.rules.len() as i64);
-    let geo = opts.traffic.networks.geo_db();
+}
+
+/// The service `tokenwatch run` would build for the mock cluster, with the built-in rules,
+/// the traffic's GeoIP database, the generator's keys (or `--jwks`), decisions kept in
+/// `decisions`, and revocations in memory (or in `--redis`, which must answer now).
+async fn demo_service(
+    opts: &DemoOptions,
+    brokers: &str,
+    listener: tokio::net::TcpListener,
+    decisions: Arc<Mutex<Vec<Decision>>>,
+    w: &mut (dyn Write + Send),
+) -> Result<Service, DemoError> {
     let verify = match &opts.verify {
         Some(v) => v.clone(),
         None => generator_verifier(opts.traffic.seed)?,
     };
-    let pipeline_cfg = PipelineConfig {
+    let pipeline = PipelineConfig {
         verify: Some(verify),
         ..PipelineConfig::default()
     };
-    if let Some(warning) = pipeline_cfg.evidence_warning() {
+    if let Some(warning) = pipeline.evidence_warning() {
         let _ = writeln!(w, "warning: {warning}");
     }
-    let mut pipeline = Pipeline::new(rules, Some(geo), pipeline_cfg.clone()).map_err(|e| e.to_string())?;
-
-    let memory = Arc::new(Mutex::new(MemoryStore::default()));
-    let redis_cfg = crate::sinks::redis::RedisConfig {
+    let redis = RedisConfig {
         urls: opts.redis.iter().cloned().collect(),
         cluster: false,
         key_prefix: "tokenwatch:".into(),
@@ -235,157 +337,101 @@ pub async fn live(opts: DemoOptions, w: &mut (dyn Write + Send)) -> Result<Score
         response_timeout: Duration::from_secs(2),
         ca_file: None,
     };
-    let mut store = match &opts.redis {
-        Some(_) => RevocationStore::Redis(crate::sinks::redis::RevocationWriter::connect(redis_cfg.clone()).await?),
-        None => RevocationStore::Memory(memory.clone()),
-    };
-    metrics.redis_up.set(1);
-    metrics.ready_redis.store(true, Ordering::Relaxed);
-
-    let decisions = Arc::new(Mutex::new(Vec::new()));
-    let mut alerts = AlertSink::new(&AlertTarget::Memory(decisions.clone()), None)?;
-    let (consumer, assigned) = crate::source::kafka::connect(
-        &brokers,
-        "tokenwatch-demo",
-        &[TOPIC.to_string()],
-        &Default::default(),
-        metrics.clone(),
-    )?;
+    if opts.redis.is_some() {
+        // Fail now, naming the URL, rather than retry while the demo waits.
+        RevocationWriter::connect(redis.clone()).await?;
+    }
     let cfg = ServiceConfig {
-        brokers: brokers.clone(),
+        brokers: brokers.to_string(),
         topics: vec![TOPIC.into()],
         group: "tokenwatch-demo".into(),
         kafka: Default::default(),
-        // The rules are built in; no directory to watch.
-        rules_dir: std::path::PathBuf::from("/nonexistent/tokenwatch-demo-rules"),
+        rules_dir: PathBuf::new(),
         geoip: None,
-        pipeline: pipeline_cfg,
+        pipeline,
         max_line: tokenwatch_core::input::lines::DEFAULT_MAX_LINE,
-        redis: redis_cfg,
+        redis,
         batch_max: 5_000,
         batch_wait: Duration::from_millis(20),
         shutdown_timeout: Duration::from_secs(10),
-        alerts: AlertTarget::None,
+        alerts: AlertTarget::Memory(decisions),
         dead_letter: None,
         alerts_topic: None,
         event_time: tokenwatch_core::eventtime::EventTimeConfig::default(),
         checkpoint_interval: None,
     };
-    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
-    let (_hup_tx, mut hup_rx) = tokio::sync::watch::channel(0u64);
-    let m2 = metrics.clone();
-    let service = tokio::spawn(async move {
-        let r = run_loop(
-            &cfg,
-            &m2,
-            &mut pipeline,
-            &mut store,
-            &consumer,
-            &assigned,
-            &mut alerts,
-            &mut stop_rx,
-            &mut hup_rx,
-            None,
-        )
-        .await;
-        r.map(|s| (s, pipeline))
-    });
-
-    // The mock cluster keeps only ~5 MiB per partition: start producing once the consumer is
-    // in its group, so it reads in step instead of finding the oldest lines dropped.
-    let joined = Instant::now();
-    while metrics.assigned_partitions.get() == 0 {
-        if joined.elapsed() > Duration::from_secs(30) {
-            return Err("the demo consumer did not join its group within 30 s".into());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut builder = Service::builder(cfg)
+        .metrics_listener(listener)
+        .rules(tokenwatch_core::defaults::rules()?)
+        .geo(opts.traffic.networks.geo_db());
+    if opts.redis.is_none() {
+        builder = builder.memory_store(Arc::new(Mutex::new(MemoryStore::default())));
     }
+    Ok(builder.build().await?)
+}
 
-    // The traffic: started now, in accelerated real time.
+/// The traffic, started now, in accelerated real time, on a thread of its own.
+fn start_traffic(
+    opts: &DemoOptions,
+    brokers: &str,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<Result<tokenwatch_gen::kafka::Produced, String>> {
     let mut traffic = opts.traffic.clone();
     traffic.start_ms = crate::service::now_ms();
     traffic.events = None;
     traffic.duration_secs = Some((opts.duration.as_secs_f64() * opts.speedup) as u64 + 1);
-    let stop_producing = Arc::new(AtomicBool::new(false));
-    let stop2 = stop_producing.clone();
-    let speedup = opts.speedup;
-    let b2 = brokers.clone();
-    let producer = std::thread::spawn(move || {
-        tokenwatch_gen::kafka::produce(
-            Generator::new(traffic),
-            &b2,
-            TOPIC,
-            tokenwatch_gen::kafka::Pace::Realtime { speedup },
-            &[],
-            &stop2,
-        )
-    });
+    let pace = tokenwatch_gen::kafka::Pace::Realtime { speedup: opts.speedup };
+    let brokers = brokers.to_string();
+    std::thread::spawn(move || {
+        tokenwatch_gen::kafka::produce(Generator::new(traffic), &brokers, TOPIC, pace, &[], &stop)
+    })
+}
 
-    let start = Instant::now();
-    let mut last_events = 0u64;
-    let mut interrupted = false;
-    loop {
-        let tick = tokio::time::sleep(Duration::from_secs(1));
-        tokio::select! {
-            _ = tick => {}
-            _ = tokio::signal::ctrl_c() => { interrupted = true; }
-        }
-        let events =
-            metrics.events.with_label_values(&["decoded"]).get() + metrics.events.with_label_values(&["skipped"]).get();
-        let view = render_view(
-            start.elapsed(),
-            opts.duration,
-            events,
-            events.saturating_sub(last_events),
-            &decisions.lock().map(|d| d.clone()).unwrap_or_default(),
-            &metrics_url,
-            opts.speedup,
-        );
-        last_events = events;
-        if opts.full_screen {
-            let _ = write!(w, "\x1b[2J\x1b[H{view}");
-        } else if start.elapsed().as_secs() % 5 == 0 {
-            let first = view.lines().nth(1).unwrap_or("");
-            let _ = writeln!(w, "{first}");
-        }
-        let _ = w.flush();
-        if interrupted || start.elapsed() >= opts.duration {
-            break;
+/// The live view, redrawn every second until the demo's duration is over or Ctrl-C.
+struct View<'a> {
+    opts: &'a DemoOptions,
+    metrics: &'a Metrics,
+    decisions: &'a Mutex<Vec<Decision>>,
+    metrics_url: &'a str,
+}
+
+impl View<'_> {
+    async fn until_done(&self, w: &mut (dyn Write + Send)) {
+        let start = Instant::now();
+        let mut last_events = 0u64;
+        loop {
+            let mut interrupted = false;
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = tokio::signal::ctrl_c() => { interrupted = true; }
+            }
+            let events = seen(self.metrics);
+            let view = render_view(
+                start.elapsed(),
+                self.opts.duration,
+                events,
+                events.saturating_sub(last_events),
+                &self.decisions.lock().map(|d| d.clone()).unwrap_or_default(),
+                self.metrics_url,
+                self.opts.speedup,
+            );
+            last_events = events;
+            if self.opts.full_screen {
+                let _ = write!(w, "\x1b[2J\x1b[H{view}");
+            } else if start.elapsed().as_secs() % 5 == 0 {
+                let first = view.lines().nth(1).unwrap_or("");
+                let _ = writeln!(w, "{first}");
+            }
+            let _ = w.flush();
+            if interrupted || start.elapsed() >= self.opts.duration {
+                return;
+            }
         }
     }
+}
 
-    stop_producing.store(true, Ordering::Relaxed);
-    let produced = producer
-        .join()
-        .map_err(|_| "the traffic producer panicked".to_string())??;
-    // Let the service read what was produced before it stops.
-    let drain_until = Instant::now() + Duration::from_secs(15);
-    loop {
-        let seen =
-            metrics.events.with_label_values(&["decoded"]).get() + metrics.events.with_label_values(&["skipped"]).get();
-        if seen >= produced.lines || Instant::now() >= drain_until {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let _ = stop_tx.send(true);
-    let (summary, _pipeline) = service.await.map_err(|e| format!("service task: {e}"))??;
-    drop(mock);
-
-    let all = decisions.lock().map(|d| d.clone()).unwrap_or_default();
-    let sc = score(&produced.labels, &all);
-    if opts.full_screen {
-        let _ = write!(w, "\x1b[2J\x1b[H");
-    }
-    let _ = writeln!(
-        w,
-        "tokenwatch demo: {} lines of generated gateway traffic through Kafka (in-process), {} read, {} decisions, {} new revocations{}",
-        produced.lines,
-        summary.stats.lines,
-        all.len(),
-        summary.revocations_written,
-        if opts.redis.is_some() { " in Redis" } else { " in memory" }
-    );
+/// What was revoked, and the score against the generator's labels.
+fn write_report(w: &mut (dyn Write + Send), all: &[Decision], sc: &Score) {
     let revoked: Vec<&Decision> = all
         .iter()
         .filter(|d| !d.shadow && d.action != tokenwatch_core::rules::Action::Alert)
@@ -424,14 +470,7 @@ pub async fn live(opts: DemoOptions, w: &mut (dyn Write + Send)) -> Result<Score
             d.reason
         );
     }
-    write_decoys(w, &sc);
-    let _ = writeln!(
-        w,
-        "\nrecall {:.3}, precision {:.3}; metrics were at {metrics_url}",
-        sc.recall(),
-        sc.precision()
-    );
-    Ok(sc)
+    write_decoys(w, sc);
 }
 
 /// The forged decoys: each must be "not fired"; one that fired is a forged token revoking
@@ -458,8 +497,8 @@ fn write_decoys(w: &mut (dyn Write + Send), sc: &Score) {
 }
 
 fn render_view(
-    elapsed: std::time::Duration,
-    total: std::time::Duration,
+    elapsed: Duration,
+    total: Duration,
     events: u64,
     per_sec: u64,
     decisions: &[Decision],

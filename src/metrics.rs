@@ -10,9 +10,9 @@
 //! outage shows even when nothing is being revoked). It is deliberately tiny: one request per
 //! connection, bounded request size, no keep-alive.
 
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 
+use prometheus::core::Collector;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
@@ -29,9 +29,11 @@ pub struct Metrics {
     pub decisions: IntCounterVec,
     pub revocations: IntCounterVec,
     pub redis_errors: IntCounter,
+    /// 1 when the last Redis operation succeeded: half of `/readyz`.
     pub redis_up: IntGauge,
     pub alert_errors: IntCounter,
     pub consumer_lag: IntGaugeVec,
+    /// The other half of `/readyz`: ready once this is above 0.
     pub assigned_partitions: IntGauge,
     pub tracked_keys: IntGauge,
     pub evicted_keys: IntCounter,
@@ -62,271 +64,252 @@ pub struct Metrics {
     pub authenticated_events: IntCounter,
     pub attestation_mismatches: IntCounter,
     pub jwks_errors: IntCounter,
-    /// For /readyz.
-    pub ready_partitions: AtomicI64,
-    pub ready_redis: AtomicBool,
+    families: Vec<Family>,
 }
 
-fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
-    r.register(Box::new(c.clone())).expect("metric names are unique");
-    c
+/// One exported metric family, as Prometheus stores it: a histogram is stored as its
+/// `_bucket`, `_sum` and `_count` series (dashboards and alerts name those).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Family {
+    pub name: String,
+    pub histogram: bool,
+}
+
+/// Names and help texts, grouped by the stage they watch: the one list of what tokenwatch
+/// exports (a data table; [`Metrics::new`] registers each under its field).
+type Def = (&'static str, &'static str);
+// The input: lines, formats, decoding and authentication.
+const EVENTS: Def = ("tokenwatch_events_total", "Log lines by result (decoded, skipped).");
+const DECODE_ERRORS: Def = (
+    "tokenwatch_decode_errors_total",
+    "Skipped lines and undecodable tokens, by reason.",
+);
+const AUTHORIZATION_REDACTED: Def = (
+    "tokenwatch_authorization_redacted_total",
+    "Decoded events whose Authorization header the gateway logged as REDACTED.",
+);
+const FORMAT_EVENTS: Def = (
+    "tokenwatch_format_events_total",
+    "Decoded events by the input format that read them.",
+);
+const MISSING_FIELDS: Def = (
+    "tokenwatch_events_missing_field_total",
+    "Decoded events without a client address, method or path, by input format and field.",
+);
+const AUTHENTICATED_EVENTS: Def = (
+    "tokenwatch_authenticated_events_total",
+    "Events whose token is authenticated (signature verified with a JWKS, or attested by \
+     the gateway): the only events revoking rules act on. Stays 0 without --jwks or a \
+     gateway attestation.",
+);
+const ATTESTATION_MISMATCHES: Def = (
+    "tokenwatch_attestation_mismatches_total",
+    "Lines whose gateway attested claims that are not those of the logged token (treated \
+     as unauthenticated).",
+);
+const JWKS_ERRORS: Def = (
+    "tokenwatch_jwks_errors_total",
+    "Failed JWKS reloads after the start (the last good keys stay in use).",
+);
+// The engine: decisions, rules, state and event time.
+const DECISIONS: Def = ("tokenwatch_decisions_total", "Decisions by rule, action and severity.");
+const DECISION_DELAY: Def = (
+    "tokenwatch_decision_delay_seconds",
+    "Delay from a firing event's time to its decision (wall clock).",
+);
+const RULES_LOADED: Def = ("tokenwatch_rules_loaded", "Rules currently loaded.");
+const RULE_RELOADS: Def = ("tokenwatch_rule_reloads_total", "Rule reloads by result (ok, error).");
+const RULE_TRIPPED: Def = (
+    "tokenwatch_rule_tripped",
+    "1 while a rule has tripped its revocation budget: it decides in shadow until re-armed.",
+);
+const TRACKED_KEYS: Def = ("tokenwatch_tracked_keys", "Keys held in rule state.");
+const EVICTED_KEYS: Def = (
+    "tokenwatch_evicted_keys_total",
+    "Keys evicted because a rule reached its key cap.",
+);
+const LATE_EVENTS: Def = (
+    "tokenwatch_late_events_total",
+    "Events later than the allowed lateness.",
+);
+const HELD_LINES: Def = (
+    "tokenwatch_event_time_held_lines",
+    "Decoded lines waiting for the slowest partition's event time.",
+);
+const HELD_LINES_PEAK: Def = (
+    "tokenwatch_event_time_held_lines_peak",
+    "The most lines the event-time buffer has held at once.",
+);
+const PAUSED_PARTITIONS: Def = (
+    "tokenwatch_event_time_paused_partitions",
+    "Partitions paused for running more than engine.max_skew ahead of the slowest.",
+);
+// Kafka.
+const CONSUMER_LAG: Def = (
+    "tokenwatch_consumer_lag",
+    "Messages behind the partition's high watermark.",
+);
+const ASSIGNED_PARTITIONS: Def = (
+    "tokenwatch_kafka_assigned_partitions",
+    "Partitions assigned to this instance.",
+);
+// The outputs: Redis, alerts, dead letters, checkpoints.
+const REVOCATIONS: Def = (
+    "tokenwatch_revocations_total",
+    "New revocations written to Redis, by kind (token, subject).",
+);
+const REDIS_ERRORS: Def = (
+    "tokenwatch_redis_errors_total",
+    "Failed Redis connection attempts and revocation writes (both retried).",
+);
+const REDIS_UP: Def = (
+    "tokenwatch_redis_up",
+    "1 when the last Redis operation (a write or the periodic PING) succeeded.",
+);
+const REDIS_REFUSED: Def = (
+    "tokenwatch_redis_refused",
+    "1 while Redis refuses writes for a reason an operator must fix (OOM, NOAUTH, READONLY...).",
+);
+const ALERT_ERRORS: Def = (
+    "tokenwatch_alert_errors_total",
+    "Failed deliveries of a batch's alert lines (file or alerts topic), retried.",
+);
+const DEAD_LETTERS: Def = (
+    "tokenwatch_dead_letters_total",
+    "Items an output refused for good and that went to the dead-letter output, by output.",
+);
+const CHECKPOINT_ERRORS: Def = (
+    "tokenwatch_checkpoint_errors_total",
+    "Checkpoints refused at restore (damaged, other format) or not saved, by operation.",
+);
+const CHECKPOINT_BYTES: Def = ("tokenwatch_checkpoint_bytes", "Size of the last checkpoint written.");
+// The process.
+const BUILD_INFO: Def = ("tokenwatch_build_info", "Build information.");
+const HTTP_ACCEPT_ERRORS: Def = (
+    "tokenwatch_http_accept_errors_total",
+    "Failed accepts on the metrics listener (e.g. out of file descriptors).",
+);
+
+const DELAY_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+
+/// Registers metrics as they are made, remembering each family for [`Metrics::families`].
+struct Registrar {
+    registry: Registry,
+    families: Vec<Family>,
+}
+
+impl Registrar {
+    fn add<T: Collector + Clone + 'static>(&mut self, c: T, histogram: bool) -> T {
+        for d in c.desc() {
+            self.families.push(Family {
+                name: d.fq_name.clone(),
+                histogram,
+            });
+        }
+        self.registry
+            .register(Box::new(c.clone()))
+            .expect("metric names are unique");
+        c
+    }
+
+    fn counter(&mut self, (name, help): Def) -> IntCounter {
+        self.add(IntCounter::new(name, help).expect("valid metric"), false)
+    }
+
+    fn counter_vec(&mut self, (name, help): Def, labels: &[&str]) -> IntCounterVec {
+        self.add(
+            IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"),
+            false,
+        )
+    }
+
+    fn gauge(&mut self, (name, help): Def) -> IntGauge {
+        self.add(IntGauge::new(name, help).expect("valid metric"), false)
+    }
+
+    fn gauge_vec(&mut self, (name, help): Def, labels: &[&str]) -> IntGaugeVec {
+        self.add(
+            IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric"),
+            false,
+        )
+    }
+
+    fn histogram(&mut self, (name, help): Def, buckets: &[f64]) -> Histogram {
+        let opts = HistogramOpts::new(name, help).buckets(buckets.to_vec());
+        self.add(Histogram::with_opts(opts).expect("valid metric"), true)
+    }
 }
 
 impl Metrics {
     pub fn new() -> Arc<Metrics> {
-        let r = Registry::new();
-        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
-            reg(
-                &r,
-                IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"),
-            )
+        let mut r = Registrar {
+            registry: Registry::new(),
+            families: Vec::new(),
         };
         let m = Metrics {
-            events: counter_vec(
-                "tokenwatch_events_total",
-                "Log lines by result (decoded, skipped).",
-                &["result"],
-            ),
-            decode_errors: counter_vec(
-                "tokenwatch_decode_errors_total",
-                "Skipped lines and undecodable tokens, by reason.",
-                &["reason"],
-            ),
-            authorization_redacted: reg(
-                &r,
-                IntCounter::new(
-                    "tokenwatch_authorization_redacted_total",
-                    "Decoded events whose Authorization header the gateway logged as REDACTED.",
-                )
-                .expect("valid"),
-            ),
-            format_events: counter_vec(
-                "tokenwatch_format_events_total",
-                "Decoded events by the input format that read them.",
-                &["format"],
-            ),
-            missing_fields: counter_vec(
-                "tokenwatch_events_missing_field_total",
-                "Decoded events without a client address, method or path, by input format and field.",
-                &["format", "field"],
-            ),
-            decisions: counter_vec(
-                "tokenwatch_decisions_total",
-                "Decisions by rule, action and severity.",
-                &["rule", "action", "severity"],
-            ),
-            revocations: counter_vec(
-                "tokenwatch_revocations_total",
-                "New revocations written to Redis, by kind (token, subject).",
-                &["kind"],
-            ),
-            redis_errors: reg(
-                &r,
-                IntCounter::new(
-                    "tokenwatch_redis_errors_total",
-                    "Failed Redis connection attempts and revocation writes (both retried).",
-                )
-                .expect("valid"),
-            ),
-            redis_up: reg(
-                &r,
-                IntGauge::new(
-                    "tokenwatch_redis_up",
-                    "1 when the last Redis operation (a write or the periodic PING) succeeded.",
-                )
-                .expect("valid"),
-            ),
-            alert_errors: reg(
-                &r,
-                IntCounter::new(
-                    "tokenwatch_alert_errors_total",
-                    "Failed deliveries of a batch's alert lines (file or alerts topic), retried.",
-                )
-                .expect("valid"),
-            ),
-            consumer_lag: reg(
-                &r,
-                IntGaugeVec::new(
-                    Opts::new(
-                        "tokenwatch_consumer_lag",
-                        "Messages behind the partition's high watermark.",
-                    ),
-                    &["topic", "partition"],
-                )
-                .expect("valid"),
-            ),
-            assigned_partitions: reg(
-                &r,
-                IntGauge::new(
-                    "tokenwatch_kafka_assigned_partitions",
-                    "Partitions assigned to this instance.",
-                )
-                .expect("valid"),
-            ),
-            tracked_keys: reg(
-                &r,
-                IntGauge::new("tokenwatch_tracked_keys", "Keys held in rule state.").expect("valid"),
-            ),
-            evicted_keys: reg(
-                &r,
-                IntCounter::new(
-                    "tokenwatch_evicted_keys_total",
-                    "Keys evicted because a rule reached its key cap.",
-                )
-                .expect("valid"),
-            ),
-            late_events: reg(
-                &r,
-                IntCounter::new(
-                    "tokenwatch_late_events_total",
-                    "Events later than the allowed lateness.",
-                )
-                .expect("valid"),
-            ),
-            held_lines: reg(
-                &r,
-                IntGauge::new(
-                    "tokenwatch_event_time_held_lines",
-                    "Decoded lines waiting for the slowest partition's event time.",
-                )
-                .expect("valid"),
-            ),
-            held_lines_peak: reg(
-                &r,
-                IntGauge::new(
-                    "tokenwatch_event_time_held_lines_peak",
-                    "The most lines the event-time buffer has held at once.",
-                )
-                .expect("valid"),
-            ),
-            paused_partitions: reg(
-                &r,
-                IntGauge::new(
-                    "tokenwatch_event_time_paused_partitions",
-                    "Partitions paused for running more than engine.max_skew ahead of the slowest.",
-                )
-                .expect("valid"),
-            ),
-            checkpoint_errors: counter_vec(
-                "tokenwatch_checkpoint_errors_total",
-                "Checkpoints refused at restore (damaged, other format) or not saved, by operation.",
-                &["op"],
-            ),
-            checkpoint_bytes: reg(
-                &r,
-                IntGauge::new("tokenwatch_checkpoint_bytes", "Size of the last checkpoint written.").expect("valid"),
-            ),
-            rules_loaded: reg(
-                &r,
-                IntGauge::new("tokenwatch_rules_loaded", "Rules currently loaded.").expect("valid"),
-            ),
-            rule_reloads: counter_vec(
-                "tokenwatch_rule_reloads_total",
-                "Rule reloads by result (ok, error).",
-                &["result"],
-            ),
-            decision_delay: reg(
-                &r,
-                Histogram::with_opts(
-                    HistogramOpts::new(
-                        "tokenwatch_decision_delay_seconds",
-                        "Delay from a firing event's time to its decision (wall clock).",
-                    )
-                    .buckets(vec![
-                        0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
-                    ]),
-                )
-                .expect("valid"),
-            ),
-            build_info: reg(
-                &r,
-                IntGaugeVec::new(Opts::new("tokenwatch_build_info", "Build information."), &["version"])
-                    .expect("valid"),
-            ),
-            http_accept_errors: reg(
-                &r,
-                IntCounter::new(
-                    "tokenwatch_http_accept_errors_total",
-                    "Failed accepts on the metrics listener (e.g. out of file descriptors).",
-                )
-                .expect("valid"),
-            ),
-            rule_tripped: reg(
-                &r,
-                IntGaugeVec::new(
-                    Opts::new(
-                        "tokenwatch_rule_tripped",
-                        "1 while a rule has tripped its revocation budget: it decides in shadow until re-armed.",
-                    ),
-                    &["rule"],
-                )
-                .expect("valid"),
-            ),
-            dead_letters: reg(
-                &r,
-                IntCounterVec::new(
-                    Opts::new(
-                        "tokenwatch_dead_letters_total",
-                        "Items an output refused for good and that went to the dead-letter output, by output.",
-                    ),
-                    &["output"],
-                )
-                .expect("valid"),
-            ),
-            redis_refused: reg(
-                &r,
-                IntGauge::new(
-                    "tokenwatch_redis_refused",
-                    "1 while Redis refuses writes for a reason an operator must fix (OOM, NOAUTH, READONLY...).",
-                )
-                .expect("valid"),
-            ),
+            events: r.counter_vec(EVENTS, &["result"]),
+            decode_errors: r.counter_vec(DECODE_ERRORS, &["reason"]),
+            authorization_redacted: r.counter(AUTHORIZATION_REDACTED),
+            format_events: r.counter_vec(FORMAT_EVENTS, &["format"]),
+            missing_fields: r.counter_vec(MISSING_FIELDS, &["format", "field"]),
+            decisions: r.counter_vec(DECISIONS, &["rule", "action", "severity"]),
+            revocations: r.counter_vec(REVOCATIONS, &["kind"]),
+            redis_errors: r.counter(REDIS_ERRORS),
+            redis_up: r.gauge(REDIS_UP),
+            alert_errors: r.counter(ALERT_ERRORS),
+            consumer_lag: r.gauge_vec(CONSUMER_LAG, &["topic", "partition"]),
+            assigned_partitions: r.gauge(ASSIGNED_PARTITIONS),
+            tracked_keys: r.gauge(TRACKED_KEYS),
+            evicted_keys: r.counter(EVICTED_KEYS),
+            late_events: r.counter(LATE_EVENTS),
+            held_lines: r.gauge(HELD_LINES),
+            held_lines_peak: r.gauge(HELD_LINES_PEAK),
+            paused_partitions: r.gauge(PAUSED_PARTITIONS),
+            checkpoint_errors: r.counter_vec(CHECKPOINT_ERRORS, &["op"]),
+            checkpoint_bytes: r.gauge(CHECKPOINT_BYTES),
+            rules_loaded: r.gauge(RULES_LOADED),
+            rule_reloads: r.counter_vec(RULE_RELOADS, &["result"]),
+            decision_delay: r.histogram(DECISION_DELAY, DELAY_BUCKETS),
+            build_info: r.gauge_vec(BUILD_INFO, &["version"]),
+            http_accept_errors: r.counter(HTTP_ACCEPT_ERRORS),
+            rule_tripped: r.gauge_vec(RULE_TRIPPED, &["rule"]),
+            dead_letters: r.counter_vec(DEAD_LETTERS, &["output"]),
+            redis_refused: r.gauge(REDIS_REFUSED),
             redis_refusal: std::sync::Mutex::new(None),
-            authenticated_events: reg(
-                &r,
-                IntCounter::new(
-                    "tokenwatch_authenticated_events_total",
-                    "Events whose token is authenticated (signature verified with a JWKS, or attested by \
-                     the gateway): the only events revoking rules act on. Stays 0 without --jwks or a \
-                     gateway attestation.",
-                )
-                .expect("valid"),
-            ),
-            attestation_mismatches: reg(
-                &r,
-                IntCounter::new(
-                    "tokenwatch_attestation_mismatches_total",
-                    "Lines whose gateway attested claims that are not those of the logged token (treated \
-                     as unauthenticated).",
-                )
-                .expect("valid"),
-            ),
-            jwks_errors: reg(
-                &r,
-                IntCounter::new(
-                    "tokenwatch_jwks_errors_total",
-                    "Failed JWKS reloads after the start (the last good keys stay in use).",
-                )
-                .expect("valid"),
-            ),
-            registry: r,
-            ready_partitions: AtomicI64::new(0),
-            ready_redis: AtomicBool::new(false),
+            authenticated_events: r.counter(AUTHENTICATED_EVENTS),
+            attestation_mismatches: r.counter(ATTESTATION_MISMATCHES),
+            jwks_errors: r.counter(JWKS_ERRORS),
+            registry: r.registry,
+            families: r.families,
         };
-        m.build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        m.export_known_labels();
+        Arc::new(m)
+    }
+
+    /// Series whose labels are known up front start at 0, so that a rate or an increase sees
+    /// the first event.
+    fn export_known_labels(&self) {
+        self.build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
         for output in ["redis", "alerts_topic"] {
-            m.dead_letters.with_label_values(&[output]);
+            self.dead_letters.with_label_values(&[output]);
         }
         for res in ["decoded", "skipped"] {
-            m.events.with_label_values(&[res]).inc_by(0);
+            self.events.with_label_values(&[res]).inc_by(0);
         }
         for res in ["ok", "error"] {
-            m.rule_reloads.with_label_values(&[res]).inc_by(0);
+            self.rule_reloads.with_label_values(&[res]).inc_by(0);
         }
         for kind in ["token", "subject"] {
-            m.revocations.with_label_values(&[kind]).inc_by(0);
+            self.revocations.with_label_values(&[kind]).inc_by(0);
         }
-        Arc::new(m)
+    }
+
+    /// Every family registered, in registration order, including labelled ones that have no
+    /// series yet (which the registry's `gather` leaves out): what dashboards may name.
+    pub fn families(&self) -> &[Family] {
+        &self.families
     }
 
     pub fn render(&self) -> String {
@@ -340,19 +323,13 @@ impl Metrics {
         if let Some(code) = self.redis_refusal.lock().ok().and_then(|r| r.clone()) {
             return format!("refuses writes ({code}): an operator must act, see tokenwatch_redis_refused");
         }
-        if self.ready_redis.load(Ordering::Relaxed) {
-            "up"
-        } else {
-            "down"
-        }
-        .to_string()
+        if self.redis_up.get() == 1 { "up" } else { "down" }.to_string()
     }
 
-    /// Partitions assigned, Redis answering and taking writes.
+    /// Partitions assigned, Redis answering and taking writes: read from the gauges
+    /// `/metrics` shows, so readiness and the metrics never disagree.
     pub fn ready(&self) -> bool {
-        self.ready_partitions.load(Ordering::Relaxed) > 0
-            && self.ready_redis.load(Ordering::Relaxed)
-            && self.redis_refused.get() == 0
+        self.assigned_partitions.get() > 0 && self.redis_up.get() == 1 && self.redis_refused.get() == 0
     }
 }
 
@@ -428,7 +405,7 @@ async fn answer(mut sock: tokio::net::TcpStream, m: &Metrics) {
             "text/plain",
             format!(
                 "not ready: assigned partitions {}, redis {}\n",
-                m.ready_partitions.load(Ordering::Relaxed),
+                m.assigned_partitions.get(),
                 m.redis_state()
             ),
         ),
@@ -487,8 +464,8 @@ mod tests {
         assert!(body.contains("tokenwatch_build_info{version="));
         assert_eq!(http_get(addr, "/healthz").await.unwrap().0, 200);
         assert_eq!(http_get(addr, "/readyz").await.unwrap().0, 503);
-        m.ready_partitions.store(2, Ordering::Relaxed);
-        m.ready_redis.store(true, Ordering::Relaxed);
+        m.assigned_partitions.set(2);
+        m.redis_up.set(1);
         assert_eq!(http_get(addr, "/readyz").await.unwrap().0, 200);
         assert_eq!(http_get(addr, "/nope").await.unwrap().0, 404);
     }

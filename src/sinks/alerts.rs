@@ -29,14 +29,51 @@ pub enum AlertTarget {
     Memory(Arc<Mutex<Vec<Decision>>>),
 }
 
+/// Parsing an alert target cannot fail (any other text is a file path); the type exists so
+/// that `parse()?` reads like every other setting.
+#[derive(Debug, thiserror::Error)]
+pub enum AlertTargetError {}
+
 impl std::str::FromStr for AlertTarget {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = AlertTargetError;
+    fn from_str(s: &str) -> Result<Self, AlertTargetError> {
         Ok(match s {
             "stdout" | "-" => AlertTarget::Stdout,
             "none" | "" => AlertTarget::None,
             path => AlertTarget::File(PathBuf::from(path)),
         })
+    }
+}
+
+/// Why alert lines were not delivered, and so what the service does about it: an output
+/// that cannot be opened fails the start ([`AlertError::is_transient`] false); a failed write
+/// or an unacknowledged record is retried with the same batch.
+#[derive(Debug, thiserror::Error)]
+pub enum AlertError {
+    #[error("alerts file {}: {source}", path.display())]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("alerts output: {0}")]
+    Write(#[source] std::io::Error),
+    #[error("alerts topic {topic}: {undelivered} of {total} records not delivered: {source}")]
+    Topic {
+        topic: String,
+        undelivered: usize,
+        total: usize,
+        #[source]
+        source: Box<rdkafka::error::KafkaError>,
+    },
+    #[error("alerts memory poisoned (a panic while holding it)")]
+    Poisoned,
+}
+
+impl AlertError {
+    /// Whether retrying the same batch may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, AlertError::Write(_) | AlertError::Topic { .. })
     }
 }
 
@@ -61,7 +98,7 @@ struct Pending {
 }
 
 impl AlertSink {
-    pub fn new(target: &AlertTarget, kafka: Option<(FutureProducer, String)>) -> Result<Self, String> {
+    pub fn new(target: &AlertTarget, kafka: Option<(FutureProducer, String)>) -> Result<Self, AlertError> {
         let out: Option<Box<dyn Write + Send>> = match target {
             AlertTarget::Stdout => Some(Box::new(std::io::stdout())),
             AlertTarget::None | AlertTarget::Memory(_) => None,
@@ -70,7 +107,10 @@ impl AlertSink {
                     .create(true)
                     .append(true)
                     .open(p)
-                    .map_err(|e| format!("alerts file {}: {e}", p.display()))?,
+                    .map_err(|source| AlertError::Open {
+                        path: p.clone(),
+                        source,
+                    })?,
             )),
         };
         let memory = match target {
@@ -101,7 +141,7 @@ impl AlertSink {
 
     /// Writes a batch of decisions; returns when they are flushed (and acknowledged by Kafka).
     /// After an error, call again with the same batch: only what did not go out is sent.
-    pub async fn write(&mut self, decisions: &[Decision]) -> Result<(), String> {
+    pub async fn write(&mut self, decisions: &[Decision]) -> Result<(), AlertError> {
         if decisions.is_empty() {
             return Ok(());
         }
@@ -113,9 +153,7 @@ impl AlertSink {
                     self.buf.push_str(&d.to_json_line());
                 }
                 if let Some(m) = &self.memory {
-                    m.lock()
-                        .map_err(|_| "alerts memory poisoned".to_string())?
-                        .extend_from_slice(decisions);
+                    m.lock().map_err(|_| AlertError::Poisoned)?.extend_from_slice(decisions);
                 }
                 Pending {
                     decisions: decisions.len(),
@@ -135,12 +173,12 @@ impl AlertSink {
         r
     }
 
-    async fn deliver(&mut self, decisions: &[Decision], p: &mut Pending) -> Result<(), String> {
+    async fn deliver(&mut self, decisions: &[Decision], p: &mut Pending) -> Result<(), AlertError> {
         if !p.written {
             if let Some(out) = self.out.as_mut() {
                 out.write_all(self.buf.as_bytes())
                     .and_then(|_| out.flush())
-                    .map_err(|e| format!("alerts output: {e}"))?;
+                    .map_err(AlertError::Write)?;
             }
             p.written = true;
         }
@@ -173,11 +211,12 @@ impl AlertSink {
         p.unsent = failed;
         match first_error {
             None => Ok(()),
-            Some(e) => Err(format!(
-                "alerts topic {topic}: {} of {} records not delivered: {e}",
-                p.unsent.len(),
-                decisions.len()
-            )),
+            Some(source) => Err(AlertError::Topic {
+                topic: topic.clone(),
+                undelivered: p.unsent.len(),
+                total: decisions.len(),
+                source: Box::new(source),
+            }),
         }
     }
 }

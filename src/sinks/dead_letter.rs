@@ -14,6 +14,15 @@ use std::path::{Path, PathBuf};
 /// An item larger than this (as JSON) is replaced by its size and first bytes.
 pub const MAX_ITEM_BYTES: usize = 64 * 1024;
 
+/// The dead-letter file cannot be opened: a setting to fix, so the service does not start.
+#[derive(Debug, thiserror::Error)]
+#[error("dead_letter.file {}: {source}", path.display())]
+pub struct DeadLetterError {
+    pub path: PathBuf,
+    #[source]
+    pub source: std::io::Error,
+}
+
 /// Where dead letters go: a file (appended), or stderr.
 pub struct DeadLetters {
     out: Box<dyn Write + Send>,
@@ -22,12 +31,15 @@ pub struct DeadLetters {
 
 impl DeadLetters {
     /// Appends to `path` (created when absent).
-    pub fn file(path: &Path) -> Result<Self, String> {
+    pub fn file(path: &Path) -> Result<Self, DeadLetterError> {
         let f = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(path)
-            .map_err(|e| format!("dead_letter.file {}: {e}", path.display()))?;
+            .map_err(|source| DeadLetterError {
+                path: path.to_path_buf(),
+                source,
+            })?;
         Ok(DeadLetters {
             out: Box::new(f),
             name: path.display().to_string(),

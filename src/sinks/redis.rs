@@ -72,24 +72,21 @@ impl RedisConfig {
     /// Checks everything that can be checked without connecting: URL syntax, the hash tag a
     /// cluster needs, the CA file. A failure here is a setting to fix, never worth a retry,
     /// so the service refuses to start with a message that names the key.
-    pub fn check(&self) -> Result<(), String> {
+    pub fn check(&self) -> Result<(), SettingError> {
         self.check_syntax()?;
         self.client().map(|_| ())
     }
 
-    fn check_syntax(&self) -> Result<(), String> {
+    fn check_syntax(&self) -> Result<(), SettingError> {
         if self.urls.is_empty() {
-            return Err("redis: no URL given (--redis redis://host:6379)".into());
+            return Err(SettingError::NoUrl);
         }
         for u in &self.urls {
             if !(u.starts_with("redis://") || u.starts_with("rediss://") || u.starts_with("unix://")) {
-                return Err(format!(
-                    "redis: `{}` is not a redis://, rediss:// or unix:// URL",
-                    redact(u)
-                ));
+                return Err(SettingError::NotRedisUrl { url: redact(u) });
             }
             redis::IntoConnectionInfo::into_connection_info(u.as_str())
-                .map_err(|e| format!("redis: `{}` is not a valid Redis URL: {e}", redact(u)))?;
+                .map_err(|source| SettingError::BadUrl { url: redact(u), source })?;
         }
         if self.cluster || self.urls.len() > 1 {
             let tagged = self
@@ -98,10 +95,9 @@ impl RedisConfig {
                 .and_then(|i| self.key_prefix[i + 1..].find('}').map(|j| j > 0))
                 .unwrap_or(false);
             if !tagged {
-                return Err(format!(
-                    "key_prefix `{}`: with Redis Cluster the prefix needs a hash tag, e.g. `{{tokenwatch}}:`, so that a revocation and its feed entry are written atomically in one slot",
-                    self.key_prefix
-                ));
+                return Err(SettingError::NoHashTag {
+                    prefix: self.key_prefix.clone(),
+                });
             }
         }
         Ok(())
@@ -226,14 +222,16 @@ impl RedisConfig {
     }
 
     /// Builds the client (parses the URLs, reads the CA file); no I/O with Redis.
-    fn client(&self) -> Result<Client, String> {
+    fn client(&self) -> Result<Client, SettingError> {
         let where_ = self.where_();
-        let ca_key = |p: &std::path::Path| format!("revocation.redis_ca_file: {}", p.display());
         let certs = match &self.ca_file {
             None => None,
             Some(p) => Some(redis::TlsCertificates {
                 client_tls: None,
-                root_cert: Some(std::fs::read(p).map_err(|e| format!("{}: cannot read: {e}", ca_key(p)))?),
+                root_cert: Some(std::fs::read(p).map_err(|source| SettingError::CaFile {
+                    path: p.clone(),
+                    source,
+                })?),
             }),
         };
         if self.cluster || self.urls.len() > 1 {
@@ -243,43 +241,116 @@ impl RedisConfig {
             if let Some(c) = certs {
                 b = b.certs(c);
             }
-            b.build()
-                .map(Client::Cluster)
-                .map_err(|e| format!("redis: cluster {where_}: {e}"))
+            b.build().map(Client::Cluster).map_err(|source| SettingError::Client {
+                where_: format!("cluster {where_}"),
+                source,
+            })
         } else {
-            let url = self
-                .urls
-                .first()
-                .ok_or("redis: no URL given (--redis redis://host:6379)")?;
+            let url = self.urls.first().ok_or(SettingError::NoUrl)?;
             match (certs, &self.ca_file) {
-                (Some(c), Some(p)) => redis::Client::build_with_tls(url.as_str(), c)
-                    .map_err(|e| format!("{}: not a usable PEM certificate for {where_}: {e}", ca_key(p))),
-                _ => redis::Client::open(url.as_str()).map_err(|e| format!("redis: {where_}: {e}")),
+                (Some(c), Some(p)) => {
+                    redis::Client::build_with_tls(url.as_str(), c).map_err(|source| SettingError::CaCertificate {
+                        path: p.clone(),
+                        where_,
+                        source,
+                    })
+                }
+                _ => redis::Client::open(url.as_str()).map_err(|source| SettingError::Client { where_, source }),
             }
             .map(Client::Single)
         }
     }
 }
 
-/// Why a connection attempt failed: a setting to fix, or Redis not answering (yet).
+/// A Redis setting that cannot work: found before connecting, and fatal at start (retrying
+/// cannot fix it). Every message names the setting; URLs are shown without their password.
 #[derive(Debug, thiserror::Error)]
-pub enum ConnectError {
-    /// A bad URL, CA file, password...: retrying cannot help.
-    #[error("{0}")]
-    Config(String),
-    /// Refused, timed out, dropped, a cluster still forming: worth retrying.
-    #[error("{0}")]
-    Unavailable(String),
+pub enum SettingError {
+    #[error("redis: no URL given (--redis redis://host:6379)")]
+    NoUrl,
+    #[error("redis: `{url}` is not a redis://, rediss:// or unix:// URL")]
+    NotRedisUrl { url: String },
+    #[error("redis: `{url}` is not a valid Redis URL: {source}")]
+    BadUrl {
+        url: String,
+        #[source]
+        source: redis::RedisError,
+    },
+    #[error("key_prefix `{prefix}`: with Redis Cluster the prefix needs a hash tag, e.g. `{{tokenwatch}}:`, so that a revocation and its feed entry are written atomically in one slot")]
+    NoHashTag { prefix: String },
+    #[error("revocation.redis_ca_file: {}: cannot read: {source}", path.display())]
+    CaFile {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("revocation.redis_ca_file: {}: not a usable PEM certificate for {where_}: {source}", path.display())]
+    CaCertificate {
+        path: std::path::PathBuf,
+        where_: String,
+        #[source]
+        source: redis::RedisError,
+    },
+    #[error("redis: {where_}: {source}")]
+    Client {
+        where_: String,
+        #[source]
+        source: redis::RedisError,
+    },
 }
 
-impl ConnectError {
-    fn from_redis(e: redis::RedisError, where_: &str) -> Self {
-        let msg = format!("redis {where_}: {e}");
-        if is_transient(&e) {
-            ConnectError::Unavailable(msg)
+/// Why a Redis operation other than a revocation write (connecting, a PING, a command of
+/// `unrevoke`, `rearm` or the checkpoints) failed, and so whether to retry: a setting to fix
+/// and a command Redis rejects are permanent, Redis not answering (yet) is transient. The
+/// classification is [`is_transient`] on the `redis` crate's error, kept here with its source.
+#[derive(Debug, thiserror::Error)]
+pub enum RedisOpError {
+    /// A bad URL, CA file...: retrying cannot help.
+    #[error(transparent)]
+    Setting(#[from] SettingError),
+    /// A refused password, an unknown command, a wrong type: retrying cannot help.
+    #[error("redis {where_}: {op}{source}")]
+    Rejected {
+        where_: String,
+        /// The command, with a trailing `: ` (empty when connecting).
+        op: String,
+        #[source]
+        source: redis::RedisError,
+    },
+    /// Refused, timed out, dropped, a cluster still forming: worth retrying.
+    #[error("redis {where_}: {op}{source}")]
+    Unavailable {
+        where_: String,
+        op: String,
+        #[source]
+        source: redis::RedisError,
+    },
+}
+
+/// What connecting returns: a [`RedisOpError`] whose [`RedisOpError::is_transient`] tells a
+/// setting to fix (fail at start) from a Redis that does not answer yet (retry).
+pub type ConnectError = RedisOpError;
+
+impl RedisOpError {
+    fn from_redis(source: redis::RedisError, where_: &str, op: &str) -> Self {
+        let (where_, op) = (
+            where_.to_string(),
+            if op.is_empty() {
+                String::new()
+            } else {
+                format!("{op}: ")
+            },
+        );
+        if is_transient(&source) {
+            RedisOpError::Unavailable { where_, op, source }
         } else {
-            ConnectError::Config(msg)
+            RedisOpError::Rejected { where_, op, source }
         }
+    }
+
+    /// Whether Redis may answer later: the caller retries; otherwise it fails or reports.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, RedisOpError::Unavailable { .. })
     }
 }
 
@@ -391,12 +462,12 @@ impl Conn {
         }
     }
 
-    async fn ping(&mut self) -> Result<(), String> {
-        let r: Result<String, _> = match self {
+    async fn ping(&mut self) -> redis::RedisResult<()> {
+        let r: redis::RedisResult<String> = match self {
             Conn::Single(c) => redis::cmd("PING").query_async(c).await,
             Conn::Cluster(c) => redis::cmd("PING").query_async(c).await,
         };
-        r.map(|_| ()).map_err(|e| format!("redis ping failed: {e}"))
+        r.map(|_| ())
     }
 
     async fn query<T: redis::FromRedisValue>(&mut self, cmd: &redis::Cmd) -> redis::RedisResult<T> {
@@ -421,30 +492,30 @@ pub struct RevocationWriter {
 #[derive(Clone)]
 pub struct HealthProbe {
     conn: Conn,
+    where_: String,
 }
 
 impl HealthProbe {
-    pub async fn ping(&mut self) -> Result<(), String> {
-        self.conn.ping().await
+    pub async fn ping(&mut self) -> Result<(), RedisOpError> {
+        self.conn
+            .ping()
+            .await
+            .map_err(|e| RedisOpError::from_redis(e, &self.where_, "PING"))
     }
 }
 
 impl RevocationWriter {
-    pub async fn connect(cfg: RedisConfig) -> Result<Self, String> {
-        Self::try_connect(cfg).await.map_err(|e| e.to_string())
-    }
-
-    /// Connects, telling a setting to fix ([`ConnectError::Config`]) from a Redis that does
-    /// not answer yet ([`ConnectError::Unavailable`]).
-    pub async fn try_connect(cfg: RedisConfig) -> Result<Self, ConnectError> {
-        cfg.check_syntax().map_err(ConnectError::Config)?;
+    /// Connects, telling a setting to fix (a permanent [`RedisOpError`]) from a Redis that
+    /// does not answer yet ([`RedisOpError::is_transient`]).
+    pub async fn connect(cfg: RedisConfig) -> Result<Self, RedisOpError> {
+        cfg.check_syntax()?;
         let where_ = cfg.where_();
-        let conn = match cfg.client().map_err(ConnectError::Config)? {
+        let conn = match cfg.client()? {
             Client::Cluster(client) => Conn::Cluster(
                 client
                     .get_async_connection()
                     .await
-                    .map_err(|e| ConnectError::from_redis(e, &where_))?,
+                    .map_err(|e| RedisOpError::from_redis(e, &where_, ""))?,
             ),
             Client::Single(client) => {
                 let mcfg = ConnectionManagerConfig::new()
@@ -456,7 +527,7 @@ impl RevocationWriter {
                     client
                         .get_connection_manager_with_config(mcfg)
                         .await
-                        .map_err(|e| ConnectError::from_redis(e, &where_))?,
+                        .map_err(|e| RedisOpError::from_redis(e, &where_, ""))?,
                 )
             }
         };
@@ -478,6 +549,7 @@ impl RevocationWriter {
     pub fn health_probe(&self) -> HealthProbe {
         HealthProbe {
             conn: self.conn.clone(),
+            where_: self.cfg.where_(),
         }
     }
 
@@ -485,44 +557,51 @@ impl RevocationWriter {
         &self.cfg
     }
 
-    pub async fn ping(&mut self) -> Result<(), String> {
-        self.conn.ping().await
+    pub async fn ping(&mut self) -> Result<(), RedisOpError> {
+        self.health_probe().ping().await
     }
 
     /// Asks every running tokenwatch to re-arm `rule` (epoch seconds `now_s`).
-    pub async fn request_rearm(&mut self, rule: &str, now_s: i64) -> Result<(), String> {
+    pub async fn request_rearm(&mut self, rule: &str, now_s: i64) -> Result<(), RedisOpError> {
         let mut cmd = redis::cmd("HSET");
         cmd.arg(self.cfg.rearm_key()).arg(rule).arg(now_s);
-        self.query::<i64>(&cmd)
-            .await
-            .map(|_| ())
-            .map_err(|e| format!("redis HSET {}: {e}", self.cfg.rearm_key()))
+        self.query::<i64>(&cmd).await.map(|_| ())
     }
 
     /// The re-arm requests: rule id → epoch seconds.
-    pub async fn rearm_requests(&mut self) -> Result<std::collections::HashMap<String, i64>, String> {
+    pub async fn rearm_requests(&mut self) -> Result<std::collections::HashMap<String, i64>, RedisOpError> {
         let mut cmd = redis::cmd("HGETALL");
         cmd.arg(self.cfg.rearm_key());
-        self.query(&cmd)
-            .await
-            .map_err(|e| format!("redis HGETALL {}: {e}", self.cfg.rearm_key()))
+        self.query(&cmd).await
     }
 
     /// Runs a script on this writer's connection (single node or cluster).
     pub(crate) async fn invoke<T: redis::FromRedisValue>(
         &mut self,
         inv: &redis::ScriptInvocation<'_>,
-    ) -> redis::RedisResult<T> {
-        self.conn.invoke(inv).await
+        what: &str,
+    ) -> Result<T, RedisOpError> {
+        self.conn
+            .invoke(inv)
+            .await
+            .map_err(|e| RedisOpError::from_redis(e, &self.cfg.where_(), what))
     }
 
     /// Runs one command on the writer's connection: checkpoints live beside the revocations
-    /// ([`crate::checkpoint`]).
-    pub async fn query<T: redis::FromRedisValue>(&mut self, cmd: &redis::Cmd) -> Result<T, String> {
-        self.conn
-            .query(cmd)
-            .await
-            .map_err(|e| format!("redis {}: {e}", self.cfg.where_()))
+    /// ([`crate::checkpoint`]). The error names the command and its first argument (a key).
+    pub async fn query<T: redis::FromRedisValue>(&mut self, cmd: &redis::Cmd) -> Result<T, RedisOpError> {
+        self.conn.query(cmd).await.map_err(|e| {
+            let mut args = cmd.args_iter().filter_map(|a| match a {
+                redis::Arg::Simple(b) => Some(String::from_utf8_lossy(b).into_owned()),
+                _ => None,
+            });
+            let op = [args.next(), args.next()]
+                .into_iter()
+                .flatten()
+                .collect::<Vec<_>>()
+                .join(" ");
+            RedisOpError::from_redis(e, &self.cfg.where_(), &op)
+        })
     }
 
     /// Writes one revocation; `Ok(true)` when it was new (a feed entry was added).
@@ -610,7 +689,7 @@ mod tests {
         assert_eq!(redact("redis://:s3cret@host:6379/0"), "redis://***@host:6379/0");
         assert_eq!(redact("rediss://user:s3cret@host"), "rediss://user:***@host");
         assert_eq!(redact("redis://host"), "redis://host");
-        let e = cfg("x:", &["http://:pw@h"], false).check().unwrap_err();
+        let e = cfg("x:", &["http://:pw@h"], false).check().unwrap_err().to_string();
         assert!(!e.contains("pw"), "{e}");
     }
 
@@ -619,6 +698,7 @@ mod tests {
         assert!(cfg("tokenwatch:", &["redis://a"], true)
             .check()
             .unwrap_err()
+            .to_string()
             .contains("hash tag"));
         assert!(cfg("tokenwatch:", &["redis://a", "redis://b"], false).check().is_err());
         assert!(cfg("{tokenwatch}:", &["redis://a"], true).check().is_ok());

@@ -13,7 +13,7 @@
 
 use redis::Script;
 
-use super::redis::{Kind, RevocationWriter};
+use super::redis::{Kind, RedisOpError, RevocationWriter};
 
 const SCRIPT: &str = r#"
 local cur = redis.call('GET', KEYS[1])
@@ -58,7 +58,7 @@ struct FeedEntry {
 }
 
 /// Undoes the revocations `target` names; returns those that were there and are now gone.
-pub async fn unrevoke(w: &mut RevocationWriter, target: &Target, now_s: i64) -> Result<Vec<Removed>, String> {
+pub async fn unrevoke(w: &mut RevocationWriter, target: &Target, now_s: i64) -> Result<Vec<Removed>, RedisOpError> {
     let wanted: Vec<(Kind, String, &str)> = match target {
         Target::Token(id) => vec![(Kind::Token, id.clone(), "")],
         Target::Subject(id) => vec![(Kind::Subject, id.clone(), "")],
@@ -89,10 +89,7 @@ pub async fn unrevoke(w: &mut RevocationWriter, target: &Target, now_s: i64) -> 
             .arg(&id)
             .arg(now_s)
             .arg(rule);
-        let value: Option<String> = w
-            .invoke(&inv)
-            .await
-            .map_err(|e| format!("redis unrevoke failed: {e}"))?;
+        let value: Option<String> = w.invoke(&inv, "unrevoke script").await?;
         if let Some(value) = value {
             removed.push(Removed { kind, id, value });
         }
@@ -108,10 +105,10 @@ fn kind_name(k: Kind) -> &'static str {
 }
 
 /// The revocation entries of the feed (unrevoke entries left out), oldest first.
-async fn feed(w: &mut RevocationWriter) -> Result<Vec<FeedEntry>, String> {
+async fn feed(w: &mut RevocationWriter) -> Result<Vec<FeedEntry>, RedisOpError> {
     let mut cmd = redis::cmd("XRANGE");
     cmd.arg(w.config().stream_key()).arg("-").arg("+");
-    let v: redis::Value = w.query(&cmd).await.map_err(|e| format!("redis XRANGE failed: {e}"))?;
+    let v: redis::Value = w.query(&cmd).await?;
     let redis::Value::Array(entries) = v else {
         return Ok(Vec::new());
     };

@@ -10,7 +10,7 @@
 //! (`enable.auto.offset.store` is off, so librdkafka has no stored offsets of its own to
 //! commit); the asynchronous per-batch commits may not have reached the group yet.
 //!
-//! The context keeps the assignment for `/readyz` and turns librdkafka's statistics into the
+//! The context keeps the assignment (its gauge is what `/readyz` reads) and turns librdkafka's statistics into the
 //! per-partition consumer-lag gauge.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -20,6 +20,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, RebalanceProtocol, StreamConsumer,
 };
+use rdkafka::error::KafkaError;
 use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
@@ -46,6 +47,49 @@ pub fn base_config(brokers: &str, group: &str, extra: &BTreeMap<String, String>)
         c.set(k, v);
     }
     c
+}
+
+/// Why the Kafka source failed. Creating the consumer, reading the group's offsets or
+/// subscribing fail the start (a setting or broker to fix); a failed commit or pause is
+/// logged by the loop and retried with the next batch ([`SourceError::is_transient`]).
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("kafka consumer for {brokers}: {source} (check the [kafka] settings)")]
+    Create {
+        brokers: String,
+        #[source]
+        source: Box<KafkaError>,
+    },
+    #[error("kafka {brokers}: reading group {group}'s committed offsets: {source}")]
+    Committed {
+        brokers: String,
+        group: String,
+        #[source]
+        source: Box<KafkaError>,
+    },
+    #[error("kafka subscribe to {topics}: {source}")]
+    Subscribe {
+        topics: String,
+        #[source]
+        source: Box<KafkaError>,
+    },
+    #[error("kafka {} {topic}/{partition}: {source}", if *.pause { "pause" } else { "resume" })]
+    Pause {
+        pause: bool,
+        topic: String,
+        partition: i32,
+        #[source]
+        source: Box<KafkaError>,
+    },
+    #[error("kafka commit: {0}")]
+    Commit(#[source] Box<KafkaError>),
+}
+
+impl SourceError {
+    /// Whether the next attempt may succeed (a commit or a pause); the others fail the start.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, SourceError::Pause { .. } | SourceError::Commit(_))
+    }
 }
 
 pub struct SourceContext {
@@ -150,9 +194,6 @@ impl ConsumerContext for SourceContext {
             Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
         }
         self.metrics.assigned_partitions.set(a.len() as i64);
-        self.metrics
-            .ready_partitions
-            .store(a.len() as i64, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -163,7 +204,7 @@ pub type Assignment = Arc<AssignmentSet>;
 pub type AssignmentSet = Mutex<HashSet<(String, i32)>>;
 
 /// Pauses (or resumes) fetching one partition: watermark alignment ([`tokenwatch_core::eventtime`]).
-pub fn pause(consumer: &Source, topic: &str, partition: i32, pause: bool) -> Result<(), String> {
+pub fn pause(consumer: &Source, topic: &str, partition: i32, pause: bool) -> Result<(), SourceError> {
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition(topic, partition);
     let r = if pause {
@@ -171,11 +212,11 @@ pub fn pause(consumer: &Source, topic: &str, partition: i32, pause: bool) -> Res
     } else {
         consumer.resume(&tpl)
     };
-    r.map_err(|e| {
-        format!(
-            "kafka {} {topic}/{partition}: {e}",
-            if pause { "pause" } else { "resume" }
-        )
+    r.map_err(|source| SourceError::Pause {
+        pause,
+        topic: topic.to_string(),
+        partition,
+        source: Box::new(source),
     })
 }
 
@@ -186,7 +227,7 @@ pub fn connect(
     topics: &[String],
     extra: &BTreeMap<String, String>,
     metrics: Arc<Metrics>,
-) -> Result<(Source, Assignment), String> {
+) -> Result<(Source, Assignment), SourceError> {
     let (c, a, _) = connect_at(brokers, group, topics, extra, metrics, HashMap::new())?;
     Ok((c, a))
 }
@@ -203,7 +244,7 @@ pub fn connect_at(
     extra: &BTreeMap<String, String>,
     metrics: Arc<Metrics>,
     start_at: PartitionOffsets,
-) -> Result<(Source, Assignment, PartitionOffsets), String> {
+) -> Result<(Source, Assignment, PartitionOffsets), SourceError> {
     let assigned = Arc::new(Mutex::new(HashSet::new()));
     let mut tpl = TopicPartitionList::new();
     for (t, p) in start_at.keys() {
@@ -216,12 +257,19 @@ pub fn connect_at(
     };
     let consumer: Source = base_config(brokers, group, extra)
         .create_with_context(ctx)
-        .map_err(|e| format!("kafka consumer for {brokers}: {e} (check the [kafka] settings)"))?;
+        .map_err(|source| SourceError::Create {
+            brokers: brokers.to_string(),
+            source: Box::new(source),
+        })?;
     let mut committed = HashMap::new();
     if tpl.count() > 0 {
         let got = consumer
             .committed_offsets(tpl, std::time::Duration::from_secs(30))
-            .map_err(|e| format!("kafka {brokers}: reading group {group}'s committed offsets: {e}"))?;
+            .map_err(|source| SourceError::Committed {
+                brokers: brokers.to_string(),
+                group: group.to_string(),
+                source: Box::new(source),
+            })?;
         for e in got.elements() {
             if let Offset::Offset(o) = e.offset() {
                 committed.insert((e.topic().to_string(), e.partition()), o);
@@ -229,9 +277,10 @@ pub fn connect_at(
         }
     }
     let t: Vec<&str> = topics.iter().map(String::as_str).collect();
-    consumer
-        .subscribe(&t)
-        .map_err(|e| format!("kafka subscribe to {}: {e}", topics.join(", ")))?;
+    consumer.subscribe(&t).map_err(|source| SourceError::Subscribe {
+        topics: topics.join(", "),
+        source: Box::new(source),
+    })?;
     Ok((consumer, assigned, committed))
 }
 
@@ -286,19 +335,21 @@ impl Offsets {
         consumer: &Source,
         assigned: &Mutex<HashSet<(String, i32)>>,
         mode: CommitMode,
-    ) -> Result<usize, String> {
+    ) -> Result<usize, SourceError> {
         let a = assigned.lock().map(|a| a.clone()).unwrap_or_default();
         let mut tpl = TopicPartitionList::new();
         for ((t, p), o) in &self.next {
             if a.contains(&(t.clone(), *p)) {
                 tpl.add_partition_offset(t, *p, Offset::Offset(*o))
-                    .map_err(|e| e.to_string())?;
+                    .map_err(|e| SourceError::Commit(Box::new(e)))?;
             }
         }
         if tpl.count() == 0 {
             return Ok(0);
         }
-        consumer.commit(&tpl, mode).map_err(|e| format!("kafka commit: {e}"))?;
+        consumer
+            .commit(&tpl, mode)
+            .map_err(|e| SourceError::Commit(Box::new(e)))?;
         Ok(tpl.count())
     }
 }

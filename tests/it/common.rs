@@ -291,24 +291,52 @@ pub fn produce<S: AsRef<str>>(brokers: &str, topic: &str, lines: &[S]) {
 
 /// One message per line, all on `partition` of `topic`.
 pub fn produce_to<S: AsRef<str>>(brokers: &str, topic: &str, partition: i32, lines: &[S]) {
-    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    produce_by(brokers, topic, lines, 10, |_| partition);
+}
+
+/// One message per line to `topic`, in the lines' order, on the partition `partition_of`
+/// draws for each; waits up to `flush_secs` for the broker to acknowledge them all.
+fn produce_by<S: AsRef<str>>(
+    brokers: &str,
+    topic: &str,
+    lines: &[S],
+    flush_secs: u64,
+    mut partition_of: impl FnMut(&str) -> i32,
+) {
+    use rdkafka::producer::{BaseProducer, Producer};
     let p: BaseProducer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .create()
         .unwrap();
     for l in lines {
-        while p
-            .send(
-                BaseRecord::<(), str>::to(topic)
-                    .payload(l.as_ref())
-                    .partition(partition),
-            )
-            .is_err()
-        {
-            p.poll(std::time::Duration::from_millis(10));
-        }
+        let partition = partition_of(l.as_ref());
+        send_retrying(&p, topic, partition, l.as_ref());
     }
-    p.flush(std::time::Duration::from_secs(10)).unwrap();
+    p.flush(std::time::Duration::from_secs(flush_secs)).unwrap();
+}
+
+/// Sends one message, waiting (polling the producer) while its queue is full.
+pub fn send_retrying(p: &rdkafka::producer::BaseProducer, topic: &str, partition: i32, payload: &str) {
+    use rdkafka::producer::BaseRecord;
+    while p
+        .send(BaseRecord::<(), str>::to(topic).payload(payload).partition(partition))
+        .is_err()
+    {
+        p.poll(std::time::Duration::from_millis(10));
+    }
+}
+
+/// The revocation feed's property in every run-versus-replay test: no entry twice, and
+/// exactly the revocations that replay's decisions (`want`, decision lines) ask for.
+pub fn assert_feed_is_replays(feed: &[(String, String)], want: &[String]) {
+    let mut unique = feed.to_vec();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), feed.len(), "no feed entry twice");
+    let mut want_revoked = revocations_of(want);
+    want_revoked.sort();
+    want_revoked.dedup();
+    assert_eq!(unique, want_revoked, "the feed holds exactly replay's revocations");
 }
 
 /// The lines of a fixture file under tests/fixtures.
@@ -346,30 +374,14 @@ pub fn scoped(iss: &str, id: &str) -> String {
 /// One message per line over `partitions` partitions of `topic`, in the lines' order, each
 /// line's partition drawn at random (seeded), as log shippers that key messages at random do.
 pub fn produce_spread<S: AsRef<str>>(brokers: &str, topic: &str, partitions: i32, lines: &[S], seed: u64) {
-    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-    let p: BaseProducer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()
-        .unwrap();
     let mut x = seed | 1;
-    for l in lines {
+    produce_by(brokers, topic, lines, 30, |_| {
         // xorshift64*: enough to scatter lines, and the same split for the same seed.
         x ^= x >> 12;
         x ^= x << 25;
         x ^= x >> 27;
-        let partition = ((x.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 33) % partitions as u64) as i32;
-        while p
-            .send(
-                BaseRecord::<(), str>::to(topic)
-                    .payload(l.as_ref())
-                    .partition(partition),
-            )
-            .is_err()
-        {
-            p.poll(std::time::Duration::from_millis(10));
-        }
-    }
-    p.flush(std::time::Duration::from_secs(30)).unwrap();
+        ((x.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 33) % partitions as u64) as i32
+    });
 }
 
 /// What `tokenwatch replay` decides for `lines` with the default rules and the test GeoIP

@@ -5,7 +5,9 @@
 //! repository, a file a container is told to read that no mount provides, a topic one service
 //! writes and another never reads, a panel or an alert on a metric tokenwatch does not export.
 //! These tests read docker-compose.yml, the Dockerfile and deploy/ and check exactly those things.
-//! They use none of the crate's code, so they keep working while the library changes underneath.
+//! The one piece of the crate they use is the list of metric families it registers
+//! ([`tokenwatch::metrics::Metrics::families`]), so a dashboard is checked against what the
+//! service really exports.
 //! The alert rules' behaviour is tested with promtool in tests/it/alerts.rs.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -14,9 +16,10 @@ use std::path::{Path, PathBuf};
 use marked_yaml::types::{MarkedMappingNode, Node};
 use serde_json::Value;
 
-/// The metric families tokenwatch exports. A dashboard or alert on any other name shows nothing or
-/// never fires, silently; when the service gains a metric, add it here and put it on the dashboard.
-const METRICS: &[&str] = &[
+/// The metric families the stack must show, on the dashboard or in an alert; each must be one
+/// tokenwatch exports. When the service gains a metric an operator must watch, add it here and
+/// put it on the dashboard.
+const SHOWN: &[&str] = &[
     "tokenwatch_events_total",
     "tokenwatch_decode_errors_total",
     "tokenwatch_decisions_total",
@@ -39,9 +42,17 @@ const METRICS: &[&str] = &[
     "tokenwatch_rule_tripped",
 ];
 
-/// The histograms among [`METRICS`]: Prometheus stores each as `_bucket`, `_sum` and `_count`
+/// The metric families tokenwatch exports, read from the service's own registry. A dashboard
+/// or alert on any other name shows nothing or never fires, silently.
+fn exported() -> Vec<tokenwatch::metrics::Family> {
+    tokenwatch::metrics::Metrics::new().families().to_vec()
+}
+
+/// The histograms among them: Prometheus stores each as `_bucket`, `_sum` and `_count`
 /// series, and queries name those, never the family itself.
-const HISTOGRAMS: &[&str] = &["tokenwatch_decision_delay_seconds"];
+fn histograms() -> Vec<String> {
+    exported().into_iter().filter(|f| f.histogram).map(|f| f.name).collect()
+}
 
 /// Series Prometheus writes itself for every scrape target.
 const PROMETHEUS_SERIES: &[&str] = &["up"];
@@ -853,11 +864,11 @@ fn metric_names(expr: &str) -> BTreeSet<String> {
 
 fn known_metrics() -> BTreeSet<String> {
     let mut known: BTreeSet<String> = PROMETHEUS_SERIES.iter().map(std::string::ToString::to_string).collect();
-    for m in METRICS {
-        if HISTOGRAMS.contains(m) {
-            known.extend(["_bucket", "_sum", "_count"].iter().map(|s| format!("{m}{s}")));
+    for f in exported() {
+        if f.histogram {
+            known.extend(["_bucket", "_sum", "_count"].iter().map(|s| format!("{}{s}", f.name)));
         } else {
-            known.insert(m.to_string());
+            known.insert(f.name);
         }
     }
     known
@@ -869,16 +880,15 @@ fn unknown_metrics(expr: &str) -> Vec<String> {
     metric_names(expr).into_iter().filter(|m| !known.contains(m)).collect()
 }
 
-fn family(series: &str) -> &str {
-    HISTOGRAMS
-        .iter()
+fn family(series: &str) -> String {
+    histograms()
+        .into_iter()
         .find(|h| {
             series
-                .strip_prefix(**h)
+                .strip_prefix(h.as_str())
                 .is_some_and(|s| s.is_empty() || s.starts_with('_'))
         })
-        .copied()
-        .unwrap_or(series)
+        .unwrap_or_else(|| series.to_string())
 }
 
 #[test]
@@ -1048,12 +1058,15 @@ fn alert_rules_use_only_metrics_tokenwatch_exports() {
 fn every_metric_is_on_the_dashboard_or_in_an_alert() {
     let mut used: BTreeSet<String> = BTreeSet::new();
     for expr in dashboard_exprs(&json("deploy/grafana/dashboards/tokenwatch.json")) {
-        used.extend(metric_names(&expr).iter().map(|m| family(m).to_string()));
+        used.extend(metric_names(&expr).iter().map(|m| family(m)));
     }
     for (_, expr) in alert_exprs() {
-        used.extend(metric_names(&expr).iter().map(|m| family(m).to_string()));
+        used.extend(metric_names(&expr).iter().map(|m| family(m)));
     }
-    let unused: Vec<&&str> = METRICS.iter().filter(|m| !used.contains(**m)).collect();
+    let names: BTreeSet<String> = exported().into_iter().map(|f| f.name).collect();
+    let gone: Vec<&&str> = SHOWN.iter().filter(|m| !names.contains(**m)).collect();
+    assert!(gone.is_empty(), "shown but no longer exported: {gone:?}");
+    let unused: Vec<&&str> = SHOWN.iter().filter(|m| !used.contains(**m)).collect();
     assert!(
         unused.is_empty(),
         "exported but neither shown nor alerted on: {unused:?}"

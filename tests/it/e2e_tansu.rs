@@ -8,13 +8,14 @@
 //! metrics and the group's committed offsets, never from watermarks.
 
 use crate::common;
+use crate::run_bin;
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::producer::{BaseProducer, Producer};
 
 struct Proc(Child);
 
@@ -81,31 +82,12 @@ fn tokenwatch_with(
     alerts: &std::path::Path,
     env: &[(&str, &str)],
 ) -> Proc {
-    let root = common::root();
+    let metrics = format!("127.0.0.1:{metrics_port}").parse().unwrap();
     Proc(
-        common::tokenwatch_command()
-            .args([
-                "run",
-                "--brokers",
-                brokers,
-                "--topic",
-                "logs",
-                "--group",
-                "e2e",
-                "--redis",
-                redis,
-            ])
-            .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
-            .arg("--rules")
-            .arg(root.join("rules"))
-            .arg("--geoip")
-            .arg(root.join("assets/GeoLite2-City-Test.mmdb"))
-            .arg("--alerts")
-            .arg(alerts)
+        run_bin::command(brokers, redis, "e2e", metrics, alerts)
             // the generated traffic of `produce_generated` (seed 11) is signed with these keys
             .arg("--jwks")
             .arg(common::gen_jwks_file(11))
-            .env("TOKENWATCH_BATCH__MAX_WAIT", "10ms")
             .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -172,14 +154,7 @@ fn produce_generated(c: &rdkafka::ClientConfig, events: u64) -> (i64, Vec<(i64, 
     for g in tokenwatch_gen::Generator::new(cfg) {
         // (offset of the line that fires it, label)
         labels.extend(g.labels.into_iter().map(|l| (n, l)));
-        loop {
-            match producer.send(BaseRecord::<(), str>::to("logs").payload(&g.line).partition(0)) {
-                Ok(()) => break,
-                Err(_) => {
-                    producer.poll(Duration::from_millis(5));
-                }
-            }
-        }
+        common::send_retrying(&producer, "logs", 0, &g.line);
         n += 1;
     }
     producer.flush(Duration::from_secs(30)).unwrap();
@@ -429,14 +404,7 @@ fn decides_what_replay_decides_on(partitions: i32) {
         first_diff.map(|i| (&got[i][..150], &want[i][..150]))
     );
     let stream = common::stream_entries(&mut redis.conn(), "tokenwatch:revocations");
-    let mut unique = stream.clone();
-    unique.sort();
-    unique.dedup();
-    assert_eq!(unique.len(), stream.len(), "no stream entry twice");
-    let mut want_revoked = common::revocations_of(&want);
-    want_revoked.sort();
-    want_revoked.dedup();
-    assert_eq!(unique, want_revoked);
+    common::assert_feed_is_replays(&stream, &want);
 }
 
 #[test]

@@ -5,7 +5,7 @@
 
 use std::io::{Read, Write};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
@@ -18,16 +18,14 @@ pub struct Tokenwatch {
     _dir: tempfile::TempDir,
 }
 
-/// Starts `tokenwatch run` on topic `logs` with the default rules; `args` and `env` add to
-/// (or override) that.
-pub fn start(brokers: &str, redis_url: &str, group: &str, args: &[&str], env: &[(&str, &str)]) -> Tokenwatch {
-    let dir = tempfile::tempdir().unwrap();
-    let alerts = dir.path().join("alerts.jsonl");
-    let stderr = dir.path().join("stderr.log");
-    let metrics: SocketAddr = format!("127.0.0.1:{}", crate::common::free_port()).parse().unwrap();
+/// The `tokenwatch run` command line of every process test: topic `logs` of `brokers`,
+/// consumer group `group`, the repository's rules and test GeoIP database, alerts to `alerts`,
+/// metrics on `metrics`, and batches that wait at most 10 ms. Add arguments, environment and
+/// stdio to it, then spawn.
+pub fn command(brokers: &str, redis_url: &str, group: &str, metrics: SocketAddr, alerts: &Path) -> Command {
     let root = crate::common::root();
-    let child = crate::common::tokenwatch_command()
-        .arg("run")
+    let mut c = crate::common::tokenwatch_command();
+    c.arg("run")
         .args([
             "--brokers",
             brokers,
@@ -43,13 +41,24 @@ pub fn start(brokers: &str, redis_url: &str, group: &str, args: &[&str], env: &[
         .arg("--geoip")
         .arg(root.join("assets/GeoLite2-City-Test.mmdb"))
         .arg("--alerts")
-        .arg(&alerts)
+        .arg(alerts)
         .args(["--metrics-addr", &metrics.to_string()])
+        .env("TOKENWATCH_BATCH__MAX_WAIT", "10ms");
+    c
+}
+
+/// Starts `tokenwatch run` ([`command`]) with `args` and `env` added (or overriding), in the
+/// repository's root, its stderr kept for [`Tokenwatch::stderr`].
+pub fn start(brokers: &str, redis_url: &str, group: &str, args: &[&str], env: &[(&str, &str)]) -> Tokenwatch {
+    let dir = tempfile::tempdir().unwrap();
+    let alerts = dir.path().join("alerts.jsonl");
+    let stderr = dir.path().join("stderr.log");
+    let metrics: SocketAddr = format!("127.0.0.1:{}", crate::common::free_port()).parse().unwrap();
+    let child = command(brokers, redis_url, group, metrics, &alerts)
         .args(args)
         .env_remove("RUST_LOG")
-        .env("TOKENWATCH_BATCH__MAX_WAIT", "10ms")
         .envs(env.iter().copied())
-        .current_dir(&root)
+        .current_dir(crate::common::root())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&stderr).unwrap())

@@ -1,0 +1,302 @@
+//! The one place the service is put together — for `tokenwatch run` ([`super::serve`]),
+//! `tokenwatch demo` and the tests alike — in the spirit of mini-redis's
+//! `server::run(listener, shutdown)`: the caller binds the metrics listener (tests bind
+//! `127.0.0.1:0`, so no port is raced for) and owns the shutdown signal.
+//!
+//! [`ServiceBuilder::build`] does what can fail at once (rules, GeoIP, the alert and
+//! dead-letter outputs, the metrics server); [`Service::run`] does what waits on other
+//! systems (Redis, retried until shutdown; the checkpoint; Kafka) and then runs the loop.
+
+use std::sync::{Arc, Mutex};
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use super::consume::{BatchLimits, Consume, Parts};
+use super::reload::{self, Fingerprint};
+use super::retry::Shutdown;
+use super::{redis_health, RunSummary, ServiceConfig, ServiceError};
+use crate::checkpoint::{CheckpointStore, Checkpointing};
+use crate::metrics::Metrics;
+use crate::sinks::alerts::AlertSink;
+use crate::sinks::dead_letter::DeadLetters;
+use crate::sinks::memory::MemoryStore;
+use crate::sinks::RevocationStore;
+use crate::source::kafka;
+use tokenwatch_core::eventtime::Sequencer;
+use tokenwatch_core::geo::GeoDb;
+use tokenwatch_core::pipeline::Pipeline;
+use tokenwatch_core::rules::RuleSet;
+
+/// Options beyond the [`ServiceConfig`]; see [`Service::builder`].
+pub struct ServiceBuilder {
+    cfg: ServiceConfig,
+    metrics: Option<Arc<Metrics>>,
+    listener: Option<TcpListener>,
+    rules: Option<Arc<RuleSet>>,
+    geo: Option<GeoDb>,
+    memory: Option<Arc<Mutex<MemoryStore>>>,
+    reload_requests: Option<watch::Receiver<u64>>,
+}
+
+/// Where the rules come from: a directory, hot-reloaded; or a fixed set (the demo's
+/// built-in rules), never reloaded.
+enum Rules {
+    /// The directory's fingerprint and the rules loaded from it.
+    Dir(Fingerprint, Arc<RuleSet>),
+    Fixed,
+}
+
+/// A service built and ready to [`run`](Service::run).
+pub struct Service {
+    cfg: ServiceConfig,
+    metrics: Arc<Metrics>,
+    metrics_addr: Option<std::net::SocketAddr>,
+    pipeline: Pipeline,
+    rules: Rules,
+    reload_requests: Option<watch::Receiver<u64>>,
+    memory: Option<Arc<Mutex<MemoryStore>>>,
+    dead: Arc<Mutex<DeadLetters>>,
+    alerts: AlertSink,
+}
+
+impl Service {
+    /// Starts building the service that `cfg` describes.
+    pub fn builder(cfg: ServiceConfig) -> ServiceBuilder {
+        ServiceBuilder {
+            cfg,
+            metrics: None,
+            listener: None,
+            rules: None,
+            geo: None,
+            memory: None,
+            reload_requests: None,
+        }
+    }
+
+    /// The metrics the service updates (what `/metrics` and `/readyz` show).
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.metrics.clone()
+    }
+
+    /// Where `/metrics` is served, when a listener was given.
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.metrics_addr
+    }
+
+    /// Connects to Redis (retrying while it does not answer, until `shutdown`), restores the
+    /// checkpoint, joins the Kafka group, and runs the loop until `shutdown` turns true.
+    /// Shutdown before Redis answered ends with an empty summary.
+    pub async fn run(self, shutdown: watch::Receiver<bool>) -> Result<RunSummary, ServiceError> {
+        let Service {
+            cfg,
+            metrics,
+            mut pipeline,
+            rules,
+            reload_requests,
+            memory,
+            dead,
+            alerts,
+            ..
+        } = self;
+        let mut stop = Shutdown::new(shutdown, cfg.shutdown_timeout);
+        let Some((mut store, _health)) = connect_store(memory, &cfg, &metrics, dead, &mut stop).await? else {
+            return Ok(RunSummary::default());
+        };
+        let mut checkpoints = match (cfg.checkpoint_interval, &mut store) {
+            (Some(every), RevocationStore::Redis(w)) => {
+                let at = CheckpointStore::new(&cfg.redis.key_prefix, &cfg.group);
+                Some(Checkpointing::restore(at, every, w, pipeline.engine_mut(), &metrics).await?)
+            }
+            _ => None,
+        };
+        let start_at = checkpoints
+            .as_ref()
+            .map(Checkpointing::start_offsets)
+            .unwrap_or_default();
+        let (source, assigned, committed) = kafka::connect_at(
+            &cfg.brokers,
+            &cfg.group,
+            &cfg.topics,
+            &cfg.kafka,
+            metrics.clone(),
+            start_at,
+        )?;
+        if let Some(c) = &mut checkpoints {
+            c.set_committed(committed);
+        }
+        let (rules, _reload) = match rules {
+            Rules::Fixed => (None, None),
+            Rules::Dir(seen, loaded) => {
+                let (tx, rx) = watch::channel(loaded);
+                let task = reload::watch_rules(cfg.rules_dir.clone(), seen, metrics.clone(), reload_requests, tx);
+                (Some(rx), Some(AbortOnDrop(tokio::spawn(task))))
+            }
+        };
+        let parts = Parts {
+            limits: BatchLimits {
+                max: cfg.batch_max,
+                wait: cfg.batch_wait,
+                max_line: cfg.max_line,
+            },
+            metrics,
+            pipeline,
+            store,
+            source,
+            assigned,
+            alerts,
+            checkpoints,
+            rules,
+            order: Sequencer::new(cfg.event_time),
+        };
+        Consume::new(parts).run(&mut stop).await
+    }
+}
+
+/// The revocation store: memory, or Redis (with its health check, stopped when the returned
+/// guard drops). `None` when shutdown came before Redis answered.
+async fn connect_store(
+    memory: Option<Arc<Mutex<MemoryStore>>>,
+    cfg: &ServiceConfig,
+    metrics: &Arc<Metrics>,
+    dead: Arc<Mutex<DeadLetters>>,
+    stop: &mut Shutdown,
+) -> Result<Option<(RevocationStore, Option<AbortOnDrop>)>, ServiceError> {
+    if let Some(m) = memory {
+        metrics.redis_up.set(1);
+        return Ok(Some((RevocationStore::Memory(m), None)));
+    }
+    let Some(writer) = redis_health::connect(&cfg.redis, metrics, stop).await? else {
+        return Ok(None);
+    };
+    let health = redis_health::watch(writer.health_probe(), metrics.clone(), cfg.redis.response_timeout);
+    let health = AbortOnDrop(tokio::spawn(health));
+    Ok(Some((
+        RevocationStore::Redis(writer.with_dead_letters(dead)),
+        Some(health),
+    )))
+}
+
+impl ServiceBuilder {
+    /// The metrics to update (default: new ones); the demo and tests read them.
+    pub fn metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// Serves `/metrics`, `/healthz` and `/readyz` on this listener.
+    pub fn metrics_listener(mut self, listener: TcpListener) -> Self {
+        self.listener = Some(listener);
+        self
+    }
+
+    /// Judges with this rule set instead of `rules_dir`, and never reloads.
+    pub fn rules(mut self, rules: Arc<RuleSet>) -> Self {
+        self.rules = Some(rules);
+        self
+    }
+
+    /// Geolocates with this database instead of the `geoip` file.
+    pub fn geo(mut self, geo: GeoDb) -> Self {
+        self.geo = Some(geo);
+        self
+    }
+
+    /// Writes revocations to this in-memory store instead of Redis (the demo).
+    pub fn memory_store(mut self, store: Arc<Mutex<MemoryStore>>) -> Self {
+        self.memory = Some(store);
+        self
+    }
+
+    /// Reloads the rules whenever this changes (SIGHUP), besides when their files change.
+    pub fn reload_requests(mut self, requests: watch::Receiver<u64>) -> Self {
+        self.reload_requests = Some(requests);
+        self
+    }
+
+    /// Loads what the service needs and can fail at once on: the rules, the GeoIP database,
+    /// the alert and dead-letter outputs; starts the metrics server.
+    pub async fn build(self) -> Result<Service, ServiceError> {
+        let cfg = self.cfg;
+        let metrics = self.metrics.unwrap_or_else(Metrics::new);
+        let (rules, set) = match self.rules {
+            Some(set) => (Rules::Fixed, set),
+            None => {
+                // Before loading: a change made meanwhile is reloaded, never missed.
+                let seen = reload::fingerprint(&cfg.rules_dir);
+                let set = tokenwatch_core::rules::load_dir(&cfg.rules_dir).map_err(|source| ServiceError::Rules {
+                    dir: cfg.rules_dir.clone(),
+                    source,
+                })?;
+                let set = Arc::new(set);
+                (Rules::Dir(seen, set.clone()), set)
+            }
+        };
+        reload::publish_rules(&set, &metrics);
+        let geo = match self.geo {
+            Some(g) => Some(g),
+            None => cfg.geoip.as_deref().map(GeoDb::open).transpose()?,
+        };
+        if let Some(w) = cfg.pipeline.evidence_warning() {
+            tracing::warn!("{w}");
+        }
+        let pipeline = Pipeline::new(set, geo, cfg.pipeline.clone()).map_err(ServiceError::Pipeline)?;
+        let dead = Arc::new(Mutex::new(match &cfg.dead_letter {
+            Some(path) => DeadLetters::file(path)?,
+            None => DeadLetters::stderr(),
+        }));
+        tracing::info!(
+            output = dead.lock().map(|d| d.name().to_string()).unwrap_or_default(),
+            "dead letters"
+        );
+        let alerts = AlertSink::new(&cfg.alerts, alerts_producer(&cfg)?)?.with_dead_letters(dead.clone());
+        let metrics_addr = match self.listener {
+            Some(l) => {
+                let addr = l.local_addr().ok();
+                tokio::spawn(crate::metrics::serve(l, metrics.clone()));
+                addr
+            }
+            None => None,
+        };
+        Ok(Service {
+            cfg,
+            metrics,
+            metrics_addr,
+            pipeline,
+            rules,
+            reload_requests: self.reload_requests,
+            memory: self.memory,
+            dead,
+            alerts,
+        })
+    }
+}
+
+/// The producer of the alerts topic, when there is one.
+fn alerts_producer(cfg: &ServiceConfig) -> Result<Option<(rdkafka::producer::FutureProducer, String)>, ServiceError> {
+    let Some(topic) = &cfg.alerts_topic else {
+        return Ok(None);
+    };
+    let mut pc = rdkafka::ClientConfig::new();
+    pc.set("bootstrap.servers", &cfg.brokers);
+    // A record the topic cannot take fails after 30 s (librdkafka: 5 min), so the failure is
+    // counted and logged, and the loop retries it.
+    pc.set("message.timeout.ms", "30000");
+    for (k, v) in &cfg.kafka {
+        pc.set(k, v);
+    }
+    let p = pc.create().map_err(|source| ServiceError::AlertsProducer {
+        topic: topic.clone(),
+        source: Box::new(source),
+    })?;
+    Ok(Some((p, topic.clone())))
+}
+
+/// Aborts a background task when the service stops.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}

@@ -1,0 +1,400 @@
+//! The consume loop, one batch at a time, in four named steps:
+//!
+//! 1. [`Consume::fill`]: read messages until the batch is full or its wait is over, decoding
+//!    their lines into the event-time buffer;
+//! 2. [`Consume::decide`]: run the engine over the lines whose turn has come (event time,
+//!    across partitions), pausing partitions that run too far ahead;
+//! 3. [`Consume::deliver`]: the batch's side effects — alert lines flushed, revocations
+//!    acknowledged by Redis — retried until done;
+//! 4. [`Consume::commit`]: checkpoint when due, then commit the offsets of what is done.
+//!
+//! Offsets follow side effects: nothing past an unwritten revocation or an undelivered alert
+//! line is committed. Between batches the loop swaps in a reloaded rule set and re-arms rules
+//! an operator asked to re-arm. On shutdown it commits, synchronously, the offsets of every
+//! batch it finished, and checkpoints only when every decision it holds was delivered.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::CommitMode;
+use rdkafka::message::Message;
+use tokio::sync::watch;
+
+use super::metric_sync::MetricSync;
+use super::retry::{deliver_alerts, write_with_retry, Shutdown};
+use super::{now_ms, RunSummary, ServiceError};
+use crate::checkpoint::Checkpointing;
+use crate::metrics::Metrics;
+use crate::sinks::alerts::AlertSink;
+use crate::sinks::redis::Revocation;
+use crate::sinks::RevocationStore;
+use crate::source::kafka::{self, Offsets};
+use tokenwatch_core::decision::Decision;
+use tokenwatch_core::eventtime::Sequencer;
+use tokenwatch_core::input::lines::{Line, LineReader};
+use tokenwatch_core::pipeline::{HeldLine, Pipeline};
+use tokenwatch_core::rules::RuleSet;
+
+/// How often the loop reads re-arm requests from Redis.
+const REARM_EVERY: Duration = Duration::from_secs(1);
+
+/// Batch bounds, from [`super::ServiceConfig`].
+#[derive(Debug, Clone, Copy)]
+pub(super) struct BatchLimits {
+    pub(super) max: usize,
+    pub(super) wait: Duration,
+    pub(super) max_line: usize,
+}
+
+/// Where the loop reads, decides and writes: built by [`super::Service::run`].
+pub(super) struct Parts {
+    pub(super) limits: BatchLimits,
+    pub(super) metrics: Arc<Metrics>,
+    pub(super) pipeline: Pipeline,
+    pub(super) store: RevocationStore,
+    pub(super) source: kafka::Source,
+    pub(super) assigned: kafka::Assignment,
+    pub(super) alerts: AlertSink,
+    pub(super) checkpoints: Option<Checkpointing>,
+    /// Reloaded rule sets; `None` for fixed rules.
+    pub(super) rules: Option<watch::Receiver<Arc<RuleSet>>>,
+    pub(super) order: Sequencer<HeldLine>,
+}
+
+/// The loop's state between steps.
+pub(super) struct Consume {
+    p: Parts,
+    clock: ReadingClock,
+    /// The current batch's decisions, until delivered.
+    decisions: Vec<Decision>,
+    /// The offsets of every batch whose side effects are done: the final commit's content.
+    finished: Offsets,
+    sync: MetricSync,
+    /// Per tripped rule, the wall-clock second this instance first saw it tripped.
+    tripped_seen: HashMap<Arc<str>, i64>,
+    last_rearm_check: Instant,
+    summary: RunSummary,
+}
+
+impl Consume {
+    pub(super) fn new(mut p: Parts) -> Self {
+        if let Some(c) = p.checkpoints.as_mut() {
+            c.hand_over(&mut p.order);
+        }
+        Consume {
+            p,
+            clock: ReadingClock::new(),
+            decisions: Vec::new(),
+            finished: Offsets::default(),
+            sync: MetricSync::default(),
+            tripped_seen: HashMap::new(),
+            last_rearm_check: Instant::now(),
+            summary: RunSummary::default(),
+        }
+    }
+
+    /// Runs batches until shutdown is asked, or a batch's side effects could not finish
+    /// within the shutdown timeout.
+    pub(super) async fn run(mut self, stop: &mut Shutdown) -> Result<RunSummary, ServiceError> {
+        let outcome = loop {
+            if stop.asked() {
+                break Ok(());
+            }
+            self.between_batches().await;
+            let read = self.fill(stop).await;
+            let applied = self.decide();
+            if read == 0 && applied == 0 && self.decisions.is_empty() {
+                self.sync.sync(&self.p.pipeline, &self.p.metrics);
+                continue;
+            }
+            if let Err(e) = self.deliver(stop).await {
+                break Err(e);
+            }
+            self.commit().await;
+        };
+        self.finish(outcome).await
+    }
+
+    /// Swaps in a reloaded rule set, and re-arms the rules an operator asked to re-arm.
+    async fn between_batches(&mut self) {
+        if let Some(rx) = self.p.rules.as_mut() {
+            if rx.has_changed().unwrap_or(false) {
+                let set = rx.borrow_and_update().clone();
+                self.p.pipeline.replace_rules(set);
+            }
+        }
+        if self.last_rearm_check.elapsed() >= REARM_EVERY {
+            self.last_rearm_check = Instant::now();
+            rearm_tripped(&mut self.p.pipeline, &mut self.p.store, &mut self.tripped_seen).await;
+        }
+    }
+
+    /// Step 1: reads messages until a batch is full or its wait is over (or shutdown is
+    /// asked), decoding their lines into the event-time buffer. Returns the messages read.
+    async fn fill(&mut self, stop: &mut Shutdown) -> usize {
+        follow_assignment(&mut self.p.order, &self.p.assigned, self.clock.now());
+        self.clock.resume();
+        let n = self.read_batch(stop).await;
+        self.clock.pause();
+        n
+    }
+
+    async fn read_batch(&mut self, stop: &mut Shutdown) -> usize {
+        let Parts {
+            limits,
+            pipeline,
+            source,
+            order,
+            ..
+        } = &mut self.p;
+        let mut n = 0usize;
+        let start = Instant::now();
+        loop {
+            let wait = if n == 0 {
+                Duration::from_millis(250)
+            } else {
+                limits.wait.saturating_sub(start.elapsed())
+            };
+            let msg = tokio::select! {
+                m = tokio::time::timeout(wait, source.recv()) => m,
+                _ = stop.rx.changed() => return n,
+            };
+            let m = match msg {
+                Err(_) => return n,
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "kafka receive error");
+                    return n;
+                }
+                Ok(Ok(m)) => m,
+            };
+            let now = self.clock.now();
+            let at = order.assign(m.topic(), m.partition(), now);
+            if let Some(payload) = m.payload() {
+                hold_message(pipeline, order, (at, m.offset()), payload, limits.max_line, now);
+            }
+            order.read(at, m.offset(), now);
+            n += 1;
+            if n >= limits.max || start.elapsed() >= limits.wait {
+                return n;
+            }
+        }
+    }
+
+    /// Step 2: runs the engine over every line whose turn has come, then pauses the
+    /// partitions that run too far ahead and resumes those the slowest has caught up with.
+    /// Returns the lines applied.
+    fn decide(&mut self) -> usize {
+        let now = self.clock.now();
+        let Parts {
+            pipeline,
+            order,
+            source,
+            metrics,
+            ..
+        } = &mut self.p;
+        let decisions = &mut self.decisions;
+        let n = order.release(now, |line, quiet| {
+            let before = decisions.len();
+            pipeline.apply_held(&line, decisions);
+            if quiet {
+                // Decided and delivered before a restart: the line only rebuilds state.
+                decisions.truncate(before);
+            }
+        });
+        for t in order.skew(now) {
+            if let Err(e) = kafka::pause(source, &t.topic, t.partition, t.pause) {
+                tracing::warn!(error = %e, "cannot pause or resume a partition");
+            }
+        }
+        metrics.paused_partitions.set(order.paused() as i64);
+        metrics.held_lines.set(order.len() as i64);
+        metrics.held_lines_peak.set(order.peak() as i64);
+        n
+    }
+
+    /// Step 3: the batch's side effects, each retried until done: alert lines, then
+    /// revocations. An error means the shutdown timeout passed first.
+    async fn deliver(&mut self, stop: &mut Shutdown) -> Result<(), ServiceError> {
+        let Parts {
+            metrics, alerts, store, ..
+        } = &mut self.p;
+        let now = now_ms();
+        for d in &self.decisions {
+            metrics
+                .decisions
+                .with_label_values(&[&d.rule, d.action.as_str(), d.severity.as_str()])
+                .inc();
+            metrics.decision_delay.observe(((now - d.ts) as f64 / 1000.0).max(0.0));
+        }
+        deliver_alerts(alerts, &self.decisions, metrics, stop).await?;
+        for d in &self.decisions {
+            if let Some(r) = Revocation::from_decision(d) {
+                let new = write_with_retry(store, &r, metrics, stop).await?;
+                self.summary.revocations_written += u64::from(new);
+            }
+        }
+        self.decisions.clear();
+        Ok(())
+    }
+
+    /// Step 4: checkpoints when due, then commits (asynchronously) the offsets of every line
+    /// the batch finished with.
+    async fn commit(&mut self) {
+        let Parts {
+            metrics,
+            pipeline,
+            store,
+            source,
+            assigned,
+            checkpoints,
+            order,
+            ..
+        } = &mut self.p;
+        // Checkpoint before committing: a checkpoint never covers less than the committed
+        // offsets' lines minus those it can rebuild quietly.
+        if let (Some(c), RevocationStore::Redis(w)) = (checkpoints.as_mut(), &mut *store) {
+            if c.due(order) {
+                c.save(order, pipeline.engine(), w, metrics).await;
+            }
+        }
+        let mut offsets = Offsets::default();
+        for (topic, partition, next) in order.safe_offsets() {
+            offsets.advance(topic, partition, next);
+        }
+        if let Err(e) = offsets.commit(source, assigned, CommitMode::Async) {
+            tracing::warn!(error = %e, "offset commit failed; the batch will be read again");
+        }
+        self.finished.merge(&offsets);
+        self.finished.retain_assigned(assigned);
+        self.summary.batches += 1;
+        self.sync.sync(pipeline, metrics);
+    }
+
+    /// After the last batch: the batches' commits were asynchronous and may not have reached
+    /// the group (or failed), so every finished batch's offsets are committed once more, and
+    /// waited for. Nothing of an unfinished batch is in `finished`.
+    async fn finish(mut self, outcome: Result<(), ServiceError>) -> Result<RunSummary, ServiceError> {
+        let p = &mut self.p;
+        match self.finished.commit(&p.source, &p.assigned, CommitMode::Sync) {
+            Ok(partitions) => tracing::debug!(partitions, "final offset commit"),
+            Err(e) => tracing::warn!(error = %e, "final offset commit failed; the last batches will be read again"),
+        }
+        // State is checkpointed only when every decision it holds was delivered.
+        if let (Ok(()), Some(c), RevocationStore::Redis(w)) = (&outcome, p.checkpoints.as_mut(), &mut p.store) {
+            c.save(&mut p.order, p.pipeline.engine(), w, &p.metrics).await;
+        }
+        self.summary.stats = p.pipeline.stats.clone();
+        outcome.map(|()| self.summary)
+    }
+}
+
+/// Re-arms the tripped rules that an operator asked to re-arm (`tokenwatch rearm RULE` writes
+/// the request to Redis, where every instance sees it) after this instance saw them trip.
+/// `seen` remembers, per tripped rule, the wall-clock second this instance first saw it tripped,
+/// so an old request never re-arms a rule that trips again later.
+async fn rearm_tripped(pipeline: &mut Pipeline, store: &mut RevocationStore, seen: &mut HashMap<Arc<str>, i64>) {
+    let now_s = now_ms() / 1000;
+    let tripped: Vec<Arc<str>> = pipeline
+        .engine()
+        .tripped()
+        .filter(|(_, at)| at.is_some())
+        .map(|(r, _)| r.clone())
+        .collect();
+    seen.retain(|r, _| tripped.contains(r));
+    for r in &tripped {
+        seen.entry(r.clone()).or_insert(now_s);
+    }
+    let RevocationStore::Redis(w) = store else { return };
+    if tripped.is_empty() {
+        return;
+    }
+    let requests = match w.rearm_requests().await {
+        Ok(r) => r,
+        Err(e) => return tracing::warn!(error = %e, transient = e.is_transient(), "cannot read re-arm requests"),
+    };
+    for (rule, since) in seen.iter() {
+        if requests.get(&**rule).is_some_and(|at| at >= since) && pipeline.rearm(rule) {
+            tracing::warn!(rule = %rule, "rule re-armed by request: it enforces again");
+        }
+    }
+}
+
+/// The clock of event-time idleness: wall time spent reading, so that time the loop spends
+/// on side effects (a stalled Redis, say) makes no partition look idle.
+struct ReadingClock {
+    base: Instant,
+    spent: Duration,
+    reading_since: Option<Instant>,
+}
+
+impl ReadingClock {
+    fn new() -> Self {
+        ReadingClock {
+            base: Instant::now(),
+            spent: Duration::ZERO,
+            reading_since: None,
+        }
+    }
+
+    fn resume(&mut self) {
+        self.reading_since.get_or_insert_with(Instant::now);
+    }
+
+    fn pause(&mut self) {
+        if let Some(t) = self.reading_since.take() {
+            self.spent += t.elapsed();
+        }
+    }
+
+    /// Reading time so far, as an instant (what [`Sequencer`] takes as `now`).
+    fn now(&self) -> Instant {
+        self.base + self.spent + self.reading_since.map_or(Duration::ZERO, |t| t.elapsed())
+    }
+}
+
+/// Tracks the partitions librdkafka assigned: a new one holds event time back until it
+/// delivers or goes idle; a revoked one stops holding it at once.
+fn follow_assignment(order: &mut Sequencer<HeldLine>, assigned: &kafka::AssignmentSet, now: Instant) {
+    let now_assigned = assigned.lock().map(|a| a.clone()).unwrap_or_default();
+    let gone: Vec<(String, i32)> = order
+        .assigned()
+        .filter(|(t, p)| !now_assigned.contains(&(t.to_string(), *p)))
+        .map(|(t, p)| (t.to_string(), p))
+        .collect();
+    for (t, p) in gone {
+        order.revoke(&t, p);
+    }
+    for (t, p) in &now_assigned {
+        order.assign(t, *p, now);
+    }
+}
+
+/// Decodes the lines of one message into the event-time buffer, numbered in the message; a
+/// line that a restored checkpoint already holds is passed over.
+fn hold_message(
+    pipeline: &mut Pipeline,
+    order: &mut Sequencer<HeldLine>,
+    (source, offset): (usize, i64),
+    payload: &[u8],
+    max_line: usize,
+    now: Instant,
+) {
+    let mut reader = LineReader::new(payload, max_line);
+    let mut number = 0u32;
+    while let Ok(Some(line)) = reader.next_line() {
+        number += 1;
+        if order.restored(source, offset, number) {
+            continue;
+        }
+        match line {
+            Line::Ok([]) => {}
+            Line::Ok(l) => {
+                if let Some(held) = pipeline.hold_line(l) {
+                    order.push(source, offset, number, held.ts_ms(), held.tie(), held, now);
+                }
+            }
+            Line::TooLong(_) => pipeline.line_too_long(),
+        }
+    }
+}

@@ -1,0 +1,81 @@
+//! The pipeline's counters published as Prometheus metrics: increments since the last sync,
+//! so the pipeline's hot path touches no metric.
+
+use tokenwatch_core::pipeline::{Pipeline, Stats};
+
+use crate::metrics::Metrics;
+
+/// Publishes the pipeline's counters as metric increments since the last call.
+#[derive(Default)]
+pub(super) struct MetricSync {
+    pub(super) last: Stats,
+}
+
+impl MetricSync {
+    pub(super) fn sync(&mut self, p: &Pipeline, m: &Metrics) {
+        self.input(p, m);
+        self.formats(p, m);
+        Self::engine(p, m);
+        let s = &p.stats;
+        m.authenticated_events
+            .inc_by(s.authenticated.saturating_sub(self.last.authenticated));
+        m.attestation_mismatches.inc_by(
+            s.attestation_mismatches
+                .saturating_sub(self.last.attestation_mismatches),
+        );
+        m.jwks_errors
+            .inc_by(p.jwks_errors().saturating_sub(m.jwks_errors.get()));
+        self.last = s.clone();
+    }
+
+    /// Lines decoded and skipped, by reason.
+    fn input(&self, p: &Pipeline, m: &Metrics) {
+        let s = &p.stats;
+        let d_events = s.events - self.last.events;
+        let d_skipped = s.skipped_total() - self.last.skipped_total();
+        m.events.with_label_values(&["decoded"]).inc_by(d_events);
+        m.events.with_label_values(&["skipped"]).inc_by(d_skipped);
+        for (reason, n) in s.skipped.iter().chain(s.token_errors.iter()) {
+            let before = self
+                .last
+                .skipped
+                .get(reason)
+                .or_else(|| self.last.token_errors.get(reason))
+                .copied()
+                .unwrap_or(0);
+            if *n > before {
+                m.decode_errors.with_label_values(&[reason]).inc_by(n - before);
+            }
+        }
+        m.authorization_redacted
+            .inc_by(s.authorization_redacted - self.last.authorization_redacted);
+    }
+
+    /// Events per input format, and the fields each format lacked.
+    fn formats(&self, p: &Pipeline, m: &Metrics) {
+        for (f, c) in p.stats.by_format.iter() {
+            let (format, before) = (f.name(), self.last.by_format.get(f));
+            m.format_events
+                .with_label_values(&[format])
+                .inc_by(c.events - before.events);
+            for ((field, n), (_, was)) in c.missing().into_iter().zip(before.missing()) {
+                if n > was {
+                    m.missing_fields.with_label_values(&[format, field]).inc_by(n - was);
+                }
+            }
+        }
+    }
+
+    /// Rule state: tracked and evicted keys, late events, tripped rules.
+    fn engine(p: &Pipeline, m: &Metrics) {
+        let es = p.engine().stats();
+        m.tracked_keys.set(p.engine().tracked_keys() as i64);
+        let ev = es.evictions.saturating_sub(m.evicted_keys.get());
+        m.evicted_keys.inc_by(ev);
+        let late = es.late_events.saturating_sub(m.late_events.get());
+        m.late_events.inc_by(late);
+        for (rule, at) in p.engine().tripped() {
+            m.rule_tripped.with_label_values(&[rule]).set(i64::from(at.is_some()));
+        }
+    }
+}
