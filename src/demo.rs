@@ -357,7 +357,8 @@ pub async fn live(opts: DemoOptions, w: &mut (dyn Write + Send)) -> Result<Score
     stop_producing.store(true, Ordering::Relaxed);
     let produced = producer
         .join()
-        .map_err(|_| "the traffic producer panicked".to_string())??;
+        .map_err(|_| "the traffic producer panicked".to_string())?
+        .map_err(|e| e.to_string())?;
     // Let the service read what was produced before it stops.
     let drain_until = Instant::now() + Duration::from_secs(15);
     loop {
