@@ -371,8 +371,7 @@ fn gen(a: GenArgs) -> Result<ExitCode, String> {
             cfg.start_ms = tokenwatch::service::now_ms();
         }
         let stop = std::sync::atomic::AtomicBool::new(false);
-        let produced =
-            produce(Generator::new(cfg), brokers, &a.topic, pace, &[], &stop).map_err(|e| e.to_string())?;
+        let produced = produce(Generator::new(cfg), brokers, &a.topic, pace, &[], &stop).map_err(|e| e.to_string())?;
         if let Some(l) = labels.as_mut() {
             for label in &produced.labels {
                 serde_json::to_writer(&mut *l, label).map_err(|e| format!("cannot write labels: {e}"))?;
