@@ -140,9 +140,8 @@ pub enum DemoError {
     Service(#[from] crate::service::ServiceError),
     #[error("the demo consumer did not join its group within 30 s")]
     NotJoined,
-    /// The generator's producer (it reports its errors as text).
     #[error("the traffic producer: {0}")]
-    Producer(String),
+    Producer(#[from] tokenwatch_gen::kafka::ProduceError),
     #[error("the traffic producer panicked")]
     ProducerPanicked,
     #[error("service task: {0}")]
@@ -375,7 +374,7 @@ fn start_traffic(
     opts: &DemoOptions,
     brokers: &str,
     stop: Arc<AtomicBool>,
-) -> std::thread::JoinHandle<Result<tokenwatch_gen::kafka::Produced, String>> {
+) -> std::thread::JoinHandle<Result<tokenwatch_gen::kafka::Produced, tokenwatch_gen::kafka::ProduceError>> {
     let mut traffic = opts.traffic.clone();
     traffic.start_ms = crate::service::now_ms();
     traffic.events = None;

@@ -52,22 +52,72 @@ const FALLBACK_V6: &[&str] = &["2001:db8::/32"];
 /// Mobile users without a location: carrier-grade NAT, else private addresses.
 const UNLOCATED_MOBILE: &[&str] = &[CGNAT, "10.0.0.0/8"];
 
+/// Why a GeoIP database cannot be used for generated traffic.
 #[derive(Debug, thiserror::Error)]
 pub enum NetworksError {
-    #[error("cannot open GeoIP database {path}: {reason} (expected a MaxMind City .mmdb file)")]
-    Open { path: PathBuf, reason: String },
+    /// The file cannot be read: a wrong path or missing permissions.
+    #[error("cannot open GeoIP database {path}: {error} (expected a MaxMind City .mmdb file)")]
+    Read { path: PathBuf, error: std::io::Error },
+    /// The file is not a MaxMind database, or a damaged one.
+    #[error("cannot open GeoIP database {path}: {error} (expected a MaxMind City .mmdb file)")]
+    Decode {
+        path: PathBuf,
+        error: maxminddb::MaxMindDbError,
+    },
+    /// A MaxMind database without cities (a Country or ASN database, say).
     #[error(
-        "GeoIP database {path} cannot place generated traffic: {reason} (found {located} located \
+        "cannot open GeoIP database {path}: database type is {database_type}, not a City database \
+         (expected a MaxMind City .mmdb file)"
+    )]
+    NotCity { path: PathBuf, database_type: String },
+    /// A City database that covers too little of the world for the scenarios to keep their
+    /// meaning; the counts say how much it does cover.
+    #[error(
+        "GeoIP database {path} cannot place generated traffic: {shortfall} (found {located} located \
          networks, {usable} usable, at {places} places, forming {regions} regions)"
     )]
     TooFew {
         path: PathBuf,
-        reason: String,
+        shortfall: Shortfall,
         located: u64,
         usable: u64,
         places: usize,
         regions: usize,
     },
+}
+
+/// What a City database lacks for the generated traffic ([`NetworksError::TooFew`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Shortfall {
+    /// No two places far enough apart for impossible travel.
+    #[error(
+        "the generator needs two regions with networks more than {far:.0} km apart beyond their \
+         accuracy radii, for impossible travel",
+        far = FAR_KM
+    )]
+    NoFarPair,
+    /// The database locates ranges that attackers or mobile users must use unlocated (so
+    /// that a replay never also looks like travel).
+    #[error(
+        "it locates ranges the generator needs to be unknown: {attacker_v4} unlocated IPv4 attacker \
+         ranges (3 needed), {attacker_v6} IPv6 (1 needed), {} unlocated range of {} for mobile users",
+        an_or_no(*.mobile),
+        UNLOCATED_MOBILE.join(", ")
+    )]
+    LocatesUnknownRanges {
+        attacker_v4: usize,
+        attacker_v6: usize,
+        /// Whether a range for mobile users is unlocated (carrier-grade NAT, else 10.0.0.0/8).
+        mobile: bool,
+    },
+}
+
+fn an_or_no(found: bool) -> &'static str {
+    if found {
+        "an"
+    } else {
+        "no"
+    }
 }
 
 /// What the engine reads of a record (`tokenwatch_core::geo` decodes the same fields), and the city.
@@ -106,64 +156,38 @@ pub(crate) struct Place {
 impl Networks {
     /// Reads a City database and places users, victims and attackers in it.
     pub fn from_geoip(path: &Path) -> Result<Networks, NetworksError> {
-        let open_err = |reason: String| NetworksError::Open {
+        let bytes = std::fs::read(path).map_err(|error| NetworksError::Read {
             path: path.to_owned(),
-            reason,
+            error,
+        })?;
+        let decode = |error| NetworksError::Decode {
+            path: path.to_owned(),
+            error,
         };
-        let bytes = std::fs::read(path).map_err(|e| open_err(e.to_string()))?;
-        let reader = maxminddb::Reader::from_source(&bytes[..]).map_err(|e| open_err(e.to_string()))?;
+        let reader = maxminddb::Reader::from_source(&bytes[..]).map_err(decode)?;
         if !reader.metadata.database_type.contains("City") {
-            return Err(open_err(format!(
-                "database type is {}, not a City database",
-                reader.metadata.database_type
-            )));
+            return Err(NetworksError::NotCity {
+                path: path.to_owned(),
+                database_type: reader.metadata.database_type.clone(),
+            });
         }
-        let Walked { located, places } = walk(&reader).map_err(open_err)?;
+        let Walked { located, places } = walk(&reader).map_err(decode)?;
         let (usable, n_places) = (places.iter().map(|p| p.count).sum::<u64>(), places.len());
-        let too_few = |reason: String, regions: usize| NetworksError::TooFew {
+        let too_few = |shortfall, regions| NetworksError::TooFew {
             path: path.to_owned(),
-            reason,
+            shortfall,
             located,
             usable,
             places: n_places,
             regions,
         };
-        let plan = plan(places).map_err(|(reason, regions)| too_few(reason, regions))?;
-
-        let unlocated = |net: &Net| is_unlocated(&reader, net);
-        // The built-in ranges this database does not locate, topped up from the fallbacks.
-        let unknown = |tables: &[&str], fallback: &[&str], need: usize| -> Vec<Net> {
-            let mut nets: Vec<Net> = tables.iter().map(|c| Net::parse(c)).filter(unlocated).collect();
-            if nets.len() < need {
-                nets.extend(fallback.iter().map(|c| Net::parse(c)).filter(unlocated));
-            }
-            nets
-        };
-        let attacker_v4 = unknown(ATTACKER_V4, FALLBACK_V4, 3);
-        let attacker_v6 = unknown(ATTACKER_V6, FALLBACK_V6, 1);
-        let cgnat = UNLOCATED_MOBILE.iter().map(|c| Net::parse(c)).find(unlocated);
-        let cgnat = match cgnat {
-            Some(c) if attacker_v4.len() >= 3 && !attacker_v6.is_empty() => c,
-            _ => {
-                return Err(too_few(
-                    format!(
-                        "it locates ranges the generator needs to be unknown: {} unlocated IPv4 \
-                         attacker ranges (3 needed), {} IPv6 (1 needed), {} unlocated range of {} \
-                         for mobile users",
-                        attacker_v4.len(),
-                        attacker_v6.len(),
-                        if cgnat.is_some() { "an" } else { "no" },
-                        UNLOCATED_MOBILE.join(", ")
-                    ),
-                    plan.regions.len(),
-                ))
-            }
-        };
+        let plan = plan(places).map_err(|e| too_few(e.shortfall, e.regions))?;
+        let unknown = unknown_ranges(&reader).map_err(|s| too_few(s, plan.regions.len()))?;
         Ok(Networks {
             regions: plan.regions,
-            cgnat,
-            attacker_v4,
-            attacker_v6,
+            cgnat: unknown.mobile,
+            attacker_v4: unknown.attacker_v4,
+            attacker_v6: unknown.attacker_v6,
             victim: plan.victim,
             far: plan.far,
             hop_from: plan.hop_from,
@@ -180,6 +204,43 @@ impl Networks {
     }
 }
 
+/// Ranges this database does not locate, for those who must stay unlocated.
+struct Unknown {
+    attacker_v4: Vec<Net>,
+    attacker_v6: Vec<Net>,
+    /// For mobile users without a located network.
+    mobile: Net,
+}
+
+/// The built-in attacker ranges this database does not locate, topped up from the
+/// documentation ranges when too few are left; and the first of [`UNLOCATED_MOBILE`] it
+/// does not locate.
+fn unknown_ranges(reader: &maxminddb::Reader<&[u8]>) -> Result<Unknown, Shortfall> {
+    let unlocated = |net: &Net| is_unlocated(reader, net);
+    let unknown = |tables: &[&str], fallback: &[&str], need: usize| -> Vec<Net> {
+        let mut nets: Vec<Net> = tables.iter().map(|c| Net::parse(c)).filter(unlocated).collect();
+        if nets.len() < need {
+            nets.extend(fallback.iter().map(|c| Net::parse(c)).filter(unlocated));
+        }
+        nets
+    };
+    let attacker_v4 = unknown(ATTACKER_V4, FALLBACK_V4, 3);
+    let attacker_v6 = unknown(ATTACKER_V6, FALLBACK_V6, 1);
+    let mobile = UNLOCATED_MOBILE.iter().map(|c| Net::parse(c)).find(unlocated);
+    match mobile {
+        Some(mobile) if attacker_v4.len() >= 3 && !attacker_v6.is_empty() => Ok(Unknown {
+            attacker_v4,
+            attacker_v6,
+            mobile,
+        }),
+        _ => Err(Shortfall::LocatesUnknownRanges {
+            attacker_v4: attacker_v4.len(),
+            attacker_v6: attacker_v6.len(),
+            mobile: mobile.is_some(),
+        }),
+    }
+}
+
 struct Walked {
     /// Networks the engine would locate, all of them.
     located: u64,
@@ -187,7 +248,7 @@ struct Walked {
 }
 
 /// Every network of the database with a location, grouped by location.
-fn walk(reader: &maxminddb::Reader<&[u8]>) -> Result<Walked, String> {
+fn walk(reader: &maxminddb::Reader<&[u8]>) -> Result<Walked, maxminddb::MaxMindDbError> {
     // An IPv6 tree holds the IPv4 space at ::/96 and reports it as IPv4; its aliases of that
     // space (::ffff:0:0/96, 6to4, Teredo) are skipped by the walk.
     let root = if reader.metadata.ip_version == 6 {
@@ -195,9 +256,7 @@ fn walk(reader: &maxminddb::Reader<&[u8]>) -> Result<Walked, String> {
     } else {
         "0.0.0.0/0"
     };
-    let within = reader
-        .within::<Record>(root.parse().map_err(|e| format!("{root}: {e:?}"))?)
-        .map_err(|e| e.to_string())?;
+    let within = reader.within::<Record>(root.parse().map_err(maxminddb::MaxMindDbError::from)?)?;
     let mut places: Vec<Place> = Vec::new();
     let mut index: HashMap<(u32, u64, u64), usize> = HashMap::new();
     let mut located = 0u64;
@@ -297,6 +356,18 @@ impl Spot {
     }
 }
 
+/// The networks of the kept regions, each tagged with its region's index (busiest first).
+struct Spots {
+    all: Vec<Spot>,
+    regions: usize,
+}
+
+impl Spots {
+    fn in_region(&self, r: usize) -> impl Iterator<Item = &Spot> {
+        self.all.iter().filter(move |s| s.region == r)
+    }
+}
+
 /// The located part of [`Networks`].
 #[derive(Debug)]
 pub(crate) struct Plan {
@@ -311,18 +382,64 @@ pub(crate) struct Plan {
     pub decoys: [Net; 2],
 }
 
-/// Regions from places, and the scenarios' fixed points in them. On failure, what is
-/// missing and how many regions were formed.
-pub(crate) fn plan(mut places: Vec<Place>) -> Result<Plan, (String, usize)> {
-    places.retain(|p| !p.v4.is_empty() || !p.v6.is_empty());
+/// Why no plan could be made, with the number of regions formed (the operator's clue to
+/// what the database covers).
+#[derive(Debug)]
+pub(crate) struct NoPlan {
+    pub shortfall: Shortfall,
+    pub regions: usize,
+}
+
+/// Regions from places, and the scenarios' fixed points in them.
+pub(crate) fn plan(places: Vec<Place>) -> Result<Plan, NoPlan> {
+    let places: Vec<Place> = places
+        .into_iter()
+        .filter(|p| !p.v4.is_empty() || !p.v6.is_empty())
+        .collect();
+    let (regions, spots) = regions(&places, &cluster(&places));
+    let n_regions = regions.len();
+    let no_plan = |shortfall| NoPlan {
+        shortfall,
+        regions: n_regions,
+    };
+    let (victim, far) = impossible_travel(&spots).ok_or_else(|| no_plan(Shortfall::NoFarPair))?;
+    let mut victims: Vec<&Spot> = spots
+        .in_region(victim.region)
+        .filter(|s| s.same_place(&victim) && s.beyond_accuracy_km(&far) >= FAR_KM)
+        .collect();
+    victims.sort_by(|a, b| a.acc.total_cmp(&b.acc));
+    victims.truncate(2);
+    let (slow_to, slow_travel_ms) = slow_journey(&spots, &victim, &far);
+    let (hop_a, hop_b) = hop(&spots).unwrap_or((victim, victim));
+    let hop_from: Vec<Net> = spots
+        .in_region(hop_a.region)
+        .filter(|s| s.same_place(&hop_a))
+        .take(2)
+        .map(|s| s.net)
+        .collect();
+    Ok(Plan {
+        regions,
+        victim: victims.iter().map(|s| s.net).collect(),
+        far: far.net,
+        hop_from,
+        hop_to: hop_b.net,
+        slow_from: victim.net,
+        slow_to: slow_to.net,
+        slow_travel_ms,
+        decoys: [far.net, decoy(&spots, &victim, &far).net],
+    })
+}
+
+/// Greedy complete-linkage clustering of the places, as indices into `places`: each
+/// unassigned place, busiest first, starts a group and takes the nearest unassigned places
+/// that are close to every member. Only the [`MAX_PLACES`] busiest places take part, since
+/// the clustering is quadratic.
+fn cluster(places: &[Place]) -> Vec<Vec<usize>> {
     // Cities before country centroids, busy places first; the walk order breaks ties.
     let mut order: Vec<usize> = (0..places.len()).collect();
     order.sort_by_key(|&i| (!places[i].city, std::cmp::Reverse(places[i].count), i));
     order.truncate(MAX_PLACES);
     let km = |a: usize, b: usize| distance_km(places[a].lat, places[a].lon, places[b].lat, places[b].lon);
-
-    // Greedy complete-linkage clustering: each unassigned place, busiest first, starts a
-    // region and takes the nearest unassigned places that are close to every member.
     let mut assigned = vec![false; places.len()];
     let mut groups: Vec<Vec<usize>> = Vec::new();
     for &seed in &order {
@@ -346,104 +463,97 @@ pub(crate) fn plan(mut places: Vec<Place>) -> Result<Plan, (String, usize)> {
         }
         groups.push(members);
     }
+    groups
+}
 
-    let mut regions: Vec<(Region, Vec<Spot>)> = groups
-        .iter()
-        .map(|members| {
-            let collect = |v6: bool| -> Vec<Spot> {
-                members
-                    .iter()
-                    .flat_map(|&m| {
-                        let p = &places[m];
-                        let list = if v6 { &p.v6 } else { &p.v4 };
-                        list.iter().map(move |&(net, acc)| Spot {
-                            net,
-                            lat: p.lat,
-                            lon: p.lon,
-                            acc,
-                            region: 0,
-                        })
-                    })
-                    .take(REGION_NETS)
-                    .collect()
-            };
-            let (v4, v6) = (collect(false), collect(true));
-            let city_places = members.iter().filter(|&&m| places[m].city).count() as u32;
-            let weight = ((v4.len() + v6.len()) as u32 + 4 * city_places).clamp(1, 60);
-            let nets = |s: &[Spot]| s.iter().map(|s| s.net).collect::<Vec<Net>>();
-            // IPv4 for fixed lines, IPv6 for phones; a region with one family uses it for both.
-            let (home, mobile) = if v4.is_empty() {
-                (nets(&v6), nets(&v6))
-            } else {
-                (nets(&v4), nets(&v6))
-            };
-            let first = v4.first().or(v6.first()).copied().expect("places have networks");
-            let region = Region {
-                home,
-                mobile,
-                weight,
-                center: (first.lat, first.lon),
-            };
-            (region, v4.into_iter().chain(v6).collect::<Vec<Spot>>())
-        })
-        .collect();
-    // The most populous regions, in a stable order.
+/// The [`MAX_REGIONS`] most populous regions of the groups, in a stable order, and their
+/// networks as spots tagged with the region's index.
+fn regions(places: &[Place], groups: &[Vec<usize>]) -> (Vec<Region>, Spots) {
+    let mut regions: Vec<(Region, Vec<Spot>)> = groups.iter().map(|members| region(places, members)).collect();
     regions.sort_by_key(|(r, _)| std::cmp::Reverse(r.weight));
     regions.truncate(MAX_REGIONS);
-    let n_regions = regions.len();
-    let spots: Vec<Spot> = regions
-        .iter()
-        .enumerate()
-        .flat_map(|(i, (_, s))| s.iter().map(move |s| Spot { region: i, ..*s }))
-        .collect();
-    let in_region = |r: usize| spots.iter().filter(move |s| s.region == r);
-
-    // Impossible travel: the first region (busiest first) with a network that has a far
-    // counterpart. The victim is its most precise network, and the far one the most distant.
-    let mut travel = None;
-    for r in 0..n_regions {
-        let Some(v) = first_max(in_region(r), |s| -s.acc) else {
-            continue;
-        };
-        let far = first_max(spots.iter().filter(|f| f.region != r), |f| v.beyond_accuracy_km(f));
-        if let Some(far) = far.filter(|f| v.beyond_accuracy_km(f) >= FAR_KM) {
-            travel = Some((v, far));
-            break;
-        }
-    }
-    let Some((victim, far)) = travel else {
-        return Err((
-            format!(
-                "the generator needs two regions with networks more than {FAR_KM:.0} km apart \
-                 beyond their accuracy radii, for impossible travel"
-            ),
-            n_regions,
-        ));
+    let spots = Spots {
+        all: regions
+            .iter()
+            .enumerate()
+            .flat_map(|(i, (_, s))| s.iter().map(move |s| Spot { region: i, ..*s }))
+            .collect(),
+        regions: regions.len(),
     };
-    let mut victims: Vec<&Spot> = in_region(victim.region)
-        .filter(|s| s.same_place(&victim) && s.beyond_accuracy_km(&far) >= FAR_KM)
-        .collect();
-    victims.sort_by(|a, b| a.acc.total_cmp(&b.acc));
-    victims.truncate(2);
+    (regions.into_iter().map(|(r, _)| r).collect(), spots)
+}
 
-    // A slow journey from the victim's network: the longest one that still takes less
-    // than a day, to a third region when there is one.
+/// One group of places as a region: up to [`REGION_NETS`] networks per family, weighted by
+/// how much of the database it covers, cities counting extra.
+fn region(places: &[Place], members: &[usize]) -> (Region, Vec<Spot>) {
+    let collect = |v6: bool| -> Vec<Spot> {
+        members
+            .iter()
+            .flat_map(|&m| {
+                let p = &places[m];
+                let list = if v6 { &p.v6 } else { &p.v4 };
+                list.iter().map(move |&(net, acc)| Spot {
+                    net,
+                    lat: p.lat,
+                    lon: p.lon,
+                    acc,
+                    region: 0,
+                })
+            })
+            .take(REGION_NETS)
+            .collect()
+    };
+    let (v4, v6) = (collect(false), collect(true));
+    let city_places = members.iter().filter(|&&m| places[m].city).count() as u32;
+    let weight = ((v4.len() + v6.len()) as u32 + 4 * city_places).clamp(1, 60);
+    let nets = |s: &[Spot]| s.iter().map(|s| s.net).collect::<Vec<Net>>();
+    // IPv4 for fixed lines, IPv6 for phones; a region with one family uses it for both.
+    let (home, mobile) = if v4.is_empty() {
+        (nets(&v6), nets(&v6))
+    } else {
+        (nets(&v4), nets(&v6))
+    };
+    let first = v4.first().or(v6.first()).copied().expect("places have networks");
+    let region = Region {
+        home,
+        mobile,
+        weight,
+        center: (first.lat, first.lon),
+    };
+    (region, v4.into_iter().chain(v6).collect())
+}
+
+/// Impossible travel: the first region (busiest first) with a network that has a far
+/// counterpart. The victim is its most precise network, and the far one the most distant.
+fn impossible_travel(spots: &Spots) -> Option<(Spot, Spot)> {
+    (0..spots.regions).find_map(|r| {
+        let v = first_max(spots.in_region(r), |s| -s.acc)?;
+        let far = first_max(spots.all.iter().filter(|f| f.region != r), |f| v.beyond_accuracy_km(f))?;
+        (v.beyond_accuracy_km(&far) >= FAR_KM).then_some((v, far))
+    })
+}
+
+/// A slow journey from the victim's network: the longest one that still takes less than a
+/// day, to a third region when there is one; and how long it takes at [`SLOW_KMH`], in
+/// whole minutes and at least an hour.
+fn slow_journey(spots: &Spots, victim: &Spot, far: &Spot) -> (Spot, i64) {
     let slow_ok = |s: &&Spot| {
         s.region != victim.region && victim.beyond_accuracy_km(s) >= SLOW_MIN_KM && victim.km(s) <= SLOW_MAX_KM
     };
-    let slow_to = first_max(spots.iter().filter(slow_ok).filter(|s| s.region != far.region), |s| {
-        victim.km(s)
-    })
-    .or_else(|| first_max(spots.iter().filter(slow_ok), |s| victim.km(s)))
-    .unwrap_or(far);
-    let hours = (victim.km(&slow_to) / SLOW_KMH).max(1.0);
-    let slow_travel_ms = (hours * 60.0).ceil() as i64 * 60_000;
+    let all = || spots.all.iter().filter(slow_ok);
+    let to = first_max(all().filter(|s| s.region != far.region), |s| victim.km(s))
+        .or_else(|| first_max(all(), |s| victim.km(s)))
+        .unwrap_or(*far);
+    let hours = (victim.km(&to) / SLOW_KMH).max(1.0);
+    (to, (hours * 60.0).ceil() as i64 * 60_000)
+}
 
-    // A hop: two places of one region, as far apart as the region allows (at least
-    // HOP_MIN_KM when possible).
-    let mut hop: Option<(Spot, Spot)> = None;
-    for r in 0..n_regions {
-        let members: Vec<&Spot> = in_region(r).collect();
+/// A hop: two places of one region, as far apart as the region allows (at least
+/// [`HOP_MIN_KM`] when possible), in the first region that has one; else the first two
+/// networks of the first region with two.
+fn hop(spots: &Spots) -> Option<(Spot, Spot)> {
+    let widest = |r: usize| {
+        let members: Vec<&Spot> = spots.in_region(r).collect();
         let mut best: Option<(f64, Spot, Spot)> = None;
         for a in &members {
             for b in &members {
@@ -453,45 +563,27 @@ pub(crate) fn plan(mut places: Vec<Place>) -> Result<Plan, (String, usize)> {
                 }
             }
         }
-        if let Some((_, a, b)) = best {
-            hop = Some((a, b));
-            break;
-        }
-    }
-    let (hop_a, hop_b) = hop
-        .or_else(|| {
-            (0..n_regions).find_map(|r| {
-                let m: Vec<&Spot> = in_region(r).collect();
-                (m.len() >= 2).then(|| (*m[0], *m[1]))
-            })
+        best.map(|(_, a, b)| (a, b))
+    };
+    (0..spots.regions).find_map(widest).or_else(|| {
+        (0..spots.regions).find_map(|r| {
+            let m: Vec<&Spot> = spots.in_region(r).collect();
+            (m.len() >= 2).then(|| (*m[0], *m[1]))
         })
-        .unwrap_or((victim, victim));
-    let hop_from: Vec<Net> = in_region(hop_a.region)
-        .filter(|s| s.same_place(&hop_a))
-        .take(2)
-        .map(|s| s.net)
-        .collect();
+    })
+}
 
-    // Forged copies come from two located networks (refused, so never located by the rules).
-    let decoy = first_max(
+/// Where forged copies come from: the far network, and the network furthest from the
+/// victim outside both travel regions. Located, but refused, so never located by the rules.
+fn decoy(spots: &Spots, victim: &Spot, far: &Spot) -> Spot {
+    first_max(
         spots
+            .all
             .iter()
             .filter(|s| s.region != victim.region && s.region != far.region),
         |s| victim.km(s),
     )
-    .unwrap_or(far);
-
-    Ok(Plan {
-        regions: regions.into_iter().map(|(r, _)| r).collect(),
-        victim: victims.iter().map(|s| s.net).collect(),
-        far: far.net,
-        hop_from,
-        hop_to: hop_b.net,
-        slow_from: victim.net,
-        slow_to: slow_to.net,
-        slow_travel_ms,
-        decoys: [far.net, decoy.net],
-    })
+    .unwrap_or(*far)
 }
 
 /// The first of the spots with the highest score.
@@ -625,12 +717,13 @@ mod tests {
     fn too_few_far_apart_places_are_refused_with_what_was_found() {
         let london = place(51.5, -0.1, 10.0, 1);
         let oxford = place(51.75, -1.25, 10.0, 2);
-        let (reason, regions) = plan(vec![london.clone(), oxford.clone()]).unwrap_err();
-        assert_eq!(regions, 1);
+        let e = plan(vec![london.clone(), oxford.clone()]).unwrap_err();
+        assert_eq!((e.shortfall, e.regions), (Shortfall::NoFarPair, 1));
+        let reason = Shortfall::NoFarPair.to_string();
         assert!(reason.contains("more than 1000 km apart"), "{reason}");
         // Edinburgh is a region of its own, but not far enough for impossible travel.
         let edinburgh = place(55.95, -3.19, 10.0, 3);
-        assert_eq!(plan(vec![london.clone(), edinburgh.clone()]).unwrap_err().1, 2);
+        assert_eq!(plan(vec![london.clone(), edinburgh.clone()]).unwrap_err().regions, 2);
         // Rome is far enough only with precise locations.
         let rome_vague = place(41.9, 12.5, 500.0, 4);
         assert!(plan(vec![london.clone(), rome_vague]).is_err());

@@ -8,7 +8,9 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use rdkafka::error::KafkaError;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::types::RDKafkaErrorCode;
 
 use super::{Generator, Label};
 
@@ -28,6 +30,23 @@ pub struct Produced {
     pub labels: Vec<Label>,
 }
 
+/// Why producing stopped short. Each names the brokers or the topic, which is what the
+/// operator checks first.
+#[derive(Debug, thiserror::Error)]
+pub enum ProduceError {
+    /// The producer cannot be built: a malformed broker list or an unknown or invalid
+    /// producer setting.
+    #[error("kafka producer for {brokers}: {error} (check the broker list and the producer settings)")]
+    Create { brokers: String, error: KafkaError },
+    /// A line was refused for a reason other than a full queue: an unknown topic, a message
+    /// over the broker's size limit, or no permission to write.
+    #[error("kafka produce to {topic}: {error} (check that the topic exists and this client may write to it)")]
+    Send { topic: String, error: KafkaError },
+    /// Lines were still undelivered after 30 s: the brokers are unreachable or too slow.
+    #[error("kafka flush to {topic}: {error} (some lines may not have been delivered; are the brokers reachable?)")]
+    Flush { topic: String, error: KafkaError },
+}
+
 /// Produces the generator's lines to `topic` until it ends or `stop` is set.
 pub fn produce(
     generator: Generator,
@@ -36,7 +55,7 @@ pub fn produce(
     pace: Pace,
     extra: &[(String, String)],
     stop: &AtomicBool,
-) -> Result<Produced, String> {
+) -> Result<Produced, ProduceError> {
     let mut cfg = rdkafka::ClientConfig::new();
     cfg.set("bootstrap.servers", brokers)
         .set("linger.ms", "5")
@@ -44,7 +63,10 @@ pub fn produce(
     for (k, v) in extra {
         cfg.set(k, v);
     }
-    let producer: BaseProducer = cfg.create().map_err(|e| format!("kafka producer for {brokers}: {e}"))?;
+    let producer: BaseProducer = cfg.create().map_err(|error| ProduceError::Create {
+        brokers: brokers.to_owned(),
+        error,
+    })?;
     let mut out = Produced::default();
     let mut first_ts: Option<i64> = None;
     let start = Instant::now();
@@ -63,22 +85,8 @@ pub fn produce(
                 std::thread::sleep(due - now);
             }
         }
-        loop {
-            match producer.send(BaseRecord::<(), str>::to(topic).payload(line.as_str())) {
-                Ok(()) => break,
-                Err((e, _)) => {
-                    if stop.load(Ordering::Relaxed) {
-                        return Ok(out);
-                    }
-                    if !matches!(
-                        e,
-                        rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull)
-                    ) {
-                        return Err(format!("kafka produce to {topic}: {e}"));
-                    }
-                    producer.poll(Duration::from_millis(5));
-                }
-            }
+        if !send(&producer, topic, &line, stop)? {
+            return Ok(out);
         }
         out.lines += 1;
         out.labels.extend(labels);
@@ -88,6 +96,29 @@ pub fn produce(
     }
     producer
         .flush(Duration::from_secs(30))
-        .map_err(|e| format!("kafka flush to {topic}: {e}"))?;
+        .map_err(|error| ProduceError::Flush {
+            topic: topic.to_owned(),
+            error,
+        })?;
     Ok(out)
+}
+
+/// Queues one line, waiting while the producer's queue is full (backpressure rather than
+/// dropped lines). False when `stop` was set while waiting: the line was not queued.
+fn send(producer: &BaseProducer, topic: &str, line: &str, stop: &AtomicBool) -> Result<bool, ProduceError> {
+    loop {
+        match producer.send(BaseRecord::<(), str>::to(topic).payload(line)) {
+            Ok(()) => return Ok(true),
+            Err((_, _)) if stop.load(Ordering::Relaxed) => return Ok(false),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                producer.poll(Duration::from_millis(5));
+            }
+            Err((error, _)) => {
+                return Err(ProduceError::Send {
+                    topic: topic.to_owned(),
+                    error,
+                })
+            }
+        }
+    }
 }

@@ -96,7 +96,7 @@ use rng::Rng;
 use scenario::{Mint, Minted, Scenario, Scene, Scripted, Spec, ATTACKS, DECOYS, NEAR_MISSES};
 use traffic::{pick_request, ClientKind, CLIENTS};
 
-pub use geoip::NetworksError;
+pub use geoip::{NetworksError, Shortfall};
 pub use net::Networks;
 pub use scenario::rule;
 
@@ -111,6 +111,7 @@ pub enum GenFormat {
 }
 
 impl GenFormat {
+    /// Every format, in the order `--help` lists them.
     pub const ALL: [GenFormat; 5] = [
         GenFormat::Canonical,
         GenFormat::Traefik,
@@ -119,6 +120,7 @@ impl GenFormat {
         GenFormat::Nginx,
     ];
 
+    /// The name `--format` takes.
     pub fn name(self) -> &'static str {
         match self {
             GenFormat::Canonical => "canonical",
@@ -138,7 +140,7 @@ impl fmt::Display for GenFormat {
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("unknown log format `{0}`: expected canonical, traefik, kong, envoy or nginx")]
-pub struct UnknownFormat(pub String);
+pub struct UnknownFormat(String);
 
 impl FromStr for GenFormat {
     type Err = UnknownFormat;
@@ -151,7 +153,7 @@ impl FromStr for GenFormat {
 }
 
 /// 2026-11-29T00:00:00Z.
-pub const DEFAULT_START_MS: i64 = 1_795_910_400_000;
+const DEFAULT_START_MS: i64 = 1_795_910_400_000;
 
 /// What to generate. [`Generator::new`] clamps nonsensical values; call
 /// [`GenConfig::validate`] first to report them instead.
@@ -308,7 +310,7 @@ impl Label {
 /// One generated line.
 #[derive(Clone, PartialEq)]
 pub struct Generated {
-    pub ts_ms: i64,
+    ts_ms: i64,
     pub line: String,
     /// Rules this line should fire; empty for almost every line.
     pub labels: Vec<Label>,
@@ -541,15 +543,10 @@ impl Generator {
         }
     }
 
-    /// Lines written so far.
-    pub fn emitted(&self) -> u64 {
-        self.emitted
-    }
-
     /// Writes the next line into `out` (cleared first; no newline) and returns its event
     /// time and labels, or `None` when the run is over. Reusing `out` avoids the one
     /// allocation per line that the `Iterator` implementation makes.
-    pub fn next_into(&mut self, out: &mut String) -> Option<(i64, Vec<Label>)> {
+    pub(crate) fn next_into(&mut self, out: &mut String) -> Option<(i64, Vec<Label>)> {
         out.clear();
         if self.done || self.emitted >= self.max_events {
             self.done = true;
@@ -1461,14 +1458,14 @@ mod tests {
     // ---- with a --geoip database ----
 
     /// MaxMind's GeoIP2-City-Test (not the database the built-in tables copy), read once.
+    fn fixture_path() -> std::path::PathBuf {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/geoip/GeoIP2-City-Test.mmdb")
+    }
+
     fn fixture_networks() -> Arc<Networks> {
         static NETS: std::sync::OnceLock<Arc<Networks>> = std::sync::OnceLock::new();
-        NETS.get_or_init(|| {
-            let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("../../tests/fixtures/geoip/GeoIP2-City-Test.mmdb");
-            Arc::new(Networks::from_geoip(&p).unwrap())
-        })
-        .clone()
+        NETS.get_or_init(|| Arc::new(Networks::from_geoip(&fixture_path()).unwrap()))
+            .clone()
     }
 
     #[test]
@@ -1498,7 +1495,7 @@ mod tests {
         assert_eq!(n.unlocated_ranges(), unlocated);
         assert_eq!(n.far.to_string(), "175.16.199.0/24");
         assert_eq!(n.slow_travel_ms, 14 * 3_600_000);
-        assert!(n.database_path().is_none());
+        assert!(matches!(n.source, net::Source::Builtin));
     }
 
     #[test]
@@ -1524,7 +1521,7 @@ mod tests {
             ..cfg(7, 3000)
         };
         let a = lines(c.clone());
-        let again = Networks::from_geoip(fixture_networks().database_path().unwrap()).unwrap();
+        let again = Networks::from_geoip(&fixture_path()).unwrap();
         let b = lines(GenConfig {
             networks: Arc::new(again),
             ..c

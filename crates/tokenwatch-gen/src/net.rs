@@ -18,7 +18,7 @@
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
 use super::rng::Rng;
@@ -292,14 +292,6 @@ impl Networks {
             Source::Database { bytes, .. } => {
                 GeoDb::from_bytes(bytes.to_vec()).expect("the database was read as a City database")
             }
-        }
-    }
-
-    /// The `--geoip` file these networks come from; `None` for the built-in tables.
-    pub fn database_path(&self) -> Option<&Path> {
-        match &self.source {
-            Source::Builtin => None,
-            Source::Database { path, .. } => Some(path),
         }
     }
 

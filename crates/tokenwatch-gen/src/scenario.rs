@@ -32,14 +32,14 @@ use super::{Expect, Label};
 
 /// Rule ids of the engine's default rules, as labels name them.
 pub mod rule {
-    pub const TOKEN_REPLAY: &str = "token-replay";
-    pub const IMPOSSIBLE_TRAVEL: &str = "impossible-travel";
-    pub const EXPIRED_TOKEN_ATTEMPTS: &str = "expired-token-attempts";
-    pub const EXPIRED_TOKEN_ACCEPTED: &str = "expired-token-accepted";
-    pub const UNSIGNED_TOKEN: &str = "unsigned-token";
-    pub const TOKEN_IN_URL: &str = "token-in-url";
-    pub const EXCESSIVE_LIFETIME: &str = "excessive-lifetime";
-    pub const REVOKED_TOKEN_USED: &str = "revoked-token-used";
+    pub(crate) const TOKEN_REPLAY: &str = "token-replay";
+    pub(crate) const IMPOSSIBLE_TRAVEL: &str = "impossible-travel";
+    pub(crate) const EXPIRED_TOKEN_ATTEMPTS: &str = "expired-token-attempts";
+    pub(crate) const EXPIRED_TOKEN_ACCEPTED: &str = "expired-token-accepted";
+    pub(crate) const UNSIGNED_TOKEN: &str = "unsigned-token";
+    pub(crate) const TOKEN_IN_URL: &str = "token-in-url";
+    pub(crate) const EXCESSIVE_LIFETIME: &str = "excessive-lifetime";
+    pub(crate) const REVOKED_TOKEN_USED: &str = "revoked-token-used";
 
     pub const ALL: [&str; 8] = [
         TOKEN_REPLAY,
@@ -53,7 +53,8 @@ pub mod rule {
     ];
 
     /// The rules that revoke, which only authenticated requests may trigger (issue 9).
-    pub const REVOKING: [&str; 4] = [TOKEN_REPLAY, IMPOSSIBLE_TRAVEL, EXPIRED_TOKEN_ACCEPTED, TOKEN_IN_URL];
+    #[cfg(test)]
+    pub(crate) const REVOKING: [&str; 4] = [TOKEN_REPLAY, IMPOSSIBLE_TRAVEL, EXPIRED_TOKEN_ACCEPTED, TOKEN_IN_URL];
 
     /// Rules keyed by subject; every other rule is keyed by token id.
     pub fn keyed_by_subject(rule: &str) -> bool {

@@ -119,8 +119,41 @@ const CATEGORY: &[&str] = &[
 const SORT: &[&str] = &["price", "-price", "rating", "newest", "relevance"];
 const BASE36: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyz";
 
-/// Relative frequency of each endpoint in [`pick_request`].
-const ENDPOINTS: &[u32] = &[14, 10, 3, 2, 1, 14, 12, 6, 8, 1, 7, 4, 2, 6, 5, 3];
+/// Writes an endpoint's path (with query) into the cleared path, drawing its ids from the
+/// generator's one PRNG, and returns the method and the status it usually answers.
+type Endpoint = fn(&mut Rng, i64, &mut String) -> (&'static str, u16);
+
+/// The endpoints with their relative frequency. The order is part of the output: a seed's
+/// draws index this table, so reordering it changes every generated run.
+const ENDPOINTS: [(u32, Endpoint); 16] = [
+    (14, list_orders),
+    (10, get_order),
+    (3, create_order),
+    (2, update_order),
+    (1, delete_order_item),
+    (14, list_products),
+    (12, get_product),
+    (6, search),
+    (8, get_me),
+    (1, put_preferences),
+    (7, get_cart),
+    (4, add_to_cart),
+    (2, get_invoice_pdf),
+    (6, list_notifications),
+    (5, recommendations),
+    (3, store_inventory),
+];
+
+/// The weights of [`ENDPOINTS`], as the slice [`Rng::weighted`] draws from.
+const ENDPOINT_WEIGHTS: [u32; ENDPOINTS.len()] = {
+    let mut w = [0; ENDPOINTS.len()];
+    let mut i = 0;
+    while i < w.len() {
+        w[i] = ENDPOINTS[i].0;
+        i += 1;
+    }
+    w
+};
 
 fn order_id(rng: &mut Rng, out: &mut String) {
     out.push_str("ord_");
@@ -136,100 +169,132 @@ fn sku(rng: &mut Rng, out: &mut String) {
     push_u64(out, 100_000 + rng.below(900_000));
 }
 
+/// A cacheable read: 304 Not Modified with probability `p`, else 200.
+fn cached(rng: &mut Rng, p: f64) -> u16 {
+    if rng.chance(p) {
+        304
+    } else {
+        200
+    }
+}
+
+fn list_orders(rng: &mut Rng, _now_s: i64, path: &mut String) -> (&'static str, u16) {
+    path.push_str("/api/v1/orders?page=");
+    push_u64(path, 1 + rng.below(12));
+    path.push_str("&per_page=25");
+    ("GET", cached(rng, 0.08))
+}
+
+fn get_order(rng: &mut Rng, _now_s: i64, path: &mut String) -> (&'static str, u16) {
+    path.push_str("/api/v1/orders/");
+    order_id(rng, path);
+    ("GET", cached(rng, 0.1))
+}
+
+fn create_order(_rng: &mut Rng, _now_s: i64, path: &mut String) -> (&'static str, u16) {
+    path.push_str("/api/v1/orders");
+    ("POST", 201)
+}
+
+fn update_order(rng: &mut Rng, _now_s: i64, path: &mut String) -> (&'static str, u16) {
+    path.push_str("/api/v1/orders/");
+    order_id(rng, path);
+    ("PATCH", 200)
+}
+
+fn delete_order_item(rng: &mut Rng, _now_s: i64, path: &mut String) -> (&'static str, u16) {
+    path.push_str("/api/v1/orders/");
+    order_id(rng, path);
+    path.push_str("/items/");
+    push_u64(path, 1 + rng.below(6));
+    ("DELETE", 204)
+}
+
+fn list_products(rng: &mut Rng, _now_s: i64, path: &mut String) -> (&'static str, u16) {
+    path.push_str("/api/v1/products?category=");
+    path.push_str(rng.pick(CATEGORY));
+    path.push_str("&sort=");
+    path.push_str(rng.pick(SORT));
+    path.push_str("&page=");
+    push_u64(path, 1 + rng.below(8));
+    ("GET", cached(rng, 0.15))
+}
+
+fn get_product(rng: &mut Rng, _now_s: i64, path: &mut String) -> (&'static str, u16) {
+    path.push_str("/api/v1/products/");
+    sku(rng, path);
+    ("GET", cached(rng, 0.2))
+}
+
+fn search(rng: &mut Rng, _now_s: i64, path: &mut String) -> (&'static str, u16) {
+    path.push_str("/api/v2/search?q=");
+    path.push_str(rng.pick(SEARCH));
+    path.push_str("&limit=20");
+    ("GET", 200)
+}
+
+fn get_me(rng: &mut Rng, _now_s: i64, path: &mut String) -> (&'static str, u16) {
+    path.push_str("/api/v1/users/me");
+    ("GET", cached(rng, 0.3))
+}
+
+fn put_preferences(_rng: &mut Rng, _now_s: i64, path: &mut String) -> (&'static str, u16) {
+    path.push_str("/api/v1/users/me/preferences");
+    ("PUT", 204)
+}
+
+fn get_cart(_rng: &mut Rng, _now_s: i64, path: &mut String) -> (&'static str, u16) {
+    path.push_str("/api/v1/cart");
+    ("GET", 200)
+}
+
+fn add_to_cart(_rng: &mut Rng, _now_s: i64, path: &mut String) -> (&'static str, u16) {
+    path.push_str("/api/v1/cart/items");
+    ("POST", 201)
+}
+
+fn get_invoice_pdf(rng: &mut Rng, _now_s: i64, path: &mut String) -> (&'static str, u16) {
+    path.push_str("/api/v1/invoices/INV-2026-");
+    push_u64(path, 10_000 + rng.below(90_000));
+    path.push_str("/pdf");
+    ("GET", 200)
+}
+
+/// The one endpoint whose query depends on the time: unread notifications since a recent
+/// moment, so the query stays plausible whatever the run's start.
+fn list_notifications(rng: &mut Rng, now_s: i64, path: &mut String) -> (&'static str, u16) {
+    path.push_str("/api/v1/notifications?since=");
+    push_u64(path, (now_s - rng.range(60, 3600)).max(0) as u64);
+    path.push_str("&unread=true");
+    ("GET", cached(rng, 0.25))
+}
+
+fn recommendations(_rng: &mut Rng, _now_s: i64, path: &mut String) -> (&'static str, u16) {
+    path.push_str("/api/v2/recommendations?limit=10");
+    ("GET", 200)
+}
+
+fn store_inventory(rng: &mut Rng, _now_s: i64, path: &mut String) -> (&'static str, u16) {
+    path.push_str("/api/v1/stores/");
+    push_u64(path, 1 + rng.below(400));
+    path.push_str("/inventory?sku=");
+    sku(rng, path);
+    ("GET", 200)
+}
+
 /// Writes an ordinary request's path (with query) into `path`; returns method and status.
 pub(crate) fn pick_request(rng: &mut Rng, now_s: i64, path: &mut String) -> (&'static str, u16) {
     path.clear();
-    let cached = |rng: &mut Rng, p: f64| if rng.chance(p) { 304 } else { 200 };
-    let (method, ok) = match rng.weighted(ENDPOINTS) {
-        0 => {
-            path.push_str("/api/v1/orders?page=");
-            push_u64(path, 1 + rng.below(12));
-            path.push_str("&per_page=25");
-            ("GET", cached(rng, 0.08))
-        }
-        1 => {
-            path.push_str("/api/v1/orders/");
-            order_id(rng, path);
-            ("GET", cached(rng, 0.1))
-        }
-        2 => {
-            path.push_str("/api/v1/orders");
-            ("POST", 201)
-        }
-        3 => {
-            path.push_str("/api/v1/orders/");
-            order_id(rng, path);
-            ("PATCH", 200)
-        }
-        4 => {
-            path.push_str("/api/v1/orders/");
-            order_id(rng, path);
-            path.push_str("/items/");
-            push_u64(path, 1 + rng.below(6));
-            ("DELETE", 204)
-        }
-        5 => {
-            path.push_str("/api/v1/products?category=");
-            path.push_str(rng.pick(CATEGORY));
-            path.push_str("&sort=");
-            path.push_str(rng.pick(SORT));
-            path.push_str("&page=");
-            push_u64(path, 1 + rng.below(8));
-            ("GET", cached(rng, 0.15))
-        }
-        6 => {
-            path.push_str("/api/v1/products/");
-            sku(rng, path);
-            ("GET", cached(rng, 0.2))
-        }
-        7 => {
-            path.push_str("/api/v2/search?q=");
-            path.push_str(rng.pick(SEARCH));
-            path.push_str("&limit=20");
-            ("GET", 200)
-        }
-        8 => {
-            path.push_str("/api/v1/users/me");
-            ("GET", cached(rng, 0.3))
-        }
-        9 => {
-            path.push_str("/api/v1/users/me/preferences");
-            ("PUT", 204)
-        }
-        10 => {
-            path.push_str("/api/v1/cart");
-            ("GET", 200)
-        }
-        11 => {
-            path.push_str("/api/v1/cart/items");
-            ("POST", 201)
-        }
-        12 => {
-            path.push_str("/api/v1/invoices/INV-2026-");
-            push_u64(path, 10_000 + rng.below(90_000));
-            path.push_str("/pdf");
-            ("GET", 200)
-        }
-        13 => {
-            path.push_str("/api/v1/notifications?since=");
-            push_u64(path, (now_s - rng.range(60, 3600)).max(0) as u64);
-            path.push_str("&unread=true");
-            ("GET", cached(rng, 0.25))
-        }
-        14 => {
-            path.push_str("/api/v2/recommendations?limit=10");
-            ("GET", 200)
-        }
-        _ => {
-            path.push_str("/api/v1/stores/");
-            push_u64(path, 1 + rng.below(400));
-            path.push_str("/inventory?sku=");
-            sku(rng, path);
-            ("GET", 200)
-        }
-    };
-    // Errors on top of the endpoint's usual answer. 401/403 here carry valid tokens.
-    let status = match rng.below(1000) {
+    let (_, endpoint) = ENDPOINTS[rng.weighted(&ENDPOINT_WEIGHTS)];
+    let (method, usual) = endpoint(rng, now_s, path);
+    (method, with_errors(rng, usual))
+}
+
+/// Errors on top of the endpoint's usual answer, about 8% of requests. The 401 and 403 here
+/// carry valid tokens (a wrong scope, a permission check), so the rules see rejections that
+/// are not about expiry.
+fn with_errors(rng: &mut Rng, usual: u16) -> u16 {
+    match rng.below(1000) {
         0..=39 => 404,
         40..=59 => 400,
         60..=66 => 500,
@@ -237,9 +302,8 @@ pub(crate) fn pick_request(rng: &mut Rng, now_s: i64, path: &mut String) -> (&'s
         70..=74 => 401,
         75..=78 => 403,
         79..=81 => 429,
-        _ => ok,
-    };
-    (method, status)
+        _ => usual,
+    }
 }
 
 #[cfg(test)]
