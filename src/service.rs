@@ -28,7 +28,6 @@
 
 mod assemble;
 mod consume;
-mod legacy;
 mod metric_sync;
 mod redis_health;
 mod reload;

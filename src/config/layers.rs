@@ -77,10 +77,10 @@ impl Origins {
     }
 
     /// Another module refused the value of `key`, with a message that names the key.
-    pub fn refused(&self, key: &str, message: impl Into<String>) -> ConfigError {
+    pub fn refused(&self, key: &str, message: impl std::fmt::Display) -> ConfigError {
         ConfigError::Refused {
             origin: self.of(key).cloned(),
-            message: message.into(),
+            message: message.to_string(),
         }
     }
 }

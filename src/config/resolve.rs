@@ -46,7 +46,7 @@ impl Loaded {
         };
         Mapping::compile(m)
             .map(Some)
-            .map_err(|e| self.origins.refused("input.mapping", e.to_string()))
+            .map_err(|e| self.origins.refused("input.mapping", e))
     }
 
     /// The keys of `[verify]`, read now; `None` when no JWKS is configured.
