@@ -8,6 +8,11 @@
 //!
 //! Revocations decided for an event take effect after all rules have seen that event: the
 //! event that gets a token revoked is not itself a "use of a revoked token".
+//!
+//! Each rule kind has its own file (`matching`, `count`, `distinct`, `velocity`, `revoked`)
+//! that owns its per-key step, its reason and evidence, and what `explain` shows of its state;
+//! what every kind shares (lateness, the key, the cooldown) is applied once, in [`state`].
+//! This file holds what spans rules: keys, filters and allowlists, budgets, revocations.
 
 pub mod budget;
 pub mod count;

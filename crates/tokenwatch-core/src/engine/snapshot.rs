@@ -524,3 +524,42 @@ impl Engine {
         Ok(report)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::engine::EngineConfig;
+    use crate::rules::{load_str, RuleSet};
+
+    #[test]
+    fn a_rule_state_of_another_kind_than_its_rule_is_refused() {
+        let yaml = "id: c\nseverity: low\naction: alert\nkind: count\nkey: token_id\nthreshold: 2\nwindow: 1m\n";
+        let rules = Arc::new(RuleSet {
+            rules: load_str(Path::new("r.yaml"), yaml).unwrap(),
+            files: 1,
+        });
+        let mut engine = Engine::new(rules, EngineConfig::default());
+        let mut bytes = Vec::new();
+        engine.snapshot(&mut bytes);
+        // seeds, newest, next sweep, one rule: then its fingerprint and its tag
+        let mut head = Vec::new();
+        let mut e = Enc(&mut head);
+        for _ in 0..4 {
+            e.u64(0);
+        }
+        e.vari(i64::MIN);
+        e.vari(i64::MIN);
+        e.varu(1);
+        let at = head.len() + 16;
+        assert_eq!(bytes[at], CountState::TAG);
+        bytes[at] = DistinctState::TAG;
+        let err = engine.restore(&bytes).unwrap_err();
+        assert!(err.to_string().contains("another kind than the rule"), "{err}");
+        bytes[at] = 9;
+        let err = engine.restore(&bytes).unwrap_err();
+        assert!(err.to_string().contains("unknown rule state kind"), "{err}");
+    }
+}

@@ -104,7 +104,7 @@ impl<K: KindStep> Keyed<K> {
 }
 
 /// The cooldown, for every kind: whether a key that last fired at `fired_at` may fire at `ts`.
-pub(super) fn cooled_down(cooldown: Cooldown, fired_at: i64, ts: i64) -> bool {
+fn cooled_down(cooldown: Cooldown, fired_at: i64, ts: i64) -> bool {
     match cooldown {
         _ if fired_at == NEVER => true,
         Cooldown::Forever => false,
@@ -220,5 +220,19 @@ impl State {
 
     pub fn evictions(&self) -> u64 {
         each_kind!(self, k => k.keys.evictions)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cooldown_lets_a_key_fire_first_then_after_its_duration_or_never() {
+        assert!(cooled_down(Cooldown::Forever, NEVER, 0));
+        assert!(!cooled_down(Cooldown::Forever, 0, i64::MAX));
+        assert!(!cooled_down(Cooldown::Ms(1_000), 0, 999));
+        assert!(cooled_down(Cooldown::Ms(1_000), 0, 1_000));
+        assert!(cooled_down(Cooldown::Ms(0), 5, 5));
     }
 }

@@ -212,7 +212,7 @@ const COMMON_KEYS: &[&str] = &[
 ];
 
 /// `a, b, c or d`, for the messages that list what is allowed.
-pub(super) fn one_of<'a>(names: impl ExactSizeIterator<Item = &'a str>) -> String {
+fn one_of<'a>(names: impl ExactSizeIterator<Item = &'a str>) -> String {
     let n = names.len();
     let mut out = String::new();
     for (i, name) in names.enumerate() {
@@ -831,6 +831,32 @@ where:
         for w in want {
             assert!(e.iter().any(|m| m.starts_with(w)), "missing `{w}` in {e:#?}");
         }
+    }
+
+    #[test]
+    fn unknown_names_list_what_the_tables_allow() {
+        let rule = |rest: &str| format!("id: r\nseverity: low\naction: alert\nkey: token_id\n{rest}");
+        assert_eq!(
+            errs(&rule("kind: counter\n")),
+            ["r.yaml:5: unknown kind `counter` (expected match, count, distinct_count, geo_velocity or revoked_use)"]
+        );
+        assert_eq!(
+            errs(&rule("kind: match\nwhere:\n  path: {like: x}\n")),
+            [
+                "r.yaml:7: unknown operator `like` (expected eq, ne, in, not_in, gt, gte, lt, lte, prefix, suffix, \
+              contains, regex, cidr, not_cidr or exists)"
+            ]
+        );
+        assert_eq!(
+            errs(&rule("kind: match\nmode: loud\n")),
+            ["r.yaml:6: unknown mode `loud` (expected enforce or shadow)"]
+        );
+        assert_eq!(
+            errs(&rule(
+                "kind: geo_velocity\nmax_gap: 1h\nmin_distance_km: 1\nmax_speed_kmh: 9\nwindow: 1m\n"
+            )),
+            ["r.yaml:9: `window` is a parameter of kind count, not of kind geo_velocity"]
+        );
     }
 
     #[test]
