@@ -13,6 +13,7 @@ mod support;
 mod alerts;
 mod attestation;
 mod cli;
+mod code_shape;
 mod compose;
 mod demo;
 mod e2e_tansu;
