@@ -32,6 +32,7 @@ use tokenwatch_core::input::mapping::MappingConfig;
 use tokenwatch_core::input::Format;
 use tokenwatch_core::pipeline::PipelineConfig;
 use tokenwatch_core::rules::Budget;
+use tokenwatch_core::token::DEFAULT_MAX_TOKEN_BYTES;
 
 pub use error::ConfigError;
 pub use layers::{FlagValue, Layers, Origin, Origins};
@@ -154,6 +155,9 @@ pub struct InputSection {
     pub format: Format,
     /// Longer lines are skipped (counted as line_too_long).
     pub max_line_bytes: usize,
+    /// Longer compact tokens are not decoded (counted as token_too_large; the request is still
+    /// an event). Within [`tokenwatch_core::token::TOKEN_BYTES_RANGE`].
+    pub max_token_bytes: usize,
     /// Field → JSON path, for `format = "custom"`.
     pub mapping: Option<MappingConfig>,
 }
@@ -163,6 +167,7 @@ impl Default for InputSection {
         InputSection {
             format: Format::Auto,
             max_line_bytes: DEFAULT_MAX_LINE,
+            max_token_bytes: DEFAULT_MAX_TOKEN_BYTES,
             mapping: None,
         }
     }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use tokenwatch_core::input::mapping::Mapping;
 use tokenwatch_core::pipeline::PipelineConfig;
+use tokenwatch_core::token::{DEFAULT_MAX_TOKEN_BYTES, TOKEN_BYTES_RANGE};
 use tokenwatch_core::verify::{Verifier, VerifyConfig};
 
 use super::{AlertOutput, Config, ConfigError, Layers, Origins};
@@ -33,6 +34,17 @@ impl Loaded {
                     "{} s is shorter than revocation.min_token_ttl ({} s)",
                     r.max_token_ttl.as_secs(),
                     r.min_token_ttl.as_secs()
+                ),
+            ));
+        }
+        let max_token = config.input.max_token_bytes;
+        if !TOKEN_BYTES_RANGE.contains(&max_token) {
+            return Err(origins.invalid(
+                "input.max_token_bytes",
+                format!(
+                    "{max_token} is outside {}..={} bytes (default {DEFAULT_MAX_TOKEN_BYTES})",
+                    TOKEN_BYTES_RANGE.start(),
+                    TOKEN_BYTES_RANGE.end()
                 ),
             ));
         }
@@ -71,6 +83,7 @@ impl Loaded {
             format: c.input.format,
             mapping: self.mapping()?,
             token_cache: c.engine.token_cache,
+            max_token_bytes: c.input.max_token_bytes,
             engine: c.engine(),
             verify: self.verifier()?,
         })

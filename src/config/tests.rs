@@ -312,6 +312,29 @@ fn values_are_checked() {
     );
 }
 
+#[test]
+fn the_token_size_cap_is_a_checked_input_key() {
+    let cap = |text: &str| parse(text).and_then(|l| l.pipeline()).map(|p| p.max_token_bytes);
+    assert_eq!(cap("").unwrap(), tokenwatch_core::token::DEFAULT_MAX_TOKEN_BYTES);
+    assert_eq!(cap("[input]\nmax_token_bytes = 2048\n").unwrap(), 2048);
+    for bad in ["512", "1048576", "0"] {
+        let e = cap(&format!("[input]\nmax_token_bytes = {bad}\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with(&format!("input.max_token_bytes: {bad} is outside 1024..=65536")),
+            "{e}"
+        );
+    }
+    let e = load_env(&[("TOKENWATCH_INPUT__MAX_TOKEN_BYTES", "100")])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("TOKENWATCH_INPUT__MAX_TOKEN_BYTES") && e.contains("input.max_token_bytes"),
+        "{e}"
+    );
+}
+
 /// The defaults of the config are the detection core's: one place says each.
 #[test]
 fn defaults_are_the_cores() {

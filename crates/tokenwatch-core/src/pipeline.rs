@@ -40,6 +40,9 @@ pub struct PipelineConfig {
     pub mapping: Option<Mapping>,
     /// Distinct tokens kept decoded.
     pub token_cache: usize,
+    /// Longer compact tokens are not decoded (`token_too_large`; the request is still an
+    /// event): `[input] max_token_bytes`.
+    pub max_token_bytes: usize,
     pub engine: EngineConfig,
     /// Verifies token signatures (`--jwks`); `None`: no token is `verified`.
     pub verify: Option<Arc<Verifier>>,
@@ -60,6 +63,7 @@ impl Default for PipelineConfig {
             format: Format::Auto,
             mapping: None,
             token_cache: 1_000_000,
+            max_token_bytes: crate::token::DEFAULT_MAX_TOKEN_BYTES,
             engine: EngineConfig::default(),
             verify: None,
         }
@@ -253,7 +257,9 @@ impl Decoder {
     pub fn new(geo: Option<GeoDb>, cfg: &PipelineConfig, wanted_claims: Vec<Box<str>>) -> Result<Self, FormatError> {
         Ok(Decoder {
             parser: Parser::new(cfg.format, cfg.mapping.clone())?,
-            tokens: TokenCache::new(cfg.token_cache, wanted_claims).with_verifier(cfg.verify.clone()),
+            tokens: TokenCache::new(cfg.token_cache, wanted_claims)
+                .with_verifier(cfg.verify.clone())
+                .with_max_token_bytes(cfg.max_token_bytes),
             geo,
         })
     }

@@ -70,15 +70,19 @@ pub enum DecodeError {
     HeaderJson,
     #[error("token payload is not a JSON object")]
     PayloadJson,
-    #[error("token is longer than {MAX_TOKEN_BYTES} bytes")]
+    #[error("token is longer than [input] max_token_bytes")]
     TooLarge,
     #[error("an id-like claim (jti, iss, sub, kid, alg, aud) is longer than {MAX_ID_CLAIM_BYTES} bytes")]
     ClaimTooLarge,
 }
 
-/// A compact token longer than this is not decoded (`token_too_large`): real tokens are a few
-/// KiB at most, and everything tokenwatch keeps, writes or prints per token stays bounded.
-pub(crate) const MAX_TOKEN_BYTES: usize = 16 * 1024;
+/// By default, a compact token longer than this is not decoded (`token_too_large`): real
+/// tokens are a few KiB at most, and decoding (base64, JSON) is work an attacker could make
+/// large. Configurable as `[input] max_token_bytes`, within [`TOKEN_BYTES_RANGE`].
+pub const DEFAULT_MAX_TOKEN_BYTES: usize = 16 * 1024;
+/// The values `[input] max_token_bytes` may take: below 1 KiB real RS256 tokens with a few
+/// claims would not decode; above 64 KiB no gateway forwards the header anyway.
+pub const TOKEN_BYTES_RANGE: std::ops::RangeInclusive<usize> = 1024..=64 * 1024;
 /// An id-like claim (`jti`, `iss`, `sub`, `kid`, `alg`, each `aud`) longer than this makes the
 /// token undecodable (`claim_too_large`): such text ends up in state, decisions and Redis values.
 pub(crate) const MAX_ID_CLAIM_BYTES: usize = 1024;
@@ -198,10 +202,20 @@ struct Claims {
     aud: Vec<Box<str>>,
 }
 
-/// Decodes a compact JWT. `wanted_claims` names the extra claims the rules use.
+/// Decodes a compact JWT of at most [`DEFAULT_MAX_TOKEN_BYTES`]. `wanted_claims` names the
+/// extra claims the rules use.
 pub fn decode(raw: RawToken<'_>, wanted_claims: &[Box<str>]) -> Result<TokenInfo, DecodeError> {
+    decode_capped(raw, wanted_claims, DEFAULT_MAX_TOKEN_BYTES)
+}
+
+/// [`decode`], refusing a token longer than `max_bytes` (`token_too_large`) before any work.
+pub fn decode_capped(
+    raw: RawToken<'_>,
+    wanted_claims: &[Box<str>],
+    max_bytes: usize,
+) -> Result<TokenInfo, DecodeError> {
     let token = raw.expose();
-    if token.len() > MAX_TOKEN_BYTES {
+    if token.len() > max_bytes {
         return Err(DecodeError::TooLarge);
     }
     let mut parts = token.splitn(4, '.');
@@ -523,6 +537,8 @@ pub struct TokenCache {
     wanted_claims: Box<[Box<str>]>,
     shared: Interner,
     verifier: Option<Arc<Verifier>>,
+    /// Longer tokens are not decoded (`[input] max_token_bytes`).
+    max_token_bytes: usize,
 }
 
 /// One copy of each issuer, subject, algorithm, key id and audience list among the cached
@@ -579,7 +595,20 @@ impl TokenCache {
             wanted_claims: wanted_claims.into_boxed_slice(),
             shared: Interner::default(),
             verifier: None,
+            max_token_bytes: DEFAULT_MAX_TOKEN_BYTES,
         }
+    }
+
+    /// Refuses tokens longer than `max_bytes` (`token_too_large`) instead of
+    /// [`DEFAULT_MAX_TOKEN_BYTES`]. Forgets what was decoded, which may no longer hold.
+    pub fn with_max_token_bytes(mut self, max_bytes: usize) -> Self {
+        if max_bytes != self.max_token_bytes {
+            self.max_token_bytes = max_bytes;
+            self.map.clear();
+            self.errors.clear();
+            self.shared.clear();
+        }
+        self
     }
 
     /// Verifies each distinct token's signature once, with these keys.
@@ -591,7 +620,9 @@ impl TokenCache {
     /// An empty cache for the same rules and keys, with its own hash keys (for another worker
     /// thread).
     pub fn fork(&self) -> Self {
-        TokenCache::new(self.cap, self.wanted_claims.to_vec()).with_verifier(self.verifier.clone())
+        TokenCache::new(self.cap, self.wanted_claims.to_vec())
+            .with_verifier(self.verifier.clone())
+            .with_max_token_bytes(self.max_token_bytes)
     }
 
     /// Changes the claims kept for rules (after a rule reload); forgets what was decoded.
@@ -633,7 +664,7 @@ impl TokenCache {
         if let Some(e) = self.errors.get(&key) {
             return Err(*e);
         }
-        match decode(raw, &self.wanted_claims) {
+        match decode_capped(raw, &self.wanted_claims, self.max_token_bytes) {
             Ok(mut info) => {
                 if self.map.len() >= self.cap {
                     self.map.clear();
@@ -1157,6 +1188,20 @@ mod tests {
         assert_eq!(a.claim("lvl"), Some(&ClaimValue::Num(3.0)));
         assert_eq!(a.claim("nope"), None);
         assert_eq!(c.get(RawToken::new("x.y")).unwrap_err(), DecodeError::NotThreeSegments);
+    }
+
+    #[test]
+    fn the_token_size_cap_is_the_caches_own() {
+        let t = tok(json!({"alg":"RS256"}), json!({"sub":"u","pad":"p".repeat(2_300)}));
+        assert!((2_048..4_096).contains(&t.len()), "{}", t.len());
+        assert!(TokenCache::new(10, vec![]).get(RawToken::new(&t)).is_ok());
+        let mut small = TokenCache::new(10, vec![]).with_max_token_bytes(2_048);
+        assert_eq!(small.get(RawToken::new(&t)).unwrap_err(), DecodeError::TooLarge);
+        assert_eq!(small.fork().get(RawToken::new(&t)).unwrap_err(), DecodeError::TooLarge);
+        assert_eq!(
+            decode_capped(RawToken::new(&t), &[], t.len()).unwrap().sub.as_deref(),
+            Some("u")
+        );
     }
 
     #[test]
