@@ -33,5 +33,6 @@ mod restart;
 mod ruletest;
 mod run_process;
 mod service;
+mod size_caps;
 mod token_reference;
 mod verify_jwks;

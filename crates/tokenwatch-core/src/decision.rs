@@ -5,13 +5,19 @@
 //! a decision reads the same wherever it appears. [`RevocationPolicy`] holds the arithmetic
 //! of how long a revocation lasts, shared by the engine's own memory of revocations and the
 //! Redis blocklist TTLs.
+//!
+//! A decision's size is bounded whatever the request looked like ([`MAX_DECISION_BYTES`]):
+//! id-like claims are capped when the token is decoded, and every piece of free request text
+//! a rule quotes (path, method, distinct values) goes through [`clip_text`].
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 use std::sync::Arc;
 
 use serde::{Serialize, Serializer};
 
 use crate::rules::{Action, Severity};
+use crate::token::MAX_ID_CLAIM_BYTES;
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Decision {
@@ -49,6 +55,67 @@ impl Decision {
         s
     }
 }
+
+/// The most bytes of free request text (path, method, a distinct value) a decision quotes,
+/// marker included: enough to recognise a request, too little to carry a payload.
+pub const MAX_TEXT_BYTES: usize = 512;
+
+/// `text` as a decision may quote it: unchanged when it fits [`MAX_TEXT_BYTES`], otherwise
+/// its start (cut at a character boundary) followed by `…(N bytes)`, N the original length,
+/// the whole at most [`MAX_TEXT_BYTES`]. The one place where request text is bounded before
+/// it reaches a decision, an alert or Redis.
+pub fn clip_text(text: &str) -> Cow<'_, str> {
+    if text.len() <= MAX_TEXT_BYTES {
+        return Cow::Borrowed(text);
+    }
+    let marker = format!("…({} bytes)", text.len());
+    let mut end = MAX_TEXT_BYTES - marker.len();
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    Cow::Owned(format!("{}{marker}", &text[..end]))
+}
+
+/// A JSON string of at most `n` bytes of text, at worst: every byte a control character
+/// written as `\u00XX` (six bytes), and the two quotes.
+const fn json_str_max(n: usize) -> usize {
+    6 * n + 2
+}
+
+/// The longest one decision's JSON line (newline included) can be with the default rules,
+/// whatever the input. The parts, each at its worst:
+///
+/// - `token_id`, `iss`, `sub`: id-like claims, at most [`MAX_ID_CLAIM_BYTES`] (1 KiB) each,
+///   or a fixed-length hash id; `subject` is `iss|sub`, at most 2 KiB + 1. JSON-escaped: 3 ×
+///   6 146 + 12 296 = 30 734 bytes. (`alg` in `match` evidence is one more id claim: 6 146.)
+/// - [`clip_text`]ed request text: at most 512 bytes, 3 074 escaped. `match` evidence quotes
+///   two (path and method); a `distinct_count` rule quotes `threshold` values (the default
+///   `token-replay` counts networks, which are no text).
+/// - Rule text: the rule id (in `rule`, and in `revoked_by` and the reason of `revoked_use`)
+///   and the description (in the reason): under 1 KiB for the shipped rules.
+/// - Everything else is fixed in size: key names and punctuation, timestamps, numbers
+///   (dates are range-limited when decoded), enums, the IP address, the 32-hex revocation
+///   key, velocity samples, counts and windows: under 1 KiB.
+///
+/// `match` evidence is the largest evidence of the default rules (2 × 3 074 + 6 146 + fixed
+/// fields), so: 30 734 + 12 294 + 1 024 (rule text) + 1 024 (fixed) + 512 (slack) = 45 588
+/// bytes, newline included. A custom `distinct_count` rule over a text field quotes up to
+/// `threshold` values of about 3 130 bytes each (value and `last_seen`), which fits in place
+/// of the `match` evidence up to a threshold of 3; beyond, add 3 130 bytes per value.
+pub const MAX_DECISION_BYTES: usize = 3 * json_str_max(MAX_ID_CLAIM_BYTES)
+    + json_str_max(2 * MAX_ID_CLAIM_BYTES + 1)
+    + MATCH_EVIDENCE_BYTES
+    + RULE_TEXT_BYTES
+    + FIXED_BYTES
+    + 512;
+
+/// `match` evidence: path and method clipped, `alg` an id claim, the rest numbers and flags
+/// (counted in [`FIXED_BYTES`]).
+const MATCH_EVIDENCE_BYTES: usize = 2 * json_str_max(MAX_TEXT_BYTES) + json_str_max(MAX_ID_CLAIM_BYTES);
+/// The rule id and description, as the shipped rules write them (a test checks they fit).
+pub(crate) const RULE_TEXT_BYTES: usize = 1024;
+/// Key names, punctuation, timestamps, numbers, enums, IP address and fixed-length ids.
+const FIXED_BYTES: usize = 1024;
 
 /// Epoch milliseconds as RFC 3339 UTC with milliseconds.
 pub fn fmt_ts(ms: i64) -> String {
@@ -125,6 +192,75 @@ mod tests {
         assert_eq!(p.token_ttl_s(Some(1_000), i64::MIN), 7 * 86_400);
         // a forged `exp` of 10^15 s: a week, not millions of years
         assert_eq!(p.token_ttl_s(Some(1_000_000_000_000_000), 1_795_910_400), 7 * 86_400);
+    }
+
+    #[test]
+    fn long_text_is_clipped_at_a_character_boundary_with_its_length() {
+        assert_eq!(clip_text("/short/path"), "/short/path");
+        let exact = "a".repeat(MAX_TEXT_BYTES);
+        assert!(matches!(clip_text(&exact), Cow::Borrowed(_)));
+        for filler in ["a", "é", "€", "😀", "\u{1}"] {
+            let long = filler.repeat(300_000);
+            let c = clip_text(&long);
+            assert!(
+                c.len() <= MAX_TEXT_BYTES && c.len() > MAX_TEXT_BYTES - 8,
+                "{filler}: {}",
+                c.len()
+            );
+            assert!(c.starts_with(filler), "{filler}");
+            assert!(c.ends_with(&format!("…({} bytes)", long.len())), "{c}");
+        }
+    }
+
+    /// The rule text of [`MAX_DECISION_BYTES`]: the shipped rules' ids (a `revoked_use`
+    /// decision names its own and the revoking rule's, twice) and descriptions, with room for
+    /// the reason's own words.
+    #[test]
+    fn the_shipped_rules_text_fits_its_share() {
+        let rules = crate::defaults::rules().unwrap();
+        let json = |s: &str| serde_json::to_string(s).unwrap().len();
+        let longest_id = rules.rules.iter().map(|r| json(&r.id)).max().unwrap();
+        for r in &rules.rules {
+            let text = json(&r.description) + 3 * longest_id + 256;
+            assert!(text <= RULE_TEXT_BYTES, "{}: {text}", r.id);
+        }
+    }
+
+    /// Every field of a decision at its worst at once (ids at their cap in control characters,
+    /// clipped text likewise, extreme numbers and dates, the longest address) is within
+    /// [`MAX_DECISION_BYTES`]: the arithmetic in its doc holds.
+    #[test]
+    fn a_decision_at_its_worst_fits_the_cap() {
+        let id = || "\u{1}".repeat(MAX_ID_CLAIM_BYTES);
+        let text = clip_text(&"\u{1}".repeat(1 << 20)).into_owned();
+        assert!(text.len() <= MAX_TEXT_BYTES);
+        let n = i64::MIN;
+        let evidence = serde_json::json!({
+            "status": u16::MAX, "method": text, "path": text, "alg": id(), "iat": n, "exp": n,
+            "expired_for_s": n, "lifetime_s": n, "unsigned": true, "token_in_url": true,
+            "verified": false, "authenticated": false, "budget_tripped": "4294967295/1000000000d",
+        });
+        let rule = "r".repeat(RULE_TEXT_BYTES / 8);
+        let d = Decision {
+            ts: i64::MIN / 1_000,
+            rule: rule.as_str().into(),
+            severity: Severity::Critical,
+            action: Action::RevokeSubject,
+            token_id: Some(id().into()),
+            subject: Some(format!("{}|{}", id(), id()).into()),
+            revocation_key: Some("f".repeat(32).into()),
+            iss: Some(id().into()),
+            sub: Some(id().into()),
+            client_ip: Some("ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255".parse().unwrap()),
+            expires_at: Some(n),
+            not_before: Some(n),
+            shadow: true,
+            reason: format!("{}: {rule}", "d".repeat(RULE_TEXT_BYTES / 2)),
+            evidence,
+        };
+        let len = d.to_json_line().len();
+        assert!(len <= MAX_DECISION_BYTES, "{len} > {MAX_DECISION_BYTES}");
+        assert!(len > MAX_DECISION_BYTES - 4_096, "{len}: the bound is tight");
     }
 
     #[test]

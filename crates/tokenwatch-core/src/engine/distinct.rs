@@ -7,7 +7,8 @@
 //!
 //! Values are stored and quoted in decisions, so a string value is kept with any JWT in it
 //! redacted ([`crate::token::redact_jwts`]): a rule with `distinct: user_agent` (or any
-//! other text) never keeps or prints a token that an attacker put there.
+//! other text) never keeps or prints a token that an attacker put there. Decisions and
+//! `explain` quote a value clipped ([`crate::decision::clip_text`]).
 
 use std::borrow::Cow;
 use std::net::IpAddr;
@@ -17,7 +18,7 @@ use serde_json::json;
 use super::state::{Env, KindStep, View};
 use super::trace::progress;
 use super::{said, Fired};
-use crate::decision::fmt_ts;
+use crate::decision::{clip_text, fmt_ts};
 use crate::rules::{fmt_duration, Ctx, Field, Rule, Val};
 use crate::token::redact_jwts;
 
@@ -106,7 +107,8 @@ impl DVal {
             DVal::Ip(ip) => ip.to_string().into(),
             DVal::Num(n) => serde_json::json!(n),
             DVal::Bool(b) => (*b).into(),
-            DVal::Str(s) => (&**s).into(),
+            // Kept whole (values that differ late still differ), quoted clipped.
+            DVal::Str(s) => clip_text(s).into(),
         }
     }
 }

@@ -7,6 +7,7 @@ use serde_json::{json, Value};
 
 use super::state::{Env, KindStep, View};
 use super::{said, Fired};
+use crate::decision::clip_text;
 use crate::rules::{Ctx, Rule};
 
 /// A `match` rule has no parameters.
@@ -49,11 +50,12 @@ fn evidence(cx: &Ctx<'_>) -> Value {
     let tok = ev.token.as_deref();
     let mut e = json!({
         "status": ev.status,
-        "method": crate::token::redact_jwts(&ev.method),
+        "method": clip_text(&crate::token::redact_jwts(&ev.method)),
     });
     // The path without its query, JWTs redacted: it may carry the very token this is about.
-    // (Parsing already cleans it; an event built elsewhere must not leak either.)
-    e["path"] = json!(crate::token::clean_path(&ev.path));
+    // (Parsing already cleans it; an event built elsewhere must not leak either.) Both are
+    // clipped: a line may be a MiB long, a decision may not.
+    e["path"] = json!(clip_text(&crate::token::clean_path(&ev.path)));
     if let Some(t) = tok {
         e["alg"] = json!(t.alg.as_deref());
         e["iat"] = json!(t.iat);
