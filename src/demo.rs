@@ -327,13 +327,15 @@ async fn demo_service(
     if let Some(warning) = pipeline.evidence_warning() {
         let _ = writeln!(w, "warning: {warning}");
     }
+    // `tokenwatch run`'s defaults, from the one place they are written.
+    let defaults = crate::config::Config::default();
     let redis = RedisConfig {
         urls: opts.redis.iter().cloned().collect(),
         cluster: false,
-        key_prefix: "tokenwatch:".into(),
-        policy: tokenwatch_core::decision::RevocationPolicy::default(),
-        stream_maxlen: 100_000,
-        response_timeout: Duration::from_secs(2),
+        key_prefix: defaults.key_prefix.clone(),
+        policy: defaults.revocation_policy(),
+        stream_maxlen: defaults.revocation.stream_maxlen,
+        response_timeout: defaults.revocation.redis_timeout,
         ca_file: None,
     };
     if opts.redis.is_some() {
@@ -350,8 +352,8 @@ async fn demo_service(
         pipeline,
         max_line: tokenwatch_core::input::lines::DEFAULT_MAX_LINE,
         redis,
-        batch_max: 5_000,
-        batch_wait: Duration::from_millis(20),
+        batch_max: defaults.batch.max_messages.get(),
+        batch_wait: defaults.batch.max_wait,
         shutdown_timeout: Duration::from_secs(10),
         alerts: AlertTarget::Memory(decisions),
         dead_letter: None,
