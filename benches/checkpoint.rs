@@ -61,6 +61,7 @@ fn main() {
         })
         .collect();
     let bytes = Checkpoint {
+        version: tokenwatch::checkpoint::FORMAT_VERSION,
         partitions: marks,
         engine: state,
     }

@@ -30,7 +30,8 @@
 //! with the partition: the head key gains the partition, `{prefix}checkpoint:{group}:{topic}:{partition}`.
 //!
 //! **Versions and damage.** The bytes open with a magic, a format version and a SHA-256 of
-//! the rest. Another version is refused (and counted) with a message saying so; a damaged
+//! the rest. Format 1 (before revocation budgets were kept) is read, its rules' budgets
+//! start afresh; a newer version is refused (and counted) with a message saying so; a damaged
 //! checkpoint (checksum, truncation, malformed state) is refused as a whole, never half
 //! loaded; then the service starts empty from the group's committed offsets, as without a
 //! checkpoint. Rules whose definition changed since start empty; the others keep their state
@@ -46,12 +47,13 @@ use tokenwatch_core::engine::Engine;
 use tokenwatch_core::eventtime::Sequencer;
 
 use crate::sinks::redis::{RedisOpError, RevocationWriter};
-use tokenwatch_core::engine::snapshot::{Dec, Enc, SnapshotError};
+use tokenwatch_core::engine::snapshot::{Dec, Enc, SnapshotError, StateFormat};
 
 /// The first bytes of every checkpoint.
 pub const MAGIC: &[u8; 4] = b"TWCK";
-/// The checkpoint format this build writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+/// The checkpoint format this build writes; it reads this one and every older one.
+/// 1: windows, cooldowns, revocations; 2: and the rules' revocation budgets.
+pub const FORMAT_VERSION: u32 = 2;
 /// Bytes per Redis value.
 pub const CHUNK: usize = 4 << 20;
 
@@ -60,6 +62,9 @@ use tokenwatch_core::eventtime::PartitionMark;
 /// A decoded checkpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Checkpoint {
+    /// The format version: [`FORMAT_VERSION`] for what this build writes, older when read
+    /// from an older tokenwatch (it says how to read `engine`).
+    pub version: u32,
     pub partitions: Vec<PartitionMark>,
     /// [`tokenwatch_core::engine::Engine::snapshot`] bytes.
     pub engine: Vec<u8>,
@@ -70,7 +75,7 @@ pub struct Checkpoint {
 pub enum CheckpointError {
     #[error("not a tokenwatch checkpoint (bad magic bytes)")]
     Magic,
-    #[error("checkpoint format {found}, this tokenwatch reads format {FORMAT_VERSION}: starting without it")]
+    #[error("checkpoint format {found}, this tokenwatch reads formats 1 to {FORMAT_VERSION}: starting without it")]
     Version { found: u32 },
     #[error("checkpoint checksum mismatch: the data is damaged")]
     Checksum,
@@ -97,7 +102,7 @@ impl Checkpoint {
         e.bytes(&self.engine);
         let mut out = Vec::with_capacity(body.len() + 40);
         out.extend_from_slice(MAGIC);
-        out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+        out.extend_from_slice(&self.version.to_le_bytes());
         out.extend_from_slice(&Sha256::digest(&body));
         out.extend_from_slice(&body);
         out
@@ -108,7 +113,7 @@ impl Checkpoint {
             return Err(CheckpointError::Magic);
         }
         let found = u32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]);
-        if found != FORMAT_VERSION {
+        if !(1..=FORMAT_VERSION).contains(&found) {
             return Err(CheckpointError::Version { found });
         }
         let body = &bytes[40..];
@@ -140,7 +145,20 @@ impl Checkpoint {
         if !d.done() {
             return Err(d.invalid("bytes after the end of the checkpoint").into());
         }
-        Ok(Checkpoint { partitions, engine })
+        Ok(Checkpoint {
+            version: found,
+            partitions,
+            engine,
+        })
+    }
+
+    /// The layout of `engine`, from the format version.
+    pub fn state_format(&self) -> StateFormat {
+        if self.version >= 2 {
+            StateFormat::WithBudgets
+        } else {
+            StateFormat::NoBudgets
+        }
     }
 }
 
@@ -271,7 +289,8 @@ impl Checkpointing {
         let bytes = store.load(redis).await?;
         let mut resume = Vec::new();
         if let Some(bytes) = bytes {
-            let restored = Checkpoint::decode(&bytes).and_then(|c| Ok((engine.restore(&c.engine)?, c.partitions)));
+            let restored = Checkpoint::decode(&bytes)
+                .and_then(|c| Ok((engine.restore_format(&c.engine, c.state_format())?, c.partitions)));
             match restored {
                 Ok((report, partitions)) => {
                     tracing::info!(
@@ -345,6 +364,7 @@ impl Checkpointing {
         let mut state = Vec::new();
         engine.snapshot(&mut state);
         let bytes = Checkpoint {
+            version: FORMAT_VERSION,
             partitions: order.marks(),
             engine: state,
         }
@@ -368,6 +388,7 @@ mod tests {
 
     fn sample() -> Checkpoint {
         Checkpoint {
+            version: FORMAT_VERSION,
             partitions: vec![
                 PartitionMark {
                     topic: "logs".into(),
@@ -392,6 +413,17 @@ mod tests {
         assert_eq!(Checkpoint::decode(&c.encode()).unwrap(), c);
     }
 
+    /// A checkpoint of format 1 (an older tokenwatch) is read, its engine state as the layout
+    /// without budgets.
+    #[test]
+    fn an_older_format_is_read_with_its_own_state_layout() {
+        let c = Checkpoint { version: 1, ..sample() };
+        let back = Checkpoint::decode(&c.encode()).unwrap();
+        assert_eq!(back, c);
+        assert_eq!(back.state_format(), StateFormat::NoBudgets);
+        assert_eq!(sample().state_format(), StateFormat::WithBudgets);
+    }
+
     #[test]
     fn damage_and_other_versions_are_refused_whole() {
         let bytes = sample().encode();
@@ -407,11 +439,13 @@ mod tests {
                 "byte {i}: {e}"
             );
         }
-        let mut v2 = bytes.clone();
-        v2[4..8].copy_from_slice(&2u32.to_le_bytes());
+        let mut newer = bytes.clone();
+        newer[4..8].copy_from_slice(&(FORMAT_VERSION + 1).to_le_bytes());
         assert_eq!(
-            Checkpoint::decode(&v2).unwrap_err(),
-            CheckpointError::Version { found: 2 }
+            Checkpoint::decode(&newer).unwrap_err(),
+            CheckpointError::Version {
+                found: FORMAT_VERSION + 1
+            }
         );
         assert!(Checkpoint::decode(&bytes[..bytes.len() - 3]).is_err(), "truncated");
         assert!(Checkpoint::decode(b"").is_err());

@@ -50,6 +50,16 @@ impl BudgetState {
     pub fn rearm(&mut self) {
         *self = BudgetState::default();
     }
+
+    /// The window's event times (ms), oldest first: for checkpoints.
+    pub(crate) fn recent(&self) -> impl ExactSizeIterator<Item = i64> + '_ {
+        self.recent.iter().copied()
+    }
+
+    /// A budget as a checkpoint kept it.
+    pub(crate) fn from_parts(recent: VecDeque<i64>, tripped_at: Option<i64>) -> Self {
+        BudgetState { recent, tripped_at }
+    }
 }
 
 #[cfg(test)]

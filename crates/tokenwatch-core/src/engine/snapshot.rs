@@ -12,12 +12,20 @@
 //! is left as it was. Each rule's state is tagged with its id and a fingerprint of the parts
 //! of its definition that shape the state (kind, key, cooldown): a rule whose definition
 //! changed since the checkpoint starts empty, as on a hot reload, and the others keep theirs.
+//!
+//! Each rule's revocation budget (its recent enforced revocations and whether it tripped)
+//! travels with its state ([`StateFormat::WithBudgets`]): a rule that tripped to shadow
+//! before a restart must not come back enforcing, or a restart would re-arm a runaway rule
+//! that only an operator or a reload may re-arm. Checkpoints of format 1 predate this
+//! ([`StateFormat::NoBudgets`]): their rules keep their windows and start with fresh budgets.
 
+use std::collections::VecDeque;
 use std::net::IpAddr;
 use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
+use super::budget::BudgetState;
 use super::count::CountState;
 use super::distinct::{DVal, DistinctState};
 use super::keymap::{KeyMap, Slot, NEVER};
@@ -35,6 +43,15 @@ pub enum SnapshotError {
     Truncated(usize),
     #[error("engine state is malformed at byte {at}: {what}")]
     Invalid { at: usize, what: &'static str },
+}
+
+/// Which layout of the engine's state a checkpoint holds (its format version says).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StateFormat {
+    /// Checkpoint format 1: windows, cooldowns and revocations, no revocation budgets.
+    NoBudgets,
+    /// Format 2 on: each rule's revocation budget follows its keys.
+    WithBudgets,
 }
 
 /// How a restore went, rule by rule.
@@ -403,6 +420,42 @@ fn skip_state(d: &mut Dec<'_>, tag: u8) -> Result<(), SnapshotError> {
     }
 }
 
+/// A budget: whether (and when) it tripped, then its window as deltas from the previous time.
+fn put_budget(e: &mut Enc<'_>, b: &BudgetState) {
+    match b.tripped_at() {
+        None => e.u8(0),
+        Some(t) => {
+            e.u8(1);
+            e.vari(t);
+        }
+    }
+    e.varu(b.recent().len() as u64);
+    let mut prev = 0i64;
+    for t in b.recent() {
+        e.vari(t.wrapping_sub(prev));
+        prev = t;
+    }
+}
+
+fn get_budget(d: &mut Dec<'_>) -> Result<BudgetState, SnapshotError> {
+    let tripped_at = match d.u8()? {
+        0 => None,
+        1 => Some(d.vari()?),
+        _ => return Err(d.invalid("a budget's trip flag is neither 0 nor 1")),
+    };
+    let n = d.count(1)?;
+    let mut recent = VecDeque::with_capacity(n);
+    let mut prev = 0i64;
+    for _ in 0..n {
+        prev = prev.wrapping_add(d.vari()?);
+        recent.push_back(prev);
+    }
+    if !recent.iter().is_sorted() {
+        return Err(d.invalid("budget window out of order"));
+    }
+    Ok(BudgetState::from_parts(recent, tripped_at))
+}
+
 fn put_revoked(e: &mut Enc<'_>, m: &super::keymap::IdMap<Revoked>) {
     e.varu(m.len() as u64);
     for (key, r) in m {
@@ -440,7 +493,7 @@ fn get_revoked(d: &mut Dec<'_>, rules: &[Rule]) -> Result<Vec<(u64, Revoked)>, S
 }
 
 impl Engine {
-    /// Appends the engine's state to `out`.
+    /// Appends the engine's state to `out`, in the layout [`StateFormat::WithBudgets`].
     pub fn snapshot(&self, out: &mut Vec<u8>) {
         let mut e = Enc(out);
         for s in self.seeds {
@@ -449,22 +502,34 @@ impl Engine {
         e.vari(self.newest);
         e.vari(self.next_sweep);
         e.varu(self.rules.rules.len() as u64);
-        for (rule, state) in self.rules.rules.iter().zip(&self.states) {
+        for ((rule, state), budget) in self.rules.rules.iter().zip(&self.states).zip(&self.budgets) {
             e.0.extend_from_slice(&fingerprint(rule));
             each_kind!(state, k => put_state(&mut e, &k.keys));
+            put_budget(&mut e, budget);
         }
         put_revoked(&mut e, &self.revoked.tokens);
         put_revoked(&mut e, &self.revoked.subjects);
     }
 
-    /// Replaces the engine's state with a snapshot's; on error, nothing changes.
+    /// Replaces the engine's state with a snapshot's (of this build's layout); on error,
+    /// nothing changes.
     pub fn restore(&mut self, bytes: &[u8]) -> Result<Restored, SnapshotError> {
+        self.restore_format(bytes, StateFormat::WithBudgets)
+    }
+
+    /// Replaces the engine's state with a snapshot's in layout `format`; on error, nothing
+    /// changes.
+    pub fn restore_format(&mut self, bytes: &[u8], format: StateFormat) -> Result<Restored, SnapshotError> {
         let mut d = Dec::new(bytes);
+        let budget = |d: &mut Dec<'_>| match format {
+            StateFormat::WithBudgets => get_budget(d),
+            StateFormat::NoBudgets => Ok(BudgetState::default()),
+        };
         let seeds = [d.u64()?, d.u64()?, d.u64()?, d.u64()?];
         let newest = d.vari()?;
         let next_sweep = d.vari()?;
         let n = d.count(17)?;
-        let mut saved: Vec<([u8; 16], State)> = Vec::with_capacity(n);
+        let mut saved: Vec<([u8; 16], State, BudgetState)> = Vec::with_capacity(n);
         for _ in 0..n {
             let mut fp = [0u8; 16];
             fp.copy_from_slice(d.take(16)?);
@@ -480,9 +545,12 @@ impl Engine {
             match shape {
                 Some(mut state) => {
                     each_kind!(&mut state, k => get_state(&mut d, tag, &mut k.keys))?;
-                    saved.push((fp, state));
+                    saved.push((fp, state, budget(&mut d)?));
                 }
-                None => skip_state(&mut d, tag)?,
+                None => {
+                    skip_state(&mut d, tag)?;
+                    budget(&mut d)?;
+                }
             }
         }
         let tokens = get_revoked(&mut d, &self.rules.rules)?;
@@ -493,22 +561,26 @@ impl Engine {
         // Everything checked out: swap it in.
         let mut report = Restored::default();
         let mut states = Vec::with_capacity(self.rules.rules.len());
+        let mut budgets = Vec::with_capacity(self.rules.rules.len());
         for r in &self.rules.rules {
             let fp = fingerprint(r);
-            match saved.iter().position(|(f, _)| *f == fp) {
+            match saved.iter().position(|(f, _, _)| *f == fp) {
                 Some(i) => {
-                    let (_, s) = saved.swap_remove(i);
+                    let (_, s, b) = saved.swap_remove(i);
                     report.rules_kept += 1;
                     report.keys += s.len();
                     states.push(s);
+                    budgets.push(b);
                 }
                 None => {
                     report.rules_empty += 1;
                     states.push(State::for_rule(r, &self.cfg));
+                    budgets.push(BudgetState::default());
                 }
             }
         }
         self.states = states;
+        self.budgets = budgets;
         self.seeds = seeds;
         self.hasher = ahash::RandomState::with_seeds(seeds[0], seeds[1], seeds[2], seeds[3]);
         self.newest = newest;
@@ -561,5 +633,28 @@ mod tests {
         bytes[at] = 9;
         let err = engine.restore(&bytes).unwrap_err();
         assert!(err.to_string().contains("unknown rule state kind"), "{err}");
+    }
+
+    /// A format-1 snapshot (no budgets) still restores: windows come back, budgets start
+    /// afresh; read as the current layout, the same bytes are refused, not misread.
+    #[test]
+    fn a_snapshot_without_budgets_restores_with_fresh_budgets() {
+        let yaml = "id: c\nseverity: low\naction: alert\nkind: count\nkey: token_id\nthreshold: 2\nwindow: 1m\n";
+        let rules = Arc::new(RuleSet {
+            rules: load_str(Path::new("r.yaml"), yaml).unwrap(),
+            files: 1,
+        });
+        let mut engine = Engine::new(rules, EngineConfig::default());
+        let mut bytes = Vec::new();
+        engine.snapshot(&mut bytes);
+        // seeds, newest, next sweep, one rule: its fingerprint, tag, no keys, then its budget
+        let at = 4 * 8 + 2 * 10 + 1 + 16 + 1 + 1;
+        assert_eq!(&bytes[at..at + 2], [0, 0], "untripped, empty window");
+        let mut v1 = bytes.clone();
+        v1.drain(at..at + 2);
+        let report = engine.restore_format(&v1, StateFormat::NoBudgets).unwrap();
+        assert_eq!(report.rules_kept, 1);
+        assert!(engine.restore(&v1).is_err());
+        assert!(engine.restore_format(&bytes, StateFormat::NoBudgets).is_err());
     }
 }

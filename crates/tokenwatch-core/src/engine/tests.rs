@@ -787,3 +787,43 @@ fn a_damaged_snapshot_is_refused_and_changes_nothing() {
     assert!(target.restore(&huge).is_err());
     assert_eq!(target.tracked_keys(), keys);
 }
+
+/// Revocation budgets are part of the state: a rule tripped before a restart is still tripped
+/// after it (only a reload or an operator re-arms it), and one part-way through its window
+/// trips at the same revocation as if it had never stopped.
+#[test]
+fn a_restored_snapshot_keeps_revocation_budgets() {
+    let yaml = "id: oops\nseverity: high\naction: revoke_subject\nkind: match\nkey: subject\ncooldown: 0s\nbudget: 3/10m\nwhere: {authenticated: true}\n";
+    let events = |from: i64, to: i64| -> Vec<_> {
+        (from..to)
+            .map(|i| {
+                ev(
+                    T0 + i * 1000,
+                    "198.51.100.1",
+                    200,
+                    &live(&format!("t{i}"), &format!("u{i}")),
+                )
+            })
+            .collect()
+    };
+    let restarted = |before: &Engine| {
+        let mut bytes = Vec::new();
+        before.snapshot(&mut bytes);
+        let mut after = engine(rules(yaml));
+        after.restore(&bytes).unwrap();
+        after
+    };
+    // tripped: stays tripped
+    let mut e = engine(rules(yaml));
+    run(&mut e, &events(0, 5));
+    let mut after = restarted(&e);
+    assert_eq!(after.tripped().next().unwrap().1, Some(T0 + 3_000));
+    let d = run(&mut after, &events(5, 7));
+    assert!(d.iter().all(|d| d.shadow), "{d:?}");
+    // part-way: two spent before, the third is enforced and the fourth trips
+    let mut e = engine(rules(yaml));
+    run(&mut e, &events(0, 2));
+    let mut after = restarted(&e);
+    let d = run(&mut after, &events(2, 4));
+    assert_eq!(d.iter().map(|d| d.shadow).collect::<Vec<_>>(), [false, true]);
+}
