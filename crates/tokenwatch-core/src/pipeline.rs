@@ -616,7 +616,7 @@ impl Pipeline {
             let second_start = out.len();
             self.engine.process(&ev2, out);
             if let Some(posture) = &mut self.posture {
-                posture.observe(&ev2, &out[second_start..]);
+                posture.observe_use(&ev2, &out[second_start..]);
             }
         }
         for d in &out[start..] {

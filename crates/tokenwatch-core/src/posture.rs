@@ -282,14 +282,19 @@ impl Posture {
         Posture::default()
     }
 
-    /// One event (one token of it: a request carrying a second token in its URL is observed
-    /// twice, as the engine sees it) and the decisions it caused.
+    /// One request and the decisions it caused.
     pub fn observe(&mut self, ev: &Event, decisions: &[Decision]) {
-        self.observe_time(ev.ts_ms);
         self.events += 1;
+        self.with_token += u64::from(ev.token.is_some());
+        self.observe_use(ev, decisions);
+    }
+
+    /// A second, different token that a request carried in its URL (the engine sees it as an
+    /// event of its own): its token, leak and decisions, not a second request.
+    pub fn observe_use(&mut self, ev: &Event, decisions: &[Decision]) {
+        self.observe_time(ev.ts_ms);
         self.observe_leaks(ev);
         if let Some(t) = &ev.token {
-            self.with_token += 1;
             let h = token_hash(&t.token_id);
             let new = if self.seen.len() >= MAX_TOKENS {
                 self.untracked_requests += u64::from(!self.seen.contains(&h));
@@ -600,5 +605,32 @@ mod tests {
         assert_eq!(f[0].series[TIME_BUCKETS - 1], 1);
         assert_eq!(f[1].examples.len(), MAX_EXAMPLES);
         assert_eq!(f[1].revoked(), 6);
+    }
+
+    #[test]
+    fn the_pipeline_feeds_every_request_its_url_token_and_their_decisions() {
+        use crate::pipeline::{Pipeline, PipelineConfig};
+        use serde_json::json;
+        let jwt = |jti: &str, alg: &str| {
+            let claims =
+                json!({"iss": "https://idp", "sub": "u", "jti": jti, "iat": 1_795_910_400, "exp": 1_795_911_300});
+            crate::token::encode_unsigned_parts(&json!({"alg": alg, "kid": "k1"}), &claims, b"a-signature-segment")
+        };
+        let line = json!({"ts": 1_795_910_400, "client_ip": "198.51.100.7", "method": "GET",
+                          "path": format!("/export?access_token={}", jwt("in-url", "none")),
+                          "status": 200, "authorization": format!("Bearer {}", jwt("in-header", "RS256"))})
+        .to_string();
+        let mut p = Pipeline::new(crate::defaults::rules().unwrap(), None, PipelineConfig::default()).unwrap();
+        p.set_posture(Some(Posture::new()));
+        let mut out = Vec::new();
+        p.process_line(line.as_bytes(), &mut out);
+        let posture = p.take_posture().unwrap();
+        assert_eq!((posture.events, posture.with_token, posture.tokens), (1, 1, 2));
+        assert_eq!(posture.leaks.url_requests, 1);
+        assert_eq!(posture.leaks.url_paths.ranked(), vec![("/export", 1)]);
+        let found: u64 = posture.findings().iter().map(|r| r.decisions).sum();
+        assert_eq!(found, out.len() as u64);
+        assert!(found > 0, "unsigned-token fires on the URL's token");
+        assert!(p.take_posture().is_none(), "taken once");
     }
 }
