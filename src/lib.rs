@@ -17,6 +17,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod demo;
 pub mod metrics;
+pub mod report;
 pub mod service;
 pub mod sinks;
 pub mod source;

@@ -14,6 +14,7 @@ use clap::{Parser, Subcommand};
 
 use cli::offline::{DiffArgs, ExplainArgs, RulesDir};
 use cli::replay::ReplayArgs;
+use cli::report::ReportArgs;
 use cli::run::{RearmArgs, UnrevokeArgs};
 use cli::traffic::{DemoArgs, GenArgs};
 use tokenwatch::config::flags::RunFlags;
@@ -33,6 +34,8 @@ struct Cli {
 enum Cmd {
     /// Run access-log files (or stdin) through the rules; print decisions as JSON lines.
     Replay(ReplayArgs),
+    /// Replay access-log files into a one-page posture report (HTML or Markdown).
+    Report(ReportArgs),
     /// Check the rule files; print every problem as file:line: message.
     Validate(RulesDir),
     /// Write synthetic gateway access logs with labelled attacks.
@@ -56,6 +59,7 @@ enum Cmd {
 fn main() -> ExitCode {
     let result = match Cli::parse().cmd {
         Cmd::Replay(a) => cli::replay::replay(a),
+        Cmd::Report(a) => cli::report::report(a),
         Cmd::Validate(d) => cli::offline::validate(&d.rules),
         Cmd::Gen(a) => cli::traffic::gen(a),
         Cmd::Demo(a) => cli::traffic::demo(a),

@@ -5,6 +5,7 @@
 
 pub mod offline;
 pub mod replay;
+pub mod report;
 pub mod run;
 pub mod traffic;
 

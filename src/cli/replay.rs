@@ -1,7 +1,7 @@
 //! `tokenwatch replay`: access-log files (or stdin) through the rules, decisions to stdout.
 
 use std::io::{self, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::Args;
@@ -9,6 +9,7 @@ use clap::Args;
 use tokenwatch::config::flags::{FormatArg, ReplayFlags};
 use tokenwatch_core::geo::GeoDb;
 use tokenwatch_core::pipeline::Pipeline;
+use tokenwatch_core::replay::Input;
 
 use super::{load_rules, OrFailed};
 
@@ -50,36 +51,41 @@ pub fn replay(a: ReplayArgs) -> anyhow::Result<ExitCode> {
         max_line_bytes: a.max_line_bytes,
         jwks: a.jwks,
     };
-    let config = flags.load(a.config.as_deref())?;
-    let rules = load_rules(&a.rules)?;
-    let geo = a
-        .geoip
-        .as_deref()
-        .map(GeoDb::open)
-        .transpose()
-        .map_err(anyhow::Error::msg)?;
+    let (mut pipeline, inputs, max_line) =
+        open_pipeline(&flags, a.config.as_deref(), &a.rules, a.geoip.as_deref(), &a.files)?;
+    let mut out = io::BufWriter::with_capacity(1 << 16, io::stdout().lock());
+    let mut err = io::stderr();
+    let threads = threads(a.threads);
+    let summary =
+        tokenwatch_core::replay::replay_threads(&mut pipeline, inputs, max_line, threads, &mut out, &mut err, !a.quiet)
+            .or_failed()?;
+    drop(out);
+    let _ = err.write_all(summary.render().as_bytes());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The pipeline of an offline replay (`replay`, `report`): configuration, rules, GeoIP and
+/// every input opened, so that a wrong name fails before any work; also the line cap.
+pub fn open_pipeline(
+    flags: &ReplayFlags,
+    config: Option<&Path>,
+    rules: &Path,
+    geoip: Option<&Path>,
+    files: &[PathBuf],
+) -> anyhow::Result<(Pipeline, Vec<Input>, usize)> {
+    let config = flags.load(config)?;
+    let rules = load_rules(rules)?;
+    let geo = geoip.map(GeoDb::open).transpose().map_err(anyhow::Error::msg)?;
     let cfg = config.pipeline()?;
     if let Some(w) = cfg.evidence_warning() {
         eprintln!("tokenwatch: warning: {w}");
     }
-    let inputs = tokenwatch_core::replay::open_inputs(&a.files).map_err(anyhow::Error::msg)?;
-    let mut pipeline = Pipeline::new(rules, geo, cfg).map_err(anyhow::Error::msg)?;
-    let mut out = io::BufWriter::with_capacity(1 << 16, io::stdout().lock());
-    let mut err = io::stderr();
-    let threads = a
-        .threads
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, std::num::NonZero::get));
-    let summary = tokenwatch_core::replay::replay_threads(
-        &mut pipeline,
-        inputs,
-        config.config.input.max_line_bytes,
-        threads,
-        &mut out,
-        &mut err,
-        !a.quiet,
-    )
-    .or_failed()?;
-    drop(out);
-    let _ = err.write_all(summary.render().as_bytes());
-    Ok(ExitCode::SUCCESS)
+    let inputs = tokenwatch_core::replay::open_inputs(files).map_err(anyhow::Error::msg)?;
+    let pipeline = Pipeline::new(rules, geo, cfg).map_err(anyhow::Error::msg)?;
+    Ok((pipeline, inputs, config.config.input.max_line_bytes))
+}
+
+/// The decoding threads: `--threads`, or all cores.
+pub fn threads(flag: Option<usize>) -> usize {
+    flag.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, std::num::NonZero::get))
 }

@@ -29,6 +29,7 @@ mod kafka_codecs;
 mod never_panics;
 mod no_raw_token;
 mod redis_sink;
+mod report;
 mod restart;
 mod ruletest;
 mod run_process;

@@ -11,7 +11,8 @@
 //!    event-time windows with bounded state, fed in one event-time order by [`eventtime`];
 //! 5. [`decision`] is what comes out: one JSON object per firing rule;
 //! 6. [`pipeline`] wires 1–5 together for one stream of lines, and [`replay`] drives it from
-//!    files for `tokenwatch replay`.
+//!    files for `tokenwatch replay`; [`posture`] gathers the statistics of `tokenwatch report`
+//!    during such a replay.
 //!
 //! Around the data flow, for the people who write rules: [`ruletest`] runs the rule tests
 //! kept beside the rules (`tokenwatch test`), [`explain`] shows what one rule did with one
@@ -30,6 +31,7 @@ pub mod explain;
 pub mod geo;
 pub mod input;
 pub mod pipeline;
+pub mod posture;
 pub mod replay;
 pub mod rules;
 pub mod ruletest;
