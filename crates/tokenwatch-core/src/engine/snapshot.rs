@@ -403,19 +403,20 @@ fn skip_state(d: &mut Dec<'_>, tag: u8) -> Result<(), SnapshotError> {
     }
 }
 
-fn put_revoked(e: &mut Enc<'_>, m: &super::keymap::IdMap<Revoked>) {
+fn put_revoked(e: &mut Enc<'_>, m: &super::revoked::Memory) {
     e.varu(m.len() as u64);
-    for (key, r) in m {
+    for (key, r) in m.iter() {
         e.u64(*key);
         e.bytes(r.rule.as_bytes());
         e.vari(r.revoked_at_ms);
         e.vari(r.until_ms);
         e.vari(r.not_before_s);
+        e.u64(r.feed_id);
     }
 }
 
 fn get_revoked(d: &mut Dec<'_>, rules: &[Rule]) -> Result<Vec<(u64, Revoked)>, SnapshotError> {
-    let n = d.count(12)?;
+    let n = d.count(20)?;
     let mut out = Vec::with_capacity(n);
     for _ in 0..n {
         let key = d.u64()?;
@@ -433,8 +434,33 @@ fn get_revoked(d: &mut Dec<'_>, rules: &[Rule]) -> Result<Vec<(u64, Revoked)>, S
                 revoked_at_ms: d.vari()?,
                 until_ms: d.vari()?,
                 not_before_s: d.vari()?,
+                feed_id: d.u64()?,
             },
         ));
+    }
+    Ok(out)
+}
+
+/// The aggregation groups of unauthenticated critical decisions ([`super::aggregate`]).
+fn put_groups(e: &mut Enc<'_>, a: &super::aggregate::Aggregator) {
+    e.varu(a.groups.len() as u64);
+    for (key, g) in &a.groups {
+        e.u64(*key);
+        e.vari(g.start_ms);
+        e.varu(g.count);
+    }
+}
+
+fn get_groups(d: &mut Dec<'_>) -> Result<super::keymap::IdMap<super::aggregate::Group>, SnapshotError> {
+    let n = d.count(10)?;
+    let mut out = super::keymap::IdMap::default();
+    for _ in 0..n {
+        let key = d.u64()?;
+        let g = super::aggregate::Group {
+            start_ms: d.vari()?,
+            count: d.varu()?,
+        };
+        out.insert(key, g);
     }
     Ok(out)
 }
@@ -455,6 +481,7 @@ impl Engine {
         }
         put_revoked(&mut e, &self.revoked.tokens);
         put_revoked(&mut e, &self.revoked.subjects);
+        put_groups(&mut e, &self.aggregate);
     }
 
     /// Replaces the engine's state with a snapshot's; on error, nothing changes.
@@ -487,6 +514,7 @@ impl Engine {
         }
         let tokens = get_revoked(&mut d, &self.rules.rules)?;
         let subjects = get_revoked(&mut d, &self.rules.rules)?;
+        let groups = get_groups(&mut d)?;
         if !d.done() {
             return Err(d.invalid("bytes after the end of the engine state"));
         }
@@ -521,6 +549,7 @@ impl Engine {
             self.revoked.revoke_subject(k, r);
         }
         report.revocations = self.revoked.len();
+        self.aggregate.groups = groups;
         Ok(report)
     }
 }
