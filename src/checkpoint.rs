@@ -407,11 +407,12 @@ mod tests {
                 "byte {i}: {e}"
             );
         }
-        let mut v2 = bytes.clone();
-        v2[4..8].copy_from_slice(&2u32.to_le_bytes());
+        let mut other = bytes.clone();
+        let version = FORMAT_VERSION + 1;
+        other[4..8].copy_from_slice(&version.to_le_bytes());
         assert_eq!(
-            Checkpoint::decode(&v2).unwrap_err(),
-            CheckpointError::Version { found: 2 }
+            Checkpoint::decode(&other).unwrap_err(),
+            CheckpointError::Version { found: version }
         );
         assert!(Checkpoint::decode(&bytes[..bytes.len() - 3]).is_err(), "truncated");
         assert!(Checkpoint::decode(b"").is_err());
