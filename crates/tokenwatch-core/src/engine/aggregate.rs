@@ -123,6 +123,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
+    use crate::decision::Decision;
     use crate::engine::{Engine, EngineConfig};
     use crate::input::Event;
     use crate::rules::RuleSet;
@@ -220,6 +221,27 @@ mod tests {
         assert_eq!(out.len(), 100);
         assert!(out.iter().all(|d| d.evidence.get("aggregated").is_none()));
         assert_eq!(e.stats().aggregated, 0);
+    }
+
+    /// The groups are part of the checkpoint: a restored engine goes on counting, so `run`
+    /// after a restart emits what `replay` does.
+    #[test]
+    fn groups_survive_a_checkpoint() {
+        let flood = |e: &mut Engine, from: i64, to: i64, out: &mut Vec<Decision>| {
+            for i in from..to {
+                e.process(&ev(T0 + i * 500, "203.0.113.7", unsigned(&format!("c{i}")), false), out);
+            }
+        };
+        let mut e = engine();
+        let mut out = Vec::new();
+        flood(&mut e, 0, 5, &mut out);
+        let mut bytes = Vec::new();
+        e.snapshot(&mut bytes);
+        let mut restored = engine();
+        restored.restore(&bytes).unwrap();
+        flood(&mut restored, 5, 10, &mut out);
+        let counts: Vec<u64> = out.iter().map(|d| d.evidence["aggregated"].as_u64().unwrap()).collect();
+        assert_eq!(counts, [1, 10]);
     }
 
     #[test]
