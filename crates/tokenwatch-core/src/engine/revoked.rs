@@ -385,4 +385,33 @@ mod tests {
         assert!(r.forget_subject(22));
         assert!(r.is_empty());
     }
+
+    /// An undone revocation is forgotten by its feed key id, also in an engine restored from a
+    /// checkpoint (the id is part of it); one not undone is still remembered there.
+    #[test]
+    fn an_undone_revocation_is_forgotten_also_after_a_checkpoint() {
+        use crate::engine::tests::{engine, ev, live, rules, run, T0};
+        let set = rules(
+            "\
+rules:
+  - {id: cut, severity: high, action: revoke_token, kind: match, key: token_id, where: {authenticated: true}}
+  - {id: used, severity: critical, action: alert, kind: revoked_use, key: token_id, cooldown: 1s}
+",
+        );
+        let t = live("t1", "u");
+        let mut e = engine(set.clone());
+        let d = run(&mut e, &[ev(T0, "81.2.69.142", 200, &t)]);
+        assert_eq!(d.len(), 1);
+        let mut bytes = Vec::new();
+        e.snapshot(&mut bytes);
+        let later = |s: i64| ev(T0 + s * 1_000, "81.2.69.142", 200, &t);
+        let mut kept = engine(set.clone());
+        kept.restore(&bytes).unwrap();
+        assert_eq!(run(&mut kept, &[later(10)]).len(), 1, "still revoked");
+        let mut undone = engine(set);
+        undone.restore(&bytes).unwrap();
+        assert!(!undone.forget_subject(&t.token_revocation_key()), "not a subject's id");
+        assert!(undone.forget_token(&t.token_revocation_key()));
+        assert!(run(&mut undone, &[later(10)]).is_empty());
+    }
 }
