@@ -164,9 +164,9 @@ impl Checkpoint {
     /// The layout of `engine`, from the format version.
     pub fn state_format(&self) -> StateFormat {
         if self.version >= 2 {
-            StateFormat::WithBudgets
+            StateFormat::V2
         } else {
-            StateFormat::NoBudgets
+            StateFormat::V1
         }
     }
 }
@@ -611,8 +611,8 @@ mod tests {
         let c = Checkpoint { version: 1, ..sample() };
         let back = Checkpoint::decode(&c.encode()).unwrap();
         assert_eq!(back, c);
-        assert_eq!(back.state_format(), StateFormat::NoBudgets);
-        assert_eq!(sample().state_format(), StateFormat::WithBudgets);
+        assert_eq!(back.state_format(), StateFormat::V1);
+        assert_eq!(sample().state_format(), StateFormat::V2);
     }
 
     #[test]

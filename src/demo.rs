@@ -157,6 +157,17 @@ pub fn generator_verifier(
     tokenwatch_core::verify::Verifier::from_document("<the generator's keys>", doc.as_bytes()).map(std::sync::Arc::new)
 }
 
+/// The engine's defaults, without the aggregation of unauthenticated critical decisions: the
+/// demo scores every labelled attack by its own decision, while aggregation would fold the
+/// generator's `alg: none` attacks from one attacker network into one decision
+/// (`[engine] aggregate_window`, on by default in `run` and `replay`).
+fn scoring_engine() -> tokenwatch_core::engine::EngineConfig {
+    tokenwatch_core::engine::EngineConfig {
+        aggregate_window_ms: 0,
+        ..Default::default()
+    }
+}
+
 /// Runs generated traffic through the default rules, geolocating with the database the
 /// traffic was built for and verifying with the generator's keys; returns the decisions, the
 /// labels and the number of lines.
@@ -168,6 +179,7 @@ pub fn run_generated(
     let geo = cfg.networks.geo_db();
     let pcfg = PipelineConfig {
         verify: Some(generator_verifier(cfg.seed)?),
+        engine: scoring_engine(),
         ..PipelineConfig::default()
     };
     let mut pipeline = Pipeline::new(rules, Some(geo), pcfg).map_err(DemoError::Pipeline)?;
@@ -322,6 +334,7 @@ async fn demo_service(
     };
     let pipeline = PipelineConfig {
         verify: Some(verify),
+        engine: scoring_engine(),
         ..PipelineConfig::default()
     };
     if let Some(warning) = pipeline.evidence_warning() {
@@ -357,6 +370,7 @@ async fn demo_service(
         shutdown_timeout: Duration::from_secs(10),
         alerts: AlertTarget::Memory(decisions),
         dead_letter: None,
+        dead_letter_topic: None,
         alerts_topic: None,
         event_time: tokenwatch_core::eventtime::EventTimeConfig::default(),
         checkpoint_interval: None,

@@ -68,6 +68,12 @@ pub struct Metrics {
     pub event_time_forced: IntCounter,
     /// Checkpoints not written because another instance of the group writes them.
     pub checkpoint_conflicts: IntCounter,
+    /// Live revocations the engine's revoked-token memory could not hold (it was full).
+    pub revoked_memory_full: IntCounter,
+    /// `unrevoke` entries of the feed applied to the engine's memory.
+    pub feed_unrevokes: IntCounter,
+    /// Unauthenticated critical decisions folded into a per-network count, not emitted.
+    pub aggregated_decisions: IntCounter,
     families: Vec<Family>,
 }
 
@@ -202,6 +208,22 @@ const HTTP_ACCEPT_ERRORS: Def = (
     "Failed accepts on the metrics listener (e.g. out of file descriptors).",
 );
 
+// The engine's revoked-token memory.
+const REVOKED_MEMORY_FULL: Def = (
+    "tokenwatch_revoked_memory_full_total",
+    "Live revocations dropped from the engine's memory because it held engine.max_revocations: \
+     reuse of such a token is no longer detected (Redis still blocks it).",
+);
+const FEED_UNREVOKES: Def = (
+    "tokenwatch_feed_unrevokes_total",
+    "Unrevoke entries of the feed (tokenwatch unrevoke) applied to the engine's memory.",
+);
+const AGGREGATED_DECISIONS: Def = (
+    "tokenwatch_aggregated_decisions_total",
+    "Unauthenticated critical decisions not emitted: counted into their (rule, network) \
+     group's aggregate (emitted at counts 1, 10, 100... per 10 min window).",
+);
+
 const DELAY_BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 ];
@@ -295,6 +317,9 @@ impl Metrics {
             jwks_errors: r.counter(JWKS_ERRORS),
             event_time_forced: r.counter(EVENT_TIME_FORCED),
             checkpoint_conflicts: r.counter(CHECKPOINT_CONFLICTS),
+            revoked_memory_full: r.counter(REVOKED_MEMORY_FULL),
+            feed_unrevokes: r.counter(FEED_UNREVOKES),
+            aggregated_decisions: r.counter(AGGREGATED_DECISIONS),
             registry: r.registry,
             families: r.families,
         };

@@ -28,6 +28,7 @@
 
 mod assemble;
 mod consume;
+mod feed;
 mod metric_sync;
 mod redis_health;
 mod reload;
@@ -74,6 +75,8 @@ pub struct ServiceConfig {
     pub event_time: EventTimeConfig,
     /// How often state is checkpointed to Redis; `None`: never.
     pub checkpoint_interval: Option<Duration>,
+    /// Dead letters go to this Kafka topic instead of `dead_letter` (a file) or stderr.
+    pub dead_letter_topic: Option<String>,
 }
 
 /// What a run did, for the final log line and the tests.

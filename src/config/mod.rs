@@ -206,6 +206,13 @@ pub struct EngineSection {
     /// shutdown); `0` turns checkpoints off.
     #[serde(deserialize_with = "de::duration")]
     pub checkpoint_interval: Duration,
+    /// Live revocations the engine remembers (tokens and subjects each) for `revoked_use`
+    /// rules; past it the one closest to expiry is dropped and counted.
+    pub max_revocations: usize,
+    /// Unauthenticated critical decisions are aggregated per (rule, source network) over this
+    /// window of event time (emitted at counts 1, 10, 100...); `0` turns aggregation off.
+    #[serde(deserialize_with = "de::duration")]
+    pub aggregate_window: Duration,
 }
 
 impl Default for EngineSection {
@@ -222,6 +229,8 @@ impl Default for EngineSection {
             max_skew: de::millis(time.max_skew_ms),
             max_buffered_lines: time.max_held,
             checkpoint_interval: Duration::from_secs(10),
+            max_revocations: engine.max_revocations,
+            aggregate_window: de::millis(engine.aggregate_window_ms),
         }
     }
 }
@@ -294,6 +303,9 @@ pub struct DeadLetterSection {
     /// JSON lines appended to this file (default: beside the alerts file, `FILE.dead-letters`;
     /// stderr when alerts go to stdout or nowhere).
     pub file: Option<PathBuf>,
+    /// Instead of a file: records produced to this Kafka topic, with the brokers and `[kafka]`
+    /// settings of the alerts producer (for hosts without a durable disk).
+    pub topic: Option<String>,
 }
 
 /// `[verify]`: the public keys that verify token signatures.
@@ -370,7 +382,8 @@ impl Config {
                 ..d.revocation
             },
             revocation_budget: e.revocation_budget,
-            ..d
+            max_revocations: e.max_revocations,
+            aggregate_window_ms: de::as_millis(e.aggregate_window),
         }
     }
 

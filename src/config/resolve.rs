@@ -158,10 +158,20 @@ impl Loaded {
             AlertOutput::None => AlertTarget::None,
             AlertOutput::File(p) => AlertTarget::File(p.clone()),
         };
-        let dead_letter = c.dead_letter.file.clone().or_else(|| match &c.alerts {
-            AlertOutput::File(p) => DeadLetters::default_path(Some(p)),
-            _ => None,
-        });
+        if let (Some(_), Some(_)) = (&c.dead_letter.file, &c.dead_letter.topic) {
+            return Err(ConfigError::Invalid {
+                origin: None,
+                key: "dead_letter".into(),
+                problem: "set `file` or `topic`, not both".into(),
+            });
+        }
+        let dead_letter = match &c.dead_letter.topic {
+            Some(_) => None,
+            None => c.dead_letter.file.clone().or_else(|| match &c.alerts {
+                AlertOutput::File(p) => DeadLetters::default_path(Some(p)),
+                _ => None,
+            }),
+        };
         let pipeline = PipelineConfig {
             engine: tokenwatch_core::engine::EngineConfig {
                 revocation: c.revocation_policy(),
@@ -187,6 +197,7 @@ impl Loaded {
             alerts_topic: c.alerts_topic.clone(),
             event_time: c.event_time(),
             checkpoint_interval: c.checkpoint_interval(),
+            dead_letter_topic: c.dead_letter.topic.clone(),
         };
         Ok((cfg, c.metrics_addr))
     }

@@ -410,3 +410,28 @@ fn the_example_config_is_valid() {
     assert_eq!(addr.port(), 9464);
     assert_eq!(cfg.redis.policy.min_token_ttl_s, 3600);
 }
+
+#[test]
+fn dead_letters_go_to_a_topic_instead_of_the_file() {
+    let base = "brokers = \"b\"\ntopics = [\"t\"]\nredis = [\"redis://r\"]\nalerts = \"/tmp/a.jsonl\"\n";
+    let resolve = |text: &str| {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("t.toml");
+        std::fs::write(&p, text).unwrap();
+        RunFlags {
+            config: Some(p),
+            ..RunFlags::default()
+        }
+        .resolve(env(&[]))
+    };
+    let (c, _) = resolve(base).unwrap();
+    assert_eq!(c.dead_letter.as_deref(), Some(Path::new("/tmp/a.jsonl.dead-letters")));
+    assert_eq!(c.dead_letter_topic, None);
+    let (c, _) = resolve(&format!("{base}[dead_letter]\ntopic = \"dl\"\n")).unwrap();
+    assert_eq!((c.dead_letter, c.dead_letter_topic.as_deref()), (None, Some("dl")));
+    let e = run_err(
+        &format!("{base}[dead_letter]\ntopic = \"dl\"\nfile = \"/tmp/d\"\n"),
+        &RunFlags::default(),
+    );
+    assert!(e.starts_with("dead_letter: set `file` or `topic`"), "{e}");
+}

@@ -5,14 +5,16 @@
 //!
 //! [`ServiceBuilder::build`] does what can fail at once (rules, GeoIP, the alert and
 //! dead-letter outputs, the metrics server); [`Service::run`] does what waits on other
-//! systems (Redis, retried until shutdown; the checkpoint; Kafka) and then runs the loop.
+//! systems (Redis, retried until shutdown; the checkpoint; the feed follower; Kafka) and then
+//! runs the loop.
 
 use std::sync::{Arc, Mutex};
 
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use super::consume::{BatchLimits, Consume, Parts};
+use super::feed::{self, Undone};
 use super::reload::{self, Fingerprint};
 use super::retry::Shutdown;
 use super::{redis_health, RunSummary, ServiceConfig, ServiceError};
@@ -103,6 +105,7 @@ impl Service {
         let Some((mut store, _health)) = connect_store(memory, &cfg, &metrics, dead, &mut stop).await? else {
             return Ok(RunSummary::default());
         };
+        let (undone, _feed) = follow_feed(&store);
         let mut checkpoints = match (cfg.checkpoint_interval, &mut store) {
             (Some(every), RevocationStore::Redis(w)) => {
                 let at = CheckpointStore::new(&cfg.redis.key_prefix, &cfg.group);
@@ -147,10 +150,22 @@ impl Service {
             alerts,
             checkpoints,
             rules,
+            undone,
             order: Sequencer::new(cfg.event_time),
         };
         Consume::new(parts).run(&mut stop).await
     }
+}
+
+/// With Redis, the task that follows the feed for `unrevoke` entries ([`super::feed`]), and
+/// the channel on which it hands them to the loop.
+fn follow_feed(store: &RevocationStore) -> (Option<mpsc::Receiver<Undone>>, Option<AbortOnDrop>) {
+    let RevocationStore::Redis(w) = store else {
+        return (None, None);
+    };
+    let (tx, rx) = mpsc::channel(feed::CHANNEL);
+    let task = tokio::spawn(feed::follow(w.config().clone(), tx));
+    (Some(rx), Some(AbortOnDrop(task)))
 }
 
 /// The revocation store: memory, or Redis (with its health check, stopped when the returned
@@ -241,9 +256,10 @@ impl ServiceBuilder {
             tracing::warn!("{w}");
         }
         let pipeline = Pipeline::new(set, geo, cfg.pipeline.clone()).map_err(ServiceError::Pipeline)?;
-        let dead = Arc::new(Mutex::new(match &cfg.dead_letter {
-            Some(path) => DeadLetters::file(path)?,
-            None => DeadLetters::stderr(),
+        let dead = Arc::new(Mutex::new(match (&cfg.dead_letter_topic, &cfg.dead_letter) {
+            (Some(topic), _) => DeadLetters::topic(&producer_config(&cfg), topic)?,
+            (None, Some(path)) => DeadLetters::file(path)?,
+            (None, None) => DeadLetters::stderr(),
         }));
         tracing::info!(
             output = dead.lock().map(|d| d.name().to_string()).unwrap_or_default(),
@@ -277,6 +293,17 @@ fn alerts_producer(cfg: &ServiceConfig) -> Result<Option<(rdkafka::producer::Fut
     let Some(topic) = &cfg.alerts_topic else {
         return Ok(None);
     };
+    let pc = producer_config(cfg);
+    let p = pc.create().map_err(|source| ServiceError::AlertsProducer {
+        topic: topic.clone(),
+        source: Box::new(source),
+    })?;
+    Ok(Some((p, topic.clone())))
+}
+
+/// The producer settings of the alerts topic and the dead-letter topic: the brokers and the
+/// `[kafka]` properties.
+fn producer_config(cfg: &ServiceConfig) -> rdkafka::ClientConfig {
     let mut pc = rdkafka::ClientConfig::new();
     pc.set("bootstrap.servers", &cfg.brokers);
     // A record the topic cannot take fails after 30 s (librdkafka: 5 min), so the failure is
@@ -285,11 +312,7 @@ fn alerts_producer(cfg: &ServiceConfig) -> Result<Option<(rdkafka::producer::Fut
     for (k, v) in &cfg.kafka {
         pc.set(k, v);
     }
-    let p = pc.create().map_err(|source| ServiceError::AlertsProducer {
-        topic: topic.clone(),
-        source: Box::new(source),
-    })?;
-    Ok(Some((p, topic.clone())))
+    pc
 }
 
 /// Aborts a background task when the service stops.

@@ -9,8 +9,8 @@
 //! 4. [`Consume::commit`]: checkpoint when due, then commit the offsets of what is done.
 //!
 //! Offsets follow side effects: nothing past an unwritten revocation or an undelivered alert
-//! line is committed. Between batches the loop swaps in a reloaded rule set and re-arms rules
-//! an operator asked to re-arm. On shutdown it commits, synchronously, the offsets of every
+//! line is committed. Between batches the loop swaps in a reloaded rule set, forgets the
+//! revocations `tokenwatch unrevoke` undid, and re-arms rules an operator asked to re-arm. On shutdown it commits, synchronously, the offsets of every
 //! batch it finished, and checkpoints only when every decision it holds was delivered.
 
 use std::collections::HashMap;
@@ -19,15 +19,16 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::CommitMode;
 use rdkafka::message::Message;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
+use super::feed::Undone;
 use super::metric_sync::MetricSync;
 use super::retry::{deliver_alerts, write_with_retry, Shutdown};
 use super::{now_ms, RunSummary, ServiceError};
 use crate::checkpoint::Checkpointing;
 use crate::metrics::Metrics;
 use crate::sinks::alerts::AlertSink;
-use crate::sinks::redis::Revocation;
+use crate::sinks::redis::{Kind, Revocation};
 use crate::sinks::RevocationStore;
 use crate::source::kafka;
 use tokenwatch_core::decision::Decision;
@@ -59,6 +60,8 @@ pub(super) struct Parts {
     pub(super) checkpoints: Option<Checkpointing>,
     /// Reloaded rule sets; `None` for fixed rules.
     pub(super) rules: Option<watch::Receiver<Arc<RuleSet>>>,
+    /// Revocations undone by `tokenwatch unrevoke` ([`super::feed`]); `None` without Redis.
+    pub(super) undone: Option<mpsc::Receiver<Undone>>,
     pub(super) order: Sequencer<HeldLine>,
 }
 
@@ -131,6 +134,9 @@ impl Consume {
                 let set = rx.borrow_and_update().clone();
                 self.p.pipeline.replace_rules(set);
             }
+        }
+        if let Some(rx) = self.p.undone.as_mut() {
+            forget_undone(rx, &mut self.p.pipeline, &self.p.metrics);
         }
         if self.last_rearm_check.elapsed() >= REARM_EVERY {
             self.last_rearm_check = Instant::now();
@@ -309,6 +315,19 @@ impl Consume {
 /// the request to Redis, where every instance sees it) after this instance saw them trip.
 /// `seen` remembers, per tripped rule, the wall-clock second this instance first saw it tripped,
 /// so an old request never re-arms a rule that trips again later.
+/// Makes the engine forget the revocations the feed says were undone.
+fn forget_undone(rx: &mut mpsc::Receiver<Undone>, pipeline: &mut Pipeline, metrics: &Metrics) {
+    while let Ok(u) = rx.try_recv() {
+        let engine = pipeline.engine_mut();
+        let known = match u.kind {
+            Kind::Token => engine.forget_token(&u.id),
+            Kind::Subject => engine.forget_subject(&u.id),
+        };
+        tracing::info!(kind = ?u.kind, remembered = known, "revocation undone (feed): forgotten");
+        metrics.feed_unrevokes.inc();
+    }
+}
+
 async fn rearm_tripped(pipeline: &mut Pipeline, store: &mut RevocationStore, seen: &mut HashMap<Arc<str>, i64>) {
     let now_s = now_ms() / 1000;
     let tripped: Vec<Arc<str>> = pipeline

@@ -74,6 +74,17 @@ impl MetricSync {
         m.evicted_keys.inc_by(ev);
         let late = es.late_events.saturating_sub(m.late_events.get());
         m.late_events.inc_by(late);
+        let folded = es.aggregated.saturating_sub(m.aggregated_decisions.get());
+        m.aggregated_decisions.inc_by(folded);
+        let full = es.revoked_memory_full.saturating_sub(m.revoked_memory_full.get());
+        if full > 0 {
+            tracing::warn!(
+                dropped = full,
+                "the revoked-token memory is full (engine.max_revocations): live revocations were \
+                 dropped, closest to expiry first; their reuse is no longer detected"
+            );
+            m.revoked_memory_full.inc_by(full);
+        }
         for (rule, at) in p.engine().tripped() {
             m.rule_tripped.with_label_values(&[rule]).set(i64::from(at.is_some()));
         }

@@ -7,26 +7,75 @@
 //! (as kafka-delta-ingest's dead letters do). The line names the output, the error and the item,
 //! so an operator can fix the cause and replay the items. Items are bounded: a decision's text
 //! fields are cut when it is made, and a line here is cut to [`MAX_ITEM_BYTES`] of item.
+//!
+//! The output is a file (`[dead_letter] file`, by default beside the alerts file), stderr, or
+//! a Kafka topic (`[dead_letter] topic`, produced with the brokers and `[kafka]` settings of
+//! the alerts topic), for deployments where the process has no durable disk. A record is
+//! written synchronously and waited for (delivery acknowledged, at most [`TOPIC_TIMEOUT`]),
+//! as a file line is flushed: the caller counts the item as delivered only once it is kept.
+//! Dead letters are rare (a poison item), so blocking the loop for them costs nothing in the
+//! common case; a dead-letter topic that refuses the record too makes the caller retry the
+//! item, as when the file cannot be written.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use rdkafka::client::ClientContext;
+use rdkafka::error::KafkaError;
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 
 /// An item larger than this (as JSON) is replaced by its size and first bytes.
 pub const MAX_ITEM_BYTES: usize = 64 * 1024;
 
-/// The dead-letter file cannot be opened: a setting to fix, so the service does not start.
+/// How long a dead-letter record may take to be acknowledged by its topic.
+pub const TOPIC_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The dead-letter output cannot be opened: a setting to fix, so the service does not start.
 #[derive(Debug, thiserror::Error)]
-#[error("dead_letter.file {}: {source}", path.display())]
-pub struct DeadLetterError {
-    pub path: PathBuf,
-    #[source]
-    pub source: std::io::Error,
+pub enum DeadLetterError {
+    #[error("dead_letter.file {}: {source}", path.display())]
+    File {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("dead_letter.topic {topic}: cannot create the producer: {source}")]
+    Topic {
+        topic: String,
+        #[source]
+        source: Box<KafkaError>,
+    },
 }
 
-/// Where dead letters go: a file (appended), or stderr.
+/// Where dead letters go: a file (appended), stderr, or a Kafka topic.
 pub struct DeadLetters {
-    out: Box<dyn Write + Send>,
+    out: Output,
     name: String,
+}
+
+enum Output {
+    Stream(Box<dyn Write + Send>),
+    Topic(BaseProducer<Delivery>, String),
+}
+
+/// The producer's context: keeps the outcome of the last delivery, which [`DeadLetters::record`]
+/// waits for (one record at a time).
+#[derive(Default)]
+struct Delivery(Mutex<Option<Result<(), KafkaError>>>);
+
+impl ClientContext for Delivery {}
+
+impl ProducerContext for Delivery {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, (): ()) {
+        let outcome = result.as_ref().map(|_| ()).map_err(|(e, _)| e.clone());
+        if let Ok(mut slot) = self.0.lock() {
+            *slot = Some(outcome);
+        }
+    }
 }
 
 impl DeadLetters {
@@ -36,12 +85,12 @@ impl DeadLetters {
             .create(true)
             .append(true)
             .open(path)
-            .map_err(|source| DeadLetterError {
+            .map_err(|source| DeadLetterError::File {
                 path: path.to_path_buf(),
                 source,
             })?;
         Ok(DeadLetters {
-            out: Box::new(f),
+            out: Output::Stream(Box::new(f)),
             name: path.display().to_string(),
         })
     }
@@ -49,9 +98,23 @@ impl DeadLetters {
     /// Writes to stderr, beside the logs (when alerts go to stdout or nowhere).
     pub fn stderr() -> Self {
         DeadLetters {
-            out: Box::new(std::io::stderr()),
+            out: Output::Stream(Box::new(std::io::stderr())),
             name: "stderr".into(),
         }
+    }
+
+    /// Produces to `topic` with `client` (the brokers and settings of the alerts producer).
+    pub fn topic(client: &rdkafka::ClientConfig, topic: &str) -> Result<Self, DeadLetterError> {
+        let producer = client
+            .create_with_context(Delivery::default())
+            .map_err(|source| DeadLetterError::Topic {
+                topic: topic.into(),
+                source: Box::new(source),
+            })?;
+        Ok(DeadLetters {
+            out: Output::Topic(producer, topic.into()),
+            name: format!("kafka topic {topic}"),
+        })
     }
 
     /// The default place: beside the alerts file (`FILE.dead-letters`), else stderr.
@@ -87,9 +150,33 @@ impl DeadLetters {
             "item": item,
         });
         let mut s = line.to_string();
-        s.push('\n');
-        self.out.write_all(s.as_bytes())?;
-        self.out.flush()
+        match &mut self.out {
+            Output::Stream(out) => {
+                s.push('\n');
+                out.write_all(s.as_bytes())?;
+                out.flush()
+            }
+            Output::Topic(producer, topic) => produce(producer, topic, &s),
+        }
+    }
+}
+
+/// Sends one record and waits until the topic acknowledged it (or refused it).
+fn produce(producer: &BaseProducer<Delivery>, topic: &str, payload: &str) -> std::io::Result<()> {
+    if let Ok(mut slot) = producer.context().0.lock() {
+        *slot = None;
+    }
+    producer
+        .send(BaseRecord::<(), _>::to(topic).payload(payload))
+        .map_err(|(e, _)| std::io::Error::other(e))?;
+    producer.flush(TOPIC_TIMEOUT).map_err(std::io::Error::other)?;
+    let outcome = producer.context().0.lock().ok().and_then(|mut s| s.take());
+    match outcome {
+        Some(Ok(())) => Ok(()),
+        Some(Err(e)) => Err(std::io::Error::other(e)),
+        None => Err(std::io::Error::other(format!(
+            "dead-letter topic {topic}: no acknowledgement"
+        ))),
     }
 }
 

@@ -2,7 +2,8 @@
 //!
 //! A wrong revocation (a rule edit gone wrong, a false positive) locks real users out until its
 //! TTL runs out. Undoing one deletes its blocklist key and appends an `unrevoke` entry to the
-//! feed, so gateways that follow the stream (rather than checking the keys) drop it as well.
+//! feed, so gateways that follow the stream (rather than checking the keys) drop it as well, and
+//! so does every running tokenwatch (`service/feed.rs`: its engine forgets the revocation).
 //! Both happen in one Lua script, and the entry is appended only when the key was there: running
 //! the same undo twice removes nothing and adds nothing the second time.
 //!
@@ -48,13 +49,20 @@ pub struct Removed {
     pub value: String,
 }
 
-/// One revocation entry of the feed.
+/// One entry of the feed (`revoke` or `unrevoke`), as tokenwatch writes them.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct FeedEntry {
-    kind: Kind,
-    id: String,
-    rule: String,
-    revoked_at: i64,
+pub struct FeedEntry {
+    /// The stream entry's id (`ms-seq`): where a reader goes on from.
+    pub stream_id: String,
+    /// `false` for a revocation (entries written before `action` existed are revocations),
+    /// `true` for an `unrevoke` entry.
+    pub unrevoke: bool,
+    pub kind: Kind,
+    /// The revocation's key id (a decision's `revocation_key`).
+    pub id: String,
+    /// Revocations only: the rule and when (epoch seconds).
+    pub rule: String,
+    pub revoked_at: i64,
 }
 
 /// Undoes the revocations `target` names; returns those that were there and are now gone.
@@ -109,46 +117,60 @@ async fn feed(w: &mut RevocationWriter) -> Result<Vec<FeedEntry>, RedisOpError> 
     let mut cmd = redis::cmd("XRANGE");
     cmd.arg(w.config().stream_key()).arg("-").arg("+");
     let v: redis::Value = w.query(&cmd).await?;
+    Ok(parse_entries(&v).into_iter().filter(|e| !e.unrevoke).collect())
+}
+
+/// The feed entries of an `XRANGE` reply (an array of `[id, [field, value, ...]]`), oldest
+/// first; entries of another shape (not written by tokenwatch) are left out.
+pub fn parse_entries(v: &redis::Value) -> Vec<FeedEntry> {
     let redis::Value::Array(entries) = v else {
-        return Ok(Vec::new());
+        return Vec::new();
     };
-    let text = |v: &redis::Value| match v {
+    entries.iter().filter_map(parse_entry).collect()
+}
+
+fn text(v: &redis::Value) -> String {
+    match v {
         redis::Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
         redis::Value::SimpleString(s) => s.clone(),
         _ => String::new(),
+    }
+}
+
+fn parse_entry(e: &redis::Value) -> Option<FeedEntry> {
+    let redis::Value::Array(parts) = e else { return None };
+    let (Some(stream_id), Some(redis::Value::Array(fields))) = (parts.first(), parts.get(1)) else {
+        return None;
     };
-    let mut out = Vec::new();
-    for e in entries {
-        let redis::Value::Array(parts) = e else { continue };
-        let Some(redis::Value::Array(fields)) = parts.get(1) else {
-            continue;
-        };
-        let (mut kind, mut id, mut rule, mut revoked_at, mut action) = (None, String::new(), String::new(), 0, None);
-        for kv in fields.chunks(2) {
-            let [k, v] = kv else { continue };
-            match text(k).as_str() {
-                "kind" => {
-                    kind = match text(v).as_str() {
-                        "token" => Some(Kind::Token),
-                        "subject" => Some(Kind::Subject),
-                        _ => None,
-                    }
+    let (mut kind, mut id, mut rule, mut revoked_at, mut action) = (None, String::new(), String::new(), 0, None);
+    for kv in fields.chunks(2) {
+        let [k, v] = kv else { continue };
+        match text(k).as_str() {
+            "kind" => {
+                kind = match text(v).as_str() {
+                    "token" => Some(Kind::Token),
+                    "subject" => Some(Kind::Subject),
+                    _ => None,
                 }
-                "id" => id = text(v),
-                "rule" => rule = text(v),
-                "revoked_at" => revoked_at = text(v).parse().unwrap_or(0),
-                "action" => action = Some(text(v)),
-                _ => {}
             }
-        }
-        if let (Some(kind), None | Some("revoke")) = (kind, action.as_deref()) {
-            out.push(FeedEntry {
-                kind,
-                id,
-                rule,
-                revoked_at,
-            });
+            "id" => id = text(v),
+            "rule" => rule = text(v),
+            "revoked_at" => revoked_at = text(v).parse().unwrap_or(0),
+            "action" => action = Some(text(v)),
+            _ => {}
         }
     }
-    Ok(out)
+    let unrevoke = match action.as_deref() {
+        None | Some("revoke") => false,
+        Some("unrevoke") => true,
+        Some(_) => return None,
+    };
+    Some(FeedEntry {
+        stream_id: text(stream_id),
+        unrevoke,
+        kind: kind?,
+        id,
+        rule,
+        revoked_at,
+    })
 }

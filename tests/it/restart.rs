@@ -83,7 +83,8 @@ fn three_runs_with_two_kills(checkpoint_interval: &str) -> (Vec<String>, Vec<Str
 #[test]
 fn sigkilled_twice_mid_stream_decides_what_replay_decides() {
     let (want, got, stream) = three_runs_with_two_kills("1s");
-    assert!(want.len() > 50, "the log has attacks: {}", want.len());
+    // (49 decisions since unauthenticated critical ones are aggregated per network)
+    assert!(want.len() > 40, "the log has attacks: {}", want.len());
     let mut distinct = got.clone();
     distinct.sort();
     distinct.dedup();

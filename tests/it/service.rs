@@ -136,23 +136,28 @@ fn alerts_file(svc: &Running) -> Vec<String> {
 /// The records of the `alerts` topic, read from the start: until `want` are read and the
 /// topic has gone quiet, or 20 s pass. It reads on past `want`, so that a duplicate shows.
 fn alerts_topic(brokers: &str, want: usize) -> Vec<String> {
+    topic_records(brokers, "alerts", want)
+}
+
+/// The records of `topic`, read from the start, as [`alerts_topic`] reads them.
+fn topic_records(brokers: &str, topic: &str, want: usize) -> Vec<String> {
     let c: rdkafka::consumer::BaseConsumer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", brokers)
-        .set("group.id", "alerts-check")
+        .set("group.id", format!("{topic}-check"))
         .set("auto.offset.reset", "earliest")
         .create()
         .unwrap();
-    rdkafka::consumer::Consumer::subscribe(&c, &["alerts"]).unwrap();
-    let mut topic = Vec::new();
+    rdkafka::consumer::Consumer::subscribe(&c, &[topic]).unwrap();
+    let mut records = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline && topic.len() <= want {
+    while Instant::now() < deadline && records.len() <= want {
         if let Some(Ok(msg)) = c.poll(Duration::from_millis(200)) {
-            topic.push(String::from_utf8_lossy(rdkafka::Message::payload(&msg).unwrap()).into_owned());
-        } else if topic.len() == want {
+            records.push(String::from_utf8_lossy(rdkafka::Message::payload(&msg).unwrap()).into_owned());
+        } else if records.len() == want {
             break;
         }
     }
-    topic
+    records
 }
 
 /// Topic `logs` (one partition) on the mock cluster, holding the fixture lines; returns the
@@ -775,21 +780,59 @@ async fn redis_refusing_writes_is_named_in_readyz_and_waited_out() {
 /// the stream and the revocations behind it.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_alert_record_too_large_for_the_topic_is_dead_lettered() {
-    use tokenwatch::sinks::alerts::{AlertSink, AlertTarget};
     use tokenwatch::sinks::dead_letter::DeadLetters;
     let mock = MockCluster::new(1).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let dead_path = dir.path().join("dead");
+    let dead = DeadLetters::file(&dead_path).unwrap();
+    assert_eq!(deliver_a_small_and_a_too_large_record(&mock, dead).await, 1);
+    let dead = std::fs::read_to_string(&dead_path).unwrap();
+    assert_eq!(dead.lines().count(), 1);
+    assert!(
+        dead.contains("\"output\":\"alerts_topic\"") && dead.contains("xxxx"),
+        "{dead}"
+    );
+}
+
+/// `[dead_letter] topic`: the record the alerts topic refused is produced to the dead-letter
+/// topic, and acknowledged there before the batch counts as delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alert_record_too_large_for_the_topic_is_dead_lettered_to_a_topic() {
+    use tokenwatch::sinks::dead_letter::DeadLetters;
+    let mock = MockCluster::new(1).unwrap();
+    mock.create_topic("dead-letters", 1, 1).unwrap();
+    let brokers = mock.bootstrap_servers();
+    let dead = DeadLetters::topic(
+        rdkafka::ClientConfig::new().set("bootstrap.servers", &brokers),
+        "dead-letters",
+    )
+    .unwrap();
+    assert_eq!(dead.name(), "kafka topic dead-letters");
+    assert_eq!(deliver_a_small_and_a_too_large_record(&mock, dead).await, 1);
+    let records = topic_records(&brokers, "dead-letters", 1);
+    assert_eq!(records.len(), 1, "{records:?}");
+    let r: serde_json::Value = serde_json::from_str(&records[0]).unwrap();
+    assert_eq!(r["output"], "alerts_topic");
+    assert_eq!(r["item"]["reason"].as_str().unwrap().len(), 5_000);
+}
+
+/// Writes a small and a too large decision to an alerts topic on `mock` that takes at most
+/// 1000 bytes, with `dead` as the dead-letter output; checks the small one reached the topic
+/// and returns how many went to `dead`.
+async fn deliver_a_small_and_a_too_large_record(
+    mock: &MockCluster<'static, DefaultProducerContext>,
+    dead: tokenwatch::sinks::dead_letter::DeadLetters,
+) -> u64 {
+    use tokenwatch::sinks::alerts::{AlertSink, AlertTarget};
     mock.create_topic("alerts", 1, 1).unwrap();
     let producer: rdkafka::producer::FutureProducer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", mock.bootstrap_servers())
         .set("message.max.bytes", "1000")
         .create()
         .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let dead_path = dir.path().join("dead");
-    let dead = Arc::new(std::sync::Mutex::new(DeadLetters::file(&dead_path).unwrap()));
     let mut sink = AlertSink::new(&AlertTarget::None, Some((producer, "alerts".into())))
         .unwrap()
-        .with_dead_letters(dead);
+        .with_dead_letters(Arc::new(std::sync::Mutex::new(dead)));
     let small = tokenwatch_core::decision::Decision {
         ts: 0,
         rule: "r".into(),
@@ -815,14 +858,8 @@ async fn an_alert_record_too_large_for_the_topic_is_dead_lettered() {
         .await
         .expect("the batch is delivered, not retried forever")
         .unwrap();
-    assert_eq!(sink.take_dead_lettered(), 1);
-    let dead = std::fs::read_to_string(&dead_path).unwrap();
-    assert_eq!(dead.lines().count(), 1);
-    assert!(
-        dead.contains("\"output\":\"alerts_topic\"") && dead.contains("xxxx"),
-        "{dead}"
-    );
     assert_eq!(alerts_topic(&mock.bootstrap_servers(), 1).len(), 1);
+    sink.take_dead_lettered()
 }
 
 /// A rule past its revocation budget trips: `tokenwatch_rule_tripped{rule}` is 1 and its later
@@ -847,20 +884,9 @@ async fn a_tripped_rule_is_shown_and_rearmed_through_redis() {
     .await;
     assert_eq!(stream(&redis).len(), 2, "only the budget's two revocations are written");
 
-    let mut w = tokenwatch::sinks::redis::RevocationWriter::connect(
-        RunFlags {
-            brokers: Some(brokers.clone()),
-            topics: vec!["logs".into()],
-            redis: vec![redis.url()],
-            ..RunFlags::default()
-        }
-        .resolve(std::iter::empty())
-        .unwrap()
-        .0
-        .redis,
-    )
-    .await
-    .unwrap();
+    let mut w = tokenwatch::sinks::redis::RevocationWriter::connect(svc_redis_config(&brokers, &redis))
+        .await
+        .unwrap();
     w.request_rearm("oops", tokenwatch::service::now_ms() / 1000 + 1)
         .await
         .unwrap();
@@ -876,25 +902,24 @@ async fn a_tripped_rule_is_shown_and_rearmed_through_redis() {
 /// A rule directory with one runaway rule, `oops`: every authenticated request revokes its
 /// token, within a budget of 2 per hour.
 fn oops_rules() -> tempfile::TempDir {
-    let rules = tempfile::tempdir().unwrap();
-    std::fs::write(
-        rules.path().join("oops.yaml"),
+    rules_dir(&[(
+        "oops.yaml",
         "id: oops\nseverity: high\naction: revoke_token\nkind: match\nkey: token_id\nbudget: 2/1h\nwhere:\n  authenticated: true\n",
-    )
-    .unwrap();
+    )])
+}
+
+/// A rule directory holding the given rule files (name, YAML).
+fn rules_dir(files: &[(&str, &str)]) -> tempfile::TempDir {
+    let rules = tempfile::tempdir().unwrap();
+    for (name, yaml) in files {
+        std::fs::write(rules.path().join(name), yaml).unwrap();
+    }
     rules
 }
 
 /// Request `i` of a distinct authenticated token, at second `i` of event time.
 fn oops_line(i: usize) -> String {
-    let t = tokenwatch_core::token::encode_unsigned_parts(
-        &serde_json::json!({"alg": "RS256"}),
-        &serde_json::json!({"iss": "https://idp", "sub": format!("u{i}"), "jti": format!("j{i}")}),
-        b"sig",
-    );
-    format!(
-        r#"{{"ts":"2026-11-29T00:00:{i:02}.000Z","client_ip":"198.51.100.7","method":"GET","path":"/x","status":200,"authenticated":true,"authorization":"Bearer {t}"}}"#
-    )
+    attested_line(i, &format!("u{i}"), &format!("j{i}"), "/x")
 }
 
 /// Waits until the service has read `total` lines and its alerts file has stopped growing.
@@ -1196,4 +1221,130 @@ async fn a_tripped_rule_stays_tripped_across_a_restart() {
         "no revocation past the budget after the restart"
     );
     stop_and_wait(svc).await.unwrap();
+}
+
+/// `tokenwatch unrevoke` tells the feed; a running instance follows it and forgets the
+/// revocation, so a later use of the token is no longer "a revoked token used" (before the
+/// feed follower, the engine kept alerting until the revocation's TTL ran out).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unrevoke_in_the_feed_makes_a_running_instance_forget_the_revocation() {
+    use tokenwatch::sinks::unrevoke::{unrevoke, Target};
+    // every field bound: the mock cluster and the rule directory live until the test ends
+    let WithRules {
+        _mock,
+        brokers,
+        redis,
+        svc,
+        _rules,
+    } = start_with_rules(
+        "g-feed",
+        &[
+            (
+                "revoke.yaml",
+                "id: revoke-here\nseverity: high\naction: revoke_token\nkind: match\nkey: token_id\nwhere:\n  authenticated: true\n  path: /revoke\n",
+            ),
+            (
+                "reused.yaml",
+                "id: reused\nseverity: critical\naction: alert\nkind: revoked_use\nkey: token_id\ncooldown: 1s\n",
+            ),
+        ],
+    )
+    .await;
+    let line = |s: usize, jti: &str, path: &str| attested_line(s, "u1", jti, path);
+    let reused = |svc: &Running| {
+        alerts_file(svc)
+            .iter()
+            .filter(|l| l.contains(r#""rule":"reused""#))
+            .count()
+    };
+
+    // revoked, then used again: the control (one "reused" decision)
+    common::produce(&brokers, "logs", &[line(0, "j1", "/revoke"), line(10, "j1", "/x")]);
+    wait_until("the reuse to be decided", 60, || reused(&svc) == 1).await;
+    let entries = stream(&redis);
+    assert_eq!(entries.len(), 1, "{entries:?}");
+
+    // undone, as the CLI does it
+    let mut w = tokenwatch::sinks::redis::RevocationWriter::connect(svc_redis_config(&brokers, &redis))
+        .await
+        .unwrap();
+    let gone = unrevoke(
+        &mut w,
+        &Target::Token(entries[0].1.clone()),
+        tokenwatch::service::now_ms() / 1000,
+    )
+    .await
+    .unwrap();
+    assert_eq!(gone.len(), 1);
+    let m = svc.metrics.clone();
+    wait_until("the feed's unrevoke entry to be applied", 30, || {
+        m.feed_unrevokes.get() == 1
+    })
+    .await;
+
+    // used again, then another token revoked: once that revocation is in the feed, the use
+    // before it (event time) has been decided
+    common::produce(&brokers, "logs", &[line(20, "j1", "/x"), line(30, "j2", "/revoke")]);
+    wait_until("the second revocation", 60, || stream(&redis).len() == 3).await;
+    assert_eq!(
+        reused(&svc),
+        1,
+        "the undone revocation is forgotten: {:?}",
+        alerts_file(&svc)
+    );
+    stop_and_wait(svc).await.unwrap();
+}
+
+/// The Redis settings a service on `brokers` and `redis` uses.
+fn svc_redis_config(brokers: &str, redis: &common::RedisServer) -> tokenwatch::sinks::redis::RedisConfig {
+    RunFlags {
+        brokers: Some(brokers.into()),
+        topics: vec!["logs".into()],
+        redis: vec![redis.url()],
+        ..RunFlags::default()
+    }
+    .resolve(std::iter::empty())
+    .unwrap()
+    .0
+    .redis
+}
+
+/// A service on a fresh one-partition `logs` topic of a mock cluster and a fresh redis-server,
+/// judging with only the given rule files (name, YAML).
+struct WithRules {
+    _mock: MockCluster<'static, DefaultProducerContext>,
+    brokers: String,
+    redis: common::RedisServer,
+    svc: Running,
+    _rules: tempfile::TempDir,
+}
+
+async fn start_with_rules(group: &str, files: &[(&str, &str)]) -> WithRules {
+    let mock = MockCluster::new(1).unwrap();
+    mock.create_topic("logs", 1, 1).unwrap();
+    let brokers = mock.bootstrap_servers();
+    let redis = common::RedisServer::start();
+    let rules = rules_dir(files);
+    let dir = rules.path().to_path_buf();
+    let svc = start_tweaked(&brokers, &redis.url(), group, None, move |c| c.rules_dir = dir).await;
+    WithRules {
+        _mock: mock,
+        brokers,
+        redis,
+        svc,
+        _rules: rules,
+    }
+}
+
+/// A canonical line at second `s` of 2026-11-29T00:00, authenticated by the gateway, carrying
+/// an (unsigned) RS256 token of (`sub`, `jti`).
+fn attested_line(s: usize, sub: &str, jti: &str, path: &str) -> String {
+    let t = tokenwatch_core::token::encode_unsigned_parts(
+        &serde_json::json!({"alg": "RS256"}),
+        &serde_json::json!({"iss": "https://idp", "sub": sub, "jti": jti}),
+        b"sig",
+    );
+    format!(
+        r#"{{"ts":"2026-11-29T00:00:{s:02}.000Z","client_ip":"198.51.100.7","method":"GET","path":"{path}","status":200,"authenticated":true,"authorization":"Bearer {t}"}}"#
+    )
 }

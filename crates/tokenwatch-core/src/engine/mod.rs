@@ -12,8 +12,10 @@
 //! Each rule kind has its own file (`matching`, `count`, `distinct`, `velocity`, `revoked`)
 //! that owns its per-key step, its reason and evidence, and what `explain` shows of its state;
 //! what every kind shares (lateness, the key, the cooldown) is applied once, in [`state`].
-//! This file holds what spans rules: keys, filters and allowlists, budgets, revocations.
+//! This file holds what spans rules: keys, filters and allowlists, budgets, revocations, and
+//! the hook that aggregates unauthenticated critical decisions per network ([`aggregate`]).
 
+pub mod aggregate;
 pub mod budget;
 pub mod count;
 pub mod distinct;
@@ -35,6 +37,7 @@ use crate::input::Event;
 use crate::rules::{fmt_duration, Action, Ctx, Field, Rule, RuleSet, Val};
 use crate::token::TokenInfo;
 
+use aggregate::Aggregator;
 use budget::BudgetState;
 use revoked::{Revocations, Revoked};
 use state::{Env, State};
@@ -51,6 +54,9 @@ pub struct EngineConfig {
     pub revocation: RevocationPolicy,
     /// The revocation budget of a revoking rule that sets none.
     pub revocation_budget: crate::rules::Budget,
+    /// The window of aggregation of unauthenticated critical decisions per network
+    /// ([`aggregate`]); 0 turns it off.
+    pub aggregate_window_ms: i64,
 }
 
 impl Default for EngineConfig {
@@ -64,6 +70,7 @@ impl Default for EngineConfig {
                 max: 1_000,
                 window_ms: 600_000,
             },
+            aggregate_window_ms: aggregate::WINDOW_MS,
         }
     }
 }
@@ -74,6 +81,10 @@ pub struct EngineStats {
     pub events: u64,
     pub late_events: u64,
     pub evictions: u64,
+    /// Live revocations dropped because the revoked-token memory was full ([`revoked`]).
+    pub revoked_memory_full: u64,
+    /// Unauthenticated critical decisions folded into a per-network count ([`aggregate`]).
+    pub aggregated: u64,
 }
 
 /// A `forever` cooldown lasts as long as the key is tracked. Every event that reaches a rule
@@ -98,6 +109,8 @@ pub struct Engine {
     /// Per rule, as `states`: its revocation budget.
     budgets: Vec<BudgetState>,
     revoked: Revocations,
+    /// Unauthenticated critical decisions grouped per (rule, network).
+    aggregate: Aggregator,
     hasher: ahash::RandomState,
     /// The hasher's seeds, random per engine and kept in checkpoints: the keys of the state
     /// are hashes under them.
@@ -121,6 +134,7 @@ impl Engine {
             states,
             budgets,
             revoked: Revocations::new(cfg.max_revocations),
+            aggregate: Aggregator::new(cfg.aggregate_window_ms),
             hasher: ahash::RandomState::with_seeds(seeds[0], seeds[1], seeds[2], seeds[3]),
             seeds,
             newest: i64::MIN,
@@ -193,11 +207,13 @@ impl Engine {
     }
 
     pub fn stats(&self) -> EngineStats {
-        let evictions = self.states.iter().map(State::evictions).sum::<u64>() + self.revoked.evictions;
+        let evictions = self.states.iter().map(State::evictions).sum::<u64>() + self.revoked.full;
         EngineStats {
             events: self.events,
             late_events: self.late_events,
             evictions,
+            revoked_memory_full: self.revoked.full,
+            aggregated: self.aggregate.suppressed,
         }
     }
 
@@ -300,7 +316,9 @@ impl Engine {
             if let Some(f) = fired {
                 let mut d = decision(rule, &cx, f);
                 self.spend_budget(i, rule, &mut d);
-                out.push(d);
+                if self.aggregate.admit(&self.hasher, &cx, &mut d) {
+                    out.push(d);
+                }
             }
         }
         for d in &out[start..] {
@@ -379,6 +397,7 @@ impl Engine {
                         revoked_at_ms: d.ts,
                         until_ms: d.ts.saturating_add(ttl.saturating_mul(1000)),
                         not_before_s: 0,
+                        feed_id: self.feed_id(&tok.token_revocation_key()),
                     },
                 );
             }
@@ -392,10 +411,29 @@ impl Engine {
                         revoked_at_ms: d.ts,
                         until_ms: d.ts.saturating_add(ttl.saturating_mul(1000)),
                         not_before_s: d.not_before.unwrap_or(now_s),
+                        feed_id: self.feed_id(&tok.subject_revocation_key()),
                     },
                 );
             }
         }
+    }
+
+    /// Forgets a token revocation that `tokenwatch unrevoke` undid: `id` is the key id of the
+    /// feed's `unrevoke` entry (a decision's `revocation_key`). True when it was remembered.
+    pub fn forget_token(&mut self, id: &str) -> bool {
+        let f = self.feed_id(id);
+        self.revoked.forget_token(f)
+    }
+
+    /// Forgets a subject revocation that `tokenwatch unrevoke` undid (see [`Self::forget_token`]).
+    pub fn forget_subject(&mut self, id: &str) -> bool {
+        let f = self.feed_id(id);
+        self.revoked.forget_subject(f)
+    }
+
+    /// The revocation memory's hash of a feed key id.
+    fn feed_id(&self, id: &str) -> u64 {
+        scoped(&self.hasher, 9, None, id)
     }
 
     fn sweep(&mut self) {
@@ -404,6 +442,7 @@ impl Engine {
             s.sweep(now);
         }
         self.revoked.sweep(now);
+        self.aggregate.sweep(now);
         self.next_sweep = now.saturating_add(SWEEP_EVERY_MS);
     }
 }

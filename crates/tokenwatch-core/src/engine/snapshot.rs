@@ -14,10 +14,11 @@
 //! changed since the checkpoint starts empty, as on a hot reload, and the others keep theirs.
 //!
 //! Each rule's revocation budget (its recent enforced revocations and whether it tripped)
-//! travels with its state ([`StateFormat::WithBudgets`]): a rule that tripped to shadow
+//! travels with its state ([`StateFormat::V2`]): a rule that tripped to shadow
 //! before a restart must not come back enforcing, or a restart would re-arm a runaway rule
 //! that only an operator or a reload may re-arm. Checkpoints of format 1 predate this
-//! ([`StateFormat::NoBudgets`]): their rules keep their windows and start with fresh budgets.
+//! ([`StateFormat::V1`]): their rules keep their windows and start with fresh budgets, their
+//! revocations have no feed id and no aggregation group is restored.
 
 use std::collections::VecDeque;
 use std::net::IpAddr;
@@ -48,10 +49,12 @@ pub enum SnapshotError {
 /// Which layout of the engine's state a checkpoint holds (its format version says).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StateFormat {
-    /// Checkpoint format 1: windows, cooldowns and revocations, no revocation budgets.
-    NoBudgets,
-    /// Format 2 on: each rule's revocation budget follows its keys.
-    WithBudgets,
+    /// Checkpoint format 1: windows, cooldowns and revocations; no revocation budgets, no
+    /// feed ids on revocations, no aggregation groups.
+    V1,
+    /// Format 2: each rule's revocation budget follows its keys, revocations carry their feed
+    /// id (so an `unrevoke` can reach a restored one), the aggregation groups follow.
+    V2,
 }
 
 /// How a restore went, rule by rule.
@@ -456,19 +459,20 @@ fn get_budget(d: &mut Dec<'_>) -> Result<BudgetState, SnapshotError> {
     Ok(BudgetState::from_parts(recent, tripped_at))
 }
 
-fn put_revoked(e: &mut Enc<'_>, m: &super::keymap::IdMap<Revoked>) {
+fn put_revoked(e: &mut Enc<'_>, m: &super::revoked::Memory) {
     e.varu(m.len() as u64);
-    for (key, r) in m {
+    for (key, r) in m.iter() {
         e.u64(*key);
         e.bytes(r.rule.as_bytes());
         e.vari(r.revoked_at_ms);
         e.vari(r.until_ms);
         e.vari(r.not_before_s);
+        e.u64(r.feed_id);
     }
 }
 
-fn get_revoked(d: &mut Dec<'_>, rules: &[Rule]) -> Result<Vec<(u64, Revoked)>, SnapshotError> {
-    let n = d.count(12)?;
+fn get_revoked(d: &mut Dec<'_>, rules: &[Rule], format: StateFormat) -> Result<Vec<(u64, Revoked)>, SnapshotError> {
+    let n = d.count(20)?;
     let mut out = Vec::with_capacity(n);
     for _ in 0..n {
         let key = d.u64()?;
@@ -486,14 +490,43 @@ fn get_revoked(d: &mut Dec<'_>, rules: &[Rule]) -> Result<Vec<(u64, Revoked)>, S
                 revoked_at_ms: d.vari()?,
                 until_ms: d.vari()?,
                 not_before_s: d.vari()?,
+                // Format 1 has no feed ids: such a revocation is not forgotten by an unrevoke.
+                feed_id: match format {
+                    StateFormat::V2 => d.u64()?,
+                    StateFormat::V1 => 0,
+                },
             },
         ));
     }
     Ok(out)
 }
 
+/// The aggregation groups of unauthenticated critical decisions ([`super::aggregate`]).
+fn put_groups(e: &mut Enc<'_>, a: &super::aggregate::Aggregator) {
+    e.varu(a.groups.len() as u64);
+    for (key, g) in &a.groups {
+        e.u64(*key);
+        e.vari(g.start_ms);
+        e.varu(g.count);
+    }
+}
+
+fn get_groups(d: &mut Dec<'_>) -> Result<super::keymap::IdMap<super::aggregate::Group>, SnapshotError> {
+    let n = d.count(10)?;
+    let mut out = super::keymap::IdMap::default();
+    for _ in 0..n {
+        let key = d.u64()?;
+        let g = super::aggregate::Group {
+            start_ms: d.vari()?,
+            count: d.varu()?,
+        };
+        out.insert(key, g);
+    }
+    Ok(out)
+}
+
 impl Engine {
-    /// Appends the engine's state to `out`, in the layout [`StateFormat::WithBudgets`].
+    /// Appends the engine's state to `out`, in the layout [`StateFormat::V2`].
     pub fn snapshot(&self, out: &mut Vec<u8>) {
         let mut e = Enc(out);
         for s in self.seeds {
@@ -509,12 +542,13 @@ impl Engine {
         }
         put_revoked(&mut e, &self.revoked.tokens);
         put_revoked(&mut e, &self.revoked.subjects);
+        put_groups(&mut e, &self.aggregate);
     }
 
     /// Replaces the engine's state with a snapshot's (of this build's layout); on error,
     /// nothing changes.
     pub fn restore(&mut self, bytes: &[u8]) -> Result<Restored, SnapshotError> {
-        self.restore_format(bytes, StateFormat::WithBudgets)
+        self.restore_format(bytes, StateFormat::V2)
     }
 
     /// Replaces the engine's state with a snapshot's in layout `format`; on error, nothing
@@ -522,8 +556,8 @@ impl Engine {
     pub fn restore_format(&mut self, bytes: &[u8], format: StateFormat) -> Result<Restored, SnapshotError> {
         let mut d = Dec::new(bytes);
         let budget = |d: &mut Dec<'_>| match format {
-            StateFormat::WithBudgets => get_budget(d),
-            StateFormat::NoBudgets => Ok(BudgetState::default()),
+            StateFormat::V2 => get_budget(d),
+            StateFormat::V1 => Ok(BudgetState::default()),
         };
         let seeds = [d.u64()?, d.u64()?, d.u64()?, d.u64()?];
         let newest = d.vari()?;
@@ -553,8 +587,12 @@ impl Engine {
                 }
             }
         }
-        let tokens = get_revoked(&mut d, &self.rules.rules)?;
-        let subjects = get_revoked(&mut d, &self.rules.rules)?;
+        let tokens = get_revoked(&mut d, &self.rules.rules, format)?;
+        let subjects = get_revoked(&mut d, &self.rules.rules, format)?;
+        let groups = match format {
+            StateFormat::V2 => get_groups(&mut d)?,
+            StateFormat::V1 => super::keymap::IdMap::default(),
+        };
         if !d.done() {
             return Err(d.invalid("bytes after the end of the engine state"));
         }
@@ -593,6 +631,7 @@ impl Engine {
             self.revoked.revoke_subject(k, r);
         }
         report.revocations = self.revoked.len();
+        self.aggregate.groups = groups;
         Ok(report)
     }
 }
@@ -652,9 +691,9 @@ mod tests {
         assert_eq!(&bytes[at..at + 2], [0, 0], "untripped, empty window");
         let mut v1 = bytes.clone();
         v1.drain(at..at + 2);
-        let report = engine.restore_format(&v1, StateFormat::NoBudgets).unwrap();
+        let report = engine.restore_format(&v1, StateFormat::V1).unwrap();
         assert_eq!(report.rules_kept, 1);
         assert!(engine.restore(&v1).is_err());
-        assert!(engine.restore_format(&bytes, StateFormat::NoBudgets).is_err());
+        assert!(engine.restore_format(&bytes, StateFormat::V1).is_err());
     }
 }

@@ -10,7 +10,7 @@ use crate::input::GeoPoint;
 use crate::rules::load_str;
 use crate::token::TokenInfo;
 
-const T0: i64 = 1_795_910_400_000; // 2026-11-29T00:00:00Z
+pub(super) const T0: i64 = 1_795_910_400_000; // 2026-11-29T00:00:00Z
 
 fn default_rule(id: &str) -> Arc<RuleSet> {
     let rules = crate::defaults::rules().unwrap();
@@ -21,7 +21,7 @@ fn default_rule(id: &str) -> Arc<RuleSet> {
     })
 }
 
-fn rules(yaml: &str) -> Arc<RuleSet> {
+pub(super) fn rules(yaml: &str) -> Arc<RuleSet> {
     Arc::new(RuleSet {
         rules: load_str(Path::new("t.yaml"), yaml).unwrap(),
         files: 1,
@@ -47,11 +47,11 @@ fn token(jti: &str, sub: &str, iat_s: i64, exp_s: i64) -> Arc<TokenInfo> {
     })
 }
 
-fn live(jti: &str, sub: &str) -> Arc<TokenInfo> {
+pub(super) fn live(jti: &str, sub: &str) -> Arc<TokenInfo> {
     token(jti, sub, T0 / 1000, T0 / 1000 + 3600)
 }
 
-fn ev(ts: i64, ip: &str, status: u16, tok: &Arc<TokenInfo>) -> Event<'static> {
+pub(super) fn ev(ts: i64, ip: &str, status: u16, tok: &Arc<TokenInfo>) -> Event<'static> {
     Event {
         ts_ms: ts,
         client_ip: Some(ip.parse().unwrap()),
@@ -67,7 +67,7 @@ fn ev(ts: i64, ip: &str, status: u16, tok: &Arc<TokenInfo>) -> Event<'static> {
     }
 }
 
-fn run(e: &mut Engine, events: &[Event<'_>]) -> Vec<Decision> {
+pub(super) fn run(e: &mut Engine, events: &[Event<'_>]) -> Vec<Decision> {
     let mut out = Vec::new();
     for ev in events {
         e.process(ev, &mut out);
@@ -75,7 +75,7 @@ fn run(e: &mut Engine, events: &[Event<'_>]) -> Vec<Decision> {
     out
 }
 
-fn engine(r: Arc<RuleSet>) -> Engine {
+pub(super) fn engine(r: Arc<RuleSet>) -> Engine {
     Engine::new(r, EngineConfig::default())
 }
 
