@@ -50,8 +50,9 @@ use tokenwatch_core::engine::snapshot::{Dec, Enc, SnapshotError};
 
 /// The first bytes of every checkpoint.
 pub const MAGIC: &[u8; 4] = b"TWCK";
-/// The checkpoint format this build writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+/// The checkpoint format this build writes and reads. 2: each key's eviction class, and
+/// `distinct_count` text values as (seeded hash, clipped copy).
+pub const FORMAT_VERSION: u32 = 2;
 /// Bytes per Redis value.
 pub const CHUNK: usize = 4 << 20;
 

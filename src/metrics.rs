@@ -36,7 +36,8 @@ pub struct Metrics {
     /// The other half of `/readyz`: ready once this is above 0.
     pub assigned_partitions: IntGauge,
     pub tracked_keys: IntGauge,
-    pub evicted_keys: IntCounter,
+    /// Keys evicted from rule state, by rule and eviction class.
+    pub evicted_keys: IntCounterVec,
     pub late_events: IntCounter,
     /// The event-time buffer ([`tokenwatch_core::eventtime`]): lines held, the most ever held, and
     /// partitions paused for running too far ahead.
@@ -64,6 +65,8 @@ pub struct Metrics {
     pub authenticated_events: IntCounter,
     pub attestation_mismatches: IntCounter,
     pub jwks_errors: IntCounter,
+    /// New unauthenticated keys a rule refused because every key it held had progress.
+    pub refused_keys: IntCounterVec,
     families: Vec<Family>,
 }
 
@@ -126,7 +129,9 @@ const RULE_TRIPPED: Def = (
 const TRACKED_KEYS: Def = ("tokenwatch_tracked_keys", "Keys held in rule state.");
 const EVICTED_KEYS: Def = (
     "tokenwatch_evicted_keys_total",
-    "Keys evicted because a rule reached its key cap.",
+    "Keys evicted because a rule reached its key cap or state byte budget, by rule and class \
+     (unauthenticated: fed only by unauthenticated events, evicted first; authenticated; \
+     progress: partway to a revoking rule's threshold, evicted last: a detection may be lost).",
 );
 const LATE_EVENTS: Def = (
     "tokenwatch_late_events_total",
@@ -190,6 +195,11 @@ const HTTP_ACCEPT_ERRORS: Def = (
     "Failed accepts on the metrics listener (e.g. out of file descriptors).",
 );
 
+const REFUSED_KEYS: Def = (
+    "tokenwatch_refused_keys_total",
+    "New keys of unauthenticated events a rule did not track because every key it held had \
+     progress towards a revoking threshold (those are never evicted for unauthenticated keys).",
+);
 const DELAY_BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 ];
@@ -262,7 +272,7 @@ impl Metrics {
             consumer_lag: r.gauge_vec(CONSUMER_LAG, &["topic", "partition"]),
             assigned_partitions: r.gauge(ASSIGNED_PARTITIONS),
             tracked_keys: r.gauge(TRACKED_KEYS),
-            evicted_keys: r.counter(EVICTED_KEYS),
+            evicted_keys: r.counter_vec(EVICTED_KEYS, &["rule", "class"]),
             late_events: r.counter(LATE_EVENTS),
             held_lines: r.gauge(HELD_LINES),
             held_lines_peak: r.gauge(HELD_LINES_PEAK),
@@ -281,6 +291,7 @@ impl Metrics {
             authenticated_events: r.counter(AUTHENTICATED_EVENTS),
             attestation_mismatches: r.counter(ATTESTATION_MISMATCHES),
             jwks_errors: r.counter(JWKS_ERRORS),
+            refused_keys: r.counter_vec(REFUSED_KEYS, &["rule"]),
             registry: r.registry,
             families: r.families,
         };

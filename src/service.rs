@@ -48,9 +48,9 @@ pub use redis_health::REDIS_HEALTH_INTERVAL;
 #[cfg(test)]
 use crate::metrics::Metrics;
 use tokenwatch_core::eventtime::EventTimeConfig;
-use tokenwatch_core::pipeline::PipelineConfig;
 #[cfg(test)]
-use tokenwatch_core::pipeline::{Pipeline, Stats};
+use tokenwatch_core::pipeline::Pipeline;
+use tokenwatch_core::pipeline::PipelineConfig;
 
 /// Everything `run` needs, resolved from the config file, the environment and the flags.
 pub struct ServiceConfig {
@@ -211,7 +211,7 @@ mod tests {
         let rules = Arc::new(tokenwatch_core::rules::RuleSet::default());
         let mut p = Pipeline::new(rules, None, PipelineConfig::default()).unwrap();
         let m = Metrics::new();
-        let mut sync = MetricSync { last: Stats::default() };
+        let mut sync = MetricSync::default();
         let kong = r#"{"started_at":1795910400000,"client_ip":"1.2.3.4","request":{"method":"GET","uri":"/k","headers":{"authorization":"REDACTED"}}}"#;
         let envoy = r#"{"start_time":"2026-11-29T00:00:00Z","method":"GET","path":"/e"}"#;
         let mut out = Vec::new();
@@ -259,7 +259,7 @@ mod tests {
             let line = format!(r#"{{"ts":1,"status":200,"authorization":"Bearer {t}"{attest}}}"#);
             p.process_line(line.as_bytes(), &mut out);
         }
-        let mut sync = MetricSync { last: Stats::default() };
+        let mut sync = MetricSync::default();
         sync.sync(&p, &m);
         assert_eq!(m.authenticated_events.get(), 1);
         assert_eq!(m.attestation_mismatches.get(), 1);

@@ -20,7 +20,7 @@ use sha2::{Digest, Sha256};
 
 use super::count::CountState;
 use super::distinct::{DVal, DistinctState};
-use super::keymap::{KeyMap, Slot, NEVER};
+use super::keymap::{Class, Heap, KeyMap, Slot, NEVER};
 use super::revoked::Revoked;
 use super::state::{each_kind, State};
 use super::velocity::{Sample, VelocityState};
@@ -206,7 +206,7 @@ impl<'a> Dec<'a> {
 }
 
 /// One kind's per-key data, with times relative to the key's last event.
-trait Persist: Sized + Default {
+trait Persist: Sized + Default + Heap {
     /// Tags the rule's state in a checkpoint (`match` and `revoked_use` share the empty one).
     const TAG: u8;
     fn put(&self, e: &mut Enc<'_>, base: i64);
@@ -266,9 +266,10 @@ impl Persist for DistinctState {
                     e.u8(3);
                     e.u8(u8::from(*b));
                 }
-                DVal::Str(s) => {
+                DVal::Str { hash, shown } => {
                     e.u8(4);
-                    e.bytes(s.as_bytes());
+                    e.u64(*hash);
+                    e.bytes(shown.as_bytes());
                 }
             }
         }
@@ -287,7 +288,10 @@ impl Persist for DistinctState {
                 1 => DVal::Ip(d.ip()?),
                 2 => DVal::Num(d.f64()?),
                 3 => DVal::Bool(d.u8()? != 0),
-                4 => DVal::Str(d.str()?.into()),
+                4 => DVal::Str {
+                    hash: d.u64()?,
+                    shown: d.str()?.into(),
+                },
                 _ => return Err(d.invalid("unknown value type")),
             };
             vals.push((t, v));
@@ -345,6 +349,7 @@ fn put_map<T: Persist>(e: &mut Enc<'_>, m: &KeyMap<T>) {
         } else {
             slot.last_seen.wrapping_sub(slot.fired_at).wrapping_add(1) as u64
         });
+        e.u8(slot.class as u8);
         slot.data.put(e, slot.last_seen);
     }
 }
@@ -365,12 +370,14 @@ fn get_map<T: Persist>(d: &mut Dec<'_>, into: &mut KeyMap<T>) -> Result<(), Snap
         } else {
             last_seen.wrapping_sub((fired - 1) as i64)
         };
+        let class = Class::from_u8(d.u8()?).ok_or_else(|| d.invalid("unknown key class"))?;
         let data = T::get(d, last_seen)?;
         into.restore(
             key,
             Slot {
                 last_seen,
                 fired_at,
+                class,
                 data,
             },
         );
