@@ -7,18 +7,28 @@
 //! distinct subjects: a token plus a subject). The per-rule key cap is raised above N so that
 //! nothing is evicted. The token cache is measured on its own by a third run, `cache`: N
 //! distinct RS256-shaped tokens (the generator's claims) decoded into a [`TokenCache`] of
-//! capacity N — what each decoded token costs while it stays cached. The cache is bounded
-//! (`token_cache`, 1M by default), so its total is capped whatever the number of live tokens.
+//! capacity N — what each decoded token costs while it stays cached. The cache is bounded in
+//! bytes (`[engine] token_cache_bytes`, 256 MiB by default), so its total is capped whatever
+//! the number of live tokens.
 //!
-//! Usage: `memory tokens|subjects|cache N [RULES_DIR]`; prints `bytes_per_token tracked_keys rss_bytes events_per_s` (the
-//! rate includes building each event's token metadata).
+//! `spray N` is the worst case for default settings: the release binary's `tokenwatch replay`
+//! (default settings, the default rules, both decoding threads) reads N canonical lines on
+//! stdin, each with a distinct token of the maximum size (16 KiB) whose id claims (`jti`,
+//! `iss`, `sub`, `kid`, `aud`) are all distinct and at their 1 KiB cap, attested
+//! (`authenticated: true`, so every rule tracks it), from distinct networks, all within one
+//! window (1 ms apart). It prints the process's peak RSS (`/usr/bin/time`'s maximum resident
+//! set). The binary is `$TOKENWATCH_BIN`, else `target-rel/release/tokenwatch`.
+//!
+//! Usage: `memory tokens|subjects|cache|spray N [RULES_DIR]`; prints `bytes_per_token
+//! tracked_keys rss_bytes events_per_s` (the rate includes building each event's token
+//! metadata), or for `spray`: `peak_rss_bytes lines`.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
 use tokenwatch_core::engine::{Engine, EngineConfig};
 use tokenwatch_core::input::{Event, GeoPoint};
-use tokenwatch_core::token::{encode_unsigned_parts, RawToken, TokenCache, TokenInfo};
+use tokenwatch_core::token::{encode_unsigned_parts, RawToken, TokenCache, TokenInfo, DEFAULT_MAX_TOKEN_BYTES};
 
 fn rss_bytes() -> u64 {
     let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
@@ -38,8 +48,12 @@ fn main() {
     if mode == "cache" {
         return token_cache(n, rules.wanted_claims());
     }
+    if mode == "spray" {
+        return spray(n, &rules_dir);
+    }
     let cfg = EngineConfig {
         max_keys_per_rule: (n as usize) * 2 + 10,
+        state_bytes: usize::MAX,
         ..EngineConfig::default()
     };
     let mut engine = Engine::new(rules, cfg);
@@ -128,4 +142,72 @@ fn token_cache(n: u64, wanted: Vec<Box<str>>) {
         (after - before) >> 20
     );
     println!("{per:.0} {n} {after} {:.0}", n as f64 / secs);
+}
+
+/// A distinct token of at most [`DEFAULT_MAX_TOKEN_BYTES`], every id claim distinct and 1 KiB.
+fn max_token(i: u64) -> String {
+    let id = |p: &str| format!("{p}{i:012}{}", "x".repeat(1_024 - 13));
+    let header = serde_json::json!({"alg": "RS256", "typ": "JWT", "kid": id("k")});
+    let sig = [0x5au8; 256];
+    let mut pad = 8_000usize;
+    loop {
+        let claims = serde_json::json!({
+            "iss": id("i"), "sub": id("s"), "jti": id("j"), "aud": [id("a")],
+            "exp": 1_795_914_000, "iat": 1_795_910_400, "pad": "p".repeat(pad),
+        });
+        let t = encode_unsigned_parts(&header, &claims, &sig);
+        if t.len() <= DEFAULT_MAX_TOKEN_BYTES {
+            return t;
+        }
+        pad -= (t.len() - DEFAULT_MAX_TOKEN_BYTES) * 3 / 4 + 4;
+    }
+}
+
+/// Peak RSS of `tokenwatch replay` with default settings over `n` lines of distinct
+/// maximum-size tokens.
+fn spray(n: u64, rules_dir: &str) {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let bin = std::env::var("TOKENWATCH_BIN").unwrap_or_else(|_| "target-rel/release/tokenwatch".into());
+    let mut child = Command::new("/usr/bin/time")
+        .args(["-f", "maxrss_kb %M"])
+        .arg(&bin)
+        .args(["replay", "-q", "--format", "canonical", "--rules", rules_dir, "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("runs /usr/bin/time and the tokenwatch binary");
+    let t0: i64 = 1_795_910_400_000;
+    let start = std::time::Instant::now();
+    {
+        let mut stdin = std::io::BufWriter::new(child.stdin.take().expect("stdin"));
+        let mut len = 0;
+        for i in 0..n {
+            let tok = max_token(i);
+            len = len.max(tok.len());
+            let ip = Ipv4Addr::from(0x0a00_0001u32 + ((i as u32) << 8));
+            let line = serde_json::json!({
+                "ts": tokenwatch_core::decision::fmt_ts(t0 + i as i64), "client_ip": ip.to_string(),
+                "method": "GET", "path": "/api/v1/orders", "status": 200, "user_agent": "spray",
+                "authenticated": true, "token": tok,
+            });
+            writeln!(stdin, "{line}").expect("tokenwatch reads stdin");
+        }
+        eprintln!("memory spray: {n} lines, tokens of {len} bytes");
+    }
+    let out = child.wait_with_output().expect("tokenwatch exits");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "tokenwatch failed: {err}");
+    let kb: u64 = err
+        .lines()
+        .find_map(|l| l.strip_prefix("maxrss_kb "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("/usr/bin/time's maximum RSS");
+    eprintln!(
+        "memory spray: peak RSS {} MiB over {n} distinct 16 KiB tokens in {:.0} s",
+        kb >> 10,
+        start.elapsed().as_secs_f64()
+    );
+    println!("{} {n}", kb * 1024);
 }
