@@ -267,4 +267,50 @@ mod tests {
         assert_eq!(m.authenticated_events.get(), 1, "increments, not totals");
         assert!(PipelineConfig::default().evidence_warning().is_some());
     }
+
+    /// Evictions reach /metrics per rule and class, as increments (a second sync adds none).
+    #[test]
+    fn evictions_are_published_by_rule_and_class() {
+        let rules = tokenwatch_core::defaults::rules().unwrap();
+        let engine = tokenwatch_core::engine::EngineConfig {
+            max_keys_per_rule: 10,
+            ..Default::default()
+        };
+        let cfg = PipelineConfig {
+            engine,
+            ..PipelineConfig::default()
+        };
+        let mut p = Pipeline::new(rules, None, cfg).unwrap();
+        let mut out = Vec::new();
+        for i in 0..30 {
+            let t = tokenwatch_core::token::encode_unsigned_parts(
+                &serde_json::json!({"alg": "RS256"}),
+                &serde_json::json!({"sub": "u", "jti": format!("j{i}")}),
+                b"sig",
+            );
+            let line =
+                format!(r#"{{"ts":{i},"status":200,"client_ip":"198.51.100.7","authenticated":true,"token":"{t}"}}"#);
+            p.process_line(line.as_bytes(), &mut out);
+        }
+        let (m, mut sync) = (Metrics::new(), MetricSync::default());
+        sync.sync(&p, &m);
+        sync.sync(&p, &m);
+        let (_, evicted, _) = p
+            .engine()
+            .evictions_by_rule()
+            .find(|(r, _, _)| &***r == "token-replay")
+            .unwrap();
+        assert!(evicted[1] >= 20, "{evicted:?}");
+        let text = m.render();
+        for want in [
+            format!(
+                "tokenwatch_evicted_keys_total{{class=\"authenticated\",rule=\"token-replay\"}} {}",
+                evicted[1]
+            ),
+            "tokenwatch_evicted_keys_total{class=\"progress\",rule=\"token-replay\"} 0".into(),
+            "tokenwatch_refused_keys_total{rule=\"token-replay\"} 0".into(),
+        ] {
+            assert!(text.contains(&want), "{want} in\n{text}");
+        }
+    }
 }
