@@ -357,9 +357,15 @@ fn byte_budgets_reach_the_cache_and_the_engine() {
     assert_eq!((p.token_cache_bytes, p.engine.state_bytes), (1 << 20, 2 << 20));
     let d = tokenwatch_core::pipeline::PipelineConfig::default();
     let p = parse("").unwrap().pipeline().unwrap();
-    assert_eq!((p.token_cache_bytes, p.engine.state_bytes), (d.token_cache_bytes, d.engine.state_bytes));
+    assert_eq!(
+        (p.token_cache_bytes, p.engine.state_bytes),
+        (d.token_cache_bytes, d.engine.state_bytes)
+    );
     assert_eq!((d.token_cache_bytes, d.engine.state_bytes), (256 << 20, 512 << 20));
-    let e = parse("[engine]\ntoken_cache = 1000\n").err().expect("unknown key").to_string();
+    let e = parse("[engine]\ntoken_cache = 1000\n")
+        .err()
+        .expect("unknown key")
+        .to_string();
     assert!(e.contains("token_cache"), "{e}");
 }
 
