@@ -11,6 +11,9 @@
 //! bytes (`[engine] token_cache_bytes`, 256 MiB by default), so its total is capped whatever
 //! the number of live tokens.
 //!
+//! `state N` is `subjects` with the default caps (`max_keys_per_rule`, `state_bytes`): what
+//! rule state costs at most, once N is past them.
+//!
 //! `spray N` is the worst case for default settings: the release binary's `tokenwatch replay`
 //! (default settings, the default rules, both decoding threads) reads N canonical lines on
 //! stdin, each with a distinct token of the maximum size (16 KiB) whose id claims (`jti`,
@@ -19,7 +22,7 @@
 //! window (1 ms apart). It prints the process's peak RSS (`/usr/bin/time`'s maximum resident
 //! set). The binary is `$TOKENWATCH_BIN`, else `target-rel/release/tokenwatch`.
 //!
-//! Usage: `memory tokens|subjects|cache|spray N [RULES_DIR]`; prints `bytes_per_token
+//! Usage: `memory tokens|subjects|state|cache|spray N [RULES_DIR]`; prints `bytes_per_token
 //! tracked_keys rss_bytes events_per_s` (the rate includes building each event's token
 //! metadata), or for `spray`: `peak_rss_bytes lines`.
 
@@ -51,13 +54,17 @@ fn main() {
     if mode == "spray" {
         return spray(n, &rules_dir);
     }
-    let cfg = EngineConfig {
-        max_keys_per_rule: (n as usize) * 2 + 10,
-        state_bytes: usize::MAX,
-        ..EngineConfig::default()
+    // `state`: the default caps, so that past them the state stops growing.
+    let cfg = match mode {
+        "state" => EngineConfig::default(),
+        _ => EngineConfig {
+            max_keys_per_rule: (n as usize) * 2 + 10,
+            state_bytes: usize::MAX,
+            ..EngineConfig::default()
+        },
     };
     let mut engine = Engine::new(rules, cfg);
-    let subjects = if mode == "subjects" { n } else { (n / 100).max(1) };
+    let subjects = if mode == "tokens" { (n / 100).max(1) } else { n };
     let t0: i64 = 1_795_910_400_000;
     let mut out = Vec::new();
     let before = rss_bytes();
@@ -106,8 +113,10 @@ fn main() {
     let keys = engine.tracked_keys();
     let per = after.saturating_sub(before) as f64 / n as f64;
     eprintln!(
-        "memory {mode}: {n} tokens, {subjects} subjects, {keys} tracked keys, RSS +{} MiB ({per:.0} B per token)",
-        (after - before) >> 20
+        "memory {mode}: {n} tokens, {subjects} subjects, {keys} tracked keys, RSS +{} MiB ({per:.0} B per token; \
+         the state budget counts {} MiB)",
+        (after - before) >> 20,
+        engine.state_heap_bytes() >> 20
     );
     println!("{per:.0} {keys} {after} {:.0}", n as f64 / secs);
 }
