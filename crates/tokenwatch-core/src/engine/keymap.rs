@@ -242,9 +242,12 @@ impl<T: Default + Heap> KeyMap<T> {
                 self.evicted[s.class as usize] += 1;
             }
         }
-        // A table grown for more keys than the budget now holds is given back, and one
-        // whose free buckets are all tombstones is rebuilt rather than doubled.
-        if self.heap_bytes() > bytes_target || self.would_grow() {
+        // A table grown for more keys than the budget now holds is given back (when a new
+        // one would be smaller), and one whose free buckets are all tombstones is rebuilt
+        // rather than doubled.
+        let table = |cap| crate::heap::table_bytes(cap, Self::ENTRY);
+        let smaller = table(self.map.len() + 1) < table(self.table_cap);
+        if (self.heap_bytes() > bytes_target && smaller) || self.would_grow() {
             // (`shrink_to_fit` keeps a table of the same size, tombstones and all.)
             let mut fresh = IdMap::with_capacity_and_hasher(self.map.len() + 1, Default::default());
             fresh.extend(self.map.drain());
