@@ -21,7 +21,7 @@ fn main() {
     let rules = Arc::new(tokenwatch_core::rules::load_dir(&root.join("rules")).expect("rules"));
     let geo = tokenwatch_core::geo::GeoDb::open(&root.join("assets/GeoLite2-City-Test.mmdb")).expect("geoip");
     let cfg = PipelineConfig {
-        token_cache: 2_000_000,
+        token_cache_bytes: 1 << 30,
         ..PipelineConfig::default()
     };
     let mut p = Pipeline::new(rules.clone(), Some(geo.fork()), cfg.clone()).expect("pipeline");

@@ -45,7 +45,7 @@ fn parse(c: &mut Criterion) {
     ] {
         let ls = lines(gf, 10_000);
         let parser = Parser::new(f, None).unwrap();
-        let mut cache = TokenCache::new(1_000_000, vec![]);
+        let mut cache = TokenCache::new(vec![]);
         g.throughput(Throughput::Elements(ls.len() as u64));
         g.bench_function(name, |b| {
             b.iter(|| {
@@ -75,7 +75,7 @@ fn tokens(c: &mut Criterion) {
     g.bench_function("decode", |b| {
         b.iter(|| toks.iter().filter(|t| decode(RawToken::new(t), &[]).is_ok()).count());
     });
-    let mut cache = TokenCache::new(1_000_000, vec![]);
+    let mut cache = TokenCache::new(vec![]);
     g.bench_function("cache_hit", |b| {
         b.iter(|| toks.iter().filter(|t| cache.get(RawToken::new(t)).is_ok()).count());
     });
@@ -94,7 +94,7 @@ fn one_rule(id: &str) -> Arc<RuleSet> {
 fn rules(c: &mut Criterion) {
     let ls = lines(GenFormat::Canonical, N);
     let parser = Parser::new(Format::Canonical, None).unwrap();
-    let mut cache = TokenCache::new(1_000_000, vec![]);
+    let mut cache = TokenCache::new(vec![]);
     let geo = tokenwatch_core::defaults::test_geo_db();
     let events: Vec<Event<'_>> = ls
         .iter()

@@ -61,7 +61,9 @@ use tokenwatch_core::engine::snapshot::{Dec, Enc, SnapshotError, StateFormat};
 /// The first bytes of every checkpoint.
 pub const MAGIC: &[u8; 4] = b"TWCK";
 /// The checkpoint format this build writes; it reads this one and every older one.
-/// 1: windows, cooldowns, revocations; 2: and the rules' revocation budgets.
+/// 1: windows, cooldowns, revocations; 2: and the rules' revocation budgets, each key's
+/// eviction class, `distinct_count` text values as (seeded hash, clipped copy), revocations'
+/// feed ids and the aggregation groups.
 pub const FORMAT_VERSION: u32 = 2;
 /// Bytes per Redis value.
 pub const CHUNK: usize = 4 << 20;

@@ -36,7 +36,8 @@ pub struct Metrics {
     /// The other half of `/readyz`: ready once this is above 0.
     pub assigned_partitions: IntGauge,
     pub tracked_keys: IntGauge,
-    pub evicted_keys: IntCounter,
+    /// Keys evicted from rule state, by rule and eviction class.
+    pub evicted_keys: IntCounterVec,
     pub late_events: IntCounter,
     /// The event-time buffer ([`tokenwatch_core::eventtime`]): lines held, the most ever held, and
     /// partitions paused for running too far ahead.
@@ -74,6 +75,8 @@ pub struct Metrics {
     pub feed_unrevokes: IntCounter,
     /// Unauthenticated critical decisions folded into a per-network count, not emitted.
     pub aggregated_decisions: IntCounter,
+    /// New unauthenticated keys a rule refused because every key it held had progress.
+    pub refused_keys: IntCounterVec,
     families: Vec<Family>,
 }
 
@@ -136,7 +139,9 @@ const RULE_TRIPPED: Def = (
 const TRACKED_KEYS: Def = ("tokenwatch_tracked_keys", "Keys held in rule state.");
 const EVICTED_KEYS: Def = (
     "tokenwatch_evicted_keys_total",
-    "Keys evicted because a rule reached its key cap.",
+    "Keys evicted because a rule reached its key cap or state byte budget, by rule and class \
+     (unauthenticated: fed only by unauthenticated events, evicted first; authenticated; \
+     progress: partway to a revoking rule's threshold, evicted last: a detection may be lost).",
 );
 const LATE_EVENTS: Def = (
     "tokenwatch_late_events_total",
@@ -224,6 +229,11 @@ const AGGREGATED_DECISIONS: Def = (
      group's aggregate (emitted at counts 1, 10, 100... per 10 min window).",
 );
 
+const REFUSED_KEYS: Def = (
+    "tokenwatch_refused_keys_total",
+    "New keys of unauthenticated events a rule did not track because every key it held had \
+     progress towards a revoking threshold (those are never evicted for unauthenticated keys).",
+);
 const DELAY_BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 ];
@@ -296,7 +306,7 @@ impl Metrics {
             consumer_lag: r.gauge_vec(CONSUMER_LAG, &["topic", "partition"]),
             assigned_partitions: r.gauge(ASSIGNED_PARTITIONS),
             tracked_keys: r.gauge(TRACKED_KEYS),
-            evicted_keys: r.counter(EVICTED_KEYS),
+            evicted_keys: r.counter_vec(EVICTED_KEYS, &["rule", "class"]),
             late_events: r.counter(LATE_EVENTS),
             held_lines: r.gauge(HELD_LINES),
             held_lines_peak: r.gauge(HELD_LINES_PEAK),
@@ -320,6 +330,7 @@ impl Metrics {
             revoked_memory_full: r.counter(REVOKED_MEMORY_FULL),
             feed_unrevokes: r.counter(FEED_UNREVOKES),
             aggregated_decisions: r.counter(AGGREGATED_DECISIONS),
+            refused_keys: r.counter_vec(REFUSED_KEYS, &["rule"]),
             registry: r.registry,
             families: r.families,
         };

@@ -49,9 +49,9 @@ pub use redis_health::REDIS_HEALTH_INTERVAL;
 #[cfg(test)]
 use crate::metrics::Metrics;
 use tokenwatch_core::eventtime::EventTimeConfig;
-use tokenwatch_core::pipeline::PipelineConfig;
 #[cfg(test)]
-use tokenwatch_core::pipeline::{Pipeline, Stats};
+use tokenwatch_core::pipeline::Pipeline;
+use tokenwatch_core::pipeline::PipelineConfig;
 
 /// Everything `run` needs, resolved from the config file, the environment and the flags.
 pub struct ServiceConfig {
@@ -214,7 +214,7 @@ mod tests {
         let rules = Arc::new(tokenwatch_core::rules::RuleSet::default());
         let mut p = Pipeline::new(rules, None, PipelineConfig::default()).unwrap();
         let m = Metrics::new();
-        let mut sync = MetricSync { last: Stats::default() };
+        let mut sync = MetricSync::default();
         let kong = r#"{"started_at":1795910400000,"client_ip":"1.2.3.4","request":{"method":"GET","uri":"/k","headers":{"authorization":"REDACTED"}}}"#;
         let envoy = r#"{"start_time":"2026-11-29T00:00:00Z","method":"GET","path":"/e"}"#;
         let mut out = Vec::new();
@@ -262,12 +262,58 @@ mod tests {
             let line = format!(r#"{{"ts":1,"status":200,"authorization":"Bearer {t}"{attest}}}"#);
             p.process_line(line.as_bytes(), &mut out);
         }
-        let mut sync = MetricSync { last: Stats::default() };
+        let mut sync = MetricSync::default();
         sync.sync(&p, &m);
         assert_eq!(m.authenticated_events.get(), 1);
         assert_eq!(m.attestation_mismatches.get(), 1);
         sync.sync(&p, &m);
         assert_eq!(m.authenticated_events.get(), 1, "increments, not totals");
         assert!(PipelineConfig::default().evidence_warning().is_some());
+    }
+
+    /// Evictions reach /metrics per rule and class, as increments (a second sync adds none).
+    #[test]
+    fn evictions_are_published_by_rule_and_class() {
+        let rules = tokenwatch_core::defaults::rules().unwrap();
+        let engine = tokenwatch_core::engine::EngineConfig {
+            max_keys_per_rule: 10,
+            ..Default::default()
+        };
+        let cfg = PipelineConfig {
+            engine,
+            ..PipelineConfig::default()
+        };
+        let mut p = Pipeline::new(rules, None, cfg).unwrap();
+        let mut out = Vec::new();
+        for i in 0..30 {
+            let t = tokenwatch_core::token::encode_unsigned_parts(
+                &serde_json::json!({"alg": "RS256"}),
+                &serde_json::json!({"sub": "u", "jti": format!("j{i}")}),
+                b"sig",
+            );
+            let line =
+                format!(r#"{{"ts":{i},"status":200,"client_ip":"198.51.100.7","authenticated":true,"token":"{t}"}}"#);
+            p.process_line(line.as_bytes(), &mut out);
+        }
+        let (m, mut sync) = (Metrics::new(), MetricSync::default());
+        sync.sync(&p, &m);
+        sync.sync(&p, &m);
+        let (_, evicted, _) = p
+            .engine()
+            .evictions_by_rule()
+            .find(|(r, _, _)| &***r == "token-replay")
+            .unwrap();
+        assert!(evicted[1] >= 20, "{evicted:?}");
+        let text = m.render();
+        for want in [
+            format!(
+                "tokenwatch_evicted_keys_total{{class=\"authenticated\",rule=\"token-replay\"}} {}",
+                evicted[1]
+            ),
+            "tokenwatch_evicted_keys_total{class=\"progress\",rule=\"token-replay\"} 0".into(),
+            "tokenwatch_refused_keys_total{rule=\"token-replay\"} 0".into(),
+        ] {
+            assert!(text.contains(&want), "{want} in\n{text}");
+        }
     }
 }

@@ -185,8 +185,12 @@ pub struct EngineSection {
     /// Leeway after `exp` before a token counts as expired.
     #[serde(deserialize_with = "de::duration")]
     pub expiry_leeway: Duration,
-    /// Distinct tokens kept decoded.
-    pub token_cache: usize,
+    /// Heap the decoded-token cache may hold, in bytes (shared among decoding threads); past
+    /// it the cache starts over.
+    pub token_cache_bytes: usize,
+    /// Heap every rule's per-key state may hold together, in bytes (each rule gets an equal
+    /// share); past it keys are evicted, least valuable first.
+    pub state_bytes: usize,
     /// Revocations a revoking rule may make per window before it trips to shadow, for rules
     /// without their own `budget` (`1000/10m`).
     #[serde(deserialize_with = "de::from_str")]
@@ -223,7 +227,8 @@ impl Default for EngineSection {
             lateness: de::millis(engine.lateness_ms),
             max_keys_per_rule: engine.max_keys_per_rule,
             expiry_leeway: de::secs(engine.revocation.leeway_s),
-            token_cache: PipelineConfig::default().token_cache,
+            token_cache_bytes: PipelineConfig::default().token_cache_bytes,
+            state_bytes: engine.state_bytes,
             revocation_budget: engine.revocation_budget,
             idle_timeout: time.idle_timeout,
             max_skew: de::millis(time.max_skew_ms),
@@ -377,6 +382,7 @@ impl Config {
         EngineConfig {
             lateness_ms: de::as_millis(e.lateness),
             max_keys_per_rule: e.max_keys_per_rule,
+            state_bytes: e.state_bytes,
             revocation: RevocationPolicy {
                 leeway_s: de::as_secs(e.expiry_leeway),
                 ..d.revocation

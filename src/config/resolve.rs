@@ -82,7 +82,7 @@ impl Loaded {
         Ok(PipelineConfig {
             format: c.input.format,
             mapping: self.mapping()?,
-            token_cache: c.engine.token_cache,
+            token_cache_bytes: c.engine.token_cache_bytes,
             max_token_bytes: c.input.max_token_bytes,
             engine: c.engine(),
             verify: self.verifier()?,

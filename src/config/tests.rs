@@ -349,6 +349,26 @@ fn defaults_are_the_cores() {
     assert_eq!(c.event_time(), tokenwatch_core::eventtime::EventTimeConfig::default());
 }
 
+/// The byte budgets reach the token cache and the engine; the old count cap is refused.
+#[test]
+fn byte_budgets_reach_the_cache_and_the_engine() {
+    let c = parse("[engine]\ntoken_cache_bytes = 1048576\nstate_bytes = 2097152\n").unwrap();
+    let p = c.pipeline().unwrap();
+    assert_eq!((p.token_cache_bytes, p.engine.state_bytes), (1 << 20, 2 << 20));
+    let d = tokenwatch_core::pipeline::PipelineConfig::default();
+    let p = parse("").unwrap().pipeline().unwrap();
+    assert_eq!(
+        (p.token_cache_bytes, p.engine.state_bytes),
+        (d.token_cache_bytes, d.engine.state_bytes)
+    );
+    assert_eq!((d.token_cache_bytes, d.engine.state_bytes), (256 << 20, 512 << 20));
+    let Err(e) = parse("[engine]\ntoken_cache = 1000\n") else {
+        panic!("the old count cap is an unknown key")
+    };
+    let e = e.to_string();
+    assert!(e.contains("token_cache"), "{e}");
+}
+
 #[test]
 fn invalid_settings_fail_at_start_naming_the_key() {
     let o = RunFlags::default();

@@ -1,6 +1,10 @@
 //! The pipeline's counters published as Prometheus metrics: increments since the last sync,
 //! so the pipeline's hot path touches no metric.
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tokenwatch_core::engine::keymap::Class;
 use tokenwatch_core::pipeline::{Pipeline, Stats};
 
 use crate::metrics::Metrics;
@@ -9,6 +13,8 @@ use crate::metrics::Metrics;
 #[derive(Default)]
 pub(super) struct MetricSync {
     pub(super) last: Stats,
+    /// The engine's eviction counts per rule at the last sync: per class, then refused.
+    evicted: HashMap<Arc<str>, [u64; 4]>,
 }
 
 impl MetricSync {
@@ -16,6 +22,7 @@ impl MetricSync {
         self.input(p, m);
         self.formats(p, m);
         Self::engine(p, m);
+        self.evictions(p, m);
         let s = &p.stats;
         m.authenticated_events
             .inc_by(s.authenticated.saturating_sub(self.last.authenticated));
@@ -66,12 +73,27 @@ impl MetricSync {
         }
     }
 
-    /// Rule state: tracked and evicted keys, late events, tripped rules.
+    /// Keys evicted per rule and class, and refused, since the last sync. A rule's counts
+    /// start again at 0 when its state does (a reload that changed it, a restore): a count
+    /// below the last one is all new.
+    fn evictions(&mut self, p: &Pipeline, m: &Metrics) {
+        for (rule, evicted, refused) in p.engine().evictions_by_rule() {
+            let now = [evicted[0], evicted[1], evicted[2], refused];
+            let last = self.evicted.entry(rule.clone()).or_default();
+            let delta = |i: usize| if now[i] >= last[i] { now[i] - last[i] } else { now[i] };
+            for class in Class::ALL {
+                let n = delta(class as usize);
+                m.evicted_keys.with_label_values(&[rule, class.name()]).inc_by(n);
+            }
+            m.refused_keys.with_label_values(&[rule]).inc_by(delta(3));
+            *last = now;
+        }
+    }
+
+    /// Rule state: tracked keys, late events, tripped rules.
     fn engine(p: &Pipeline, m: &Metrics) {
         let es = p.engine().stats();
         m.tracked_keys.set(p.engine().tracked_keys() as i64);
-        let ev = es.evictions.saturating_sub(m.evicted_keys.get());
-        m.evicted_keys.inc_by(ev);
         let late = es.late_events.saturating_sub(m.late_events.get());
         m.late_events.inc_by(late);
         let folded = es.aggregated.saturating_sub(m.aggregated_decisions.get());

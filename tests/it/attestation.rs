@@ -22,7 +22,7 @@ fn token(sub: &str, jti: &str) -> (String, Value) {
 /// (authenticated, attestation mismatch) of one line.
 fn parse(format: Format, mapping: Option<Mapping>, line: &Value) -> (bool, bool) {
     let p = Parser::new(format, mapping).unwrap();
-    let mut cache = TokenCache::new(100, vec![]);
+    let mut cache = TokenCache::new(vec![]);
     let text = line.to_string();
     let parsed = p.parse(text.as_bytes(), &mut cache).unwrap();
     assert!(parsed.event.token.is_some(), "{line}");
@@ -149,7 +149,7 @@ fn a_token_from_the_url_is_never_attested() {
     let (t, _) = token("alice", "a-1");
     let (u, _) = token("victim", "victim-jti");
     let p = Parser::new(Format::Canonical, None).unwrap();
-    let mut cache = TokenCache::new(100, vec![]);
+    let mut cache = TokenCache::new(vec![]);
     // only in the URL, with the gateway's word for the line
     let l = json!({"ts": T0, "status": 200, "authenticated": true, "path": format!("/x?access_token={u}")});
     let text = l.to_string();

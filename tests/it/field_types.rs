@@ -58,7 +58,7 @@ const NUMERIC: &[&str] = &["status", "DownstreamStatus", "response_code"];
 /// The lines of `files` that `format` decodes, as JSON values.
 fn decodable(format: Format, files: &[&str]) -> Vec<Value> {
     let parser = Parser::new(format, None).unwrap();
-    let mut cache = TokenCache::new(1000, vec![]);
+    let mut cache = TokenCache::new(vec![]);
     let mut out = Vec::new();
     for f in files {
         let text = std::fs::read_to_string(common::fixture(f)).unwrap();
@@ -123,7 +123,7 @@ fn still_decodes(format: Format, time_keys: &[&str], line: &Value, path: &[Strin
     }
     *slot = new.clone();
     let text = changed.to_string();
-    let mut cache = TokenCache::new(100, vec![]);
+    let mut cache = TokenCache::new(vec![]);
     for f in [format, Format::Auto] {
         let r = Parser::new(f, None).unwrap().parse(text.as_bytes(), &mut cache);
         if let Err(skip) = r {

@@ -53,7 +53,7 @@ fn render(p: &Parsed<'_>) -> String {
 
 #[test]
 fn every_gateways_default_format_decodes_fully_through_auto_and_its_preset() {
-    let mut cache = TokenCache::new(100, vec![]);
+    let mut cache = TokenCache::new(vec![]);
     for (name, preset) in GATEWAYS {
         let lines = records(name);
         assert!(!lines.is_empty(), "{name}");

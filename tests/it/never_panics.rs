@@ -150,7 +150,7 @@ proptest! {
 
     #[test]
     fn parsers_never_panic_on_bytes(bytes in prop::collection::vec(any::<u8>(), 0..300)) {
-        let mut cache = TokenCache::new(100, vec![]);
+        let mut cache = TokenCache::new(vec![]);
         for f in FORMATS {
             let _ = Parser::new(f, None).unwrap().parse(&bytes, &mut cache);
         }
@@ -159,7 +159,7 @@ proptest! {
 
     #[test]
     fn custom_mappings_never_panic_on_jsonish_lines(line in jsonish()) {
-        let mut cache = TokenCache::new(100, vec![]);
+        let mut cache = TokenCache::new(vec![]);
         let _ = custom_parser().parse(line.as_bytes(), &mut cache);
         let mut p = custom_pipeline();
         let mut out = Vec::new();
@@ -169,7 +169,7 @@ proptest! {
 
     #[test]
     fn parsers_and_pipeline_never_panic_on_jsonish_lines(line in jsonish()) {
-        let mut cache = TokenCache::new(100, vec![]);
+        let mut cache = TokenCache::new(vec![]);
         for f in FORMATS {
             let _ = Parser::new(f, None).unwrap().parse(line.as_bytes(), &mut cache);
         }

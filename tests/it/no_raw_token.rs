@@ -60,7 +60,7 @@ fn decisions_and_debug_output_hold_no_token() {
     use tokenwatch_core::input::{Format, Parser};
     use tokenwatch_core::token::TokenCache;
     let parser = Parser::new(Format::Auto, None).unwrap();
-    let mut cache = TokenCache::new(100, vec![]);
+    let mut cache = TokenCache::new(vec![]);
     for name in ["canonical.log", "traefik.log", "kong.log", "envoy.log", "nginx.log"] {
         let text = std::fs::read_to_string(common::fixture(name)).unwrap();
         for line in text.lines() {

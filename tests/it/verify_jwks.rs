@@ -33,7 +33,7 @@ fn verified(cache: &mut TokenCache, token: &str) -> bool {
 }
 
 fn cache(v: &Arc<Verifier>) -> TokenCache {
-    TokenCache::new(1000, vec![]).with_verifier(Some(v.clone()))
+    TokenCache::new(vec![]).with_verifier(Some(v.clone()))
 }
 
 #[test]

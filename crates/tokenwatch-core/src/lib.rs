@@ -29,6 +29,7 @@ pub mod engine;
 pub mod eventtime;
 pub mod explain;
 pub mod geo;
+pub mod heap;
 pub mod input;
 pub mod pipeline;
 pub mod posture;

@@ -39,8 +39,9 @@ use crate::verify::Verifier;
 pub struct PipelineConfig {
     pub format: Format,
     pub mapping: Option<Mapping>,
-    /// Distinct tokens kept decoded.
-    pub token_cache: usize,
+    /// Heap the decoded-token cache may hold (`[engine] token_cache_bytes`), shared among
+    /// decoding threads ([`crate::token::TokenCache::heap_bytes`]).
+    pub token_cache_bytes: usize,
     /// Longer compact tokens are not decoded (`token_too_large`; the request is still an
     /// event): `[input] max_token_bytes`.
     pub max_token_bytes: usize,
@@ -63,7 +64,7 @@ impl Default for PipelineConfig {
         PipelineConfig {
             format: Format::Auto,
             mapping: None,
-            token_cache: 1_000_000,
+            token_cache_bytes: crate::token::DEFAULT_TOKEN_CACHE_BYTES,
             max_token_bytes: crate::token::DEFAULT_MAX_TOKEN_BYTES,
             engine: EngineConfig::default(),
             verify: None,
@@ -258,7 +259,8 @@ impl Decoder {
     pub fn new(geo: Option<GeoDb>, cfg: &PipelineConfig, wanted_claims: Vec<Box<str>>) -> Result<Self, FormatError> {
         Ok(Decoder {
             parser: Parser::new(cfg.format, cfg.mapping.clone())?,
-            tokens: TokenCache::new(cfg.token_cache, wanted_claims)
+            tokens: TokenCache::new(wanted_claims)
+                .with_budget_bytes(cfg.token_cache_bytes)
                 .with_verifier(cfg.verify.clone())
                 .with_max_token_bytes(cfg.max_token_bytes),
             geo,
@@ -267,9 +269,15 @@ impl Decoder {
 
     /// Same format, rules' claims and GeoIP database, with empty caches of its own.
     pub fn fork(&self) -> Decoder {
+        self.fork_share(1)
+    }
+
+    /// [`Decoder::fork`] for one of `parts` threads: its token cache gets `1/parts` of the
+    /// byte budget, so that the threads together hold no more than the budget.
+    pub fn fork_share(&self, parts: usize) -> Decoder {
         Decoder {
             parser: self.parser.clone(),
-            tokens: self.tokens.fork(),
+            tokens: self.tokens.fork(parts),
             geo: self.geo.as_ref().map(GeoDb::fork),
         }
     }
@@ -339,7 +347,7 @@ impl ParallelDecode {
         for i in 0..workers {
             let (tx_in, rx_in) = sync_channel::<DecodedBatch>(depth.max(1));
             let (tx_out, rx_out) = sync_channel::<DecodedBatch>(depth.max(1));
-            let mut d = decoder.fork();
+            let mut d = decoder.fork_share(workers);
             let h = std::thread::Builder::new()
                 .name(format!("tokenwatch-decode-{i}"))
                 .spawn(move || {

@@ -20,6 +20,7 @@ use serde::de::{self, Deserializer, IgnoredAny, Visitor};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
+use crate::heap::{alloc_bytes, table_bytes, table_growth};
 use crate::verify::{Verdict, Verifier};
 
 /// A compact JWT exactly as it appeared in the log. Printing it prints nothing of the token.
@@ -525,14 +526,19 @@ impl std::hash::Hasher for U128Id {
 
 type IdMap<V> = HashMap<u128, V, std::hash::BuildHasherDefault<U128Id>>;
 
-/// Decodes (and, with a [`Verifier`], verifies) each distinct token once. Bounded: when full, it
-/// is cleared (tokens are short-lived and the live set refills it within seconds), which keeps
-/// the hot path free of LRU upkeep.
+/// Decodes (and, with a [`Verifier`], verifies) each distinct token once. Bounded in bytes:
+/// when the heap it holds (entries, their strings, the tables; [`TokenCache::heap_bytes`])
+/// would pass its budget, it is cleared (tokens are short-lived and the live set refills it
+/// within seconds), which keeps the hot path free of LRU upkeep. A count cap would not bound
+/// memory: a token's claims can be 1,000 times larger than a typical one's.
 pub struct TokenCache {
     /// With whether to verify it again: its key id was in no JWKS yet (keys rotate).
     map: IdMap<(Arc<TokenInfo>, bool)>,
     errors: IdMap<DecodeError>,
-    cap: usize,
+    /// `[engine] token_cache_bytes` (this cache's share of it, for a fork).
+    budget_bytes: usize,
+    /// The heap of the entries of `map` beyond the table itself ([`entry_heap_bytes`]).
+    entry_bytes: usize,
     hasher: TokenHasher,
     wanted_claims: Box<[Box<str>]>,
     shared: Interner,
@@ -541,12 +547,39 @@ pub struct TokenCache {
     max_token_bytes: usize,
 }
 
+/// `[engine] token_cache_bytes` by default.
+pub const DEFAULT_TOKEN_CACHE_BYTES: usize = 256 << 20;
+
+/// The heap one cached token holds by itself: the shared allocation and the strings that are
+/// its own. Issuer, subject, algorithm, key id and audience are counted by the [`Interner`],
+/// once per distinct value.
+fn entry_heap_bytes(t: &TokenInfo) -> usize {
+    let claims: usize = t
+        .claims
+        .iter()
+        .map(|(name, v)| {
+            alloc_bytes(name.len())
+                + match v {
+                    ClaimValue::Str(s) => alloc_bytes(s.len()),
+                    ClaimValue::Num(_) | ClaimValue::Bool(_) => 0,
+                }
+        })
+        .sum();
+    // the `Arc`'s two counters and the struct; the id; the claims' slice and their strings
+    alloc_bytes(2 * std::mem::size_of::<usize>() + std::mem::size_of::<TokenInfo>())
+        + alloc_bytes(t.token_id.len())
+        + alloc_bytes(t.claims.len() * std::mem::size_of::<(Box<str>, ClaimValue)>())
+        + claims
+}
+
 /// One copy of each issuer, subject, algorithm, key id and audience list among the cached
 /// tokens (README's memory rows give what a cached token costs). Emptied with the cache.
 #[derive(Default)]
 struct Interner {
     strs: std::collections::HashSet<Arc<str>>,
     auds: std::collections::HashSet<Arc<[Box<str>]>>,
+    /// The heap of the distinct strings and audience lists (the sets' tables aside).
+    bytes: usize,
 }
 
 impl Interner {
@@ -554,6 +587,7 @@ impl Interner {
         match self.strs.get(&**s) {
             Some(known) => *s = known.clone(),
             None => {
+                self.bytes += alloc_bytes(2 * std::mem::size_of::<usize>() + s.len());
                 self.strs.insert(s.clone());
             }
         }
@@ -574,23 +608,29 @@ impl Interner {
         match self.auds.get(&*t.aud) {
             Some(known) => t.aud = known.clone(),
             None => {
+                let each = std::mem::size_of::<Box<str>>();
+                let strs: usize = t.aud.iter().map(|a| alloc_bytes(a.len())).sum();
+                self.bytes += alloc_bytes(2 * std::mem::size_of::<usize>() + t.aud.len() * each) + strs;
                 self.auds.insert(t.aud.clone());
             }
         }
     }
 
-    fn clear(&mut self) {
-        self.strs.clear();
-        self.auds.clear();
+    fn heap_bytes(&self) -> usize {
+        self.bytes
+            + table_bytes(self.strs.capacity(), std::mem::size_of::<Arc<str>>())
+            + table_bytes(self.auds.capacity(), std::mem::size_of::<Arc<[Box<str>]>>())
     }
 }
 
 impl TokenCache {
-    pub fn new(cap: usize, wanted_claims: Vec<Box<str>>) -> Self {
+    /// An empty cache of [`DEFAULT_TOKEN_CACHE_BYTES`].
+    pub fn new(wanted_claims: Vec<Box<str>>) -> Self {
         TokenCache {
             map: IdMap::default(),
             errors: IdMap::default(),
-            cap: cap.max(1),
+            budget_bytes: DEFAULT_TOKEN_CACHE_BYTES,
+            entry_bytes: 0,
             hasher: TokenHasher::new(),
             wanted_claims: wanted_claims.into_boxed_slice(),
             shared: Interner::default(),
@@ -599,14 +639,21 @@ impl TokenCache {
         }
     }
 
+    /// Holds at most `bytes` of heap ([`TokenCache::heap_bytes`]) instead of
+    /// [`DEFAULT_TOKEN_CACHE_BYTES`].
+    pub fn with_budget_bytes(mut self, bytes: usize) -> Self {
+        self.budget_bytes = bytes;
+        self.forget();
+        self
+    }
+
     /// Refuses tokens longer than `max_bytes` (`token_too_large`) instead of
     /// [`DEFAULT_MAX_TOKEN_BYTES`]. Forgets what was decoded, which may no longer hold.
     pub fn with_max_token_bytes(mut self, max_bytes: usize) -> Self {
         if max_bytes != self.max_token_bytes {
             self.max_token_bytes = max_bytes;
-            self.map.clear();
-            self.errors.clear();
-            self.shared.clear();
+            self.forget();
+            self.errors = IdMap::default();
         }
         self
     }
@@ -617,20 +664,40 @@ impl TokenCache {
         self
     }
 
-    /// An empty cache for the same rules and keys, with its own hash keys (for another worker
-    /// thread).
-    pub fn fork(&self) -> Self {
-        TokenCache::new(self.cap, self.wanted_claims.to_vec())
+    /// An empty cache for the same rules and keys, with its own hash keys and a `1/parts`
+    /// share of the byte budget (for one of `parts` worker threads: together they hold no
+    /// more than the budget).
+    pub fn fork(&self, parts: usize) -> Self {
+        TokenCache::new(self.wanted_claims.to_vec())
             .with_verifier(self.verifier.clone())
             .with_max_token_bytes(self.max_token_bytes)
+            .with_budget_bytes(self.budget_bytes / parts.max(1))
+    }
+
+    /// Drops every decoded token and the strings they shared, and frees the tables.
+    fn forget(&mut self) {
+        self.map = IdMap::default();
+        self.shared = Interner::default();
+        self.entry_bytes = 0;
+    }
+
+    /// The heap this cache holds: decoded tokens with their own strings, the shared strings,
+    /// and the tables (as allocated, slack included), plus allocator overhead per allocation.
+    /// Kept within the budget; README's memory rows show it against measured RSS.
+    pub fn heap_bytes(&self) -> usize {
+        let entry = std::mem::size_of::<(u128, (Arc<TokenInfo>, bool))>();
+        let error = std::mem::size_of::<(u128, DecodeError)>();
+        self.entry_bytes
+            + table_bytes(self.map.capacity(), entry)
+            + table_bytes(self.errors.capacity(), error)
+            + self.shared.heap_bytes()
     }
 
     /// Changes the claims kept for rules (after a rule reload); forgets what was decoded.
     pub(crate) fn set_wanted_claims(&mut self, wanted: Vec<Box<str>>) {
         if *self.wanted_claims != *wanted {
             self.wanted_claims = wanted.into_boxed_slice();
-            self.map.clear();
-            self.shared.clear();
+            self.forget();
         }
     }
 
@@ -666,23 +733,39 @@ impl TokenCache {
         }
         match decode_capped(raw, &self.wanted_claims, self.max_token_bytes) {
             Ok(mut info) => {
-                if self.map.len() >= self.cap {
-                    self.map.clear();
-                    self.shared.clear();
-                }
+                self.make_room(&info);
                 self.shared.share(&mut info);
                 let retry = self.verifier.as_ref().is_some_and(|v| verify(v, raw, &mut info));
                 let info = Arc::new(info);
+                self.entry_bytes += entry_heap_bytes(&info);
                 self.map.insert(key, (info.clone(), retry));
                 Ok(info)
             }
             Err(e) => {
-                if self.errors.len() > self.cap / 16 {
-                    self.errors.clear();
+                // Undecodable tokens get a sixteenth of the budget: they are cheap to refuse
+                // again.
+                let error = std::mem::size_of::<(u128, DecodeError)>();
+                if table_bytes(self.errors.len() + 1, error) > self.budget_bytes / 16 {
+                    self.errors = IdMap::default();
                 }
                 self.errors.insert(key, e);
                 Err(e)
             }
+        }
+    }
+
+    /// Starts over when `info`, with its strings (if none is shared yet) and a table grown
+    /// for it, would take the cache past its budget.
+    fn make_room(&mut self, info: &TokenInfo) {
+        let entry = std::mem::size_of::<(u128, (Arc<TokenInfo>, bool))>();
+        let own = |s: &Option<Arc<str>>| s.as_deref().map_or(0, |s| alloc_bytes(s.len() + 16));
+        let shared =
+            own(&info.iss) + own(&info.sub) + own(&info.alg) + own(&info.kid) + alloc_bytes(info.subject.len() + 16);
+        let aud: usize = info.aud.iter().map(|a| alloc_bytes(a.len() + 16)).sum();
+        let growth = table_growth(self.map.len(), self.map.capacity(), entry);
+        let adds = entry_heap_bytes(info) + shared + aud + growth;
+        if self.heap_bytes() + adds > self.budget_bytes {
+            self.forget();
         }
     }
 
@@ -1180,7 +1263,7 @@ mod tests {
     #[test]
     fn cache_decodes_once_and_keeps_wanted_claims() {
         let t = tok(json!({"alg":"RS256"}), json!({"sub":"u","tenant":"acme","lvl":3}));
-        let mut c = TokenCache::new(10, vec!["tenant".into(), "lvl".into(), "nope".into()]);
+        let mut c = TokenCache::new(vec!["tenant".into(), "lvl".into(), "nope".into()]);
         let a = c.get(RawToken::new(&t)).unwrap();
         let b = c.get(RawToken::new(&t)).unwrap();
         assert!(Arc::ptr_eq(&a, &b));
@@ -1194,10 +1277,10 @@ mod tests {
     fn the_token_size_cap_is_the_caches_own() {
         let t = tok(json!({"alg":"RS256"}), json!({"sub":"u","pad":"p".repeat(2_300)}));
         assert!((2_048..4_096).contains(&t.len()), "{}", t.len());
-        assert!(TokenCache::new(10, vec![]).get(RawToken::new(&t)).is_ok());
-        let mut small = TokenCache::new(10, vec![]).with_max_token_bytes(2_048);
+        assert!(TokenCache::new(vec![]).get(RawToken::new(&t)).is_ok());
+        let mut small = TokenCache::new(vec![]).with_max_token_bytes(2_048);
         assert_eq!(small.get(RawToken::new(&t)).unwrap_err(), DecodeError::TooLarge);
-        assert_eq!(small.fork().get(RawToken::new(&t)).unwrap_err(), DecodeError::TooLarge);
+        assert_eq!(small.fork(1).get(RawToken::new(&t)).unwrap_err(), DecodeError::TooLarge);
         assert_eq!(
             decode_capped(RawToken::new(&t), &[], t.len()).unwrap().sub.as_deref(),
             Some("u")
@@ -1209,7 +1292,7 @@ mod tests {
         let h = json!({"alg": "RS256", "kid": "k1"});
         let claims = |jti: &str| json!({"iss": "https://idp", "sub": "u1", "aud": ["a", "b"], "jti": jti});
         let (t1, t2) = (tok(h.clone(), claims("one")), tok(h, claims("two")));
-        let mut c = TokenCache::new(10, vec![]);
+        let mut c = TokenCache::new(vec![]);
         let (a, b) = (c.get(RawToken::new(&t1)).unwrap(), c.get(RawToken::new(&t2)).unwrap());
         assert_ne!(a.token_id, b.token_id);
         assert!(Arc::ptr_eq(&a.subject, &b.subject));
@@ -1217,10 +1300,48 @@ mod tests {
         assert!(Arc::ptr_eq(a.alg.as_ref().unwrap(), b.alg.as_ref().unwrap()));
         assert!(Arc::ptr_eq(&a.aud, &b.aud));
         // A full cache starts over, and so do the shared strings: nothing grows without bound.
-        let mut small = TokenCache::new(1, vec![]);
+        let mut one = TokenCache::new(vec![]);
+        one.get(RawToken::new(&t1)).unwrap();
+        let mut small = TokenCache::new(vec![]).with_budget_bytes(one.heap_bytes() + 40);
         small.get(RawToken::new(&t1)).unwrap();
         small.get(RawToken::new(&t2)).unwrap();
         assert_eq!(small.len(), 1);
         assert!(small.shared.strs.len() <= 5);
+    }
+
+    /// The finding: a count cap let 1,500 tokens with 100 KB claims hold 449 MB. Tokens
+    /// of the maximum size, with every id claim at its 1 KiB cap and a 5.5 KiB claim the rules
+    /// keep, stay within the byte budget, and the accounting counts at least their strings.
+    #[test]
+    fn the_cache_holds_no_more_heap_than_its_byte_budget() {
+        let budget = 2 << 20;
+        let mut c = TokenCache::new(vec!["blob".into()]).with_budget_bytes(budget);
+        let big = |i: usize| {
+            let id = |p: &str| format!("{p}{i:08}{}", "x".repeat(1_000));
+            tok(
+                json!({"alg": "RS256", "kid": id("k")}),
+                json!({"iss": id("i"), "sub": id("s"), "jti": id("j"), "aud": [id("a")], "blob": "b".repeat(5_500)}),
+            )
+        };
+        let t = big(0);
+        assert!(t.len() <= DEFAULT_MAX_TOKEN_BYTES, "{}", t.len());
+        c.get(RawToken::new(&t)).unwrap();
+        let strings = 6 * 1_009 + 5_500;
+        assert!(c.heap_bytes() >= strings, "{} < {strings}", c.heap_bytes());
+        let mut most = 0;
+        for i in 1..2_000 {
+            c.get(RawToken::new(&big(i))).unwrap();
+            assert!(c.heap_bytes() <= budget, "token {i}: {} > {budget}", c.heap_bytes());
+            most = most.max(c.len());
+        }
+        // about budget / 15 KiB of them at a time, not all 2,000
+        assert!((50..=budget / strings).contains(&most), "{most}");
+    }
+
+    #[test]
+    fn forks_share_the_budget() {
+        let c = TokenCache::new(vec![]).with_budget_bytes(1 << 20);
+        assert_eq!(c.fork(4).budget_bytes, 1 << 18);
+        assert_eq!(c.fork(1).budget_bytes, 1 << 20);
     }
 }

@@ -7,6 +7,7 @@
 
 use serde_json::json;
 
+use super::keymap::Heap;
 use super::state::{Env, KindStep, View};
 use super::trace::progress;
 use super::{said, Fired};
@@ -64,12 +65,22 @@ impl KindStep for Count {
             progress: Some(p),
         }
     }
+
+    fn progress(&self, data: &CountState) -> bool {
+        data.ts.len() >= 2
+    }
 }
 
 /// The newest timestamps of one key, ascending; at most `threshold + 1` transiently.
 #[derive(Default, Debug)]
 pub struct CountState {
     pub(super) ts: Vec<i64>,
+}
+
+impl Heap for CountState {
+    fn heap_bytes(&self) -> usize {
+        crate::heap::vec_bytes::<i64>(self.ts.capacity())
+    }
 }
 
 impl CountState {

@@ -47,8 +47,12 @@ use trace::{Outcome, Step, Trace};
 pub struct EngineConfig {
     /// How far behind the newest event an event may arrive and still enter windows.
     pub lateness_ms: i64,
-    /// Cap on tracked keys per rule; beyond it the stalest keys are evicted (counted).
+    /// Cap on tracked keys per rule; beyond it keys are evicted, least valuable first
+    /// ([`keymap`]).
     pub max_keys_per_rule: usize,
+    /// Heap all rules' per-key state may hold, in bytes; each rule gets an equal share, and
+    /// past it keys are evicted as past `max_keys_per_rule`.
+    pub state_bytes: usize,
     /// Cap on remembered revocations (tokens and subjects each).
     pub max_revocations: usize,
     pub revocation: RevocationPolicy,
@@ -64,6 +68,7 @@ impl Default for EngineConfig {
         EngineConfig {
             lateness_ms: 60_000,
             max_keys_per_rule: 1_000_000,
+            state_bytes: 512 << 20,
             max_revocations: 1_000_000,
             revocation: RevocationPolicy::default(),
             revocation_budget: crate::rules::Budget {
@@ -217,6 +222,20 @@ impl Engine {
         }
     }
 
+    /// Per rule: its keys evicted, per [`keymap::Class`], and new unauthenticated keys it
+    /// refused because every key it holds has progress (`tokenwatch_evicted_keys_total`).
+    pub fn evictions_by_rule(&self) -> impl Iterator<Item = (&Arc<str>, [u64; 3], u64)> {
+        self.rules.rules.iter().zip(&self.states).map(|(r, s)| {
+            let (evicted, refused) = s.evicted();
+            (&r.id, evicted, refused)
+        })
+    }
+
+    /// The heap all rules' keys hold, which `state_bytes` bounds.
+    pub fn state_heap_bytes(&self) -> usize {
+        self.states.iter().map(State::heap_bytes).sum()
+    }
+
     /// Keys currently tracked, over all rules (plus remembered revocations).
     pub fn tracked_keys(&self) -> usize {
         self.states.iter().map(State::len).sum::<usize>() + self.revoked.len()
@@ -323,6 +342,29 @@ impl Engine {
         }
         for d in &out[start..] {
             self.apply(d, ev);
+        }
+        self.keep_state_budget(ev.authenticated);
+    }
+
+    /// Keeps all rules' keys within `state_bytes`: past it, rules shed keys, the largest
+    /// first, down to 90 % of the budget, least valuable keys first ([`keymap`]). A few
+    /// additions per event while under it.
+    fn keep_state_budget(&mut self, authenticated: bool) {
+        let limit = self.cfg.state_bytes;
+        let mut total: usize = self.states.iter().map(State::heap_bytes).sum();
+        if total <= limit {
+            return;
+        }
+        let incoming = keymap::Class::Unauthenticated.after(authenticated, false);
+        let goal = limit - limit / 10;
+        let mut largest: Vec<(usize, usize)> = self.states.iter().map(State::heap_bytes).enumerate().collect();
+        largest.sort_unstable_by_key(|&(_, b)| std::cmp::Reverse(b));
+        for (i, had) in largest {
+            self.states[i].shed(incoming, had.saturating_sub(total - goal));
+            total = total - had + self.states[i].heap_bytes();
+            if total <= goal {
+                break;
+            }
         }
     }
 

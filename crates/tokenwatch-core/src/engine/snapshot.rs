@@ -29,7 +29,7 @@ use sha2::{Digest, Sha256};
 use super::budget::BudgetState;
 use super::count::CountState;
 use super::distinct::{DVal, DistinctState};
-use super::keymap::{KeyMap, Slot, NEVER};
+use super::keymap::{Class, Heap, KeyMap, Slot, NEVER};
 use super::revoked::Revoked;
 use super::state::{each_kind, State};
 use super::velocity::{Sample, VelocityState};
@@ -137,11 +137,21 @@ impl Enc<'_> {
 pub struct Dec<'a> {
     buf: &'a [u8],
     pos: usize,
+    /// Format 1 state, read as format 2: what it lacks is derived ([`Dec::read_v1_as_v2`]).
+    v1: Option<ahash::RandomState>,
 }
 
 impl<'a> Dec<'a> {
     pub fn new(buf: &'a [u8]) -> Self {
-        Dec { buf, pos: 0 }
+        Dec { buf, pos: 0, v1: None }
+    }
+
+    /// The state ahead is of format 1: keys carry no eviction class (they are taken as
+    /// authenticated, the class that is neither evicted first nor protected) and
+    /// `distinct_count` text values are whole strings, hashed here with the engine's restored
+    /// `hasher` as the engine would hash them, and clipped.
+    fn read_v1_as_v2(&mut self, hasher: ahash::RandomState) {
+        self.v1 = Some(hasher);
     }
     pub fn pos(&self) -> usize {
         self.pos
@@ -226,7 +236,7 @@ impl<'a> Dec<'a> {
 }
 
 /// One kind's per-key data, with times relative to the key's last event.
-trait Persist: Sized + Default {
+trait Persist: Sized + Default + Heap {
     /// Tags the rule's state in a checkpoint (`match` and `revoked_use` share the empty one).
     const TAG: u8;
     fn put(&self, e: &mut Enc<'_>, base: i64);
@@ -286,9 +296,10 @@ impl Persist for DistinctState {
                     e.u8(3);
                     e.u8(u8::from(*b));
                 }
-                DVal::Str(s) => {
+                DVal::Str { hash, shown } => {
                     e.u8(4);
-                    e.bytes(s.as_bytes());
+                    e.u64(*hash);
+                    e.bytes(shown.as_bytes());
                 }
             }
         }
@@ -307,7 +318,19 @@ impl Persist for DistinctState {
                 1 => DVal::Ip(d.ip()?),
                 2 => DVal::Num(d.f64()?),
                 3 => DVal::Bool(d.u8()? != 0),
-                4 => DVal::Str(d.str()?.into()),
+                4 => match d.v1.clone() {
+                    Some(hasher) => {
+                        let whole = d.str()?;
+                        DVal::Str {
+                            hash: hasher.hash_one(whole),
+                            shown: crate::decision::clip_text(whole).into(),
+                        }
+                    }
+                    None => DVal::Str {
+                        hash: d.u64()?,
+                        shown: d.str()?.into(),
+                    },
+                },
                 _ => return Err(d.invalid("unknown value type")),
             };
             vals.push((t, v));
@@ -365,6 +388,7 @@ fn put_map<T: Persist>(e: &mut Enc<'_>, m: &KeyMap<T>) {
         } else {
             slot.last_seen.wrapping_sub(slot.fired_at).wrapping_add(1) as u64
         });
+        e.u8(slot.class as u8);
         slot.data.put(e, slot.last_seen);
     }
 }
@@ -385,12 +409,18 @@ fn get_map<T: Persist>(d: &mut Dec<'_>, into: &mut KeyMap<T>) -> Result<(), Snap
         } else {
             last_seen.wrapping_sub((fired - 1) as i64)
         };
+        let class = if d.v1.is_some() {
+            Class::Authenticated
+        } else {
+            Class::from_u8(d.u8()?).ok_or_else(|| d.invalid("unknown key class"))?
+        };
         let data = T::get(d, last_seen)?;
         into.restore(
             key,
             Slot {
                 last_seen,
                 fired_at,
+                class,
                 data,
             },
         );
@@ -560,6 +590,9 @@ impl Engine {
             StateFormat::V1 => Ok(BudgetState::default()),
         };
         let seeds = [d.u64()?, d.u64()?, d.u64()?, d.u64()?];
+        if format == StateFormat::V1 {
+            d.read_v1_as_v2(ahash::RandomState::with_seeds(seeds[0], seeds[1], seeds[2], seeds[3]));
+        }
         let newest = d.vari()?;
         let next_sweep = d.vari()?;
         let n = d.count(17)?;
@@ -674,26 +707,47 @@ mod tests {
         assert!(err.to_string().contains("unknown rule state kind"), "{err}");
     }
 
-    /// A format-1 snapshot (no budgets) still restores: windows come back, budgets start
-    /// afresh; read as the current layout, the same bytes are refused, not misread.
+    /// A format-1 snapshot, as the previous release wrote it (no budgets, no key classes,
+    /// whole `distinct_count` strings, no feed ids, no aggregation groups), still restores:
+    /// the window comes back with its string hashed as the engine hashes it, so the same value
+    /// seen again is not a new one. Read as the current layout, the same bytes are refused.
     #[test]
-    fn a_snapshot_without_budgets_restores_with_fresh_budgets() {
-        let yaml = "id: c\nseverity: low\naction: alert\nkind: count\nkey: token_id\nthreshold: 2\nwindow: 1m\n";
+    fn a_format_1_snapshot_restores_its_windows() {
+        let yaml = "id: d\nseverity: low\naction: alert\nkind: distinct_count\nkey: token_id\n\
+                    distinct: user_agent\nthreshold: 2\nwindow: 1m\n";
         let rules = Arc::new(RuleSet {
             rules: load_str(Path::new("r.yaml"), yaml).unwrap(),
             files: 1,
         });
-        let mut engine = Engine::new(rules, EngineConfig::default());
-        let mut bytes = Vec::new();
-        engine.snapshot(&mut bytes);
-        // seeds, newest, next sweep, one rule: its fingerprint, tag, no keys, then its budget
-        let at = 4 * 8 + 2 * 10 + 1 + 16 + 1 + 1;
-        assert_eq!(&bytes[at..at + 2], [0, 0], "untripped, empty window");
-        let mut v1 = bytes.clone();
-        v1.drain(at..at + 2);
+        let mut engine = Engine::new(rules.clone(), EngineConfig::default());
+        let mut v1 = Vec::new();
+        let mut e = Enc(&mut v1);
+        for seed in [1, 2, 3, 4] {
+            e.u64(seed);
+        }
+        e.vari(1_000); // newest
+        e.vari(2_000); // next sweep
+        e.varu(1); // one rule
+        e.0.extend_from_slice(&fingerprint(&rules.rules[0]));
+        e.u8(DistinctState::TAG);
+        e.varu(1); // one key: last seen 1,000, never fired, no class byte
+        e.u64(42);
+        e.vari(1_000);
+        e.varu(0);
+        e.varu(1); // one value, seen at the key's last event: a whole string
+        e.vari(0);
+        e.u8(4);
+        e.bytes(b"curl/8.0");
+        e.varu(0); // no revoked tokens
+        e.varu(0); // nor subjects
         let report = engine.restore_format(&v1, StateFormat::V1).unwrap();
-        assert_eq!(report.rules_kept, 1);
-        assert!(engine.restore(&v1).is_err());
-        assert!(engine.restore_format(&bytes, StateFormat::V1).is_err());
+        assert_eq!((report.rules_kept, report.keys), (1, 1));
+        let State::Distinct(k) = &engine.states[0] else { panic!("not a distinct state") };
+        let slot = k.keys.get(42).unwrap();
+        assert_eq!(slot.class, Class::Authenticated);
+        let DVal::Str { hash, shown } = &slot.data.vals[0].1 else { panic!("not a string") };
+        assert_eq!(*hash, ahash::RandomState::with_seeds(1, 2, 3, 4).hash_one("curl/8.0"));
+        assert_eq!(&**shown, "curl/8.0");
+        assert!(Engine::new(rules, EngineConfig::default()).restore(&v1).is_err());
     }
 }

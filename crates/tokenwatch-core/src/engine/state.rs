@@ -15,12 +15,12 @@ use serde_json::Value;
 
 use super::count::Count;
 use super::distinct::Distinct;
-use super::keymap::{KeyMap, Slot, NEVER};
+use super::keymap::{Class, Heap, KeyMap, Slot, NEVER};
 use super::matching::Matching;
 use super::revoked::{Revocations, RevokedUse};
 use super::velocity::{Limits, Velocity};
 use super::{EngineConfig, Fired, KeyMemo, FOREVER_RETENTION_MS};
-use crate::rules::{Cooldown, Ctx, Kind, Rule};
+use crate::rules::{Action, Cooldown, Ctx, Kind, Rule};
 
 /// What a kind may consult besides the event and its own state: the engine's memory of
 /// revocations, and the event's token and subject keys (hashed at most once per event).
@@ -43,7 +43,7 @@ pub(super) struct View {
 /// One rule kind's step for one key.
 pub(super) trait KindStep {
     /// The state of one key.
-    type Data: Default;
+    type Data: Default + Heap;
     /// What the kind reads from the event before it touches the key.
     type Input<'e>;
     /// What a step that would fire found, borrowed from the key's state.
@@ -62,6 +62,11 @@ pub(super) trait KindStep {
     fn fired(&self, rule: &Rule, cx: &Ctx<'_>, hit: Self::Hit<'_>) -> Fired;
     /// For `explain`: the key's state after the event.
     fn view(&self, data: Option<&Self::Data>, cx: &Ctx<'_>) -> View;
+    /// Whether the key's state is partway to the threshold (two or more of N): such keys of
+    /// revoking rules are the last to be evicted ([`super::keymap::Class::Progress`]).
+    fn progress(&self, _data: &Self::Data) -> bool {
+        false
+    }
 }
 
 /// A kind's compiled parameters and its keys.
@@ -78,22 +83,29 @@ impl<K: KindStep> Keyed<K> {
         }
     }
 
-    /// The step every kind shares: lateness, the key, the kind's own step, the cooldown.
+    /// The step every kind shares: lateness, the key, the kind's own step, the cooldown, and
+    /// the key's [`super::keymap::Class`] for eviction.
     fn run(&mut self, rule: &Rule, cx: &Ctx<'_>, key: u64, late: bool, env: &mut Env<'_>) -> Option<Fired> {
         if late && !K::SEES_LATE {
             return None;
         }
         let input = self.kind.input(cx, env)?;
         let ts = cx.ev.ts_ms;
+        let (kind, auth) = (&self.kind, cx.ev.authenticated);
+        let revoking = rule.action != Action::Alert;
         // Every event that reaches the step refreshes the key, so a `forever` cooldown
         // lasts as long as the key stays in use, not 24 h after it first fired.
-        let slot = self.keys.touch(key, ts);
-        let hit = self.kind.step(&mut slot.data, ts, input)?;
-        if !cooled_down(rule.cooldown, slot.fired_at, ts) {
-            return None;
-        }
-        slot.fired_at = ts;
-        Some(self.kind.fired(rule, cx, hit))
+        self.keys.update(key, ts, auth, |slot| {
+            let fired = match kind.step(&mut slot.data, ts, input) {
+                Some(hit) if cooled_down(rule.cooldown, slot.fired_at, ts) => {
+                    slot.fired_at = ts;
+                    Some(kind.fired(rule, cx, hit))
+                }
+                _ => None,
+            };
+            slot.class = slot.class.after(auth, revoking && kind.progress(&slot.data));
+            fired
+        })?
     }
 
     fn view(&self, key: u64, cx: &Ctx<'_>) -> (View, Option<i64>) {
@@ -206,7 +218,7 @@ impl State {
 
     /// For `explain`: whether the key has state, and the evictions so far.
     pub fn observe(&self, key: u64) -> (bool, u64) {
-        each_kind!(self, k => (k.keys.get(key).is_some(), k.keys.evictions))
+        each_kind!(self, k => (k.keys.get(key).is_some(), k.keys.evictions()))
     }
 
     /// For `explain`: the key's state after the event, and when it last fired.
@@ -219,7 +231,22 @@ impl State {
     }
 
     pub fn evictions(&self) -> u64 {
-        each_kind!(self, k => k.keys.evictions)
+        each_kind!(self, k => k.keys.evictions())
+    }
+
+    /// The heap the rule's keys hold.
+    pub fn heap_bytes(&self) -> usize {
+        each_kind!(self, k => k.keys.heap_bytes())
+    }
+
+    /// Evicts keys until they hold at most `bytes_target` ([`KeyMap::shed`]).
+    pub fn shed(&mut self, incoming: Class, bytes_target: usize) -> bool {
+        each_kind!(self, k => k.keys.shed(incoming, None, bytes_target))
+    }
+
+    /// Keys evicted, per [`super::keymap::Class`], and new keys refused.
+    pub fn evicted(&self) -> ([u64; 3], u64) {
+        each_kind!(self, k => (k.keys.evicted, k.keys.refused))
     }
 }
 

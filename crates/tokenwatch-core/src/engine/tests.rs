@@ -827,3 +827,104 @@ fn a_restored_snapshot_keeps_revocation_budgets() {
     let d = run(&mut after, &events(2, 4));
     assert_eq!(d.iter().map(|d| d.shadow).collect::<Vec<_>>(), [false, true]);
 }
+
+/// The issue's blinding finding: with `max_keys_per_rule = 100`, 120 junk tokens sent between
+/// a thief's hops evicted the stalest keys, the thief's half-detected token among them, and
+/// token-replay never fired. Junk that reaches token-replay must be authenticated (its
+/// `where` says so): the attacker's own genuine tokens, each from one network. The thief's
+/// token at 2 of 3 networks has progress and outlives them.
+#[test]
+fn junk_tokens_between_a_thiefs_hops_cannot_erase_the_replay_detection() {
+    let cfg = EngineConfig {
+        max_keys_per_rule: 100,
+        ..EngineConfig::default()
+    };
+    let mut e = Engine::new(default_rule("token-replay"), cfg);
+    let thief = live("stolen", "victim");
+    let mut events = vec![
+        ev(T0, "198.51.100.7", 200, &thief),
+        ev(T0 + MIN, "203.0.113.9", 200, &thief),
+    ];
+    for i in 0..120 {
+        events.push(ev(
+            T0 + MIN + 1 + i,
+            "192.0.2.50",
+            200,
+            &live(&format!("junk{i}"), "attacker"),
+        ));
+    }
+    events.push(ev(T0 + 3 * MIN, "100.64.0.1", 200, &thief));
+    let d = run(&mut e, &events);
+    assert_eq!(d.len(), 1, "{d:?}");
+    assert_eq!(d[0].token_id.as_deref(), Some("stolen"));
+    let (_, evicted, refused) = e.evictions_by_rule().next().unwrap();
+    assert_eq!(
+        (evicted[keymap::Class::Progress as usize], refused),
+        (0, 0),
+        "{evicted:?}"
+    );
+    assert!(evicted[keymap::Class::Authenticated as usize] > 0);
+}
+
+/// Unauthenticated junk (forged tokens, which anyone can make) goes before any key with
+/// authenticated evidence, in a rule that sees both. (Revoking rules see only authenticated
+/// events, so refusing an unauthenticated key to spare progress is shown in `keymap`.)
+#[test]
+fn unauthenticated_junk_is_evicted_before_genuine_keys() {
+    let alert = "id: a\nseverity: low\naction: alert\nkind: distinct_count\nkey: token_id\n\
+                 distinct: network\nthreshold: 3\nwindow: 10m\n";
+    let cfg = EngineConfig {
+        max_keys_per_rule: 100,
+        ..EngineConfig::default()
+    };
+    // an alert rule that sees every event: the genuine token outlives 120 forged ones
+    let mut e = Engine::new(rules(alert), cfg);
+    let genuine = live("genuine", "u");
+    let mut events = vec![
+        ev(T0, "198.51.100.7", 200, &genuine),
+        ev(T0 + MIN, "203.0.113.9", 200, &genuine),
+    ];
+    for i in 0..120 {
+        let mut forged = ev(T0 + MIN + 1 + i, "192.0.2.50", 401, &live(&format!("forged{i}"), "x"));
+        forged.authenticated = false;
+        events.push(forged);
+    }
+    events.push(ev(T0 + 3 * MIN, "100.64.0.1", 200, &genuine));
+    let d = run(&mut e, &events);
+    assert_eq!(
+        d.iter().filter(|d| d.token_id.as_deref() == Some("genuine")).count(),
+        1,
+        "{d:?}"
+    );
+    let (_, evicted, _) = e.evictions_by_rule().next().unwrap();
+    assert_eq!(evicted[1..], [0, 0], "only unauthenticated keys go: {evicted:?}");
+}
+
+/// Rule state is bounded in bytes (`state_bytes`), not only in keys: long text values of a
+/// `distinct_count` rule, across many keys, stay within the budget (and are kept clipped).
+#[test]
+fn the_state_budget_bounds_rule_state_in_bytes() {
+    let yaml = "id: ua\nseverity: low\naction: alert\nkind: distinct_count\nkey: token_id\n\
+                distinct: user_agent\nthreshold: 20\nwindow: 1h\n";
+    let budget = 1 << 20;
+    let cfg = EngineConfig {
+        state_bytes: budget,
+        ..EngineConfig::default()
+    };
+    let mut e = Engine::new(rules(yaml), cfg);
+    let mut most = 0;
+    for i in 0..400 {
+        let t = live(&format!("t{i}"), "u");
+        for j in 0..10 {
+            let mut x = ev(T0 + i * 10 + j, "198.51.100.7", 200, &t);
+            x.user_agent = Cow::Owned(format!("{j}{}", "a".repeat(10_000)));
+            run(&mut e, &[x]);
+            assert!(e.state_heap_bytes() <= budget, "{} > {budget}", e.state_heap_bytes());
+            most = most.max(e.tracked_keys());
+        }
+    }
+    let (_, evicted, _) = e.evictions_by_rule().next().unwrap();
+    assert!(evicted[keymap::Class::Authenticated as usize] > 0, "{evicted:?}");
+    // each key holds 10 values of ~512 bytes: a few hundred keys fit, not all 400 at 100 KB
+    assert!(most > 50, "{most}");
+}

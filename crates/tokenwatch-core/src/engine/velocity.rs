@@ -126,6 +126,12 @@ pub struct VelocityState {
     pub(super) samples: Vec<Sample>,
 }
 
+impl super::keymap::Heap for VelocityState {
+    fn heap_bytes(&self) -> usize {
+        crate::heap::vec_bytes::<Sample>(self.samples.capacity())
+    }
+}
+
 /// Two samples that imply impossible travel.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Jump {

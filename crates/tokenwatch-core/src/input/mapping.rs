@@ -288,7 +288,7 @@ mod tests {
         .unwrap();
         let m = Mapping::compile(&cfg).unwrap();
         let p = Parser::new(Format::Custom, Some(m)).unwrap();
-        let mut cache = TokenCache::new(10, vec![]);
+        let mut cache = TokenCache::new(vec![]);
         let tok = crate::input::tests::jwt(serde_json::json!({"jti":"j1","sub":"s"}));
         let line = serde_json::json!({
             "time": "2026-11-29T00:00:00Z", "peer": {"ip": "81.2.69.142"},
@@ -334,7 +334,7 @@ mod tests {
         )
         .unwrap();
         let p = Parser::new(Format::Custom, Some(Mapping::compile(&cfg).unwrap())).unwrap();
-        let mut cache = TokenCache::new(10, vec![]);
+        let mut cache = TokenCache::new(vec![]);
         let line = serde_json::json!({
             "requestTimeEpoch": "1795910400000", "ip": "198.51.100.1", "path": "/pets",
             "queryString": "page=2", "sub": "alice", "authorizer.claims.iss": "https://idp",

@@ -659,7 +659,7 @@ mod tests {
     }
 
     fn parse(format: Format, line: &str) -> Result<Parsed<'_>, Skip> {
-        let mut cache = TokenCache::new(100, vec![]);
+        let mut cache = TokenCache::new(vec![]);
         Parser::new(format, None).unwrap().parse(line.as_bytes(), &mut cache)
     }
 
