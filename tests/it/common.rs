@@ -254,6 +254,11 @@ pub fn private_ca(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
 /// The group's committed offset of partition 0 of `topic`, as the broker has it (None when the
 /// group has committed nothing there).
 pub fn committed(brokers: &str, group: &str, topic: &str) -> Option<i64> {
+    committed_all(brokers, group, topic, 1)[0]
+}
+
+/// The group's committed offsets of partitions `0..partitions` of `topic`.
+pub fn committed_all(brokers: &str, group: &str, topic: &str, partitions: i32) -> Vec<Option<i64>> {
     use rdkafka::consumer::{BaseConsumer, Consumer};
     let c: BaseConsumer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", brokers)
@@ -261,12 +266,16 @@ pub fn committed(brokers: &str, group: &str, topic: &str) -> Option<i64> {
         .create()
         .unwrap();
     let mut tpl = rdkafka::TopicPartitionList::new();
-    tpl.add_partition(topic, 0);
-    let got = c.committed_offsets(tpl, std::time::Duration::from_secs(10)).unwrap();
-    match got.find_partition(topic, 0).unwrap().offset() {
-        rdkafka::Offset::Offset(o) => Some(o),
-        _ => None,
+    for p in 0..partitions {
+        tpl.add_partition(topic, p);
     }
+    let got = c.committed_offsets(tpl, std::time::Duration::from_secs(10)).unwrap();
+    (0..partitions)
+        .map(|p| match got.find_partition(topic, p).unwrap().offset() {
+            rdkafka::Offset::Offset(o) => Some(o),
+            _ => None,
+        })
+        .collect()
 }
 
 /// A day of generated traffic (24 h of event time, 500 users, 10 attacks per 10,000 lines and
@@ -336,6 +345,8 @@ pub fn assert_feed_is_replays(feed: &[(String, String)], want: &[String]) {
     let mut want_revoked = revocations_of(want);
     want_revoked.sort();
     want_revoked.dedup();
+    // Empty on both sides would prove nothing: the tokens must verify on both sides.
+    assert!(!want_revoked.is_empty(), "replay revokes something");
     assert_eq!(unique, want_revoked, "the feed holds exactly replay's revocations");
 }
 
@@ -384,15 +395,20 @@ pub fn produce_spread<S: AsRef<str>>(brokers: &str, topic: &str, partitions: i32
     });
 }
 
-/// What `tokenwatch replay` decides for `lines` with the default rules and the test GeoIP
-/// database: the decisions' JSON lines, in order.
-pub fn replay_lines<S: AsRef<str>>(lines: &[S]) -> Vec<String> {
+/// What `tokenwatch replay --jwks` (the generator's keys of `gen_seed`, [`gen_jwks_file`])
+/// decides for `lines` with the default rules and the test GeoIP database: the decisions'
+/// JSON lines, in order. `run` must be given the same keys, or its revoking rules see no
+/// authenticated event.
+pub fn replay_lines<S: AsRef<str>>(lines: &[S], gen_seed: u64) -> Vec<String> {
     let mut text = String::new();
     for l in lines {
         text.push_str(l.as_ref());
         text.push('\n');
     }
-    let mut p = pipeline(Format::Auto);
+    let mut p = pipeline_with(PipelineConfig {
+        verify: Some(tokenwatch::demo::generator_verifier(gen_seed).unwrap()),
+        ..PipelineConfig::default()
+    });
     let mut out = Vec::new();
     let input: tokenwatch_core::replay::Input = ("lines".into(), Box::new(std::io::Cursor::new(text.into_bytes())));
     let summary =

@@ -85,9 +85,12 @@ fn tokenwatch_with(
     let metrics = format!("127.0.0.1:{metrics_port}").parse().unwrap();
     Proc(
         run_bin::command(brokers, redis, "e2e", metrics, alerts)
-            // the generated traffic of `produce_generated` (seed 11) is signed with these keys
+            // the generated traffic of `produce_generated` (seed 11) is signed with these keys,
+            // and that of the run-versus-replay tests (seed 21), which replay verifies with too
             .arg("--jwks")
             .arg(common::gen_jwks_file(11))
+            .arg("--jwks")
+            .arg(common::gen_jwks_file(21))
             .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -358,7 +361,7 @@ fn decides_what_replay_decides_on(partitions: i32) {
         ..Default::default()
     };
     let lines: Vec<String> = tokenwatch_gen::Generator::new(cfg).map(|g| g.line).collect();
-    let want = common::replay_lines(&lines);
+    let want = common::replay_lines(&lines, 21);
     let (backlog, live) = lines.split_at(lines.len() / 2);
     common::produce_spread(&brokers, "logs", partitions, backlog, 5);
 

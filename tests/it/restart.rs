@@ -52,7 +52,10 @@ fn three_runs_with_two_kills(checkpoint_interval: &str) -> (Vec<String>, Vec<Str
     let brokers = mock.bootstrap_servers();
     let redis = common::RedisServer::start();
     let lines = common::generated_attacks(11, 21_000);
-    let want = common::replay_lines(&lines);
+    let want = common::replay_lines(&lines, 11);
+    // replay verifies with the generator's keys: so does run
+    let keys = common::gen_jwks_file(11);
+    let jwks = ["--jwks", keys.to_str().unwrap()];
     let env = [
         ("TOKENWATCH_ENGINE__CHECKPOINT_INTERVAL", checkpoint_interval),
         ("TOKENWATCH_ENGINE__IDLE_TIMEOUT", "1s"),
@@ -60,7 +63,7 @@ fn three_runs_with_two_kills(checkpoint_interval: &str) -> (Vec<String>, Vec<Str
     let mut got = Vec::new();
     for (i, part) in lines.chunks(7_000).enumerate() {
         common::produce_spread(&brokers, "logs", 6, part, 3 + i as u64);
-        let mut tw = run_bin::start(&brokers, &redis.url(), "restarts", &[], &env);
+        let mut tw = run_bin::start(&brokers, &redis.url(), "restarts", &jwks, &env);
         if i < 2 {
             let half = part.len() as u64 / 2;
             tw.wait_metrics("half the part to be read", 60, |b| seen(b) >= half);
@@ -115,14 +118,16 @@ fn redis_stalled_then_restarted_decides_what_replay_decides() {
     let brokers = mock.bootstrap_servers();
     let mut redis = common::RedisServer::start_with(true);
     let lines = common::generated_attacks(13, 14_000);
-    let want = common::replay_lines(&lines);
+    let want = common::replay_lines(&lines, 13);
+    let keys = common::gen_jwks_file(13);
+    let jwks = ["--jwks", keys.to_str().unwrap()];
     let (first, second) = lines.split_at(lines.len() / 2);
     common::produce_spread(&brokers, "logs", 6, first, 1);
     let env = [
         ("TOKENWATCH_ENGINE__CHECKPOINT_INTERVAL", "1s"),
         ("TOKENWATCH_ENGINE__IDLE_TIMEOUT", "1s"),
     ];
-    let mut tw = run_bin::start(&brokers, &redis.url(), "redis-faults", &[], &env);
+    let mut tw = run_bin::start(&brokers, &redis.url(), "redis-faults", &jwks, &env);
     tw.wait_metrics("a third of the first half", 60, |b| seen(b) >= first.len() as u64 / 3);
     redis.signal("STOP");
     std::thread::sleep(Duration::from_secs(4));

@@ -62,6 +62,8 @@ async fn start_tweaked(
                 .unwrap()
                 .into(),
             common::gen_jwks_file(5).to_str().unwrap().into(),
+            // and the backlog tests' (seed 10), which replay verifies with them too
+            common::gen_jwks_file(10).to_str().unwrap().into(),
         ],
         ..RunFlags::default()
     };
@@ -911,7 +913,7 @@ async fn a_backlog_over_six_partitions_decides_what_replay_decides() {
     let brokers = mock.bootstrap_servers();
     let redis = common::RedisServer::start();
     let lines = common::generated_attacks(10, 24_000);
-    let want = common::replay_lines(&lines);
+    let want = common::replay_lines(&lines, 10);
     assert!(want.len() > 50, "the log has attacks: {}", want.len());
     common::produce_spread(&brokers, "logs", 6, &lines, 7);
 
