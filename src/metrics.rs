@@ -64,6 +64,8 @@ pub struct Metrics {
     pub authenticated_events: IntCounter,
     pub attestation_mismatches: IntCounter,
     pub jwks_errors: IntCounter,
+    /// Lines the event-time buffer released early for being over `engine.max_buffered_lines`.
+    pub event_time_forced: IntCounter,
     families: Vec<Family>,
 }
 
@@ -183,6 +185,10 @@ const CHECKPOINT_ERRORS: Def = (
     "Checkpoints refused at restore (damaged, other format) or not saved, by operation.",
 );
 const CHECKPOINT_BYTES: Def = ("tokenwatch_checkpoint_bytes", "Size of the last checkpoint written.");
+const EVENT_TIME_FORCED: Def = (
+    "tokenwatch_event_time_forced_total",
+    "Lines applied before their event-time turn because the buffer was over engine.max_buffered_lines.",
+);
 // The process.
 const BUILD_INFO: Def = ("tokenwatch_build_info", "Build information.");
 const HTTP_ACCEPT_ERRORS: Def = (
@@ -281,6 +287,7 @@ impl Metrics {
             authenticated_events: r.counter(AUTHENTICATED_EVENTS),
             attestation_mismatches: r.counter(ATTESTATION_MISMATCHES),
             jwks_errors: r.counter(JWKS_ERRORS),
+            event_time_forced: r.counter(EVENT_TIME_FORCED),
             registry: r.registry,
             families: r.families,
         };

@@ -198,6 +198,10 @@ pub struct EngineSection {
     /// `run`: a partition this far ahead (event time) of the slowest is paused.
     #[serde(deserialize_with = "de::duration")]
     pub max_skew: Duration,
+    /// `run`: lines the event-time buffer holds at most. At the cap every partition ahead of
+    /// the slowest is paused; over it the oldest lines are applied early (counted in
+    /// `tokenwatch_event_time_forced_total`), so memory stays bounded whatever the rate.
+    pub max_buffered_lines: usize,
     /// `run`: how often at most the engine's state is checkpointed to Redis (and at
     /// shutdown); `0` turns checkpoints off.
     #[serde(deserialize_with = "de::duration")]
@@ -216,6 +220,7 @@ impl Default for EngineSection {
             revocation_budget: engine.revocation_budget,
             idle_timeout: time.idle_timeout,
             max_skew: de::millis(time.max_skew_ms),
+            max_buffered_lines: time.max_held,
             checkpoint_interval: Duration::from_secs(10),
         }
     }
@@ -374,6 +379,7 @@ impl Config {
         EventTimeConfig {
             idle_timeout: self.engine.idle_timeout,
             max_skew_ms: de::as_millis(self.engine.max_skew),
+            max_held: self.engine.max_buffered_lines,
         }
     }
 

@@ -29,7 +29,7 @@ use crate::metrics::Metrics;
 use crate::sinks::alerts::AlertSink;
 use crate::sinks::redis::Revocation;
 use crate::sinks::RevocationStore;
-use crate::source::kafka::{self, Offsets};
+use crate::source::kafka;
 use tokenwatch_core::decision::Decision;
 use tokenwatch_core::eventtime::Sequencer;
 use tokenwatch_core::input::lines::{Line, LineReader};
@@ -68,8 +68,8 @@ pub(super) struct Consume {
     clock: ReadingClock,
     /// The current batch's decisions, until delivered.
     decisions: Vec<Decision>,
-    /// The offsets of every batch whose side effects are done: the final commit's content.
-    finished: Offsets,
+    /// The rebalance count the event-time buffer follows ([`follow_assignment`]).
+    rebalances: u64,
     sync: MetricSync,
     /// Per tripped rule, the wall-clock second this instance first saw it tripped.
     tripped_seen: HashMap<Arc<str>, i64>,
@@ -86,7 +86,7 @@ impl Consume {
             p,
             clock: ReadingClock::new(),
             decisions: Vec::new(),
-            finished: Offsets::default(),
+            rebalances: u64::MAX,
             sync: MetricSync::default(),
             tripped_seen: HashMap::new(),
             last_rearm_check: Instant::now(),
@@ -133,7 +133,12 @@ impl Consume {
     /// Step 1: reads messages until a batch is full or its wait is over (or shutdown is
     /// asked), decoding their lines into the event-time buffer. Returns the messages read.
     async fn fill(&mut self, stop: &mut Shutdown) -> usize {
-        follow_assignment(&mut self.p.order, &self.p.assigned, self.clock.now());
+        follow_assignment(
+            &mut self.p.order,
+            &self.p.assigned,
+            &mut self.rebalances,
+            self.clock.now(),
+        );
         self.clock.resume();
         let n = self.read_batch(stop).await;
         self.clock.pause();
@@ -146,6 +151,7 @@ impl Consume {
             pipeline,
             source,
             order,
+            assigned,
             ..
         } = &mut self.p;
         let mut n = 0usize;
@@ -169,6 +175,9 @@ impl Consume {
                 Ok(Ok(m)) => m,
             };
             let now = self.clock.now();
+            // A rebalance runs inside the poll: a partition revoked stops holding the clock
+            // at once, and one that came back forgets its place before its first message.
+            follow_assignment(order, assigned, &mut self.rebalances, now);
             let at = order.assign(m.topic(), m.partition(), now);
             if let Some(payload) = m.payload() {
                 hold_message(pipeline, order, (at, m.offset()), payload, limits.max_line, now);
@@ -210,6 +219,9 @@ impl Consume {
         metrics.paused_partitions.set(order.paused() as i64);
         metrics.held_lines.set(order.len() as i64);
         metrics.held_lines_peak.set(order.peak() as i64);
+        metrics
+            .event_time_forced
+            .inc_by(order.forced().saturating_sub(metrics.event_time_forced.get()));
         n
     }
 
@@ -238,15 +250,14 @@ impl Consume {
         Ok(())
     }
 
-    /// Step 4: checkpoints when due, then commits (asynchronously) the offsets of every line
-    /// the batch finished with.
+    /// Step 4: checkpoints when due, then stores the safe offsets of every partition (what
+    /// the batch finished with) and commits them asynchronously.
     async fn commit(&mut self) {
         let Parts {
             metrics,
             pipeline,
             store,
             source,
-            assigned,
             checkpoints,
             order,
             ..
@@ -258,26 +269,22 @@ impl Consume {
                 c.save(order, pipeline.engine(), w, metrics).await;
             }
         }
-        let mut offsets = Offsets::default();
-        for (topic, partition, next) in order.safe_offsets() {
-            offsets.advance(topic, partition, next);
-        }
-        if let Err(e) = offsets.commit(source, assigned, CommitMode::Async) {
+        let stored = kafka::store(source, &order.safe_offsets());
+        if let Err(e) = stored.and_then(|_| kafka::commit(source, CommitMode::Async)) {
             tracing::warn!(error = %e, "offset commit failed; the batch will be read again");
         }
-        self.finished.merge(&offsets);
-        self.finished.retain_assigned(assigned);
         self.summary.batches += 1;
         self.sync.sync(pipeline, metrics);
     }
 
     /// After the last batch: the batches' commits were asynchronous and may not have reached
-    /// the group (or failed), so every finished batch's offsets are committed once more, and
-    /// waited for. Nothing of an unfinished batch is in `finished`.
+    /// the group (or failed), so the offset store (every finished batch's offsets, of the
+    /// partitions assigned now) is committed once more, and waited for. Nothing of an
+    /// unfinished batch was stored.
     async fn finish(mut self, outcome: Result<(), ServiceError>) -> Result<RunSummary, ServiceError> {
         let p = &mut self.p;
-        match self.finished.commit(&p.source, &p.assigned, CommitMode::Sync) {
-            Ok(partitions) => tracing::debug!(partitions, "final offset commit"),
+        match kafka::commit(&p.source, CommitMode::Sync) {
+            Ok(()) => tracing::debug!("final offset commit"),
             Err(e) => tracing::warn!(error = %e, "final offset commit failed; the last batches will be read again"),
         }
         // State is checkpointed only when every decision it holds was delivered.
@@ -353,19 +360,28 @@ impl ReadingClock {
     }
 }
 
-/// Tracks the partitions librdkafka assigned: a new one holds event time back until it
-/// delivers or goes idle; a revoked one stops holding it at once.
-fn follow_assignment(order: &mut Sequencer<HeldLine>, assigned: &kafka::AssignmentSet, now: Instant) {
-    let now_assigned = assigned.lock().map(|a| a.clone()).unwrap_or_default();
+/// Tracks the partitions librdkafka assigned, when a rebalance happened since `seen`: a
+/// revoked one stops holding event time at once (and forgets its place, even if it is
+/// already assigned again); a new one holds event time back until it delivers or goes idle.
+fn follow_assignment(order: &mut Sequencer<HeldLine>, assigned: &kafka::Assignment, seen: &mut u64, now: Instant) {
+    let Ok(mut a) = assigned.lock() else { return };
+    if a.epoch() == *seen {
+        return;
+    }
+    let (revoked, epoch) = a.take_revoked();
+    *seen = epoch;
+    for (t, p) in revoked {
+        order.revoke(&t, p);
+    }
     let gone: Vec<(String, i32)> = order
         .assigned()
-        .filter(|(t, p)| !now_assigned.contains(&(t.to_string(), *p)))
+        .filter(|(t, p)| !a.now.contains(&(t.to_string(), *p)))
         .map(|(t, p)| (t.to_string(), p))
         .collect();
     for (t, p) in gone {
         order.revoke(&t, p);
     }
-    for (t, p) in &now_assigned {
+    for (t, p) in &a.now {
         order.assign(t, *p, now);
     }
 }

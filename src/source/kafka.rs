@@ -1,14 +1,17 @@
 //! The Kafka source: a consumer-group member that reads access-log messages and commits
 //! offsets only for what the service has finished with.
 //!
-//! Auto-commit is off. The service hands back, after a batch's side effects are acknowledged,
-//! the next offset of each partition it read ([`Offsets`]); only partitions still assigned to
-//! this instance are committed, so work on a partition revoked mid-batch is never committed
-//! here (its new owner re-reads it: at-least-once, and the Redis writes are idempotent).
+//! Auto-commit and the automatic offset store are off. After a batch's side effects are
+//! acknowledged, the service [`store`]s in librdkafka's offset store the *safe* offset of
+//! each partition (what the event-time buffer has released and delivered, not the newest
+//! read) and [`commit`]s the store asynchronously. librdkafka refuses to store offsets of
+//! partitions no longer assigned and clears a partition's stored offset when it is assigned
+//! (librdkafka 1.9+), so a partition revoked mid-batch is never committed here by its former
+//! owner, and no stale offset survives a rebalance away and back.
 //!
-//! On shutdown the service commits, synchronously, the offsets of every batch it finished
-//! (`enable.auto.offset.store` is off, so librdkafka has no stored offsets of its own to
-//! commit); the asynchronous per-batch commits may not have reached the group yet.
+//! On shutdown the service commits the store synchronously: the offsets of every batch it
+//! finished (the asynchronous per-batch commits may not have reached the group yet), and
+//! nothing of an unfinished batch, whose offsets were never stored.
 //!
 //! The context keeps the assignment (its gauge is what `/readyz` reads) and turns librdkafka's statistics into the
 //! per-partition consumer-lag gauge.
@@ -23,7 +26,7 @@ use rdkafka::consumer::{
 use rdkafka::error::KafkaError;
 use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
-use rdkafka::types::RDKafkaRespErr;
+use rdkafka::types::{RDKafkaErrorCode, RDKafkaRespErr};
 use rdkafka::ClientContext;
 
 use crate::metrics::Metrics;
@@ -94,7 +97,7 @@ impl SourceError {
 
 pub struct SourceContext {
     metrics: Arc<Metrics>,
-    assigned: Arc<Mutex<HashSet<(String, i32)>>>,
+    assigned: Assignment,
     /// Where a restored checkpoint wants partitions to start, on their first assignment
     /// (instead of the group's committed offset).
     start_at: Mutex<HashMap<(String, i32), i64>>,
@@ -118,7 +121,7 @@ impl SourceContext {
 
 impl ClientContext for SourceContext {
     fn stats(&self, s: Statistics) {
-        let assigned = self.assigned.lock().map(|a| a.clone()).unwrap_or_default();
+        let assigned = self.assigned.lock().map(|a| a.now.clone()).unwrap_or_default();
         for (topic, t) in s.topics {
             for (p, part) in t.partitions {
                 if p < 0 || !assigned.contains(&(topic.clone(), p)) {
@@ -174,16 +177,19 @@ impl ConsumerContext for SourceContext {
 
     fn post_rebalance(&self, _c: &BaseConsumer<Self>, r: &Rebalance<'_>) {
         let Ok(mut a) = self.assigned.lock() else { return };
+        a.epoch += 1;
         match r {
             Rebalance::Assign(tpl) => {
                 for e in tpl.elements() {
-                    a.insert((e.topic().to_string(), e.partition()));
+                    a.now.insert((e.topic().to_string(), e.partition()));
                 }
                 tracing::info!(partitions = tpl.count(), "partitions assigned");
             }
             Rebalance::Revoke(tpl) => {
                 for e in tpl.elements() {
-                    a.remove(&(e.topic().to_string(), e.partition()));
+                    let k = (e.topic().to_string(), e.partition());
+                    a.now.remove(&k);
+                    a.revoked.push(k);
                     let _ = self
                         .metrics
                         .consumer_lag
@@ -193,15 +199,37 @@ impl ConsumerContext for SourceContext {
             }
             Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
         }
-        self.metrics.assigned_partitions.set(a.len() as i64);
+        self.metrics.assigned_partitions.set(a.now.len() as i64);
     }
 }
 
 pub type Source = StreamConsumer<SourceContext>;
 
-/// The partitions currently assigned to this instance.
-pub type Assignment = Arc<AssignmentSet>;
-pub type AssignmentSet = Mutex<HashSet<(String, i32)>>;
+/// The partitions assigned to this instance, as the rebalance callback leaves them.
+pub type Assignment = Arc<Mutex<Assigned>>;
+
+/// What rebalances did: the partitions assigned now, and those revoked since the consume
+/// loop last looked. A partition revoked and assigned again between two looks (away and
+/// back within one poll) is in both: the loop must still forget its place, for librdkafka
+/// restarts it at the group's committed offset.
+#[derive(Debug, Default)]
+pub struct Assigned {
+    pub now: HashSet<(String, i32)>,
+    revoked: Vec<(String, i32)>,
+    /// Rebalances so far: the loop looks again only when this moved.
+    epoch: u64,
+}
+
+impl Assigned {
+    /// The partitions revoked since the last call, and the rebalance count now.
+    pub fn take_revoked(&mut self) -> (Vec<(String, i32)>, u64) {
+        (std::mem::take(&mut self.revoked), self.epoch)
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+}
 
 /// Pauses (or resumes) fetching one partition: watermark alignment ([`tokenwatch_core::eventtime`]).
 pub fn pause(consumer: &Source, topic: &str, partition: i32, pause: bool) -> Result<(), SourceError> {
@@ -245,7 +273,7 @@ pub fn connect_at(
     metrics: Arc<Metrics>,
     start_at: PartitionOffsets,
 ) -> Result<(Source, Assignment, PartitionOffsets), SourceError> {
-    let assigned = Arc::new(Mutex::new(HashSet::new()));
+    let assigned: Assignment = Arc::default();
     let mut tpl = TopicPartitionList::new();
     for (t, p) in start_at.keys() {
         tpl.add_partition(t, *p);
@@ -284,73 +312,34 @@ pub fn connect_at(
     Ok((consumer, assigned, committed))
 }
 
-/// The next offset to commit per partition, for the messages of one batch.
-#[derive(Debug, Default)]
-pub struct Offsets {
-    next: HashMap<(String, i32), i64>,
+/// Stores each partition's safe offset (the next offset whose line is not yet done with) in
+/// librdkafka's offset store, for the next [`commit`]. librdkafka refuses to store offsets
+/// of partitions no longer assigned, and clears a partition's stored offset when it is
+/// (re)assigned, so an offset of a partition revoked mid-batch is never committed here (its
+/// new owner re-reads it: at-least-once, and the Redis writes are idempotent). Returns the
+/// offsets stored.
+pub fn store(consumer: &Source, safe: &[(&str, i32, i64)]) -> Result<usize, SourceError> {
+    let mut tpl = TopicPartitionList::new();
+    for (t, p, o) in safe {
+        tpl.add_partition_offset(t, *p, Offset::Offset(*o))
+            .map_err(|e| SourceError::Commit(Box::new(e)))?;
+    }
+    if tpl.count() == 0 {
+        return Ok(0);
+    }
+    match consumer.store_offsets(&tpl) {
+        Ok(()) => Ok(tpl.elements().iter().filter(|e| e.error().is_ok()).count()),
+        // None of them assigned any more (a rebalance while the batch was decided).
+        Err(KafkaError::StoreOffset(RDKafkaErrorCode::State)) => Ok(0),
+        Err(e) => Err(SourceError::Commit(Box::new(e))),
+    }
 }
 
-impl Offsets {
-    pub fn record(&mut self, topic: &str, partition: i32, offset: i64) {
-        self.advance(topic, partition, offset + 1);
-    }
-
-    /// Moves a partition's next offset forward to `next` (never back).
-    pub fn advance(&mut self, topic: &str, partition: i32, next: i64) {
-        let e = self.next.entry((topic.to_string(), partition)).or_insert(next);
-        *e = (*e).max(next);
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.next.is_empty()
-    }
-
-    pub fn clear(&mut self) {
-        self.next.clear();
-    }
-
-    /// Takes in a finished batch's offsets (each partition keeps its highest).
-    pub fn merge(&mut self, batch: &Offsets) {
-        for (k, o) in &batch.next {
-            let e = self.next.entry(k.clone()).or_insert(*o);
-            *e = (*e).max(*o);
-        }
-    }
-
-    /// Forgets partitions no longer assigned: their new owner commits them now, and an old
-    /// offset kept here must not be committed over its progress later.
-    pub fn retain_assigned(&mut self, assigned: &Mutex<HashSet<(String, i32)>>) {
-        let a = assigned.lock().map(|a| a.clone()).unwrap_or_default();
-        self.next.retain(|k, _| a.contains(k));
-    }
-
-    /// The next offset recorded for a partition.
-    pub fn get(&self, topic: &str, partition: i32) -> Option<i64> {
-        self.next.get(&(topic.to_string(), partition)).copied()
-    }
-
-    /// Commits the recorded offsets of partitions still assigned.
-    pub fn commit(
-        &self,
-        consumer: &Source,
-        assigned: &Mutex<HashSet<(String, i32)>>,
-        mode: CommitMode,
-    ) -> Result<usize, SourceError> {
-        let a = assigned.lock().map(|a| a.clone()).unwrap_or_default();
-        let mut tpl = TopicPartitionList::new();
-        for ((t, p), o) in &self.next {
-            if a.contains(&(t.clone(), *p)) {
-                tpl.add_partition_offset(t, *p, Offset::Offset(*o))
-                    .map_err(|e| SourceError::Commit(Box::new(e)))?;
-            }
-        }
-        if tpl.count() == 0 {
-            return Ok(0);
-        }
-        consumer
-            .commit(&tpl, mode)
-            .map_err(|e| SourceError::Commit(Box::new(e)))?;
-        Ok(tpl.count())
+/// Commits the stored offsets of the partitions assigned now (nothing stored: nothing to do).
+pub fn commit(consumer: &Source, mode: CommitMode) -> Result<(), SourceError> {
+    match consumer.commit_consumer_state(mode) {
+        Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => Ok(()),
+        Err(e) => Err(SourceError::Commit(Box::new(e))),
     }
 }
 
@@ -377,22 +366,5 @@ mod tests {
             let created: Result<BaseConsumer, _> = base_config("127.0.0.1:1", "g", &extra).create();
             assert!(created.is_ok(), "{mechanism}: {:?}", created.err());
         }
-    }
-
-    #[test]
-    fn finished_offsets_keep_the_highest_of_assigned_partitions() {
-        let mut done = Offsets::default();
-        let mut batch = Offsets::default();
-        batch.record("logs", 0, 9);
-        batch.record("logs", 0, 4);
-        batch.record("logs", 1, 2);
-        done.merge(&batch);
-        let mut older = Offsets::default();
-        older.record("logs", 0, 1);
-        done.merge(&older);
-        assert_eq!((done.get("logs", 0), done.get("logs", 1)), (Some(10), Some(3)));
-        let assigned = Mutex::new(HashSet::from([("logs".to_string(), 1)]));
-        done.retain_assigned(&assigned);
-        assert_eq!((done.get("logs", 0), done.get("logs", 1)), (None, Some(3)));
     }
 }

@@ -930,3 +930,98 @@ async fn a_backlog_over_six_partitions_decides_what_replay_decides() {
     common::assert_feed_is_replays(&stream(&redis), &want);
     stop_and_wait(svc).await.unwrap();
 }
+
+/// The end (high watermark) of each of `partitions` partitions of `logs`.
+fn end_offsets(brokers: &str, partitions: i32) -> Vec<Option<i64>> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let c: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .unwrap();
+    (0..partitions)
+        .map(|p| Some(c.fetch_watermarks("logs", p, Duration::from_secs(10)).unwrap().1))
+        .collect()
+}
+
+/// A rebalance away and back: while the service runs, a plain consumer joins its group, takes
+/// some partitions, reads what arrives on them without committing, and leaves. The partitions
+/// come back and the service reads those lines again from its own committed offsets: it ends
+/// with exactly replay's decisions and revocations (a line applied twice would double-count
+/// in a `count` window), none late, and its commits (librdkafka's offset store, cleared on
+/// assignment) cover every line of every partition.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitions_moved_away_and_back_are_read_again_and_decide_what_replay_decides() {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::Message;
+    let mock = MockCluster::new(1).unwrap();
+    mock.create_topic("logs", 4, 1).unwrap();
+    let brokers = mock.bootstrap_servers();
+    let redis = common::RedisServer::start();
+    let lines = common::generated_attacks(10, 12_000);
+    let want = common::replay_lines(&lines, 10);
+    let (first, rest) = lines.split_at(4_000);
+    let (second, third) = rest.split_at(4_000);
+    common::produce_spread(&brokers, "logs", 4, first, 3);
+    let svc = start(&brokers, &redis.url(), "away-and-back").await;
+    wait_for_quiet(&svc, first.len() as u64, 120).await;
+
+    let other: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("group.id", "away-and-back")
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", "6000")
+        .create()
+        .unwrap();
+    other.subscribe(&["logs"]).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let away: Vec<i32> = loop {
+        let _ = other.poll(Duration::from_millis(100));
+        let a = other.assignment().unwrap();
+        if a.count() > 0 && svc.metrics.assigned_partitions.get() as usize + a.count() == 4 {
+            break a
+                .elements()
+                .iter()
+                .map(rdkafka::topic_partition_list::TopicPartitionListElem::partition)
+                .collect();
+        }
+        assert!(Instant::now() < deadline, "the partitions were never shared");
+    };
+    // The second part goes only to the partitions away, each in event-time order: the
+    // service's own partitions get nothing new meanwhile, so when the others come back their
+    // lines are the newest, as in the file.
+    for (i, p) in away.iter().enumerate() {
+        let mine: Vec<&String> = second.iter().skip(i).step_by(away.len()).collect();
+        common::produce_to(&brokers, "logs", *p, &mine);
+    }
+    let mut read = 0;
+    while read < second.len() {
+        if let Some(m) = other.poll(Duration::from_millis(100)) {
+            read += usize::from(m.unwrap().payload().is_some());
+        }
+        assert!(Instant::now() < deadline, "the other consumer read {read} lines");
+    }
+    drop(other); // leaves the group, committing nothing
+    let m = svc.metrics.clone();
+    wait_until("the partitions to come back", 60, || m.assigned_partitions.get() == 4).await;
+    common::produce_spread(&brokers, "logs", 4, third, 4);
+    wait_for_quiet(&svc, lines.len() as u64, 120).await;
+
+    assert_eq!(svc.metrics.late_events.get(), 0, "no event is late");
+    assert_eq!(
+        seen(&svc.metrics),
+        lines.len() as u64,
+        "each line read once by the service"
+    );
+    let got = alerts_file(&svc);
+    assert_eq!(got.len(), want.len(), "as many decisions as replay");
+    assert!(got == want, "the same decisions, in the same order, as replay");
+    common::assert_feed_is_replays(&stream(&redis), &want);
+    stop_and_wait(svc).await.unwrap();
+    let ends = end_offsets(&brokers, 4);
+    assert_eq!(
+        common::committed_all(&brokers, "away-and-back", "logs", 4),
+        ends,
+        "every line committed"
+    );
+}

@@ -22,6 +22,15 @@
 //! waits is then at most the events of `max_skew` of event time (plus what was already
 //! fetched when the pause took effect); [`Sequencer::peak`] records the high mark.
 //!
+//! That bound scales with the input rate, so the buffer also has a hard cap in lines,
+//! `max_held` (`[engine] max_buffered_lines`). When the buffer reaches it, every partition
+//! ahead of the slowest is paused as if it ran past `max_skew`, so only the slowest keep
+//! delivering and the clock moves on. If the buffer is still over the cap after a release
+//! (one partition alone ahead, waiting on idle ones; or more already fetched than the cap),
+//! the oldest lines are released early: in order, never dropped, but possibly before a
+//! slower partition's older lines, which the engine may then find late.
+//! [`Sequencer::forced`] counts them.
+//!
 //! Time is passed in: the wall clock (`now`) only decides idleness.
 
 use std::cmp::Ordering;
@@ -46,6 +55,9 @@ pub struct EventTimeConfig {
     pub idle_timeout: Duration,
     /// A source this far (event time, ms) ahead of the slowest is paused.
     pub max_skew_ms: i64,
+    /// Lines held at most: at the cap, every source ahead of the slowest is paused; over
+    /// it, the oldest lines go early.
+    pub max_held: usize,
 }
 
 impl Default for EventTimeConfig {
@@ -53,6 +65,7 @@ impl Default for EventTimeConfig {
         EventTimeConfig {
             idle_timeout: Duration::from_secs(5),
             max_skew_ms: 60_000,
+            max_held: 200_000,
         }
     }
 }
@@ -120,8 +133,27 @@ struct Source {
     applied: BTreeSet<(i64, u32)>,
     /// Lines a restored checkpoint already holds: not applied again when read again.
     skip: BTreeSet<(i64, u32)>,
+    /// Every line before this offset is in the state already (a restored or a returning
+    /// partition's safe offset): if the group's committed offset is behind it (an
+    /// asynchronous commit that did not land), the lines read again are not applied twice.
+    done_below: i64,
     /// Lines before this offset were decided before a restart: applied without emitting.
     quiet_below: i64,
+}
+
+impl Source {
+    /// Where this partition stands: its safe offset, and the lines at or after it already
+    /// applied (those before it are forgotten). `None` before anything was read.
+    fn mark(&mut self) -> Option<PartitionMark> {
+        let next = self.held.keys().next().copied().or(self.next_offset)?;
+        self.applied = self.applied.split_off(&(next, 0));
+        Some(PartitionMark {
+            topic: self.topic.clone(),
+            partition: self.partition,
+            next,
+            applied: self.applied.iter().copied().collect(),
+        })
+    }
 }
 
 /// Where a restored checkpoint left a partition, until it is assigned.
@@ -146,7 +178,13 @@ pub struct Sequencer<T> {
     index: HashMap<String, HashMap<i32, usize>>,
     seq: u64,
     peak: usize,
+    /// Lines released early because the buffer was over `max_held`.
+    forced: u64,
     resume: HashMap<(String, i32), Resume>,
+    /// Where revoked partitions stood (at most one entry per partition ever assigned): if
+    /// one comes back, the lines it had applied (before its safe offset, and those after it
+    /// released out of offset order) are not applied again when read again.
+    away: HashMap<(String, i32), PartitionMark>,
 }
 
 impl<T> Sequencer<T> {
@@ -158,7 +196,9 @@ impl<T> Sequencer<T> {
             index: HashMap::new(),
             seq: 0,
             peak: 0,
+            forced: 0,
             resume: HashMap::new(),
+            away: HashMap::new(),
         }
     }
 
@@ -178,13 +218,21 @@ impl<T> Sequencer<T> {
             next_offset: None,
             applied: BTreeSet::new(),
             skip: BTreeSet::new(),
+            done_below: i64::MIN,
             quiet_below: i64::MIN,
         };
-        if let Some(r) = self.resume.remove(&(topic.to_string(), partition)) {
+        let key = (topic.to_string(), partition);
+        if let Some(r) = self.resume.remove(&key) {
             src.next_offset = Some(r.mark.next);
             src.applied = r.mark.applied.iter().copied().collect();
             src.skip = src.applied.clone();
+            src.done_below = r.mark.next;
             src.quiet_below = r.committed.unwrap_or(i64::MIN);
+        } else if let Some(mark) = self.away.remove(&key) {
+            src.next_offset = Some(mark.next);
+            src.applied = mark.applied.into_iter().collect();
+            src.skip = src.applied.clone();
+            src.done_below = mark.next;
         }
         let id = match self.sources.iter().position(Option::is_none) {
             Some(free) => {
@@ -202,9 +250,14 @@ impl<T> Sequencer<T> {
 
     /// Stops tracking a source (a partition revoked) at once: it no longer holds the clock,
     /// and its held lines are dropped (their offsets were not committed: whoever owns the
-    /// partition next reads them again).
+    /// partition next reads them again). Lines past its safe offset that were already
+    /// applied are remembered, so that if the partition comes back here they are not applied
+    /// twice.
     pub fn revoke(&mut self, topic: &str, partition: i32) {
         let Some(id) = self.id(topic, partition) else { return };
+        if let Some(mark) = self.sources[id].as_mut().and_then(Source::mark) {
+            self.away.insert((topic.to_string(), partition), mark);
+        }
         self.sources[id] = None;
         if let Some(m) = self.index.get_mut(topic) {
             m.remove(&partition);
@@ -234,6 +287,7 @@ impl<T> Sequencer<T> {
     /// state (then it must not be applied again).
     pub fn restored(&mut self, source: usize, offset: i64, line: u32) -> bool {
         match self.sources.get_mut(source).and_then(Option::as_mut) {
+            Some(s) if offset < s.done_below => true,
             Some(s) if !s.skip.is_empty() => s.skip.remove(&(offset, line)),
             _ => false,
         }
@@ -293,14 +347,30 @@ impl<T> Sequencer<T> {
     /// applied quietly (decided before a restart: state only, no decision emitted). A line
     /// past an idle source's watermark but below the [`Sequencer::frontier`] waits
     /// `idle_timeout` after it was read: a partition waking up from idleness gets that long
-    /// to deliver before the others run on without it.
-    pub fn release(&mut self, now: Instant, apply: impl FnMut(T, bool)) -> usize {
+    /// to deliver before the others run on without it. Past that, while more than
+    /// `max_held` lines wait, the oldest go early ([`Sequencer::forced`]).
+    pub fn release(&mut self, now: Instant, mut apply: impl FnMut(T, bool)) -> usize {
         let (safe, active) = (self.safe(now), self.frontier(now));
         let wait = self.cfg.idle_timeout;
-        self.release_while(
+        let n = self.release_while(
             |h| h.ts < safe || (h.ts < active && now.saturating_duration_since(h.arrived) >= wait),
+            &mut apply,
+        );
+        let over = self.heap.len().saturating_sub(self.cfg.max_held);
+        if over == 0 {
+            return n;
+        }
+        let mut left = over;
+        let forced = self.release_while(
+            |_| {
+                let go = left > 0;
+                left = left.saturating_sub(1);
+                go
+            },
             apply,
-        )
+        );
+        self.forced += forced as u64;
+        n + forced
     }
 
     /// Hands every held line to `apply`, in order (end of input).
@@ -308,9 +378,9 @@ impl<T> Sequencer<T> {
         self.release_while(|_| true, apply)
     }
 
-    fn release_while(&mut self, may_go: impl Fn(&Held<T>) -> bool, mut apply: impl FnMut(T, bool)) -> usize {
+    fn release_while(&mut self, mut may_go: impl FnMut(&Held<T>) -> bool, mut apply: impl FnMut(T, bool)) -> usize {
         let mut n = 0;
-        while self.heap.peek().is_some_and(&may_go) {
+        while self.heap.peek().is_some_and(&mut may_go) {
             let Some(h) = self.heap.pop() else { break };
             let mut quiet = false;
             if let Some(s) = self.sources.get_mut(h.source).and_then(Option::as_mut) {
@@ -333,19 +403,7 @@ impl<T> Sequencer<T> {
 
     /// Where each partition stands, for a checkpoint of the state the released lines built.
     pub fn marks(&mut self) -> Vec<PartitionMark> {
-        let mut out = Vec::new();
-        for s in self.sources.iter_mut().flatten() {
-            let Some(next) = s.held.keys().next().copied().or(s.next_offset) else {
-                continue;
-            };
-            s.applied = s.applied.split_off(&(next, 0));
-            out.push(PartitionMark {
-                topic: s.topic.clone(),
-                partition: s.partition,
-                next,
-                applied: s.applied.iter().copied().collect(),
-            });
-        }
+        let mut out: Vec<PartitionMark> = self.sources.iter_mut().flatten().filter_map(Source::mark).collect();
         // A partition restored but not (yet) assigned keeps its place.
         out.extend(self.resume.values().map(|r| r.mark.clone()));
         out
@@ -361,11 +419,16 @@ impl<T> Sequencer<T> {
         }
     }
 
-    /// The partitions to pause (more than `max_skew` ahead of the slowest active one) and to
-    /// resume (caught up, or nothing left to wait for), with their state updated.
+    /// The partitions to pause (more than `max_skew` ahead of the slowest active one, or
+    /// ahead of it at all while the buffer is at `max_held`) and to resume (caught up, or
+    /// nothing left to wait for), with their state updated.
     pub fn skew(&mut self, now: Instant) -> Vec<Toggle> {
         let slowest = self.frontier(now);
-        let limit = slowest.saturating_add(self.cfg.max_skew_ms);
+        let limit = if self.heap.len() >= self.cfg.max_held {
+            slowest
+        } else {
+            slowest.saturating_add(self.cfg.max_skew_ms)
+        };
         let mut out = Vec::new();
         for s in self.sources.iter_mut().flatten() {
             let ahead = slowest != i64::MAX && s.watermark != i64::MIN && s.watermark > limit;
@@ -427,6 +490,11 @@ impl<T> Sequencer<T> {
     pub fn peak(&self) -> usize {
         self.peak
     }
+
+    /// Lines released early, ever, because more than `max_held` waited.
+    pub fn forced(&self) -> u64 {
+        self.forced
+    }
 }
 
 #[cfg(test)]
@@ -437,6 +505,7 @@ mod tests {
         EventTimeConfig {
             idle_timeout: Duration::from_secs(5),
             max_skew_ms: 1_000,
+            max_held: 1_000,
         }
     }
 
@@ -584,5 +653,101 @@ mod tests {
                 }
         );
         assert_eq!(s.peak(), 3);
+    }
+
+    fn toggles(t: &[Toggle]) -> Vec<(i32, bool)> {
+        t.iter().map(|t| (t.partition, t.pause)).collect()
+    }
+
+    /// At `max_held`, every partition ahead of the slowest is paused, however little ahead
+    /// (within `max_skew`); they resume once the buffer is below the cap again.
+    #[test]
+    fn a_full_buffer_pauses_every_partition_ahead_of_the_slowest() {
+        let t0 = Instant::now();
+        let mut s = Sequencer::new(EventTimeConfig { max_held: 4, ..cfg() });
+        let (a, b, c) = (
+            s.assign("logs", 0, t0),
+            s.assign("logs", 1, t0),
+            s.assign("logs", 2, t0),
+        );
+        s.push(a, 0, 0, 10, 1, "a10", t0);
+        s.push(b, 0, 0, 20, 1, "b20", t0);
+        s.push(b, 1, 0, 30, 1, "b30", t0);
+        s.push(c, 0, 0, 20, 1, "c20", t0);
+        assert!(drain(&mut s, t0).is_empty(), "a10 waits for a to move on");
+        assert_eq!(s.len(), 4);
+        assert_eq!(toggles(&s.skew(t0)), [(1, true), (2, true)], "all within max_skew");
+        s.push(a, 1, 0, 25, 1, "a25", t0);
+        assert_eq!(drain(&mut s, t0), ["a10"]);
+        assert_eq!(s.len(), 4, "still full");
+        assert_eq!(
+            toggles(&s.skew(t0)),
+            [(0, true), (2, false)],
+            "c is the slowest now, a is ahead of it"
+        );
+        s.push(c, 1, 0, 40, 1, "c40", t0);
+        assert_eq!(drain(&mut s, t0), ["b20", "c20"]);
+        assert_eq!(
+            toggles(&s.skew(t0)),
+            [(0, false), (1, false)],
+            "below the cap: max_skew rules"
+        );
+        assert_eq!(s.forced(), 0);
+    }
+
+    /// One partition alone ahead of idle ones (whose data holds its lines back for the idle
+    /// timeout): pausing cannot help, so past the cap the oldest lines go early, in order,
+    /// counted, none dropped.
+    #[test]
+    fn over_the_cap_the_oldest_lines_go_early_and_are_counted() {
+        let t0 = Instant::now();
+        let mut s = Sequencer::new(EventTimeConfig { max_held: 3, ..cfg() });
+        let (a, b) = (s.assign("logs", 0, t0), s.assign("logs", 1, t0));
+        s.push(b, 0, 0, 5, 1, "b5", t0);
+        s.read(b, 0, t0);
+        let late = t0 + Duration::from_secs(6);
+        let lines = ["a10", "a11", "a12", "a13", "a14", "a15"];
+        for (i, l) in lines.iter().enumerate() {
+            s.push(a, i as i64, 0, 10 + i as i64, 1, l, late);
+        }
+        s.read(a, 5, late);
+        assert_eq!(drain(&mut s, late), ["b5", "a10", "a11", "a12"], "b5 safe, 3 forced");
+        assert_eq!(s.forced(), 3);
+        assert_eq!(s.len(), 3);
+        assert!(
+            s.skew(late).is_empty(),
+            "a is the slowest active partition: nothing to pause"
+        );
+        let mut rest = Vec::new();
+        s.release_all(|x, _| rest.push(x));
+        assert_eq!(rest, ["a13", "a14", "a15"]);
+    }
+
+    /// A partition revoked and assigned again (a rebalance away and back) stops holding the
+    /// clock at once, and when it is read again from the group's committed offset, no line it
+    /// had applied is applied twice: neither those before its safe offset (a commit that did
+    /// not land) nor those after it released out of offset order.
+    #[test]
+    fn a_partition_that_comes_back_applies_no_line_twice() {
+        let t0 = Instant::now();
+        let mut s = Sequencer::new(cfg());
+        let (a, b) = (s.assign("logs", 0, t0), s.assign("logs", 1, t0));
+        s.push(a, 0, 1, 10, 1, "a10", t0);
+        s.push(a, 1, 1, 100, 1, "a100", t0);
+        s.push(a, 2, 1, 50, 1, "a50", t0);
+        s.push(b, 0, 1, 200, 1, "b200", t0);
+        assert_eq!(drain(&mut s, t0), ["a10", "a50"], "a100 (offset 1) waits");
+        assert_eq!(s.safe_offsets()[0], ("logs", 0, 1));
+        s.revoke("logs", 0);
+        assert_eq!(s.frontier(t0), 200, "the revoked partition holds nothing back");
+        let a = s.assign("logs", 0, t0);
+        // read again from an older committed offset: 0, 1, 2
+        let again: Vec<bool> = (0..3).map(|o| s.restored(a, o, 1)).collect();
+        assert_eq!(again, [true, false, true], "only a100 was never applied");
+        s.push(a, 1, 1, 100, 1, "a100", t0);
+        s.push(a, 3, 1, 300, 1, "a300", t0);
+        s.read(a, 3, t0);
+        assert_eq!(drain(&mut s, t0), ["a100"]);
+        assert_eq!(s.safe_offsets()[0], ("logs", 0, 3));
     }
 }

@@ -262,6 +262,7 @@ pub fn replay_threads(
     let start = Instant::now();
     let mut order = Sequencer::new(EventTimeConfig {
         idle_timeout: Duration::MAX,
+        max_held: usize::MAX,
         ..EventTimeConfig::default()
     });
     order.assign("input", 0, start);
