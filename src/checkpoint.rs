@@ -20,7 +20,16 @@
 //! [`CHUNK`] under a generation number; a small head key names the current generation and is
 //! switched only after every chunk is written, so a crash mid-write leaves the previous
 //! checkpoint whole. Keys: `{prefix}checkpoint:{group}` (the head) and
-//! `{prefix}checkpoint:{group}:{generation}:{i}` (chunks).
+//! `{prefix}checkpoint:{group}:{instance}:{generation}:{i}` (chunks; heads written before
+//! fencing name `{prefix}checkpoint:{group}:{generation}:{i}`, still read).
+//!
+//! **Fencing.** Until issue 12 gives each internal partition a checkpoint of its own, the
+//! head is one per group, and two instances of one group would overwrite each other's state.
+//! So the head names the instance that wrote it (a random id per process) and when; an
+//! instance that finds it written by another one less than 3 × `checkpoint_interval` ago
+//! leaves it alone, warns once and counts `tokenwatch_checkpoint_conflicts_total`. The head
+//! is switched by a compare-and-set script, so two instances never both take it; a checkpoint
+//! whose writer stopped is taken over after the 3 intervals.
 //!
 //! **Layout.** One engine per instance today, so one checkpoint per consumer group, holding a
 //! section per input partition (its offsets) and the engine's state. The state cannot be cut
@@ -162,21 +171,80 @@ impl Checkpoint {
     }
 }
 
-/// The checkpoint's keys in Redis, and the generation last written.
+/// The checkpoint's keys in Redis, the generation last written, and this instance's id.
 pub struct CheckpointStore {
     head: String,
+    group: String,
+    /// Random per process: the head names who wrote it, and chunk keys carry it, so two
+    /// instances never write the same chunk key.
+    instance: String,
     generation: u64,
-    /// Chunks of the generation last written or read, deleted after the next write.
-    chunks: usize,
 }
+
+/// What a head key says: where the chunks are, and who wrote them when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Head {
+    generation: u64,
+    chunks: usize,
+    len: u64,
+    /// `None` in heads written before fencing (format: three numbers).
+    writer: Option<(String, i64)>,
+}
+
+impl Head {
+    /// `{generation} {chunks} {len}` or `{generation} {chunks} {len} {instance} {written_ms}`.
+    fn parse(text: &str) -> Option<Head> {
+        let parts: Vec<&str> = text.split(' ').collect();
+        let (generation, chunks, len) = (
+            parts.first()?.parse().ok()?,
+            parts.get(1)?.parse().ok()?,
+            parts.get(2)?.parse().ok()?,
+        );
+        let writer = match parts.len() {
+            3 => None,
+            5 if parts[3].bytes().all(|b| b.is_ascii_hexdigit()) => {
+                Some((parts[3].to_string(), parts[4].parse().ok()?))
+            }
+            _ => return None,
+        };
+        Some(Head {
+            generation,
+            chunks,
+            len,
+            writer,
+        })
+    }
+
+    fn text(&self) -> String {
+        let mut t = format!("{} {} {}", self.generation, self.chunks, self.len);
+        if let Some((who, at)) = &self.writer {
+            t.push_str(&format!(" {who} {at}"));
+        }
+        t
+    }
+}
+
+/// Whether a save wrote the checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Saved {
+    Written,
+    /// Another live instance of the group writes this checkpoint: left as it is.
+    Fenced,
+}
+
+/// Switches the head only if it still holds what was read before the chunks were written:
+/// two instances cannot both take it.
+const SWITCH_HEAD: &str =
+    "if (redis.call('GET', KEYS[1]) or '') == ARGV[1] then redis.call('SET', KEYS[1], ARGV[2]) return 1 end return 0";
 
 impl CheckpointStore {
     /// The checkpoint of consumer group `group` under the Redis key prefix.
     pub fn new(prefix: &str, group: &str) -> Self {
         CheckpointStore {
             head: format!("{prefix}checkpoint:{group}"),
+            group: group.to_string(),
+            instance: format!("{:016x}", tokenwatch_core::engine::snapshot::random_seeds()[0]),
             generation: 0,
-            chunks: 0,
         }
     }
 
@@ -185,62 +253,112 @@ impl CheckpointStore {
         &self.head
     }
 
-    fn chunk_key(&self, generation: u64, i: usize) -> String {
-        format!("{}:{generation}:{i}", self.head)
+    /// This process's id in the head it writes.
+    pub fn instance(&self) -> &str {
+        &self.instance
+    }
+
+    fn chunk_key(&self, head: &Head, i: usize) -> String {
+        match &head.writer {
+            Some((who, _)) => format!("{}:{who}:{}:{i}", self.head, head.generation),
+            None => format!("{}:{}:{i}", self.head, head.generation),
+        }
+    }
+
+    async fn read_head(&self, redis: &mut RevocationWriter) -> Result<Option<(String, Head)>, StoreError> {
+        let text: Option<String> = redis.query(redis::cmd("GET").arg(&self.head)).await?;
+        let Some(text) = text else { return Ok(None) };
+        match Head::parse(&text) {
+            Some(h) => Ok(Some((text, h))),
+            None => Err(StoreError::Malformed {
+                key: self.head.clone(),
+                head: text,
+            }),
+        }
     }
 
     /// The stored checkpoint's bytes, `None` when there is none.
     pub async fn load(&mut self, redis: &mut RevocationWriter) -> Result<Option<Vec<u8>>, StoreError> {
-        let head: Option<String> = redis.query(redis::cmd("GET").arg(&self.head)).await?;
-        let Some(head) = head else { return Ok(None) };
-        let bad = || StoreError::Malformed {
-            key: self.head.clone(),
-            head: head.clone(),
-        };
-        let mut parts = head.split(' ').map(str::parse::<u64>);
-        let (Some(Ok(generation)), Some(Ok(chunks)), Some(Ok(len)), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
-            return Err(bad());
+        let Some((_, head)) = self.read_head(redis).await? else {
+            return Ok(None);
         };
         let mut bytes = Vec::new();
-        for i in 0..chunks as usize {
-            let key = self.chunk_key(generation, i);
+        for i in 0..head.chunks {
+            let key = self.chunk_key(&head, i);
             let chunk: Option<Vec<u8>> = redis.query(redis::cmd("GET").arg(&key)).await?;
             let chunk = chunk.ok_or(StoreError::MissingChunk { key })?;
             bytes.extend_from_slice(&chunk);
         }
-        if bytes.len() as u64 != len {
+        if bytes.len() as u64 != head.len {
             return Err(StoreError::Length {
                 key: self.head.clone(),
                 got: bytes.len(),
-                want: len,
+                want: head.len,
             });
         }
-        self.generation = generation;
-        self.chunks = chunks as usize;
+        self.generation = head.generation;
         Ok(Some(bytes))
     }
 
-    /// Writes a new generation, then switches the head to it, then drops the previous one.
-    pub async fn save(&mut self, redis: &mut RevocationWriter, bytes: &[u8]) -> Result<(), StoreError> {
-        let generation = self.generation + 1;
+    /// Writes a new generation, then switches the head to it, then drops the one it replaced.
+    /// Nothing is written when the head was written by another instance less than `fence` ago
+    /// (`now_ms`, wall clock): two instances of one group must not overwrite each other's
+    /// checkpoint ([`Saved::Fenced`]).
+    pub async fn save(
+        &mut self,
+        redis: &mut RevocationWriter,
+        bytes: &[u8],
+        now_ms: i64,
+        fence: Duration,
+    ) -> Result<Saved, StoreError> {
+        let before = self.read_head(redis).await?;
+        let other_live = |h: &Head| {
+            h.writer
+                .as_ref()
+                .is_some_and(|(who, at)| *who != self.instance && now_ms.saturating_sub(*at) < fence.as_millis() as i64)
+        };
+        if before.as_ref().is_some_and(|(_, h)| other_live(h)) {
+            return Ok(Saved::Fenced);
+        }
         let chunks: Vec<&[u8]> = bytes.chunks(CHUNK).collect();
+        let head = Head {
+            generation: self.generation.max(before.as_ref().map_or(0, |(_, h)| h.generation)) + 1,
+            chunks: chunks.len(),
+            len: bytes.len() as u64,
+            writer: Some((self.instance.clone(), now_ms)),
+        };
         for (i, c) in chunks.iter().enumerate() {
             let _: () = redis
-                .query(redis::cmd("SET").arg(self.chunk_key(generation, i)).arg(*c))
+                .query(redis::cmd("SET").arg(self.chunk_key(&head, i)).arg(*c))
                 .await?;
         }
-        let head = format!("{generation} {} {}", chunks.len(), bytes.len());
-        let _: () = redis.query(redis::cmd("SET").arg(&self.head).arg(head)).await?;
-        for i in 0..self.chunks {
-            let _: i64 = redis
-                .query(redis::cmd("DEL").arg(self.chunk_key(self.generation, i)))
-                .await?;
+        let expected = before.as_ref().map_or("", |(text, _)| text.as_str());
+        let switched: i64 = redis
+            .query(
+                redis::cmd("EVAL")
+                    .arg(SWITCH_HEAD)
+                    .arg(1)
+                    .arg(&self.head)
+                    .arg(expected)
+                    .arg(head.text()),
+            )
+            .await?;
+        // Either the chunks of the head replaced, or (another instance switched it first) ours.
+        let stale = match (switched, &before) {
+            (1, Some((_, old))) => Some(old.clone()),
+            (1, None) => None,
+            _ => Some(head.clone()),
+        };
+        if let Some(old) = stale {
+            for i in 0..old.chunks {
+                let _: i64 = redis.query(redis::cmd("DEL").arg(self.chunk_key(&old, i))).await?;
+            }
         }
-        self.generation = generation;
-        self.chunks = chunks.len();
-        Ok(())
+        if switched != 1 {
+            return Ok(Saved::Fenced);
+        }
+        self.generation = head.generation;
+        Ok(Saved::Written)
     }
 }
 
@@ -271,6 +389,8 @@ pub struct Checkpointing {
     covered: usize,
     /// Restored marks, until the event-time buffer takes them.
     resume: Vec<PartitionMark>,
+    /// Whether the fencing warning was given (it is given once).
+    warned_conflict: bool,
     committed: PartitionOffsets,
 }
 
@@ -321,6 +441,7 @@ impl Checkpointing {
             last: None,
             covered: 0,
             resume,
+            warned_conflict: false,
             committed: PartitionOffsets::new(),
         })
     }
@@ -369,10 +490,21 @@ impl Checkpointing {
             engine: state,
         }
         .encode();
-        match self.store.save(redis, &bytes).await {
-            Ok(()) => {
+        let now_ms = crate::service::now_ms();
+        match self.store.save(redis, &bytes, now_ms, self.every * 3).await {
+            Ok(Saved::Written) => {
                 metrics.checkpoint_bytes.set(bytes.len() as i64);
                 tracing::debug!(key = self.store.key(), bytes = bytes.len(), "checkpoint saved");
+            }
+            Ok(Saved::Fenced) => {
+                metrics.checkpoint_conflicts.inc();
+                if !std::mem::replace(&mut self.warned_conflict, true) {
+                    tracing::warn!(
+                        key = self.store.key(),
+                        "another instance of group {} writes checkpoints; run one instance per group until the detect stage (issue 12)",
+                        self.store.group
+                    );
+                }
             }
             Err(e) => {
                 metrics.checkpoint_errors.with_label_values(&["save"]).inc();
@@ -449,5 +581,25 @@ mod tests {
         );
         assert!(Checkpoint::decode(&bytes[..bytes.len() - 3]).is_err(), "truncated");
         assert!(Checkpoint::decode(b"").is_err());
+    }
+
+    /// Heads written before fencing (three numbers) still read; new ones name their writer;
+    /// anything else is malformed, and an instance id is hex only.
+    #[test]
+    fn heads_old_and_new_read_back() {
+        let old = Head::parse("7 2 5000000").unwrap();
+        assert_eq!(
+            (old.generation, old.chunks, old.len, old.writer.clone()),
+            (7, 2, 5_000_000, None)
+        );
+        assert_eq!(old.text(), "7 2 5000000");
+        let new = Head {
+            writer: Some(("00ab12".into(), 1_795_910_400_000)),
+            ..old
+        };
+        assert_eq!(Head::parse(&new.text()), Some(new));
+        for bad in ["", "7 2", "7 2 x", "7 2 5 ab", "7 2 5 a:b 1", "7 2 5 ab 1 2"] {
+            assert_eq!(Head::parse(bad), None, "{bad}");
+        }
     }
 }

@@ -66,6 +66,8 @@ pub struct Metrics {
     pub jwks_errors: IntCounter,
     /// Lines the event-time buffer released early for being over `engine.max_buffered_lines`.
     pub event_time_forced: IntCounter,
+    /// Checkpoints not written because another instance of the group writes them.
+    pub checkpoint_conflicts: IntCounter,
     families: Vec<Family>,
 }
 
@@ -185,6 +187,10 @@ const CHECKPOINT_ERRORS: Def = (
     "Checkpoints refused at restore (damaged, other format) or not saved, by operation.",
 );
 const CHECKPOINT_BYTES: Def = ("tokenwatch_checkpoint_bytes", "Size of the last checkpoint written.");
+const CHECKPOINT_CONFLICTS: Def = (
+    "tokenwatch_checkpoint_conflicts_total",
+    "Checkpoints not written because another live instance of the consumer group writes them.",
+);
 const EVENT_TIME_FORCED: Def = (
     "tokenwatch_event_time_forced_total",
     "Lines applied before their event-time turn because the buffer was over engine.max_buffered_lines.",
@@ -288,6 +294,7 @@ impl Metrics {
             attestation_mismatches: r.counter(ATTESTATION_MISMATCHES),
             jwks_errors: r.counter(JWKS_ERRORS),
             event_time_forced: r.counter(EVENT_TIME_FORCED),
+            checkpoint_conflicts: r.counter(CHECKPOINT_CONFLICTS),
             registry: r.registry,
             families: r.families,
         };

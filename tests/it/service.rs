@@ -1025,3 +1025,74 @@ async fn partitions_moved_away_and_back_are_read_again_and_decide_what_replay_de
         "every line committed"
     );
 }
+
+/// Two instances of one group against one Redis: until issue 12 gives each internal
+/// partition its own checkpoint, the group's checkpoint is written by one of them only. The
+/// first keeps writing it; the second finds it written by another live instance, leaves it
+/// alone and counts a conflict.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_of_a_group_do_not_overwrite_each_others_checkpoint() {
+    let mock = MockCluster::new(1).unwrap();
+    mock.create_topic("logs", 2, 1).unwrap();
+    let brokers = mock.bootstrap_servers();
+    let redis = common::RedisServer::start();
+    let lines = common::generated_attacks(5, 2_000);
+    let (first, rest) = lines.split_at(1_000);
+    common::produce_spread(&brokers, "logs", 2, first, 1);
+    // Fenced while the head is younger than 3 intervals: 3 s.
+    let every = |c: &mut ServiceConfig| c.checkpoint_interval = Some(Duration::from_secs(1));
+    let a = start_tweaked(&brokers, &redis.url(), "fenced", None, every).await;
+    let ma = a.metrics.clone();
+    wait_until("the first instance to read", 60, || seen(&ma) >= first.len() as u64).await;
+    let head = || -> Option<String> {
+        redis::cmd("GET")
+            .arg(format!("{PREFIX}checkpoint:fenced"))
+            .query(&mut redis.conn())
+            .unwrap()
+    };
+    wait_until("a checkpoint", 30, || head().is_some()).await;
+    let writer = |h: Option<String>| h.unwrap().split(' ').nth(3).unwrap().to_string();
+    let first_writer = writer(head());
+
+    // Traffic on both partitions all along, so that both instances finish batches and
+    // checkpoint (an instance with nothing to do writes no checkpoint, and after 3 intervals
+    // its head is taken over).
+    let traffic = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let producer = {
+        let (brokers, rest, on) = (brokers.clone(), rest.to_vec(), traffic.clone());
+        std::thread::spawn(move || {
+            for (i, chunk) in rest.chunks(100).cycle().enumerate() {
+                if !on.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                common::produce_spread(&brokers, "logs", 2, chunk, 10 + i as u64);
+                std::thread::sleep(Duration::from_millis(300));
+            }
+        })
+    };
+    let b = start_tweaked(&brokers, &redis.url(), "fenced", None, every).await;
+    let mb = b.metrics.clone();
+    wait_until("the partitions to be shared", 60, || {
+        ma.assigned_partitions.get() == 1 && mb.assigned_partitions.get() == 1
+    })
+    .await;
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(writer(head()), first_writer, "the head keeps its writer");
+    }
+    wait_until("the second instance to meet the first's checkpoint", 30, || {
+        mb.checkpoint_conflicts.get() > 0
+    })
+    .await;
+    assert_eq!(ma.checkpoint_conflicts.get(), 0, "the writer is never fenced");
+    assert_eq!(mb.checkpoint_errors.with_label_values(&["save"]).get(), 0);
+    stop_and_wait(b).await.unwrap();
+    assert_eq!(
+        writer(head()),
+        first_writer,
+        "nor by the other's checkpoint at shutdown"
+    );
+    traffic.store(false, std::sync::atomic::Ordering::Relaxed);
+    producer.join().unwrap();
+    stop_and_wait(a).await.unwrap();
+}
