@@ -1096,3 +1096,56 @@ async fn two_instances_of_a_group_do_not_overwrite_each_others_checkpoint() {
     producer.join().unwrap();
     stop_and_wait(a).await.unwrap();
 }
+
+/// Commits after a revocation: the service's offsets go through librdkafka's offset store,
+/// which refuses partitions no longer assigned and clears a partition's stored offset when it
+/// is assigned elsewhere. So once a partition has moved to another member that committed its
+/// own progress there, nothing the service commits afterwards (per batch, or the final
+/// synchronous commit) moves that partition's committed offset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_partition_is_never_committed_by_its_former_owner() {
+    use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+    let mock = MockCluster::new(1).unwrap();
+    mock.create_topic("logs", 2, 1).unwrap();
+    let brokers = mock.bootstrap_servers();
+    let redis = common::RedisServer::start();
+    let lines = common::generated_attacks(5, 1_500);
+    let (first, rest) = lines.split_at(1_000);
+    common::produce_spread(&brokers, "logs", 2, first, 1);
+    let svc = start(&brokers, &redis.url(), "former-owner").await;
+    wait_for_quiet(&svc, first.len() as u64, 120).await;
+
+    let other: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("group.id", "former-owner")
+        .set("enable.auto.commit", "false")
+        .set("session.timeout.ms", "6000")
+        .create()
+        .unwrap();
+    other.subscribe(&["logs"]).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let taken = loop {
+        let _ = other.poll(Duration::from_millis(100));
+        let a = other.assignment().unwrap();
+        if a.count() == 1 && svc.metrics.assigned_partitions.get() == 1 {
+            break a.elements()[0].partition();
+        }
+        assert!(Instant::now() < deadline, "the partitions were never shared");
+    };
+    // The new owner commits its own position (an offset the service never had), then more
+    // traffic goes to the service's partition so it keeps committing.
+    let mut mine = rdkafka::TopicPartitionList::new();
+    mine.add_partition_offset("logs", taken, rdkafka::Offset::Offset(1))
+        .unwrap();
+    other.commit(&mine, CommitMode::Sync).unwrap();
+    common::produce_to(&brokers, "logs", 1 - taken, rest);
+    wait_for_quiet(&svc, lines.len() as u64, 120).await;
+    stop_and_wait(svc).await.unwrap();
+    let committed = common::committed_all(&brokers, "former-owner", "logs", 2);
+    assert_eq!(committed[taken as usize], Some(1), "the new owner's commit stands");
+    assert_eq!(
+        committed[1 - taken as usize],
+        end_offsets(&brokers, 2)[1 - taken as usize],
+        "the service committed its own partition"
+    );
+}
