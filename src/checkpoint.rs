@@ -179,6 +179,9 @@ pub struct CheckpointStore {
     /// instances never write the same chunk key.
     instance: String,
     generation: u64,
+    /// The head this instance last wrote (its text): what [`CheckpointStore::keep_alive`]
+    /// renews. `None` when another instance has taken the head since.
+    mine: Option<(String, Head)>,
 }
 
 /// What a head key says: where the chunks are, and who wrote them when.
@@ -245,6 +248,7 @@ impl CheckpointStore {
             group: group.to_string(),
             instance: format!("{:016x}", tokenwatch_core::engine::snapshot::random_seeds()[0]),
             generation: 0,
+            mine: None,
         }
     }
 
@@ -303,13 +307,15 @@ impl CheckpointStore {
     /// Writes a new generation, then switches the head to it, then drops the one it replaced.
     /// Nothing is written when the head was written by another instance less than `fence` ago
     /// (`now_ms`, wall clock): two instances of one group must not overwrite each other's
-    /// checkpoint ([`Saved::Fenced`]).
+    /// checkpoint ([`Saved::Fenced`]). With `release` (the last save before a graceful stop)
+    /// the head is written as if long ago, so that the next instance takes it at once.
     pub async fn save(
         &mut self,
         redis: &mut RevocationWriter,
         bytes: &[u8],
         now_ms: i64,
         fence: Duration,
+        release: bool,
     ) -> Result<Saved, StoreError> {
         let before = self.read_head(redis).await?;
         let other_live = |h: &Head| {
@@ -325,7 +331,7 @@ impl CheckpointStore {
             generation: self.generation.max(before.as_ref().map_or(0, |(_, h)| h.generation)) + 1,
             chunks: chunks.len(),
             len: bytes.len() as u64,
-            writer: Some((self.instance.clone(), now_ms)),
+            writer: Some((self.instance.clone(), if release { 0 } else { now_ms })),
         };
         for (i, c) in chunks.iter().enumerate() {
             let _: () = redis
@@ -333,32 +339,55 @@ impl CheckpointStore {
                 .await?;
         }
         let expected = before.as_ref().map_or("", |(text, _)| text.as_str());
-        let switched: i64 = redis
-            .query(
-                redis::cmd("EVAL")
-                    .arg(SWITCH_HEAD)
-                    .arg(1)
-                    .arg(&self.head)
-                    .arg(expected)
-                    .arg(head.text()),
-            )
-            .await?;
+        let switched = self.switch_head(redis, expected, &head).await?;
         // Either the chunks of the head replaced, or (another instance switched it first) ours.
         let stale = match (switched, &before) {
-            (1, Some((_, old))) => Some(old.clone()),
-            (1, None) => None,
-            _ => Some(head.clone()),
+            (true, Some((_, old))) => Some(old.clone()),
+            (true, None) => None,
+            (false, _) => Some(head.clone()),
         };
         if let Some(old) = stale {
             for i in 0..old.chunks {
                 let _: i64 = redis.query(redis::cmd("DEL").arg(self.chunk_key(&old, i))).await?;
             }
         }
-        if switched != 1 {
+        if !switched {
+            self.mine = None;
             return Ok(Saved::Fenced);
         }
         self.generation = head.generation;
+        self.mine = Some((head.text(), head));
         Ok(Saved::Written)
+    }
+
+    /// Sets the head to `new` if it still reads `expected` ("" for none), atomically.
+    async fn switch_head(&self, redis: &mut RevocationWriter, expected: &str, new: &Head) -> Result<bool, StoreError> {
+        let cmd = redis::cmd("EVAL")
+            .arg(SWITCH_HEAD)
+            .arg(1)
+            .arg(&self.head)
+            .arg(expected)
+            .arg(new.text())
+            .clone();
+        let switched: i64 = redis.query(&cmd).await?;
+        Ok(switched == 1)
+    }
+
+    /// Renews the time in the head this instance wrote last (if no other instance took it
+    /// since): an instance with nothing to checkpoint (no traffic, a rebalance under way) is
+    /// still alive and keeps the head from being taken over.
+    pub async fn keep_alive(&mut self, redis: &mut RevocationWriter, now_ms: i64) -> Result<(), StoreError> {
+        let Some((text, head)) = self.mine.take() else {
+            return Ok(());
+        };
+        let renewed = Head {
+            writer: Some((self.instance.clone(), now_ms)),
+            ..head
+        };
+        if self.switch_head(redis, &text, &renewed).await? {
+            self.mine = Some((renewed.text(), renewed));
+        }
+        Ok(())
     }
 }
 
@@ -389,8 +418,12 @@ pub struct Checkpointing {
     covered: usize,
     /// Restored marks, until the event-time buffer takes them.
     resume: Vec<PartitionMark>,
+    /// When the head was last renewed without a checkpoint ([`Checkpointing::keep_alive`]).
+    renewed: Option<Instant>,
     /// Whether the fencing warning was given (it is given once).
     warned_conflict: bool,
+    /// The next save is the last: it releases the head to the next instance.
+    stopping: bool,
     committed: PartitionOffsets,
 }
 
@@ -441,7 +474,9 @@ impl Checkpointing {
             last: None,
             covered: 0,
             resume,
+            renewed: None,
             warned_conflict: false,
+            stopping: false,
             committed: PartitionOffsets::new(),
         })
     }
@@ -470,6 +505,26 @@ impl Checkpointing {
         self.last.is_none_or(|t| t.elapsed() >= self.every) || order.positioned() > self.covered
     }
 
+    /// Between batches with nothing to do: renews this instance's claim on the head once per
+    /// interval ([`CheckpointStore::keep_alive`]); a failure is only logged (the claim lapses
+    /// after 3 intervals, as if this instance had stopped).
+    pub async fn keep_alive(&mut self, redis: &mut RevocationWriter) {
+        let since = self.renewed.max(self.last);
+        if since.is_none_or(|t| t.elapsed() < self.every) {
+            return;
+        }
+        self.renewed = Some(Instant::now());
+        if let Err(e) = self.store.keep_alive(redis, crate::service::now_ms()).await {
+            tracing::debug!(key = self.store.key(), error = %e, "checkpoint head not renewed");
+        }
+    }
+
+    /// Makes the next save the last one of this process: it releases the head, so that the
+    /// instance that follows (a deploy) checkpoints at once instead of being fenced.
+    pub fn stopping(&mut self) {
+        self.stopping = true;
+    }
+
     /// Writes a checkpoint of `engine` and where `order` stands. A failure is logged and
     /// counted; the previous checkpoint stays whole, and the next attempt comes at the next
     /// interval.
@@ -491,7 +546,11 @@ impl Checkpointing {
         }
         .encode();
         let now_ms = crate::service::now_ms();
-        match self.store.save(redis, &bytes, now_ms, self.every * 3).await {
+        match self
+            .store
+            .save(redis, &bytes, now_ms, self.every * 3, self.stopping)
+            .await
+        {
             Ok(Saved::Written) => {
                 metrics.checkpoint_bytes.set(bytes.len() as i64);
                 tracing::debug!(key = self.store.key(), bytes = bytes.len(), "checkpoint saved");

@@ -105,7 +105,7 @@ impl Consume {
             let read = self.fill(stop).await;
             let applied = self.decide();
             if read == 0 && applied == 0 && self.decisions.is_empty() {
-                self.sync.sync(&self.p.pipeline, &self.p.metrics);
+                self.idle().await;
                 continue;
             }
             if let Err(e) = self.deliver(stop).await {
@@ -114,6 +114,14 @@ impl Consume {
             self.commit().await;
         };
         self.finish(outcome).await
+    }
+
+    /// A round with nothing read or applied: metrics, and the checkpoint head kept alive.
+    async fn idle(&mut self) {
+        self.sync.sync(&self.p.pipeline, &self.p.metrics);
+        if let (Some(c), RevocationStore::Redis(w)) = (self.p.checkpoints.as_mut(), &mut self.p.store) {
+            c.keep_alive(w).await;
+        }
     }
 
     /// Swaps in a reloaded rule set, and re-arms the rules an operator asked to re-arm.
@@ -289,6 +297,7 @@ impl Consume {
         }
         // State is checkpointed only when every decision it holds was delivered.
         if let (Ok(()), Some(c), RevocationStore::Redis(w)) = (&outcome, p.checkpoints.as_mut(), &mut p.store) {
+            c.stopping();
             c.save(&mut p.order, p.pipeline.engine(), w, &p.metrics).await;
         }
         self.summary.stats = p.pipeline.stats.clone();

@@ -834,25 +834,11 @@ async fn a_tripped_rule_is_shown_and_rearmed_through_redis() {
     mock.create_topic("logs", 1, 1).unwrap();
     let brokers = mock.bootstrap_servers();
     let redis = common::RedisServer::start();
-    let rules = tempfile::tempdir().unwrap();
-    std::fs::write(
-        rules.path().join("oops.yaml"),
-        "id: oops\nseverity: high\naction: revoke_token\nkind: match\nkey: token_id\nbudget: 2/1h\nwhere:\n  authenticated: true\n",
-    )
-    .unwrap();
+    let rules = oops_rules();
     let dir = rules.path().to_path_buf();
     let svc = start_tweaked(&brokers, &redis.url(), "g-trip", None, move |c| c.rules_dir = dir).await;
     let m = svc.metrics.clone();
-    let line = |i: usize| {
-        let t = tokenwatch_core::token::encode_unsigned_parts(
-            &serde_json::json!({"alg": "RS256"}),
-            &serde_json::json!({"iss": "https://idp", "sub": format!("u{i}"), "jti": format!("j{i}")}),
-            b"sig",
-        );
-        format!(
-            r#"{{"ts":"2026-11-29T00:00:{i:02}.000Z","client_ip":"198.51.100.7","method":"GET","path":"/x","status":200,"authenticated":true,"authorization":"Bearer {t}"}}"#
-        )
-    };
+    let line = oops_line;
     common::produce(&brokers, "logs", &(0..5).map(line).collect::<Vec<_>>());
     wait_until("five lines read", 60, || seen(&m) == 5).await;
     wait_until("the rule to trip", 30, || {
@@ -885,6 +871,30 @@ async fn a_tripped_rule_is_shown_and_rearmed_through_redis() {
     common::produce(&brokers, "logs", &[line(6)]);
     wait_until("the next revocation", 30, || stream(&redis).len() == 3).await;
     stop_and_wait(svc).await.unwrap();
+}
+
+/// A rule directory with one runaway rule, `oops`: every authenticated request revokes its
+/// token, within a budget of 2 per hour.
+fn oops_rules() -> tempfile::TempDir {
+    let rules = tempfile::tempdir().unwrap();
+    std::fs::write(
+        rules.path().join("oops.yaml"),
+        "id: oops\nseverity: high\naction: revoke_token\nkind: match\nkey: token_id\nbudget: 2/1h\nwhere:\n  authenticated: true\n",
+    )
+    .unwrap();
+    rules
+}
+
+/// Request `i` of a distinct authenticated token, at second `i` of event time.
+fn oops_line(i: usize) -> String {
+    let t = tokenwatch_core::token::encode_unsigned_parts(
+        &serde_json::json!({"alg": "RS256"}),
+        &serde_json::json!({"iss": "https://idp", "sub": format!("u{i}"), "jti": format!("j{i}")}),
+        b"sig",
+    );
+    format!(
+        r#"{{"ts":"2026-11-29T00:00:{i:02}.000Z","client_ip":"198.51.100.7","method":"GET","path":"/x","status":200,"authenticated":true,"authorization":"Bearer {t}"}}"#
+    )
 }
 
 /// Waits until the service has read `total` lines and its alerts file has stopped growing.
@@ -1148,4 +1158,42 @@ async fn a_revoked_partition_is_never_committed_by_its_former_owner() {
         end_offsets(&brokers, 2)[1 - taken as usize],
         "the service committed its own partition"
     );
+}
+
+/// A rule tripped to shadow before a restart is still tripped after it: its revocation budget
+/// is in the checkpoint, so a restart does not re-arm a runaway rule (only an operator or a
+/// reload does).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tripped_rule_stays_tripped_across_a_restart() {
+    let mock = MockCluster::new(1).unwrap();
+    mock.create_topic("logs", 1, 1).unwrap();
+    let brokers = mock.bootstrap_servers();
+    let redis = common::RedisServer::start();
+    let rules = oops_rules();
+    let line = oops_line;
+    let url = redis.url();
+    let dir = rules.path().to_path_buf();
+    let start = || start_tweaked(&brokers, &url, "g-trip-restart", None, |c| c.rules_dir = dir.clone());
+    let svc = start().await;
+    let m = svc.metrics.clone();
+    common::produce(&brokers, "logs", &(0..5).map(line).collect::<Vec<_>>());
+    wait_until("five lines read", 60, || seen(&m) == 5).await;
+    wait_until("the rule to trip", 30, || {
+        m.rule_tripped.with_label_values(&["oops"]).get() == 1
+    })
+    .await;
+    stop_and_wait(svc).await.unwrap();
+
+    let svc = start().await;
+    let m = svc.metrics.clone();
+    common::produce(&brokers, "logs", &[line(6), line(7)]);
+    wait_until("the new lines read", 60, || seen(&m) == 2).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(m.rule_tripped.with_label_values(&["oops"]).get(), 1, "still tripped");
+    assert_eq!(
+        stream(&redis).len(),
+        2,
+        "no revocation past the budget after the restart"
+    );
+    stop_and_wait(svc).await.unwrap();
 }
