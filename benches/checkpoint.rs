@@ -39,8 +39,10 @@ fn main() {
                                 "iss": "https://idp.example.com", "iat": t0, "exp": t0 + 3600}),
             b"a-signature-that-nobody-checks-here",
         );
+        // `authenticated`: the gateway attests the token (the default rules act only on
+        // authenticated requests; unsigned tokens would leave no key at all).
         let line = serde_json::json!({"ts": t0 + i / 2_000, "client_ip": ips[i as usize % ips.len()],
-            "method": "GET", "path": "/api/v1/products", "status": 200,
+            "method": "GET", "path": "/api/v1/products", "status": 200, "authenticated": true,
             "authorization": format!("Bearer {jwt}")})
         .to_string();
         p.process_line(line.as_bytes(), &mut out);
@@ -73,6 +75,7 @@ fn main() {
     let c = Checkpoint::decode(&bytes).expect("decode");
     let report = fresh.engine_mut().restore(&c.engine).expect("restore");
     let restore_s = t.elapsed().as_secs_f64();
+    assert!(keys > 0, "the traffic must leave live keys");
     assert_eq!(fresh.engine().tracked_keys(), keys);
     println!(
         "tracked keys {keys} (rules {} kept); checkpoint {} bytes = {:.1} bytes/key; snapshot+encode {:.3} s; decode+restore {:.3} s",
