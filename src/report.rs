@@ -12,8 +12,8 @@ pub mod html;
 pub mod markdown;
 
 use tokenwatch_core::pipeline::Stats;
-use tokenwatch_core::posture::{
-    Posture, RuleFindings, LIFETIME_BUCKETS, LIFETIME_OVER, MAX_KEYS, MAX_NAMES, MAX_PATHS, TIME_BUCKETS,
+use tokenwatch_core::posture::stats::{
+    PostureStats, RuleFindings, LIFETIME_BUCKETS, LIFETIME_OVER, MAX_KEYS, MAX_NAMES, MAX_PATHS, TIME_BUCKETS,
 };
 use tokenwatch_core::rules::Action;
 
@@ -21,7 +21,7 @@ use tokenwatch_core::rules::Action;
 pub struct Report<'a> {
     /// The input files, as named on the command line.
     pub inputs: &'a [String],
-    pub posture: &'a Posture,
+    pub posture: &'a PostureStats,
     /// The replay's counters (lines read and skipped).
     pub stats: &'a Stats,
 }
@@ -351,7 +351,7 @@ fn share_section(
     }
 }
 
-fn names(title: &'static str, what: &'static str, t: &tokenwatch_core::posture::TopN) -> Section {
+fn names(title: &'static str, what: &'static str, t: &tokenwatch_core::posture::stats::TopN) -> Section {
     let rows = with_other(&t.ranked(), t.other())
         .into_iter()
         .map(|(k, n)| vec![k, n.to_string()])

@@ -11,7 +11,7 @@ use clap::{Args, ValueEnum};
 
 use tokenwatch::config::flags::{FormatArg, ReplayFlags};
 use tokenwatch::report::{html, markdown, Report};
-use tokenwatch_core::posture::Posture;
+use tokenwatch_core::posture::stats::PostureStats;
 
 use super::replay::{open_pipeline, threads};
 use super::OrFailed;
@@ -65,7 +65,7 @@ pub fn report(a: ReportArgs) -> anyhow::Result<ExitCode> {
     let (mut pipeline, inputs, max_line) =
         open_pipeline(&flags, a.config.as_deref(), &a.rules, a.geoip.as_deref(), &a.files)?;
     let names: Vec<String> = inputs.iter().map(|(n, _)| n.clone()).collect();
-    pipeline.set_posture(Some(Posture::new()));
+    pipeline.set_posture_stats(Some(PostureStats::new()));
     let summary = tokenwatch_core::replay::replay_threads(
         &mut pipeline,
         inputs,
@@ -76,7 +76,7 @@ pub fn report(a: ReportArgs) -> anyhow::Result<ExitCode> {
         false,
     )
     .or_failed()?;
-    let posture = pipeline.take_posture().unwrap_or_default();
+    let posture = pipeline.take_posture_stats().unwrap_or_default();
     let report = Report {
         inputs: &names,
         posture: &posture,

@@ -4,7 +4,7 @@
 
 use std::fmt::Write as _;
 
-use tokenwatch_core::posture::TIME_BUCKETS;
+use tokenwatch_core::posture::stats::TIME_BUCKETS;
 
 use super::{fmt_age, fmt_when, Chart, Report, Section, Table};
 

@@ -11,7 +11,7 @@
 //!    event-time windows with bounded state, fed in one event-time order by [`eventtime`];
 //! 5. [`decision`] is what comes out: one JSON object per firing rule;
 //! 6. [`pipeline`] wires 1–5 together for one stream of lines, and [`replay`] drives it from
-//!    files for `tokenwatch replay`; [`posture`] gathers the statistics of `tokenwatch report`
+//!    files for `tokenwatch replay`; [`posture::stats`] gathers the statistics of `tokenwatch report`
 //!    during such a replay.
 //!
 //! Around the data flow, for the people who write rules: [`ruletest`] runs the rule tests

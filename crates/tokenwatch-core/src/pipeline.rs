@@ -30,7 +30,7 @@ use crate::engine::{Engine, EngineConfig};
 use crate::geo::GeoDb;
 use crate::input::lines::{LineBatch, LineSpan};
 use crate::input::{Event, Format, FormatError, GeoPoint, Mapping, Parser, Skip};
-use crate::posture::Posture;
+use crate::posture::stats::PostureStats;
 use crate::rules::RuleSet;
 use crate::token::{DecodeError, TokenCache, TokenInfo};
 use crate::verify::Verifier;
@@ -446,7 +446,7 @@ pub struct Pipeline {
     engine: Engine,
     pub stats: Stats,
     /// `tokenwatch report`'s collector, fed with every event and its decisions when set.
-    posture: Option<Box<Posture>>,
+    posture_stats: Option<Box<PostureStats>>,
 }
 
 impl Pipeline {
@@ -457,19 +457,19 @@ impl Pipeline {
             decoder,
             engine: Engine::new(rules, cfg.engine),
             stats: Stats::default(),
-            posture: None,
+            posture_stats: None,
         })
     }
 
     /// Feeds every event from now on, with the decisions it caused, to a posture collector
     /// (`tokenwatch report`), as [`Engine::set_trace`] does for `explain`.
-    pub fn set_posture(&mut self, posture: Option<Posture>) {
-        self.posture = posture.map(Box::new);
+    pub fn set_posture_stats(&mut self, stats: Option<PostureStats>) {
+        self.posture_stats = stats.map(Box::new);
     }
 
     /// The posture collector, taken out once the replay is over.
-    pub fn take_posture(&mut self) -> Option<Posture> {
-        self.posture.take().map(|p| *p)
+    pub fn take_posture_stats(&mut self) -> Option<PostureStats> {
+        self.posture_stats.take().map(|p| *p)
     }
 
     pub fn engine(&self) -> &Engine {
@@ -607,8 +607,8 @@ impl Pipeline {
         let start = out.len();
         self.stats.authenticated += u64::from(ev.authenticated);
         self.engine.process(&ev, out);
-        if let Some(posture) = &mut self.posture {
-            posture.observe(&ev, &out[start..]);
+        if let Some(stats) = &mut self.posture_stats {
+            stats.observe(&ev, &out[start..]);
         }
         if let Some(second) = &p.url_token {
             // The request carried a second, different token in its URL: it was used too, and
@@ -623,8 +623,8 @@ impl Pipeline {
             self.stats.authenticated += u64::from(ev2.authenticated);
             let second_start = out.len();
             self.engine.process(&ev2, out);
-            if let Some(posture) = &mut self.posture {
-                posture.observe_use(&ev2, &out[second_start..]);
+            if let Some(stats) = &mut self.posture_stats {
+                stats.observe_use(&ev2, &out[second_start..]);
             }
         }
         for d in &out[start..] {
