@@ -30,6 +30,7 @@ pub mod explain;
 pub mod geo;
 pub mod input;
 pub mod pipeline;
+pub mod posture;
 pub mod replay;
 pub mod rules;
 pub mod ruletest;

@@ -46,6 +46,9 @@ pub struct PipelineConfig {
     pub engine: EngineConfig,
     /// Verifies token signatures (`--jwks`); `None`: no token is `verified`.
     pub verify: Option<Arc<Verifier>>,
+    /// What the posture fields compare traffic with (`[verify] issuers`, `[audiences]`,
+    /// `[posture]`).
+    pub posture: Arc<crate::posture::Posture>,
 }
 
 impl PipelineConfig {
@@ -66,6 +69,7 @@ impl Default for PipelineConfig {
             max_token_bytes: crate::token::DEFAULT_MAX_TOKEN_BYTES,
             engine: EngineConfig::default(),
             verify: None,
+            posture: Arc::default(),
         }
     }
 }
@@ -195,6 +199,7 @@ struct DecodedEvent {
     authenticated: bool,
     url_token: Option<Arc<TokenInfo>>,
     geo: Option<GeoPoint>,
+    scheme: Option<crate::input::Scheme>,
     token_errors: Vec<DecodeError>,
     attestation_mismatch: bool,
     format: Format,
@@ -259,7 +264,8 @@ impl Decoder {
             parser: Parser::new(cfg.format, cfg.mapping.clone())?,
             tokens: TokenCache::new(cfg.token_cache, wanted_claims)
                 .with_verifier(cfg.verify.clone())
-                .with_max_token_bytes(cfg.max_token_bytes),
+                .with_max_token_bytes(cfg.max_token_bytes)
+                .with_posture(Some(cfg.posture.clone())),
             geo,
         })
     }
@@ -293,6 +299,7 @@ impl Decoder {
             authenticated: ev.authenticated,
             url_token: parsed.url_token,
             geo: ev.geo,
+            scheme: ev.scheme,
             token_errors: parsed.token_errors,
             attestation_mismatch: parsed.attestation_mismatch,
             format: parsed.format,
@@ -442,9 +449,11 @@ impl Pipeline {
     /// Fails only for a format that cannot read lines (`custom` without its mapping).
     pub fn new(rules: Arc<RuleSet>, geo: Option<GeoDb>, cfg: PipelineConfig) -> Result<Self, FormatError> {
         let decoder = Decoder::new(geo, &cfg, rules.wanted_claims())?;
+        let mut engine = Engine::new(rules, cfg.engine);
+        engine.set_posture(cfg.posture.clone());
         Ok(Pipeline {
             decoder,
-            engine: Engine::new(rules, cfg.engine),
+            engine,
             stats: Stats::default(),
         })
     }
@@ -575,6 +584,7 @@ impl Pipeline {
             token_in_url: p.token_in_url,
             authenticated: p.authenticated,
             geo: p.geo,
+            scheme: p.scheme,
         };
         let c = self.stats.by_format.get_mut(p.format);
         c.events += 1;

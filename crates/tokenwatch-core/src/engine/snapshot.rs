@@ -455,6 +455,7 @@ impl Engine {
         }
         put_revoked(&mut e, &self.revoked.tokens);
         put_revoked(&mut e, &self.revoked.subjects);
+        put_posture(&mut e, &self.posture_state);
     }
 
     /// Replaces the engine's state with a snapshot's; on error, nothing changes.
@@ -487,6 +488,12 @@ impl Engine {
         }
         let tokens = get_revoked(&mut d, &self.rules.rules)?;
         let subjects = get_revoked(&mut d, &self.rules.rules)?;
+        // Absent from checkpoints written before posture state existed: then it starts empty.
+        let posture = if d.done() {
+            super::posture::PostureState::default()
+        } else {
+            get_posture(&mut d)?
+        };
         if !d.done() {
             return Err(d.invalid("bytes after the end of the engine state"));
         }
@@ -521,8 +528,47 @@ impl Engine {
             self.revoked.revoke_subject(k, r);
         }
         report.revocations = self.revoked.len();
+        self.posture_state = posture;
         Ok(report)
     }
+}
+
+/// The posture section: key first-seen times (absolute ms), then asymmetric issuers.
+fn put_posture(e: &mut Enc<'_>, p: &super::posture::PostureState) {
+    let mut keys: Vec<_> = p.first_seen.iter().collect();
+    keys.sort_unstable();
+    e.varu(keys.len() as u64);
+    for (k, t) in keys {
+        e.u64(*k);
+        e.vari(*t);
+    }
+    let mut issuers: Vec<_> = p.asymmetric_issuers.iter().collect();
+    issuers.sort_unstable();
+    e.varu(issuers.len() as u64);
+    for k in issuers {
+        e.u64(*k);
+    }
+}
+
+fn get_posture(d: &mut Dec<'_>) -> Result<super::posture::PostureState, SnapshotError> {
+    let mut p = super::posture::PostureState::default();
+    let n = d.count(9)?;
+    if n > super::posture::MAX_KEYS {
+        return Err(d.invalid("more signing keys than the engine tracks"));
+    }
+    for _ in 0..n {
+        let k = d.u64()?;
+        let t = d.vari()?;
+        p.first_seen.insert(k, t);
+    }
+    let n = d.count(8)?;
+    if n > super::posture::MAX_ISSUERS {
+        return Err(d.invalid("more issuers than the engine tracks"));
+    }
+    for _ in 0..n {
+        p.asymmetric_issuers.insert(d.u64()?);
+    }
+    Ok(p)
 }
 
 #[cfg(test)]

@@ -34,8 +34,11 @@ const MAX_KEYS_TRIED: usize = 4;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
     Verified,
-    /// No key verifies it, or it cannot be verified with a public key (HS*, `none`).
+    /// Keys were there for it, and none verifies it: the signature is invalid.
     Failed,
+    /// It cannot be checked: no JWKS for its issuer, or no public-key algorithm (HS*,
+    /// `none`, unknown). Nothing is known of its signature.
+    Unchecked,
     /// It names a key id no JWKS holds (yet): worth checking again once the keys change.
     UnknownKey,
 }
@@ -151,17 +154,17 @@ impl Verifier {
     pub fn verify(&self, raw: RawToken<'_>, info: &TokenInfo) -> Verdict {
         let token = raw.expose();
         let (Some(alg), Some((message, signature))) = (signing_alg(info), token.rsplit_once('.')) else {
-            return Verdict::Failed;
+            return Verdict::Unchecked;
         };
         if info.unsigned || signature.is_empty() {
-            return Verdict::Failed;
+            return Verdict::Unchecked;
         }
         let sources = match info.iss.as_deref().and_then(|iss| self.by_issuer.get(iss)) {
             Some(s) => s.as_slice(),
             None => self.global.as_slice(),
         };
         if sources.is_empty() {
-            return Verdict::Failed;
+            return Verdict::Unchecked;
         }
         let kid = info.kid.as_deref();
         let mut known_kid = false;
@@ -169,7 +172,7 @@ impl Verifier {
             match check(s, kid, alg, message, signature) {
                 Verdict::Verified => return Verdict::Verified,
                 Verdict::Failed => known_kid = true,
-                Verdict::UnknownKey => {}
+                Verdict::UnknownKey | Verdict::Unchecked => {}
             }
         }
         if known_kid || kid.is_none() {
@@ -182,7 +185,7 @@ impl Verifier {
                 match check(s, kid, alg, message, signature) {
                     Verdict::Verified => return Verdict::Verified,
                     Verdict::Failed => verdict = Verdict::Failed,
-                    Verdict::UnknownKey => {}
+                    Verdict::UnknownKey | Verdict::Unchecked => {}
                 }
             }
         }

@@ -1,0 +1,301 @@
+//! Posture: what the deployment promises about its tokens, so rules can check traffic against it.
+//!
+//! The posture rules (`weak-algorithm`, `unknown-issuer-accepted`, `audience-mismatch`,
+//! `invalid-signature-accepted`, `sensitive-claims`, `token-over-http`, `stale-signing-key`)
+//! are ordinary rule files over fields that need facts no log line carries: which issuers are
+//! configured, which audience a route expects, which routes are protected, which claim names
+//! are sensitive, how old a signing key may be. [`Posture`] holds those facts, typed once at
+//! start (the service fills it from `[verify] issuers`, `[audiences]` and `[posture]`); the
+//! fields read it, never a string from a rule file. Everything here is bounded by the
+//! configuration, not by traffic: attacker text is only ever compared with configured text.
+
+/// The configuration the posture fields read. `Default` is the service's default: no issuers,
+/// no audiences, no protected routes, the default sensitive claim names, keys of 90 days.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Posture {
+    /// The issuers configured with a JWKS (`[verify] issuers`): their keys are public, so
+    /// they sign asymmetrically, and an accepted token of any other issuer is unexpected.
+    pub issuers: Vec<Box<str>>,
+    /// Path prefix → the audience a token must carry there, longest prefix first.
+    audiences: Vec<(Box<str>, Box<str>)>,
+    /// Path prefixes where the gateway must validate tokens (plus every `audiences` prefix).
+    protected: Vec<Box<str>>,
+    /// Claim-name patterns, normalized ([`normalize`]); `*` at either end is a wildcard.
+    sensitive: Vec<Box<str>>,
+    /// A signing key older than this (since tokenwatch first saw it sign) is stale.
+    pub max_key_age_ms: i64,
+}
+
+/// Claim names that indicate passwords, secrets, card and national id numbers, emails and
+/// phone numbers: the payload of a JWT is only base64, readable by everyone who holds it.
+pub const DEFAULT_SENSITIVE_CLAIMS: &[&str] = &[
+    "*password*",
+    "*passwd*",
+    "pwd",
+    "*secret*",
+    "*apikey*",
+    "*privatekey*",
+    "*creditcard*",
+    "*cardnumber*",
+    "ccnumber",
+    "cvv",
+    "cvc",
+    "iban",
+    "ssn",
+    "*socialsecurity*",
+    "*nationalid*",
+    "taxid",
+    "passport*",
+    "email",
+    "emailaddress",
+    "phone*",
+    "mobile*",
+];
+
+/// [`DEFAULT_SENSITIVE_CLAIMS`] as a configuration holds them.
+pub fn default_sensitive_claims() -> Vec<String> {
+    DEFAULT_SENSITIVE_CLAIMS.iter().map(ToString::to_string).collect()
+}
+
+/// 90 days, the rotation period the guidance tokenwatch follows suggests at most.
+pub const DEFAULT_MAX_KEY_AGE_MS: i64 = 90 * 86_400_000;
+
+/// At most this many sensitive claim names are kept per token (names only, each cut to
+/// [`MAX_CLAIM_NAME_BYTES`]): a token with a thousand odd claims costs no more than one with eight.
+pub const MAX_SENSITIVE_NAMES: usize = 8;
+/// Longer claim names are not matched (no configured name is that long).
+pub const MAX_CLAIM_NAME_BYTES: usize = 64;
+
+impl Default for Posture {
+    fn default() -> Self {
+        Posture::new(
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            default_sensitive_claims(),
+            DEFAULT_MAX_KEY_AGE_MS,
+        )
+    }
+}
+
+impl Posture {
+    pub fn new(
+        issuers: Vec<String>,
+        audiences: Vec<(String, String)>,
+        protected: Vec<String>,
+        sensitive: Vec<String>,
+        max_key_age_ms: i64,
+    ) -> Posture {
+        let mut audiences: Vec<(Box<str>, Box<str>)> =
+            audiences.into_iter().map(|(p, a)| (p.into(), a.into())).collect();
+        audiences.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then_with(|| a.0.cmp(&b.0)));
+        Posture {
+            issuers: issuers.into_iter().map(Into::into).collect(),
+            audiences,
+            protected: protected.into_iter().map(Into::into).collect(),
+            sensitive: sensitive.iter().map(|s| normalize(s).into()).collect(),
+            max_key_age_ms,
+        }
+    }
+
+    /// Whether `iss` is a configured issuer; `None` when none are configured (then every
+    /// issuer is as expected as any other).
+    pub fn issuer_configured(&self, iss: Option<&str>) -> Option<bool> {
+        (!self.issuers.is_empty()).then(|| iss.is_some_and(|i| self.issuers.iter().any(|c| **c == *i)))
+    }
+
+    /// The audience the route of `path` expects (longest configured prefix).
+    pub fn expected_audience(&self, path: &str) -> Option<&str> {
+        self.audiences
+            .iter()
+            .find(|(p, _)| path_under(path, p))
+            .map(|(_, a)| &**a)
+    }
+
+    /// Whether the gateway must validate tokens on `path`.
+    pub fn protected(&self, path: &str) -> bool {
+        self.protected.iter().any(|p| path_under(path, p)) || self.expected_audience(path).is_some()
+    }
+
+    pub fn has_sensitive_patterns(&self) -> bool {
+        !self.sensitive.is_empty()
+    }
+
+    /// Whether a claim name matches a configured pattern. Names only: no value is read.
+    pub fn sensitive_name(&self, name: &str) -> bool {
+        if name.len() > MAX_CLAIM_NAME_BYTES {
+            return false;
+        }
+        let n = normalize(name);
+        self.sensitive.iter().any(|p| glob(p, &n))
+    }
+
+    /// The sensitive names among `names`, at most [`MAX_SENSITIVE_NAMES`], in their order.
+    pub fn sensitive_names<'n>(&self, names: impl Iterator<Item = &'n str>) -> Box<[Box<str>]> {
+        if self.sensitive.is_empty() {
+            return Box::default();
+        }
+        names
+            .filter(|n| self.sensitive_name(n))
+            .take(MAX_SENSITIVE_NAMES)
+            .map(Into::into)
+            .collect()
+    }
+}
+
+/// The sensitive claim names of a compact token's payload: its keys are read, its values
+/// skipped unread. Called once per distinct token, after it decoded.
+pub(crate) fn payload_sensitive_names(raw: crate::token::RawToken<'_>, p: &Posture) -> Box<[Box<str>]> {
+    let Some(payload) = raw.expose().split('.').nth(1).and_then(crate::token::b64) else {
+        return Box::default();
+    };
+    match serde_json::from_slice::<std::collections::BTreeMap<String, serde::de::IgnoredAny>>(&payload) {
+        Ok(m) => p.sensitive_names(m.keys().map(|k| &**k)),
+        Err(_) => Box::default(),
+    }
+}
+
+/// `/billing` covers `/billing` and `/billing/...`, not `/billingx`; a prefix ending in `/`
+/// covers what starts with it.
+fn path_under(path: &str, prefix: &str) -> bool {
+    match path.strip_prefix(prefix) {
+        Some(rest) => prefix.ends_with('/') || rest.is_empty() || rest.starts_with(['/', '?']),
+        None => false,
+    }
+}
+
+/// Lower case without `_`, `-`, `.` and spaces: `card_number`, `cardNumber` and `Card-Number`
+/// are one name.
+fn normalize(s: &str) -> String {
+    s.chars()
+        .filter(|c| !matches!(c, '_' | '-' | '.' | ' '))
+        .map(|c| c.to_ascii_lowercase())
+        .collect()
+}
+
+/// `*x*` contains, `x*` starts with, `*x` ends with, `x` equals.
+fn glob(pattern: &str, name: &str) -> bool {
+    match (pattern.strip_prefix('*'), pattern.strip_suffix('*')) {
+        (Some(_), Some(_)) if pattern.len() >= 2 => name.contains(&pattern[1..pattern.len() - 1]),
+        (Some(end), _) => name.ends_with(end),
+        (_, Some(start)) => name.starts_with(start),
+        _ => name == pattern,
+    }
+}
+
+/// The family of a JWS `alg`, as rules and metrics name it: `HS`, `RS`, `PS`, `ES`, `EdDSA`,
+/// `none`, or `other` for a value outside the registered JOSE set (RFC 7518, 8037, 8812,
+/// 9864).
+pub fn alg_family(alg: &str) -> &'static str {
+    match alg {
+        "HS256" | "HS384" | "HS512" => "HS",
+        "RS256" | "RS384" | "RS512" => "RS",
+        "PS256" | "PS384" | "PS512" => "PS",
+        "ES256" | "ES384" | "ES512" | "ES256K" => "ES",
+        "EdDSA" | "Ed25519" | "Ed448" => "EdDSA",
+        a if a.eq_ignore_ascii_case("none") => "none",
+        _ => "other",
+    }
+}
+
+/// Whether the family signs with a private key that verifiers never hold.
+pub fn asymmetric(family: &str) -> bool {
+    matches!(family, "RS" | "PS" | "ES" | "EdDSA")
+}
+
+/// The registered algorithms, the only values the `alg` metric label takes (else `other`).
+pub const REGISTERED_ALGS: &[&str] = &[
+    "HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512",
+    "ES256K", "EdDSA", "Ed25519", "Ed448", "none",
+];
+
+/// What the `alg_strength` field says of a token: `asymmetric`, `symmetric` (HS*), `downgrade`
+/// (HS* from an issuer known to sign asymmetrically: configured with a JWKS, or seen signing
+/// genuine RS/PS/ES/EdDSA tokens), `none`, or `unregistered`.
+pub fn alg_strength(alg: Option<&str>, issuer_asymmetric: bool) -> Option<&'static str> {
+    Some(match alg_family(alg?) {
+        "HS" if issuer_asymmetric => "downgrade",
+        "HS" => "symmetric",
+        "none" => "none",
+        "other" => "unregistered",
+        _ => "asymmetric",
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn audiences_take_the_longest_prefix_on_path_boundaries() {
+        let p = Posture::new(
+            vec![],
+            vec![
+                ("/billing".into(), "billing-api".into()),
+                ("/billing/admin".into(), "admin".into()),
+            ],
+            vec!["/api/".into()],
+            vec![],
+            1,
+        );
+        assert_eq!(p.expected_audience("/billing/x"), Some("billing-api"));
+        assert_eq!(p.expected_audience("/billing"), Some("billing-api"));
+        assert_eq!(p.expected_audience("/billing/admin/y"), Some("admin"));
+        assert_eq!(p.expected_audience("/billingx"), None);
+        assert!(p.protected("/api/v1") && p.protected("/billing") && !p.protected("/public"));
+    }
+
+    #[test]
+    fn sensitive_names_are_matched_by_name_only_and_bounded() {
+        let p = Posture::default();
+        for yes in [
+            "password",
+            "user_password",
+            "Card-Number",
+            "creditCardNumber",
+            "email",
+            "phone_number",
+            "SSN",
+        ] {
+            assert!(p.sensitive_name(yes), "{yes}");
+        }
+        for no in [
+            "sub",
+            "scope",
+            "email_verified",
+            "session",
+            "company",
+            "roles",
+            "tenant",
+        ] {
+            assert!(!p.sensitive_name(no), "{no}");
+        }
+        let many: Vec<String> = (0..20).map(|i| format!("secret{i}")).collect();
+        assert_eq!(p.sensitive_names(many.iter().map(|s| &**s)).len(), MAX_SENSITIVE_NAMES);
+        assert!(!p.sensitive_name(&format!("password{}", "x".repeat(80))));
+    }
+
+    #[test]
+    fn algorithms_fall_in_families_and_strengths() {
+        assert_eq!(alg_family("HS256"), "HS");
+        assert_eq!(alg_family("ES256K"), "ES");
+        assert_eq!(alg_family("NONE"), "none");
+        assert_eq!(alg_family("RS1"), "other");
+        assert_eq!(alg_strength(Some("HS256"), true), Some("downgrade"));
+        assert_eq!(alg_strength(Some("HS256"), false), Some("symmetric"));
+        assert_eq!(alg_strength(Some("RS256"), true), Some("asymmetric"));
+        assert_eq!(alg_strength(Some("XS256"), false), Some("unregistered"));
+        assert_eq!(alg_strength(None, true), None);
+        assert_eq!(p_issuer(), (None, Some(true), Some(false)));
+    }
+
+    fn p_issuer() -> (Option<bool>, Option<bool>, Option<bool>) {
+        let none = Posture::default();
+        let some = Posture::new(vec!["https://a".into()], vec![], vec![], vec![], 1);
+        (
+            none.issuer_configured(Some("x")),
+            some.issuer_configured(Some("https://a")),
+            some.issuer_configured(None),
+        )
+    }
+}
