@@ -2,6 +2,7 @@
 //! so the pipeline's hot path touches no metric.
 
 use tokenwatch_core::pipeline::{Pipeline, Stats};
+use tokenwatch_core::posture::{IssuerStats, PostureStats};
 
 use crate::metrics::Metrics;
 
@@ -25,7 +26,41 @@ impl MetricSync {
         );
         m.jwks_errors
             .inc_by(p.jwks_errors().saturating_sub(m.jwks_errors.get()));
+        self.posture(p, m);
         self.last = s.clone();
+    }
+
+    /// Token hygiene: by issuer and algorithm, lifetimes, leaks, and the configured keys' ages
+    /// (wall clock at this edge: first seen is event time, which tracks it in a live stream).
+    fn posture(&self, p: &Pipeline, m: &Metrics) {
+        let (now, was) = (&p.stats.posture, &self.last.posture);
+        let cfg = p.engine().posture();
+        let zero = IssuerStats::default();
+        for (i, s) in now.by_issuer.iter().enumerate() {
+            let before = was.by_issuer.get(i).unwrap_or(&zero);
+            let iss = PostureStats::issuer_label(cfg, i);
+            for (a, (n, b)) in s.by_alg.iter().zip(&before.by_alg).enumerate() {
+                if n > b {
+                    let alg = PostureStats::alg_label(a);
+                    m.posture_tokens.with_label_values(&[iss, alg]).inc_by(n - b);
+                }
+            }
+            for (c, n, b) in [
+                (&m.posture_in_url, s.in_url, before.in_url),
+                (&m.posture_over_http, s.over_http, before.over_http),
+                (&m.posture_unverified, s.unverified, before.unverified),
+            ] {
+                c.with_label_values(&[iss]).inc_by(n.saturating_sub(b));
+            }
+        }
+        m.posture_lifetime.set(&now.lifetime, now.lifetime_sum_s);
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        for (iss, kid, first) in p.key_first_seen() {
+            let age_s = (now_ms - first).max(0) / 1000;
+            m.posture_key_age.with_label_values(&[&*iss, &*kid]).set(age_s);
+        }
     }
 
     /// Lines decoded and skipped, by reason.
@@ -77,5 +112,71 @@ impl MetricSync {
         for (rule, at) in p.engine().tripped() {
             m.rule_tripped.with_label_values(&[rule]).set(i64::from(at.is_some()));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use tokenwatch_core::pipeline::{Pipeline, PipelineConfig};
+    use tokenwatch_core::posture::Posture;
+    use tokenwatch_core::token::encode_unsigned_parts;
+
+    use super::*;
+
+    fn line(alg: &str, iss: &str, lifetime: i64, extra: &str) -> String {
+        let t = encode_unsigned_parts(
+            &serde_json::json!({"alg": alg}),
+            &serde_json::json!({"iss": iss, "sub": "u", "jti": format!("{alg}{iss}{lifetime}{extra}"), "iat": 1_795_910_400, "exp": 1_795_910_400 + lifetime}),
+            b"sig",
+        );
+        format!(r#"{{"ts":1795910400,"path":"/a","status":200,"authorization":"Bearer {t}"{extra}}}"#)
+    }
+
+    #[test]
+    fn posture_metrics_have_bounded_labels_and_exact_totals() {
+        let cfg = PipelineConfig {
+            posture: Arc::new(Posture::new(vec!["https://idp".into()], vec![], vec![], vec![], 1)),
+            ..PipelineConfig::default()
+        };
+        let mut p = Pipeline::new(tokenwatch_core::defaults::rules().unwrap(), None, cfg).unwrap();
+        let m = Metrics::new();
+        let mut sync = MetricSync::default();
+        let mut out = Vec::new();
+        for l in [
+            line("RS256", "https://idp", 600, r#","scheme":"http""#),
+            line("HS256", "https://idp", 3_600, ""),
+            // an issuer nobody configured and an algorithm nobody registered: `other`, not
+            // their text
+            line(
+                "XS999",
+                "https://attacker-chosen.example",
+                86_400 * 40,
+                r#","scheme":"https""#,
+            ),
+        ] {
+            p.process_line(l.as_bytes(), &mut out);
+        }
+        sync.sync(&p, &m);
+        p.process_line(line("RS256", "https://idp", 60, "").as_bytes(), &mut out);
+        sync.sync(&p, &m);
+        let body = m.render();
+        for want in [
+            r#"tokenwatch_posture_tokens_total{alg="RS256",issuer="https://idp"} 2"#,
+            r#"tokenwatch_posture_tokens_total{alg="HS256",issuer="https://idp"} 1"#,
+            r#"tokenwatch_posture_tokens_total{alg="other",issuer="other"} 1"#,
+            r#"tokenwatch_posture_tokens_over_http_total{issuer="https://idp"} 1"#,
+            r#"tokenwatch_posture_unverified_tokens_total{issuer="https://idp"} 3"#,
+            r#"tokenwatch_posture_token_lifetime_seconds_bucket{le="300"} 1"#,
+            r#"tokenwatch_posture_token_lifetime_seconds_bucket{le="900"} 2"#,
+            r#"tokenwatch_posture_token_lifetime_seconds_bucket{le="2592000"} 3"#,
+            r#"tokenwatch_posture_token_lifetime_seconds_bucket{le="+Inf"} 4"#,
+            r#"tokenwatch_posture_token_lifetime_seconds_sum 3460260"#,
+            r#"tokenwatch_posture_token_lifetime_seconds_count 4"#,
+        ] {
+            assert!(body.contains(want), "missing `{want}` in\n{body}");
+        }
+        assert!(!body.contains("attacker-chosen") && !body.contains("XS999"), "{body}");
     }
 }

@@ -92,6 +92,8 @@ pub struct Stats {
     /// Decoded events by the format that read them, and what they lacked.
     pub by_format: ByFormat,
     pub decisions: BTreeMap<(String, &'static str), u64>,
+    /// Token hygiene for the posture metrics ([`crate::posture::PostureStats`]).
+    pub posture: crate::posture::PostureStats,
 }
 
 /// [`FormatCounts`] for each format, in an array: counting an event costs no lookup.
@@ -462,6 +464,22 @@ impl Pipeline {
         &self.engine
     }
 
+    /// The configured issuers' signing keys (the key ids of their JWKS) that tokenwatch has
+    /// seen sign, with the event time it first saw each: the per-key age metric. Bounded by
+    /// the configured JWKS, never by traffic.
+    pub fn key_first_seen(&self) -> Vec<(Box<str>, Box<str>, i64)> {
+        let Some(v) = self.decoder.tokens.verifier() else {
+            return Vec::new();
+        };
+        v.issuer_kids()
+            .into_iter()
+            .filter_map(|(iss, kid)| {
+                let first = self.engine.key_first_seen(&iss, &kid)?;
+                Some((iss, kid, first))
+            })
+            .collect()
+    }
+
     /// JWKS reads and fetches that failed after the start.
     pub fn jwks_errors(&self) -> u64 {
         self.decoder.tokens.verifier().map_or(0, |v| v.errors())
@@ -593,6 +611,7 @@ impl Pipeline {
         c.no_path += u64::from(ev.path.is_empty());
         let start = out.len();
         self.stats.authenticated += u64::from(ev.authenticated);
+        self.stats.posture.observe(&ev, self.engine.posture());
         self.engine.process(&ev, out);
         if let Some(second) = &p.url_token {
             // The request carried a second, different token in its URL: it was used too, and
@@ -605,6 +624,7 @@ impl Pipeline {
                 ..ev
             };
             self.stats.authenticated += u64::from(ev2.authenticated);
+            self.stats.posture.observe(&ev2, self.engine.posture());
             self.engine.process(&ev2, out);
         }
         for d in &out[start..] {

@@ -222,6 +222,78 @@ pub fn alg_strength(alg: Option<&str>, issuer_asymmetric: bool) -> Option<&'stat
     })
 }
 
+/// Upper bounds (seconds) of the token-lifetime histogram: 5 min, 15 min, 1 h, 4 h, 24 h,
+/// 7 d, 30 d (and above).
+pub const LIFETIME_BUCKETS_S: [f64; 7] = [300.0, 900.0, 3_600.0, 14_400.0, 86_400.0, 604_800.0, 2_592_000.0];
+
+/// Token hygiene counted per event for the posture metrics, with labels from fixed sets only:
+/// the issuer as a configured issuer's index (any other is `other`), the algorithm as one of
+/// [`REGISTERED_ALGS`] (any other is `other`). Counting costs no allocation per event.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PostureStats {
+    /// By issuer label: the configured issuers in order, then `other`.
+    pub by_issuer: Vec<IssuerStats>,
+    /// Events by token lifetime (`exp - iat`): one count per [`LIFETIME_BUCKETS_S`] bucket,
+    /// not cumulative, the last for longer lifetimes.
+    pub lifetime: [u64; LIFETIME_BUCKETS_S.len() + 1],
+    pub lifetime_sum_s: f64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct IssuerStats {
+    /// By algorithm: [`REGISTERED_ALGS`] in order, then `other`.
+    pub by_alg: [u64; REGISTERED_ALGS.len() + 1],
+    pub in_url: u64,
+    pub over_http: u64,
+    /// Neither verified by tokenwatch nor attested by the gateway.
+    pub unverified: u64,
+}
+
+impl PostureStats {
+    /// Counts one event's token.
+    pub fn observe(&mut self, ev: &crate::input::Event<'_>, p: &Posture) {
+        let Some(t) = ev.token.as_deref() else { return };
+        let n = p.issuers.len() + 1;
+        if self.by_issuer.len() != n {
+            self.by_issuer.resize(n, IssuerStats::default());
+        }
+        let i = t
+            .iss
+            .as_deref()
+            .and_then(|iss| p.issuers.iter().position(|c| **c == *iss))
+            .unwrap_or(n - 1);
+        let a = t
+            .alg
+            .as_deref()
+            .and_then(|alg| REGISTERED_ALGS.iter().position(|r| *r == alg))
+            .unwrap_or(REGISTERED_ALGS.len());
+        let s = &mut self.by_issuer[i];
+        s.by_alg[a] += 1;
+        s.in_url += u64::from(ev.token_in_url);
+        s.over_http += u64::from(ev.scheme == Some(crate::input::Scheme::Http));
+        s.unverified += u64::from(!ev.authenticated);
+        if let Some(l) = t.lifetime() {
+            let secs = l.max(0) as f64;
+            let b = LIFETIME_BUCKETS_S
+                .iter()
+                .position(|ub| secs <= *ub)
+                .unwrap_or(LIFETIME_BUCKETS_S.len());
+            self.lifetime[b] += 1;
+            self.lifetime_sum_s += secs;
+        }
+    }
+
+    /// The label of `by_issuer[i]`.
+    pub fn issuer_label(p: &Posture, i: usize) -> &str {
+        p.issuers.get(i).map_or("other", |s| s)
+    }
+
+    /// The label of `by_alg[i]`.
+    pub fn alg_label(i: usize) -> &'static str {
+        REGISTERED_ALGS.get(i).copied().unwrap_or("other")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

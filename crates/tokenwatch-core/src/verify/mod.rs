@@ -145,6 +145,20 @@ impl Verifier {
         self
     }
 
+    /// (issuer, kid) of every key of the per-issuer JWKS, in issuer order.
+    pub fn issuer_kids(&self) -> Vec<(Box<str>, Box<str>)> {
+        let mut out = Vec::new();
+        let mut issuers: Vec<_> = self.by_issuer.iter().collect();
+        issuers.sort_by(|a, b| a.0.cmp(b.0));
+        for (iss, sources) in issuers {
+            for s in sources {
+                let Ok(keys) = s.keys.read() else { continue };
+                out.extend(keys.iter().filter_map(|k| Some((iss.clone(), k.kid.clone()?))));
+            }
+        }
+        out
+    }
+
     /// JWKS reads and fetches that failed after the start (the last good keys stay in use).
     pub fn errors(&self) -> u64 {
         self.errors.load(Ordering::Relaxed)
