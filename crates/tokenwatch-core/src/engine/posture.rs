@@ -98,6 +98,37 @@ impl PostureState {
     }
 }
 
+/// The posture facts that set this event apart, added to a `match` decision's evidence: only
+/// what is notable (plain HTTP, a downgrade, an unconfigured issuer, a missing audience, an
+/// invalid signature, sensitive claim names, a stale key), so that ordinary decisions read as
+/// before. Claim names, never values.
+pub(super) fn evidence(cx: &crate::rules::Ctx<'_>, e: &mut serde_json::Value) {
+    use crate::rules::{Field, Val};
+    let notable = [
+        (Field::Scheme, Val::Str("http")),
+        (Field::AlgStrength, Val::Str("downgrade")),
+        (Field::AlgStrength, Val::Str("unregistered")),
+        (Field::IssuerConfigured, Val::Bool(false)),
+        (Field::AudienceMatches, Val::Bool(false)),
+        (Field::SignatureInvalid, Val::Bool(true)),
+    ];
+    for (f, v) in notable {
+        if f.get(cx) == v {
+            e[f.name()] = v.to_json();
+        }
+    }
+    if Field::AudienceMatches.get(cx) == Val::Bool(false) {
+        e["audience_expected"] = Field::AudienceExpected.get(cx).to_json();
+    }
+    let names = Field::SensitiveClaims.get(cx);
+    if names != Val::Missing {
+        e["sensitive_claims"] = names.to_json();
+    }
+    if Field::KeyStale.get(cx) == Val::Bool(true) {
+        e["key_age"] = Field::KeyAge.get(cx).to_json();
+    }
+}
+
 fn hash(hasher: &ahash::RandomState, tag: u8, a: &str, b: &str) -> u64 {
     let mut h = hasher.build_hasher();
     tag.hash(&mut h);
