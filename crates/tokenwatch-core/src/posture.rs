@@ -121,13 +121,14 @@ impl Posture {
         !self.sensitive.is_empty()
     }
 
-    /// Whether a claim name matches a configured pattern. Names only: no value is read.
+    /// Whether a claim name matches a configured pattern. Names only: no value is read, and
+    /// nothing is allocated (the name is normalized on the stack).
     pub fn sensitive_name(&self, name: &str) -> bool {
-        if name.len() > MAX_CLAIM_NAME_BYTES {
+        let mut buf = [0u8; MAX_CLAIM_NAME_BYTES];
+        let Some(n) = normalize_into(name, &mut buf) else {
             return false;
-        }
-        let n = normalize(name);
-        self.sensitive.iter().any(|p| glob(p, &n))
+        };
+        self.sensitive.iter().any(|p| glob(p, n))
     }
 
     /// The sensitive names among `names`, at most [`MAX_SENSITIVE_NAMES`], in their order.
@@ -143,15 +144,61 @@ impl Posture {
     }
 }
 
-/// The sensitive claim names of a compact token's payload: its keys are read, its values
-/// skipped unread. Called once per distinct token, after it decoded.
+/// The sensitive claim names of a compact token's payload: its keys are read one by one and
+/// only matching names are kept; values are skipped unread. Called once per distinct token,
+/// after it decoded.
 pub(crate) fn payload_sensitive_names(raw: crate::token::RawToken<'_>, p: &Posture) -> Box<[Box<str>]> {
     let Some(payload) = raw.expose().split('.').nth(1).and_then(crate::token::b64) else {
         return Box::default();
     };
-    match serde_json::from_slice::<std::collections::BTreeMap<String, serde::de::IgnoredAny>>(&payload) {
-        Ok(m) => p.sensitive_names(m.keys().map(|k| &**k)),
+    let mut de = serde_json::Deserializer::from_slice(&payload);
+    match serde::Deserializer::deserialize_map(&mut de, NameScan { p, out: Vec::new() }) {
+        Ok(names) => names.into_boxed_slice(),
         Err(_) => Box::default(),
+    }
+}
+
+/// Visits a claims object's keys, keeping the sensitive ones.
+struct NameScan<'p> {
+    p: &'p Posture,
+    out: Vec<Box<str>>,
+}
+
+impl<'de> serde::de::Visitor<'de> for NameScan<'_> {
+    type Value = Vec<Box<str>>;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a claims object")
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(mut self, mut m: A) -> Result<Self::Value, A::Error> {
+        while m.next_key_seed(KeySeed(&mut self))?.is_some() {
+            m.next_value::<serde::de::IgnoredAny>()?;
+        }
+        Ok(self.out)
+    }
+}
+
+/// One key, borrowed or (when JSON escapes were resolved) transient: checked where it lies,
+/// copied only when it is sensitive.
+struct KeySeed<'a, 'p>(&'a mut NameScan<'p>);
+
+impl<'de> serde::de::DeserializeSeed<'de> for KeySeed<'_, '_> {
+    type Value = ();
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for KeySeed<'_, '_> {
+    type Value = ();
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a claim name")
+    }
+    fn visit_str<E: serde::de::Error>(self, name: &str) -> Result<(), E> {
+        let scan = self.0;
+        if scan.out.len() < MAX_SENSITIVE_NAMES && scan.p.sensitive_name(name) {
+            scan.out.push(name.into());
+        }
+        Ok(())
     }
 }
 
@@ -162,6 +209,20 @@ fn path_under(path: &str, prefix: &str) -> bool {
         Some(rest) => prefix.ends_with('/') || rest.is_empty() || rest.starts_with(['/', '?']),
         None => false,
     }
+}
+
+/// [`normalize`] into `buf`; `None` for a name longer than the buffer.
+fn normalize_into<'b>(s: &str, buf: &'b mut [u8; MAX_CLAIM_NAME_BYTES]) -> Option<&'b str> {
+    if s.len() > buf.len() {
+        return None;
+    }
+    let mut n = 0;
+    for b in s.bytes().filter(|b| !matches!(b, b'_' | b'-' | b'.' | b' ')) {
+        buf[n] = b.to_ascii_lowercase();
+        n += 1;
+    }
+    // Only ASCII bytes were dropped or changed: what is left is still UTF-8.
+    std::str::from_utf8(&buf[..n]).ok()
 }
 
 /// Lower case without `_`, `-`, `.` and spaces: `card_number`, `cardNumber` and `Card-Number`
@@ -345,6 +406,28 @@ mod tests {
         let many: Vec<String> = (0..20).map(|i| format!("secret{i}")).collect();
         assert_eq!(p.sensitive_names(many.iter().map(|s| &**s)).len(), MAX_SENSITIVE_NAMES);
         assert!(!p.sensitive_name(&format!("password{}", "x".repeat(80))));
+    }
+
+    #[test]
+    fn payload_names_are_found_escaped_or_not_and_values_never_read() {
+        let p = Posture::default();
+        let tok = crate::token::encode_unsigned_parts(
+            &serde_json::json!({"alg": "RS256"}),
+            &serde_json::json!({"sub": "password", "user_password": 1, "email": {"nested": "x"}, "scope": "email"}),
+            b"sig",
+        );
+        let names = payload_sensitive_names(crate::token::RawToken::new(&tok), &p);
+        // serde_json's map is ordered by key
+        assert_eq!(&*names, [Box::from("email"), Box::from("user_password")]);
+        let escaped = format!(
+            "e30.{}.sig",
+            base64::Engine::encode(
+                &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+                br#"{"pass\u0077ord":"x"}"#
+            )
+        );
+        let names = payload_sensitive_names(crate::token::RawToken::new(&escaped), &p);
+        assert_eq!(&*names, [Box::from("password")]);
     }
 
     #[test]
