@@ -46,15 +46,22 @@ impl PostureState {
             return Facts::default();
         };
         let configured = posture.issuer_configured(Some(iss)) == Some(true);
-        let iss_key = hash(hasher, 1, iss, "");
-        let genuine_asymmetric = ev.authenticated && tok.alg.as_deref().is_some_and(|a| asymmetric(alg_family(a)));
-        if genuine_asymmetric && !self.asymmetric_issuers.contains(&iss_key) {
-            if self.asymmetric_issuers.len() < MAX_ISSUERS {
-                self.asymmetric_issuers.insert(iss_key);
-            } else {
-                self.refused += 1;
+        let family = tok.alg.as_deref().map_or("other", alg_family);
+        let genuine_asymmetric = ev.authenticated && asymmetric(family);
+        // The issuer's hash only when it is learned or looked up: most events need neither.
+        let learned = if genuine_asymmetric {
+            let iss_key = hash(hasher, 1, iss, "");
+            if !self.asymmetric_issuers.contains(&iss_key) {
+                if self.asymmetric_issuers.len() < MAX_ISSUERS {
+                    self.asymmetric_issuers.insert(iss_key);
+                } else {
+                    self.refused += 1;
+                }
             }
-        }
+            true
+        } else {
+            family == "HS" && !configured && self.asymmetric_issuers.contains(&hash(hasher, 1, iss, ""))
+        };
         let key_age_ms = match tok.kid.as_deref() {
             Some(kid) if configured && genuine_asymmetric => {
                 let k = hash(hasher, 2, iss, kid);
@@ -78,7 +85,8 @@ impl PostureState {
             _ => None,
         };
         Facts {
-            issuer_asymmetric: configured || self.asymmetric_issuers.contains(&iss_key),
+            // (`learned` is only asked of HS* tokens, the only ones `alg_strength` reads it for.)
+            issuer_asymmetric: configured || learned,
             key_age_ms,
         }
     }
