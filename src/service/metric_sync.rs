@@ -179,4 +179,56 @@ mod tests {
         }
         assert!(!body.contains("attacker-chosen") && !body.contains("XS999"), "{body}");
     }
+
+    /// The key-age gauge: for the keys of a configured issuer's JWKS that signed a genuine
+    /// token, labelled by that issuer and key id only.
+    #[test]
+    fn signing_key_age_is_shown_for_configured_keys_only() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let jwks = root.join("tests/fixtures/keys/jwks.json").display().to_string();
+        let verify = tokenwatch_core::verify::VerifyConfig {
+            jwks: vec![],
+            issuers: vec![("https://idp.example.com".into(), jwks)],
+        };
+        let cfg = PipelineConfig {
+            verify: Some(Arc::new(tokenwatch_core::verify::Verifier::load(&verify).unwrap())),
+            posture: Arc::new(Posture::new(
+                vec!["https://idp.example.com".into()],
+                vec![],
+                vec![],
+                vec![],
+                1,
+            )),
+            ..PipelineConfig::default()
+        };
+        let mut p = Pipeline::new(tokenwatch_core::defaults::rules().unwrap(), None, cfg).unwrap();
+        let pem = std::fs::read(root.join("tests/fixtures/keys/rsa.pem")).unwrap();
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+        header.kid = Some("k1".into());
+        let claims = serde_json::json!({"iss": "https://idp.example.com", "sub": "u", "jti": "j1", "iat": 1_795_910_400, "exp": 1_795_914_000});
+        let t = jsonwebtoken::encode(
+            &header,
+            &claims,
+            &jsonwebtoken::EncodingKey::from_rsa_pem(&pem).unwrap(),
+        )
+        .unwrap();
+        let l = format!(r#"{{"ts":1795910400,"path":"/a","status":200,"authorization":"Bearer {t}"}}"#);
+        let mut out = Vec::new();
+        p.process_line(l.as_bytes(), &mut out);
+        let m = Metrics::new();
+        MetricSync::default().sync(&p, &m);
+        let body = m.render();
+        let age = body
+            .lines()
+            .find(|l| {
+                l.starts_with(
+                    r#"tokenwatch_posture_signing_key_age_seconds{issuer="https://idp.example.com",kid="k1"}"#,
+                )
+            })
+            .unwrap_or_else(|| panic!("no age of k1 in\n{body}"));
+        // wall clock minus the event time of 2026-11-29 (0 if the clock were earlier)
+        assert!(age.rsplit(' ').next().unwrap().parse::<i64>().is_ok(), "{age}");
+        // the JWKS's other keys never signed: no series for them
+        assert!(!body.contains(r#"kid="ec1""#), "{body}");
+    }
 }
