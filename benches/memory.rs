@@ -88,6 +88,8 @@ fn main() {
             // genuine use: every rule, the revoking ones too, tracks the token
             verified: true,
             claims: Box::new([]),
+            signature_invalid: false,
+            sensitive_claims: Box::default(),
         });
         let ev = Event {
             ts_ms: ts,
@@ -104,6 +106,7 @@ fn main() {
                 lon: -0.09,
                 accuracy_km: 10.0,
             }),
+            scheme: None,
         };
         engine.process(&ev, &mut out);
         out.clear();

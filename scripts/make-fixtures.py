@@ -91,7 +91,7 @@ def iso(ts, frac=3):
     return d.strftime("%Y-%m-%dT%H:%M:%S") + (".000" if frac == 3 else ".000000000") + "Z"
 
 
-def line(fmt, t, ip, method, path, status, token):
+def line(fmt, t, ip, method, path, status, token, scheme=None):
     ts = T0 + t
     auth = "Bearer " + token if token else None
     if fmt == "canonical":
@@ -121,7 +121,61 @@ def line(fmt, t, ip, method, path, status, token):
         o = {"msec": ts + 0.0, "time_iso8601": datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S+00:00"),
              "remote_addr": ip, "request_method": method, "request_uri": path, "status": status,
              "http_user_agent": UA, "http_authorization": auth or ""}
+    if scheme:
+        if fmt == "traefik":
+            o["RequestScheme"] = scheme
+        elif fmt == "kong":
+            o["request"]["url"] = f"{scheme}://api.example.com{path}"
+        else:  # canonical `scheme`, nginx `$scheme`, envoy `%REQ(:SCHEME)%` named `scheme`
+            o["scheme"] = scheme
     return json.dumps(o, separators=(",", ":"))
+
+
+def hs256(claims):
+    """An HS256 token (the shared secret of tests/it/support/keys.rs): a downgrade for an issuer
+    whose keys are public."""
+    import hmac
+    h = b64(json.dumps({"alg": "HS256", "typ": "JWT", "kid": "k1"}, separators=(",", ":")).encode())
+    p = b64(json.dumps(claims, separators=(",", ":")).encode())
+    s = b64(hmac.new(b"a shared secret", f"{h}.{p}".encode(), "sha256").digest())
+    return f"{h}.{p}.{s}"
+
+
+def forged(claims):
+    """A k1 RS256 header and claims with the signature of other claims: it never verifies."""
+    real = jwt(claims)
+    other = jwt(dict(claims, jti=claims["jti"] + "-other"))
+    return real.rsplit(".", 1)[0] + "." + other.rsplit(".", 1)[1]
+
+
+DAY = 86400
+# The posture scenario (tests/fixtures/posture/, tests/it/golden.rs): replayed with
+# tests/fixtures/posture/tokenwatch.toml, each posture rule fires once and its near miss does not.
+POSTURE = [
+    # (seconds after T0, client ip, path, status, token, scheme)
+    (10, "198.51.100.7", "/api/v1/orders", 200, jwt(tok("olga", "tok-olga-1", T0)), "https"),  # k1 first seen
+    (20, "198.51.100.7", "/api/v1/orders", 200, hs256(tok("ivan", "tok-hs-1", T0)), "https"),  # weak-algorithm
+    (30, "198.51.100.7", "/api/v1/orders", 200,
+     jwt(dict(tok("judy", "tok-partner-1", T0), iss="https://partner-idp.example.net")), "https"),  # unknown issuer
+    (31, "198.51.100.7", "/api/v1/orders", 401,
+     jwt(dict(tok("judy", "tok-partner-2", T0), iss="https://partner-idp.example.net")), "https"),  # near miss: rejected
+    (40, "198.51.100.7", "/billing/invoices", 200, jwt(tok("ken", "tok-aud-1", T0)), "https"),  # audience-mismatch
+    (41, "198.51.100.7", "/billing/invoices", 200, jwt(tok("ken", "tok-aud-2", T0, aud="billing-api")), "https"),
+    (50, "198.51.100.7", "/api/v1/orders", 200, forged(tok("leo", "tok-forged-1", T0)), "https"),  # invalid signature
+    (51, "198.51.100.7", "/api/v1/orders", 401, forged(tok("leo", "tok-forged-2", T0)), "https"),  # near miss: rejected
+    (60, "198.51.100.7", "/api/v1/me", 200, jwt(tok("mia", "tok-pii-1", T0, email="mia@example.com")), "https"),
+    (70, "198.51.100.7", "/api/v1/me", 200, jwt(tok("nick", "tok-http-1", T0)), "http"),  # token-over-http
+    (91 * DAY, "198.51.100.7", "/api/v1/orders", 200,
+     jwt(tok("olga", "tok-olga-2", T0 + 91 * DAY)), "https"),  # stale-signing-key: k1 91 days on
+]
+
+
+def posture_main():
+    os.makedirs(os.path.join(OUT, "posture"), exist_ok=True)
+    for fmt in ["canonical", "traefik", "kong", "envoy", "nginx"]:
+        lines = [line(fmt, t, ip, "GET", path, st, token, scheme) for (t, ip, path, st, token, scheme) in POSTURE]
+        with open(os.path.join(OUT, "posture", f"{fmt}.log"), "w") as f:
+            f.write("\n".join(lines) + "\n")
 
 
 def main():
@@ -149,3 +203,4 @@ def main():
 
 if __name__ == "__main__":
     main()
+    posture_main()

@@ -19,6 +19,8 @@ use prometheus::{
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
+use tokenwatch_core::posture::LIFETIME_BUCKETS_S;
+
 pub struct Metrics {
     pub registry: Registry,
     pub events: IntCounterVec,
@@ -77,6 +79,14 @@ pub struct Metrics {
     pub aggregated_decisions: IntCounter,
     /// New unauthenticated keys a rule refused because every key it held had progress.
     pub refused_keys: IntCounterVec,
+    /// Posture ([`tokenwatch_core::posture`]): labels are configured issuers (else `other`),
+    /// registered algorithms (else `other`) and configured JWKS key ids only.
+    pub posture_tokens: IntCounterVec,
+    pub posture_lifetime: Arc<TotalsHistogram>,
+    pub posture_in_url: IntCounterVec,
+    pub posture_over_http: IntCounterVec,
+    pub posture_unverified: IntCounterVec,
+    pub posture_key_age: IntGaugeVec,
     families: Vec<Family>,
 }
 
@@ -234,6 +244,33 @@ const REFUSED_KEYS: Def = (
     "New keys of unauthenticated events a rule did not track because every key it held had \
      progress towards a revoking threshold (those are never evicted for unauthenticated keys).",
 );
+// Posture: token hygiene (issue 14).
+const POSTURE_TOKENS: Def = (
+    "tokenwatch_posture_tokens_total",
+    "Events with a token, by issuer (configured issuers; `other`) and algorithm (registered \
+     JOSE algorithms; `other`).",
+);
+const POSTURE_LIFETIME: Def = (
+    "tokenwatch_posture_token_lifetime_seconds",
+    "Lifetime (exp - iat) of the tokens of events.",
+);
+const POSTURE_IN_URL: Def = (
+    "tokenwatch_posture_tokens_in_url_total",
+    "Events whose token was in the URL query, by issuer.",
+);
+const POSTURE_OVER_HTTP: Def = (
+    "tokenwatch_posture_tokens_over_http_total",
+    "Events whose token was sent over plain HTTP (formats that log the scheme), by issuer.",
+);
+const POSTURE_UNVERIFIED: Def = (
+    "tokenwatch_posture_unverified_tokens_total",
+    "Events whose token was neither verified with a JWKS nor attested by the gateway, by issuer.",
+);
+const POSTURE_KEY_AGE: Def = (
+    "tokenwatch_posture_signing_key_age_seconds",
+    "Time since tokenwatch first saw each key of a configured issuer's JWKS sign a genuine token.",
+);
+
 const DELAY_BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 ];
@@ -278,6 +315,12 @@ impl Registrar {
             IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric"),
             false,
         )
+    }
+
+    fn totals_histogram(&mut self, (name, help): Def, buckets: &[f64]) -> Arc<TotalsHistogram> {
+        let h = Arc::new(TotalsHistogram::new(name, help, buckets));
+        self.add(SharedCollector(h.clone()), true);
+        h
     }
 
     fn histogram(&mut self, (name, help): Def, buckets: &[f64]) -> Histogram {
@@ -331,6 +374,12 @@ impl Metrics {
             feed_unrevokes: r.counter(FEED_UNREVOKES),
             aggregated_decisions: r.counter(AGGREGATED_DECISIONS),
             refused_keys: r.counter_vec(REFUSED_KEYS, &["rule"]),
+            posture_tokens: r.counter_vec(POSTURE_TOKENS, &["issuer", "alg"]),
+            posture_lifetime: r.totals_histogram(POSTURE_LIFETIME, &LIFETIME_BUCKETS_S),
+            posture_in_url: r.counter_vec(POSTURE_IN_URL, &["issuer"]),
+            posture_over_http: r.counter_vec(POSTURE_OVER_HTTP, &["issuer"]),
+            posture_unverified: r.counter_vec(POSTURE_UNVERIFIED, &["issuer"]),
+            posture_key_age: r.gauge_vec(POSTURE_KEY_AGE, &["issuer", "kid"]),
             registry: r.registry,
             families: r.families,
         };
@@ -380,6 +429,73 @@ impl Metrics {
     /// `/metrics` shows, so readiness and the metrics never disagree.
     pub fn ready(&self) -> bool {
         self.assigned_partitions.get() > 0 && self.redis_up.get() == 1 && self.redis_refused.get() == 0
+    }
+}
+
+/// A histogram whose counts are set, not observed: the pipeline counts per bucket on its hot
+/// path without touching a metric ([`tokenwatch_core::posture::PostureStats`]), and the
+/// metric sync publishes the totals, exact sum included.
+pub struct TotalsHistogram {
+    desc: prometheus::core::Desc,
+    bounds: Vec<f64>,
+    /// Per bucket (not cumulative, the last above every bound), and the sum.
+    totals: std::sync::Mutex<(Vec<u64>, f64)>,
+}
+
+impl TotalsHistogram {
+    fn new(name: &str, help: &str, bounds: &[f64]) -> TotalsHistogram {
+        TotalsHistogram {
+            desc: prometheus::core::Desc::new(name.into(), help.into(), vec![], Default::default())
+                .expect("valid metric"),
+            bounds: bounds.to_vec(),
+            totals: std::sync::Mutex::new((vec![0; bounds.len() + 1], 0.0)),
+        }
+    }
+
+    /// Replaces the counts (one per bound, then one above) and the sum.
+    pub fn set(&self, counts: &[u64], sum: f64) {
+        if let Ok(mut t) = self.totals.lock() {
+            t.0.clear();
+            t.0.extend_from_slice(counts);
+            t.0.resize(self.bounds.len() + 1, 0);
+            t.1 = sum;
+        }
+    }
+}
+
+/// Registers an `Arc`'d collector (the registry wants an owned box).
+#[derive(Clone)]
+struct SharedCollector(Arc<TotalsHistogram>);
+
+impl Collector for SharedCollector {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        vec![&self.0.desc]
+    }
+
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        use prometheus::proto;
+        let (counts, sum) = self.0.totals.lock().map(|t| t.clone()).unwrap_or_default();
+        let mut cumulative = 0;
+        let mut buckets = Vec::with_capacity(self.0.bounds.len());
+        for (ub, n) in self.0.bounds.iter().zip(&counts) {
+            cumulative += n;
+            let mut b = proto::Bucket::default();
+            b.set_upper_bound(*ub);
+            b.set_cumulative_count(cumulative);
+            buckets.push(b);
+        }
+        let mut h = proto::Histogram::default();
+        h.set_sample_count(counts.iter().sum());
+        h.set_sample_sum(sum);
+        h.set_bucket(buckets);
+        let mut m = proto::Metric::default();
+        m.set_histogram(h);
+        let mut f = proto::MetricFamily::default();
+        f.set_name(self.0.desc.fq_name.clone());
+        f.set_help(self.0.desc.help.clone());
+        f.set_field_type(proto::MetricType::HISTOGRAM);
+        f.set_metric(vec![m]);
+        vec![f]
     }
 }
 

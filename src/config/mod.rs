@@ -76,6 +76,10 @@ pub struct Config {
     pub batch: BatchSection,
     pub dead_letter: DeadLetterSection,
     pub verify: VerifySection,
+    /// Path prefix → the audience a token must carry there: `"/billing" = "billing-api"`
+    /// (the `audience-mismatch` rule; such routes also count as protected).
+    pub audiences: BTreeMap<String, String>,
+    pub posture: PostureSection,
     /// librdkafka properties, passed through unchanged (TLS, SASL, fetch sizes...).
     pub kafka: BTreeMap<String, toml::Value>,
 }
@@ -102,6 +106,8 @@ impl Default for Config {
             batch: BatchSection::default(),
             dead_letter: DeadLetterSection::default(),
             verify: VerifySection::default(),
+            audiences: BTreeMap::new(),
+            posture: PostureSection::default(),
             kafka: BTreeMap::new(),
         }
     }
@@ -330,7 +336,44 @@ pub struct IssuerSection {
     pub jwks: String,
 }
 
+/// `[posture]`: what the posture rules compare traffic with ([`tokenwatch_core::posture`]).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PostureSection {
+    /// A configured issuer's signing key still in use this long after tokenwatch first saw it
+    /// is stale (`stale-signing-key`).
+    #[serde(deserialize_with = "de::duration")]
+    pub max_key_age: Duration,
+    /// Claim-name patterns that indicate sensitive data (`sensitive-claims`); `*` at either
+    /// end is a wildcard, case and `_`/`-` are ignored. Replaces the default list.
+    pub sensitive_claims: Vec<String>,
+    /// Path prefixes where the gateway must validate tokens (`invalid-signature-accepted`).
+    pub protected_paths: Vec<String>,
+}
+
+impl Default for PostureSection {
+    fn default() -> Self {
+        PostureSection {
+            max_key_age: de::millis(tokenwatch_core::posture::DEFAULT_MAX_KEY_AGE_MS),
+            sensitive_claims: tokenwatch_core::posture::default_sensitive_claims(),
+            protected_paths: Vec::new(),
+        }
+    }
+}
+
 impl Config {
+    /// What the posture fields compare with: `[verify] issuers`, `[audiences]`, `[posture]`.
+    pub fn posture(&self) -> tokenwatch_core::posture::Posture {
+        let p = &self.posture;
+        tokenwatch_core::posture::Posture::new(
+            self.verify.issuers.keys().cloned().collect(),
+            self.audiences.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            p.protected_paths.clone(),
+            p.sensitive_claims.clone(),
+            de::as_millis(p.max_key_age),
+        )
+    }
+
     /// The config file alone (`replay --config`).
     pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
         Loaded::from_layers(Layers::new().file(path)?)

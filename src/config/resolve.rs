@@ -86,6 +86,7 @@ impl Loaded {
             max_token_bytes: c.input.max_token_bytes,
             engine: c.engine(),
             verify: self.verifier()?,
+            posture: Arc::new(c.posture()),
         })
     }
 

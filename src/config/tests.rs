@@ -455,3 +455,18 @@ fn dead_letters_go_to_a_topic_instead_of_the_file() {
     );
     assert!(e.starts_with("dead_letter: set `file` or `topic`"), "{e}");
 }
+
+#[test]
+fn posture_reaches_the_core_typed_and_with_defaults() {
+    let d = parse("").unwrap().config.posture();
+    assert_eq!(d, tokenwatch_core::posture::Posture::default());
+    let text = "[verify.issuers.\"https://idp\"]\njwks = \"x.json\"\n\n[audiences]\n\"/billing\" = \"billing-api\"\n\n[posture]\nmax_key_age = \"30d\"\nsensitive_claims = [\"*salary*\"]\nprotected_paths = [\"/api\"]\n";
+    let p = parse(text).unwrap().config.posture();
+    assert_eq!(p.issuer_configured(Some("https://idp")), Some(true));
+    assert_eq!(p.expected_audience("/billing/x"), Some("billing-api"));
+    assert!(p.protected("/api/v1") && !p.protected("/public"));
+    assert!(p.sensitive_name("base_salary") && !p.sensitive_name("email"));
+    assert_eq!(p.max_key_age_ms, 30 * 86_400_000);
+    let e = parse("[posture]\nmax_age = \"30d\"\n").err().unwrap().to_string();
+    assert!(e.contains("max_age"), "{e}");
+}

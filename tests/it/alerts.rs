@@ -33,6 +33,10 @@ const TEMPLATABLE_LABELS: &[&str] = &[
     "output",
     "instance",
     "job",
+    // The posture metrics' issuer and key id: configured issuers and their JWKS key ids only
+    // (anything else is `other`), never text from a token.
+    "issuer",
+    "kid",
 ];
 
 fn root() -> PathBuf {

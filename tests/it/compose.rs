@@ -40,6 +40,12 @@ const SHOWN: &[&str] = &[
     "tokenwatch_redis_refused",
     "tokenwatch_http_accept_errors_total",
     "tokenwatch_rule_tripped",
+    "tokenwatch_posture_tokens_total",
+    "tokenwatch_posture_token_lifetime_seconds",
+    "tokenwatch_posture_tokens_in_url_total",
+    "tokenwatch_posture_tokens_over_http_total",
+    "tokenwatch_posture_unverified_tokens_total",
+    "tokenwatch_posture_signing_key_age_seconds",
 ];
 
 /// The metric families tokenwatch exports, read from the service's own registry. A dashboard

@@ -211,3 +211,44 @@ fn without_a_jwks_the_fixtures_revoke_nothing() {
         assert_eq!(p.stats.authenticated, 0, "{name}");
     }
 }
+
+/// The posture rules (issue 14) in every format that logs the scheme: the configuration
+/// (`[verify] issuers`, `[audiences]`, `[posture]`) goes through the service's own config
+/// loading, and each posture rule fires exactly once, on the request made to trigger it.
+#[test]
+fn posture_rules_fire_in_every_format_that_logs_the_scheme() {
+    let loaded = tokenwatch::config::Config::load(&common::fixture("posture/tokenwatch.toml")).unwrap();
+    let want_fired = [
+        ("weak-algorithm", "tok-hs-1"),
+        ("unknown-issuer-accepted", "tok-partner-1"),
+        ("audience-mismatch", "tok-aud-1"),
+        ("invalid-signature-accepted", "tok-forged-1"),
+        ("sensitive-claims", "tok-pii-1"),
+        ("token-over-http", "tok-http-1"),
+        ("stale-signing-key", "tok-olga-2"),
+    ];
+    for (name, format) in FORMATS {
+        let cfg = PipelineConfig {
+            format: *format,
+            ..loaded.pipeline().unwrap()
+        };
+        let mut p = common::pipeline_with(cfg);
+        let ds = common::run_file(&mut p, &common::fixture(&format!("posture/{name}.log")));
+        let posture: Vec<(&str, &str)> = ds
+            .iter()
+            .filter(|d| want_fired.iter().any(|(r, _)| **r == *d.rule))
+            .map(|d| (&*d.rule, d.token_id.as_deref().unwrap_or("")))
+            .collect();
+        assert_eq!(
+            posture, want_fired,
+            "{name}: the posture findings, in the order of the requests"
+        );
+        let got = render(&ds);
+        let golden = common::fixture(&format!("posture/{name}.decisions.jsonl"));
+        if std::env::var_os("TOKENWATCH_BLESS").is_some() {
+            std::fs::write(&golden, &got).unwrap();
+        }
+        let want = std::fs::read_to_string(&golden).unwrap();
+        assert_eq!(got, want, "{name}: decisions differ from {}", golden.display());
+    }
+}

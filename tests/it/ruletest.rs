@@ -130,7 +130,9 @@ fn the_shipped_rule_tests_pass_and_cover_every_default_rule() {
     let (rules, suite) = shipped();
     let report = suite.run(&rules);
     assert_eq!(report.failed(), 0, "{}", report.render());
-    assert_eq!(suite.files, rules.rules.len(), "one test file per default rule");
+    // One test file per default rule, and a second where a rule's configuration changes
+    // what it means (its `posture:`).
+    assert!(suite.files >= rules.rules.len(), "a test file per default rule");
     for r in &rules.rules {
         let n = suite.cases.iter().filter(|c| c.rule == *r.id).count();
         assert!(n >= 4, "{}: only {n} cases", r.id);

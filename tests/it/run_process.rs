@@ -28,7 +28,7 @@ fn sighup_reloads_the_rules_and_sigint_exits_0() {
     tw.wait_metrics("a reload on SIGHUP", 20, |b| metric(b, ok) == Some(1.0));
     tw.signal("HUP");
     let body = tw.wait_metrics("a second reload", 20, |b| metric(b, ok) == Some(2.0));
-    assert_eq!(metric(&body, "tokenwatch_rules_loaded"), Some(8.0));
+    assert_eq!(metric(&body, "tokenwatch_rules_loaded"), Some(15.0));
 
     tw.signal("INT");
     let status = tw.wait_exit(30);

@@ -251,7 +251,7 @@ async fn logs_in_kafka_become_revocations_in_redis_and_metrics() {
         "tokenwatch_events_total{result=\"decoded\"} 23",
         "tokenwatch_events_total{result=\"skipped\"} 3",
         "tokenwatch_decode_errors_total{reason=\"invalid_json\"} 2",
-        "tokenwatch_rules_loaded 8",
+        "tokenwatch_rules_loaded 15",
         "tokenwatch_redis_up 1",
         "tokenwatch_decision_delay_seconds_count 9",
     ] {
@@ -386,7 +386,7 @@ async fn an_invalid_rule_edit_keeps_the_running_rules() {
     let metrics = svc.metrics.clone();
     // once partitions are assigned, the loop has taken its first look at the rule directory
     wait_until("the service to start", 30, || metrics.assigned_partitions.get() > 0).await;
-    assert_eq!(metrics.rules_loaded.get(), 8);
+    assert_eq!(metrics.rules_loaded.get(), 15);
 
     std::fs::write(rules.path().join("broken.yaml"), "id: broken\nseverity: severe\n").unwrap();
     let m = metrics.clone();
@@ -394,7 +394,7 @@ async fn an_invalid_rule_edit_keeps_the_running_rules() {
         m.rule_reloads.with_label_values(&["error"]).get() == 1
     })
     .await;
-    assert_eq!(metrics.rules_loaded.get(), 8, "still running the old rules");
+    assert_eq!(metrics.rules_loaded.get(), 15, "still running the old rules");
 
     std::fs::write(
         rules.path().join("broken.yaml"),
@@ -405,7 +405,7 @@ async fn an_invalid_rule_edit_keeps_the_running_rules() {
         m.rule_reloads.with_label_values(&["ok"]).get() >= 1
     })
     .await;
-    assert_eq!(metrics.rules_loaded.get(), 9);
+    assert_eq!(metrics.rules_loaded.get(), 16);
     // SIGHUP-style reload request
     svc.hup.send_modify(|n| *n += 1);
     wait_until("a reload on request", 30, || {

@@ -13,6 +13,10 @@ use crate::rules::{load_str, LoadErrors, RuleSet};
 /// The default rule files, by name.
 pub(crate) const RULE_FILES: &[(&str, &str)] = &[
     (
+        "audience-mismatch.yaml",
+        include_str!("../../../rules/audience-mismatch.yaml"),
+    ),
+    (
         "excessive-lifetime.yaml",
         include_str!("../../../rules/excessive-lifetime.yaml"),
     ),
@@ -29,14 +33,38 @@ pub(crate) const RULE_FILES: &[(&str, &str)] = &[
         include_str!("../../../rules/impossible-travel.yaml"),
     ),
     (
+        "invalid-signature-accepted.yaml",
+        include_str!("../../../rules/invalid-signature-accepted.yaml"),
+    ),
+    (
         "revoked-token-used.yaml",
         include_str!("../../../rules/revoked-token-used.yaml"),
     ),
+    (
+        "sensitive-claims.yaml",
+        include_str!("../../../rules/sensitive-claims.yaml"),
+    ),
+    (
+        "stale-signing-key.yaml",
+        include_str!("../../../rules/stale-signing-key.yaml"),
+    ),
     ("token-in-url.yaml", include_str!("../../../rules/token-in-url.yaml")),
+    (
+        "token-over-http.yaml",
+        include_str!("../../../rules/token-over-http.yaml"),
+    ),
     ("token-replay.yaml", include_str!("../../../rules/token-replay.yaml")),
+    (
+        "unknown-issuer-accepted.yaml",
+        include_str!("../../../rules/unknown-issuer-accepted.yaml"),
+    ),
     (
         "unsigned-token.yaml",
         include_str!("../../../rules/unsigned-token.yaml"),
+    ),
+    (
+        "weak-algorithm.yaml",
+        include_str!("../../../rules/weak-algorithm.yaml"),
     ),
 ];
 

@@ -48,6 +48,9 @@ pub struct PipelineConfig {
     pub engine: EngineConfig,
     /// Verifies token signatures (`--jwks`); `None`: no token is `verified`.
     pub verify: Option<Arc<Verifier>>,
+    /// What the posture fields compare traffic with (`[verify] issuers`, `[audiences]`,
+    /// `[posture]`).
+    pub posture: Arc<crate::posture::Posture>,
 }
 
 impl PipelineConfig {
@@ -68,6 +71,7 @@ impl Default for PipelineConfig {
             max_token_bytes: crate::token::DEFAULT_MAX_TOKEN_BYTES,
             engine: EngineConfig::default(),
             verify: None,
+            posture: Arc::default(),
         }
     }
 }
@@ -90,6 +94,8 @@ pub struct Stats {
     /// Decoded events by the format that read them, and what they lacked.
     pub by_format: ByFormat,
     pub decisions: BTreeMap<(String, &'static str), u64>,
+    /// Token hygiene for the posture metrics ([`crate::posture::PostureStats`]).
+    pub posture: crate::posture::PostureStats,
 }
 
 /// [`FormatCounts`] for each format, in an array: counting an event costs no lookup.
@@ -197,6 +203,7 @@ struct DecodedEvent {
     authenticated: bool,
     url_token: Option<Arc<TokenInfo>>,
     geo: Option<GeoPoint>,
+    scheme: Option<crate::input::Scheme>,
     token_errors: Vec<DecodeError>,
     attestation_mismatch: bool,
     format: Format,
@@ -262,7 +269,8 @@ impl Decoder {
             tokens: TokenCache::new(wanted_claims)
                 .with_budget_bytes(cfg.token_cache_bytes)
                 .with_verifier(cfg.verify.clone())
-                .with_max_token_bytes(cfg.max_token_bytes),
+                .with_max_token_bytes(cfg.max_token_bytes)
+                .with_posture(Some(cfg.posture.clone())),
             geo,
         })
     }
@@ -302,6 +310,7 @@ impl Decoder {
             authenticated: ev.authenticated,
             url_token: parsed.url_token,
             geo: ev.geo,
+            scheme: ev.scheme,
             token_errors: parsed.token_errors,
             attestation_mismatch: parsed.attestation_mismatch,
             format: parsed.format,
@@ -453,9 +462,11 @@ impl Pipeline {
     /// Fails only for a format that cannot read lines (`custom` without its mapping).
     pub fn new(rules: Arc<RuleSet>, geo: Option<GeoDb>, cfg: PipelineConfig) -> Result<Self, FormatError> {
         let decoder = Decoder::new(geo, &cfg, rules.wanted_claims())?;
+        let mut engine = Engine::new(rules, cfg.engine);
+        engine.set_posture(cfg.posture.clone());
         Ok(Pipeline {
             decoder,
-            engine: Engine::new(rules, cfg.engine),
+            engine,
             stats: Stats::default(),
             posture_stats: None,
         })
@@ -474,6 +485,22 @@ impl Pipeline {
 
     pub fn engine(&self) -> &Engine {
         &self.engine
+    }
+
+    /// The configured issuers' signing keys (the key ids of their JWKS) that tokenwatch has
+    /// seen sign, with the event time it first saw each: the per-key age metric. Bounded by
+    /// the configured JWKS, never by traffic.
+    pub fn key_first_seen(&self) -> Vec<(Box<str>, Box<str>, i64)> {
+        let Some(v) = self.decoder.tokens.verifier() else {
+            return Vec::new();
+        };
+        v.issuer_kids()
+            .into_iter()
+            .filter_map(|(iss, kid)| {
+                let first = self.engine.key_first_seen(&iss, &kid)?;
+                Some((iss, kid, first))
+            })
+            .collect()
     }
 
     /// JWKS reads and fetches that failed after the start.
@@ -598,6 +625,7 @@ impl Pipeline {
             token_in_url: p.token_in_url,
             authenticated: p.authenticated,
             geo: p.geo,
+            scheme: p.scheme,
         };
         let c = self.stats.by_format.get_mut(p.format);
         c.events += 1;
@@ -606,6 +634,7 @@ impl Pipeline {
         c.no_path += u64::from(ev.path.is_empty());
         let start = out.len();
         self.stats.authenticated += u64::from(ev.authenticated);
+        self.stats.posture.observe(&ev, self.engine.posture());
         self.engine.process(&ev, out);
         if let Some(stats) = &mut self.posture_stats {
             stats.observe(&ev, &out[start..]);
@@ -621,6 +650,7 @@ impl Pipeline {
                 ..ev
             };
             self.stats.authenticated += u64::from(ev2.authenticated);
+            self.stats.posture.observe(&ev2, self.engine.posture());
             let second_start = out.len();
             self.engine.process(&ev2, out);
             if let Some(stats) = &mut self.posture_stats {

@@ -130,6 +130,12 @@ pub struct TokenInfo {
     pub verified: bool,
     /// Claims that the loaded rules refer to by name (`claim.NAME`), as strings or numbers.
     pub claims: Box<[(Box<str>, ClaimValue)]>,
+    /// A JWKS held keys for it and none verified it ([`Verdict::Failed`]): a forged or
+    /// tampered token, not merely one tokenwatch cannot check.
+    pub signature_invalid: bool,
+    /// The names of its claims that match `[posture] sensitive_claims` (names only, bounded:
+    /// [`crate::posture::MAX_SENSITIVE_NAMES`]).
+    pub sensitive_claims: Box<[Box<str>]>,
 }
 
 /// A scalar claim value kept for rules that filter on custom claims.
@@ -322,6 +328,8 @@ fn build(h: Header, c: Claims, token_id: Box<str>, empty_sig: bool, extra: Vec<(
         unsigned,
         verified: false,
         claims: extra.into_boxed_slice(),
+        signature_invalid: false,
+        sensitive_claims: Box::default(),
     }
 }
 
@@ -366,7 +374,7 @@ fn is_object(json: &[u8]) -> bool {
     json.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{')
 }
 
-fn b64(seg: &str) -> Option<Vec<u8>> {
+pub(crate) fn b64(seg: &str) -> Option<Vec<u8>> {
     // Some issuers pad their segments; the standard says not to, but tokens in the wild do.
     URL_SAFE_NO_PAD.decode(seg.trim_end_matches('=')).ok()
 }
@@ -545,6 +553,8 @@ pub struct TokenCache {
     verifier: Option<Arc<Verifier>>,
     /// Longer tokens are not decoded (`[input] max_token_bytes`).
     max_token_bytes: usize,
+    /// Which claim names are sensitive (`[posture]`); `None`: none are looked for.
+    posture: Option<Arc<crate::posture::Posture>>,
 }
 
 /// `[engine] token_cache_bytes` by default.
@@ -636,6 +646,7 @@ impl TokenCache {
             shared: Interner::default(),
             verifier: None,
             max_token_bytes: DEFAULT_MAX_TOKEN_BYTES,
+            posture: None,
         }
     }
 
@@ -672,6 +683,7 @@ impl TokenCache {
             .with_verifier(self.verifier.clone())
             .with_max_token_bytes(self.max_token_bytes)
             .with_budget_bytes(self.budget_bytes / parts.max(1))
+            .with_posture(self.posture.clone())
     }
 
     /// Drops every decoded token and the strings they shared, and frees the tables.
@@ -691,6 +703,15 @@ impl TokenCache {
             + table_bytes(self.map.capacity(), entry)
             + table_bytes(self.errors.capacity(), error)
             + self.shared.heap_bytes()
+
+    /// Looks for the sensitive claim names of this posture in each distinct token.
+    pub fn with_posture(mut self, posture: Option<Arc<crate::posture::Posture>>) -> Self {
+        self.posture = posture;
+        self
+    }
+
+    pub fn posture(&self) -> Option<&crate::posture::Posture> {
+        self.posture.as_deref()
     }
 
     /// Changes the claims kept for rules (after a rule reload); forgets what was decoded.
@@ -717,7 +738,7 @@ impl TokenCache {
             if let (true, Some(v)) = (*retry, &self.verifier) {
                 match v.verify(raw, info) {
                     Verdict::UnknownKey => {}
-                    Verdict::Failed => *retry = false,
+                    Verdict::Failed | Verdict::Unchecked => *retry = false,
                     Verdict::Verified => {
                         let mut again = (**info).clone();
                         again.verified = true;
@@ -735,6 +756,9 @@ impl TokenCache {
             Ok(mut info) => {
                 self.make_room(&info);
                 self.shared.share(&mut info);
+                if let Some(p) = self.posture.as_deref().filter(|p| p.has_sensitive_patterns()) {
+                    info.sensitive_claims = crate::posture::payload_sensitive_names(raw, p);
+                }
                 let retry = self.verifier.as_ref().is_some_and(|v| verify(v, raw, &mut info));
                 let info = Arc::new(info);
                 self.entry_bytes += entry_heap_bytes(&info);
@@ -782,6 +806,7 @@ impl TokenCache {
 fn verify(v: &Verifier, raw: RawToken<'_>, info: &mut TokenInfo) -> bool {
     let verdict = v.verify(raw, info);
     info.verified = verdict == Verdict::Verified;
+    info.signature_invalid = verdict == Verdict::Failed;
     verdict == Verdict::UnknownKey
 }
 

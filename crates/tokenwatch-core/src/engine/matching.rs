@@ -73,5 +73,6 @@ fn evidence(cx: &Ctx<'_>) -> Value {
     if ev.token_in_url {
         e["token_in_url"] = json!(true);
     }
+    super::posture::evidence(cx, &mut e);
     e
 }

@@ -21,6 +21,7 @@ pub mod count;
 pub mod distinct;
 pub mod keymap;
 pub mod matching;
+pub mod posture;
 pub mod revoked;
 pub mod snapshot;
 mod state;
@@ -126,6 +127,9 @@ pub struct Engine {
     late_events: u64,
     /// `explain`: one rule observed for one token or subject; `None` in service.
     trace: Option<Box<Trace>>,
+    /// What the deployment promises, and what the posture fields learned from traffic.
+    posture: Arc<crate::posture::Posture>,
+    posture_state: posture::PostureState,
 }
 
 impl Engine {
@@ -147,7 +151,28 @@ impl Engine {
             events: 0,
             late_events: 0,
             trace: None,
+            posture: Arc::default(),
+            posture_state: posture::PostureState::default(),
         }
+    }
+
+    /// Sets what the posture fields compare traffic with ([`crate::posture`]).
+    pub fn set_posture(&mut self, posture: Arc<crate::posture::Posture>) {
+        self.posture = posture;
+    }
+
+    pub fn posture(&self) -> &Arc<crate::posture::Posture> {
+        &self.posture
+    }
+
+    /// What the posture fields learned: key first-seen times, asymmetric issuers.
+    pub fn posture_state(&self) -> &posture::PostureState {
+        &self.posture_state
+    }
+
+    /// The event time a configured issuer's key was first seen signing (the key-age metric).
+    pub fn key_first_seen(&self, iss: &str, kid: &str) -> Option<i64> {
+        self.posture_state.first_seen_of(iss, kid, &self.hasher)
     }
 
     /// Starts (or, with `None`, stops) recording what one rule does with the events of one
@@ -290,10 +315,15 @@ impl Engine {
             .as_ref()
             .and_then(|t| t.exp)
             .is_some_and(|exp| exp.saturating_add(self.cfg.revocation.leeway_s).saturating_mul(1000) < ts);
+        let posture = self.posture.clone();
+        let facts = self.posture_state.observe(ev, &posture, &self.hasher);
         let cx = Ctx {
             ev,
             expired,
             network: ev.client_ip.map(crate::geo::network),
+            posture: &posture,
+            issuer_asymmetric: facts.issuer_asymmetric,
+            key_age_ms: facts.key_age_ms,
         };
         let start = out.len();
         let rules = self.rules.clone();

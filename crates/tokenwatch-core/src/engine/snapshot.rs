@@ -52,8 +52,9 @@ pub enum StateFormat {
     /// Checkpoint format 1: windows, cooldowns and revocations; no revocation budgets, no
     /// feed ids on revocations, no aggregation groups.
     V1,
-    /// Format 2: each rule's revocation budget follows its keys, revocations carry their feed
-    /// id (so an `unrevoke` can reach a restored one), the aggregation groups follow.
+    /// Format 2: each rule's revocation budget follows its keys, keys carry their eviction
+    /// class, revocations their feed id (so an `unrevoke` can reach a restored one), and the
+    /// aggregation groups and the posture state (signing keys' first-seen times) follow.
     V2,
 }
 
@@ -572,59 +573,11 @@ impl Engine {
         }
         put_revoked(&mut e, &self.revoked.tokens);
         put_revoked(&mut e, &self.revoked.subjects);
-        put_groups(&mut e, &self.aggregate);
-    }
-
-    /// Replaces the engine's state with a snapshot's (of this build's layout); on error,
-    /// nothing changes.
-    pub fn restore(&mut self, bytes: &[u8]) -> Result<Restored, SnapshotError> {
-        self.restore_format(bytes, StateFormat::V2)
-    }
-
-    /// Replaces the engine's state with a snapshot's in layout `format`; on error, nothing
-    /// changes.
-    pub fn restore_format(&mut self, bytes: &[u8], format: StateFormat) -> Result<Restored, SnapshotError> {
-        let mut d = Dec::new(bytes);
-        let budget = |d: &mut Dec<'_>| match format {
-            StateFormat::V2 => get_budget(d),
-            StateFormat::V1 => Ok(BudgetState::default()),
-        };
-        let seeds = [d.u64()?, d.u64()?, d.u64()?, d.u64()?];
-        if format == StateFormat::V1 {
-            d.read_v1_as_v2(ahash::RandomState::with_seeds(seeds[0], seeds[1], seeds[2], seeds[3]));
-        }
-        let newest = d.vari()?;
-        let next_sweep = d.vari()?;
-        let n = d.count(17)?;
-        let mut saved: Vec<([u8; 16], State, BudgetState)> = Vec::with_capacity(n);
-        for _ in 0..n {
-            let mut fp = [0u8; 16];
-            fp.copy_from_slice(d.take(16)?);
-            let tag = d.u8()?;
-            // The state is decoded into the shape (kind, cap, retention) of the loaded rule
-            // with this fingerprint, if any; otherwise decoded only to be checked and dropped.
-            let shape = self
-                .rules
-                .rules
-                .iter()
-                .find(|r| fingerprint(r) == fp)
-                .map(|r| State::for_rule(r, &self.cfg));
-            match shape {
-                Some(mut state) => {
-                    each_kind!(&mut state, k => get_state(&mut d, tag, &mut k.keys))?;
-                    saved.push((fp, state, budget(&mut d)?));
-                }
-                None => {
-                    skip_state(&mut d, tag)?;
-                    budget(&mut d)?;
-                }
-            }
-        }
         let tokens = get_revoked(&mut d, &self.rules.rules, format)?;
         let subjects = get_revoked(&mut d, &self.rules.rules, format)?;
-        let groups = match format {
-            StateFormat::V2 => get_groups(&mut d)?,
-            StateFormat::V1 => super::keymap::IdMap::default(),
+        let (groups, posture) = match format {
+            StateFormat::V2 => (get_groups(&mut d)?, get_posture(&mut d)?),
+            StateFormat::V1 => Default::default(),
         };
         if !d.done() {
             return Err(d.invalid("bytes after the end of the engine state"));
@@ -665,8 +618,47 @@ impl Engine {
         }
         report.revocations = self.revoked.len();
         self.aggregate.groups = groups;
+        self.posture_state = posture;
         Ok(report)
     }
+}
+
+/// The posture section: key first-seen times (absolute ms), then asymmetric issuers.
+fn put_posture(e: &mut Enc<'_>, p: &super::posture::PostureState) {
+    let mut keys: Vec<_> = p.first_seen.iter().collect();
+    keys.sort_unstable();
+    e.varu(keys.len() as u64);
+    for (k, t) in keys {
+        e.u64(*k);
+        e.vari(*t);
+    }
+    let mut issuers: Vec<_> = p.asymmetric_issuers.iter().collect();
+    issuers.sort_unstable();
+    e.varu(issuers.len() as u64);
+    for k in issuers {
+        e.u64(*k);
+    }
+}
+
+fn get_posture(d: &mut Dec<'_>) -> Result<super::posture::PostureState, SnapshotError> {
+    let mut p = super::posture::PostureState::default();
+    let n = d.count(9)?;
+    if n > super::posture::MAX_KEYS {
+        return Err(d.invalid("more signing keys than the engine tracks"));
+    }
+    for _ in 0..n {
+        let k = d.u64()?;
+        let t = d.vari()?;
+        p.first_seen.insert(k, t);
+    }
+    let n = d.count(8)?;
+    if n > super::posture::MAX_ISSUERS {
+        return Err(d.invalid("more issuers than the engine tracks"));
+    }
+    for _ in 0..n {
+        p.asymmetric_issuers.insert(d.u64()?);
+    }
+    Ok(p)
 }
 
 #[cfg(test)]

@@ -3,7 +3,8 @@
 //! `ts`, `client_ip`, `method`, `path` (with query), `status`, `user_agent`, and the token as
 //! `authorization` (`Bearer <jwt>`) or `token` (bare JWT); optionally `geo` {lat, lon,
 //! accuracy_km} and `jwt_header` / `jwt_claims` for gateways that log claims, not tokens; and
-//! `authenticated` (boolean) when the pipeline knows the gateway verified the token.
+//! `authenticated` (boolean) when the pipeline knows the gateway verified the token; `scheme`
+//! (`http` / `https`) when it knows how the client connected.
 
 use super::{Fields, RawLine};
 
@@ -21,6 +22,7 @@ pub fn fields<'a>(r: &mut RawLine<'a>) -> Fields<'a> {
         jwt_claims: r.jwt_claims.take(),
         geo: r.geo.0.take().and_then(|g| g.raw()),
         authenticated: r.authenticated.take(),
+        scheme: r.scheme.0.take(),
         ..Fields::default()
     }
 }

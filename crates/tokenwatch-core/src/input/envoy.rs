@@ -23,6 +23,7 @@ pub fn fields<'a>(r: &mut RawLine<'a>) -> Fields<'a> {
         authorization: r.authorization.0.take(),
         jwt_claims: r.jwt_payload.take().filter(serde_json::Value::is_object),
         claims_attested: true,
+        scheme: r.scheme.0.take().or(r.x_forwarded_proto.0.take()),
         ..Fields::default()
     }
 }

@@ -22,6 +22,7 @@ pub fn fields<'a>(r: &mut RawLine<'a>) -> Fields<'a> {
 pub(crate) fn request_fields<'a>(r: &mut RawLine<'a>, ts: Option<Scalar<'a>>) -> Fields<'a> {
     let req = r.request.take_object();
     let headers = req.headers.0.unwrap_or_default();
+    let scheme = req.url.0.as_deref().and_then(url_scheme).map(Cow::Borrowed);
     Fields {
         ts,
         client_ip: r.client_ip.0.take(),
@@ -34,8 +35,16 @@ pub(crate) fn request_fields<'a>(r: &mut RawLine<'a>, ts: Option<Scalar<'a>>) ->
         jwt_claims: r.jwt_claims.take(),
         authenticated: r.authenticated_entity.take().map(|_| true),
         claims_attested: true,
+        scheme,
         ..Fields::default()
     }
+}
+
+/// The scheme of an absolute URL (`request.url`, `https://host/path`): only `http` or
+/// `https`, so nothing of the URL itself is kept.
+fn url_scheme(url: &str) -> Option<&'static str> {
+    let (scheme, _) = url.split_once("://")?;
+    ["http", "https"].into_iter().find(|s| scheme.eq_ignore_ascii_case(s))
 }
 
 /// `GET /path?q HTTP/1.1` → (`GET`, `/path?q`): nginx's `$request`, API Gateway's `routeKey`.

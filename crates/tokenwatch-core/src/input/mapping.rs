@@ -206,6 +206,7 @@ impl Mapping {
                 _ => None,
             }),
             claims_attested: false,
+            scheme: None,
         })
     }
 

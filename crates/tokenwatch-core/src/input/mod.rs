@@ -47,6 +47,35 @@ pub struct GeoPoint {
     pub accuracy_km: f64,
 }
 
+/// How the client connected, where the gateway logs it (`scheme` of the canonical, nginx and
+/// Envoy presets, Traefik's `RequestScheme`, Kong's and APISIX's `request.url`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    Http,
+    Https,
+}
+
+impl Scheme {
+    /// `http` or `https` in any letter case; anything else is no scheme.
+    pub fn parse(s: &str) -> Option<Scheme> {
+        let s = s.trim();
+        if s.eq_ignore_ascii_case("https") {
+            Some(Scheme::Https)
+        } else if s.eq_ignore_ascii_case("http") {
+            Some(Scheme::Http)
+        } else {
+            None
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scheme::Http => "http",
+            Scheme::Https => "https",
+        }
+    }
+}
+
 /// One request as every later stage sees it, whatever gateway logged it.
 ///
 /// Its `Debug` redacts: the path is shown without its query and with JWTs replaced, the user
@@ -74,6 +103,8 @@ pub struct Event<'a> {
     /// the URL) the gateway attested it with claims that match it ([`crate::verify`]).
     pub authenticated: bool,
     pub geo: Option<GeoPoint>,
+    /// `None` when the format does not log it.
+    pub scheme: Option<Scheme>,
 }
 
 impl Event<'_> {
@@ -96,6 +127,7 @@ impl fmt::Debug for Event<'_> {
             .field("token_in_url", &self.token_in_url)
             .field("authenticated", &self.authenticated)
             .field("geo", &self.geo)
+            .field("scheme", &self.scheme)
             .finish()
     }
 }
@@ -264,6 +296,8 @@ pub struct Fields<'a> {
     /// `jwt_claims` are the claims of a token the gateway verified (envoy, kong), so they
     /// attest the token they describe.
     pub claims_attested: bool,
+    /// `http` / `https` as logged ([`Scheme::parse`]).
+    pub scheme: Option<Cow<'a, str>>,
 }
 
 impl Fields<'_> {
@@ -301,6 +335,7 @@ impl fmt::Debug for Fields<'_> {
             .field("geo", &self.geo)
             .field("authenticated", &self.authenticated)
             .field("claims_attested", &self.claims_attested)
+            .field("scheme", &self.scheme.as_deref().and_then(Scheme::parse))
             .finish()
     }
 }
@@ -418,6 +453,7 @@ fn finish<'a>(f: Fields<'a>, format: Format, tokens: &mut TokenCache) -> Result<
         .as_deref()
         .is_some_and(|a| a.trim().eq_ignore_ascii_case("redacted"));
     let t = read_tokens(&f, &full_path, tokens);
+    let scheme = f.scheme.as_deref().and_then(Scheme::parse);
     Ok(Parsed {
         event: Event {
             ts_ms,
@@ -430,6 +466,7 @@ fn finish<'a>(f: Fields<'a>, format: Format, tokens: &mut TokenCache) -> Result<
             token_in_url: t.token_in_url,
             authenticated: t.authenticated,
             geo,
+            scheme,
         },
         url_token: t.url_token,
         token_errors: t.errors,
@@ -464,7 +501,14 @@ fn read_tokens(f: &Fields<'_>, full_path: &str, tokens: &mut TokenCache) -> Line
     let claims = f
         .jwt_claims
         .as_ref()
-        .and_then(|c| token::from_claims(f.jwt_header.as_ref(), c, tokens.wanted_claims()));
+        .and_then(|c| token::from_claims(f.jwt_header.as_ref(), c, tokens.wanted_claims()))
+        .map(|mut info| {
+            // Names only, per line: a gateway that logs claims logs them all on every line.
+            if let (Some(p), Some(map)) = (tokens.posture(), f.jwt_claims.as_ref().and_then(|c| c.as_object())) {
+                info.sensitive_claims = p.sensitive_names(map.keys().map(|k| &**k));
+            }
+            info
+        });
     let gateway_says = f.authenticated == Some(true) || (f.claims_attested && claims.is_some());
     let header_token = f
         .authorization
@@ -948,6 +992,51 @@ mod tests {
             let p = parse(Format::Canonical, &line).unwrap();
             assert!(p.event.token.is_none() && p.token_errors.is_empty(), "{v}");
         }
+    }
+
+    #[test]
+    fn the_scheme_is_read_where_each_format_logs_it() {
+        let scheme = |f: Format, line: &str| parse(f, line).unwrap().event.scheme;
+        let t = r#""StartUTC":"2026-11-29T00:00:00Z","RequestPath":"/a""#;
+        assert_eq!(
+            scheme(Format::Traefik, &format!(r#"{{{t},"RequestScheme":"http"}}"#)),
+            Some(Scheme::Http)
+        );
+        assert_eq!(
+            scheme(Format::Auto, &format!(r#"{{{t},"RequestScheme":"HTTPS"}}"#)),
+            Some(Scheme::Https)
+        );
+        assert_eq!(scheme(Format::Traefik, &format!("{{{t}}}")), None);
+        let n = r#""msec":1795910400.1,"request_uri":"/a""#;
+        assert_eq!(
+            scheme(Format::Nginx, &format!(r#"{{{n},"scheme":"http"}}"#)),
+            Some(Scheme::Http)
+        );
+        let e = r#""start_time":"2026-11-29T00:00:00Z","path":"/a""#;
+        assert_eq!(
+            scheme(Format::Envoy, &format!(r#"{{{e},"scheme":"https"}}"#)),
+            Some(Scheme::Https)
+        );
+        assert_eq!(
+            scheme(Format::Envoy, &format!(r#"{{{e},"x-forwarded-proto":"http"}}"#)),
+            Some(Scheme::Http)
+        );
+        let k = |url: &str| format!(r#"{{"started_at":1795910400000,"request":{{"url":"{url}"}}}}"#);
+        assert_eq!(
+            scheme(Format::Kong, &k("http://api.example.com/a?b=1")),
+            Some(Scheme::Http)
+        );
+        assert_eq!(
+            scheme(Format::Kong, &k("HTTPS://api.example.com/a")),
+            Some(Scheme::Https)
+        );
+        assert_eq!(scheme(Format::Kong, &k("/a")), None);
+        let c = r#"{"ts":1795910400,"scheme":"gopher"}"#;
+        assert_eq!(scheme(Format::Canonical, c), None, "only http and https are schemes");
+        assert_eq!(
+            scheme(Format::Canonical, r#"{"ts":1795910400,"scheme":"http"}"#),
+            Some(Scheme::Http)
+        );
     }
 
     #[test]

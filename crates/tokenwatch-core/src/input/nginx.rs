@@ -29,6 +29,7 @@ pub fn fields<'a>(r: &mut RawLine<'a>) -> Fields<'a> {
         status: r.status.take(),
         user_agent: r.http_user_agent.0.take(),
         authorization: r.http_authorization.0.take(),
+        scheme: r.scheme.0.take(),
         ..Fields::default()
     }
 }

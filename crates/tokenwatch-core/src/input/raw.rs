@@ -469,6 +469,9 @@ raw_line! {
         /// The gateway says it verified the line's token (canonical; see [`bool_text`]).
         #[serde(deserialize_with = "lenient_bool")]
         authenticated: Option<bool> = "authenticated" => serde,
+        /// `http` or `https` (canonical; nginx's `$scheme`; Envoy's `%REQ(:SCHEME)%`).
+        #[serde(borrow)]
+        scheme: LenientStr<'a> = "scheme" => text,
 
         // traefik
         #[serde(borrow)]
@@ -489,6 +492,8 @@ raw_line! {
         request_Authorization: LenientStr<'a> = "request_Authorization" => text,
         #[serde(borrow)]
         request_User_Agent: LenientStr<'a> = "request_User-Agent" => text,
+        #[serde(borrow)]
+        RequestScheme: LenientStr<'a> = "RequestScheme" => text,
 
         // kong and apisix (`request` is also nginx's request line)
         #[serde(borrow)]
@@ -512,6 +517,9 @@ raw_line! {
         x_envoy_origin_path: LenientStr<'a> = "x-envoy-origin-path" => text,
         #[serde(borrow)]
         user_agent_dashed: LenientStr<'a> = "user-agent" => text,
+        /// The scheme the client used, as a proxy in front of Envoy forwards it.
+        #[serde(borrow)]
+        x_forwarded_proto: LenientStr<'a> = "x-forwarded-proto" => text,
 
         // nginx (and ingress-nginx)
         #[serde(borrow)]

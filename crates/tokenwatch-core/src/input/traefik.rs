@@ -17,6 +17,7 @@ pub fn fields<'a>(r: &mut RawLine<'a>) -> Fields<'a> {
         status: r.DownstreamStatus.take(),
         user_agent: r.request_User_Agent.0.take(),
         authorization: r.request_Authorization.0.take(),
+        scheme: r.RequestScheme.0.take(),
         ..Fields::default()
     }
 }

@@ -6,6 +6,7 @@
 use std::net::IpAddr;
 
 use crate::input::Event;
+use crate::posture::{self, Posture};
 use crate::token::ClaimValue;
 
 /// Everything about an event that a rule can test or key on.
@@ -42,9 +43,75 @@ pub enum Field {
     Exp,
     Iat,
     Nbf,
+    /// `http` or `https`, where the format logs it.
+    Scheme,
+    /// `HS`, `RS`, `PS`, `ES`, `EdDSA`, `none` or `other` ([`crate::posture::alg_family`]).
+    AlgFamily,
+    /// `asymmetric`, `symmetric`, `downgrade`, `none` or `unregistered`
+    /// ([`crate::posture::alg_strength`]).
+    AlgStrength,
+    /// `iss` is one of `[verify] issuers`; absent when none are configured.
+    IssuerConfigured,
+    /// The audience `[audiences]` expects on this path; absent when no prefix covers it.
+    AudienceExpected,
+    /// `aud` holds the expected audience; absent when the path expects none.
+    AudienceMatches,
+    /// A JWKS held keys for the token and none verified it.
+    SignatureInvalid,
+    /// The gateway vouched for the token: it attested it, or accepted it on a path that
+    /// `[posture] protected_paths` or `[audiences]` says it must validate.
+    GatewayVouched,
+    /// The token's claim names that `[posture] sensitive_claims` lists (names only);
+    /// absent when there are none.
+    SensitiveClaims,
+    /// Seconds since tokenwatch first saw this key (`iss`, `kid`) of a configured issuer sign
+    /// a genuine token; absent otherwise.
+    KeyAge,
+    /// `key_age` is over `[posture] max_key_age`.
+    KeyStale,
     /// A custom claim, `claim.NAME`.
     Claim(Box<str>),
 }
+
+/// Every field but `claim.NAME`, in the order of [`NAMES`].
+const ALL: [Field; 36] = [
+    Field::TokenId,
+    Field::Subject,
+    Field::Iss,
+    Field::Sub,
+    Field::Aud,
+    Field::Alg,
+    Field::Kid,
+    Field::ClientIp,
+    Field::Network,
+    Field::Method,
+    Field::Path,
+    Field::Status,
+    Field::UserAgent,
+    Field::Accepted,
+    Field::Verified,
+    Field::Authenticated,
+    Field::Expired,
+    Field::Unsigned,
+    Field::HasToken,
+    Field::TokenInUrl,
+    Field::Geolocated,
+    Field::Lifetime,
+    Field::Exp,
+    Field::Iat,
+    Field::Nbf,
+    Field::Scheme,
+    Field::AlgFamily,
+    Field::AlgStrength,
+    Field::IssuerConfigured,
+    Field::AudienceExpected,
+    Field::AudienceMatches,
+    Field::SignatureInvalid,
+    Field::GatewayVouched,
+    Field::SensitiveClaims,
+    Field::KeyAge,
+    Field::KeyStale,
+];
 
 /// The type of a field's values, which decides the operators it accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,6 +156,17 @@ pub const NAMES: &[&str] = &[
     "exp",
     "iat",
     "nbf",
+    "scheme",
+    "alg_family",
+    "alg_strength",
+    "issuer_configured",
+    "audience_expected",
+    "audience_matches",
+    "signature_invalid",
+    "gateway_vouched",
+    "sensitive_claims",
+    "key_age",
+    "key_stale",
     "claim.NAME",
 ];
 
@@ -99,75 +177,19 @@ pub struct FieldError(pub String);
 
 impl Field {
     pub fn parse(name: &str) -> Result<Field, FieldError> {
-        Ok(match name {
-            "token_id" => Field::TokenId,
-            "subject" => Field::Subject,
-            "iss" => Field::Iss,
-            "sub" => Field::Sub,
-            "aud" => Field::Aud,
-            "alg" => Field::Alg,
-            "kid" => Field::Kid,
-            "client_ip" => Field::ClientIp,
-            "network" => Field::Network,
-            "method" => Field::Method,
-            "path" => Field::Path,
-            "status" => Field::Status,
-            "user_agent" => Field::UserAgent,
-            "accepted" => Field::Accepted,
-            "verified" => Field::Verified,
-            "authenticated" => Field::Authenticated,
-            "expired" => Field::Expired,
-            "unsigned" => Field::Unsigned,
-            "has_token" => Field::HasToken,
-            "token_in_url" => Field::TokenInUrl,
-            "geolocated" => Field::Geolocated,
-            "lifetime" => Field::Lifetime,
-            "exp" => Field::Exp,
-            "iat" => Field::Iat,
-            "nbf" => Field::Nbf,
-            other => match other.strip_prefix("claim.") {
-                Some(c) if !c.is_empty() => Field::Claim(c.into()),
-                _ => return Err(FieldError(other.into())),
-            },
-        })
+        if let Some(i) = NAMES[..ALL.len()].iter().position(|n| *n == name) {
+            return Ok(ALL[i].clone());
+        }
+        match name.strip_prefix("claim.") {
+            Some(c) if !c.is_empty() => Ok(Field::Claim(c.into())),
+            _ => Err(FieldError(name.into())),
+        }
     }
 
     pub fn name(&self) -> String {
         match self {
             Field::Claim(c) => format!("claim.{c}"),
-            other => {
-                let i = [
-                    Field::TokenId,
-                    Field::Subject,
-                    Field::Iss,
-                    Field::Sub,
-                    Field::Aud,
-                    Field::Alg,
-                    Field::Kid,
-                    Field::ClientIp,
-                    Field::Network,
-                    Field::Method,
-                    Field::Path,
-                    Field::Status,
-                    Field::UserAgent,
-                    Field::Accepted,
-                    Field::Verified,
-                    Field::Authenticated,
-                    Field::Expired,
-                    Field::Unsigned,
-                    Field::HasToken,
-                    Field::TokenInUrl,
-                    Field::Geolocated,
-                    Field::Lifetime,
-                    Field::Exp,
-                    Field::Iat,
-                    Field::Nbf,
-                ]
-                .iter()
-                .position(|f| f == other)
-                .unwrap_or(0);
-                NAMES[i].to_string()
-            }
+            other => NAMES[ALL.iter().position(|f| f == other).unwrap_or(0)].to_string(),
         }
     }
 
@@ -181,12 +203,16 @@ impl Field {
             | Field::Kid
             | Field::Method
             | Field::Path
-            | Field::UserAgent => FieldType::Str,
-            Field::Aud => FieldType::StrList,
+            | Field::UserAgent
+            | Field::Scheme
+            | Field::AlgFamily
+            | Field::AlgStrength
+            | Field::AudienceExpected => FieldType::Str,
+            Field::Aud | Field::SensitiveClaims => FieldType::StrList,
             Field::ClientIp => FieldType::Ip,
             Field::Network => FieldType::Net,
             Field::Status | Field::Exp | Field::Iat | Field::Nbf => FieldType::Num,
-            Field::Lifetime => FieldType::Seconds,
+            Field::Lifetime | Field::KeyAge => FieldType::Seconds,
             Field::Accepted
             | Field::Verified
             | Field::Authenticated
@@ -194,7 +220,12 @@ impl Field {
             | Field::Unsigned
             | Field::HasToken
             | Field::TokenInUrl
-            | Field::Geolocated => FieldType::Bool,
+            | Field::Geolocated
+            | Field::IssuerConfigured
+            | Field::AudienceMatches
+            | Field::SignatureInvalid
+            | Field::GatewayVouched
+            | Field::KeyStale => FieldType::Bool,
             Field::Claim(_) => FieldType::Any,
         }
     }
@@ -237,7 +268,40 @@ impl Field {
                 Some(ClaimValue::Num(v)) => Val::Num(*v),
                 Some(ClaimValue::Bool(v)) => Val::Bool(*v),
             },
+            posture => posture_field(posture, cx),
         }
+    }
+}
+
+/// The posture fields ([`crate::posture`]): the token against what the deployment promises.
+fn posture_field<'e>(f: &Field, cx: &'e Ctx<'e>) -> Val<'e> {
+    let ev = cx.ev;
+    let tok = ev.token.as_deref();
+    let p = cx.posture;
+    let s = |o: Option<&'e str>| o.map_or(Val::Missing, Val::Str);
+    let b = |o: Option<bool>| o.map_or(Val::Missing, Val::Bool);
+    let alg = tok.and_then(|t| t.alg.as_deref());
+    match f {
+        Field::Scheme => s(ev.scheme.map(crate::input::Scheme::as_str)),
+        Field::AlgFamily => s(alg.map(posture::alg_family)),
+        Field::AlgStrength => s(posture::alg_strength(alg, cx.issuer_asymmetric)),
+        Field::IssuerConfigured => b(tok.and_then(|t| p.issuer_configured(t.iss.as_deref()))),
+        Field::AudienceExpected => s(p.expected_audience(&ev.path)),
+        Field::AudienceMatches => b(tok
+            .zip(p.expected_audience(&ev.path))
+            .map(|(t, want)| t.aud.iter().any(|a| **a == *want))),
+        Field::SignatureInvalid => b(tok.map(|t| t.signature_invalid)),
+        Field::GatewayVouched => b(tok.map(|t| {
+            let attested = ev.authenticated && !t.verified;
+            attested || (ev.accepted() == Some(true) && p.protected(&ev.path))
+        })),
+        Field::SensitiveClaims => match tok {
+            Some(t) if !t.sensitive_claims.is_empty() => Val::StrList(&t.sensitive_claims),
+            _ => Val::Missing,
+        },
+        Field::KeyAge => cx.key_age_ms.map_or(Val::Missing, |ms| Val::Num((ms / 1000) as f64)),
+        Field::KeyStale => b(cx.key_age_ms.map(|ms| ms > p.max_key_age_ms)),
+        _ => Val::Missing,
     }
 }
 
@@ -247,6 +311,13 @@ pub struct Ctx<'e> {
     /// `exp` + leeway is before the event time.
     pub expired: bool,
     pub network: Option<ipnet::IpNet>,
+    /// What the deployment promises ([`crate::posture`]).
+    pub posture: &'e Posture,
+    /// The token's issuer signs asymmetrically: configured with a JWKS, or seen signing
+    /// genuine RS/PS/ES/EdDSA tokens ([`crate::engine::posture`]).
+    pub issuer_asymmetric: bool,
+    /// How long ago tokenwatch first saw the token's key sign (configured issuers only).
+    pub key_age_ms: Option<i64>,
 }
 
 /// A field's value, borrowed from the event.

@@ -12,7 +12,7 @@ use std::net::IpAddr;
 use serde_json::{json, Map, Value};
 
 use super::keys::{Signature, Signer};
-use super::spec::{Case, EventSpec, ExpectSpec, TokenSpec};
+use super::spec::{Case, EventSpec, ExpectSpec, PostureSpec, TokenSpec};
 use crate::decision::fmt_ts;
 use crate::input::{Format, FormatError};
 use crate::rules::{fmt_duration, parse_duration_ms};
@@ -32,6 +32,8 @@ pub struct BuiltCase {
     pub format: Format,
     pub expect: Vec<Expect>,
     pub expect_none: Vec<String>,
+    /// The test file's posture ([`posture`]).
+    pub posture: std::sync::Arc<crate::posture::Posture>,
 }
 
 /// One expected decision; `None` fields match anything.
@@ -56,8 +58,8 @@ pub enum BuildError {
     EventsAndLines,
     #[error("lines[{index}]: {source}")]
     Line { index: usize, source: Box<BuildError> },
-    #[error("token `alg: {0}`: test tokens are RS256, or `alg: none`")]
-    Alg(String),
+    #[error("`max_key_age: {0}` is no duration (e.g. 90d)")]
+    Duration(String),
     #[error("claim `{claim}`: an epoch number or an offset from the start; {source}")]
     TimeClaim { claim: String, source: OffsetError },
     #[error("`{key}: {value}` takes true or false")]
@@ -133,7 +135,30 @@ pub(crate) fn build_case(
         format,
         expect,
         expect_none: case.expect_none.clone(),
+        posture: std::sync::Arc::default(),
     })
+}
+
+/// A test file's `posture:` as the service would configure it.
+pub(crate) fn posture(spec: Option<&PostureSpec>) -> Result<crate::posture::Posture, BuildError> {
+    let Some(s) = spec else {
+        return Ok(crate::posture::Posture::default());
+    };
+    let max_key_age_ms = match &s.max_key_age {
+        Some(d) => parse_duration_ms(d).map_err(|_| BuildError::Duration(d.clone()))?,
+        None => crate::posture::DEFAULT_MAX_KEY_AGE_MS,
+    };
+    let sensitive = s
+        .sensitive_claims
+        .clone()
+        .unwrap_or_else(crate::posture::default_sensitive_claims);
+    Ok(crate::posture::Posture::new(
+        s.issuers.clone(),
+        s.audiences.iter().map(|(p, a)| (p.clone(), a.clone())).collect(),
+        s.protected_paths.clone(),
+        sensitive,
+        max_key_age_ms,
+    ))
 }
 
 /// Tokens of one case: by the name given under `tokens:`, and by `jti`.
@@ -153,7 +178,8 @@ impl Tokens {
             match k.as_str() {
                 "forged" => how = if bool_of(k, v)? { Signature::Forged } else { how },
                 "alg" if v.eq_ignore_ascii_case("none") => how = Signature::Unsigned,
-                "alg" => return Err(BuildError::Alg(v.clone())),
+                "alg" if v == "RS256" => {}
+                "alg" => how = Signature::Other(v.clone()),
                 "iat" | "exp" | "nbf" => {
                     claims.insert(k.clone(), json!(time_claim(k, v)?));
                 }

@@ -45,7 +45,7 @@ pub fn verifier() -> std::sync::Arc<crate::verify::Verifier> {
 }
 
 /// How a test token is signed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Signature {
     /// RS256 with the test key.
     Valid,
@@ -53,7 +53,14 @@ pub enum Signature {
     Forged,
     /// `alg: none` and an empty signature segment.
     Unsigned,
+    /// Another `alg` (`alg: HS256`, `alg: XS256`): HS256/384/512 are signed with a test
+    /// secret (which no JWKS can verify: a symmetric key is no public key), anything else gets
+    /// a signature of arbitrary bytes.
+    Other(String),
 }
+
+/// The shared secret of `alg: HS*` test tokens.
+const HMAC_SECRET: &[u8] = b"tokenwatch-rule-tests-hmac-secret";
 
 /// Signs claims, once per distinct (claims, signature) pair: RSA signing is the slow part of
 /// building a test, and cases reuse tokens.
@@ -73,11 +80,12 @@ impl Default for Signer {
 
 impl Signer {
     pub fn sign(&mut self, claims: &serde_json::Value, how: Signature) -> String {
-        let memo = (claims.to_string(), how);
+        let memo = (claims.to_string(), how.clone());
         if let Some(t) = self.done.get(&memo) {
             return t.clone();
         }
         let token = match how {
+            Signature::Other(alg) => other_alg(&alg, claims),
             Signature::Unsigned => {
                 encode_unsigned_parts(&serde_json::json!({"alg": "none", "typ": "JWT"}), claims, b"")
             }
@@ -94,6 +102,29 @@ impl Signer {
         };
         self.done.insert(memo, token.clone());
         token
+    }
+}
+
+/// A token of any other `alg`, with the test key id.
+fn other_alg(alg: &str, claims: &serde_json::Value) -> String {
+    let hs = match alg {
+        "HS256" => Some(Algorithm::HS256),
+        "HS384" => Some(Algorithm::HS384),
+        "HS512" => Some(Algorithm::HS512),
+        _ => None,
+    };
+    match hs {
+        Some(a) => {
+            let mut header = Header::new(a);
+            header.kid = Some(KID.into());
+            jsonwebtoken::encode(&header, claims, &EncodingKey::from_secret(HMAC_SECRET))
+                .expect("JSON claims always sign")
+        }
+        None => encode_unsigned_parts(
+            &serde_json::json!({"alg": alg, "typ": "JWT", "kid": KID}),
+            claims,
+            b"a-signature-of-an-unregistered-algorithm",
+        ),
     }
 }
 

@@ -154,13 +154,19 @@ impl Suite {
                     continue;
                 }
             };
+            let posture = build::posture(file.posture.as_ref()).map(Arc::new);
             for case in &file.cases {
                 let line = case.name.span().start().map(marked_yaml::Marker::line);
+                let built = posture.clone().and_then(|p| {
+                    let mut b = build_case(case, &file.rule, file.format.as_deref(), &mut signer)?;
+                    b.posture = p;
+                    Ok(b)
+                });
                 suite.cases.push(TestCase {
                     origin: at(path, line),
                     name: case.name.to_string(),
                     rule: file.rule.clone(),
-                    built: build_case(case, &file.rule, file.format.as_deref(), &mut signer).map_err(CaseError::from),
+                    built: built.map_err(CaseError::from),
                 });
             }
         }
@@ -292,6 +298,7 @@ fn run_case(b: &BuiltCase, rule: &str, rules: &Arc<RuleSet>) -> Outcome {
     let cfg = PipelineConfig {
         format: b.format,
         verify: Some(keys::verifier()),
+        posture: b.posture.clone(),
         ..PipelineConfig::default()
     };
     let mut p = match Pipeline::new(rules.clone(), Some(crate::defaults::test_geo_db()), cfg) {

@@ -17,7 +17,31 @@ pub struct TestFile {
     /// Log format of `lines:` cases (default: auto).
     #[serde(default)]
     pub format: Option<String>,
+    /// What the posture fields compare with, as the config file's `[verify] issuers`,
+    /// `[audiences]` and `[posture]` would give it (default: the service's defaults).
+    #[serde(default)]
+    pub posture: Option<PostureSpec>,
     pub cases: Vec<Case>,
+}
+
+/// The posture of a test file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostureSpec {
+    /// The configured issuers (`[verify] issuers`' names).
+    #[serde(default)]
+    pub issuers: Vec<String>,
+    /// Path prefix → expected audience (`[audiences]`).
+    #[serde(default)]
+    pub audiences: BTreeMap<String, String>,
+    #[serde(default)]
+    pub protected_paths: Vec<String>,
+    /// Replaces the default sensitive claim names.
+    #[serde(default)]
+    pub sensitive_claims: Option<Vec<String>>,
+    /// A duration (`90d`).
+    #[serde(default)]
+    pub max_key_age: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -34,8 +34,11 @@ const MAX_KEYS_TRIED: usize = 4;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
     Verified,
-    /// No key verifies it, or it cannot be verified with a public key (HS*, `none`).
+    /// Keys were there for it, and none verifies it: the signature is invalid.
     Failed,
+    /// It cannot be checked: no JWKS for its issuer, or no public-key algorithm (HS*,
+    /// `none`, unknown). Nothing is known of its signature.
+    Unchecked,
     /// It names a key id no JWKS holds (yet): worth checking again once the keys change.
     UnknownKey,
 }
@@ -142,6 +145,20 @@ impl Verifier {
         self
     }
 
+    /// (issuer, kid) of every key of the per-issuer JWKS, in issuer order.
+    pub fn issuer_kids(&self) -> Vec<(Box<str>, Box<str>)> {
+        let mut out = Vec::new();
+        let mut issuers: Vec<_> = self.by_issuer.iter().collect();
+        issuers.sort_by(|a, b| a.0.cmp(b.0));
+        for (iss, sources) in issuers {
+            for s in sources {
+                let Ok(keys) = s.keys.read() else { continue };
+                out.extend(keys.iter().filter_map(|k| Some((iss.clone(), k.kid.clone()?))));
+            }
+        }
+        out
+    }
+
     /// JWKS reads and fetches that failed after the start (the last good keys stay in use).
     pub fn errors(&self) -> u64 {
         self.errors.load(Ordering::Relaxed)
@@ -151,17 +168,17 @@ impl Verifier {
     pub fn verify(&self, raw: RawToken<'_>, info: &TokenInfo) -> Verdict {
         let token = raw.expose();
         let (Some(alg), Some((message, signature))) = (signing_alg(info), token.rsplit_once('.')) else {
-            return Verdict::Failed;
+            return Verdict::Unchecked;
         };
         if info.unsigned || signature.is_empty() {
-            return Verdict::Failed;
+            return Verdict::Unchecked;
         }
         let sources = match info.iss.as_deref().and_then(|iss| self.by_issuer.get(iss)) {
             Some(s) => s.as_slice(),
             None => self.global.as_slice(),
         };
         if sources.is_empty() {
-            return Verdict::Failed;
+            return Verdict::Unchecked;
         }
         let kid = info.kid.as_deref();
         let mut known_kid = false;
@@ -169,7 +186,7 @@ impl Verifier {
             match check(s, kid, alg, message, signature) {
                 Verdict::Verified => return Verdict::Verified,
                 Verdict::Failed => known_kid = true,
-                Verdict::UnknownKey => {}
+                Verdict::UnknownKey | Verdict::Unchecked => {}
             }
         }
         if known_kid || kid.is_none() {
@@ -182,7 +199,7 @@ impl Verifier {
                 match check(s, kid, alg, message, signature) {
                     Verdict::Verified => return Verdict::Verified,
                     Verdict::Failed => verdict = Verdict::Failed,
-                    Verdict::UnknownKey => {}
+                    Verdict::UnknownKey | Verdict::Unchecked => {}
                 }
             }
         }
