@@ -703,6 +703,7 @@ impl TokenCache {
             + table_bytes(self.map.capacity(), entry)
             + table_bytes(self.errors.capacity(), error)
             + self.shared.heap_bytes()
+    }
 
     /// Looks for the sensitive claim names of this posture in each distinct token.
     pub fn with_posture(mut self, posture: Option<Arc<crate::posture::Posture>>) -> Self {

@@ -153,6 +153,8 @@ mod tests {
             unsigned: true,
             verified: false,
             claims: Box::new([]),
+            signature_invalid: false,
+            sensitive_claims: Box::default(),
         })
     }
 
@@ -168,6 +170,7 @@ mod tests {
             token_in_url: false,
             authenticated,
             geo: None,
+            scheme: None,
         }
     }
 

@@ -573,6 +573,55 @@ impl Engine {
         }
         put_revoked(&mut e, &self.revoked.tokens);
         put_revoked(&mut e, &self.revoked.subjects);
+        put_groups(&mut e, &self.aggregate);
+        put_posture(&mut e, &self.posture_state);
+    }
+
+    /// Replaces the engine's state with a snapshot's (of this build's layout); on error,
+    /// nothing changes.
+    pub fn restore(&mut self, bytes: &[u8]) -> Result<Restored, SnapshotError> {
+        self.restore_format(bytes, StateFormat::V2)
+    }
+
+    /// Replaces the engine's state with a snapshot's in layout `format`; on error, nothing
+    /// changes.
+    pub fn restore_format(&mut self, bytes: &[u8], format: StateFormat) -> Result<Restored, SnapshotError> {
+        let mut d = Dec::new(bytes);
+        let budget = |d: &mut Dec<'_>| match format {
+            StateFormat::V2 => get_budget(d),
+            StateFormat::V1 => Ok(BudgetState::default()),
+        };
+        let seeds = [d.u64()?, d.u64()?, d.u64()?, d.u64()?];
+        if format == StateFormat::V1 {
+            d.read_v1_as_v2(ahash::RandomState::with_seeds(seeds[0], seeds[1], seeds[2], seeds[3]));
+        }
+        let newest = d.vari()?;
+        let next_sweep = d.vari()?;
+        let n = d.count(17)?;
+        let mut saved: Vec<([u8; 16], State, BudgetState)> = Vec::with_capacity(n);
+        for _ in 0..n {
+            let mut fp = [0u8; 16];
+            fp.copy_from_slice(d.take(16)?);
+            let tag = d.u8()?;
+            // The state is decoded into the shape (kind, cap, retention) of the loaded rule
+            // with this fingerprint, if any; otherwise decoded only to be checked and dropped.
+            let shape = self
+                .rules
+                .rules
+                .iter()
+                .find(|r| fingerprint(r) == fp)
+                .map(|r| State::for_rule(r, &self.cfg));
+            match shape {
+                Some(mut state) => {
+                    each_kind!(&mut state, k => get_state(&mut d, tag, &mut k.keys))?;
+                    saved.push((fp, state, budget(&mut d)?));
+                }
+                None => {
+                    skip_state(&mut d, tag)?;
+                    budget(&mut d)?;
+                }
+            }
+        }
         let tokens = get_revoked(&mut d, &self.rules.rules, format)?;
         let subjects = get_revoked(&mut d, &self.rules.rules, format)?;
         let (groups, posture) = match format {

@@ -270,12 +270,6 @@ fn token_hash(id: &str) -> u64 {
     ahash::RandomState::with_seeds(0x706f_7374, 0x7572_6521, 0x746f_6b65, 0x6e69_6473).hash_one(id)
 }
 
-/// The scheme (`http`/`https`) of the request, when its format logs one. No gateway preset
-/// reads it into [`Event`] yet, so every request counts as "scheme not logged" and the report
-/// says so rather than guess.
-fn scheme_of(_ev: &Event) -> Option<&'static str> {
-    None
-}
 
 impl PostureStats {
     pub fn new() -> Self {
@@ -327,9 +321,9 @@ impl PostureStats {
             l.url_requests += 1;
             l.url_paths.add(&ev.path, 1);
         }
-        if let Some(scheme) = scheme_of(ev) {
+        if let Some(scheme) = ev.scheme {
             l.scheme_logged += 1;
-            if ev.token.is_some() && scheme.eq_ignore_ascii_case("http") {
+            if ev.token.is_some() && scheme == crate::input::Scheme::Http {
                 l.http_requests += 1;
                 l.http_paths.add(&ev.path, 1);
             }
@@ -511,6 +505,8 @@ mod tests {
             unsigned: false,
             verified: true,
             claims: Box::new([]),
+            signature_invalid: false,
+            sensitive_claims: Box::default(),
         })
     }
 
@@ -526,6 +522,7 @@ mod tests {
             token_in_url: in_url,
             authenticated: true,
             geo: None,
+            scheme: None,
         }
     }
 
