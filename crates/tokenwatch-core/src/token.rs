@@ -138,6 +138,32 @@ pub struct TokenInfo {
     pub sensitive_claims: Box<[Box<str>]>,
 }
 
+#[cfg(test)]
+impl TokenInfo {
+    /// A genuine RS256 token of `https://idp` with id `jti` and subject `sub`, no times, for
+    /// unit tests: each changes the fields it is about with `..TokenInfo::test_token(..)`.
+    pub(crate) fn test_token(jti: &str, sub: &str) -> TokenInfo {
+        TokenInfo {
+            id_is_jti: true,
+            token_id: jti.into(),
+            iss: Some("https://idp".into()),
+            sub: Some(sub.into()),
+            subject: format!("https://idp|{sub}").into(),
+            alg: Some("RS256".into()),
+            kid: None,
+            aud: Arc::new([]),
+            exp: None,
+            iat: None,
+            nbf: None,
+            unsigned: false,
+            verified: true,
+            claims: Box::new([]),
+            signature_invalid: false,
+            sensitive_claims: Box::default(),
+        }
+    }
+}
+
 /// A scalar claim value kept for rules that filter on custom claims.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ClaimValue {

@@ -139,22 +139,10 @@ mod tests {
 
     fn unsigned(jti: &str) -> Arc<TokenInfo> {
         Arc::new(TokenInfo {
-            id_is_jti: true,
-            token_id: jti.into(),
-            iss: Some("https://idp".into()),
-            sub: Some("x".into()),
-            subject: "https://idp|x".into(),
             alg: Some("none".into()),
-            kid: None,
-            aud: Arc::new([]),
-            exp: None,
-            iat: None,
-            nbf: None,
             unsigned: true,
             verified: false,
-            claims: Box::new([]),
-            signature_invalid: false,
-            sensitive_claims: Box::default(),
+            ..TokenInfo::test_token(jti, "x")
         })
     }
 

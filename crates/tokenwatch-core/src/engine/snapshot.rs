@@ -583,28 +583,24 @@ impl Engine {
         self.restore_format(bytes, StateFormat::V2)
     }
 
-    /// Replaces the engine's state with a snapshot's in layout `format`; on error, nothing
-    /// changes.
-    pub fn restore_format(&mut self, bytes: &[u8], format: StateFormat) -> Result<Restored, SnapshotError> {
-        let mut d = Dec::new(bytes);
+    /// Each saved rule's state and budget, decoded into the shape (kind, cap, retention) of
+    /// the loaded rule with the same fingerprint; the state of a rule not loaded (or changed)
+    /// is decoded only to be checked, and dropped.
+    fn get_rule_states(
+        &self,
+        d: &mut Dec<'_>,
+        format: StateFormat,
+    ) -> Result<Vec<([u8; 16], State, BudgetState)>, SnapshotError> {
         let budget = |d: &mut Dec<'_>| match format {
             StateFormat::V2 => get_budget(d),
             StateFormat::V1 => Ok(BudgetState::default()),
         };
-        let seeds = [d.u64()?, d.u64()?, d.u64()?, d.u64()?];
-        if format == StateFormat::V1 {
-            d.read_v1_as_v2(ahash::RandomState::with_seeds(seeds[0], seeds[1], seeds[2], seeds[3]));
-        }
-        let newest = d.vari()?;
-        let next_sweep = d.vari()?;
         let n = d.count(17)?;
         let mut saved: Vec<([u8; 16], State, BudgetState)> = Vec::with_capacity(n);
         for _ in 0..n {
             let mut fp = [0u8; 16];
             fp.copy_from_slice(d.take(16)?);
             let tag = d.u8()?;
-            // The state is decoded into the shape (kind, cap, retention) of the loaded rule
-            // with this fingerprint, if any; otherwise decoded only to be checked and dropped.
             let shape = self
                 .rules
                 .rules
@@ -613,15 +609,29 @@ impl Engine {
                 .map(|r| State::for_rule(r, &self.cfg));
             match shape {
                 Some(mut state) => {
-                    each_kind!(&mut state, k => get_state(&mut d, tag, &mut k.keys))?;
-                    saved.push((fp, state, budget(&mut d)?));
+                    each_kind!(&mut state, k => get_state(d, tag, &mut k.keys))?;
+                    saved.push((fp, state, budget(d)?));
                 }
                 None => {
-                    skip_state(&mut d, tag)?;
-                    budget(&mut d)?;
+                    skip_state(d, tag)?;
+                    budget(d)?;
                 }
             }
         }
+        Ok(saved)
+    }
+
+    /// Replaces the engine's state with a snapshot's in layout `format`; on error, nothing
+    /// changes.
+    pub fn restore_format(&mut self, bytes: &[u8], format: StateFormat) -> Result<Restored, SnapshotError> {
+        let mut d = Dec::new(bytes);
+        let seeds = [d.u64()?, d.u64()?, d.u64()?, d.u64()?];
+        if format == StateFormat::V1 {
+            d.read_v1_as_v2(ahash::RandomState::with_seeds(seeds[0], seeds[1], seeds[2], seeds[3]));
+        }
+        let newest = d.vari()?;
+        let next_sweep = d.vari()?;
+        let mut saved = self.get_rule_states(&mut d, format)?;
         let tokens = get_revoked(&mut d, &self.rules.rules, format)?;
         let subjects = get_revoked(&mut d, &self.rules.rules, format)?;
         let (groups, posture) = match format {
@@ -783,10 +793,14 @@ mod tests {
         e.varu(0); // nor subjects
         let report = engine.restore_format(&v1, StateFormat::V1).unwrap();
         assert_eq!((report.rules_kept, report.keys), (1, 1));
-        let State::Distinct(k) = &engine.states[0] else { panic!("not a distinct state") };
+        let State::Distinct(k) = &engine.states[0] else {
+            panic!("not a distinct state")
+        };
         let slot = k.keys.get(42).unwrap();
         assert_eq!(slot.class, Class::Authenticated);
-        let DVal::Str { hash, shown } = &slot.data.vals[0].1 else { panic!("not a string") };
+        let DVal::Str { hash, shown } = &slot.data.vals[0].1 else {
+            panic!("not a string")
+        };
         assert_eq!(*hash, ahash::RandomState::with_seeds(1, 2, 3, 4).hash_one("curl/8.0"));
         assert_eq!(&**shown, "curl/8.0");
         assert!(Engine::new(rules, EngineConfig::default()).restore(&v1).is_err());

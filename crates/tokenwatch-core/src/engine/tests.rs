@@ -30,22 +30,9 @@ pub(super) fn rules(yaml: &str) -> Arc<RuleSet> {
 
 fn token(jti: &str, sub: &str, iat_s: i64, exp_s: i64) -> Arc<TokenInfo> {
     Arc::new(TokenInfo {
-        id_is_jti: true,
-        token_id: jti.into(),
-        iss: Some("https://idp".into()),
-        sub: Some(sub.into()),
-        subject: format!("https://idp|{sub}").into(),
-        alg: Some("RS256".into()),
-        kid: None,
-        aud: Arc::new([]),
         exp: Some(exp_s),
         iat: Some(iat_s),
-        nbf: None,
-        unsigned: false,
-        verified: true,
-        claims: Box::new([]),
-        signature_invalid: false,
-        sensitive_claims: Box::default(),
+        ..TokenInfo::test_token(jti, sub)
     })
 }
 

@@ -270,7 +270,6 @@ fn token_hash(id: &str) -> u64 {
     ahash::RandomState::with_seeds(0x706f_7374, 0x7572_6521, 0x746f_6b65, 0x6e69_6473).hash_one(id)
 }
 
-
 impl PostureStats {
     pub fn new() -> Self {
         PostureStats::default()
@@ -491,22 +490,12 @@ mod tests {
 
     fn token(id: &str, alg: &str, kid: &str, lifetime: i64) -> Arc<TokenInfo> {
         Arc::new(TokenInfo {
-            token_id: id.into(),
-            id_is_jti: true,
-            iss: Some("https://idp".into()),
-            sub: Some("bob".into()),
-            subject: "https://idp|bob".into(),
             alg: Some(alg.into()),
             kid: Some(kid.into()),
             aud: Arc::new(["api".into()]),
             exp: Some(1_000 + lifetime),
             iat: Some(1_000),
-            nbf: None,
-            unsigned: false,
-            verified: true,
-            claims: Box::new([]),
-            signature_invalid: false,
-            sensitive_claims: Box::default(),
+            ..TokenInfo::test_token(id, "bob")
         })
     }
 
