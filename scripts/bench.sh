@@ -75,6 +75,8 @@ ROWS=()
 row() { ROWS+=("| $1 | $2 | \`$3\` |"); }
 rate() { sed -nE 's/.*\(([0-9]+) (lines|events)\/s\).*/\1/p' | head -1; }
 fmt() { python3 -c "import sys; print(f'{float(sys.argv[1]):,.0f}')" "$1"; }
+# $1 / $2 to two decimals
+ratio() { python3 -c "import sys; print(f'{float(sys.argv[1]) / float(sys.argv[2]):.2f}')" "$1" "$2"; }
 
 log "generating $EVENTS events per format"
 for f in canonical traefik; do
@@ -195,6 +197,18 @@ else
   log "run drained the backlog at $drained/s"
   row "run, tansu → engine → redis-server, both cores, $(fmt "$RUN_EVENTS") pre-produced (events/s)" \
     "$(fmt "$drained")" "TOKENWATCH_BATCH__MAX_MESSAGES=5000 TOKENWATCH_BATCH__MAX_WAIT=5ms tokenwatch run --brokers B --topic backlog --group bench --redis R --alerts none --rules rules --geoip $GEO; e2e drain PORT $RUN_EVENTS"
+  # The same backlog, read again by a new group, with checkpoints off: what they cost.
+  MPORT=$(port)
+  TOKENWATCH_ENGINE__CHECKPOINT_INTERVAL=0 TOKENWATCH_BATCH__MAX_MESSAGES=5000 TOKENWATCH_BATCH__MAX_WAIT=5ms \
+    $TW run --brokers "$B" --topic backlog --group bench-no-checkpoints --redis "$R" --metrics-addr "127.0.0.1:$MPORT" \
+    --alerts none --rules rules --geoip $GEO >/dev/null 2>&1 &
+  TWPID=$!
+  PIDS+=($TWPID)
+  nockpt=$("$E2E" drain "$MPORT" "$RUN_EVENTS" 2>/dev/null)
+  kill $TWPID 2>/dev/null || true
+  log "run without checkpoints drained the backlog at $nockpt/s"
+  row "run as above, checkpoints off (events/s; with checkpoints: $(ratio "$drained" "$nockpt")x of this)" \
+    "$(fmt "$nockpt")" "the row above with TOKENWATCH_ENGINE__CHECKPOINT_INTERVAL=0 --group bench-no-checkpoints"
   # The same backlog, read again by a new group, with more rules.
   for r in $RULE_COUNTS; do
     [ "$r" = 8 ] && continue
