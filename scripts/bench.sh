@@ -64,7 +64,7 @@ for l in open('$WORK/build.json'):
     m=json.loads(l)
     if m.get('reason')=='compiler-artifact' and m['target']['name']=='$1' and m.get('executable'):
         print(m['executable'])" | tail -1; }
-TW=target/release/tokenwatch
+TW=$(exe tokenwatch) # honours CARGO_TARGET_DIR
 PLAIN=$(exe plain_loop)
 MEMORY=$(exe memory)
 ALLOC=$(exe alloc)
