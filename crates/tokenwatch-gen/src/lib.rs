@@ -93,7 +93,7 @@ use serde::{Deserialize, Serialize};
 use line::{Malformed, Req};
 use net::Addr;
 use rng::Rng;
-use scenario::{Mint, Minted, Scenario, Scene, Scripted, Spec, ATTACKS, DECOYS, NEAR_MISSES};
+use scenario::{Mint, Minted, Scenario, Scene, Scripted, Spec, ATTACKS, DECOYS, NEAR_MISSES, POSTURE};
 use traffic::{pick_request, ClientKind, CLIENTS};
 
 pub use geoip::{NetworksError, Shortfall};
@@ -183,6 +183,9 @@ pub struct GenConfig {
     /// Inject forged decoys (labelled `expect: none`) at half the attack rate. An engine that
     /// does not verify signatures fires on them.
     pub decoys: bool,
+    /// Injected posture findings per 10,000 lines (a token with a sensitive claim name), spread
+    /// over [`rule::POSTURE`]; labelled like attacks. 0 injects none.
+    pub posture_rate: f64,
 }
 
 impl Default for GenConfig {
@@ -199,6 +202,7 @@ impl Default for GenConfig {
             format: GenFormat::Canonical,
             networks: Networks::builtin(),
             decoys: true,
+            posture_rate: 1.0,
         }
     }
 }
@@ -421,6 +425,9 @@ pub struct Generator {
     decoy_every: f64,
     next_decoy: f64,
     decoy_round: Vec<Scenario>,
+    posture_every: f64,
+    next_posture: f64,
+    posture_round: Vec<Scenario>,
     next_subject: u64,
     region_weights: Vec<u32>,
     /// Reused for every request path.
@@ -502,6 +509,13 @@ impl Generator {
         let next_near = near_every * (0.1 + 0.9 * rng.f64());
         let decoy_every = if cfg.decoys { near_every } else { f64::INFINITY };
         let next_decoy = decoy_every * (0.1 + 0.9 * rng.f64());
+        let posture_every = if cfg.posture_rate > 0.0 && cfg.posture_rate.is_finite() {
+            10_000.0 / cfg.posture_rate
+        } else {
+            f64::INFINITY
+        };
+        // A fixed first offset: the default stream draws from `rng` only once one is due.
+        let next_posture = posture_every * 0.5;
         let (max_events, end_ms) = match (cfg.events, cfg.duration_secs) {
             (None, None) => (100_000, i64::MAX),
             (events, secs) => (
@@ -535,6 +549,9 @@ impl Generator {
             decoy_every,
             next_decoy,
             decoy_round: Vec::new(),
+            posture_every,
+            next_posture,
+            posture_round: Vec::new(),
             next_subject: u64::from(users_n) + 1,
             region_weights,
             path: String::with_capacity(128),
@@ -592,6 +609,11 @@ impl Generator {
             let kind = next_kind(&mut self.decoy_round, &DECOYS, &mut self.rng);
             self.spawn(kind);
             self.next_decoy += self.decoy_every * (0.5 + self.rng.f64());
+        }
+        while self.emitted as f64 >= self.next_posture {
+            let kind = next_kind(&mut self.posture_round, &POSTURE, &mut self.rng);
+            self.spawn(kind);
+            self.next_posture += self.posture_every * (0.5 + self.rng.f64());
         }
     }
 
@@ -1078,6 +1100,7 @@ mod tests {
             users: 100,
             rate_per_sec: 0.6,
             attack_rate: 0.0,
+            posture_rate: 0.0,
             networks,
             ..cfg(41, 15_000)
         };
@@ -1199,8 +1222,11 @@ mod tests {
         };
         let out = lines(c);
         let per_rule = assert_labels_exact_with(&out, oracle::Oracle::for_networks(&networks));
-        for r in rule::ALL {
-            assert!(per_rule.get(r).copied().unwrap_or(0) >= 1, "no {r} label: {per_rule:?}");
+        for r in rule::ALL.iter().chain(&rule::POSTURE) {
+            assert!(
+                per_rule.get(*r).copied().unwrap_or(0) >= 1,
+                "no {r} label: {per_rule:?}"
+            );
         }
         for r in rule::REVOKING.iter().chain([&rule::REVOKED_TOKEN_USED]) {
             let n = per_rule.get(&format!("decoy {r}")).copied().unwrap_or(0);

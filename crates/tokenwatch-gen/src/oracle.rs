@@ -105,6 +105,8 @@ struct Ev<'a> {
     /// The token verifies (always true for the rules as they are today).
     authenticated: bool,
     in_url: bool,
+    /// A claim of the token is named like sensitive data.
+    sensitive: bool,
     info: &'a TokenInfo,
 }
 
@@ -248,6 +250,7 @@ impl Oracle {
                     accepted: l.status != 401 && l.status != 403,
                     authenticated,
                     in_url,
+                    sensitive: has_sensitive_claim(text),
                     info: &info,
                 };
                 self.rules(&ev, &mut fx);
@@ -340,7 +343,40 @@ impl Oracle {
         {
             fx.fire(ts, rule::EXCESSIVE_LIFETIME, &tid);
         }
+        if ev.sensitive && self.fired_once.insert((rule::SENSITIVE_CLAIMS, tid.clone())) {
+            fx.fire(ts, rule::SENSITIVE_CLAIMS, &tid);
+        }
     }
+}
+
+/// Whether the token's payload has a claim named like one of the default
+/// `[posture] sensitive_claims` (case and `_`/`-` ignored; `*` at either end a wildcard).
+fn has_sensitive_claim(token: &str) -> bool {
+    use base64::Engine as _;
+    let Some(payload) = token.split('.').nth(1) else {
+        return false;
+    };
+    let Ok(bytes) = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload) else {
+        return false;
+    };
+    let Ok(serde_json::Value::Object(claims)) = serde_json::from_slice(&bytes) else {
+        return false;
+    };
+    claims.keys().any(|name| {
+        let name: String = name
+            .chars()
+            .filter(|c| *c != '_' && *c != '-')
+            .collect::<String>()
+            .to_lowercase();
+        tokenwatch_core::posture::DEFAULT_SENSITIVE_CLAIMS.iter().any(|p| {
+            match (p.strip_prefix('*'), p.strip_suffix('*')) {
+                (Some(rest), _) if rest.ends_with('*') => name.contains(rest.trim_end_matches('*')),
+                (Some(rest), _) => name.ends_with(rest),
+                (None, Some(head)) => name.starts_with(head),
+                (None, None) => name == *p,
+            }
+        })
+    })
 }
 
 /// Firings against labels, as the demo scores decisions: attacks detected or missed, decoys

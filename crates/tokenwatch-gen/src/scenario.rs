@@ -40,6 +40,13 @@ pub mod rule {
     pub(crate) const TOKEN_IN_URL: &str = "token-in-url";
     pub(crate) const EXCESSIVE_LIFETIME: &str = "excessive-lifetime";
     pub(crate) const REVOKED_TOKEN_USED: &str = "revoked-token-used";
+    pub(crate) const SENSITIVE_CLAIMS: &str = "sensitive-claims";
+
+    /// The posture rules the generator injects findings for (`posture_rate`).
+    pub const POSTURE: [&str; 1] = [SENSITIVE_CLAIMS];
+
+    /// How many rules a long enough default run labels: the attacks' and the posture findings'.
+    pub const LABELLED: usize = ALL.len() + POSTURE.len();
 
     pub const ALL: [&str; 8] = [
         TOKEN_REPLAY,
@@ -101,6 +108,8 @@ pub(crate) struct Spec<'a> {
     pub scope: Option<&'a str>,
     /// Reuse this id (a forged copy of an existing token).
     pub jti: Option<&'a str>,
+    /// Add an `email` claim: a claim name [posture] `sensitive_claims` lists by default.
+    pub email: bool,
 }
 
 impl<'a> Spec<'a> {
@@ -114,6 +123,7 @@ impl<'a> Spec<'a> {
             seal: Seal::Genuine,
             scope: None,
             jti: None,
+            email: false,
         }
     }
 }
@@ -169,7 +179,7 @@ impl Mint {
         let sub = format!("user-{}", spec.user);
         let subject: Arc<str> = format!("{iss}|{sub}").into();
         let sid = mix64(rng.next_u64());
-        let claims = json!({
+        let mut claims = json!({
             "iss": iss,
             "sub": sub,
             "aud": "api",
@@ -181,6 +191,9 @@ impl Mint {
             "sid": format!("{:016x}{:016x}", sid, mix64(sid)),
             "scope": spec.scope.unwrap_or(spec.client.scope),
         });
+        if spec.email {
+            claims["email"] = json!(format!("user-{}@example.com", spec.user));
+        }
         // "header.claims.": the signing input, and the separator before the signature.
         let mut text = tokenwatch_core::token::encode_unsigned_parts(&header, &claims, &[]);
         let input = &text[..text.len() - 1];
@@ -270,6 +283,8 @@ pub(crate) enum Scenario {
     /// An expired forged copy of a victim's token (`alg: none`, or a bad signature) on a
     /// public endpoint.
     DecoyForgedExpired,
+    /// A genuine token that carries an `email` claim, used as usual.
+    PostureSensitiveClaims,
 }
 
 impl Scenario {
@@ -312,6 +327,9 @@ pub(crate) const NEAR_MISSES: [Scenario; 4] = [
     Scenario::NearSlowTravel,
     Scenario::NearForgedCopies,
 ];
+
+/// Posture findings: a token or a request that shows a weakness, not an attack.
+pub(crate) const POSTURE: [Scenario; 1] = [Scenario::PostureSensitiveClaims];
 
 pub(crate) const DECOYS: [Scenario; 4] = [
     Scenario::DecoyForgedReplay,
@@ -389,6 +407,7 @@ impl<'a> Scene<'a> {
             Scenario::DecoyForgedTravel => self.decoy_forged_travel(t0),
             Scenario::DecoyForgedUrl => self.decoy_forged_url(t0),
             Scenario::DecoyForgedExpired => self.decoy_forged_expired(t0),
+            Scenario::PostureSensitiveClaims => self.sensitive_claims(t0),
         }
         self.out.sort_by_key(|s| s.ts_ms);
         self.out
@@ -662,6 +681,7 @@ impl<'a> Scene<'a> {
             seal: Seal::Empty,
             scope: Some("admin users:write orders:write"),
             jti: None,
+            email: false,
         };
         let tok = self.mint.issue(self.rng, &spec);
         let ip = self.attackers(1).remove(0);
@@ -738,6 +758,28 @@ impl<'a> Scene<'a> {
         self.label(used, rule::REVOKED_TOKEN_USED, &tok);
         let t = t + self.secs(60, 120);
         self.refused_then_refresh(t, &home, &tok);
+    }
+
+    // ---- posture findings ----
+
+    /// A client whose identity provider puts the user's email into the access token.
+    fn sensitive_claims(&mut self, t0: i64) {
+        let ua = self.client.ua;
+        let home = self.home();
+        let iat = t0 / 1000 - self.rng.range(30, 300);
+        let spec = Spec {
+            email: true,
+            ..Spec::normal(self.user, iat, 900, self.client)
+        };
+        let tok = self.mint.issue(self.rng, &spec);
+        let mut t = t0;
+        for i in 0..self.rng.range(1, 4) {
+            let at = self.request(t, &home, Some(&tok), None, ua);
+            if i == 0 {
+                self.label(at, rule::SENSITIVE_CLAIMS, &tok);
+            }
+            t += self.secs(5, 90);
+        }
     }
 
     // ---- the near misses (no labels) ----
