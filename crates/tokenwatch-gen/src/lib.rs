@@ -641,6 +641,7 @@ impl Generator {
             ua: s.ua,
             token: s.token.as_deref(),
             noise: self.rng.next_u64(),
+            http: s.http,
         };
         line::write(self.format, &req, true, out);
         s.labels
@@ -671,6 +672,7 @@ impl Generator {
             ua: CLIENTS[u.client as usize].ua,
             token: u.token.as_ref().map(|m| &*m.text),
             noise,
+            http: false,
         };
         line::write(self.format, &req, true, out);
         self.schedule(i, t);
@@ -795,6 +797,7 @@ impl Generator {
             ua,
             token: token.as_deref(),
             noise: self.rng.next_u64(),
+            http: false,
         };
         line::write_malformed(kind, self.format, &req, &mut self.rng, out);
     }
@@ -1282,6 +1285,7 @@ mod tests {
             ua: s.ua,
             token: s.token.as_deref(),
             noise: 0,
+            http: s.http,
         }
     }
 

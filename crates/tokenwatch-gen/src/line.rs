@@ -23,6 +23,19 @@ pub(crate) struct Req<'a> {
     pub token: Option<&'a str>,
     /// Random bits for the fields no rule reads: source port, latency, sizes, protocol.
     pub noise: u64,
+    /// Sent over plain HTTP. Only such requests get a scheme field in the formats that have
+    /// one (Kong's `url` always shows it): an absent scheme reads as HTTPS, and the lines of
+    /// the HTTPS traffic stay as short as before.
+    pub http: bool,
+}
+
+/// `,"<field>":"http"` on a plain-HTTP request.
+fn push_http_scheme(out: &mut String, r: &Req<'_>, field: &str) {
+    if r.http {
+        out.push_str(",\"");
+        out.push_str(field);
+        out.push_str("\":\"http\"");
+    }
 }
 
 impl Req<'_> {
@@ -96,6 +109,7 @@ fn canonical(r: &Req<'_>, with_ts: bool, out: &mut String) {
         out.push_str(",\"authorization\":");
         push_bearer(out, t);
     }
+    push_http_scheme(out, r, "scheme");
     out.push('}');
 }
 
@@ -154,6 +168,7 @@ fn traefik(r: &Req<'_>, with_ts: bool, out: &mut String) {
     out.push_str("\"request_User-Agent\":");
     push_json_str(out, r.ua);
     out.push_str(",\"level\":\"info\",\"msg\":\"\"");
+    push_http_scheme(out, r, "RequestScheme");
     if with_ts {
         // The time the entry was written: when the response finished, whole seconds.
         out.push_str(",\"time\":\"");
@@ -176,7 +191,11 @@ fn kong(r: &Req<'_>, with_ts: bool, out: &mut String) {
     out.push_str(r.method);
     out.push_str("\",\"uri\":");
     push_json_str(out, r.path);
-    out.push_str(",\"url\":\"https://");
+    out.push_str(if r.http {
+        ",\"url\":\"http://"
+    } else {
+        ",\"url\":\"https://"
+    });
     out.push_str(HOST);
     out.push_str(":8443");
     push_json_str_body(out, r.path);
@@ -229,6 +248,7 @@ fn envoy(r: &Req<'_>, with_ts: bool, out: &mut String) {
         Some(t) => push_bearer(out, t),
         None => out.push_str("null"),
     }
+    push_http_scheme(out, r, "scheme");
     out.push('}');
 }
 
@@ -258,6 +278,7 @@ fn nginx(r: &Req<'_>, with_ts: bool, out: &mut String) {
         Some(t) => push_bearer(out, t),
         None => out.push_str("\"\""),
     }
+    push_http_scheme(out, r, "scheme");
     out.push('}');
 }
 
@@ -558,6 +579,7 @@ mod tests {
             ua: "ua",
             token: None,
             noise: 0,
+            http: false,
         };
         let mut s = String::new();
         write(GenFormat::Traefik, &req, true, &mut s);

@@ -33,6 +33,7 @@ struct Line<'a> {
     path: std::borrow::Cow<'a, str>,
     status: u16,
     authorization: Option<&'a str>,
+    scheme: Option<&'a str>,
 }
 
 /// One firing: rule, the key it is counted by (token id or subject), and the event time.
@@ -107,6 +108,8 @@ struct Ev<'a> {
     in_url: bool,
     /// A claim of the token is named like sensitive data.
     sensitive: bool,
+    /// The request came over plain HTTP.
+    http: bool,
     info: &'a TokenInfo,
 }
 
@@ -251,6 +254,7 @@ impl Oracle {
                     authenticated,
                     in_url,
                     sensitive: has_sensitive_claim(text),
+                    http: l.scheme == Some("http"),
                     info: &info,
                 };
                 self.rules(&ev, &mut fx);
@@ -342,6 +346,9 @@ impl Oracle {
             && self.fired_once.insert((rule::EXCESSIVE_LIFETIME, tid.clone()))
         {
             fx.fire(ts, rule::EXCESSIVE_LIFETIME, &tid);
+        }
+        if ev.http && self.fired_once.insert((rule::TOKEN_OVER_HTTP, tid.clone())) {
+            fx.fire(ts, rule::TOKEN_OVER_HTTP, &tid);
         }
         if ev.sensitive && self.fired_once.insert((rule::SENSITIVE_CLAIMS, tid.clone())) {
             fx.fire(ts, rule::SENSITIVE_CLAIMS, &tid);

@@ -41,9 +41,10 @@ pub mod rule {
     pub(crate) const EXCESSIVE_LIFETIME: &str = "excessive-lifetime";
     pub(crate) const REVOKED_TOKEN_USED: &str = "revoked-token-used";
     pub(crate) const SENSITIVE_CLAIMS: &str = "sensitive-claims";
+    pub(crate) const TOKEN_OVER_HTTP: &str = "token-over-http";
 
     /// The posture rules the generator injects findings for (`posture_rate`).
-    pub const POSTURE: [&str; 1] = [SENSITIVE_CLAIMS];
+    pub const POSTURE: [&str; 2] = [SENSITIVE_CLAIMS, TOKEN_OVER_HTTP];
 
     /// How many rules a long enough default run labels: the attacks' and the posture findings'.
     pub const LABELLED: usize = ALL.len() + POSTURE.len();
@@ -232,6 +233,8 @@ pub(crate) struct Scripted {
     pub status: u16,
     pub ua: &'static str,
     pub token: Option<Arc<str>>,
+    /// Sent over plain HTTP.
+    pub http: bool,
     pub labels: Vec<Label>,
 }
 
@@ -285,6 +288,8 @@ pub(crate) enum Scenario {
     DecoyForgedExpired,
     /// A genuine token that carries an `email` claim, used as usual.
     PostureSensitiveClaims,
+    /// A client that calls the API's plain-HTTP listener once, token and all.
+    PostureOverHttp,
 }
 
 impl Scenario {
@@ -329,7 +334,7 @@ pub(crate) const NEAR_MISSES: [Scenario; 4] = [
 ];
 
 /// Posture findings: a token or a request that shows a weakness, not an attack.
-pub(crate) const POSTURE: [Scenario; 1] = [Scenario::PostureSensitiveClaims];
+pub(crate) const POSTURE: [Scenario; 2] = [Scenario::PostureSensitiveClaims, Scenario::PostureOverHttp];
 
 pub(crate) const DECOYS: [Scenario; 4] = [
     Scenario::DecoyForgedReplay,
@@ -408,6 +413,7 @@ impl<'a> Scene<'a> {
             Scenario::DecoyForgedUrl => self.decoy_forged_url(t0),
             Scenario::DecoyForgedExpired => self.decoy_forged_expired(t0),
             Scenario::PostureSensitiveClaims => self.sensitive_claims(t0),
+            Scenario::PostureOverHttp => self.over_http(t0),
         }
         self.out.sort_by_key(|s| s.ts_ms);
         self.out
@@ -515,6 +521,7 @@ impl<'a> Scene<'a> {
             status,
             ua,
             token,
+            http: false,
             labels: Vec::new(),
         });
         self.out.len() - 1
@@ -780,6 +787,18 @@ impl<'a> Scene<'a> {
             }
             t += self.secs(5, 90);
         }
+    }
+
+    /// A genuine token used over HTTPS, then once over plain HTTP (a misconfigured client).
+    fn over_http(&mut self, t0: i64) {
+        let ua = self.client.ua;
+        let home = self.home();
+        let tok = self.issued_before(t0, 30, 300, 900);
+        self.request(t0, &home, Some(&tok), None, ua);
+        let t = t0 + self.secs(5, 60);
+        let at = self.request(t, &home, Some(&tok), None, ua);
+        self.out[at].http = true;
+        self.label(at, rule::TOKEN_OVER_HTTP, &tok);
     }
 
     // ---- the near misses (no labels) ----
