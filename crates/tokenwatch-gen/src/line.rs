@@ -588,4 +588,37 @@ mod tests {
         assert_eq!(v["ClientAddr"], "[2001:218::1]:1024");
         assert!(v.get("request_Authorization").is_none());
     }
+
+    /// A plain-HTTP request reads as `http` in every format, through tokenwatch's own parser;
+    /// an HTTPS one as `https` (Kong's url) or no scheme at all.
+    #[test]
+    fn plain_http_is_read_as_http_in_every_format() {
+        use tokenwatch_core::input::{Format, Parser, Scheme};
+        use tokenwatch_core::token::TokenCache;
+        for format in GenFormat::ALL {
+            let parser = Parser::new(format.name().parse::<Format>().unwrap(), None).unwrap();
+            for http in [true, false] {
+                let req = Req {
+                    ts_ms: 1_795_926_600_120,
+                    ip: "192.0.2.7",
+                    method: "GET",
+                    path: "/api/v1/orders",
+                    status: 200,
+                    ua: "ua",
+                    token: None,
+                    noise: 0,
+                    http,
+                };
+                let mut line = String::new();
+                write(format, &req, true, &mut line);
+                let mut cache = TokenCache::new(vec![]);
+                let scheme = parser.parse(line.as_bytes(), &mut cache).unwrap().event.scheme;
+                if http {
+                    assert_eq!(scheme, Some(Scheme::Http), "{format:?}: {line}");
+                } else {
+                    assert_ne!(scheme, Some(Scheme::Http), "{format:?}: {line}");
+                }
+            }
+        }
+    }
 }
