@@ -13,7 +13,7 @@ pub mod markdown;
 
 use tokenwatch_core::pipeline::Stats;
 use tokenwatch_core::posture::stats::{
-    PostureStats, RuleFindings, LIFETIME_BUCKETS, LIFETIME_OVER, MAX_KEYS, MAX_NAMES, MAX_PATHS, TIME_BUCKETS,
+    ReportStats, RuleFindings, LIFETIME_BUCKETS, LIFETIME_OVER, MAX_KEYS, MAX_NAMES, MAX_PATHS, TIME_BUCKETS,
 };
 use tokenwatch_core::rules::Action;
 
@@ -21,7 +21,7 @@ use tokenwatch_core::rules::Action;
 pub struct Report<'a> {
     /// The input files, as named on the command line.
     pub inputs: &'a [String],
-    pub posture: &'a PostureStats,
+    pub posture: &'a ReportStats,
     /// The replay's counters (lines read and skipped).
     pub stats: &'a Stats,
 }

@@ -11,7 +11,7 @@ use clap::{Args, ValueEnum};
 
 use tokenwatch::config::flags::{FormatArg, ReplayFlags};
 use tokenwatch::report::{html, markdown, Report};
-use tokenwatch_core::posture::stats::PostureStats;
+use tokenwatch_core::posture::stats::ReportStats;
 
 use super::replay::{open_pipeline, threads};
 use super::OrFailed;
@@ -65,7 +65,7 @@ pub fn report(a: ReportArgs) -> anyhow::Result<ExitCode> {
     let (mut pipeline, inputs, max_line) =
         open_pipeline(&flags, a.config.as_deref(), &a.rules, a.geoip.as_deref(), &a.files)?;
     let names: Vec<String> = inputs.iter().map(|(n, _)| n.clone()).collect();
-    pipeline.set_posture_stats(Some(PostureStats::new()));
+    pipeline.set_posture_stats(Some(ReportStats::new()));
     let summary = tokenwatch_core::replay::replay_threads(
         &mut pipeline,
         inputs,

@@ -30,7 +30,7 @@ use crate::engine::{Engine, EngineConfig};
 use crate::geo::GeoDb;
 use crate::input::lines::{LineBatch, LineSpan};
 use crate::input::{Event, Format, FormatError, GeoPoint, Mapping, Parser, Skip};
-use crate::posture::stats::PostureStats;
+use crate::posture::stats::ReportStats;
 use crate::rules::RuleSet;
 use crate::token::{DecodeError, TokenCache, TokenInfo};
 use crate::verify::Verifier;
@@ -455,7 +455,7 @@ pub struct Pipeline {
     engine: Engine,
     pub stats: Stats,
     /// `tokenwatch report`'s collector, fed with every event and its decisions when set.
-    posture_stats: Option<Box<PostureStats>>,
+    posture_stats: Option<Box<ReportStats>>,
 }
 
 impl Pipeline {
@@ -474,12 +474,12 @@ impl Pipeline {
 
     /// Feeds every event from now on, with the decisions it caused, to a posture collector
     /// (`tokenwatch report`), as [`Engine::set_trace`] does for `explain`.
-    pub fn set_posture_stats(&mut self, stats: Option<PostureStats>) {
+    pub fn set_posture_stats(&mut self, stats: Option<ReportStats>) {
         self.posture_stats = stats.map(Box::new);
     }
 
     /// The posture collector, taken out once the replay is over.
-    pub fn take_posture_stats(&mut self) -> Option<PostureStats> {
+    pub fn take_posture_stats(&mut self) -> Option<ReportStats> {
         self.posture_stats.take().map(|p| *p)
     }
 

@@ -1,4 +1,4 @@
-//! PostureStats statistics over a replayed period: what `tokenwatch report` shows a security lead
+//! ReportStats statistics over a replayed period: what `tokenwatch report` shows a security lead
 //! about a fleet's token hygiene (algorithms, lifetimes, signing keys, issuers, where tokens
 //! leak) beside what the rules found (findings, attacks over time, revocations).
 //!
@@ -162,7 +162,7 @@ pub struct RuleFindings {
     pub first_ms: i64,
     pub last_ms: i64,
     pub examples: Vec<Example>,
-    /// Decisions per timeline bucket ([`PostureStats::timeline`]).
+    /// Decisions per timeline bucket ([`ReportStats::timeline`]).
     pub series: [u64; TIME_BUCKETS],
 }
 
@@ -196,7 +196,7 @@ pub struct Timeline {
 
 /// The posture statistics of one period.
 #[derive(Debug, Clone)]
-pub struct PostureStats {
+pub struct ReportStats {
     pub first_ms: Option<i64>,
     pub last_ms: Option<i64>,
     /// Events (requests), and those that carried a token.
@@ -228,9 +228,9 @@ pub struct PostureStats {
     pub other_rules: u64,
 }
 
-impl Default for PostureStats {
+impl Default for ReportStats {
     fn default() -> Self {
-        PostureStats {
+        ReportStats {
             first_ms: None,
             last_ms: None,
             events: 0,
@@ -270,9 +270,9 @@ fn token_hash(id: &str) -> u64 {
     ahash::RandomState::with_seeds(0x706f_7374, 0x7572_6521, 0x746f_6b65, 0x6e69_6473).hash_one(id)
 }
 
-impl PostureStats {
+impl ReportStats {
     pub fn new() -> Self {
-        PostureStats::default()
+        ReportStats::default()
     }
 
     /// One request and the decisions it caused.
@@ -537,7 +537,7 @@ mod tests {
 
     #[test]
     fn token_tables_count_distinct_tokens_not_requests() {
-        let mut p = PostureStats::new();
+        let mut p = ReportStats::new();
         let a = token("a", "RS256", "k1", 600);
         for ts in [0, 1_000, 2_000] {
             p.observe(&event(ts, "/x", Some(a.clone()), false), &[]);
@@ -574,7 +574,7 @@ mod tests {
 
     #[test]
     fn the_timeline_widens_by_merging_buckets_and_findings_rank_by_risk() {
-        let mut p = PostureStats::new();
+        let mut p = ReportStats::new();
         let t0 = 1_795_910_400_000;
         p.observe(&event(t0, "/", None, false), &[decision(t0, "low-rule", Severity::Low)]);
         let many: Vec<_> = (0..5)
@@ -607,7 +607,7 @@ mod tests {
                           "status": 200, "authorization": format!("Bearer {}", jwt("in-header", "RS256"))})
         .to_string();
         let mut p = Pipeline::new(crate::defaults::rules().unwrap(), None, PipelineConfig::default()).unwrap();
-        p.set_posture_stats(Some(PostureStats::new()));
+        p.set_posture_stats(Some(ReportStats::new()));
         let mut out = Vec::new();
         p.process_line(line.as_bytes(), &mut out);
         let posture = p.take_posture_stats().unwrap();
