@@ -400,15 +400,26 @@ pub fn produce_spread<S: AsRef<str>>(brokers: &str, topic: &str, partitions: i32
 /// JSON lines, in order. `run` must be given the same keys, or its revoking rules see no
 /// authenticated event.
 pub fn replay_lines<S: AsRef<str>>(lines: &[S], gen_seed: u64) -> Vec<String> {
+    replay_lines_with(lines, gen_pipeline_config(gen_seed))
+}
+
+/// The default pipeline settings, verifying with the generator's keys of `gen_seed`.
+pub fn gen_pipeline_config(gen_seed: u64) -> PipelineConfig {
+    PipelineConfig {
+        verify: Some(tokenwatch::demo::generator_verifier(gen_seed).unwrap()),
+        ..PipelineConfig::default()
+    }
+}
+
+/// What `replay` decides for `lines` with the default rules, the test GeoIP database and
+/// `cfg`: the decisions' JSON lines, in order.
+pub fn replay_lines_with<S: AsRef<str>>(lines: &[S], cfg: PipelineConfig) -> Vec<String> {
     let mut text = String::new();
     for l in lines {
         text.push_str(l.as_ref());
         text.push('\n');
     }
-    let mut p = pipeline_with(PipelineConfig {
-        verify: Some(tokenwatch::demo::generator_verifier(gen_seed).unwrap()),
-        ..PipelineConfig::default()
-    });
+    let mut p = pipeline_with(cfg);
     let mut out = Vec::new();
     let input: tokenwatch_core::replay::Input = ("lines".into(), Box::new(std::io::Cursor::new(text.into_bytes())));
     let summary =

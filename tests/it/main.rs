@@ -34,6 +34,7 @@ mod restart;
 mod ruletest;
 mod run_process;
 mod service;
+mod shuffle;
 mod size_caps;
 mod token_reference;
 mod verify_jwks;

@@ -13,6 +13,8 @@
 //! 6. [`pipeline`] wires 1–5 together for one stream of lines, and [`replay`] drives it from
 //!    files for `tokenwatch replay`; [`posture::stats`] gathers the statistics of `tokenwatch report`
 //!    during such a replay.
+//! 7. [`record`] carries a decoded use of a token (never the token) from the service's ingest
+//!    stage to its detect stage when the work is split by key over Kafka.
 //!
 //! Around the data flow, for the people who write rules: [`ruletest`] runs the rule tests
 //! kept beside the rules (`tokenwatch test`), [`explain`] shows what one rule did with one
@@ -33,6 +35,7 @@ pub mod heap;
 pub mod input;
 pub mod pipeline;
 pub mod posture;
+pub mod record;
 pub mod replay;
 pub mod rules;
 pub mod ruletest;

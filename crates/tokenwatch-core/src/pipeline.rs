@@ -602,6 +602,32 @@ impl Pipeline {
     }
 
     fn apply_event(&mut self, p: &DecodedEvent, base: &[u8], out: &mut Vec<Decision>) {
+        self.account(p, base);
+        for (use_index, ev) in uses(p, base) {
+            self.observe_use(&ev);
+            self.apply_use(&ev, use_index, out);
+        }
+    }
+
+    /// The line's uses of tokens for the detect stage (the records of [`crate::record`]),
+    /// counted here as [`Pipeline::apply_held`] would count them; the engine is not run.
+    pub fn held_uses(&mut self, line: &HeldLine, mut emit: impl FnMut(u8, &Event<'_>, u64)) {
+        self.account(&line.ev, &line.bytes);
+        let tie = line.tie();
+        for (use_index, ev) in uses(&line.ev, &line.bytes) {
+            self.observe_use(&ev);
+            emit(use_index, &ev, tie);
+        }
+    }
+
+    /// Runs the engine over a use of a token that the ingest stage decoded
+    /// ([`crate::record`]); the line itself was counted there.
+    pub fn apply_record(&mut self, r: &crate::record::EventRecord, out: &mut Vec<Decision>) {
+        self.apply_use(&r.event(), r.origin.use_index, out);
+    }
+
+    /// Counts what the line says about the input (formats, token errors, missing fields).
+    fn account(&mut self, p: &DecodedEvent, base: &[u8]) {
         self.stats.lines += 1;
         self.stats.events += 1;
         for e in &p.token_errors {
@@ -614,47 +640,28 @@ impl Pipeline {
         if p.authorization_redacted {
             self.stats.authorization_redacted += 1;
         }
-        let ev = Event {
-            ts_ms: p.ts_ms,
-            client_ip: p.client_ip,
-            method: Cow::Borrowed(p.method.get(base)),
-            path: Cow::Borrowed(p.path.get(base)),
-            status: p.status,
-            user_agent: Cow::Borrowed(p.user_agent.get(base)),
-            token: p.token.clone(),
-            token_in_url: p.token_in_url,
-            authenticated: p.authenticated,
-            geo: p.geo,
-            scheme: p.scheme,
-        };
         let c = self.stats.by_format.get_mut(p.format);
         c.events += 1;
-        c.no_client_ip += u64::from(ev.client_ip.is_none());
-        c.no_method += u64::from(ev.method.is_empty());
-        c.no_path += u64::from(ev.path.is_empty());
-        let start = out.len();
+        c.no_client_ip += u64::from(p.client_ip.is_none());
+        c.no_method += u64::from(p.method.get(base).is_empty());
+        c.no_path += u64::from(p.path.get(base).is_empty());
+    }
+
+    /// Counts a use of a token for the posture metrics, which need no state.
+    fn observe_use(&mut self, ev: &Event<'_>) {
         self.stats.authenticated += u64::from(ev.authenticated);
-        self.stats.posture.observe(&ev, self.engine.posture());
-        self.engine.process(&ev, out);
+        self.stats.posture.observe(ev, self.engine.posture());
+    }
+
+    /// Runs the engine over one use and counts its decisions.
+    fn apply_use(&mut self, ev: &Event<'_>, use_index: u8, out: &mut Vec<Decision>) {
+        let start = out.len();
+        self.engine.process(ev, out);
         if let Some(stats) = &mut self.posture_stats {
-            stats.observe(&ev, &out[start..]);
-        }
-        if let Some(second) = &p.url_token {
-            // The request carried a second, different token in its URL: it was used too, and
-            // it is genuine only if its own signature verifies (nothing the gateway said about
-            // the header's token vouches for it).
-            let ev2 = Event {
-                token: Some(second.clone()),
-                token_in_url: true,
-                authenticated: second.verified,
-                ..ev
-            };
-            self.stats.authenticated += u64::from(ev2.authenticated);
-            self.stats.posture.observe(&ev2, self.engine.posture());
-            let second_start = out.len();
-            self.engine.process(&ev2, out);
-            if let Some(stats) = &mut self.posture_stats {
-                stats.observe_use(&ev2, &out[second_start..]);
+            if use_index == 0 {
+                stats.observe(ev, &out[start..]);
+            } else {
+                stats.observe_use(ev, &out[start..]);
             }
         }
         for d in &out[start..] {
@@ -665,6 +672,32 @@ impl Pipeline {
                 .or_default() += 1;
         }
     }
+}
+
+/// The uses of tokens a line makes: the request's token (use 0), and a second, different token
+/// found in its URL (use 1), which is genuine only if its own signature verifies (nothing the
+/// gateway said about the header's token vouches for it).
+fn uses<'a>(p: &'a DecodedEvent, base: &'a [u8]) -> impl Iterator<Item = (u8, Event<'a>)> {
+    let ev = Event {
+        ts_ms: p.ts_ms,
+        client_ip: p.client_ip,
+        method: Cow::Borrowed(p.method.get(base)),
+        path: Cow::Borrowed(p.path.get(base)),
+        status: p.status,
+        user_agent: Cow::Borrowed(p.user_agent.get(base)),
+        token: p.token.clone(),
+        token_in_url: p.token_in_url,
+        authenticated: p.authenticated,
+        geo: p.geo,
+        scheme: p.scheme,
+    };
+    let second = p.url_token.as_ref().map(|second| Event {
+        token: Some(second.clone()),
+        token_in_url: true,
+        authenticated: second.verified,
+        ..ev.clone()
+    });
+    std::iter::once((0, ev)).chain(second.map(|ev| (1, ev)))
 }
 
 #[cfg(test)]

@@ -120,7 +120,7 @@ impl Enc<'_> {
         self.varu(b.len() as u64);
         self.0.extend_from_slice(b);
     }
-    fn ip(&mut self, ip: &IpAddr) {
+    pub(crate) fn ip(&mut self, ip: &IpAddr) {
         match ip {
             IpAddr::V4(a) => {
                 self.u8(4);
@@ -215,7 +215,7 @@ impl<'a> Dec<'a> {
         let b = self.bytes()?;
         std::str::from_utf8(b).map_err(|_| self.invalid("text is not UTF-8"))
     }
-    fn ip(&mut self) -> Result<IpAddr, SnapshotError> {
+    pub(crate) fn ip(&mut self) -> Result<IpAddr, SnapshotError> {
         let family = self.u8()?;
         self.ip_of(family)
     }

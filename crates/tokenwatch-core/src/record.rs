@@ -1,0 +1,583 @@
+//! The internal event record: what the ingest stage sends the detect stage through the
+//! internal topic `{prefix}events` when the work is split by key (issue 12).
+//!
+//! A record is one *use* of a token by one request, already parsed, decoded, verified and
+//! geolocated: everything [`Event`] holds, and nothing else. It never holds the raw token nor
+//! the raw line (only the line's tie-break hash, so that the detect stage orders records
+//! exactly as `replay` orders lines: [`crate::eventtime`]). Its [`Origin`] says which gateway
+//! partition, offset and line it came from, so that the detect stage can drop a record it
+//! already applied when an ingest instance produces the same lines again after a restart.
+//!
+//! A watermark record says how far (in event time) one ingest instance has read one gateway
+//! partition, and whether that partition is idle. It is written to every internal partition,
+//! as Flink propagates watermarks through a shuffle: a detect partition's clock is the minimum
+//! over the gateway partitions that are not idle, whichever instance reads them.
+//!
+//! The encoding is the checkpoints' (varints, length-prefixed text, [`Enc`]/[`Dec`]) behind a
+//! one-byte format and a one-byte kind, so a newer tokenwatch can change it and an older one
+//! refuses what it cannot read, counted rather than misread.
+
+use std::borrow::Cow;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use crate::engine::snapshot::{Dec, Enc, SnapshotError};
+use crate::input::{Event, GeoPoint, Scheme};
+use crate::token::{ClaimValue, TokenInfo};
+
+/// The record format this build writes and reads.
+pub const FORMAT: u8 = 1;
+const KIND_EVENT: u8 = 1;
+const KIND_WATERMARK: u8 = 2;
+
+/// Why a record could not be read: counted by the detect stage, never applied half-read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RecordError {
+    #[error("empty record")]
+    Empty,
+    #[error(
+        "record format {0} is not {FORMAT}: an ingest instance of another tokenwatch version writes to this topic"
+    )]
+    Format(u8),
+    #[error("unknown record kind {0}")]
+    Kind(u8),
+    #[error("malformed record: {0}")]
+    Malformed(#[from] SnapshotError),
+}
+
+/// Where a record's line came from, and which use of the line it is. Records of one gateway
+/// partition reach each internal partition in this order (one producer per gateway partition
+/// at a time), which is what lets the detect stage drop repeats by keeping the last it saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Origin {
+    pub partition: i32,
+    pub offset: i64,
+    /// The line's index within its message (a message may hold several lines).
+    pub line: u32,
+    /// 0 for the request's token, 1 for a second, different token found in its URL.
+    pub use_index: u8,
+}
+
+/// A request's use of a token as the detect stage applies it: [`Event`] with owned text.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventRecord {
+    pub origin: Origin,
+    /// The tie-break between equal event times: the hash of the gateway line's bytes
+    /// ([`crate::eventtime::tie_hash`]).
+    pub tie: u64,
+    pub ts_ms: i64,
+    pub client_ip: Option<IpAddr>,
+    pub method: Box<str>,
+    pub path: Box<str>,
+    pub status: Option<u16>,
+    pub user_agent: Box<str>,
+    pub token: Option<Arc<TokenInfo>>,
+    pub token_in_url: bool,
+    pub authenticated: bool,
+    pub geo: Option<GeoPoint>,
+    pub scheme: Option<Scheme>,
+}
+
+impl EventRecord {
+    /// The event the engine applies.
+    pub fn event(&self) -> Event<'_> {
+        Event {
+            ts_ms: self.ts_ms,
+            client_ip: self.client_ip,
+            method: Cow::Borrowed(&self.method),
+            path: Cow::Borrowed(&self.path),
+            status: self.status,
+            user_agent: Cow::Borrowed(&self.user_agent),
+            token: self.token.clone(),
+            token_in_url: self.token_in_url,
+            authenticated: self.authenticated,
+            geo: self.geo,
+            scheme: self.scheme,
+        }
+    }
+}
+
+/// How far one ingest instance has read one gateway partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Watermark {
+    /// The ingest instance (a random id per process): a partition moved to another instance
+    /// starts a new sequence of watermarks.
+    pub producer: u64,
+    pub partition: i32,
+    /// The newest event time read from the partition, epoch milliseconds.
+    pub ts_ms: i64,
+    /// Nothing new was read from the partition for the ingest stage's idle timeout: it does
+    /// not hold the detect stage's clock back.
+    pub idle: bool,
+}
+
+/// A decoded record.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Record {
+    Event(EventRecord),
+    Watermark(Watermark),
+}
+
+/// The key that routes a use of a token to its detect partition: the token's subject
+/// (`iss|sub`, or its token id when it has no `sub`), which serves the token-, subject-,
+/// issuer- and `sub`-keyed rules together since a token has one subject. `None` for a request
+/// without a token (no rule keyed by token or subject can use it).
+pub fn subject_key<'a>(ev: &'a Event<'_>) -> Option<&'a str> {
+    ev.token.as_deref().map(|t| &*t.subject)
+}
+
+/// The internal partition of a record keyed by `key`: Kafka's murmur2 partitioner (the Java
+/// client's default, librdkafka's `murmur2`), so that every instance, whatever its version,
+/// and any other Kafka client agree on where a subject's records go.
+pub fn partition_for(key: &[u8], partitions: i32) -> i32 {
+    debug_assert!(partitions > 0);
+    (murmur2(key) & 0x7fff_ffff) as i32 % partitions.max(1)
+}
+
+/// Kafka's `Utils.murmur2` (seed 0x9747b28c).
+fn murmur2(data: &[u8]) -> u32 {
+    const M: u32 = 0x5bd1_e995;
+    let mut h: u32 = 0x9747_b28c ^ data.len() as u32;
+    let mut chunks = data.chunks_exact(4);
+    for c in &mut chunks {
+        let mut k = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+        k = k.wrapping_mul(M);
+        k ^= k >> 24;
+        k = k.wrapping_mul(M);
+        h = h.wrapping_mul(M) ^ k;
+    }
+    let rest = chunks.remainder();
+    if !rest.is_empty() {
+        for (i, &b) in rest.iter().enumerate().rev() {
+            h ^= u32::from(b) << (8 * i);
+        }
+        h = h.wrapping_mul(M);
+    }
+    h ^= h >> 13;
+    h = h.wrapping_mul(M);
+    h ^ (h >> 15)
+}
+
+/// Appends the record of `ev` to `out`.
+pub fn encode_event(ev: &Event<'_>, origin: Origin, tie: u64, out: &mut Vec<u8>) {
+    let mut e = Enc(out);
+    e.u8(FORMAT);
+    e.u8(KIND_EVENT);
+    e.vari(i64::from(origin.partition));
+    e.vari(origin.offset);
+    e.varu(u64::from(origin.line));
+    e.u8(origin.use_index);
+    e.u64(tie);
+    e.vari(ev.ts_ms);
+    let flags = u8::from(ev.client_ip.is_some())
+        | u8::from(ev.status.is_some()) << 1
+        | u8::from(ev.token.is_some()) << 2
+        | u8::from(ev.token_in_url) << 3
+        | u8::from(ev.authenticated) << 4
+        | u8::from(ev.geo.is_some()) << 5
+        | match ev.scheme {
+            None => 0,
+            Some(Scheme::Http) => 1 << 6,
+            Some(Scheme::Https) => 2 << 6,
+        };
+    e.u8(flags);
+    if let Some(ip) = &ev.client_ip {
+        e.ip(ip);
+    }
+    if let Some(s) = ev.status {
+        e.varu(u64::from(s));
+    }
+    e.bytes(ev.method.as_bytes());
+    e.bytes(ev.path.as_bytes());
+    e.bytes(ev.user_agent.as_bytes());
+    if let Some(g) = &ev.geo {
+        e.f64(g.lat);
+        e.f64(g.lon);
+        e.f64(g.accuracy_km);
+    }
+    if let Some(t) = &ev.token {
+        put_token(&mut e, t);
+    }
+}
+
+/// Appends a watermark record to `out`.
+pub fn encode_watermark(w: &Watermark, out: &mut Vec<u8>) {
+    let mut e = Enc(out);
+    e.u8(FORMAT);
+    e.u8(KIND_WATERMARK);
+    e.u64(w.producer);
+    e.vari(i64::from(w.partition));
+    e.vari(w.ts_ms);
+    e.u8(u8::from(w.idle));
+}
+
+/// Reads a record; all of it or an error.
+pub fn decode(bytes: &[u8]) -> Result<Record, RecordError> {
+    let (&format, rest) = bytes.split_first().ok_or(RecordError::Empty)?;
+    if format != FORMAT {
+        return Err(RecordError::Format(format));
+    }
+    let (&kind, body) = rest.split_first().ok_or(RecordError::Empty)?;
+    let mut d = Dec::new(body);
+    let record = match kind {
+        KIND_EVENT => Record::Event(get_event(&mut d)?),
+        KIND_WATERMARK => Record::Watermark(Watermark {
+            producer: d.u64()?,
+            partition: get_i32(&mut d)?,
+            ts_ms: d.vari()?,
+            idle: get_bool(&mut d)?,
+        }),
+        other => return Err(RecordError::Kind(other)),
+    };
+    if !d.done() {
+        return Err(SnapshotError::Invalid {
+            at: d.pos(),
+            what: "bytes after the record",
+        }
+        .into());
+    }
+    Ok(record)
+}
+
+fn get_event(d: &mut Dec<'_>) -> Result<EventRecord, SnapshotError> {
+    let origin = Origin {
+        partition: get_i32(d)?,
+        offset: d.vari()?,
+        line: u32::try_from(d.varu()?).map_err(|_| d.invalid("line index out of range"))?,
+        use_index: d.u8()?,
+    };
+    let tie = d.u64()?;
+    let ts_ms = d.vari()?;
+    let flags = d.u8()?;
+    let client_ip = if flags & 1 != 0 { Some(d.ip()?) } else { None };
+    let status = if flags & 2 != 0 {
+        Some(u16::try_from(d.varu()?).map_err(|_| d.invalid("status out of range"))?)
+    } else {
+        None
+    };
+    let method = d.str()?.into();
+    let path = d.str()?.into();
+    let user_agent = d.str()?.into();
+    let geo = if flags & 32 != 0 {
+        Some(GeoPoint {
+            lat: d.f64()?,
+            lon: d.f64()?,
+            accuracy_km: d.f64()?,
+        })
+    } else {
+        None
+    };
+    let token = if flags & 4 != 0 {
+        Some(Arc::new(get_token(d)?))
+    } else {
+        None
+    };
+    let scheme = match flags >> 6 {
+        0 => None,
+        1 => Some(Scheme::Http),
+        2 => Some(Scheme::Https),
+        _ => return Err(d.invalid("unknown scheme")),
+    };
+    Ok(EventRecord {
+        origin,
+        tie,
+        ts_ms,
+        client_ip,
+        method,
+        path,
+        status,
+        user_agent,
+        token,
+        token_in_url: flags & 8 != 0,
+        authenticated: flags & 16 != 0,
+        geo,
+        scheme,
+    })
+}
+
+fn put_opt(e: &mut Enc<'_>, s: Option<&str>) {
+    match s {
+        None => e.u8(0),
+        Some(s) => {
+            e.u8(1);
+            e.bytes(s.as_bytes());
+        }
+    }
+}
+
+fn get_opt(d: &mut Dec<'_>) -> Result<Option<Arc<str>>, SnapshotError> {
+    Ok(if get_bool(d)? { Some(d.str()?.into()) } else { None })
+}
+
+fn put_date(e: &mut Enc<'_>, v: Option<i64>) {
+    match v {
+        None => e.u8(0),
+        Some(v) => {
+            e.u8(1);
+            e.vari(v);
+        }
+    }
+}
+
+fn get_date(d: &mut Dec<'_>) -> Result<Option<i64>, SnapshotError> {
+    Ok(if get_bool(d)? { Some(d.vari()?) } else { None })
+}
+
+fn get_bool(d: &mut Dec<'_>) -> Result<bool, SnapshotError> {
+    match d.u8()? {
+        0 => Ok(false),
+        1 => Ok(true),
+        _ => Err(d.invalid("a flag is neither 0 nor 1")),
+    }
+}
+
+fn get_i32(d: &mut Dec<'_>) -> Result<i32, SnapshotError> {
+    i32::try_from(d.vari()?).map_err(|_| d.invalid("partition out of range"))
+}
+
+/// The token's id and claims as [`TokenInfo`] holds them (the token itself never was).
+fn put_token(e: &mut Enc<'_>, t: &TokenInfo) {
+    e.bytes(t.token_id.as_bytes());
+    let flags = u8::from(t.id_is_jti)
+        | u8::from(t.unsigned) << 1
+        | u8::from(t.verified) << 2
+        | u8::from(t.signature_invalid) << 3;
+    e.u8(flags);
+    put_opt(e, t.iss.as_deref());
+    put_opt(e, t.sub.as_deref());
+    e.bytes(t.subject.as_bytes());
+    put_opt(e, t.alg.as_deref());
+    put_opt(e, t.kid.as_deref());
+    e.varu(t.aud.len() as u64);
+    for a in t.aud.iter() {
+        e.bytes(a.as_bytes());
+    }
+    put_date(e, t.exp);
+    put_date(e, t.iat);
+    put_date(e, t.nbf);
+    e.varu(t.claims.len() as u64);
+    for (name, value) in t.claims.iter() {
+        e.bytes(name.as_bytes());
+        match value {
+            ClaimValue::Str(s) => {
+                e.u8(0);
+                e.bytes(s.as_bytes());
+            }
+            ClaimValue::Num(n) => {
+                e.u8(1);
+                e.f64(*n);
+            }
+            ClaimValue::Bool(b) => e.u8(2 + u8::from(*b)),
+        }
+    }
+    e.varu(t.sensitive_claims.len() as u64);
+    for name in t.sensitive_claims.iter() {
+        e.bytes(name.as_bytes());
+    }
+}
+
+fn get_token(d: &mut Dec<'_>) -> Result<TokenInfo, SnapshotError> {
+    let token_id = d.str()?.into();
+    let flags = d.u8()?;
+    let iss = get_opt(d)?;
+    let sub = get_opt(d)?;
+    let subject = d.str()?.into();
+    let alg = get_opt(d)?;
+    let kid = get_opt(d)?;
+    let aud = (0..d.count(1)?)
+        .map(|_| d.str().map(Box::from))
+        .collect::<Result<Vec<_>, _>>()?;
+    let (exp, iat, nbf) = (get_date(d)?, get_date(d)?, get_date(d)?);
+    let claims = (0..d.count(2)?).map(|_| get_claim(d)).collect::<Result<Vec<_>, _>>()?;
+    let sensitive_claims = (0..d.count(1)?)
+        .map(|_| d.str().map(Box::from))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(TokenInfo {
+        token_id,
+        id_is_jti: flags & 1 != 0,
+        iss,
+        sub,
+        subject,
+        alg,
+        kid,
+        aud: aud.into(),
+        exp,
+        iat,
+        nbf,
+        unsigned: flags & 2 != 0,
+        verified: flags & 4 != 0,
+        claims: claims.into(),
+        signature_invalid: flags & 8 != 0,
+        sensitive_claims: sensitive_claims.into(),
+    })
+}
+
+fn get_claim(d: &mut Dec<'_>) -> Result<(Box<str>, ClaimValue), SnapshotError> {
+    let name = d.str()?.into();
+    let value = match d.u8()? {
+        0 => ClaimValue::Str(d.str()?.into()),
+        1 => ClaimValue::Num(d.f64()?),
+        2 => ClaimValue::Bool(false),
+        3 => ClaimValue::Bool(true),
+        _ => return Err(d.invalid("unknown claim type")),
+    };
+    Ok((name, value))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(token: Option<TokenInfo>) -> Event<'static> {
+        Event {
+            ts_ms: 1_795_910_400_123,
+            client_ip: Some("2001:db8::7".parse().unwrap()),
+            method: "GET".into(),
+            path: "/billing/invoices".into(),
+            status: Some(200),
+            user_agent: "curl/8".into(),
+            token: token.map(Arc::new),
+            token_in_url: true,
+            authenticated: true,
+            geo: Some(GeoPoint {
+                lat: 48.85,
+                lon: 2.35,
+                accuracy_km: 20.0,
+            }),
+            scheme: Some(Scheme::Http),
+        }
+    }
+
+    fn full_token() -> TokenInfo {
+        TokenInfo {
+            kid: Some("k1".into()),
+            aud: Arc::new(["billing-api".into(), "other".into()]),
+            exp: Some(1_795_914_000),
+            iat: Some(-5),
+            nbf: None,
+            claims: Box::new([
+                ("tenant".into(), ClaimValue::Str("acme".into())),
+                ("level".into(), ClaimValue::Num(2.5)),
+                ("admin".into(), ClaimValue::Bool(true)),
+            ]),
+            sensitive_claims: Box::new(["password".into()]),
+            signature_invalid: true,
+            ..TokenInfo::test_token("jti-1", "alice")
+        }
+    }
+
+    /// The record of `ev` as the first use of the first line of partition 0.
+    fn first_record(ev: &Event<'_>) -> Vec<u8> {
+        let mut buf = Vec::new();
+        let origin = Origin {
+            partition: 0,
+            offset: 0,
+            line: 0,
+            use_index: 0,
+        };
+        encode_event(ev, origin, 1, &mut buf);
+        buf
+    }
+
+    fn round_trip(ev: &Event<'_>) -> EventRecord {
+        let origin = Origin {
+            partition: 5,
+            offset: 123_456_789,
+            line: 3,
+            use_index: 1,
+        };
+        let mut buf = Vec::new();
+        encode_event(ev, origin, 0xdead_beef_cafe, &mut buf);
+        match decode(&buf).unwrap() {
+            Record::Event(r) => {
+                assert_eq!((r.origin, r.tie), (origin, 0xdead_beef_cafe));
+                r
+            }
+            other => panic!("not an event: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_event_comes_back_as_the_engine_saw_it() {
+        for ev in [event(Some(full_token())), event(None)] {
+            let back = round_trip(&ev);
+            assert_eq!(format!("{:?}", back.event()), format!("{ev:?}"));
+            assert_eq!(back.token.as_deref(), ev.token.as_deref());
+        }
+        let bare = Event {
+            client_ip: None,
+            status: None,
+            geo: None,
+            scheme: None,
+            ..event(None)
+        };
+        assert_eq!(round_trip(&bare).event().status, None);
+    }
+
+    #[test]
+    fn partitions_are_kafkas_murmur2() {
+        // Kafka's UtilsTest vectors for murmur2 (signed 32-bit in Java).
+        for (key, want) in [
+            ("21", -973_932_308),
+            ("foobar", -790_332_482),
+            ("a-little-bit-long-string", -985_981_536),
+            ("a-little-bit-longer-string", -1_486_304_829),
+            ("lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8", -58_897_971),
+            ("abc", 479_470_107),
+        ] {
+            assert_eq!(murmur2(key.as_bytes()) as i32, want, "{key}");
+        }
+        assert_eq!(partition_for(b"foobar", 6), (-790_332_482i32 & 0x7fff_ffff) % 6);
+    }
+
+    #[test]
+    fn a_watermark_comes_back() {
+        let w = Watermark {
+            producer: u64::MAX,
+            partition: 2,
+            ts_ms: -1,
+            idle: true,
+        };
+        let mut buf = Vec::new();
+        encode_watermark(&w, &mut buf);
+        assert_eq!(decode(&buf), Ok(Record::Watermark(w)));
+    }
+
+    #[test]
+    fn damaged_records_are_refused_never_half_read() {
+        let buf = first_record(&event(Some(full_token())));
+        assert_eq!(decode(&[]), Err(RecordError::Empty));
+        let mut newer = buf.clone();
+        newer[0] = FORMAT + 1;
+        assert_eq!(decode(&newer), Err(RecordError::Format(FORMAT + 1)));
+        for cut in 0..buf.len() {
+            assert!(decode(&buf[..cut]).is_err(), "a record cut at {cut} bytes was read");
+        }
+        let mut longer = buf.clone();
+        longer.push(0);
+        assert!(matches!(decode(&longer), Err(RecordError::Malformed(_))));
+    }
+
+    #[test]
+    fn a_record_holds_the_claims_never_the_token() {
+        let raw = crate::token::encode_unsigned_parts(
+            &serde_json::json!({"alg": "RS256", "kid": "k1"}),
+            &serde_json::json!({"iss": "https://idp", "sub": "alice", "exp": 1_795_914_000}),
+            b"the-signature-segment-of-this-token",
+        );
+        let info = crate::token::decode(crate::token::RawToken::new(&raw), &[]).unwrap();
+        assert!(!info.id_is_jti, "a token without jti is known by its hash");
+        let ev = event(Some(info));
+        let buf = first_record(&ev);
+        let contains = |needle: &[u8]| buf.windows(needle.len()).any(|w| w == needle);
+        for (i, segment) in raw.split('.').enumerate() {
+            assert!(
+                !contains(segment.as_bytes()),
+                "segment {i} of the token is in the record"
+            );
+        }
+        assert!(contains(b"https://idp|alice"));
+        assert_eq!(subject_key(&ev), Some("https://idp|alice"));
+        assert_eq!(subject_key(&event(None)), None);
+    }
+}
