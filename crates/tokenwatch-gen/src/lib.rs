@@ -71,6 +71,7 @@
 //! in 50,000 lines).
 
 mod geoip;
+pub mod hostile;
 #[cfg(feature = "kafka")]
 pub mod kafka;
 mod keys;
