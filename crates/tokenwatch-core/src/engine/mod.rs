@@ -120,6 +120,9 @@ pub struct Engine {
     /// The candidates of the event being processed (kept to reuse the buffer).
     candidates: index::Bits,
     states: Vec<State>,
+    /// The heap all rules' keys hold (the sum of [`State::heap_bytes`]), kept up to date from
+    /// the rules an event ran, so that checking `state_bytes` does not visit every rule.
+    keys_heap: usize,
     /// Per rule, as `states`: its revocation budget.
     budgets: Vec<BudgetState>,
     revoked: Revocations,
@@ -151,6 +154,7 @@ impl Engine {
             candidates: Vec::new(),
             rules,
             states,
+            keys_heap: 0,
             budgets,
             revoked: Revocations::new(cfg.max_revocations),
             aggregate: Aggregator::new(cfg.aggregate_window_ms),
@@ -221,6 +225,7 @@ impl Engine {
             }
         }
         self.states = states;
+        self.recount_keys_heap();
         self.budgets = rules.rules.iter().map(|_| BudgetState::default()).collect();
         self.index = RuleIndex::new(&rules.rules);
         self.rules = rules;
@@ -269,7 +274,12 @@ impl Engine {
 
     /// The heap all rules' keys hold, which `state_bytes` bounds.
     pub fn state_heap_bytes(&self) -> usize {
-        self.states.iter().map(State::heap_bytes).sum()
+        self.keys_heap
+    }
+
+    /// Counts [`Self::keys_heap`] afresh, after a change to every rule's state.
+    fn recount_keys_heap(&mut self) {
+        self.keys_heap = self.states.iter().map(State::heap_bytes).sum();
     }
 
     /// Keys currently tracked, over all rules (plus remembered revocations).
@@ -410,7 +420,8 @@ impl Engine {
     /// additions per event while under it.
     fn keep_state_budget(&mut self, authenticated: bool) {
         let limit = self.cfg.state_bytes;
-        let mut total: usize = self.states.iter().map(State::heap_bytes).sum();
+        debug_assert_eq!(self.keys_heap, self.states.iter().map(State::heap_bytes).sum::<usize>());
+        let mut total = self.keys_heap;
         if total <= limit {
             return;
         }
@@ -425,6 +436,7 @@ impl Engine {
                 break;
             }
         }
+        self.keys_heap = total;
     }
 
     fn record(&mut self, cx: &Ctx<'_>, outcome: Option<Outcome>) {
@@ -458,7 +470,10 @@ impl Engine {
             hasher: &self.hasher,
             memo,
         };
-        self.states[i].run(rule, cx, key, late, &mut env)
+        let had = self.states[i].heap_bytes();
+        let fired = self.states[i].run(rule, cx, key, late, &mut env);
+        self.keys_heap = self.keys_heap - had + self.states[i].heap_bytes();
+        fired
     }
 
     /// Counts an enforced revocation against its rule's budget; past it, the decision becomes
@@ -542,6 +557,7 @@ impl Engine {
         for s in &mut self.states {
             s.sweep(now);
         }
+        self.recount_keys_heap();
         self.revoked.sweep(now);
         self.aggregate.sweep(now);
         self.next_sweep = now.saturating_add(SWEEP_EVERY_MS);
