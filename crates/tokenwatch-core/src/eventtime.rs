@@ -293,6 +293,17 @@ impl<T> Sequencer<T> {
         }
     }
 
+    /// Changes every held item in place, never its place in the order (its key is kept
+    /// apart from it): `replay` copies the lines still held out of the batch they point into
+    /// before that batch is reused.
+    pub(crate) fn held_mut(&mut self, mut f: impl FnMut(&mut T)) {
+        let mut held = std::mem::take(&mut self.heap).into_vec();
+        for h in &mut held {
+            f(&mut h.item);
+        }
+        self.heap = BinaryHeap::from(held);
+    }
+
     /// Holds line `line` (decoded) of the message at `offset` of `source`.
     #[allow(clippy::too_many_arguments)]
     pub fn push(&mut self, source: usize, offset: i64, line: u32, ts: i64, tie: u64, item: T, now: Instant) {

@@ -24,12 +24,33 @@ pub struct GeoError {
 }
 
 /// An opened City database, with a bounded cache of recent lookups: client addresses repeat
-/// across many requests, and a database lookup costs more than parsing the whole line.
+/// across many requests, and a database lookup costs more than parsing the whole line (a
+/// full-size database's records hold names in many languages, all decoded to be skipped).
 pub struct GeoDb {
     /// Shared by the parse workers of one pipeline; each keeps its own cache.
     reader: Arc<maxminddb::Reader<Vec<u8>>>,
-    cache: HashMap<IpAddr, Option<GeoPoint>, ahash::RandomState>,
+    cache: HashMap<CacheKey, Cached, ahash::RandomState>,
     cache_cap: usize,
+}
+
+/// What the cache is keyed by. IPv6 clients change their interface id (temporary addresses,
+/// one per connection on phones), so one client is many addresses of one /64; a database
+/// network is never longer than /64 in practice, and when the database says the /64 lies in
+/// one of its networks, the /64 is looked up once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum CacheKey {
+    V4(u32),
+    /// The first 64 bits of an IPv6 address.
+    Net64(u64),
+    /// An IPv6 address whose /64 the database splits.
+    V6(u128),
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Cached {
+    Found(Option<GeoPoint>),
+    /// The database splits this /64: its addresses are cached one by one.
+    Split,
 }
 
 /// Addresses kept in the lookup cache; when full it is cleared and refills from live traffic.
@@ -87,29 +108,67 @@ impl GeoDb {
         }
     }
 
-    /// The location of `ip`, from the cache or the database.
+    /// The location of `ip`, from the cache or the database: always what [`Self::locate`]
+    /// says.
     pub(crate) fn locate_cached(&mut self, ip: IpAddr) -> Option<GeoPoint> {
-        if let Some(hit) = self.cache.get(&ip) {
+        let v6 = match ip.to_canonical() {
+            IpAddr::V4(v4) => return self.cached(CacheKey::V4(v4.to_bits()), |db| db.locate(ip)),
+            IpAddr::V6(v6) => v6.to_bits(),
+        };
+        let net = CacheKey::Net64((v6 >> 64) as u64);
+        match self.cache.get(&net) {
+            Some(Cached::Found(hit)) => *hit,
+            Some(Cached::Split) => self.cached(CacheKey::V6(v6), |db| db.locate(ip)),
+            None => {
+                let (found, prefix_len) = self.locate_network(ip);
+                if prefix_len <= 64 {
+                    self.insert(net, Cached::Found(found));
+                } else {
+                    self.insert(net, Cached::Split);
+                    self.insert(CacheKey::V6(v6), Cached::Found(found));
+                }
+                found
+            }
+        }
+    }
+
+    fn cached(&mut self, key: CacheKey, locate: impl FnOnce(&Self) -> Option<GeoPoint>) -> Option<GeoPoint> {
+        if let Some(Cached::Found(hit)) = self.cache.get(&key) {
             return *hit;
         }
-        let found = self.locate(ip);
+        let found = locate(self);
+        self.insert(key, Cached::Found(found));
+        found
+    }
+
+    fn insert(&mut self, key: CacheKey, value: Cached) {
         if self.cache.len() >= self.cache_cap {
             self.cache.clear();
         }
-        self.cache.insert(ip, found);
-        found
+        self.cache.insert(key, value);
     }
 
     /// The location of `ip`, when the database has coordinates for it (an IPv4-mapped IPv6
     /// address is looked up as its IPv4 address).
     pub fn locate(&self, ip: IpAddr) -> Option<GeoPoint> {
-        let city: City = self.reader.lookup(ip.to_canonical()).ok().flatten()?;
-        let loc = city.location?;
-        Some(GeoPoint {
-            lat: loc.latitude?,
-            lon: loc.longitude?,
-            accuracy_km: loc.accuracy_radius.map(f64::from).unwrap_or(0.0),
-        })
+        self.locate_network(ip).0
+    }
+
+    /// The location of `ip` and the prefix length of the database's network that holds it
+    /// (every address of that network has the same answer). A database error is an answer
+    /// for this address alone.
+    fn locate_network(&self, ip: IpAddr) -> (Option<GeoPoint>, usize) {
+        let Ok((city, prefix_len)) = self.reader.lookup_prefix::<City>(ip.to_canonical()) else {
+            return (None, 128);
+        };
+        let point = city.and_then(|c| c.location).and_then(|loc| {
+            Some(GeoPoint {
+                lat: loc.latitude?,
+                lon: loc.longitude?,
+                accuracy_km: loc.accuracy_radius.map(f64::from).unwrap_or(0.0),
+            })
+        });
+        (point, prefix_len)
     }
 }
 
@@ -153,6 +212,42 @@ mod tests {
         assert_eq!(db.locate_cached("10.0.0.1".parse().unwrap()), None);
         assert_eq!(milton.accuracy_km, 22.0);
         assert!(db.locate("10.0.0.1".parse().unwrap()).is_none());
+    }
+
+    /// The cache answers as the database does for every network of the test database (first,
+    /// last and a middle address, twice), for other addresses of a cached /64, and for a /64
+    /// the database splits (the IPv4 space at ::/96 of an IPv6 tree).
+    #[test]
+    fn the_cache_answers_as_the_database() {
+        let db = test_db();
+        let mut cached = db.fork();
+        let mut addrs: Vec<IpAddr> = Vec::new();
+        let within = db.reader.within::<City>("::/0".parse().unwrap()).unwrap();
+        for item in within {
+            let net = item.unwrap().ip_net;
+            let (first, last) = (net.network(), net.broadcast());
+            addrs.extend([first, last]);
+            if let (IpAddr::V6(a), IpAddr::V6(b)) = (first, last) {
+                let mid = a.to_bits() / 2 + b.to_bits() / 2;
+                // another interface id in the first /64
+                addrs.extend([IpAddr::V6(mid.into()), IpAddr::V6((a.to_bits() | 0x1234_5678).into())]);
+            }
+        }
+        addrs.extend(["::5102:458e", "::5102:458f", "::1:2:3:4"].map(|a| a.parse::<IpAddr>().unwrap()));
+        assert!(addrs.len() > 100, "{} addresses", addrs.len());
+        for round in 0..2 {
+            for &ip in &addrs {
+                assert_eq!(cached.locate_cached(ip), db.locate(ip), "{ip}, round {round}");
+            }
+        }
+        let located = addrs
+            .iter()
+            .filter(|ip| ip.is_ipv6() && db.locate(**ip).is_some())
+            .count();
+        assert!(located > 10, "{located} located IPv6 addresses");
+        let split = cached.cache.values().filter(|c| matches!(c, Cached::Split)).count();
+        let nets = cached.cache.keys().filter(|k| matches!(k, CacheKey::Net64(_))).count();
+        assert!(split > 0 && nets > split, "{split} split /64s of {nets}");
     }
 
     #[test]

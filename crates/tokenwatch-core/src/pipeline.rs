@@ -422,11 +422,26 @@ impl Drop for ParallelDecode {
     }
 }
 
-/// A decoded line that owns its bytes: what waits in the event-time buffer
-/// ([`crate::eventtime::Sequencer`]) until its turn. No `Debug`: it holds a raw line.
+/// A decoded line: what waits in the event-time buffer ([`crate::eventtime::Sequencer`])
+/// until its turn. No `Debug`: it holds a raw line.
 pub struct HeldLine {
-    bytes: Box<[u8]>,
+    bytes: LineBytes,
+    /// The tie-break between equal event times ([`crate::eventtime::tie_hash`]).
+    tie: u64,
     ev: DecodedEvent,
+}
+
+/// Where a held line's bytes are. `replay` reads one source, so only the lines at the newest
+/// event time read wait past their batch: its lines point into the batch they were read in,
+/// and the few still held when the batch is done are copied out ([`HeldLine::own`]), instead
+/// of copying every line.
+enum LineBytes {
+    Own(Box<[u8]>),
+    /// `lines.buf[start..end]` of the batch being applied.
+    InBatch {
+        start: usize,
+        end: usize,
+    },
 }
 
 impl HeldLine {
@@ -436,7 +451,24 @@ impl HeldLine {
 
     /// The tie-break between equal event times ([`crate::eventtime::tie_hash`]).
     pub fn tie(&self) -> u64 {
-        crate::eventtime::tie_hash(&self.bytes)
+        self.tie
+    }
+
+    /// The line's bytes: its own, or its span of `batch`, the buffer of the batch it was read
+    /// in (a line that points into a batch is applied or copied out before that batch is
+    /// reused).
+    fn bytes<'a>(&'a self, batch: &'a [u8]) -> &'a [u8] {
+        match self.bytes {
+            LineBytes::Own(ref b) => b,
+            LineBytes::InBatch { start, end } => &batch[start..end],
+        }
+    }
+
+    /// Copies the line out of `batch`, the buffer it points into, if it does.
+    pub(crate) fn own(&mut self, batch: &[u8]) {
+        if let LineBytes::InBatch { start, end } = self.bytes {
+            self.bytes = LineBytes::Own(batch[start..end].into());
+        }
     }
 }
 
@@ -558,7 +590,11 @@ impl Pipeline {
     /// [`Pipeline::apply_batch`] would) and gives `None`.
     pub fn hold_line(&mut self, line: &[u8]) -> Option<HeldLine> {
         match self.decoder.decode(line, line) {
-            Ok(ev) => Some(HeldLine { bytes: line.into(), ev }),
+            Ok(ev) => Some(HeldLine {
+                bytes: LineBytes::Own(line.into()),
+                tie: crate::eventtime::tie_hash(line),
+                ev,
+            }),
             Err(skip) => {
                 self.apply(&Err(skip), &[], &mut Vec::new());
                 None
@@ -566,13 +602,16 @@ impl Pipeline {
         }
     }
 
-    /// The decoded lines of a batch for the event-time buffer, skipped lines counted.
+    /// The decoded lines of a batch for the event-time buffer, skipped lines counted. The
+    /// lines point into the batch: apply them with [`Pipeline::apply_held_in`] and copy out
+    /// those still held ([`HeldLine::own`]) before the batch is reused.
     pub(crate) fn hold_batch(&mut self, batch: &mut DecodedBatch, mut hold: impl FnMut(HeldLine)) {
         let DecodedBatch { lines, items } = batch;
         for (span, d) in lines.lines.iter().zip(items.drain(..)) {
             match (d, *span) {
                 (Ok(ev), LineSpan::Ok(a, b)) => hold(HeldLine {
-                    bytes: lines.buf[a..b].into(),
+                    bytes: LineBytes::InBatch { start: a, end: b },
+                    tie: crate::eventtime::tie_hash(&lines.buf[a..b]),
                     ev: DecodedEvent {
                         method: ev.method.rebase(a),
                         path: ev.path.rebase(a),
@@ -586,9 +625,15 @@ impl Pipeline {
         }
     }
 
-    /// Runs the engine over a line whose turn has come.
+    /// Runs the engine over a line whose turn has come (one of [`Pipeline::hold_line`]).
     pub fn apply_held(&mut self, line: &HeldLine, out: &mut Vec<Decision>) {
-        self.apply_event(&line.ev, &line.bytes, out);
+        self.apply_held_in(line, &[], out);
+    }
+
+    /// Runs the engine over a line whose turn has come; `batch` is the buffer of the batch
+    /// that [`Pipeline::hold_batch`] held it from, if it still points into it.
+    pub(crate) fn apply_held_in(&mut self, line: &HeldLine, batch: &[u8], out: &mut Vec<Decision>) {
+        self.apply_event(&line.ev, line.bytes(batch), out);
     }
 
     fn apply(&mut self, d: &Decoded, base: &[u8], out: &mut Vec<Decision>) {

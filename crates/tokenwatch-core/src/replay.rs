@@ -351,9 +351,11 @@ impl Writer {
         let order = &mut self.order;
         let now = self.start;
         pipeline.hold_batch(batch, |line| order.push(0, 0, 0, line.ts_ms(), line.tie(), line, now));
-        batch.clear();
         let decisions = &mut self.decisions;
-        order.release(now, |line, _| pipeline.apply_held(&line, decisions));
+        let buf = &batch.lines().buf;
+        order.release(now, |line, _| pipeline.apply_held_in(&line, buf, decisions));
+        order.held_mut(|line| line.own(buf));
+        batch.clear();
         self.write_decisions(out)?;
         if self.progress {
             let now = Instant::now();
@@ -399,6 +401,46 @@ mod tests {
         s.skipped.insert("invalid_json", 400);
         s.decisions.insert(("token-replay".into(), "revoke_token"), 3);
         s
+    }
+
+    /// Replay's decisions (JSON lines) on `lines`, with a rule that fires once per path.
+    fn decide(lines: &[String]) -> (String, u64) {
+        let yaml = "id: per-path\nseverity: low\naction: alert\nkind: match\nkey: path\ncooldown: forever\n";
+        let rules = crate::rules::RuleSet {
+            rules: crate::rules::load_str(std::path::Path::new("r.yaml"), yaml).unwrap(),
+            files: 1,
+        };
+        let mut p = Pipeline::new(
+            std::sync::Arc::new(rules),
+            None,
+            crate::pipeline::PipelineConfig::default(),
+        )
+        .unwrap();
+        let input: Input = ("in".into(), Box::new(std::io::Cursor::new(lines.concat().into_bytes())));
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let sum = replay(&mut p, vec![input], 1 << 16, &mut out, &mut err, false).unwrap();
+        (String::from_utf8(out).unwrap(), sum.stats.decisions.values().sum())
+    }
+
+    /// Lines at one event time wait for a newer one across several batches (256 KiB each):
+    /// they are copied out of their batch before it is reused, so replay decides on them as on
+    /// the same lines in the opposite order (one canonical order for both).
+    #[test]
+    fn lines_held_across_batches_keep_their_bytes() {
+        let pad = "x".repeat(100);
+        let mut lines: Vec<String> = (0..4000)
+            .map(|i| format!("{{\"ts\":\"2026-11-29T00:00:00Z\",\"method\":\"GET\",\"path\":\"/p/{i}/{pad}\"}}\n"))
+            .collect();
+        assert!(lines.concat().len() > 2 * 256 * 1024);
+        let newer = "{\"ts\":\"2026-11-29T00:00:01Z\",\"method\":\"GET\",\"path\":\"/last\"}\n".to_string();
+        lines.push(newer.clone());
+        let (forward, fired) = decide(&lines);
+        assert_eq!(fired, 4001, "one decision per distinct path");
+        lines.pop();
+        lines.reverse();
+        lines.push(newer);
+        assert_eq!(decide(&lines).0, forward);
+        assert!(forward.contains("/p/3999/"), "{}", &forward[..200]);
     }
 
     #[test]

@@ -1,4 +1,6 @@
-//! The engine: runs every compiled rule over each event, in event time, with bounded state.
+//! The engine: runs the compiled rules over each event, in event time, with bounded state.
+//! An event reaches only the rules whose filter may hold for it ([`index`]), so its cost
+//! grows with the rules in its scope, not with all rules.
 //!
 //! Time is the event's own: the engine never reads a clock, so a replayed file gives the same
 //! decisions as the live stream did. Events may arrive out of order by up to
@@ -19,6 +21,7 @@ pub mod aggregate;
 pub mod budget;
 pub mod count;
 pub mod distinct;
+mod index;
 pub mod keymap;
 pub mod matching;
 pub mod posture;
@@ -40,6 +43,7 @@ use crate::token::TokenInfo;
 
 use aggregate::Aggregator;
 use budget::BudgetState;
+use index::RuleIndex;
 use revoked::{Revocations, Revoked};
 use state::{Env, State};
 use trace::{Outcome, Step, Trace};
@@ -111,7 +115,14 @@ struct Fired {
 pub struct Engine {
     cfg: EngineConfig,
     rules: Arc<RuleSet>,
+    /// Which rules an event can match ([`index`]), rebuilt with the rules.
+    index: RuleIndex,
+    /// The candidates of the event being processed (kept to reuse the buffer).
+    candidates: index::Bits,
     states: Vec<State>,
+    /// The heap all rules' keys hold (the sum of [`State::heap_bytes`]), kept up to date from
+    /// the rules an event ran, so that checking `state_bytes` does not visit every rule.
+    keys_heap: usize,
     /// Per rule, as `states`: its revocation budget.
     budgets: Vec<BudgetState>,
     revoked: Revocations,
@@ -139,8 +150,11 @@ impl Engine {
         let seeds = snapshot::random_seeds();
         Engine {
             cfg,
+            index: RuleIndex::new(&rules.rules),
+            candidates: Vec::new(),
             rules,
             states,
+            keys_heap: 0,
             budgets,
             revoked: Revocations::new(cfg.max_revocations),
             aggregate: Aggregator::new(cfg.aggregate_window_ms),
@@ -211,7 +225,9 @@ impl Engine {
             }
         }
         self.states = states;
+        self.recount_keys_heap();
         self.budgets = rules.rules.iter().map(|_| BudgetState::default()).collect();
+        self.index = RuleIndex::new(&rules.rules);
         self.rules = rules;
     }
 
@@ -258,7 +274,12 @@ impl Engine {
 
     /// The heap all rules' keys hold, which `state_bytes` bounds.
     pub fn state_heap_bytes(&self) -> usize {
-        self.states.iter().map(State::heap_bytes).sum()
+        self.keys_heap
+    }
+
+    /// Counts [`Self::keys_heap`] afresh, after a change to every rule's state.
+    fn recount_keys_heap(&mut self) {
+        self.keys_heap = self.states.iter().map(State::heap_bytes).sum();
     }
 
     /// Keys currently tracked, over all rules (plus remembered revocations).
@@ -298,7 +319,7 @@ impl Engine {
         h.finish()
     }
 
-    /// Runs every rule over `ev`, appending decisions to `out`.
+    /// Runs every rule that may match `ev` over it, appending decisions to `out`.
     pub fn process(&mut self, ev: &Event<'_>, out: &mut Vec<Decision>) {
         let ts = ev.ts_ms;
         self.events += 1;
@@ -335,45 +356,63 @@ impl Engine {
             Some(t) if t.wants(&cx) => rules.rules.iter().position(|r| r.id == t.rule),
             Some(_) => None,
         };
-        for (i, rule) in rules.rules.iter().enumerate() {
-            if !rule.filter.matches(&cx) || allowlisted(rule, &cx) {
-                if traced == Some(i) {
-                    let why = trace::where_failed(rule, &cx).or_else(|| trace::allow_entry(rule, &cx));
-                    self.record(&cx, why);
-                }
-                continue;
-            }
-            let key = match rule.key {
-                Field::TokenId => memo.token_id(&self.hasher, &cx),
-                Field::Subject => memo.subject(&self.hasher, &cx),
-                _ => {
-                    let key_val = rule.key.get(&cx);
-                    (key_val != Val::Missing).then(|| self.hash(&key_val))
-                }
-            };
-            let Some(key) = key else {
-                if traced == Some(i) {
-                    self.record(&cx, Some(Outcome::NoKey { key: rule.key.name() }));
-                }
-                continue;
-            };
-            let before = (traced == Some(i)).then(|| self.states[i].observe(key));
-            let fired = self.run(i, rule, &cx, key, late, &mut memo);
-            if let Some(before) = before {
-                self.record_evaluated(i, &cx, key, late, before, fired.as_ref());
-            }
-            if let Some(f) = fired {
-                let mut d = decision(rule, &cx, f);
-                self.spend_budget(i, rule, &mut d);
-                if self.aggregate.admit(&self.hasher, &cx, &mut d) {
-                    out.push(d);
-                }
-            }
+        // Only the rules the index leaves in can match; the traced rule runs anyway, so
+        // `explain` still says which condition failed.
+        let mut candidates = std::mem::take(&mut self.candidates);
+        self.index.candidates(&cx, &mut candidates);
+        if let Some(t) = traced {
+            candidates[t / 64] |= 1 << (t % 64);
         }
+        for i in index::ones(&candidates) {
+            out.extend(self.step(i, &rules.rules[i], &cx, late, traced == Some(i), &mut memo));
+        }
+        self.candidates = candidates;
         for d in &out[start..] {
             self.apply(d, ev);
         }
         self.keep_state_budget(ev.authenticated);
+    }
+
+    /// One rule's turn with the event: its filter and allowlist, its key, its kind's step,
+    /// then the decision, its budget and the aggregation of unauthenticated critical ones.
+    fn step(
+        &mut self,
+        i: usize,
+        rule: &Rule,
+        cx: &Ctx<'_>,
+        late: bool,
+        traced: bool,
+        memo: &mut KeyMemo,
+    ) -> Option<Decision> {
+        if !rule.filter.matches(cx) || allowlisted(rule, cx) {
+            if traced {
+                let why = trace::where_failed(rule, cx).or_else(|| trace::allow_entry(rule, cx));
+                self.record(cx, why);
+            }
+            return None;
+        }
+        let key = match rule.key {
+            Field::TokenId => memo.token_id(&self.hasher, cx),
+            Field::Subject => memo.subject(&self.hasher, cx),
+            _ => {
+                let key_val = rule.key.get(cx);
+                (key_val != Val::Missing).then(|| self.hash(&key_val))
+            }
+        };
+        let Some(key) = key else {
+            if traced {
+                self.record(cx, Some(Outcome::NoKey { key: rule.key.name() }));
+            }
+            return None;
+        };
+        let before = traced.then(|| self.states[i].observe(key));
+        let fired = self.run(i, rule, cx, key, late, memo);
+        if let Some(before) = before {
+            self.record_evaluated(i, cx, key, late, before, fired.as_ref());
+        }
+        let mut d = decision(rule, cx, fired?);
+        self.spend_budget(i, rule, &mut d);
+        self.aggregate.admit(&self.hasher, cx, &mut d).then_some(d)
     }
 
     /// Keeps all rules' keys within `state_bytes`: past it, rules shed keys, the largest
@@ -381,7 +420,8 @@ impl Engine {
     /// additions per event while under it.
     fn keep_state_budget(&mut self, authenticated: bool) {
         let limit = self.cfg.state_bytes;
-        let mut total: usize = self.states.iter().map(State::heap_bytes).sum();
+        debug_assert_eq!(self.keys_heap, self.states.iter().map(State::heap_bytes).sum::<usize>());
+        let mut total = self.keys_heap;
         if total <= limit {
             return;
         }
@@ -396,6 +436,7 @@ impl Engine {
                 break;
             }
         }
+        self.keys_heap = total;
     }
 
     fn record(&mut self, cx: &Ctx<'_>, outcome: Option<Outcome>) {
@@ -429,7 +470,10 @@ impl Engine {
             hasher: &self.hasher,
             memo,
         };
-        self.states[i].run(rule, cx, key, late, &mut env)
+        let had = self.states[i].heap_bytes();
+        let fired = self.states[i].run(rule, cx, key, late, &mut env);
+        self.keys_heap = self.keys_heap - had + self.states[i].heap_bytes();
+        fired
     }
 
     /// Counts an enforced revocation against its rule's budget; past it, the decision becomes
@@ -513,6 +557,7 @@ impl Engine {
         for s in &mut self.states {
             s.sweep(now);
         }
+        self.recount_keys_heap();
         self.revoked.sweep(now);
         self.aggregate.sweep(now);
         self.next_sweep = now.saturating_add(SWEEP_EVERY_MS);

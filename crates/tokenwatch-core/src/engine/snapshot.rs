@@ -663,6 +663,7 @@ impl Engine {
             }
         }
         self.states = states;
+        self.recount_keys_heap();
         self.budgets = budgets;
         self.seeds = seeds;
         self.hasher = ahash::RandomState::with_seeds(seeds[0], seeds[1], seeds[2], seeds[3]);

@@ -80,7 +80,12 @@ impl Filter {
 
 impl Cond {
     pub fn holds(&self, cx: &Ctx<'_>) -> bool {
-        let v = self.field.get(cx);
+        self.holds_for(self.field.get(cx))
+    }
+
+    /// Whether the condition holds for this value of its field: what [`Self::holds`] decides,
+    /// also asked by the engine's rule index of the values it names at load time.
+    pub fn holds_for(&self, v: Val<'_>) -> bool {
         match (&self.op, v) {
             (Op::Exists(want), v) => (v != Val::Missing) == *want,
             (_, Val::Missing) => false,
@@ -88,6 +93,25 @@ impl Cond {
             (Op::NotIn(cs), Val::StrList(l)) => !l.iter().any(|s| cs.iter().any(|c| eq(&Val::Str(s), c))),
             (op, Val::StrList(l)) => l.iter().any(|s| scalar(op, Val::Str(s))),
             (op, v) => scalar(op, v),
+        }
+    }
+}
+
+impl Op {
+    /// Whether the operator may hold for a string that no `eq`, `ne`, `in` or `not_in`
+    /// condition on its field names, and whose longest prefix among the field's `prefix`
+    /// conditions is `prefix` (`None`: none of them): exact for every operator but `suffix`,
+    /// `contains` and `regex`, which may hold. The engine's rule index asks this once per rule
+    /// at load time ([`crate::engine`]); it must agree with [`scalar`] on such strings.
+    pub fn may_hold_unnamed(&self, prefix: Option<&str>) -> bool {
+        match self {
+            Op::Eq(_) | Op::In(_) => false,
+            Op::Ne(_) | Op::NotIn(_) => true,
+            Op::Prefix(p) => prefix.is_some_and(|l| l.starts_with(&**p)),
+            Op::Suffix(_) | Op::Contains(_) | Op::Regex(_) => true,
+            Op::Gt(_) | Op::Gte(_) | Op::Lt(_) | Op::Lte(_) | Op::Cidr(_) => false,
+            Op::NotCidr(_) => true,
+            Op::Exists(want) => *want,
         }
     }
 }
