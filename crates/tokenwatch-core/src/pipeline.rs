@@ -626,6 +626,7 @@ impl Pipeline {
             authenticated: p.authenticated,
             geo: p.geo,
             scheme: p.scheme,
+            second_token: false,
         };
         let c = self.stats.by_format.get_mut(p.format);
         c.events += 1;
@@ -647,6 +648,7 @@ impl Pipeline {
                 token: Some(second.clone()),
                 token_in_url: true,
                 authenticated: second.verified,
+                second_token: true,
                 ..ev
             };
             self.stats.authenticated += u64::from(ev2.authenticated);

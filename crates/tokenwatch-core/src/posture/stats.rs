@@ -512,6 +512,7 @@ mod tests {
             authenticated: true,
             geo: None,
             scheme: None,
+            second_token: false,
         }
     }
 
