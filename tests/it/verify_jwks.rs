@@ -251,6 +251,15 @@ impl JwksServer {
     }
 }
 
+/// A verifier of one JWKS URL with the default refetch interval (one minute).
+fn url_verifier(url: &str) -> Arc<Verifier> {
+    let cfg = VerifyConfig {
+        jwks: vec![url.to_string()],
+        issuers: Vec::new(),
+    };
+    Arc::new(Verifier::load(&cfg).unwrap())
+}
+
 fn jwks_of(kids: &[&str]) -> String {
     let all: Value = serde_json::from_slice(&std::fs::read(keys::jwks()).unwrap()).unwrap();
     let keys: Vec<&Value> = all["keys"]
@@ -265,13 +274,7 @@ fn jwks_of(kids: &[&str]) -> String {
 #[test]
 fn a_jwks_url_rotates_fetching_a_new_kid_once() {
     let server = JwksServer::start(jwks_of(&["k1"]));
-    let v = Arc::new(
-        Verifier::load(&VerifyConfig {
-            jwks: vec![server.url.clone()],
-            issuers: Vec::new(),
-        })
-        .unwrap(),
-    );
+    let v = url_verifier(&server.url);
     assert_eq!(server.hits.load(Ordering::SeqCst), 1, "read at start");
     let mut c = cache(&v);
     assert!(verified(&mut c, &keys::rs256(&claims("u", "a", T0))));
@@ -344,13 +347,7 @@ fn a_kid_no_jwks_publishes_is_invalid_only_after_a_fresh_look() {
     // A URL with the default one-minute refetch interval: the first unknown kid is fetched for
     // (and is then known to be unpublished); another one within the minute is not known yet.
     let server = JwksServer::start(jwks_of(&["k1"]));
-    let v = Arc::new(
-        Verifier::load(&VerifyConfig {
-            jwks: vec![server.url.clone()],
-            issuers: Vec::new(),
-        })
-        .unwrap(),
-    );
+    let v = url_verifier(&server.url);
     let mut c = cache(&v);
     let made_up = forged(&json!({"alg": "RS256", "kid": "made-up"}), &claims("u", "b", T0));
     assert!(signature_invalid(&mut c, &made_up));
