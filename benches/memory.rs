@@ -110,6 +110,7 @@ fn main() {
                 accuracy_km: 10.0,
             }),
             scheme: None,
+            second_token: false,
         };
         engine.process(&ev, &mut out);
         out.clear();

@@ -148,13 +148,27 @@ pub enum DemoError {
     Task(#[from] tokio::task::JoinError),
 }
 
-/// The verifier that trusts exactly the generator's public keys for `seed` (its JWKS, as
-/// `tokenwatch gen --jwks-out` writes it): generated tokens are `verified`, forged decoys not.
+/// The verifier that trusts exactly the generator's public keys for `seed`, each for its own
+/// issuer (`[verify] issuers`, [`tokenwatch_gen::issuer_jwks`]): generated tokens are
+/// `verified`, forged decoys not, and tokens of any other issuer are unchecked.
 pub fn generator_verifier(
     seed: u64,
 ) -> Result<std::sync::Arc<tokenwatch_core::verify::Verifier>, tokenwatch_core::verify::jwks::JwksError> {
-    let doc = tokenwatch_gen::jwks(seed);
-    tokenwatch_core::verify::Verifier::from_document("<the generator's keys>", doc.as_bytes()).map(std::sync::Arc::new)
+    let issuers = tokenwatch_gen::issuer_jwks(seed);
+    tokenwatch_core::verify::Verifier::from_issuer_documents("<the generator's keys>", &issuers)
+        .map(std::sync::Arc::new)
+}
+
+/// tokenwatch configured for the deployment the generated traffic comes from: the generator's
+/// keys per issuer ([`generator_verifier`]) and its posture ([`GenConfig::posture`]: issuers,
+/// the API's audience and protected prefix, the maximum key age), everything else as by
+/// default. The demo, [`run_generated`] and the tests build their pipelines from this one.
+pub fn generator_deployment(cfg: &GenConfig) -> Result<PipelineConfig, tokenwatch_core::verify::jwks::JwksError> {
+    Ok(PipelineConfig {
+        verify: Some(generator_verifier(cfg.seed)?),
+        posture: Arc::new(cfg.posture()),
+        ..PipelineConfig::default()
+    })
 }
 
 /// The engine's defaults, without the aggregation of unauthenticated critical decisions: the
@@ -178,9 +192,8 @@ pub fn run_generated(
     let rules = tokenwatch_core::defaults::rules()?;
     let geo = cfg.networks.geo_db();
     let pcfg = PipelineConfig {
-        verify: Some(generator_verifier(cfg.seed)?),
         engine: scoring_engine(),
-        ..PipelineConfig::default()
+        ..generator_deployment(&cfg)?
     };
     let mut pipeline = Pipeline::new(rules, Some(geo), pcfg).map_err(DemoError::Pipeline)?;
     let mut decisions = Vec::new();
@@ -328,15 +341,13 @@ async fn demo_service(
     decisions: Arc<Mutex<Vec<Decision>>>,
     w: &mut (dyn Write + Send),
 ) -> Result<Service, DemoError> {
-    let verify = match &opts.verify {
-        Some(v) => v.clone(),
-        None => generator_verifier(opts.traffic.seed)?,
-    };
-    let pipeline = PipelineConfig {
-        verify: Some(verify),
+    let mut pipeline = PipelineConfig {
         engine: scoring_engine(),
-        ..PipelineConfig::default()
+        ..generator_deployment(&opts.traffic)?
     };
+    if let Some(v) = &opts.verify {
+        pipeline.verify = Some(v.clone());
+    }
     if let Some(warning) = pipeline.evidence_warning() {
         let _ = writeln!(w, "warning: {warning}");
     }

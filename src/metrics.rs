@@ -19,7 +19,7 @@ use prometheus::{
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-use tokenwatch_core::posture::LIFETIME_BUCKETS_S;
+use tokenwatch_core::posture::LIFETIME_BUCKETS;
 
 pub struct Metrics {
     pub registry: Registry,
@@ -375,7 +375,7 @@ impl Metrics {
             aggregated_decisions: r.counter(AGGREGATED_DECISIONS),
             refused_keys: r.counter_vec(REFUSED_KEYS, &["rule"]),
             posture_tokens: r.counter_vec(POSTURE_TOKENS, &["issuer", "alg"]),
-            posture_lifetime: r.totals_histogram(POSTURE_LIFETIME, &LIFETIME_BUCKETS_S),
+            posture_lifetime: r.totals_histogram(POSTURE_LIFETIME, &LIFETIME_BUCKETS.map(|(s, _)| s as f64)),
             posture_in_url: r.counter_vec(POSTURE_IN_URL, &["issuer"]),
             posture_over_http: r.counter_vec(POSTURE_OVER_HTTP, &["issuer"]),
             posture_unverified: r.counter_vec(POSTURE_UNVERIFIED, &["issuer"]),

@@ -12,9 +12,8 @@ pub mod html;
 pub mod markdown;
 
 use tokenwatch_core::pipeline::Stats;
-use tokenwatch_core::posture::stats::{
-    ReportStats, RuleFindings, LIFETIME_BUCKETS, LIFETIME_OVER, MAX_KEYS, MAX_NAMES, MAX_PATHS, TIME_BUCKETS,
-};
+use tokenwatch_core::posture::stats::{ReportStats, RuleFindings, MAX_KEYS, MAX_NAMES, MAX_PATHS, TIME_BUCKETS};
+use tokenwatch_core::posture::{LIFETIME_BUCKETS, LIFETIME_OVER};
 use tokenwatch_core::rules::Action;
 
 /// What the report is made from.
@@ -182,7 +181,9 @@ impl Report<'_> {
             .zip(p.lifetimes)
             .collect();
         items.push(("no iat or exp".to_string(), p.no_lifetime));
-        let long: u64 = p.lifetimes[LIFETIME_BUCKETS.len() - 1..].iter().sum();
+        // The buckets past the one ending at 24 h.
+        let day = LIFETIME_BUCKETS.iter().position(|(s, _)| *s == 86_400).unwrap_or(0);
+        let long: u64 = p.lifetimes[day + 1..].iter().sum();
         let lead = vec![format!(
             "Lifetime is exp − iat of each distinct token. Tokens that live longer than 24 h: {long}."
         )];

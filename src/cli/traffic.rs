@@ -56,6 +56,11 @@ pub struct TrafficArgs {
     /// Injected attacks per 10,000 lines.
     #[arg(long, default_value_t = 5.0)]
     attack_rate: f64,
+    /// Injected posture findings per 10,000 lines (weak algorithm, unknown issuer, audience
+    /// mismatch, invalid signature accepted, sensitive claims, token over HTTP; and, above 0,
+    /// signing keys that grow stale after 15 minutes). 0 injects none.
+    #[arg(long, default_value_t = 1.0)]
+    posture_rate: f64,
     /// Fraction of malformed lines (0..1).
     #[arg(long, default_value_t = 0.0)]
     malformed_rate: f64,
@@ -86,6 +91,7 @@ impl TrafficArgs {
             users: self.users,
             rate_per_sec: self.rate,
             attack_rate: self.attack_rate,
+            posture_rate: self.posture_rate,
             malformed_rate: self.malformed_rate,
             format,
             networks: networks(self.geoip.as_deref())?,
@@ -117,6 +123,7 @@ fn checked(cfg: GenConfig) -> anyhow::Result<GenConfig> {
         let flag = match e.field {
             "rate_per_sec" => "rate",
             "attack_rate" => "attack-rate",
+            "posture_rate" => "posture-rate",
             "malformed_rate" => "malformed-rate",
             f => f,
         };
@@ -253,6 +260,9 @@ pub struct DemoArgs {
     /// Injected attacks per 10,000 lines.
     #[arg(long, default_value_t = 10.0)]
     attack_rate: f64,
+    /// Injected posture findings per 10,000 lines (as `gen --posture-rate`).
+    #[arg(long, default_value_t = 10.0)]
+    posture_rate: f64,
     /// Place users in the networks this MaxMind City database (.mmdb) locates; the demo's
     /// engine then geolocates with it too.
     #[arg(long)]
@@ -271,6 +281,7 @@ pub fn demo(a: DemoArgs) -> anyhow::Result<ExitCode> {
             users: a.users,
             rate_per_sec: a.rate,
             attack_rate: a.attack_rate,
+            posture_rate: a.posture_rate,
             networks: networks(a.geoip.as_deref())?,
             ..GenConfig::default()
         })?,

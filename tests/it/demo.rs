@@ -27,8 +27,43 @@ fn the_default_rules_agree_with_the_labels_over_a_generated_day() {
         );
         assert!(labels.len() > 100, "{}", labels.len());
         assert_eq!(s.recall(), 1.0, "{format:?} missed: {:?}", s.missed);
+        assert_every_posture_rule_detected(&s);
         assert_every_decision_is_labelled(&s, &labels);
     }
+}
+
+/// Each posture rule has labels, and each label was detected: by a decision of its rule on
+/// its token.
+fn assert_every_posture_rule_detected(s: &tokenwatch::demo::Score) {
+    for rule in tokenwatch_gen::rule::POSTURE {
+        let (detected, missed, _) = s.per_rule.get(rule).copied().unwrap_or_default();
+        assert!(
+            detected > 0 && missed == 0,
+            "{rule}: {detected} detected, {missed} missed"
+        );
+    }
+}
+
+/// README's configuration for replaying generated traffic is the generated deployment's
+/// posture ([`tokenwatch_gen::GenConfig::posture`]), the one the demo and the tests use.
+#[test]
+fn the_readme_configuration_of_the_generated_deployment_is_the_one_the_demo_uses() {
+    let readme = std::fs::read_to_string(common::root().join("README.md")).unwrap();
+    let after = readme
+        .split("That deployment, as a configuration for `replay --config`")
+        .nth(1)
+        .expect("README shows the generated deployment's configuration");
+    let toml = after
+        .split("```toml\n")
+        .nth(1)
+        .and_then(|b| b.split("```").next())
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("gen-jwks.json"), tokenwatch_gen::jwks(42)).unwrap();
+    let path = dir.path().join("gen.toml");
+    std::fs::write(&path, toml).unwrap();
+    let loaded = tokenwatch::config::Config::load(&path).unwrap();
+    assert_eq!(loaded.config.posture(), GenConfig::default().posture());
 }
 
 /// Every decision is a labelled attack's, and every forged decoy is scored "not fired": the
@@ -53,6 +88,7 @@ async fn the_live_demo_shows_every_rule_and_scores_itself() {
             users: 300,
             rate_per_sec: 20.0,
             attack_rate: 10.0,
+            posture_rate: 10.0,
             ..GenConfig::default()
         },
         speedup: 250.0,
@@ -66,7 +102,9 @@ async fn the_live_demo_shows_every_rule_and_scores_itself() {
     let score = live(opts, &mut out).await.unwrap();
     let text = String::from_utf8_lossy(&out);
     assert_eq!(score.per_rule.len(), tokenwatch_gen::rule::LABELLED, "{text}");
-    assert!(text.contains("sensitive-claims"), "{text}");
+    for rule in tokenwatch_gen::rule::POSTURE {
+        assert!(text.contains(rule), "{rule}: {text}");
+    }
     for (rule, (detected, _, _)) in &score.per_rule {
         assert!(*detected > 0, "{rule}: {text}");
     }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use tokenwatch::demo::score;
 use tokenwatch_core::geo::GeoDb;
-use tokenwatch_core::pipeline::{Pipeline, PipelineConfig};
+use tokenwatch_core::pipeline::Pipeline;
 use tokenwatch_gen::{GenConfig, GenFormat, Generator, Networks};
 
 fn geoip2_city_test() -> PathBuf {
@@ -116,11 +116,8 @@ fn the_default_rules_agree_with_the_labels_over_a_day_placed_by_the_given_databa
         // The engine as `replay --rules rules --geoip FILE` builds it.
         let rules = Arc::new(tokenwatch_core::rules::load_dir(&common::root().join("rules")).unwrap());
         let geo = GeoDb::open(&geoip2_city_test()).unwrap();
-        // ... and `--jwks` with the generator's public keys (`gen --jwks-out`).
-        let pcfg = PipelineConfig {
-            verify: Some(tokenwatch::demo::generator_verifier(cfg.seed).unwrap()),
-            ..PipelineConfig::default()
-        };
+        // ... and configured for the generated deployment: its keys per issuer and its posture.
+        let pcfg = tokenwatch::demo::generator_deployment(&cfg).unwrap();
         let mut pipeline = Pipeline::new(rules, Some(geo), pcfg).unwrap();
         let (mut decisions, mut labels, mut lines) = (Vec::new(), Vec::new(), 0u64);
         for g in Generator::new(cfg) {

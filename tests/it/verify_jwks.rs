@@ -251,6 +251,15 @@ impl JwksServer {
     }
 }
 
+/// A verifier of one JWKS URL with the default refetch interval (one minute).
+fn url_verifier(url: &str) -> Arc<Verifier> {
+    let cfg = VerifyConfig {
+        jwks: vec![url.to_string()],
+        issuers: Vec::new(),
+    };
+    Arc::new(Verifier::load(&cfg).unwrap())
+}
+
 fn jwks_of(kids: &[&str]) -> String {
     let all: Value = serde_json::from_slice(&std::fs::read(keys::jwks()).unwrap()).unwrap();
     let keys: Vec<&Value> = all["keys"]
@@ -265,13 +274,7 @@ fn jwks_of(kids: &[&str]) -> String {
 #[test]
 fn a_jwks_url_rotates_fetching_a_new_kid_once() {
     let server = JwksServer::start(jwks_of(&["k1"]));
-    let v = Arc::new(
-        Verifier::load(&VerifyConfig {
-            jwks: vec![server.url.clone()],
-            issuers: Vec::new(),
-        })
-        .unwrap(),
-    );
+    let v = url_verifier(&server.url);
     assert_eq!(server.hits.load(Ordering::SeqCst), 1, "read at start");
     let mut c = cache(&v);
     assert!(verified(&mut c, &keys::rs256(&claims("u", "a", T0))));
@@ -314,4 +317,46 @@ fn a_failing_jwks_url_keeps_the_last_good_keys_and_counts() {
         ..PipelineConfig::default()
     });
     assert_eq!(p.jwks_errors(), 1);
+}
+
+fn signature_invalid(cache: &mut TokenCache, token: &str) -> bool {
+    cache.get(RawToken::new(token)).unwrap().signature_invalid
+}
+
+/// A `kid` that no JWKS holds is an invalid signature (`invalid-signature-accepted` may fire)
+/// only once the JWKS was looked at again after the token appeared and still lacks it: a
+/// file's stamp looked at now, a URL fetched now. Within the URL's refetch interval nothing is
+/// known yet; and a key published later turns the cached verdict into "verified".
+#[test]
+fn a_kid_no_jwks_publishes_is_invalid_only_after_a_fresh_look() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("jwks.json");
+    std::fs::write(&path, jwks_of(&["k1"])).unwrap();
+    let v = verifier(&[path.to_str().unwrap()]);
+    let mut c = cache(&v);
+    let ec = sign(Algorithm::ES256, Some("ec1"), &claims("u", "a", T0));
+    assert!(!verified(&mut c, &ec));
+    assert!(
+        signature_invalid(&mut c, &ec),
+        "the file, looked at now, does not publish ec1"
+    );
+    std::fs::write(&path, jwks_of(&["k1", "ec1"])).unwrap();
+    assert!(verified(&mut c, &ec), "published later: verified on its next use");
+    assert!(!signature_invalid(&mut c, &ec));
+
+    // A URL with the default one-minute refetch interval: the first unknown kid is fetched for
+    // (and is then known to be unpublished); another one within the minute is not known yet.
+    let server = JwksServer::start(jwks_of(&["k1"]));
+    let v = url_verifier(&server.url);
+    let mut c = cache(&v);
+    let made_up = forged(&json!({"alg": "RS256", "kid": "made-up"}), &claims("u", "b", T0));
+    assert!(signature_invalid(&mut c, &made_up));
+    assert_eq!(server.hits.load(Ordering::SeqCst), 2, "fetched again for it");
+    let other = forged(&json!({"alg": "RS256", "kid": "made-up-2"}), &claims("u", "c", T0));
+    assert!(!signature_invalid(&mut c, &other), "no look yet: unknown, not invalid");
+    assert!(!verified(&mut c, &other));
+    assert_eq!(server.hits.load(Ordering::SeqCst), 2);
+    // A known kid with a bad signature is invalid at once, as before.
+    let bad = forged(&json!({"alg": "RS256", "kid": "k1"}), &claims("u", "d", T0));
+    assert!(signature_invalid(&mut c, &bad));
 }

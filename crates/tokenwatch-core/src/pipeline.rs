@@ -657,9 +657,11 @@ impl Pipeline {
     /// The line's uses of tokens for the detect stage (the records of [`crate::record`]),
     /// counted here as [`Pipeline::apply_held`] would count them; the engine is not run.
     pub fn held_uses(&mut self, line: &HeldLine, mut emit: impl FnMut(u8, &Event<'_>, u64)) {
-        self.account(&line.ev, &line.bytes);
+        // A line from `hold_line` owns its bytes (only `replay`'s batches point into theirs).
+        let bytes = line.bytes(&[]);
+        self.account(&line.ev, bytes);
         let tie = line.tie();
-        for (use_index, ev) in uses(&line.ev, &line.bytes) {
+        for (use_index, ev) in uses(&line.ev, bytes) {
             self.observe_use(&ev);
             emit(use_index, &ev, tie);
         }
@@ -735,11 +737,13 @@ fn uses<'a>(p: &'a DecodedEvent, base: &'a [u8]) -> impl Iterator<Item = (u8, Ev
         authenticated: p.authenticated,
         geo: p.geo,
         scheme: p.scheme,
+        second_token: false,
     };
     let second = p.url_token.as_ref().map(|second| Event {
         token: Some(second.clone()),
         token_in_url: true,
         authenticated: second.verified,
+        second_token: true,
         ..ev.clone()
     });
     std::iter::once((0, ev)).chain(second.map(|ev| (1, ev)))

@@ -286,9 +286,85 @@ pub fn alg_strength(alg: Option<&str>, issuer_asymmetric: bool) -> Option<&'stat
     })
 }
 
-/// Upper bounds (seconds) of the token-lifetime histogram: 5 min, 15 min, 1 h, 4 h, 24 h,
-/// 7 d, 30 d (and above).
-pub const LIFETIME_BUCKETS_S: [f64; 7] = [300.0, 900.0, 3_600.0, 14_400.0, 86_400.0, 604_800.0, 2_592_000.0];
+/// Upper bounds (seconds, inclusive) of the token-lifetime buckets, and their labels: the
+/// posture metrics' histogram and the report's chart use these same buckets. Minutes for
+/// access tokens, a day as the outer limit guidance sets, then a week and a month for what is
+/// plainly too long.
+pub const LIFETIME_BUCKETS: [(i64, &str); 7] = [
+    (5 * 60, "≤ 5 min"),
+    (15 * 60, "≤ 15 min"),
+    (3_600, "≤ 1 h"),
+    (4 * 3_600, "≤ 4 h"),
+    (86_400, "≤ 24 h"),
+    (7 * 86_400, "≤ 7 d"),
+    (30 * 86_400, "≤ 30 d"),
+];
+/// The label of the bucket past the last bound.
+pub const LIFETIME_OVER: &str = "> 30 d";
+
+/// How a token's `alg` is classed: one of [`REGISTERED_ALGS`] (`none` in any letter case is
+/// `none`), another value, or none at all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AlgClass {
+    Registered(usize),
+    Unregistered,
+    Absent,
+}
+
+/// What the posture metrics (per event) and the report (per distinct token) both say of one
+/// event's token, classed once here so the two cannot disagree: its algorithm, its lifetime
+/// bucket, and where it leaked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenClass {
+    pub alg: AlgClass,
+    /// (bucket in [`LIFETIME_BUCKETS`], `LIFETIME_BUCKETS.len()` past the last; `exp - iat`
+    /// in seconds, 0 at least); `None` without `iat` or `exp`.
+    pub lifetime: Option<(usize, i64)>,
+    /// The token was (also) in the URL query.
+    pub in_url: bool,
+    /// The request came over plain HTTP (as the log says; `false` when it does not say).
+    pub over_http: bool,
+}
+
+impl TokenClass {
+    /// The class of `ev`'s token; `None` for a request without one.
+    pub fn of(ev: &crate::input::Event<'_>) -> Option<TokenClass> {
+        let t = ev.token.as_deref()?;
+        let alg = match t.alg.as_deref() {
+            None => AlgClass::Absent,
+            Some(a) => match REGISTERED_ALGS.iter().position(|r| *r == a) {
+                Some(i) => AlgClass::Registered(i),
+                None if a.eq_ignore_ascii_case("none") => {
+                    AlgClass::Registered(REGISTERED_ALGS.iter().position(|r| *r == "none").unwrap_or(0))
+                }
+                None => AlgClass::Unregistered,
+            },
+        };
+        let lifetime = t.lifetime().map(|l| {
+            let secs = l.max(0);
+            let b = LIFETIME_BUCKETS
+                .iter()
+                .position(|(ub, _)| secs <= *ub)
+                .unwrap_or(LIFETIME_BUCKETS.len());
+            (b, secs)
+        });
+        Some(TokenClass {
+            alg,
+            lifetime,
+            in_url: ev.token_in_url,
+            over_http: ev.scheme == Some(crate::input::Scheme::Http),
+        })
+    }
+
+    /// The algorithm as a metric label: a registered name, else `other` (absent included):
+    /// Prometheus labels must come from a fixed set.
+    pub fn alg_index(self) -> usize {
+        match self.alg {
+            AlgClass::Registered(i) => i,
+            AlgClass::Unregistered | AlgClass::Absent => REGISTERED_ALGS.len(),
+        }
+    }
+}
 
 /// Token hygiene counted per event for the posture metrics, with labels from fixed sets only:
 /// the issuer as a configured issuer's index (any other is `other`), the algorithm as one of
@@ -297,9 +373,9 @@ pub const LIFETIME_BUCKETS_S: [f64; 7] = [300.0, 900.0, 3_600.0, 14_400.0, 86_40
 pub struct PostureStats {
     /// By issuer label: the configured issuers in order, then `other`.
     pub by_issuer: Vec<IssuerStats>,
-    /// Events by token lifetime (`exp - iat`): one count per [`LIFETIME_BUCKETS_S`] bucket,
+    /// Events by token lifetime (`exp - iat`): one count per [`LIFETIME_BUCKETS`] bucket,
     /// not cumulative, the last for longer lifetimes.
-    pub lifetime: [u64; LIFETIME_BUCKETS_S.len() + 1],
+    pub lifetime: [u64; LIFETIME_BUCKETS.len() + 1],
     pub lifetime_sum_s: f64,
 }
 
@@ -316,7 +392,9 @@ pub struct IssuerStats {
 impl PostureStats {
     /// Counts one event's token.
     pub fn observe(&mut self, ev: &crate::input::Event<'_>, p: &Posture) {
-        let Some(t) = ev.token.as_deref() else { return };
+        let (Some(t), Some(c)) = (ev.token.as_deref(), TokenClass::of(ev)) else {
+            return;
+        };
         let n = p.issuers.len() + 1;
         if self.by_issuer.len() != n {
             self.by_issuer.resize(n, IssuerStats::default());
@@ -326,24 +404,14 @@ impl PostureStats {
             .as_deref()
             .and_then(|iss| p.issuers.iter().position(|c| **c == *iss))
             .unwrap_or(n - 1);
-        let a = t
-            .alg
-            .as_deref()
-            .and_then(|alg| REGISTERED_ALGS.iter().position(|r| *r == alg))
-            .unwrap_or(REGISTERED_ALGS.len());
         let s = &mut self.by_issuer[i];
-        s.by_alg[a] += 1;
-        s.in_url += u64::from(ev.token_in_url);
-        s.over_http += u64::from(ev.scheme == Some(crate::input::Scheme::Http));
+        s.by_alg[c.alg_index()] += 1;
+        s.in_url += u64::from(c.in_url);
+        s.over_http += u64::from(c.over_http);
         s.unverified += u64::from(!ev.authenticated);
-        if let Some(l) = t.lifetime() {
-            let secs = l.max(0) as f64;
-            let b = LIFETIME_BUCKETS_S
-                .iter()
-                .position(|ub| secs <= *ub)
-                .unwrap_or(LIFETIME_BUCKETS_S.len());
+        if let Some((b, secs)) = c.lifetime {
             self.lifetime[b] += 1;
-            self.lifetime_sum_s += secs;
+            self.lifetime_sum_s += secs as f64;
         }
     }
 

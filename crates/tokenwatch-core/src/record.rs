@@ -93,6 +93,7 @@ impl EventRecord {
             authenticated: self.authenticated,
             geo: self.geo,
             scheme: self.scheme,
+            second_token: self.origin.use_index == 1,
         }
     }
 }
@@ -445,6 +446,7 @@ mod tests {
                 accuracy_km: 20.0,
             }),
             scheme: Some(Scheme::Http),
+            second_token: false,
         }
     }
 
@@ -484,7 +486,8 @@ mod tests {
             partition: 5,
             offset: 123_456_789,
             line: 3,
-            use_index: 1,
+            // A second token in the URL is use 1: the record says which use it is.
+            use_index: u8::from(ev.second_token),
         };
         let mut buf = Vec::new();
         encode_event(ev, origin, 0xdead_beef_cafe, &mut buf);
@@ -499,7 +502,11 @@ mod tests {
 
     #[test]
     fn an_event_comes_back_as_the_engine_saw_it() {
-        for ev in [event(Some(full_token())), event(None)] {
+        let second = Event {
+            second_token: true,
+            ..event(Some(full_token()))
+        };
+        for ev in [event(Some(full_token())), event(None), second] {
             let back = round_trip(&ev);
             assert_eq!(format!("{:?}", back.event()), format!("{ev:?}"));
             assert_eq!(back.token.as_deref(), ev.token.as_deref());

@@ -130,8 +130,9 @@ pub struct TokenInfo {
     pub verified: bool,
     /// Claims that the loaded rules refer to by name (`claim.NAME`), as strings or numbers.
     pub claims: Box<[(Box<str>, ClaimValue)]>,
-    /// A JWKS held keys for it and none verified it ([`Verdict::Failed`]): a forged or
-    /// tampered token, not merely one tokenwatch cannot check.
+    /// A JWKS held keys for it and none verified it ([`Verdict::Failed`]), or its `kid` is in
+    /// none of its issuer's JWKS read after it was seen ([`Verdict::KeyNotPublished`]): a
+    /// forged or tampered token, not merely one tokenwatch cannot check.
     pub signature_invalid: bool,
     /// The names of its claims that match `[posture] sensitive_claims` (names only, bounded:
     /// [`crate::posture::MAX_SENSITIVE_NAMES`]).
@@ -763,16 +764,15 @@ impl TokenCache {
         if let Some((info, retry)) = self.map.get_mut(&key) {
             // Its key id was unknown: the JWKS may have it now (its re-reads are rate-limited).
             if let (true, Some(v)) = (*retry, &self.verifier) {
-                match v.verify(raw, info) {
-                    Verdict::UnknownKey => {}
-                    Verdict::Failed | Verdict::Unchecked => *retry = false,
-                    Verdict::Verified => {
-                        let mut again = (**info).clone();
-                        again.verified = true;
-                        *info = Arc::new(again);
-                        *retry = false;
-                    }
+                let verdict = v.verify(raw, info);
+                let verified = verdict == Verdict::Verified;
+                if (verified, verdict.invalid()) != (info.verified, info.signature_invalid) {
+                    let mut again = (**info).clone();
+                    again.verified = verified;
+                    again.signature_invalid = verdict.invalid();
+                    *info = Arc::new(again);
                 }
+                *retry = verdict.retry();
             }
             return Ok(info.clone());
         }
@@ -829,12 +829,13 @@ impl TokenCache {
     }
 }
 
-/// Sets `info.verified`; true when the token's key id was in no JWKS (worth trying again).
+/// Sets `info.verified` and `info.signature_invalid`; true when the token's key id was in no
+/// JWKS (worth trying again: the key may be published later).
 fn verify(v: &Verifier, raw: RawToken<'_>, info: &mut TokenInfo) -> bool {
     let verdict = v.verify(raw, info);
     info.verified = verdict == Verdict::Verified;
-    info.signature_invalid = verdict == Verdict::Failed;
-    verdict == Verdict::UnknownKey
+    info.signature_invalid = verdict.invalid();
+    verdict.retry()
 }
 
 // ---- lenient claim parsing: real tokens carry odd types; a wrong type means "absent" ----

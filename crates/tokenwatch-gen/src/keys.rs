@@ -161,6 +161,11 @@ impl Keys {
     pub(crate) fn jwks(&self) -> serde_json::Value {
         json!({ "keys": self.keys.iter().map(|k| k.jwk.clone()).collect::<Vec<_>>() })
     }
+
+    /// The public key of `issuer` alone, as a JWK Set.
+    pub(crate) fn jwks_of(&self, issuer: usize) -> serde_json::Value {
+        json!({ "keys": [self.keys[issuer].jwk.clone()] })
+    }
 }
 
 fn b64(bytes: &[u8]) -> String {

@@ -57,6 +57,14 @@
 //! | forged-url | the attacker's own valid token in the header, a forgery in `?x=` (200) | `token-in-url`; `revoked-token-used` as above |
 //! | forged-expired | a forgery expired 30 min-2 h, `alg: none` or a bad signature, to a public endpoint | `expired-token-accepted`; `revoked-token-used` as above (and `unsigned-token` to fire, for `alg: none`) |
 //!
+//! Posture findings (`posture_rate`), labelled where their rules fire once tokenwatch is
+//! configured for the generated deployment ([`GenConfig::posture`], the one definition the demo
+//! and the tests use): a token with an `email` claim; a request over plain HTTP; an HS* token
+//! in a configured issuer's name or an unregistered `alg`; an unconfigured issuer's tokens
+//! accepted; a genuine token for another audience accepted on `/api`; a forged token (real
+//! `kid`, random signature) served on `/api`; and, not scripted, each issuer's key past
+//! [`POSTURE_MAX_KEY_AGE_MS`] (`stale-signing-key` on its first use after that age).
+//!
 //! The cities are those of the built-in tables; over a `--geoip` database the travel scripts
 //! use the fixed points [`Networks`] chose there with the same meaning (impossible in twenty
 //! minutes; within one region; far but slower than an airliner).
@@ -184,9 +192,38 @@ pub struct GenConfig {
     /// Inject forged decoys (labelled `expect: none`) at half the attack rate. An engine that
     /// does not verify signatures fires on them.
     pub decoys: bool,
-    /// Injected posture findings per 10,000 lines (a token with a sensitive claim name), spread
-    /// over [`rule::POSTURE`]; labelled like attacks. 0 injects none.
+    /// Injected posture findings per 10,000 lines, spread over the scripted findings of
+    /// [`rule::POSTURE`]; labelled like attacks. With a rate above 0, the generated
+    /// deployment's keys are also older than its [`GenConfig::posture`] allows, so the first
+    /// use of each issuer's key past that age is labelled `stale-signing-key`. 0 injects none.
     pub posture_rate: f64,
+}
+
+/// How long the generated deployment lets a signing key sign, when posture findings are
+/// injected: a run longer than this shows `stale-signing-key` once per issuer.
+pub const POSTURE_MAX_KEY_AGE_MS: i64 = 15 * 60_000;
+
+impl GenConfig {
+    /// What tokenwatch should be told about the deployment this traffic comes from, for the
+    /// posture rules to judge it: both generator issuers configured (each with its own
+    /// JWKS, [`issuer_jwks`]: they sign RS256 and ES256 only), the whole API
+    /// (`/api`) expecting tokens minted for it (`aud` `api`) and protected, the default
+    /// sensitive claim names, and keys that may sign for [`POSTURE_MAX_KEY_AGE_MS`] (the
+    /// default 90 days when `posture_rate` is 0). The demo and the tests take it from here.
+    pub fn posture(&self) -> tokenwatch_core::posture::Posture {
+        let max_key_age_ms = if self.posture_rate > 0.0 {
+            POSTURE_MAX_KEY_AGE_MS
+        } else {
+            tokenwatch_core::posture::DEFAULT_MAX_KEY_AGE_MS
+        };
+        tokenwatch_core::posture::Posture::new(
+            keys::ISSUERS.iter().map(|i| i.iss.to_owned()).collect(),
+            vec![(scenario::API_PREFIX.into(), scenario::API_AUDIENCE.into())],
+            vec![scenario::API_PREFIX.into()],
+            tokenwatch_core::posture::default_sensitive_claims(),
+            max_key_age_ms,
+        )
+    }
 }
 
 impl Default for GenConfig {
@@ -237,6 +274,15 @@ impl GenConfig {
                 format!("must be 0 or more attacks per 10,000 lines (got {})", self.attack_rate),
             );
         }
+        if !(self.posture_rate.is_finite() && self.posture_rate >= 0.0) {
+            return bad(
+                "posture_rate",
+                format!(
+                    "must be 0 or more posture findings per 10,000 lines (got {})",
+                    self.posture_rate
+                ),
+            );
+        }
         if !(0.0..=1.0).contains(&self.malformed_rate) {
             return bad(
                 "malformed_rate",
@@ -254,6 +300,18 @@ impl GenConfig {
 pub fn jwks(seed: u64) -> String {
     let keys = keys::Keys::for_seed(seed);
     serde_json::to_string_pretty(&keys.jwks()).unwrap_or_default()
+}
+
+/// Each issuer of `seed`'s tokens with the JWK Set of its own key alone, as `[verify] issuers`
+/// would list them: a token of another issuer is then unchecked, and one naming a `kid` its
+/// issuer does not publish is invalid.
+pub fn issuer_jwks(seed: u64) -> Vec<(String, String)> {
+    let keys = keys::Keys::for_seed(seed);
+    keys::ISSUERS
+        .iter()
+        .enumerate()
+        .map(|(i, issuer)| (issuer.iss.to_owned(), keys.jwks_of(i).to_string()))
+        .collect()
 }
 
 /// Whether a labelled rule must fire.
@@ -396,6 +454,47 @@ fn networks(nets: &Networks, rng: &mut Rng, region: usize) -> (Addr, Addr) {
     (home, mobile)
 }
 
+/// The `stale-signing-key` finding, which no script makes: every line with a genuine token
+/// shows its issuer's key in use, first seen on the run's first such line; the first use more
+/// than [`POSTURE_MAX_KEY_AGE_MS`] later is labelled, once per key, as tokenwatch (which learns
+/// first-seen times from verified tokens only) fires on it.
+struct StaleKeys {
+    on: bool,
+    first_seen: [Option<i64>; keys::ISSUERS.len()],
+    labelled: [bool; keys::ISSUERS.len()],
+}
+
+impl StaleKeys {
+    fn new(on: bool) -> Self {
+        StaleKeys {
+            on,
+            first_seen: [None; keys::ISSUERS.len()],
+            labelled: [false; keys::ISSUERS.len()],
+        }
+    }
+
+    /// A line at `ts` carried `m`: its label, when this is the key's first use past the age.
+    fn observe(&mut self, ts: i64, m: &Minted) -> Option<Label> {
+        let i = m.signer?;
+        if !self.on || self.labelled[i] {
+            return None;
+        }
+        let first = *self.first_seen[i].get_or_insert(ts);
+        if ts - first <= POSTURE_MAX_KEY_AGE_MS {
+            return None;
+        }
+        self.labelled[i] = true;
+        Some(Label {
+            rule: rule::STALE_SIGNING_KEY.into(),
+            token_id: Some(m.jti.to_string()),
+            subject: Some(m.subject.to_string()),
+            ts,
+            expect: Expect::Fire,
+            decoy: None,
+        })
+    }
+}
+
 /// Streams lines; see the module documentation.
 pub struct Generator {
     format: GenFormat,
@@ -429,6 +528,7 @@ pub struct Generator {
     posture_every: f64,
     next_posture: f64,
     posture_round: Vec<Scenario>,
+    stale_keys: StaleKeys,
     next_subject: u64,
     region_weights: Vec<u32>,
     /// Reused for every request path.
@@ -553,6 +653,7 @@ impl Generator {
             posture_every,
             next_posture,
             posture_round: Vec::new(),
+            stale_keys: StaleKeys::new(cfg.posture_rate > 0.0),
             next_subject: u64::from(users_n) + 1,
             region_weights,
             path: String::with_capacity(128),
@@ -588,8 +689,7 @@ impl Generator {
         let labels = if script_t <= user_t {
             self.write_scripted(out)
         } else {
-            self.write_user(out);
-            Vec::new()
+            self.write_user(out)
         };
         self.emitted += 1;
         Some((t, labels))
@@ -640,17 +740,21 @@ impl Generator {
             path: &s.path,
             status: s.status,
             ua: s.ua,
-            token: s.token.as_deref(),
+            token: s.token.as_ref().map(|m| &*m.text),
             noise: self.rng.next_u64(),
             http: s.http,
         };
         line::write(self.format, &req, true, out);
-        s.labels
+        let mut labels = s.labels;
+        for m in s.token.iter().chain(&s.in_url) {
+            labels.extend(self.stale_keys.observe(s.ts_ms, m));
+        }
+        labels
     }
 
-    fn write_user(&mut self, out: &mut String) {
+    fn write_user(&mut self, out: &mut String) -> Vec<Label> {
         let Some(Reverse((t, idx))) = self.queue.pop() else {
-            return;
+            return Vec::new();
         };
         let i = idx as usize;
         if !self.users[i].in_session {
@@ -676,7 +780,9 @@ impl Generator {
             http: false,
         };
         line::write(self.format, &req, true, out);
+        let labels = u.token.as_ref().and_then(|m| self.stale_keys.observe(t, m));
         self.schedule(i, t);
+        labels.into_iter().collect()
     }
 
     fn start_session(&mut self, i: usize, t: i64) {
@@ -1099,15 +1205,16 @@ mod tests {
     }
 
     fn assert_legit_traffic_fires_nothing(networks: Arc<Networks>) {
-        let oracle = oracle::Oracle::for_networks(&networks);
         let c = GenConfig {
             users: 100,
             rate_per_sec: 0.6,
             attack_rate: 0.0,
             posture_rate: 0.0,
-            networks,
+            networks: networks.clone(),
             ..cfg(41, 15_000)
         };
+        // The posture rules too, judging by the deployment the traffic comes from.
+        let oracle = oracle::Oracle::for_networks(&networks).with_posture(&c);
         let out = lines(c);
         // 15,000 lines at 0.6/s average 7 hours; 100 users make the rate vary by seed.
         let span = out.last().unwrap().ts_ms - DEFAULT_START_MS;
@@ -1221,11 +1328,13 @@ mod tests {
             users: 500,
             rate_per_sec: 20.0,
             malformed_rate: 0.01,
+            posture_rate: 5.0,
             networks: networks.clone(),
             ..cfg(31, 50_000)
         };
-        let out = lines(c);
-        let per_rule = assert_labels_exact_with(&out, oracle::Oracle::for_networks(&networks));
+        let out = lines(c.clone());
+        let today = oracle::Oracle::for_networks(&networks).with_posture(&c);
+        let per_rule = assert_labels_exact_with(&out, today);
         for r in rule::ALL.iter().chain(&rule::POSTURE) {
             assert!(
                 per_rule.get(*r).copied().unwrap_or(0) >= 1,
@@ -1237,8 +1346,12 @@ mod tests {
             assert!(n >= 1, "no decoy of {r}: {per_rule:?}");
         }
         let jwks = keys::Keys::for_seed(31).jwks();
-        let verifying = oracle::Oracle::for_networks(&networks).verifying(&jwks);
+        let verifying = oracle::Oracle::for_networks(&networks)
+            .verifying(&jwks)
+            .with_posture(&c);
         assert_eq!(assert_labels_exact_with(&out, verifying), per_rule);
+        // One stale key per issuer: both sign from the first minutes on.
+        assert_eq!(per_rule.get(rule::STALE_SIGNING_KEY), Some(&keys::ISSUERS.len()));
     }
 
     /// Each decoy alone, many times over: with today's rules it fires exactly its labels (it
@@ -1250,22 +1363,18 @@ mod tests {
         let mut rng = Rng::new(12);
         let mut mint = Mint::new(12);
         let jwks = mint.keys().jwks();
-        let mut today = oracle::Oracle::for_networks(&nets);
-        let mut verifying = oracle::Oracle::for_networks(&nets).verifying(&jwks);
-        let (mut labels, mut fired_today, mut fired_verifying) = (Vec::new(), Vec::new(), Vec::new());
-        let mut t0 = DEFAULT_START_MS;
-        for (i, kind) in DECOYS.iter().cycle().take(40).enumerate() {
-            let user = 10_000 + 2 * i as u64;
-            for s in Scene::new(&nets, &mut rng, &mut mint, user).play(*kind, t0) {
-                let mut line = String::new();
-                line::write(GenFormat::Canonical, &scripted_req(&s), true, &mut line);
-                fired_today.extend(today.observe(&line));
-                fired_verifying.extend(verifying.observe(&line));
-                labels.extend(s.labels);
-            }
-            // Scripts overlap in time only through their own subjects.
-            t0 += 30 * 60_000;
-        }
+        // Posture judged too (keys of any age): no decoy is a posture finding either.
+        let deployment = GenConfig {
+            posture_rate: 0.0,
+            ..cfg(12, 1)
+        };
+        // Scripts overlap in time only through their own subjects.
+        let scripts = DECOYS.iter().cycle().take(40).enumerate().map(|(i, kind)| {
+            let t0 = DEFAULT_START_MS + 30 * 60_000 * i as i64;
+            (*kind, 10_000 + 2 * i as u64, t0)
+        });
+        let (labels, [fired_today, fired_verifying]) =
+            play_both_ways(&nets, &mut rng, &mut mint, &deployment, &jwks, scripts);
         let r = oracle::classify(&labels, &fired_today);
         assert_eq!((r.missed.len(), r.decoys_not_fired), (0, 0), "{r:?}");
         assert!(r.unlabelled.is_empty(), "{r:?}");
@@ -1276,6 +1385,37 @@ mod tests {
         assert!(r.detected >= 1, "no alg-none forgery among 10: {r:?}");
     }
 
+    /// Plays each (scenario, subject, start) in canonical lines through the re-statement of
+    /// the rules as they are today and verifying, both judging posture by `deployment`;
+    /// returns the labels and what each version fired.
+    fn play_both_ways(
+        nets: &Networks,
+        rng: &mut Rng,
+        mint: &mut Mint,
+        deployment: &GenConfig,
+        jwks: &serde_json::Value,
+        scripts: impl Iterator<Item = (Scenario, u64, i64)>,
+    ) -> (Vec<Label>, [Vec<oracle::Firing>; 2]) {
+        let mut oracles = [
+            oracle::Oracle::for_networks(nets).with_posture(deployment),
+            oracle::Oracle::for_networks(nets)
+                .verifying(jwks)
+                .with_posture(deployment),
+        ];
+        let (mut labels, mut fired) = (Vec::new(), [Vec::new(), Vec::new()]);
+        for (kind, user, t0) in scripts {
+            for s in Scene::new(nets, rng, mint, user).play(kind, t0) {
+                let mut line = String::new();
+                line::write(GenFormat::Canonical, &scripted_req(&s), true, &mut line);
+                for (o, f) in oracles.iter_mut().zip(&mut fired) {
+                    f.extend(o.observe(&line));
+                }
+                labels.extend(s.labels);
+            }
+        }
+        (labels, fired)
+    }
+
     fn scripted_req(s: &Scripted) -> Req<'_> {
         Req {
             ts_ms: s.ts_ms,
@@ -1284,10 +1424,84 @@ mod tests {
             path: &s.path,
             status: s.status,
             ua: s.ua,
-            token: s.token.as_deref(),
+            token: s.token.as_ref().map(|m| &*m.text),
             noise: 0,
             http: s.http,
         }
+    }
+
+    /// Each scripted posture finding, many times over, through the re-statement of the rules
+    /// with the generated deployment's posture: it fires exactly its labels, whether the
+    /// revoking rules verify or not, and no other rule.
+    #[test]
+    fn each_posture_finding_fires_exactly_its_label() {
+        let nets = Networks::builtin();
+        let deployment = GenConfig {
+            posture_rate: 0.0,
+            ..cfg(14, 1)
+        };
+        let (mut rng, mut mint) = (Rng::new(14), Mint::new(14));
+        let jwks = mint.keys().jwks();
+        for (k, kind) in POSTURE.iter().enumerate() {
+            let scripts = (0..12).map(|i| {
+                (
+                    *kind,
+                    10_000 + 100 * k as u64 + i,
+                    DEFAULT_START_MS + i as i64 * 600_000,
+                )
+            });
+            let (labels, [fired_today, fired_verifying]) =
+                play_both_ways(&nets, &mut rng, &mut mint, &deployment, &jwks, scripts);
+            assert_eq!(labels.len(), 12, "{kind:?}: one label per script");
+            assert!(
+                labels.iter().all(|l| rule::POSTURE.contains(&&*l.rule)),
+                "{kind:?}: {labels:?}"
+            );
+            for fired in [&fired_today, &fired_verifying] {
+                let r = oracle::classify(&labels, fired);
+                assert_eq!(r.detected, 12, "{kind:?}: {r:?}");
+                assert!(r.missed.is_empty() && r.unlabelled.is_empty(), "{kind:?}: {r:?}");
+            }
+        }
+    }
+
+    /// The stale key is no script: with posture findings on, the first use of each issuer's
+    /// key more than [`POSTURE_MAX_KEY_AGE_MS`] after its first use is labelled, once, and the
+    /// re-statement of the rule fires exactly there; with them off, keys may sign for 90 days
+    /// and nothing is labelled.
+    #[test]
+    fn each_issuers_key_is_labelled_stale_once_past_the_maximum_age() {
+        let c = GenConfig {
+            users: 200,
+            rate_per_sec: 5.0,
+            attack_rate: 0.0,
+            posture_rate: 0.5,
+            ..cfg(15, 12_000)
+        };
+        let out = lines(c.clone());
+        let stale: Vec<&Label> = out
+            .iter()
+            .flat_map(|g| &g.labels)
+            .filter(|l| l.rule == rule::STALE_SIGNING_KEY)
+            .collect();
+        assert_eq!(stale.len(), keys::ISSUERS.len(), "{stale:?}");
+        for l in &stale {
+            assert!(l.ts > DEFAULT_START_MS + POSTURE_MAX_KEY_AGE_MS, "{l:?}");
+        }
+        let issuers: std::collections::HashSet<&str> = stale
+            .iter()
+            .map(|l| l.subject.as_deref().unwrap().split('|').next().unwrap())
+            .collect();
+        assert_eq!(issuers.len(), keys::ISSUERS.len());
+        let o = oracle::Oracle::for_networks(&Networks::builtin()).with_posture(&c);
+        assert_labels_exact_with(&out, o);
+
+        let off = GenConfig { posture_rate: 0.0, ..c };
+        assert_eq!(
+            off.posture().max_key_age_ms,
+            tokenwatch_core::posture::DEFAULT_MAX_KEY_AGE_MS
+        );
+        assert!(lines(off).iter().all(|g| g.labels.is_empty()));
     }
 
     #[test]
@@ -1298,7 +1512,11 @@ mod tests {
     fn assert_near_misses_fire_nothing(nets: &Networks) {
         let mut rng = Rng::new(9);
         let mut mint = Mint::new(9);
-        let mut o = oracle::Oracle::for_networks(nets);
+        let deployment = GenConfig {
+            posture_rate: 0.0,
+            ..cfg(9, 1)
+        };
+        let mut o = oracle::Oracle::for_networks(nets).with_posture(&deployment);
         for (i, kind) in NEAR_MISSES.iter().cycle().take(40).enumerate() {
             let script = Scene::new(nets, &mut rng, &mut mint, 10_000 + i as u64).play(*kind, DEFAULT_START_MS);
             for s in script {
@@ -1440,6 +1658,13 @@ mod tests {
             .field,
             "users"
         );
+        let e = GenConfig {
+            posture_rate: -1.0,
+            ..GenConfig::default()
+        }
+        .validate()
+        .unwrap_err();
+        assert_eq!(e.field, "posture_rate");
         // Nonsense still generates something rather than hanging.
         let c = GenConfig {
             users: 0,

@@ -29,6 +29,7 @@ use tokenwatch_core::token::{decode, tokens_in_query, RawToken, TokenInfo};
 struct Line<'a> {
     ts: &'a str,
     client_ip: &'a str,
+    method: &'a str,
     #[serde(borrow)]
     path: std::borrow::Cow<'a, str>,
     status: u16,
@@ -95,8 +96,9 @@ impl Verifier {
     }
 }
 
-/// A decoded token, and whether it verifies.
-type Seen = (Rc<TokenInfo>, bool);
+/// A decoded token, whether it counts as authenticated, and whether it is genuine (verifies
+/// against the posture's per-issuer keys).
+type Seen = (Rc<TokenInfo>, bool, bool);
 
 /// One token of one line, as the rules see it.
 struct Ev<'a> {
@@ -110,7 +112,23 @@ struct Ev<'a> {
     sensitive: bool,
     /// The request came over plain HTTP.
     http: bool,
+    method: &'a str,
+    path: &'a str,
+    status: u16,
+    /// Found in the URL beside a header token (the gateway answered for the other one).
+    second: bool,
+    /// Its signature verifies with its issuer's own key.
+    genuine: bool,
     info: &'a TokenInfo,
+    text: &'a str,
+}
+
+/// The deployment the posture rules compare traffic with ([`crate::GenConfig::posture`]), and
+/// each configured issuer's public keys.
+pub(crate) struct PostureCfg {
+    posture: tokenwatch_core::posture::Posture,
+    keys: HashMap<String, Verifier>,
+    first_seen: HashMap<(String, String), i64>,
 }
 
 /// What one line does: the firings, and the revocations that apply after it.
@@ -147,6 +165,7 @@ pub(crate) struct Oracle {
     revoked_tokens: HashSet<String>,
     revoked_subjects: HashMap<String, i64>,
     revoked_used_fired: HashMap<String, i64>,
+    posture: Option<PostureCfg>,
 }
 
 /// A cheap key for a token text: the std hasher, unoptimised in test builds, was most of
@@ -209,6 +228,24 @@ impl Oracle {
         self.verifier.is_some()
     }
 
+    /// The posture rules judge traffic as the deployment of `cfg` says (its issuers' own
+    /// keys, audiences, protected paths, maximum key age), in both versions of the revoking
+    /// rules: signatures are the posture rules' subject, so they are always checked.
+    pub(crate) fn with_posture(self, cfg: &crate::GenConfig) -> Self {
+        let keys = crate::issuer_jwks(cfg.seed)
+            .into_iter()
+            .map(|(iss, jwks)| (iss, Verifier::new(&serde_json::from_str(&jwks).expect("a JWK Set"))))
+            .collect();
+        Oracle {
+            posture: Some(PostureCfg {
+                posture: cfg.posture(),
+                keys,
+                first_seen: HashMap::new(),
+            }),
+            ..self
+        }
+    }
+
     fn locate(&self, ip: IpAddr) -> Option<Point> {
         match &self.geo {
             Geo::Table(t) => t
@@ -240,13 +277,20 @@ impl Oracle {
             carried.push((t.expose(), true));
         }
         let mut fx = Effects::default();
-        for (text, in_url) in carried {
-            let verifier = &self.verifier;
+        let header = usize::from(l.authorization.is_some());
+        for (i, (text, in_url)) in carried.into_iter().enumerate() {
+            let (verifier, posture) = (&self.verifier, &self.posture);
             let seen = self.tokens.entry(quick_hash(text)).or_insert_with(|| {
                 let info = decode(RawToken::new(text), &[]).ok().map(Rc::new)?;
-                Some((info, verifier.as_ref().is_none_or(|v| v.verifies(text))))
+                let genuine = posture.as_ref().is_some_and(|p| {
+                    info.iss
+                        .as_deref()
+                        .and_then(|iss| p.keys.get(iss))
+                        .is_some_and(|v| v.verifies(text))
+                });
+                Some((info, verifier.as_ref().is_none_or(|v| v.verifies(text)), genuine))
             });
-            if let Some((info, authenticated)) = seen.clone() {
+            if let Some((info, authenticated, genuine)) = seen.clone() {
                 let ev = Ev {
                     ts,
                     ip,
@@ -255,9 +299,16 @@ impl Oracle {
                     in_url,
                     sensitive: has_sensitive_claim(text),
                     http: l.scheme == Some("http"),
+                    method: l.method,
+                    path: &l.path,
+                    status: l.status,
+                    second: header > 0 && i > 0,
+                    genuine,
                     info: &info,
+                    text,
                 };
                 self.rules(&ev, &mut fx);
+                self.posture_rules(&ev, &mut fx);
             }
         }
         // Revocations take effect after the event that caused them.
@@ -352,6 +403,55 @@ impl Oracle {
         }
         if ev.sensitive && self.fired_once.insert((rule::SENSITIVE_CLAIMS, tid.clone())) {
             fx.fire(ts, rule::SENSITIVE_CLAIMS, &tid);
+        }
+    }
+}
+
+impl Oracle {
+    /// weak-algorithm, unknown-issuer-accepted, audience-mismatch, invalid-signature-accepted
+    /// and stale-signing-key, each once per token (stale-signing-key once per key).
+    fn posture_rules(&mut self, ev: &Ev<'_>, fx: &mut Effects) {
+        let Some(p) = &mut self.posture else { return };
+        let (ts, info) = (ev.ts, ev.info);
+        let tid = info.token_id.to_string();
+        let iss = info.iss.as_deref().unwrap_or("");
+        let configured = p.posture.issuers.iter().any(|c| &**c == iss);
+        let alg = info.alg.as_deref().unwrap_or("");
+        let registered = tokenwatch_core::posture::REGISTERED_ALGS.contains(&alg) || alg.eq_ignore_ascii_case("none");
+        let mut fire = |rule: &'static str, fired: &mut HashSet<(&'static str, String)>| {
+            if fired.insert((rule, tid.clone())) {
+                fx.fire(ts, rule, &tid);
+            }
+        };
+        if (alg.starts_with("HS") && configured) || !registered {
+            fire(rule::WEAK_ALGORITHM, &mut self.fired_once);
+        }
+        if ev.accepted && !configured {
+            fire(rule::UNKNOWN_ISSUER_ACCEPTED, &mut self.fired_once);
+        }
+        if let Some(want) = p.posture.expected_audience(ev.path) {
+            if ev.accepted && !info.aud.iter().any(|a| &**a == want) {
+                fire(rule::AUDIENCE_MISMATCH, &mut self.fired_once);
+            }
+        }
+        // Checked, and bad: a configured issuer's token under an `alg` tokenwatch verifies,
+        // with a signature, not genuine.
+        const CHECKED: [&str; 9] = [
+            "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA",
+        ];
+        let public_key_alg = CHECKED.contains(&alg);
+        let invalid = configured && public_key_alg && !ev.text.ends_with('.') && !ev.genuine;
+        let served = (200..400).contains(&ev.status) && ev.method != "OPTIONS" && !ev.second;
+        if invalid && served && p.posture.protected(ev.path) {
+            fire(rule::INVALID_SIGNATURE_ACCEPTED, &mut self.fired_once);
+        }
+        if let (true, true, Some(kid)) = (ev.genuine, configured, info.kid.as_deref()) {
+            let first = *p.first_seen.entry((iss.to_owned(), kid.to_owned())).or_insert(ts);
+            if ts - first > p.posture.max_key_age_ms
+                && self.fired_once.insert((rule::STALE_SIGNING_KEY, kid.to_owned()))
+            {
+                fx.fire(ts, rule::STALE_SIGNING_KEY, &tid);
+            }
         }
     }
 }

@@ -42,9 +42,23 @@ pub mod rule {
     pub(crate) const REVOKED_TOKEN_USED: &str = "revoked-token-used";
     pub(crate) const SENSITIVE_CLAIMS: &str = "sensitive-claims";
     pub(crate) const TOKEN_OVER_HTTP: &str = "token-over-http";
+    pub(crate) const WEAK_ALGORITHM: &str = "weak-algorithm";
+    pub(crate) const UNKNOWN_ISSUER_ACCEPTED: &str = "unknown-issuer-accepted";
+    pub(crate) const AUDIENCE_MISMATCH: &str = "audience-mismatch";
+    pub(crate) const INVALID_SIGNATURE_ACCEPTED: &str = "invalid-signature-accepted";
+    pub(crate) const STALE_SIGNING_KEY: &str = "stale-signing-key";
 
-    /// The posture rules the generator injects findings for (`posture_rate`).
-    pub const POSTURE: [&str; 2] = [SENSITIVE_CLAIMS, TOKEN_OVER_HTTP];
+    /// The posture rules the generator injects findings for (`posture_rate`); they fire with
+    /// the posture configuration of [`crate::GenConfig::posture`].
+    pub const POSTURE: [&str; 7] = [
+        SENSITIVE_CLAIMS,
+        TOKEN_OVER_HTTP,
+        WEAK_ALGORITHM,
+        UNKNOWN_ISSUER_ACCEPTED,
+        AUDIENCE_MISMATCH,
+        INVALID_SIGNATURE_ACCEPTED,
+        STALE_SIGNING_KEY,
+    ];
 
     /// How many rules a long enough default run labels: the attacks' and the posture findings'.
     pub const LABELLED: usize = ALL.len() + POSTURE.len();
@@ -70,6 +84,14 @@ pub mod rule {
     }
 }
 
+/// The audience of every token of the generator's issuers, which the whole API (every path
+/// under [`API_PREFIX`]) expects: `[audiences] "/api" = "api"` in [`crate::GenConfig::posture`].
+pub(crate) const API_AUDIENCE: &str = "api";
+pub(crate) const API_PREFIX: &str = "/api";
+/// An identity provider nobody configured, whose tokens a gateway still accepts (one that
+/// came with an acquired shop, say).
+pub(crate) const UNCONFIGURED_ISSUER: &str = "https://login.acquired-shop.example";
+
 /// A token as the generator keeps it: the compact text, built once, and the claims that
 /// decide what the rules think of it.
 #[derive(Clone)]
@@ -81,6 +103,9 @@ pub(crate) struct Minted {
     /// Epoch seconds.
     pub iat: i64,
     pub exp: i64,
+    /// The index in [`ISSUERS`] of the issuer whose key really signed it; `None` for every
+    /// token that does not verify (forged, unsigned, another `alg`, another issuer).
+    pub signer: Option<usize>,
 }
 
 /// What a token's signature segment holds.
@@ -111,6 +136,11 @@ pub(crate) struct Spec<'a> {
     pub jti: Option<&'a str>,
     /// Add an `email` claim: a claim name [posture] `sensitive_claims` lists by default.
     pub email: bool,
+    /// An issuer other than the client's, one tokenwatch is not configured for: its tokens
+    /// carry its own `kid` and cannot verify.
+    pub iss: Option<&'a str>,
+    /// An audience other than `api` (a token minted for another API).
+    pub aud: Option<&'a str>,
 }
 
 impl<'a> Spec<'a> {
@@ -125,6 +155,8 @@ impl<'a> Spec<'a> {
             scope: None,
             jti: None,
             email: false,
+            iss: None,
+            aud: None,
         }
     }
 }
@@ -173,17 +205,19 @@ impl Mint {
         };
         let issuer = issuer_for(spec.client.kind);
         let Issuer { iss, alg } = &ISSUERS[issuer];
-        let header = match spec.alg {
-            Some(other) => json!({"alg": other, "typ": "JWT"}),
-            None => json!({"alg": alg.name(), "typ": "JWT", "kid": self.keys.kid(issuer)}),
+        let header = match (spec.alg, spec.iss) {
+            (Some(other), _) => json!({"alg": other, "typ": "JWT"}),
+            (None, Some(_)) => json!({"alg": alg.name(), "typ": "JWT", "kid": "acquired-2019"}),
+            (None, None) => json!({"alg": alg.name(), "typ": "JWT", "kid": self.keys.kid(issuer)}),
         };
+        let iss = spec.iss.unwrap_or(iss);
         let sub = format!("user-{}", spec.user);
         let subject: Arc<str> = format!("{iss}|{sub}").into();
         let sid = mix64(rng.next_u64());
         let mut claims = json!({
             "iss": iss,
             "sub": sub,
-            "aud": "api",
+            "aud": spec.aud.unwrap_or(API_AUDIENCE),
             "iat": spec.iat,
             "exp": spec.exp,
             "auth_time": spec.iat - rng.range(0, 7200),
@@ -198,10 +232,21 @@ impl Mint {
         // "header.claims.": the signing input, and the separator before the signature.
         let mut text = tokenwatch_core::token::encode_unsigned_parts(&header, &claims, &[]);
         let input = &text[..text.len() - 1];
+        // Only the issuer's own key under its own `alg` makes a genuine signature.
+        let signer = match spec.seal {
+            Seal::Genuine if spec.alg.is_none() && spec.iss.is_none() => Some(issuer),
+            _ => None,
+        };
         let sig = match spec.seal {
-            Seal::Genuine => self.keys.sign(issuer, input.as_bytes()),
-            Seal::Forged => {
-                let mut sig = vec![0u8; alg.signature_len()];
+            Seal::Genuine if signer.is_some() => self.keys.sign(issuer, input.as_bytes()),
+            Seal::Genuine | Seal::Forged => {
+                // (An HS* token's MAC is 32-64 bytes; random ones, since nobody here holds a
+                // secret of the issuer's.)
+                let len = match spec.alg {
+                    Some(a) if a.starts_with("HS") => 32,
+                    _ => alg.signature_len(),
+                };
+                let mut sig = vec![0u8; len];
                 rng.fill(&mut sig);
                 sig
             }
@@ -218,6 +263,7 @@ impl Mint {
             subject,
             iat: spec.iat,
             exp: spec.exp,
+            signer,
         }
     }
 }
@@ -232,7 +278,10 @@ pub(crate) struct Scripted {
     pub path: Box<str>,
     pub status: u16,
     pub ua: &'static str,
-    pub token: Option<Arc<str>>,
+    /// The token of the Authorization header.
+    pub token: Option<Minted>,
+    /// The token written into `path`'s query, if any.
+    pub in_url: Option<Minted>,
     /// Sent over plain HTTP.
     pub http: bool,
     pub labels: Vec<Label>,
@@ -290,6 +339,16 @@ pub(crate) enum Scenario {
     PostureSensitiveClaims,
     /// A client that calls the API's plain-HTTP listener once, token and all.
     PostureOverHttp,
+    /// An HS* token under a configured (RS/ES-signing) issuer's name, or an unregistered
+    /// `alg`: a downgrade or algorithm-confusion attempt, accepted or not.
+    PostureWeakAlgorithm,
+    /// Tokens of an issuer tokenwatch is not configured for, accepted by the gateway.
+    PostureUnknownIssuer,
+    /// A genuine token minted for another API (`aud`), accepted on this one.
+    PostureAudienceMismatch,
+    /// A forged token (the issuer's `kid`, a signature nobody made) served on the protected
+    /// API: the gateway does not check signatures there.
+    PostureInvalidSignature,
 }
 
 impl Scenario {
@@ -334,7 +393,16 @@ pub(crate) const NEAR_MISSES: [Scenario; 4] = [
 ];
 
 /// Posture findings: a token or a request that shows a weakness, not an attack.
-pub(crate) const POSTURE: [Scenario; 2] = [Scenario::PostureSensitiveClaims, Scenario::PostureOverHttp];
+/// (The seventh posture finding, a stale signing key, is not a script: the generator labels
+/// the first use of each issuer's key past the maximum key age, see `Generator::stale_keys`.)
+pub(crate) const POSTURE: [Scenario; 6] = [
+    Scenario::PostureSensitiveClaims,
+    Scenario::PostureOverHttp,
+    Scenario::PostureWeakAlgorithm,
+    Scenario::PostureUnknownIssuer,
+    Scenario::PostureAudienceMismatch,
+    Scenario::PostureInvalidSignature,
+];
 
 pub(crate) const DECOYS: [Scenario; 4] = [
     Scenario::DecoyForgedReplay,
@@ -414,6 +482,10 @@ impl<'a> Scene<'a> {
             Scenario::DecoyForgedExpired => self.decoy_forged_expired(t0),
             Scenario::PostureSensitiveClaims => self.sensitive_claims(t0),
             Scenario::PostureOverHttp => self.over_http(t0),
+            Scenario::PostureWeakAlgorithm => self.weak_algorithm(t0),
+            Scenario::PostureUnknownIssuer => self.unknown_issuer(t0),
+            Scenario::PostureAudienceMismatch => self.audience_mismatch(t0),
+            Scenario::PostureInvalidSignature => self.invalid_signature(t0),
         }
         self.out.sort_by_key(|s| s.ts_ms);
         self.out
@@ -496,7 +568,7 @@ impl<'a> Scene<'a> {
             method,
             self.path.clone().into_boxed_str(),
             status,
-            token.map(|m| m.text.clone()),
+            token.cloned(),
             ua,
         )
     }
@@ -509,7 +581,7 @@ impl<'a> Scene<'a> {
         method: &'static str,
         path: Box<str>,
         status: u16,
-        token: Option<Arc<str>>,
+        token: Option<Minted>,
         ua: &'static str,
     ) -> usize {
         self.out.push(Scripted {
@@ -521,6 +593,7 @@ impl<'a> Scene<'a> {
             status,
             ua,
             token,
+            in_url: None,
             http: false,
             labels: Vec::new(),
         });
@@ -689,6 +762,8 @@ impl<'a> Scene<'a> {
             scope: Some("admin users:write orders:write"),
             jti: None,
             email: false,
+            iss: None,
+            aud: None,
         };
         let tok = self.mint.issue(self.rng, &spec);
         let ip = self.attackers(1).remove(0);
@@ -719,6 +794,7 @@ impl<'a> Scene<'a> {
         ]);
         let path = format!("{prefix}{}", tok.text).into_boxed_str();
         let at = self.push(t, &home, "GET", path, 200, None, ua);
+        self.out[at].in_url = Some(tok.clone());
         self.label(at, rule::TOKEN_IN_URL, &tok);
         let t = t + self.secs(60, 180);
         self.refused_then_refresh(t, &home, &tok);
@@ -799,6 +875,91 @@ impl<'a> Scene<'a> {
         let at = self.request(t, &home, Some(&tok), None, ua);
         self.out[at].http = true;
         self.label(at, rule::TOKEN_OVER_HTTP, &tok);
+    }
+
+    /// 1-3 requests with `tok` from `ip`, the first labelled `rule`; `status` as in
+    /// [`Self::request`] (the first is forced to `first_status` when given).
+    #[allow(clippy::too_many_arguments)]
+    fn uses(
+        &mut self,
+        t0: i64,
+        ip: &Arc<str>,
+        tok: &Minted,
+        first_status: Option<u16>,
+        status: Option<u16>,
+        ua: &'static str,
+        rule: &str,
+    ) {
+        let mut t = t0;
+        for i in 0..self.rng.range(1, 4) {
+            let at = self.request(t, ip, Some(tok), if i == 0 { first_status } else { status }, ua);
+            if i == 0 {
+                self.label(at, rule, tok);
+            }
+            t += self.secs(3, 60);
+        }
+    }
+
+    /// Someone who read the issuer's public key (or none) signs an HS* token in its name, or
+    /// picks an `alg` no validator should know; most gateways refuse it.
+    fn weak_algorithm(&mut self, t0: i64) {
+        let alg = self.rng.pick(&["HS256", "HS256", "HS512", "RS1"]);
+        let status = Some(if self.rng.chance(0.7) { 401 } else { 200 });
+        self.forged_by_attacker(t0, Some(alg), status, status, rule::WEAK_ALGORITHM);
+    }
+
+    /// A user of the acquired shop's login, whose tokens the gateway accepts unchecked.
+    fn unknown_issuer(&mut self, t0: i64) {
+        self.accepted_at_home(t0, Some(UNCONFIGURED_ISSUER), None, rule::UNKNOWN_ISSUER_ACCEPTED);
+    }
+
+    /// A genuine token the identity provider minted for the reporting API, used on this one.
+    fn audience_mismatch(&mut self, t0: i64) {
+        self.accepted_at_home(t0, None, Some("reports-api"), rule::AUDIENCE_MISMATCH);
+    }
+
+    /// The subject's token, of issuer `iss` (one without keys here: a signature nobody can
+    /// check) or the client's own, for audience `aud`, used 1-3 times from home and accepted.
+    fn accepted_at_home(&mut self, t0: i64, iss: Option<&'static str>, aud: Option<&'static str>, rule: &str) {
+        let iat = t0 / 1000 - self.rng.range(30, 300);
+        let spec = Spec {
+            iss,
+            aud,
+            seal: if iss.is_some() { Seal::Forged } else { Seal::Genuine },
+            ..Spec::normal(self.user, iat, 900, self.client)
+        };
+        let tok = self.mint.issue(self.rng, &spec);
+        let (home, ua) = (self.home(), self.client.ua);
+        self.uses(t0, &home, &tok, None, None, ua, rule);
+    }
+
+    /// A forged token under the issuer's `alg` and `kid`, which a route that skips signature
+    /// checks serves (200) all the same.
+    fn invalid_signature(&mut self, t0: i64) {
+        self.forged_by_attacker(t0, None, Some(200), None, rule::INVALID_SIGNATURE_ACCEPTED);
+    }
+
+    /// An attacker's token claiming admin scope for the subject, under `alg` (else the
+    /// issuer's own, with its `kid`) with a signature nobody made, used 1-3 times.
+    fn forged_by_attacker(
+        &mut self,
+        t0: i64,
+        alg: Option<&'static str>,
+        first_status: Option<u16>,
+        status: Option<u16>,
+        rule: &str,
+    ) {
+        let iat = t0 / 1000 - self.rng.range(0, 120);
+        let spec = Spec {
+            alg,
+            seal: Seal::Forged,
+            scope: Some("admin users:write orders:write"),
+            ..Spec::normal(self.user, iat, 900, self.client)
+        };
+        let tok = self.mint.issue(self.rng, &spec);
+        let ip = self.attackers(1).remove(0);
+        let ua = self.attacker_ua();
+        self.uses(t0, &ip, &tok, first_status, status, ua, rule);
     }
 
     // ---- the near misses (no labels) ----
@@ -911,7 +1072,7 @@ impl<'a> Scene<'a> {
     /// A request to an endpoint no gateway authenticates ([`PUBLIC`]).
     fn public_request(&mut self, t: i64, ip: &Arc<str>, token: &Minted, ua: &'static str) -> usize {
         let (method, path, status) = self.rng.pick(PUBLIC);
-        self.push(t, ip, method, path.into(), status, Some(token.text.clone()), ua)
+        self.push(t, ip, method, path.into(), status, Some(token.clone()), ua)
     }
 
     /// The victim's genuine request, which an engine fooled by the decoy would take for a
@@ -990,7 +1151,8 @@ impl<'a> Scene<'a> {
         ]);
         let path = format!("{prefix}{}", forged.text).into_boxed_str();
         let (ip, aua) = (self.attackers(1).remove(0), self.attacker_ua());
-        let at = self.push(t, &ip, "GET", path, 200, Some(own.text.clone()), aua);
+        let at = self.push(t, &ip, "GET", path, 200, Some(own.clone()), aua);
+        self.out[at].in_url = Some(forged);
         self.label_decoy(at, rule::TOKEN_IN_URL, &tok);
         let t = t + self.secs(30, 120);
         self.victim_carries_on(t, &home, &tok);
@@ -1073,7 +1235,13 @@ mod tests {
 
     #[test]
     fn every_scenario_is_time_ordered_and_labels_sit_on_their_requests() {
-        for (i, kind) in ATTACKS.iter().chain(&NEAR_MISSES).chain(&DECOYS).enumerate() {
+        for (i, kind) in ATTACKS
+            .iter()
+            .chain(&NEAR_MISSES)
+            .chain(&DECOYS)
+            .chain(&POSTURE)
+            .enumerate()
+        {
             let (mut rng, mut mint) = (Rng::new(i as u64), Mint::new(1));
             let t0 = 1_795_910_400_000;
             let script = Scene::new(&Networks::builtin(), &mut rng, &mut mint, 5000).play(*kind, t0);
@@ -1084,7 +1252,7 @@ mod tests {
             let never = labels.clone().filter(|l| l.expect == Expect::Never).count();
             let want = match kind {
                 Scenario::RevokedUsed => (2, 0),
-                k if ATTACKS.contains(k) => (1, 0),
+                k if ATTACKS.contains(k) || POSTURE.contains(k) => (1, 0),
                 // `unsigned-token` fires on an `alg: none` forgery.
                 Scenario::DecoyForgedExpired => (fire.min(1), 2),
                 k if DECOYS.contains(k) => (0, 2),

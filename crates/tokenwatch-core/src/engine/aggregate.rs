@@ -159,6 +159,7 @@ mod tests {
             authenticated,
             geo: None,
             scheme: None,
+            second_token: false,
         }
     }
 

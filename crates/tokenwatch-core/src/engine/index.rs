@@ -523,6 +523,7 @@ mod tests {
             authenticated: g.flags & 4 != 0,
             geo: None,
             scheme: None,
+            second_token: g.flags & 16 != 0,
         }
     }
 

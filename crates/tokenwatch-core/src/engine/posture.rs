@@ -184,6 +184,7 @@ mod tests {
             authenticated: genuine,
             geo: None,
             scheme: None,
+            second_token: false,
         }
     }
 

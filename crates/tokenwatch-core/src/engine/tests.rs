@@ -54,6 +54,7 @@ pub(super) fn ev(ts: i64, ip: &str, status: u16, tok: &Arc<TokenInfo>) -> Event<
         authenticated: true,
         geo: None,
         scheme: None,
+        second_token: false,
     }
 }
 

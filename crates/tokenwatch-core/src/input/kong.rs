@@ -42,7 +42,7 @@ pub(crate) fn request_fields<'a>(r: &mut RawLine<'a>, ts: Option<Scalar<'a>>) ->
 
 /// The scheme of an absolute URL (`request.url`, `https://host/path`): only `http` or
 /// `https`, so nothing of the URL itself is kept.
-fn url_scheme(url: &str) -> Option<&'static str> {
+pub(super) fn url_scheme(url: &str) -> Option<&'static str> {
     let (scheme, _) = url.split_once("://")?;
     ["http", "https"].into_iter().find(|s| scheme.eq_ignore_ascii_case(s))
 }

@@ -44,6 +44,10 @@ pub struct MappingConfig {
     /// Where the gateway says it verified the token (an `auth_request` / ForwardAuth result):
     /// a boolean, or `true`/`false`, `yes`/`no`, `1`/`0`.
     pub authenticated: Option<String>,
+    /// The scheme the request came over (`token-over-http`): `http` or `https` in any case,
+    /// or an absolute URL (`http://host/path`) whose scheme is taken. Absent or anything
+    /// else: the scheme is unknown, as in formats that do not log it.
+    pub scheme: Option<String>,
 }
 
 /// A compiled mapping: every path as a JSON Pointer.
@@ -64,6 +68,7 @@ pub struct Mapping {
     claims: Vec<(String, String)>,
     geo: Option<(String, String, Option<String>)>,
     authenticated: Option<String>,
+    scheme: Option<String>,
 }
 
 /// A mapping that cannot be compiled; the message names the `[input.mapping]` key at fault.
@@ -151,6 +156,7 @@ impl Mapping {
             claims,
             geo,
             authenticated: p("authenticated", &c.authenticated)?,
+            scheme: p("scheme", &c.scheme)?,
         })
     }
 
@@ -206,7 +212,10 @@ impl Mapping {
                 _ => None,
             }),
             claims_attested: false,
-            scheme: None,
+            scheme: s(&self.scheme).and_then(|v| match v.contains("://") {
+                true => super::kong::url_scheme(&v).map(Cow::Borrowed),
+                false => Some(v),
+            }),
         })
     }
 
@@ -355,5 +364,49 @@ mod tests {
         let bad: MappingConfig = toml::from_str("ts = \"t\"\n[claims]\nsub = \"a..b\"\n").unwrap();
         let e = Mapping::compile(&bad).unwrap_err();
         assert!(e.to_string().starts_with("input.mapping.claims.sub: "), "{e}");
+    }
+
+    /// `scheme` maps a field that holds `http`/`https` or a whole URL; without it, or with
+    /// anything else there, the scheme is unknown (not https).
+    #[test]
+    fn the_scheme_is_mapped_from_a_field_or_a_url() {
+        use crate::input::Scheme;
+        let scheme_of = |mapping: &str, line: serde_json::Value| {
+            let cfg: MappingConfig = toml::from_str(&format!("ts = \"t\"\n{mapping}")).unwrap();
+            let p = Parser::new(Format::Custom, Some(Mapping::compile(&cfg).unwrap())).unwrap();
+            let mut line = line;
+            line["t"] = serde_json::json!("2026-11-29T00:00:00Z");
+            p.parse(line.to_string().as_bytes(), &mut TokenCache::new(vec![]))
+                .unwrap()
+                .event
+                .scheme
+        };
+        let proto = "scheme = \"req.proto\"";
+        assert_eq!(
+            scheme_of(proto, serde_json::json!({"req": {"proto": "HTTP"}})),
+            Some(Scheme::Http)
+        );
+        assert_eq!(
+            scheme_of(proto, serde_json::json!({"req": {"proto": "https"}})),
+            Some(Scheme::Https)
+        );
+        assert_eq!(scheme_of(proto, serde_json::json!({"req": {"proto": "ftp"}})), None);
+        let url = "scheme = \"url\"";
+        assert_eq!(
+            scheme_of(url, serde_json::json!({"url": "http://api.example.com/x?a=1"})),
+            Some(Scheme::Http)
+        );
+        assert_eq!(
+            scheme_of(url, serde_json::json!({"url": "HTTPS://api.example.com/"})),
+            Some(Scheme::Https)
+        );
+        assert_eq!(scheme_of(url, serde_json::json!({"url": "gopher://x/"})), None);
+        assert_eq!(
+            scheme_of("", serde_json::json!({"url": "http://x/"})),
+            None,
+            "not mapped"
+        );
+        let e = Mapping::compile(&toml::from_str("ts = \"t\"\nscheme = \"a..b\"").unwrap()).unwrap_err();
+        assert!(e.to_string().starts_with("input.mapping.scheme: "), "{e}");
     }
 }

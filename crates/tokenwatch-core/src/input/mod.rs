@@ -105,6 +105,10 @@ pub struct Event<'a> {
     pub geo: Option<GeoPoint>,
     /// `None` when the format does not log it.
     pub scheme: Option<Scheme>,
+    /// This token came second: it was found in the URL query of a request whose header
+    /// carried another token, the one the gateway answered for. The request's status says
+    /// nothing about this one (see [`crate::pipeline`]).
+    pub second_token: bool,
 }
 
 impl Event<'_> {
@@ -128,6 +132,7 @@ impl fmt::Debug for Event<'_> {
             .field("authenticated", &self.authenticated)
             .field("geo", &self.geo)
             .field("scheme", &self.scheme)
+            .field("second_token", &self.second_token)
             .finish()
     }
 }
@@ -467,6 +472,7 @@ fn finish<'a>(f: Fields<'a>, format: Format, tokens: &mut TokenCache) -> Result<
             authenticated: t.authenticated,
             geo,
             scheme,
+            second_token: false,
         },
         url_token: t.url_token,
         token_errors: t.errors,

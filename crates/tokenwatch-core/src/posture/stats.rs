@@ -10,7 +10,10 @@
 //! keys, rules, paths) are kept up to a fixed count each ([`TopN`]) and everything past it is
 //! counted as "other"; paths and ids are [`clip_text`]ed first. Distinct tokens are tracked by
 //! a 64-bit hash of their id, up to [`MAX_TOKENS`]; token statistics are per distinct token so
-//! a chatty client weighs as much as a quiet one. Lifetimes go into fixed buckets, and the
+//! a chatty client weighs as much as a quiet one. Each token is classed as the posture
+//! metrics class it ([`TokenClass`]: algorithm, lifetime bucket, leak); only the report names
+//! an unregistered `alg` (capped, escaped when written), where a metric label says `other`.
+//! Lifetimes go into the metrics' fixed buckets, and the
 //! timeline keeps [`TIME_BUCKETS`] buckets whose width grows with the period.
 //! Nothing here ever holds a raw token: only ids as decisions carry them.
 
@@ -20,6 +23,7 @@ use std::sync::Arc;
 
 use crate::decision::{clip_text, Decision};
 use crate::input::Event;
+use crate::posture::{AlgClass, TokenClass, LIFETIME_BUCKETS, REGISTERED_ALGS};
 use crate::rules::{Action, Severity};
 
 /// Names kept per table (algorithms, issuers, audiences): a fleet has a handful; a flood of
@@ -37,20 +41,6 @@ pub const MAX_EXAMPLES: usize = 3;
 pub const MAX_TOKENS: usize = 1 << 18;
 /// Buckets of the attack timeline.
 pub const TIME_BUCKETS: usize = 48;
-
-/// Upper bounds (seconds, inclusive) of the lifetime buckets and their labels; a last bucket
-/// holds everything longer. The steps are the ones guidance talks about: minutes for access
-/// tokens, a day as the outer limit.
-pub const LIFETIME_BUCKETS: [(i64, &str); 6] = [
-    (5 * 60, "≤ 5 min"),
-    (15 * 60, "≤ 15 min"),
-    (3_600, "≤ 1 h"),
-    (8 * 3_600, "≤ 8 h"),
-    (86_400, "≤ 24 h"),
-    (7 * 86_400, "≤ 7 d"),
-];
-/// The label of the last lifetime bucket.
-pub const LIFETIME_OVER: &str = "> 7 d";
 
 /// Widths the timeline's buckets take, each a multiple of the one before, so that growing the
 /// width merges whole buckets.
@@ -212,8 +202,8 @@ pub struct ReportStats {
     /// Distinct tokens whose signature tokenwatch verified with a configured JWKS.
     pub verified: u64,
     pub algorithms: TopN,
-    /// Distinct tokens per lifetime bucket ([`LIFETIME_BUCKETS`], then [`LIFETIME_OVER`]),
-    /// and those without `iat` or `exp`.
+    /// Distinct tokens per lifetime bucket ([`LIFETIME_BUCKETS`], then
+    /// [`crate::posture::LIFETIME_OVER`]), and those without `iat` or `exp`.
     pub lifetimes: [u64; LIFETIME_BUCKETS.len() + 1],
     pub no_lifetime: u64,
     pub issuers: TopN,
@@ -286,8 +276,9 @@ impl ReportStats {
     /// event of its own): its token, leak and decisions, not a second request.
     pub fn observe_use(&mut self, ev: &Event, decisions: &[Decision]) {
         self.observe_time(ev.ts_ms);
-        self.observe_leaks(ev);
-        if let Some(t) = &ev.token {
+        let class = TokenClass::of(ev);
+        self.observe_leaks(ev, class);
+        if let (Some(t), Some(class)) = (&ev.token, class) {
             let h = token_hash(&t.token_id);
             let new = if self.seen.len() >= MAX_TOKENS {
                 self.untracked_requests += u64::from(!self.seen.contains(&h));
@@ -296,7 +287,7 @@ impl ReportStats {
                 self.seen.insert(h)
             };
             if new {
-                self.observe_token(t);
+                self.observe_token(t, class);
             }
             self.observe_key(t, ev.ts_ms, new);
         }
@@ -314,35 +305,33 @@ impl ReportStats {
         self.widen_to(ts_ms);
     }
 
-    fn observe_leaks(&mut self, ev: &Event) {
+    fn observe_leaks(&mut self, ev: &Event, class: Option<TokenClass>) {
         let l = &mut self.leaks;
-        if ev.token_in_url {
+        l.scheme_logged += u64::from(ev.scheme.is_some());
+        let Some(c) = class else { return };
+        if c.in_url {
             l.url_requests += 1;
             l.url_paths.add(&ev.path, 1);
         }
-        if let Some(scheme) = ev.scheme {
-            l.scheme_logged += 1;
-            if ev.token.is_some() && scheme == crate::input::Scheme::Http {
-                l.http_requests += 1;
-                l.http_paths.add(&ev.path, 1);
-            }
+        if c.over_http {
+            l.http_requests += 1;
+            l.http_paths.add(&ev.path, 1);
         }
     }
 
     /// The first request of a distinct token.
-    fn observe_token(&mut self, t: &crate::token::TokenInfo) {
+    fn observe_token(&mut self, t: &crate::token::TokenInfo, class: TokenClass) {
         self.tokens += 1;
         self.unsigned += u64::from(t.unsigned);
         self.verified += u64::from(t.verified);
-        self.algorithms.add(t.alg.as_deref().unwrap_or("(none)"), 1);
-        match t.lifetime() {
-            Some(s) => {
-                let i = LIFETIME_BUCKETS
-                    .iter()
-                    .position(|(max, _)| s <= *max)
-                    .unwrap_or(LIFETIME_BUCKETS.len());
-                self.lifetimes[i] += 1;
-            }
+        let alg = match class.alg {
+            AlgClass::Registered(i) => REGISTERED_ALGS[i],
+            AlgClass::Unregistered => t.alg.as_deref().unwrap_or_default(),
+            AlgClass::Absent => "(none)",
+        };
+        self.algorithms.add(alg, 1);
+        match class.lifetime {
+            Some((b, _)) => self.lifetimes[b] += 1,
             None => self.no_lifetime += 1,
         }
         self.issuers.add(t.iss.as_deref().unwrap_or("(none)"), 1);
@@ -512,6 +501,7 @@ mod tests {
             authenticated: true,
             geo: None,
             scheme: None,
+            second_token: false,
         }
     }
 
@@ -549,13 +539,49 @@ mod tests {
         p.observe(&event(4_000, "/z", None, false), &[]);
         assert_eq!((p.events, p.with_token, p.tokens), (5, 4, 2));
         assert_eq!(p.algorithms.ranked(), vec![("HS256", 1), ("RS256", 1)]);
-        assert_eq!(p.lifetimes, [0, 1, 0, 0, 0, 1, 0]);
+        assert_eq!(p.lifetimes, [0, 1, 0, 0, 0, 1, 0, 0]);
         assert_eq!(p.leaks.url_requests, 1);
         assert_eq!(p.leaks.url_paths.ranked(), vec![("/y?", 1)]);
         assert_eq!(p.leaks.scheme_logged, 0, "no preset logs the scheme yet");
         let keys = p.keys();
         assert_eq!(keys[0].0, "https://idp");
         assert_eq!((keys[0].1, keys[0].2.first_ms, keys[0].2.last_ms), ("k1", 0, 2_000));
+    }
+
+    /// The posture metrics (per event) and the report (per distinct token) class a token
+    /// alike: with each token seen once, their lifetime buckets are the same counts, `none`
+    /// in any case is `none` in both, and an unregistered `alg` is `other` in the metrics
+    /// while the report names it.
+    #[test]
+    fn the_metrics_and_the_report_class_tokens_alike() {
+        let posture = crate::posture::Posture::default();
+        let (mut metrics, mut report) = (crate::posture::PostureStats::default(), ReportStats::new());
+        let tokens = [
+            token("a", "RS256", "k1", 200),
+            token("b", "None", "k1", 3 * 3_600),
+            token("c", "RS1", "k1", 40 * 86_400),
+            token("d", "HS256", "k1", -5),
+            token("e", "ES256", "k1", 86_400),
+        ];
+        for (i, t) in tokens.into_iter().enumerate() {
+            let ev = event(i as i64, "/x", Some(t), i == 0);
+            metrics.observe(&ev, &posture);
+            report.observe(&ev, &[]);
+        }
+        assert_eq!(metrics.lifetime, report.lifetimes);
+        assert_eq!(report.lifetimes, [2, 0, 0, 1, 1, 0, 0, 1]);
+        let by_alg = &metrics.by_issuer[0].by_alg;
+        let count = |name: &str| {
+            let i = REGISTERED_ALGS
+                .iter()
+                .position(|r| *r == name)
+                .unwrap_or(REGISTERED_ALGS.len());
+            by_alg[i]
+        };
+        assert_eq!((count("none"), count("other"), count("RS256")), (1, 1, 1));
+        let names: Vec<&str> = report.algorithms.ranked().into_iter().map(|(n, _)| n).collect();
+        assert_eq!(names, ["ES256", "HS256", "RS1", "RS256", "none"]);
+        assert_eq!((metrics.by_issuer[0].in_url, report.leaks.url_requests), (1, 1));
     }
 
     #[test]

@@ -58,7 +58,8 @@ pub enum Field {
     AudienceMatches,
     /// A JWKS held keys for the token and none verified it.
     SignatureInvalid,
-    /// The gateway vouched for the token: it attested it, or accepted it on a path that
+    /// The gateway vouched for the token: it attested it, or served its request (2xx/3xx,
+    /// not a preflight, not a second token beside the header's) on a path that
     /// `[posture] protected_paths` or `[audiences]` says it must validate.
     GatewayVouched,
     /// The token's claim names that `[posture] sensitive_claims` lists (names only);
@@ -273,6 +274,15 @@ impl Field {
     }
 }
 
+/// The gateway served this token's request: a 2xx or 3xx answer to anything but a CORS
+/// preflight, for the token the gateway answered for. Not merely "not refused": a 404 of an
+/// unmatched route and a preflight's 204 are answered without validating anyone, and a second
+/// token in the URL beside the header's was not the credential ([`crate::input::Event::second_token`]),
+/// so none of these is the gateway vouching for a token.
+fn served(ev: &crate::input::Event<'_>) -> bool {
+    matches!(ev.status, Some(200..=399)) && ev.method != "OPTIONS" && !ev.second_token
+}
+
 /// The posture fields ([`crate::posture`]): the token against what the deployment promises.
 fn posture_field<'e>(f: &Field, cx: &'e Ctx<'e>) -> Val<'e> {
     let ev = cx.ev;
@@ -293,7 +303,7 @@ fn posture_field<'e>(f: &Field, cx: &'e Ctx<'e>) -> Val<'e> {
         Field::SignatureInvalid => b(tok.map(|t| t.signature_invalid)),
         Field::GatewayVouched => b(tok.map(|t| {
             let attested = ev.authenticated && !t.verified;
-            attested || (ev.accepted() == Some(true) && p.protected(&ev.path))
+            attested || (served(ev) && p.protected(&ev.path))
         })),
         Field::SensitiveClaims => match tok {
             Some(t) if !t.sensitive_claims.is_empty() => Val::StrList(&t.sensitive_claims),

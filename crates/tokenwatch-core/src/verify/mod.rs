@@ -39,8 +39,37 @@ pub enum Verdict {
     /// It cannot be checked: no JWKS for its issuer, or no public-key algorithm (HS*,
     /// `none`, unknown). Nothing is known of its signature.
     Unchecked,
-    /// It names a key id no JWKS holds (yet): worth checking again once the keys change.
+    /// It names a key id no JWKS holds, and the JWKS could not be looked at again just now
+    /// (a look is rate-limited): worth checking again once the keys change.
     UnknownKey,
+    /// It names a key id that none of its issuer's JWKS holds, read at or after this check:
+    /// the issuer does not publish that key. Counted as an invalid signature, and still
+    /// checked again on later uses, so a key published late turns it into `Verified`.
+    KeyNotPublished,
+}
+
+impl Verdict {
+    /// The signature is known to be bad: no key verifies it, or its key is not published.
+    pub fn invalid(self) -> bool {
+        matches!(self, Verdict::Failed | Verdict::KeyNotPublished)
+    }
+
+    /// Worth checking again on a later use: the key id is (still) in no JWKS.
+    pub fn retry(self) -> bool {
+        matches!(self, Verdict::UnknownKey | Verdict::KeyNotPublished)
+    }
+}
+
+/// What [`Verifier::refresh`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Look {
+    /// The keys were replaced by what the source holds now.
+    Reloaded,
+    /// The source was looked at and holds what was read before (a file whose stamp did not
+    /// change; a document held in memory).
+    Unchanged,
+    /// No look: too soon after the last one, another thread is looking, or it failed.
+    Skipped,
 }
 
 /// One JWKS: its current keys and when it may be read again.
@@ -122,18 +151,25 @@ impl Verifier {
     /// A verifier over one JWKS document held in memory (the rule tests' own key), named
     /// `name` in messages and never read again.
     pub fn from_document(name: &str, bytes: &[u8]) -> Result<Verifier, JwksError> {
-        let loc = Location::File(name.into());
-        let keys = jwks::parse(&loc, bytes)?;
         Ok(Verifier {
-            global: vec![Source {
-                loc,
-                keys: RwLock::new(keys.into()),
-                refresh: Mutex::new(Refresh {
-                    last_check: None,
-                    stamp: None,
-                }),
-            }],
+            global: vec![memory_source(name, bytes)?],
             by_issuer: HashMap::new(),
+            refetch_every: jwks::REFETCH_EVERY,
+            errors: AtomicU64::new(0),
+        })
+    }
+
+    /// A verifier over JWKS documents held in memory, one per issuer, as `[verify] issuers`
+    /// would configure them (the generator's keys); each named `name` in messages.
+    pub fn from_issuer_documents(name: &str, issuers: &[(String, String)]) -> Result<Verifier, JwksError> {
+        let mut by_issuer: HashMap<Box<str>, Vec<Source>> = HashMap::new();
+        for (iss, doc) in issuers {
+            let source = memory_source(&format!("{name} for {iss}"), doc.as_bytes())?;
+            by_issuer.entry(iss.as_str().into()).or_default().push(source);
+        }
+        Ok(Verifier {
+            global: Vec::new(),
+            by_issuer,
             refetch_every: jwks::REFETCH_EVERY,
             errors: AtomicU64::new(0),
         })
@@ -186,44 +222,72 @@ impl Verifier {
             match check(s, kid, alg, message, signature) {
                 Verdict::Verified => return Verdict::Verified,
                 Verdict::Failed => known_kid = true,
-                Verdict::UnknownKey | Verdict::Unchecked => {}
+                _ => {}
             }
         }
         if known_kid || kid.is_none() {
             return Verdict::Failed;
         }
-        // A key id nobody holds: the issuer may have rotated its keys.
+        self.check_again(sources, kid, alg, message, signature)
+    }
+
+    /// A key id nobody holds: the issuer may have rotated its keys, or the `kid` is made up.
+    /// Each source is looked at again (rate-limited); if every one was looked at now and
+    /// none holds the key, the issuer does not publish it ([`Verdict::KeyNotPublished`]).
+    /// Issuers publish a key before they sign with it, so a gateway that accepted such a
+    /// token used a key nobody publishes, or none; a JWKS that lags behind the gateway's
+    /// copy is the one false alarm, and it clears on a later use once the key appears.
+    fn check_again(
+        &self,
+        sources: &[Source],
+        kid: Option<&str>,
+        alg: Algorithm,
+        message: &str,
+        signature: &str,
+    ) -> Verdict {
         let mut verdict = Verdict::UnknownKey;
+        let mut looked_at_all = true;
         for s in sources {
-            if self.refresh(s) {
-                match check(s, kid, alg, message, signature) {
+            match self.refresh(s) {
+                Look::Reloaded => match check(s, kid, alg, message, signature) {
                     Verdict::Verified => return Verdict::Verified,
                     Verdict::Failed => verdict = Verdict::Failed,
-                    Verdict::UnknownKey | Verdict::Unchecked => {}
-                }
+                    _ => {}
+                },
+                Look::Unchanged => {}
+                Look::Skipped => looked_at_all = false,
             }
         }
-        verdict
+        if verdict == Verdict::UnknownKey && looked_at_all {
+            Verdict::KeyNotPublished
+        } else {
+            verdict
+        }
     }
 
     /// Reads a JWKS again when it may have changed: a file whose stamp changed (looked at
     /// once a second at most), a URL not fetched for unknown keys within `refetch_every`.
-    /// True when the keys were replaced.
-    fn refresh(&self, s: &Source) -> bool {
+    fn refresh(&self, s: &Source) -> Look {
         // Another thread refreshing this source: use what it finds next time.
-        let Ok(mut r) = s.refresh.try_lock() else { return false };
+        let Ok(mut r) = s.refresh.try_lock() else {
+            return Look::Skipped;
+        };
         let every = match s.loc {
             Location::File(_) => self.refetch_every.min(FILE_CHECK_EVERY),
             Location::Url(_) => self.refetch_every,
         };
         if r.last_check.is_some_and(|t| t.elapsed() < every) {
-            return false;
+            return Look::Skipped;
         }
         r.last_check = Some(Instant::now());
         if let Location::File(p) = &s.loc {
             let stamp = jwks::file_stamp(p);
-            if stamp.is_none() || stamp == r.stamp {
-                return false;
+            // (A document held in memory has no stamp, then or now.)
+            if stamp == r.stamp {
+                return Look::Unchanged;
+            }
+            if stamp.is_none() {
+                return Look::Skipped;
             }
             r.stamp = stamp;
         }
@@ -233,15 +297,30 @@ impl Verifier {
                     *k = keys.into();
                 }
                 tracing::info!(jwks = %s.loc, "JWKS keys reloaded for an unknown key id");
-                true
+                Look::Reloaded
             }
             Err(e) => {
                 self.errors.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(error = %e, "JWKS reload failed; keeping its last good keys");
-                false
+                Look::Skipped
             }
         }
     }
+}
+
+/// A JWKS document held in memory: it has no stamp, so it is never read again, and every look
+/// at it finds it unchanged.
+fn memory_source(name: &str, bytes: &[u8]) -> Result<Source, JwksError> {
+    let loc = Location::File(name.into());
+    let keys = jwks::parse(&loc, bytes)?;
+    Ok(Source {
+        loc,
+        keys: RwLock::new(keys.into()),
+        refresh: Mutex::new(Refresh {
+            last_check: None,
+            stamp: None,
+        }),
+    })
 }
 
 /// Checks one source: `UnknownKey` when it holds no key with the token's `kid`.
