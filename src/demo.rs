@@ -385,6 +385,7 @@ async fn demo_service(
         alerts_topic: None,
         event_time: tokenwatch_core::eventtime::EventTimeConfig::default(),
         checkpoint_interval: None,
+        shuffle: crate::service::ShuffleConfig::default(),
     };
     let mut builder = Service::builder(cfg)
         .metrics_listener(listener)

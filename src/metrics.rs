@@ -87,6 +87,11 @@ pub struct Metrics {
     pub posture_over_http: IntCounterVec,
     pub posture_unverified: IntCounterVec,
     pub posture_key_age: IntGaugeVec,
+    /// The internal topic ([`crate::service::shuffle`]): records produced by kind (event,
+    /// watermark), and consumed by what became of them (applied, watermark, duplicate,
+    /// refused).
+    pub shuffle_produced: IntCounterVec,
+    pub shuffle_consumed: IntCounterVec,
     families: Vec<Family>,
 }
 
@@ -211,6 +216,14 @@ const CHECKPOINT_BYTES: Def = ("tokenwatch_checkpoint_bytes", "Size of the last 
 const CHECKPOINT_CONFLICTS: Def = (
     "tokenwatch_checkpoint_conflicts_total",
     "Checkpoints not written because another live instance of the consumer group writes them.",
+);
+const SHUFFLE_PRODUCED: Def = (
+    "tokenwatch_shuffle_produced_total",
+    "Records the ingest stage produced to the internal topic, by kind (event, watermark).",
+);
+const SHUFFLE_CONSUMED: Def = (
+    "tokenwatch_shuffle_consumed_total",
+    "Records the detect stage read from the internal topic, by result (event, watermark, duplicate, refused).",
 );
 const EVENT_TIME_FORCED: Def = (
     "tokenwatch_event_time_forced_total",
@@ -380,6 +393,8 @@ impl Metrics {
             posture_over_http: r.counter_vec(POSTURE_OVER_HTTP, &["issuer"]),
             posture_unverified: r.counter_vec(POSTURE_UNVERIFIED, &["issuer"]),
             posture_key_age: r.gauge_vec(POSTURE_KEY_AGE, &["issuer", "kid"]),
+            shuffle_produced: r.counter_vec(SHUFFLE_PRODUCED, &["kind"]),
+            shuffle_consumed: r.counter_vec(SHUFFLE_CONSUMED, &["result"]),
             registry: r.registry,
             families: r.families,
         };

@@ -28,11 +28,14 @@
 
 mod assemble;
 mod consume;
+mod detect;
 mod feed;
+mod ingest;
 mod metric_sync;
 mod redis_health;
 mod reload;
 mod retry;
+pub mod shuffle;
 
 use std::path::PathBuf;
 #[cfg(test)]
@@ -45,6 +48,7 @@ pub use assemble::{Service, ServiceBuilder};
 #[cfg(test)]
 use metric_sync::MetricSync;
 pub use redis_health::REDIS_HEALTH_INTERVAL;
+pub use shuffle::ShuffleConfig;
 
 #[cfg(test)]
 use crate::metrics::Metrics;
@@ -77,6 +81,8 @@ pub struct ServiceConfig {
     pub checkpoint_interval: Option<Duration>,
     /// Dead letters go to this Kafka topic instead of `dead_letter` (a file) or stderr.
     pub dead_letter_topic: Option<String>,
+    /// The stages this instance runs, and the internal topic between them.
+    pub shuffle: ShuffleConfig,
 }
 
 /// What a run did, for the final log line and the tests.
@@ -119,6 +125,8 @@ pub enum ServiceError {
     Kafka(#[from] crate::source::kafka::SourceError),
     #[error(transparent)]
     Checkpoint(#[from] crate::checkpoint::StoreError),
+    #[error(transparent)]
+    Shuffle(#[from] shuffle::ShuffleError),
     #[error("metrics_addr {addr}: cannot listen: {source}")]
     MetricsListener {
         addr: std::net::SocketAddr,

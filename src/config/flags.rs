@@ -9,7 +9,7 @@ use clap::Args;
 
 use tokenwatch_core::input::Format;
 
-use super::{ConfigError, FlagValue, Layers, Loaded, LogFormat};
+use super::{ConfigError, FlagValue, Layers, Loaded, LogFormat, Role};
 use crate::service::ServiceConfig;
 use crate::sinks::redis::RedisConfig;
 
@@ -82,6 +82,10 @@ pub struct RunFlags {
     /// `[verify] jwks`).
     #[arg(long = "jwks", value_name = "PATH_OR_URL")]
     pub jwks: Vec<String>,
+    /// Which stages this instance runs: local (decide in this process), ingest, detect, or
+    /// both (split by key through the internal topic).
+    #[arg(long)]
+    pub role: Option<Role>,
 }
 
 impl RunFlags {
@@ -108,6 +112,11 @@ impl RunFlags {
                 self.log_format.map(|f| FlagValue::Text(f.name().into())),
             ),
             ("verify.jwks", "--jwks", list(&self.jwks)),
+            (
+                "shuffle.role",
+                "--role",
+                self.role.map(|r| FlagValue::Text(r.name().into())),
+            ),
         ];
         Loaded::from_layers(with_flags(layers, flags)?)
     }

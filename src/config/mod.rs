@@ -80,6 +80,7 @@ pub struct Config {
     /// (the `audience-mismatch` rule; such routes also count as protected).
     pub audiences: BTreeMap<String, String>,
     pub posture: PostureSection,
+    pub shuffle: ShuffleSection,
     /// librdkafka properties, passed through unchanged (TLS, SASL, fetch sizes...).
     pub kafka: BTreeMap<String, toml::Value>,
 }
@@ -108,6 +109,7 @@ impl Default for Config {
             verify: VerifySection::default(),
             audiences: BTreeMap::new(),
             posture: PostureSection::default(),
+            shuffle: ShuffleSection::default(),
             kafka: BTreeMap::new(),
         }
     }
@@ -317,6 +319,70 @@ pub struct DeadLetterSection {
     /// Instead of a file: records produced to this Kafka topic, with the brokers and `[kafka]`
     /// settings of the alerts producer (for hosts without a durable disk).
     pub topic: Option<String>,
+}
+
+/// `[shuffle]`: how `run` splits the work by key over Kafka, so that any number of instances
+/// decide what one does ([`crate::service::shuffle`]).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShuffleSection {
+    /// `local`: read the gateway topics and decide in one process (one instance per group);
+    /// `both`: ingest and detect through the internal topic; `ingest` or `detect` alone.
+    #[serde(deserialize_with = "de::from_str")]
+    pub role: Role,
+    /// The internal topics' names start with this (default: the group id and a dot).
+    pub topic_prefix: Option<String>,
+    /// Partitions of the internal topic, when tokenwatch creates it: the most detect
+    /// instances that can share the work. Never change it on a topic in use: a subject's
+    /// records would move to another partition, away from its state.
+    pub partitions: i32,
+    /// Replication factor of a topic tokenwatch creates; -1: the broker's default.
+    pub replication: i32,
+    /// How long the internal topic keeps records (`retention.ms`), when tokenwatch creates it.
+    #[serde(deserialize_with = "de::duration")]
+    pub retention: Duration,
+}
+
+impl Default for ShuffleSection {
+    fn default() -> Self {
+        ShuffleSection {
+            role: Role::Local,
+            topic_prefix: None,
+            partitions: 12,
+            replication: -1,
+            retention: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+/// Which stages of the work an instance runs ([`ShuffleSection::role`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Role {
+    Local,
+    Ingest,
+    Detect,
+    Both,
+}
+
+impl Role {
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Local => "local",
+            Role::Ingest => "ingest",
+            Role::Detect => "detect",
+            Role::Both => "both",
+        }
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        [Role::Local, Role::Ingest, Role::Detect, Role::Both]
+            .into_iter()
+            .find(|r| r.name() == s)
+            .ok_or_else(|| format!("`{s}` is not a role: local, ingest, detect or both"))
+    }
 }
 
 /// `[verify]`: the public keys that verify token signatures.

@@ -10,7 +10,7 @@ use tokenwatch_core::token::{DEFAULT_MAX_TOKEN_BYTES, TOKEN_BYTES_RANGE};
 use tokenwatch_core::verify::{Verifier, VerifyConfig};
 
 use super::{AlertOutput, Config, ConfigError, Layers, Origins};
-use crate::service::ServiceConfig;
+use crate::service::{ServiceConfig, ShuffleConfig};
 use crate::sinks::alerts::AlertTarget;
 use crate::sinks::dead_letter::DeadLetters;
 use crate::sinks::redis::RedisConfig;
@@ -173,6 +173,7 @@ impl Loaded {
                 _ => None,
             }),
         };
+        let shuffle = self.shuffle()?;
         let pipeline = PipelineConfig {
             engine: tokenwatch_core::engine::EngineConfig {
                 revocation: c.revocation_policy(),
@@ -199,8 +200,32 @@ impl Loaded {
             event_time: c.event_time(),
             checkpoint_interval: c.checkpoint_interval(),
             dead_letter_topic: c.dead_letter.topic.clone(),
+            shuffle,
         };
         Ok((cfg, c.metrics_addr))
+    }
+
+    /// `[shuffle]`, with the internal topic's name resolved.
+    fn shuffle(&self) -> Result<ShuffleConfig, ConfigError> {
+        let s = &self.config.shuffle;
+        if s.partitions < 1 {
+            return Err(ConfigError::Invalid {
+                origin: self.origins.of("shuffle.partitions").cloned(),
+                key: "shuffle.partitions".into(),
+                problem: format!("{}: the internal topic needs at least one partition", s.partitions),
+            });
+        }
+        let prefix = s
+            .topic_prefix
+            .clone()
+            .unwrap_or_else(|| format!("{}.", self.config.group));
+        Ok(ShuffleConfig {
+            role: s.role,
+            events_topic: format!("{prefix}events"),
+            partitions: s.partitions,
+            replication: s.replication,
+            retention: s.retention,
+        })
     }
 }
 

@@ -14,11 +14,15 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
 use super::consume::{BatchLimits, Consume, Parts};
+use super::detect::{self, Detect};
 use super::feed::{self, Undone};
+use super::ingest::{self, Ingest};
 use super::reload::{self, Fingerprint};
 use super::retry::Shutdown;
+use super::shuffle::{self, ShuffleConfig};
 use super::{redis_health, RunSummary, ServiceConfig, ServiceError};
 use crate::checkpoint::{CheckpointStore, Checkpointing};
+use crate::config::Role;
 use crate::metrics::Metrics;
 use crate::sinks::alerts::AlertSink;
 use crate::sinks::dead_letter::DeadLetters;
@@ -56,6 +60,8 @@ pub struct Service {
     metrics_addr: Option<std::net::SocketAddr>,
     pipeline: Pipeline,
     rules: Rules,
+    /// The rules loaded at start (the detect stage builds an engine per partition from them).
+    set: Arc<RuleSet>,
     reload_requests: Option<watch::Receiver<u64>>,
     memory: Option<Arc<Mutex<MemoryStore>>>,
     dead: Arc<Mutex<DeadLetters>>,
@@ -86,10 +92,25 @@ impl Service {
         self.metrics_addr
     }
 
+    /// Runs the stages of the configured role ([`ShuffleConfig::role`]) until `shutdown`
+    /// turns true.
+    pub async fn run(self, shutdown: watch::Receiver<bool>) -> Result<RunSummary, ServiceError> {
+        match self.cfg.shuffle.role {
+            Role::Local => self.run_local(shutdown).await,
+            Role::Ingest => {
+                let partitions = internal_topic(&self.cfg).await?;
+                let mut stop = Shutdown::new(shutdown, self.cfg.shutdown_timeout);
+                let ingest = ingest(&self.cfg, self.pipeline, &self.metrics, partitions)?;
+                ingest.run(&mut stop).await.map(|()| RunSummary::default())
+            }
+            Role::Detect | Role::Both => self.run_detect(shutdown).await,
+        }
+    }
+
     /// Connects to Redis (retrying while it does not answer, until `shutdown`), restores the
     /// checkpoint, joins the Kafka group, and runs the loop until `shutdown` turns true.
     /// Shutdown before Redis answered ends with an empty summary.
-    pub async fn run(self, shutdown: watch::Receiver<bool>) -> Result<RunSummary, ServiceError> {
+    async fn run_local(self, shutdown: watch::Receiver<bool>) -> Result<RunSummary, ServiceError> {
         let Service {
             cfg,
             metrics,
@@ -102,6 +123,7 @@ impl Service {
             ..
         } = self;
         let mut stop = Shutdown::new(shutdown, cfg.shutdown_timeout);
+        // Checkpoints of the local loop and of the detect stage's tasks must not mix.
         let Some((mut store, _health)) = connect_store(memory, &cfg, &metrics, dead, &mut stop).await? else {
             return Ok(RunSummary::default());
         };
@@ -128,14 +150,7 @@ impl Service {
         if let Some(c) = &mut checkpoints {
             c.set_committed(committed);
         }
-        let (rules, _reload) = match rules {
-            Rules::Fixed => (None, None),
-            Rules::Dir(seen, loaded) => {
-                let (tx, rx) = watch::channel(loaded);
-                let task = reload::watch_rules(cfg.rules_dir.clone(), seen, metrics.clone(), reload_requests, tx);
-                (Some(rx), Some(AbortOnDrop(tokio::spawn(task))))
-            }
-        };
+        let (rules, _reload) = watch_rules(&cfg, rules, &metrics, reload_requests);
         let parts = Parts {
             limits: BatchLimits {
                 max: cfg.batch_max,
@@ -154,6 +169,136 @@ impl Service {
             order: Sequencer::new(cfg.event_time),
         };
         Consume::new(parts).run(&mut stop).await
+    }
+
+    /// The detect stage (and, for role `both`, the ingest stage beside it, on a task of its
+    /// own): Redis, the internal topic's consumer group, an engine per partition.
+    async fn run_detect(self, shutdown: watch::Receiver<bool>) -> Result<RunSummary, ServiceError> {
+        let Service {
+            cfg,
+            metrics,
+            pipeline,
+            rules,
+            set,
+            reload_requests,
+            memory,
+            dead,
+            alerts,
+            ..
+        } = self;
+        let mut stop = Shutdown::new(shutdown.clone(), cfg.shutdown_timeout);
+        let partitions = internal_topic(&cfg).await?;
+        let Some((store, _health)) = connect_store(memory, &cfg, &metrics, dead, &mut stop).await? else {
+            return Ok(RunSummary::default());
+        };
+        let (undone, _feed) = follow_feed(&store);
+        let (reloads, _reload) = watch_rules(&cfg, rules, &metrics, reload_requests);
+        let ingest = match cfg.shuffle.role {
+            Role::Both => {
+                let mut ingest = ingest(&cfg, pipeline, &metrics, partitions)?;
+                if let Some(rx) = &reloads {
+                    ingest.follow_rules(rx.clone());
+                }
+                let mut stop = Shutdown::new(shutdown, cfg.shutdown_timeout);
+                Some(tokio::spawn(async move { ingest.run(&mut stop).await }))
+            }
+            _ => None,
+        };
+        let topic = cfg.shuffle.events_topic.clone();
+        let (source, assigned) = kafka::connect_paused(
+            &cfg.brokers,
+            &ShuffleConfig::detect_group(&cfg.group),
+            std::slice::from_ref(&topic),
+            &cfg.kafka,
+            metrics.clone(),
+        )?;
+        let parts = detect::Parts {
+            limits: BatchLimits {
+                max: cfg.batch_max,
+                wait: cfg.batch_wait,
+                max_line: cfg.max_line,
+            },
+            metrics,
+            source,
+            assigned,
+            topic,
+            store,
+            alerts,
+            rules: set,
+            reloads,
+            undone,
+            pipeline: cfg.pipeline.clone(),
+            event_time: cfg.event_time,
+            checkpoints: cfg.checkpoint_interval.map(|every| {
+                (
+                    cfg.redis.key_prefix.clone(),
+                    ShuffleConfig::detect_group(&cfg.group),
+                    every,
+                )
+            }),
+        };
+        let summary = Detect::new(parts).run(&mut stop).await;
+        if let Some(task) = ingest {
+            match task.await {
+                Ok(Err(e)) => return Err(e),
+                Err(e) => tracing::error!(error = %e, "the ingest stage panicked"),
+                Ok(Ok(())) => {}
+            }
+        }
+        summary
+    }
+}
+
+/// Creates the internal topic when absent; returns its partition count.
+async fn internal_topic(cfg: &ServiceConfig) -> Result<i32, ServiceError> {
+    let partitions = shuffle::ensure_topic(&producer_config(cfg), &cfg.shuffle).await?;
+    tracing::info!(topic = %cfg.shuffle.events_topic, partitions, "internal topic");
+    Ok(partitions)
+}
+
+/// The ingest stage over the service's decoding `pipeline`, ready to run.
+fn ingest(
+    cfg: &ServiceConfig,
+    pipeline: Pipeline,
+    metrics: &Arc<Metrics>,
+    partitions: i32,
+) -> Result<Ingest, ServiceError> {
+    let (source, assigned) = kafka::connect(&cfg.brokers, &cfg.group, &cfg.topics, &cfg.kafka, metrics.clone())?;
+    let producer = ingest::producer(producer_config(cfg), &cfg.shuffle.events_topic)?;
+    let parts = ingest::Parts {
+        source,
+        assigned,
+        out: ingest::Out {
+            pipeline,
+            producer,
+            shuffle: cfg.shuffle.clone(),
+            partitions,
+            max_line: cfg.max_line,
+            metrics: metrics.clone(),
+        },
+        max_messages: cfg.batch_max,
+        max_wait: cfg.batch_wait,
+        idle_timeout: cfg.event_time.idle_timeout,
+        max_skew_ms: cfg.event_time.max_skew_ms,
+    };
+    Ok(Ingest::new(parts))
+}
+
+/// The rule reloads, when the rules come from a directory: a receiver, and the task that
+/// watches the directory (stopped when the guard drops).
+fn watch_rules(
+    cfg: &ServiceConfig,
+    rules: Rules,
+    metrics: &Arc<Metrics>,
+    requests: Option<watch::Receiver<u64>>,
+) -> (Option<watch::Receiver<Arc<RuleSet>>>, Option<AbortOnDrop>) {
+    match rules {
+        Rules::Fixed => (None, None),
+        Rules::Dir(seen, loaded) => {
+            let (tx, rx) = watch::channel(loaded);
+            let task = reload::watch_rules(cfg.rules_dir.clone(), seen, metrics.clone(), requests, tx);
+            (Some(rx), Some(AbortOnDrop(tokio::spawn(task))))
+        }
     }
 }
 
@@ -255,7 +400,7 @@ impl ServiceBuilder {
         if let Some(w) = cfg.pipeline.evidence_warning() {
             tracing::warn!("{w}");
         }
-        let pipeline = Pipeline::new(set, geo, cfg.pipeline.clone()).map_err(ServiceError::Pipeline)?;
+        let pipeline = Pipeline::new(set.clone(), geo, cfg.pipeline.clone()).map_err(ServiceError::Pipeline)?;
         let dead = Arc::new(Mutex::new(match (&cfg.dead_letter_topic, &cfg.dead_letter) {
             (Some(topic), _) => DeadLetters::topic(&producer_config(&cfg), topic)?,
             (None, Some(path)) => DeadLetters::file(path)?,
@@ -280,6 +425,7 @@ impl ServiceBuilder {
             metrics_addr,
             pipeline,
             rules,
+            set,
             reload_requests: self.reload_requests,
             memory: self.memory,
             dead,

@@ -136,7 +136,7 @@ impl Consume {
             }
         }
         if let Some(rx) = self.p.undone.as_mut() {
-            forget_undone(rx, &mut self.p.pipeline, &self.p.metrics);
+            forget_undone(rx, &mut [&mut self.p.pipeline], &self.p.metrics);
         }
         if self.last_rearm_check.elapsed() >= REARM_EVERY {
             self.last_rearm_check = Instant::now();
@@ -176,17 +176,8 @@ impl Consume {
             } else {
                 limits.wait.saturating_sub(start.elapsed())
             };
-            let msg = tokio::select! {
-                m = tokio::time::timeout(wait, source.recv()) => m,
-                _ = stop.rx.changed() => return n,
-            };
-            let m = match msg {
-                Err(_) => return n,
-                Ok(Err(e)) => {
-                    tracing::warn!(error = %e, "kafka receive error");
-                    return n;
-                }
-                Ok(Ok(m)) => m,
+            let Some(m) = next_message(source, wait, stop).await else {
+                return n;
             };
             let now = self.clock.now();
             // A rebalance runs inside the poll: a partition revoked stops holding the clock
@@ -245,22 +236,7 @@ impl Consume {
         let Parts {
             metrics, alerts, store, ..
         } = &mut self.p;
-        let now = now_ms();
-        for d in &self.decisions {
-            metrics
-                .decisions
-                .with_label_values(&[&d.rule, d.action.as_str(), d.severity.as_str()])
-                .inc();
-            metrics.decision_delay.observe(((now - d.ts) as f64 / 1000.0).max(0.0));
-        }
-        deliver_alerts(alerts, &self.decisions, metrics, stop).await?;
-        for d in &self.decisions {
-            if let Some(r) = Revocation::from_decision(d) {
-                let new = write_with_retry(store, &r, metrics, stop).await?;
-                self.summary.revocations_written += u64::from(new);
-            }
-        }
-        self.decisions.clear();
+        self.summary.revocations_written += deliver(&mut self.decisions, metrics, alerts, store, stop).await?;
         Ok(())
     }
 
@@ -311,24 +287,82 @@ impl Consume {
     }
 }
 
-/// Re-arms the tripped rules that an operator asked to re-arm (`tokenwatch rearm RULE` writes
-/// the request to Redis, where every instance sees it) after this instance saw them trip.
-/// `seen` remembers, per tripped rule, the wall-clock second this instance first saw it tripped,
-/// so an old request never re-arms a rule that trips again later.
-/// Makes the engine forget the revocations the feed says were undone.
-fn forget_undone(rx: &mut mpsc::Receiver<Undone>, pipeline: &mut Pipeline, metrics: &Metrics) {
+/// The next message within `wait`; `None` when the wait passed, shutdown was asked, or Kafka
+/// reported an error (logged): the batch ends there.
+pub(super) async fn next_message<'a>(
+    source: &'a kafka::Source,
+    wait: Duration,
+    stop: &mut Shutdown,
+) -> Option<rdkafka::message::BorrowedMessage<'a>> {
+    let msg = tokio::select! {
+        m = tokio::time::timeout(wait, source.recv()) => m,
+        _ = stop.rx.changed() => return None,
+    };
+    match msg {
+        Err(_) => None,
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "kafka receive error");
+            None
+        }
+        Ok(Ok(m)) => Some(m),
+    }
+}
+
+/// A batch's side effects, each retried until done: alert lines, then revocations; then
+/// `decisions` is emptied. Returns the revocations Redis did not hold yet. An error means the
+/// shutdown timeout passed first. (The detect stage delivers the same way.)
+pub(super) async fn deliver(
+    decisions: &mut Vec<Decision>,
+    metrics: &Metrics,
+    alerts: &mut AlertSink,
+    store: &mut RevocationStore,
+    stop: &mut Shutdown,
+) -> Result<u64, ServiceError> {
+    let now = now_ms();
+    for d in decisions.iter() {
+        metrics
+            .decisions
+            .with_label_values(&[&d.rule, d.action.as_str(), d.severity.as_str()])
+            .inc();
+        metrics.decision_delay.observe(((now - d.ts) as f64 / 1000.0).max(0.0));
+    }
+    deliver_alerts(alerts, decisions, metrics, stop).await?;
+    let mut written = 0;
+    for d in decisions.iter() {
+        if let Some(r) = Revocation::from_decision(d) {
+            written += u64::from(write_with_retry(store, &r, metrics, stop).await?);
+        }
+    }
+    decisions.clear();
+    Ok(written)
+}
+
+/// Makes the engines forget the revocations the feed says were undone (a subject's state is
+/// in one of them; asking the others costs a lookup).
+pub(super) fn forget_undone(rx: &mut mpsc::Receiver<Undone>, pipelines: &mut [&mut Pipeline], metrics: &Metrics) {
     while let Ok(u) = rx.try_recv() {
-        let engine = pipeline.engine_mut();
-        let known = match u.kind {
-            Kind::Token => engine.forget_token(&u.id),
-            Kind::Subject => engine.forget_subject(&u.id),
-        };
+        let mut known = false;
+        for pipeline in pipelines.iter_mut() {
+            let engine = pipeline.engine_mut();
+            known |= match u.kind {
+                Kind::Token => engine.forget_token(&u.id),
+                Kind::Subject => engine.forget_subject(&u.id),
+            };
+        }
         tracing::info!(kind = ?u.kind, remembered = known, "revocation undone (feed): forgotten");
         metrics.feed_unrevokes.inc();
     }
 }
 
-async fn rearm_tripped(pipeline: &mut Pipeline, store: &mut RevocationStore, seen: &mut HashMap<Arc<str>, i64>) {
+/// Re-arms the tripped rules that an operator asked to re-arm (`tokenwatch rearm RULE` writes
+/// the request to Redis, where every instance sees it) after this instance saw them trip.
+/// `seen` remembers, per tripped rule, the wall-clock second this instance first saw it tripped,
+/// so an old request never re-arms a rule that trips again later.
+pub(super) async fn rearm_tripped(
+    pipeline: &mut Pipeline,
+    store: &mut RevocationStore,
+    seen: &mut HashMap<Arc<str>, i64>,
+) {
     let now_s = now_ms() / 1000;
     let tripped: Vec<Arc<str>> = pipeline
         .engine()
@@ -357,14 +391,14 @@ async fn rearm_tripped(pipeline: &mut Pipeline, store: &mut RevocationStore, see
 
 /// The clock of event-time idleness: wall time spent reading, so that time the loop spends
 /// on side effects (a stalled Redis, say) makes no partition look idle.
-struct ReadingClock {
+pub(super) struct ReadingClock {
     base: Instant,
     spent: Duration,
     reading_since: Option<Instant>,
 }
 
 impl ReadingClock {
-    fn new() -> Self {
+    pub(super) fn new() -> Self {
         ReadingClock {
             base: Instant::now(),
             spent: Duration::ZERO,
@@ -372,18 +406,18 @@ impl ReadingClock {
         }
     }
 
-    fn resume(&mut self) {
+    pub(super) fn resume(&mut self) {
         self.reading_since.get_or_insert_with(Instant::now);
     }
 
-    fn pause(&mut self) {
+    pub(super) fn pause(&mut self) {
         if let Some(t) = self.reading_since.take() {
             self.spent += t.elapsed();
         }
     }
 
     /// Reading time so far, as an instant (what [`Sequencer`] takes as `now`).
-    fn now(&self) -> Instant {
+    pub(super) fn now(&self) -> Instant {
         self.base + self.spent + self.reading_since.map_or(Duration::ZERO, |t| t.elapsed())
     }
 }

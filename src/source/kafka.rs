@@ -101,6 +101,9 @@ pub struct SourceContext {
     /// Where a restored checkpoint wants partitions to start, on their first assignment
     /// (instead of the group's committed offset).
     start_at: Mutex<HashMap<(String, i32), i64>>,
+    /// Partitions are paused as they are assigned, until the loop has restored their state
+    /// and resumes them (the detect stage: [`connect_paused`]).
+    pause_on_assign: bool,
 }
 
 impl SourceContext {
@@ -146,11 +149,17 @@ impl ConsumerContext for SourceContext {
         let result = match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 self.start_from_checkpoint(tpl);
-                if cooperative {
+                let assigned = if cooperative {
                     c.incremental_assign(tpl)
                 } else {
                     c.assign(tpl)
+                };
+                if self.pause_on_assign && assigned.is_ok() {
+                    if let Err(e) = c.pause(tpl) {
+                        tracing::warn!(error = %e, "cannot pause partitions as they are assigned");
+                    }
                 }
+                assigned
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 if cooperative {
@@ -260,6 +269,60 @@ pub fn connect(
     Ok((c, a))
 }
 
+/// [`connect`] for a loop that restores each partition's state before reading it: every
+/// partition is paused as it is assigned (in the rebalance callback, before any fetch), and
+/// the loop seeks and resumes it ([`seek`], [`pause`]). The cooperative-sticky assignor moves
+/// only the partitions that must move, so a rebalance does not restore every partition.
+pub fn connect_paused(
+    brokers: &str,
+    group: &str,
+    topics: &[String],
+    extra: &BTreeMap<String, String>,
+    metrics: Arc<Metrics>,
+) -> Result<(Source, Assignment), SourceError> {
+    let assigned: Assignment = Arc::default();
+    let ctx = SourceContext {
+        metrics,
+        assigned: assigned.clone(),
+        start_at: Mutex::new(HashMap::new()),
+        pause_on_assign: true,
+    };
+    let mut config = base_config(brokers, group, extra);
+    if !extra.contains_key("partition.assignment.strategy") {
+        config.set("partition.assignment.strategy", "cooperative-sticky");
+    }
+    let consumer: Source = config.create_with_context(ctx).map_err(|source| SourceError::Create {
+        brokers: brokers.to_string(),
+        source: Box::new(source),
+    })?;
+    let t: Vec<&str> = topics.iter().map(String::as_str).collect();
+    consumer.subscribe(&t).map_err(|source| SourceError::Subscribe {
+        topics: topics.join(", "),
+        source: Box::new(source),
+    })?;
+    Ok((consumer, assigned))
+}
+
+/// Moves a paused partition's position to `offset` (where its restored state stands), and
+/// returns the group's committed offset for it (what was delivered before).
+pub fn seek(consumer: &Source, topic: &str, partition: i32, offset: Option<i64>) -> Result<Option<i64>, SourceError> {
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition(topic, partition);
+    let committed = consumer
+        .committed_offsets(tpl, std::time::Duration::from_secs(10))
+        .map_err(|e| SourceError::Commit(Box::new(e)))?;
+    let committed = committed.elements().first().and_then(|e| match e.offset() {
+        Offset::Offset(o) => Some(o),
+        _ => None,
+    });
+    if let Some(o) = offset {
+        consumer
+            .seek(topic, partition, Offset::Offset(o), std::time::Duration::from_secs(10))
+            .map_err(|e| SourceError::Commit(Box::new(e)))?;
+    }
+    Ok(committed)
+}
+
 /// Offsets per partition.
 pub type PartitionOffsets = HashMap<(String, i32), i64>;
 
@@ -282,6 +345,7 @@ pub fn connect_at(
         metrics,
         assigned: assigned.clone(),
         start_at: Mutex::new(start_at),
+        pause_on_assign: false,
     };
     let consumer: Source = base_config(brokers, group, extra)
         .create_with_context(ctx)

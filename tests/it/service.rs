@@ -1297,3 +1297,41 @@ fn attested_line(s: usize, sub: &str, jti: &str, path: &str) -> String {
         r#"{{"ts":"2026-11-29T00:00:{s:02}.000Z","client_ip":"198.51.100.7","method":"GET","path":"{path}","status":200,"authenticated":true,"authorization":"Bearer {t}"}}"#
     )
 }
+
+/// Split by key (issue 12): a backlog over 6 gateway partitions, keyed at random, ingested
+/// into an internal topic of 4 partitions and detected by an engine per partition, decides what
+/// `replay` decides (in another order: partitions interleave), and the feed holds exactly
+/// replay's revocations, once each. Aggregation per network is off on both sides: it spans
+/// subjects (tests/it/shuffle.rs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_split_by_key_decides_what_replay_decides() {
+    let setup = Setup::new(6);
+    // The mock cluster has no CreateTopics: the internal topic is made here.
+    setup.mock.create_topic("split.events", 4, 1).unwrap();
+    let lines = common::generated_attacks(10, 12_000);
+    let mut cfg = common::gen_pipeline_config(10);
+    cfg.engine.aggregate_window_ms = 0;
+    let mut want = common::replay_lines_with(&lines, cfg);
+    assert!(want.len() > 20, "the log has attacks: {}", want.len());
+    common::produce_spread(&setup.brokers, "logs", 6, &lines, 7);
+
+    let svc = setup
+        .start_with("split", None, |c| {
+            c.shuffle.role = tokenwatch::config::Role::Both;
+            c.shuffle.partitions = 4;
+            c.shuffle.events_topic = "split.events".into();
+            c.pipeline.engine.aggregate_window_ms = 0;
+        })
+        .await;
+    wait_for_quiet(&svc, lines.len() as u64, 120).await;
+    let m = &svc.metrics;
+    assert_eq!(m.late_events.get(), 0, "no event is late");
+    assert_eq!(m.shuffle_consumed.with_label_values(&["refused"]).get(), 0);
+    let mut got = alerts_file(&svc);
+    got.sort();
+    want.sort();
+    assert_eq!(got.len(), want.len(), "as many decisions as replay");
+    assert!(got == want, "the same decisions as replay");
+    common::assert_feed_is_replays(&setup.stream(), &want);
+    stop_and_wait(svc).await.unwrap();
+}

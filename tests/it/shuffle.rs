@@ -45,6 +45,7 @@ fn ingest(lines: &[String], partitions: i32) -> (Vec<Vec<Vec<u8>>>, u64) {
             };
             let mut buf = Vec::new();
             let origin = Origin {
+                topic: 7,
                 partition: 0,
                 offset: offset as i64,
                 line: 0,
@@ -117,4 +118,24 @@ fn records_need_no_key_material_and_no_geoip() {
     let got = detect(bare, &records[0]);
     assert!(got.iter().any(|d| d.contains("\"revoke_token\"")));
     assert_eq!(got, detect(verifying_pipeline(), &records[0]));
+}
+
+/// An existing internal topic is taken as it is: its partition count is what routing uses,
+/// whatever `[shuffle] partitions` says. (librdkafka's mock cluster has no CreateTopics, so
+/// creation itself needs a real broker.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_existing_internal_topic_keeps_its_partitions() {
+    let mock = rdkafka::mocking::MockCluster::new(1).unwrap();
+    mock.create_topic("g.events", 5, 1).unwrap();
+    let mut client = rdkafka::ClientConfig::new();
+    client.set("bootstrap.servers", mock.bootstrap_servers());
+    let cfg = tokenwatch::service::ShuffleConfig {
+        events_topic: "g.events".into(),
+        partitions: 9,
+        ..Default::default()
+    };
+    assert_eq!(
+        tokenwatch::service::shuffle::ensure_topic(&client, &cfg).await.unwrap(),
+        5
+    );
 }

@@ -283,6 +283,16 @@ impl<T> Sequencer<T> {
         }
     }
 
+    /// Moves a source's watermark to `ts` (if that is later) without holding anything: a
+    /// watermark record of the ingest stage, which read the partition that far
+    /// ([`crate::record::Watermark`]). Counts as activity.
+    pub fn advance(&mut self, source: usize, ts: i64, now: Instant) {
+        if let Some(s) = self.sources.get_mut(source).and_then(Option::as_mut) {
+            s.watermark = s.watermark.max(ts);
+            s.last_active = now;
+        }
+    }
+
     /// Whether line `line` of the message at `offset` is already in a restored checkpoint's
     /// state (then it must not be applied again).
     pub fn restored(&mut self, source: usize, offset: i64, line: u32) -> bool {

@@ -50,6 +50,8 @@ pub enum RecordError {
 /// at a time), which is what lets the detect stage drop repeats by keeping the last it saw.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Origin {
+    /// The gateway topic ([`topic_id`]).
+    pub topic: u32,
     pub partition: i32,
     pub offset: i64,
     /// The line's index within its message (a message may hold several lines).
@@ -104,6 +106,8 @@ pub struct Watermark {
     /// The ingest instance (a random id per process): a partition moved to another instance
     /// starts a new sequence of watermarks.
     pub producer: u64,
+    /// The gateway topic ([`topic_id`]) and partition.
+    pub topic: u32,
     pub partition: i32,
     /// The newest event time read from the partition, epoch milliseconds.
     pub ts_ms: i64,
@@ -135,6 +139,13 @@ pub fn partition_for(key: &[u8], partitions: i32) -> i32 {
     (murmur2(key) & 0x7fff_ffff) as i32 % partitions.max(1)
 }
 
+/// A gateway topic's id in records: its name's murmur2. Two topics of one deployment with the
+/// same id would share their partitions' watermarks and repeat detection (both harmless to
+/// correctness of what is decided, and improbable).
+pub fn topic_id(name: &str) -> u32 {
+    murmur2(name.as_bytes())
+}
+
 /// Kafka's `Utils.murmur2` (seed 0x9747b28c).
 fn murmur2(data: &[u8]) -> u32 {
     const M: u32 = 0x5bd1_e995;
@@ -164,6 +175,7 @@ pub fn encode_event(ev: &Event<'_>, origin: Origin, tie: u64, out: &mut Vec<u8>)
     let mut e = Enc(out);
     e.u8(FORMAT);
     e.u8(KIND_EVENT);
+    e.u64(u64::from(origin.topic));
     e.vari(i64::from(origin.partition));
     e.vari(origin.offset);
     e.varu(u64::from(origin.line));
@@ -207,6 +219,7 @@ pub fn encode_watermark(w: &Watermark, out: &mut Vec<u8>) {
     e.u8(FORMAT);
     e.u8(KIND_WATERMARK);
     e.u64(w.producer);
+    e.u64(u64::from(w.topic));
     e.vari(i64::from(w.partition));
     e.vari(w.ts_ms);
     e.u8(u8::from(w.idle));
@@ -224,6 +237,7 @@ pub fn decode(bytes: &[u8]) -> Result<Record, RecordError> {
         KIND_EVENT => Record::Event(get_event(&mut d)?),
         KIND_WATERMARK => Record::Watermark(Watermark {
             producer: d.u64()?,
+            topic: get_topic(&mut d)?,
             partition: get_i32(&mut d)?,
             ts_ms: d.vari()?,
             idle: get_bool(&mut d)?,
@@ -242,6 +256,7 @@ pub fn decode(bytes: &[u8]) -> Result<Record, RecordError> {
 
 fn get_event(d: &mut Dec<'_>) -> Result<EventRecord, SnapshotError> {
     let origin = Origin {
+        topic: get_topic(d)?,
         partition: get_i32(d)?,
         offset: d.vari()?,
         line: u32::try_from(d.varu()?).map_err(|_| d.invalid("line index out of range"))?,
@@ -330,6 +345,10 @@ fn get_bool(d: &mut Dec<'_>) -> Result<bool, SnapshotError> {
         1 => Ok(true),
         _ => Err(d.invalid("a flag is neither 0 nor 1")),
     }
+}
+
+fn get_topic(d: &mut Dec<'_>) -> Result<u32, SnapshotError> {
+    u32::try_from(d.u64()?).map_err(|_| d.invalid("topic id out of range"))
 }
 
 fn get_i32(d: &mut Dec<'_>) -> Result<i32, SnapshotError> {
@@ -472,6 +491,7 @@ mod tests {
     fn first_record(ev: &Event<'_>) -> Vec<u8> {
         let mut buf = Vec::new();
         let origin = Origin {
+            topic: 7,
             partition: 0,
             offset: 0,
             line: 0,
@@ -483,6 +503,7 @@ mod tests {
 
     fn round_trip(ev: &Event<'_>) -> EventRecord {
         let origin = Origin {
+            topic: 7,
             partition: 5,
             offset: 123_456_789,
             line: 3,
@@ -540,6 +561,7 @@ mod tests {
     #[test]
     fn a_watermark_comes_back() {
         let w = Watermark {
+            topic: u32::MAX,
             producer: u64::MAX,
             partition: 2,
             ts_ms: -1,

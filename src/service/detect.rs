@@ -1,0 +1,446 @@
+//! The detect stage ([`super::shuffle`]): records of the internal topic in, decisions out,
+//! with an engine per internal partition (a *task*, as Kafka Streams calls it), one batch at
+//! a time: fill → decide → deliver → commit, as the local loop ([`super::consume`]).
+//!
+//! Each task orders its records as `replay` orders lines: a [`Sequencer`] whose sources are
+//! the *gateway* partitions the records came from (their watermarks advanced by the records
+//! and by the ingest stage's watermark records), so that event time is the gateway
+//! partitions', whichever instance read them. A record whose origin (gateway partition,
+//! offset, line, use) is not past the last one accepted from that gateway partition is a
+//! repeat (an ingest instance produced the same lines again after a restart) and is dropped.
+//!
+//! A task's state is checkpointed on its own ([`crate::checkpoint`], key
+//! `{prefix}checkpoint:{group}:{topic}:{partition}`): the engine, where each gateway partition
+//! stands in it, and the internal offset from which the records not in it start. When a
+//! rebalance assigns a partition, the rebalance callback pauses it; the loop restores its
+//! checkpoint, seeks to that offset and resumes it; records before the group's committed
+//! offset were decided before and rebuild state quietly. So the state moves with the
+//! partition.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::CommitMode;
+use rdkafka::message::Message;
+use tokio::sync::{mpsc, watch};
+
+use super::consume::{deliver, forget_undone, next_message, rearm_tripped, BatchLimits, ReadingClock};
+use super::feed::Undone;
+use super::retry::Shutdown;
+use super::{RunSummary, ServiceError};
+use crate::checkpoint::{Checkpoint, CheckpointStore, Saved, FORMAT_VERSION};
+use crate::metrics::Metrics;
+use crate::sinks::alerts::AlertSink;
+use crate::sinks::RevocationStore;
+use crate::source::kafka;
+use tokenwatch_core::decision::Decision;
+use tokenwatch_core::eventtime::{EventTimeConfig, PartitionMark, Sequencer};
+use tokenwatch_core::pipeline::{Pipeline, PipelineConfig};
+use tokenwatch_core::record::{self, EventRecord, Record};
+use tokenwatch_core::rules::RuleSet;
+
+/// How often the loop reads re-arm requests from Redis.
+const REARM_EVERY: Duration = Duration::from_secs(1);
+
+/// Where the detect loop reads, decides and writes: built by [`super::Service::run`].
+pub(super) struct Parts {
+    pub(super) limits: BatchLimits,
+    pub(super) metrics: Arc<Metrics>,
+    pub(super) source: kafka::Source,
+    pub(super) assigned: kafka::Assignment,
+    /// The internal topic.
+    pub(super) topic: String,
+    pub(super) store: RevocationStore,
+    pub(super) alerts: AlertSink,
+    pub(super) rules: Arc<RuleSet>,
+    pub(super) reloads: Option<watch::Receiver<Arc<RuleSet>>>,
+    pub(super) undone: Option<mpsc::Receiver<Undone>>,
+    /// What each task's engine is built with.
+    pub(super) pipeline: PipelineConfig,
+    pub(super) event_time: EventTimeConfig,
+    /// `(key prefix, group, interval)` of the tasks' checkpoints; `None`: none.
+    pub(super) checkpoints: Option<(String, String, Duration)>,
+}
+
+/// A record waiting for its event-time turn, with the internal offset it was read at.
+struct Queued {
+    internal: i64,
+    record: EventRecord,
+}
+
+/// One internal partition's engine and event-time buffer.
+struct Task {
+    pipeline: Pipeline,
+    order: Sequencer<Queued>,
+    /// Internal offsets of records held, with how many.
+    held: BTreeMap<i64, u32>,
+    /// The internal offset after the last record read.
+    next: Option<i64>,
+    /// Records before this internal offset were decided before a restart: applied quietly.
+    quiet_below: i64,
+    /// Per gateway partition, the origin (offset, line, use) of the last record accepted.
+    last: HashMap<(u32, i32), (i64, u32, u8)>,
+    checkpoint: Option<CheckpointStore>,
+    checkpointed: Option<Instant>,
+}
+
+impl Task {
+    /// The internal offset up to which every record read is applied: the first held, else
+    /// the one after the last read.
+    fn safe(&self) -> Option<i64> {
+        self.held.keys().next().copied().or(self.next)
+    }
+
+    /// Takes one record read at internal offset `internal`.
+    fn take(&mut self, internal: i64, payload: &[u8], now: Instant, metrics: &Metrics) {
+        self.next = Some(internal + 1);
+        let result = match record::decode(payload) {
+            Err(e) => {
+                tracing::warn!(offset = internal, error = %e, "internal record refused");
+                "refused"
+            }
+            Ok(Record::Watermark(w)) => {
+                let src = self.order.assign(&source_name(w.topic), w.partition, now);
+                self.order.advance(src, w.ts_ms, now);
+                "watermark"
+            }
+            Ok(Record::Event(r)) => self.hold(internal, r, now),
+        };
+        metrics.shuffle_consumed.with_label_values(&[result]).inc();
+    }
+
+    fn hold(&mut self, internal: i64, r: EventRecord, now: Instant) -> &'static str {
+        let o = r.origin;
+        let at = (o.offset, o.line, o.use_index);
+        let last = self.last.entry((o.topic, o.partition)).or_insert((i64::MIN, 0, 0));
+        if at <= *last {
+            return "duplicate";
+        }
+        *last = at;
+        let src = self.order.assign(&source_name(o.topic), o.partition, now);
+        let line = o.line.saturating_mul(2) + u32::from(o.use_index);
+        if self.order.restored(src, o.offset, line) {
+            return "duplicate";
+        }
+        self.order.read(src, o.offset, now);
+        let (ts, tie) = (r.ts_ms, r.tie);
+        self.order
+            .push(src, o.offset, line, ts, tie, Queued { internal, record: r }, now);
+        *self.held.entry(internal).or_default() += 1;
+        "event"
+    }
+
+    /// Applies the records whose turn has come; returns how many.
+    fn decide(&mut self, now: Instant, out: &mut Vec<Decision>) -> usize {
+        let Task {
+            pipeline,
+            order,
+            held,
+            quiet_below,
+            ..
+        } = self;
+        order.release(now, |q, _| {
+            if let Some(c) = held.get_mut(&q.internal) {
+                *c -= 1;
+                if *c == 0 {
+                    held.remove(&q.internal);
+                }
+            }
+            let before = out.len();
+            pipeline.apply_record(&q.record, out);
+            if q.internal < *quiet_below {
+                out.truncate(before);
+            }
+        })
+    }
+}
+
+/// The name a gateway partition's source has in a task's sequencer and checkpoint: its
+/// topic id (records carry the id, not the name).
+fn source_name(topic: u32) -> String {
+    format!("{topic:08x}")
+}
+
+pub(super) struct Detect {
+    p: Parts,
+    tasks: HashMap<i32, Task>,
+    decisions: Vec<Decision>,
+    rebalances: u64,
+    /// Idleness of gateway partitions is measured in time spent reading, as in the local loop.
+    clock: ReadingClock,
+    tripped_seen: HashMap<Arc<str>, i64>,
+    last_rearm_check: Instant,
+    late_seen: u64,
+    summary: RunSummary,
+}
+
+impl Detect {
+    pub(super) fn new(p: Parts) -> Self {
+        Detect {
+            p,
+            tasks: HashMap::new(),
+            decisions: Vec::new(),
+            rebalances: u64::MAX,
+            clock: ReadingClock::new(),
+            tripped_seen: HashMap::new(),
+            last_rearm_check: Instant::now(),
+            late_seen: 0,
+            summary: RunSummary::default(),
+        }
+    }
+
+    /// Runs batches until shutdown is asked, or a batch's side effects could not finish
+    /// within the shutdown timeout.
+    pub(super) async fn run(mut self, stop: &mut Shutdown) -> Result<RunSummary, ServiceError> {
+        let outcome = loop {
+            if stop.asked() {
+                break Ok(());
+            }
+            self.between_batches().await;
+            if let Err(e) = self.follow_assignment(stop).await {
+                break Err(e);
+            }
+            self.clock.resume();
+            let read = self.fill(stop).await;
+            self.clock.pause();
+            let applied = self.decide();
+            if read == 0 && applied == 0 && self.decisions.is_empty() {
+                continue;
+            }
+            let Parts {
+                metrics, alerts, store, ..
+            } = &mut self.p;
+            match deliver(&mut self.decisions, metrics, alerts, store, stop).await {
+                Ok(n) => self.summary.revocations_written += n,
+                Err(e) => break Err(e),
+            }
+            self.commit(CommitMode::Async).await;
+        };
+        if outcome.is_ok() {
+            self.commit(CommitMode::Sync).await;
+        }
+        outcome.map(|()| self.summary)
+    }
+
+    /// Swaps in a reloaded rule set, forgets undone revocations, re-arms rules on request.
+    async fn between_batches(&mut self) {
+        if let Some(rx) = self.p.reloads.as_mut() {
+            if rx.has_changed().unwrap_or(false) {
+                self.p.rules = rx.borrow_and_update().clone();
+                for t in self.tasks.values_mut() {
+                    t.pipeline.replace_rules(self.p.rules.clone());
+                }
+            }
+        }
+        if let Some(rx) = self.p.undone.as_mut() {
+            let mut all: Vec<&mut Pipeline> = self.tasks.values_mut().map(|t| &mut t.pipeline).collect();
+            forget_undone(rx, &mut all, &self.p.metrics);
+        }
+        if self.last_rearm_check.elapsed() >= REARM_EVERY {
+            self.last_rearm_check = Instant::now();
+            for t in self.tasks.values_mut() {
+                rearm_tripped(&mut t.pipeline, &mut self.p.store, &mut self.tripped_seen).await;
+            }
+        }
+    }
+
+    /// Drops the tasks of revoked partitions and starts those of assigned ones: state
+    /// restored, position set, then resumed.
+    async fn follow_assignment(&mut self, stop: &mut Shutdown) -> Result<(), ServiceError> {
+        let (revoked, now) = {
+            let Ok(mut a) = self.p.assigned.lock() else {
+                return Ok(());
+            };
+            if a.epoch() == self.rebalances {
+                return Ok(());
+            }
+            let (revoked, epoch) = a.take_revoked();
+            self.rebalances = epoch;
+            (revoked, a.now.clone())
+        };
+        for (_, k) in revoked {
+            self.tasks.remove(&k);
+        }
+        self.tasks.retain(|k, _| now.contains(&(self.p.topic.clone(), *k)));
+        for (topic, k) in now {
+            if topic != self.p.topic || self.tasks.contains_key(&k) {
+                continue;
+            }
+            if stop.asked() {
+                break;
+            }
+            let task = self.start_task(k).await?;
+            self.tasks.insert(k, task);
+            if let Err(e) = kafka::pause(&self.p.source, &self.p.topic, k, false) {
+                tracing::warn!(error = %e, partition = k, "cannot resume a restored partition");
+            }
+        }
+        Ok(())
+    }
+
+    /// A task for internal partition `k`, its checkpoint restored and the consumer
+    /// positioned where the checkpoint's records start.
+    async fn start_task(&mut self, k: i32) -> Result<Task, ServiceError> {
+        let mut pipeline =
+            Pipeline::new(self.p.rules.clone(), None, self.p.pipeline.clone()).map_err(ServiceError::Pipeline)?;
+        let mut order = Sequencer::new(self.p.event_time);
+        let mut start = None;
+        let mut checkpoint = None;
+        if let (Some((prefix, group, _)), RevocationStore::Redis(w)) = (&self.p.checkpoints, &mut self.p.store) {
+            let mut store = CheckpointStore::new(prefix, &format!("{group}:{}:{k}", self.p.topic));
+            if let Some(bytes) = store.load(w).await? {
+                match restore(&bytes, &self.p.topic, &mut pipeline, &mut order) {
+                    Ok(at) => start = at,
+                    Err(e) => {
+                        self.p.metrics.checkpoint_errors.with_label_values(&["restore"]).inc();
+                        tracing::error!(
+                            key = store.key(),
+                            "checkpoint refused: {e}; partition {k} starts with empty state"
+                        );
+                    }
+                }
+            }
+            checkpoint = Some(store);
+        }
+        let committed = kafka::seek(&self.p.source, &self.p.topic, k, start)?;
+        tracing::info!(partition = k, start, committed, "detect task started");
+        Ok(Task {
+            pipeline,
+            order,
+            held: BTreeMap::new(),
+            next: start,
+            quiet_below: committed.unwrap_or(i64::MIN),
+            last: HashMap::new(),
+            checkpoint,
+            checkpointed: None,
+        })
+    }
+
+    /// Step 1: reads records until the batch is full or its wait is over.
+    async fn fill(&mut self, stop: &mut Shutdown) -> usize {
+        let start = Instant::now();
+        let mut n = 0;
+        loop {
+            let wait = if n == 0 {
+                Duration::from_millis(250)
+            } else {
+                self.p.limits.wait.saturating_sub(start.elapsed())
+            };
+            let Some(m) = next_message(&self.p.source, wait, stop).await else {
+                return n;
+            };
+            // A message of a partition whose task is not started (assigned in this poll) is
+            // read again after its seek.
+            if let Some(t) = self.tasks.get_mut(&m.partition()) {
+                t.take(
+                    m.offset(),
+                    m.payload().unwrap_or_default(),
+                    self.clock.now(),
+                    &self.p.metrics,
+                );
+            }
+            n += 1;
+            if n >= self.p.limits.max || start.elapsed() >= self.p.limits.wait {
+                return n;
+            }
+        }
+    }
+
+    /// Step 2: every task applies the records whose turn has come.
+    fn decide(&mut self) -> usize {
+        let now = self.clock.now();
+        let mut n = 0;
+        let (mut held, mut late, mut keys) = (0, 0, 0);
+        for t in self.tasks.values_mut() {
+            n += t.decide(now, &mut self.decisions);
+            held += t.order.len();
+            late += t.pipeline.engine().stats().late_events;
+            keys += t.pipeline.engine().tracked_keys();
+        }
+        let m = &self.p.metrics;
+        m.held_lines.set(held as i64);
+        m.tracked_keys.set(keys as i64);
+        m.late_events.inc_by(late.saturating_sub(self.late_seen));
+        self.late_seen = late;
+        n
+    }
+
+    /// Step 4: checkpoints the tasks whose checkpoint is due, then stores and commits each
+    /// task's safe internal offset.
+    async fn commit(&mut self, mode: CommitMode) {
+        let every = self.p.checkpoints.as_ref().map(|c| c.2);
+        if let (Some(every), RevocationStore::Redis(w)) = (every, &mut self.p.store) {
+            for (k, t) in self.tasks.iter_mut() {
+                let due = matches!(mode, CommitMode::Sync) || t.checkpointed.is_none_or(|at| at.elapsed() >= every);
+                if due {
+                    save(*k, t, &self.p.topic, w, &self.p.metrics).await;
+                }
+            }
+        }
+        let safe: Vec<(&str, i32, i64)> = self
+            .tasks
+            .iter()
+            .filter_map(|(k, t)| Some((self.p.topic.as_str(), *k, t.safe()?)))
+            .collect();
+        let stored = kafka::store(&self.p.source, &safe);
+        if let Err(e) = stored.and_then(|_| kafka::commit(&self.p.source, mode)) {
+            tracing::warn!(error = %e, "offset commit failed; the batch will be read again");
+        }
+        self.summary.batches += 1;
+    }
+}
+
+/// Restores a task's checkpoint: the engine, the gateway partitions' marks into `order`;
+/// returns the internal offset its records start at.
+fn restore(
+    bytes: &[u8],
+    topic: &str,
+    pipeline: &mut Pipeline,
+    order: &mut Sequencer<Queued>,
+) -> Result<Option<i64>, crate::checkpoint::CheckpointError> {
+    let c = Checkpoint::decode(bytes)?;
+    pipeline.engine_mut().restore_format(&c.engine, c.state_format())?;
+    let (internal, gateway): (Vec<PartitionMark>, Vec<PartitionMark>) =
+        c.partitions.into_iter().partition(|m| m.topic == topic);
+    order.resume(gateway, &HashMap::new());
+    Ok(internal.first().map(|m| m.next))
+}
+
+/// Writes a task's checkpoint; a failure is logged and counted, and tried again next time.
+async fn save(k: i32, t: &mut Task, topic: &str, w: &mut crate::sinks::redis::RevocationWriter, metrics: &Metrics) {
+    if t.checkpoint.is_none() {
+        return;
+    }
+    t.checkpointed = Some(Instant::now());
+    let mut partitions = t.order.marks();
+    if let Some(next) = t.safe() {
+        partitions.push(PartitionMark {
+            topic: topic.to_string(),
+            partition: k,
+            next,
+            applied: Vec::new(),
+        });
+    }
+    let mut engine = Vec::new();
+    t.pipeline.engine().snapshot(&mut engine);
+    let bytes = Checkpoint {
+        version: FORMAT_VERSION,
+        partitions,
+        engine,
+    }
+    .encode();
+    let Some(store) = t.checkpoint.as_mut() else { return };
+    // The group's assignment makes this instance the partition's only writer: no fencing.
+    match store
+        .save(w, &bytes, crate::service::now_ms(), Duration::ZERO, false)
+        .await
+    {
+        Ok(Saved::Written) => metrics.checkpoint_bytes.set(bytes.len() as i64),
+        Ok(Saved::Fenced) => metrics.checkpoint_conflicts.inc(),
+        Err(e) => {
+            metrics.checkpoint_errors.with_label_values(&["save"]).inc();
+            tracing::warn!(key = store.key(), error = %e, "checkpoint not saved");
+        }
+    }
+}

@@ -1,0 +1,405 @@
+//! The ingest stage ([`super::shuffle`]): gateway lines in, records of the internal topic
+//! out, one batch at a time:
+//!
+//! 1. [`Ingest::fill`]: read messages until the batch is full or its wait is over; decode
+//!    each line and send each use of a token as a record to the partition of its subject;
+//! 2. [`Ingest::publish_watermarks`]: for every gateway partition read further, a watermark
+//!    record to every internal partition (after the records it covers: one producer keeps
+//!    their order);
+//! 3. [`Ingest::flush`]: wait until the broker acknowledged every record of the batch;
+//! 4. [`Ingest::commit`]: only then store and commit the gateway offsets; and pause the
+//!    gateway partitions that run more than `max_skew` ahead of the slowest this instance
+//!    reads, so that the detect stage's event-time buffer stays small during a backlog.
+//!
+//! The producer is idempotent with librdkafka's gapless guarantee: records of one gateway
+//! partition reach each internal partition once, in order, or the producer fails and this
+//! stage stops before committing (its restart produces the batch again, and the detect stage
+//! drops what it already has by the records' origin). Nothing is stateful here: any instance
+//! can take over any gateway partition from its committed offset.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::CommitMode;
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::ClientContext;
+
+use super::consume::next_message;
+use super::metric_sync::MetricSync;
+use super::retry::Shutdown;
+use super::shuffle::{ShuffleConfig, ShuffleError};
+use super::ServiceError;
+use crate::metrics::Metrics;
+use crate::source::kafka;
+use tokenwatch_core::input::lines::{Line, LineReader};
+use tokenwatch_core::pipeline::Pipeline;
+use tokenwatch_core::record::{self, Origin, Watermark};
+
+/// Counts failed deliveries; the first failure's text is kept for the error.
+#[derive(Default)]
+pub(super) struct Deliveries {
+    failed: Mutex<Option<String>>,
+}
+
+impl ClientContext for Deliveries {}
+
+impl ProducerContext for Deliveries {
+    type DeliveryOpaque = ();
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let Err((e, _)) = result {
+            if let Ok(mut f) = self.failed.lock() {
+                f.get_or_insert_with(|| e.to_string());
+            }
+        }
+    }
+}
+
+pub(super) type RecordProducer = ThreadedProducer<Deliveries>;
+
+/// The internal topic's producer: idempotent and gapless, so that a failed record is never
+/// followed by a delivered one (the detect stage drops repeats by origin, which needs that).
+pub(super) fn producer(mut client: rdkafka::ClientConfig, topic: &str) -> Result<Arc<RecordProducer>, ShuffleError> {
+    client
+        .set("enable.idempotence", "true")
+        .set("enable.gapless.guarantee", "true")
+        .set("linger.ms", "5")
+        .set("compression.type", "lz4");
+    let p = client
+        .create_with_context(Deliveries::default())
+        .map_err(|source| ShuffleError::Producer {
+            topic: topic.to_string(),
+            source: Box::new(source),
+        })?;
+    Ok(Arc::new(p))
+}
+
+/// Where one gateway partition stands in this instance.
+struct Read {
+    /// Newest event time read; `i64::MIN` before any.
+    watermark: i64,
+    /// The watermark last published.
+    published: i64,
+    /// The offset after the last message read: what to commit once the batch is delivered.
+    next: Option<i64>,
+    last_active: Instant,
+    paused: bool,
+    /// A watermark record (the first may say "assigned, nothing read yet") was published.
+    announced: bool,
+}
+
+impl Read {
+    fn new() -> Self {
+        Read {
+            watermark: i64::MIN,
+            published: i64::MIN,
+            next: None,
+            last_active: Instant::now(),
+            paused: false,
+            announced: false,
+        }
+    }
+}
+
+pub(super) struct Parts {
+    pub(super) source: kafka::Source,
+    pub(super) assigned: kafka::Assignment,
+    pub(super) out: Out,
+    pub(super) max_messages: usize,
+    pub(super) max_wait: Duration,
+    pub(super) idle_timeout: Duration,
+    pub(super) max_skew_ms: i64,
+}
+
+/// What turns lines into records on the internal topic.
+pub(super) struct Out {
+    pub(super) pipeline: Pipeline,
+    pub(super) producer: Arc<RecordProducer>,
+    pub(super) shuffle: ShuffleConfig,
+    /// The internal topic's partition count.
+    pub(super) partitions: i32,
+    pub(super) max_line: usize,
+    pub(super) metrics: Arc<Metrics>,
+}
+
+pub(super) struct Ingest {
+    p: Parts,
+    /// A random id per process, in watermark records.
+    id: u64,
+    read: HashMap<(String, i32), Read>,
+    buf: Vec<u8>,
+    sync: MetricSync,
+    /// Reloaded rule sets (which claims the decoder keeps follows the rules).
+    rules: Option<tokio::sync::watch::Receiver<Arc<tokenwatch_core::rules::RuleSet>>>,
+}
+
+impl Ingest {
+    pub(super) fn new(p: Parts) -> Self {
+        Ingest {
+            p,
+            id: tokenwatch_core::engine::snapshot::random_seeds()[1],
+            read: HashMap::new(),
+            buf: Vec::new(),
+            sync: MetricSync::default(),
+            rules: None,
+        }
+    }
+
+    /// Follows the rules' reloads.
+    pub(super) fn follow_rules(&mut self, rx: tokio::sync::watch::Receiver<Arc<tokenwatch_core::rules::RuleSet>>) {
+        self.rules = Some(rx);
+    }
+
+    /// Runs batches until shutdown is asked or a record cannot be delivered.
+    pub(super) async fn run(mut self, stop: &mut Shutdown) -> Result<(), ServiceError> {
+        let outcome = loop {
+            if stop.asked() {
+                break Ok(());
+            }
+            if let Some(rx) = self.rules.as_mut() {
+                if rx.has_changed().unwrap_or(false) {
+                    let set = rx.borrow_and_update().clone();
+                    self.p.out.pipeline.replace_rules(set);
+                }
+            }
+            let n = self.fill(stop).await;
+            self.publish_watermarks();
+            if let Err(e) = self.flush(stop).await {
+                break Err(e);
+            }
+            if n > 0 {
+                self.commit(CommitMode::Async);
+            }
+            self.align();
+            self.sync.sync(&self.p.out.pipeline, &self.p.out.metrics);
+        };
+        if outcome.is_ok() {
+            self.commit(CommitMode::Sync);
+        }
+        outcome
+    }
+
+    /// Step 1: reads and decodes a batch, sending its records. Returns the messages read.
+    async fn fill(&mut self, stop: &mut Shutdown) -> usize {
+        let start = Instant::now();
+        let mut n = 0;
+        loop {
+            let wait = if n == 0 {
+                Duration::from_millis(250)
+            } else {
+                self.p.max_wait.saturating_sub(start.elapsed())
+            };
+            let Some(m) = next_message(&self.p.source, wait, stop).await else {
+                return n;
+            };
+            if follow_assignment(&self.p.assigned, &mut self.read) {
+                // Before any record of the batch: every detect task learns of every gateway
+                // partition read here, and waits for it until it delivers or goes idle.
+                publish_watermarks(&mut self.read, &mut self.buf, &self.p.out, self.id);
+            }
+            let at = Origin {
+                topic: record::topic_id(m.topic()),
+                partition: m.partition(),
+                offset: m.offset(),
+                line: 0,
+                use_index: 0,
+            };
+            let newest = send_lines(&mut self.p.out, &mut self.buf, m.payload().unwrap_or_default(), at);
+            let r = self
+                .read
+                .entry((m.topic().to_string(), m.partition()))
+                .or_insert_with(Read::new);
+            r.watermark = r.watermark.max(newest);
+            r.next = Some(m.offset() + 1);
+            r.last_active = Instant::now();
+            n += 1;
+            if n >= self.p.max_messages || start.elapsed() >= self.p.max_wait {
+                return n;
+            }
+        }
+    }
+
+    /// Step 2: a watermark record per gateway partition read further (or not announced yet),
+    /// to every internal partition.
+    fn publish_watermarks(&mut self) {
+        publish_watermarks(&mut self.read, &mut self.buf, &self.p.out, self.id);
+    }
+
+    /// Step 3: waits until every record sent is acknowledged; a refused record stops the stage.
+    async fn flush(&mut self, stop: &mut Shutdown) -> Result<(), ServiceError> {
+        while self.p.out.producer.in_flight_count() > 0 {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(1)) => {}
+                _ = stop.expired() => return Err(ServiceError::ShutdownTimeout),
+            }
+        }
+        let failed = self.p.out.producer.context().failed.lock().ok().and_then(|f| f.clone());
+        match failed {
+            Some(reason) => Err(ServiceError::Shuffle(ShuffleError::Delivery {
+                topic: self.p.out.shuffle.events_topic.clone(),
+                reason,
+            })),
+            None => Ok(()),
+        }
+    }
+
+    /// Step 4: stores and commits the gateway offsets of what was delivered.
+    fn commit(&mut self, mode: CommitMode) {
+        let safe: Vec<(&str, i32, i64)> = self
+            .read
+            .iter()
+            .filter_map(|((t, p), r)| Some((t.as_str(), *p, r.next?)))
+            .collect();
+        let stored = kafka::store(&self.p.source, &safe);
+        if let Err(e) = stored.and_then(|_| kafka::commit(&self.p.source, mode)) {
+            tracing::warn!(error = %e, "offset commit failed; the batch will be read again");
+        }
+    }
+
+    /// Pauses the partitions more than `max_skew` of event time ahead of the slowest active
+    /// one this instance reads, and resumes those back within it.
+    fn align(&mut self) {
+        let now = Instant::now();
+        let active = |r: &Read| r.paused || now.duration_since(r.last_active) < self.p.idle_timeout;
+        let slowest = self
+            .read
+            .values()
+            .filter(|r| active(r) && r.watermark != i64::MIN)
+            .map(|r| r.watermark)
+            .min();
+        let mut toggles = Vec::new();
+        for ((t, p), r) in &mut self.read {
+            let ahead = slowest.is_some_and(|s| r.watermark > s.saturating_add(self.p.max_skew_ms));
+            if ahead != r.paused {
+                r.paused = ahead;
+                r.last_active = now;
+                toggles.push((t.clone(), *p, ahead));
+            }
+        }
+        for (t, p, pause) in toggles {
+            if let Err(e) = kafka::pause(&self.p.source, &t, p, pause) {
+                tracing::warn!(error = %e, "cannot pause or resume a partition");
+            }
+        }
+        self.p
+            .out
+            .metrics
+            .paused_partitions
+            .set(self.read.values().filter(|r| r.paused).count() as i64);
+    }
+}
+
+/// Follows the assignment: forgets revoked partitions (their new owner reads on from the
+/// committed offsets) and starts tracking assigned ones. Whether one was added.
+fn follow_assignment(assigned: &kafka::Assignment, read: &mut HashMap<(String, i32), Read>) -> bool {
+    let Ok(a) = assigned.lock() else { return false };
+    read.retain(|k, _| a.now.contains(k));
+    let mut added = false;
+    for k in &a.now {
+        if !read.contains_key(k) {
+            read.insert(k.clone(), Read::new());
+            added = true;
+        }
+    }
+    added
+}
+
+/// Watermark records, to every internal partition, for each gateway partition read further or
+/// not announced yet.
+fn publish_watermarks(read: &mut HashMap<(String, i32), Read>, buf: &mut Vec<u8>, out: &Out, producer: u64) {
+    for ((topic, partition), r) in read.iter_mut() {
+        if r.watermark <= r.published && r.announced {
+            continue;
+        }
+        r.announced = true;
+        r.published = r.watermark;
+        buf.clear();
+        let w = Watermark {
+            producer,
+            topic: record::topic_id(topic),
+            partition: *partition,
+            ts_ms: r.watermark,
+            idle: false,
+        };
+        record::encode_watermark(&w, buf);
+        for to in 0..out.partitions {
+            send(&out.producer, &out.shuffle.events_topic, to, buf);
+        }
+        out.metrics
+            .shuffle_produced
+            .with_label_values(&["watermark"])
+            .inc_by(out.partitions as u64);
+    }
+}
+
+/// Decodes a message's lines and sends the record of each use of a token to its subject's
+/// partition; `at` is the message (its line and use are filled in). Returns the newest event
+/// time of the message.
+fn send_lines(p: &mut Out, buf: &mut Vec<u8>, payload: &[u8], at: Origin) -> i64 {
+    let Out {
+        pipeline,
+        producer,
+        shuffle,
+        partitions,
+        max_line,
+        metrics,
+        ..
+    } = p;
+    let mut reader = LineReader::new(payload, *max_line);
+    let (mut number, mut newest) = (0u32, i64::MIN);
+    while let Ok(Some(line)) = reader.next_line() {
+        number += 1;
+        let l = match line {
+            Line::Ok([]) => continue,
+            Line::Ok(l) => l,
+            Line::TooLong(_) => {
+                pipeline.line_too_long();
+                continue;
+            }
+        };
+        let Some(held) = pipeline.hold_line(l) else { continue };
+        newest = newest.max(held.ts_ms());
+        pipeline.held_uses(&held, |use_index, ev, tie| {
+            // A request without a token feeds no rule keyed by token or subject.
+            let Some(key) = record::subject_key(ev) else { return };
+            buf.clear();
+            let origin = Origin {
+                line: number,
+                use_index,
+                ..at
+            };
+            record::encode_event(ev, origin, tie, buf);
+            send(
+                producer,
+                &shuffle.events_topic,
+                record::partition_for(key.as_bytes(), *partitions),
+                buf,
+            );
+            metrics.shuffle_produced.with_label_values(&["event"]).inc();
+        });
+    }
+    newest
+}
+
+/// Sends one record, waiting for room when librdkafka's queue is full.
+fn send(producer: &RecordProducer, topic: &str, partition: i32, payload: &[u8]) {
+    let mut record = BaseRecord::<(), [u8]>::to(topic).partition(partition).payload(payload);
+    loop {
+        match producer.send(record) {
+            Ok(()) => return,
+            Err((rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), r)) => {
+                record = r;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err((e, _)) => {
+                // Not retriable (a record too large, an unknown partition): counted as a failed
+                // delivery, which stops the stage before it commits.
+                if let Ok(mut f) = producer.context().failed.lock() {
+                    f.get_or_insert_with(|| e.to_string());
+                }
+                return;
+            }
+        }
+    }
+}

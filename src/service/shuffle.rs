@@ -1,0 +1,155 @@
+//! Splitting the work by key over Kafka (issue 12), as Kafka Streams does with a repartition
+//! topic: the *ingest* stage ([`super::ingest`]) reads the gateway topics, decodes each line
+//! and writes each use of a token as a record ([`tokenwatch_core::record`]) to the internal
+//! topic `{prefix}events`, keyed by the token's subject; the *detect* stage
+//! ([`super::detect`]) consumes that topic with an engine per internal partition. A subject's
+//! records all reach one partition, whichever gateway partition or instance read them, so the
+//! windows of a subject and of its tokens see all of its events; and the state of a partition
+//! moves with it when a rebalance gives it to another instance.
+//!
+//! Nothing here is a distributed layer of tokenwatch's own: membership is the consumer
+//! groups', ordering is the partitions', durability is the topic's and the checkpoints'.
+
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::ClientConfig;
+
+use crate::config::Role;
+
+/// `[shuffle]`, resolved.
+#[derive(Debug, Clone)]
+pub struct ShuffleConfig {
+    pub role: Role,
+    /// The internal topic of records keyed by subject.
+    pub events_topic: String,
+    /// Partitions, replication and retention of the internal topic when tokenwatch creates it.
+    pub partitions: i32,
+    pub replication: i32,
+    pub retention: Duration,
+}
+
+impl Default for ShuffleConfig {
+    fn default() -> Self {
+        ShuffleConfig {
+            role: Role::Local,
+            events_topic: "tokenwatch.events".into(),
+            partitions: 12,
+            replication: -1,
+            retention: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+impl ShuffleConfig {
+    /// The consumer group of the detect stage: the gateway group's name with `.detect`, so
+    /// that the two stages' offsets never mix.
+    pub fn detect_group(group: &str) -> String {
+        format!("{group}.detect")
+    }
+}
+
+/// Why the internal topic is not usable.
+#[derive(Debug, thiserror::Error)]
+pub enum ShuffleError {
+    #[error("kafka admin client for {brokers}: {source}")]
+    Admin {
+        brokers: String,
+        #[source]
+        source: Box<rdkafka::error::KafkaError>,
+    },
+    #[error("cannot create the internal topic {topic} ({partitions} partitions, replication {replication}): {reason}; create it by hand or grant tokenwatch CreateTopics ([shuffle] partitions/replication/retention)")]
+    Create {
+        topic: String,
+        partitions: i32,
+        replication: i32,
+        reason: String,
+    },
+    #[error("cannot read the metadata of the internal topic {topic}: {reason}")]
+    Metadata { topic: String, reason: String },
+    #[error("kafka producer for the internal topic {topic}: {source}")]
+    Producer {
+        topic: String,
+        #[source]
+        source: Box<rdkafka::error::KafkaError>,
+    },
+    /// A record could not be delivered: the ingest stage stops, and its next start reads
+    /// the gateway lines again from the last committed offsets.
+    #[error("the internal topic {topic} refused a record: {reason}; stopping so that a restart produces it again")]
+    Delivery { topic: String, reason: String },
+}
+
+/// Creates the internal topic when it does not exist, and returns its partition count (which
+/// routing needs: a record goes to `murmur2(subject) % partitions`).
+pub async fn ensure_topic(client: &ClientConfig, cfg: &ShuffleConfig) -> Result<i32, ShuffleError> {
+    if let Some(n) = partitions_of(client, &cfg.events_topic)? {
+        return Ok(n);
+    }
+    let brokers = client.get("bootstrap.servers").unwrap_or_default().to_string();
+    let admin: AdminClient<DefaultClientContext> = client.create().map_err(|source| ShuffleError::Admin {
+        brokers,
+        source: Box::new(source),
+    })?;
+    let retention = cfg.retention.as_millis().to_string();
+    let topic = NewTopic::new(
+        &cfg.events_topic,
+        cfg.partitions,
+        TopicReplication::Fixed(cfg.replication),
+    )
+    .set("retention.ms", &retention);
+    let refused = |reason: String| ShuffleError::Create {
+        topic: cfg.events_topic.clone(),
+        partitions: cfg.partitions,
+        replication: cfg.replication,
+        reason,
+    };
+    // A broker without CreateTopics (librdkafka's mock cluster) never answers: bounded.
+    let opts = AdminOptions::new()
+        .operation_timeout(Some(Duration::from_secs(30)))
+        .request_timeout(Some(Duration::from_secs(30)));
+    let results = admin
+        .create_topics([&topic], &opts)
+        .await
+        .map_err(|e| refused(e.to_string()))?;
+    for r in results {
+        match r {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((_, code)) => return Err(refused(code.to_string())),
+        }
+    }
+    // The new topic's metadata can take a moment to reach every broker.
+    for _ in 0..50 {
+        if let Some(n) = partitions_of(client, &cfg.events_topic)? {
+            return Ok(n);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(ShuffleError::Metadata {
+        topic: cfg.events_topic.clone(),
+        reason: "created, but its metadata never showed it".into(),
+    })
+}
+
+/// The partition count of `topic`; `None` when the broker does not know it.
+fn partitions_of(client: &ClientConfig, topic: &str) -> Result<Option<i32>, ShuffleError> {
+    let failed = |reason: String| ShuffleError::Metadata {
+        topic: topic.to_string(),
+        reason,
+    };
+    let mut c = client.clone();
+    c.set("group.id", "tokenwatch-metadata");
+    let consumer: BaseConsumer = c.create().map_err(|e| failed(e.to_string()))?;
+    let md = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .map_err(|e| failed(e.to_string()))?;
+    let Some(t) = md.topics().iter().find(|t| t.name() == topic) else {
+        return Ok(None);
+    };
+    match t.error() {
+        None if !t.partitions().is_empty() => Ok(Some(t.partitions().len() as i32)),
+        _ => Ok(None),
+    }
+}
