@@ -152,11 +152,7 @@ impl Service {
         }
         let (rules, _reload) = watch_rules(&cfg, rules, &metrics, reload_requests);
         let parts = Parts {
-            limits: BatchLimits {
-                max: cfg.batch_max,
-                wait: cfg.batch_wait,
-                max_line: cfg.max_line,
-            },
+            limits: batch_limits(&cfg),
             metrics,
             pipeline,
             store,
@@ -213,11 +209,7 @@ impl Service {
             metrics.clone(),
         )?;
         let parts = detect::Parts {
-            limits: BatchLimits {
-                max: cfg.batch_max,
-                wait: cfg.batch_wait,
-                max_line: cfg.max_line,
-            },
+            limits: batch_limits(&cfg),
             metrics,
             source,
             assigned,
@@ -249,6 +241,15 @@ impl Service {
     }
 }
 
+/// The batch bounds of every loop.
+fn batch_limits(cfg: &ServiceConfig) -> BatchLimits {
+    BatchLimits {
+        max: cfg.batch_max,
+        wait: cfg.batch_wait,
+        max_line: cfg.max_line,
+    }
+}
+
 /// Creates the internal topic when absent; returns its partition count.
 async fn internal_topic(cfg: &ServiceConfig) -> Result<i32, ServiceError> {
     let partitions = shuffle::ensure_topic(&producer_config(cfg), &cfg.shuffle).await?;
@@ -273,11 +274,9 @@ fn ingest(
             producer,
             shuffle: cfg.shuffle.clone(),
             partitions,
-            max_line: cfg.max_line,
+            limits: batch_limits(cfg),
             metrics: metrics.clone(),
         },
-        max_messages: cfg.batch_max,
-        max_wait: cfg.batch_wait,
         idle_timeout: cfg.event_time.idle_timeout,
         max_skew_ms: cfg.event_time.max_skew_ms,
     };

@@ -26,7 +26,7 @@ use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::ClientContext;
 
-use super::consume::next_message;
+use super::consume::{next_message, BatchLimits};
 use super::metric_sync::MetricSync;
 use super::retry::Shutdown;
 use super::shuffle::{ShuffleConfig, ShuffleError};
@@ -106,8 +106,6 @@ pub(super) struct Parts {
     pub(super) source: kafka::Source,
     pub(super) assigned: kafka::Assignment,
     pub(super) out: Out,
-    pub(super) max_messages: usize,
-    pub(super) max_wait: Duration,
     pub(super) idle_timeout: Duration,
     pub(super) max_skew_ms: i64,
 }
@@ -119,7 +117,7 @@ pub(super) struct Out {
     pub(super) shuffle: ShuffleConfig,
     /// The internal topic's partition count.
     pub(super) partitions: i32,
-    pub(super) max_line: usize,
+    pub(super) limits: BatchLimits,
     pub(super) metrics: Arc<Metrics>,
 }
 
@@ -188,7 +186,7 @@ impl Ingest {
             let wait = if n == 0 {
                 Duration::from_millis(250)
             } else {
-                self.p.max_wait.saturating_sub(start.elapsed())
+                self.p.out.limits.wait.saturating_sub(start.elapsed())
             };
             let Some(m) = next_message(&self.p.source, wait, stop).await else {
                 return n;
@@ -214,7 +212,7 @@ impl Ingest {
             r.next = Some(m.offset() + 1);
             r.last_active = Instant::now();
             n += 1;
-            if n >= self.p.max_messages || start.elapsed() >= self.p.max_wait {
+            if n >= self.p.out.limits.max || start.elapsed() >= self.p.out.limits.wait {
                 return n;
             }
         }
@@ -342,11 +340,11 @@ fn send_lines(p: &mut Out, buf: &mut Vec<u8>, payload: &[u8], at: Origin) -> i64
         producer,
         shuffle,
         partitions,
-        max_line,
+        limits,
         metrics,
         ..
     } = p;
-    let mut reader = LineReader::new(payload, *max_line);
+    let mut reader = LineReader::new(payload, limits.max_line);
     let (mut number, mut newest) = (0u32, i64::MIN);
     while let Ok(Some(line)) = reader.next_line() {
         number += 1;

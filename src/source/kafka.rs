@@ -291,6 +291,17 @@ pub fn connect_paused(
     if !extra.contains_key("partition.assignment.strategy") {
         config.set("partition.assignment.strategy", "cooperative-sticky");
     }
+    let consumer = subscribed(&config, ctx, brokers, topics)?;
+    Ok((consumer, assigned))
+}
+
+/// A consumer of `config` with `ctx`, subscribed to `topics`.
+fn subscribed(
+    config: &ClientConfig,
+    ctx: SourceContext,
+    brokers: &str,
+    topics: &[String],
+) -> Result<Source, SourceError> {
     let consumer: Source = config.create_with_context(ctx).map_err(|source| SourceError::Create {
         brokers: brokers.to_string(),
         source: Box::new(source),
@@ -300,7 +311,7 @@ pub fn connect_paused(
         topics: topics.join(", "),
         source: Box::new(source),
     })?;
-    Ok((consumer, assigned))
+    Ok(consumer)
 }
 
 /// Moves a paused partition's position to `offset` (where its restored state stands), and
@@ -347,12 +358,9 @@ pub fn connect_at(
         start_at: Mutex::new(start_at),
         pause_on_assign: false,
     };
-    let consumer: Source = base_config(brokers, group, extra)
-        .create_with_context(ctx)
-        .map_err(|source| SourceError::Create {
-            brokers: brokers.to_string(),
-            source: Box::new(source),
-        })?;
+    // Subscribing starts no rebalance: that happens in the first poll, after the committed
+    // offsets below are read.
+    let consumer = subscribed(&base_config(brokers, group, extra), ctx, brokers, topics)?;
     let mut committed = HashMap::new();
     if tpl.count() > 0 {
         let got = consumer
@@ -368,11 +376,6 @@ pub fn connect_at(
             }
         }
     }
-    let t: Vec<&str> = topics.iter().map(String::as_str).collect();
-    consumer.subscribe(&t).map_err(|source| SourceError::Subscribe {
-        topics: topics.join(", "),
-        source: Box::new(source),
-    })?;
     Ok((consumer, assigned, committed))
 }
 
