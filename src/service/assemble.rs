@@ -208,7 +208,9 @@ impl Service {
             &cfg.kafka,
             metrics.clone(),
         )?;
+        let gateway = shuffle::gateway_partitions(&producer_config(&cfg), &cfg.topics)?;
         let parts = detect::Parts {
+            gateway,
             limits: batch_limits(&cfg),
             metrics,
             source,

@@ -51,6 +51,8 @@ pub(super) struct Parts {
     pub(super) assigned: kafka::Assignment,
     /// The internal topic.
     pub(super) topic: String,
+    /// The gateway topics' partitions, awaited by every task from its start.
+    pub(super) gateway: Vec<(String, i32)>,
     pub(super) store: RevocationStore,
     pub(super) alerts: AlertSink,
     pub(super) rules: Arc<RuleSet>,
@@ -103,6 +105,7 @@ impl Task {
             Ok(Record::Watermark(w)) => {
                 let src = self.order.assign(&source_name(w.topic), w.partition, now);
                 self.order.advance(src, w.ts_ms, now);
+                self.order.declare(src, w.idle);
                 "watermark"
             }
             Ok(Record::Event(r)) => self.hold(internal, r, now),
@@ -290,7 +293,7 @@ impl Detect {
         if let (Some((prefix, group, _)), RevocationStore::Redis(w)) = (&self.p.checkpoints, &mut self.p.store) {
             let mut store = CheckpointStore::new(prefix, &format!("{group}:{}:{k}", self.p.topic));
             if let Some(bytes) = store.load(w).await? {
-                match restore(&bytes, &self.p.topic, &mut pipeline, &mut order) {
+                match restore(&bytes, &self.p.topic, &mut pipeline, &mut order, self.clock.now()) {
                     Ok(at) => start = at,
                     Err(e) => {
                         self.p.metrics.checkpoint_errors.with_label_values(&["restore"]).inc();
@@ -302,6 +305,12 @@ impl Detect {
                 }
             }
             checkpoint = Some(store);
+        }
+        // After the restore (a source assigned before it would not take its mark).
+        let now = self.clock.now();
+        for (t, p) in &self.p.gateway {
+            let src = order.assign(&source_name(record::topic_id(t)), *p, now);
+            order.declare(src, false);
         }
         let committed = kafka::seek(&self.p.source, &self.p.topic, k, start)?;
         tracing::info!(partition = k, start, committed, "detect task started");
@@ -398,12 +407,21 @@ fn restore(
     topic: &str,
     pipeline: &mut Pipeline,
     order: &mut Sequencer<Queued>,
+    now: Instant,
 ) -> Result<Option<i64>, crate::checkpoint::CheckpointError> {
     let c = Checkpoint::decode(bytes)?;
     pipeline.engine_mut().restore_format(&c.engine, c.state_format())?;
     let (internal, gateway): (Vec<PartitionMark>, Vec<PartitionMark>) =
         c.partitions.into_iter().partition(|m| m.topic == topic);
+    let sources: Vec<(String, i32)> = gateway.iter().map(|m| (m.topic.clone(), m.partition)).collect();
     order.resume(gateway, &HashMap::new());
+    // The gateway partitions the state covers hold event time back from the first record on,
+    // as they did before the checkpoint, until their reader says they are idle: records of
+    // one of them may come after others' in the internal partition.
+    for (t, p) in sources {
+        let src = order.assign(&t, p, now);
+        order.declare(src, false);
+    }
     Ok(internal.first().map(|m| m.next))
 }
 

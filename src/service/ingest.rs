@@ -26,7 +26,7 @@ use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::ClientContext;
 
-use super::consume::{next_message, BatchLimits};
+use super::consume::{next_message, BatchLimits, ReadingClock};
 use super::metric_sync::MetricSync;
 use super::retry::Shutdown;
 use super::shuffle::{ShuffleConfig, ShuffleError};
@@ -79,8 +79,10 @@ pub(super) fn producer(mut client: rdkafka::ClientConfig, topic: &str) -> Result
 struct Read {
     /// Newest event time read; `i64::MIN` before any.
     watermark: i64,
-    /// The watermark last published.
+    /// The watermark last published, whether it said idle, and when.
     published: i64,
+    published_idle: bool,
+    published_at: Instant,
     /// The offset after the last message read: what to commit once the batch is delivered.
     next: Option<i64>,
     last_active: Instant,
@@ -90,15 +92,23 @@ struct Read {
 }
 
 impl Read {
-    fn new() -> Self {
+    fn new(now: Instant) -> Self {
         Read {
             watermark: i64::MIN,
             published: i64::MIN,
+            published_idle: false,
+            published_at: now,
             next: None,
-            last_active: Instant::now(),
+            last_active: now,
             paused: false,
             announced: false,
         }
+    }
+
+    /// Nothing new read for `timeout`, and not paused here: the detect stage stops waiting
+    /// for this partition (and alignment stops counting it as the slowest).
+    fn idle(&self, now: Instant, timeout: Duration) -> bool {
+        !self.paused && now.duration_since(self.last_active) >= timeout
     }
 }
 
@@ -127,6 +137,9 @@ pub(super) struct Ingest {
     id: u64,
     read: HashMap<(String, i32), Read>,
     buf: Vec<u8>,
+    /// Idleness counts time spent reading only: waiting for the broker's acknowledgements
+    /// (or a stalled broker) idles no partition.
+    clock: ReadingClock,
     sync: MetricSync,
     /// Reloaded rule sets (which claims the decoder keeps follows the rules).
     rules: Option<tokio::sync::watch::Receiver<Arc<tokenwatch_core::rules::RuleSet>>>,
@@ -139,6 +152,7 @@ impl Ingest {
             id: tokenwatch_core::engine::snapshot::random_seeds()[1],
             read: HashMap::new(),
             buf: Vec::new(),
+            clock: ReadingClock::new(),
             sync: MetricSync::default(),
             rules: None,
         }
@@ -161,7 +175,9 @@ impl Ingest {
                     self.p.out.pipeline.replace_rules(set);
                 }
             }
+            self.clock.resume();
             let n = self.fill(stop).await;
+            self.clock.pause();
             self.publish_watermarks();
             if let Err(e) = self.flush(stop).await {
                 break Err(e);
@@ -191,10 +207,11 @@ impl Ingest {
             let Some(m) = next_message(&self.p.source, wait, stop).await else {
                 return n;
             };
-            if follow_assignment(&self.p.assigned, &mut self.read) {
+            if follow_assignment(&self.p.assigned, &mut self.read, self.clock.now()) {
                 // Before any record of the batch: every detect task learns of every gateway
                 // partition read here, and waits for it until it delivers or goes idle.
-                publish_watermarks(&mut self.read, &mut self.buf, &self.p.out, self.id);
+                let (now, timeout) = (self.clock.now(), self.p.idle_timeout);
+                publish_watermarks(&mut self.read, &mut self.buf, &self.p.out, self.id, now, timeout);
             }
             let at = Origin {
                 topic: record::topic_id(m.topic()),
@@ -207,10 +224,10 @@ impl Ingest {
             let r = self
                 .read
                 .entry((m.topic().to_string(), m.partition()))
-                .or_insert_with(Read::new);
+                .or_insert_with(|| Read::new(self.clock.now()));
             r.watermark = r.watermark.max(newest);
             r.next = Some(m.offset() + 1);
-            r.last_active = Instant::now();
+            r.last_active = self.clock.now();
             n += 1;
             if n >= self.p.out.limits.max || start.elapsed() >= self.p.out.limits.wait {
                 return n;
@@ -221,7 +238,11 @@ impl Ingest {
     /// Step 2: a watermark record per gateway partition read further (or not announced yet),
     /// to every internal partition.
     fn publish_watermarks(&mut self) {
-        publish_watermarks(&mut self.read, &mut self.buf, &self.p.out, self.id);
+        // Only for partitions still assigned here: a revoked one is its next owner's to speak
+        // for (a word from here, "idle" say, would let the detect stage run on without it).
+        follow_assignment(&self.p.assigned, &mut self.read, self.clock.now());
+        let (now, timeout) = (self.clock.now(), self.p.idle_timeout);
+        publish_watermarks(&mut self.read, &mut self.buf, &self.p.out, self.id, now, timeout);
     }
 
     /// Step 3: waits until every record sent is acknowledged; a refused record stops the stage.
@@ -258,12 +279,11 @@ impl Ingest {
     /// Pauses the partitions more than `max_skew` of event time ahead of the slowest active
     /// one this instance reads, and resumes those back within it.
     fn align(&mut self) {
-        let now = Instant::now();
-        let active = |r: &Read| r.paused || now.duration_since(r.last_active) < self.p.idle_timeout;
+        let now = self.clock.now();
         let slowest = self
             .read
             .values()
-            .filter(|r| active(r) && r.watermark != i64::MIN)
+            .filter(|r| !r.idle(now, self.p.idle_timeout) && r.watermark != i64::MIN)
             .map(|r| r.watermark)
             .min();
         let mut toggles = Vec::new();
@@ -288,37 +308,60 @@ impl Ingest {
     }
 }
 
-/// Follows the assignment: forgets revoked partitions (their new owner reads on from the
-/// committed offsets) and starts tracking assigned ones. Whether one was added.
-fn follow_assignment(assigned: &kafka::Assignment, read: &mut HashMap<(String, i32), Read>) -> bool {
-    let Ok(a) = assigned.lock() else { return false };
+/// Follows the assignment: forgets revoked partitions, even those assigned again since (their
+/// owner reads on from the committed offset), and starts tracking assigned ones. Whether one
+/// was added.
+fn follow_assignment(assigned: &kafka::Assignment, read: &mut HashMap<(String, i32), Read>, now: Instant) -> bool {
+    let Ok(mut a) = assigned.lock() else { return false };
+    let (revoked, _) = a.take_revoked();
+    for k in &revoked {
+        read.remove(k);
+    }
     read.retain(|k, _| a.now.contains(k));
     let mut added = false;
     for k in &a.now {
         if !read.contains_key(k) {
-            read.insert(k.clone(), Read::new());
+            read.insert(k.clone(), Read::new(now));
             added = true;
         }
     }
     added
 }
 
-/// Watermark records, to every internal partition, for each gateway partition read further or
-/// not announced yet.
-fn publish_watermarks(read: &mut HashMap<(String, i32), Read>, buf: &mut Vec<u8>, out: &Out, producer: u64) {
+/// Watermark records, to every internal partition, for each gateway partition not announced
+/// yet, read further, gone idle or back, or not published for `idle_timeout`. Whether a
+/// partition is idle is this stage's word: the detect stage waits for a partition until its
+/// reader says it is idle, so a partition whose reader died holds event time back until a
+/// new reader takes it over. The repeat every `idle_timeout` tells a detect task that
+/// restored a checkpoint (and missed the last word) where each partition stands.
+fn publish_watermarks(
+    read: &mut HashMap<(String, i32), Read>,
+    buf: &mut Vec<u8>,
+    out: &Out,
+    producer: u64,
+    now: Instant,
+    idle_timeout: Duration,
+) {
     for ((topic, partition), r) in read.iter_mut() {
-        if r.watermark <= r.published && r.announced {
+        let idle = r.idle(now, idle_timeout);
+        let due = !r.announced
+            || r.watermark > r.published
+            || idle != r.published_idle
+            || now.duration_since(r.published_at) >= idle_timeout;
+        if !due {
             continue;
         }
         r.announced = true;
         r.published = r.watermark;
+        r.published_idle = idle;
+        r.published_at = now;
         buf.clear();
         let w = Watermark {
             producer,
             topic: record::topic_id(topic),
             partition: *partition,
             ts_ms: r.watermark,
-            idle: false,
+            idle,
         };
         record::encode_watermark(&w, buf);
         for to in 0..out.partitions {

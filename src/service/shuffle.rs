@@ -133,6 +133,22 @@ pub async fn ensure_topic(client: &ClientConfig, cfg: &ShuffleConfig) -> Result<
     })
 }
 
+/// Every partition of the gateway `topics` the broker knows now: a detect task waits for
+/// each of them (until its reader says it is idle) before it decides anything, so that a
+/// gateway partition whose reader starts late does not find the others decided past its lines.
+pub(super) fn gateway_partitions(client: &ClientConfig, topics: &[String]) -> Result<Vec<(String, i32)>, ShuffleError> {
+    let mut out = Vec::new();
+    for t in topics {
+        match partitions_of(client, t)? {
+            Some(n) => out.extend((0..n).map(|p| (t.clone(), p))),
+            None => {
+                tracing::warn!(topic = %t, "gateway topic unknown to the broker: its partitions are awaited once announced")
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// The partition count of `topic`; `None` when the broker does not know it.
 fn partitions_of(client: &ClientConfig, topic: &str) -> Result<Option<i32>, ShuffleError> {
     let failed = |reason: String| ShuffleError::Metadata {

@@ -17,7 +17,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::producer::{BaseProducer, Producer};
 
-struct Proc(Child);
+pub(crate) struct Proc(Child);
 
 impl Drop for Proc {
     fn drop(&mut self) {
@@ -26,7 +26,7 @@ impl Drop for Proc {
     }
 }
 
-fn tansu() -> (Proc, String) {
+pub(crate) fn tansu() -> (Proc, String) {
     let port = common::free_port();
     (tansu_advertising(port, port), format!("127.0.0.1:{port}"))
 }
@@ -109,7 +109,7 @@ fn metric(port: u16, name: &str) -> Option<f64> {
     common::metric(&body, name)
 }
 
-fn wait(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+pub(crate) fn wait(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(secs);
     while !f() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
@@ -118,7 +118,7 @@ fn wait(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
 }
 
 /// A client configuration for the test's broker, plus `extra` properties (TLS).
-fn client(brokers: &str, extra: &[(&str, &str)]) -> rdkafka::ClientConfig {
+pub(crate) fn client(brokers: &str, extra: &[(&str, &str)]) -> rdkafka::ClientConfig {
     let mut c = rdkafka::ClientConfig::new();
     c.set("bootstrap.servers", brokers);
     for (k, v) in extra {
@@ -128,13 +128,18 @@ fn client(brokers: &str, extra: &[(&str, &str)]) -> rdkafka::ClientConfig {
 }
 
 fn create_logs_topic(c: &rdkafka::ClientConfig) {
+    create_topic(c, "logs", 1);
+}
+
+/// Creates `name` with `partitions` partitions through the broker's CreateTopics.
+pub(crate) fn create_topic(c: &rdkafka::ClientConfig, name: &str, partitions: i32) {
     let admin: AdminClient<DefaultClientContext> = c.create().unwrap();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     rt.block_on(admin.create_topics(
-        &[NewTopic::new("logs", 1, TopicReplication::Fixed(1))],
+        &[NewTopic::new(name, partitions, TopicReplication::Fixed(1))],
         &AdminOptions::new(),
     ))
     .unwrap();
@@ -342,17 +347,7 @@ fn kafka_over_tls_with_a_private_ca() {
 fn decides_what_replay_decides_on(partitions: i32) {
     let (_tansu, brokers) = tansu();
     let redis = common::RedisServer::start();
-    let c = client(&brokers, &[]);
-    let admin: AdminClient<DefaultClientContext> = c.create().unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(admin.create_topics(
-        &[NewTopic::new("logs", partitions, TopicReplication::Fixed(1))],
-        &AdminOptions::new(),
-    ))
-    .unwrap();
+    create_topic(&client(&brokers, &[]), "logs", partitions);
     let cfg = tokenwatch_gen::GenConfig {
         seed: 21,
         events: Some(16_000),

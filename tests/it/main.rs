@@ -34,6 +34,7 @@ mod report;
 mod restart;
 mod ruletest;
 mod run_process;
+mod scale_out;
 mod service;
 mod shuffle;
 mod size_caps;

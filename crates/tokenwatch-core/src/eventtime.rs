@@ -124,6 +124,9 @@ struct Source {
     watermark: i64,
     last_active: Instant,
     paused: bool,
+    /// Whether the source's reader says it is idle ([`Sequencer::declare`]); `None`: the
+    /// wall clock here decides.
+    declared: Option<bool>,
     /// Offsets of messages with lines still held, and how many.
     held: BTreeMap<i64, u32>,
     /// The offset after the last message read.
@@ -214,6 +217,7 @@ impl<T> Sequencer<T> {
             watermark: i64::MIN,
             last_active: now,
             paused: false,
+            declared: None,
             held: BTreeMap::new(),
             next_offset: None,
             applied: BTreeSet::new(),
@@ -275,10 +279,14 @@ impl<T> Sequencer<T> {
         self.sources.iter().flatten().map(|s| (s.topic.as_str(), s.partition))
     }
 
-    /// Notes a message read from `source` (whether or not it held events).
+    /// Notes a message read from `source` (whether or not it held events). A source whose
+    /// reader had declared it idle is active again.
     pub fn read(&mut self, source: usize, offset: i64, now: Instant) {
         if let Some(s) = self.sources.get_mut(source).and_then(Option::as_mut) {
             s.last_active = now;
+            if s.declared.is_some() {
+                s.declared = Some(false);
+            }
             s.next_offset = Some(s.next_offset.map_or(offset + 1, |o| o.max(offset + 1)));
         }
     }
@@ -290,6 +298,17 @@ impl<T> Sequencer<T> {
         if let Some(s) = self.sources.get_mut(source).and_then(Option::as_mut) {
             s.watermark = s.watermark.max(ts);
             s.last_active = now;
+        }
+    }
+
+    /// Hands the decision whether `source` is idle to the one who reads it (the ingest stage,
+    /// in its watermark records): from now on the source is idle exactly when its reader
+    /// last said so, however long nothing arrives from it here. So a partition whose reader
+    /// died holds event time back until another reader takes it over from the committed
+    /// offset, instead of going idle here and having its lines come back late.
+    pub fn declare(&mut self, source: usize, idle: bool) {
+        if let Some(s) = self.sources.get_mut(source).and_then(Option::as_mut) {
+            s.declared = Some(idle);
         }
     }
 
@@ -337,7 +356,10 @@ impl<T> Sequencer<T> {
     }
 
     fn idle(&self, s: &Source, now: Instant) -> bool {
-        !s.paused && now.saturating_duration_since(s.last_active) >= self.cfg.idle_timeout
+        match s.declared {
+            Some(idle) => idle,
+            None => !s.paused && now.saturating_duration_since(s.last_active) >= self.cfg.idle_timeout,
+        }
     }
 
     /// The event time below which every line may go: the slowest watermark among sources
@@ -609,6 +631,38 @@ mod tests {
         s.revoke("logs", 1);
         assert_eq!(drain(&mut s, t0), ["a100"], "b60 went with its partition");
         assert_eq!(s.safe_offsets(), [("logs", 0, 1)]);
+    }
+
+    /// The ingest stage's word decides: a partition whose reader said nothing for minutes
+    /// (it was killed) still holds the clock; one its reader declared idle does not, at once;
+    /// a line read from it makes it active again.
+    #[test]
+    fn a_partition_idle_by_its_readers_word_and_only_by_it() {
+        let t0 = Instant::now();
+        let mut s = Sequencer::new(cfg());
+        let (a, b) = (s.assign("logs", 0, t0), s.assign("logs", 1, t0));
+        s.declare(a, false);
+        s.declare(b, false);
+        s.push(a, 0, 0, 100, 1, "a100", t0);
+        s.push(a, 1, 0, 200, 1, "a200", t0);
+        s.push(b, 0, 0, 50, 1, "b50", t0);
+        s.push(b, 1, 0, 60, 1, "b60", t0);
+        assert_eq!(drain(&mut s, t0), ["b50"]);
+        assert!(
+            drain(&mut s, t0 + Duration::from_secs(600)).is_empty(),
+            "partition 1 was not declared idle: it holds the clock whatever the wall clock"
+        );
+        s.declare(b, true);
+        assert_eq!(drain(&mut s, t0 + Duration::from_secs(600)), ["b60", "a100"]);
+        s.read(b, 2, t0 + Duration::from_secs(600));
+        s.push(b, 2, 0, 150, 1, "b150", t0 + Duration::from_secs(600));
+        s.push(b, 3, 0, 250, 1, "b250", t0 + Duration::from_secs(600));
+        assert_eq!(
+            drain(&mut s, t0 + Duration::from_secs(600)),
+            ["b150"],
+            "a line makes it active again: a200 waits for it"
+        );
+        assert!(drain(&mut s, t0 + Duration::from_secs(1200)).is_empty());
     }
 
     #[test]
