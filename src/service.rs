@@ -135,6 +135,8 @@ pub enum ServiceError {
     },
     #[error("signal handler: {0}")]
     Signals(#[source] std::io::Error),
+    #[error("cannot start the ingest stage's decoding threads ([shuffle] decode_threads, run --threads): {0}")]
+    DecodeThreads(#[source] std::io::Error),
     /// The shutdown timeout passed while a batch's side effects were being retried.
     #[error("shutdown timeout passed with {0}; their offsets were not committed")]
     GaveUp(Undelivered),

@@ -86,6 +86,9 @@ pub struct RunFlags {
     /// both (split by key through the internal topic).
     #[arg(long)]
     pub role: Option<Role>,
+    /// Threads that decode lines in the ingest stage (`--role both|ingest`); default all cores.
+    #[arg(long)]
+    pub threads: Option<usize>,
 }
 
 impl RunFlags {
@@ -116,6 +119,11 @@ impl RunFlags {
                 "shuffle.role",
                 "--role",
                 self.role.map(|r| FlagValue::Text(r.name().into())),
+            ),
+            (
+                "shuffle.decode_threads",
+                "--threads",
+                self.threads.map(|n| FlagValue::Text(n.to_string())),
             ),
         ];
         Loaded::from_layers(with_flags(layers, flags)?)

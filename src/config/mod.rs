@@ -341,6 +341,10 @@ pub struct ShuffleSection {
     /// How long the internal topic keeps records (`retention.ms`), when tokenwatch creates it.
     #[serde(deserialize_with = "de::duration")]
     pub retention: Duration,
+    /// Threads that decode gateway lines in the ingest stage; 0: one per core. Decoding
+    /// (parsing, token decoding, verification, GeoIP) is the stage's work; sending records
+    /// and the watermarks stays on one thread, in the order the lines were read.
+    pub decode_threads: usize,
 }
 
 impl Default for ShuffleSection {
@@ -351,6 +355,7 @@ impl Default for ShuffleSection {
             partitions: 12,
             replication: -1,
             retention: Duration::from_secs(24 * 3600),
+            decode_threads: 0,
         }
     }
 }

@@ -225,6 +225,10 @@ impl Loaded {
             partitions: s.partitions,
             replication: s.replication,
             retention: s.retention,
+            decode_threads: match s.decode_threads {
+                0 => std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
+                n => n,
+            },
         })
     }
 }

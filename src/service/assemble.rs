@@ -9,6 +9,7 @@
 //! runs the loop.
 
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
@@ -143,7 +144,7 @@ impl Service {
             &cfg.brokers,
             &cfg.group,
             &cfg.topics,
-            &cfg.kafka,
+            &gateway_consumer(&cfg),
             metrics.clone(),
             start_at,
         )?;
@@ -259,6 +260,18 @@ async fn internal_topic(cfg: &ServiceConfig) -> Result<i32, ServiceError> {
     Ok(partitions)
 }
 
+/// The `[kafka]` settings of a gateway topic's consumer. Whether a partition is idle also
+/// asks librdkafka's statistics whether messages of it wait unread
+/// ([`kafka::Assigned::unread`]): unless set, they come twice per idle timeout.
+fn gateway_consumer(cfg: &ServiceConfig) -> std::collections::BTreeMap<String, String> {
+    let mut settings = cfg.kafka.clone();
+    let every = (cfg.event_time.idle_timeout / 2).clamp(Duration::from_millis(100), Duration::from_secs(5));
+    settings
+        .entry("statistics.interval.ms".into())
+        .or_insert_with(|| every.as_millis().to_string());
+    settings
+}
+
 /// The ingest stage over the service's decoding `pipeline`, ready to run.
 fn ingest(
     cfg: &ServiceConfig,
@@ -266,7 +279,13 @@ fn ingest(
     metrics: &Arc<Metrics>,
     partitions: i32,
 ) -> Result<Ingest, ServiceError> {
-    let (source, assigned) = kafka::connect(&cfg.brokers, &cfg.group, &cfg.topics, &cfg.kafka, metrics.clone())?;
+    let (source, assigned) = kafka::connect(
+        &cfg.brokers,
+        &cfg.group,
+        &cfg.topics,
+        &gateway_consumer(cfg),
+        metrics.clone(),
+    )?;
     let producer = ingest::producer(producer_config(cfg), &cfg.shuffle.events_topic)?;
     let parts = ingest::Parts {
         source,
@@ -276,13 +295,14 @@ fn ingest(
             producer,
             shuffle: cfg.shuffle.clone(),
             partitions,
+            decode_threads: cfg.shuffle.decode_threads,
             limits: batch_limits(cfg),
             metrics: metrics.clone(),
         },
         idle_timeout: cfg.event_time.idle_timeout,
         max_skew_ms: cfg.event_time.max_skew_ms,
     };
-    Ok(Ingest::new(parts))
+    Ingest::new(parts)
 }
 
 /// The rule reloads, when the rules come from a directory: a receiver, and the task that

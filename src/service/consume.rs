@@ -205,8 +205,10 @@ impl Consume {
             order,
             source,
             metrics,
+            assigned,
             ..
         } = &mut self.p;
+        note_unread(order, assigned);
         let decisions = &mut self.decisions;
         let n = order.release(now, |line, quiet| {
             let before = decisions.len();
@@ -445,6 +447,18 @@ fn follow_assignment(order: &mut Sequencer<HeldLine>, assigned: &kafka::Assignme
     }
     for (t, p) in &a.now {
         order.assign(t, *p, now);
+    }
+}
+
+/// Tells the event-time buffer which partitions have messages not read yet (librdkafka's
+/// statistics): those are not idle, however long nothing came from them.
+fn note_unread(order: &mut Sequencer<HeldLine>, assigned: &kafka::Assignment) {
+    let Ok(a) = assigned.lock() else { return };
+    let tracked: Vec<(String, i32)> = order.assigned().map(|(t, p)| (t.to_string(), p)).collect();
+    for k in tracked {
+        if let Some(id) = order.id(&k.0, k.1) {
+            order.unread(id, a.unread(&k));
+        }
     }
 }
 

@@ -2,7 +2,8 @@
 //! out, one batch at a time:
 //!
 //! 1. [`Ingest::fill`]: read messages until the batch is full or its wait is over; decode
-//!    each line and send each use of a token as a record to the partition of its subject;
+//!    their lines on `[shuffle] decode_threads` threads ([`Decoding`]) and send each use of a
+//!    token, in the order the lines were read, as a record to the partition of its subject;
 //! 2. [`Ingest::publish_watermarks`]: for every gateway partition read further, a watermark
 //!    record to every internal partition (after the records it covers: one producer keeps
 //!    their order);
@@ -17,7 +18,7 @@
 //! drops what it already has by the records' origin). Nothing is stateful here: any instance
 //! can take over any gateway partition from its committed offset.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -34,7 +35,7 @@ use super::ServiceError;
 use crate::metrics::Metrics;
 use crate::source::kafka;
 use tokenwatch_core::input::lines::{Line, LineReader};
-use tokenwatch_core::pipeline::Pipeline;
+use tokenwatch_core::pipeline::{DecodedBatch, ParallelDecode, Pipeline};
 use tokenwatch_core::record::{self, Origin, Watermark};
 
 /// Counts failed deliveries; the first failure's text is kept for the error.
@@ -77,6 +78,8 @@ pub(super) fn producer(mut client: rdkafka::ClientConfig, topic: &str) -> Result
 
 /// Where one gateway partition stands in this instance.
 struct Read {
+    /// The gateway topic's id in records ([`record::topic_id`]).
+    topic: u32,
     /// Newest event time read; `i64::MIN` before any.
     watermark: i64,
     /// The watermark last published, whether it said idle, and when.
@@ -87,13 +90,16 @@ struct Read {
     next: Option<i64>,
     last_active: Instant,
     paused: bool,
+    /// Messages not read yet ([`kafka::Assigned::unread`]).
+    unread: Option<i64>,
     /// A watermark record (the first may say "assigned, nothing read yet") was published.
     announced: bool,
 }
 
 impl Read {
-    fn new(now: Instant) -> Self {
+    fn new(topic: &str, now: Instant) -> Self {
         Read {
+            topic: record::topic_id(topic),
             watermark: i64::MIN,
             published: i64::MIN,
             published_idle: false,
@@ -101,14 +107,22 @@ impl Read {
             next: None,
             last_active: now,
             paused: false,
+            unread: None,
             announced: false,
         }
     }
 
-    /// Nothing new read for `timeout`, and not paused here: the detect stage stops waiting
-    /// for this partition (and alignment stops counting it as the slowest).
+    /// Nothing new read for `timeout`, not paused here, and nothing known to wait in the
+    /// broker or in librdkafka's queue (`unread`, from the consumer's statistics; a partition
+    /// never read is not idle until its first statistics say it has nothing): the detect
+    /// stage stops waiting for this partition (and alignment stops counting it as the
+    /// slowest).
     fn idle(&self, now: Instant, timeout: Duration) -> bool {
-        !self.paused && now.duration_since(self.last_active) >= timeout
+        let waiting = match self.unread {
+            Some(n) => n > 0,
+            None => self.next.is_none(),
+        };
+        !self.paused && !waiting && now.duration_since(self.last_active) >= timeout
     }
 }
 
@@ -127,6 +141,8 @@ pub(super) struct Out {
     pub(super) shuffle: ShuffleConfig,
     /// The internal topic's partition count.
     pub(super) partitions: i32,
+    /// Threads decoding lines ([`Decoding`]).
+    pub(super) decode_threads: usize,
     pub(super) limits: BatchLimits,
     pub(super) metrics: Arc<Metrics>,
 }
@@ -136,6 +152,7 @@ pub(super) struct Ingest {
     /// A random id per process, in watermark records.
     id: u64,
     read: HashMap<(String, i32), Read>,
+    decoding: Decoding,
     buf: Vec<u8>,
     /// Idleness counts time spent reading only: waiting for the broker's acknowledgements
     /// (or a stalled broker) idles no partition.
@@ -146,16 +163,18 @@ pub(super) struct Ingest {
 }
 
 impl Ingest {
-    pub(super) fn new(p: Parts) -> Self {
-        Ingest {
+    pub(super) fn new(p: Parts) -> Result<Self, ServiceError> {
+        let decoding = Decoding::new(&p.out.pipeline, p.out.decode_threads)?;
+        Ok(Ingest {
             p,
             id: tokenwatch_core::engine::snapshot::random_seeds()[1],
             read: HashMap::new(),
+            decoding,
             buf: Vec::new(),
             clock: ReadingClock::new(),
             sync: MetricSync::default(),
             rules: None,
-        }
+        })
     }
 
     /// Follows the rules' reloads.
@@ -173,6 +192,11 @@ impl Ingest {
                 if rx.has_changed().unwrap_or(false) {
                     let set = rx.borrow_and_update().clone();
                     self.p.out.pipeline.replace_rules(set);
+                    // The threads' decoders keep the claims of the rules they were forked with.
+                    self.decoding = match Decoding::new(&self.p.out.pipeline, self.p.out.decode_threads) {
+                        Ok(d) => d,
+                        Err(e) => break Err(e),
+                    };
                 }
             }
             self.clock.resume();
@@ -205,11 +229,24 @@ impl Ingest {
                 self.p.out.limits.wait.saturating_sub(start.elapsed())
             };
             let Some(m) = next_message(&self.p.source, wait, stop).await else {
-                return n;
+                break;
             };
+            let (now, timeout) = (self.clock.now(), self.p.idle_timeout);
+            let key = (m.topic().to_string(), m.partition());
+            if self.read.get(&key).is_some_and(|r| r.idle(now, timeout)) {
+                // A partition wakes up after a quiet spell: the others this instance reads get
+                // `idle_timeout` (of reading time) to deliver too, said before the first record
+                // of the one that woke, so that the detect stage does not run ahead with it.
+                for r in self.read.values_mut().filter(|r| r.idle(now, timeout)) {
+                    r.last_active = now;
+                }
+                publish_watermarks(&mut self.read, &mut self.buf, &self.p.out, self.id, now, timeout);
+            }
             if follow_assignment(&self.p.assigned, &mut self.read, self.clock.now()) {
                 // Before any record of the batch: every detect task learns of every gateway
-                // partition read here, and waits for it until it delivers or goes idle.
+                // partition read here, and waits for it until it delivers or goes idle. The
+                // lines read so far go out first: a watermark follows the records it covers.
+                self.decoding.drain(&mut self.p.out, &mut self.buf, &mut self.read);
                 let (now, timeout) = (self.clock.now(), self.p.idle_timeout);
                 publish_watermarks(&mut self.read, &mut self.buf, &self.p.out, self.id, now, timeout);
             }
@@ -220,19 +257,20 @@ impl Ingest {
                 line: 0,
                 use_index: 0,
             };
-            let newest = send_lines(&mut self.p.out, &mut self.buf, m.payload().unwrap_or_default(), at);
-            let r = self
-                .read
-                .entry((m.topic().to_string(), m.partition()))
-                .or_insert_with(|| Read::new(self.clock.now()));
-            r.watermark = r.watermark.max(newest);
+            let payload = m.payload().unwrap_or_default();
+            self.decoding
+                .read_lines(payload, at, &mut self.p.out, &mut self.buf, &mut self.read);
+            let now = self.clock.now();
+            let r = self.read.entry(key).or_insert_with(|| Read::new(m.topic(), now));
             r.next = Some(m.offset() + 1);
-            r.last_active = self.clock.now();
+            r.last_active = now;
             n += 1;
             if n >= self.p.out.limits.max || start.elapsed() >= self.p.out.limits.wait {
-                return n;
+                break;
             }
         }
+        self.decoding.drain(&mut self.p.out, &mut self.buf, &mut self.read);
+        n
     }
 
     /// Step 2: a watermark record per gateway partition read further (or not announced yet),
@@ -318,10 +356,15 @@ fn follow_assignment(assigned: &kafka::Assignment, read: &mut HashMap<(String, i
         read.remove(k);
     }
     read.retain(|k, _| a.now.contains(k));
+    for (k, r) in read.iter_mut() {
+        r.unread = a.unread(k);
+    }
     let mut added = false;
     for k in &a.now {
         if !read.contains_key(k) {
-            read.insert(k.clone(), Read::new(now));
+            let mut r = Read::new(&k.0, now);
+            r.unread = a.unread(k);
+            read.insert(k.clone(), r);
             added = true;
         }
     }
@@ -374,42 +417,154 @@ fn publish_watermarks(
     }
 }
 
-/// Decodes a message's lines and sends the record of each use of a token to its subject's
-/// partition; `at` is the message (its line and use are filled in). Returns the newest event
-/// time of the message.
-fn send_lines(p: &mut Out, buf: &mut Vec<u8>, payload: &[u8], at: Origin) -> i64 {
-    let Out {
-        pipeline,
-        producer,
-        shuffle,
-        partitions,
-        limits,
-        metrics,
-        ..
-    } = p;
-    let mut reader = LineReader::new(payload, limits.max_line);
-    let (mut number, mut newest) = (0u32, i64::MIN);
-    while let Ok(Some(line)) = reader.next_line() {
-        number += 1;
-        let l = match line {
-            Line::Ok([]) => continue,
-            Line::Ok(l) => l,
-            Line::TooLong(_) => {
-                pipeline.line_too_long();
-                continue;
-            }
+/// Lines per decoding batch: large enough that handing a batch to a thread costs little per
+/// line, small enough that the threads get work early in a small Kafka batch.
+const DECODE_BATCH_LINES: usize = 512;
+/// Bytes per decoding batch, for long lines.
+const DECODE_BATCH_BYTES: usize = 1 << 20;
+
+/// Decoding of the lines read, on `decode_threads` threads (`replay`'s [`ParallelDecode`]).
+/// Batches come back in the order they were handed out, so records are sent, and watermarks
+/// raised, in the order the lines were read, whatever the number of threads. With one thread
+/// the batch is decoded on the stage's own.
+struct Decoding {
+    threads: Option<ParallelDecode>,
+    /// The batch being filled, and where each of its lines came from.
+    filling: DecodedBatch,
+    origins: Vec<Origin>,
+    /// The origins of the batches the threads hold, oldest first.
+    in_flight: VecDeque<Vec<Origin>>,
+    spare: Vec<DecodedBatch>,
+    /// The newest event time of each gateway partition in the batch being sent.
+    newest: Vec<((u32, i32), i64)>,
+}
+
+impl Decoding {
+    fn new(pipeline: &Pipeline, threads: usize) -> Result<Self, ServiceError> {
+        let threads = match threads {
+            0 | 1 => None,
+            n => Some(ParallelDecode::new(pipeline.decoder(), n, 2).map_err(ServiceError::DecodeThreads)?),
         };
-        let Some(held) = pipeline.hold_line(l) else { continue };
-        newest = newest.max(held.ts_ms());
-        pipeline.held_uses(&held, |use_index, ev, tie| {
+        Ok(Decoding {
+            threads,
+            filling: DecodedBatch::new(),
+            origins: Vec::new(),
+            in_flight: VecDeque::new(),
+            spare: Vec::new(),
+            newest: Vec::new(),
+        })
+    }
+
+    /// Splits a message into lines for decoding; `at` is the message.
+    fn read_lines(
+        &mut self,
+        payload: &[u8],
+        at: Origin,
+        out: &mut Out,
+        buf: &mut Vec<u8>,
+        read: &mut HashMap<(String, i32), Read>,
+    ) {
+        let mut reader = LineReader::new(payload, out.limits.max_line);
+        let mut number = 0u32;
+        while let Ok(Some(line)) = reader.next_line() {
+            number += 1;
+            match line {
+                Line::Ok([]) => {}
+                Line::Ok(l) => {
+                    if self.push(l, Origin { line: number, ..at }) {
+                        self.submit(out, buf, read);
+                    }
+                }
+                Line::TooLong(_) => out.pipeline.line_too_long(),
+            }
+        }
+    }
+
+    /// Adds a line to the batch being filled; whether the batch is full.
+    fn push(&mut self, line: &[u8], origin: Origin) -> bool {
+        let lines = self.filling.lines_mut();
+        lines.push(line);
+        self.origins.push(origin);
+        self.origins.len() >= DECODE_BATCH_LINES || lines.bytes() >= DECODE_BATCH_BYTES
+    }
+
+    /// Hands the batch being filled to the threads (or decodes it here), and sends the
+    /// records of those decoded while the threads have enough to do.
+    fn submit(&mut self, out: &mut Out, buf: &mut Vec<u8>, read: &mut HashMap<(String, i32), Read>) {
+        if self.origins.is_empty() {
+            return;
+        }
+        let mut batch = std::mem::replace(&mut self.filling, self.spare.pop().unwrap_or_default());
+        let origins = std::mem::take(&mut self.origins);
+        match &mut self.threads {
+            None => {
+                out.pipeline.decode_batch(&mut batch);
+                self.send(batch, origins, out, buf, read);
+            }
+            Some(t) => {
+                t.submit(batch);
+                self.in_flight.push_back(origins);
+                // Keep every thread busy: take results back once all queues are primed.
+                if t.in_flight() >= 2 * t.workers() {
+                    self.receive_one(out, buf, read);
+                }
+            }
+        }
+    }
+
+    /// Sends the records of every line pushed so far.
+    fn drain(&mut self, out: &mut Out, buf: &mut Vec<u8>, read: &mut HashMap<(String, i32), Read>) {
+        self.submit(out, buf, read);
+        while !self.in_flight.is_empty() {
+            self.receive_one(out, buf, read);
+        }
+    }
+
+    fn receive_one(&mut self, out: &mut Out, buf: &mut Vec<u8>, read: &mut HashMap<(String, i32), Read>) {
+        let (Some(t), Some(origins)) = (&mut self.threads, self.in_flight.pop_front()) else {
+            return;
+        };
+        match t.recv() {
+            Some(batch) => self.send(batch, origins, out, buf, read),
+            // The threads only stop when dropped; a batch they lost is a bug, not input.
+            None => tracing::error!(lines = origins.len(), "a decoding thread stopped"),
+        }
+    }
+
+    /// Sends the record of each use of a token of a decoded batch to its subject's partition,
+    /// then raises the watermarks of the partitions the batch read: a watermark never goes
+    /// out ahead of a record it covers.
+    fn send(
+        &mut self,
+        mut batch: DecodedBatch,
+        origins: Vec<Origin>,
+        out: &mut Out,
+        buf: &mut Vec<u8>,
+        read: &mut HashMap<(String, i32), Read>,
+    ) {
+        let Out {
+            pipeline,
+            producer,
+            shuffle,
+            partitions,
+            metrics,
+            ..
+        } = out;
+        let newest = &mut self.newest;
+        newest.clear();
+        pipeline.batch_uses(&batch, |i, use_index, ev, tie| {
+            let origin = Origin {
+                use_index,
+                ..origins[i]
+            };
+            let from = (origin.topic, origin.partition);
+            match newest.iter_mut().find(|(k, _)| *k == from) {
+                Some((_, ts)) => *ts = (*ts).max(ev.ts_ms),
+                None => newest.push((from, ev.ts_ms)),
+            }
             // A request without a token feeds no rule keyed by token or subject.
             let Some(key) = record::subject_key(ev) else { return };
             buf.clear();
-            let origin = Origin {
-                line: number,
-                use_index,
-                ..at
-            };
             record::encode_event(ev, origin, tie, buf);
             send(
                 producer,
@@ -419,8 +574,14 @@ fn send_lines(p: &mut Out, buf: &mut Vec<u8>, payload: &[u8], at: Origin) -> i64
             );
             metrics.shuffle_produced.with_label_values(&["event"]).inc();
         });
+        for ((_, partition), r) in read.iter_mut() {
+            if let Some((_, ts)) = newest.iter().find(|(k, _)| *k == (r.topic, *partition)) {
+                r.watermark = r.watermark.max(*ts);
+            }
+        }
+        batch.clear();
+        self.spare.push(batch);
     }
-    newest
 }
 
 /// Sends one record, waiting for room when librdkafka's queue is full.
@@ -442,5 +603,34 @@ fn send(producer: &RecordProducer, topic: &str, partition: i32, payload: &[u8]) 
                 return;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Idle needs the idle timeout without a message, no pause, and nothing known to wait
+    /// unread; a partition never read is not idle before its reader knows it has nothing.
+    #[test]
+    fn a_partition_is_idle_only_when_quiet_and_nothing_waits_unread() {
+        let t0 = Instant::now();
+        let timeout = Duration::from_secs(1);
+        let later = t0 + Duration::from_secs(2);
+        let mut r = Read::new("logs", t0);
+        assert!(!r.idle(later, timeout), "never read, nothing known");
+        r.unread = Some(12);
+        assert!(!r.idle(later, timeout), "messages wait unread");
+        r.unread = Some(0);
+        assert!(r.idle(later, timeout));
+        assert!(!r.idle(t0, timeout), "not quiet for the timeout yet");
+        r.paused = true;
+        assert!(!r.idle(later, timeout), "paused here, not idle");
+        let mut read_before = Read::new("logs", t0);
+        read_before.next = Some(7);
+        assert!(
+            read_before.idle(later, timeout),
+            "read before, no statistics yet: the clock"
+        );
     }
 }

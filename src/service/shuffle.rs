@@ -30,6 +30,8 @@ pub struct ShuffleConfig {
     pub partitions: i32,
     pub replication: i32,
     pub retention: Duration,
+    /// Threads decoding lines in the ingest stage (resolved: at least 1).
+    pub decode_threads: usize,
 }
 
 impl Default for ShuffleConfig {
@@ -40,6 +42,7 @@ impl Default for ShuffleConfig {
             partitions: 12,
             replication: -1,
             retention: Duration::from_secs(24 * 3600),
+            decode_threads: 1,
         }
     }
 }
@@ -142,7 +145,7 @@ pub(super) fn gateway_partitions(client: &ClientConfig, topics: &[String]) -> Re
         match partitions_of(client, t)? {
             Some(n) => out.extend((0..n).map(|p| (t.clone(), p))),
             None => {
-                tracing::warn!(topic = %t, "gateway topic unknown to the broker: its partitions are awaited once announced")
+                tracing::warn!(topic = %t, "gateway topic unknown to the broker: its partitions are awaited once announced");
             }
         }
     }

@@ -125,6 +125,7 @@ impl SourceContext {
 impl ClientContext for SourceContext {
     fn stats(&self, s: Statistics) {
         let assigned = self.assigned.lock().map(|a| a.now.clone()).unwrap_or_default();
+        let mut unread = HashMap::new();
         for (topic, t) in s.topics {
             for (p, part) in t.partitions {
                 if p < 0 || !assigned.contains(&(topic.clone(), p)) {
@@ -136,7 +137,16 @@ impl ClientContext for SourceContext {
                         .with_label_values(&[topic.as_str(), &p.to_string()])
                         .set(part.consumer_lag);
                 }
+                // Fetched and not yet handed out, plus not yet fetched; unknown before the
+                // partition's first fetch (no offsets yet).
+                if part.hi_offset >= 0 && part.next_offset >= 0 {
+                    let behind = part.fetchq_cnt.max(0) + (part.hi_offset - part.next_offset).max(0);
+                    unread.insert((topic.clone(), p), behind);
+                }
             }
+        }
+        if let Ok(mut a) = self.assigned.lock() {
+            a.unread = unread;
         }
     }
 }
@@ -227,6 +237,10 @@ pub struct Assigned {
     revoked: Vec<(String, i32)>,
     /// Rebalances so far: the loop looks again only when this moved.
     epoch: u64,
+    /// Messages of each assigned partition that the broker holds and the loop has not read
+    /// yet, as of librdkafka's last statistics (`statistics.interval.ms`); absent before a
+    /// partition's first fetch.
+    unread: HashMap<(String, i32), i64>,
 }
 
 impl Assigned {
@@ -237,6 +251,14 @@ impl Assigned {
 
     pub fn epoch(&self) -> u64 {
         self.epoch
+    }
+
+    /// Messages of `partition` not read yet, as of the last statistics; `None` while unknown.
+    /// A partition with some is not idle, however long nothing came from it: librdkafka may
+    /// hand out another partition's fetched messages for longer than the idle timeout (a
+    /// backlog) while this one's wait behind them.
+    pub fn unread(&self, partition: &(String, i32)) -> Option<i64> {
+        self.unread.get(partition).copied()
     }
 }
 

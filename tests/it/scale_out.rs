@@ -63,6 +63,8 @@ impl Group {
         let jwks = common::gen_jwks_file(SEED);
         let args = ["--role", role, "--jwks", jwks.to_str().unwrap()];
         let env = [
+            // Two decoding threads, as on the 2-core machines this runs on by default.
+            ("TOKENWATCH_SHUFFLE__DECODE_THREADS", "2"),
             ("TOKENWATCH_SHUFFLE__PARTITIONS", "4"),
             ("TOKENWATCH_ENGINE__AGGREGATE_WINDOW", "0s"),
             ("TOKENWATCH_ENGINE__IDLE_TIMEOUT", "1s"),

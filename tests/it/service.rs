@@ -1302,9 +1302,19 @@ fn attested_line(s: usize, sub: &str, jti: &str, path: &str) -> String {
 /// into an internal topic of 4 partitions and detected by an engine per partition, decides what
 /// `replay` decides (in another order: partitions interleave), and the feed holds exactly
 /// replay's revocations, once each. Aggregation per network is off on both sides: it spans
-/// subjects (tests/it/shuffle.rs).
+/// subjects (tests/it/shuffle.rs). With one decoding thread and with two (the records of
+/// lines decoded on several threads go out in the order the lines were read).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backlog_split_by_key_decides_what_replay_decides() {
+    backlog_split_by_key(1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_split_by_key_and_decoded_on_two_threads_decides_what_replay_decides() {
+    backlog_split_by_key(2).await;
+}
+
+async fn backlog_split_by_key(decode_threads: usize) {
     let setup = Setup::new(6);
     // The mock cluster has no CreateTopics: the internal topic is made here.
     setup.mock.create_topic("split.events", 4, 1).unwrap();
@@ -1320,6 +1330,7 @@ async fn a_backlog_split_by_key_decides_what_replay_decides() {
             c.shuffle.role = tokenwatch::config::Role::Both;
             c.shuffle.partitions = 4;
             c.shuffle.events_topic = "split.events".into();
+            c.shuffle.decode_threads = decode_threads;
             c.pipeline.engine.aggregate_window_ms = 0;
         })
         .await;

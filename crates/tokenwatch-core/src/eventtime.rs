@@ -127,6 +127,9 @@ struct Source {
     /// Whether the source's reader says it is idle ([`Sequencer::declare`]); `None`: the
     /// wall clock here decides.
     declared: Option<bool>,
+    /// Messages of the source that its reader has not read yet, when the reader tells
+    /// ([`Sequencer::unread`]): `Some(None)` while unknown.
+    unread: Option<Option<i64>>,
     /// Offsets of messages with lines still held, and how many.
     held: BTreeMap<i64, u32>,
     /// The offset after the last message read.
@@ -218,6 +221,7 @@ impl<T> Sequencer<T> {
             last_active: now,
             paused: false,
             declared: None,
+            unread: None,
             held: BTreeMap::new(),
             next_offset: None,
             applied: BTreeSet::new(),
@@ -312,6 +316,18 @@ impl<T> Sequencer<T> {
         }
     }
 
+    /// What the reader knows of messages of `source` not read yet (librdkafka's statistics;
+    /// `None`: not known yet). A source with unread messages is not idle, however long
+    /// nothing came from it: in a backlog librdkafka may hand out other partitions' messages
+    /// for longer than the idle timeout while this one's wait; and a source never read is not
+    /// idle until its reader knows it has nothing. Sources whose reader never tells (files)
+    /// go idle on the wall clock alone.
+    pub fn unread(&mut self, source: usize, unread: Option<i64>) {
+        if let Some(s) = self.sources.get_mut(source).and_then(Option::as_mut) {
+            s.unread = Some(unread);
+        }
+    }
+
     /// Whether line `line` of the message at `offset` is already in a restored checkpoint's
     /// state (then it must not be applied again).
     pub fn restored(&mut self, source: usize, offset: i64, line: u32) -> bool {
@@ -358,7 +374,14 @@ impl<T> Sequencer<T> {
     fn idle(&self, s: &Source, now: Instant) -> bool {
         match s.declared {
             Some(idle) => idle,
-            None => !s.paused && now.saturating_duration_since(s.last_active) >= self.cfg.idle_timeout,
+            None => {
+                let waiting = match s.unread {
+                    None | Some(Some(0)) => false,
+                    Some(Some(_)) => true,
+                    Some(None) => s.next_offset.is_none(),
+                };
+                !s.paused && !waiting && now.saturating_duration_since(s.last_active) >= self.cfg.idle_timeout
+            }
         }
     }
 
@@ -631,6 +654,39 @@ mod tests {
         s.revoke("logs", 1);
         assert_eq!(drain(&mut s, t0), ["a100"], "b60 went with its partition");
         assert_eq!(s.safe_offsets(), [("logs", 0, 1)]);
+    }
+
+    /// A partition whose messages wait unread (behind another's in a backlog) is not idle
+    /// however long nothing comes from it, nor is one never read while its reader does not
+    /// know yet; once its reader knows it has nothing, the idle timeout applies. A source
+    /// whose reader never tells (a file) goes idle on the wall clock, as before.
+    #[test]
+    fn a_partition_with_unread_messages_is_not_idle() {
+        let t0 = Instant::now();
+        let sec = |n| t0 + Duration::from_secs(n);
+        let mut s = Sequencer::new(cfg());
+        let a = s.assign("logs", 0, t0);
+        let b = s.assign("logs", 1, t0);
+        s.push(a, 0, 0, 100, 1, "a100", t0);
+        s.read(a, 0, t0);
+        s.unread(a, Some(0));
+        s.unread(b, None);
+        assert!(drain(&mut s, sec(60)).is_empty(), "b was never read and may have lines");
+        s.unread(b, Some(40));
+        assert!(drain(&mut s, sec(60)).is_empty(), "b has unread messages");
+        s.unread(b, Some(0));
+        assert_eq!(drain(&mut s, sec(60)), ["a100"], "b has nothing: idle");
+
+        let mut s = Sequencer::new(cfg());
+        let a = s.assign("logs", 0, t0);
+        let _b = s.assign("logs", 1, t0);
+        s.push(a, 0, 0, 100, 1, "a100", t0);
+        s.read(a, 0, t0);
+        assert_eq!(
+            drain(&mut s, sec(6)),
+            ["a100"],
+            "no word from b's reader: the wall clock"
+        );
     }
 
     /// The ingest stage's word decides: a partition whose reader said nothing for minutes

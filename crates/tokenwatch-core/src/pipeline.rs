@@ -381,7 +381,7 @@ impl ParallelDecode {
         })
     }
 
-    pub(crate) fn workers(&self) -> usize {
+    pub fn workers(&self) -> usize {
         self.to_workers.len()
     }
 
@@ -575,7 +575,7 @@ impl Pipeline {
     }
 
     /// Decodes a batch on this thread (the one-thread form of [`ParallelDecode`]).
-    pub(crate) fn decode_batch(&mut self, batch: &mut DecodedBatch) {
+    pub fn decode_batch(&mut self, batch: &mut DecodedBatch) {
         self.decoder.decode_batch(batch);
     }
 
@@ -654,8 +654,28 @@ impl Pipeline {
         }
     }
 
-    /// The line's uses of tokens for the detect stage (the records of [`crate::record`]),
-    /// counted here as [`Pipeline::apply_held`] would count them; the engine is not run.
+    /// The uses of tokens of a decoded batch's lines, for the detect stage (the records of
+    /// [`crate::record`]), in line order: `emit(line index, use index, event, tie-break)`.
+    /// Counted here as [`Pipeline::apply_batch`] would count them; the engine is not run.
+    pub fn batch_uses(&mut self, batch: &DecodedBatch, mut emit: impl FnMut(usize, u8, &Event<'_>, u64)) {
+        let base = &batch.lines.buf;
+        for (i, (span, d)) in batch.lines.lines.iter().zip(&batch.items).enumerate() {
+            match (d, *span) {
+                (Ok(p), LineSpan::Ok(a, b)) => {
+                    self.account(p, base);
+                    let tie = crate::eventtime::tie_hash(&base[a..b]);
+                    for (use_index, ev) in uses(p, base) {
+                        self.observe_use(&ev);
+                        emit(i, use_index, &ev, tie);
+                    }
+                }
+                (Ok(_), LineSpan::TooLong(_)) => self.apply(&Err(Skip::LineTooLong), &[], &mut Vec::new()),
+                (Err(skip), _) => self.apply(&Err(*skip), &[], &mut Vec::new()),
+            }
+        }
+    }
+
+    /// [`Pipeline::batch_uses`] for one line of [`Pipeline::hold_line`].
     pub fn held_uses(&mut self, line: &HeldLine, mut emit: impl FnMut(u8, &Event<'_>, u64)) {
         // A line from `hold_line` owns its bytes (only `replay`'s batches point into theirs).
         let bytes = line.bytes(&[]);

@@ -71,6 +71,11 @@ impl LineBatch {
         self.lines.clear();
     }
 
+    /// The bytes of the lines held.
+    pub fn bytes(&self) -> usize {
+        self.buf.len()
+    }
+
     /// Appends a copy of one line (without its newline), e.g. a Kafka message's payload.
     pub fn push(&mut self, line: &[u8]) {
         let start = self.buf.len();
