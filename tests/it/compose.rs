@@ -11,10 +11,15 @@
 //! The alert rules' behaviour is tested with promtool in tests/it/alerts.rs.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use clap::Parser as _;
 use marked_yaml::types::{MarkedMappingNode, Node};
 use serde_json::Value;
+use tokenwatch::config::flags::RunFlags;
+use tokenwatch::config::Role;
+use tokenwatch::service::ServiceConfig;
 
 /// The metric families the stack must show, on the dashboard or in an alert; each must be one
 /// tokenwatch exports. When the service gains a metric an operator must watch, add it here and
@@ -68,13 +73,22 @@ const SERVICES: &[&str] = &[
     "kafka",
     "kafka-init",
     "redis",
-    "tokenwatch",
+    "tokenwatch-1",
+    "tokenwatch-2",
+    "tokenwatch-3",
     "traffic",
     "prometheus",
     "grafana",
 ];
 
-fn root() -> PathBuf {
+/// The tokenwatch instances of the stack (one consumer group, `--role both`) and the host port
+/// each publishes its metrics on. They are one service written three times (Compose's `extends`
+/// would add a second published port to each, and YAML anchors are not read here), so
+/// [`three_instances_of_one_group_differ_only_in_their_published_port`] holds them equal, and
+/// the other checks look at the first.
+const INSTANCES: [(&str, u16); 3] = [("tokenwatch-1", 9464), ("tokenwatch-2", 9465), ("tokenwatch-3", 9466)];
+
+pub(super) fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
@@ -83,12 +97,12 @@ fn repo_path(rel: &str) -> PathBuf {
     root().join(rel.trim_start_matches("./"))
 }
 
-fn read(rel: &str) -> String {
+pub(super) fn read(rel: &str) -> String {
     let path = root().join(rel);
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
 }
 
-fn yaml(rel: &str) -> Node {
+pub(super) fn yaml(rel: &str) -> Node {
     marked_yaml::parse_yaml(0, read(rel)).unwrap_or_else(|e| panic!("{rel} is not valid YAML: {e}"))
 }
 
@@ -96,22 +110,22 @@ fn json(rel: &str) -> Value {
     serde_json::from_str(&read(rel)).unwrap_or_else(|e| panic!("{rel} is not valid JSON: {e}"))
 }
 
-fn mapping<'a>(node: &'a Node, what: &str) -> &'a MarkedMappingNode {
+pub(super) fn mapping<'a>(node: &'a Node, what: &str) -> &'a MarkedMappingNode {
     node.as_mapping().unwrap_or_else(|| panic!("{what} is not a mapping"))
 }
 
-fn field<'a>(m: &'a MarkedMappingNode, key: &str, what: &str) -> &'a Node {
+pub(super) fn field<'a>(m: &'a MarkedMappingNode, key: &str, what: &str) -> &'a Node {
     m.get(key).unwrap_or_else(|| panic!("{what} has no `{key}`"))
 }
 
-fn text<'a>(node: &'a Node, what: &str) -> &'a str {
+pub(super) fn text<'a>(node: &'a Node, what: &str) -> &'a str {
     node.as_scalar()
         .unwrap_or_else(|| panic!("{what} is not a scalar"))
         .as_str()
 }
 
 /// A scalar or a sequence of scalars (Compose accepts both for `command`, `depends_on`, ...).
-fn strings(node: Option<&Node>) -> Vec<String> {
+pub(super) fn strings(node: Option<&Node>) -> Vec<String> {
     match node {
         None => Vec::new(),
         Some(Node::Scalar(s)) => vec![s.as_str().to_string()],
@@ -120,7 +134,7 @@ fn strings(node: Option<&Node>) -> Vec<String> {
     }
 }
 
-fn compose() -> Node {
+pub(super) fn compose() -> Node {
     yaml("docker-compose.yml")
 }
 
@@ -131,7 +145,7 @@ fn services(doc: &Node) -> &MarkedMappingNode {
     )
 }
 
-fn service<'a>(doc: &'a Node, name: &str) -> &'a MarkedMappingNode {
+pub(super) fn service<'a>(doc: &'a Node, name: &str) -> &'a MarkedMappingNode {
     let node = services(doc)
         .get(name)
         .unwrap_or_else(|| panic!("docker-compose.yml has no service `{name}`"));
@@ -252,8 +266,43 @@ fn host_path(svc: &MarkedMappingNode, container_path: &str) -> Option<PathBuf> {
         })
 }
 
+/// The first tokenwatch instance, which stands for the three.
+fn instance(doc: &Node) -> &MarkedMappingNode {
+    service(doc, INSTANCES[0].0)
+}
+
+/// What tokenwatch makes of these arguments (`run` and its flags) and this environment: parsed by
+/// the binary's own flags ([`RunFlags`], what `main` gives the `run` subcommand) and resolved by
+/// its configuration code, so an unknown flag, an unknown `TOKENWATCH_*` variable or a key the
+/// config file must not have fails here as it would at start. `--config` names a path inside a
+/// container; `config_file` is the file on this machine that is mounted there.
+pub(super) fn resolve_run(
+    args: &[String],
+    env: &BTreeMap<String, String>,
+    config_file: Option<&Path>,
+) -> (ServiceConfig, SocketAddr) {
+    #[derive(clap::Parser)]
+    #[command(name = "tokenwatch")]
+    enum Cmd {
+        Run(RunFlags),
+    }
+    let argv = std::iter::once("tokenwatch".to_string()).chain(args.iter().cloned());
+    let Cmd::Run(mut flags) =
+        Cmd::try_parse_from(argv).unwrap_or_else(|e| panic!("tokenwatch refuses `{}`: {e}", args.join(" ")));
+    if flags.config.is_some() {
+        flags.config = Some(
+            config_file
+                .unwrap_or_else(|| panic!("`{}` names a config file, but none is mounted", args.join(" ")))
+                .to_path_buf(),
+        );
+    }
+    flags
+        .resolve(env.clone())
+        .unwrap_or_else(|e| panic!("tokenwatch refuses `{}` with {env:?}: {e}", args.join(" ")))
+}
+
 /// The value following `flag` in an argument list (`--flag value` or `--flag=value`).
-fn flag_value(args: &[String], flag: &str) -> Option<String> {
+pub(super) fn flag_value(args: &[String], flag: &str) -> Option<String> {
     let eq = format!("{flag}=");
     args.iter().enumerate().find_map(|(i, a)| {
         if a == flag {
@@ -331,7 +380,7 @@ fn kafka_runs_in_kraft_mode_with_listeners_for_containers_and_for_the_host() {
 #[test]
 fn the_topic_traffic_writes_is_created_up_front_and_read_by_tokenwatch() {
     let doc = compose();
-    let tokenwatch_args = strings(service(&doc, "tokenwatch").get("command"));
+    let tokenwatch_args = strings(instance(&doc).get("command"));
     let traffic_args = strings(service(&doc, "traffic").get("command"));
     let read_topic = flag_value(&tokenwatch_args, "--topic").expect("tokenwatch's command names no --topic");
     let written_topic = flag_value(&traffic_args, "--topic").expect("traffic's command names no --topic");
@@ -345,7 +394,7 @@ fn the_topic_traffic_writes_is_created_up_front_and_read_by_tokenwatch() {
         "traffic runs `tokenwatch gen`"
     );
 
-    let brokers = env(service(&doc, "tokenwatch"))
+    let brokers = env(instance(&doc))
         .get("TOKENWATCH_BROKERS")
         .cloned()
         .expect("no TOKENWATCH_BROKERS");
@@ -379,7 +428,7 @@ fn the_topic_traffic_writes_is_created_up_front_and_read_by_tokenwatch() {
         init.contains(&format!("--topic {alerts_topic} ")),
         "kafka-init does not create {alerts_topic}: {init}"
     );
-    for name in ["tokenwatch", "traffic"] {
+    for name in [INSTANCES[0].0, "traffic"] {
         let deps = mapping(field(service(&doc, name), "depends_on", name), "depends_on");
         let cond = deps
             .get("kafka-init")
@@ -396,7 +445,7 @@ fn the_topic_traffic_writes_is_created_up_front_and_read_by_tokenwatch() {
 #[test]
 fn published_ports_reach_the_listening_services() {
     let doc = compose();
-    for (name, port) in [("tokenwatch", 9464), ("prometheus", 9090), ("grafana", 3000)] {
+    for (name, port) in [("prometheus", 9090), ("grafana", 3000)] {
         let ports = published(service(&doc, name));
         assert!(
             ports.contains(&(port, port)),
@@ -404,18 +453,92 @@ fn published_ports_reach_the_listening_services() {
         );
     }
     // Inside the container tokenwatch must listen on all interfaces, or the published port and
-    // Prometheus reach nothing.
-    let addr = env(service(&doc, "tokenwatch"))
+    // Prometheus reach nothing; and on the port the binary listens on by default, which the
+    // image EXPOSEs and the Kubernetes manifests name.
+    let addr = env(instance(&doc))
         .get("TOKENWATCH_METRICS_ADDR")
         .cloned()
         .unwrap_or_default();
     assert_eq!(addr, "0.0.0.0:9464", "TOKENWATCH_METRICS_ADDR");
+    assert_eq!(
+        tokenwatch::config::Config::default().metrics_addr.port(),
+        9464,
+        "the binary's default metrics port"
+    );
+    for (name, port) in INSTANCES {
+        assert_eq!(
+            published(service(&doc, name)),
+            [(port, 9464)],
+            "{name} should publish its metrics on host port {port}"
+        );
+    }
+}
+
+#[test]
+fn three_instances_of_one_group_differ_only_in_their_published_port() {
+    let doc = compose();
+    let mut running: Vec<&str> = services(&doc)
+        .iter()
+        .filter(|(name, svc)| {
+            strings(mapping(svc, name.as_str()).get("command"))
+                .first()
+                .map(String::as_str)
+                == Some("run")
+        })
+        .map(|(name, _)| name.as_str())
+        .collect();
+    running.sort_unstable();
+    assert_eq!(
+        running,
+        INSTANCES.map(|(name, _)| name),
+        "the services that run `tokenwatch run`"
+    );
+    let first = instance(&doc);
+    for (name, _) in &INSTANCES[1..] {
+        let other = service(&doc, name);
+        let keys = |m: &MarkedMappingNode| -> BTreeSet<String> { m.keys().map(|k| k.as_str().to_string()).collect() };
+        assert_eq!(
+            keys(other),
+            keys(first),
+            "{name} and {} set different keys",
+            INSTANCES[0].0
+        );
+        for (key, value) in first.iter() {
+            if key.as_str() != "ports" {
+                assert_eq!(
+                    other.get(key.as_str()),
+                    Some(value),
+                    "{name}.{} differs from {}'s",
+                    key.as_str(),
+                    INSTANCES[0].0
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn the_instances_command_and_environment_are_what_tokenwatch_run_accepts() {
+    let doc = compose();
+    let svc = instance(&doc);
+    let args = strings(svc.get("command"));
+    let config = flag_value(&args, "--config").map(|c| host_path(svc, &c).expect("the config file is not mounted"));
+    let (cfg, metrics) = resolve_run(&args, &env(svc), config.as_deref());
+    assert_eq!(cfg.shuffle.role, Role::Both, "the instances split the work by key");
+    assert_eq!(metrics.to_string(), "0.0.0.0:9464", "where the instances listen");
+    // The healthcheck asks the port the instance listens on.
+    let health = mapping(field(svc, "healthcheck", "tokenwatch"), "healthcheck");
+    let check = strings(Some(field(health, "test", "healthcheck"))).join(" ");
+    assert!(
+        check.contains(&format!("/dev/tcp/127.0.0.1/{} ", metrics.port())) && check.contains("GET /readyz "),
+        "the healthcheck asks another port or path: {check}"
+    );
 }
 
 #[test]
 fn tokenwatch_has_time_to_finish_its_batch_when_stopped() {
     let doc = compose();
-    let grace = service(&doc, "tokenwatch")
+    let grace = instance(&doc)
         .get("stop_grace_period")
         .map(|g| text(g, "stop_grace_period").to_string());
     let grace = grace.expect("tokenwatch has no stop_grace_period: Docker kills it after 10s");
@@ -508,10 +631,7 @@ fn dependencies_exist_and_wait_only_on_health_that_is_checked() {
             }
         }
     }
-    let tokenwatch = mapping(
-        field(service(&doc, "tokenwatch"), "depends_on", "tokenwatch"),
-        "depends_on",
-    );
+    let tokenwatch = mapping(field(instance(&doc), "depends_on", "tokenwatch"), "depends_on");
     for (dep, cond) in [("kafka", "service_healthy"), ("redis", "service_healthy")] {
         let got = tokenwatch
             .get(dep)
@@ -524,7 +644,7 @@ fn dependencies_exist_and_wait_only_on_health_that_is_checked() {
 
 /// Dockerfile instructions as (KEYWORD, arguments), with continuation lines joined and comments
 /// and parser directives dropped.
-fn dockerfile() -> Vec<(String, String)> {
+pub(super) fn dockerfile() -> Vec<(String, String)> {
     let mut out = Vec::new();
     let mut current = String::new();
     for line in read("Dockerfile").lines() {
@@ -644,14 +764,14 @@ fn files_the_containers_are_told_to_read_are_mounted_from_the_repository() {
     };
 
     // tokenwatch: the config of its command, and its rules.
-    let args = strings(service(&doc, "tokenwatch").get("command"));
+    let args = strings(instance(&doc).get("command"));
     must_exist(
-        "tokenwatch",
+        INSTANCES[0].0,
         &flag_value(&args, "--config").expect("tokenwatch's command has no --config"),
     );
-    let rules = env(service(&doc, "tokenwatch")).get("TOKENWATCH_RULES").cloned();
+    let rules = env(instance(&doc)).get("TOKENWATCH_RULES").cloned();
     assert!(
-        must_exist("tokenwatch", &rules.expect("tokenwatch has no TOKENWATCH_RULES"))
+        must_exist(INSTANCES[0].0, &rules.expect("tokenwatch has no TOKENWATCH_RULES"))
             .join("token-replay.yaml")
             .is_file()
     );
@@ -725,14 +845,17 @@ fn prometheus_scrapes_tokenwatch_where_it_listens() {
         .iter()
         .flat_map(|c| strings(mapping(c, "a static config").get("targets")))
         .collect();
-    assert_eq!(targets, ["tokenwatch:9464"]);
-    let metrics_port = env(service(&doc, "tokenwatch"))
+    let metrics_port = env(instance(&doc))
         .get("TOKENWATCH_METRICS_ADDR")
-        .cloned()
-        .unwrap_or_default();
-    assert!(
-        metrics_port.ends_with(":9464"),
-        "tokenwatch listens on {metrics_port}, Prometheus scrapes :9464"
+        .and_then(|a| a.rsplit(':').next().map(str::to_string))
+        .expect("no TOKENWATCH_METRICS_ADDR");
+    let wanted: Vec<String> = INSTANCES
+        .iter()
+        .map(|(name, _)| format!("{name}:{metrics_port}"))
+        .collect();
+    assert_eq!(
+        targets, wanted,
+        "Prometheus should scrape every instance where it listens"
     );
 }
 

@@ -16,6 +16,7 @@ mod cli;
 mod code_shape;
 mod compose;
 mod demo;
+mod deploy;
 mod e2e_tansu;
 mod explain_diff;
 mod field_types;
