@@ -32,7 +32,7 @@ use crate::sinks::RevocationStore;
 use crate::source::kafka;
 use tokenwatch_core::eventtime::Sequencer;
 use tokenwatch_core::geo::GeoDb;
-use tokenwatch_core::pipeline::Pipeline;
+use tokenwatch_core::pipeline::{Pipeline, PipelineConfig};
 use tokenwatch_core::rules::RuleSet;
 
 /// Options beyond the [`ServiceConfig`]; see [`Service::builder`].
@@ -222,7 +222,7 @@ impl Service {
             rules: set,
             reloads,
             undone,
-            pipeline: cfg.pipeline.clone(),
+            pipeline: per_partition(&cfg.pipeline, partitions),
             event_time: cfg.event_time,
             checkpoints: cfg.checkpoint_interval.map(|every| {
                 (
@@ -258,6 +258,17 @@ async fn internal_topic(cfg: &ServiceConfig) -> Result<i32, ServiceError> {
     let partitions = shuffle::ensure_topic(&producer_config(cfg), &cfg.shuffle).await?;
     tracing::info!(topic = %cfg.shuffle.events_topic, partitions, "internal topic");
     Ok(partitions)
+}
+
+/// The settings of one detect task's engine: `[engine] state_bytes` and `max_keys_per_rule`
+/// bound the process, and one instance may hold every internal partition's engine, so each
+/// gets its share.
+fn per_partition(cfg: &PipelineConfig, partitions: i32) -> PipelineConfig {
+    let mut cfg = cfg.clone();
+    let n = usize::try_from(partitions).unwrap_or(1).max(1);
+    cfg.engine.state_bytes = (cfg.engine.state_bytes / n).max(1);
+    cfg.engine.max_keys_per_rule = (cfg.engine.max_keys_per_rule / n).max(1);
+    cfg
 }
 
 /// The `[kafka]` settings of a gateway topic's consumer. Whether a partition is idle also
@@ -488,5 +499,22 @@ struct AbortOnDrop(tokio::task::JoinHandle<()>);
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The engine budgets bound the process: 12 internal partitions on one instance hold no
+    /// more than one `--role local` engine would.
+    #[test]
+    fn each_detect_partition_gets_its_share_of_the_engine_budgets() {
+        let cfg = PipelineConfig::default();
+        let one = per_partition(&cfg, 12);
+        assert!(one.engine.state_bytes * 12 <= cfg.engine.state_bytes);
+        assert!(one.engine.state_bytes * 12 > cfg.engine.state_bytes - 12);
+        assert_eq!(one.engine.max_keys_per_rule, cfg.engine.max_keys_per_rule / 12);
+        assert_eq!(per_partition(&cfg, 1).engine.state_bytes, cfg.engine.state_bytes);
     }
 }
