@@ -87,8 +87,8 @@ pub struct Metrics {
     pub posture_over_http: IntCounterVec,
     pub posture_unverified: IntCounterVec,
     pub posture_key_age: IntGaugeVec,
-    /// The internal topic ([`crate::service::shuffle`]): records produced by kind (event,
-    /// watermark), and consumed by what became of them (applied, watermark, duplicate,
+    /// The internal topics ([`crate::service::shuffle`]): records produced by kind (event,
+    /// event_by_key, watermark), and consumed by what became of them (applied, watermark, duplicate,
     /// refused).
     pub shuffle_produced: IntCounterVec,
     pub shuffle_consumed: IntCounterVec,
@@ -219,11 +219,11 @@ const CHECKPOINT_CONFLICTS: Def = (
 );
 const SHUFFLE_PRODUCED: Def = (
     "tokenwatch_shuffle_produced_total",
-    "Records the ingest stage produced to the internal topic, by kind (event, watermark).",
+    "Records the ingest stage produced to the internal topics, by kind (event by subject, event_by_key, watermark).",
 );
 const SHUFFLE_CONSUMED: Def = (
     "tokenwatch_shuffle_consumed_total",
-    "Records the detect stage read from the internal topic, by result (event, watermark, duplicate, refused).",
+    "Records the detect stage read from the internal topics, by result (event, watermark, duplicate, refused).",
 );
 const EVENT_TIME_FORCED: Def = (
     "tokenwatch_event_time_forced_total",

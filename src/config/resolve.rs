@@ -222,6 +222,7 @@ impl Loaded {
         Ok(ShuffleConfig {
             role: s.role,
             events_topic: format!("{prefix}events"),
+            by_key_topic: format!("{prefix}events-by-key"),
             partitions: s.partitions,
             replication: s.replication,
             retention: s.retention,

@@ -33,7 +33,8 @@ use crate::source::kafka;
 use tokenwatch_core::eventtime::Sequencer;
 use tokenwatch_core::geo::GeoDb;
 use tokenwatch_core::pipeline::{Pipeline, PipelineConfig};
-use tokenwatch_core::rules::RuleSet;
+use tokenwatch_core::record::Router;
+use tokenwatch_core::rules::{Field, RuleSet};
 
 /// Options beyond the [`ServiceConfig`]; see [`Service::builder`].
 pub struct ServiceBuilder {
@@ -99,9 +100,9 @@ impl Service {
         match self.cfg.shuffle.role {
             Role::Local => self.run_local(shutdown).await,
             Role::Ingest => {
-                let partitions = internal_topic(&self.cfg).await?;
+                let partitions = internal_topics(&self.cfg, &self.set).await?;
                 let mut stop = Shutdown::new(shutdown, self.cfg.shutdown_timeout);
-                let ingest = ingest(&self.cfg, self.pipeline, &self.metrics, partitions)?;
+                let ingest = ingest(&self.cfg, self.pipeline, &self.set, &self.metrics, partitions)?;
                 ingest.run(&mut stop).await.map(|()| RunSummary::default())
             }
             Role::Detect | Role::Both => self.run_detect(shutdown).await,
@@ -184,7 +185,7 @@ impl Service {
             ..
         } = self;
         let mut stop = Shutdown::new(shutdown.clone(), cfg.shutdown_timeout);
-        let partitions = internal_topic(&cfg).await?;
+        let partitions = internal_topics(&cfg, &set).await?;
         let Some((store, _health)) = connect_store(memory, &cfg, &metrics, dead, &mut stop).await? else {
             return Ok(RunSummary::default());
         };
@@ -192,7 +193,7 @@ impl Service {
         let (reloads, _reload) = watch_rules(&cfg, rules, &metrics, reload_requests);
         let ingest = match cfg.shuffle.role {
             Role::Both => {
-                let mut ingest = ingest(&cfg, pipeline, &metrics, partitions)?;
+                let mut ingest = ingest(&cfg, pipeline, &set, &metrics, partitions)?;
                 if let Some(rx) = &reloads {
                     ingest.follow_rules(rx.clone());
                 }
@@ -201,11 +202,14 @@ impl Service {
             }
             _ => None,
         };
-        let topic = cfg.shuffle.events_topic.clone();
+        let mut topics = vec![cfg.shuffle.events_topic.clone()];
+        if partitions.by_key.is_some() {
+            topics.push(cfg.shuffle.by_key_topic.clone());
+        }
         let (source, assigned) = kafka::connect_paused(
             &cfg.brokers,
             &ShuffleConfig::detect_group(&cfg.group),
-            std::slice::from_ref(&topic),
+            &topics,
             &cfg.kafka,
             metrics.clone(),
         )?;
@@ -216,13 +220,13 @@ impl Service {
             metrics,
             source,
             assigned,
-            topic,
+            topics,
             store,
             alerts,
             rules: set,
             reloads,
             undone,
-            pipeline: per_partition(&cfg.pipeline, partitions),
+            pipeline: per_partition(&cfg.pipeline, partitions.events + partitions.by_key.unwrap_or(0)),
             event_time: cfg.event_time,
             checkpoints: cfg.checkpoint_interval.map(|every| {
                 (
@@ -253,11 +257,23 @@ fn batch_limits(cfg: &ServiceConfig) -> BatchLimits {
     }
 }
 
-/// Creates the internal topic when absent; returns its partition count.
-async fn internal_topic(cfg: &ServiceConfig) -> Result<i32, ServiceError> {
-    let partitions = shuffle::ensure_topic(&producer_config(cfg), &cfg.shuffle).await?;
-    tracing::info!(topic = %cfg.shuffle.events_topic, partitions, "internal topic");
-    Ok(partitions)
+/// Creates the internal topics when absent: `{prefix}events`, and `{prefix}events-by-key`
+/// only when `rules` hold a rule keyed by a field that subject partitioning does not serve.
+/// Returns their partition counts.
+async fn internal_topics(cfg: &ServiceConfig, rules: &RuleSet) -> Result<ingest::Partitions, ServiceError> {
+    let client = producer_config(cfg);
+    let events = shuffle::ensure_topic(&client, &cfg.shuffle, &cfg.shuffle.events_topic).await?;
+    tracing::info!(topic = %cfg.shuffle.events_topic, partitions = events, "internal topic");
+    let by_key_fields = Router::by_key_fields(rules);
+    let by_key = if by_key_fields.is_empty() {
+        None
+    } else {
+        let n = shuffle::ensure_topic(&client, &cfg.shuffle, &cfg.shuffle.by_key_topic).await?;
+        let fields: Vec<String> = by_key_fields.iter().map(Field::name).collect();
+        tracing::info!(topic = %cfg.shuffle.by_key_topic, partitions = n, fields = %fields.join(", "), "internal topic by key");
+        Some(n)
+    };
+    Ok(ingest::Partitions { events, by_key })
 }
 
 /// The settings of one detect task's engine: `[engine] state_bytes` and `max_keys_per_rule`
@@ -287,8 +303,9 @@ fn gateway_consumer(cfg: &ServiceConfig) -> std::collections::BTreeMap<String, S
 fn ingest(
     cfg: &ServiceConfig,
     pipeline: Pipeline,
+    rules: &RuleSet,
     metrics: &Arc<Metrics>,
-    partitions: i32,
+    partitions: ingest::Partitions,
 ) -> Result<Ingest, ServiceError> {
     let (source, assigned) = kafka::connect(
         &cfg.brokers,
@@ -307,6 +324,12 @@ fn ingest(
             shuffle: cfg.shuffle.clone(),
             partitions,
             decode_threads: cfg.shuffle.decode_threads,
+            router: Router::new(
+                rules,
+                cfg.pipeline.posture.clone(),
+                partitions.events,
+                partitions.by_key,
+            ),
             limits: batch_limits(cfg),
             metrics: metrics.clone(),
         },

@@ -1,6 +1,9 @@
-//! The detect stage ([`super::shuffle`]): records of the internal topic in, decisions out,
-//! with an engine per internal partition (a *task*, as Kafka Streams calls it), one batch at
-//! a time: fill → decide → deliver → commit, as the local loop ([`super::consume`]).
+//! The detect stage ([`super::shuffle`]): records of the internal topics in, decisions out,
+//! with an engine per internal (topic, partition) (a *task*, as Kafka Streams calls it), one
+//! batch at a time: fill → decide → deliver → commit, as the local loop ([`super::consume`]).
+//! A task of `{prefix}events` runs the rules keyed by token id or subject; a task of
+//! `{prefix}events-by-key` runs, for each record, the rules keyed by the fields that routed
+//! it there ([`tokenwatch_core::record::EventRecord::scope`]).
 //!
 //! Each task orders its records as `replay` orders lines: a [`Sequencer`] whose sources are
 //! the *gateway* partitions the records came from (their watermarks advanced by the records
@@ -10,7 +13,7 @@
 //! repeat (an ingest instance produced the same lines again after a restart) and is dropped.
 //!
 //! A task's state is checkpointed on its own ([`crate::checkpoint`], key
-//! `{prefix}checkpoint:{group}:{topic}:{partition}`): the engine, where each gateway partition
+//! `{prefix}checkpoint:{group}:{topic}:{partition}`, the internal topic's name in it): the engine, where each gateway partition
 //! stands in it, and the internal offset from which the records not in it start. When a
 //! rebalance assigns a partition, the rebalance callback pauses it; the loop restores its
 //! checkpoint, seeks to that offset and resumes it; records before the group's committed
@@ -49,8 +52,8 @@ pub(super) struct Parts {
     pub(super) metrics: Arc<Metrics>,
     pub(super) source: kafka::Source,
     pub(super) assigned: kafka::Assignment,
-    /// The internal topic.
-    pub(super) topic: String,
+    /// The internal topics: `{prefix}events`, and `{prefix}events-by-key` when read.
+    pub(super) topics: Vec<String>,
     /// The gateway topics' partitions, awaited by every task from its start.
     pub(super) gateway: Vec<(String, i32)>,
     pub(super) store: RevocationStore,
@@ -165,9 +168,13 @@ fn source_name(topic: u32) -> String {
     format!("{topic:08x}")
 }
 
+/// A task's internal partition: the index of its topic in [`Parts::topics`], and the
+/// partition.
+type TaskId = (usize, i32);
+
 pub(super) struct Detect {
     p: Parts,
-    tasks: HashMap<i32, Task>,
+    tasks: HashMap<TaskId, Task>,
     decisions: Vec<Decision>,
     rebalances: u64,
     /// Idleness of gateway partitions is measured in time spent reading, as in the local loop.
@@ -262,12 +269,16 @@ impl Detect {
             self.rebalances = epoch;
             (revoked, a.now.clone())
         };
-        for (_, k) in revoked {
-            self.tasks.remove(&k);
+        let id = |topics: &[String], (t, k): &(String, i32)| topics.iter().position(|x| x == t).map(|i| (i, *k));
+        for r in &revoked {
+            if let Some(id) = id(&self.p.topics, r) {
+                self.tasks.remove(&id);
+            }
         }
-        self.tasks.retain(|k, _| now.contains(&(self.p.topic.clone(), *k)));
-        for (topic, k) in now {
-            if topic != self.p.topic || self.tasks.contains_key(&k) {
+        let assigned: Vec<TaskId> = now.iter().filter_map(|a| id(&self.p.topics, a)).collect();
+        self.tasks.retain(|k, _| assigned.contains(k));
+        for k in assigned {
+            if self.tasks.contains_key(&k) {
                 continue;
             }
             if stop.asked() {
@@ -275,31 +286,32 @@ impl Detect {
             }
             let task = self.start_task(k).await?;
             self.tasks.insert(k, task);
-            if let Err(e) = kafka::pause(&self.p.source, &self.p.topic, k, false) {
-                tracing::warn!(error = %e, partition = k, "cannot resume a restored partition");
+            if let Err(e) = kafka::pause(&self.p.source, &self.p.topics[k.0], k.1, false) {
+                tracing::warn!(error = %e, topic = %self.p.topics[k.0], partition = k.1, "cannot resume a restored partition");
             }
         }
         Ok(())
     }
 
-    /// A task for internal partition `k`, its checkpoint restored and the consumer
+    /// A task for internal partition `id`, its checkpoint restored and the consumer
     /// positioned where the checkpoint's records start.
-    async fn start_task(&mut self, k: i32) -> Result<Task, ServiceError> {
+    async fn start_task(&mut self, id: TaskId) -> Result<Task, ServiceError> {
+        let (topic, k) = (self.p.topics[id.0].clone(), id.1);
         let mut pipeline =
             Pipeline::new(self.p.rules.clone(), None, self.p.pipeline.clone()).map_err(ServiceError::Pipeline)?;
         let mut order = Sequencer::new(self.p.event_time);
         let mut start = None;
         let mut checkpoint = None;
         if let (Some((prefix, group, _)), RevocationStore::Redis(w)) = (&self.p.checkpoints, &mut self.p.store) {
-            let mut store = CheckpointStore::new(prefix, &format!("{group}:{}:{k}", self.p.topic));
+            let mut store = CheckpointStore::new(prefix, &format!("{group}:{topic}:{k}"));
             if let Some(bytes) = store.load(w).await? {
-                match restore(&bytes, &self.p.topic, &mut pipeline, &mut order, self.clock.now()) {
+                match restore(&bytes, &topic, &mut pipeline, &mut order, self.clock.now()) {
                     Ok(at) => start = at,
                     Err(e) => {
                         self.p.metrics.checkpoint_errors.with_label_values(&["restore"]).inc();
                         tracing::error!(
                             key = store.key(),
-                            "checkpoint refused: {e}; partition {k} starts with empty state"
+                            "checkpoint refused: {e}; partition {k} of {topic} starts with empty state"
                         );
                     }
                 }
@@ -312,8 +324,8 @@ impl Detect {
             let src = order.assign(&source_name(record::topic_id(t)), *p, now);
             order.declare(src, false);
         }
-        let committed = kafka::seek(&self.p.source, &self.p.topic, k, start)?;
-        tracing::info!(partition = k, start, committed, "detect task started");
+        let committed = kafka::seek(&self.p.source, &topic, k, start)?;
+        tracing::info!(%topic, partition = k, start, committed, "detect task started");
         Ok(Task {
             pipeline,
             order,
@@ -341,7 +353,8 @@ impl Detect {
             };
             // A message of a partition whose task is not started (assigned in this poll) is
             // read again after its seek.
-            if let Some(t) = self.tasks.get_mut(&m.partition()) {
+            let topic = self.p.topics.iter().position(|t| t == m.topic());
+            if let Some(t) = topic.and_then(|i| self.tasks.get_mut(&(i, m.partition()))) {
                 t.take(
                     m.offset(),
                     m.payload().unwrap_or_default(),
@@ -380,17 +393,17 @@ impl Detect {
     async fn commit(&mut self, mode: CommitMode) {
         let every = self.p.checkpoints.as_ref().map(|c| c.2);
         if let (Some(every), RevocationStore::Redis(w)) = (every, &mut self.p.store) {
-            for (k, t) in self.tasks.iter_mut() {
+            for (&(topic, k), t) in self.tasks.iter_mut() {
                 let due = matches!(mode, CommitMode::Sync) || t.checkpointed.is_none_or(|at| at.elapsed() >= every);
                 if due {
-                    save(*k, t, &self.p.topic, w, &self.p.metrics).await;
+                    save(k, t, &self.p.topics[topic], w, &self.p.metrics).await;
                 }
             }
         }
         let safe: Vec<(&str, i32, i64)> = self
             .tasks
             .iter()
-            .filter_map(|(k, t)| Some((self.p.topic.as_str(), *k, t.safe()?)))
+            .filter_map(|(&(topic, k), t)| Some((self.p.topics[topic].as_str(), k, t.safe()?)))
             .collect();
         let stored = kafka::store(&self.p.source, &safe);
         if let Err(e) = stored.and_then(|_| kafka::commit(&self.p.source, mode)) {

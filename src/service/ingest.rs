@@ -3,10 +3,12 @@
 //!
 //! 1. [`Ingest::fill`]: read messages until the batch is full or its wait is over; decode
 //!    their lines on `[shuffle] decode_threads` threads ([`Decoding`]) and send each use of a
-//!    token, in the order the lines were read, as a record to the partition of its subject;
+//!    token, in the order the lines were read, as a record to the partition of its subject,
+//!    and, when rules keyed by other fields are loaded, to the by-key topic's partitions of
+//!    those fields' values ([`record::Router`]);
 //! 2. [`Ingest::publish_watermarks`]: for every gateway partition read further, a watermark
-//!    record to every internal partition (after the records it covers: one producer keeps
-//!    their order);
+//!    record to every partition of both internal topics (after the records it covers: one
+//!    producer keeps their order);
 //! 3. [`Ingest::flush`]: wait until the broker acknowledged every record of the batch;
 //! 4. [`Ingest::commit`]: only then store and commit the gateway offsets; and pause the
 //!    gateway partitions that run more than `max_skew` ahead of the slowest this instance
@@ -36,7 +38,8 @@ use crate::metrics::Metrics;
 use crate::source::kafka;
 use tokenwatch_core::input::lines::{Line, LineReader};
 use tokenwatch_core::pipeline::{DecodedBatch, ParallelDecode, Pipeline};
-use tokenwatch_core::record::{self, Origin, Watermark};
+use tokenwatch_core::record::{self, Internal, Origin, Router, Watermark};
+use tokenwatch_core::rules::Field;
 
 /// Counts failed deliveries; the first failure's text is kept for the error.
 #[derive(Default)]
@@ -134,17 +137,49 @@ pub(super) struct Parts {
     pub(super) max_skew_ms: i64,
 }
 
-/// What turns lines into records on the internal topic.
+/// What turns lines into records on the internal topics.
 pub(super) struct Out {
     pub(super) pipeline: Pipeline,
     pub(super) producer: Arc<RecordProducer>,
     pub(super) shuffle: ShuffleConfig,
-    /// The internal topic's partition count.
-    pub(super) partitions: i32,
+    /// The internal topics' partition counts (the by-key topic's when it exists).
+    pub(super) partitions: Partitions,
+    /// Where each use goes, following the rules.
+    pub(super) router: Router,
     /// Threads decoding lines ([`Decoding`]).
     pub(super) decode_threads: usize,
     pub(super) limits: BatchLimits,
     pub(super) metrics: Arc<Metrics>,
+}
+
+/// The partition counts of the internal topics.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Partitions {
+    pub(super) events: i32,
+    /// `None` when no rule loaded at start needed the by-key topic.
+    pub(super) by_key: Option<i32>,
+}
+
+impl Out {
+    /// Each internal topic with its partition count.
+    fn topics(&self) -> impl Iterator<Item = (&str, i32)> {
+        let by_key = self.partitions.by_key.map(|n| (self.shuffle.by_key_topic.as_str(), n));
+        std::iter::once((self.shuffle.events_topic.as_str(), self.partitions.events)).chain(by_key)
+    }
+
+    /// Follows a rule reload: the decoder's claims and the routing.
+    fn replace_rules(&mut self, set: Arc<tokenwatch_core::rules::RuleSet>) {
+        let unserved = self.router.set_rules(&set);
+        if !unserved.is_empty() {
+            let fields: Vec<String> = unserved.iter().map(Field::name).collect();
+            tracing::warn!(
+                fields = %fields.join(", "),
+                topic = %self.shuffle.by_key_topic,
+                "reloaded rules are keyed by fields that need the by-key topic, which is created only at start: restart to give those rules their events"
+            );
+        }
+        self.pipeline.replace_rules(set);
+    }
 }
 
 pub(super) struct Ingest {
@@ -191,7 +226,7 @@ impl Ingest {
             if let Some(rx) = self.rules.as_mut() {
                 if rx.has_changed().unwrap_or(false) {
                     let set = rx.borrow_and_update().clone();
-                    self.p.out.pipeline.replace_rules(set);
+                    self.p.out.replace_rules(set);
                     // The threads' decoders keep the claims of the rules they were forked with.
                     self.decoding = match Decoding::new(&self.p.out.pipeline, self.p.out.decode_threads) {
                         Ok(d) => d,
@@ -407,13 +442,15 @@ fn publish_watermarks(
             idle,
         };
         record::encode_watermark(&w, buf);
-        for to in 0..out.partitions {
-            send(&out.producer, &out.shuffle.events_topic, to, buf);
+        for (name, partitions) in out.topics() {
+            for to in 0..partitions {
+                send(&out.producer, name, to, buf);
+            }
+            out.metrics
+                .shuffle_produced
+                .with_label_values(&["watermark"])
+                .inc_by(partitions as u64);
         }
-        out.metrics
-            .shuffle_produced
-            .with_label_values(&["watermark"])
-            .inc_by(out.partitions as u64);
     }
 }
 
@@ -531,7 +568,7 @@ impl Decoding {
         }
     }
 
-    /// Sends the record of each use of a token of a decoded batch to its subject's partition,
+    /// Sends the records of each use of a token of a decoded batch ([`Router`]),
     /// then raises the watermarks of the partitions the batch read: a watermark never goes
     /// out ahead of a record it covers.
     fn send(
@@ -546,7 +583,7 @@ impl Decoding {
             pipeline,
             producer,
             shuffle,
-            partitions,
+            router,
             metrics,
             ..
         } = out;
@@ -562,17 +599,11 @@ impl Decoding {
                 Some((_, ts)) => *ts = (*ts).max(ev.ts_ms),
                 None => newest.push((from, ev.ts_ms)),
             }
-            // A request without a token feeds no rule keyed by token or subject.
-            let Some(key) = record::subject_key(ev) else { return };
-            buf.clear();
-            record::encode_event(ev, origin, tie, buf);
-            send(
-                producer,
-                &shuffle.events_topic,
-                record::partition_for(key.as_bytes(), *partitions),
-                buf,
-            );
-            metrics.shuffle_produced.with_label_values(&["event"]).inc();
+            // A use without a token goes by key only (no rule keyed by token or subject can
+            // use it), and a use without a value for a key field not by that field.
+            router.route(ev, origin, tie, buf, |to, partition, bytes| {
+                send_record(producer, shuffle, metrics, to, partition, bytes);
+            });
         });
         for ((_, partition), r) in read.iter_mut() {
             if let Some((_, ts)) = newest.iter().find(|(k, _)| *k == (r.topic, *partition)) {
@@ -582,6 +613,23 @@ impl Decoding {
         batch.clear();
         self.spare.push(batch);
     }
+}
+
+/// Sends an event record to its internal topic's partition, counted by topic.
+fn send_record(
+    producer: &RecordProducer,
+    shuffle: &ShuffleConfig,
+    metrics: &Metrics,
+    to: Internal,
+    partition: i32,
+    bytes: &[u8],
+) {
+    let (topic, kind) = match to {
+        Internal::Subject => (&shuffle.events_topic, "event"),
+        Internal::ByKey => (&shuffle.by_key_topic, "event_by_key"),
+    };
+    send(producer, topic, partition, bytes);
+    metrics.shuffle_produced.with_label_values(&[kind]).inc();
 }
 
 /// Sends one record, waiting for room when librdkafka's queue is full.

@@ -7,6 +7,11 @@
 //! windows of a subject and of its tokens see all of its events; and the state of a partition
 //! moves with it when a rebalance gives it to another instance.
 //!
+//! Rules keyed by another field (`kid`, `iss`, `client_ip`, `network`, a claim) get their
+//! events through a second topic, `{prefix}events-by-key`, keyed by that field's value
+//! ([`tokenwatch_core::record::Router`]); it is created, and read, only when the rules loaded
+//! at start hold such a rule.
+//!
 //! Nothing here is a distributed layer of tokenwatch's own: membership is the consumer
 //! groups', ordering is the partitions', durability is the topic's and the checkpoints'.
 
@@ -26,6 +31,8 @@ pub struct ShuffleConfig {
     pub role: Role,
     /// The internal topic of records keyed by subject.
     pub events_topic: String,
+    /// The internal topic of records keyed by the value of another rule key field.
+    pub by_key_topic: String,
     /// Partitions, replication and retention of the internal topic when tokenwatch creates it.
     pub partitions: i32,
     pub replication: i32,
@@ -39,6 +46,7 @@ impl Default for ShuffleConfig {
         ShuffleConfig {
             role: Role::Local,
             events_topic: "tokenwatch.events".into(),
+            by_key_topic: "tokenwatch.events-by-key".into(),
             partitions: 12,
             replication: -1,
             retention: Duration::from_secs(24 * 3600),
@@ -85,10 +93,10 @@ pub enum ShuffleError {
     Delivery { topic: String, reason: String },
 }
 
-/// Creates the internal topic when it does not exist, and returns its partition count (which
-/// routing needs: a record goes to `murmur2(subject) % partitions`).
-pub async fn ensure_topic(client: &ClientConfig, cfg: &ShuffleConfig) -> Result<i32, ShuffleError> {
-    if let Some(n) = partitions_of(client, &cfg.events_topic)? {
+/// Creates the internal topic `name` (one of `cfg`'s) when it does not exist, and returns its
+/// partition count (which routing needs: a record goes to `murmur2(key) % partitions`).
+pub async fn ensure_topic(client: &ClientConfig, cfg: &ShuffleConfig, name: &str) -> Result<i32, ShuffleError> {
+    if let Some(n) = partitions_of(client, name)? {
         return Ok(n);
     }
     let brokers = client.get("bootstrap.servers").unwrap_or_default().to_string();
@@ -97,14 +105,10 @@ pub async fn ensure_topic(client: &ClientConfig, cfg: &ShuffleConfig) -> Result<
         source: Box::new(source),
     })?;
     let retention = cfg.retention.as_millis().to_string();
-    let topic = NewTopic::new(
-        &cfg.events_topic,
-        cfg.partitions,
-        TopicReplication::Fixed(cfg.replication),
-    )
-    .set("retention.ms", &retention);
+    let topic =
+        NewTopic::new(name, cfg.partitions, TopicReplication::Fixed(cfg.replication)).set("retention.ms", &retention);
     let refused = |reason: String| ShuffleError::Create {
-        topic: cfg.events_topic.clone(),
+        topic: name.to_string(),
         partitions: cfg.partitions,
         replication: cfg.replication,
         reason,
@@ -125,13 +129,13 @@ pub async fn ensure_topic(client: &ClientConfig, cfg: &ShuffleConfig) -> Result<
     }
     // The new topic's metadata can take a moment to reach every broker.
     for _ in 0..50 {
-        if let Some(n) = partitions_of(client, &cfg.events_topic)? {
+        if let Some(n) = partitions_of(client, name)? {
             return Ok(n);
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     Err(ShuffleError::Metadata {
-        topic: cfg.events_topic.clone(),
+        topic: name.to_string(),
         reason: "created, but its metadata never showed it".into(),
     })
 }

@@ -30,7 +30,12 @@ pub fn pipeline(format: Format) -> Pipeline {
 
 /// The default rules and the GeoIP test database, with `cfg` (a user mapping, say).
 pub fn pipeline_with(cfg: PipelineConfig) -> Pipeline {
-    let rules = Arc::new(tokenwatch_core::rules::load_dir(&root().join("rules")).unwrap());
+    pipeline_with_rules(&root().join("rules"), cfg)
+}
+
+/// The rules of `dir` and the GeoIP test database, with `cfg`.
+pub fn pipeline_with_rules(dir: &Path, cfg: PipelineConfig) -> Pipeline {
+    let rules = Arc::new(tokenwatch_core::rules::load_dir(dir).unwrap());
     Pipeline::new(rules, Some(geo()), cfg).unwrap()
 }
 
@@ -414,12 +419,16 @@ pub fn gen_pipeline_config(gen_seed: u64) -> PipelineConfig {
 /// What `replay` decides for `lines` with the default rules, the test GeoIP database and
 /// `cfg`: the decisions' JSON lines, in order.
 pub fn replay_lines_with<S: AsRef<str>>(lines: &[S], cfg: PipelineConfig) -> Vec<String> {
+    replay_lines_through(lines, pipeline_with(cfg))
+}
+
+/// What `replay` decides for `lines` through `p`: the decisions' JSON lines, in order.
+pub fn replay_lines_through<S: AsRef<str>>(lines: &[S], mut p: Pipeline) -> Vec<String> {
     let mut text = String::new();
     for l in lines {
         text.push_str(l.as_ref());
         text.push('\n');
     }
-    let mut p = pipeline_with(cfg);
     let mut out = Vec::new();
     let input: tokenwatch_core::replay::Input = ("lines".into(), Box::new(std::io::Cursor::new(text.into_bytes())));
     let summary =

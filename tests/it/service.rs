@@ -1299,11 +1299,13 @@ fn attested_line(s: usize, sub: &str, jti: &str, path: &str) -> String {
 }
 
 /// Split by key (issue 12): a backlog over 6 gateway partitions, keyed at random, ingested
-/// into an internal topic of 4 partitions and detected by an engine per partition, decides what
-/// `replay` decides (in another order: partitions interleave), and the feed holds exactly
-/// replay's revocations, once each. Aggregation per network is off on both sides: it spans
-/// subjects (tests/it/shuffle.rs). With one decoding thread and with two (the records of
-/// lines decoded on several threads go out in the order the lines were read).
+/// into an internal topic of 4 partitions by subject and one of 3 partitions by key (the
+/// default rules and the rules of tests/fixtures/rules-by-key, keyed by `kid`, `iss`,
+/// `client_ip` and `network`), and detected by an engine per partition, decides what `replay`
+/// decides (in another order: partitions interleave), and the feed holds exactly replay's
+/// revocations, once each. Aggregation per network is off on both sides: it spans subjects
+/// (tests/it/shuffle.rs). With one decoding thread and with two (the records of lines decoded
+/// on several threads go out in the order the lines were read).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backlog_split_by_key_decides_what_replay_decides() {
     backlog_split_by_key(1).await;
@@ -1316,21 +1318,35 @@ async fn a_backlog_split_by_key_and_decoded_on_two_threads_decides_what_replay_d
 
 async fn backlog_split_by_key(decode_threads: usize) {
     let setup = Setup::new(6);
-    // The mock cluster has no CreateTopics: the internal topic is made here.
+    // The mock cluster has no CreateTopics: the internal topics are made here.
     setup.mock.create_topic("split.events", 4, 1).unwrap();
+    setup.mock.create_topic("split.events-by-key", 3, 1).unwrap();
+    let rules = tempfile::tempdir().unwrap();
+    for dir in [common::root().join("rules"), common::fixture("rules-by-key")] {
+        for f in std::fs::read_dir(dir).unwrap() {
+            let path = f.unwrap().path();
+            if !tokenwatch_core::rules::load::is_rule_test(&path) {
+                std::fs::copy(&path, rules.path().join(path.file_name().unwrap())).unwrap();
+            }
+        }
+    }
     let lines = common::generated_attacks(10, 12_000);
     let mut cfg = common::gen_pipeline_config(10);
     cfg.engine.aggregate_window_ms = 0;
-    let mut want = common::replay_lines_with(&lines, cfg);
+    let mut want = common::replay_lines_through(&lines, common::pipeline_with_rules(rules.path(), cfg));
     assert!(want.len() > 20, "the log has attacks: {}", want.len());
+    assert!(want.iter().any(|d| d.contains("\"rule\":\"kid-volume\"")));
     common::produce_spread(&setup.brokers, "logs", 6, &lines, 7);
 
+    let dir = rules.path().to_path_buf();
     let svc = setup
         .start_with("split", None, |c| {
+            c.rules_dir = dir;
             c.shuffle.role = tokenwatch::config::Role::Both;
             c.shuffle.partitions = 4;
             c.shuffle.events_topic = "split.events".into();
             c.shuffle.decode_threads = decode_threads;
+            c.shuffle.by_key_topic = "split.events-by-key".into();
             c.pipeline.engine.aggregate_window_ms = 0;
         })
         .await;
@@ -1338,6 +1354,7 @@ async fn backlog_split_by_key(decode_threads: usize) {
     let m = &svc.metrics;
     assert_eq!(m.late_events.get(), 0, "no event is late");
     assert_eq!(m.shuffle_consumed.with_label_values(&["refused"]).get(), 0);
+    assert!(m.shuffle_produced.with_label_values(&["event_by_key"]).get() > 0);
     let mut got = alerts_file(&svc);
     got.sort();
     want.sort();

@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use crate::decision::Decision;
-use crate::engine::{Engine, EngineConfig};
+use crate::engine::{Engine, EngineConfig, Scope};
 use crate::geo::GeoDb;
 use crate::input::lines::{LineBatch, LineSpan};
 use crate::input::{Event, Format, FormatError, GeoPoint, Mapping, Parser, Skip};
@@ -650,7 +650,7 @@ impl Pipeline {
         self.account(p, base);
         for (use_index, ev) in uses(p, base) {
             self.observe_use(&ev);
-            self.apply_use(&ev, use_index, out);
+            self.apply_use(&ev, use_index, Scope::All, out);
         }
     }
 
@@ -688,9 +688,12 @@ impl Pipeline {
     }
 
     /// Runs the engine over a use of a token that the ingest stage decoded
-    /// ([`crate::record`]); the line itself was counted there.
+    /// ([`crate::record`]), for the rules its partition serves ([`EventRecord::scope`]); the
+    /// line itself was counted there.
+    ///
+    /// [`EventRecord::scope`]: crate::record::EventRecord::scope
     pub fn apply_record(&mut self, r: &crate::record::EventRecord, out: &mut Vec<Decision>) {
-        self.apply_use(&r.event(), r.origin.use_index, out);
+        self.apply_use(&r.event(), r.origin.use_index, r.scope(), out);
     }
 
     /// Counts what the line says about the input (formats, token errors, missing fields).
@@ -721,9 +724,9 @@ impl Pipeline {
     }
 
     /// Runs the engine over one use and counts its decisions.
-    fn apply_use(&mut self, ev: &Event<'_>, use_index: u8, out: &mut Vec<Decision>) {
+    fn apply_use(&mut self, ev: &Event<'_>, use_index: u8, scope: Scope<'_>, out: &mut Vec<Decision>) {
         let start = out.len();
-        self.engine.process(ev, out);
+        self.engine.process_in(ev, scope, out);
         if let Some(stats) = &mut self.posture_stats {
             if use_index == 0 {
                 stats.observe(ev, &out[start..]);

@@ -1,5 +1,6 @@
 //! The internal event record: what the ingest stage sends the detect stage through the
-//! internal topic `{prefix}events` when the work is split by key (issue 12).
+//! internal topics `{prefix}events` and `{prefix}events-by-key` when the work is split by key
+//! (issue 12), and the [`Router`] that says where each record goes.
 //!
 //! A record is one *use* of a token by one request, already parsed, decoded, verified and
 //! geolocated: everything [`Event`] holds, and nothing else. It never holds the raw token nor
@@ -13,6 +14,14 @@
 //! as Flink propagates watermarks through a shuffle: a detect partition's clock is the minimum
 //! over the gateway partitions that are not idle, whichever instance reads them.
 //!
+//! Routing: a token has one subject, so the records of `{prefix}events`, partitioned by
+//! subject, give a rule keyed by token id or subject every event of its key
+//! ([`Field::follows_subject`]). A rule keyed by any other field (`kid`, `iss`, `client_ip`,
+//! `network`, a claim) gets its events through `{prefix}events-by-key`, partitioned by that
+//! field's value: one record per destination partition, naming the fields that routed it
+//! there, so that the detect engine runs exactly those fields' rules over it
+//! ([`crate::engine::Scope`]) and no origin reaches one partition twice.
+//!
 //! The encoding is the checkpoints' (varints, length-prefixed text, [`Enc`]/[`Dec`]) behind a
 //! one-byte format and a one-byte kind, so a newer tokenwatch can change it and an older one
 //! refuses what it cannot read, counted rather than misread.
@@ -22,11 +31,15 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use crate::engine::snapshot::{Dec, Enc, SnapshotError};
+use crate::engine::Scope;
 use crate::input::{Event, GeoPoint, Scheme};
+use crate::posture::Posture;
+use crate::rules::{Ctx, Field, RuleSet, Val};
 use crate::token::{ClaimValue, TokenInfo};
 
-/// The record format this build writes and reads.
-pub const FORMAT: u8 = 1;
+/// The record format this build writes and reads (2: event records name their routing
+/// fields).
+pub const FORMAT: u8 = 2;
 const KIND_EVENT: u8 = 1;
 const KIND_WATERMARK: u8 = 2;
 
@@ -78,9 +91,21 @@ pub struct EventRecord {
     pub authenticated: bool,
     pub geo: Option<GeoPoint>,
     pub scheme: Option<Scheme>,
+    /// The fields whose values routed the record to its `{prefix}events-by-key` partition;
+    /// empty for a record of `{prefix}events`, routed by subject.
+    pub keys: Box<[Field]>,
 }
 
 impl EventRecord {
+    /// The rules the detect engine runs over the record.
+    pub fn scope(&self) -> Scope<'_> {
+        if self.keys.is_empty() {
+            Scope::Subject
+        } else {
+            Scope::Keys(&self.keys)
+        }
+    }
+
     /// The event the engine applies.
     pub fn event(&self) -> Event<'_> {
         Event {
@@ -139,6 +164,166 @@ pub fn partition_for(key: &[u8], partitions: i32) -> i32 {
     (murmur2(key) & 0x7fff_ffff) as i32 % partitions.max(1)
 }
 
+/// Which internal topic a record goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Internal {
+    /// `{prefix}events`, by subject.
+    Subject,
+    /// `{prefix}events-by-key`, by the value of a rule's key field.
+    ByKey,
+}
+
+/// Where each use of a token goes: to its subject's partition of `{prefix}events` (uses with
+/// a token), and to the partition of each by-key field's value in `{prefix}events-by-key`
+/// (uses with a value for that field, with or without a token). Records for several fields
+/// that land in one partition are one record naming them all.
+#[derive(Debug, Clone)]
+pub struct Router {
+    posture: Arc<Posture>,
+    /// The loaded rules' key fields that subject partitioning does not serve, in name order
+    /// (the order records name them in), with their names.
+    by_key: Vec<(Field, Box<str>)>,
+    partitions: i32,
+    /// `None`: there is no by-key topic (no rule needed it at start).
+    by_key_partitions: Option<i32>,
+    key: Vec<u8>,
+    /// (destination partition, index in `by_key`) of the use being routed.
+    dest: Vec<(i32, usize)>,
+}
+
+impl Router {
+    /// A router over topics of `partitions` and `by_key_partitions` partitions. `posture` is
+    /// what the posture fields compare with (a rule may be keyed by one).
+    pub fn new(rules: &RuleSet, posture: Arc<Posture>, partitions: i32, by_key_partitions: Option<i32>) -> Self {
+        let mut r = Router {
+            posture,
+            by_key: Vec::new(),
+            partitions,
+            by_key_partitions,
+            key: Vec::new(),
+            dest: Vec::new(),
+        };
+        r.set_rules(rules);
+        r
+    }
+
+    /// The key fields of `rules` that need `{prefix}events-by-key`, in name order.
+    pub fn by_key_fields(rules: &RuleSet) -> Vec<Field> {
+        let mut fields: Vec<Field> = Vec::new();
+        for r in &rules.rules {
+            if !r.key.follows_subject() && !fields.contains(&r.key) {
+                fields.push(r.key.clone());
+            }
+        }
+        fields.sort_by_key(Field::name);
+        fields
+    }
+
+    /// Follows a rule reload. Returns the fields that need the by-key topic when there is
+    /// none (their rules get no events until a restart creates it).
+    pub fn set_rules(&mut self, rules: &RuleSet) -> Vec<Field> {
+        let fields = Self::by_key_fields(rules);
+        if self.by_key_partitions.is_none() {
+            self.by_key.clear();
+            return fields;
+        }
+        self.by_key = fields
+            .into_iter()
+            .map(|f| {
+                let name = f.name().into_boxed_str();
+                (f, name)
+            })
+            .collect();
+        Vec::new()
+    }
+
+    /// Encodes the records of one use of a token (`buf` is scratch) and hands each to `send`
+    /// with its topic and partition.
+    pub fn route(
+        &mut self,
+        ev: &Event<'_>,
+        origin: Origin,
+        tie: u64,
+        buf: &mut Vec<u8>,
+        mut send: impl FnMut(Internal, i32, &[u8]),
+    ) {
+        if let Some(subject) = subject_key(ev) {
+            buf.clear();
+            encode_event(ev, origin, tie, &[], buf);
+            send(
+                Internal::Subject,
+                partition_for(subject.as_bytes(), self.partitions),
+                buf,
+            );
+        }
+        let Some(partitions) = self.by_key_partitions.filter(|_| !self.by_key.is_empty()) else {
+            return;
+        };
+        let cx = Ctx {
+            ev,
+            expired: false,
+            network: ev.client_ip.map(crate::geo::network),
+            posture: &self.posture,
+            issuer_asymmetric: false,
+            key_age_ms: None,
+        };
+        self.dest.clear();
+        for (i, (field, _)) in self.by_key.iter().enumerate() {
+            self.key.clear();
+            if key_bytes(field, &cx, &mut self.key) {
+                self.dest.push((partition_for(&self.key, partitions), i));
+            }
+        }
+        self.dest.sort_unstable();
+        for group in self.dest.chunk_by(|a, b| a.0 == b.0) {
+            let names: Vec<&str> = group.iter().map(|&(_, i)| &*self.by_key[i].1).collect();
+            buf.clear();
+            encode_event(ev, origin, tie, &names, buf);
+            send(Internal::ByKey, group[0].0, buf);
+        }
+    }
+}
+
+/// The bytes whose murmur2 routes a use by `field`: a function of the field's value, so that
+/// every event of one value reaches one partition. `false` when the event has no value (no
+/// rule keyed by the field can use it). The values that the engine learns from traffic
+/// (`key_age`, `key_stale`, `alg_strength`: which keys and issuers it saw) or takes from its
+/// configuration (`expired`: the leeway) are not known here: all events go to one partition
+/// for them (exact, not spread).
+fn key_bytes(field: &Field, cx: &Ctx<'_>, out: &mut Vec<u8>) -> bool {
+    if matches!(
+        field,
+        Field::KeyAge | Field::KeyStale | Field::AlgStrength | Field::Expired
+    ) {
+        return true;
+    }
+    match field.get(cx) {
+        Val::Missing => return false,
+        Val::Str(s) => out.extend_from_slice(s.as_bytes()),
+        Val::StrList(l) => {
+            for s in l {
+                out.extend_from_slice(s.as_bytes());
+                out.push(0);
+            }
+        }
+        Val::Num(n) => out.extend_from_slice(&n.to_bits().to_be_bytes()),
+        Val::Bool(b) => out.push(u8::from(b)),
+        Val::Ip(ip) => put_ip(ip, out),
+        Val::Net(n) => {
+            put_ip(n.addr(), out);
+            out.push(n.prefix_len());
+        }
+    }
+    true
+}
+
+fn put_ip(ip: IpAddr, out: &mut Vec<u8>) {
+    match ip {
+        IpAddr::V4(v4) => out.extend_from_slice(&v4.octets()),
+        IpAddr::V6(v6) => out.extend_from_slice(&v6.octets()),
+    }
+}
+
 /// A gateway topic's id in records: its name's murmur2. Two topics of one deployment with the
 /// same id would share their partitions' watermarks and repeat detection (both harmless to
 /// correctness of what is decided, and improbable).
@@ -170,8 +355,9 @@ fn murmur2(data: &[u8]) -> u32 {
     h ^ (h >> 15)
 }
 
-/// Appends the record of `ev` to `out`.
-pub fn encode_event(ev: &Event<'_>, origin: Origin, tie: u64, out: &mut Vec<u8>) {
+/// Appends the record of `ev` to `out`; `keys` are the names of the fields that routed it
+/// ([`EventRecord::keys`]), none when it is routed by subject.
+pub fn encode_event(ev: &Event<'_>, origin: Origin, tie: u64, keys: &[&str], out: &mut Vec<u8>) {
     let mut e = Enc(out);
     e.u8(FORMAT);
     e.u8(KIND_EVENT);
@@ -180,6 +366,10 @@ pub fn encode_event(ev: &Event<'_>, origin: Origin, tie: u64, out: &mut Vec<u8>)
     e.vari(origin.offset);
     e.varu(u64::from(origin.line));
     e.u8(origin.use_index);
+    e.varu(keys.len() as u64);
+    for k in keys {
+        e.bytes(k.as_bytes());
+    }
     e.u64(tie);
     e.vari(ev.ts_ms);
     let flags = u8::from(ev.client_ip.is_some())
@@ -262,6 +452,9 @@ fn get_event(d: &mut Dec<'_>) -> Result<EventRecord, SnapshotError> {
         line: u32::try_from(d.varu()?).map_err(|_| d.invalid("line index out of range"))?,
         use_index: d.u8()?,
     };
+    let keys = (0..d.count(1)?)
+        .map(|_| Field::parse(d.str()?).map_err(|_| d.invalid("unknown routing field")))
+        .collect::<Result<Vec<_>, _>>()?;
     let tie = d.u64()?;
     let ts_ms = d.vari()?;
     let flags = d.u8()?;
@@ -308,6 +501,7 @@ fn get_event(d: &mut Dec<'_>) -> Result<EventRecord, SnapshotError> {
         authenticated: flags & 16 != 0,
         geo,
         scheme,
+        keys: keys.into(),
     })
 }
 
@@ -487,17 +681,19 @@ mod tests {
         }
     }
 
-    /// The record of `ev` as the first use of the first line of partition 0.
-    fn first_record(ev: &Event<'_>) -> Vec<u8> {
+    /// The first use of the first line of partition 0.
+    const FIRST: Origin = Origin {
+        topic: 7,
+        partition: 0,
+        offset: 0,
+        line: 0,
+        use_index: 0,
+    };
+
+    /// The record of `ev` at [`FIRST`], routed by `keys`.
+    fn first_record(ev: &Event<'_>, keys: &[&str]) -> Vec<u8> {
         let mut buf = Vec::new();
-        let origin = Origin {
-            topic: 7,
-            partition: 0,
-            offset: 0,
-            line: 0,
-            use_index: 0,
-        };
-        encode_event(ev, origin, 1, &mut buf);
+        encode_event(ev, FIRST, 1, keys, &mut buf);
         buf
     }
 
@@ -511,10 +707,11 @@ mod tests {
             use_index: u8::from(ev.second_token),
         };
         let mut buf = Vec::new();
-        encode_event(ev, origin, 0xdead_beef_cafe, &mut buf);
+        encode_event(ev, origin, 0xdead_beef_cafe, &["kid", "claim.tenant"], &mut buf);
         match decode(&buf).unwrap() {
             Record::Event(r) => {
                 assert_eq!((r.origin, r.tie), (origin, 0xdead_beef_cafe));
+                assert_eq!(&*r.keys, &[Field::Kid, Field::Claim("tenant".into())]);
                 r
             }
             other => panic!("not an event: {other:?}"),
@@ -574,17 +771,109 @@ mod tests {
 
     #[test]
     fn damaged_records_are_refused_never_half_read() {
-        let buf = first_record(&event(Some(full_token())));
+        let buf = first_record(&event(Some(full_token())), &[]);
         assert_eq!(decode(&[]), Err(RecordError::Empty));
         let mut newer = buf.clone();
         newer[0] = FORMAT + 1;
         assert_eq!(decode(&newer), Err(RecordError::Format(FORMAT + 1)));
+        // Format 1 named no routing fields: its records are refused, not misread.
+        let mut older = buf.clone();
+        older[0] = 1;
+        assert_eq!(decode(&older), Err(RecordError::Format(1)));
         for cut in 0..buf.len() {
             assert!(decode(&buf[..cut]).is_err(), "a record cut at {cut} bytes was read");
         }
+        let unknown = first_record(&event(None), &["no_such_field"]);
+        assert!(matches!(decode(&unknown), Err(RecordError::Malformed(_))));
         let mut longer = buf.clone();
         longer.push(0);
         assert!(matches!(decode(&longer), Err(RecordError::Malformed(_))));
+    }
+
+    /// Rules keyed by `keys` (one `match` rule each, on every event).
+    fn rules_keyed_by(keys: &[&str]) -> RuleSet {
+        let mut text = String::from("rules:\n");
+        for (i, k) in keys.iter().enumerate() {
+            text.push_str(&format!(
+                "  - {{id: r{i}, description: d, severity: low, action: alert, kind: match, key: {k}}}\n"
+            ));
+        }
+        RuleSet {
+            rules: crate::rules::load_str(std::path::Path::new("t.yaml"), &text).unwrap(),
+            files: 1,
+        }
+    }
+
+    /// Where a router sends `ev`: (topic, partition, the fields the record names).
+    fn routes(router: &mut Router, ev: &Event<'_>) -> Vec<(Internal, i32, Vec<Field>)> {
+        let origin = FIRST;
+        let mut out = Vec::new();
+        router.route(ev, origin, 9, &mut Vec::new(), |to, p, bytes| {
+            let Ok(Record::Event(r)) = decode(bytes) else {
+                panic!("not an event")
+            };
+            assert_eq!(r.origin, origin);
+            out.push((to, p, r.keys.to_vec()));
+        });
+        out
+    }
+
+    #[test]
+    fn token_id_and_subject_go_by_subject_every_other_key_by_its_value() {
+        let rules = rules_keyed_by(&["token_id", "subject", "kid", "iss", "client_ip", "network"]);
+        assert_eq!(
+            Router::by_key_fields(&rules),
+            [Field::ClientIp, Field::Iss, Field::Kid, Field::Network],
+            "in name order"
+        );
+        assert!(Router::by_key_fields(&rules_keyed_by(&["token_id", "subject"])).is_empty());
+        // One partition: every by-key field lands in it, in one record naming them all.
+        let mut one = Router::new(&rules, Arc::default(), 4, Some(1));
+        let ev = event(Some(full_token()));
+        assert_eq!(
+            routes(&mut one, &ev),
+            [
+                (Internal::Subject, partition_for(b"https://idp|alice", 4), vec![]),
+                (Internal::ByKey, 0, Router::by_key_fields(&rules)),
+            ]
+        );
+        // Many partitions: each field's record goes to the partition of its value.
+        let mut many = Router::new(&rules, Arc::default(), 4, Some(64));
+        let got = routes(&mut many, &ev);
+        let kid = got.iter().find(|(_, _, k)| k.contains(&Field::Kid)).unwrap();
+        assert_eq!(kid.1, partition_for(b"k1", 64));
+        let iss = got.iter().find(|(_, _, k)| k.contains(&Field::Iss)).unwrap();
+        assert_eq!(iss.1, partition_for(b"https://idp", 64));
+        let fields: usize = got.iter().map(|(_, _, k)| k.len()).sum();
+        assert_eq!(fields, 4, "each field once: {got:?}");
+        let partitions: Vec<i32> = got.iter().filter(|r| r.0 == Internal::ByKey).map(|r| r.1).collect();
+        let mut distinct = partitions.clone();
+        distinct.dedup();
+        assert_eq!(partitions, distinct, "one record per partition, in partition order");
+    }
+
+    #[test]
+    fn a_use_without_a_value_is_not_routed_by_it() {
+        let rules = rules_keyed_by(&["kid", "client_ip"]);
+        let mut r = Router::new(&rules, Arc::default(), 4, Some(8));
+        // No token: no subject record and no kid record, but the client address routes it.
+        let got = routes(&mut r, &event(None));
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert_eq!(got[0].0, Internal::ByKey);
+        assert_eq!(got[0].2, [Field::ClientIp]);
+        // A token without kid, and no client address: the subject record only.
+        let bare = Event {
+            client_ip: None,
+            ..event(Some(TokenInfo::test_token("j", "bob")))
+        };
+        assert_eq!(
+            routes(&mut r, &bare),
+            [(Internal::Subject, partition_for(b"https://idp|bob", 4), vec![])]
+        );
+        // Without the by-key topic (created only at start), the fields are reported unserved.
+        let mut none = Router::new(&rules_keyed_by(&["token_id"]), Arc::default(), 4, None);
+        assert_eq!(none.set_rules(&rules), [Field::ClientIp, Field::Kid]);
+        assert_eq!(routes(&mut none, &event(None)), []);
     }
 
     #[test]
@@ -597,7 +886,7 @@ mod tests {
         let info = crate::token::decode(crate::token::RawToken::new(&raw), &[]).unwrap();
         assert!(!info.id_is_jti, "a token without jti is known by its hash");
         let ev = event(Some(info));
-        let buf = first_record(&ev);
+        let buf = first_record(&ev, &[]);
         let contains = |needle: &[u8]| buf.windows(needle.len()).any(|w| w == needle);
         for (i, segment) in raw.split('.').enumerate() {
             assert!(

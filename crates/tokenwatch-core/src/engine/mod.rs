@@ -112,6 +112,29 @@ struct Fired {
     not_before_ms: Option<i64>,
 }
 
+/// Which rules an event is for. One engine that sees all traffic (`replay`, `run --role
+/// local`) runs them all; when the work is split by key ([`crate::record`]), an engine of a
+/// subject partition runs the rules keyed by token id or subject (every event of their key
+/// reaches it), and an engine of a by-key partition runs, for each record, the rules keyed by
+/// the fields that routed that record there.
+#[derive(Debug, Clone, Copy)]
+pub enum Scope<'a> {
+    All,
+    Subject,
+    Keys(&'a [Field]),
+}
+
+impl Scope<'_> {
+    /// Whether a rule keyed by `key` runs in this scope.
+    pub fn admits(&self, key: &Field) -> bool {
+        match self {
+            Scope::All => true,
+            Scope::Subject => key.follows_subject(),
+            Scope::Keys(keys) => keys.contains(key),
+        }
+    }
+}
+
 pub struct Engine {
     cfg: EngineConfig,
     rules: Arc<RuleSet>,
@@ -321,6 +344,12 @@ impl Engine {
 
     /// Runs every rule that may match `ev` over it, appending decisions to `out`.
     pub fn process(&mut self, ev: &Event<'_>, out: &mut Vec<Decision>) {
+        self.process_in(ev, Scope::All, out);
+    }
+
+    /// [`Engine::process`] for the rules of `scope` only: an engine of one internal
+    /// partition when the work is split by key ([`crate::record`]).
+    pub fn process_in(&mut self, ev: &Event<'_>, scope: Scope<'_>, out: &mut Vec<Decision>) {
         let ts = ev.ts_ms;
         self.events += 1;
         let late = self.newest != i64::MIN && ts < self.newest - self.cfg.lateness_ms;
@@ -364,6 +393,9 @@ impl Engine {
             candidates[t / 64] |= 1 << (t % 64);
         }
         for i in index::ones(&candidates) {
+            if !scope.admits(&rules.rules[i].key) {
+                continue;
+            }
             out.extend(self.step(i, &rules.rules[i], &cx, late, traced == Some(i), &mut memo));
         }
         self.candidates = candidates;

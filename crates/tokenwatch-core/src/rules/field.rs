@@ -231,6 +231,14 @@ impl Field {
         }
     }
 
+    /// Whether every event with one value of this field has one subject (`iss`, `sub`): a
+    /// token has one subject, so partitioning the work by subject gives a rule keyed by
+    /// token id or subject every event of its key ([`crate::record`]). Not `iss` (many
+    /// subjects share an issuer) nor `sub` (one `sub` under several issuers).
+    pub fn follows_subject(&self) -> bool {
+        matches!(self, Field::TokenId | Field::Subject)
+    }
+
     /// The field's value in an event; `Val::Missing` when the event has none.
     pub fn get<'e>(&self, cx: &'e Ctx<'e>) -> Val<'e> {
         let ev = cx.ev;
