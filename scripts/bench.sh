@@ -63,17 +63,19 @@ log() { echo "bench: $*" >&2; }
 
 log "building release (binary and bench helpers)"
 cargo build --release --bin tokenwatch --benches --message-format=json 2>/dev/null >"$WORK/build.json"
+# $1: target name, $2: its kind (bin, bench): `--benches` also builds the library's and the
+# binary's own bench harnesses, executables named like the binary (test profile).
 exe() { python3 -c "
 import json,sys
 for l in open('$WORK/build.json'):
     m=json.loads(l)
-    if m.get('reason')=='compiler-artifact' and m['target']['name']=='$1' and m.get('executable'):
+    if m.get('reason')=='compiler-artifact' and m['target']['name']=='$1' and '$2' in m['target']['kind'] and m.get('executable') and ('$2'=='bench' or not m['profile']['test']):
         print(m['executable'])" | tail -1; }
-TW=$(exe tokenwatch) # honours CARGO_TARGET_DIR
-PLAIN=$(exe plain_loop)
-MEMORY=$(exe memory)
-ALLOC=$(exe alloc)
-E2E=$(exe e2e)
+TW=$(exe tokenwatch bin) # honours CARGO_TARGET_DIR
+PLAIN=$(exe plain_loop bench)
+MEMORY=$(exe memory bench)
+ALLOC=$(exe alloc bench)
+E2E=$(exe e2e bench)
 CORES=$(nproc)
 
 ROWS=()
@@ -298,10 +300,14 @@ else
     kill $twpid 2>/dev/null || true
     echo "$rate"
   }
+  bare=$("$E2E" consume "$B" backlog "$RUN_EVENTS" 2>/dev/null)
+  log "a bare consumer read the backlog at $bare/s"
+  row "bare librdkafka consumer, tansu, $(fmt "$RUN_EVENTS") pre-produced (messages/s; the broker's ceiling for run here)" \
+    "$(fmt "$bare")" "e2e consume B backlog $RUN_EVENTS"
   drained=$(drain_run backlog bench rules)
   log "run drained the backlog at $drained/s"
-  row "run, tansu → engine → redis-server, both cores, $(fmt "$RUN_EVENTS") pre-produced (events/s)" \
-    "$(fmt "$drained")" "TOKENWATCH_BATCH__MAX_MESSAGES=5000 TOKENWATCH_BATCH__MAX_WAIT=5ms tokenwatch run --brokers B --topic backlog --group bench --redis R --alerts none --rules rules --geoip $GEO; e2e drain PORT $RUN_EVENTS"
+  row "run, tansu → engine → redis-server, both cores, $(fmt "$RUN_EVENTS") pre-produced (events/s; ratio to the bare consumer)" \
+    "$(fmt "$drained") ($(ratio "$drained" "$bare")x)" "TOKENWATCH_BATCH__MAX_MESSAGES=5000 TOKENWATCH_BATCH__MAX_WAIT=5ms tokenwatch run --brokers B --topic backlog --group bench --redis R --alerts none --rules rules --geoip $GEO; e2e drain PORT $RUN_EVENTS"
   # The same backlog, read again by a new group, with checkpoints off: what they cost.
   nockpt=$(drain_run backlog bench-no-checkpoints rules TOKENWATCH_ENGINE__CHECKPOINT_INTERVAL=0)
   log "run without checkpoints drained the backlog at $nockpt/s"
@@ -312,11 +318,13 @@ else
   # the plain parse-and-decode loop on one core over the same lines.
   "$E2E" produce "$B" backlog6 "$WORK/backlog.log" 6 >/dev/null 2>&1
   plain6=$(taskset -c 0 "$PLAIN" "$WORK/backlog.log" 2>/dev/null)
+  bare6=$("$E2E" consume "$B" backlog6 "$RUN_EVENTS" 2>/dev/null)
+  log "a bare consumer read 6 partitions at $bare6/s"
   for role in local both; do
     split=$(drain_run backlog6 "bench-$role-6" rules TOKENWATCH_SHUFFLE__PARTITIONS=6 -- --role $role)
     log "run --role $role drained 6 partitions at $split/s (plain loop, one core: $plain6/s)"
-    row "run --role $role, 6 gateway partitions keyed at random, $(fmt "$RUN_EVENTS") pre-produced (events/s; **ratio** to the plain loop on one core)" \
-      "$(fmt "$split") ($(ratio "$split" "$plain6")x of $(fmt "$plain6"))" \
+    row "run --role $role, 6 gateway partitions keyed at random, $(fmt "$RUN_EVENTS") pre-produced (events/s; **ratio** to the plain loop on one core; to a bare consumer)" \
+      "$(fmt "$split") ($(ratio "$split" "$plain6")x of $(fmt "$plain6"); $(ratio "$split" "$bare6")x of $(fmt "$bare6"))" \
       "TOKENWATCH_SHUFFLE__PARTITIONS=6 TOKENWATCH_BATCH__MAX_MESSAGES=5000 TOKENWATCH_BATCH__MAX_WAIT=5ms tokenwatch run --role $role --topic backlog6 ...; e2e drain PORT $RUN_EVENTS; taskset -c 0 plain_loop backlog.log"
     [ $role = local ] && LOCAL6=$split
   done
