@@ -187,6 +187,8 @@ pub(super) struct Ingest {
     /// A random id per process, in watermark records.
     id: u64,
     read: HashMap<(String, i32), Read>,
+    /// The rebalance count `read` follows ([`kafka::Assigned::epoch`]).
+    rebalances: u64,
     decoding: Decoding,
     buf: Vec<u8>,
     /// Idleness counts time spent reading only: waiting for the broker's acknowledgements
@@ -204,6 +206,7 @@ impl Ingest {
             p,
             id: tokenwatch_core::engine::snapshot::random_seeds()[1],
             read: HashMap::new(),
+            rebalances: u64::MAX,
             decoding,
             buf: Vec::new(),
             clock: ReadingClock::new(),
@@ -257,6 +260,7 @@ impl Ingest {
     async fn fill(&mut self, stop: &mut Shutdown) -> usize {
         let start = Instant::now();
         let mut n = 0;
+        note_unread(&self.p.assigned, &mut self.read);
         loop {
             let wait = if n == 0 {
                 Duration::from_millis(250)
@@ -277,7 +281,7 @@ impl Ingest {
                 }
                 publish_watermarks(&mut self.read, &mut self.buf, &self.p.out, self.id, now, timeout);
             }
-            if follow_assignment(&self.p.assigned, &mut self.read, self.clock.now()) {
+            if follow_assignment(&self.p.assigned, &mut self.read, &mut self.rebalances, self.clock.now()) {
                 // Before any record of the batch: every detect task learns of every gateway
                 // partition read here, and waits for it until it delivers or goes idle. The
                 // lines read so far go out first: a watermark follows the records it covers.
@@ -313,7 +317,8 @@ impl Ingest {
     fn publish_watermarks(&mut self) {
         // Only for partitions still assigned here: a revoked one is its next owner's to speak
         // for (a word from here, "idle" say, would let the detect stage run on without it).
-        follow_assignment(&self.p.assigned, &mut self.read, self.clock.now());
+        follow_assignment(&self.p.assigned, &mut self.read, &mut self.rebalances, self.clock.now());
+        note_unread(&self.p.assigned, &mut self.read);
         let (now, timeout) = (self.clock.now(), self.p.idle_timeout);
         publish_watermarks(&mut self.read, &mut self.buf, &self.p.out, self.id, now, timeout);
     }
@@ -381,19 +386,25 @@ impl Ingest {
     }
 }
 
-/// Follows the assignment: forgets revoked partitions, even those assigned again since (their
-/// owner reads on from the committed offset), and starts tracking assigned ones. Whether one
-/// was added.
-fn follow_assignment(assigned: &kafka::Assignment, read: &mut HashMap<(String, i32), Read>, now: Instant) -> bool {
+/// Follows the assignment when a rebalance happened since `seen`: forgets revoked partitions,
+/// even those assigned again since (their owner reads on from the committed offset), and
+/// starts tracking assigned ones. Whether one was added.
+fn follow_assignment(
+    assigned: &kafka::Assignment,
+    read: &mut HashMap<(String, i32), Read>,
+    seen: &mut u64,
+    now: Instant,
+) -> bool {
     let Ok(mut a) = assigned.lock() else { return false };
-    let (revoked, _) = a.take_revoked();
+    if a.epoch() == *seen {
+        return false;
+    }
+    let (revoked, epoch) = a.take_revoked();
+    *seen = epoch;
     for k in &revoked {
         read.remove(k);
     }
     read.retain(|k, _| a.now.contains(k));
-    for (k, r) in read.iter_mut() {
-        r.unread = a.unread(k);
-    }
     let mut added = false;
     for k in &a.now {
         if !read.contains_key(k) {
@@ -404,6 +415,15 @@ fn follow_assignment(assigned: &kafka::Assignment, read: &mut HashMap<(String, i
         }
     }
     added
+}
+
+/// Takes librdkafka's latest word on the messages of each partition not read yet (its
+/// statistics come every few hundred milliseconds: once per batch is often enough).
+fn note_unread(assigned: &kafka::Assignment, read: &mut HashMap<(String, i32), Read>) {
+    let Ok(a) = assigned.lock() else { return };
+    for (k, r) in read.iter_mut() {
+        r.unread = a.unread(k);
+    }
 }
 
 /// Watermark records, to every internal partition, for each gateway partition not announced
