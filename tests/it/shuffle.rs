@@ -20,7 +20,7 @@ use crate::common::{
     fixture, gen_pipeline_config, generated_attacks, pipeline_with, pipeline_with_rules, replay_lines_through,
     replay_lines_with,
 };
-use tokenwatch_core::pipeline::{Pipeline, PipelineConfig};
+use tokenwatch_core::pipeline::{DecodedBatch, Pipeline, PipelineConfig};
 use tokenwatch_core::record::{self, EventRecord, Internal, Origin, Record, Router};
 
 const SEED: u64 = 12;
@@ -60,31 +60,34 @@ fn ingest(mut p: Pipeline, lines: &[String], at: Layout) -> Topics {
         by_key: vec![Vec::new(); at.by_key as usize],
     };
     let mut offsets = vec![0i64; at.gateway as usize];
-    let mut buf = Vec::new();
+    let mut batch = DecodedBatch::new();
+    let mut from = Vec::with_capacity(lines.len());
     for (i, line) in lines.iter().enumerate() {
         let partition = ((i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 33) as i32 % at.gateway;
-        let offset = offsets[partition as usize];
+        from.push((partition, offsets[partition as usize]));
         offsets[partition as usize] += 1;
-        let Some(held) = p.hold_line(line.as_bytes()) else {
-            continue;
-        };
-        p.held_uses(&held, |use_index, ev, tie| {
-            let origin = Origin {
-                topic: 7,
-                partition,
-                offset,
-                line: 1,
-                use_index,
-            };
-            router.route(ev, origin, tie, &mut buf, |to, k, bytes| {
-                let topic = match to {
-                    Internal::Subject => &mut out.subject,
-                    Internal::ByKey => &mut out.by_key,
-                };
-                topic[k as usize].push(bytes.to_vec());
-            });
-        });
+        batch.lines_mut().push(line.as_bytes());
     }
+    // The ingest stage's path: a decoded batch, then each line's uses in line order.
+    p.decode_batch(&mut batch);
+    let mut buf = Vec::new();
+    p.batch_uses(&batch, |i, use_index, ev, tie| {
+        let (partition, offset) = from[i];
+        let origin = Origin {
+            topic: 7,
+            partition,
+            offset,
+            line: 1,
+            use_index,
+        };
+        router.route(ev, origin, tie, &mut buf, |to, k, bytes| {
+            let topic = match to {
+                Internal::Subject => &mut out.subject,
+                Internal::ByKey => &mut out.by_key,
+            };
+            topic[k as usize].push(bytes.to_vec());
+        });
+    });
     out
 }
 

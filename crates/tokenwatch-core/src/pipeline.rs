@@ -675,18 +675,6 @@ impl Pipeline {
         }
     }
 
-    /// [`Pipeline::batch_uses`] for one line of [`Pipeline::hold_line`].
-    pub fn held_uses(&mut self, line: &HeldLine, mut emit: impl FnMut(u8, &Event<'_>, u64)) {
-        // A line from `hold_line` owns its bytes (only `replay`'s batches point into theirs).
-        let bytes = line.bytes(&[]);
-        self.account(&line.ev, bytes);
-        let tie = line.tie();
-        for (use_index, ev) in uses(&line.ev, bytes) {
-            self.observe_use(&ev);
-            emit(use_index, &ev, tie);
-        }
-    }
-
     /// Runs the engine over a use of a token that the ingest stage decoded
     /// ([`crate::record`]), for the rules its partition serves ([`EventRecord::scope`]); the
     /// line itself was counted there.
