@@ -36,14 +36,6 @@ fn settle(tw: &mut Tokenwatch) {
     }
 }
 
-fn alert_lines(tw: &Tokenwatch) -> Vec<String> {
-    std::fs::read_to_string(&tw.alerts)
-        .unwrap_or_default()
-        .lines()
-        .map(String::from)
-        .collect()
-}
-
 /// Three runs over a log produced in three parts: the first two are SIGKILLed halfway through
 /// their part, the last stops on SIGTERM once everything is read.
 fn three_runs_with_two_kills(checkpoint_interval: &str) -> (Vec<String>, Vec<String>, Vec<(String, String)>) {
@@ -74,7 +66,7 @@ fn three_runs_with_two_kills(checkpoint_interval: &str) -> (Vec<String>, Vec<Str
             tw.signal("TERM");
             assert_eq!(tw.wait_exit(30).code(), Some(0), "{}", tw.stderr());
         }
-        got.extend(alert_lines(&tw));
+        got.extend(tw.alert_lines());
     }
     let stream = common::stream_entries(&mut redis.conn(), "tokenwatch:revocations");
     (want, got, stream)
@@ -139,7 +131,7 @@ fn redis_stalled_then_restarted_decides_what_replay_decides() {
     settle(&mut tw);
     tw.signal("TERM");
     assert_eq!(tw.wait_exit(30).code(), Some(0), "{}", tw.stderr());
-    let got = alert_lines(&tw);
+    let got = tw.alert_lines();
     assert_eq!(got.len(), want.len(), "as many decisions as replay");
     assert!(got == want, "the same decisions as replay, in the same order");
     let stream = common::stream_entries(&mut redis.conn(), "tokenwatch:revocations");

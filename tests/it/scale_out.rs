@@ -87,7 +87,7 @@ impl Group {
         let mut m = self.members[i].take().expect("a running member");
         m.signal("KILL");
         m.wait_exit(20);
-        self.killed.extend(alerts(&m));
+        self.killed.extend(m.alert_lines());
     }
 
     /// Produces the next `n` lines, keyed at random.
@@ -162,7 +162,7 @@ impl Group {
         let live = |g: &Group| -> Vec<String> {
             let mut all = g.killed.clone();
             for m in g.members.iter().flatten() {
-                all.extend(alerts(m));
+                all.extend(m.alert_lines());
             }
             all
         };
@@ -222,15 +222,6 @@ impl Group {
             &self.want,
         );
     }
-}
-
-/// The alert lines a member wrote.
-fn alerts(m: &Tokenwatch) -> Vec<String> {
-    std::fs::read_to_string(&m.alerts)
-        .unwrap_or_default()
-        .lines()
-        .map(String::from)
-        .collect()
 }
 
 /// What `want` has that `got` has not, and what `got` has beyond `want` (as multisets).

@@ -150,6 +150,15 @@ impl Tokenwatch {
     pub fn stderr(&self) -> String {
         std::fs::read_to_string(&self.stderr).unwrap_or_default()
     }
+
+    /// The alert lines written so far (none before the file exists).
+    pub fn alert_lines(&self) -> Vec<String> {
+        std::fs::read_to_string(&self.alerts)
+            .unwrap_or_default()
+            .lines()
+            .map(String::from)
+            .collect()
+    }
 }
 
 impl Drop for Tokenwatch {
