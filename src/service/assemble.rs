@@ -264,7 +264,7 @@ async fn internal_topics(cfg: &ServiceConfig, rules: &RuleSet) -> Result<ingest:
     let client = producer_config(cfg);
     let events = shuffle::ensure_topic(&client, &cfg.shuffle, &cfg.shuffle.events_topic).await?;
     tracing::info!(topic = %cfg.shuffle.events_topic, partitions = events, "internal topic");
-    let by_key_fields = Router::by_key_fields(rules);
+    let by_key_fields = Router::by_key_fields(rules, &cfg.pipeline.posture);
     let by_key = if by_key_fields.is_empty() {
         None
     } else {
@@ -276,14 +276,16 @@ async fn internal_topics(cfg: &ServiceConfig, rules: &RuleSet) -> Result<ingest:
     Ok(ingest::Partitions { events, by_key })
 }
 
-/// The settings of one detect task's engine: `[engine] state_bytes` and `max_keys_per_rule`
-/// bound the process, and one instance may hold every internal partition's engine, so each
-/// gets its share.
+/// The settings of one detect task's engine: `[engine] state_bytes`, `max_keys_per_rule` and
+/// `token_cache_bytes` (its decoded tokens: [`tokenwatch_core::record::TokenMemo`]) bound the
+/// process, and one instance may hold every internal partition's engine, so each gets its
+/// share.
 fn per_partition(cfg: &PipelineConfig, partitions: i32) -> PipelineConfig {
     let mut cfg = cfg.clone();
     let n = usize::try_from(partitions).unwrap_or(1).max(1);
     cfg.engine.state_bytes = (cfg.engine.state_bytes / n).max(1);
     cfg.engine.max_keys_per_rule = (cfg.engine.max_keys_per_rule / n).max(1);
+    cfg.token_cache_bytes = (cfg.token_cache_bytes / n).max(1);
     cfg
 }
 
@@ -538,6 +540,7 @@ mod tests {
         assert!(one.engine.state_bytes * 12 <= cfg.engine.state_bytes);
         assert!(one.engine.state_bytes * 12 > cfg.engine.state_bytes - 12);
         assert_eq!(one.engine.max_keys_per_rule, cfg.engine.max_keys_per_rule / 12);
+        assert_eq!(one.token_cache_bytes, cfg.token_cache_bytes / 12);
         assert_eq!(per_partition(&cfg, 1).engine.state_bytes, cfg.engine.state_bytes);
     }
 }

@@ -40,7 +40,7 @@ use crate::source::kafka;
 use tokenwatch_core::decision::Decision;
 use tokenwatch_core::eventtime::{EventTimeConfig, PartitionMark, Sequencer};
 use tokenwatch_core::pipeline::{Pipeline, PipelineConfig};
-use tokenwatch_core::record::{self, EventRecord, Record};
+use tokenwatch_core::record::{self, EventRecord, Record, TokenMemo};
 use tokenwatch_core::rules::RuleSet;
 
 /// How often the loop reads re-arm requests from Redis.
@@ -88,6 +88,32 @@ struct Task {
     last: HashMap<(u32, i32), (i64, u32, u8)>,
     checkpoint: Option<CheckpointStore>,
     checkpointed: Option<Instant>,
+    /// The tokens of its records, each decoded once.
+    tokens: TokenMemo,
+    /// Each gateway partition's source in `order` (a task never drops one).
+    sources: HashMap<(u32, i32), usize>,
+}
+
+/// What became of the records of a batch, by `tokenwatch_shuffle_consumed_total`'s `result`.
+#[derive(Default)]
+struct Taken([u64; 4]);
+
+impl Taken {
+    const RESULTS: [&'static str; 4] = ["refused", "watermark", "duplicate", "event"];
+
+    fn count(&mut self, result: &'static str) {
+        if let Some(i) = Self::RESULTS.iter().position(|r| *r == result) {
+            self.0[i] += 1;
+        }
+    }
+
+    fn publish(&self, metrics: &Metrics) {
+        for (result, n) in Self::RESULTS.iter().zip(self.0) {
+            if n > 0 {
+                metrics.shuffle_consumed.with_label_values(&[result]).inc_by(n);
+            }
+        }
+    }
 }
 
 impl Task {
@@ -97,23 +123,31 @@ impl Task {
         self.held.keys().next().copied().or(self.next)
     }
 
-    /// Takes one record read at internal offset `internal`.
-    fn take(&mut self, internal: i64, payload: &[u8], now: Instant, metrics: &Metrics) {
+    /// Takes one record read at internal offset `internal`; says what became of it.
+    fn take(&mut self, internal: i64, payload: &[u8], now: Instant) -> &'static str {
         self.next = Some(internal + 1);
-        let result = match record::decode(payload) {
+        match record::decode_with(payload, Some(&mut self.tokens)) {
             Err(e) => {
                 tracing::warn!(offset = internal, error = %e, "internal record refused");
                 "refused"
             }
             Ok(Record::Watermark(w)) => {
-                let src = self.order.assign(&source_name(w.topic), w.partition, now);
+                let src = self.source(w.topic, w.partition, now);
                 self.order.advance(src, w.ts_ms, now);
                 self.order.declare(src, w.idle);
                 "watermark"
             }
             Ok(Record::Event(r)) => self.hold(internal, r, now),
-        };
-        metrics.shuffle_consumed.with_label_values(&[result]).inc();
+        }
+    }
+
+    /// The source of gateway partition (`topic`, `partition`) in the sequencer.
+    fn source(&mut self, topic: u32, partition: i32, now: Instant) -> usize {
+        let order = &mut self.order;
+        *self
+            .sources
+            .entry((topic, partition))
+            .or_insert_with(|| order.assign(&source_name(topic), partition, now))
     }
 
     fn hold(&mut self, internal: i64, r: EventRecord, now: Instant) -> &'static str {
@@ -124,7 +158,7 @@ impl Task {
             return "duplicate";
         }
         *last = at;
-        let src = self.order.assign(&source_name(o.topic), o.partition, now);
+        let src = self.source(o.topic, o.partition, now);
         let line = o.line.saturating_mul(2) + u32::from(o.use_index);
         if self.order.restored(src, o.offset, line) {
             return "duplicate";
@@ -335,6 +369,8 @@ impl Detect {
             last: HashMap::new(),
             checkpoint,
             checkpointed: None,
+            tokens: TokenMemo::new(self.p.pipeline.token_cache_bytes),
+            sources: HashMap::new(),
         })
     }
 
@@ -342,6 +378,7 @@ impl Detect {
     async fn fill(&mut self, stop: &mut Shutdown) -> usize {
         let start = Instant::now();
         let mut n = 0;
+        let mut taken = Taken::default();
         loop {
             let wait = if n == 0 {
                 Duration::from_millis(250)
@@ -349,24 +386,21 @@ impl Detect {
                 self.p.limits.wait.saturating_sub(start.elapsed())
             };
             let Some(m) = next_message(&self.p.source, wait, stop).await else {
-                return n;
+                break;
             };
             // A message of a partition whose task is not started (assigned in this poll) is
             // read again after its seek.
             let topic = self.p.topics.iter().position(|t| t == m.topic());
             if let Some(t) = topic.and_then(|i| self.tasks.get_mut(&(i, m.partition()))) {
-                t.take(
-                    m.offset(),
-                    m.payload().unwrap_or_default(),
-                    self.clock.now(),
-                    &self.p.metrics,
-                );
+                taken.count(t.take(m.offset(), m.payload().unwrap_or_default(), self.clock.now()));
             }
             n += 1;
             if n >= self.p.limits.max || start.elapsed() >= self.p.limits.wait {
-                return n;
+                break;
             }
         }
+        taken.publish(&self.p.metrics);
+        n
     }
 
     /// Step 2: every task applies the records whose turn has come.

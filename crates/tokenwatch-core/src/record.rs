@@ -35,7 +35,7 @@ use crate::engine::Scope;
 use crate::input::{Event, GeoPoint, Scheme};
 use crate::posture::Posture;
 use crate::rules::{Ctx, Field, RuleSet, Val};
-use crate::token::{ClaimValue, TokenInfo};
+use crate::token::{ClaimValue, IdMap, TokenHasher, TokenInfo};
 
 /// The record format this build writes and reads (2: event records name their routing
 /// fields).
@@ -207,11 +207,13 @@ impl Router {
         r
     }
 
-    /// The key fields of `rules` that need `{prefix}events-by-key`, in name order.
-    pub fn by_key_fields(rules: &RuleSet) -> Vec<Field> {
+    /// The key fields of `rules` that need `{prefix}events-by-key` under `posture`, in name
+    /// order: those of the rules that [`may_fire`] (a field whose rules cannot would have
+    /// every use of its values written and read a second time for nothing).
+    pub fn by_key_fields(rules: &RuleSet, posture: &Posture) -> Vec<Field> {
         let mut fields: Vec<Field> = Vec::new();
         for r in &rules.rules {
-            if !r.key.follows_subject() && !fields.contains(&r.key) {
+            if !r.key.follows_subject() && !fields.contains(&r.key) && may_fire(r, posture) {
                 fields.push(r.key.clone());
             }
         }
@@ -222,7 +224,7 @@ impl Router {
     /// Follows a rule reload. Returns the fields that need the by-key topic when there is
     /// none (their rules get no events until a restart creates it).
     pub fn set_rules(&mut self, rules: &RuleSet) -> Vec<Field> {
-        let fields = Self::by_key_fields(rules);
+        let fields = Self::by_key_fields(rules, &self.posture);
         if self.by_key_partitions.is_none() {
             self.by_key.clear();
             return fields;
@@ -282,6 +284,20 @@ impl Router {
             send(Internal::ByKey, group[0].0, buf);
         }
     }
+}
+
+/// Whether `rule` can match any event under `posture`. tokenwatch ages the signing keys of
+/// configured issuers only (`[verify] issuers`): with none configured, `key_age` and
+/// `key_stale` are absent from every event, and a condition on them that fails on an absent
+/// value (the default rules' `stale-signing-key` has `key_stale: true`) never holds.
+fn may_fire(rule: &crate::rules::Rule, posture: &Posture) -> bool {
+    let ages_keys = posture.issuer_configured(None).is_some();
+    ages_keys
+        || !rule
+            .filter
+            .conds
+            .iter()
+            .any(|c| matches!(c.field, Field::KeyAge | Field::KeyStale) && !c.holds_for(Val::Missing))
 }
 
 /// The bytes whose murmur2 routes a use by `field`: a function of the field's value, so that
@@ -415,8 +431,76 @@ pub fn encode_watermark(w: &Watermark, out: &mut Vec<u8>) {
     e.u8(u8::from(w.idle));
 }
 
+/// The tokens of the records a detect task read lately, each decoded once. A token is used by
+/// many requests, and each of its records carries its claims again: decoding them anew for
+/// every record (a dozen allocations) was the detect stage's largest cost. The token's part of
+/// a record is its last, and the same bytes for every use of one token, so those bytes are the
+/// key, compared whole (never a hash alone: the claims are the sender's text). Bounded like
+/// the ingest stage's token cache: when the entries' estimated heap passes the budget, it
+/// starts over.
+pub struct TokenMemo {
+    hasher: TokenHasher,
+    map: IdMap<(Box<[u8]>, Arc<TokenInfo>)>,
+    bytes: usize,
+    budget_bytes: usize,
+}
+
+impl TokenMemo {
+    /// A memo holding about `budget_bytes` of heap at most.
+    pub fn new(budget_bytes: usize) -> Self {
+        TokenMemo {
+            hasher: TokenHasher::new(),
+            map: IdMap::default(),
+            bytes: 0,
+            budget_bytes,
+        }
+    }
+
+    /// How many tokens it holds.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// The token whose record part starts `d` (the rest of the record), decoded or recalled.
+    fn token(&mut self, d: &mut Dec<'_>) -> Result<Arc<TokenInfo>, SnapshotError> {
+        let part = d.rest();
+        let h = self.hasher.hash(part);
+        if let Some((bytes, t)) = self.map.get(&h) {
+            if **bytes == *part {
+                d.take(part.len())?;
+                return Ok(t.clone());
+            }
+        }
+        let t = Arc::new(get_token(d)?);
+        // Estimated: the key, the decoded strings (about the part's length again) and a
+        // dozen allocations' overhead.
+        let cost = 2 * part.len() + 256;
+        if self.bytes + cost > self.budget_bytes {
+            self.map.clear();
+            self.bytes = 0;
+        }
+        // (Bytes after the token make the record malformed: nothing to remember.)
+        if cost <= self.budget_bytes && d.done() {
+            self.bytes += cost;
+            if let Some((old, _)) = self.map.insert(h, (part.into(), t.clone())) {
+                self.bytes -= 2 * old.len() + 256;
+            }
+        }
+        Ok(t)
+    }
+}
+
 /// Reads a record; all of it or an error.
 pub fn decode(bytes: &[u8]) -> Result<Record, RecordError> {
+    decode_with(bytes, None)
+}
+
+/// [`decode`], recalling the record's token from `memo` when it was decoded before.
+pub fn decode_with(bytes: &[u8], memo: Option<&mut TokenMemo>) -> Result<Record, RecordError> {
     let (&format, rest) = bytes.split_first().ok_or(RecordError::Empty)?;
     if format != FORMAT {
         return Err(RecordError::Format(format));
@@ -424,7 +508,7 @@ pub fn decode(bytes: &[u8]) -> Result<Record, RecordError> {
     let (&kind, body) = rest.split_first().ok_or(RecordError::Empty)?;
     let mut d = Dec::new(body);
     let record = match kind {
-        KIND_EVENT => Record::Event(get_event(&mut d)?),
+        KIND_EVENT => Record::Event(get_event(&mut d, memo)?),
         KIND_WATERMARK => Record::Watermark(Watermark {
             producer: d.u64()?,
             topic: get_topic(&mut d)?,
@@ -444,7 +528,7 @@ pub fn decode(bytes: &[u8]) -> Result<Record, RecordError> {
     Ok(record)
 }
 
-fn get_event(d: &mut Dec<'_>) -> Result<EventRecord, SnapshotError> {
+fn get_event(d: &mut Dec<'_>, memo: Option<&mut TokenMemo>) -> Result<EventRecord, SnapshotError> {
     let origin = Origin {
         topic: get_topic(d)?,
         partition: get_i32(d)?,
@@ -476,10 +560,10 @@ fn get_event(d: &mut Dec<'_>) -> Result<EventRecord, SnapshotError> {
     } else {
         None
     };
-    let token = if flags & 4 != 0 {
-        Some(Arc::new(get_token(d)?))
-    } else {
-        None
+    let token = match (flags & 4 != 0, memo) {
+        (false, _) => None,
+        (true, Some(memo)) => Some(memo.token(d)?),
+        (true, None) => Some(Arc::new(get_token(d)?)),
     };
     let scheme = match flags >> 6 {
         0 => None,
@@ -739,6 +823,58 @@ mod tests {
         assert_eq!(round_trip(&bare).event().status, None);
     }
 
+    fn memo_event(bytes: &[u8], memo: &mut TokenMemo) -> EventRecord {
+        match decode_with(bytes, Some(memo)) {
+            Ok(Record::Event(r)) => r,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_token_is_decoded_once_and_recalled_only_for_the_same_bytes() {
+        let mut memo = TokenMemo::new(1 << 20);
+        let alice = first_record(&event(Some(full_token())), &[]);
+        let first = memo_event(&alice, &mut memo);
+        let again = memo_event(&alice, &mut memo);
+        assert!(Arc::ptr_eq(
+            first.token.as_ref().unwrap(),
+            again.token.as_ref().unwrap()
+        ));
+        let Ok(Record::Event(plain)) = decode(&alice) else {
+            panic!("not an event")
+        };
+        assert_eq!(first, plain, "as decoded without the memo");
+        // Another token of the same length: its own claims, never the first's.
+        let other = TokenInfo {
+            token_id: "jti-2".into(),
+            ..full_token()
+        };
+        let r = memo_event(&first_record(&event(Some(other.clone())), &[]), &mut memo);
+        assert_eq!(*r.token.unwrap(), other);
+        assert_eq!(memo.len(), 2);
+        // A damaged record is refused, as without the memo, and not remembered.
+        let mut longer = alice.clone();
+        longer.push(0);
+        assert!(decode_with(&longer, Some(&mut memo)).is_err());
+        assert_eq!(memo.len(), 2);
+    }
+
+    #[test]
+    fn the_token_memo_stays_within_its_budget() {
+        let budget = 4096;
+        let mut memo = TokenMemo::new(budget);
+        for i in 0..200 {
+            let t = TokenInfo {
+                token_id: format!("jti-{i}").into(),
+                ..full_token()
+            };
+            let r = memo_event(&first_record(&event(Some(t.clone())), &[]), &mut memo);
+            assert_eq!(*r.token.unwrap(), t);
+            assert!(memo.bytes <= budget, "{} bytes", memo.bytes);
+        }
+        assert!(!memo.is_empty() && memo.len() < 200, "{} tokens", memo.len());
+    }
+
     #[test]
     fn partitions_are_kafkas_murmur2() {
         // Kafka's UtilsTest vectors for murmur2 (signed 32-bit in Java).
@@ -822,11 +958,11 @@ mod tests {
     fn token_id_and_subject_go_by_subject_every_other_key_by_its_value() {
         let rules = rules_keyed_by(&["token_id", "subject", "kid", "iss", "client_ip", "network"]);
         assert_eq!(
-            Router::by_key_fields(&rules),
+            Router::by_key_fields(&rules, &Posture::default()),
             [Field::ClientIp, Field::Iss, Field::Kid, Field::Network],
             "in name order"
         );
-        assert!(Router::by_key_fields(&rules_keyed_by(&["token_id", "subject"])).is_empty());
+        assert!(Router::by_key_fields(&rules_keyed_by(&["token_id", "subject"]), &Posture::default()).is_empty());
         // One partition: every by-key field lands in it, in one record naming them all.
         let mut one = Router::new(&rules, Arc::default(), 4, Some(1));
         let ev = event(Some(full_token()));
@@ -834,7 +970,7 @@ mod tests {
             routes(&mut one, &ev),
             [
                 (Internal::Subject, partition_for(b"https://idp|alice", 4), vec![]),
-                (Internal::ByKey, 0, Router::by_key_fields(&rules)),
+                (Internal::ByKey, 0, Router::by_key_fields(&rules, &Posture::default())),
             ]
         );
         // Many partitions: each field's record goes to the partition of its value.
@@ -850,6 +986,26 @@ mod tests {
         let mut distinct = partitions.clone();
         distinct.dedup();
         assert_eq!(partitions, distinct, "one record per partition, in partition order");
+    }
+
+    #[test]
+    fn a_rule_on_key_age_needs_no_by_key_topic_while_no_issuer_is_configured() {
+        let text = "rules:\n  - {id: stale, description: d, severity: low, action: alert, kind: match, key: kid, where: {key_stale: true}}\n  - {id: young, description: d, severity: low, action: alert, kind: match, key: iss, where: {key_age: {exists: false}}}\n";
+        let rules = RuleSet {
+            rules: crate::rules::load_str(std::path::Path::new("t.yaml"), text).unwrap(),
+            files: 1,
+        };
+        // `young` holds where `key_age` is absent: it may fire, `stale` may not.
+        assert_eq!(Router::by_key_fields(&rules, &Posture::default()), [Field::Iss]);
+        let mut r = Router::new(&rules, Arc::default(), 4, Some(8));
+        let got = routes(&mut r, &event(Some(full_token())));
+        assert_eq!(got.iter().filter(|g| g.2.contains(&Field::Kid)).count(), 0, "{got:?}");
+        // With an issuer configured, keys are aged and `stale` may fire.
+        let configured = Posture::new(vec!["https://idp".into()], vec![], vec![], vec![], 1000);
+        assert_eq!(Router::by_key_fields(&rules, &configured), [Field::Iss, Field::Kid]);
+        let mut r = Router::new(&rules, Arc::new(configured), 4, Some(8));
+        let got = routes(&mut r, &event(Some(full_token())));
+        assert_eq!(got.iter().filter(|g| g.2.contains(&Field::Kid)).count(), 1, "{got:?}");
     }
 
     #[test]

@@ -543,7 +543,7 @@ impl Default for TokenHasher {
 
 /// The cache's keys are already keyed hashes: use their bits as they are.
 #[derive(Default)]
-struct U128Id(u64);
+pub(crate) struct U128Id(u64);
 
 impl std::hash::Hasher for U128Id {
     fn finish(&self) -> u64 {
@@ -559,7 +559,8 @@ impl std::hash::Hasher for U128Id {
     }
 }
 
-type IdMap<V> = HashMap<u128, V, std::hash::BuildHasherDefault<U128Id>>;
+/// A map keyed by [`TokenHasher`] hashes.
+pub(crate) type IdMap<V> = HashMap<u128, V, std::hash::BuildHasherDefault<U128Id>>;
 
 /// Decodes (and, with a [`Verifier`], verifies) each distinct token once. Bounded in bytes:
 /// when the heap it holds (entries, their strings, the tables; [`TokenCache::heap_bytes`])

@@ -160,6 +160,10 @@ impl<'a> Dec<'a> {
     pub fn done(&self) -> bool {
         self.pos == self.buf.len()
     }
+    /// The bytes not read yet, left unread.
+    pub fn rest(&self) -> &'a [u8] {
+        &self.buf[self.pos..]
+    }
     pub fn invalid(&self, what: &'static str) -> SnapshotError {
         SnapshotError::Invalid { at: self.pos, what }
     }
