@@ -330,6 +330,15 @@ else
   done
   row "**ratio** --role both / --role local on one instance (what the internal topic costs)" \
     "$(ratio "$split" "$LOCAL6")x" "(the two rows above)"
+  # With rules keyed by kid, iss, client_ip and network added: every use is also written to
+  # and read from {prefix}events-by-key, once per by-key partition it goes to.
+  mkdir -p "$WORK/rules-by-key"
+  cp rules/*.yaml tests/fixtures/rules-by-key/*.yaml "$WORK/rules-by-key/"
+  rm -f "$WORK"/rules-by-key/*.test.yaml
+  bykey=$(drain_run backlog6 bench-both-by-key-6 "$WORK/rules-by-key" TOKENWATCH_SHUFFLE__PARTITIONS=6 -- --role both)
+  log "run --role both with the by-key rules drained 6 partitions at $bykey/s"
+  row "run --role both as above, with the 4 rules of tests/fixtures/rules-by-key added (both internal topics; events/s; ratio to --role both without them)" \
+    "$(fmt "$bykey") ($(ratio "$bykey" "$split")x)" "the row above with --rules DIR (rules/ and tests/fixtures/rules-by-key/) --group bench-both-by-key-6"
   # The same backlog, read again by a new group, with more rules.
   for r in $RULE_COUNTS; do
     [ "$r" = 8 ] && continue

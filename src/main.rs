@@ -43,6 +43,9 @@ enum Cmd {
     /// Show tokenwatch at work on generated traffic with the default rules.
     Demo(DemoArgs),
     /// Run the service: Kafka in, revocations to Redis, metrics on HTTP.
+    // A flag given again overrides the earlier one, so that a wrapper's command line can be
+    // extended (a manifest's args plus an operator's override).
+    #[command(args_override_self = true)]
     Run(RunFlags),
     /// Undo revocations in Redis: delete the blocklist keys, tell the feed's followers.
     Unrevoke(UnrevokeArgs),

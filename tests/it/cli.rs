@@ -203,6 +203,23 @@ fn help_lists_the_formats_and_log_formats() {
     );
 }
 
+/// `tokenwatch run` with a broker, topic and Redis, and `args`.
+fn run_with(args: &[&str]) -> Output {
+    let mut all = vec!["run", "--brokers", "b:9092", "--topic", "t", "--redis", "redis://r"];
+    all.extend(args);
+    tokenwatch(&all)
+}
+
+/// `run`'s command line can be extended: a flag given again overrides the earlier one (the
+/// second `--metrics-addr` is the one refused).
+#[test]
+fn a_run_flag_given_twice_takes_the_last() {
+    let out = run_with(&["--metrics-addr", "127.0.0.1:0", "--metrics-addr", "nowhere"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(err.contains("`nowhere` is not an address"), "{err}");
+}
+
 /// Exit status 2: what must be fixed before anything runs, named where it was set (the flag,
 /// the variable); status 1 is for failures at run time and for findings (`validate`).
 #[test]
@@ -215,17 +232,7 @@ fn configuration_mistakes_exit_2_naming_the_flag_or_the_variable() {
         text(&out.stderr)
     );
 
-    let out = tokenwatch(&[
-        "run",
-        "--brokers",
-        "b:9092",
-        "--topic",
-        "t",
-        "--redis",
-        "redis://r",
-        "--metrics-addr",
-        "nowhere",
-    ]);
+    let out = run_with(&["--metrics-addr", "nowhere"]);
     assert_eq!(out.status.code(), Some(2));
     let err = text(&out.stderr);
     assert!(

@@ -39,6 +39,21 @@ pub fn pipeline_with_rules(dir: &Path, cfg: PipelineConfig) -> Pipeline {
     Pipeline::new(rules, Some(geo()), cfg).unwrap()
 }
 
+/// The default rules and those of tests/fixtures/rules-by-key (keyed by `kid`, `iss`,
+/// `client_ip` and `network`: they need `{prefix}events-by-key`), in one directory.
+pub fn rules_with_by_key() -> tempfile::TempDir {
+    let rules = tempfile::tempdir().unwrap();
+    for dir in [root().join("rules"), fixture("rules-by-key")] {
+        for f in std::fs::read_dir(dir).unwrap() {
+            let path = f.unwrap().path();
+            if !tokenwatch_core::rules::load::is_rule_test(&path) {
+                std::fs::copy(&path, rules.path().join(path.file_name().unwrap())).unwrap();
+            }
+        }
+    }
+    rules
+}
+
 /// Runs a file through a pipeline, returning the decisions.
 pub fn run_file(p: &mut Pipeline, path: &Path) -> Vec<Decision> {
     let text = std::fs::read(path).unwrap();

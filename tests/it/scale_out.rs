@@ -3,6 +3,10 @@
 //! of instances, whichever joins late or is SIGKILLed mid-stream, together they decide what
 //! `replay` of the same lines decides, and write each revocation to the feed once.
 //!
+//! The split test adds the rules of tests/fixtures/rules-by-key (keyed by `kid`, `iss`,
+//! `client_ip`, `network`), so that `{prefix}events-by-key` carries records: the default rules
+//! need it only when issuers are configured.
+//!
 //! The log is generated attacks over 6 partitions keyed at random, half of it a backlog and
 //! half produced live while instances come and go. An instance killed with SIGKILL may have
 //! written alerts for records whose offsets it had not committed yet; whoever takes its
@@ -35,16 +39,26 @@ struct Group {
     killed: Vec<String>,
     /// Lines produced so far (the backlog, then live chunks).
     produced: usize,
+    /// `--rules` of every instance, when not the default rules.
+    rules: Option<tempfile::TempDir>,
 }
 
 impl Group {
     fn new(lines: usize) -> Group {
+        Self::with_rules(lines, None)
+    }
+
+    /// A group whose instances (and the replay they are checked against) run `rules`.
+    fn with_rules(lines: usize, rules: Option<tempfile::TempDir>) -> Group {
         let (tansu, brokers) = tansu();
         create_topic(&client(&brokers, &[]), "logs", GATEWAY_PARTITIONS);
         let lines = common::generated_attacks(SEED, lines as u64);
         let mut cfg = common::gen_pipeline_config(SEED);
         cfg.engine.aggregate_window_ms = 0;
-        let want = common::replay_lines_with(&lines, cfg);
+        let want = match &rules {
+            None => common::replay_lines_with(&lines, cfg),
+            Some(dir) => common::replay_lines_through(&lines, common::pipeline_with_rules(dir.path(), cfg)),
+        };
         assert!(want.len() > 20, "the log has attacks: {}", want.len());
         Group {
             _tansu: tansu,
@@ -55,13 +69,17 @@ impl Group {
             members: Vec::new(),
             killed: Vec::new(),
             produced: 0,
+            rules,
         }
     }
 
     /// Starts an instance with `--role role`; returns its index in `members`.
     fn start(&mut self, role: &str) -> usize {
         let jwks = common::gen_jwks_file(SEED);
-        let args = ["--role", role, "--jwks", jwks.to_str().unwrap()];
+        let mut args = vec!["--role", role, "--jwks", jwks.to_str().unwrap()];
+        if let Some(dir) = &self.rules {
+            args.extend(["--rules", dir.path().to_str().unwrap()]);
+        }
         let env = [
             // Two decoding threads, as on the 2-core machines this runs on by default.
             ("TOKENWATCH_SHUFFLE__DECODE_THREADS", "2"),
@@ -287,7 +305,14 @@ fn three_instances_one_killed_one_late_decide_what_replay_decides() {
 
 #[test]
 fn one_ingest_and_two_detect_instances_one_killed_decide_what_replay_decides() {
-    let mut g = Group::new(10_000);
+    // With rules keyed by `kid`, `iss`, `client_ip` and `network`: both internal topics.
+    let mut g = Group::with_rules(10_000, Some(common::rules_with_by_key()));
+    let by_key = ["ip-many-subjects", "iss-unverified", "kid-volume", "network-rejections"];
+    let decided: Vec<&str> = by_key
+        .into_iter()
+        .filter(|r| g.want.iter().any(|d| d.contains(&format!("\"rule\":\"{r}\""))))
+        .collect();
+    assert!(decided.len() >= 2, "rules of the by-key topic decide: {decided:?}");
     g.produce(3_000);
     let i = g.start("ingest");
     let d1 = g.start("detect");

@@ -1373,15 +1373,7 @@ async fn backlog_split_by_key(decode_threads: usize) {
     // The mock cluster has no CreateTopics: the internal topics are made here.
     setup.mock.create_topic("split.events", 4, 1).unwrap();
     setup.mock.create_topic("split.events-by-key", 3, 1).unwrap();
-    let rules = tempfile::tempdir().unwrap();
-    for dir in [common::root().join("rules"), common::fixture("rules-by-key")] {
-        for f in std::fs::read_dir(dir).unwrap() {
-            let path = f.unwrap().path();
-            if !tokenwatch_core::rules::load::is_rule_test(&path) {
-                std::fs::copy(&path, rules.path().join(path.file_name().unwrap())).unwrap();
-            }
-        }
-    }
+    let rules = common::rules_with_by_key();
     let lines = common::generated_attacks(10, 12_000);
     let mut cfg = common::gen_pipeline_config(10);
     cfg.engine.aggregate_window_ms = 0;
