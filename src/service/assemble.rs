@@ -322,7 +322,7 @@ fn ingest(
         assigned,
         out: ingest::Out {
             pipeline,
-            producer,
+            sender: ingest::Sender::new(producer),
             shuffle: cfg.shuffle.clone(),
             partitions,
             decode_threads: cfg.shuffle.decode_threads,

@@ -9,10 +9,13 @@
 //! 2. [`Ingest::publish_watermarks`]: for every gateway partition read further, a watermark
 //!    record to every partition of both internal topics (after the records it covers: one
 //!    producer keeps their order);
-//! 3. [`Ingest::flush`]: wait until the broker acknowledged every record of the batch;
-//! 4. [`Ingest::commit`]: only then store and commit the gateway offsets; and pause the
-//!    gateway partitions that run more than `max_skew` ahead of the slowest this instance
-//!    reads, so that the detect stage's event-time buffer stays small during a backlog.
+//! 3. [`Ingest::settle`]: store and commit the gateway offsets of each batch whose records
+//!    the broker acknowledged, with every earlier batch's; the next batches are read
+//!    meanwhile (up to [`MAX_PENDING_BATCHES`] wait for their acknowledgements: waiting for
+//!    each batch's before reading on left both the broker and this stage idle half the time);
+//! 4. pause the gateway partitions that run more than `max_skew` ahead of the slowest this
+//!    instance reads, so that the detect stage's event-time buffer stays small during a
+//!    backlog.
 //!
 //! The producer is idempotent with librdkafka's gapless guarantee: records of one gateway
 //! partition reach each internal partition once, in order, or the producer fails and this
@@ -41,22 +44,126 @@ use tokenwatch_core::pipeline::{DecodedBatch, ParallelDecode, Pipeline};
 use tokenwatch_core::record::{self, Internal, Origin, Router, Watermark};
 use tokenwatch_core::rules::Field;
 
-/// Counts failed deliveries; the first failure's text is kept for the error.
+/// Counts the acknowledgements of each batch's records (the record's opaque is its batch);
+/// the first failure's text is kept for the error.
 #[derive(Default)]
 pub(super) struct Deliveries {
     failed: Mutex<Option<String>>,
+    acked: Mutex<HashMap<u64, u64>>,
 }
 
 impl ClientContext for Deliveries {}
 
 impl ProducerContext for Deliveries {
-    type DeliveryOpaque = ();
-    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+    type DeliveryOpaque = usize;
+    fn delivery(&self, result: &DeliveryResult<'_>, batch: usize) {
         if let Err((e, _)) = result {
             if let Ok(mut f) = self.failed.lock() {
                 f.get_or_insert_with(|| e.to_string());
             }
         }
+        if let Ok(mut a) = self.acked.lock() {
+            *a.entry(batch as u64).or_default() += 1;
+        }
+    }
+}
+
+/// Batches read on while earlier ones wait for the broker's acknowledgements.
+pub(super) const MAX_PENDING_BATCHES: usize = 4;
+
+/// A batch sent, waiting for its acknowledgements before its gateway offsets are committed.
+struct Pending {
+    batch: u64,
+    sent: u64,
+    /// The offset after the last message read of each gateway partition, at its end.
+    offsets: Vec<(String, i32, i64)>,
+}
+
+/// The internal topics' producer, with what the current batch sent.
+pub(super) struct Sender {
+    producer: Arc<RecordProducer>,
+    batch: u64,
+    sent: u64,
+    /// Records sent in this batch, by `tokenwatch_shuffle_produced_total`'s `kind`.
+    kinds: [u64; 3],
+}
+
+impl Sender {
+    pub(super) fn new(producer: Arc<RecordProducer>) -> Self {
+        Sender {
+            producer,
+            batch: 0,
+            sent: 0,
+            kinds: [0; 3],
+        }
+    }
+
+    const KINDS: [&'static str; 3] = ["event", "event_by_key", "watermark"];
+
+    /// Sends one record of kind `kind` (an index in [`Self::KINDS`]), waiting for room when
+    /// librdkafka's queue is full.
+    fn send(&mut self, topic: &str, partition: i32, payload: &[u8], kind: usize) {
+        self.sent += 1;
+        self.kinds[kind] += 1;
+        let opaque = self.batch as usize;
+        let mut record = BaseRecord::<(), [u8], usize>::with_opaque_to(topic, opaque)
+            .partition(partition)
+            .payload(payload);
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => return,
+                Err((
+                    rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull),
+                    r,
+                )) => {
+                    record = r;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err((e, _)) => {
+                    // Not retriable (a record too large, an unknown partition): counted as a
+                    // failed delivery, which stops the stage before it commits.
+                    if let Ok(mut f) = self.producer.context().failed.lock() {
+                        f.get_or_insert_with(|| e.to_string());
+                    }
+                    if let Ok(mut a) = self.producer.context().acked.lock() {
+                        *a.entry(self.batch).or_default() += 1;
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Ends the current batch: publishes its counts, and says what it sent.
+    fn end_batch(&mut self, metrics: &Metrics) -> (u64, u64) {
+        for (kind, n) in Self::KINDS.iter().zip(self.kinds) {
+            if n > 0 {
+                metrics.shuffle_produced.with_label_values(&[kind]).inc_by(n);
+            }
+        }
+        let ended = (self.batch, self.sent);
+        self.batch += 1;
+        self.sent = 0;
+        self.kinds = [0; 3];
+        ended
+    }
+
+    /// Whether every record of `batch` (which sent `sent`) is acknowledged; forgets its count
+    /// when it is.
+    fn acknowledged(&self, batch: u64, sent: u64) -> bool {
+        let Ok(mut acked) = self.producer.context().acked.lock() else {
+            return false;
+        };
+        let done = acked.get(&batch).copied().unwrap_or(0) >= sent;
+        if done {
+            acked.remove(&batch);
+        }
+        done
+    }
+
+    /// The first failed delivery, if any.
+    fn failed(&self) -> Option<String> {
+        self.producer.context().failed.lock().ok().and_then(|f| f.clone())
     }
 }
 
@@ -140,7 +247,7 @@ pub(super) struct Parts {
 /// What turns lines into records on the internal topics.
 pub(super) struct Out {
     pub(super) pipeline: Pipeline,
-    pub(super) producer: Arc<RecordProducer>,
+    pub(super) sender: Sender,
     pub(super) shuffle: ShuffleConfig,
     /// The internal topics' partition counts (the by-key topic's when it exists).
     pub(super) partitions: Partitions,
@@ -161,12 +268,6 @@ pub(super) struct Partitions {
 }
 
 impl Out {
-    /// Each internal topic with its partition count.
-    fn topics(&self) -> impl Iterator<Item = (&str, i32)> {
-        let by_key = self.partitions.by_key.map(|n| (self.shuffle.by_key_topic.as_str(), n));
-        std::iter::once((self.shuffle.events_topic.as_str(), self.partitions.events)).chain(by_key)
-    }
-
     /// Follows a rule reload: the decoder's claims and the routing.
     fn replace_rules(&mut self, set: Arc<tokenwatch_core::rules::RuleSet>) {
         let unserved = self.router.set_rules(&set);
@@ -190,6 +291,8 @@ pub(super) struct Ingest {
     /// The rebalance count `read` follows ([`kafka::Assigned::epoch`]).
     rebalances: u64,
     decoding: Decoding,
+    /// Batches sent whose offsets wait for the broker's acknowledgements, oldest first.
+    pending: VecDeque<Pending>,
     buf: Vec<u8>,
     /// Idleness counts time spent reading only: waiting for the broker's acknowledgements
     /// (or a stalled broker) idles no partition.
@@ -208,6 +311,7 @@ impl Ingest {
             read: HashMap::new(),
             rebalances: u64::MAX,
             decoding,
+            pending: VecDeque::new(),
             buf: Vec::new(),
             clock: ReadingClock::new(),
             sync: MetricSync::default(),
@@ -222,7 +326,7 @@ impl Ingest {
 
     /// Runs batches until shutdown is asked or a record cannot be delivered.
     pub(super) async fn run(mut self, stop: &mut Shutdown) -> Result<(), ServiceError> {
-        let outcome = loop {
+        let mut outcome = loop {
             if stop.asked() {
                 break Ok(());
             }
@@ -241,17 +345,19 @@ impl Ingest {
             let n = self.fill(stop).await;
             self.clock.pause();
             self.publish_watermarks();
-            if let Err(e) = self.flush(stop).await {
-                break Err(e);
+            let (batch, sent) = self.p.out.sender.end_batch(&self.p.out.metrics);
+            if n > 0 || sent > 0 {
+                let offsets = self.offsets();
+                self.pending.push_back(Pending { batch, sent, offsets });
             }
-            if n > 0 {
-                self.commit(CommitMode::Async);
+            if let Err(e) = self.settle(MAX_PENDING_BATCHES, stop).await {
+                break Err(e);
             }
             self.align();
             self.sync.sync(&self.p.out.pipeline, &self.p.out.metrics);
         };
         if outcome.is_ok() {
-            self.commit(CommitMode::Sync);
+            outcome = self.settle(0, stop).await;
         }
         outcome
     }
@@ -279,7 +385,7 @@ impl Ingest {
                 for r in self.read.values_mut().filter(|r| r.idle(now, timeout)) {
                     r.last_active = now;
                 }
-                publish_watermarks(&mut self.read, &mut self.buf, &self.p.out, self.id, now, timeout);
+                publish_watermarks(&mut self.read, &mut self.buf, &mut self.p.out, self.id, now, timeout);
             }
             if follow_assignment(&self.p.assigned, &mut self.read, &mut self.rebalances, self.clock.now()) {
                 // Before any record of the batch: every detect task learns of every gateway
@@ -287,7 +393,7 @@ impl Ingest {
                 // lines read so far go out first: a watermark follows the records it covers.
                 self.decoding.drain(&mut self.p.out, &mut self.buf, &mut self.read);
                 let (now, timeout) = (self.clock.now(), self.p.idle_timeout);
-                publish_watermarks(&mut self.read, &mut self.buf, &self.p.out, self.id, now, timeout);
+                publish_watermarks(&mut self.read, &mut self.buf, &mut self.p.out, self.id, now, timeout);
             }
             let at = Origin {
                 topic: record::topic_id(m.topic()),
@@ -320,33 +426,56 @@ impl Ingest {
         follow_assignment(&self.p.assigned, &mut self.read, &mut self.rebalances, self.clock.now());
         note_unread(&self.p.assigned, &mut self.read);
         let (now, timeout) = (self.clock.now(), self.p.idle_timeout);
-        publish_watermarks(&mut self.read, &mut self.buf, &self.p.out, self.id, now, timeout);
+        publish_watermarks(&mut self.read, &mut self.buf, &mut self.p.out, self.id, now, timeout);
     }
 
-    /// Step 3: waits until every record sent is acknowledged; a refused record stops the stage.
-    async fn flush(&mut self, stop: &mut Shutdown) -> Result<(), ServiceError> {
-        while self.p.out.producer.in_flight_count() > 0 {
+    /// The offset after the last message read of each gateway partition assigned here.
+    fn offsets(&self) -> Vec<(String, i32, i64)> {
+        self.read
+            .iter()
+            .filter_map(|((t, p), r)| Some((t.clone(), *p, r.next?)))
+            .collect()
+    }
+
+    /// Step 3: commits the gateway offsets of every batch acknowledged whole, oldest first,
+    /// waiting until at most `keep` batches are left unacknowledged; a refused record stops
+    /// the stage before it commits anything after it.
+    async fn settle(&mut self, keep: usize, stop: &mut Shutdown) -> Result<(), ServiceError> {
+        let mut done = None;
+        loop {
+            if let Some(reason) = self.p.out.sender.failed() {
+                return Err(ServiceError::Shuffle(ShuffleError::Delivery {
+                    topic: self.p.out.shuffle.events_topic.clone(),
+                    reason,
+                }));
+            }
+            while let Some(b) = self.pending.front() {
+                if !self.p.out.sender.acknowledged(b.batch, b.sent) {
+                    break;
+                }
+                done = self.pending.pop_front();
+            }
+            if self.pending.len() <= keep {
+                break;
+            }
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_millis(1)) => {}
                 _ = stop.expired() => return Err(ServiceError::ShutdownTimeout),
             }
         }
-        let failed = self.p.out.producer.context().failed.lock().ok().and_then(|f| f.clone());
-        match failed {
-            Some(reason) => Err(ServiceError::Shuffle(ShuffleError::Delivery {
-                topic: self.p.out.shuffle.events_topic.clone(),
-                reason,
-            })),
-            None => Ok(()),
+        if let Some(b) = done {
+            self.commit(&b.offsets, if keep == 0 { CommitMode::Sync } else { CommitMode::Async });
         }
+        Ok(())
     }
 
-    /// Step 4: stores and commits the gateway offsets of what was delivered.
-    fn commit(&mut self, mode: CommitMode) {
-        let safe: Vec<(&str, i32, i64)> = self
-            .read
+    /// Stores and commits `offsets` (of a batch delivered whole), for the partitions still
+    /// assigned here: a partition revoked meanwhile is its new owner's to commit.
+    fn commit(&mut self, offsets: &[(String, i32, i64)], mode: CommitMode) {
+        let safe: Vec<(&str, i32, i64)> = offsets
             .iter()
-            .filter_map(|((t, p), r)| Some((t.as_str(), *p, r.next?)))
+            .filter(|(t, p, _)| self.read.contains_key(&(t.clone(), *p)))
+            .map(|(t, p, o)| (t.as_str(), *p, *o))
             .collect();
         let stored = kafka::store(&self.p.source, &safe);
         if let Err(e) = stored.and_then(|_| kafka::commit(&self.p.source, mode)) {
@@ -435,7 +564,7 @@ fn note_unread(assigned: &kafka::Assignment, read: &mut HashMap<(String, i32), R
 fn publish_watermarks(
     read: &mut HashMap<(String, i32), Read>,
     buf: &mut Vec<u8>,
-    out: &Out,
+    out: &mut Out,
     producer: u64,
     now: Instant,
     idle_timeout: Duration,
@@ -462,16 +591,24 @@ fn publish_watermarks(
             idle,
         };
         record::encode_watermark(&w, buf);
-        for (name, partitions) in out.topics() {
-            for to in 0..partitions {
-                send(&out.producer, name, to, buf);
+        let Out {
+            sender,
+            shuffle,
+            partitions,
+            ..
+        } = &mut *out;
+        for (name, n) in topics(shuffle, *partitions) {
+            for to in 0..n {
+                sender.send(name, to, buf, 2);
             }
-            out.metrics
-                .shuffle_produced
-                .with_label_values(&["watermark"])
-                .inc_by(partitions as u64);
         }
     }
+}
+
+/// Each internal topic with its partition count.
+fn topics(shuffle: &ShuffleConfig, partitions: Partitions) -> impl Iterator<Item = (&str, i32)> {
+    let by_key = partitions.by_key.map(|n| (shuffle.by_key_topic.as_str(), n));
+    std::iter::once((shuffle.events_topic.as_str(), partitions.events)).chain(by_key)
 }
 
 /// Lines per decoding batch: large enough that handing a batch to a thread costs little per
@@ -601,10 +738,9 @@ impl Decoding {
     ) {
         let Out {
             pipeline,
-            producer,
+            sender,
             shuffle,
             router,
-            metrics,
             ..
         } = out;
         let newest = &mut self.newest;
@@ -621,8 +757,9 @@ impl Decoding {
             }
             // A use without a token goes by key only (no rule keyed by token or subject can
             // use it), and a use without a value for a key field not by that field.
-            router.route(ev, origin, tie, buf, |to, partition, bytes| {
-                send_record(producer, shuffle, metrics, to, partition, bytes);
+            router.route(ev, origin, tie, buf, |to, partition, bytes| match to {
+                Internal::Subject => sender.send(&shuffle.events_topic, partition, bytes, 0),
+                Internal::ByKey => sender.send(&shuffle.by_key_topic, partition, bytes, 1),
             });
         });
         for ((_, partition), r) in read.iter_mut() {
@@ -632,45 +769,6 @@ impl Decoding {
         }
         batch.clear();
         self.spare.push(batch);
-    }
-}
-
-/// Sends an event record to its internal topic's partition, counted by topic.
-fn send_record(
-    producer: &RecordProducer,
-    shuffle: &ShuffleConfig,
-    metrics: &Metrics,
-    to: Internal,
-    partition: i32,
-    bytes: &[u8],
-) {
-    let (topic, kind) = match to {
-        Internal::Subject => (&shuffle.events_topic, "event"),
-        Internal::ByKey => (&shuffle.by_key_topic, "event_by_key"),
-    };
-    send(producer, topic, partition, bytes);
-    metrics.shuffle_produced.with_label_values(&[kind]).inc();
-}
-
-/// Sends one record, waiting for room when librdkafka's queue is full.
-fn send(producer: &RecordProducer, topic: &str, partition: i32, payload: &[u8]) {
-    let mut record = BaseRecord::<(), [u8]>::to(topic).partition(partition).payload(payload);
-    loop {
-        match producer.send(record) {
-            Ok(()) => return,
-            Err((rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), r)) => {
-                record = r;
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            Err((e, _)) => {
-                // Not retriable (a record too large, an unknown partition): counted as a failed
-                // delivery, which stops the stage before it commits.
-                if let Ok(mut f) = producer.context().failed.lock() {
-                    f.get_or_insert_with(|| e.to_string());
-                }
-                return;
-            }
-        }
     }
 }
 
@@ -699,6 +797,50 @@ mod tests {
         assert!(
             read_before.idle(later, timeout),
             "read before, no statistics yet: the clock"
+        );
+    }
+
+    /// A batch's gateway offsets may be committed only once the broker acknowledged every
+    /// record of it: with the broker's answers slowed down, a batch just sent is not
+    /// acknowledged, and it is once they arrive; an earlier batch is not taken for a later.
+    #[test]
+    fn a_batch_is_acknowledged_only_once_all_its_records_are() {
+        let mock = rdkafka::mocking::MockCluster::new(1).unwrap();
+        mock.create_topic("internal", 2, 1).unwrap();
+        let mut client = rdkafka::ClientConfig::new();
+        client.set("bootstrap.servers", mock.bootstrap_servers());
+        let metrics = Metrics::new();
+        let mut s = Sender::new(producer(client, "internal").unwrap());
+        // Warm up: metadata and the idempotent producer's id, before the broker slows.
+        s.send("internal", 0, b"first", 0);
+        let warm = s.end_batch(&metrics);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !s.acknowledged(warm.0, warm.1) {
+            assert!(Instant::now() < deadline, "the first record is never acknowledged");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        mock.broker_round_trip_time(1, Duration::from_millis(500)).unwrap();
+        for i in 0..10 {
+            s.send("internal", i % 2, b"record", 0);
+        }
+        let (batch, sent) = s.end_batch(&metrics);
+        assert_eq!(sent, 10);
+        s.send("internal", 0, b"watermark", 2);
+        let next = s.end_batch(&metrics);
+        assert!(!s.acknowledged(batch, sent), "acknowledged before the broker answered");
+        while !s.acknowledged(batch, sent) {
+            assert!(Instant::now() < deadline, "never acknowledged");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        while !s.acknowledged(next.0, next.1) {
+            assert!(Instant::now() < deadline, "the next batch is never acknowledged");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(s.failed().is_none());
+        assert_eq!(
+            metrics.shuffle_produced.with_label_values(&["event"]).get(),
+            11,
+            "counted by kind, per batch"
         );
     }
 }
