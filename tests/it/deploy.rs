@@ -541,6 +541,14 @@ fn keda_scales_on_the_lag_of_the_groups_and_topics_tokenwatch_reads() {
         triggered, wanted,
         "the triggers should be the gateway topics in tokenwatch's group and the internal topic in the detect group"
     );
+    // The by-key topic exists only for rules that need it (none of the default ones): its
+    // trigger is a comment to uncomment, which must name the topic tokenwatch creates.
+    let text = std::fs::read_to_string(root().join(DIR).join("scaledobject.yaml")).unwrap();
+    assert!(
+        text.contains(&format!("#     topic: {}", cfg.shuffle.by_key_topic)),
+        "the commented by-key trigger names another topic than {}",
+        cfg.shuffle.by_key_topic
+    );
 
     let max: i32 = str_at(&scaled, "spec.maxReplicaCount").parse().unwrap();
     let min: i32 = str_at(&scaled, "spec.minReplicaCount").parse().unwrap();
