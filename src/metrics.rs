@@ -181,7 +181,7 @@ const CONSUMER_LAG: Def = (
 );
 const ASSIGNED_PARTITIONS: Def = (
     "tokenwatch_kafka_assigned_partitions",
-    "Partitions assigned to this instance.",
+    "Partitions assigned to this instance (with --role both, the gateway and internal topics' together).",
 );
 // The outputs: Redis, alerts, dead letters, checkpoints.
 const REVOCATIONS: Def = (

@@ -103,6 +103,8 @@ impl SourceError {
 pub struct SourceContext {
     metrics: Arc<Metrics>,
     assigned: Assignment,
+    /// This consumer's share of `tokenwatch_kafka_assigned_partitions`.
+    counted: AssignedCount,
     /// Where a restored checkpoint wants partitions to start, on their first assignment
     /// (instead of the group's committed offset).
     start_at: Mutex<HashMap<(String, i32), i64>>,
@@ -223,7 +225,21 @@ impl ConsumerContext for SourceContext {
             }
             Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
         }
-        self.metrics.assigned_partitions.set(a.now.len() as i64);
+        self.counted.set(&self.metrics.assigned_partitions, a.now.len());
+    }
+}
+
+/// One consumer's count in `tokenwatch_kafka_assigned_partitions`: with `--role both` an
+/// instance has two consumers (the gateway topics', the internal topics'), and the gauge is
+/// their sum, not whichever rebalanced last.
+#[derive(Default)]
+struct AssignedCount(std::sync::atomic::AtomicI64);
+
+impl AssignedCount {
+    fn set(&self, gauge: &prometheus::IntGauge, now: usize) {
+        let now = now as i64;
+        let before = self.0.swap(now, std::sync::atomic::Ordering::Relaxed);
+        gauge.add(now - before);
     }
 }
 
@@ -311,6 +327,7 @@ pub fn connect_paused(
     let ctx = SourceContext {
         metrics,
         assigned: assigned.clone(),
+        counted: AssignedCount::default(),
         start_at: Mutex::new(HashMap::new()),
         pause_on_assign: true,
     };
@@ -382,6 +399,7 @@ pub fn connect_at(
     let ctx = SourceContext {
         metrics,
         assigned: assigned.clone(),
+        counted: AssignedCount::default(),
         start_at: Mutex::new(start_at),
         pause_on_assign: false,
     };
@@ -460,6 +478,25 @@ mod tests {
             let created: Result<BaseConsumer, _> = base_config("127.0.0.1:1", "g", &extra).create();
             assert!(created.is_ok(), "{mechanism}: {:?}", created.err());
         }
+    }
+
+    /// Two consumers of one instance add up in the gauge; each rebalance changes only its own
+    /// share.
+    #[test]
+    fn the_assigned_gauge_sums_the_consumers_of_an_instance() {
+        let gauge = prometheus::IntGauge::new("g", "h").unwrap();
+        let (gateway, internal) = (AssignedCount::default(), AssignedCount::default());
+        gateway.set(&gauge, 3);
+        internal.set(&gauge, 2);
+        assert_eq!(gauge.get(), 5);
+        gateway.set(&gauge, 0);
+        assert_eq!(
+            gauge.get(),
+            2,
+            "the gateway topic revoked: the internal partitions stay"
+        );
+        internal.set(&gauge, 4);
+        assert_eq!(gauge.get(), 4);
     }
 
     /// A backlog must not stall on librdkafka's 1 s fetch backoff (BENCHMARKS.md), and the
