@@ -21,6 +21,33 @@ use tokio::net::TcpListener;
 
 use tokenwatch_core::posture::LIFETIME_BUCKETS;
 
+/// Increments of a labelled counter gathered over a batch and added once at its end: one
+/// labelled update per record (a hash and a lock) cost the loops more than the work counted.
+pub struct BatchCounts<const N: usize> {
+    labels: [&'static str; N],
+    counts: [u64; N],
+}
+
+impl<const N: usize> BatchCounts<N> {
+    pub const fn new(labels: [&'static str; N]) -> Self {
+        BatchCounts { labels, counts: [0; N] }
+    }
+
+    /// One more for the label at `i`.
+    pub fn add(&mut self, i: usize) {
+        self.counts[i] += 1;
+    }
+
+    /// Adds the counts to `counter` and starts over.
+    pub fn publish(&mut self, counter: &IntCounterVec) {
+        for (label, n) in self.labels.iter().zip(std::mem::replace(&mut self.counts, [0; N])) {
+            if n > 0 {
+                counter.with_label_values(&[label]).inc_by(n);
+            }
+        }
+    }
+}
+
 pub struct Metrics {
     pub registry: Registry,
     pub events: IntCounterVec,

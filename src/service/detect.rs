@@ -33,7 +33,7 @@ use super::feed::Undone;
 use super::retry::Shutdown;
 use super::{RunSummary, ServiceError};
 use crate::checkpoint::{Checkpoint, CheckpointStore, Saved, FORMAT_VERSION};
-use crate::metrics::Metrics;
+use crate::metrics::{BatchCounts, Metrics};
 use crate::sinks::alerts::AlertSink;
 use crate::sinks::RevocationStore;
 use crate::source::kafka;
@@ -94,26 +94,17 @@ struct Task {
     sources: HashMap<(u32, i32), usize>,
 }
 
-/// What became of the records of a batch, by `tokenwatch_shuffle_consumed_total`'s `result`.
-#[derive(Default)]
-struct Taken([u64; 4]);
+/// What became of a record, as `tokenwatch_shuffle_consumed_total`'s `result` says.
+#[derive(Clone, Copy)]
+enum Consumed {
+    Refused,
+    Watermark,
+    Duplicate,
+    Event,
+}
 
-impl Taken {
-    const RESULTS: [&'static str; 4] = ["refused", "watermark", "duplicate", "event"];
-
-    fn count(&mut self, result: &'static str) {
-        if let Some(i) = Self::RESULTS.iter().position(|r| *r == result) {
-            self.0[i] += 1;
-        }
-    }
-
-    fn publish(&self, metrics: &Metrics) {
-        for (result, n) in Self::RESULTS.iter().zip(self.0) {
-            if n > 0 {
-                metrics.shuffle_consumed.with_label_values(&[result]).inc_by(n);
-            }
-        }
-    }
+impl Consumed {
+    const LABELS: [&'static str; 4] = ["refused", "watermark", "duplicate", "event"];
 }
 
 impl Task {
@@ -124,18 +115,18 @@ impl Task {
     }
 
     /// Takes one record read at internal offset `internal`; says what became of it.
-    fn take(&mut self, internal: i64, payload: &[u8], now: Instant) -> &'static str {
+    fn take(&mut self, internal: i64, payload: &[u8], now: Instant) -> Consumed {
         self.next = Some(internal + 1);
         match record::decode_with(payload, Some(&mut self.tokens)) {
             Err(e) => {
                 tracing::warn!(offset = internal, error = %e, "internal record refused");
-                "refused"
+                Consumed::Refused
             }
             Ok(Record::Watermark(w)) => {
                 let src = self.source(w.topic, w.partition, now);
                 self.order.advance(src, w.ts_ms, now);
                 self.order.declare(src, w.idle);
-                "watermark"
+                Consumed::Watermark
             }
             Ok(Record::Event(r)) => self.hold(internal, r, now),
         }
@@ -150,25 +141,25 @@ impl Task {
             .or_insert_with(|| order.assign(&source_name(topic), partition, now))
     }
 
-    fn hold(&mut self, internal: i64, r: EventRecord, now: Instant) -> &'static str {
+    fn hold(&mut self, internal: i64, r: EventRecord, now: Instant) -> Consumed {
         let o = r.origin;
         let at = (o.offset, o.line, o.use_index);
         let last = self.last.entry((o.topic, o.partition)).or_insert((i64::MIN, 0, 0));
         if at <= *last {
-            return "duplicate";
+            return Consumed::Duplicate;
         }
         *last = at;
         let src = self.source(o.topic, o.partition, now);
         let line = o.line.saturating_mul(2) + u32::from(o.use_index);
         if self.order.restored(src, o.offset, line) {
-            return "duplicate";
+            return Consumed::Duplicate;
         }
         self.order.read(src, o.offset, now);
         let (ts, tie) = (r.ts_ms, r.tie);
         self.order
             .push(src, o.offset, line, ts, tie, Queued { internal, record: r }, now);
         *self.held.entry(internal).or_default() += 1;
-        "event"
+        Consumed::Event
     }
 
     /// Applies the records whose turn has come; returns how many.
@@ -378,7 +369,7 @@ impl Detect {
     async fn fill(&mut self, stop: &mut Shutdown) -> usize {
         let start = Instant::now();
         let mut n = 0;
-        let mut taken = Taken::default();
+        let mut taken = BatchCounts::new(Consumed::LABELS);
         loop {
             let wait = if n == 0 {
                 Duration::from_millis(250)
@@ -392,14 +383,15 @@ impl Detect {
             // read again after its seek.
             let topic = self.p.topics.iter().position(|t| t == m.topic());
             if let Some(t) = topic.and_then(|i| self.tasks.get_mut(&(i, m.partition()))) {
-                taken.count(t.take(m.offset(), m.payload().unwrap_or_default(), self.clock.now()));
+                let consumed = t.take(m.offset(), m.payload().unwrap_or_default(), self.clock.now());
+                taken.add(consumed as usize);
             }
             n += 1;
             if n >= self.p.limits.max || start.elapsed() >= self.p.limits.wait {
                 break;
             }
         }
-        taken.publish(&self.p.metrics);
+        taken.publish(&self.p.metrics.shuffle_consumed);
         n
     }
 

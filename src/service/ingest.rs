@@ -37,7 +37,7 @@ use super::metric_sync::MetricSync;
 use super::retry::Shutdown;
 use super::shuffle::{ShuffleConfig, ShuffleError};
 use super::ServiceError;
-use crate::metrics::Metrics;
+use crate::metrics::{BatchCounts, Metrics};
 use crate::source::kafka;
 use tokenwatch_core::input::lines::{Line, LineReader};
 use tokenwatch_core::pipeline::{DecodedBatch, ParallelDecode, Pipeline};
@@ -54,17 +54,26 @@ pub(super) struct Deliveries {
 
 impl ClientContext for Deliveries {}
 
-impl ProducerContext for Deliveries {
-    type DeliveryOpaque = usize;
-    fn delivery(&self, result: &DeliveryResult<'_>, batch: usize) {
-        if let Err((e, _)) = result {
+impl Deliveries {
+    /// The broker's (or librdkafka's) last word on one record of `batch`: delivered, or the
+    /// reason it never will be.
+    fn note(&self, batch: u64, failure: Option<String>) {
+        if let Some(reason) = failure {
             if let Ok(mut f) = self.failed.lock() {
-                f.get_or_insert_with(|| e.to_string());
+                f.get_or_insert(reason);
             }
         }
         if let Ok(mut a) = self.acked.lock() {
-            *a.entry(batch as u64).or_default() += 1;
+            *a.entry(batch).or_default() += 1;
         }
+    }
+}
+
+impl ProducerContext for Deliveries {
+    type DeliveryOpaque = usize;
+    fn delivery(&self, result: &DeliveryResult<'_>, batch: usize) {
+        let failure = result.as_ref().err().map(|(e, _)| e.to_string());
+        self.note(batch as u64, failure);
     }
 }
 
@@ -76,7 +85,19 @@ struct Pending {
     batch: u64,
     sent: u64,
     /// The offset after the last message read of each gateway partition, at its end.
-    offsets: Vec<(String, i32, i64)>,
+    offsets: Vec<((String, i32), i64)>,
+}
+
+/// A record's kind, as `tokenwatch_shuffle_produced_total`'s `kind` says.
+#[derive(Clone, Copy)]
+enum Produced {
+    Event,
+    EventByKey,
+    Watermark,
+}
+
+impl Produced {
+    const LABELS: [&'static str; 3] = ["event", "event_by_key", "watermark"];
 }
 
 /// The internal topics' producer, with what the current batch sent.
@@ -84,8 +105,7 @@ pub(super) struct Sender {
     producer: Arc<RecordProducer>,
     batch: u64,
     sent: u64,
-    /// Records sent in this batch, by `tokenwatch_shuffle_produced_total`'s `kind`.
-    kinds: [u64; 3],
+    kinds: BatchCounts<3>,
 }
 
 impl Sender {
@@ -94,17 +114,14 @@ impl Sender {
             producer,
             batch: 0,
             sent: 0,
-            kinds: [0; 3],
+            kinds: BatchCounts::new(Produced::LABELS),
         }
     }
 
-    const KINDS: [&'static str; 3] = ["event", "event_by_key", "watermark"];
-
-    /// Sends one record of kind `kind` (an index in [`Self::KINDS`]), waiting for room when
-    /// librdkafka's queue is full.
-    fn send(&mut self, topic: &str, partition: i32, payload: &[u8], kind: usize) {
+    /// Sends one record, waiting for room when librdkafka's queue is full.
+    fn send(&mut self, topic: &str, partition: i32, payload: &[u8], kind: Produced) {
         self.sent += 1;
-        self.kinds[kind] += 1;
+        self.kinds.add(kind as usize);
         let opaque = self.batch as usize;
         let mut record = BaseRecord::<(), [u8], usize>::with_opaque_to(topic, opaque)
             .partition(partition)
@@ -122,12 +139,7 @@ impl Sender {
                 Err((e, _)) => {
                     // Not retriable (a record too large, an unknown partition): counted as a
                     // failed delivery, which stops the stage before it commits.
-                    if let Ok(mut f) = self.producer.context().failed.lock() {
-                        f.get_or_insert_with(|| e.to_string());
-                    }
-                    if let Ok(mut a) = self.producer.context().acked.lock() {
-                        *a.entry(self.batch).or_default() += 1;
-                    }
+                    self.producer.context().note(self.batch, Some(e.to_string()));
                     return;
                 }
             }
@@ -136,15 +148,10 @@ impl Sender {
 
     /// Ends the current batch: publishes its counts, and says what it sent.
     fn end_batch(&mut self, metrics: &Metrics) -> (u64, u64) {
-        for (kind, n) in Self::KINDS.iter().zip(self.kinds) {
-            if n > 0 {
-                metrics.shuffle_produced.with_label_values(&[kind]).inc_by(n);
-            }
-        }
+        self.kinds.publish(&metrics.shuffle_produced);
         let ended = (self.batch, self.sent);
         self.batch += 1;
         self.sent = 0;
-        self.kinds = [0; 3];
         ended
     }
 
@@ -430,10 +437,10 @@ impl Ingest {
     }
 
     /// The offset after the last message read of each gateway partition assigned here.
-    fn offsets(&self) -> Vec<(String, i32, i64)> {
+    fn offsets(&self) -> Vec<((String, i32), i64)> {
         self.read
             .iter()
-            .filter_map(|((t, p), r)| Some((t.clone(), *p, r.next?)))
+            .filter_map(|(k, r)| Some((k.clone(), r.next?)))
             .collect()
     }
 
@@ -471,11 +478,11 @@ impl Ingest {
 
     /// Stores and commits `offsets` (of a batch delivered whole), for the partitions still
     /// assigned here: a partition revoked meanwhile is its new owner's to commit.
-    fn commit(&mut self, offsets: &[(String, i32, i64)], mode: CommitMode) {
+    fn commit(&mut self, offsets: &[((String, i32), i64)], mode: CommitMode) {
         let safe: Vec<(&str, i32, i64)> = offsets
             .iter()
-            .filter(|(t, p, _)| self.read.contains_key(&(t.clone(), *p)))
-            .map(|(t, p, o)| (t.as_str(), *p, *o))
+            .filter(|(k, _)| self.read.contains_key(k))
+            .map(|((t, p), o)| (t.as_str(), *p, *o))
             .collect();
         let stored = kafka::store(&self.p.source, &safe);
         if let Err(e) = stored.and_then(|_| kafka::commit(&self.p.source, mode)) {
@@ -599,7 +606,7 @@ fn publish_watermarks(
         } = &mut *out;
         for (name, n) in topics(shuffle, *partitions) {
             for to in 0..n {
-                sender.send(name, to, buf, 2);
+                sender.send(name, to, buf, Produced::Watermark);
             }
         }
     }
@@ -758,8 +765,8 @@ impl Decoding {
             // A use without a token goes by key only (no rule keyed by token or subject can
             // use it), and a use without a value for a key field not by that field.
             router.route(ev, origin, tie, buf, |to, partition, bytes| match to {
-                Internal::Subject => sender.send(&shuffle.events_topic, partition, bytes, 0),
-                Internal::ByKey => sender.send(&shuffle.by_key_topic, partition, bytes, 1),
+                Internal::Subject => sender.send(&shuffle.events_topic, partition, bytes, Produced::Event),
+                Internal::ByKey => sender.send(&shuffle.by_key_topic, partition, bytes, Produced::EventByKey),
             });
         });
         for ((_, partition), r) in read.iter_mut() {
@@ -812,7 +819,7 @@ mod tests {
         let metrics = Metrics::new();
         let mut s = Sender::new(producer(client, "internal").unwrap());
         // Warm up: metadata and the idempotent producer's id, before the broker slows.
-        s.send("internal", 0, b"first", 0);
+        s.send("internal", 0, b"first", Produced::Event);
         let warm = s.end_batch(&metrics);
         let deadline = Instant::now() + Duration::from_secs(20);
         while !s.acknowledged(warm.0, warm.1) {
@@ -821,11 +828,11 @@ mod tests {
         }
         mock.broker_round_trip_time(1, Duration::from_millis(500)).unwrap();
         for i in 0..10 {
-            s.send("internal", i % 2, b"record", 0);
+            s.send("internal", i % 2, b"record", Produced::Event);
         }
         let (batch, sent) = s.end_batch(&metrics);
         assert_eq!(sent, 10);
-        s.send("internal", 0, b"watermark", 2);
+        s.send("internal", 0, b"watermark", Produced::Watermark);
         let next = s.end_batch(&metrics);
         assert!(!s.acknowledged(batch, sent), "acknowledged before the broker answered");
         while !s.acknowledged(batch, sent) {
