@@ -291,7 +291,7 @@ impl Router {
 /// `key_stale` are absent from every event, and a condition on them that fails on an absent
 /// value (the default rules' `stale-signing-key` has `key_stale: true`) never holds.
 fn may_fire(rule: &crate::rules::Rule, posture: &Posture) -> bool {
-    let ages_keys = posture.issuer_configured(None).is_some();
+    let ages_keys = !posture.issuers.is_empty();
     ages_keys
         || !rule
             .filter
@@ -476,21 +476,25 @@ impl TokenMemo {
             }
         }
         let t = Arc::new(get_token(d)?);
-        // Estimated: the key, the decoded strings (about the part's length again) and a
-        // dozen allocations' overhead.
-        let cost = 2 * part.len() + 256;
-        if self.bytes + cost > self.budget_bytes {
-            self.map.clear();
-            self.bytes = 0;
-        }
         // (Bytes after the token make the record malformed: nothing to remember.)
-        if cost <= self.budget_bytes && d.done() {
+        let cost = Self::cost(part);
+        if d.done() && cost <= self.budget_bytes {
+            if self.bytes + cost > self.budget_bytes {
+                self.map.clear();
+                self.bytes = 0;
+            }
             self.bytes += cost;
             if let Some((old, _)) = self.map.insert(h, (part.into(), t.clone())) {
-                self.bytes -= 2 * old.len() + 256;
+                self.bytes -= Self::cost(&old);
             }
         }
         Ok(t)
+    }
+
+    /// An entry's heap, estimated: the key, the decoded strings (about the key's length
+    /// again) and a dozen allocations' overhead.
+    fn cost(part: &[u8]) -> usize {
+        2 * part.len() + 256
     }
 }
 
