@@ -23,20 +23,24 @@
 //! `{prefix}checkpoint:{group}:{instance}:{generation}:{i}` (chunks; heads written before
 //! fencing name `{prefix}checkpoint:{group}:{generation}:{i}`, still read).
 //!
-//! **Fencing.** Until issue 12 gives each internal partition a checkpoint of its own, the
-//! head is one per group, and two instances of one group would overwrite each other's state.
+//! **Fencing.** With `--role local` the head is one per group, and two instances of one
+//! group would overwrite each other's state (split by key, each internal partition has a
+//! checkpoint of its own, and the group's assignment makes its writer the only one).
 //! So the head names the instance that wrote it (a random id per process) and when; an
 //! instance that finds it written by another one less than 3 × `checkpoint_interval` ago
 //! leaves it alone, warns once and counts `tokenwatch_checkpoint_conflicts_total`. The head
 //! is switched by a compare-and-set script, so two instances never both take it; a checkpoint
 //! whose writer stopped is taken over after the 3 intervals.
 //!
-//! **Layout.** One engine per instance today, so one checkpoint per consumer group, holding a
-//! section per input partition (its offsets) and the engine's state. The state cannot be cut
-//! per input partition while one engine mixes all partitions' keys; with issue 12's
-//! repartitioning by key, each internal partition gets an engine of its own, and its
-//! checkpoint (this format, one engine and the offsets of the one partition it reads) moves
-//! with the partition: the head key gains the partition, `{prefix}checkpoint:{group}:{topic}:{partition}`.
+//! **Layout.** With `--role local`, one engine per instance, so one checkpoint per consumer
+//! group, holding a section per input partition (its offsets) and the engine's state (which
+//! cannot be cut per input partition: one engine mixes all partitions' keys). Split by key,
+//! each internal partition has an engine of its own, and its checkpoint (this format: one
+//! engine, the gateway partitions' marks and the internal partition's position) moves with the
+//! partition: `{prefix}checkpoint:{group}.detect:{topic}:{partition}`.
+//!
+//! **Beside the loop.** The loop takes the snapshot; encoding and the Redis writes run in a
+//! task ([`Writer`]), so the loop reads on meanwhile.
 //!
 //! **Versions and damage.** The bytes open with a magic, a format version and a SHA-256 of
 //! the rest. Format 1 (before revocation budgets were kept) is read, its rules' budgets
@@ -46,16 +50,18 @@
 //! checkpoint. Rules whose definition changed since start empty; the others keep their state
 //! ([`tokenwatch_core::engine::snapshot`]).
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
+use tokio::task::JoinHandle;
 
 use crate::metrics::Metrics;
 use crate::source::kafka::PartitionOffsets;
 use tokenwatch_core::engine::Engine;
 use tokenwatch_core::eventtime::Sequencer;
 
-use crate::sinks::redis::{RedisOpError, RevocationWriter};
+use crate::sinks::redis::{RedisHandle, RedisOpError};
 use tokenwatch_core::engine::snapshot::{Dec, Enc, SnapshotError, StateFormat};
 
 /// The first bytes of every checkpoint.
@@ -176,7 +182,6 @@ impl Checkpoint {
 /// The checkpoint's keys in Redis, the generation last written, and this instance's id.
 pub struct CheckpointStore {
     head: String,
-    group: String,
     /// Random per process: the head names who wrote it, and chunk keys carry it, so two
     /// instances never write the same chunk key.
     instance: String,
@@ -247,7 +252,6 @@ impl CheckpointStore {
     pub fn new(prefix: &str, group: &str) -> Self {
         CheckpointStore {
             head: format!("{prefix}checkpoint:{group}"),
-            group: group.to_string(),
             instance: format!("{:016x}", tokenwatch_core::engine::snapshot::random_seeds()[0]),
             generation: 0,
             mine: None,
@@ -271,7 +275,7 @@ impl CheckpointStore {
         }
     }
 
-    async fn read_head(&self, redis: &mut RevocationWriter) -> Result<Option<(String, Head)>, StoreError> {
+    async fn read_head(&self, redis: &mut RedisHandle) -> Result<Option<(String, Head)>, StoreError> {
         let text: Option<String> = redis.query(redis::cmd("GET").arg(&self.head)).await?;
         let Some(text) = text else { return Ok(None) };
         match Head::parse(&text) {
@@ -284,7 +288,7 @@ impl CheckpointStore {
     }
 
     /// The stored checkpoint's bytes, `None` when there is none.
-    pub async fn load(&mut self, redis: &mut RevocationWriter) -> Result<Option<Vec<u8>>, StoreError> {
+    pub async fn load(&mut self, redis: &mut RedisHandle) -> Result<Option<Vec<u8>>, StoreError> {
         let Some((_, head)) = self.read_head(redis).await? else {
             return Ok(None);
         };
@@ -313,7 +317,7 @@ impl CheckpointStore {
     /// the head is written as if long ago, so that the next instance takes it at once.
     pub async fn save(
         &mut self,
-        redis: &mut RevocationWriter,
+        redis: &mut RedisHandle,
         bytes: &[u8],
         now_ms: i64,
         fence: Duration,
@@ -363,7 +367,7 @@ impl CheckpointStore {
     }
 
     /// Sets the head to `new` if it still reads `expected` ("" for none), atomically.
-    async fn switch_head(&self, redis: &mut RevocationWriter, expected: &str, new: &Head) -> Result<bool, StoreError> {
+    async fn switch_head(&self, redis: &mut RedisHandle, expected: &str, new: &Head) -> Result<bool, StoreError> {
         let cmd = redis::cmd("EVAL")
             .arg(SWITCH_HEAD)
             .arg(1)
@@ -378,7 +382,7 @@ impl CheckpointStore {
     /// Renews the time in the head this instance wrote last (if no other instance took it
     /// since): an instance with nothing to checkpoint (no traffic, a rebalance under way) is
     /// still alive and keeps the head from being taken over.
-    pub async fn keep_alive(&mut self, redis: &mut RevocationWriter, now_ms: i64) -> Result<(), StoreError> {
+    pub async fn keep_alive(&mut self, redis: &mut RedisHandle, now_ms: i64) -> Result<(), StoreError> {
         let Some((text, head)) = self.mine.take() else {
             return Ok(());
         };
@@ -406,24 +410,162 @@ pub enum StoreError {
     MissingChunk { key: String },
     #[error("cannot read the checkpoint: {key} holds {got} bytes where its head says {want}")]
     Length { key: String, got: usize, want: u64 },
+    /// The encoding thread did not finish (the runtime is stopping).
+    #[error("the checkpoint was not encoded: {0}")]
+    Encode(String),
+}
+
+/// What a write handed back: the store (its generation moved on), and how it went.
+struct Done {
+    store: CheckpointStore,
+    outcome: Result<Saved, StoreError>,
+    bytes: usize,
+}
+
+/// Writes one checkpoint key beside the consume loop. The loop takes the snapshot (the
+/// engine is its own, and a checkpoint is of one instant between batches); framing it (a
+/// SHA-256 of every byte) and the Redis round trips (the chunks, the head's switch, the old
+/// chunks' removal) run in a task while the loop reads on: at a million live tokens they
+/// are most of the time a checkpoint takes, and the loop used to read nothing meanwhile.
+/// One write at a time per key: a save waits for the one before it, so generations land in
+/// order and at most two snapshots are in memory.
+///
+/// **Why offsets may be committed before the checkpoint lands.** A restart restores the
+/// newest checkpoint that landed and rebuilds quietly from its positions up to the
+/// committed offsets (module doc): a write that lands late, or fails, leaves an older
+/// checkpoint, the same case as a crash between two checkpoints. What an older checkpoint
+/// cannot stand in for is one that names a partition it does not: that partition would
+/// restart at its committed offset with no state for the lines before it. So a caller
+/// [`Writer::wait`]s for a checkpoint that covers a partition for the first time before it
+/// commits that partition's offsets.
+pub struct Writer {
+    key: String,
+    /// The store between writes; `None` while a write has it (or after a writer task died).
+    idle: Option<CheckpointStore>,
+    busy: Option<JoinHandle<Done>>,
+    redis: RedisHandle,
+    metrics: Arc<Metrics>,
+    /// Whether the fencing warning was given (it is given once).
+    warned_conflict: bool,
+}
+
+impl Writer {
+    pub fn new(store: CheckpointStore, redis: RedisHandle, metrics: Arc<Metrics>) -> Writer {
+        Writer {
+            key: store.key().to_string(),
+            idle: Some(store),
+            busy: None,
+            redis,
+            metrics,
+            warned_conflict: false,
+        }
+    }
+
+    /// The head key (for messages).
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// Snapshots `engine` with the `partitions` it covers, and starts writing it; waits first
+    /// for the write before it. The loop's pause (the wait and the snapshot) is counted in
+    /// `tokenwatch_checkpoint_pause_seconds`. `fence` and `release` are
+    /// [`CheckpointStore::save`]'s.
+    pub async fn save(&mut self, engine: &Engine, partitions: Vec<PartitionMark>, fence: Duration, release: bool) {
+        let paused = Instant::now();
+        self.wait().await;
+        let Some(mut store) = self.idle.take() else { return };
+        let mut state = Vec::new();
+        engine.snapshot(&mut state);
+        let c = Checkpoint {
+            version: FORMAT_VERSION,
+            partitions,
+            engine: state,
+        };
+        self.metrics.checkpoint_pause.observe(paused.elapsed().as_secs_f64());
+        let (mut redis, metrics) = (self.redis.clone(), self.metrics.clone());
+        self.busy = Some(tokio::spawn(async move {
+            let started = Instant::now();
+            // CPU work (the checksum of every byte) off the runtime's workers: the loop's task
+            // may be waiting for one.
+            let (outcome, bytes) = match tokio::task::spawn_blocking(move || c.encode()).await {
+                Ok(bytes) => (
+                    store
+                        .save(&mut redis, &bytes, crate::service::now_ms(), fence, release)
+                        .await,
+                    bytes.len(),
+                ),
+                Err(e) => (Err(StoreError::Encode(e.to_string())), 0),
+            };
+            metrics.checkpoint_write.observe(started.elapsed().as_secs_f64());
+            Done { store, outcome, bytes }
+        }));
+    }
+
+    /// Waits for the write under way, if any, and reports how it went: a failure is logged
+    /// and counted, the previous checkpoint stays whole, and the next save tries again.
+    pub async fn wait(&mut self) {
+        let Some(task) = self.busy.take() else { return };
+        let done = match task.await {
+            Ok(done) => done,
+            Err(e) => {
+                self.metrics.checkpoint_errors.with_label_values(&["save"]).inc();
+                return tracing::error!(
+                    key = self.key,
+                    "checkpoint writer failed: {e}; no more checkpoints are written"
+                );
+            }
+        };
+        match &done.outcome {
+            Ok(Saved::Written) => {
+                self.metrics.checkpoint_bytes.set(done.bytes as i64);
+                tracing::debug!(key = self.key, bytes = done.bytes, "checkpoint saved");
+            }
+            Ok(Saved::Fenced) => {
+                self.metrics.checkpoint_conflicts.inc();
+                if !std::mem::replace(&mut self.warned_conflict, true) {
+                    tracing::warn!(
+                        key = self.key,
+                        "another live instance writes this checkpoint, so it is left as that instance wrote it; \
+                         with --role local run one instance per consumer group (--role both shares partitions between instances)"
+                    );
+                }
+            }
+            Err(e) => {
+                self.metrics.checkpoint_errors.with_label_values(&["save"]).inc();
+                tracing::warn!(key = self.key, error = %e, "checkpoint not saved");
+            }
+        }
+        self.idle = Some(done.store);
+    }
+
+    /// Renews this instance's claim on the head ([`CheckpointStore::keep_alive`]) unless a
+    /// write is under way (it renews the claim itself); a failure is only logged.
+    async fn keep_alive(&mut self, now_ms: i64) {
+        if self.busy.as_ref().is_some_and(JoinHandle::is_finished) {
+            self.wait().await;
+        }
+        let Some(store) = self.idle.as_mut() else { return };
+        if let Err(e) = store.keep_alive(&mut self.redis, now_ms).await {
+            tracing::debug!(key = self.key, error = %e, "checkpoint head not renewed");
+        }
+    }
 }
 
 /// When and what `run` checkpoints, and what it restored at start.
 pub struct Checkpointing {
-    store: CheckpointStore,
+    writer: Writer,
     every: Duration,
-    /// When the last checkpoint was written; `None` before the first of this run, which is
+    /// When the last checkpoint was taken; `None` before the first of this run, which is
     /// due at once (before any offset is committed).
     last: Option<Instant>,
-    /// Partitions the last checkpoint covered: one more is due at once, before its offsets
-    /// are committed, or a restart would find them committed and their lines in no state.
+    /// Partitions the last checkpoint covered: one more is due at once, and waited for
+    /// before its offsets are committed, or a restart would find them committed and their
+    /// lines in no state.
     covered: usize,
     /// Restored marks, until the event-time buffer takes them.
     resume: Vec<PartitionMark>,
     /// When the head was last renewed without a checkpoint ([`Checkpointing::keep_alive`]).
     renewed: Option<Instant>,
-    /// Whether the fencing warning was given (it is given once).
-    warned_conflict: bool,
     /// The next save is the last: it releases the head to the next instance.
     stopping: bool,
     committed: PartitionOffsets,
@@ -436,12 +578,12 @@ impl Checkpointing {
     pub async fn restore(
         mut store: CheckpointStore,
         every: Duration,
-        redis: &mut RevocationWriter,
+        mut redis: RedisHandle,
         engine: &mut Engine,
-        metrics: &Metrics,
+        metrics: Arc<Metrics>,
     ) -> Result<Checkpointing, StoreError> {
         let started = Instant::now();
-        let bytes = store.load(redis).await?;
+        let bytes = store.load(&mut redis).await?;
         let mut resume = Vec::new();
         if let Some(bytes) = bytes {
             let restored = Checkpoint::decode(&bytes)
@@ -471,13 +613,12 @@ impl Checkpointing {
             }
         }
         Ok(Checkpointing {
-            store,
+            writer: Writer::new(store, redis, metrics),
             every,
             last: None,
             covered: 0,
             resume,
             renewed: None,
-            warned_conflict: false,
             stopping: false,
             committed: PartitionOffsets::new(),
         })
@@ -508,69 +649,36 @@ impl Checkpointing {
     }
 
     /// Between batches with nothing to do: renews this instance's claim on the head once per
-    /// interval ([`CheckpointStore::keep_alive`]); a failure is only logged (the claim lapses
-    /// after 3 intervals, as if this instance had stopped).
-    pub async fn keep_alive(&mut self, redis: &mut RevocationWriter) {
+    /// interval ([`CheckpointStore::keep_alive`]; the claim lapses after 3 intervals, as if
+    /// this instance had stopped).
+    pub async fn keep_alive(&mut self) {
         let since = self.renewed.max(self.last);
         if since.is_none_or(|t| t.elapsed() < self.every) {
             return;
         }
         self.renewed = Some(Instant::now());
-        if let Err(e) = self.store.keep_alive(redis, crate::service::now_ms()).await {
-            tracing::debug!(key = self.store.key(), error = %e, "checkpoint head not renewed");
-        }
+        self.writer.keep_alive(crate::service::now_ms()).await;
     }
 
     /// Makes the next save the last one of this process: it releases the head, so that the
-    /// instance that follows (a deploy) checkpoints at once instead of being fenced.
+    /// instance that follows (a deploy) checkpoints at once instead of being fenced; and it
+    /// is waited for.
     pub fn stopping(&mut self) {
         self.stopping = true;
     }
 
-    /// Writes a checkpoint of `engine` and where `order` stands. A failure is logged and
-    /// counted; the previous checkpoint stays whole, and the next attempt comes at the next
-    /// interval.
-    pub async fn save<T>(
-        &mut self,
-        order: &mut Sequencer<T>,
-        engine: &Engine,
-        redis: &mut RevocationWriter,
-        metrics: &Metrics,
-    ) {
+    /// Checkpoints `engine` and where `order` stands ([`Writer::save`]): written beside the
+    /// loop, except the first to cover a partition and the last before a stop, which are
+    /// waited for.
+    pub async fn save<T>(&mut self, order: &mut Sequencer<T>, engine: &Engine) {
         self.last = Some(Instant::now());
+        let first_cover = order.positioned() > self.covered;
         self.covered = order.positioned();
-        let mut state = Vec::new();
-        engine.snapshot(&mut state);
-        let bytes = Checkpoint {
-            version: FORMAT_VERSION,
-            partitions: order.marks(),
-            engine: state,
-        }
-        .encode();
-        let now_ms = crate::service::now_ms();
-        match self
-            .store
-            .save(redis, &bytes, now_ms, self.every * 3, self.stopping)
-            .await
-        {
-            Ok(Saved::Written) => {
-                metrics.checkpoint_bytes.set(bytes.len() as i64);
-                tracing::debug!(key = self.store.key(), bytes = bytes.len(), "checkpoint saved");
-            }
-            Ok(Saved::Fenced) => {
-                metrics.checkpoint_conflicts.inc();
-                if !std::mem::replace(&mut self.warned_conflict, true) {
-                    tracing::warn!(
-                        key = self.store.key(),
-                        "another instance of group {} writes checkpoints; run one instance per group until the detect stage (issue 12)",
-                        self.store.group
-                    );
-                }
-            }
-            Err(e) => {
-                metrics.checkpoint_errors.with_label_values(&["save"]).inc();
-                tracing::warn!(key = self.store.key(), error = %e, "checkpoint not saved");
-            }
+        self.writer
+            .save(engine, order.marks(), self.every * 3, self.stopping)
+            .await;
+        if first_cover || self.stopping {
+            self.writer.wait().await;
         }
     }
 }

@@ -74,9 +74,12 @@ pub struct Metrics {
     pub held_lines_peak: IntGauge,
     pub paused_partitions: IntGauge,
     /// Checkpoints ([`crate::checkpoint`]): failures by operation (restore, save), and the
-    /// size of the last one written.
+    /// size of the last one written, how long the loop stopped for one (the snapshot) and
+    /// how long writing it took beside the loop.
     pub checkpoint_errors: IntCounterVec,
     pub checkpoint_bytes: IntGauge,
+    pub checkpoint_pause: Histogram,
+    pub checkpoint_write: Histogram,
     pub rules_loaded: IntGauge,
     pub rule_reloads: IntCounterVec,
     pub decision_delay: Histogram,
@@ -240,6 +243,14 @@ const CHECKPOINT_ERRORS: Def = (
     "Checkpoints refused at restore (damaged, other format) or not saved, by operation.",
 );
 const CHECKPOINT_BYTES: Def = ("tokenwatch_checkpoint_bytes", "Size of the last checkpoint written.");
+const CHECKPOINT_PAUSE: Def = (
+    "tokenwatch_checkpoint_pause_seconds",
+    "Time the consume loop stopped reading for a checkpoint (the engine's snapshot, and waiting for the write before).",
+);
+const CHECKPOINT_WRITE: Def = (
+    "tokenwatch_checkpoint_write_seconds",
+    "Time a checkpoint took to encode and write to Redis, beside the consume loop.",
+);
 const CHECKPOINT_CONFLICTS: Def = (
     "tokenwatch_checkpoint_conflicts_total",
     "Checkpoints not written because another live instance of the consumer group writes them.",
@@ -311,6 +322,8 @@ const POSTURE_KEY_AGE: Def = (
     "Time since tokenwatch first saw each key of a configured issuer's JWKS sign a genuine token.",
 );
 
+/// From a small state's snapshot (well under a millisecond) to a few million keys' write.
+const CHECKPOINT_BUCKETS: &[f64] = &[0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 const DELAY_BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 ];
@@ -396,6 +409,8 @@ impl Metrics {
             paused_partitions: r.gauge(PAUSED_PARTITIONS),
             checkpoint_errors: r.counter_vec(CHECKPOINT_ERRORS, &["op"]),
             checkpoint_bytes: r.gauge(CHECKPOINT_BYTES),
+            checkpoint_pause: r.histogram(CHECKPOINT_PAUSE, CHECKPOINT_BUCKETS),
+            checkpoint_write: r.histogram(CHECKPOINT_WRITE, CHECKPOINT_BUCKETS),
             rules_loaded: r.gauge(RULES_LOADED),
             rule_reloads: r.counter_vec(RULE_RELOADS, &["result"]),
             decision_delay: r.histogram(DECISION_DELAY, DELAY_BUCKETS),

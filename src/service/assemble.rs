@@ -133,7 +133,7 @@ impl Service {
         let mut checkpoints = match (cfg.checkpoint_interval, &mut store) {
             (Some(every), RevocationStore::Redis(w)) => {
                 let at = CheckpointStore::new(&cfg.redis.key_prefix, &cfg.group);
-                Some(Checkpointing::restore(at, every, w, pipeline.engine_mut(), &metrics).await?)
+                Some(Checkpointing::restore(at, every, w.handle(), pipeline.engine_mut(), metrics.clone()).await?)
             }
             _ => None,
         };
@@ -386,7 +386,7 @@ async fn connect_store(
     let Some(writer) = redis_health::connect(&cfg.redis, metrics, stop).await? else {
         return Ok(None);
     };
-    let health = redis_health::watch(writer.health_probe(), metrics.clone(), cfg.redis.response_timeout);
+    let health = redis_health::watch(writer.handle(), metrics.clone(), cfg.redis.response_timeout);
     let health = AbortOnDrop(tokio::spawn(health));
     Ok(Some((
         RevocationStore::Redis(writer.with_dead_letters(dead)),

@@ -6,7 +6,8 @@
 //!    across partitions), pausing partitions that run too far ahead;
 //! 3. [`Consume::deliver`]: the batch's side effects — alert lines flushed, revocations
 //!    acknowledged by Redis — retried until done;
-//! 4. [`Consume::commit`]: checkpoint when due, then commit the offsets of what is done.
+//! 4. [`Consume::commit`]: checkpoint when due (written beside the loop), then commit the
+//!    offsets of what is done.
 //!
 //! Offsets follow side effects: nothing past an unwritten revocation or an undelivered alert
 //! line is committed. Between batches the loop swaps in a reloaded rule set, forgets the
@@ -122,8 +123,8 @@ impl Consume {
     /// A round with nothing read or applied: metrics, and the checkpoint head kept alive.
     async fn idle(&mut self) {
         self.sync.sync(&self.p.pipeline, &self.p.metrics);
-        if let (Some(c), RevocationStore::Redis(w)) = (self.p.checkpoints.as_mut(), &mut self.p.store) {
-            c.keep_alive(w).await;
+        if let Some(c) = self.p.checkpoints.as_mut() {
+            c.keep_alive().await;
         }
     }
 
@@ -248,7 +249,6 @@ impl Consume {
         let Parts {
             metrics,
             pipeline,
-            store,
             source,
             checkpoints,
             order,
@@ -256,9 +256,9 @@ impl Consume {
         } = &mut self.p;
         // Checkpoint before committing: a checkpoint never covers less than the committed
         // offsets' lines minus those it can rebuild quietly.
-        if let (Some(c), RevocationStore::Redis(w)) = (checkpoints.as_mut(), &mut *store) {
+        if let Some(c) = checkpoints.as_mut() {
             if c.due(order) {
-                c.save(order, pipeline.engine(), w, metrics).await;
+                c.save(order, pipeline.engine()).await;
             }
         }
         let stored = kafka::store(source, &order.safe_offsets());
@@ -280,9 +280,9 @@ impl Consume {
             Err(e) => tracing::warn!(error = %e, "final offset commit failed; the last batches will be read again"),
         }
         // State is checkpointed only when every decision it holds was delivered.
-        if let (Ok(()), Some(c), RevocationStore::Redis(w)) = (&outcome, p.checkpoints.as_mut(), &mut p.store) {
+        if let (Ok(()), Some(c)) = (&outcome, p.checkpoints.as_mut()) {
             c.stopping();
-            c.save(&mut p.order, p.pipeline.engine(), w, &p.metrics).await;
+            c.save(&mut p.order, p.pipeline.engine()).await;
         }
         self.summary.stats = p.pipeline.stats.clone();
         outcome.map(|()| self.summary)

@@ -32,7 +32,7 @@ use super::consume::{deliver, forget_undone, next_message, rearm_tripped, BatchL
 use super::feed::Undone;
 use super::retry::Shutdown;
 use super::{RunSummary, ServiceError};
-use crate::checkpoint::{Checkpoint, CheckpointStore, Saved, FORMAT_VERSION};
+use crate::checkpoint::{Checkpoint, CheckpointStore, Writer};
 use crate::metrics::{BatchCounts, Metrics};
 use crate::sinks::alerts::AlertSink;
 use crate::sinks::RevocationStore;
@@ -86,8 +86,11 @@ struct Task {
     quiet_below: i64,
     /// Per gateway partition, the origin (offset, line, use) of the last record accepted.
     last: HashMap<(u32, i32), (i64, u32, u8)>,
-    checkpoint: Option<CheckpointStore>,
+    checkpoint: Option<Writer>,
     checkpointed: Option<Instant>,
+    /// Whether a checkpoint that names the internal partition's position was taken: until
+    /// then, a restart would seek to the committed offset with no state for what is before.
+    covered: bool,
     /// The tokens of its records, each decoded once.
     tokens: TokenMemo,
     /// Each gateway partition's source in `order` (a task never drops one).
@@ -329,7 +332,8 @@ impl Detect {
         let mut checkpoint = None;
         if let (Some((prefix, group, _)), RevocationStore::Redis(w)) = (&self.p.checkpoints, &mut self.p.store) {
             let mut store = CheckpointStore::new(prefix, &format!("{group}:{topic}:{k}"));
-            if let Some(bytes) = store.load(w).await? {
+            let mut redis = w.handle();
+            if let Some(bytes) = store.load(&mut redis).await? {
                 match restore(&bytes, &topic, &mut pipeline, &mut order, self.clock.now()) {
                     Ok(at) => start = at,
                     Err(e) => {
@@ -341,7 +345,7 @@ impl Detect {
                     }
                 }
             }
-            checkpoint = Some(store);
+            checkpoint = Some(Writer::new(store, redis, self.p.metrics.clone()));
         }
         // After the restore (a source assigned before it would not take its mark).
         let now = self.clock.now();
@@ -360,6 +364,7 @@ impl Detect {
             last: HashMap::new(),
             checkpoint,
             checkpointed: None,
+            covered: start.is_some(),
             tokens: TokenMemo::new(self.p.pipeline.token_cache_bytes),
             sources: HashMap::new(),
         })
@@ -415,14 +420,13 @@ impl Detect {
     }
 
     /// Step 4: checkpoints the tasks whose checkpoint is due, then stores and commits each
-    /// task's safe internal offset.
+    /// task's safe internal offset. A synchronous commit (the last) waits for the checkpoints.
     async fn commit(&mut self, mode: CommitMode) {
-        let every = self.p.checkpoints.as_ref().map(|c| c.2);
-        if let (Some(every), RevocationStore::Redis(w)) = (every, &mut self.p.store) {
+        if let Some(every) = self.p.checkpoints.as_ref().map(|c| c.2) {
+            let last = matches!(mode, CommitMode::Sync);
             for (&(topic, k), t) in self.tasks.iter_mut() {
-                let due = matches!(mode, CommitMode::Sync) || t.checkpointed.is_none_or(|at| at.elapsed() >= every);
-                if due {
-                    save(k, t, &self.p.topics[topic], w, &self.p.metrics).await;
+                if last || t.checkpointed.is_none_or(|at| at.elapsed() >= every) {
+                    save(k, t, &self.p.topics[topic], last).await;
                 }
             }
         }
@@ -464,14 +468,16 @@ fn restore(
     Ok(internal.first().map(|m| m.next))
 }
 
-/// Writes a task's checkpoint; a failure is logged and counted, and tried again next time.
-async fn save(k: i32, t: &mut Task, topic: &str, w: &mut crate::sinks::redis::RevocationWriter, metrics: &Metrics) {
+/// Checkpoints a task beside the loop ([`Writer`]); waited for when it is the last, or the
+/// first to name the internal partition's position (its offsets are committed next).
+async fn save(k: i32, t: &mut Task, topic: &str, last: bool) {
     if t.checkpoint.is_none() {
         return;
     }
     t.checkpointed = Some(Instant::now());
     let mut partitions = t.order.marks();
-    if let Some(next) = t.safe() {
+    let next = t.safe();
+    if let Some(next) = next {
         partitions.push(PartitionMark {
             topic: topic.to_string(),
             partition: k,
@@ -479,25 +485,12 @@ async fn save(k: i32, t: &mut Task, topic: &str, w: &mut crate::sinks::redis::Re
             applied: Vec::new(),
         });
     }
-    let mut engine = Vec::new();
-    t.pipeline.engine().snapshot(&mut engine);
-    let bytes = Checkpoint {
-        version: FORMAT_VERSION,
-        partitions,
-        engine,
-    }
-    .encode();
-    let Some(store) = t.checkpoint.as_mut() else { return };
+    let Some(writer) = t.checkpoint.as_mut() else { return };
     // The group's assignment makes this instance the partition's only writer: no fencing.
-    match store
-        .save(w, &bytes, crate::service::now_ms(), Duration::ZERO, false)
-        .await
-    {
-        Ok(Saved::Written) => metrics.checkpoint_bytes.set(bytes.len() as i64),
-        Ok(Saved::Fenced) => metrics.checkpoint_conflicts.inc(),
-        Err(e) => {
-            metrics.checkpoint_errors.with_label_values(&["save"]).inc();
-            tracing::warn!(key = store.key(), error = %e, "checkpoint not saved");
-        }
+    writer
+        .save(t.pipeline.engine(), partitions, Duration::ZERO, false)
+        .await;
+    if last || (next.is_some() && !std::mem::replace(&mut t.covered, true)) {
+        writer.wait().await;
     }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use super::retry::Shutdown;
 use crate::metrics::Metrics;
-use crate::sinks::redis::{HealthProbe, RedisConfig, RedisOpError, RevocationWriter};
+use crate::sinks::redis::{RedisConfig, RedisHandle, RedisOpError, RevocationWriter};
 
 /// How often the health check PINGs Redis.
 pub const REDIS_HEALTH_INTERVAL: Duration = Duration::from_secs(2);
@@ -48,7 +48,7 @@ pub(super) async fn connect(
 /// PINGs Redis every [`REDIS_HEALTH_INTERVAL`] on its own handle, so that `/readyz` and
 /// `tokenwatch_redis_up` follow Redis even while nothing is written, and without ever
 /// holding up the consume loop. Logs only the changes.
-pub(super) async fn watch(mut probe: HealthProbe, metrics: Arc<Metrics>, timeout: Duration) {
+pub(super) async fn watch(mut probe: RedisHandle, metrics: Arc<Metrics>, timeout: Duration) {
     let mut tick = tokio::time::interval(REDIS_HEALTH_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut was_up = true;

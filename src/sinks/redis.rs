@@ -481,26 +481,44 @@ impl Conn {
 /// Writes revocations; every call either writes all of them or returns the error (the
 /// caller retries: the script makes retries harmless).
 pub struct RevocationWriter {
-    conn: Conn,
+    link: RedisHandle,
     script: Script,
     cfg: RedisConfig,
     dead: Option<Arc<Mutex<DeadLetters>>>,
 }
 
-/// A second handle on the writer's connection, for a health check that runs beside the
-/// writes (`PING` every few seconds), so an outage shows even when nothing is written.
+/// A handle on the writer's connection (a clone shares it): the health check's `PING` every
+/// few seconds, so an outage shows even when nothing is written, and the checkpoint writes
+/// that run beside the consume loop ([`crate::checkpoint::Writer`]).
 #[derive(Clone)]
-pub struct HealthProbe {
+pub struct RedisHandle {
     conn: Conn,
     where_: String,
 }
 
-impl HealthProbe {
+impl RedisHandle {
     pub async fn ping(&mut self) -> Result<(), RedisOpError> {
         self.conn
             .ping()
             .await
             .map_err(|e| RedisOpError::from_redis(e, &self.where_, "PING"))
+    }
+
+    /// Runs one command: checkpoints live beside the revocations ([`crate::checkpoint`]). The
+    /// error names the command and its first argument (a key).
+    pub async fn query<T: redis::FromRedisValue>(&mut self, cmd: &redis::Cmd) -> Result<T, RedisOpError> {
+        self.conn.query(cmd).await.map_err(|e| {
+            let mut args = cmd.args_iter().filter_map(|a| match a {
+                redis::Arg::Simple(b) => Some(String::from_utf8_lossy(b).into_owned()),
+                _ => None,
+            });
+            let op = [args.next(), args.next()]
+                .into_iter()
+                .flatten()
+                .collect::<Vec<_>>()
+                .join(" ");
+            RedisOpError::from_redis(e, &self.where_, &op)
+        })
     }
 }
 
@@ -532,7 +550,7 @@ impl RevocationWriter {
             }
         };
         Ok(RevocationWriter {
-            conn,
+            link: RedisHandle { conn, where_ },
             script: Script::new(SCRIPT),
             cfg,
             dead: None,
@@ -545,12 +563,9 @@ impl RevocationWriter {
         self
     }
 
-    /// A handle for the periodic health check, sharing this writer's connection.
-    pub fn health_probe(&self) -> HealthProbe {
-        HealthProbe {
-            conn: self.conn.clone(),
-            where_: self.cfg.where_(),
-        }
+    /// A handle sharing this writer's connection, for work beside the writes.
+    pub fn handle(&self) -> RedisHandle {
+        self.link.clone()
     }
 
     pub fn config(&self) -> &RedisConfig {
@@ -558,7 +573,7 @@ impl RevocationWriter {
     }
 
     pub async fn ping(&mut self) -> Result<(), RedisOpError> {
-        self.health_probe().ping().await
+        self.link.ping().await
     }
 
     /// Asks every running tokenwatch to re-arm `rule` (epoch seconds `now_s`).
@@ -581,27 +596,16 @@ impl RevocationWriter {
         inv: &redis::ScriptInvocation<'_>,
         what: &str,
     ) -> Result<T, RedisOpError> {
-        self.conn
+        self.link
+            .conn
             .invoke(inv)
             .await
-            .map_err(|e| RedisOpError::from_redis(e, &self.cfg.where_(), what))
+            .map_err(|e| RedisOpError::from_redis(e, &self.link.where_, what))
     }
 
-    /// Runs one command on the writer's connection: checkpoints live beside the revocations
-    /// ([`crate::checkpoint`]). The error names the command and its first argument (a key).
+    /// Runs one command on the writer's connection ([`RedisHandle::query`]).
     pub async fn query<T: redis::FromRedisValue>(&mut self, cmd: &redis::Cmd) -> Result<T, RedisOpError> {
-        self.conn.query(cmd).await.map_err(|e| {
-            let mut args = cmd.args_iter().filter_map(|a| match a {
-                redis::Arg::Simple(b) => Some(String::from_utf8_lossy(b).into_owned()),
-                _ => None,
-            });
-            let op = [args.next(), args.next()]
-                .into_iter()
-                .flatten()
-                .collect::<Vec<_>>()
-                .join(" ");
-            RedisOpError::from_redis(e, &self.cfg.where_(), &op)
-        })
+        self.link.query(cmd).await
     }
 
     /// Writes one revocation; `Ok(true)` when it was new (a feed entry was added).
@@ -639,7 +643,7 @@ impl RevocationWriter {
             .arg(r.revoked_at)
             .arg(field)
             .arg(field_val);
-        match self.conn.invoke::<i64>(&inv).await {
+        match self.link.conn.invoke::<i64>(&inv).await {
             Ok(n) => Ok(n == 1),
             Err(e) => Err(self.dead_letter(WriteError::classify(e), r)),
         }

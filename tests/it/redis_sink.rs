@@ -305,3 +305,92 @@ async fn unrevoke_removes_keys_once_and_tells_the_feed() {
     // a token revoked again after its undo is a new revocation, with a new feed entry
     assert!(w.write(&by_rule("bad-rule", "b", 400), now).await.unwrap());
 }
+
+/// Checkpoints are written beside the consume loop: with Redis holding every write back
+/// (`CLIENT PAUSE … WRITE`), a periodic save still returns at once and the head is switched
+/// later, when Redis takes the write; but the first checkpoint to cover a partition is waited
+/// for, since the partition's offsets are committed right after it, and a restart would
+/// otherwise find them committed with no state for the lines before them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkpoint_is_written_beside_the_loop_but_a_new_partition_waits_for_it() {
+    use std::time::Instant;
+    use tokenwatch::checkpoint::{Checkpoint, CheckpointStore, Checkpointing};
+    use tokenwatch::metrics::Metrics;
+    use tokenwatch_core::eventtime::{EventTimeConfig, Sequencer};
+
+    let r = common::RedisServer::start();
+    let patient = RedisConfig {
+        response_timeout: Duration::from_secs(120),
+        ..cfg(vec![r.url()], false, "tw:")
+    };
+    let w = RevocationWriter::connect(patient).await.unwrap();
+    let metrics = Metrics::new();
+    let mut pipeline = common::pipeline(tokenwatch_core::input::Format::Canonical);
+    let store = CheckpointStore::new("tw:", "g");
+    let every = Duration::from_secs(10);
+    let mut c = Checkpointing::restore(store, every, w.handle(), pipeline.engine_mut(), metrics.clone())
+        .await
+        .unwrap();
+    let mut order: Sequencer<()> = Sequencer::new(EventTimeConfig::default());
+    let now = Instant::now();
+    let p0 = order.assign("logs", 0, now);
+    order.read(p0, 41, now);
+    let mut admin = r.conn();
+    let head = |admin: &mut redis::Connection| -> Option<String> {
+        redis::cmd("GET").arg("tw:checkpoint:g").query(admin).unwrap()
+    };
+    let pause = |admin: &mut redis::Connection| {
+        let _: () = redis::cmd("CLIENT")
+            .arg("PAUSE")
+            .arg(600_000)
+            .arg("WRITE")
+            .query(admin)
+            .unwrap();
+    };
+    let unpause = |admin: &mut redis::Connection| {
+        let _: () = redis::cmd("CLIENT").arg("UNPAUSE").query(admin).unwrap();
+    };
+
+    // The first checkpoint covers partition 0 for the first time: waited for.
+    pause(&mut admin);
+    let first = tokio::spawn(async move {
+        c.save(&mut order, pipeline.engine()).await;
+        (c, order, pipeline)
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !first.is_finished(),
+        "a checkpoint covering a new partition returned before Redis took it"
+    );
+    assert_eq!(head(&mut admin), None);
+    unpause(&mut admin);
+    let (mut c, mut order, pipeline) = first.await.unwrap();
+    let written = head(&mut admin).expect("the first checkpoint is in Redis once save returns");
+
+    // A periodic one (no new partition) returns while Redis still holds its write back.
+    order.read(p0, 99, now);
+    pause(&mut admin);
+    tokio::time::timeout(Duration::from_secs(60), c.save(&mut order, pipeline.engine()))
+        .await
+        .expect("a periodic checkpoint does not wait for Redis");
+    assert_eq!(
+        head(&mut admin).as_ref(),
+        Some(&written),
+        "not switched while Redis holds writes"
+    );
+    unpause(&mut admin);
+    // The next save (the last, here) waits for the one before: generations land in order.
+    c.stopping();
+    c.save(&mut order, pipeline.engine()).await;
+    let mut redis = w.handle();
+    let bytes = CheckpointStore::new("tw:", "g")
+        .load(&mut redis)
+        .await
+        .unwrap()
+        .unwrap();
+    let back = Checkpoint::decode(&bytes).unwrap();
+    assert_eq!(back.partitions[0].next, 100, "the last checkpoint is the one read back");
+    assert_eq!(metrics.checkpoint_write.get_sample_count(), 3);
+    assert_eq!(metrics.checkpoint_pause.get_sample_count(), 3);
+    assert_eq!(metrics.checkpoint_errors.with_label_values(&["save"]).get(), 0);
+}
