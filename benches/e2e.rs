@@ -17,6 +17,10 @@
 //!   with the wall clock at RATE lines/s and, every 20 ms, a probe line that the default rule
 //!   `expired-token-accepted` revokes; polls Redis for each probe's revocation key and prints
 //!   the delays from production to visibility in Redis: `p50_ms p99_ms max_ms probes missing`.
+//! - `e2e latency BROKERS TOPIC kafka RATE SECONDS [PARTITIONS]`: the same traffic and probes,
+//!   but each probe is seen when a bare librdkafka consumer (tokenwatch's fetch settings,
+//!   assigned every partition at its end) reads it back: the broker's own latency floor on
+//!   this machine, without tokenwatch, to tell its share of the delay above from tokenwatch's.
 //!
 //! cargo passes `--bench` to harness-less benches: arguments starting with `--` are ignored.
 
@@ -201,8 +205,7 @@ fn latency(brokers: &str, topic: &str, redis_url: &str, rate: f64, seconds: f64,
     .map(|g| g.line)
     .filter(|l| l.starts_with("{\"ts\":\"") && l.as_bytes().get(31) == Some(&b'"'))
     .collect();
-    let client = redis::Client::open(redis_url).expect("redis url");
-    let mut con = client.get_connection().expect("redis connection");
+    let mut probes_seen = ProbeFinder::new(redis_url, brokers, topic, partitions);
     let start = Instant::now();
     let mut sent = 0u64;
     let mut probes = 0u64;
@@ -240,14 +243,17 @@ fn latency(brokers: &str, topic: &str, redis_url: &str, rate: f64, seconds: f64,
                     &json!({"iss":"https://idp.example.com","sub":format!("probe-{probes}"),"jti":jti,"iat":s-7200,"exp":s-3600}),
                     b"probe-signature-bytes",
                 );
+                let path = match probes_seen {
+                    ProbeFinder::Redis(_) => "/probe".to_string(),
+                    ProbeFinder::Broker(_) => format!("/probe/{jti}"),
+                };
                 // Attested by the gateway (`authenticated`): evidence a revocation may act on.
-                let l = json!({"ts": now_ts(), "client_ip": "81.2.69.142", "method": "GET", "path": "/probe",
+                let l = json!({"ts": now_ts(), "client_ip": "81.2.69.142", "method": "GET", "path": path,
                     "status": 200, "user_agent": "bench", "authenticated": true, "authorization": format!("Bearer {tok}")})
                 .to_string();
                 send(&p, topic, spread.next(), l.as_bytes());
                 p.poll(Duration::ZERO);
-                let key = tokenwatch_core::token::scoped_key("https://idp.example.com", &jti);
-                pending.push_back((format!("tokenwatch:revoked:tok:{key}"), Instant::now()));
+                pending.push_back((probes_seen.key(&jti), Instant::now()));
                 probes += 1;
                 next_probe += Duration::from_millis(20);
             }
@@ -255,11 +261,7 @@ fn latency(brokers: &str, topic: &str, redis_url: &str, rate: f64, seconds: f64,
         p.poll(Duration::ZERO);
         if !pending.is_empty() && now - last_poll >= Duration::from_millis(1) {
             last_poll = now;
-            let mut pipe = redis::pipe();
-            for (k, _) in &pending {
-                pipe.exists(k);
-            }
-            let found: Vec<bool> = pipe.query(&mut con).unwrap_or_default();
+            let found = probes_seen.found(&pending);
             let seen = Instant::now();
             let mut i = 0;
             pending.retain(|(_, t)| {
@@ -295,6 +297,81 @@ fn latency(brokers: &str, topic: &str, redis_url: &str, rate: f64, seconds: f64,
         probes,
         pending.len()
     );
+}
+
+/// Where `latency` looks for its probes: their revocations in Redis (tokenwatch's delay), or
+/// the probe lines themselves read back from the topic (the broker's floor).
+enum ProbeFinder {
+    Redis(redis::Connection),
+    Broker(rdkafka::consumer::BaseConsumer),
+}
+
+impl ProbeFinder {
+    fn new(redis_url: &str, brokers: &str, topic: &str, partitions: i32) -> ProbeFinder {
+        use rdkafka::consumer::Consumer;
+        if redis_url != "kafka" {
+            let client = redis::Client::open(redis_url).expect("redis url");
+            return ProbeFinder::Redis(client.get_connection().expect("redis connection"));
+        }
+        let c: rdkafka::consumer::BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .set("group.id", format!("e2e-latency-{}", std::process::id()))
+            .set("enable.auto.commit", "false")
+            .set("fetch.wait.max.ms", "5")
+            .set("fetch.queue.backoff.ms", "10")
+            .create()
+            .expect("consumer");
+        // At each partition's end as of now: `Offset::End` would be resolved at the first
+        // fetch, after the first probes.
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        for k in 0..partitions {
+            let (_, high) = c
+                .fetch_watermarks(topic, k, Duration::from_secs(10))
+                .expect("watermarks");
+            tpl.add_partition_offset(topic, k, rdkafka::Offset::Offset(high))
+                .expect("partition");
+        }
+        c.assign(&tpl).expect("assign");
+        ProbeFinder::Broker(c)
+    }
+
+    /// What `found` looks for: the revocation key, or the probe's path.
+    fn key(&self, jti: &str) -> String {
+        match self {
+            ProbeFinder::Redis(_) => {
+                let key = tokenwatch_core::token::scoped_key("https://idp.example.com", jti);
+                format!("tokenwatch:revoked:tok:{key}")
+            }
+            ProbeFinder::Broker(_) => format!("\"path\":\"/probe/{jti}\""),
+        }
+    }
+
+    /// Which of the pending probes have been seen.
+    fn found(&mut self, pending: &VecDeque<(String, Instant)>) -> Vec<bool> {
+        match self {
+            ProbeFinder::Redis(con) => {
+                let mut pipe = redis::pipe();
+                for (k, _) in pending {
+                    pipe.exists(k);
+                }
+                pipe.query(con).unwrap_or_default()
+            }
+            ProbeFinder::Broker(c) => {
+                let mut found = vec![false; pending.len()];
+                while let Some(Ok(m)) = c.poll(Duration::ZERO) {
+                    let payload = rdkafka::message::Message::payload(&m).unwrap_or_default();
+                    if !payload.windows(7).any(|w| w == b"/probe/") {
+                        continue;
+                    }
+                    let text = String::from_utf8_lossy(payload);
+                    for (i, (k, _)) in pending.iter().enumerate() {
+                        found[i] |= text.contains(k.as_str());
+                    }
+                }
+                found
+            }
+        }
+    }
 }
 
 fn main() {

@@ -372,8 +372,24 @@ else
       "$p50 / $p99 / $pmax ms ($probes probes, $missing missing)" \
       "$* TOKENWATCH_BATCH__MAX_WAIT=5ms tokenwatch run ... --topic $topic; e2e latency B $topic R 50000 $LAT_SECS"
   }
+  # The broker's own floor: the same traffic and probes read back by a bare consumer, no
+  # tokenwatch. Event-time order waits for the slowest partition, so with several
+  # partitions tokenwatch's delay cannot be below this floor's tail.
+  # $1: partitions
+  floor_row() {
+    "$E2E" latency "$B" "floor$1" kafka 50000 2 "$1" >/dev/null 2>&1 || true
+    read -r p50 p99 pmax probes missing < <("$E2E" latency "$B" "floor$1" kafka 50000 "$LAT_SECS" "$1" 2>/dev/null)
+    log "broker floor ($1 partitions): p50 $p50 ms, p99 $p99 ms, max $pmax ms"
+    row "production → probe read back by a bare consumer (the broker's floor, no tokenwatch), $1 partition(s), 50,000 lines/s (p50 / p99 / max)" \
+      "$p50 / $p99 / $pmax ms ($probes probes, $missing missing)" "e2e latency B floor$1 kafka 50000 $LAT_SECS $1"
+  }
+  floor_row 1
   latency_row "librdkafka's default fetch.wait.max.ms=500" live TOKENWATCH_KAFKA__FETCH_WAIT_MAX_MS=500
   latency_row "tokenwatch's default fetch.wait.max.ms=5" live2 TOKENWATCH_KAFKA__FETCH_WAIT_MAX_MS=5
+  latency_row "--role both, 1 gateway partition, 1 internal partition" live1both \
+    TOKENWATCH_SHUFFLE__ROLE=both TOKENWATCH_SHUFFLE__PARTITIONS=1
+  floor_row 6
+  LAT_PARTITIONS=6 latency_row "--role local, 6 gateway partitions keyed at random" live6local
   LAT_PARTITIONS=6 latency_row "--role both, 6 gateway partitions keyed at random" live6 \
     TOKENWATCH_SHUFFLE__ROLE=both TOKENWATCH_SHUFFLE__PARTITIONS=6
   MAXR=${RULE_COUNTS##* }
