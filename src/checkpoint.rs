@@ -420,6 +420,8 @@ struct Done {
     store: CheckpointStore,
     outcome: Result<Saved, StoreError>,
     bytes: usize,
+    /// The snapshot's buffer, emptied, for the next snapshot.
+    buffer: Vec<u8>,
 }
 
 /// Writes one checkpoint key beside the consume loop. The loop takes the snapshot (the
@@ -447,6 +449,9 @@ pub struct Writer {
     metrics: Arc<Metrics>,
     /// Whether the fencing warning was given (it is given once).
     warned_conflict: bool,
+    /// The last snapshot's buffer, back from its write: the next snapshot is written into
+    /// memory already mapped, instead of a growing vector copied and faulted in page by page.
+    buffer: Vec<u8>,
 }
 
 impl Writer {
@@ -458,6 +463,7 @@ impl Writer {
             redis,
             metrics,
             warned_conflict: false,
+            buffer: Vec::new(),
         }
     }
 
@@ -474,7 +480,7 @@ impl Writer {
         let paused = Instant::now();
         self.wait().await;
         let Some(mut store) = self.idle.take() else { return };
-        let mut state = Vec::new();
+        let mut state = std::mem::take(&mut self.buffer);
         engine.snapshot(&mut state);
         let c = Checkpoint {
             version: FORMAT_VERSION,
@@ -487,17 +493,30 @@ impl Writer {
             let started = Instant::now();
             // CPU work (the checksum of every byte) off the runtime's workers: the loop's task
             // may be waiting for one.
-            let (outcome, bytes) = match tokio::task::spawn_blocking(move || c.encode()).await {
-                Ok(bytes) => (
+            let encoded = tokio::task::spawn_blocking(move || {
+                let bytes = c.encode();
+                let mut buffer = c.engine;
+                buffer.clear();
+                (bytes, buffer)
+            })
+            .await;
+            let (outcome, bytes, buffer) = match encoded {
+                Ok((bytes, buffer)) => (
                     store
                         .save(&mut redis, &bytes, crate::service::now_ms(), fence, release)
                         .await,
                     bytes.len(),
+                    buffer,
                 ),
-                Err(e) => (Err(StoreError::Encode(e.to_string())), 0),
+                Err(e) => (Err(StoreError::Encode(e.to_string())), 0, Vec::new()),
             };
             metrics.checkpoint_write.observe(started.elapsed().as_secs_f64());
-            Done { store, outcome, bytes }
+            Done {
+                store,
+                outcome,
+                bytes,
+                buffer,
+            }
         }));
     }
 
@@ -536,6 +555,7 @@ impl Writer {
             }
         }
         self.idle = Some(done.store);
+        self.buffer = done.buffer;
     }
 
     /// Renews this instance's claim on the head ([`CheckpointStore::keep_alive`]) unless a

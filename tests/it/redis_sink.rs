@@ -326,6 +326,12 @@ async fn a_checkpoint_is_written_beside_the_loop_but_a_new_partition_waits_for_i
     let w = RevocationWriter::connect(patient).await.unwrap();
     let metrics = Metrics::new();
     let mut pipeline = common::pipeline(tokenwatch_core::input::Format::Canonical);
+    let mut out = Vec::new();
+    for l in common::generated_attacks(5, 500) {
+        pipeline.process_line(l.as_bytes(), &mut out);
+    }
+    let keys = pipeline.engine().tracked_keys();
+    assert!(keys > 0);
     let store = CheckpointStore::new("tw:", "g");
     let every = Duration::from_secs(10);
     let mut c = Checkpointing::restore(store, every, w.handle(), pipeline.engine_mut(), metrics.clone())
@@ -390,6 +396,13 @@ async fn a_checkpoint_is_written_beside_the_loop_but_a_new_partition_waits_for_i
         .unwrap();
     let back = Checkpoint::decode(&bytes).unwrap();
     assert_eq!(back.partitions[0].next, 100, "the last checkpoint is the one read back");
+    // Written into the buffer of the one before: the state reads back whole.
+    let mut fresh = common::pipeline(tokenwatch_core::input::Format::Canonical);
+    fresh
+        .engine_mut()
+        .restore_format(&back.engine, back.state_format())
+        .unwrap();
+    assert_eq!(fresh.engine().tracked_keys(), keys);
     assert_eq!(metrics.checkpoint_write.get_sample_count(), 3);
     assert_eq!(metrics.checkpoint_pause.get_sample_count(), 3);
     assert_eq!(metrics.checkpoint_errors.with_label_values(&["save"]).get(), 0);
