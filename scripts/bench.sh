@@ -264,21 +264,38 @@ if [ -z "$TANSU" ] || ! command -v redis-server >/dev/null; then
   row "run, tansu → Redis" "not measured: tansu or redis-server missing (scripts/test-deps.sh)" "-"
 else
   port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-  RPORT=$(port)
-  redis-server --port "$RPORT" --bind 127.0.0.1 --save "" --appendonly no --dir "$WORK" >/dev/null &
-  PIDS+=($!)
-  KPORT=$(port)
-  "$TANSU" broker --listener-url "tcp://127.0.0.1:$KPORT" --advertised-listener-url "tcp://127.0.0.1:$KPORT" \
-    --storage-engine memory://tansu/ >/dev/null 2>&1 &
-  PIDS+=($!)
-  for _ in $(seq 100); do
-    (echo >/dev/tcp/127.0.0.1/$KPORT) 2>/dev/null && (echo >/dev/tcp/127.0.0.1/$RPORT) 2>/dev/null && break
-    sleep 0.1
-  done
-  B=127.0.0.1:$KPORT
-  R=redis://127.0.0.1:$RPORT
+  # A fresh broker and Redis for every measurement: tansu's in-memory storage slows down as
+  # it holds more (measured 2026-12-02, `--role both` draining 1,000,000 lines on 6
+  # partitions: 216,744 and 228,826 events/s from a fresh broker, 169,902 and 120,748 from
+  # one that also held the 2,000,000 messages of the rows before), so no row inherits
+  # another's data. Sets B and R.
+  SERVER_PIDS=()
+  fresh() {
+    local p
+    for p in "${SERVER_PIDS[@]}"; do kill "$p" 2>/dev/null; wait "$p" 2>/dev/null; done
+    SERVER_PIDS=()
+    RPORT=$(port)
+    redis-server --port "$RPORT" --bind 127.0.0.1 --save "" --appendonly no --dir "$WORK" >/dev/null &
+    PIDS+=($!) SERVER_PIDS+=($!)
+    KPORT=$(port)
+    "$TANSU" broker --listener-url "tcp://127.0.0.1:$KPORT" --advertised-listener-url "tcp://127.0.0.1:$KPORT" \
+      --storage-engine memory://tansu/ >/dev/null 2>&1 &
+    PIDS+=($!) SERVER_PIDS+=($!)
+    for _ in $(seq 100); do
+      (echo >/dev/tcp/127.0.0.1/$KPORT) 2>/dev/null && (echo >/dev/tcp/127.0.0.1/$RPORT) 2>/dev/null && break
+      sleep 0.1
+    done
+    B=127.0.0.1:$KPORT
+    R=redis://127.0.0.1:$RPORT
+  }
+  # A fresh broker holding the backlog as topic $1 on $2 partitions.
+  fresh_backlog() {
+    fresh
+    "$E2E" produce "$B" "$1" "$WORK/backlog.log" "$2" >/dev/null 2>&1
+  }
 
   head -n "$RUN_EVENTS" "$WORK/canonical.log" >"$WORK/backlog.log"
+  fresh
   prod=$("$E2E" produce "$B" backlog "$WORK/backlog.log" 2>/dev/null)
   log "produced $RUN_EVENTS messages at $prod/s"
   # Runs `tokenwatch run` on a backlog until it has drained N events; prints events/s.
@@ -304,11 +321,13 @@ else
   log "a bare consumer read the backlog at $bare/s"
   row "bare librdkafka consumer, tansu, $(fmt "$RUN_EVENTS") pre-produced (messages/s; the broker's ceiling for run here)" \
     "$(fmt "$bare")" "e2e consume B backlog $RUN_EVENTS"
+  fresh_backlog backlog 1
   drained=$(drain_run backlog bench rules)
   log "run drained the backlog at $drained/s"
   row "run, tansu → engine → redis-server, both cores, $(fmt "$RUN_EVENTS") pre-produced (events/s; ratio to the bare consumer)" \
     "$(fmt "$drained") ($(ratio "$drained" "$bare")x)" "TOKENWATCH_BATCH__MAX_MESSAGES=5000 TOKENWATCH_BATCH__MAX_WAIT=5ms tokenwatch run --brokers B --topic backlog --group bench --redis R --alerts none --rules rules --geoip $GEO; e2e drain PORT $RUN_EVENTS"
-  # The same backlog, read again by a new group, with checkpoints off: what they cost.
+  # The same backlog with checkpoints off: what they cost.
+  fresh_backlog backlog 1
   nockpt=$(drain_run backlog bench-no-checkpoints rules TOKENWATCH_ENGINE__CHECKPOINT_INTERVAL=0)
   log "run without checkpoints drained the backlog at $nockpt/s"
   row "run as above, checkpoints off (events/s; with checkpoints: $(ratio "$drained" "$nockpt")x of this)" \
@@ -316,11 +335,12 @@ else
   # Split by key on one instance: the same lines over 6 partitions keyed at random, read by
   # --role local and by --role both (ingest on all cores, the internal topic, detect), against
   # the plain parse-and-decode loop on one core over the same lines.
-  "$E2E" produce "$B" backlog6 "$WORK/backlog.log" 6 >/dev/null 2>&1
+  fresh_backlog backlog6 6
   plain6=$(taskset -c 0 "$PLAIN" "$WORK/backlog.log" 2>/dev/null)
   bare6=$("$E2E" consume "$B" backlog6 "$RUN_EVENTS" 2>/dev/null)
   log "a bare consumer read 6 partitions at $bare6/s"
   for role in local both; do
+    fresh_backlog backlog6 6
     split=$(drain_run backlog6 "bench-$role-6" rules TOKENWATCH_SHUFFLE__PARTITIONS=6 -- --role $role)
     log "run --role $role drained 6 partitions at $split/s (plain loop, one core: $plain6/s)"
     row "run --role $role, 6 gateway partitions keyed at random, $(fmt "$RUN_EVENTS") pre-produced (events/s; **ratio** to the plain loop on one core; to a bare consumer)" \
@@ -335,13 +355,15 @@ else
   mkdir -p "$WORK/rules-by-key"
   cp rules/*.yaml tests/fixtures/rules-by-key/*.yaml "$WORK/rules-by-key/"
   rm -f "$WORK"/rules-by-key/*.test.yaml
+  fresh_backlog backlog6 6
   bykey=$(drain_run backlog6 bench-both-by-key-6 "$WORK/rules-by-key" TOKENWATCH_SHUFFLE__PARTITIONS=6 -- --role both)
   log "run --role both with the by-key rules drained 6 partitions at $bykey/s"
   row "run --role both as above, with the 4 rules of tests/fixtures/rules-by-key added (both internal topics; events/s; ratio to --role both without them)" \
     "$(fmt "$bykey") ($(ratio "$bykey" "$split")x)" "the row above with --rules DIR (rules/ and tests/fixtures/rules-by-key/) --group bench-both-by-key-6"
-  # The same backlog, read again by a new group, with more rules.
+  # The same backlog with more rules.
   for r in $RULE_COUNTS; do
     [ "$r" = 8 ] && continue
+    fresh_backlog backlog 1
     drained=$(drain_run backlog "bench-rules-$r" "$WORK/rules-$r")
     log "run with $r rules drained the backlog at $drained/s"
     row "run, tansu → engine → redis-server, $r rules (events/s)" "$(fmt "$drained")" \
@@ -383,17 +405,25 @@ else
     row "production → probe read back by a bare consumer (the broker's floor, no tokenwatch), $1 partition(s), 50,000 lines/s (p50 / p99 / max)" \
       "$p50 / $p99 / $pmax ms ($probes probes, $missing missing)" "e2e latency B floor$1 kafka 50000 $LAT_SECS $1"
   }
+  fresh
   floor_row 1
+  fresh
   latency_row "librdkafka's default fetch.wait.max.ms=500" live TOKENWATCH_KAFKA__FETCH_WAIT_MAX_MS=500
+  fresh
   latency_row "tokenwatch's default fetch.wait.max.ms=5" live2 TOKENWATCH_KAFKA__FETCH_WAIT_MAX_MS=5
+  fresh
   latency_row "--role both, 1 gateway partition, 1 internal partition" live1both \
     TOKENWATCH_SHUFFLE__ROLE=both TOKENWATCH_SHUFFLE__PARTITIONS=1
+  fresh
   floor_row 6
+  fresh
   LAT_PARTITIONS=6 latency_row "--role local, 6 gateway partitions keyed at random" live6local
+  fresh
   LAT_PARTITIONS=6 latency_row "--role both, 6 gateway partitions keyed at random" live6 \
     TOKENWATCH_SHUFFLE__ROLE=both TOKENWATCH_SHUFFLE__PARTITIONS=6
   MAXR=${RULE_COUNTS##* }
   if [ "$MAXR" != 8 ]; then
+    fresh
     LAT_RULES="$WORK/rules-$MAXR" latency_row "$MAXR rules (copies of the defaults)" live3
   fi
 fi
