@@ -1137,10 +1137,10 @@ async fn partitions_moved_away_and_back_are_read_again_and_decide_what_replay_de
     );
 }
 
-/// Two instances of one group against one Redis: until issue 12 gives each internal
-/// partition its own checkpoint, the group's checkpoint is written by one of them only. The
-/// first keeps writing it; the second finds it written by another live instance, leaves it
-/// alone and counts a conflict.
+/// Two instances of one group with `--role local` against one Redis: the group's checkpoint
+/// (one engine per instance, all its partitions) is written by one of them only (split by
+/// key, each internal partition has its own). The first keeps writing it; the second finds it
+/// written by another live instance, leaves it alone and counts a conflict.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_of_a_group_do_not_overwrite_each_others_checkpoint() {
     let setup = Setup::new(2);
