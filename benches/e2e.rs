@@ -164,15 +164,8 @@ fn drain(port: u16, n: f64) {
 }
 
 fn consume(brokers: &str, topic: &str, n: u64) {
-    use rdkafka::consumer::{BaseConsumer, Consumer};
-    let c: BaseConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", format!("e2e-consume-{}", std::process::id()))
-        .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("fetch.wait.max.ms", "5")
-        .create()
-        .expect("consumer");
+    use rdkafka::consumer::Consumer;
+    let c = bare_consumer(brokers, "e2e-consume");
     c.subscribe(&[topic]).expect("subscribe");
     let deadline = Instant::now() + Duration::from_secs(600);
     let (mut got, mut start) = (0u64, None);
@@ -299,6 +292,15 @@ fn latency(brokers: &str, topic: &str, redis_url: &str, rate: f64, seconds: f64,
     );
 }
 
+/// A consumer with tokenwatch's own settings (`source::kafka::base_config`: fetch wait and
+/// backoff, from the earliest offset), in a group of its own; it does nothing with what it reads.
+fn bare_consumer(brokers: &str, group: &str) -> rdkafka::consumer::BaseConsumer {
+    let group = format!("{group}-{}", std::process::id());
+    tokenwatch::source::kafka::base_config(brokers, &group, &Default::default())
+        .create()
+        .expect("consumer")
+}
+
 /// Where `latency` looks for its probes: their revocations in Redis (tokenwatch's delay), or
 /// the probe lines themselves read back from the topic (the broker's floor).
 enum ProbeFinder {
@@ -313,14 +315,7 @@ impl ProbeFinder {
             let client = redis::Client::open(redis_url).expect("redis url");
             return ProbeFinder::Redis(client.get_connection().expect("redis connection"));
         }
-        let c: rdkafka::consumer::BaseConsumer = rdkafka::ClientConfig::new()
-            .set("bootstrap.servers", brokers)
-            .set("group.id", format!("e2e-latency-{}", std::process::id()))
-            .set("enable.auto.commit", "false")
-            .set("fetch.wait.max.ms", "5")
-            .set("fetch.queue.backoff.ms", "10")
-            .create()
-            .expect("consumer");
+        let c = bare_consumer(brokers, "e2e-latency");
         // At each partition's end as of now: `Offset::End` would be resolved at the first
         // fetch, after the first probes.
         let mut tpl = rdkafka::TopicPartitionList::new();
