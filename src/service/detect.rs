@@ -420,13 +420,24 @@ impl Detect {
     }
 
     /// Step 4: checkpoints the tasks whose checkpoint is due, then stores and commits each
-    /// task's safe internal offset. A synchronous commit (the last) waits for the checkpoints.
+    /// task's safe internal offset. A synchronous commit (the last) waits for the checkpoints;
+    /// so does the first that names a task's internal position. All are started before any
+    /// is waited for, so the tasks' writes overlap.
     async fn commit(&mut self, mode: CommitMode) {
         if let Some(every) = self.p.checkpoints.as_ref().map(|c| c.2) {
             let last = matches!(mode, CommitMode::Sync);
+            let mut awaited = Vec::new();
             for (&(topic, k), t) in self.tasks.iter_mut() {
                 if last || t.checkpointed.is_none_or(|at| at.elapsed() >= every) {
-                    save(k, t, &self.p.topics[topic], last).await;
+                    let first_cover = save(k, t, &self.p.topics[topic]).await;
+                    if last || first_cover {
+                        awaited.push((topic, k));
+                    }
+                }
+            }
+            for id in awaited {
+                if let Some(w) = self.tasks.get_mut(&id).and_then(|t| t.checkpoint.as_mut()) {
+                    w.wait().await;
                 }
             }
         }
@@ -468,11 +479,11 @@ fn restore(
     Ok(internal.first().map(|m| m.next))
 }
 
-/// Checkpoints a task beside the loop ([`Writer`]); waited for when it is the last, or the
-/// first to name the internal partition's position (its offsets are committed next).
-async fn save(k: i32, t: &mut Task, topic: &str, last: bool) {
+/// Starts a task's checkpoint beside the loop ([`Writer`]). Returns whether it is the first
+/// to name the internal partition's position, which must land before that offset is committed.
+async fn save(k: i32, t: &mut Task, topic: &str) -> bool {
     if t.checkpoint.is_none() {
-        return;
+        return false;
     }
     t.checkpointed = Some(Instant::now());
     let mut partitions = t.order.marks();
@@ -485,12 +496,12 @@ async fn save(k: i32, t: &mut Task, topic: &str, last: bool) {
             applied: Vec::new(),
         });
     }
-    let Some(writer) = t.checkpoint.as_mut() else { return };
+    let Some(writer) = t.checkpoint.as_mut() else {
+        return false;
+    };
     // The group's assignment makes this instance the partition's only writer: no fencing.
     writer
         .save(t.pipeline.engine(), partitions, Duration::ZERO, false)
         .await;
-    if last || (next.is_some() && !std::mem::replace(&mut t.covered, true)) {
-        writer.wait().await;
-    }
+    next.is_some() && !std::mem::replace(&mut t.covered, true)
 }
