@@ -80,9 +80,6 @@ pub(crate) fn tie_hash(line: &[u8]) -> u64 {
 /// One line waiting for its turn.
 struct Held<T> {
     ts: i64,
-    tie: u64,
-    /// Arrival number: equal lines keep their reading order.
-    seq: u64,
     source: usize,
     offset: i64,
     /// The line's number within its message.
@@ -92,27 +89,52 @@ struct Held<T> {
     item: T,
 }
 
-impl<T> Held<T> {
-    fn key(&self) -> (i64, u64, u64) {
+/// A held line's place in the order, and its slot in [`Sequencer::slots`]: the heap moves
+/// these small keys, never the lines (a detect stage's record is some 300 bytes, and moving
+/// it up and down the heap was a tenth of that stage's time).
+struct Key {
+    ts: i64,
+    tie: u64,
+    /// Arrival number: equal lines keep their reading order.
+    seq: u64,
+    slot: usize,
+}
+
+impl Key {
+    fn order(&self) -> (i64, u64, u64) {
         (self.ts, self.tie, self.seq)
     }
 }
 
-impl<T> PartialEq for Held<T> {
+impl PartialEq for Key {
     fn eq(&self, o: &Self) -> bool {
-        self.key() == o.key()
+        self.order() == o.order()
     }
 }
-impl<T> Eq for Held<T> {}
-impl<T> PartialOrd for Held<T> {
+impl Eq for Key {}
+impl PartialOrd for Key {
     fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
         Some(self.cmp(o))
     }
 }
-impl<T> Ord for Held<T> {
+impl Ord for Key {
     /// Reversed: `BinaryHeap` is a max-heap and the smallest key goes first.
     fn cmp(&self, o: &Self) -> Ordering {
-        o.key().cmp(&self.key())
+        o.order().cmp(&self.order())
+    }
+}
+
+/// Puts `v` in the empty slot `free` when there is one, else in a new slot; returns where.
+fn place<T>(slots: &mut Vec<Option<T>>, free: Option<usize>, v: T) -> usize {
+    match free {
+        Some(i) => {
+            slots[i] = Some(v);
+            i
+        }
+        None => {
+            slots.push(Some(v));
+            slots.len() - 1
+        }
     }
 }
 
@@ -179,7 +201,10 @@ pub struct Toggle {
 /// Releases held lines in (event time, tie hash) order as the sources' watermarks allow.
 pub struct Sequencer<T> {
     cfg: EventTimeConfig,
-    heap: BinaryHeap<Held<T>>,
+    heap: BinaryHeap<Key>,
+    /// The held lines, where their keys point; `free` lists the empty slots.
+    slots: Vec<Option<Held<T>>>,
+    free: Vec<usize>,
     sources: Vec<Option<Source>>,
     index: HashMap<String, HashMap<i32, usize>>,
     seq: u64,
@@ -198,6 +223,8 @@ impl<T> Sequencer<T> {
         Sequencer {
             cfg,
             heap: BinaryHeap::new(),
+            slots: Vec::new(),
+            free: Vec::new(),
             sources: Vec::new(),
             index: HashMap::new(),
             seq: 0,
@@ -242,16 +269,8 @@ impl<T> Sequencer<T> {
             src.skip = src.applied.clone();
             src.done_below = mark.next;
         }
-        let id = match self.sources.iter().position(Option::is_none) {
-            Some(free) => {
-                self.sources[free] = Some(src);
-                free
-            }
-            None => {
-                self.sources.push(Some(src));
-                self.sources.len() - 1
-            }
-        };
+        let free = self.sources.iter().position(Option::is_none);
+        let id = place(&mut self.sources, free, src);
         self.index.entry(topic.to_string()).or_default().insert(partition, id);
         id
     }
@@ -270,7 +289,15 @@ impl<T> Sequencer<T> {
         if let Some(m) = self.index.get_mut(topic) {
             m.remove(&partition);
         }
-        self.heap.retain(|h| h.source != id);
+        let (slots, free) = (&mut self.slots, &mut self.free);
+        self.heap.retain(|k| {
+            let keep = slots[k.slot].as_ref().is_some_and(|h| h.source != id);
+            if !keep {
+                slots[k.slot] = None;
+                free.push(k.slot);
+            }
+            keep
+        });
     }
 
     /// The id of a tracked source.
@@ -342,11 +369,9 @@ impl<T> Sequencer<T> {
     /// apart from it): `replay` copies the lines still held out of the batch they point into
     /// before that batch is reused.
     pub(crate) fn held_mut(&mut self, mut f: impl FnMut(&mut T)) {
-        let mut held = std::mem::take(&mut self.heap).into_vec();
-        for h in &mut held {
+        for h in self.slots.iter_mut().flatten() {
             f(&mut h.item);
         }
-        self.heap = BinaryHeap::from(held);
     }
 
     /// Holds line `line` (decoded) of the message at `offset` of `source`.
@@ -358,15 +383,20 @@ impl<T> Sequencer<T> {
         s.watermark = s.watermark.max(ts);
         *s.held.entry(offset).or_default() += 1;
         self.seq += 1;
-        self.heap.push(Held {
+        let held = Held {
             ts,
-            tie,
-            seq: self.seq,
             source,
             offset,
             line,
             arrived: now,
             item,
+        };
+        let slot = place(&mut self.slots, self.free.pop(), held);
+        self.heap.push(Key {
+            ts,
+            tie,
+            seq: self.seq,
+            slot,
         });
         self.peak = self.peak.max(self.heap.len());
     }
@@ -446,8 +476,14 @@ impl<T> Sequencer<T> {
 
     fn release_while(&mut self, mut may_go: impl FnMut(&Held<T>) -> bool, mut apply: impl FnMut(T, bool)) -> usize {
         let mut n = 0;
-        while self.heap.peek().is_some_and(&mut may_go) {
-            let Some(h) = self.heap.pop() else { break };
+        while let Some(k) = self.heap.peek() {
+            let slot = k.slot;
+            if !self.slots[slot].as_ref().is_some_and(&mut may_go) {
+                break;
+            }
+            self.heap.pop();
+            let Some(h) = self.slots[slot].take() else { break };
+            self.free.push(slot);
             let mut quiet = false;
             if let Some(s) = self.sources.get_mut(h.source).and_then(Option::as_mut) {
                 if let Some(c) = s.held.get_mut(&h.offset) {
