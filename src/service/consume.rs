@@ -34,7 +34,7 @@ use crate::sinks::RevocationStore;
 use crate::source::kafka;
 use tokenwatch_core::decision::Decision;
 use tokenwatch_core::eventtime::Sequencer;
-use tokenwatch_core::input::lines::{Line, LineReader};
+use tokenwatch_core::input::lines::{lines_in, Line};
 use tokenwatch_core::pipeline::{HeldLine, Pipeline};
 use tokenwatch_core::rules::RuleSet;
 
@@ -472,10 +472,7 @@ fn hold_message(
     max_line: usize,
     now: Instant,
 ) {
-    let mut reader = LineReader::new(payload, max_line);
-    let mut number = 0u32;
-    while let Ok(Some(line)) = reader.next_line() {
-        number += 1;
+    for (number, line) in (1u32..).zip(lines_in(payload, max_line)) {
         if order.restored(source, offset, number) {
             continue;
         }

@@ -39,7 +39,7 @@ use super::shuffle::{ShuffleConfig, ShuffleError};
 use super::ServiceError;
 use crate::metrics::{BatchCounts, Metrics};
 use crate::source::kafka;
-use tokenwatch_core::input::lines::{Line, LineReader};
+use tokenwatch_core::input::lines::{lines_in, Line};
 use tokenwatch_core::pipeline::{DecodedBatch, ParallelDecode, Pipeline};
 use tokenwatch_core::record::{self, Internal, Origin, Router, Watermark};
 use tokenwatch_core::rules::Field;
@@ -679,10 +679,7 @@ impl Decoding {
         buf: &mut Vec<u8>,
         read: &mut HashMap<(String, i32), Read>,
     ) {
-        let mut reader = LineReader::new(payload, out.limits.max_line);
-        let mut number = 0u32;
-        while let Ok(Some(line)) = reader.next_line() {
-            number += 1;
+        for (number, line) in (1u32..).zip(lines_in(payload, out.limits.max_line)) {
             match line {
                 Line::Ok([]) => {}
                 Line::Ok(l) => {
