@@ -35,7 +35,12 @@ impl<const N: usize> BatchCounts<N> {
 
     /// One more for the label at `i`.
     pub fn add(&mut self, i: usize) {
-        self.counts[i] += 1;
+        self.add_n(i, 1);
+    }
+
+    /// `n` more for the label at `i`.
+    pub fn add_n(&mut self, i: usize, n: u64) {
+        self.counts[i] += n;
     }
 
     /// Adds the counts to `counter` and starts over.

@@ -117,22 +117,40 @@ impl Task {
         self.held.keys().next().copied().or(self.next)
     }
 
-    /// Takes one record read at internal offset `internal`; says what became of it.
-    fn take(&mut self, internal: i64, payload: &[u8], now: Instant) -> Consumed {
+    /// Takes the records of the message read at internal offset `internal`, counting in
+    /// `taken` what became of each; returns how many it read.
+    fn take(&mut self, internal: i64, message: &[u8], now: Instant, taken: &mut BatchCounts<4>) -> usize {
         self.next = Some(internal + 1);
-        match record::decode_with(payload, Some(&mut self.tokens)) {
+        let refuse = |taken: &mut BatchCounts<4>, e: record::RecordError| {
+            tracing::warn!(offset = internal, error = %e, "internal record refused");
+            taken.add(Consumed::Refused as usize);
+        };
+        let records = match record::records(message) {
+            Ok(r) => r,
             Err(e) => {
-                tracing::warn!(offset = internal, error = %e, "internal record refused");
-                Consumed::Refused
+                refuse(taken, e);
+                return 1;
             }
-            Ok(Record::Watermark(w)) => {
-                let src = self.source(w.topic, w.partition, now);
-                self.order.advance(src, w.ts_ms, now);
-                self.order.declare(src, w.idle);
-                Consumed::Watermark
-            }
-            Ok(Record::Event(r)) => self.hold(internal, r, now),
+        };
+        let mut n = 0;
+        for r in records {
+            n += 1;
+            let consumed = match r.and_then(|bytes| record::decode_with(bytes, Some(&mut self.tokens))) {
+                Err(e) => {
+                    refuse(taken, e);
+                    continue;
+                }
+                Ok(Record::Watermark(w)) => {
+                    let src = self.source(w.topic, w.partition, now);
+                    self.order.advance(src, w.ts_ms, now);
+                    self.order.declare(src, w.idle);
+                    Consumed::Watermark
+                }
+                Ok(Record::Event(r)) => self.hold(internal, r, now),
+            };
+            taken.add(consumed as usize);
         }
+        n
     }
 
     /// The source of gateway partition (`topic`, `partition`) in the sequencer.
@@ -370,10 +388,11 @@ impl Detect {
         })
     }
 
-    /// Step 1: reads records until the batch is full or its wait is over.
+    /// Step 1: reads records until the batch holds `max` of them or its wait is over;
+    /// returns the messages read.
     async fn fill(&mut self, stop: &mut Shutdown) -> usize {
         let start = Instant::now();
-        let mut n = 0;
+        let (mut n, mut records) = (0, 0);
         let mut taken = BatchCounts::new(Consumed::LABELS);
         loop {
             let wait = if n == 0 {
@@ -388,11 +407,15 @@ impl Detect {
             // read again after its seek.
             let topic = self.p.topics.iter().position(|t| t == m.topic());
             if let Some(t) = topic.and_then(|i| self.tasks.get_mut(&(i, m.partition()))) {
-                let consumed = t.take(m.offset(), m.payload().unwrap_or_default(), self.clock.now());
-                taken.add(consumed as usize);
+                records += t.take(
+                    m.offset(),
+                    m.payload().unwrap_or_default(),
+                    self.clock.now(),
+                    &mut taken,
+                );
             }
             n += 1;
-            if n >= self.p.limits.max || start.elapsed() >= self.p.limits.wait {
+            if records >= self.p.limits.max || start.elapsed() >= self.p.limits.wait {
                 break;
             }
         }

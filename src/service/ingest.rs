@@ -5,7 +5,8 @@
 //!    their lines on `[shuffle] decode_threads` threads ([`Decoding`]) and send each use of a
 //!    token, in the order the lines were read, as a record to the partition of its subject,
 //!    and, when rules keyed by other fields are loaded, to the by-key topic's partitions of
-//!    those fields' values ([`record::Router`]);
+//!    those fields' values ([`record::Router`]). A decoded batch's records for one internal
+//!    partition go out as one message ([`record::Frame`]);
 //! 2. [`Ingest::publish_watermarks`]: for every gateway partition read further, a watermark
 //!    record to every partition of both internal topics (after the records it covers: one
 //!    producer keeps their order);
@@ -41,10 +42,10 @@ use crate::metrics::{BatchCounts, Metrics};
 use crate::source::kafka;
 use tokenwatch_core::input::lines::{lines_in, Line};
 use tokenwatch_core::pipeline::{DecodedBatch, ParallelDecode, Pipeline};
-use tokenwatch_core::record::{self, Internal, Origin, Router, Watermark};
+use tokenwatch_core::record::{self, Frame, Internal, Origin, Router, Watermark};
 use tokenwatch_core::rules::Field;
 
-/// Counts the acknowledgements of each batch's records (the record's opaque is its batch);
+/// Counts the acknowledgements of each batch's messages (a message's opaque is its batch);
 /// the first failure's text is kept for the error.
 #[derive(Default)]
 pub(super) struct Deliveries {
@@ -55,7 +56,7 @@ pub(super) struct Deliveries {
 impl ClientContext for Deliveries {}
 
 impl Deliveries {
-    /// The broker's (or librdkafka's) last word on one record of `batch`: delivered, or the
+    /// The broker's (or librdkafka's) last word on one message of `batch`: delivered, or the
     /// reason it never will be.
     fn note(&self, batch: u64, failure: Option<String>) {
         if let Some(reason) = failure {
@@ -118,14 +119,18 @@ impl Sender {
         }
     }
 
-    /// Sends one record, waiting for room when librdkafka's queue is full.
-    fn send(&mut self, topic: &str, partition: i32, payload: &[u8], kind: Produced) {
+    /// Sends one message (a frame of records of one `kind`), waiting for room when
+    /// librdkafka's queue is full.
+    fn send(&mut self, topic: &str, partition: i32, frame: &Frame, kind: Produced) {
+        if frame.is_empty() {
+            return;
+        }
         self.sent += 1;
-        self.kinds.add(kind as usize);
+        self.kinds.add_n(kind as usize, frame.len() as u64);
         let opaque = self.batch as usize;
         let mut record = BaseRecord::<(), [u8], usize>::with_opaque_to(topic, opaque)
             .partition(partition)
-            .payload(payload);
+            .payload(frame.bytes());
         loop {
             match self.producer.send(record) {
                 Ok(()) => return,
@@ -137,7 +142,7 @@ impl Sender {
                     std::thread::sleep(Duration::from_millis(1));
                 }
                 Err((e, _)) => {
-                    // Not retriable (a record too large, an unknown partition): counted as a
+                    // Not retriable (a message too large, an unknown partition): counted as a
                     // failed delivery, which stops the stage before it commits.
                     self.producer.context().note(self.batch, Some(e.to_string()));
                     return;
@@ -155,7 +160,7 @@ impl Sender {
         ended
     }
 
-    /// Whether every record of `batch` (which sent `sent`) is acknowledged; forgets its count
+    /// Whether every message of `batch` (which sent `sent`) is acknowledged; forgets its count
     /// when it is.
     fn acknowledged(&self, batch: u64, sent: u64) -> bool {
         let Ok(mut acked) = self.producer.context().acked.lock() else {
@@ -576,7 +581,7 @@ fn note_unread(assigned: &kafka::Assignment, read: &mut HashMap<(String, i32), R
     }
 }
 
-/// Watermark records, to every internal partition, for each gateway partition not announced
+/// Watermark records, in one message to every internal partition, for each gateway partition not announced
 /// yet, read further, gone idle or back, or not published for `idle_timeout`. Whether a
 /// partition is idle is this stage's word: the detect stage waits for a partition until its
 /// reader says it is idle, so a partition whose reader died holds event time back until a
@@ -590,6 +595,7 @@ fn publish_watermarks(
     now: Instant,
     idle_timeout: Duration,
 ) {
+    let mut frame = Frame::default();
     for ((topic, partition), r) in read.iter_mut() {
         let idle = r.idle(now, idle_timeout);
         let due = !r.announced
@@ -612,16 +618,26 @@ fn publish_watermarks(
             idle,
         };
         record::encode_watermark(&w, buf);
-        let Out {
-            sender,
-            shuffle,
-            partitions,
-            ..
-        } = &mut *out;
-        for (name, n) in topics(shuffle, *partitions) {
-            for to in 0..n {
-                sender.send(name, to, buf, Produced::Watermark);
-            }
+        if !frame.fits(buf) {
+            send_everywhere(out, &frame);
+            frame.clear();
+        }
+        frame.push(buf);
+    }
+    send_everywhere(out, &frame);
+}
+
+/// Sends a frame of watermark records to every internal partition.
+fn send_everywhere(out: &mut Out, frame: &Frame) {
+    let Out {
+        sender,
+        shuffle,
+        partitions,
+        ..
+    } = out;
+    for (name, n) in topics(shuffle, *partitions) {
+        for to in 0..n {
+            sender.send(name, to, frame, Produced::Watermark);
         }
     }
 }
@@ -652,6 +668,49 @@ struct Decoding {
     spare: Vec<DecodedBatch>,
     /// The newest event time of each gateway partition in the batch being sent.
     newest: Vec<((u32, i32), i64)>,
+    frames: Frames,
+}
+
+/// The records of the batch being sent, a [`Frame`] per internal partition, each sent as one
+/// message when the batch ends (or when it is full).
+#[derive(Default)]
+struct Frames {
+    /// By partition: `{prefix}events`' and `{prefix}events-by-key`'s.
+    events: Vec<Frame>,
+    by_key: Vec<Frame>,
+}
+
+impl Frames {
+    fn add(&mut self, to: Internal, partition: i32, record: &[u8], sender: &mut Sender, shuffle: &ShuffleConfig) {
+        let (frames, topic, kind) = match to {
+            Internal::Subject => (&mut self.events, &shuffle.events_topic, Produced::Event),
+            Internal::ByKey => (&mut self.by_key, &shuffle.by_key_topic, Produced::EventByKey),
+        };
+        let i = usize::try_from(partition).unwrap_or_default();
+        if frames.len() <= i {
+            frames.resize_with(i + 1, Frame::default);
+        }
+        let frame = &mut frames[i];
+        if !frame.fits(record) {
+            sender.send(topic, partition, frame, kind);
+            frame.clear();
+        }
+        frame.push(record);
+    }
+
+    /// Sends every frame holding records.
+    fn flush(&mut self, sender: &mut Sender, shuffle: &ShuffleConfig) {
+        let topics = [
+            (&mut self.events, &shuffle.events_topic, Produced::Event),
+            (&mut self.by_key, &shuffle.by_key_topic, Produced::EventByKey),
+        ];
+        for (frames, topic, kind) in topics {
+            for (partition, frame) in (0..).zip(frames.iter_mut()) {
+                sender.send(topic, partition, frame, kind);
+                frame.clear();
+            }
+        }
+    }
 }
 
 impl Decoding {
@@ -667,6 +726,7 @@ impl Decoding {
             in_flight: VecDeque::new(),
             spare: Vec::new(),
             newest: Vec::new(),
+            frames: Frames::default(),
         })
     }
 
@@ -761,7 +821,7 @@ impl Decoding {
             router,
             ..
         } = out;
-        let newest = &mut self.newest;
+        let (newest, frames) = (&mut self.newest, &mut self.frames);
         newest.clear();
         pipeline.batch_uses(&batch, |i, use_index, ev, tie| {
             let origin = Origin {
@@ -775,11 +835,11 @@ impl Decoding {
             }
             // A use without a token goes by key only (no rule keyed by token or subject can
             // use it), and a use without a value for a key field not by that field.
-            router.route(ev, origin, tie, buf, |to, partition, bytes| match to {
-                Internal::Subject => sender.send(&shuffle.events_topic, partition, bytes, Produced::Event),
-                Internal::ByKey => sender.send(&shuffle.by_key_topic, partition, bytes, Produced::EventByKey),
+            router.route(ev, origin, tie, buf, |to, partition, bytes| {
+                frames.add(to, partition, bytes, sender, shuffle);
             });
         });
+        frames.flush(sender, shuffle);
         for ((_, partition), r) in read.iter_mut() {
             if let Some((_, ts)) = newest.iter().find(|(k, _)| *k == (r.topic, *partition)) {
                 r.watermark = r.watermark.max(*ts);
@@ -847,7 +907,7 @@ mod tests {
         let metrics = Metrics::new();
         let mut s = Sender::new(producer(client, "internal").unwrap());
         // Warm up: metadata and the idempotent producer's id, before the broker slows.
-        s.send("internal", 0, b"first", Produced::Event);
+        s.send("internal", 0, &frame(&[b"first"]), Produced::Event);
         let warm = s.end_batch(&metrics);
         let deadline = Instant::now() + Duration::from_secs(20);
         while !s.acknowledged(warm.0, warm.1) {
@@ -856,11 +916,17 @@ mod tests {
         }
         mock.broker_round_trip_time(1, Duration::from_millis(500)).unwrap();
         for i in 0..10 {
-            s.send("internal", i % 2, b"record", Produced::Event);
+            s.send(
+                "internal",
+                i % 2,
+                &frame(&[b"record", b"record", b"record"]),
+                Produced::Event,
+            );
         }
+        s.send("internal", 0, &Frame::default(), Produced::Event);
         let (batch, sent) = s.end_batch(&metrics);
-        assert_eq!(sent, 10);
-        s.send("internal", 0, b"watermark", Produced::Watermark);
+        assert_eq!(sent, 10, "messages, an empty frame not sent");
+        s.send("internal", 0, &frame(&[b"watermark"]), Produced::Watermark);
         let next = s.end_batch(&metrics);
         assert!(!s.acknowledged(batch, sent), "acknowledged before the broker answered");
         while !s.acknowledged(batch, sent) {
@@ -874,8 +940,58 @@ mod tests {
         assert!(s.failed().is_none());
         assert_eq!(
             metrics.shuffle_produced.with_label_values(&["event"]).get(),
-            11,
-            "counted by kind, per batch"
+            31,
+            "records counted by kind, per batch"
         );
+    }
+
+    fn frame(records: &[&[u8]]) -> Frame {
+        let mut f = Frame::default();
+        for r in records {
+            f.push(r);
+        }
+        f
+    }
+
+    /// A decoded batch's records for one internal partition go out as one message, in the
+    /// order they were added; a frame that would pass its bound goes out first.
+    #[test]
+    fn a_batch_sends_one_message_per_internal_partition() {
+        let mock = rdkafka::mocking::MockCluster::new(1).unwrap();
+        mock.create_topic("events", 3, 1).unwrap();
+        mock.create_topic("by-key", 2, 1).unwrap();
+        let mut client = rdkafka::ClientConfig::new();
+        client.set("bootstrap.servers", mock.bootstrap_servers());
+        let metrics = Metrics::new();
+        let mut s = Sender::new(producer(client, "events").unwrap());
+        let shuffle = ShuffleConfig {
+            events_topic: "events".into(),
+            by_key_topic: "by-key".into(),
+            ..ShuffleConfig::default()
+        };
+        let mut frames = Frames::default();
+        for i in 0..10u8 {
+            frames.add(Internal::Subject, 2, &[i], &mut s, &shuffle);
+            frames.add(Internal::ByKey, 1, &[i], &mut s, &shuffle);
+        }
+        frames.add(Internal::Subject, 0, b"x", &mut s, &shuffle);
+        assert_eq!(s.sent, 0, "nothing goes out before the batch ends");
+        frames.flush(&mut s, &shuffle);
+        assert_eq!(s.sent, 3);
+        assert_eq!(
+            frames.events[2].len() + frames.by_key[1].len(),
+            0,
+            "flushed frames start over"
+        );
+        let big = vec![0u8; record::FRAME_MAX_BYTES / 2];
+        for _ in 0..3 {
+            frames.add(Internal::Subject, 1, &big, &mut s, &shuffle);
+        }
+        assert_eq!(s.sent, 5, "each big record after the first filled a frame");
+        frames.flush(&mut s, &shuffle);
+        let (_, sent) = s.end_batch(&metrics);
+        assert_eq!(sent, 6);
+        assert_eq!(metrics.shuffle_produced.with_label_values(&["event"]).get(), 14);
+        assert_eq!(metrics.shuffle_produced.with_label_values(&["event_by_key"]).get(), 10);
     }
 }

@@ -1031,13 +1031,18 @@ fn assert_decides_as_replay(svc: &Running, setup: &Setup, mut want: Vec<String>)
 
 /// The end (high watermark) of each of `partitions` partitions of `logs`.
 fn end_offsets(brokers: &str, partitions: i32) -> Vec<Option<i64>> {
+    topic_ends(brokers, "logs", partitions).into_iter().map(Some).collect()
+}
+
+/// The end (high watermark) of each of `partitions` partitions of `topic`.
+fn topic_ends(brokers: &str, topic: &str, partitions: i32) -> Vec<i64> {
     use rdkafka::consumer::{BaseConsumer, Consumer};
     let c: BaseConsumer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .create()
         .unwrap();
     (0..partitions)
-        .map(|p| Some(c.fetch_watermarks("logs", p, Duration::from_secs(10)).unwrap().1))
+        .map(|p| c.fetch_watermarks(topic, p, Duration::from_secs(10)).unwrap().1)
         .collect()
 }
 
@@ -1399,6 +1404,13 @@ async fn backlog_split_by_key(decode_threads: usize) {
     assert_eq!(m.late_events.get(), 0, "no event is late");
     assert_eq!(m.shuffle_consumed.with_label_values(&["refused"]).get(), 0);
     assert!(m.shuffle_produced.with_label_values(&["event_by_key"]).get() > 0);
+    // A decoded batch's records for one partition go out as one message (`record::Frame`).
+    let records = m.shuffle_produced.with_label_values(&["event"]).get();
+    let messages: i64 = topic_ends(&setup.brokers, "split.events", 4).iter().sum();
+    assert!(
+        (messages as u64) * 2 < records,
+        "{records} records in {messages} messages: not framed"
+    );
     assert_decides_as_replay(&svc, &setup, want);
     stop_and_wait(svc).await.unwrap();
 }

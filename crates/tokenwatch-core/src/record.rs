@@ -22,9 +22,14 @@
 //! there, so that the detect engine runs exactly those fields' rules over it
 //! ([`crate::engine::Scope`]) and no origin reaches one partition twice.
 //!
-//! The encoding is the checkpoints' (varints, length-prefixed text, [`Enc`]/[`Dec`]) behind a
-//! one-byte format and a one-byte kind, so a newer tokenwatch can change it and an older one
-//! refuses what it cannot read, counted rather than misread.
+//! The encoding is the checkpoints' (varints, length-prefixed text, [`Enc`]/[`Dec`]). A Kafka
+//! message of an internal topic is a [`Frame`]: a one-byte format, then records, each
+//! length-prefixed and starting with a one-byte kind, so a newer tokenwatch can change it and
+//! an older one refuses what it cannot read, counted rather than misread. The ingest stage
+//! puts all the records of a decoded batch bound for one internal partition in one message:
+//! the broker, librdkafka and the detect stage then handle a message per batch and partition
+//! instead of one per use, which was most of what the shuffle cost (measured in BENCHMARKS.md,
+//! "Records framed per partition").
 
 use std::borrow::Cow;
 use std::net::IpAddr;
@@ -37,9 +42,12 @@ use crate::posture::Posture;
 use crate::rules::{Ctx, Field, RuleSet, Val};
 use crate::token::{ClaimValue, IdMap, TokenHasher, TokenInfo};
 
-/// The record format this build writes and reads (2: event records name their routing
-/// fields).
-pub const FORMAT: u8 = 2;
+/// The message format this build writes and reads (3: a message is a frame of records; 2 held
+/// one record per message).
+pub const FORMAT: u8 = 3;
+/// The most bytes of records the ingest stage puts in one message; a larger record goes
+/// alone. Well under the brokers' default `message.max.bytes` (1 MB).
+pub const FRAME_MAX_BYTES: usize = 256 * 1024;
 const KIND_EVENT: u8 = 1;
 const KIND_WATERMARK: u8 = 2;
 
@@ -48,8 +56,10 @@ const KIND_WATERMARK: u8 = 2;
 pub enum RecordError {
     #[error("empty record")]
     Empty,
+    #[error("malformed message: {0}")]
+    Frame(SnapshotError),
     #[error(
-        "record format {0} is not {FORMAT}: an ingest instance of another tokenwatch version writes to this topic"
+        "message format {0} is not {FORMAT}: an ingest instance of another tokenwatch version writes to this topic"
     )]
     Format(u8),
     #[error("unknown record kind {0}")]
@@ -371,11 +381,90 @@ fn murmur2(data: &[u8]) -> u32 {
     h ^ (h >> 15)
 }
 
+/// The records of one message of an internal topic, being filled.
+#[derive(Debug, Default)]
+pub struct Frame {
+    buf: Vec<u8>,
+    records: usize,
+}
+
+impl Frame {
+    /// Whether `record` fits in the frame ([`FRAME_MAX_BYTES`]); an empty frame takes any.
+    pub fn fits(&self, record: &[u8]) -> bool {
+        self.buf.is_empty() || self.buf.len() + record.len() + 10 <= FRAME_MAX_BYTES
+    }
+
+    /// Appends a record ([`encode_event`], [`encode_watermark`]).
+    pub fn push(&mut self, record: &[u8]) {
+        if self.buf.is_empty() {
+            self.buf.push(FORMAT);
+        }
+        Enc(&mut self.buf).bytes(record);
+        self.records += 1;
+    }
+
+    /// The message.
+    pub fn bytes(&self) -> &[u8] {
+        &self.buf
+    }
+
+    /// How many records it holds.
+    pub fn len(&self) -> usize {
+        self.records
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.records == 0
+    }
+
+    /// Empties it, keeping its buffer.
+    pub fn clear(&mut self) {
+        self.buf.clear();
+        self.records = 0;
+    }
+}
+
+/// The records of a message, each to be read with [`decode_with`]. A message of another
+/// format is refused whole; a damaged length ends the message with an error.
+pub fn records(message: &[u8]) -> Result<Records<'_>, RecordError> {
+    let (&format, rest) = message.split_first().ok_or(RecordError::Empty)?;
+    if format != FORMAT {
+        return Err(RecordError::Format(format));
+    }
+    Ok(Records { d: Dec::new(rest) })
+}
+
+/// The records of a message, in the order they were written ([`records`]).
+pub struct Records<'a> {
+    d: Dec<'a>,
+}
+
+impl<'a> Iterator for Records<'a> {
+    type Item = Result<&'a [u8], RecordError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.d.done() {
+            return None;
+        }
+        match self.d.bytes() {
+            Ok(r) => Some(Ok(r)),
+            Err(e) => {
+                self.d = Dec::new(&[]);
+                Some(Err(RecordError::Frame(e)))
+            }
+        }
+    }
+}
+
+/// Every record of a message, decoded; the first error refuses it whole.
+pub fn decode_message(message: &[u8]) -> Result<Vec<Record>, RecordError> {
+    records(message)?.map(|r| decode(r?)).collect()
+}
+
 /// Appends the record of `ev` to `out`; `keys` are the names of the fields that routed it
 /// ([`EventRecord::keys`]), none when it is routed by subject.
 pub fn encode_event(ev: &Event<'_>, origin: Origin, tie: u64, keys: &[&str], out: &mut Vec<u8>) {
     let mut e = Enc(out);
-    e.u8(FORMAT);
     e.u8(KIND_EVENT);
     e.u64(u64::from(origin.topic));
     e.vari(i64::from(origin.partition));
@@ -422,7 +511,6 @@ pub fn encode_event(ev: &Event<'_>, origin: Origin, tie: u64, keys: &[&str], out
 /// Appends a watermark record to `out`.
 pub fn encode_watermark(w: &Watermark, out: &mut Vec<u8>) {
     let mut e = Enc(out);
-    e.u8(FORMAT);
     e.u8(KIND_WATERMARK);
     e.u64(w.producer);
     e.u64(u64::from(w.topic));
@@ -498,18 +586,14 @@ impl TokenMemo {
     }
 }
 
-/// Reads a record; all of it or an error.
+/// Reads a record (one of a message's [`records`]); all of it or an error.
 pub fn decode(bytes: &[u8]) -> Result<Record, RecordError> {
     decode_with(bytes, None)
 }
 
 /// [`decode`], recalling the record's token from `memo` when it was decoded before.
 pub fn decode_with(bytes: &[u8], memo: Option<&mut TokenMemo>) -> Result<Record, RecordError> {
-    let (&format, rest) = bytes.split_first().ok_or(RecordError::Empty)?;
-    if format != FORMAT {
-        return Err(RecordError::Format(format));
-    }
-    let (&kind, body) = rest.split_first().ok_or(RecordError::Empty)?;
+    let (&kind, body) = bytes.split_first().ok_or(RecordError::Empty)?;
     let mut d = Dec::new(body);
     let record = match kind {
         KIND_EVENT => Record::Event(get_event(&mut d, memo)?),
@@ -913,13 +997,6 @@ mod tests {
     fn damaged_records_are_refused_never_half_read() {
         let buf = first_record(&event(Some(full_token())), &[]);
         assert_eq!(decode(&[]), Err(RecordError::Empty));
-        let mut newer = buf.clone();
-        newer[0] = FORMAT + 1;
-        assert_eq!(decode(&newer), Err(RecordError::Format(FORMAT + 1)));
-        // Format 1 named no routing fields: its records are refused, not misread.
-        let mut older = buf.clone();
-        older[0] = 1;
-        assert_eq!(decode(&older), Err(RecordError::Format(1)));
         for cut in 0..buf.len() {
             assert!(decode(&buf[..cut]).is_err(), "a record cut at {cut} bytes was read");
         }
@@ -928,6 +1005,49 @@ mod tests {
         let mut longer = buf.clone();
         longer.push(0);
         assert!(matches!(decode(&longer), Err(RecordError::Malformed(_))));
+        let mut kind = buf.clone();
+        kind[0] = 9;
+        assert_eq!(decode(&kind), Err(RecordError::Kind(9)));
+    }
+
+    #[test]
+    fn a_message_is_a_frame_of_records_and_another_format_is_refused_whole() {
+        let ev = first_record(&event(Some(full_token())), &[]);
+        let mut wm = Vec::new();
+        let w = Watermark {
+            producer: 1,
+            topic: 7,
+            partition: 0,
+            ts_ms: 5,
+            idle: false,
+        };
+        encode_watermark(&w, &mut wm);
+        let mut frame = Frame::default();
+        assert!(frame.is_empty());
+        frame.push(&ev);
+        frame.push(&wm);
+        assert_eq!(frame.len(), 2);
+        let got = decode_message(frame.bytes()).unwrap();
+        assert_eq!(got, [decode(&ev).unwrap(), Record::Watermark(w)]);
+        assert_eq!(decode_message(&[]), Err(RecordError::Empty));
+        // Another format is refused whole: format 2 held one record per message.
+        for other in [2, FORMAT + 1] {
+            let mut m = frame.bytes().to_vec();
+            m[0] = other;
+            assert_eq!(records(&m).err(), Some(RecordError::Format(other)));
+        }
+        // A message cut short: the records before the damage are read, then one error ends it.
+        let whole = frame.bytes();
+        let mut it = records(&whole[..whole.len() - 1]).unwrap();
+        assert_eq!(it.next(), Some(Ok(&ev[..])));
+        assert!(matches!(it.next(), Some(Err(RecordError::Frame(_)))));
+        assert_eq!(it.next(), None);
+        // A record that would pass the bound waits for the next frame; an empty frame takes any.
+        let big = vec![0u8; FRAME_MAX_BYTES];
+        assert!(!frame.fits(&big) && Frame::default().fits(&big));
+        assert!(frame.fits(&ev));
+        frame.clear();
+        assert!(frame.is_empty() && frame.bytes().is_empty());
     }
 
     /// Rules keyed by `keys` (one `match` rule each, on every event).
