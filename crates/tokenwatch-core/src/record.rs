@@ -42,9 +42,11 @@ use crate::posture::Posture;
 use crate::rules::{Ctx, Field, RuleSet, Val};
 use crate::token::{ClaimValue, IdMap, TokenHasher, TokenInfo};
 
-/// The message format this build writes and reads (3: a message is a frame of records; 2 held
+/// The message format this build writes (3: a message is a frame of records; it also reads 2,
 /// one record per message).
 pub const FORMAT: u8 = 3;
+/// The format before frames: one record per message, still read.
+const UNFRAMED: u8 = 2;
 /// The most bytes of records the ingest stage puts in one message; a larger record goes
 /// alone. Well under the brokers' default `message.max.bytes` (1 MB).
 pub const FRAME_MAX_BYTES: usize = 256 * 1024;
@@ -59,7 +61,7 @@ pub enum RecordError {
     #[error("malformed message: {0}")]
     Frame(SnapshotError),
     #[error(
-        "message format {0} is not {FORMAT}: an ingest instance of another tokenwatch version writes to this topic"
+        "message format {0} is neither {FORMAT} nor {UNFRAMED}: an ingest instance of another tokenwatch version writes to this topic"
     )]
     Format(u8),
     #[error("unknown record kind {0}")]
@@ -424,25 +426,39 @@ impl Frame {
     }
 }
 
-/// The records of a message, each to be read with [`decode_with`]. A message of another
+/// The records of a message, each to be read with [`decode_with`]. A message of format 2 (one
+/// record per message, before frames) is read as the one record it holds, so that records an
+/// older ingest stage left in the topic are detected after an upgrade. A message of another
 /// format is refused whole; a damaged length ends the message with an error.
 pub fn records(message: &[u8]) -> Result<Records<'_>, RecordError> {
     let (&format, rest) = message.split_first().ok_or(RecordError::Empty)?;
-    if format != FORMAT {
-        return Err(RecordError::Format(format));
+    match format {
+        FORMAT => Ok(Records {
+            d: Dec::new(rest),
+            whole: None,
+        }),
+        UNFRAMED => Ok(Records {
+            d: Dec::new(&[]),
+            whole: Some(rest),
+        }),
+        other => Err(RecordError::Format(other)),
     }
-    Ok(Records { d: Dec::new(rest) })
 }
 
 /// The records of a message, in the order they were written ([`records`]).
 pub struct Records<'a> {
     d: Dec<'a>,
+    /// The record of a format 2 message.
+    whole: Option<&'a [u8]>,
 }
 
 impl<'a> Iterator for Records<'a> {
     type Item = Result<&'a [u8], RecordError>;
 
     fn next(&mut self) -> Option<Self::Item> {
+        if let Some(r) = self.whole.take() {
+            return Some(Ok(r));
+        }
         if self.d.done() {
             return None;
         }
@@ -1030,8 +1046,12 @@ mod tests {
         let got = decode_message(frame.bytes()).unwrap();
         assert_eq!(got, [decode(&ev).unwrap(), Record::Watermark(w)]);
         assert_eq!(decode_message(&[]), Err(RecordError::Empty));
-        // Another format is refused whole: format 2 held one record per message.
-        for other in [2, FORMAT + 1] {
+        // Format 2 (one record per message, before frames) is still read; any other format
+        // is refused whole (format 1 named no routing fields).
+        let mut unframed = vec![2];
+        unframed.extend_from_slice(&ev);
+        assert_eq!(decode_message(&unframed).unwrap(), [decode(&ev).unwrap()]);
+        for other in [1, FORMAT + 1] {
             let mut m = frame.bytes().to_vec();
             m[0] = other;
             assert_eq!(records(&m).err(), Some(RecordError::Format(other)));
