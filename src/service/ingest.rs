@@ -581,11 +581,11 @@ fn note_unread(assigned: &kafka::Assignment, read: &mut HashMap<(String, i32), R
     }
 }
 
-/// Watermark records, in one message to every internal partition, for each gateway partition not announced
-/// yet, read further, gone idle or back, or not published for `idle_timeout`. Whether a
-/// partition is idle is this stage's word: the detect stage waits for a partition until its
-/// reader says it is idle, so a partition whose reader died holds event time back until a
-/// new reader takes it over. The repeat every `idle_timeout` tells a detect task that
+/// Watermark records, in one message to every internal partition, for each gateway partition
+/// not announced yet, read further, gone idle or back, or not published for `idle_timeout`.
+/// Whether a partition is idle is this stage's word: the detect stage waits for a partition
+/// until its reader says it is idle, so a partition whose reader died holds event time back
+/// until a new reader takes it over. The repeat every `idle_timeout` tells a detect task that
 /// restored a checkpoint (and missed the last word) where each partition stands.
 fn publish_watermarks(
     read: &mut HashMap<(String, i32), Read>,
