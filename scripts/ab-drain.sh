@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# Two tokenwatch binaries, alternated, draining the same backlog: the A/B that a day's machine
+# speed cannot blur (it moved 1.6-1.9x between sessions of one day; BENCHMARKS.md).
+#
+#   scripts/ab-drain.sh OLD_TOKENWATCH NEW_TOKENWATCH [--runs N] [--partitions P]
+#                       [--internal K] [--role local|both] [--events N] [--rules DIR]
+#
+# Each run starts a fresh tansu broker and redis-server (tansu's in-memory storage slows down
+# as it fills), produces the backlog (`tokenwatch gen --format canonical --seed 3`) on P
+# partitions keyed at random, runs `tokenwatch run --role ROLE` until `e2e drain` has seen N
+# events, and prints events/s and the CPU seconds tokenwatch and the broker used. OLD and NEW
+# alternate, N runs each. Needs a release build of the bench helpers
+# (`CARGO_TARGET_DIR=target-rel cargo build --release --benches`) and scripts/test-deps.sh.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+[ $# -ge 2 ] || { sed -n '2,13p' "$0"; exit 2; }
+OLD=$(realpath "$1") NEW=$(realpath "$2")
+shift 2
+RUNS=2 PARTS=6 INTERNAL=6 ROLE=both EVENTS=1000000 RULES=rules
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --runs) RUNS=$2; shift ;;
+    --partitions) PARTS=$2; shift ;;
+    --internal) INTERNAL=$2; shift ;;
+    --role) ROLE=$2; shift ;;
+    --events) EVENTS=$2; shift ;;
+    --rules) RULES=$2; shift ;;
+    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+    *) echo "unknown option $1" >&2; exit 2 ;;
+  esac
+  shift
+done
+
+eval "$(scripts/test-deps.sh)"
+TANSU=$TOKENWATCH_TEST_TANSU
+# every TOKENWATCH_* variable is a setting of the binary: the tests' own must not reach it
+unset "${!TOKENWATCH_TEST_@}"
+E2E=$(ls -t "${CARGO_TARGET_DIR:-target}"/release/deps/e2e-* 2>/dev/null | grep -v '\.d$' | head -1 || true)
+[ -x "$E2E" ] || { echo "no e2e bench helper: run CARGO_TARGET_DIR=target-rel cargo build --release --benches" >&2; exit 2; }
+GEO=assets/GeoLite2-City-Test.mmdb
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+cpu() { awk '{print ($14+$15)/100}' "/proc/$1/stat"; }
+
+"$NEW" gen --format canonical --events "$EVENTS" --seed 3 -o "$WORK/backlog.log" 2>/dev/null
+
+# $1: label, $2: binary. Prints one line.
+one() {
+  local rport kport mport redis broker tw rate before
+  rport=$(port) kport=$(port) mport=$(port)
+  redis-server --port "$rport" --bind 127.0.0.1 --save "" --appendonly no --dir "$WORK" >/dev/null &
+  redis=$!
+  "$TANSU" broker --listener-url "tcp://127.0.0.1:$kport" --advertised-listener-url "tcp://127.0.0.1:$kport" \
+    --storage-engine memory://tansu/ >/dev/null 2>&1 &
+  broker=$!
+  PIDS+=("$redis" "$broker")
+  for _ in $(seq 100); do
+    (echo >"/dev/tcp/127.0.0.1/$kport") 2>/dev/null && (echo >"/dev/tcp/127.0.0.1/$rport") 2>/dev/null && break
+    sleep 0.1
+  done
+  "$E2E" produce "127.0.0.1:$kport" backlog "$WORK/backlog.log" "$PARTS" >/dev/null 2>&1
+  before=$(cpu "$broker")
+  TOKENWATCH_SHUFFLE__PARTITIONS=$INTERNAL TOKENWATCH_BATCH__MAX_MESSAGES=5000 TOKENWATCH_BATCH__MAX_WAIT=5ms \
+    "$2" run --role "$ROLE" --brokers "127.0.0.1:$kport" --topic backlog --group ab --redis "redis://127.0.0.1:$rport" \
+    --metrics-addr "127.0.0.1:$mport" --alerts none --rules "$RULES" --geoip "$GEO" >/dev/null 2>&1 &
+  tw=$!
+  PIDS+=("$tw")
+  rate=$("$E2E" drain "$mport" "$EVENTS" 2>/dev/null)
+  echo "$1: $rate events/s; CPU s: tokenwatch $(cpu "$tw") (start-up included), broker $(echo "$(cpu "$broker") - $before" | bc) (while draining)"
+  kill "$tw" "$broker" "$redis" 2>/dev/null || true
+  wait "$tw" "$broker" "$redis" 2>/dev/null || true
+}
+
+echo "--role $ROLE, $PARTS gateway partitions, $INTERNAL internal, $EVENTS events, rules $RULES"
+for i in $(seq "$RUNS"); do
+  one "old ($i)" "$OLD"
+  one "new ($i)" "$NEW"
+done
