@@ -77,9 +77,8 @@ pub(crate) fn tie_hash(line: &[u8]) -> u64 {
     ahash::RandomState::with_seeds(0x746f_6b65, 0x6e77_6174, 0x6368_6576, 0x656e_7473).hash_one(line)
 }
 
-/// One line waiting for its turn.
+/// One line waiting for its turn (its event time is in its [`Key`]).
 struct Held<T> {
-    ts: i64,
     source: usize,
     offset: i64,
     /// The line's number within its message.
@@ -384,7 +383,6 @@ impl<T> Sequencer<T> {
         *s.held.entry(offset).or_default() += 1;
         self.seq += 1;
         let held = Held {
-            ts,
             source,
             offset,
             line,
@@ -449,7 +447,7 @@ impl<T> Sequencer<T> {
         let (safe, active) = (self.safe(now), self.frontier(now));
         let wait = self.cfg.idle_timeout;
         let n = self.release_while(
-            |h| h.ts < safe || (h.ts < active && now.saturating_duration_since(h.arrived) >= wait),
+            |ts, h| ts < safe || (ts < active && now.saturating_duration_since(h.arrived) >= wait),
             &mut apply,
         );
         let over = self.heap.len().saturating_sub(self.cfg.max_held);
@@ -458,7 +456,7 @@ impl<T> Sequencer<T> {
         }
         let mut left = over;
         let forced = self.release_while(
-            |_| {
+            |_, _| {
                 let go = left > 0;
                 left = left.saturating_sub(1);
                 go
@@ -471,14 +469,20 @@ impl<T> Sequencer<T> {
 
     /// Hands every held line to `apply`, in order (end of input).
     pub(crate) fn release_all(&mut self, apply: impl FnMut(T, bool)) -> usize {
-        self.release_while(|_| true, apply)
+        self.release_while(|_, _| true, apply)
     }
 
-    fn release_while(&mut self, mut may_go: impl FnMut(&Held<T>) -> bool, mut apply: impl FnMut(T, bool)) -> usize {
+    /// Hands the held lines to `apply` in order while `may_go` (given each one's event time)
+    /// lets them.
+    fn release_while(
+        &mut self,
+        mut may_go: impl FnMut(i64, &Held<T>) -> bool,
+        mut apply: impl FnMut(T, bool),
+    ) -> usize {
         let mut n = 0;
         while let Some(k) = self.heap.peek() {
-            let slot = k.slot;
-            if !self.slots[slot].as_ref().is_some_and(&mut may_go) {
+            let (slot, ts) = (k.slot, k.ts);
+            if !self.slots[slot].as_ref().is_some_and(|h| may_go(ts, h)) {
                 break;
             }
             self.heap.pop();
