@@ -681,11 +681,16 @@ struct Frames {
 }
 
 impl Frames {
-    fn add(&mut self, to: Internal, partition: i32, record: &[u8], sender: &mut Sender, shuffle: &ShuffleConfig) {
-        let (frames, topic, kind) = match to {
+    /// The frames of `to`'s partitions, with its topic and the kind of its records.
+    fn of<'a>(&'a mut self, to: Internal, shuffle: &'a ShuffleConfig) -> (&'a mut Vec<Frame>, &'a str, Produced) {
+        match to {
             Internal::Subject => (&mut self.events, &shuffle.events_topic, Produced::Event),
             Internal::ByKey => (&mut self.by_key, &shuffle.by_key_topic, Produced::EventByKey),
-        };
+        }
+    }
+
+    fn add(&mut self, to: Internal, partition: i32, record: &[u8], sender: &mut Sender, shuffle: &ShuffleConfig) {
+        let (frames, topic, kind) = self.of(to, shuffle);
         let i = usize::try_from(partition).unwrap_or_default();
         if frames.len() <= i {
             frames.resize_with(i + 1, Frame::default);
@@ -700,11 +705,8 @@ impl Frames {
 
     /// Sends every frame holding records.
     fn flush(&mut self, sender: &mut Sender, shuffle: &ShuffleConfig) {
-        let topics = [
-            (&mut self.events, &shuffle.events_topic, Produced::Event),
-            (&mut self.by_key, &shuffle.by_key_topic, Produced::EventByKey),
-        ];
-        for (frames, topic, kind) in topics {
+        for to in [Internal::Subject, Internal::ByKey] {
+            let (frames, topic, kind) = self.of(to, shuffle);
             for (partition, frame) in (0..).zip(frames.iter_mut()) {
                 sender.send(topic, partition, frame, kind);
                 frame.clear();
