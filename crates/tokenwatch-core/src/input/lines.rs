@@ -278,14 +278,19 @@ impl<R: Read> LineReader<R> {
 mod tests {
     use super::*;
 
+    /// A line as the tests compare it: its bytes, or the length of a line too long.
+    fn owned(l: Line<'_>) -> Result<Vec<u8>, u64> {
+        match l {
+            Line::Ok(b) => Ok(b.to_vec()),
+            Line::TooLong(n) => Err(n),
+        }
+    }
+
     fn all(input: &[u8], max: usize) -> Vec<Result<Vec<u8>, u64>> {
         let mut r = LineReader::new(input, max);
         let mut out = Vec::new();
         while let Some(l) = r.next_line().unwrap() {
-            out.push(match l {
-                Line::Ok(b) => Ok(b.to_vec()),
-                Line::TooLong(n) => Err(n),
-            });
+            out.push(owned(l));
         }
         out
     }
@@ -295,10 +300,7 @@ mod tests {
         let mut b = LineBatch::default();
         let mut out = Vec::new();
         while r.fill(&mut b).unwrap() {
-            out.extend((0..b.lines.len()).map(|i| match b.line(i) {
-                Line::Ok(l) => Ok(l.to_vec()),
-                Line::TooLong(n) => Err(n),
-            }));
+            out.extend((0..b.lines.len()).map(|i| owned(b.line(i))));
         }
         out
     }
@@ -347,12 +349,7 @@ mod tests {
     }
 
     fn in_memory(input: &[u8], max: usize) -> Vec<Result<Vec<u8>, u64>> {
-        lines_in(input, max)
-            .map(|l| match l {
-                Line::Ok(b) => Ok(b.to_vec()),
-                Line::TooLong(n) => Err(n),
-            })
-            .collect()
+        lines_in(input, max).map(owned).collect()
     }
 
     proptest::proptest! {
