@@ -39,44 +39,20 @@ unset "${!TOKENWATCH_TEST_@}"
 E2E=$(ls -t "${CARGO_TARGET_DIR:-target}"/release/deps/e2e-* 2>/dev/null | grep -v '\.d$' | head -1 || true)
 [ -x "$E2E" ] || { echo "no e2e bench helper: run CARGO_TARGET_DIR=target-rel cargo build --release --benches" >&2; exit 2; }
 GEO=assets/GeoLite2-City-Test.mmdb
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-cpu() { awk '{print ($14+$15)/100}' "/proc/$1/stat"; }
+RUN_EVENTS=$EVENTS
+# WORK, PIDS and their cleanup; fresh_backlog, drain_run, cpu
+source scripts/bench-lib.sh
 
 "$NEW" gen --format canonical --events "$EVENTS" --seed 3 -o "$WORK/backlog.log" 2>/dev/null
 
 # $1: label, $2: binary. Prints one line.
 one() {
-  local rport kport mport redis broker tw rate before
-  rport=$(port) kport=$(port) mport=$(port)
-  redis-server --port "$rport" --bind 127.0.0.1 --save "" --appendonly no --dir "$WORK" >/dev/null &
-  redis=$!
-  "$TANSU" broker --listener-url "tcp://127.0.0.1:$kport" --advertised-listener-url "tcp://127.0.0.1:$kport" \
-    --storage-engine memory://tansu/ >/dev/null 2>&1 &
-  broker=$!
-  PIDS+=("$redis" "$broker")
-  for _ in $(seq 100); do
-    (echo >"/dev/tcp/127.0.0.1/$kport") 2>/dev/null && (echo >"/dev/tcp/127.0.0.1/$rport") 2>/dev/null && break
-    sleep 0.1
-  done
-  "$E2E" produce "127.0.0.1:$kport" backlog "$WORK/backlog.log" "$PARTS" >/dev/null 2>&1
-  before=$(cpu "$broker")
-  TOKENWATCH_SHUFFLE__PARTITIONS=$INTERNAL TOKENWATCH_BATCH__MAX_MESSAGES=5000 TOKENWATCH_BATCH__MAX_WAIT=5ms \
-    "$2" run --role "$ROLE" --brokers "127.0.0.1:$kport" --topic backlog --group ab --redis "redis://127.0.0.1:$rport" \
-    --metrics-addr "127.0.0.1:$mport" --alerts none --rules "$RULES" --geoip "$GEO" >/dev/null 2>&1 &
-  tw=$!
-  PIDS+=("$tw")
-  rate=$("$E2E" drain "$mport" "$EVENTS" 2>/dev/null)
-  echo "$1: $rate events/s; CPU s: tokenwatch $(cpu "$tw") (start-up included), broker $(echo "$(cpu "$broker") - $before" | bc) (while draining)"
-  kill "$tw" "$broker" "$redis" 2>/dev/null || true
-  wait "$tw" "$broker" "$redis" 2>/dev/null || true
+  local rate before
+  fresh_backlog backlog "$PARTS"
+  before=$(cpu "$BROKER_PID")
+  TW=$2
+  rate=$(drain_run backlog ab "$RULES" TOKENWATCH_SHUFFLE__PARTITIONS="$INTERNAL" -- --role "$ROLE")
+  echo "$1: $rate events/s; CPU s: tokenwatch $(cat "$WORK/drain.cpu") (start-up included), broker $(echo "$(cpu "$BROKER_PID") - $before" | bc) (while draining)"
 }
 
 echo "--role $ROLE, $PARTS gateway partitions, $INTERNAL internal, $EVENTS events, rules $RULES"

@@ -50,14 +50,8 @@ while [ $# -gt 0 ]; do
 done
 
 GEO=assets/GeoLite2-City-Test.mmdb
-WORK=$(mktemp -d /tmp/tokenwatch-bench.XXXXXX)
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
+# WORK, PIDS and their cleanup; port, fresh, fresh_backlog, drain_run (rows 2 and 3)
+source scripts/bench-lib.sh
 
 log() { echo "bench: $*" >&2; }
 
@@ -263,60 +257,10 @@ unset "${!TOKENWATCH_TEST_@}"
 if [ -z "$TANSU" ] || ! command -v redis-server >/dev/null; then
   row "run, tansu → Redis" "not measured: tansu or redis-server missing (scripts/test-deps.sh)" "-"
 else
-  port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-  # A fresh broker and Redis for every measurement: tansu's in-memory storage slows down as
-  # it holds more (measured 2026-12-02, `--role both` draining 1,000,000 lines on 6
-  # partitions: 216,744 and 228,826 events/s from a fresh broker, 169,902 and 120,748 from
-  # one that also held the 2,000,000 messages of the rows before), so no row inherits
-  # another's data. Sets B and R.
-  SERVER_PIDS=()
-  fresh() {
-    local p
-    for p in "${SERVER_PIDS[@]}"; do kill "$p" 2>/dev/null; wait "$p" 2>/dev/null; done
-    SERVER_PIDS=()
-    RPORT=$(port)
-    redis-server --port "$RPORT" --bind 127.0.0.1 --save "" --appendonly no --dir "$WORK" >/dev/null &
-    PIDS+=($!) SERVER_PIDS+=($!)
-    KPORT=$(port)
-    "$TANSU" broker --listener-url "tcp://127.0.0.1:$KPORT" --advertised-listener-url "tcp://127.0.0.1:$KPORT" \
-      --storage-engine memory://tansu/ >/dev/null 2>&1 &
-    PIDS+=($!) SERVER_PIDS+=($!)
-    for _ in $(seq 100); do
-      (echo >/dev/tcp/127.0.0.1/$KPORT) 2>/dev/null && (echo >/dev/tcp/127.0.0.1/$RPORT) 2>/dev/null && break
-      sleep 0.1
-    done
-    B=127.0.0.1:$KPORT
-    R=redis://127.0.0.1:$RPORT
-  }
-  # A fresh broker holding the backlog as topic $1 on $2 partitions.
-  fresh_backlog() {
-    fresh
-    "$E2E" produce "$B" "$1" "$WORK/backlog.log" "$2" >/dev/null 2>&1
-  }
-
   head -n "$RUN_EVENTS" "$WORK/canonical.log" >"$WORK/backlog.log"
   fresh
   prod=$("$E2E" produce "$B" backlog "$WORK/backlog.log" 2>/dev/null)
   log "produced $RUN_EVENTS messages at $prod/s"
-  # Runs `tokenwatch run` on a backlog until it has drained N events; prints events/s.
-  # $1: topic, $2: group, $3: rules dir, then NAME=VALUE settings, then -- and extra flags.
-  drain_run() {
-    local topic=$1 group=$2 rules_dir=$3 mport twpid rate
-    shift 3
-    local envs=() flags=()
-    while [ $# -gt 0 ] && [ "$1" != -- ]; do envs+=("$1"); shift; done
-    [ $# -gt 0 ] && shift
-    flags=("$@")
-    mport=$(port)
-    env "${envs[@]}" TOKENWATCH_BATCH__MAX_MESSAGES=5000 TOKENWATCH_BATCH__MAX_WAIT=5ms \
-      $TW run "${flags[@]}" --brokers "$B" --topic "$topic" --group "$group" --redis "$R" \
-      --metrics-addr "127.0.0.1:$mport" --alerts none --rules "$rules_dir" --geoip $GEO >/dev/null 2>&1 &
-    twpid=$!
-    PIDS+=($twpid)
-    rate=$("$E2E" drain "$mport" "$RUN_EVENTS" 2>/dev/null)
-    kill $twpid 2>/dev/null || true
-    echo "$rate"
-  }
   bare=$("$E2E" consume "$B" backlog "$RUN_EVENTS" 2>/dev/null)
   log "a bare consumer read the backlog at $bare/s"
   row "bare librdkafka consumer, tansu, $(fmt "$RUN_EVENTS") pre-produced (messages/s; the broker's ceiling for run here)" \
