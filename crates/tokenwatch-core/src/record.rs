@@ -391,7 +391,8 @@ pub struct Frame {
 }
 
 impl Frame {
-    /// Whether `record` fits in the frame ([`FRAME_MAX_BYTES`]); an empty frame takes any.
+    /// Whether `record` fits in the frame ([`FRAME_MAX_BYTES`], with its length prefix: a
+    /// varint of at most 10 bytes); an empty frame takes any.
     pub fn fits(&self, record: &[u8]) -> bool {
         self.buf.is_empty() || self.buf.len() + record.len() + 10 <= FRAME_MAX_BYTES
     }
