@@ -73,7 +73,6 @@ fn main() {
         })
         .collect();
     let bytes = Checkpoint {
-        version: tokenwatch::checkpoint::FORMAT_VERSION,
         partitions: marks,
         engine: state,
     }

@@ -43,9 +43,10 @@
 //! task ([`Writer`]), so the loop reads on meanwhile.
 //!
 //! **Versions and damage.** The bytes open with a magic, a format version and a SHA-256 of
-//! the rest. Format 1 (before revocation budgets were kept) is read, its rules' budgets
-//! start afresh; a newer version is refused (and counted) with a message saying so; a damaged
-//! checkpoint (checksum, truncation, malformed state) is refused as a whole, never half
+//! the rest. Another version is refused (and counted) with a message saying why: a newer
+//! one, or formats 1 and 2, whose state keys were `ahash` values that depended on how that
+//! tokenwatch was built (CPU features, version), so that another build would have found no
+//! state under them ([`tokenwatch_core::hash`]); a damaged checkpoint (checksum, truncation, malformed state) is refused as a whole, never half
 //! loaded; then the service starts empty from the group's committed offsets, as without a
 //! checkpoint. Rules whose definition changed since start empty; the others keep their state
 //! ([`tokenwatch_core::engine::snapshot`]).
@@ -62,15 +63,16 @@ use tokenwatch_core::engine::Engine;
 use tokenwatch_core::eventtime::Sequencer;
 
 use crate::sinks::redis::{RedisHandle, RedisOpError};
-use tokenwatch_core::engine::snapshot::{Dec, Enc, SnapshotError, StateFormat};
+use tokenwatch_core::engine::snapshot::{Dec, Enc, SnapshotError};
 
 /// The first bytes of every checkpoint.
 pub const MAGIC: &[u8; 4] = b"TWCK";
-/// The checkpoint format this build writes; it reads this one and every older one.
+/// The checkpoint format this build writes and reads.
 /// 1: windows, cooldowns, revocations; 2: and the rules' revocation budgets, each key's
 /// eviction class, `distinct_count` text values as (seeded hash, clipped copy), revocations'
-/// feed ids and the aggregation groups.
-pub const FORMAT_VERSION: u32 = 2;
+/// feed ids and the aggregation groups; 3: the same, with every hash in it the same on every
+/// build ([`tokenwatch_core::hash`]). 1 and 2 are refused.
+pub const FORMAT_VERSION: u32 = 3;
 /// Bytes per Redis value.
 pub const CHUNK: usize = 4 << 20;
 
@@ -79,9 +81,6 @@ use tokenwatch_core::eventtime::PartitionMark;
 /// A decoded checkpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Checkpoint {
-    /// The format version: [`FORMAT_VERSION`] for what this build writes, older when read
-    /// from an older tokenwatch (it says how to read `engine`).
-    pub version: u32,
     pub partitions: Vec<PartitionMark>,
     /// [`tokenwatch_core::engine::Engine::snapshot`] bytes.
     pub engine: Vec<u8>,
@@ -92,8 +91,12 @@ pub struct Checkpoint {
 pub enum CheckpointError {
     #[error("not a tokenwatch checkpoint (bad magic bytes)")]
     Magic,
-    #[error("checkpoint format {found}, this tokenwatch reads formats 1 to {FORMAT_VERSION}: starting without it")]
+    #[error("checkpoint format {found} is newer than this tokenwatch's ({FORMAT_VERSION}): starting without it")]
     Version { found: u32 },
+    #[error(
+        "checkpoint format {found} was written by an earlier tokenwatch, whose state keys depended on how it was built: starting without it (format {FORMAT_VERSION} keys are the same on every build)"
+    )]
+    Older { found: u32 },
     #[error("checkpoint checksum mismatch: the data is damaged")]
     Checksum,
     #[error("{0}")]
@@ -119,7 +122,7 @@ impl Checkpoint {
         e.bytes(&self.engine);
         let mut out = Vec::with_capacity(body.len() + 40);
         out.extend_from_slice(MAGIC);
-        out.extend_from_slice(&self.version.to_le_bytes());
+        out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
         out.extend_from_slice(&Sha256::digest(&body));
         out.extend_from_slice(&body);
         out
@@ -130,8 +133,11 @@ impl Checkpoint {
             return Err(CheckpointError::Magic);
         }
         let found = u32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]);
-        if !(1..=FORMAT_VERSION).contains(&found) {
+        if found > FORMAT_VERSION {
             return Err(CheckpointError::Version { found });
+        }
+        if found < FORMAT_VERSION {
+            return Err(CheckpointError::Older { found });
         }
         let body = &bytes[40..];
         if Sha256::digest(body).as_slice() != &bytes[8..40] {
@@ -162,20 +168,7 @@ impl Checkpoint {
         if !d.done() {
             return Err(d.invalid("bytes after the end of the checkpoint").into());
         }
-        Ok(Checkpoint {
-            version: found,
-            partitions,
-            engine,
-        })
-    }
-
-    /// The layout of `engine`, from the format version.
-    pub fn state_format(&self) -> StateFormat {
-        if self.version >= 2 {
-            StateFormat::V2
-        } else {
-            StateFormat::V1
-        }
+        Ok(Checkpoint { partitions, engine })
     }
 }
 
@@ -483,7 +476,6 @@ impl Writer {
         let mut state = std::mem::take(&mut self.buffer);
         engine.snapshot(&mut state);
         let c = Checkpoint {
-            version: FORMAT_VERSION,
             partitions,
             engine: state,
         };
@@ -606,8 +598,7 @@ impl Checkpointing {
         let bytes = store.load(&mut redis).await?;
         let mut resume = Vec::new();
         if let Some(bytes) = bytes {
-            let restored = Checkpoint::decode(&bytes)
-                .and_then(|c| Ok((engine.restore_format(&c.engine, c.state_format())?, c.partitions)));
+            let restored = Checkpoint::decode(&bytes).and_then(|c| Ok((engine.restore(&c.engine)?, c.partitions)));
             match restored {
                 Ok((report, partitions)) => {
                     tracing::info!(
@@ -709,7 +700,6 @@ mod tests {
 
     fn sample() -> Checkpoint {
         Checkpoint {
-            version: FORMAT_VERSION,
             partitions: vec![
                 PartitionMark {
                     topic: "logs".into(),
@@ -734,15 +724,18 @@ mod tests {
         assert_eq!(Checkpoint::decode(&c.encode()).unwrap(), c);
     }
 
-    /// A checkpoint of format 1 (an older tokenwatch) is read, its engine state as the layout
-    /// without budgets.
+    /// A checkpoint of format 1 or 2 (an earlier tokenwatch, whose state keys depended on
+    /// how it was built) is refused, saying so: restored by another build, its state would be
+    /// there and no event would find it.
     #[test]
-    fn an_older_format_is_read_with_its_own_state_layout() {
-        let c = Checkpoint { version: 1, ..sample() };
-        let back = Checkpoint::decode(&c.encode()).unwrap();
-        assert_eq!(back, c);
-        assert_eq!(back.state_format(), StateFormat::V1);
-        assert_eq!(sample().state_format(), StateFormat::V2);
+    fn an_older_format_is_refused_with_the_reason() {
+        let mut bytes = sample().encode();
+        for found in [1u32, 2] {
+            bytes[4..8].copy_from_slice(&found.to_le_bytes());
+            let e = Checkpoint::decode(&bytes).unwrap_err();
+            assert_eq!(e, CheckpointError::Older { found });
+            assert!(e.to_string().contains("depended on how it was built"), "{e}");
+        }
     }
 
     #[test]
@@ -755,7 +748,10 @@ mod tests {
             assert!(
                 matches!(
                     e,
-                    CheckpointError::Magic | CheckpointError::Version { .. } | CheckpointError::Checksum
+                    CheckpointError::Magic
+                        | CheckpointError::Version { .. }
+                        | CheckpointError::Older { .. }
+                        | CheckpointError::Checksum
                 ),
                 "byte {i}: {e}"
             );

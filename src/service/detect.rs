@@ -487,7 +487,7 @@ fn restore(
     now: Instant,
 ) -> Result<Option<i64>, crate::checkpoint::CheckpointError> {
     let c = Checkpoint::decode(bytes)?;
-    pipeline.engine_mut().restore_format(&c.engine, c.state_format())?;
+    pipeline.engine_mut().restore(&c.engine)?;
     let (internal, gateway): (Vec<PartitionMark>, Vec<PartitionMark>) =
         c.partitions.into_iter().partition(|m| m.topic == topic);
     let sources: Vec<(String, i32)> = gateway.iter().map(|m| (m.topic.clone(), m.partition)).collect();

@@ -398,10 +398,7 @@ async fn a_checkpoint_is_written_beside_the_loop_but_a_new_partition_waits_for_i
     assert_eq!(back.partitions[0].next, 100, "the last checkpoint is the one read back");
     // Written into the buffer of the one before: the state reads back whole.
     let mut fresh = common::pipeline(tokenwatch_core::input::Format::Canonical);
-    fresh
-        .engine_mut()
-        .restore_format(&back.engine, back.state_format())
-        .unwrap();
+    fresh.engine_mut().restore(&back.engine).unwrap();
     assert_eq!(fresh.engine().tracked_keys(), keys);
     assert_eq!(metrics.checkpoint_write.get_sample_count(), 3);
     assert_eq!(metrics.checkpoint_pause.get_sample_count(), 3);

@@ -72,9 +72,11 @@ impl Default for EventTimeConfig {
 
 /// The order key of a line: event time, then a fixed hash of its bytes.
 pub(crate) fn tie_hash(line: &[u8]) -> u64 {
-    // Fixed seeds: replay and run (and two runs) must agree. Ties are ordered by this only;
-    // no state is keyed by it, so an attacker choosing collisions gains nothing.
-    ahash::RandomState::with_seeds(0x746f_6b65, 0x6e77_6174, 0x6368_6576, 0x656e_7473).hash_one(line)
+    // Fixed keys: replay and run, and every instance whatever its build, must agree
+    // ([`crate::hash`]). Ties are ordered by this only; no state is keyed by it, so an
+    // attacker choosing collisions gains nothing.
+    const TIE: crate::hash::Keys = crate::hash::Keys::from_seeds([0x746f_6b65, 0x6e77_6174, 0x6368_6576, 0x656e_7473]);
+    TIE.bytes(line)
 }
 
 /// One line waiting for its turn (its event time is in its [`Key`]).

@@ -31,6 +31,7 @@ pub mod engine;
 pub mod eventtime;
 pub mod explain;
 pub mod geo;
+pub mod hash;
 pub mod heap;
 pub mod input;
 pub mod pipeline;

@@ -481,57 +481,25 @@ pub fn tokens_in_query(path: &str) -> impl Iterator<Item = RawToken<'_>> {
     })
 }
 
-/// A randomly keyed 128-bit hash of a whole token, in one pass.
+/// A randomly keyed 128-bit hash of a whole token, in one pass ([`crate::hash::Keys::wide`]).
 ///
 /// Every request's token is hashed to find it in the cache, so this runs once per line over
-/// ~900 bytes: four independent multiply-fold chains (wyhash's step) over 32-byte blocks, two
-/// per 64-bit half, each seeded with secret per-process keys, so that an attacker who does not
-/// know the keys cannot aim two tokens at one cache entry.
+/// ~900 bytes; its keys are secret and per process, so that an attacker who does not know
+/// them cannot aim two tokens at one cache entry.
 #[derive(Clone)]
 pub(crate) struct TokenHasher {
-    k: [u64; 8],
-}
-
-#[inline(always)]
-fn mum(a: u64, b: u64) -> u64 {
-    let r = u128::from(a) * u128::from(b);
-    (r as u64) ^ ((r >> 64) as u64)
+    keys: crate::hash::Keys,
 }
 
 impl TokenHasher {
     pub fn new() -> Self {
-        let r = ahash::RandomState::new();
-        let mut k = [0u64; 8];
-        for (i, k) in k.iter_mut().enumerate() {
-            // odd, and never zero
-            *k = r.hash_one(i as u64) | 1;
+        TokenHasher {
+            keys: crate::hash::Keys::from_seeds(crate::engine::snapshot::random_seeds()),
         }
-        TokenHasher { k }
     }
 
     pub fn hash(&self, t: &[u8]) -> u128 {
-        let k = &self.k;
-        let (mut a, mut b, mut c, mut d) = (k[0] ^ t.len() as u64, k[1], k[2], k[3]);
-        let mut round = |ch: &[u8]| {
-            let w = |i: usize| u64::from_le_bytes(ch[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]));
-            let (w0, w1, w2, w3) = (w(0), w(1), w(2), w(3));
-            a = mum(w0 ^ k[4], w1 ^ a);
-            b = mum(w2 ^ k[5], w3 ^ b);
-            c = mum(w1 ^ k[6], w2 ^ c);
-            d = mum(w3 ^ k[7], w0 ^ d);
-        };
-        let mut chunks = t.chunks_exact(32);
-        for ch in &mut chunks {
-            round(ch);
-        }
-        // The tail, zero-padded (the length is in the seed, so padding is unambiguous).
-        let rest = chunks.remainder();
-        let mut last = [0u8; 32];
-        last[..rest.len()].copy_from_slice(rest);
-        round(&last);
-        let hi = mum(a ^ k[2], b ^ k[3]);
-        let lo = mum(c ^ k[0], d ^ k[1]);
-        (u128::from(mum(hi ^ k[4], lo ^ k[5])) << 64) | u128::from(mum(lo ^ k[6], hi ^ k[7]))
+        self.keys.wide(t)
     }
 }
 

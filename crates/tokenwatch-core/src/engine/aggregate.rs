@@ -66,7 +66,7 @@ impl Aggregator {
 
     /// Whether `d`, decided for the event of `cx`, is emitted; an aggregated decision that is
     /// emitted gets its `aggregated` count in the evidence.
-    pub fn admit(&mut self, hasher: &ahash::RandomState, cx: &Ctx<'_>, d: &mut Decision) -> bool {
+    pub fn admit(&mut self, hasher: &crate::hash::Seeded, cx: &Ctx<'_>, d: &mut Decision) -> bool {
         if self.window_ms <= 0 || d.severity != Severity::Critical || cx.ev.authenticated {
             return true;
         }

@@ -146,7 +146,7 @@ pub enum Probe<'a> {
 
 impl<'a> Probe<'a> {
     /// `None` for a missing value.
-    pub(super) fn of(v: &Val<'a>, hasher: &ahash::RandomState) -> Option<Probe<'a>> {
+    pub(super) fn of(v: &Val<'a>, hasher: &crate::hash::Seeded) -> Option<Probe<'a>> {
         let text = |t: Cow<'a, str>| Probe::Str(hasher.hash_one(&*t), t);
         Some(match *v {
             Val::Net(n) => Probe::Net(n),
@@ -230,7 +230,7 @@ mod tests {
     }
 
     fn add<'s>(s: &'s mut DistinctState, ts: i64, v: Val<'_>, threshold: u32, w: i64) -> Option<&'s [(i64, DVal)]> {
-        let hasher = ahash::RandomState::with_seeds(1, 2, 3, 4);
+        let hasher = crate::hash::Seeded::with_seeds([1, 2, 3, 4]);
         s.add(ts, Probe::of(&v, &hasher).unwrap(), threshold, w)
     }
 

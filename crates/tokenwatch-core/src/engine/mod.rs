@@ -151,7 +151,7 @@ pub struct Engine {
     revoked: Revocations,
     /// Unauthenticated critical decisions grouped per (rule, network).
     aggregate: Aggregator,
-    hasher: ahash::RandomState,
+    hasher: crate::hash::Seeded,
     /// The hasher's seeds, random per engine and kept in checkpoints: the keys of the state
     /// are hashes under them.
     seeds: [u64; 4],
@@ -181,7 +181,7 @@ impl Engine {
             budgets,
             revoked: Revocations::new(cfg.max_revocations),
             aggregate: Aggregator::new(cfg.aggregate_window_ms),
-            hasher: ahash::RandomState::with_seeds(seeds[0], seeds[1], seeds[2], seeds[3]),
+            hasher: crate::hash::Seeded::with_seeds(seeds),
             seeds,
             newest: i64::MIN,
             next_sweep: i64::MIN,
@@ -604,13 +604,13 @@ struct KeyMemo {
 }
 
 impl KeyMemo {
-    fn token_id(&mut self, hasher: &ahash::RandomState, cx: &Ctx<'_>) -> Option<u64> {
+    fn token_id(&mut self, hasher: &crate::hash::Seeded, cx: &Ctx<'_>) -> Option<u64> {
         *self
             .token_id
             .get_or_insert_with(|| cx.ev.token.as_ref().map(|t| token_key(hasher, t)))
     }
 
-    fn subject(&mut self, hasher: &ahash::RandomState, cx: &Ctx<'_>) -> Option<u64> {
+    fn subject(&mut self, hasher: &crate::hash::Seeded, cx: &Ctx<'_>) -> Option<u64> {
         *self
             .subject
             .get_or_insert_with(|| cx.ev.token.as_ref().map(|t| subject_key(hasher, t)))
@@ -619,17 +619,17 @@ impl KeyMemo {
 
 /// The state key of a token: its id scoped by its issuer, so that two issuers' tokens with
 /// the same `jti` never share windows, cooldowns or a revocation.
-fn token_key(hasher: &ahash::RandomState, t: &TokenInfo) -> u64 {
+fn token_key(hasher: &crate::hash::Seeded, t: &TokenInfo) -> u64 {
     scoped(hasher, 7, t.iss.as_deref(), &t.token_id)
 }
 
 /// The state key of a subject: (`iss`, `sub`) as a pair, not the `iss|sub` text, in which
 /// `https://idp|auth0` + `abc` and `https://idp` + `auth0|abc` would be one subject.
-fn subject_key(hasher: &ahash::RandomState, t: &TokenInfo) -> u64 {
+fn subject_key(hasher: &crate::hash::Seeded, t: &TokenInfo) -> u64 {
     scoped(hasher, 8, t.iss.as_deref(), t.sub.as_deref().unwrap_or(&t.token_id))
 }
 
-fn scoped(hasher: &ahash::RandomState, tag: u8, iss: Option<&str>, id: &str) -> u64 {
+fn scoped(hasher: &crate::hash::Seeded, tag: u8, iss: Option<&str>, id: &str) -> u64 {
     let mut h = hasher.build_hasher();
     tag.hash(&mut h);
     iss.hash(&mut h);

@@ -38,7 +38,7 @@ pub struct Facts {
 
 impl PostureState {
     /// Learns from `ev` (when its token is genuine) and says what the posture fields need.
-    pub fn observe(&mut self, ev: &Event<'_>, posture: &Posture, hasher: &ahash::RandomState) -> Facts {
+    pub fn observe(&mut self, ev: &Event<'_>, posture: &Posture, hasher: &crate::hash::Seeded) -> Facts {
         let Some(tok) = ev.token.as_deref() else {
             return Facts::default();
         };
@@ -93,7 +93,7 @@ impl PostureState {
 
     /// The first-seen times of the tracked keys, for the per-key age metric: (iss, kid) are
     /// not recoverable from the hashes, so the service asks by name ([`Self::first_seen_of`]).
-    pub fn first_seen_of(&self, iss: &str, kid: &str, hasher: &ahash::RandomState) -> Option<i64> {
+    pub fn first_seen_of(&self, iss: &str, kid: &str, hasher: &crate::hash::Seeded) -> Option<i64> {
         self.first_seen.get(&hash(hasher, 2, iss, kid)).copied()
     }
 
@@ -137,7 +137,7 @@ pub(super) fn evidence(cx: &crate::rules::Ctx<'_>, e: &mut serde_json::Value) {
     }
 }
 
-fn hash(hasher: &ahash::RandomState, tag: u8, a: &str, b: &str) -> u64 {
+fn hash(hasher: &crate::hash::Seeded, tag: u8, a: &str, b: &str) -> u64 {
     let mut h = hasher.build_hasher();
     tag.hash(&mut h);
     a.hash(&mut h);
@@ -223,7 +223,7 @@ mod tests {
     fn only_genuine_asymmetric_tokens_teach_and_the_maps_are_capped() {
         let mut s = PostureState::default();
         let p = Posture::new(vec!["https://idp".into()], vec![], vec![], vec![], DAY);
-        let h = ahash::RandomState::with_seeds(1, 2, 3, 4);
+        let h = crate::hash::Seeded::with_seeds([1, 2, 3, 4]);
         assert_eq!(s.observe(&ev(T0, &tok("k1", "RS256"), false), &p, &h).key_age_ms, None);
         assert_eq!(s.observe(&ev(T0, &tok("k1", "HS256"), true), &p, &h).key_age_ms, None);
         assert!(s.is_empty());

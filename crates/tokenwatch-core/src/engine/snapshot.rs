@@ -14,11 +14,17 @@
 //! changed since the checkpoint starts empty, as on a hot reload, and the others keep theirs.
 //!
 //! Each rule's revocation budget (its recent enforced revocations and whether it tripped)
-//! travels with its state ([`StateFormat::V2`]): a rule that tripped to shadow
-//! before a restart must not come back enforcing, or a restart would re-arm a runaway rule
-//! that only an operator or a reload may re-arm. Checkpoints of format 1 predate this
-//! ([`StateFormat::V1`]): their rules keep their windows and start with fresh budgets, their
-//! revocations have no feed id and no aggregation group is restored.
+//! travels with its state: a rule that tripped to shadow before a restart must not come back
+//! enforcing, or a restart would re-arm a runaway rule that only an operator or a reload may
+//! re-arm. Keys carry their eviction class, revocations their feed id (so an `unrevoke` can
+//! reach a restored one), and the aggregation groups and the posture state (signing keys'
+//! first-seen times) follow.
+//!
+//! The keys are hashes under [`crate::hash::Seeded`], whose values do not depend on how
+//! tokenwatch was built: a checkpoint written by one instance is read by whichever instance
+//! a rebalance gives the partition, whatever its CPU or build. State written by earlier
+//! versions, whose keys were `ahash` values that did depend on it, is refused by the
+//! checkpoint's format version (the service's `checkpoint` module).
 
 use std::collections::VecDeque;
 use std::net::IpAddr;
@@ -44,18 +50,6 @@ pub enum SnapshotError {
     Truncated(usize),
     #[error("engine state is malformed at byte {at}: {what}")]
     Invalid { at: usize, what: &'static str },
-}
-
-/// Which layout of the engine's state a checkpoint holds (its format version says).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StateFormat {
-    /// Checkpoint format 1: windows, cooldowns and revocations; no revocation budgets, no
-    /// feed ids on revocations, no aggregation groups.
-    V1,
-    /// Format 2: each rule's revocation budget follows its keys, keys carry their eviction
-    /// class, revocations their feed id (so an `unrevoke` can reach a restored one), and the
-    /// aggregation groups and the posture state (signing keys' first-seen times) follow.
-    V2,
 }
 
 /// How a restore went, rule by rule.
@@ -138,22 +132,13 @@ impl Enc<'_> {
 pub struct Dec<'a> {
     buf: &'a [u8],
     pos: usize,
-    /// Format 1 state, read as format 2: what it lacks is derived ([`Dec::read_v1_as_v2`]).
-    v1: Option<ahash::RandomState>,
 }
 
 impl<'a> Dec<'a> {
     pub fn new(buf: &'a [u8]) -> Self {
-        Dec { buf, pos: 0, v1: None }
+        Dec { buf, pos: 0 }
     }
 
-    /// The state ahead is of format 1: keys carry no eviction class (they are taken as
-    /// authenticated, the class that is neither evicted first nor protected) and
-    /// `distinct_count` text values are whole strings, hashed here with the engine's restored
-    /// `hasher` as the engine would hash them, and clipped.
-    fn read_v1_as_v2(&mut self, hasher: ahash::RandomState) {
-        self.v1 = Some(hasher);
-    }
     pub fn pos(&self) -> usize {
         self.pos
     }
@@ -323,18 +308,9 @@ impl Persist for DistinctState {
                 1 => DVal::Ip(d.ip()?),
                 2 => DVal::Num(d.f64()?),
                 3 => DVal::Bool(d.u8()? != 0),
-                4 => match d.v1.clone() {
-                    Some(hasher) => {
-                        let whole = d.str()?;
-                        DVal::Str {
-                            hash: hasher.hash_one(whole),
-                            shown: crate::decision::clip_text(whole).into(),
-                        }
-                    }
-                    None => DVal::Str {
-                        hash: d.u64()?,
-                        shown: d.str()?.into(),
-                    },
+                4 => DVal::Str {
+                    hash: d.u64()?,
+                    shown: d.str()?.into(),
                 },
                 _ => return Err(d.invalid("unknown value type")),
             };
@@ -414,11 +390,7 @@ fn get_map<T: Persist>(d: &mut Dec<'_>, into: &mut KeyMap<T>) -> Result<(), Snap
         } else {
             last_seen.wrapping_sub((fired - 1) as i64)
         };
-        let class = if d.v1.is_some() {
-            Class::Authenticated
-        } else {
-            Class::from_u8(d.u8()?).ok_or_else(|| d.invalid("unknown key class"))?
-        };
+        let class = Class::from_u8(d.u8()?).ok_or_else(|| d.invalid("unknown key class"))?;
         let data = T::get(d, last_seen)?;
         into.restore(
             key,
@@ -506,7 +478,7 @@ fn put_revoked(e: &mut Enc<'_>, m: &super::revoked::Memory) {
     }
 }
 
-fn get_revoked(d: &mut Dec<'_>, rules: &[Rule], format: StateFormat) -> Result<Vec<(u64, Revoked)>, SnapshotError> {
+fn get_revoked(d: &mut Dec<'_>, rules: &[Rule]) -> Result<Vec<(u64, Revoked)>, SnapshotError> {
     let n = d.count(20)?;
     let mut out = Vec::with_capacity(n);
     for _ in 0..n {
@@ -525,11 +497,7 @@ fn get_revoked(d: &mut Dec<'_>, rules: &[Rule], format: StateFormat) -> Result<V
                 revoked_at_ms: d.vari()?,
                 until_ms: d.vari()?,
                 not_before_s: d.vari()?,
-                // Format 1 has no feed ids: such a revocation is not forgotten by an unrevoke.
-                feed_id: match format {
-                    StateFormat::V2 => d.u64()?,
-                    StateFormat::V1 => 0,
-                },
+                feed_id: d.u64()?,
             },
         ));
     }
@@ -561,7 +529,7 @@ fn get_groups(d: &mut Dec<'_>) -> Result<super::keymap::IdMap<super::aggregate::
 }
 
 impl Engine {
-    /// Appends the engine's state to `out`, in the layout [`StateFormat::V2`].
+    /// Appends the engine's state to `out`.
     pub fn snapshot(&self, out: &mut Vec<u8>) {
         let mut e = Enc(out);
         for s in self.seeds {
@@ -584,64 +552,14 @@ impl Engine {
     /// Replaces the engine's state with a snapshot's (of this build's layout); on error,
     /// nothing changes.
     pub fn restore(&mut self, bytes: &[u8]) -> Result<Restored, SnapshotError> {
-        self.restore_format(bytes, StateFormat::V2)
-    }
-
-    /// Each saved rule's state and budget, decoded into the shape (kind, cap, retention) of
-    /// the loaded rule with the same fingerprint; the state of a rule not loaded (or changed)
-    /// is decoded only to be checked, and dropped.
-    fn get_rule_states(
-        &self,
-        d: &mut Dec<'_>,
-        format: StateFormat,
-    ) -> Result<Vec<([u8; 16], State, BudgetState)>, SnapshotError> {
-        let budget = |d: &mut Dec<'_>| match format {
-            StateFormat::V2 => get_budget(d),
-            StateFormat::V1 => Ok(BudgetState::default()),
-        };
-        let n = d.count(17)?;
-        let mut saved: Vec<([u8; 16], State, BudgetState)> = Vec::with_capacity(n);
-        for _ in 0..n {
-            let mut fp = [0u8; 16];
-            fp.copy_from_slice(d.take(16)?);
-            let tag = d.u8()?;
-            let shape = self
-                .rules
-                .rules
-                .iter()
-                .find(|r| fingerprint(r) == fp)
-                .map(|r| State::for_rule(r, &self.cfg));
-            match shape {
-                Some(mut state) => {
-                    each_kind!(&mut state, k => get_state(d, tag, &mut k.keys))?;
-                    saved.push((fp, state, budget(d)?));
-                }
-                None => {
-                    skip_state(d, tag)?;
-                    budget(d)?;
-                }
-            }
-        }
-        Ok(saved)
-    }
-
-    /// Replaces the engine's state with a snapshot's in layout `format`; on error, nothing
-    /// changes.
-    pub fn restore_format(&mut self, bytes: &[u8], format: StateFormat) -> Result<Restored, SnapshotError> {
         let mut d = Dec::new(bytes);
         let seeds = [d.u64()?, d.u64()?, d.u64()?, d.u64()?];
-        if format == StateFormat::V1 {
-            d.read_v1_as_v2(ahash::RandomState::with_seeds(seeds[0], seeds[1], seeds[2], seeds[3]));
-        }
         let newest = d.vari()?;
         let next_sweep = d.vari()?;
-        let mut saved = self.get_rule_states(&mut d, format)?;
-        let tokens = get_revoked(&mut d, &self.rules.rules, format)?;
-        let subjects = get_revoked(&mut d, &self.rules.rules, format)?;
-        let (groups, posture) = match format {
-            StateFormat::V2 => (get_groups(&mut d)?, get_posture(&mut d)?),
-            StateFormat::V1 => Default::default(),
-        };
+        let mut saved = self.get_rule_states(&mut d)?;
+        let tokens = get_revoked(&mut d, &self.rules.rules)?;
+        let subjects = get_revoked(&mut d, &self.rules.rules)?;
+        let (groups, posture) = (get_groups(&mut d)?, get_posture(&mut d)?);
         if !d.done() {
             return Err(d.invalid("bytes after the end of the engine state"));
         }
@@ -670,7 +588,7 @@ impl Engine {
         self.recount_keys_heap();
         self.budgets = budgets;
         self.seeds = seeds;
-        self.hasher = ahash::RandomState::with_seeds(seeds[0], seeds[1], seeds[2], seeds[3]);
+        self.hasher = crate::hash::Seeded::with_seeds(seeds);
         self.newest = newest;
         self.next_sweep = next_sweep;
         self.revoked = super::revoked::Revocations::new(self.cfg.max_revocations);
@@ -684,6 +602,36 @@ impl Engine {
         self.aggregate.groups = groups;
         self.posture_state = posture;
         Ok(report)
+    }
+
+    /// Each saved rule's state and budget, decoded into the shape (kind, cap, retention) of
+    /// the loaded rule with the same fingerprint; the state of a rule not loaded (or changed)
+    /// is decoded only to be checked, and dropped.
+    fn get_rule_states(&self, d: &mut Dec<'_>) -> Result<Vec<([u8; 16], State, BudgetState)>, SnapshotError> {
+        let n = d.count(17)?;
+        let mut saved: Vec<([u8; 16], State, BudgetState)> = Vec::with_capacity(n);
+        for _ in 0..n {
+            let mut fp = [0u8; 16];
+            fp.copy_from_slice(d.take(16)?);
+            let tag = d.u8()?;
+            let shape = self
+                .rules
+                .rules
+                .iter()
+                .find(|r| fingerprint(r) == fp)
+                .map(|r| State::for_rule(r, &self.cfg));
+            match shape {
+                Some(mut state) => {
+                    each_kind!(&mut state, k => get_state(d, tag, &mut k.keys))?;
+                    saved.push((fp, state, get_budget(d)?));
+                }
+                None => {
+                    skip_state(d, tag)?;
+                    get_budget(d)?;
+                }
+            }
+        }
+        Ok(saved)
     }
 }
 
@@ -761,53 +709,5 @@ mod tests {
         bytes[at] = 9;
         let err = engine.restore(&bytes).unwrap_err();
         assert!(err.to_string().contains("unknown rule state kind"), "{err}");
-    }
-
-    /// A format-1 snapshot, as the previous release wrote it (no budgets, no key classes,
-    /// whole `distinct_count` strings, no feed ids, no aggregation groups), still restores:
-    /// the window comes back with its string hashed as the engine hashes it, so the same value
-    /// seen again is not a new one. Read as the current layout, the same bytes are refused.
-    #[test]
-    fn a_format_1_snapshot_restores_its_windows() {
-        let yaml = "id: d\nseverity: low\naction: alert\nkind: distinct_count\nkey: token_id\n\
-                    distinct: user_agent\nthreshold: 2\nwindow: 1m\n";
-        let rules = Arc::new(RuleSet {
-            rules: load_str(Path::new("r.yaml"), yaml).unwrap(),
-            files: 1,
-        });
-        let mut engine = Engine::new(rules.clone(), EngineConfig::default());
-        let mut v1 = Vec::new();
-        let mut e = Enc(&mut v1);
-        for seed in [1, 2, 3, 4] {
-            e.u64(seed);
-        }
-        e.vari(1_000); // newest
-        e.vari(2_000); // next sweep
-        e.varu(1); // one rule
-        e.0.extend_from_slice(&fingerprint(&rules.rules[0]));
-        e.u8(DistinctState::TAG);
-        e.varu(1); // one key: last seen 1,000, never fired, no class byte
-        e.u64(42);
-        e.vari(1_000);
-        e.varu(0);
-        e.varu(1); // one value, seen at the key's last event: a whole string
-        e.vari(0);
-        e.u8(4);
-        e.bytes(b"curl/8.0");
-        e.varu(0); // no revoked tokens
-        e.varu(0); // nor subjects
-        let report = engine.restore_format(&v1, StateFormat::V1).unwrap();
-        assert_eq!((report.rules_kept, report.keys), (1, 1));
-        let State::Distinct(k) = &engine.states[0] else {
-            panic!("not a distinct state")
-        };
-        let slot = k.keys.get(42).unwrap();
-        assert_eq!(slot.class, Class::Authenticated);
-        let DVal::Str { hash, shown } = &slot.data.vals[0].1 else {
-            panic!("not a string")
-        };
-        assert_eq!(*hash, ahash::RandomState::with_seeds(1, 2, 3, 4).hash_one("curl/8.0"));
-        assert_eq!(&**shown, "curl/8.0");
-        assert!(Engine::new(rules, EngineConfig::default()).restore(&v1).is_err());
     }
 }

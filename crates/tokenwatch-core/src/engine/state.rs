@@ -26,7 +26,7 @@ use crate::rules::{Action, Cooldown, Ctx, Kind, Rule};
 /// revocations, and the event's token and subject keys (hashed at most once per event).
 pub(super) struct Env<'a> {
     pub revoked: &'a Revocations,
-    pub hasher: &'a ahash::RandomState,
+    pub hasher: &'a crate::hash::Seeded,
     pub memo: &'a mut KeyMemo,
 }
 

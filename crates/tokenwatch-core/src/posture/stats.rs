@@ -257,7 +257,7 @@ impl Default for ReportStats {
 /// The token's id hashed for the distinct-token set (fixed seeds: the same logs give the
 /// same report; a collision only merges two tokens' statistics).
 fn token_hash(id: &str) -> u64 {
-    ahash::RandomState::with_seeds(0x706f_7374, 0x7572_6521, 0x746f_6b65, 0x6e69_6473).hash_one(id)
+    crate::hash::Seeded::with_seeds([0x706f_7374, 0x7572_6521, 0x746f_6b65, 0x6e69_6473]).hash_one(id)
 }
 
 impl ReportStats {
@@ -350,7 +350,7 @@ impl ReportStats {
             return;
         };
         let (iss, kid) = (clip_text(iss), clip_text(kid));
-        let h = ahash::RandomState::with_seeds(1, 2, 3, 4).hash_one((&*iss, &*kid));
+        let h = crate::hash::Seeded::with_seeds([1, 2, 3, 4]).hash_one((&*iss, &*kid));
         if let Some(k) = self.keys.get_mut(&h) {
             k.seen.first_ms = k.seen.first_ms.min(ts_ms);
             k.seen.last_ms = k.seen.last_ms.max(ts_ms);
