@@ -46,9 +46,9 @@
 //! the rest. Another version is refused (and counted) with a message saying why: a newer
 //! one, or formats 1 and 2, whose state keys were `ahash` values that depended on how that
 //! tokenwatch was built (CPU features, version), so that another build would have found no
-//! state under them ([`tokenwatch_core::hash`]); a damaged checkpoint (checksum, truncation, malformed state) is refused as a whole, never half
-//! loaded; then the service starts empty from the group's committed offsets, as without a
-//! checkpoint. Rules whose definition changed since start empty; the others keep their state
+//! state under them ([`tokenwatch_core::hash`]); a damaged checkpoint (checksum, truncation,
+//! malformed state) is refused as a whole, never half loaded; then the service starts empty
+//! from the group's committed offsets, as without a checkpoint. Rules whose definition changed since start empty; the others keep their state
 //! ([`tokenwatch_core::engine::snapshot`]).
 
 use std::sync::Arc;

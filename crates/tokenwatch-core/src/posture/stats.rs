@@ -257,7 +257,9 @@ impl Default for ReportStats {
 /// The token's id hashed for the distinct-token set (fixed seeds: the same logs give the
 /// same report; a collision only merges two tokens' statistics).
 fn token_hash(id: &str) -> u64 {
-    crate::hash::Seeded::with_seeds([0x706f_7374, 0x7572_6521, 0x746f_6b65, 0x6e69_6473]).hash_one(id)
+    const IDS: crate::hash::Seeded =
+        crate::hash::Seeded::with_seeds([0x706f_7374, 0x7572_6521, 0x746f_6b65, 0x6e69_6473]);
+    IDS.hash_one(id)
 }
 
 impl ReportStats {
@@ -350,7 +352,9 @@ impl ReportStats {
             return;
         };
         let (iss, kid) = (clip_text(iss), clip_text(kid));
-        let h = crate::hash::Seeded::with_seeds([1, 2, 3, 4]).hash_one((&*iss, &*kid));
+        // Fixed keys, derived once at compile time: this runs on every request.
+        const KEYS: crate::hash::Seeded = crate::hash::Seeded::with_seeds([1, 2, 3, 4]);
+        let h = KEYS.hash_one((&*iss, &*kid));
         if let Some(k) = self.keys.get_mut(&h) {
             k.seen.first_ms = k.seen.first_ms.min(ts_ms);
             k.seen.last_ms = k.seen.last_ms.max(ts_ms);
