@@ -170,17 +170,20 @@ impl Consume {
             ..
         } = &mut self.p;
         let mut n = 0usize;
-        let start = Instant::now();
+        // The reading clock runs while this reads, so it times the batch too (one clock
+        // reading per message).
+        let start = self.clock.now();
+        let mut now = start;
         loop {
             let wait = if n == 0 {
                 Duration::from_millis(250)
             } else {
-                limits.wait.saturating_sub(start.elapsed())
+                limits.wait.saturating_sub(now.duration_since(start))
             };
             let Some(m) = next_message(source, wait, stop).await else {
                 return n;
             };
-            let now = self.clock.now();
+            now = self.clock.now();
             // A rebalance runs inside the poll: a partition revoked stops holding the clock
             // at once, and one that came back forgets its place before its first message.
             follow_assignment(order, assigned, &mut self.rebalances, now);
@@ -190,7 +193,7 @@ impl Consume {
             }
             order.read(at, m.offset(), now);
             n += 1;
-            if n >= limits.max || start.elapsed() >= limits.wait {
+            if n >= limits.max || now.duration_since(start) >= limits.wait {
                 return n;
             }
         }
