@@ -172,18 +172,12 @@ impl Consume {
         let mut n = 0usize;
         // The reading clock runs while this reads, so it times the batch too (one clock
         // reading per message).
-        let start = self.clock.now();
-        let mut now = start;
+        let (start, deadline) = (self.clock.now(), BatchDeadline::new(limits.wait));
         loop {
-            let wait = if n == 0 {
-                Duration::from_millis(250)
-            } else {
-                limits.wait.saturating_sub(now.duration_since(start))
-            };
-            let Some(m) = next_message(source, wait, stop).await else {
+            let Some(m) = next_message(source, deadline.next(n), stop).await else {
                 return n;
             };
-            now = self.clock.now();
+            let now = self.clock.now();
             // A rebalance runs inside the poll: a partition revoked stops holding the clock
             // at once, and one that came back forgets its place before its first message.
             follow_assignment(order, assigned, &mut self.rebalances, now);
@@ -292,15 +286,43 @@ impl Consume {
     }
 }
 
-/// The next message within `wait`; `None` when the wait passed, shutdown was asked, or Kafka
-/// reported an error (logged): the batch ends there.
+/// How long a batch waits for messages: 250 ms for its first, then until `wait` after it
+/// began. Kept as deadlines, so that waiting for each message reads no clock (a timeout
+/// reads one to set its deadline, for every message of a drain).
+pub(super) struct BatchDeadline {
+    first: tokio::time::Instant,
+    last: tokio::time::Instant,
+}
+
+impl BatchDeadline {
+    pub(super) fn new(wait: Duration) -> Self {
+        let start = tokio::time::Instant::now();
+        BatchDeadline {
+            first: start + Duration::from_millis(250),
+            last: start + wait,
+        }
+    }
+
+    /// The deadline for the next message when `read` messages have been read so far.
+    pub(super) fn next(&self, read: usize) -> tokio::time::Instant {
+        if read == 0 {
+            self.first
+        } else {
+            self.last
+        }
+    }
+}
+
+/// The next message before `deadline`; `None` when it passed, shutdown was asked, or Kafka
+/// reported an error (logged): the batch ends there. A message already waiting is returned
+/// even after the deadline.
 pub(super) async fn next_message<'a>(
     source: &'a kafka::Source,
-    wait: Duration,
+    deadline: tokio::time::Instant,
     stop: &mut Shutdown,
 ) -> Option<rdkafka::message::BorrowedMessage<'a>> {
     let msg = tokio::select! {
-        m = tokio::time::timeout(wait, source.recv()) => m,
+        m = tokio::time::timeout_at(deadline, source.recv()) => m,
         _ = stop.rx.changed() => return None,
     };
     match msg {

@@ -28,7 +28,7 @@ use rdkafka::consumer::CommitMode;
 use rdkafka::message::Message;
 use tokio::sync::{mpsc, watch};
 
-use super::consume::{deliver, forget_undone, next_message, rearm_tripped, BatchLimits, ReadingClock};
+use super::consume::{deliver, forget_undone, next_message, rearm_tripped, BatchDeadline, BatchLimits, ReadingClock};
 use super::feed::Undone;
 use super::retry::Shutdown;
 use super::{RunSummary, ServiceError};
@@ -391,16 +391,11 @@ impl Detect {
     /// Step 1: reads records until the batch holds `max` of them or its wait is over;
     /// returns the messages read.
     async fn fill(&mut self, stop: &mut Shutdown) -> usize {
-        let start = Instant::now();
+        let (start, deadline) = (Instant::now(), BatchDeadline::new(self.p.limits.wait));
         let (mut n, mut records) = (0, 0);
         let mut taken = BatchCounts::new(Consumed::LABELS);
         loop {
-            let wait = if n == 0 {
-                Duration::from_millis(250)
-            } else {
-                self.p.limits.wait.saturating_sub(start.elapsed())
-            };
-            let Some(m) = next_message(&self.p.source, wait, stop).await else {
+            let Some(m) = next_message(&self.p.source, deadline.next(n), stop).await else {
                 break;
             };
             // A message of a partition whose task is not started (assigned in this poll) is

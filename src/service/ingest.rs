@@ -33,7 +33,7 @@ use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::ClientContext;
 
-use super::consume::{next_message, BatchLimits, ReadingClock};
+use super::consume::{next_message, BatchDeadline, BatchLimits, ReadingClock};
 use super::metric_sync::MetricSync;
 use super::retry::Shutdown;
 use super::shuffle::{ShuffleConfig, ShuffleError};
@@ -394,16 +394,11 @@ impl Ingest {
         // reading before a message's lines and one after them (five per message were 4 % of
         // the samples of a `--role both` drain).
         let (start, timeout) = (self.clock.now(), self.p.idle_timeout);
-        let mut read_at = start;
+        let deadline = BatchDeadline::new(self.p.out.limits.wait);
         let mut n = 0;
         note_unread(&self.p.assigned, &mut self.read);
         loop {
-            let wait = if n == 0 {
-                Duration::from_millis(250)
-            } else {
-                self.p.out.limits.wait.saturating_sub(read_at.duration_since(start))
-            };
-            let Some(m) = next_message(&self.p.source, wait, stop).await else {
+            let Some(m) = next_message(&self.p.source, deadline.next(n), stop).await else {
                 break;
             };
             let now = self.clock.now();
@@ -435,7 +430,7 @@ impl Ingest {
             let payload = m.payload().unwrap_or_default();
             self.decoding
                 .read_lines(payload, at, &mut self.p.out, &mut self.buf, &mut self.read);
-            read_at = self.clock.now();
+            let read_at = self.clock.now();
             let r = self.read.entry(key).or_insert_with(|| Read::new(m.topic(), read_at));
             r.next = Some(m.offset() + 1);
             r.last_active = read_at;
