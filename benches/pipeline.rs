@@ -15,7 +15,8 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughpu
 
 use tokenwatch_core::engine::{Engine, EngineConfig};
 use tokenwatch_core::input::{Event, Format, Parser};
-use tokenwatch_core::pipeline::{Pipeline, PipelineConfig};
+use tokenwatch_core::pipeline::{DecodedBatch, Pipeline, PipelineConfig};
+use tokenwatch_core::record::{encode_event, partition_for, subject_key, Origin, Router};
 use tokenwatch_core::rules::RuleSet;
 use tokenwatch_core::token::{decode, RawToken, TokenCache};
 use tokenwatch_core::verify::{Verifier, VerifyConfig};
@@ -192,9 +193,59 @@ fn pipeline(c: &mut Criterion) {
     g.finish();
 }
 
+/// The ingest stage's records of one batch of uses (`--role both`): each record encoded field
+/// by field (`encode_event`) and its partition found, against the router, which does the
+/// same but encodes a token's claims once and copies them into each of its records. Both include what they share (counting each use,
+/// the line's tie hash), so the difference is the encoding.
+fn shuffle(c: &mut Criterion) {
+    let ls = lines(GenFormat::Canonical, N);
+    let rules = tokenwatch_core::defaults::rules().unwrap();
+    let geo = tokenwatch_core::defaults::test_geo_db();
+    let mut p = Pipeline::new(rules.clone(), Some(geo), PipelineConfig::default()).unwrap();
+    let mut batch = DecodedBatch::new();
+    for l in &ls {
+        batch.lines_mut().push(l.as_bytes());
+    }
+    p.decode_batch(&mut batch);
+    let origin = Origin {
+        topic: 1,
+        partition: 0,
+        offset: 0,
+        line: 0,
+        use_index: 0,
+    };
+    let mut g = c.benchmark_group("shuffle");
+    g.throughput(Throughput::Elements(ls.len() as u64));
+    let mut buf = Vec::new();
+    g.bench_function("encode_event", |b| {
+        b.iter(|| {
+            let mut bytes = 0;
+            p.batch_uses(&batch, |_, _, ev, tie| {
+                if let Some(subject) = subject_key(ev) {
+                    buf.clear();
+                    encode_event(ev, origin, tie, &[], &mut buf);
+                    bytes += buf.len() + partition_for(subject.as_bytes(), 6) as usize;
+                }
+            });
+            bytes
+        });
+    });
+    let mut router = Router::new(&rules, Arc::default(), 6, None);
+    g.bench_function("route", |b| {
+        b.iter(|| {
+            let mut bytes = 0;
+            p.batch_uses(&batch, |_, _, ev, tie| {
+                router.route(ev, origin, tie, &mut buf, |_, _, record| bytes += record.len());
+            });
+            bytes
+        });
+    });
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(20).measurement_time(std::time::Duration::from_secs(4));
-    targets = parse, tokens, rules, pipeline
+    targets = parse, tokens, rules, pipeline, shuffle
 }
 criterion_main!(benches);

@@ -201,6 +201,7 @@ pub struct Router {
     key: Vec<u8>,
     /// (destination partition, index in `by_key`) of the use being routed.
     dest: Vec<(i32, usize)>,
+    tokens: TokenParts,
 }
 
 impl Router {
@@ -214,6 +215,7 @@ impl Router {
             by_key_partitions,
             key: Vec::new(),
             dest: Vec::new(),
+            tokens: TokenParts::new(TokenParts::BUDGET_BYTES),
         };
         r.set_rules(rules);
         r
@@ -263,7 +265,7 @@ impl Router {
     ) {
         if let Some(subject) = subject_key(ev) {
             buf.clear();
-            encode_event(ev, origin, tie, &[], buf);
+            self.tokens.encode_event(ev, origin, tie, &[], buf);
             send(
                 Internal::Subject,
                 partition_for(subject.as_bytes(), self.partitions),
@@ -292,9 +294,103 @@ impl Router {
         for group in self.dest.chunk_by(|a, b| a.0 == b.0) {
             let names: Vec<&str> = group.iter().map(|&(_, i)| &*self.by_key[i].1).collect();
             buf.clear();
-            encode_event(ev, origin, tie, &names, buf);
+            self.tokens.encode_event(ev, origin, tie, &names, buf);
             send(Internal::ByKey, group[0].0, buf);
         }
+    }
+}
+
+/// The token part of records ([`put_token`], a record's last part), encoded once per token:
+/// a token is used by many requests, and encoding its claims field by field again for every
+/// record was most of the ingest stage's copying. Keyed by the address of the token's
+/// allocation, which the entry holds on to, so that while the entry lives no other token can
+/// have that address.
+#[derive(Debug, Clone)]
+struct TokenParts {
+    map: Recalled<(Arc<TokenInfo>, Box<[u8]>)>,
+}
+
+impl TokenParts {
+    /// The router's budget: a few thousand tokens' parts (their tokens stay alive while held,
+    /// so this adds to the token cache's own budget).
+    const BUDGET_BYTES: usize = 4 << 20;
+
+    fn new(budget_bytes: usize) -> Self {
+        TokenParts {
+            map: Recalled::new(budget_bytes),
+        }
+    }
+
+    /// [`encode_event`], with the token's part recalled.
+    fn encode_event(&mut self, ev: &Event<'_>, origin: Origin, tie: u64, keys: &[&str], out: &mut Vec<u8>) {
+        encode_head(ev, origin, tie, keys, out);
+        if let Some(t) = &ev.token {
+            self.put(t, out);
+        }
+    }
+
+    /// Appends the encoded part of `t` to `out`.
+    fn put(&mut self, t: &Arc<TokenInfo>, out: &mut Vec<u8>) {
+        // Addresses are aligned and share their high bits: spread them for the table (whose
+        // hasher passes keys through).
+        let key = u128::from((Arc::as_ptr(t) as usize as u64 >> 4).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        if let Some((_, part)) = self.map.get(key).filter(|(held, _)| Arc::ptr_eq(held, t)) {
+            out.extend_from_slice(part);
+            return;
+        }
+        let start = out.len();
+        put_token(&mut Enc(out), t);
+        let part: Box<[u8]> = out[start..].into();
+        self.map.insert(key, Self::cost(&part), (t.clone(), part));
+    }
+
+    /// An entry's heap, estimated: its bytes, and the token it keeps alive (about as large
+    /// again, in a dozen allocations).
+    fn cost(part: &[u8]) -> usize {
+        2 * part.len() + 256
+    }
+}
+
+/// Values recalled by key to spare work, at most about `budget_bytes` of them (each entry's
+/// heap estimated by its inserter): past the budget it starts over, which costs only the
+/// work again.
+#[derive(Debug, Clone)]
+struct Recalled<V> {
+    map: IdMap<(V, usize)>,
+    bytes: usize,
+    budget_bytes: usize,
+}
+
+impl<V> Recalled<V> {
+    fn new(budget_bytes: usize) -> Self {
+        Recalled {
+            map: IdMap::default(),
+            bytes: 0,
+            budget_bytes,
+        }
+    }
+
+    fn get(&self, key: u128) -> Option<&V> {
+        self.map.get(&key).map(|(v, _)| v)
+    }
+
+    /// Keeps `v`, of `cost` bytes, unless it alone is over the budget.
+    fn insert(&mut self, key: u128, cost: usize, v: V) {
+        if cost > self.budget_bytes {
+            return;
+        }
+        if self.bytes + cost > self.budget_bytes {
+            self.map.clear();
+            self.bytes = 0;
+        }
+        self.bytes += cost;
+        if let Some((_, old)) = self.map.insert(key, (v, cost)) {
+            self.bytes -= old;
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.map.len()
     }
 }
 
@@ -481,6 +577,14 @@ pub fn decode_message(message: &[u8]) -> Result<Vec<Record>, RecordError> {
 /// Appends the record of `ev` to `out`; `keys` are the names of the fields that routed it
 /// ([`EventRecord::keys`]), none when it is routed by subject.
 pub fn encode_event(ev: &Event<'_>, origin: Origin, tie: u64, keys: &[&str], out: &mut Vec<u8>) {
+    encode_head(ev, origin, tie, keys, out);
+    if let Some(t) = &ev.token {
+        put_token(&mut Enc(out), t);
+    }
+}
+
+/// [`encode_event`] but the token's part.
+fn encode_head(ev: &Event<'_>, origin: Origin, tie: u64, keys: &[&str], out: &mut Vec<u8>) {
     let mut e = Enc(out);
     e.u8(KIND_EVENT);
     e.u64(u64::from(origin.topic));
@@ -520,9 +624,6 @@ pub fn encode_event(ev: &Event<'_>, origin: Origin, tie: u64, keys: &[&str], out
         e.f64(g.lon);
         e.f64(g.accuracy_km);
     }
-    if let Some(t) = &ev.token {
-        put_token(&mut e, t);
-    }
 }
 
 /// Appends a watermark record to `out`.
@@ -545,9 +646,7 @@ pub fn encode_watermark(w: &Watermark, out: &mut Vec<u8>) {
 /// starts over.
 pub struct TokenMemo {
     hasher: TokenHasher,
-    map: IdMap<(Box<[u8]>, Arc<TokenInfo>)>,
-    bytes: usize,
-    budget_bytes: usize,
+    map: Recalled<(Box<[u8]>, Arc<TokenInfo>)>,
 }
 
 impl TokenMemo {
@@ -555,9 +654,7 @@ impl TokenMemo {
     pub fn new(budget_bytes: usize) -> Self {
         TokenMemo {
             hasher: TokenHasher::new(),
-            map: IdMap::default(),
-            bytes: 0,
-            budget_bytes,
+            map: Recalled::new(budget_bytes),
         }
     }
 
@@ -567,31 +664,21 @@ impl TokenMemo {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        self.map.len() == 0
     }
 
     /// The token whose record part starts `d` (the rest of the record), decoded or recalled.
     fn token(&mut self, d: &mut Dec<'_>) -> Result<Arc<TokenInfo>, SnapshotError> {
         let part = d.rest();
         let h = self.hasher.hash(part);
-        if let Some((bytes, t)) = self.map.get(&h) {
-            if **bytes == *part {
-                d.take(part.len())?;
-                return Ok(t.clone());
-            }
+        if let Some((_, t)) = self.map.get(h).filter(|(bytes, _)| **bytes == *part) {
+            d.take(part.len())?;
+            return Ok(t.clone());
         }
         let t = Arc::new(get_token(d)?);
         // (Bytes after the token make the record malformed: nothing to remember.)
-        let cost = Self::cost(part);
-        if d.done() && cost <= self.budget_bytes {
-            if self.bytes + cost > self.budget_bytes {
-                self.map.clear();
-                self.bytes = 0;
-            }
-            self.bytes += cost;
-            if let Some((old, _)) = self.map.insert(h, (part.into(), t.clone())) {
-                self.bytes -= Self::cost(&old);
-            }
+        if d.done() {
+            self.map.insert(h, Self::cost(part), (part.into(), t.clone()));
         }
         Ok(t)
     }
@@ -975,9 +1062,80 @@ mod tests {
             };
             let r = memo_event(&first_record(&event(Some(t.clone())), &[]), &mut memo);
             assert_eq!(*r.token.unwrap(), t);
-            assert!(memo.bytes <= budget, "{} bytes", memo.bytes);
+            assert!(memo.map.bytes <= budget, "{} bytes", memo.map.bytes);
         }
         assert!(!memo.is_empty() && memo.len() < 200, "{} tokens", memo.len());
+    }
+
+    /// The records a router writes for `ev`, by subject and by key, in order.
+    fn routed(router: &mut Router, ev: &Event<'_>) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        router.route(ev, FIRST, 1, &mut Vec::new(), |_, _, bytes| out.push(bytes.to_vec()));
+        out
+    }
+
+    #[test]
+    fn a_routed_record_is_the_encoded_event_whether_its_token_part_was_recalled_or_not() {
+        let mut router = Router::new(
+            &rules_keyed_by(&["token_id", "claim.tenant"]),
+            Arc::default(),
+            4,
+            Some(2),
+        );
+        let alice = event(Some(full_token()));
+        let bob = event(Some(TokenInfo {
+            token_id: "jti-2".into(),
+            ..full_token()
+        }));
+        for ev in [&alice, &bob, &alice, &bob] {
+            let records = routed(&mut router, ev);
+            assert_eq!(records.len(), 2, "by subject and by tenant");
+            assert_eq!(records[0], first_record(ev, &[]));
+            assert_eq!(records[1], first_record(ev, &["claim.tenant"]));
+        }
+        assert_eq!(router.tokens.map.len(), 2, "one part per token");
+        // Tokens made one after the other, each dropped by the caller after its use: each its
+        // own part (the router holds the ones it encoded, so no address is used twice).
+        let mut router = Router::new(&rules_keyed_by(&["token_id"]), Arc::default(), 4, None);
+        for i in 0..50 {
+            let ev = event(Some(TokenInfo {
+                token_id: format!("jti-{i}").into(),
+                ..full_token()
+            }));
+            assert_eq!(routed(&mut router, &ev), [first_record(&ev, &[])]);
+        }
+    }
+
+    #[test]
+    fn the_token_parts_stay_within_their_budget() {
+        let budget = 4096;
+        let mut parts = TokenParts::new(budget);
+        let tokens: Vec<Arc<TokenInfo>> = (0..200)
+            .map(|i| {
+                Arc::new(TokenInfo {
+                    token_id: format!("jti-{i}").into(),
+                    ..full_token()
+                })
+            })
+            .collect();
+        for t in tokens.iter().chain(&tokens) {
+            let mut expected = Vec::new();
+            put_token(&mut Enc(&mut expected), t);
+            let mut got = b"head".to_vec();
+            parts.put(t, &mut got);
+            assert_eq!(got[4..], expected[..]);
+            assert!(parts.map.bytes <= budget, "{} bytes", parts.map.bytes);
+        }
+        assert!(
+            parts.map.len() > 0 && parts.map.len() < 200,
+            "{} tokens",
+            parts.map.len()
+        );
+        // A part too large for the budget is written, not kept.
+        let mut tiny = TokenParts::new(16);
+        let mut got = Vec::new();
+        tiny.put(&tokens[0], &mut got);
+        assert!(!got.is_empty() && tiny.map.len() == 0);
     }
 
     #[test]
