@@ -245,7 +245,7 @@ impl CheckpointStore {
     pub fn new(prefix: &str, group: &str) -> Self {
         CheckpointStore {
             head: format!("{prefix}checkpoint:{group}"),
-            instance: format!("{:016x}", tokenwatch_core::engine::snapshot::random_seeds()[0]),
+            instance: format!("{:016x}", tokenwatch_core::hash::random_seeds()[0]),
             generation: 0,
             mine: None,
         }

@@ -333,7 +333,7 @@ impl Ingest {
         let decoding = Decoding::new(&p.out.pipeline, p.out.decode_threads)?;
         Ok(Ingest {
             p,
-            id: tokenwatch_core::engine::snapshot::random_seeds()[1],
+            id: tokenwatch_core::hash::random_seeds()[1],
             read: HashMap::new(),
             rebalances: u64::MAX,
             decoding,

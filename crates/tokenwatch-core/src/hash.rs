@@ -20,6 +20,18 @@
 
 use std::hash::{BuildHasher, Hasher};
 
+/// Seeds no other process can guess (the standard library's per-process random keys): for a
+/// new engine's state keys (kept in its checkpoints), the token cache's hash, a checkpoint's
+/// instance id and the ingest stage's producer id.
+pub fn random_seeds() -> [u64; 4] {
+    let s = std::collections::hash_map::RandomState::new();
+    std::array::from_fn(|i| {
+        let mut h = s.build_hasher();
+        h.write_usize(i);
+        h.finish()
+    })
+}
+
 /// Eight odd 64-bit keys: what each hash here is keyed with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Keys([u64; 8]);

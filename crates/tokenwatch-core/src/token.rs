@@ -494,7 +494,7 @@ pub(crate) struct TokenHasher {
 impl TokenHasher {
     pub fn new() -> Self {
         TokenHasher {
-            keys: crate::hash::Keys::from_seeds(crate::engine::snapshot::random_seeds()),
+            keys: crate::hash::Keys::from_seeds(crate::hash::random_seeds()),
         }
     }
 

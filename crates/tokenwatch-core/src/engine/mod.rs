@@ -170,7 +170,7 @@ impl Engine {
     pub fn new(rules: Arc<RuleSet>, cfg: EngineConfig) -> Self {
         let states = rules.rules.iter().map(|r| State::for_rule(r, &cfg)).collect();
         let budgets = rules.rules.iter().map(|_| BudgetState::default()).collect();
-        let seeds = snapshot::random_seeds();
+        let seeds = crate::hash::random_seeds();
         Engine {
             cfg,
             index: RuleIndex::new(&rules.rules),

@@ -64,17 +64,6 @@ pub struct Restored {
     pub revocations: usize,
 }
 
-/// Random seeds for a new engine's hasher.
-pub fn random_seeds() -> [u64; 4] {
-    use std::hash::{BuildHasher, Hasher};
-    let s = std::collections::hash_map::RandomState::new();
-    std::array::from_fn(|i| {
-        let mut h = s.build_hasher();
-        h.write_usize(i);
-        h.finish()
-    })
-}
-
 /// A fingerprint of what shapes a rule's state.
 fn fingerprint(rule: &Rule) -> [u8; 16] {
     let text = format!(
