@@ -297,9 +297,15 @@ pub(super) struct BatchDeadline {
 impl BatchDeadline {
     pub(super) fn new(wait: Duration) -> Self {
         let start = tokio::time::Instant::now();
+        // (As `tokio::time::timeout` does, a wait too long to add means "no deadline".)
+        let after = |d| {
+            start
+                .checked_add(d)
+                .unwrap_or(start + Duration::from_secs(86_400 * 365 * 30))
+        };
         BatchDeadline {
-            first: start + Duration::from_millis(250),
-            last: start + wait,
+            first: after(Duration::from_millis(250)),
+            last: after(wait),
         }
     }
 
@@ -510,5 +516,23 @@ fn hold_message(
             }
             Line::TooLong(_) => pipeline.line_too_long(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A batch waits 250 ms for its first message, then until its own wait is over; a
+    /// configured wait too long to add is no deadline, not a panic.
+    #[test]
+    fn a_batch_waits_for_its_first_message_then_until_its_wait_is_over() {
+        let before = tokio::time::Instant::now();
+        let d = BatchDeadline::new(Duration::from_millis(20));
+        assert!(d.next(0) >= before + Duration::from_millis(250));
+        assert!(d.next(1) >= before + Duration::from_millis(20) && d.next(1) < d.next(0));
+        assert_eq!(d.next(1), d.next(7));
+        let forever = BatchDeadline::new(Duration::MAX);
+        assert!(forever.next(1) > before + Duration::from_secs(86_400 * 365));
     }
 }
