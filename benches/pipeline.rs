@@ -195,8 +195,9 @@ fn pipeline(c: &mut Criterion) {
 
 /// The ingest stage's records of one batch of uses (`--role both`): each record encoded field
 /// by field (`encode_event`) and its partition found, against the router, which does the
-/// same but encodes a token's claims once and copies them into each of its records. Both include what they share (counting each use,
-/// the line's tie hash), so the difference is the encoding.
+/// same but encodes a token's claims once and copies them into each of its records. Both
+/// include what they share (counting each use, the line's tie hash), so the difference is
+/// the encoding.
 fn shuffle(c: &mut Criterion) {
     let ls = lines(GenFormat::Canonical, N);
     let rules = tokenwatch_core::defaults::rules().unwrap();

@@ -391,26 +391,24 @@ impl Detect {
     /// Step 1: reads records until the batch holds `max` of them or its wait is over;
     /// returns the messages read.
     async fn fill(&mut self, stop: &mut Shutdown) -> usize {
-        let (start, deadline) = (Instant::now(), BatchDeadline::new(self.p.limits.wait));
+        // The reading clock runs while this reads, so it times the batch too (one clock
+        // reading per message, as in the other stages' loops).
+        let (start, deadline) = (self.clock.now(), BatchDeadline::new(self.p.limits.wait));
         let (mut n, mut records) = (0, 0);
         let mut taken = BatchCounts::new(Consumed::LABELS);
         loop {
             let Some(m) = next_message(&self.p.source, deadline.next(n), stop).await else {
                 break;
             };
+            let now = self.clock.now();
             // A message of a partition whose task is not started (assigned in this poll) is
             // read again after its seek.
             let topic = self.p.topics.iter().position(|t| t == m.topic());
             if let Some(t) = topic.and_then(|i| self.tasks.get_mut(&(i, m.partition()))) {
-                records += t.take(
-                    m.offset(),
-                    m.payload().unwrap_or_default(),
-                    self.clock.now(),
-                    &mut taken,
-                );
+                records += t.take(m.offset(), m.payload().unwrap_or_default(), now, &mut taken);
             }
             n += 1;
-            if records >= self.p.limits.max || start.elapsed() >= self.p.limits.wait {
+            if records >= self.p.limits.max || now.duration_since(start) >= self.p.limits.wait {
                 break;
             }
         }
