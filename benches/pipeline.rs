@@ -16,7 +16,7 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughpu
 use tokenwatch_core::engine::{Engine, EngineConfig};
 use tokenwatch_core::input::{Event, Format, Parser};
 use tokenwatch_core::pipeline::{DecodedBatch, Pipeline, PipelineConfig};
-use tokenwatch_core::record::{encode_event, partition_for, subject_key, Origin, Router};
+use tokenwatch_core::record::{encode_event, partition_for, subject_key, Frame, Origin, Router};
 use tokenwatch_core::rules::RuleSet;
 use tokenwatch_core::token::{decode, RawToken, TokenCache};
 use tokenwatch_core::verify::{Verifier, VerifyConfig};
@@ -193,11 +193,11 @@ fn pipeline(c: &mut Criterion) {
     g.finish();
 }
 
-/// The ingest stage's records of one batch of uses (`--role both`): each record encoded field
-/// by field (`encode_event`) and its partition found, against the router, which does the
-/// same but encodes a token's claims once and copies them into each of its records. Both
-/// include what they share (counting each use, the line's tie hash), so the difference is
-/// the encoding.
+/// The ingest stage's records of one batch of uses (`--role both`), framed for 6 internal
+/// partitions: each record encoded field by field (`encode_event`, its token in full), against
+/// the router, which encodes a token's claims once, and whose frames hold each token in full
+/// once and refer to it after. Both include what they share (counting each use, the line's
+/// tie hash, finding the partition), so the difference is the encoding.
 fn shuffle(c: &mut Criterion) {
     let ls = lines(GenFormat::Canonical, N);
     let rules = tokenwatch_core::defaults::rules().unwrap();
@@ -218,30 +218,62 @@ fn shuffle(c: &mut Criterion) {
     let mut g = c.benchmark_group("shuffle");
     g.throughput(Throughput::Elements(ls.len() as u64));
     let mut buf = Vec::new();
-    g.bench_function("encode_event", |b| {
-        b.iter(|| {
-            let mut bytes = 0;
-            p.batch_uses(&batch, |_, _, ev, tie| {
-                if let Some(subject) = subject_key(ev) {
-                    buf.clear();
-                    encode_event(ev, origin, tie, &[], &mut buf);
-                    bytes += buf.len() + partition_for(subject.as_bytes(), 6) as usize;
+    let mut frames: Vec<Frame> = (0..6).map(|_| Frame::default()).collect();
+    // The bytes of the frames, which then start over (as sent).
+    let sent = |frames: &mut [Frame]| -> usize {
+        frames
+            .iter_mut()
+            .map(|f| {
+                let n = f.bytes().len();
+                f.clear();
+                n
+            })
+            .sum()
+    };
+    let mut encode_events = || {
+        let mut bytes = 0;
+        p.batch_uses(&batch, |_, _, ev, tie| {
+            if let Some(subject) = subject_key(ev) {
+                buf.clear();
+                encode_event(ev, origin, tie, &[], &mut buf);
+                let f = &mut frames[partition_for(subject.as_bytes(), 6) as usize];
+                if !f.push(&buf) {
+                    bytes += f.bytes().len();
+                    f.clear();
+                    let _ = f.push(&buf);
+                }
+            }
+        });
+        bytes + sent(&mut frames)
+    };
+    let in_full = encode_events();
+    g.bench_function("encode_event", |b| b.iter(&mut encode_events));
+    let mut router = Router::new(&rules, Arc::default(), 6, None);
+    let mut route = || {
+        let mut bytes = 0;
+        p.batch_uses(&batch, |_, _, ev, tie| {
+            router.route(ev, origin, tie, &mut buf, |_, k, record| {
+                let f = &mut frames[k as usize];
+                if !f.push_event(record) {
+                    bytes += f.bytes().len();
+                    f.clear();
+                    let _ = f.push_event(record);
                 }
             });
-            bytes
         });
-    });
-    let mut router = Router::new(&rules, Arc::default(), 6, None);
-    g.bench_function("route", |b| {
-        b.iter(|| {
-            let mut bytes = 0;
-            p.batch_uses(&batch, |_, _, ev, tie| {
-                router.route(ev, origin, tie, &mut buf, |_, _, record| bytes += record.len());
-            });
-            bytes
-        });
-    });
+        bytes + sent(&mut frames)
+    };
+    let referred = route();
+    g.bench_function("route", |b| b.iter(&mut route));
     g.finish();
+    // What the broker and the detect stage get: the frames' bytes (before LZ4) per line.
+    let per_line = |bytes: usize| bytes as f64 / ls.len() as f64;
+    eprintln!(
+        "shuffle: {:.1} bytes per line with every token in full, {:.1} with each token once per frame ({:.2}x)",
+        per_line(in_full),
+        per_line(referred),
+        referred as f64 / in_full as f64
+    );
 }
 
 criterion_group! {

@@ -125,7 +125,7 @@ impl Task {
             tracing::warn!(offset = internal, error = %e, "internal record refused");
             taken.add(Consumed::Refused as usize);
         };
-        let records = match record::records(message) {
+        let mut records = match record::records(message) {
             Ok(r) => r,
             Err(e) => {
                 refuse(taken, e);
@@ -133,9 +133,9 @@ impl Task {
             }
         };
         let mut n = 0;
-        for r in records {
+        while let Some(r) = records.next_record(Some(&mut self.tokens)) {
             n += 1;
-            let consumed = match r.and_then(|bytes| record::decode_with(bytes, Some(&mut self.tokens))) {
+            let consumed = match r {
                 Err(e) => {
                     refuse(taken, e);
                     continue;

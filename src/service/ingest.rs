@@ -5,8 +5,9 @@
 //!    their lines on `[shuffle] decode_threads` threads ([`Decoding`]) and send each use of a
 //!    token, in the order the lines were read, as a record to the partition of its subject,
 //!    and, when rules keyed by other fields are loaded, to the by-key topic's partitions of
-//!    those fields' values ([`record::Router`]). A decoded batch's records for one internal
-//!    partition go out as one message ([`record::Frame`]);
+//!    those fields' values ([`record::Router`]). A batch's records for one internal partition
+//!    go out as one message ([`record::Frame`], each token in full once), when the batch is
+//!    drained;
 //! 2. [`Ingest::publish_watermarks`]: for every gateway partition read further, a watermark
 //!    record to every partition of both internal topics (after the records it covers: one
 //!    producer keeps their order);
@@ -428,8 +429,7 @@ impl Ingest {
                 use_index: 0,
             };
             let payload = m.payload().unwrap_or_default();
-            self.decoding
-                .read_lines(payload, at, &mut self.p.out, &mut self.buf, &mut self.read);
+            self.decoding.read_lines(payload, at, &mut self.p.out, &mut self.buf);
             let read_at = self.clock.now();
             let r = self.read.entry(key).or_insert_with(|| Read::new(m.topic(), read_at));
             r.next = Some(m.offset() + 1);
@@ -617,11 +617,11 @@ fn publish_watermarks(
             idle,
         };
         record::encode_watermark(&w, buf);
-        if !frame.fits(buf) {
+        if !frame.push(buf) {
             send_everywhere(out, &frame);
             frame.clear();
+            let _ = frame.push(buf);
         }
-        frame.push(buf);
     }
     send_everywhere(out, &frame);
 }
@@ -688,18 +688,28 @@ impl Frames {
         }
     }
 
-    fn add(&mut self, to: Internal, partition: i32, record: &[u8], sender: &mut Sender, shuffle: &ShuffleConfig) {
+    /// Writes a record into the frame of `to`'s `partition` with `write` (which says whether
+    /// it fit), sending the frame first when it is full.
+    fn add(
+        &mut self,
+        to: Internal,
+        partition: i32,
+        mut write: impl FnMut(&mut Frame) -> bool,
+        sender: &mut Sender,
+        shuffle: &ShuffleConfig,
+    ) {
         let (frames, topic, kind) = self.of(to, shuffle);
         let i = usize::try_from(partition).unwrap_or_default();
         if frames.len() <= i {
             frames.resize_with(i + 1, Frame::default);
         }
         let frame = &mut frames[i];
-        if !frame.fits(record) {
+        if !write(frame) {
             sender.send(topic, partition, frame, kind);
             frame.clear();
+            // An empty frame takes any record.
+            write(frame);
         }
-        frame.push(record);
     }
 
     /// Sends every frame holding records.
@@ -732,20 +742,13 @@ impl Decoding {
     }
 
     /// Splits a message into lines for decoding; `at` is the message.
-    fn read_lines(
-        &mut self,
-        payload: &[u8],
-        at: Origin,
-        out: &mut Out,
-        buf: &mut Vec<u8>,
-        read: &mut HashMap<(String, i32), Read>,
-    ) {
+    fn read_lines(&mut self, payload: &[u8], at: Origin, out: &mut Out, buf: &mut Vec<u8>) {
         for (number, line) in (1u32..).zip(lines_in(payload, out.limits.max_line)) {
             match line {
                 Line::Ok([]) => {}
                 Line::Ok(l) => {
                     if self.push(l, Origin { line: number, ..at }) {
-                        self.submit(out, buf, read);
+                        self.submit(out, buf);
                     }
                 }
                 Line::TooLong(_) => out.pipeline.line_too_long(),
@@ -761,9 +764,9 @@ impl Decoding {
         self.origins.len() >= DECODE_BATCH_LINES || lines.bytes() >= DECODE_BATCH_BYTES
     }
 
-    /// Hands the batch being filled to the threads (or decodes it here), and sends the
+    /// Hands the batch being filled to the threads (or decodes it here), and frames the
     /// records of those decoded while the threads have enough to do.
-    fn submit(&mut self, out: &mut Out, buf: &mut Vec<u8>, read: &mut HashMap<(String, i32), Read>) {
+    fn submit(&mut self, out: &mut Out, buf: &mut Vec<u8>) {
         if self.origins.is_empty() {
             return;
         }
@@ -772,49 +775,51 @@ impl Decoding {
         match &mut self.threads {
             None => {
                 out.pipeline.decode_batch(&mut batch);
-                self.send(batch, origins, out, buf, read);
+                self.frame(batch, origins, out, buf);
             }
             Some(t) => {
                 t.submit(batch);
                 self.in_flight.push_back(origins);
                 // Keep every thread busy: take results back once all queues are primed.
                 if t.in_flight() >= 2 * t.workers() {
-                    self.receive_one(out, buf, read);
+                    self.receive_one(out, buf);
                 }
             }
         }
     }
 
-    /// Sends the records of every line pushed so far.
+    /// Sends the records of every line pushed so far, then raises the watermarks of the
+    /// partitions they came from: a watermark never goes out ahead of a record it covers.
     fn drain(&mut self, out: &mut Out, buf: &mut Vec<u8>, read: &mut HashMap<(String, i32), Read>) {
-        self.submit(out, buf, read);
+        self.submit(out, buf);
         while !self.in_flight.is_empty() {
-            self.receive_one(out, buf, read);
+            self.receive_one(out, buf);
         }
+        self.frames.flush(&mut out.sender, &out.shuffle);
+        for ((_, partition), r) in read.iter_mut() {
+            if let Some((_, ts)) = self.newest.iter().find(|(k, _)| *k == (r.topic, *partition)) {
+                r.watermark = r.watermark.max(*ts);
+            }
+        }
+        self.newest.clear();
     }
 
-    fn receive_one(&mut self, out: &mut Out, buf: &mut Vec<u8>, read: &mut HashMap<(String, i32), Read>) {
+    fn receive_one(&mut self, out: &mut Out, buf: &mut Vec<u8>) {
         let (Some(t), Some(origins)) = (&mut self.threads, self.in_flight.pop_front()) else {
             return;
         };
         match t.recv() {
-            Some(batch) => self.send(batch, origins, out, buf, read),
+            Some(batch) => self.frame(batch, origins, out, buf),
             // The threads only stop when dropped; a batch they lost is a bug, not input.
             None => tracing::error!(lines = origins.len(), "a decoding thread stopped"),
         }
     }
 
-    /// Sends the records of each use of a token of a decoded batch ([`Router`]),
-    /// then raises the watermarks of the partitions the batch read: a watermark never goes
-    /// out ahead of a record it covers.
-    fn send(
-        &mut self,
-        mut batch: DecodedBatch,
-        origins: Vec<Origin>,
-        out: &mut Out,
-        buf: &mut Vec<u8>,
-        read: &mut HashMap<(String, i32), Read>,
-    ) {
+    /// Writes the records of each use of a token of a decoded batch ([`Router`]) into the
+    /// frames of their partitions, noting the newest event time of each gateway partition.
+    /// The frames go out when the Kafka batch is drained (or when one is full): a token
+    /// is then written in full once per message for the whole batch, not per decoded batch.
+    fn frame(&mut self, mut batch: DecodedBatch, origins: Vec<Origin>, out: &mut Out, buf: &mut Vec<u8>) {
         let Out {
             pipeline,
             sender,
@@ -823,7 +828,6 @@ impl Decoding {
             ..
         } = out;
         let (newest, frames) = (&mut self.newest, &mut self.frames);
-        newest.clear();
         pipeline.batch_uses(&batch, |i, use_index, ev, tie| {
             let origin = Origin {
                 use_index,
@@ -836,16 +840,10 @@ impl Decoding {
             }
             // A use without a token goes by key only (no rule keyed by token or subject can
             // use it), and a use without a value for a key field not by that field.
-            router.route(ev, origin, tie, buf, |to, partition, bytes| {
-                frames.add(to, partition, bytes, sender, shuffle);
+            router.route(ev, origin, tie, buf, |to, partition, r| {
+                frames.add(to, partition, |f| f.push_event(r), sender, shuffle);
             });
         });
-        frames.flush(sender, shuffle);
-        for ((_, partition), r) in read.iter_mut() {
-            if let Some((_, ts)) = newest.iter().find(|(k, _)| *k == (r.topic, *partition)) {
-                r.watermark = r.watermark.max(*ts);
-            }
-        }
         batch.clear();
         self.spare.push(batch);
     }
@@ -949,7 +947,7 @@ mod tests {
     fn frame(records: &[&[u8]]) -> Frame {
         let mut f = Frame::default();
         for r in records {
-            f.push(r);
+            assert!(f.push(r));
         }
         f
     }
@@ -972,10 +970,10 @@ mod tests {
         };
         let mut frames = Frames::default();
         for i in 0..10u8 {
-            frames.add(Internal::Subject, 2, &[i], &mut s, &shuffle);
-            frames.add(Internal::ByKey, 1, &[i], &mut s, &shuffle);
+            frames.add(Internal::Subject, 2, |f| f.push(&[i]), &mut s, &shuffle);
+            frames.add(Internal::ByKey, 1, |f| f.push(&[i]), &mut s, &shuffle);
         }
-        frames.add(Internal::Subject, 0, b"x", &mut s, &shuffle);
+        frames.add(Internal::Subject, 0, |f| f.push(b"x"), &mut s, &shuffle);
         assert_eq!(s.sent, 0, "nothing goes out before the batch ends");
         frames.flush(&mut s, &shuffle);
         assert_eq!(s.sent, 3);
@@ -986,7 +984,7 @@ mod tests {
         );
         let big = vec![0u8; record::FRAME_MAX_BYTES / 2];
         for _ in 0..3 {
-            frames.add(Internal::Subject, 1, &big, &mut s, &shuffle);
+            frames.add(Internal::Subject, 1, |f| f.push(&big), &mut s, &shuffle);
         }
         assert_eq!(s.sent, 5, "each big record after the first filled a frame");
         frames.flush(&mut s, &shuffle);

@@ -80,12 +80,14 @@ fn ingest(mut p: Pipeline, lines: &[String], at: Layout) -> Topics {
             line: 1,
             use_index,
         };
-        router.route(ev, origin, tie, &mut buf, |to, k, bytes| {
+        router.route(ev, origin, tie, &mut buf, |to, k, routed| {
             let topic = match to {
                 Internal::Subject => &mut out.subject,
                 Internal::ByKey => &mut out.by_key,
             };
-            topic[k as usize].push(bytes.to_vec());
+            let mut bytes = Vec::new();
+            routed.write_alone(&mut bytes);
+            topic[k as usize].push(bytes);
         });
     });
     out

@@ -26,10 +26,17 @@
 //! message of an internal topic is a [`Frame`]: a one-byte format, then records, each
 //! length-prefixed and starting with a one-byte kind, so a newer tokenwatch can change it and
 //! an older one refuses what it cannot read, counted rather than misread. The ingest stage
-//! puts all the records of a decoded batch bound for one internal partition in one message:
-//! the broker, librdkafka and the detect stage then handle a message per batch and partition
+//! puts all the records of a batch bound for one internal partition in one message: the
+//! broker, librdkafka and the detect stage then handle a message per batch and partition
 //! instead of one per use, which was most of what the shuffle cost (measured in BENCHMARKS.md,
 //! "Records framed per partition").
+//!
+//! A token is used by many requests, and its claims were most of each record's bytes. Within
+//! a message (format 4), an event record carries its token's part in full the first time the
+//! token appears, and after that only how many records back that one is: the broker, LZ4 and
+//! the detect stage then handle each token once per message, not once per use (measured in
+//! BENCHMARKS.md, "Each token once per message"). A reference counts records, not tokens, so
+//! a record refused for damage never shifts what a later one refers to.
 
 use std::borrow::Cow;
 use std::net::IpAddr;
@@ -42,9 +49,12 @@ use crate::posture::Posture;
 use crate::rules::{Ctx, Field, RuleSet, Val};
 use crate::token::{ClaimValue, IdMap, TokenHasher, TokenInfo};
 
-/// The message format this build writes (3: a message is a frame of records; it also reads 2,
-/// one record per message).
-pub const FORMAT: u8 = 3;
+/// The message format this build writes (4: a frame of records whose tokens are written once
+/// per message). It also reads 3 (frames, every token in full) and 2 (one record per message),
+/// so that records an older ingest stage left in a topic are detected after an upgrade.
+pub const FORMAT: u8 = 4;
+/// Frames whose every event record holds its token in full, still read.
+const FRAMED: u8 = 3;
 /// The format before frames: one record per message, still read.
 const UNFRAMED: u8 = 2;
 /// The most bytes of records the ingest stage puts in one message; a larger record goes
@@ -61,7 +71,7 @@ pub enum RecordError {
     #[error("malformed message: {0}")]
     Frame(SnapshotError),
     #[error(
-        "message format {0} is neither {FORMAT} nor {UNFRAMED}: an ingest instance of another tokenwatch version writes to this topic"
+        "message format {0} is not one of {FORMAT}, {FRAMED} and {UNFRAMED}: an ingest instance of a newer tokenwatch version writes to this topic"
     )]
     Format(u8),
     #[error("unknown record kind {0}")]
@@ -254,22 +264,27 @@ impl Router {
     }
 
     /// Encodes the records of one use of a token (`buf` is scratch) and hands each to `send`
-    /// with its topic and partition.
+    /// with its topic and partition, to be written into that partition's [`Frame`].
     pub fn route(
         &mut self,
         ev: &Event<'_>,
         origin: Origin,
         tie: u64,
         buf: &mut Vec<u8>,
-        mut send: impl FnMut(Internal, i32, &[u8]),
+        mut send: impl FnMut(Internal, i32, &mut Routed<'_>),
     ) {
         if let Some(subject) = subject_key(ev) {
             buf.clear();
-            self.tokens.encode_event(ev, origin, tie, &[], buf);
+            encode_head(ev, origin, tie, &[], buf);
+            let partition = partition_for(subject.as_bytes(), self.partitions);
             send(
                 Internal::Subject,
-                partition_for(subject.as_bytes(), self.partitions),
-                buf,
+                partition,
+                &mut Routed {
+                    head: buf,
+                    token: ev.token.as_ref(),
+                    parts: &mut self.tokens,
+                },
             );
         }
         let Some(partitions) = self.by_key_partitions.filter(|_| !self.by_key.is_empty()) else {
@@ -294,20 +309,55 @@ impl Router {
         for group in self.dest.chunk_by(|a, b| a.0 == b.0) {
             let names: Vec<&str> = group.iter().map(|&(_, i)| &*self.by_key[i].1).collect();
             buf.clear();
-            self.tokens.encode_event(ev, origin, tie, &names, buf);
-            send(Internal::ByKey, group[0].0, buf);
+            encode_head(ev, origin, tie, &names, buf);
+            send(
+                Internal::ByKey,
+                group[0].0,
+                &mut Routed {
+                    head: buf,
+                    token: ev.token.as_ref(),
+                    parts: &mut self.tokens,
+                },
+            );
         }
     }
+}
+
+/// One record a [`Router`] wrote, on its way into a [`Frame`]: all of it but its token's
+/// part, which the frame writes in full or refers to.
+pub struct Routed<'a> {
+    head: &'a [u8],
+    token: Option<&'a Arc<TokenInfo>>,
+    parts: &'a mut TokenParts,
+}
+
+impl Routed<'_> {
+    /// Appends the record alone, its token in full: what [`encode_event`] writes.
+    pub fn write_alone(&mut self, out: &mut Vec<u8>) {
+        out.extend_from_slice(self.head);
+        if let Some(t) = self.token {
+            out.push(0);
+            out.extend_from_slice(self.parts.part(t));
+        }
+    }
+}
+
+/// A key for a token's allocation, which the holder of the entry keeps alive (so that no other
+/// token can have that address meanwhile). Addresses are aligned and share their high bits:
+/// spread for the tables, whose hasher passes keys through.
+fn address_key(t: &Arc<TokenInfo>) -> u128 {
+    u128::from((Arc::as_ptr(t) as usize as u64 >> 4).wrapping_mul(0x9e37_79b9_7f4a_7c15))
 }
 
 /// The token part of records ([`put_token`], a record's last part), encoded once per token:
 /// a token is used by many requests, and encoding its claims field by field again for every
 /// record was most of the ingest stage's copying. Keyed by the address of the token's
-/// allocation, which the entry holds on to, so that while the entry lives no other token can
-/// have that address.
+/// allocation ([`address_key`]), which the entry holds on to.
 #[derive(Debug, Clone)]
-struct TokenParts {
+pub struct TokenParts {
     map: Recalled<(Arc<TokenInfo>, Box<[u8]>)>,
+    /// The part of a token too large to keep.
+    scratch: Vec<u8>,
 }
 
 impl TokenParts {
@@ -318,30 +368,24 @@ impl TokenParts {
     fn new(budget_bytes: usize) -> Self {
         TokenParts {
             map: Recalled::new(budget_bytes),
+            scratch: Vec::new(),
         }
     }
 
-    /// [`encode_event`], with the token's part recalled.
-    fn encode_event(&mut self, ev: &Event<'_>, origin: Origin, tie: u64, keys: &[&str], out: &mut Vec<u8>) {
-        encode_head(ev, origin, tie, keys, out);
-        if let Some(t) = &ev.token {
-            self.put(t, out);
+    /// The encoded part of `t`, recalled or encoded now.
+    fn part(&mut self, t: &Arc<TokenInfo>) -> &[u8] {
+        let key = address_key(t);
+        let held = |(h, _): &&(Arc<TokenInfo>, Box<[u8]>)| Arc::ptr_eq(h, t);
+        if self.map.get(key).filter(held).is_none() {
+            self.scratch.clear();
+            put_token(&mut Enc(&mut self.scratch), t);
+            let part: Box<[u8]> = self.scratch.as_slice().into();
+            self.map.insert(key, Self::cost(&part), (t.clone(), part));
         }
-    }
-
-    /// Appends the encoded part of `t` to `out`.
-    fn put(&mut self, t: &Arc<TokenInfo>, out: &mut Vec<u8>) {
-        // Addresses are aligned and share their high bits: spread them for the table (whose
-        // hasher passes keys through).
-        let key = u128::from((Arc::as_ptr(t) as usize as u64 >> 4).wrapping_mul(0x9e37_79b9_7f4a_7c15));
-        if let Some((_, part)) = self.map.get(key).filter(|(held, _)| Arc::ptr_eq(held, t)) {
-            out.extend_from_slice(part);
-            return;
+        match self.map.get(key).filter(held) {
+            Some((_, part)) => part,
+            None => &self.scratch,
         }
-        let start = out.len();
-        put_token(&mut Enc(out), t);
-        let part: Box<[u8]> = out[start..].into();
-        self.map.insert(key, Self::cost(&part), (t.clone(), part));
     }
 
     /// An entry's heap, estimated: its bytes, and the token it keeps alive (about as large
@@ -484,22 +528,78 @@ fn murmur2(data: &[u8]) -> u32 {
 pub struct Frame {
     buf: Vec<u8>,
     records: usize,
+    /// The tokens written in full, by address ([`address_key`]; the frame holds them), with
+    /// the index of the record that holds each.
+    tokens: IdMap<(Arc<TokenInfo>, usize)>,
 }
 
 impl Frame {
-    /// Whether `record` fits in the frame ([`FRAME_MAX_BYTES`], with its length prefix: a
+    /// Whether a record of `len` bytes fits ([`FRAME_MAX_BYTES`], with its length prefix: a
     /// varint of at most 10 bytes); an empty frame takes any.
-    pub fn fits(&self, record: &[u8]) -> bool {
-        self.buf.is_empty() || self.buf.len() + record.len() + 10 <= FRAME_MAX_BYTES
+    fn has_room(&self, len: usize) -> bool {
+        self.buf.is_empty() || self.buf.len() + len + 10 <= FRAME_MAX_BYTES
     }
 
-    /// Appends a record ([`encode_event`], [`encode_watermark`]).
-    pub fn push(&mut self, record: &[u8]) {
+    /// Appends the length prefix of a record of `len` bytes, after the format if it is the
+    /// first.
+    fn start_record(&mut self, len: usize) {
         if self.buf.is_empty() {
             self.buf.push(FORMAT);
         }
-        Enc(&mut self.buf).bytes(record);
+        Enc(&mut self.buf).varu(len as u64);
         self.records += 1;
+    }
+
+    /// Appends a whole record ([`encode_event`], [`encode_watermark`]) if it fits; `false`
+    /// leaves the frame as it was.
+    #[must_use]
+    pub fn push(&mut self, record: &[u8]) -> bool {
+        if !self.has_room(record.len()) {
+            return false;
+        }
+        self.start_record(record.len());
+        self.buf.extend_from_slice(record);
+        true
+    }
+
+    /// Appends a routed record if it fits, its token in full if it is the token's first in
+    /// the frame, else as how many records back that one is; `false` leaves the frame as it
+    /// was.
+    #[must_use]
+    pub fn push_event(&mut self, r: &mut Routed<'_>) -> bool {
+        let index = self.records;
+        let back = r.token.and_then(|t| {
+            let (_, at) = self
+                .tokens
+                .get(&address_key(t))
+                .filter(|(held, _)| Arc::ptr_eq(held, t))?;
+            Some((index - at) as u64)
+        });
+        let part: &[u8] = match (r.token, back) {
+            (Some(t), None) => r.parts.part(t),
+            _ => &[],
+        };
+        let len = r.head.len()
+            + match (r.token, back) {
+                (None, _) => 0,
+                (Some(_), Some(back)) => varu_len(back),
+                (Some(_), None) => 1 + part.len(),
+            };
+        if !self.has_room(len) {
+            return false;
+        }
+        self.start_record(len);
+        self.buf.extend_from_slice(r.head);
+        match (r.token, back) {
+            (None, _) => {}
+            (Some(_), Some(back)) => Enc(&mut self.buf).varu(back),
+            (Some(t), None) => {
+                self.buf.push(0);
+                self.buf.extend_from_slice(part);
+                self.tokens.insert(address_key(t), (t.clone(), index));
+            }
+        }
+        true
     }
 
     /// The message.
@@ -520,26 +620,32 @@ impl Frame {
     pub fn clear(&mut self) {
         self.buf.clear();
         self.records = 0;
+        self.tokens.clear();
     }
 }
 
-/// The records of a message, each to be read with [`decode_with`]. A message of format 2 (one
-/// record per message, before frames) is read as the one record it holds, so that records an
-/// older ingest stage left in the topic are detected after an upgrade. A message of another
-/// format is refused whole; a damaged length ends the message with an error.
+/// The bytes of `v` as [`Enc::varu`] writes it.
+fn varu_len(v: u64) -> usize {
+    (64 - v.leading_zeros() as usize).max(1).div_ceil(7)
+}
+
+/// The records of a message, each read with [`Records::next_record`]. A message of format 3
+/// (every token in full) or 2 (one record per message, before frames) is read too, so that
+/// records an older ingest stage left in the topic are detected after an upgrade. A message of
+/// another format is refused whole; a damaged length ends the message with an error.
 pub fn records(message: &[u8]) -> Result<Records<'_>, RecordError> {
     let (&format, rest) = message.split_first().ok_or(RecordError::Empty)?;
-    match format {
-        FORMAT => Ok(Records {
-            d: Dec::new(rest),
-            whole: None,
-        }),
-        UNFRAMED => Ok(Records {
-            d: Dec::new(&[]),
-            whole: Some(rest),
-        }),
-        other => Err(RecordError::Format(other)),
-    }
+    let (d, whole) = match format {
+        FORMAT | FRAMED => (Dec::new(rest), None),
+        UNFRAMED => (Dec::new(&[]), Some(rest)),
+        other => return Err(RecordError::Format(other)),
+    };
+    Ok(Records {
+        d,
+        whole,
+        format,
+        tokens: Vec::new(),
+    })
 }
 
 /// The records of a message, in the order they were written ([`records`]).
@@ -547,12 +653,14 @@ pub struct Records<'a> {
     d: Dec<'a>,
     /// The record of a format 2 message.
     whole: Option<&'a [u8]>,
+    format: u8,
+    /// The token of each record read so far (format 4), which a later record may refer to.
+    tokens: Vec<Option<Arc<TokenInfo>>>,
 }
 
-impl<'a> Iterator for Records<'a> {
-    type Item = Result<&'a [u8], RecordError>;
-
-    fn next(&mut self) -> Option<Self::Item> {
+impl<'a> Records<'a> {
+    /// The next record's bytes.
+    fn next_bytes(&mut self) -> Option<Result<&'a [u8], RecordError>> {
         if let Some(r) = self.whole.take() {
             return Some(Ok(r));
         }
@@ -567,18 +675,37 @@ impl<'a> Iterator for Records<'a> {
             }
         }
     }
+
+    /// The next record, decoded ([`decode_with`]); `None` after the last.
+    pub fn next_record(&mut self, memo: Option<&mut TokenMemo>) -> Option<Result<Record, RecordError>> {
+        let bytes = match self.next_bytes()? {
+            Ok(b) => b,
+            Err(e) => return Some(Err(e)),
+        };
+        if self.format != FORMAT {
+            return Some(decode_in(bytes, memo, Tokens::InFull));
+        }
+        let r = decode_in(bytes, memo, Tokens::Referred(&self.tokens));
+        self.tokens.push(match &r {
+            Ok(Record::Event(e)) => e.token.clone(),
+            _ => None,
+        });
+        Some(r)
+    }
 }
 
 /// Every record of a message, decoded; the first error refuses it whole.
 pub fn decode_message(message: &[u8]) -> Result<Vec<Record>, RecordError> {
-    records(message)?.map(|r| decode(r?)).collect()
+    let mut records = records(message)?;
+    std::iter::from_fn(|| records.next_record(None)).collect()
 }
 
-/// Appends the record of `ev` to `out`; `keys` are the names of the fields that routed it
-/// ([`EventRecord::keys`]), none when it is routed by subject.
+/// Appends the record of `ev` to `out`, its token in full; `keys` are the names of the fields
+/// that routed it ([`EventRecord::keys`]), none when it is routed by subject.
 pub fn encode_event(ev: &Event<'_>, origin: Origin, tie: u64, keys: &[&str], out: &mut Vec<u8>) {
     encode_head(ev, origin, tie, keys, out);
     if let Some(t) = &ev.token {
+        out.push(0);
         put_token(&mut Enc(out), t);
     }
 }
@@ -690,17 +817,32 @@ impl TokenMemo {
     }
 }
 
-/// Reads a record (one of a message's [`records`]); all of it or an error.
+/// Reads a record written alone ([`encode_event`], [`Routed::write_alone`],
+/// [`encode_watermark`]); all of it or an error.
 pub fn decode(bytes: &[u8]) -> Result<Record, RecordError> {
     decode_with(bytes, None)
 }
 
 /// [`decode`], recalling the record's token from `memo` when it was decoded before.
 pub fn decode_with(bytes: &[u8], memo: Option<&mut TokenMemo>) -> Result<Record, RecordError> {
+    decode_in(bytes, memo, Tokens::Referred(&[]))
+}
+
+/// Where an event record's token is.
+#[derive(Clone, Copy)]
+enum Tokens<'a> {
+    /// In full, last in the record (formats 2 and 3).
+    InFull,
+    /// In full after a 0, or as how many records back in its message (these, in order) one
+    /// holds it (format 4).
+    Referred(&'a [Option<Arc<TokenInfo>>]),
+}
+
+fn decode_in(bytes: &[u8], memo: Option<&mut TokenMemo>, tokens: Tokens<'_>) -> Result<Record, RecordError> {
     let (&kind, body) = bytes.split_first().ok_or(RecordError::Empty)?;
     let mut d = Dec::new(body);
     let record = match kind {
-        KIND_EVENT => Record::Event(get_event(&mut d, memo)?),
+        KIND_EVENT => Record::Event(get_event(&mut d, memo, tokens)?),
         KIND_WATERMARK => Record::Watermark(Watermark {
             producer: d.u64()?,
             topic: get_topic(&mut d)?,
@@ -720,7 +862,7 @@ pub fn decode_with(bytes: &[u8], memo: Option<&mut TokenMemo>) -> Result<Record,
     Ok(record)
 }
 
-fn get_event(d: &mut Dec<'_>, memo: Option<&mut TokenMemo>) -> Result<EventRecord, SnapshotError> {
+fn get_event(d: &mut Dec<'_>, memo: Option<&mut TokenMemo>, tokens: Tokens<'_>) -> Result<EventRecord, SnapshotError> {
     let origin = Origin {
         topic: get_topic(d)?,
         partition: get_i32(d)?,
@@ -752,10 +894,15 @@ fn get_event(d: &mut Dec<'_>, memo: Option<&mut TokenMemo>) -> Result<EventRecor
     } else {
         None
     };
-    let token = match (flags & 4 != 0, memo) {
-        (false, _) => None,
-        (true, Some(memo)) => Some(memo.token(d)?),
-        (true, None) => Some(Arc::new(get_token(d)?)),
+    let back = match (flags & 4 != 0, tokens) {
+        (false, _) | (true, Tokens::InFull) => 0,
+        (true, Tokens::Referred(_)) => d.varu()?,
+    };
+    let token = match (flags & 4 != 0, back, memo) {
+        (false, _, _) => None,
+        (true, 0, Some(memo)) => Some(memo.token(d)?),
+        (true, 0, None) => Some(Arc::new(get_token(d)?)),
+        (true, back, _) => Some(referred(d, tokens, back)?),
     };
     let scheme = match flags >> 6 {
         0 => None,
@@ -779,6 +926,18 @@ fn get_event(d: &mut Dec<'_>, memo: Option<&mut TokenMemo>) -> Result<EventRecor
         scheme,
         keys: keys.into(),
     })
+}
+
+/// The token of the record `back` records before this one in its message.
+fn referred(d: &Dec<'_>, tokens: Tokens<'_>, back: u64) -> Result<Arc<TokenInfo>, SnapshotError> {
+    let Tokens::Referred(earlier) = tokens else {
+        return Err(d.invalid("a token referred to outside a message"));
+    };
+    usize::try_from(back)
+        .ok()
+        .and_then(|back| earlier.len().checked_sub(back))
+        .and_then(|i| earlier[i].clone())
+        .ok_or_else(|| d.invalid("a token referred to in no earlier record of the message"))
 }
 
 fn put_opt(e: &mut Enc<'_>, s: Option<&str>) {
@@ -1070,7 +1229,11 @@ mod tests {
     /// The records a router writes for `ev`, by subject and by key, in order.
     fn routed(router: &mut Router, ev: &Event<'_>) -> Vec<Vec<u8>> {
         let mut out = Vec::new();
-        router.route(ev, FIRST, 1, &mut Vec::new(), |_, _, bytes| out.push(bytes.to_vec()));
+        router.route(ev, FIRST, 1, &mut Vec::new(), |_, _, r| {
+            let mut bytes = Vec::new();
+            r.write_alone(&mut bytes);
+            out.push(bytes);
+        });
         out
     }
 
@@ -1121,9 +1284,7 @@ mod tests {
         for t in tokens.iter().chain(&tokens) {
             let mut expected = Vec::new();
             put_token(&mut Enc(&mut expected), t);
-            let mut got = b"head".to_vec();
-            parts.put(t, &mut got);
-            assert_eq!(got[4..], expected[..]);
+            assert_eq!(parts.part(t), expected);
             assert!(parts.map.bytes <= budget, "{} bytes", parts.map.bytes);
         }
         assert!(
@@ -1133,9 +1294,7 @@ mod tests {
         );
         // A part too large for the budget is written, not kept.
         let mut tiny = TokenParts::new(16);
-        let mut got = Vec::new();
-        tiny.put(&tokens[0], &mut got);
-        assert!(!got.is_empty() && tiny.map.len() == 0);
+        assert!(!tiny.part(&tokens[0]).is_empty() && tiny.map.len() == 0);
     }
 
     #[test]
@@ -1199,16 +1358,21 @@ mod tests {
         encode_watermark(&w, &mut wm);
         let mut frame = Frame::default();
         assert!(frame.is_empty());
-        frame.push(&ev);
-        frame.push(&wm);
+        assert!(frame.push(&ev) && frame.push(&wm));
         assert_eq!(frame.len(), 2);
         let got = decode_message(frame.bytes()).unwrap();
         assert_eq!(got, [decode(&ev).unwrap(), Record::Watermark(w)]);
         assert_eq!(decode_message(&[]), Err(RecordError::Empty));
-        // Format 2 (one record per message, before frames) is still read; any other format
-        // is refused whole (format 1 named no routing fields).
+        // Format 3 (frames, every token in full) and 2 (one record per message, before
+        // frames) are still read; any other format is refused whole (format 1 named no
+        // routing fields).
+        let old = in_full(&event(Some(full_token())));
+        let mut framed = vec![3];
+        Enc(&mut framed).bytes(&old);
+        Enc(&mut framed).bytes(&wm);
+        assert_eq!(decode_message(&framed).unwrap(), got);
         let mut unframed = vec![2];
-        unframed.extend_from_slice(&ev);
+        unframed.extend_from_slice(&old);
         assert_eq!(decode_message(&unframed).unwrap(), [decode(&ev).unwrap()]);
         for other in [1, FORMAT + 1] {
             let mut m = frame.bytes().to_vec();
@@ -1218,15 +1382,122 @@ mod tests {
         // A message cut short: the records before the damage are read, then one error ends it.
         let whole = frame.bytes();
         let mut it = records(&whole[..whole.len() - 1]).unwrap();
-        assert_eq!(it.next(), Some(Ok(&ev[..])));
-        assert!(matches!(it.next(), Some(Err(RecordError::Frame(_)))));
-        assert_eq!(it.next(), None);
+        assert_eq!(it.next_bytes(), Some(Ok(&ev[..])));
+        assert!(matches!(it.next_bytes(), Some(Err(RecordError::Frame(_)))));
+        assert_eq!(it.next_bytes(), None);
         // A record that would pass the bound waits for the next frame; an empty frame takes any.
         let big = vec![0u8; FRAME_MAX_BYTES];
-        assert!(!frame.fits(&big) && Frame::default().fits(&big));
-        assert!(frame.fits(&ev));
+        assert!(!frame.push(&big) && frame.len() == 2);
+        assert!(Frame::default().push(&big));
         frame.clear();
         assert!(frame.is_empty() && frame.bytes().is_empty());
+    }
+
+    /// `ev`'s record as formats 2 and 3 wrote it: the token's part right after the head.
+    fn in_full(ev: &Event<'_>) -> Vec<u8> {
+        let mut buf = Vec::new();
+        encode_head(ev, FIRST, 1, &[], &mut buf);
+        put_token(&mut Enc(&mut buf), ev.token.as_ref().unwrap());
+        buf
+    }
+
+    /// The frame a router writes for `events`, by subject, all to one partition.
+    fn framed(router: &mut Router, events: &[&Event<'_>]) -> Frame {
+        let mut frame = Frame::default();
+        for ev in events {
+            router.route(ev, FIRST, 1, &mut Vec::new(), |to, _, r| {
+                assert!(matches!(to, Internal::Subject));
+                assert!(frame.push_event(r));
+            });
+        }
+        frame
+    }
+
+    #[test]
+    fn a_token_is_written_once_per_message_and_referred_to_after() {
+        let mut router = Router::new(&rules_keyed_by(&["token_id"]), Arc::default(), 1, None);
+        let alice = event(Some(full_token()));
+        let bob = event(Some(TokenInfo {
+            token_id: "jti-2".into(),
+            ..full_token()
+        }));
+        let none = event(None);
+        let uses = [&alice, &bob, &alice, &none, &alice, &bob];
+        let frame = framed(&mut router, &uses);
+        // (A use without a token has no subject: it is not routed by subject.)
+        assert_eq!(frame.len(), 5);
+        let alone: Vec<Vec<u8>> = [&alice, &bob, &alice, &alice, &bob]
+            .iter()
+            .map(|ev| first_record(ev, &[]))
+            .collect();
+        let want: Vec<Record> = alone.iter().map(|b| decode(b).unwrap()).collect();
+        assert_eq!(
+            decode_message(frame.bytes()).unwrap(),
+            want,
+            "as if each held its token"
+        );
+        // Three records refer to their token (a byte) instead of holding it in full (a 0 and
+        // its part); each record's length prefix is at most two bytes.
+        let in_full: usize = 1 + alone.iter().map(|b| b.len() + 2).sum::<usize>();
+        let mut part = Vec::new();
+        put_token(&mut Enc(&mut part), &full_token());
+        assert!(
+            frame.bytes().len() <= in_full - 3 * part.len(),
+            "each token in full once: {} bytes against {in_full}",
+            frame.bytes().len()
+        );
+        // The detect stage decodes each token once per message, and once at all with a memo.
+        let mut memo = TokenMemo::new(1 << 20);
+        let mut seen: Vec<Arc<TokenInfo>> = Vec::new();
+        for _ in 0..2 {
+            let mut records = records(frame.bytes()).unwrap();
+            while let Some(r) = records.next_record(Some(&mut memo)) {
+                let Ok(Record::Event(r)) = r else { panic!("{r:?}") };
+                let t = r.token.unwrap();
+                match seen.iter().find(|s| s.token_id == t.token_id) {
+                    Some(s) => assert!(Arc::ptr_eq(s, &t)),
+                    None => seen.push(t),
+                }
+            }
+        }
+        assert_eq!((seen.len(), memo.len()), (2, 2));
+        // A new frame writes its tokens in full again.
+        let mut again = framed(&mut router, &[&alice]);
+        assert_eq!(decode_message(again.bytes()).unwrap(), want[..1]);
+        again.clear();
+        assert!(again.tokens.is_empty(), "a cleared frame lets its tokens go");
+    }
+
+    /// A reference counts records, so a damaged record never shifts what a later one refers
+    /// to: a reference to a record that was refused, or to none, is refused in turn.
+    #[test]
+    fn a_reference_to_a_refused_or_missing_record_is_refused_never_misread() {
+        let mut router = Router::new(&rules_keyed_by(&["token_id"]), Arc::default(), 1, None);
+        let alice = event(Some(full_token()));
+        let frame = framed(&mut router, &[&alice, &alice]);
+        let mut damaged = frame.bytes().to_vec();
+        // The first record's kind, after the format and the record's length.
+        let mut d = Dec::new(&damaged[1..]);
+        d.varu().unwrap();
+        let kind = 1 + d.pos();
+        assert_eq!(damaged[kind], KIND_EVENT);
+        damaged[kind] = 9;
+        let mut records = records(&damaged).unwrap();
+        assert_eq!(records.next_record(None), Some(Err(RecordError::Kind(9))));
+        assert!(matches!(
+            records.next_record(None),
+            Some(Err(RecordError::Malformed(_)))
+        ));
+        assert_eq!(records.next_record(None), None);
+        // The second record alone refers to a record before it: out of its message, refused.
+        let mut it = self::records(frame.bytes()).unwrap();
+        let _ = it.next_bytes();
+        let second = it.next_bytes().unwrap().unwrap();
+        assert!(matches!(decode(second), Err(RecordError::Malformed(_))));
+        // A first record that refers back is refused too.
+        let mut first = vec![FORMAT];
+        Enc(&mut first).bytes(second);
+        assert!(matches!(decode_message(&first), Err(RecordError::Malformed(_))));
     }
 
     /// Rules keyed by `keys` (one `match` rule each, on every event).
@@ -1247,8 +1518,10 @@ mod tests {
     fn routes(router: &mut Router, ev: &Event<'_>) -> Vec<(Internal, i32, Vec<Field>)> {
         let origin = FIRST;
         let mut out = Vec::new();
-        router.route(ev, origin, 9, &mut Vec::new(), |to, p, bytes| {
-            let Ok(Record::Event(r)) = decode(bytes) else {
+        router.route(ev, origin, 9, &mut Vec::new(), |to, p, routed| {
+            let mut bytes = Vec::new();
+            routed.write_alone(&mut bytes);
+            let Ok(Record::Event(r)) = decode(&bytes) else {
                 panic!("not an event")
             };
             assert_eq!(r.origin, origin);
