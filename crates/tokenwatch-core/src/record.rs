@@ -71,7 +71,7 @@ pub enum RecordError {
     #[error("malformed message: {0}")]
     Frame(SnapshotError),
     #[error(
-        "message format {0} is not one of {FORMAT}, {FRAMED} and {UNFRAMED}: an ingest instance of a newer tokenwatch version writes to this topic"
+        "message format {0} is not one of {FORMAT}, {FRAMED} and {UNFRAMED}: an ingest instance of another tokenwatch version writes to this topic"
     )]
     Format(u8),
     #[error("unknown record kind {0}")]
@@ -354,7 +354,7 @@ fn address_key(t: &Arc<TokenInfo>) -> u128 {
 /// record was most of the ingest stage's copying. Keyed by the address of the token's
 /// allocation ([`address_key`]), which the entry holds on to.
 #[derive(Debug, Clone)]
-pub struct TokenParts {
+struct TokenParts {
     map: Recalled<(Arc<TokenInfo>, Box<[u8]>)>,
     /// The part of a token too large to keep.
     scratch: Vec<u8>,
