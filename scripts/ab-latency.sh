@@ -24,13 +24,8 @@ while [ $# -gt 0 ]; do
   shift
 done
 
-eval "$(scripts/test-deps.sh)"
-TANSU=$TOKENWATCH_TEST_TANSU
-# every TOKENWATCH_* variable is a setting of the binary: the tests' own must not reach it
-unset "${!TOKENWATCH_TEST_@}"
-E2E=$(ls -t "${CARGO_TARGET_DIR:-target}"/release/deps/e2e-* 2>/dev/null | grep -v '\.d$' | head -1 || true)
-[ -x "$E2E" ] || { echo "no e2e bench helper: run CARGO_TARGET_DIR=target-rel cargo build --release --benches" >&2; exit 2; }
-GEO=assets/GeoLite2-City-Test.mmdb
+# TANSU, E2E and GEO (scripts/ab-setup.sh)
+source scripts/ab-setup.sh
 # WORK, PIDS and their cleanup; port, fresh
 source scripts/bench-lib.sh
 

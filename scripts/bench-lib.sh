@@ -1,7 +1,8 @@
-# Sourced by scripts/bench.sh and scripts/ab-drain.sh: a work directory removed on exit with
-# every process started, free ports, a fresh tansu and redis-server per measurement, and
-# `tokenwatch run` draining a backlog. The functions read, when called: TANSU (the broker),
-# E2E (benches/e2e.rs), TW (the tokenwatch binary), GEO, RUN_EVENTS.
+# Sourced by scripts/bench.sh and the A/B scripts (ab-drain.sh, ab-latency.sh): a work
+# directory removed on exit with every process started, free ports, a fresh tansu and
+# redis-server per measurement, and `tokenwatch run` draining a backlog. The functions read,
+# when called: TANSU (the broker), E2E (benches/e2e.rs), TW (the tokenwatch binary), GEO,
+# RUN_EVENTS.
 
 WORK=$(mktemp -d /tmp/tokenwatch-bench.XXXXXX)
 PIDS=()
