@@ -237,11 +237,7 @@ fn shuffle(c: &mut Criterion) {
                 buf.clear();
                 encode_event(ev, origin, tie, &[], &mut buf);
                 let f = &mut frames[partition_for(subject.as_bytes(), 6) as usize];
-                if !f.push(&buf) {
-                    bytes += f.bytes().len();
-                    f.clear();
-                    let _ = f.push(&buf);
-                }
+                f.write_or_start_over(|f| f.push(&buf), |full| bytes += full.bytes().len());
             }
         });
         bytes + sent(&mut frames)
@@ -254,11 +250,7 @@ fn shuffle(c: &mut Criterion) {
         p.batch_uses(&batch, |_, _, ev, tie| {
             router.route(ev, origin, tie, &mut buf, |_, k, record| {
                 let f = &mut frames[k as usize];
-                if !f.push_event(record) {
-                    bytes += f.bytes().len();
-                    f.clear();
-                    let _ = f.push_event(record);
-                }
+                f.write_or_start_over(|f| f.push_event(record), |full| bytes += full.bytes().len());
             });
         });
         bytes + sent(&mut frames)

@@ -15,11 +15,15 @@
 //! batch it finished, and checkpoints only when every decision it holds was delivered.
 
 use std::collections::HashMap;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::CommitMode;
-use rdkafka::message::Message;
+use futures_core::Stream;
+
+use rdkafka::consumer::{CommitMode, MessageStream};
+use rdkafka::message::{BorrowedMessage, Message};
 use tokio::sync::{mpsc, watch};
 
 use super::feed::Undone;
@@ -173,8 +177,9 @@ impl Consume {
         // The reading clock runs while this reads, so it times the batch too (one clock
         // reading per message).
         let (start, deadline) = (self.clock.now(), BatchDeadline::new(limits.wait));
+        let mut messages = source.stream();
         loop {
-            let Some(m) = next_message(source, deadline.next(n), stop).await else {
+            let Some(m) = next_message(&mut messages, deadline.next(n), stop).await else {
                 return n;
             };
             let now = self.clock.now();
@@ -319,25 +324,33 @@ impl BatchDeadline {
     }
 }
 
+/// The messages of a batch, read with [`next_message`]: one stream for the batch (a stream
+/// per message took and gave back a waker slot, under a lock, for every message).
+pub(super) type Messages<'a> = MessageStream<'a, kafka::SourceContext>;
+
 /// The next message before `deadline`; `None` when it passed, shutdown was asked, or Kafka
 /// reported an error (logged): the batch ends there. A message already waiting is returned
-/// even after the deadline.
+/// even after the deadline, without arming a timer or watching for shutdown (most messages of
+/// a backlog): a batch ends when its wait is over, where the loops check for shutdown.
 pub(super) async fn next_message<'a>(
-    source: &'a kafka::Source,
+    messages: &mut Messages<'a>,
     deadline: tokio::time::Instant,
     stop: &mut Shutdown,
-) -> Option<rdkafka::message::BorrowedMessage<'a>> {
-    let msg = tokio::select! {
-        m = tokio::time::timeout_at(deadline, source.recv()) => m,
-        _ = stop.rx.changed() => return None,
+) -> Option<BorrowedMessage<'a>> {
+    let waiting = std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut *messages).poll_next(cx))).await;
+    let msg = match waiting {
+        Poll::Ready(m) => m,
+        Poll::Pending => tokio::select! {
+            m = tokio::time::timeout_at(deadline, std::future::poll_fn(|cx| Pin::new(&mut *messages).poll_next(cx))) => m.ok()?,
+            _ = stop.rx.changed() => return None,
+        },
     };
-    match msg {
-        Err(_) => None,
-        Ok(Err(e)) => {
+    match msg? {
+        Err(e) => {
             tracing::warn!(error = %e, "kafka receive error");
             None
         }
-        Ok(Ok(m)) => Some(m),
+        Ok(m) => Some(m),
     }
 }
 

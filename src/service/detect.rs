@@ -396,8 +396,9 @@ impl Detect {
         let (start, deadline) = (self.clock.now(), BatchDeadline::new(self.p.limits.wait));
         let (mut n, mut records) = (0, 0);
         let mut taken = BatchCounts::new(Consumed::LABELS);
+        let mut messages = self.p.source.stream();
         loop {
-            let Some(m) = next_message(&self.p.source, deadline.next(n), stop).await else {
+            let Some(m) = next_message(&mut messages, deadline.next(n), stop).await else {
                 break;
             };
             let now = self.clock.now();

@@ -315,6 +315,8 @@ pub(super) struct Ingest {
     /// A random id per process, in watermark records.
     id: u64,
     read: HashMap<(String, i32), Read>,
+    /// The key of `read` of the message being read.
+    key: (String, i32),
     /// The rebalance count `read` follows ([`kafka::Assigned::epoch`]).
     rebalances: u64,
     decoding: Decoding,
@@ -336,6 +338,7 @@ impl Ingest {
             p,
             id: tokenwatch_core::hash::random_seeds()[1],
             read: HashMap::new(),
+            key: (String::new(), 0),
             rebalances: u64::MAX,
             decoding,
             pending: VecDeque::new(),
@@ -398,13 +401,18 @@ impl Ingest {
         let deadline = BatchDeadline::new(self.p.out.limits.wait);
         let mut n = 0;
         note_unread(&self.p.assigned, &mut self.read);
+        let mut messages = self.p.source.stream();
         loop {
-            let Some(m) = next_message(&self.p.source, deadline.next(n), stop).await else {
+            let Some(m) = next_message(&mut messages, deadline.next(n), stop).await else {
                 break;
             };
             let now = self.clock.now();
-            let key = (m.topic().to_string(), m.partition());
-            if self.read.get(&key).is_some_and(|r| r.idle(now, timeout)) {
+            // The key of `read`, in a buffer kept for it (allocated once, not per message).
+            let key = &mut self.key;
+            key.0.clear();
+            key.0.push_str(m.topic());
+            key.1 = m.partition();
+            if self.read.get(key).is_some_and(|r| r.idle(now, timeout)) {
                 // A partition wakes up after a quiet spell: the others this instance reads get
                 // `idle_timeout` (of reading time) to deliver too, said before the first record
                 // of the one that woke, so that the detect stage does not run ahead with it.
@@ -431,9 +439,17 @@ impl Ingest {
             let payload = m.payload().unwrap_or_default();
             self.decoding.read_lines(payload, at, &mut self.p.out, &mut self.buf);
             let read_at = self.clock.now();
-            let r = self.read.entry(key).or_insert_with(|| Read::new(m.topic(), read_at));
-            r.next = Some(m.offset() + 1);
-            r.last_active = read_at;
+            match self.read.get_mut(&self.key) {
+                Some(r) => {
+                    r.next = Some(m.offset() + 1);
+                    r.last_active = read_at;
+                }
+                None => {
+                    let mut r = Read::new(m.topic(), read_at);
+                    r.next = Some(m.offset() + 1);
+                    self.read.insert(self.key.clone(), r);
+                }
+            }
             n += 1;
             if n >= self.p.out.limits.max || read_at.duration_since(start) >= self.p.out.limits.wait {
                 break;
@@ -617,11 +633,7 @@ fn publish_watermarks(
             idle,
         };
         record::encode_watermark(&w, buf);
-        if !frame.push(buf) {
-            send_everywhere(out, &frame);
-            frame.clear();
-            let _ = frame.push(buf);
-        }
+        frame.write_or_start_over(|f| f.push(buf), |full| send_everywhere(out, full));
     }
     send_everywhere(out, &frame);
 }
@@ -694,7 +706,7 @@ impl Frames {
         &mut self,
         to: Internal,
         partition: i32,
-        mut write: impl FnMut(&mut Frame) -> bool,
+        write: impl FnMut(&mut Frame) -> bool,
         sender: &mut Sender,
         shuffle: &ShuffleConfig,
     ) {
@@ -703,13 +715,7 @@ impl Frames {
         if frames.len() <= i {
             frames.resize_with(i + 1, Frame::default);
         }
-        let frame = &mut frames[i];
-        if !write(frame) {
-            sender.send(topic, partition, frame, kind);
-            frame.clear();
-            // An empty frame takes any record.
-            write(frame);
-        }
+        frames[i].write_or_start_over(write, |full| sender.send(topic, partition, full, kind));
     }
 
     /// Sends every frame holding records.

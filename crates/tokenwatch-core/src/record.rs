@@ -39,6 +39,7 @@
 //! a record refused for damage never shifts what a later one refers to.
 
 use std::borrow::Cow;
+use std::collections::hash_map::Entry;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -380,12 +381,14 @@ impl TokenParts {
             self.scratch.clear();
             put_token(&mut Enc(&mut self.scratch), t);
             let part: Box<[u8]> = self.scratch.as_slice().into();
-            self.map.insert(key, Self::cost(&part), (t.clone(), part));
+            return match self.map.insert(key, Self::cost(&part), (t.clone(), part)) {
+                Some((_, part)) => part,
+                None => &self.scratch,
+            };
         }
-        match self.map.get(key).filter(held) {
-            Some((_, part)) => part,
-            None => &self.scratch,
-        }
+        // Looked up again: the borrow checker does not yet let the first lookup's reference be
+        // returned when the miss path mutates the map.
+        self.map.get(key).map_or(&[], |(_, part)| part)
     }
 
     /// An entry's heap, estimated: its bytes, and the token it keeps alive (about as large
@@ -418,19 +421,26 @@ impl<V> Recalled<V> {
         self.map.get(&key).map(|(v, _)| v)
     }
 
-    /// Keeps `v`, of `cost` bytes, unless it alone is over the budget.
-    fn insert(&mut self, key: u128, cost: usize, v: V) {
+    /// Keeps `v`, of `cost` bytes, and returns it kept, unless it alone is over the budget.
+    fn insert(&mut self, key: u128, cost: usize, v: V) -> Option<&V> {
         if cost > self.budget_bytes {
-            return;
+            return None;
         }
         if self.bytes + cost > self.budget_bytes {
             self.map.clear();
             self.bytes = 0;
         }
         self.bytes += cost;
-        if let Some((_, old)) = self.map.insert(key, (v, cost)) {
-            self.bytes -= old;
-        }
+        let kept = match self.map.entry(key) {
+            Entry::Occupied(o) => {
+                let kept = o.into_mut();
+                self.bytes -= kept.1;
+                *kept = (v, cost);
+                kept
+            }
+            Entry::Vacant(e) => e.insert((v, cost)),
+        };
+        Some(&kept.0)
     }
 
     fn len(&self) -> usize {
@@ -533,6 +543,15 @@ pub struct Frame {
     tokens: IdMap<(Arc<TokenInfo>, usize)>,
 }
 
+/// How a record holds its token in a [`Frame`].
+enum Slot<'a> {
+    NoToken,
+    /// As how many records back the record holding it in full is.
+    Back(u64),
+    /// In full: its first record in the frame.
+    InFull(&'a Arc<TokenInfo>, &'a [u8]),
+}
+
 impl Frame {
     /// Whether a record of `len` bytes fits ([`FRAME_MAX_BYTES`], with its length prefix: a
     /// varint of at most 10 bytes); an empty frame takes any.
@@ -568,38 +587,50 @@ impl Frame {
     #[must_use]
     pub fn push_event(&mut self, r: &mut Routed<'_>) -> bool {
         let index = self.records;
-        let back = r.token.and_then(|t| {
-            let (_, at) = self
+        let slot = match r.token {
+            None => Slot::NoToken,
+            Some(t) => match self
                 .tokens
                 .get(&address_key(t))
-                .filter(|(held, _)| Arc::ptr_eq(held, t))?;
-            Some((index - at) as u64)
-        });
-        let part: &[u8] = match (r.token, back) {
-            (Some(t), None) => r.parts.part(t),
-            _ => &[],
+                .filter(|(held, _)| Arc::ptr_eq(held, t))
+            {
+                Some(&(_, at)) => Slot::Back((index - at) as u64),
+                None => Slot::InFull(t, r.parts.part(t)),
+            },
         };
         let len = r.head.len()
-            + match (r.token, back) {
-                (None, _) => 0,
-                (Some(_), Some(back)) => varu_len(back),
-                (Some(_), None) => 1 + part.len(),
+            + match slot {
+                Slot::NoToken => 0,
+                Slot::Back(back) => varu_len(back),
+                Slot::InFull(_, part) => 1 + part.len(),
             };
         if !self.has_room(len) {
             return false;
         }
         self.start_record(len);
         self.buf.extend_from_slice(r.head);
-        match (r.token, back) {
-            (None, _) => {}
-            (Some(_), Some(back)) => Enc(&mut self.buf).varu(back),
-            (Some(t), None) => {
+        match slot {
+            Slot::NoToken => {}
+            Slot::Back(back) => Enc(&mut self.buf).varu(back),
+            Slot::InFull(t, part) => {
                 self.buf.push(0);
                 self.buf.extend_from_slice(part);
                 self.tokens.insert(address_key(t), (t.clone(), index));
             }
         }
         true
+    }
+
+    /// Writes a record with `write`, which says whether it fit. When the frame is full,
+    /// `full` gets it first (to send it), and the record goes into the frame emptied, which
+    /// takes any record.
+    pub fn write_or_start_over(&mut self, mut write: impl FnMut(&mut Frame) -> bool, full: impl FnOnce(&Frame)) {
+        if !write(self) {
+            full(self);
+            self.clear();
+            let written = write(self);
+            debug_assert!(written, "an empty frame takes any record");
+        }
     }
 
     /// The message.
@@ -824,7 +855,7 @@ pub fn decode(bytes: &[u8]) -> Result<Record, RecordError> {
 }
 
 /// [`decode`], recalling the record's token from `memo` when it was decoded before.
-pub fn decode_with(bytes: &[u8], memo: Option<&mut TokenMemo>) -> Result<Record, RecordError> {
+fn decode_with(bytes: &[u8], memo: Option<&mut TokenMemo>) -> Result<Record, RecordError> {
     decode_in(bytes, memo, Tokens::Referred(&[]))
 }
 
