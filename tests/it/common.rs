@@ -313,7 +313,10 @@ pub fn generated_day(format: tokenwatch_gen::GenFormat) -> tokenwatch_gen::GenCo
     }
 }
 
-/// One message per line, all on partition 0 of `topic`.
+/// One message per line, all on partition 0 of `topic`. librdkafka's mock cluster keeps at
+/// most 5 MiB or 100,000 messages of a partition (`rdkafka_mock.c`, `max_size`/`max_cnt`) and
+/// drops the oldest past that: a larger backlog is read from the middle, as if retention had
+/// deleted its start.
 pub fn produce<S: AsRef<str>>(brokers: &str, topic: &str, lines: &[S]) {
     produce_to(brokers, topic, 0, lines);
 }
