@@ -247,17 +247,59 @@ fn kill_and_restart_against_a_real_broker_loses_and_duplicates_nothing() {
     assert_eq!(caught, after.len(), "revocations after the restart");
 
     // SIGTERM: graceful, exit 0.
-    let pid = second.0.id().to_string();
+    let status = terminate(&mut second);
+    assert!(status.success(), "{status:?}");
+}
+
+/// Sends SIGTERM to `p` and waits for it to exit (40 s at most).
+fn terminate(p: &mut Proc) -> std::process::ExitStatus {
+    let pid = p.0.id().to_string();
     Command::new("kill").args(["-TERM", &pid]).status().unwrap();
     let deadline = Instant::now() + Duration::from_secs(40);
-    let status = loop {
-        if let Some(s) = second.0.try_wait().unwrap() {
-            break s;
+    loop {
+        if let Some(s) = p.0.try_wait().unwrap() {
+            return s;
         }
         assert!(Instant::now() < deadline, "no exit after SIGTERM");
         std::thread::sleep(Duration::from_millis(100));
-    };
-    assert!(status.success(), "{status:?}");
+    }
+}
+
+/// SIGTERM while a backlog is being read, with both roles: the instance stops at the end of
+/// the batch it is reading (the loops take messages librdkafka already holds without watching
+/// for shutdown, and check for it between batches), exits 0, and has committed what it
+/// finished, not the whole log.
+#[test]
+fn sigterm_mid_backlog_stops_at_the_next_batch_with_both_roles() {
+    for role in ["local", "both"] {
+        let (_broker, brokers) = tansu();
+        let redis = common::RedisServer::start();
+        create_logs_topic(&client(&brokers, &[]));
+        let (n, _) = produce_generated(&client(&brokers, &[]), 30_000);
+        let dir = tempfile::tempdir().unwrap();
+        let alerts = dir.path().join("alerts.jsonl");
+        let port = common::free_port();
+        let mut tw = tokenwatch_with(
+            &brokers,
+            &redis.url(),
+            port,
+            &alerts,
+            &[
+                ("TOKENWATCH_SHUFFLE__ROLE", role),
+                ("TOKENWATCH_SHUFFLE__PARTITIONS", "1"),
+            ],
+        );
+        wait("a tenth of the log to be read", 180, || {
+            metric(port, "tokenwatch_events_total{result=\"decoded\"}").unwrap_or(0.0) >= (n / 10) as f64
+        });
+        let status = terminate(&mut tw);
+        assert!(status.success(), "{role}: {status:?}");
+        let c = common::committed(&brokers, "e2e", "logs").unwrap_or(0);
+        assert!(
+            c > 0 && c < n,
+            "{role}: committed offset {c} of {n} after a stop mid-backlog"
+        );
+    }
 }
 
 /// Kafka over TLS with a private CA: socat terminates TLS in front of tansu (which advertises
