@@ -15,6 +15,7 @@
 //! batch it finished, and checkpoints only when every decision it holds was delivered.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
@@ -337,11 +338,12 @@ pub(super) async fn next_message<'a>(
     deadline: tokio::time::Instant,
     stop: &mut Shutdown,
 ) -> Option<BorrowedMessage<'a>> {
-    let waiting = std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut *messages).poll_next(cx))).await;
-    let msg = match waiting {
+    let mut next = std::pin::pin!(std::future::poll_fn(|cx| Pin::new(&mut *messages).poll_next(cx)));
+    // Polled once by itself: a message already waiting needs no timer.
+    let msg = match std::future::poll_fn(|cx| Poll::Ready(next.as_mut().poll(cx))).await {
         Poll::Ready(m) => m,
         Poll::Pending => tokio::select! {
-            m = tokio::time::timeout_at(deadline, std::future::poll_fn(|cx| Pin::new(&mut *messages).poll_next(cx))) => m.ok()?,
+            m = tokio::time::timeout_at(deadline, next) => m.ok()?,
             _ = stop.rx.changed() => return None,
         },
     };

@@ -925,15 +925,18 @@ fn get_event(d: &mut Dec<'_>, memo: Option<&mut TokenMemo>, tokens: Tokens<'_>) 
     } else {
         None
     };
-    let back = match (flags & 4 != 0, tokens) {
-        (false, _) | (true, Tokens::InFull) => 0,
-        (true, Tokens::Referred(_)) => d.varu()?,
-    };
-    let token = match (flags & 4 != 0, back, memo) {
-        (false, _, _) => None,
-        (true, 0, Some(memo)) => Some(memo.token(d)?),
-        (true, 0, None) => Some(Arc::new(get_token(d)?)),
-        (true, back, _) => Some(referred(d, tokens, back)?),
+    let token = if flags & 4 == 0 {
+        None
+    } else {
+        let back = match tokens {
+            Tokens::InFull => 0,
+            Tokens::Referred(_) => d.varu()?,
+        };
+        Some(match (back, memo) {
+            (0, Some(memo)) => memo.token(d)?,
+            (0, None) => Arc::new(get_token(d)?),
+            (back, _) => referred(d, tokens, back)?,
+        })
     };
     let scheme = match flags >> 6 {
         0 => None,
