@@ -228,6 +228,8 @@ pub(super) struct Detect {
     tripped_seen: HashMap<Arc<str>, i64>,
     last_rearm_check: Instant,
     late_seen: u64,
+    /// The most records the tasks' event-time buffers held together at the end of a batch.
+    held_peak: usize,
     summary: RunSummary,
 }
 
@@ -242,6 +244,7 @@ impl Detect {
             tripped_seen: HashMap::new(),
             last_rearm_check: Instant::now(),
             late_seen: 0,
+            held_peak: 0,
             summary: RunSummary::default(),
         }
     }
@@ -429,7 +432,9 @@ impl Detect {
             keys += t.pipeline.engine().tracked_keys();
         }
         let m = &self.p.metrics;
+        self.held_peak = self.held_peak.max(held);
         m.held_lines.set(held as i64);
+        m.held_lines_peak.set(self.held_peak as i64);
         m.tracked_keys.set(keys as i64);
         m.late_events.inc_by(late.saturating_sub(self.late_seen));
         self.late_seen = late;

@@ -280,6 +280,13 @@ fn one_instance_splitting_by_key_decides_what_replay_decides() {
     let a = g.start("both");
     g.wait_busy(a, "read");
     g.produce_live(10, 200);
+    // A backlog over 6 gateway partitions holds records until the slowest one's event time
+    // passes them: the detect stage reports its buffer's peak as the local loop does.
+    let peak = g
+        .member(a)
+        .get("/metrics")
+        .and_then(|(_, b)| common::metric(&b, "tokenwatch_event_time_held_lines_peak"));
+    assert!(peak.is_some_and(|p| p > 0.0), "the event-time buffer's peak: {peak:?}");
     g.finish();
 }
 

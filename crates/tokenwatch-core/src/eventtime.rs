@@ -171,11 +171,30 @@ struct Source {
 }
 
 impl Source {
+    /// The offset before which every line read is applied: the first message with lines
+    /// still held, else the one after the last read. `None` before anything was read.
+    fn safe(&self) -> Option<i64> {
+        self.held.keys().next().copied().or(self.next_offset)
+    }
+
+    /// Forgets the lines released out of offset order that the safe offset has passed: a
+    /// checkpoint names them no more ([`Source::mark`]). Called as the safe offset moves, so
+    /// that the set stays as small as the disorder still held, with checkpoints or without
+    /// (`run` with `engine.checkpoint_interval = 0`): before, it grew with every line released
+    /// out of order until the next checkpoint, and for ever without one. (`replay` holds its
+    /// lines at one offset, so it never had any.)
+    fn forget_applied_before_safe(&mut self) {
+        let Some(next) = self.safe() else { return };
+        while self.applied.first().is_some_and(|&(offset, _)| offset < next) {
+            self.applied.pop_first();
+        }
+    }
+
     /// Where this partition stands: its safe offset, and the lines at or after it already
     /// applied (those before it are forgotten). `None` before anything was read.
     fn mark(&mut self) -> Option<PartitionMark> {
-        let next = self.held.keys().next().copied().or(self.next_offset)?;
-        self.applied = self.applied.split_off(&(next, 0));
+        let next = self.safe()?;
+        self.forget_applied_before_safe();
         Some(PartitionMark {
             topic: self.topic.clone(),
             partition: self.partition,
@@ -496,6 +515,7 @@ impl<T> Sequencer<T> {
                     *c -= 1;
                     if *c == 0 {
                         s.held.remove(&h.offset);
+                        s.forget_applied_before_safe();
                     }
                 }
                 if s.held.keys().next().is_some_and(|first| *first <= h.offset) {
@@ -603,6 +623,12 @@ impl<T> Sequencer<T> {
     pub fn forced(&self) -> u64 {
         self.forced
     }
+
+    /// Lines remembered as released out of offset order, over every source.
+    #[cfg(test)]
+    fn remembered(&self) -> usize {
+        self.sources.iter().flatten().map(|s| s.applied.len()).sum()
+    }
 }
 
 #[cfg(test)]
@@ -621,6 +647,38 @@ mod tests {
         let mut out = Vec::new();
         s.release(now, |x, _| out.push(x));
         out
+    }
+
+    #[test]
+    fn lines_released_out_of_offset_order_are_forgotten_once_the_safe_offset_passes_them() {
+        // No checkpoint is ever taken here (`run` with checkpoints off): what the sequencer
+        // remembers must stay as small as the disorder it holds, not grow with the input.
+        let t0 = Instant::now();
+        let mut s = Sequencer::new(cfg());
+        let a = s.assign("logs", 0, t0);
+        for round in 0..1_000i64 {
+            // Message 2k is later in event time than message 2k+1: its successor is
+            // released first (out of offset order).
+            let (first, second) = (2 * round, 2 * round + 1);
+            s.read(a, first, t0);
+            s.push(a, first, 0, 10 * second, 1, "later", t0);
+            s.read(a, second, t0);
+            s.push(a, second, 0, 10 * first, 1, "earlier", t0);
+            s.release_all(|_, _| {});
+        }
+        assert_eq!(s.remembered(), 0, "every line released is before the safe offset");
+        // While the older message is held, the younger one released is remembered.
+        s.read(a, 2_000, t0);
+        s.push(a, 2_000, 0, 1_000_000, 1, "held", t0);
+        s.read(a, 2_001, t0);
+        s.push(a, 2_001, 0, 0, 1, "released", t0);
+        let b = s.assign("logs", 1, t0);
+        s.push(b, 0, 0, 500, 1, "b", t0);
+        assert_eq!(drain(&mut s, t0), ["released"]);
+        assert_eq!(s.remembered(), 1);
+        let marks = s.marks();
+        let m = marks.iter().find(|m| m.partition == 0).expect("partition 0 marked");
+        assert_eq!((m.next, m.applied.as_slice()), (2_000, &[(2_001, 0)][..]));
     }
 
     #[test]
