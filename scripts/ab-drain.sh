@@ -22,7 +22,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-[ $# -ge 2 ] || { sed -n '2,17p' "$0"; exit 2; }
+[ $# -ge 2 ] || { sed -n '2,21p' "$0"; exit 2; }
 OLD=$(realpath "$1") NEW=$(realpath "$2")
 shift 2
 RUNS=2 PARTS=6 INTERNAL=6 ROLE=both EVENTS=1000000 RULES=rules PERF= PLAIN=
@@ -36,7 +36,7 @@ while [ $# -gt 0 ]; do
     --rules) RULES=$2; shift ;;
     --perf) PERF=$(realpath "$2"); mkdir -p "$PERF"; shift ;;
     --plain) PLAIN=yes ;;
-    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
   shift
