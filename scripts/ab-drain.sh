@@ -65,10 +65,7 @@ one() {
   echo "$1: $rate events/s; CPU s: tokenwatch $(cat "$WORK/drain.cpu") (start-up included), broker $(echo "$(cpu "$BROKER_PID") - $before" | bc) (while draining)"
 }
 
-if [ -n "$PLAIN" ]; then
-  PLAIN=$(ls -t "${CARGO_TARGET_DIR:-target}"/release/deps/plain_loop-* 2>/dev/null | grep -v '\.d$' | head -1 || true)
-  [ -x "$PLAIN" ] || { echo "no plain_loop bench: run CARGO_TARGET_DIR=target-rel cargo build --release --benches" >&2; exit 2; }
-fi
+[ -z "$PLAIN" ] || PLAIN=$(release_bench plain_loop)
 # The plain loop on the backlog's lines, one core; prints and keeps its lines/s.
 plain() {
   [ -n "$PLAIN" ] || return 0

@@ -177,14 +177,13 @@ impl Source {
         self.held.keys().next().copied().or(self.next_offset)
     }
 
-    /// Forgets the lines released out of offset order that the safe offset has passed: a
-    /// checkpoint names them no more ([`Source::mark`]). Called as the safe offset moves, so
-    /// that the set stays as small as the disorder still held, with checkpoints or without
-    /// (`run` with `engine.checkpoint_interval = 0`): before, it grew with every line released
-    /// out of order until the next checkpoint, and for ever without one. (`replay` holds its
-    /// lines at one offset, so it never had any.)
-    fn forget_applied_before_safe(&mut self) {
-        let Some(next) = self.safe() else { return };
+    /// Forgets the lines released out of offset order that the safe offset `next` has
+    /// passed: a checkpoint names them no more ([`Source::mark`]). Called as the safe offset
+    /// moves, so that the set stays as small as the disorder still held, with checkpoints or
+    /// without (`run` with `engine.checkpoint_interval = 0`): before, it grew with every line
+    /// released out of order until the next checkpoint, and for ever without one. (`replay`
+    /// holds its lines at one offset, so it never had any.)
+    fn forget_applied_before(&mut self, next: i64) {
         while self.applied.first().is_some_and(|&(offset, _)| offset < next) {
             self.applied.pop_first();
         }
@@ -194,7 +193,7 @@ impl Source {
     /// applied (those before it are forgotten). `None` before anything was read.
     fn mark(&mut self) -> Option<PartitionMark> {
         let next = self.safe()?;
-        self.forget_applied_before_safe();
+        self.forget_applied_before(next);
         Some(PartitionMark {
             topic: self.topic.clone(),
             partition: self.partition,
@@ -515,11 +514,15 @@ impl<T> Sequencer<T> {
                     *c -= 1;
                     if *c == 0 {
                         s.held.remove(&h.offset);
-                        s.forget_applied_before_safe();
                     }
                 }
-                if s.held.keys().next().is_some_and(|first| *first <= h.offset) {
+                // A message at or before this one still held: the line went out of offset
+                // order. Else the safe offset is past it, and may have just moved.
+                let first = s.held.keys().next().copied();
+                if first.is_some_and(|first| first <= h.offset) {
                     s.applied.insert((h.offset, h.line));
+                } else if let Some(next) = first.or(s.next_offset) {
+                    s.forget_applied_before(next);
                 }
                 quiet = h.offset < s.quiet_below;
             }
