@@ -21,6 +21,13 @@
 //!   but each probe is seen when a bare librdkafka consumer (tokenwatch's fetch settings,
 //!   assigned every partition at its end) reads it back: the broker's own latency floor on
 //!   this machine, without tokenwatch, to tell its share of the delay above from tokenwatch's.
+//! - `e2e latency BROKERS TOPIC relay RATE SECONDS [PARTITIONS]`: the broker's floor for two
+//!   trips, as `--role both` makes them: a relay thread reads TOPIC as the bare consumer does
+//!   and, for all it holds after each poll, writes one message per partition to `TOPIC-relay`
+//!   with the internal topics' producer settings (`shuffle::producer_config`), each background
+//!   line cut to [`RELAY_BYTES`] (the size of an internal record) and each probe whole; the
+//!   probes are seen when a bare consumer reads them back from `TOPIC-relay`. Nothing is
+//!   decoded and nothing waits for a batch: no two-stage design can be faster on this broker.
 //!
 //! cargo passes `--bench` to harness-less benches: arguments starting with `--` are ignored.
 
@@ -83,13 +90,18 @@ impl Spread {
     }
 }
 
+/// Sends one message, waiting while librdkafka's queue is full; any other refusal (a message
+/// too large, say) ends the helper rather than retrying for ever.
 fn send(p: &BaseProducer, topic: &str, partition: i32, line: &[u8]) {
+    use rdkafka::error::KafkaError::MessageProduction;
+    use rdkafka::types::RDKafkaErrorCode::QueueFull;
     loop {
         match p.send(BaseRecord::<(), [u8]>::to(topic).payload(line).partition(partition)) {
             Ok(()) => return,
-            Err(_) => {
+            Err((MessageProduction(QueueFull), _)) => {
                 p.poll(Duration::from_millis(1));
             }
+            Err((e, _)) => panic!("e2e: {topic} refused a message of {} bytes: {e}", line.len()),
         }
     }
 }
@@ -238,7 +250,7 @@ fn latency(brokers: &str, topic: &str, redis_url: &str, rate: f64, seconds: f64,
                 );
                 let path = match probes_seen {
                     ProbeFinder::Redis(_) => "/probe".to_string(),
-                    ProbeFinder::Broker(_) => format!("/probe/{jti}"),
+                    ProbeFinder::Broker { .. } => format!("/probe/{jti}"),
                 };
                 // Attested by the gateway (`authenticated`): evidence a revocation may act on.
                 let l = json!({"ts": now_ts(), "client_ip": "81.2.69.142", "method": "GET", "path": path,
@@ -301,33 +313,133 @@ fn bare_consumer(brokers: &str, group: &str) -> rdkafka::consumer::BaseConsumer 
         .expect("consumer")
 }
 
+/// A bare consumer of every partition of `topic`, from each partition's end as of now
+/// (`Offset::End` would be resolved at the first fetch, after the first probes).
+fn consumer_at_end(brokers: &str, group: &str, topic: &str, partitions: i32) -> rdkafka::consumer::BaseConsumer {
+    use rdkafka::consumer::Consumer;
+    let c = bare_consumer(brokers, group);
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for k in 0..partitions {
+        let (_, high) = c
+            .fetch_watermarks(topic, k, Duration::from_secs(10))
+            .expect("watermarks");
+        tpl.add_partition_offset(topic, k, rdkafka::Offset::Offset(high))
+            .expect("partition");
+    }
+    c.assign(&tpl).expect("assign");
+    c
+}
+
+/// What the relay keeps of a background line: about what an internal record of it weighs
+/// (173.2 bytes per line before LZ4, BENCHMARKS.md "Each token once per message").
+const RELAY_BYTES: usize = 173;
+
+/// The relay of `e2e latency ... relay`: gateway topic → `TOPIC-relay`, one message per
+/// partition for what each poll brought, nothing else done. Stops when dropped.
+struct Relay {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Relay {
+    /// Starts relaying `topic` from its end; returns the relay and the topic it writes.
+    fn start(brokers: &str, topic: &str, partitions: i32) -> (Relay, String) {
+        let to = format!("{topic}-relay");
+        create_topic(brokers, &to, partitions);
+        let from = consumer_at_end(brokers, "e2e-relay", topic, partitions);
+        let mut client = rdkafka::ClientConfig::new();
+        client.set("bootstrap.servers", brokers);
+        let out: BaseProducer = tokenwatch::service::shuffle::producer_config(client)
+            .create()
+            .expect("relay producer");
+        // Ready before the first probe: the producer's id and the new topic's metadata come
+        // with a first delivery, which would otherwise delay the first probes.
+        for k in 0..partitions {
+            send(&out, &to, k, b"relay ready\n");
+        }
+        out.flush(Duration::from_secs(30)).expect("the relay's first messages");
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = stop.clone();
+        let target = to.clone();
+        let thread = std::thread::spawn(move || {
+            let mut frames: Vec<Vec<u8>> = vec![Vec::new(); partitions.max(1) as usize];
+            while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                let mut wait = Duration::from_millis(1);
+                while let Some(Ok(m)) = from.poll(wait) {
+                    wait = Duration::ZERO;
+                    let payload = rdkafka::message::Message::payload(&m).unwrap_or_default();
+                    let keep = if payload.windows(7).any(|w| w == b"/probe/") {
+                        payload
+                    } else {
+                        &payload[..payload.len().min(RELAY_BYTES)]
+                    };
+                    let k = rdkafka::message::Message::partition(&m) as usize % frames.len();
+                    let frame = &mut frames[k];
+                    frame.extend_from_slice(keep);
+                    frame.push(b'\n');
+                    // Under the broker's `message.max.bytes`, as the ingest stage's frames.
+                    if frame.len() >= tokenwatch_core::record::FRAME_MAX_BYTES {
+                        send(&out, &target, k as i32, frame);
+                        frame.clear();
+                    }
+                }
+                for (k, frame) in frames.iter_mut().enumerate().filter(|(_, f)| !f.is_empty()) {
+                    send(&out, &target, k as i32, frame);
+                    frame.clear();
+                }
+                out.poll(Duration::ZERO);
+            }
+        });
+        (
+            Relay {
+                stop,
+                thread: Some(thread),
+            },
+            to,
+        )
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 /// Where `latency` looks for its probes: their revocations in Redis (tokenwatch's delay), or
-/// the probe lines themselves read back from the topic (the broker's floor).
+/// the probe lines themselves read back from the topic (the broker's floor) or from the
+/// relay's topic (the floor for two trips).
 enum ProbeFinder {
     Redis(redis::Connection),
-    Broker(rdkafka::consumer::BaseConsumer),
+    /// The relay is held for its `Drop`, which stops it.
+    Broker {
+        consumer: rdkafka::consumer::BaseConsumer,
+        _relay: Option<Relay>,
+    },
 }
 
 impl ProbeFinder {
     fn new(redis_url: &str, brokers: &str, topic: &str, partitions: i32) -> ProbeFinder {
-        use rdkafka::consumer::Consumer;
-        if redis_url != "kafka" {
-            let client = redis::Client::open(redis_url).expect("redis url");
-            return ProbeFinder::Redis(client.get_connection().expect("redis connection"));
+        match redis_url {
+            "kafka" => ProbeFinder::Broker {
+                consumer: consumer_at_end(brokers, "e2e-latency", topic, partitions),
+                _relay: None,
+            },
+            "relay" => {
+                let (relay, to) = Relay::start(brokers, topic, partitions);
+                ProbeFinder::Broker {
+                    consumer: consumer_at_end(brokers, "e2e-latency", &to, partitions),
+                    _relay: Some(relay),
+                }
+            }
+            _ => {
+                let client = redis::Client::open(redis_url).expect("redis url");
+                ProbeFinder::Redis(client.get_connection().expect("redis connection"))
+            }
         }
-        let c = bare_consumer(brokers, "e2e-latency");
-        // At each partition's end as of now: `Offset::End` would be resolved at the first
-        // fetch, after the first probes.
-        let mut tpl = rdkafka::TopicPartitionList::new();
-        for k in 0..partitions {
-            let (_, high) = c
-                .fetch_watermarks(topic, k, Duration::from_secs(10))
-                .expect("watermarks");
-            tpl.add_partition_offset(topic, k, rdkafka::Offset::Offset(high))
-                .expect("partition");
-        }
-        c.assign(&tpl).expect("assign");
-        ProbeFinder::Broker(c)
     }
 
     /// What `found` looks for: the revocation key, or the probe's path.
@@ -337,7 +449,7 @@ impl ProbeFinder {
                 let key = tokenwatch_core::token::scoped_key("https://idp.example.com", jti);
                 format!("tokenwatch:revoked:tok:{key}")
             }
-            ProbeFinder::Broker(_) => format!("\"path\":\"/probe/{jti}\""),
+            ProbeFinder::Broker { .. } => format!("\"path\":\"/probe/{jti}\""),
         }
     }
 
@@ -351,7 +463,7 @@ impl ProbeFinder {
                 }
                 pipe.query(con).unwrap_or_default()
             }
-            ProbeFinder::Broker(c) => {
+            ProbeFinder::Broker { consumer: c, .. } => {
                 let mut found = vec![false; pending.len()];
                 while let Some(Ok(m)) = c.poll(Duration::ZERO) {
                     let payload = rdkafka::message::Message::payload(&m).unwrap_or_default();

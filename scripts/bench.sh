@@ -10,7 +10,8 @@
 #      signature verification on (--jwks, each distinct token verified once);
 #   2. `tokenwatch run` throughput from a real broker (tansu) into a real redis-server, with
 #      the backlog pre-produced, until the group has caught up (tokenwatch's own metrics);
-#   3. production-to-revocation-in-Redis delay (p50/p99/max) at a steady 50,000 lines/s;
+#   3. production-to-revocation-in-Redis delay (p50/p99/max) at a steady 50,000 lines/s, beside
+#      the broker's own floor for one trip (a bare consumer) and two (a bare relay: --role both's);
 #   4. resident memory per live tracked token / subject at each --mem-sizes;
 #   5. how these grow with the number of rules (8, 50, 200: copies of the defaults, and rules
 #      scoped per route, method and tenant issuer as deployments write them): replay
@@ -43,7 +44,7 @@ while [ $# -gt 0 ]; do
     --mem-sizes) MEM_SIZES=$2; shift ;;
     --rule-counts) RULE_COUNTS=$2; shift ;;
     --only-run) ONLY_RUN=1; RULE_COUNTS=8 ;;
-    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
   shift
@@ -343,14 +344,18 @@ else
   }
   # The broker's own floor: the same traffic and probes read back by a bare consumer, no
   # tokenwatch. Event-time order waits for the slowest partition, so with several
-  # partitions tokenwatch's delay cannot be below this floor's tail.
-  # $1: partitions
+  # partitions tokenwatch's delay cannot be below this floor's tail. With `relay`, the floor
+  # for two trips (`--role both`'s): a relay thread copies what it reads to a second topic,
+  # lines cut to an internal record's size, and the probes are read back from there.
+  # $1: partitions, $2: kafka (one trip) or relay (two)
   floor_row() {
-    "$E2E" latency "$B" "floor$1" kafka 50000 2 "$1" >/dev/null 2>&1 || true
-    read -r p50 p99 pmax probes missing < <("$E2E" latency "$B" "floor$1" kafka 50000 "$LAT_SECS" "$1" 2>/dev/null)
-    log "broker floor ($1 partitions): p50 $p50 ms, p99 $p99 ms, max $pmax ms"
-    row "production → probe read back by a bare consumer (the broker's floor, no tokenwatch), $1 partition(s), 50,000 lines/s (p50 / p99 / max)" \
-      "$p50 / $p99 / $pmax ms ($probes probes, $missing missing)" "e2e latency B floor$1 kafka 50000 $LAT_SECS $1"
+    local what="the broker's floor, no tokenwatch" mode=${2:-kafka}
+    [ "$mode" = relay ] && what="two trips: a bare relay to a second topic, the floor of --role both"
+    "$E2E" latency "$B" "floor$mode$1" "$mode" 50000 2 "$1" >/dev/null 2>&1 || true
+    read -r p50 p99 pmax probes missing < <("$E2E" latency "$B" "floor$mode$1" "$mode" 50000 "$LAT_SECS" "$1" 2>/dev/null)
+    log "broker floor ($1 partitions, $mode): p50 $p50 ms, p99 $p99 ms, max $pmax ms"
+    row "production → probe read back by a bare consumer ($what), $1 partition(s), 50,000 lines/s (p50 / p99 / max)" \
+      "$p50 / $p99 / $pmax ms ($probes probes, $missing missing)" "e2e latency B floor$mode$1 $mode 50000 $LAT_SECS $1"
   }
   fresh
   floor_row 1
@@ -358,6 +363,8 @@ else
   latency_row "librdkafka's default fetch.wait.max.ms=500" live TOKENWATCH_KAFKA__FETCH_WAIT_MAX_MS=500
   fresh
   latency_row "tokenwatch's default fetch.wait.max.ms=5" live2 TOKENWATCH_KAFKA__FETCH_WAIT_MAX_MS=5
+  fresh
+  floor_row 1 relay
   fresh
   latency_row "--role both, 1 gateway partition, 1 internal partition" live1both \
     TOKENWATCH_SHUFFLE__ROLE=both TOKENWATCH_SHUFFLE__PARTITIONS=1

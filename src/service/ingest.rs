@@ -37,7 +37,7 @@ use rdkafka::ClientContext;
 use super::consume::{next_message, BatchDeadline, BatchLimits, ReadingClock};
 use super::metric_sync::MetricSync;
 use super::retry::Shutdown;
-use super::shuffle::{ShuffleConfig, ShuffleError};
+use super::shuffle::{self, ShuffleConfig, ShuffleError};
 use super::ServiceError;
 use crate::metrics::{BatchCounts, Metrics};
 use crate::source::kafka;
@@ -182,35 +182,15 @@ impl Sender {
 
 pub(super) type RecordProducer = ThreadedProducer<Deliveries>;
 
-/// The internal topic's producer: idempotent and gapless, so that a failed record is never
-/// followed by a delivered one (the detect stage drops repeats by origin, which needs that).
-/// Batching is a default that `[kafka]` may change: LZ4, and `linger.ms` 1, since every record
-/// waits for it before the detect stage sees it (measured 2026-12-02, `--role both` on one
-/// gateway and one internal partition at 50,000 lines/s: p50 27.2–27.8 ms at 1 against
-/// 31.0–33.3 at 5; draining 6 partitions, 223,317 and 229,803 events/s against 224,051 and
-/// 232,364; at 0, p50 34.4 ms: more requests for the broker).
+/// The internal topic's producer, with [`shuffle::producer_config`]'s settings.
 pub(super) fn producer(client: rdkafka::ClientConfig, topic: &str) -> Result<Arc<RecordProducer>, ShuffleError> {
-    let p = internal_producer_config(client)
+    let p = shuffle::producer_config(client)
         .create_with_context(Deliveries::default())
         .map_err(|source| ShuffleError::Producer {
             topic: topic.to_string(),
             source: Box::new(source),
         })?;
     Ok(Arc::new(p))
-}
-
-/// The settings of [`producer`]: batching defaults under `[kafka]`'s, the delivery
-/// guarantees over them.
-fn internal_producer_config(mut client: rdkafka::ClientConfig) -> rdkafka::ClientConfig {
-    for (k, v) in [("linger.ms", "1"), ("compression.type", "lz4")] {
-        if client.get(k).is_none() {
-            client.set(k, v);
-        }
-    }
-    client
-        .set("enable.idempotence", "true")
-        .set("enable.gapless.guarantee", "true");
-    client
 }
 
 /// Where one gateway partition stands in this instance.
@@ -861,23 +841,6 @@ mod tests {
 
     /// Idle needs the idle timeout without a message, no pause, and nothing known to wait
     /// unread; a partition never read is not idle before its reader knows it has nothing.
-    /// `[kafka]` may change the internal producer's batching, never its guarantees.
-    #[test]
-    fn kafka_settings_tune_the_internal_producer_but_keep_it_idempotent() {
-        let defaults = internal_producer_config(rdkafka::ClientConfig::new());
-        assert_eq!(defaults.get("linger.ms"), Some("1"));
-        assert_eq!(defaults.get("compression.type"), Some("lz4"));
-        let mut mine = rdkafka::ClientConfig::new();
-        mine.set("linger.ms", "20")
-            .set("compression.type", "zstd")
-            .set("enable.idempotence", "false");
-        let tuned = internal_producer_config(mine);
-        assert_eq!(tuned.get("linger.ms"), Some("20"));
-        assert_eq!(tuned.get("compression.type"), Some("zstd"));
-        assert_eq!(tuned.get("enable.idempotence"), Some("true"));
-        assert_eq!(tuned.get("enable.gapless.guarantee"), Some("true"));
-    }
-
     #[test]
     fn a_partition_is_idle_only_when_quiet_and_nothing_waits_unread() {
         let t0 = Instant::now();
