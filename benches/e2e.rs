@@ -27,7 +27,8 @@
 //!   with the internal topics' producer settings (`shuffle::producer_config`), each background
 //!   line cut to [`RELAY_BYTES`] (the size of an internal record) and each probe whole; the
 //!   probes are seen when a bare consumer reads them back from `TOPIC-relay`. Nothing is
-//!   decoded and nothing waits for a batch: no two-stage design can be faster on this broker.
+//!   decoded and nothing waits for a batch, so tokenwatch's delay above this is its own share
+//!   (not a bound on every design: fewer, larger messages may load a busy broker less).
 //!
 //! cargo passes `--bench` to harness-less benches: arguments starting with `--` are ignored.
 
