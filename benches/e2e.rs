@@ -28,7 +28,8 @@
 //!   line cut to [`RELAY_BYTES`] (the size of an internal record) and each probe whole; the
 //!   probes are seen when a bare consumer reads them back from `TOPIC-relay`. Nothing is
 //!   decoded and nothing waits for a batch, so tokenwatch's delay above this is its own share
-//!   (not a bound on every design: fewer, larger messages may load a busy broker less).
+//!   (not a bound on every design: fewer, larger messages may load a busy broker less;
+//!   `E2E_RELAY_LINGER=MS` sets the relay producer's `linger.ms`).
 //!
 //! cargo passes `--bench` to harness-less benches: arguments starting with `--` are ignored.
 
@@ -350,6 +351,10 @@ impl Relay {
         let from = consumer_at_end(brokers, "e2e-relay", topic, partitions);
         let mut client = rdkafka::ClientConfig::new();
         client.set("bootstrap.servers", brokers);
+        // The relay's `linger.ms` may be set (BENCHMARKS.md "Two trips through the broker").
+        if let Ok(linger) = std::env::var("E2E_RELAY_LINGER") {
+            client.set("linger.ms", linger);
+        }
         let out: BaseProducer = tokenwatch::service::shuffle::producer_config(client)
             .create()
             .expect("relay producer");
