@@ -21,10 +21,11 @@
 //!   but each probe is seen when a bare librdkafka consumer (tokenwatch's fetch settings,
 //!   assigned every partition at its end) reads it back: the broker's own latency floor on
 //!   this machine, without tokenwatch, to tell its share of the delay above from tokenwatch's.
-//! - `e2e latency BROKERS TOPIC relay RATE SECONDS [PARTITIONS]`: the broker's floor for two
-//!   trips, as `--role both` makes them: a relay thread reads TOPIC as the bare consumer does
-//!   and, for all it holds after each poll, writes one message per partition to `TOPIC-relay`
-//!   with the internal topics' producer settings (`shuffle::producer_config`), each background
+//! - `e2e latency BROKERS TOPIC relay RATE SECONDS [PARTITIONS]`: the broker's delay for two
+//!   trips, as `--role both` makes them, with nothing else done: a relay thread reads TOPIC as
+//!   the bare consumer does and, for all it holds after each poll, writes one message per
+//!   partition to `TOPIC-relay` with the internal topics' producer settings
+//!   (`shuffle::producer_config`), each background
 //!   line cut to [`RELAY_BYTES`] (the size of an internal record) and each probe whole; the
 //!   probes are seen when a bare consumer reads them back from `TOPIC-relay`. Nothing is
 //!   decoded and nothing waits for a batch, so tokenwatch's delay above this is its own share
@@ -417,7 +418,7 @@ impl Drop for Relay {
 
 /// Where `latency` looks for its probes: their revocations in Redis (tokenwatch's delay), or
 /// the probe lines themselves read back from the topic (the broker's floor) or from the
-/// relay's topic (the floor for two trips).
+/// relay's topic (two trips).
 enum ProbeFinder {
     Redis(redis::Connection),
     /// The relay is held for its `Drop`, which stops it.

@@ -344,13 +344,13 @@ else
   }
   # The broker's own floor: the same traffic and probes read back by a bare consumer, no
   # tokenwatch. Event-time order waits for the slowest partition, so with several
-  # partitions tokenwatch's delay cannot be below this floor's tail. With `relay`, the floor
-  # for two trips (`--role both`'s): a relay thread copies what it reads to a second topic,
-  # lines cut to an internal record's size, and the probes are read back from there.
+  # partitions tokenwatch's delay cannot be below this floor's tail. With `relay`, two trips
+  # (`--role both`'s): a relay thread copies what it reads to a second topic, lines cut to an
+  # internal record's size, and the probes are read back from there.
   # $1: partitions, $2: kafka (one trip) or relay (two)
   floor_row() {
     local what="the broker's floor, no tokenwatch" mode=${2:-kafka}
-    [ "$mode" = relay ] && what="two trips: a bare relay to a second topic, the floor of --role both"
+    [ "$mode" = relay ] && what="two trips, as --role both makes them: a bare relay to a second topic, nothing between"
     "$E2E" latency "$B" "floor$mode$1" "$mode" 50000 2 "$1" >/dev/null 2>&1 || true
     read -r p50 p99 pmax probes missing < <("$E2E" latency "$B" "floor$mode$1" "$mode" 50000 "$LAT_SECS" "$1" 2>/dev/null)
     log "broker floor ($1 partitions, $mode): p50 $p50 ms, p99 $p99 ms, max $pmax ms"

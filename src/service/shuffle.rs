@@ -163,7 +163,9 @@ pub(super) fn gateway_partitions(client: &ClientConfig, topics: &[String]) -> Re
 /// `linger.ms` 1, since every record waits for it before the detect stage sees it (measured
 /// 2026-12-02, `--role both` on one gateway and one internal partition at 50,000 lines/s:
 /// p50 27.2–27.8 ms at 1 against 31.0–33.3 at 5; draining 6 partitions, 223,317 and 229,803
-/// events/s against 224,051 and 232,364; at 0, p50 34.4 ms: more requests for the broker).
+/// events/s against 224,051 and 232,364; at 0, p50 34.4 ms: more requests for the broker; at
+/// 10, no better on 2026-12-03: the ingest stage already sends one message per partition per
+/// batch, so lingering saves the broker few requests).
 pub fn producer_config(mut client: ClientConfig) -> ClientConfig {
     for (k, v) in [("linger.ms", "1"), ("compression.type", "lz4")] {
         if client.get(k).is_none() {
